@@ -1,0 +1,1773 @@
+"""lm_providers: a small synchronous client for LM Studio and Ollama.
+
+One file, drop it next to your script or ``pip install`` it.  It talks to
+
+* LM Studio's OpenAI-compatible server (``/v1/chat/completions``, default
+  ``127.0.0.1:1234``), and
+* Ollama's native server (``/api/chat``, default ``127.0.0.1:11434``),
+
+with the same calls for both::
+
+    import lm_providers as lmp
+    provider = lmp.get_provider("lm_studio://qwen2.5-7b-instruct?temperature=0.2")
+    model = lmp.parse_model_uri("lm_studio://qwen2.5-7b-instruct?temperature=0.2")
+    print(provider.generate_text([{"role": "user", "content": "Hi!"}], model))
+
+The module reads top to bottom in the order data flows: errors, model URIs,
+parameter mapping, config files, HTTP and stream decoding, providers, and the
+command line.  Only ``requests`` is needed at run time (``ensure_requests``
+installs it when it is missing); ``pyyaml`` is imported only by ``load_config``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # errors
+    "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError",
+    "ProviderConnectionError", "ProviderTimeoutError", "ProviderResponseError",
+    "ModelNotFoundError", "AuthenticationError", "JSONGenerationError",
+    # model URIs and hosts
+    "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",
+    # parameters
+    "PARAMETER_MAP", "ParameterRow", "map_parameters",
+    # config
+    "Config", "load_config", "get_provider",
+    # transport and decoding
+    "StreamDecoder", "ensure_requests",
+    # providers
+    "ChatResult", "ChatStream", "BaseProvider", "LMStudioProvider", "OllamaProvider",
+    "extract_json", "json_schema_for",
+]
+
+logger = logging.getLogger("lm_providers")
+
+requests = None  # the module, imported by ensure_requests() on first use
+
+
+# =============================================================================
+# Errors
+# =============================================================================
+
+class ProviderError(Exception):
+    """Base class of every error raised by lm_providers."""
+
+
+class InvalidInputError(ProviderError, ValueError):
+    """Bad input from the caller, found before any request was sent."""
+
+
+class ModelURIError(InvalidInputError):
+    """A model URI that cannot be parsed.
+
+    The message quotes the URI, names the part that is wrong and shows what a
+    good URI looks like.
+    """
+
+
+class ConfigError(ProviderError, ValueError):
+    """A config file that cannot be read or holds a value that makes no sense."""
+
+
+class ProviderConnectionError(ProviderError, ConnectionError):
+    """The server could not be reached (refused, unknown host, reset, TLS)."""
+
+
+class ProviderTimeoutError(ProviderError, TimeoutError):
+    """A connect or read timeout ran out; the message says which and how to raise it."""
+
+
+class ProviderResponseError(ProviderError):
+    """The server answered with an error, before or during a stream.
+
+    ``status`` is the HTTP status (``None`` when the error came inside a stream
+    or a 200 body), ``server_message`` the server's own words, ``body`` the raw
+    body text when there was one.
+    """
+
+    def __init__(self, message: str, status: Optional[int] = None,
+                 server_message: Optional[str] = None, body: Optional[str] = None):
+        super().__init__(message)
+        self.status = status
+        self.server_message = server_message
+        self.body = body
+
+
+class ModelNotFoundError(ProviderResponseError, LookupError):
+    """The server does not have the model.  ``suggestions`` lists close matches it does have."""
+
+    def __init__(self, message: str, model: str = "", host: str = "",
+                 suggestions: Sequence[str] = (), **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.model = model
+        self.host = host
+        self.suggestions = list(suggestions)
+
+
+class AuthenticationError(ProviderResponseError):
+    """The server wants an API token, or refused the one that was sent."""
+
+
+class JSONGenerationError(ProviderError):
+    """No JSON object with the required attributes came back after every attempt.
+
+    ``raw_text`` is the model's last reply, ``attempts`` how many were made and
+    ``reason`` what was wrong with the last one.
+    """
+
+    def __init__(self, message: str, raw_text: str = "", attempts: int = 0, reason: str = ""):
+        super().__init__(message)
+        self.raw_text = raw_text
+        self.attempts = attempts
+        self.reason = reason
+
+
+# =============================================================================
+# Model URIs and hosts
+# =============================================================================
+
+PROVIDER_NAMES = {"lm_studio": "lm_studio", "lmstudio": "lm_studio", "lm-studio": "lm_studio",
+                  "ollama": "ollama"}
+DEFAULT_PORTS = {"lm_studio": 1234, "ollama": 11434}
+HOST_ENV_VARS = {"lm_studio": "LM_STUDIO_HOST", "ollama": "OLLAMA_HOST"}
+SERVER_TITLES = {"lm_studio": "LM Studio", "ollama": "Ollama"}
+
+_URI_EXAMPLE = ("lm_studio://qwen2.5-7b-instruct@127.0.0.1:1234?temperature=0.7  or  "
+                "ollama://llama3:70b?num_ctx=8192")
+
+
+def canonical_provider(name: str) -> str:
+    """Return ``"lm_studio"`` or ``"ollama"`` for any accepted spelling; raise InvalidInputError otherwise."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in PROVIDER_NAMES:
+        raise InvalidInputError(
+            "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio') or 'ollama'" % (name,))
+    return PROVIDER_NAMES[key]
+
+
+class ModelConfig:
+    """A model on a server: its name, which server kind, an optional host and its parameters.
+
+    ``host`` is kept as written (``None`` means: resolve from config, environment,
+    then default).  ``parameters`` are sent with every request for this model,
+    translated for the target server by ``map_parameters``.
+    """
+
+    __slots__ = ("name", "provider", "host", "parameters")
+
+    def __init__(self, name: str, provider: str, host: Optional[str] = None,
+                 parameters: Optional[Mapping[str, Any]] = None):
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInputError("model name must be a non-empty string, got %r" % (name,))
+        self.name = name
+        self.provider = canonical_provider(provider)
+        self.host = host
+        self.parameters = dict(parameters or {})
+
+    def __repr__(self) -> str:
+        return "ModelConfig(name=%r, provider=%r, host=%r, parameters=%r)" % (
+            self.name, self.provider, self.host, self.parameters)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ModelConfig):
+            return NotImplemented
+        return (self.name, self.provider, self.host, self.parameters) == (
+            other.name, other.provider, other.host, other.parameters)
+
+    def with_parameters(self, **parameters: Any) -> "ModelConfig":
+        """Return a copy with ``parameters`` added to (or replacing) this model's own."""
+        merged = dict(self.parameters)
+        merged.update(parameters)
+        return ModelConfig(self.name, self.provider, self.host, merged)
+
+
+_PORT_RE = re.compile(r"[0-9]+\Z")
+_IPV4_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}\Z")
+_DOTTED_NAME_RE = re.compile(r"([A-Za-z0-9-]+\.)+[A-Za-z][A-Za-z0-9-]*\Z")
+
+
+def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
+    """Split ``host[:port]`` (IPv6 in brackets, or bare) into host and port text."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("'[' without a closing ']' in an IPv6 address")
+        host, rest = text[1:end], text[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise ValueError("unexpected text %r after the IPv6 address" % rest)
+        return host, (rest[1:] if rest else None)
+    if text.count(":") > 1:  # a bare IPv6 address, as OLLAMA_HOST accepts
+        return text, None
+    host, sep, port = text.partition(":")
+    return host, (port if sep else None)
+
+
+def _looks_like_host(tail: str) -> bool:
+    """Whether the text after a model name's last '@' is a host rather than part of the name.
+
+    It is a host when it has a scheme, a numeric port, or is an IP address,
+    ``localhost`` or a dotted DNS name; LM Studio variant keys such as
+    ``q4_k_m`` or ``8bit`` are none of these.
+    """
+    if "://" in tail:
+        return True
+    try:
+        host, port = _split_host_port(tail)
+    except ValueError:
+        return tail.startswith("[")
+    if port is not None and _PORT_RE.match(port):
+        return True
+    return (host.lower() == "localhost" or bool(_IPV4_RE.match(host)) or bool(_DOTTED_NAME_RE.match(host))
+            or tail.startswith("[") or (":" in host and port is None))
+
+
+def normalize_host(host: str, provider: str = "lm_studio") -> str:
+    """Turn a host in any accepted form into a base URL such as ``http://127.0.0.1:1234``.
+
+    Accepted: ``host``, ``host:port``, ``:port``, ``http://host:port``,
+    ``https://host:port``, ``[::1]:port`` and bare IPv6, with an optional
+    trailing ``/`` or ``/v1``.  A host without a port gets its server's default
+    port; ``0.0.0.0`` and ``::`` (bind addresses) mean this machine.
+    Raises InvalidInputError naming what is wrong.
+    """
+    provider = canonical_provider(provider)
+    if not isinstance(host, str):
+        raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %r"
+                                % (DEFAULT_PORTS[provider], host))
+    text = host.strip()
+    scheme = "http"
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise InvalidInputError("host %r: scheme %r is not supported; use http:// or https://"
+                                    % (host, scheme))
+    text, slash, path = text.partition("/")
+    if slash and path.strip("/") not in ("", "v1"):
+        raise InvalidInputError(
+            "host %r has a path (/%s); give only scheme, host and port, for example 'http://10.0.0.5:%d'"
+            % (host, path, DEFAULT_PORTS[provider]))
+    if "@" in text:
+        raise InvalidInputError("host %r contains '@'; user names and passwords in hosts are not supported"
+                                % (host,))
+    try:
+        name, port = _split_host_port(text)
+    except ValueError as exc:
+        raise InvalidInputError("host %r: %s" % (host, exc)) from None
+    if port in (None, ""):
+        port_number = DEFAULT_PORTS[provider]
+    elif _PORT_RE.match(port) and 0 < int(port) < 65536:
+        port_number = int(port)
+    else:
+        raise InvalidInputError("host %r has a bad port %r: use a number from 1 to 65535, for example '%s:%d'"
+                                % (host, port, name or "127.0.0.1", DEFAULT_PORTS[provider]))
+    name = name.strip() or "127.0.0.1"
+    if name == "0.0.0.0":
+        name = "127.0.0.1"
+    elif name == "::":
+        name = "::1"
+    if any(c.isspace() for c in name) or any(c in name for c in "?#%\\"):
+        raise InvalidInputError("host %r has characters a host name cannot have" % (host,))
+    if ":" in name:
+        name = "[%s]" % name
+    return "%s://%s:%d" % (scheme, name, port_number)
+
+
+def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Config"] = None) -> str:
+    """Return the base URL to use: ``host`` if given, else the config file's, else the
+    environment's (``OLLAMA_HOST`` / ``LM_STUDIO_HOST``), else the server's default."""
+    provider = canonical_provider(provider)
+    for candidate in (host, config.host_for(provider) if config is not None else None,
+                      os.environ.get(HOST_ENV_VARS[provider])):
+        if candidate is not None and str(candidate).strip():
+            return normalize_host(str(candidate), provider)
+    return "http://127.0.0.1:%d" % DEFAULT_PORTS[provider]
+
+
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT_RE = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?\Z")
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+
+
+def _parse_query_value(text: str) -> Any:
+    """Give a query value its type: int, float, true/false/null, JSON array/object/string, else str."""
+    if _INT_RE.match(text):
+        return int(text)
+    if _FLOAT_RE.match(text):
+        return float(text)
+    if text in ("true", "false", "null"):
+        return {"true": True, "false": False, "null": None}[text]
+    if text[:1] in ("[", "{", '"'):
+        return json.loads(text)  # ValueError is reported by the caller
+    return text
+
+
+def _percent_decode(text: str) -> str:
+    from urllib.parse import unquote
+    return unquote(text, errors="strict")
+
+
+def parse_model_uri(uri: str) -> ModelConfig:
+    """Parse ``provider://model_name@host:port?param=value&...`` into a ModelConfig.
+
+    Only a trailing ``@host[:port]`` is a host (see ``_looks_like_host``), so
+    names such as ``qwen/qwen3-8b@q4_k_m`` or ``hf.co/org/repo:Q4_K_M`` stay
+    whole.  Query values are percent-decoded and typed.  Raises ModelURIError.
+    """
+    if not isinstance(uri, str):
+        raise ModelURIError("a model URI must be a string like %s, got %r" % (_URI_EXAMPLE, uri))
+
+    def bad(part: str) -> ModelURIError:
+        return ModelURIError("model URI %r: %s. A good one looks like %s" % (uri, part, _URI_EXAMPLE))
+
+    text = uri.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise bad("it does not start with a provider such as 'lm_studio://' or 'ollama://'")
+    if scheme.strip().lower() not in PROVIDER_NAMES:
+        raise bad("unknown provider %r (use lm_studio, lmstudio, lm-studio or ollama)" % scheme)
+    provider = PROVIDER_NAMES[scheme.strip().lower()]
+
+    rest, qmark, query = rest.partition("?")
+    name, host = rest, None
+    at = rest.rfind("@")
+    if at >= 0 and _looks_like_host(rest[at + 1:]):
+        name, host = rest[:at], rest[at + 1:]
+        try:
+            normalize_host(host, provider)
+        except InvalidInputError as exc:
+            raise bad("the host part is wrong: %s" % exc) from None
+    elif at == len(rest) - 1 and at >= 0:
+        raise bad("nothing follows the '@': remove it, or give a host such as @127.0.0.1:%d"
+                  % DEFAULT_PORTS[provider])
+    try:
+        name = _percent_decode(name)
+    except UnicodeDecodeError:
+        raise bad("the model name has a percent-escape that is not UTF-8") from None
+    if not name.strip():
+        raise bad("the model name is empty")
+
+    parameters: Dict[str, Any] = {}
+    if query:
+        for piece in query.split("&"):
+            key, eq, value = piece.partition("=")
+            try:
+                key, value = _percent_decode(key), _percent_decode(value)
+            except UnicodeDecodeError:
+                raise bad("the query part %r has a percent-escape that is not UTF-8" % piece) from None
+            if not eq or not _KEY_RE.match(key):
+                raise bad("malformed query part %r: write name=value pairs joined by '&'" % piece)
+            if key in parameters:
+                raise bad("parameter %r is given twice" % key)
+            try:
+                parameters[key] = _parse_query_value(value)
+            except ValueError:
+                raise bad("the value of %r looks like JSON but does not parse: %r" % (key, value)) from None
+    return ModelConfig(name, provider, host, parameters)
+
+
+def _escape(text: str, chars: str) -> str:
+    """Percent-encode the ASCII characters in ``chars`` and every whitespace or control character."""
+    out = []
+    for ch in text:
+        if ch in chars or ch.isspace() or ord(ch) < 32 or ord(ch) == 127:
+            out.append("".join("%%%02X" % b for b in ch.encode("utf-8")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _format_query_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidInputError("parameter %r=%r cannot be written in a URI (not a finite number)"
+                                    % (key, value))
+        return repr(value)
+    if isinstance(value, str):
+        try:
+            if _parse_query_value(value) == value and type(_parse_query_value(value)) is str:
+                return value
+        except ValueError:
+            pass
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, dict)):
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError("parameter %r cannot be written in a URI: %s" % (key, exc)) from None
+    raise InvalidInputError("parameter %r has a value of type %s, which a URI cannot hold"
+                            % (key, type(value).__name__))
+
+
+def format_model_uri(config: ModelConfig) -> str:
+    """Write a ModelConfig back as a URI; ``parse_model_uri(format_model_uri(c)) == c``."""
+    name = _escape(config.name, "%?#")
+    at = name.rfind("@")
+    if config.host is None and at >= 0 and _looks_like_host(name[at + 1:]):
+        name = name[:at] + "%40" + name[at + 1:]  # keep a host-like tail part of the name
+    uri = "%s://%s" % (config.provider, name)
+    if config.host is not None:
+        uri += "@" + config.host
+    if config.parameters:
+        uri += "?" + "&".join("%s=%s" % (_escape(str(k), "%&=#"), _escape(_format_query_value(k, v), "%&#"))
+                              for k, v in config.parameters.items())
+    return uri
+
+
+# =============================================================================
+# Parameter mapping
+# =============================================================================
+
+class ParameterRow(tuple):
+    """One row of PARAMETER_MAP: where a parameter goes on each server.
+
+    ``lm_studio``: the OpenAI-style field name, or None when LM Studio has none.
+    ``ollama``: the Ollama field name, or None.  ``ollama_place``: ``"options"``
+    or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.
+    ``priority``: when two parameters land on one field, the higher one wins.
+    """
+
+    __slots__ = ()
+    _fields = ("lm_studio", "ollama", "ollama_place", "kind", "priority")
+
+    def __new__(cls, lm_studio: Optional[str], ollama: Optional[str], ollama_place: str = "options",
+                kind: str = "number", priority: int = 1):
+        return tuple.__new__(cls, (lm_studio, ollama, ollama_place, kind, priority))
+
+    lm_studio = property(lambda self: self[0])
+    ollama = property(lambda self: self[1])
+    ollama_place = property(lambda self: self[2])
+    kind = property(lambda self: self[3])
+    priority = property(lambda self: self[4])
+
+    def __repr__(self) -> str:
+        return "ParameterRow(lm_studio=%r, ollama=%r, ollama_place=%r, kind=%r, priority=%r)" % self
+
+
+R = ParameterRow
+#: The mapping table, as data: parameter name as written -> where it goes on each server.
+PARAMETER_MAP: Dict[str, ParameterRow] = {
+    # sampling: the same name on both servers
+    "temperature":       R("temperature", "temperature"),
+    "top_p":             R("top_p", "top_p"),
+    "top_k":             R("top_k", "top_k", kind="int"),
+    "min_p":             R("min_p", "min_p"),
+    "seed":              R("seed", "seed", kind="int"),
+    "stop":              R("stop", "stop", kind="stop"),
+    "repeat_penalty":    R("repeat_penalty", "repeat_penalty"),
+    "presence_penalty":  R("presence_penalty", "presence_penalty"),
+    "frequency_penalty": R("frequency_penalty", "frequency_penalty"),
+    # length: max_tokens > num_predict > num_ctx when they meet on LM Studio's max_tokens
+    "max_tokens":        R("max_tokens", "num_predict", kind="int", priority=3),
+    "num_predict":       R("max_tokens", "num_predict", kind="int", priority=2),
+    "num_ctx":           R("max_tokens", "num_ctx", kind="int", priority=1),
+    # structured output
+    "format":            R("response_format", "format", "top", kind="format"),
+    "response_format":   R("response_format", "format", "top", kind="response_format"),
+    # reasoning models
+    "think":             R("reasoning_effort", "think", "top", kind="think"),
+    "reasoning_effort":  R("reasoning_effort", "think", "top", kind="effort"),
+    # how long the model stays loaded
+    "keep_alive":        R("ttl", "keep_alive", "top", kind="duration"),
+    "ttl":               R("ttl", "keep_alive", "top", kind="int"),
+    # Ollama-only options
+    "num_keep":          R(None, "num_keep", kind="int"),
+    "typical_p":         R(None, "typical_p"),
+    "repeat_last_n":     R(None, "repeat_last_n", kind="int"),
+    "num_batch":         R(None, "num_batch", kind="int"),
+    "num_gpu":           R(None, "num_gpu", kind="int"),
+    "main_gpu":          R(None, "main_gpu", kind="int"),
+    "num_thread":        R(None, "num_thread", kind="int"),
+    "use_mmap":          R(None, "use_mmap", kind="bool"),
+    # OpenAI-only fields
+    "logit_bias":        R("logit_bias", None, kind="object"),
+    "logprobs":          R("logprobs", None, kind="bool"),
+    "top_logprobs":      R("top_logprobs", None, kind="int"),
+    "draft_model":       R("draft_model", None, kind="str"),
+}
+del R
+
+_RESERVED_PARAMETERS = ("model", "messages", "stream", "options")
+_EFFORTS = ("low", "medium", "high")
+_DURATION_RE = re.compile(r"(-?[0-9.]+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _type_error(name: str, value: Any, wanted: str) -> InvalidInputError:
+    return InvalidInputError("parameter %r=%r has the wrong type: it must be %s" % (name, value, wanted))
+
+
+def _check_kind(name: str, value: Any, kind: str) -> None:
+    """Raise InvalidInputError when ``value`` is not of the row's kind."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {
+        "number": is_number,
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "object": isinstance(value, dict),
+        "stop": isinstance(value, str) or (isinstance(value, list) and all(isinstance(s, str) for s in value)),
+        "format": isinstance(value, (str, dict)),
+        "response_format": isinstance(value, dict) and isinstance(value.get("type"), str),
+        "think": isinstance(value, bool) or value in _EFFORTS,
+        "effort": isinstance(value, str),
+        "duration": is_number or (isinstance(value, str) and bool(value.strip())),
+    }[kind]
+    if not ok:
+        raise _type_error(name, value, {
+            "number": "a number", "int": "a whole number", "bool": "true or false", "str": "a string",
+            "object": "a JSON object", "stop": "a string or a list of strings",
+            "format": "'json' or a JSON schema object",
+            "response_format": "an object with a 'type', e.g. {\"type\": \"json_schema\", ...}",
+            "think": "true, false, 'low', 'medium' or 'high'", "effort": "'low', 'medium' or 'high'",
+            "duration": "seconds as a number or a duration such as '5m'",
+        }[kind])
+
+
+def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
+    """Seconds for an Ollama keep_alive value (``300``, ``"300"``, ``"5m"``, ``"1h30m"``); None if unreadable."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = value.strip()
+    if _FLOAT_RE.match(text):
+        return float(text)
+    pos, total = 0, 0.0
+    sign = -1.0 if text.startswith("-") else 1.0
+    text = text.lstrip("+-")
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    return sign * total if pos == len(text) and pos else None
+
+
+def _json_schema_format(schema: Mapping[str, Any]) -> Dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "response", "strict": True, "schema": dict(schema)}}
+
+
+_DROP = object()
+
+
+def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
+    """Translate a value whose meaning differs between the servers; _DROP when it has no translation."""
+    if provider == "lm_studio":
+        if kind == "format":  # Ollama's format -> OpenAI response_format (LM Studio rejects json_object)
+            if isinstance(value, dict):
+                return _json_schema_format(value)
+            if value.strip().lower() == "json":
+                return _json_schema_format({"type": "object"})
+            return _DROP if not value.strip() else value
+        if kind == "response_format" and value.get("type") == "json_object":
+            return _json_schema_format({"type": "object"})
+        if kind == "think":
+            if isinstance(value, bool):
+                logger.warning("parameter think=%s has no LM Studio equivalent (it takes reasoning_effort="
+                               "'low'|'medium'|'high'); not sent", value)
+                return _DROP
+            return value
+        if kind == "duration":
+            seconds = _duration_seconds(value)
+            if seconds is None or seconds <= 0:
+                logger.warning("parameter %s=%r has no LM Studio equivalent (its ttl is a positive number of "
+                               "seconds); not sent", name, value)
+                return _DROP
+            return max(1, int(round(seconds)))
+        return value
+    if kind == "response_format":  # OpenAI response_format -> Ollama's format
+        if value["type"] == "json_object":
+            return "json"
+        if value["type"] == "json_schema":
+            schema = (value.get("json_schema") or {}).get("schema")
+            return schema if isinstance(schema, dict) else "json"
+        return _DROP  # {"type": "text"}: plain text is Ollama's default
+    if kind == "effort":
+        if value in _EFFORTS:
+            return value
+        if value in ("none", "minimal"):
+            return False
+        logger.warning("parameter reasoning_effort=%r has no Ollama equivalent; not sent", value)
+        return _DROP
+    if kind == "duration" and isinstance(value, str) and _INT_RE.match(value.strip()):
+        return int(value)
+    return value
+
+
+def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, Any]:
+    """Translate parameters written with either server's names for ``provider``.
+
+    For LM Studio the result is a flat dict of OpenAI fields.  For Ollama it is
+    the top-level fields plus an ``"options"`` dict (omitted when empty).  A
+    parameter the target does not understand is logged as a warning naming it;
+    one missing from PARAMETER_MAP is sent as written, with a warning.  Raises
+    InvalidInputError for a reserved name or a value of the wrong type.
+    """
+    provider = canonical_provider(provider)
+    out: Dict[str, Any] = {}
+    options: Dict[str, Any] = {}
+    priorities: Dict[str, int] = {}
+    title = SERVER_TITLES[provider]
+    for name, value in parameters.items():
+        if name in _RESERVED_PARAMETERS:
+            raise InvalidInputError("parameter %r is set by lm_providers itself; remove it from the model's "
+                                    "parameters" % name)
+        row = PARAMETER_MAP.get(name)
+        if row is None:
+            logger.warning("parameter %r is not in lm_providers.PARAMETER_MAP; sent to %s as written", name, title)
+            (options if provider == "ollama" else out)[name] = value
+            continue
+        _check_kind(name, value, row.kind)
+        field = row.lm_studio if provider == "lm_studio" else row.ollama
+        if field is None:
+            logger.warning("parameter %r is not understood by %s; not sent (see PARAMETER_MAP)", name, title)
+            continue
+        value = _convert(name, value, row.kind, provider)
+        if value is _DROP:
+            continue
+        target = options if provider == "ollama" and row.ollama_place == "options" else out
+        if field in target and priorities[field] > row.priority:
+            logger.debug("parameter %s=%r not used for %s: a stronger parameter already sets %s",
+                         name, value, title, field)
+            continue
+        target[field] = value
+        priorities[field] = row.priority
+    if options:
+        out["options"] = options
+    return out
+
+
+# =============================================================================
+# Config files
+# =============================================================================
+
+class Config:
+    """What a config file holds: each server's host and the model for each role."""
+
+    def __init__(self, ollama_host: Optional[str] = None, lm_studio_host: Optional[str] = None,
+                 models: Optional[Mapping[str, ModelConfig]] = None, path: Optional[str] = None):
+        self.ollama_host = ollama_host
+        self.lm_studio_host = lm_studio_host
+        self.models: Dict[str, ModelConfig] = dict(models or {})
+        self.path = path
+
+    def host_for(self, provider: str) -> Optional[str]:
+        """The host this config sets for ``provider``, or None."""
+        return self.lm_studio_host if canonical_provider(provider) == "lm_studio" else self.ollama_host
+
+    def __repr__(self) -> str:
+        return "Config(ollama_host=%r, lm_studio_host=%r, models=%r, path=%r)" % (
+            self.ollama_host, self.lm_studio_host, self.models, self.path)
+
+
+def load_config(path: str = "config.yaml") -> Config:
+    """Read a YAML config: ``ollama_host``, ``lm_studio_host`` and ``models: {role: uri}``.
+
+    Every URI and host is checked now, so a typo is reported with the file and
+    the role rather than at the first request.  Raises ConfigError.
+    """
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml" % (path, sys.executable)) from None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError("config file %s not found (working directory: %s)" % (path, os.getcwd())) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("cannot read config file %s: %s" % (path, exc)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("config file %s is not valid YAML: %s" % (path, exc)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("config file %s must be a mapping with ollama_host, lm_studio_host and models" % path)
+    unknown = sorted(set(map(str, data)) - {"ollama_host", "lm_studio_host", "models"})
+    if unknown:
+        logger.warning("config file %s: ignoring unknown keys %s", path, ", ".join(unknown))
+    hosts = {}
+    for key, provider in (("ollama_host", "ollama"), ("lm_studio_host", "lm_studio")):
+        value = data.get(key)
+        if value is not None:
+            try:
+                normalize_host(str(value), provider)
+            except InvalidInputError as exc:
+                raise ConfigError("config file %s: %s: %s" % (path, key, exc)) from None
+            value = str(value)
+        hosts[key] = value
+    raw_models = data.get("models") or {}
+    if not isinstance(raw_models, dict):
+        raise ConfigError("config file %s: 'models' must map role names to model URIs" % path)
+    models = {}
+    for role, uri in raw_models.items():
+        if not isinstance(uri, str):
+            raise ConfigError("config file %s: role %r must be a model URI string, got %r" % (path, role, uri))
+        try:
+            models[str(role)] = parse_model_uri(uri)
+        except ModelURIError as exc:
+            raise ConfigError("config file %s: role %r: %s" % (path, role, exc)) from None
+    return Config(hosts["ollama_host"], hosts["lm_studio_host"], models, path)
+
+
+def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None,
+                 **provider_options: Any) -> "BaseProvider":
+    """Return the provider for a model URI, a ModelConfig or a role name in ``config``.
+
+    The host comes from the URI, then the config, then the environment, then
+    the default.  Without extra options, providers are shared per config and
+    host, so repeated calls reuse one connection pool.
+    """
+    if isinstance(model, str) and "://" not in model:
+        if config is None or model not in config.models:
+            known = ", ".join(sorted(config.models)) if config is not None else "none (no config given)"
+            raise InvalidInputError("%r is neither a model URI (provider://model) nor a role in the config; "
+                                    "roles: %s" % (model, known))
+        model = config.models[model]
+    elif isinstance(model, str):
+        model = parse_model_uri(model)
+    if not isinstance(model, ModelConfig):
+        raise InvalidInputError("get_provider needs a model URI, a ModelConfig or a role name, got %r" % (model,))
+    base_url = resolve_host(model.provider, model.host, config)
+    cls = LMStudioProvider if model.provider == "lm_studio" else OllamaProvider
+    if provider_options:
+        return cls(host=base_url, **provider_options)
+    cache = _provider_cache if config is None else config.__dict__.setdefault("_providers", {})
+    key = (cls, base_url)
+    if key not in cache:
+        cache[key] = cls(host=base_url)
+    return cache[key]
+
+
+_provider_cache: Dict[Tuple[type, str], "BaseProvider"] = {}
+
+
+# =============================================================================
+# HTTP transport and stream decoding
+# =============================================================================
+
+def ensure_requests():
+    """Import ``requests``, installing it with this interpreter's pip when it is missing.
+
+    Set ``LM_PROVIDERS_NO_INSTALL=1`` to forbid the install; then a missing
+    ``requests`` raises ImportError saying what to run.
+    """
+    global requests
+    if requests is not None:
+        return requests
+    try:
+        import requests as module
+    except ImportError:
+        command = "%s -m pip install requests" % sys.executable
+        if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
+                              "so it was not installed automatically. Run:  " + command) from None
+        import subprocess
+        logger.warning("'requests' is missing; installing it: %s", command)
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "requests"])
+        if done.returncode != 0:
+            raise ImportError("installing 'requests' failed (pip exit code %d). Run:  %s"
+                              % (done.returncode, command)) from None
+        import importlib
+        importlib.invalidate_caches()
+        import requests as module
+    requests = module
+    return module
+
+
+class StreamDecoder:
+    """Turn arbitrary chunks of a streamed body into complete events.
+
+    ``framing`` is ``"sse"`` (Server-Sent Events: ``data:`` lines ended by a
+    blank line) or ``"ndjson"`` (one JSON document per line).  ``feed(chunk)``
+    returns the events completed by that chunk as ``(kind, data)`` pairs, where
+    ``kind`` is ``None`` for ordinary events and ``"error"`` for SSE error
+    events (``event: error`` or llama.cpp's ``error:`` lines); ``data`` is
+    bytes.  ``flush()`` returns what an unterminated last line completes.  Line
+    ends may be ``\\n`` or ``\\r\\n``, and a chunk may end anywhere, even inside
+    a UTF-8 character: only whole lines are decoded.
+    """
+
+    __slots__ = ("framing", "_pending", "_data", "_event")
+
+    def __init__(self, framing: str):
+        if framing not in ("sse", "ndjson"):
+            raise ValueError("framing must be 'sse' or 'ndjson'")
+        self.framing = framing
+        self._pending = b""
+        self._data: List[bytes] = []
+        self._event: Optional[bytes] = None
+
+    def feed(self, chunk: bytes) -> List[Tuple[Optional[str], bytes]]:
+        """Add a chunk; return the events it completes, in order."""
+        if self._pending:
+            chunk = self._pending + chunk
+        lines = chunk.split(b"\n")
+        self._pending = lines.pop()
+        if self.framing == "ndjson":
+            return [(None, line) for line in lines if line.strip()]
+        return self._sse_lines(lines)
+
+    def flush(self) -> List[Tuple[Optional[str], bytes]]:
+        """Finish the body: decode an unterminated last line and dispatch a pending SSE event."""
+        lines = [self._pending] if self._pending else []
+        self._pending = b""
+        if self.framing == "ndjson":
+            return [(None, line) for line in lines if line.strip()]
+        return self._sse_lines(lines + [b""])
+
+    def _sse_lines(self, lines: List[bytes]) -> List[Tuple[Optional[str], bytes]]:
+        events = []
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if self._data:
+                    kind = "error" if self._event == b"error" else None
+                    events.append((kind, b"\n".join(self._data)))
+                self._data = []
+                self._event = None
+                continue
+            field, _, value = line.partition(b":")
+            if value.startswith(b" "):
+                value = value[1:]
+            if field == b"data":
+                self._data.append(value)
+            elif field == b"event":
+                self._event = value
+            elif field == b"error":  # llama.cpp's server writes "error: {...}" lines
+                events.append(("error", value))
+        return events
+
+
+def _server_message(body: str) -> str:
+    """The server's own error message from an error body of any shape."""
+    text = body.strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(error, dict):
+            error = error.get("message") or error.get("msg") or json.dumps(error)
+        if isinstance(error, str) and error.strip():
+            return error.strip()
+    if text[:1] == "<" or "<html" in text[:200].lower():
+        title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
+        return "an HTML page%s, not the API's JSON (is a proxy or another program on this port?)" % (
+            (" titled %r" % title.group(1).strip()) if title else "")
+    if not text:
+        return "an empty body"
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _mask(secret: Optional[str]) -> str:
+    if not secret:
+        return "(none)"
+    return "****" + (secret[-4:] if len(secret) >= 12 else "")
+
+
+_LOOPBACK_PREFIXES = ("http://127.", "http://localhost:", "http://[::1]:", "https://127.", "https://localhost:",
+                      "https://[::1]:")
+
+
+class HTTPTransport:
+    """The one HTTP layer both providers use: a keep-alive ``requests.Session``,
+    separate connect and read timeouts, bounded retries for 429/503, no
+    redirects, and every ``requests`` failure turned into a typed error.
+
+    ``describe_failure`` is a callable of the provider's that turns an error
+    response (status, body, model) into the exception to raise.
+    """
+
+    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
+                 headers: Mapping[str, str], max_retries: int, server_title: str, start_hint: str):
+        module = ensure_requests()
+        self.base_url = base_url
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_retries = max_retries
+        self.server_title = server_title
+        self.start_hint = start_hint
+        self.session = module.Session()
+        # Proxy variables route loopback traffic wrongly and looking them up costs
+        # more than a small local request; remote hosts keep the usual behaviour.
+        self.session.trust_env = not base_url.startswith(_LOOPBACK_PREFIXES)
+        adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=32)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update(headers)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def request(self, method: str, path: str, payload: Optional[dict] = None, *, stream: bool = False,
+                debug: bool = False, describe_failure: Any = None, model: str = "") -> Any:
+        """Send one request; return the 2xx ``requests.Response`` or raise a typed error.
+
+        429 and 503 answers are retried up to ``max_retries`` times, waiting for
+        ``Retry-After`` when the server gives one (at most 30 s) and otherwise
+        0.5 s, 1 s, 2 s...  Nothing has reached the caller when a retry happens.
+        """
+        url = self.base_url + path
+        body = None if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        for attempt in range(self.max_retries + 1):
+            started = time.perf_counter()
+            try:
+                response = self.session.request(method, url, data=body, headers=headers, stream=stream,
+                                                timeout=(self.connect_timeout, self.read_timeout),
+                                                allow_redirects=False)
+            except Exception as exc:
+                raise self.translate_exception(exc, url) from exc
+            if debug:
+                _debug("%s %s -> HTTP %d in %.3f s", method, url, response.status_code,
+                       time.perf_counter() - started)
+            status = response.status_code
+            if status < 300:
+                return response
+            try:
+                text = response.text
+            except Exception as exc:
+                raise self.translate_exception(exc, url) from exc
+            finally:
+                response.close()
+            if status in (429, 503) and attempt < self.max_retries:
+                delay = self._retry_delay(response, attempt)
+                logger.info("%s answered %d (%s); retrying in %.1f s", self.server_title, status,
+                            _server_message(text), delay)
+                time.sleep(delay)
+                continue
+            if 300 <= status < 400:
+                raise ProviderResponseError(
+                    "%s at %s redirected %s to %s; redirects are not followed for API calls. Set the host to "
+                    "the server's real address." % (self.server_title, self.base_url, path,
+                                                    response.headers.get("Location", "(no Location)")),
+                    status=status, server_message=None, body=text)
+            raise describe_failure(status, text, model)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _retry_delay(response: Any, attempt: int) -> float:
+        header = response.headers.get("Retry-After", "")
+        if header.strip().replace(".", "", 1).isdigit():
+            return min(float(header), 30.0)
+        return min(0.5 * (2 ** attempt), 8.0)
+
+    def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
+        """Turn a requests/urllib3/socket failure into ProviderConnectionError or ProviderTimeoutError."""
+        module = ensure_requests()
+        exceptions = module.exceptions
+        text = str(exc)
+        if isinstance(exc, ProviderError):
+            return exc
+        if isinstance(exc, exceptions.ConnectTimeout):
+            return ProviderTimeoutError(
+                "connecting to %s at %s took longer than the connect timeout (%g s). Check the host and that "
+                "the server is running; raise the limit with timeout=(connect, read), e.g. timeout=(30, %g)."
+                % (self.server_title, self.base_url, self.connect_timeout, self.read_timeout))
+        if isinstance(exc, (exceptions.ReadTimeout, TimeoutError)) or "Read timed out" in text:
+            return ProviderTimeoutError(
+                "%s at %s sent nothing for %g s (the read timeout) while answering %s. A large model can take "
+                "minutes to load or to answer; raise the limit with timeout=(connect, read), e.g. "
+                "timeout=(%g, %g)." % (self.server_title, self.base_url, self.read_timeout, url,
+                                       self.connect_timeout, self.read_timeout * 4))
+        if isinstance(exc, exceptions.SSLError):
+            return ProviderConnectionError("TLS failed talking to %s: %s. Use http:// for a local server, or "
+                                           "fix its certificate." % (self.base_url, exc))
+        if isinstance(exc, (exceptions.InvalidURL, exceptions.MissingSchema, exceptions.InvalidSchema)):
+            return ProviderConnectionError("bad URL %s: %s" % (url, exc))
+        if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
+            return ProviderConnectionError(
+                "cannot connect to %s at %s: connection refused. Nothing is listening there. %s"
+                % (self.server_title, self.base_url, self.start_hint))
+        if ("Name or service not known" in text or "NameResolutionError" in text
+                or "nodename nor servname" in text or "Temporary failure in name resolution" in text
+                or "getaddrinfo failed" in text):
+            return ProviderConnectionError("cannot resolve the host name in %s: check the spelling of the host"
+                                           % self.base_url)
+        return ProviderConnectionError(
+            "the connection to %s at %s failed: %s. If the server restarted, try again; %s"
+            % (self.server_title, self.base_url, _short_reason(exc), self.start_hint))
+
+
+def _short_reason(exc: BaseException) -> str:
+    for pattern in ("Remote end closed connection without response", "Connection reset by peer",
+                    "Connection aborted", "IncompleteRead", "Connection broken", "Broken pipe"):
+        if pattern in str(exc):
+            return pattern.lower()
+    return str(exc)[:200]
+
+
+def _iter_body_chunks(response: Any) -> Iterator[bytes]:
+    """Yield the body as the bytes arrive: whatever one socket read returns.
+
+    ``requests``' ``iter_lines`` and ``iter_content`` wait to fill a buffer on
+    a body without chunked encoding, holding back the first token; ``read1``
+    returns as soon as any data is there.
+    """
+    raw = response.raw
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:  # urllib3 1.x
+        yield from response.iter_content(chunk_size=None)
+        return
+    while True:
+        data = read1(65536)
+        if not data:
+            return
+        yield data
+
+
+def _debug(message: str, *args: Any) -> None:
+    """Log one line of debug=True output; make it visible on stderr when logging is not set up."""
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[lm_providers] %(message)s"))
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+    logger.info(message, *args)
+
+
+# =============================================================================
+# Providers
+# =============================================================================
+
+class ChatResult:
+    """A finished reply: ``text`` (reasoning removed), ``reasoning``, ``finish_reason``
+    (``"stop"``, ``"length"``, ...), ``usage`` (``prompt_tokens``, ``completion_tokens``,
+    ``total_tokens``, or None), ``model`` and the server's ``raw`` response."""
+
+    __slots__ = ("text", "reasoning", "finish_reason", "usage", "model", "raw")
+
+    def __init__(self, text: str, reasoning: str = "", finish_reason: Optional[str] = None,
+                 usage: Optional[Dict[str, int]] = None, model: str = "", raw: Any = None):
+        self.text, self.reasoning, self.finish_reason = text, reasoning, finish_reason
+        self.usage, self.model, self.raw = usage, model, raw
+
+    def __repr__(self) -> str:
+        return "ChatResult(text=%r, reasoning=%r, finish_reason=%r, usage=%r, model=%r)" % (
+            self.text, self.reasoning, self.finish_reason, self.usage, self.model)
+
+
+class ChatStream:
+    """A streamed reply: iterate it for the text pieces as they arrive.
+
+    After the loop, ``finish_reason`` and ``usage`` are set and ``reasoning``
+    holds the model's reasoning (thinking) text.  ``close()`` (or leaving a
+    ``with`` block, or ``break``) releases the connection.
+    """
+
+    def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
+        self.finish_reason: Optional[str] = None
+        self.usage: Optional[Dict[str, int]] = None
+        self.model = model.name
+        self._reasoning: List[str] = []
+        self._pieces = provider._stream(messages, model, debug, self)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._reasoning)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
+
+    def __enter__(self) -> "ChatStream":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class _Discard:
+    """Where stream_text puts what the caller did not ask for (reasoning, finish reason, usage)."""
+
+    __slots__ = ("finish_reason", "usage", "_reasoning", "model")
+
+    def __init__(self) -> None:
+        self._reasoning = None
+
+
+class _ThinkFilter:
+    """Move a leading ``<think>...</think>`` block out of streamed content.
+
+    ``feed`` returns ``(content, reasoning)`` for one piece; tags split across
+    pieces are handled by holding back at most a tag's length of text.
+    """
+
+    OPEN, CLOSE = "<think>", "</think>"
+    __slots__ = ("state", "held")
+
+    def __init__(self) -> None:
+        self.state = "start"  # start -> thinking -> after -> content
+        self.held = ""
+
+    def feed(self, piece: str) -> Tuple[str, str]:
+        text = self.held + piece
+        self.held = ""
+        if self.state == "start":
+            stripped = text.lstrip()
+            if stripped.startswith(self.OPEN):
+                self.state = "thinking"
+                text = stripped[len(self.OPEN):]
+            elif self.OPEN.startswith(stripped):  # could still become "<think>"
+                self.held = text
+                return "", ""
+            else:
+                self.state = "content"
+                return text, ""
+        if self.state == "thinking":
+            end = text.find(self.CLOSE)
+            if end < 0:
+                keep = _partial_suffix(text, self.CLOSE)
+                self.held = text[len(text) - keep:] if keep else ""
+                return "", text[:len(text) - keep]
+            self.state = "after"
+            reasoning, text = text[:end], text[end + len(self.CLOSE):]
+            content, _ = self.feed(text)
+            return content, reasoning
+        if self.state == "after":  # drop the blank lines between </think> and the answer
+            text = text.lstrip()
+            if not text:
+                return "", ""
+            self.state = "content"
+        return text, ""
+
+    def finish(self) -> Tuple[str, str]:
+        """Flush what is held at the end of the reply."""
+        held, self.held = self.held, ""
+        if self.state == "thinking":
+            return "", held
+        return (held, "") if self.state in ("start", "content") else ("", "")
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of ``text`` that is a start of ``tag``."""
+    for size in range(min(len(text), len(tag) - 1), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
+
+
+def split_reasoning(text: str) -> Tuple[str, str]:
+    """Split a whole reply into ``(content, reasoning)``, removing a leading ``<think>`` block."""
+    splitter = _ThinkFilter()
+    content, reasoning = splitter.feed(text)
+    tail_content, tail_reasoning = splitter.finish()
+    return content + tail_content, reasoning + tail_reasoning
+
+
+_JSON_FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+
+
+def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str, Any]:
+    """Find the JSON object in a model's reply and check it has the required attributes.
+
+    Tolerates code fences, prose before or after, and a leading ``<think>``
+    block.  Returns the first object that has every required attribute; raises
+    ValueError saying what was wrong otherwise.
+    """
+    if not isinstance(text, str):
+        raise ValueError("expected the reply text, got %r" % (text,))
+    content, _ = split_reasoning(text)
+    candidates = [m.group(1) for m in _JSON_FENCE_RE.finditer(content)] + [content]
+    decoder = json.JSONDecoder()
+    found_objects: List[Dict[str, Any]] = []
+    for candidate in candidates:
+        start = candidate.find("{")
+        while start >= 0:
+            try:
+                value, _ = decoder.raw_decode(candidate, start)
+            except ValueError:
+                value = None
+            if isinstance(value, dict):
+                if all(attr in value for attr in required_attributes):
+                    return value
+                found_objects.append(value)
+            start = candidate.find("{", start + 1)
+    if found_objects:
+        missing = [a for a in required_attributes if a not in found_objects[0]]
+        raise ValueError("the JSON object lacks the required attribute(s) %s" % ", ".join(map(repr, missing)))
+    raise ValueError("the reply holds no JSON object" + (": %r" % content[:200] if content.strip() else
+                                                          " (it is empty)"))
+
+
+def json_schema_for(required_attributes: Sequence[str]) -> Dict[str, Any]:
+    """A JSON schema for an object that must have ``required_attributes`` (values of any type)."""
+    return {"type": "object", "properties": {name: {} for name in required_attributes},
+            "required": list(required_attributes)}
+
+
+_ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+class BaseProvider:
+    """What both providers share: validation, payload assembly, the transport,
+    streaming, reasoning removal, JSON generation and model listing.
+
+    Subclasses set the class attributes below and implement ``_read_reply``,
+    ``_read_event``, ``_model_names`` and ``_is_model_not_found``.  A provider
+    may be shared between threads; a single stream belongs to one thread.
+    """
+
+    provider = ""            # "lm_studio" or "ollama"
+    chat_path = ""
+    models_path = ""
+    framing = ""             # "sse" or "ndjson"
+    start_hint = ""
+    content_must_be_str = True
+
+    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
+                 api_key: Optional[str] = None, max_retries: int = 2):
+        """``host``: any accepted host form (default: environment, then the server's default).
+        ``timeout``: read timeout in seconds, or ``(connect, read)``; defaults (5, 600).
+        ``max_retries``: how often a 429/503 answer is retried before any text is read."""
+        self.base_url = resolve_host(self.provider, host)
+        connect_timeout, read_timeout = _timeouts(timeout)
+        self._api_key = api_key
+        headers = {"Accept": "application/json", "User-Agent": "lm_providers/" + __version__}
+        if api_key:
+            headers["Authorization"] = "Bearer " + api_key
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise InvalidInputError("max_retries must be a whole number >= 0, got %r" % (max_retries,))
+        self.title = SERVER_TITLES[self.provider]
+        self.transport = HTTPTransport(self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                                       headers=headers, max_retries=max_retries, server_title=self.title,
+                                       start_hint=self.start_hint)
+
+    def __repr__(self) -> str:
+        return "%s(host=%r, api_key=%s)" % (type(self).__name__, self.base_url, _mask(self._api_key))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.transport.close()
+
+    def __enter__(self) -> "BaseProvider":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # --- public operations ---------------------------------------------------
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
+             debug: bool = False) -> ChatResult:
+        """Generate a whole reply; return it with its reasoning, finish reason and usage."""
+        model = self._model(model)
+        payload = self._payload(messages, model, stream=False, debug=debug)
+        started = time.perf_counter()
+        response = self.transport.request("POST", self.chat_path, payload, debug=debug,
+                                          describe_failure=self._failure, model=model.name)
+        data = self._json_body(response, self.chat_path)
+        if isinstance(data, dict) and data.get("error"):
+            raise self._failure(response.status_code, response.text, model.name, in_body=True)
+        try:
+            text, reasoning, finish_reason, usage = self._read_reply(data)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
+                self.title, self.chat_path, response.text[:300]), status=response.status_code,
+                body=response.text) from None
+        content, inline_reasoning = split_reasoning(text or "")
+        result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name, data)
+        self._check_result(result, model, debug, time.perf_counter() - started)
+        return result
+
+    def generate_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
+                      debug: bool = False) -> str:
+        """Generate a whole reply and return its text (reasoning removed)."""
+        return self.chat(messages, model, debug=debug).text
+
+    def stream_chat(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
+                    debug: bool = False) -> ChatStream:
+        """Stream a reply as a ChatStream: iterate for text; reasoning, finish reason and usage after."""
+        model = self._model(model)
+        return ChatStream(self, messages, model, debug)
+
+    def stream_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
+                    debug: bool = False) -> Iterator[str]:
+        """Yield the reply's text pieces as the server sends them.
+
+        Raises ProviderResponseError (after the pieces already yielded) if the
+        stream breaks off before the server marks it complete, or the server
+        reports an error mid-stream.
+        """
+        return self._stream(messages, self._model(model), debug, _Discard())
+
+    def generate_json(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig],
+                      required_attributes: Sequence[str] = (), *, schema: Optional[Mapping[str, Any]] = None,
+                      max_attempts: int = 3, debug: bool = False) -> Dict[str, Any]:
+        """Generate a JSON object that has every attribute in ``required_attributes``.
+
+        The server is asked for JSON that follows ``schema`` (default: one built
+        from the required attributes).  A reply that is not such an object is
+        answered with a repair message, up to ``max_attempts`` replies in all;
+        then JSONGenerationError is raised with the last reply.
+        """
+        if isinstance(required_attributes, str) or not all(isinstance(a, str) for a in required_attributes):
+            raise InvalidInputError("required_attributes must be a list of strings, got %r"
+                                    % (required_attributes,))
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise InvalidInputError("max_attempts must be a whole number >= 1, got %r" % (max_attempts,))
+        required = list(required_attributes)
+        model = self._model(model).with_parameters(format=dict(schema) if schema else json_schema_for(required))
+        conversation = list(messages)
+        raw, reason = "", ""
+        for attempt in range(1, max_attempts + 1):
+            result = self.chat(conversation, model, debug=debug)
+            raw = result.text
+            try:
+                data = extract_json(raw, required)
+            except ValueError as exc:
+                reason = str(exc) + (" (the reply was cut off at the token limit)"
+                                     if result.finish_reason == "length" else "")
+                if debug:
+                    _debug("JSON attempt %d/%d failed: %s", attempt, max_attempts, reason)
+                conversation = list(messages) + [
+                    {"role": "assistant", "content": raw},
+                    {"role": "user", "content": "That reply was not usable: %s. Answer again with only one JSON "
+                                                "object that has the attributes %s, and nothing else."
+                                                % (reason, ", ".join(required) or "you were asked for")}]
+                continue
+            if debug:
+                _debug("JSON attempt %d/%d gave an object with keys %s", attempt, max_attempts, sorted(data))
+            return data
+        raise JSONGenerationError(
+            "%s did not return a JSON object with %s after %d attempt(s): %s" % (
+                self.title, ", ".join(map(repr, required)) or "any attributes", max_attempts, reason),
+            raw_text=raw, attempts=max_attempts, reason=reason)
+
+    def list_models(self) -> List[str]:
+        """The names of the models the server offers."""
+        response = self.transport.request("GET", self.models_path, describe_failure=self._failure)
+        data = self._json_body(response, self.models_path)
+        try:
+            return self._model_names(data)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
+                self.title, self.models_path, response.text[:300]), status=response.status_code,
+                body=response.text) from None
+
+    def is_model_available(self, name: str) -> bool:
+        """Whether the server offers the model ``name`` (see ``same_model`` for how names match)."""
+        return any(self.same_model(name, offered) for offered in self.list_models())
+
+    def close_matches(self, name: str, offered: Optional[Sequence[str]] = None) -> List[str]:
+        """Up to five names the server offers that look like ``name`` (for 'did you mean')."""
+        import difflib
+        if offered is None:
+            try:
+                offered = self.list_models()
+            except ProviderError:
+                return []
+        folded = {o.lower(): o for o in offered}
+        hits = difflib.get_close_matches(name.lower(), list(folded), n=5, cutoff=0.5)
+        hits += [k for k in folded if name.lower() in k and k not in hits]
+        return [folded[h] for h in hits[:5]]
+
+    @staticmethod
+    def same_model(wanted: str, offered: str) -> bool:
+        """Whether two model names mean the same model on this server (exact by default)."""
+        return wanted == offered
+
+    # --- shared machinery -----------------------------------------------------
+
+    def _model(self, model: Union[str, ModelConfig]) -> ModelConfig:
+        if isinstance(model, str):
+            model = parse_model_uri(model) if "://" in model else ModelConfig(model, self.provider)
+        if not isinstance(model, ModelConfig):
+            raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, got %r" % (model,))
+        if model.provider != self.provider:
+            raise InvalidInputError("model %r is for %s, but this is a %s provider; use lm_providers.get_provider"
+                                    "(model) to get the right one" % (model.name, SERVER_TITLES[model.provider],
+                                                                      self.title))
+        return model
+
+    def _validate_messages(self, messages: Any) -> None:
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+            raise InvalidInputError("messages must be a list of {'role': ..., 'content': ...} dicts, got %s"
+                                    % type(messages).__name__)
+        if not messages:
+            raise InvalidInputError("messages is empty: give at least one {'role': 'user', 'content': ...}")
+        for index, message in enumerate(messages):
+            if not isinstance(message, Mapping):
+                raise InvalidInputError("messages[%d] must be a dict with 'role' and 'content', got %r"
+                                        % (index, message))
+            role = message.get("role")
+            if role not in _ROLES:
+                raise InvalidInputError("messages[%d] has role %r; use one of %s" % (index, role, ", ".join(_ROLES)))
+            content = message.get("content")
+            if content is None and role == "assistant" and message.get("tool_calls"):
+                continue
+            if isinstance(content, str):
+                continue
+            if not self.content_must_be_str and isinstance(content, list) and all(
+                    isinstance(part, Mapping) and "type" in part for part in content):
+                continue
+            raise InvalidInputError("messages[%d]['content'] must be a string%s, got %r" % (
+                index, "" if self.content_must_be_str else " (or a list of content parts)", content))
+
+    def _payload(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, *, stream: bool,
+                 debug: bool) -> Dict[str, Any]:
+        self._validate_messages(messages)
+        payload: Dict[str, Any] = {"model": model.name, "messages": messages, "stream": stream}
+        payload.update(self._extra_payload(stream))
+        payload.update(map_parameters(model.parameters, self.provider))
+        if debug:
+            chars = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 0 for m in messages)
+            _debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token)",
+                   self.title, model.name, self.base_url, len(messages), chars // 4 + 1)
+            for index, message in enumerate(messages):
+                _debug("  message %d [%s]: %s", index, message.get("role"), message.get("content"))
+            _debug("request POST %s%s headers=%s payload=%s", self.base_url, self.chat_path,
+                   self._debug_headers(), json.dumps(payload, ensure_ascii=False))
+        return payload
+
+    def _debug_headers(self) -> Dict[str, str]:
+        headers = dict(self.transport.session.headers)
+        if "Authorization" in headers:
+            headers["Authorization"] = "Bearer " + _mask(self._api_key)
+        return headers
+
+    def _extra_payload(self, stream: bool) -> Dict[str, Any]:
+        return {}
+
+    def _json_body(self, response: Any, path: str) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            text = response.text
+            raise ProviderResponseError("%s answered %s with %s instead of JSON" % (
+                self.title, path, _server_message(text) if text.strip() else "an empty body"),
+                status=response.status_code, server_message=_server_message(text), body=text) from None
+        except Exception as exc:
+            raise self.transport.translate_exception(exc, self.base_url + path) from exc
+
+    def _check_result(self, result: ChatResult, model: ModelConfig, debug: bool, seconds: float) -> None:
+        if debug:
+            _debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, %.3f s",
+                   len(result.text), len(result.reasoning), result.finish_reason, result.usage, seconds)
+            _debug("reply text: %s", result.text)
+        if result.finish_reason == "length":
+            if not result.text:
+                raise ProviderResponseError(
+                    "%s model %r used the whole token limit%s before writing any answer; raise max_tokens "
+                    "(num_predict on Ollama)" % (self.title, model.name,
+                                                 " on reasoning" if result.reasoning else ""),
+                    server_message="finish_reason=length")
+            logger.warning("%s model %r stopped at the token limit (finish_reason=length); the reply is cut "
+                           "short. Raise max_tokens to get more.", self.title, model.name)
+        elif not result.text:
+            logger.warning("%s model %r returned an empty reply (finish_reason=%s)", self.title, model.name,
+                           result.finish_reason)
+
+    def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, debug: bool,
+                sink: Any) -> Iterator[str]:
+        """The one streaming loop: yields content pieces, records the rest in ``sink``."""
+        payload = self._payload(messages, model, stream=True, debug=debug)  # validate before the first next()
+        return self._stream_events(payload, model, debug, sink)
+
+    def _stream_events(self, payload: Dict[str, Any], model: ModelConfig, debug: bool,
+                       sink: Any) -> Iterator[str]:
+        started = time.perf_counter()
+        response = self.transport.request("POST", self.chat_path, payload, stream=True, debug=debug,
+                                          describe_failure=self._failure, model=model.name)
+        decoder = StreamDecoder(self.framing)
+        think = _ThinkFilter()
+        reasoning_parts = sink._reasoning
+        read_event = self._read_event
+        complete = False
+        events = pieces = 0
+        try:
+            chunks = _iter_body_chunks(response)
+            while not complete:
+                try:
+                    chunk = next(chunks, None)
+                except Exception as exc:
+                    raise self._stream_broken(exc, pieces) from exc
+                batch = decoder.feed(chunk) if chunk is not None else decoder.flush()
+                for kind, data in batch:
+                    events += 1
+                    if kind == "error" or data == b"[DONE]":
+                        if kind == "error":
+                            raise self._stream_error(data, model)
+                        complete = True
+                        break
+                    try:
+                        event = json.loads(data)
+                        content, reasoning, done = read_event(event, sink)
+                    except ValueError:
+                        raise ProviderResponseError("%s sent a stream event that is not JSON: %r" % (
+                            self.title, data[:200]), body=data.decode("utf-8", "replace")) from None
+                    except ProviderError:
+                        raise
+                    except Exception:
+                        raise self._stream_error(data, model) from None
+                    if reasoning and reasoning_parts is not None:
+                        reasoning_parts.append(reasoning)
+                    if content:
+                        if think.state != "content":
+                            content, reasoning = think.feed(content)
+                            if reasoning and reasoning_parts is not None:
+                                reasoning_parts.append(reasoning)
+                        if content:
+                            if debug and not pieces:
+                                _debug("first piece after %.3f s", time.perf_counter() - started)
+                            pieces += 1
+                            yield content
+                    if done:
+                        complete = True
+                        break
+                if chunk is None:
+                    break
+            if not complete:
+                raise ProviderResponseError(
+                    "%s ended the stream before saying it was complete (after %d piece(s)); the reply is cut "
+                    "off. The server may have crashed or restarted, or the connection broke." % (self.title, pieces),
+                    server_message="stream ended without end marker")
+            content, reasoning = think.finish()
+            if reasoning and reasoning_parts is not None:
+                reasoning_parts.append(reasoning)
+            if content:
+                pieces += 1
+                yield content
+            if debug:
+                _debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s", events,
+                       pieces, sink.finish_reason, sink.usage, time.perf_counter() - started)
+        finally:
+            if complete and not response.raw.closed:
+                _drain_and_release(response)
+            else:
+                response.close()
+
+    def _stream_broken(self, exc: BaseException, pieces: int) -> ProviderError:
+        error = self.transport.translate_exception(exc, self.base_url + self.chat_path)
+        if isinstance(error, ProviderTimeoutError):
+            return ProviderTimeoutError("%s (the stream stopped after %d piece(s); the reply is incomplete)"
+                                        % (error, pieces))
+        return ProviderResponseError("the stream from %s broke off after %d piece(s): %s; the reply is "
+                                     "incomplete" % (self.title, pieces, _short_reason(exc)),
+                                     server_message=str(exc)[:300])
+
+    def _stream_error(self, data: bytes, model: ModelConfig) -> ProviderError:
+        text = data.decode("utf-8", "replace")
+        message = _server_message(text)
+        return ProviderResponseError("%s reported an error in the middle of the stream for model %r: %s"
+                                     % (self.title, model.name, message), server_message=message, body=text)
+
+    def _failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
+        """The exception for an error answer (``in_body``: an error object in a 200 response)."""
+        message = _server_message(body)
+        kwargs = dict(status=status, server_message=message, body=body)
+        if status in (401, 403):
+            return AuthenticationError("%s at %s refused the request (HTTP %d): %s. %s" % (
+                self.title, self.base_url, status, message, self.auth_hint), **kwargs)
+        if model and self._is_model_not_found(status, message):
+            matches = self.close_matches(model)
+            return ModelNotFoundError(
+                "model %r is not available on %s at %s: %s. %s%s" % (
+                    model, self.title, self.base_url, message, self.download_hint(model),
+                    (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
+                model=model, host=self.base_url, suggestions=matches, **kwargs)
+        if status == 404:
+            return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s). Is this really %s? %s" % (
+                self.title, self.base_url, self.chat_path if model else self.models_path, message, self.title,
+                self.wrong_server_hint), **kwargs)
+        where = "in a %d response" % status if in_body else "with HTTP %d" % status
+        return ProviderResponseError("%s answered %s: %s" % (self.title, where, message), **kwargs)
+
+    auth_hint = ""
+    wrong_server_hint = ""
+
+    def download_hint(self, model: str) -> str:
+        return ""
+
+    # --- what each server does differently ------------------------------------
+
+    def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
+        """(text, reasoning, finish_reason, usage) from a non-streamed reply."""
+        raise NotImplementedError
+
+    def _read_event(self, event: Any, sink: Any) -> Tuple[Optional[str], Optional[str], bool]:
+        """(content, reasoning, done) from one streamed event; records finish reason and usage in ``sink``."""
+        raise NotImplementedError
+
+    def _model_names(self, data: Any) -> List[str]:
+        raise NotImplementedError
+
+    def _is_model_not_found(self, status: int, message: str) -> bool:
+        raise NotImplementedError
+
+
+def _drain_and_release(response: Any) -> None:
+    """Return a finished stream's connection to the pool (closing it if bytes are left over)."""
+    try:
+        if response.raw.read1(65536) if hasattr(response.raw, "read1") else None:
+            response.close()
+            return
+        response.raw.release_conn()
+    except Exception:
+        response.close()
+
+
+def _timeouts(timeout: Union[None, float, Tuple[float, float]]) -> Tuple[float, float]:
+    if timeout is None:
+        return 5.0, 600.0
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+        return min(float(timeout), 5.0), float(timeout)
+    if (isinstance(timeout, (tuple, list)) and len(timeout) == 2
+            and all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in timeout)):
+        return float(timeout[0]), float(timeout[1])
+    raise InvalidInputError("timeout must be seconds (read timeout) or (connect, read), both > 0; got %r"
+                            % (timeout,))
+
+
+def _openai_usage(usage: Any) -> Optional[Dict[str, int]]:
+    if not isinstance(usage, dict):
+        return None
+    return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage}
+
+
+class LMStudioProvider(BaseProvider):
+    """LM Studio's OpenAI-compatible server: ``/v1/chat/completions`` and ``/v1/models``.
+
+    ``api_key`` (or ``LM_API_TOKEN`` in the environment) is sent as a bearer
+    token, only when one is set.
+    """
+
+    provider = "lm_studio"
+    chat_path = "/v1/chat/completions"
+    models_path = "/v1/models"
+    framing = "sse"
+    content_must_be_str = False
+    start_hint = ("Start LM Studio's server: in the LM Studio app open the Developer tab and click Start Server, "
+                  "or run  lms server start  (default port 1234).")
+    auth_hint = ("The server requires an API token: pass api_key=... or set LM_API_TOKEN; check the token in "
+                 "LM Studio's Developer tab > Server Settings.")
+    wrong_server_hint = "LM Studio listens on port 1234 by default; Ollama (11434) needs ollama:// URIs."
+
+    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
+                 api_key: Optional[str] = None, max_retries: int = 2):
+        super().__init__(host, timeout, api_key if api_key is not None else os.environ.get("LM_API_TOKEN") or None,
+                         max_retries)
+
+    def download_hint(self, model: str) -> str:
+        return ("Download it in LM Studio (or  lms get %s), load it (lms load %s), and check the exact id "
+                "with  lms ls  (ids are case-sensitive)." % (model, model))
+
+    def _extra_payload(self, stream: bool) -> Dict[str, Any]:
+        return {"stream_options": {"include_usage": True}} if stream else {}
+
+    def _is_model_not_found(self, status: int, message: str) -> bool:
+        text = message.lower()
+        return status in (400, 404) and "model" in text and ("not found" in text or "no models loaded" in text
+                                                             or "not loaded" in text or "does not exist" in text)
+
+    def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
+        choice = data["choices"][0]
+        message = choice["message"]
+        reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+        return message.get("content") or "", reasoning, choice.get("finish_reason"), _openai_usage(data.get("usage"))
+
+    def _read_event(self, event: Any, sink: Any) -> Tuple[Optional[str], Optional[str], bool]:
+        choices = event.get("choices")
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            finish = choice.get("finish_reason")
+            if finish:
+                sink.finish_reason = finish
+            return delta.get("content"), delta.get("reasoning_content") or delta.get("reasoning"), False
+        if "error" in event:
+            raise ValueError("error event")
+        if event.get("usage"):
+            sink.usage = _openai_usage(event["usage"])
+        return None, None, False
+
+    def _model_names(self, data: Any) -> List[str]:
+        return [entry["id"] for entry in data["data"]]
+
+
+class OllamaProvider(BaseProvider):
+    """Ollama's native server: ``/api/chat`` (with ``stream`` set explicitly) and ``/api/tags``.
+
+    Model names match as Ollama matches them: case-insensitively, and a name
+    without a tag means ``:latest``.
+    """
+
+    provider = "ollama"
+    chat_path = "/api/chat"
+    models_path = "/api/tags"
+    framing = "ndjson"
+    start_hint = "Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by default."
+    auth_hint = "Ollama itself has no tokens; a proxy in front of it refused the request."
+    wrong_server_hint = "Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// URIs."
+
+    def download_hint(self, model: str) -> str:
+        return "Download it with  ollama pull %s  and see what is installed with  ollama list." % model
+
+    def _is_model_not_found(self, status: int, message: str) -> bool:
+        text = message.lower()
+        return status == 404 and "model" in text and "not found" in text
+
+    @staticmethod
+    def same_model(wanted: str, offered: str) -> bool:
+        return _ollama_key(wanted) == _ollama_key(offered)
+
+    def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
+        message = data["message"]
+        return (message.get("content") or "", message.get("thinking") or "", data.get("done_reason"),
+                _ollama_usage(data))
+
+    def _read_event(self, event: Any, sink: Any) -> Tuple[Optional[str], Optional[str], bool]:
+        message = event.get("message")
+        if message is None:
+            if "error" in event:
+                raise ValueError("error event")
+            return None, None, bool(event.get("done"))
+        if event.get("done"):
+            sink.finish_reason = event.get("done_reason")
+            sink.usage = _ollama_usage(event)
+            return message.get("content"), message.get("thinking"), True
+        return message.get("content"), message.get("thinking"), False
+
+    def _model_names(self, data: Any) -> List[str]:
+        return [entry["name"] for entry in data["models"]]
+
+
+def _ollama_key(name: str) -> str:
+    name = name.strip().lower()
+    for prefix in ("registry.ollama.ai/library/", "registry.ollama.ai/", "library/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    if ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
+    return name
+
+
+def _ollama_usage(data: Mapping[str, Any]) -> Optional[Dict[str, int]]:
+    if "eval_count" not in data and "prompt_eval_count" not in data:
+        return None
+    prompt, completion = data.get("prompt_eval_count", 0), data.get("eval_count", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
