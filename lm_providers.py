@@ -370,7 +370,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
                 raise bad("parameter %r is given twice" % key)
             try:
                 parameters[key] = _parse_query_value(value)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise bad("the value of %r looks like JSON but does not parse: %r" % (key, value)) from None
     return ModelConfig(name, provider, host, parameters)
 
@@ -402,7 +402,7 @@ def _format_query_value(key: str, value: Any) -> str:
         try:
             if _parse_query_value(value) == value and type(_parse_query_value(value)) is str:
                 return value
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, dict)):
@@ -418,11 +418,17 @@ def format_model_uri(config: ModelConfig) -> str:
     """Write a ModelConfig back as a URI; ``parse_model_uri(format_model_uri(c)) == c``."""
     name = _escape(config.name, "%?#")
     at = name.rfind("@")
-    if config.host is None and at >= 0 and _looks_like_host(name[at + 1:]):
+    if config.host is None and at >= 0 and (at == len(name) - 1 or _looks_like_host(name[at + 1:])):
         name = name[:at] + "%40" + name[at + 1:]  # keep a host-like tail part of the name
     uri = "%s://%s" % (config.provider, name)
     if config.host is not None:
-        uri += "@" + config.host
+        host = str(config.host).strip()
+        normalize_host(host, config.provider)
+        if not _looks_like_host(host) or "?" in host:
+            raise InvalidInputError(
+                "host %r would read back as part of the model name; write it with its port, e.g. '%s:%d'"
+                % (config.host, host, DEFAULT_PORTS[config.provider]))
+        uri += "@" + host
     if config.parameters:
         uri += "?" + "&".join("%s=%s" % (_escape(str(k), "%&=#"), _escape(_format_query_value(k, v), "%&#"))
                               for k, v in config.parameters.items())
@@ -1035,12 +1041,12 @@ def _iter_body_chunks(response: Any) -> Iterator[bytes]:
 
 def _debug(message: str, *args: Any) -> None:
     """Log one line of debug=True output; make it visible on stderr when logging is not set up."""
+    if not logger.isEnabledFor(logging.INFO):  # debug=True asked for this output: let it through
+        logger.setLevel(logging.INFO)
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[lm_providers] %(message)s"))
         logger.addHandler(handler)
-        if logger.level == logging.NOTSET:
-            logger.setLevel(logging.INFO)
     logger.info(message, *args)
 
 
@@ -1199,7 +1205,7 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
         while start >= 0:
             try:
                 value, _ = decoder.raw_decode(candidate, start)
-            except ValueError:
+            except (ValueError, RecursionError):
                 value = None
             if isinstance(value, dict):
                 if all(attr in value for attr in required_attributes):
@@ -1324,7 +1330,9 @@ class BaseProvider:
         answered with a repair message, up to ``max_attempts`` replies in all;
         then JSONGenerationError is raised with the last reply.
         """
-        if isinstance(required_attributes, str) or not all(isinstance(a, str) for a in required_attributes):
+        self._validate_messages(messages)
+        if not isinstance(required_attributes, (list, tuple)) or not all(
+                isinstance(a, str) for a in required_attributes):
             raise InvalidInputError("required_attributes must be a list of strings, got %r"
                                     % (required_attributes,))
         if not isinstance(max_attempts, int) or max_attempts < 1:
@@ -1515,14 +1523,16 @@ class BaseProvider:
                         break
                     try:
                         event = json.loads(data)
-                        content, reasoning, done = read_event(event, sink)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         raise ProviderResponseError("%s sent a stream event that is not JSON: %r" % (
                             self.title, data[:200]), body=data.decode("utf-8", "replace")) from None
-                    except ProviderError:
-                        raise
-                    except Exception:
-                        raise self._stream_error(data, model) from None
+                    if not isinstance(event, dict) or "error" in event:
+                        raise self._stream_error(data, model)
+                    try:
+                        content, reasoning, done = read_event(event, sink)
+                    except (KeyError, IndexError, TypeError, AttributeError):
+                        raise ProviderResponseError("%s sent a stream event of an unexpected shape: %r" % (
+                            self.title, data[:200]), body=data.decode("utf-8", "replace")) from None
                     if reasoning and reasoning_parts is not None:
                         reasoning_parts.append(reasoning)
                     if content:
@@ -1579,19 +1589,20 @@ class BaseProvider:
         """The exception for an error answer (``in_body``: an error object in a 200 response)."""
         message = _server_message(body)
         kwargs = dict(status=status, server_message=message, body=body)
+        said = message.rstrip(". ")  # the server's words, followed by more sentences
         if status in (401, 403):
             return AuthenticationError("%s at %s refused the request (HTTP %d): %s. %s" % (
-                self.title, self.base_url, status, message, self.auth_hint), **kwargs)
-        if model and self._is_model_not_found(status, message):
+                self.title, self.base_url, status, said, self.auth_hint), **kwargs)
+        if model and self._is_model_not_found(status, message, body):
             matches = self.close_matches(model)
             return ModelNotFoundError(
                 "model %r is not available on %s at %s: %s. %s%s" % (
-                    model, self.title, self.base_url, message, self.download_hint(model),
+                    model, self.title, self.base_url, said, self.download_hint(model),
                     (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
                 model=model, host=self.base_url, suggestions=matches, **kwargs)
         if status == 404:
             return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s). Is this really %s? %s" % (
-                self.title, self.base_url, self.chat_path if model else self.models_path, message, self.title,
+                self.title, self.base_url, self.chat_path if model else self.models_path, said, self.title,
                 self.wrong_server_hint), **kwargs)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
         return ProviderResponseError("%s answered %s: %s" % (self.title, where, message), **kwargs)
@@ -1615,7 +1626,7 @@ class BaseProvider:
     def _model_names(self, data: Any) -> List[str]:
         raise NotImplementedError
 
-    def _is_model_not_found(self, status: int, message: str) -> bool:
+    def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         raise NotImplementedError
 
 
@@ -1678,10 +1689,11 @@ class LMStudioProvider(BaseProvider):
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {"stream_options": {"include_usage": True}} if stream else {}
 
-    def _is_model_not_found(self, status: int, message: str) -> bool:
+    def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         text = message.lower()
-        return status in (400, 404) and "model" in text and ("not found" in text or "no models loaded" in text
-                                                             or "not loaded" in text or "does not exist" in text)
+        return status in (400, 404) and ('"model_not_found"' in body or "model" in text and any(
+            phrase in text for phrase in ("not found", "no models loaded", "not loaded", "does not exist",
+                                          "invalid model identifier")))
 
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
         choice = data["choices"][0]
@@ -1690,6 +1702,8 @@ class LMStudioProvider(BaseProvider):
         return message.get("content") or "", reasoning, choice.get("finish_reason"), _openai_usage(data.get("usage"))
 
     def _read_event(self, event: Any, sink: Any) -> Tuple[Optional[str], Optional[str], bool]:
+        if event.get("usage"):
+            sink.usage = _openai_usage(event["usage"])
         choices = event.get("choices")
         if choices:
             choice = choices[0]
@@ -1698,10 +1712,6 @@ class LMStudioProvider(BaseProvider):
             if finish:
                 sink.finish_reason = finish
             return delta.get("content"), delta.get("reasoning_content") or delta.get("reasoning"), False
-        if "error" in event:
-            raise ValueError("error event")
-        if event.get("usage"):
-            sink.usage = _openai_usage(event["usage"])
         return None, None, False
 
     def _model_names(self, data: Any) -> List[str]:
@@ -1726,7 +1736,7 @@ class OllamaProvider(BaseProvider):
     def download_hint(self, model: str) -> str:
         return "Download it with  ollama pull %s  and see what is installed with  ollama list." % model
 
-    def _is_model_not_found(self, status: int, message: str) -> bool:
+    def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         text = message.lower()
         return status == 404 and "model" in text and "not found" in text
 
@@ -1742,8 +1752,6 @@ class OllamaProvider(BaseProvider):
     def _read_event(self, event: Any, sink: Any) -> Tuple[Optional[str], Optional[str], bool]:
         message = event.get("message")
         if message is None:
-            if "error" in event:
-                raise ValueError("error event")
             return None, None, bool(event.get("done"))
         if event.get("done"):
             sink.finish_reason = event.get("done_reason")
@@ -1771,3 +1779,414 @@ def _ollama_usage(data: Mapping[str, Any]) -> Optional[Dict[str, int]]:
         return None
     prompt, completion = data.get("prompt_eval_count", 0), data.get("eval_count", 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+# =============================================================================
+# Command line and the setup check
+# =============================================================================
+
+CHECK_PROMPT = [{"role": "user", "content": "Reply with one short friendly sentence saying you are ready."}]
+CHECK_JSON_PROMPT = [{"role": "user", "content": "Return a JSON object with the attribute \"status\" set to "
+                                                 "\"ready\" and the attribute \"model\" set to your name."}]
+
+
+class CheckResult:
+    """One line of the setup check: ``status`` is ``"PASS"``, ``"FAIL"`` or ``"SKIP"``."""
+
+    __slots__ = ("status", "what", "seconds", "detail", "next_step")
+
+    def __init__(self, status: str, what: str, seconds: float = 0.0, detail: str = "", next_step: str = ""):
+        self.status, self.what, self.seconds, self.detail, self.next_step = status, what, seconds, detail, next_step
+
+    def __repr__(self) -> str:
+        return "CheckResult(%r, %r, detail=%r)" % (self.status, self.what, self.detail)
+
+
+class _StillWorking:
+    """Print a 'still working' line every ``every`` seconds while a slow step runs."""
+
+    def __init__(self, out: Any, what: str, every: float = 10.0):
+        import threading
+        self.out, self.what, self.every = out, what, every
+        self.started = time.perf_counter()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.out.write("  ....  still working on %s (%.0f s so far; a model load can take a minute)\n"
+                           % (self.what, time.perf_counter() - self.started))
+            self.out.flush()
+
+    def __enter__(self) -> "_StillWorking":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+
+
+def _next_step(exc: BaseException, provider: "BaseProvider", model: Optional[ModelConfig] = None) -> str:
+    """The one thing to do about a failed check."""
+    config_key = "%s_host" % provider.provider
+    if isinstance(exc, ModelNotFoundError):
+        tail = (" This server has: %s." % ", ".join(exc.suggestions)) if exc.suggestions else ""
+        return provider.download_hint(exc.model) + tail
+    if isinstance(exc, ProviderTimeoutError):
+        return ("The server is reachable but slow (a first request may be loading the model). Run again, or "
+                "raise the limit with --timeout 1200.")
+    if isinstance(exc, AuthenticationError):
+        return provider.auth_hint
+    if isinstance(exc, ProviderConnectionError):
+        if "refused" in str(exc):
+            return ("%s If it runs on another machine or port, set %s in config.yaml or pass --host HOST:PORT. "
+                    "If you do not use %s, run with --provider %s." % (
+                        provider.start_hint, config_key, provider.title,
+                        "ollama" if provider.provider == "lm_studio" else "lm_studio"))
+        return "Check the host (%s) in config.yaml or --host." % provider.base_url
+    if isinstance(exc, JSONGenerationError):
+        return ("The model did not produce valid JSON; a larger or instruction-tuned model usually does. "
+                "Last reply: %r" % exc.raw_text[:120])
+    if isinstance(exc, ProviderResponseError) and exc.status == 404:
+        return provider.wrong_server_hint
+    return "See the message above; run with --debug for the full request and response."
+
+
+class SetupCheck:
+    """Check servers and models the way ``python test_lm_studio_provider.py`` does.
+
+    ``targets`` is a list of ``(provider, [ModelConfig, ...])``; an empty model
+    list means: check the server, then try the first model it offers.  Each
+    result is printed to ``out`` as it finishes and kept in ``results``.
+    """
+
+    def __init__(self, targets: Sequence[Tuple["BaseProvider", Sequence[Optional[ModelConfig]]]],
+                 out: Any = None, debug: bool = False, still_working_every: float = 10.0):
+        self.targets = targets
+        self.out = out or sys.stdout
+        self.debug = debug
+        self.every = still_working_every
+        self.results: List[CheckResult] = []
+
+    def report(self, result: CheckResult) -> CheckResult:
+        self.results.append(result)
+        timing = "  (%.2f s)" % result.seconds if result.status != "SKIP" else ""
+        self.out.write("[%s] %s%s%s\n" % (result.status, result.what, ": " + result.detail if result.detail else "",
+                                         timing))
+        if result.next_step:
+            self.out.write("       -> %s\n" % result.next_step)
+        self.out.flush()
+        return result
+
+    def step(self, what: str, provider: "BaseProvider", action: Any,
+             model: Optional[ModelConfig] = None) -> Tuple[bool, Any]:
+        """Run one check; report it; return (passed, value)."""
+        started = time.perf_counter()
+        try:
+            with _StillWorking(self.out, what, self.every):
+                value, detail = action()
+        except ProviderError as exc:
+            if self.debug:
+                import traceback
+                traceback.print_exc(file=self.out)
+            self.report(CheckResult("FAIL", what, time.perf_counter() - started, _one_line(exc),
+                                    _next_step(exc, provider, model)))
+            return False, exc
+        self.report(CheckResult("PASS", what, time.perf_counter() - started, detail))
+        return True, value
+
+    def run(self) -> int:
+        """Run every check; return the exit code (0 when everything passed)."""
+        for provider, models in self.targets:
+            self._check_server(provider, models)
+        passed = sum(r.status == "PASS" for r in self.results)
+        failed = sum(r.status == "FAIL" for r in self.results)
+        skipped = sum(r.status == "SKIP" for r in self.results)
+        self.out.write("\n%d passed, %d failed, %d skipped\n" % (passed, failed, skipped))
+        if failed:
+            self.out.write("Some checks failed; each [FAIL] line is followed by what to do. Run with --debug to see "
+                           "every request and response.\n")
+        else:
+            self.out.write("Everything works.\n")
+        self.out.flush()
+        return 1 if failed or not passed else 0
+
+    def _check_server(self, provider: "BaseProvider", models: Sequence[Optional[ModelConfig]]) -> None:
+        title = "%s at %s" % (provider.title, provider.base_url)
+
+        def list_them() -> Tuple[List[str], str]:
+            names = provider.list_models()
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            return names, "answers; %d model(s)%s" % (len(names), ": " + shown if names else "")
+
+        ok, offered = self.step("%s" % title, provider, list_them)
+        models = list(models)
+        if not ok:
+            for model in models or [None]:
+                self.report(CheckResult("SKIP", "%s model checks" % (model.name if model else provider.title),
+                                        detail="the server did not answer"))
+            return
+        if not models:
+            chat_models = [n for n in offered if "embed" not in n.lower()]
+            if not chat_models:
+                self.report(CheckResult("FAIL", "%s has a model to chat with" % title, 0.0, "no models listed",
+                                        provider.download_hint("<model>") if provider.provider == "ollama" else
+                                        "Download a model in LM Studio and load it (or: lms get qwen2.5-7b-instruct"
+                                        "; lms load qwen2.5-7b-instruct)."))
+                return
+            models = [ModelConfig(chat_models[0], provider.provider)]
+            self.out.write("       (no model configured for %s; trying the first one it offers: %s)\n"
+                           % (provider.title, chat_models[0]))
+        for model in models:
+            self._check_model(provider, model, offered)
+
+    def _check_model(self, provider: "BaseProvider", model: ModelConfig, offered: List[str]) -> None:
+        name = "%s %r" % (provider.title, model.name)
+        if not any(provider.same_model(model.name, o) for o in offered):
+            matches = provider.close_matches(model.name, offered)
+            extra = (" LM Studio lists only loaded models unless Just-in-Time loading is on." if
+                     provider.provider == "lm_studio" else "")
+            self.report(CheckResult("FAIL", "%s is available" % name, 0.0, "not among the %d model(s) the server "
+                                    "offers%s" % (len(offered), extra),
+                                    provider.download_hint(model.name) + (
+                                        " Close matches: %s." % ", ".join(matches) if matches else "")))
+            for what in ("generation", "streaming", "JSON"):
+                self.report(CheckResult("SKIP", "%s %s" % (name, what), detail="the model is not available"))
+            return
+        self.report(CheckResult("PASS", "%s is available" % name))
+        if not any(k in model.parameters for k in ("max_tokens", "num_predict")):
+            model = model.with_parameters(max_tokens=512)
+
+        def generate() -> Tuple[str, str]:
+            result = provider.chat(CHECK_PROMPT, model, debug=self.debug)
+            return result.text, "%r (%s tokens, finish_reason=%s)" % (
+                _shorten(result.text), (result.usage or {}).get("completion_tokens", "?"), result.finish_reason)
+
+        self.step("%s generates text" % name, provider, generate, model)
+
+        def stream() -> Tuple[int, str]:
+            started = time.perf_counter()
+            first_at, pieces, text = None, 0, []
+            for piece in provider.stream_text(CHECK_PROMPT, model, debug=self.debug):
+                if first_at is None:
+                    first_at = time.perf_counter() - started
+                pieces += 1
+                text.append(piece)
+            if not pieces:
+                raise ProviderResponseError("the stream completed without any text")
+            total = time.perf_counter() - started
+            return pieces, "%d pieces, first after %.2f s, %.1f pieces/s: %r" % (
+                pieces, first_at, pieces / max(total - first_at, 1e-6) if pieces > 1 else 0.0,
+                _shorten("".join(text)))
+
+        self.step("%s streams" % name, provider, stream, model)
+
+        def json_object() -> Tuple[Dict[str, Any], str]:
+            data = provider.generate_json(CHECK_JSON_PROMPT, model, ["status"], debug=self.debug)
+            return data, _shorten(json.dumps(data, ensure_ascii=False), 100)
+
+        self.step("%s returns JSON" % name, provider, json_object, model)
+
+
+def _shorten(text: str, limit: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def check_targets(config: Optional[Config] = None, provider: Optional[str] = None, host: Optional[str] = None,
+                  model: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None
+                  ) -> List[Tuple["BaseProvider", List[ModelConfig]]]:
+    """What the setup check looks at: the servers and roles of ``config``, narrowed by the options."""
+    if model:
+        chosen = parse_model_uri(model) if "://" in model else None
+        if chosen is None:
+            if config is None or model not in config.models:
+                raise InvalidInputError("--model wants a model URI such as lm_studio://qwen2.5-7b-instruct or a "
+                                        "role from the config, got %r" % model)
+            chosen = config.models[model]
+        kind = chosen.provider
+        if provider and canonical_provider(provider) != kind:
+            raise InvalidInputError("--model %s is for %s, not %s" % (model, kind, provider))
+        base_url = resolve_host(kind, host or chosen.host, config)
+        cls = LMStudioProvider if kind == "lm_studio" else OllamaProvider
+        return [(cls(host=base_url, timeout=timeout), [chosen])]
+    kinds = [canonical_provider(provider)] if provider else ["lm_studio", "ollama"]
+    targets = []
+    for kind in kinds:
+        roles = [m for m in (config.models.values() if config else []) if m.provider == kind]
+        unique: Dict[Tuple[str, str], ModelConfig] = {}
+        for m in roles:
+            unique.setdefault((m.name, resolve_host(kind, m.host, config)), m)
+        by_host: Dict[str, List[ModelConfig]] = {}
+        for (name, base_url), m in unique.items():
+            by_host.setdefault(resolve_host(kind, host, config) if host else base_url, []).append(m)
+        if not by_host:
+            by_host[resolve_host(kind, host, config)] = []
+        cls = LMStudioProvider if kind == "lm_studio" else OllamaProvider
+        targets += [(cls(host=base_url, timeout=timeout), ms) for base_url, ms in by_host.items()]
+    return targets
+
+
+def _load_config_option(path: Optional[str], out: Any) -> Optional[Config]:
+    if path:
+        return load_config(path)
+    if os.path.exists("config.yaml"):
+        out.write("Using config.yaml from %s\n" % os.getcwd())
+        return load_config("config.yaml")
+    out.write("No config.yaml in %s; using --host, OLLAMA_HOST / LM_STUDIO_HOST or the default hosts.\n"
+              % os.getcwd())
+    return None
+
+
+def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None) -> int:
+    """The setup check as a command: parse options, run, print, return the exit code."""
+    parser = _check_parser(argparse_module().ArgumentParser(
+        prog="python test_lm_studio_provider.py",
+        description="Check that your LM Studio / Ollama servers, models and config work with lm_providers, and "
+                    "say what to do when they do not. Exit code 0 means every check passed."))
+    options = parser.parse_args(argv)
+    return _run_check(options, out or sys.stdout)
+
+
+def argparse_module() -> Any:
+    import argparse
+    return argparse
+
+
+def _check_parser(parser: Any) -> Any:
+    parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
+    parser.add_argument("--provider", choices=["lm_studio", "ollama"], help="check only this server kind")
+    parser.add_argument("--host", metavar="HOST:PORT", help="check the server at this host instead")
+    parser.add_argument("--model", metavar="URI_OR_ROLE",
+                        help="check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", default=None,
+                        help="read timeout for each request (default 600)")
+    parser.add_argument("--debug", action="store_true", help="show every request and response, and tracebacks")
+    return parser
+
+
+def _run_check(options: Any, out: Any) -> int:
+    if options.debug:
+        _debug("debug output on")
+    try:
+        config = _load_config_option(options.config, out)
+        targets = check_targets(config, options.provider, options.host, options.model,
+                                (5.0, options.timeout) if options.timeout else None)
+    except ProviderError as exc:
+        out.write("[FAIL] configuration: %s\n" % _one_line(exc))
+        return 2
+    return SetupCheck(targets, out=out, debug=options.debug).run()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m lm_providers`` / ``lm-providers``: models, generate and check."""
+    argparse = argparse_module()
+    parser = argparse.ArgumentParser(
+        prog="python -m lm_providers",
+        description="Talk to LM Studio and Ollama from the command line.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m lm_providers models\n"
+               "  python -m lm_providers generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
+               "  python -m lm_providers generate ollama://llama3 \"Name a color\" --json name,hex\n"
+               "  python -m lm_providers check --provider ollama")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    models = commands.add_parser("models", help="list the models each configured server offers",
+                                 description="List the models each server offers. Example: "
+                                             "python -m lm_providers models --provider ollama")
+    models.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
+    models.add_argument("--provider", choices=["lm_studio", "ollama"], help="only this server kind")
+    models.add_argument("--host", metavar="HOST:PORT", help="ask the server at this host")
+    generate = commands.add_parser(
+        "generate", help="stream a reply to a prompt",
+        description="Stream a model's reply to stdout as it arrives. Example: python -m lm_providers generate "
+                    "lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"")
+    generate.add_argument("model", metavar="URI_OR_ROLE", help="a model URI, or a role from the config")
+    generate.add_argument("prompt", help="the user message")
+    generate.add_argument("--system", help="a system message to put first")
+    generate.add_argument("--json", metavar="ATTR,...",
+                          help="ask for a JSON object with these attributes and print it")
+    generate.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
+    generate.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
+    generate.add_argument("--debug", action="store_true", help="log the request and response to stderr")
+    _check_parser(commands.add_parser(
+        "check", help="check servers, models and config (same as test_lm_studio_provider.py)",
+        description="Check servers, models and config, and say what to do about each failure. Example: "
+                    "python -m lm_providers check --model lm_studio://qwen2.5-7b-instruct"))
+    options = parser.parse_args(argv)
+    if options.command is None:
+        parser.print_help()
+        return 2
+    if options.command == "check":
+        return _run_check(options, sys.stdout)
+    try:
+        if options.command == "models":
+            return _cli_models(options)
+        return _cli_generate(options)
+    except ProviderError as exc:
+        if getattr(options, "debug", False):
+            raise
+        sys.stderr.write("error: %s\n" % exc)
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        return 130
+
+
+def _quiet_config(path: Optional[str]) -> Optional[Config]:
+    if path:
+        return load_config(path)
+    return load_config("config.yaml") if os.path.exists("config.yaml") else None
+
+
+def _cli_models(options: Any) -> int:
+    config = _quiet_config(options.config)
+    answered = 0
+    for kind in ([options.provider] if options.provider else ["lm_studio", "ollama"]):
+        cls = LMStudioProvider if kind == "lm_studio" else OllamaProvider
+        provider = cls(host=resolve_host(kind, options.host, config), timeout=(5, 30))
+        try:
+            names = provider.list_models()
+        except ProviderError as exc:
+            sys.stderr.write("%s at %s: %s\n" % (provider.title, provider.base_url, exc))
+            continue
+        answered += 1
+        print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))
+        for name in names:
+            print("  " + name)
+    return 0 if answered else 1
+
+
+def _cli_generate(options: Any) -> int:
+    config = _quiet_config(options.config)
+    model = config.models[options.model] if config and options.model in config.models else None
+    if model is None:
+        if "://" not in options.model:
+            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
+                                    "config" % options.model)
+        model = parse_model_uri(options.model)
+    provider_options = {"timeout": (5.0, options.timeout)} if options.timeout else {}
+    provider = get_provider(model, config, **provider_options)
+    messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
+        {"role": "user", "content": options.prompt}]
+    if options.json is not None:
+        attributes = [a.strip() for a in options.json.split(",") if a.strip()]
+        data = provider.generate_json(messages, model, attributes, debug=options.debug)
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    stream = provider.stream_chat(messages, model, debug=options.debug)
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if stream.finish_reason == "length":
+        sys.stderr.write("(stopped at the token limit; raise max_tokens in the URI to get more)\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""StreamDecoder and the think-tag filter, fed every possible split of real-shaped bodies."""
+
+import json
+
+from hypothesis import given, settings, strategies as st
+
+import lm_providers as lmp
+from loopback import ndjson_events, sse_events
+
+PIECES = ["Hé", "llo", " wörld ✓", " 日本", "\n\nnew line", ' "quoted" ']
+SSE_BODY = b"".join(sse_events(PIECES))
+NDJSON_BODY = b"".join(ndjson_events(PIECES))
+
+
+def decode(framing, chunks):
+    decoder = lmp.StreamDecoder(framing)
+    out = []
+    for chunk in chunks:
+        out.extend(decoder.feed(chunk))
+    return out + decoder.flush()
+
+
+def contents(framing, events):
+    texts = []
+    for kind, data in events:
+        assert kind is None
+        if data == b"[DONE]":
+            texts.append("[DONE]")
+            continue
+        event = json.loads(data)
+        if framing == "sse":
+            if event["choices"] and event["choices"][0]["delta"].get("content"):
+                texts.append(event["choices"][0]["delta"]["content"])
+        elif event["message"]["content"]:
+            texts.append(event["message"]["content"])
+    return texts
+
+
+def test_whole_bodies_decode_to_the_pieces():
+    assert contents("sse", decode("sse", [SSE_BODY])) == PIECES + ["[DONE]"]
+    assert contents("ndjson", decode("ndjson", [NDJSON_BODY])) == PIECES
+
+
+def test_every_two_way_split_gives_the_same_events():
+    for framing, body in (("sse", SSE_BODY), ("ndjson", NDJSON_BODY)):
+        whole = decode(framing, [body])
+        for cut in range(len(body) + 1):
+            assert decode(framing, [body[:cut], body[cut:]]) == whole, (framing, cut)
+
+
+def test_byte_at_a_time_splits_utf8_characters_and_still_decodes():
+    for framing, body in (("sse", SSE_BODY), ("ndjson", NDJSON_BODY)):
+        assert decode(framing, [body[i:i + 1] for i in range(len(body))]) == decode(framing, [body])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), framing=st.sampled_from(["sse", "ndjson"]), crlf=st.booleans())
+def test_any_split_of_any_body_gives_the_same_events(data, framing, crlf):
+    pieces = data.draw(st.lists(st.text(min_size=1, max_size=12), max_size=8))
+    eol = b"\r\n" if crlf else b"\n"
+    parts = sse_events(pieces, eol=eol) if framing == "sse" else ndjson_events(pieces, eol=eol)
+    body = b"".join(parts)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=12)))
+    chunks = [body[a:b] for a, b in zip([0] + cuts, cuts + [len(body)])]
+    expected = [p for p in pieces if p] + (["[DONE]"] if framing == "sse" else [])
+    assert contents(framing, decode(framing, chunks)) == expected
+
+
+def test_sse_comments_event_names_and_multiline_data():
+    body = (b": keep-alive comment\n\nevent: message\ndata: {\"a\":\ndata: 1}\n\n"
+            b"event: error\ndata: {\"error\": \"bad\"}\n\nerror: {\"message\": \"llama\"}\n\ndata:[DONE]\n\n")
+    assert decode("sse", [body]) == [(None, b'{"a":\n1}'),
+                                      ("error", b'{"error": "bad"}'), ("error", b'{"message": "llama"}'),
+                                      (None, b"[DONE]")]
+
+
+def test_unterminated_last_line_is_flushed():
+    assert decode("ndjson", [b'{"a": 1}\n{"b": 2}']) == [(None, b'{"a": 1}'), (None, b'{"b": 2}')]
+    assert decode("sse", [b"data: [DONE]"]) == [(None, b"[DONE]")]
+
+
+def test_blank_and_whitespace_ndjson_lines_are_skipped():
+    assert decode("ndjson", [b'\n  \n{"a": 1}\r\n\n']) == [(None, b'{"a": 1}\r')]
+
+
+THINK_TEXT = "  <think>\nplan the answer</think>\n\nThe answer is 4. <think> stays </think> in text."
+
+
+def run_filter(chunks):
+    flt = lmp._ThinkFilter()
+    content, reasoning = [], []
+    for chunk in chunks:
+        c, r = flt.feed(chunk)
+        content.append(c)
+        reasoning.append(r)
+    c, r = flt.finish()
+    return "".join(content + [c]), "".join(reasoning + [r])
+
+
+def test_think_block_is_split_off_on_every_two_way_split():
+    expected = ("The answer is 4. <think> stays </think> in text.", "\nplan the answer")
+    for cut in range(len(THINK_TEXT) + 1):
+        assert run_filter([THINK_TEXT[:cut], THINK_TEXT[cut:]]) == expected, cut
+    assert run_filter(list(THINK_TEXT)) == expected
+    assert lmp.split_reasoning(THINK_TEXT) == expected
+
+
+def test_text_without_think_is_untouched_even_if_it_starts_like_a_tag():
+    for text in ["<b>bold</b>", "<thinking is fun", "  plain", "<", "<th", ""]:
+        for cut in range(len(text) + 1):
+            assert run_filter([text[:cut], text[cut:]]) == (text, ""), (text, cut)
+
+
+def test_unclosed_think_block_is_all_reasoning():
+    assert run_filter(["<think>still thinking when the tokens ran out"]) == (
+        "", "still thinking when the tokens ran out")

@@ -1,0 +1,100 @@
+"""The README is part of the product: its commands, examples and quoted messages must be true."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fakes
+import lm_providers as lmp
+from loopback import LoopbackServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+
+
+def fenced_blocks(text, language):
+    """The bodies of the fenced code blocks in ``text`` whose info string is ``language`` ("" for none)."""
+    blocks, current, inside = [], [], None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if inside is None:
+                inside, current = line[3:].strip(), []
+            else:
+                if inside == language:
+                    blocks.append("\n".join(current))
+                inside = None
+        elif inside is not None:
+            current.append(line)
+    return blocks
+
+
+def test_the_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    first_screen = README.split("\n## ", 2)[1]  # the "Quick start" section
+    commands = [block.strip() for block in fenced_blocks(first_screen, "bash")]
+    assert len(commands) == 2, commands
+    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
+    assert commands[1] in ci.splitlines(), "the README's test command must be the line .ci/run runs"
+
+
+@pytest.fixture
+def servers(monkeypatch):
+    with LoopbackServer() as lm, LoopbackServer() as ol:
+        fakes.lm_studio(lm)
+        fakes.ollama(ol)
+        monkeypatch.setenv("LM_STUDIO_HOST", lm.host)
+        monkeypatch.setenv("OLLAMA_HOST", ol.host)
+        yield lm, ol
+
+
+PYTHON_BLOCKS = fenced_blocks(README, "python")
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
+def test_python_examples_run(servers, index):
+    """Each example runs as written, in a fresh interpreter, against wire-shaped stand-ins."""
+    done = subprocess.run([sys.executable, "-c", PYTHON_BLOCKS[index]], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, "README example %d failed:\n%s\n%s" % (index, PYTHON_BLOCKS[index], done.stderr)
+
+
+def quoted_messages():
+    return [block.strip() for block in fenced_blocks(README, "")]
+
+
+def test_troubleshooting_quotes_the_real_connection_refused_message():
+    with pytest.raises(lmp.ProviderConnectionError) as info:
+        lmp.LMStudioProvider(host="127.0.0.1:1").list_models()
+    assert str(info.value).replace("127.0.0.1:1", "127.0.0.1:1234") in quoted_messages()
+
+
+def test_troubleshooting_quotes_the_real_model_not_found_message():
+    with LoopbackServer() as server:
+        fakes.lm_studio(server)
+        with pytest.raises(lmp.ModelNotFoundError) as info:
+            lmp.LMStudioProvider(host=server.host).generate_text([{"role": "user", "content": "hi"}],
+                                                                 "Qwen2.5-7B-Instruct")
+        message = str(info.value).replace(server.host, "127.0.0.1:1234")
+    assert message in quoted_messages()
+    with LoopbackServer() as server:
+        fakes.ollama(server)
+        with pytest.raises(lmp.ModelNotFoundError) as info:
+            lmp.OllamaProvider(host=server.host).generate_text([{"role": "user", "content": "hi"}], "llama4")
+    assert str(info.value).endswith("Download it with  ollama pull llama4  and see what is installed with  "
+                                    "ollama list. Close matches on this server: llama3:latest.")
+    assert "Download it with  ollama pull llama3  and see what is installed with  ollama list." in README
+
+
+def test_troubleshooting_quotes_the_real_timeout_message():
+    import requests
+    provider = lmp.LMStudioProvider()
+    error = provider.transport.translate_exception(requests.exceptions.ReadTimeout("Read timed out."),
+                                                   provider.base_url + provider.chat_path)
+    assert isinstance(error, lmp.ProviderTimeoutError)
+    assert str(error) in quoted_messages()
+
+
+def test_every_public_name_is_documented():
+    for name in lmp.__all__:
+        assert getattr(lmp, name).__doc__, name
