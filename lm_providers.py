@@ -795,69 +795,96 @@ def ensure_requests():
     return module
 
 
+class StreamError(bytes):
+    """An SSE error event's data, as StreamDecoder returns it (``event: error`` or an ``error:`` line)."""
+
+
 class StreamDecoder:
     """Turn arbitrary chunks of a streamed body into complete events.
 
     ``framing`` is ``"sse"`` (Server-Sent Events: ``data:`` lines ended by a
     blank line) or ``"ndjson"`` (one JSON document per line).  ``feed(chunk)``
-    returns the events completed by that chunk as ``(kind, data)`` pairs, where
-    ``kind`` is ``None`` for ordinary events and ``"error"`` for SSE error
-    events (``event: error`` or llama.cpp's ``error:`` lines); ``data`` is
-    bytes.  ``flush()`` returns what an unterminated last line completes.  Line
-    ends may be ``\\n`` or ``\\r\\n``, and a chunk may end anywhere, even inside
-    a UTF-8 character: only whole lines are decoded.
+    returns the events that chunk completes, in order, each as the event's
+    data in bytes; an SSE error event (``event: error``, or llama.cpp's
+    ``error:`` lines) comes back as a StreamError.  ``flush()`` returns what an
+    unterminated last line completes.  Lines may end in ``\\n``, ``\\r\\n``
+    or ``\\r``, and a chunk may end anywhere, even inside a UTF-8 character or
+    between ``\\r`` and ``\\n``: only whole lines are decoded.
     """
 
-    __slots__ = ("framing", "_pending", "_data", "_event")
+    __slots__ = ("framing", "_pending", "_skip_lf", "_data", "_event")
 
     def __init__(self, framing: str):
         if framing not in ("sse", "ndjson"):
             raise ValueError("framing must be 'sse' or 'ndjson'")
         self.framing = framing
-        self._pending = b""
+        self._pending = b""      # an unterminated line from the previous chunk
+        self._skip_lf = False    # the previous chunk ended in \r: a leading \n is its partner
         self._data: List[bytes] = []
         self._event: Optional[bytes] = None
 
-    def feed(self, chunk: bytes) -> List[Tuple[Optional[str], bytes]]:
+    def feed(self, chunk: bytes) -> List[bytes]:
         """Add a chunk; return the events it completes, in order."""
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
         if self._pending:
             chunk = self._pending + chunk
-        lines = chunk.split(b"\n")
-        self._pending = lines.pop()
+        lines = chunk.splitlines()
+        last = chunk[-1:]
+        if last == b"\n" or last == b"\r":
+            self._pending = b""
+            self._skip_lf = last == b"\r"
+        else:
+            self._pending = lines.pop() if lines else b""
         if self.framing == "ndjson":
-            return [(None, line) for line in lines if line.strip()]
+            return [line for line in lines if line and not line.isspace()]
         return self._sse_lines(lines)
 
-    def flush(self) -> List[Tuple[Optional[str], bytes]]:
+    def flush(self) -> List[bytes]:
         """Finish the body: decode an unterminated last line and dispatch a pending SSE event."""
         lines = [self._pending] if self._pending else []
         self._pending = b""
         if self.framing == "ndjson":
-            return [(None, line) for line in lines if line.strip()]
+            return [line for line in lines if line and not line.isspace()]
         return self._sse_lines(lines + [b""])
 
-    def _sse_lines(self, lines: List[bytes]) -> List[Tuple[Optional[str], bytes]]:
+    def _sse_lines(self, lines: List[bytes]) -> List[bytes]:
         events = []
+        data = self._data
         for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data:
-                    kind = "error" if self._event == b"error" else None
-                    events.append((kind, b"\n".join(self._data)))
-                self._data = []
+            if line[:5] == b"data:":
+                data.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif not line:
+                if data:
+                    joined = data[0] if len(data) == 1 else b"\n".join(data)
+                    events.append(StreamError(joined) if self._event == b"error" else joined)
+                    data = self._data = []
                 self._event = None
-                continue
-            field, _, value = line.partition(b":")
-            if value.startswith(b" "):
-                value = value[1:]
-            if field == b"data":
-                self._data.append(value)
-            elif field == b"event":
-                self._event = value
-            elif field == b"error":  # llama.cpp's server writes "error: {...}" lines
-                events.append(("error", value))
+            else:
+                field, _, value = line.partition(b":")
+                value = value[1:] if value[:1] == b" " else value
+                if field == b"event":
+                    self._event = value
+                elif field == b"error":  # llama.cpp's server writes "error: {...}" lines
+                    events.append(StreamError(value))
         return events
+
+
+_scan_json = json.JSONDecoder().scan_once
+
+
+def _parse_json(data: bytes) -> Any:
+    """``json.loads`` for one event, minus the encoding sniffing it does on bytes (events are UTF-8)."""
+    text = data.decode("utf-8")
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:
+        return json.loads(text)  # leading white space, or not JSON: json.loads says which
+    if end != len(text) and not text[end:].isspace():
+        return json.loads(text)
+    return value
 
 
 def _server_message(body: str) -> str:
@@ -1021,22 +1048,109 @@ def _short_reason(exc: BaseException) -> str:
 
 
 def _iter_body_chunks(response: Any) -> Iterator[bytes]:
-    """Yield the body as the bytes arrive: whatever one socket read returns.
+    """Yield a streamed body as its bytes arrive: whatever one socket read returns.
 
-    ``requests``' ``iter_lines`` and ``iter_content`` wait to fill a buffer on
-    a body without chunked encoding, holding back the first token; ``read1``
-    returns as soon as any data is there.
+    ``requests``' ``iter_lines`` and ``iter_content`` wait to fill a buffer on a
+    body without chunked encoding, holding back the first token; and reading a
+    chunked body through urllib3 costs a round of Python calls per HTTP chunk,
+    which is one event on these servers.  So the body is read from the
+    connection's buffered socket with ``read1`` (it returns as soon as any data
+    is there), and chunked encoding is undone here by ChunkedDecoder.  When the
+    response is not a plain http.client one (or is compressed), urllib3's
+    ``read1`` is used instead.
     """
     raw = response.raw
-    read1 = getattr(raw, "read1", None)
-    if read1 is None:  # urllib3 1.x
-        yield from response.iter_content(chunk_size=None)
-        return
-    while True:
-        data = read1(65536)
-        if not data:
+    message = getattr(raw, "_fp", None)            # http.client.HTTPResponse
+    sock_file = getattr(message, "fp", None)       # its buffered socket reader
+    compressed = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+    if sock_file is None or compressed or not hasattr(sock_file, "read1") or not _FAST_BODY_READS:
+        read1 = getattr(raw, "read1", None)
+        if read1 is None:  # urllib3 1.x
+            yield from response.iter_content(chunk_size=None)
             return
-        yield data
+        while True:
+            data = read1(65536)
+            if not data:
+                return
+            yield data
+    if not getattr(message, "chunked", False):
+        while True:
+            data = message.read1(65536)  # http.client keeps count of a Content-Length body
+            if not data:
+                return
+            yield data
+    decoder = ChunkedDecoder()
+    while not decoder.done:
+        data = sock_file.read1(65536)
+        if not data:
+            raise ConnectionError("the connection closed inside a chunked body (IncompleteRead)")
+        payload = decoder.feed(data)
+        if payload:
+            yield payload
+    message._close_conn()  # as http.client does after the last chunk: the connection can be reused
+
+
+_FAST_BODY_READS = True  # tests turn it off to prove the fallback path too
+
+
+class ChunkedDecoder:
+    """Undo HTTP/1.1 chunked transfer encoding over reads that may split it anywhere.
+
+    ``feed(data)`` returns the payload bytes completed so far; ``done`` turns
+    true after the last (zero-size) chunk and its trailer section.  A malformed
+    size line raises ValueError.
+    """
+
+    __slots__ = ("_buffer", "_left", "done")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._left = 0        # payload bytes still to come in the current chunk; -1: its CRLF is due
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self._buffer + data if self._buffer else data
+        out = []
+        pos, end, left = 0, len(buffer), self._left
+        while pos < end and not self.done:
+            if left > 0:
+                take = min(left, end - pos)
+                out.append(buffer[pos:pos + take])
+                pos += take
+                left -= take
+                if left == 0:
+                    left = -1
+                continue
+            if left < 0:  # the CRLF after a chunk's payload
+                if end - pos < 2:
+                    break
+                if buffer[pos:pos + 2] != b"\r\n":
+                    raise ValueError("chunked body: payload not followed by CRLF")
+                pos += 2
+                left = 0
+                continue
+            line_end = buffer.find(b"\r\n", pos)
+            if line_end < 0:
+                if end - pos > 1024:
+                    raise ValueError("chunked body: chunk size line too long")
+                break
+            size_text = buffer[pos:line_end].split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise ValueError("chunked body: bad chunk size %r" % size_text[:40]) from None
+            if size == 0:  # the last chunk; trailers (usually none) end with an empty line
+                trailer_end = buffer.find(b"\r\n\r\n", line_end)
+                if trailer_end < 0:
+                    break
+                pos = trailer_end + 4
+                self.done = True
+                break
+            pos = line_end + 2
+            left = size
+        self._left = left
+        self._buffer = buffer[pos:]
+        return b"".join(out)
 
 
 def _debug(message: str, *args: Any) -> None:
@@ -1500,6 +1614,7 @@ class BaseProvider:
         started = time.perf_counter()
         response = self.transport.request("POST", self.chat_path, payload, stream=True, debug=debug,
                                           describe_failure=self._failure, model=model.name)
+        chunks = _iter_body_chunks(response)
         decoder = StreamDecoder(self.framing)
         think = _ThinkFilter()
         reasoning_parts = sink._reasoning
@@ -1507,26 +1622,24 @@ class BaseProvider:
         complete = False
         events = pieces = 0
         try:
-            chunks = _iter_body_chunks(response)
             while not complete:
                 try:
                     chunk = next(chunks, None)
                 except Exception as exc:
                     raise self._stream_broken(exc, pieces) from exc
-                batch = decoder.feed(chunk) if chunk is not None else decoder.flush()
-                for kind, data in batch:
+                for data in (decoder.feed(chunk) if chunk is not None else decoder.flush()):
                     events += 1
-                    if kind == "error" or data == b"[DONE]":
-                        if kind == "error":
-                            raise self._stream_error(data, model)
+                    if data.__class__ is not bytes:  # a StreamError
+                        raise self._stream_error(data, model)
+                    if data == b"[DONE]":
                         complete = True
                         break
                     try:
-                        event = json.loads(data)
+                        event = _parse_json(data)
                     except (ValueError, RecursionError):
                         raise ProviderResponseError("%s sent a stream event that is not JSON: %r" % (
                             self.title, data[:200]), body=data.decode("utf-8", "replace")) from None
-                    if not isinstance(event, dict) or "error" in event:
+                    if event.__class__ is not dict or "error" in event:
                         raise self._stream_error(data, model)
                     try:
                         content, reasoning, done = read_event(event, sink)
@@ -1565,10 +1678,7 @@ class BaseProvider:
                 _debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s", events,
                        pieces, sink.finish_reason, sink.usage, time.perf_counter() - started)
         finally:
-            if complete and not response.raw.closed:
-                _drain_and_release(response)
-            else:
-                response.close()
+            _finish_stream(response, chunks, complete)
 
     def _stream_broken(self, exc: BaseException, pieces: int) -> ProviderError:
         error = self.transport.translate_exception(exc, self.base_url + self.chat_path)
@@ -1630,15 +1740,24 @@ class BaseProvider:
         raise NotImplementedError
 
 
-def _drain_and_release(response: Any) -> None:
-    """Return a finished stream's connection to the pool (closing it if bytes are left over)."""
-    try:
-        if response.raw.read1(65536) if hasattr(response.raw, "read1") else None:
-            response.close()
-            return
-        response.raw.release_conn()
-    except Exception:
-        response.close()
+def _finish_stream(response: Any, chunks: Iterator[bytes], complete: bool) -> None:
+    """Give a stream's connection back to the pool when its body was read to the end, else close it.
+
+    After the end marker the rest of the body is normally just the chunked
+    terminator, already received; it is read so the connection can be reused.
+    """
+    if complete:
+        try:
+            for index, _ in enumerate(chunks):
+                if index >= 4:  # more than a terminator: the server keeps talking; do not wait for it
+                    break
+            else:
+                response.raw.release_conn()
+                return
+        except Exception:
+            pass
+    chunks.close()
+    response.close()
 
 
 def _timeouts(timeout: Union[None, float, Tuple[float, float]]) -> Tuple[float, float]:

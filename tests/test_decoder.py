@@ -22,8 +22,8 @@ def decode(framing, chunks):
 
 def contents(framing, events):
     texts = []
-    for kind, data in events:
-        assert kind is None
+    for data in events:
+        assert type(data) is bytes
         if data == b"[DONE]":
             texts.append("[DONE]")
             continue
@@ -69,18 +69,54 @@ def test_any_split_of_any_body_gives_the_same_events(data, framing, crlf):
 def test_sse_comments_event_names_and_multiline_data():
     body = (b": keep-alive comment\n\nevent: message\ndata: {\"a\":\ndata: 1}\n\n"
             b"event: error\ndata: {\"error\": \"bad\"}\n\nerror: {\"message\": \"llama\"}\n\ndata:[DONE]\n\n")
-    assert decode("sse", [body]) == [(None, b'{"a":\n1}'),
-                                      ("error", b'{"error": "bad"}'), ("error", b'{"message": "llama"}'),
-                                      (None, b"[DONE]")]
+    events = decode("sse", [body])
+    assert events == [b'{"a":\n1}', b'{"error": "bad"}', b'{"message": "llama"}', b"[DONE]"]
+    assert [type(e) for e in events] == [bytes, lmp.StreamError, lmp.StreamError, bytes]
 
 
 def test_unterminated_last_line_is_flushed():
-    assert decode("ndjson", [b'{"a": 1}\n{"b": 2}']) == [(None, b'{"a": 1}'), (None, b'{"b": 2}')]
-    assert decode("sse", [b"data: [DONE]"]) == [(None, b"[DONE]")]
+    assert decode("ndjson", [b'{"a": 1}\n{"b": 2}']) == [b'{"a": 1}', b'{"b": 2}']
+    assert decode("sse", [b"data: [DONE]"]) == [b"[DONE]"]
 
 
 def test_blank_and_whitespace_ndjson_lines_are_skipped():
-    assert decode("ndjson", [b'\n  \n{"a": 1}\r\n\n']) == [(None, b'{"a": 1}\r')]
+    assert decode("ndjson", [b'\n  \n{"a": 1}\r\n\n']) == [b'{"a": 1}']
+
+
+def test_lone_cr_line_ends_and_a_crlf_split_between_reads():
+    body = b"data: 1\r\rdata: 2\r\n\r\n"
+    for cut in range(len(body) + 1):
+        assert decode("sse", [body[:cut], body[cut:]]) == [b"1", b"2"], cut
+    # a \r\n split across reads is one line end, so the two data lines stay one event
+    assert decode("sse", [b"data: a\r", b"\ndata: b\r\n\r\n"]) == [b"a\nb"]
+
+
+CHUNKED = b"4\r\nWiki\r\n7;ext=1\r\npedia i\r\nB\r\nn \r\nchunks.\r\n0\r\nX-Trailer: 1\r\n\r\n"
+
+
+def dechunk(pieces):
+    decoder = lmp.ChunkedDecoder()
+    out = b"".join(decoder.feed(p) for p in pieces)
+    return out, decoder.done
+
+
+def test_chunked_decoder_on_every_two_and_three_way_split():
+    assert dechunk([CHUNKED]) == (b"Wikipedia in \r\nchunks.", True)
+    for a in range(len(CHUNKED) + 1):
+        assert dechunk([CHUNKED[:a], CHUNKED[a:]]) == (b"Wikipedia in \r\nchunks.", True), a
+        for b in range(a, len(CHUNKED) + 1, 3):
+            assert dechunk([CHUNKED[:a], CHUNKED[a:b], CHUNKED[b:]])[0] == b"Wikipedia in \r\nchunks.", (a, b)
+
+
+def test_chunked_decoder_is_not_done_before_the_last_chunk_and_rejects_garbage():
+    assert dechunk([CHUNKED[:-2]])[1] is False
+    assert dechunk([b"0\r\n\r\n"]) == (b"", True)
+    for bad in (b"zz\r\nabc\r\n", b"3\r\nabcXY"):
+        try:
+            dechunk([bad])
+        except ValueError:
+            continue
+        raise AssertionError("accepted %r" % bad)
 
 
 THINK_TEXT = "  <think>\nplan the answer</think>\n\nThe answer is 4. <think> stays </think> in text."

@@ -10,6 +10,13 @@ import lm_providers as lmp
 from loopback import Reply, json_reply, ndjson_events, split_every, sse_events
 
 MESSAGES = [{"role": "user", "content": "Count to five."}]
+
+
+@pytest.fixture(autouse=True, params=["socket-reader", "urllib3-reader"])
+def body_reader(request, monkeypatch):
+    """Every test runs over both ways of reading a body: the fast socket reader and urllib3's read1."""
+    monkeypatch.setattr(lmp, "_FAST_BODY_READS", request.param == "socket-reader")
+    return request.param
 PIECES = ["One", ", two", ", three", ", fo", "ur", ", five.", " Ünïcødé ✓ 日本語"]
 
 KINDS = {

@@ -410,6 +410,15 @@ def test_round_trip_name_ending_in_at_sign():
     assert parse_model_uri(format_model_uri(config)) == config
 
 
+@pytest.mark.parametrize("name", ["x@y@localhost:1234", "q@v@10.0.0.5:1234", "@@:0", "a@b@::"])
+def test_round_trip_name_with_two_at_signs_and_a_host_like_tail(name):
+    # format_model_uri escapes only the last '@'; the '@' before it then starts
+    # a tail such as "y%40localhost:1234", which parse_model_uri takes for a
+    # (bad) host.
+    config = lm(name)
+    assert parse_model_uri(format_model_uri(config)) == config
+
+
 def test_format_never_silently_turns_a_host_into_part_of_the_name():
     # "gpu-box" is a valid host (normalize_host accepts it), but "m@gpu-box"
     # parses as the model name "m@gpu-box".  format_model_uri must either write
