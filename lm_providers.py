@@ -417,9 +417,11 @@ def _format_query_value(key: str, value: Any) -> str:
 def format_model_uri(config: ModelConfig) -> str:
     """Write a ModelConfig back as a URI; ``parse_model_uri(format_model_uri(c)) == c``."""
     name = _escape(config.name, "%?#")
-    at = name.rfind("@")
-    if config.host is None and at >= 0 and (at == len(name) - 1 or _looks_like_host(name[at + 1:])):
-        name = name[:at] + "%40" + name[at + 1:]  # keep a host-like tail part of the name
+    while config.host is None:  # escape '@'s until no host-like tail is left: it all belongs to the name
+        at = name.rfind("@")
+        if at < 0 or not (at == len(name) - 1 or _looks_like_host(name[at + 1:])):
+            break
+        name = name[:at] + "%40" + name[at + 1:]
     uri = "%s://%s" % (config.provider, name)
     if config.host is not None:
         host = str(config.host).strip()
@@ -510,7 +512,7 @@ del R
 
 _RESERVED_PARAMETERS = ("model", "messages", "stream", "options")
 _EFFORTS = ("low", "medium", "high")
-_DURATION_RE = re.compile(r"(-?[0-9.]+)(ns|us|µs|ms|s|m|h)")
+_DURATION_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -578,7 +580,9 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
                 return _json_schema_format(value)
             if value.strip().lower() == "json":
                 return _json_schema_format({"type": "object"})
-            return _DROP if not value.strip() else value
+            if value.strip():
+                raise _type_error(name, value, "'json' or a JSON schema object")
+            return _DROP
         if kind == "response_format" and value.get("type") == "json_object":
             return _json_schema_format({"type": "object"})
         if kind == "think":
@@ -589,7 +593,7 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
             return value
         if kind == "duration":
             seconds = _duration_seconds(value)
-            if seconds is None or seconds <= 0:
+            if seconds is None or not 0 < seconds < float("inf"):
                 logger.warning("parameter %s=%r has no LM Studio equivalent (its ttl is a positive number of "
                                "seconds); not sent", name, value)
                 return _DROP
