@@ -949,6 +949,7 @@ class HTTPTransport:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(headers)
+        self._ascii_url = base_url.isascii()
 
     def close(self) -> None:
         self.session.close()
@@ -963,13 +964,12 @@ class HTTPTransport:
         """
         url = self.base_url + path
         body = None if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        headers = {"Content-Type": "application/json"} if body is not None else None
         for attempt in range(self.max_retries + 1):
             started = time.perf_counter()
             try:
-                response = self.session.request(method, url, data=body, headers=headers, stream=stream,
-                                                timeout=(self.connect_timeout, self.read_timeout),
-                                                allow_redirects=False)
+                response = self.session.send(self._prepare(method, url, body), stream=stream,
+                                             timeout=(self.connect_timeout, self.read_timeout),
+                                             allow_redirects=False)
             except Exception as exc:
                 raise self.translate_exception(exc, url) from exc
             if debug:
@@ -998,6 +998,28 @@ class HTTPTransport:
                     status=status, server_message=None, body=text)
             raise describe_failure(status, text, model)
         raise AssertionError("unreachable")
+
+    def _prepare(self, method: str, url: str, body: Optional[bytes]) -> Any:
+        """Build the request directly: our URL is already normalized and the body is already JSON.
+
+        ``Session.request`` would merge settings, cookies and hooks and re-parse
+        the URL on every call, which costs more than the request itself on a
+        local server.
+        """
+        if not self._ascii_url:
+            return self.session.prepare_request(requests.Request(method, url, data=body, headers=(
+                {"Content-Type": "application/json"} if body is not None else None)))
+        prepared = requests.PreparedRequest()
+        prepared.method = method
+        prepared.url = url
+        prepared.headers = requests.structures.CaseInsensitiveDict(self.session.headers)
+        if body is not None:
+            prepared.headers["Content-Type"] = "application/json"
+            prepared.headers["Content-Length"] = str(len(body))
+        prepared.body = body
+        prepared.hooks = {"response": []}
+        prepared.prepare_cookies(self.session.cookies)
+        return prepared
 
     @staticmethod
     def _retry_delay(response: Any, attempt: int) -> float:

@@ -252,3 +252,17 @@ def test_one_provider_shared_by_threads(server, kind):
         thread.join(30)
     assert not errors
     assert results == {"t%d" % n: "".join("t%d-%d " % (n, i) for i in range(20)) for n in range(8)}
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), kind=st.sampled_from(sorted(KINDS)), framing=st.sampled_from(["chunked", "close"]))
+def test_random_splits_over_a_real_socket_keep_every_piece_in_order(server, body_reader, data, kind, framing):
+    pieces = data.draw(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=15))
+    body = b"".join(events(kind, pieces))
+    cuts = sorted(data.draw(st.lists(st.integers(1, len(body) - 1), max_size=10, unique=True)))
+    parts = [body[a:b] for a, b in zip([0] + cuts, cuts + [len(body)])]
+    provider, model = setup(server, kind, parts, framing=framing, gap=0.001)
+    assert list(provider.stream_text(MESSAGES, model)) == pieces
