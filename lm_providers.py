@@ -2187,19 +2187,20 @@ def _load_config_option(path: Optional[str], out: Any) -> Optional[Config]:
     return None
 
 
-def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None) -> int:
-    """The setup check as a command: parse options, run, print, return the exit code."""
-    parser = _check_parser(argparse_module().ArgumentParser(
-        prog="python test_lm_studio_provider.py",
-        description="Check that your LM Studio / Ollama servers, models and config work with lm_providers, and "
-                    "say what to do when they do not. Exit code 0 means every check passed."))
-    options = parser.parse_args(argv)
-    return _run_check(options, out or sys.stdout)
-
-
-def argparse_module() -> Any:
+def setup_check_parser(prog: str = "python test_lm_studio_provider.py") -> Any:
+    """The setup check's ``argparse`` parser (scripts may add options of their own)."""
     import argparse
-    return argparse
+    return _check_parser(argparse.ArgumentParser(
+        prog=prog, description="Check that your LM Studio / Ollama servers, models and config work with "
+                               "lm_providers, and say what to do when they do not. Exit code 0 means every check "
+                               "passed."))
+
+
+def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, options: Any = None) -> int:
+    """The setup check as a command: parse ``argv`` (or take parsed ``options``), run, print, return the exit code."""
+    if options is None:
+        options = setup_check_parser().parse_args(argv)
+    return _run_check(options, out or sys.stdout)
 
 
 def _check_parser(parser: Any) -> Any:
@@ -2229,7 +2230,7 @@ def _run_check(options: Any, out: Any) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m lm_providers`` / ``lm-providers``: models, generate and check."""
-    argparse = argparse_module()
+    import argparse
     parser = argparse.ArgumentParser(
         prog="python -m lm_providers",
         description="Talk to LM Studio and Ollama from the command line.",

@@ -22,8 +22,24 @@ sys.path.insert(0, HERE)
 
 import lm_providers  # noqa: E402
 
+
+def main(argv=None):
+    """Run the setup check, or with --demo start a real local server first and check that."""
+    parser = lm_providers.setup_check_parser()
+    parser.add_argument("--demo", action="store_true",
+                        help="no LM Studio or Ollama needed: start llama.cpp's own server (the engine LM Studio "
+                             "runs) with the small SmolLM2-135M-Instruct model on a free local port, check it, "
+                             "stop it. Needs: python -m pip install \".[demo]\"; the first run fetches the model "
+                             "(about 100 MB) once.")
+    options = parser.parse_args(argv)
+    if options.demo:
+        from realserver.demo import run_demo
+        return run_demo()
+    return lm_providers.run_setup_check(options=options)
+
+
 if __name__ == "__main__":
-    sys.exit(lm_providers.run_setup_check())
+    sys.exit(main())
 
 
 # --- tests (pytest collects this file too) ---------------------------------------------------------
