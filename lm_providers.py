@@ -270,7 +270,7 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
     else:
         raise InvalidInputError("host %r has a bad port %r: use a number from 1 to 65535, for example '%s:%d'"
                                 % (host, port, name or "127.0.0.1", DEFAULT_PORTS[provider]))
-    name = name.strip() or "127.0.0.1"
+    name = name.strip().lower() or "127.0.0.1"
     if name == "0.0.0.0":
         name = "127.0.0.1"
     elif name == "::":
@@ -919,8 +919,24 @@ def _mask(secret: Optional[str]) -> str:
     return "****" + (secret[-4:] if len(secret) >= 12 else "")
 
 
-_LOOPBACK_PREFIXES = ("http://127.", "http://localhost:", "http://[::1]:", "https://127.", "https://localhost:",
-                      "https://[::1]:")
+class _BearerAuth:
+    """Sends ``Authorization: Bearer <token>``; its repr shows the token masked."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request: Any) -> Any:
+        request.headers["Authorization"] = "Bearer " + self._token
+        return request
+
+    def __repr__(self) -> str:
+        return "BearerAuth(%s)" % _mask(self._token)
+
+
+def _is_loopback(base_url: str) -> bool:
+    """Whether a normalized base URL points at this machine (127.0.0.0/8, ::1, localhost)."""
+    host = base_url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]").lower()
+    return host == "localhost" or host.endswith(".localhost") or host == "::1" or host.startswith("127.")
 
 
 class HTTPTransport:
@@ -933,8 +949,10 @@ class HTTPTransport:
     """
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
-                 headers: Mapping[str, str], max_retries: int, server_title: str, start_hint: str):
+                 headers: Mapping[str, str], max_retries: int, server_title: str, start_hint: str,
+                 api_key: Optional[str] = None):
         module = ensure_requests()
+        self._api_key = api_key
         self.base_url = base_url
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -944,12 +962,23 @@ class HTTPTransport:
         self.session = module.Session()
         # Proxy variables route loopback traffic wrongly and looking them up costs
         # more than a small local request; remote hosts keep the usual behaviour.
-        self.session.trust_env = not base_url.startswith(_LOOPBACK_PREFIXES)
+        self.session.trust_env = not _is_loopback(base_url)
         adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=32)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(headers)
+        if api_key:
+            self.session.auth = _BearerAuth(api_key)
         self._ascii_url = base_url.isascii()
+
+    def __repr__(self) -> str:
+        return "HTTPTransport(%r, api_key=%s)" % (self.base_url, _mask(self._api_key))
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the API token masked, for anything that came from the server or goes to a log."""
+        if self._api_key and text and self._api_key in text:
+            return text.replace(self._api_key, _mask(self._api_key))
+        return text
 
     def close(self) -> None:
         self.session.close()
@@ -979,7 +1008,7 @@ class HTTPTransport:
             if status < 300:
                 return response
             try:
-                text = response.text
+                text = self.scrub(response.text)
             except Exception as exc:
                 raise self.translate_exception(exc, url) from exc
             finally:
@@ -1019,13 +1048,24 @@ class HTTPTransport:
         prepared.body = body
         prepared.hooks = {"response": []}
         prepared.prepare_cookies(self.session.cookies)
+        if self.session.auth is not None:
+            prepared = self.session.auth(prepared)
         return prepared
 
     @staticmethod
     def _retry_delay(response: Any, attempt: int) -> float:
-        header = response.headers.get("Retry-After", "")
-        if header.strip().replace(".", "", 1).isdigit():
+        """Seconds to wait: the server's Retry-After (seconds or an HTTP date, at most 30), else backoff."""
+        header = response.headers.get("Retry-After", "").strip()
+        if header.replace(".", "", 1).isdigit():
             return min(float(header), 30.0)
+        if header:
+            from email.utils import parsedate_to_datetime
+            try:
+                when = parsedate_to_datetime(header)
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None and when.tzinfo is not None:
+                return max(0.0, min(when.timestamp() - time.time(), 30.0))
         return min(0.5 * (2 ** attempt), 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
@@ -1215,28 +1255,31 @@ class ChatStream:
     """A streamed reply: iterate it for the text pieces as they arrive.
 
     After the loop, ``finish_reason`` and ``usage`` are set and ``reasoning``
-    holds the model's reasoning (thinking) text.  ``close()`` (or leaving a
-    ``with`` block, or ``break``) releases the connection.
+    holds the model's reasoning (thinking) text.  Leaving the loop early
+    (``break``), ``close()``, or leaving a ``with`` block closes the connection.
     """
 
     def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
-        self.finish_reason: Optional[str] = None
-        self.usage: Optional[Dict[str, int]] = None
         self.model = model.name
-        self._reasoning: List[str] = []
-        self._pieces = provider._stream(messages, model, debug, self)
+        self._state = _StreamState(keep_reasoning=True)
+        self._pieces = provider._stream(messages, model, debug, self._state)
 
-    @property
-    def reasoning(self) -> str:
-        return "".join(self._reasoning)
+    finish_reason = property(lambda self: self._state.finish_reason, doc="Why the reply ended, once it has.")
+    usage = property(lambda self: self._state.usage, doc="Token counts, when the server sent them.")
+    reasoning = property(lambda self: "".join(self._state.reasoning or ()), doc="The reasoning text so far.")
 
     def __iter__(self) -> Iterator[str]:
-        return self._pieces
+        pieces = self._pieces
+        try:
+            yield from pieces
+        finally:  # a loop left early must not leave the connection open until garbage collection
+            pieces.close()
 
     def __next__(self) -> str:
         return next(self._pieces)
 
     def close(self) -> None:
+        """Stop reading and close the connection."""
         self._pieces.close()
 
     def __enter__(self) -> "ChatStream":
@@ -1245,14 +1288,19 @@ class ChatStream:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        return "ChatStream(model=%r, finish_reason=%r, usage=%r)" % (self.model, self.finish_reason, self.usage)
 
-class _Discard:
-    """Where stream_text puts what the caller did not ask for (reasoning, finish reason, usage)."""
 
-    __slots__ = ("finish_reason", "usage", "_reasoning", "model")
+class _StreamState:
+    """What a stream records besides its text: finish reason, usage and (when asked for) reasoning."""
 
-    def __init__(self) -> None:
-        self._reasoning = None
+    __slots__ = ("finish_reason", "usage", "reasoning")
+
+    def __init__(self, keep_reasoning: bool) -> None:
+        self.finish_reason: Optional[str] = None
+        self.usage: Optional[Dict[str, int]] = None
+        self.reasoning: Optional[List[str]] = [] if keep_reasoning else None
 
 
 class _ThinkFilter:
@@ -1393,14 +1441,12 @@ class BaseProvider:
         connect_timeout, read_timeout = _timeouts(timeout)
         self._api_key = api_key
         headers = {"Accept": "application/json", "User-Agent": "lm_providers/" + __version__}
-        if api_key:
-            headers["Authorization"] = "Bearer " + api_key
         if not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidInputError("max_retries must be a whole number >= 0, got %r" % (max_retries,))
         self.title = SERVER_TITLES[self.provider]
         self.transport = HTTPTransport(self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
                                        headers=headers, max_retries=max_retries, server_title=self.title,
-                                       start_hint=self.start_hint)
+                                       start_hint=self.start_hint, api_key=api_key)
 
     def __repr__(self) -> str:
         return "%s(host=%r, api_key=%s)" % (type(self).__name__, self.base_url, _mask(self._api_key))
@@ -1458,7 +1504,7 @@ class BaseProvider:
         stream breaks off before the server marks it complete, or the server
         reports an error mid-stream.
         """
-        return self._stream(messages, self._model(model), debug, _Discard())
+        return self._stream(messages, self._model(model), debug, _StreamState(keep_reasoning=False))
 
     def generate_json(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig],
                       required_attributes: Sequence[str] = (), *, schema: Optional[Mapping[str, Any]] = None,
@@ -1505,9 +1551,11 @@ class BaseProvider:
                 self.title, ", ".join(map(repr, required)) or "any attributes", max_attempts, reason),
             raw_text=raw, attempts=max_attempts, reason=reason)
 
-    def list_models(self) -> List[str]:
+    def list_models(self, *, debug: bool = False) -> List[str]:
         """The names of the models the server offers."""
-        response = self.transport.request("GET", self.models_path, describe_failure=self._failure)
+        if debug:
+            _debug("request GET %s%s headers=%s", self.base_url, self.models_path, self._debug_headers())
+        response = self.transport.request("GET", self.models_path, debug=debug, describe_failure=self._failure)
         data = self._json_body(response, self.models_path)
         try:
             return self._model_names(data)
@@ -1593,7 +1641,7 @@ class BaseProvider:
 
     def _debug_headers(self) -> Dict[str, str]:
         headers = dict(self.transport.session.headers)
-        if "Authorization" in headers:
+        if self._api_key:
             headers["Authorization"] = "Bearer " + _mask(self._api_key)
         return headers
 
@@ -1604,7 +1652,7 @@ class BaseProvider:
         try:
             return response.json()
         except ValueError:
-            text = response.text
+            text = self.transport.scrub(response.text)
             raise ProviderResponseError("%s answered %s with %s instead of JSON" % (
                 self.title, path, _server_message(text) if text.strip() else "an empty body"),
                 status=response.status_code, server_message=_server_message(text), body=text) from None
@@ -1630,20 +1678,21 @@ class BaseProvider:
                            result.finish_reason)
 
     def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, debug: bool,
-                sink: Any) -> Iterator[str]:
-        """The one streaming loop: yields content pieces, records the rest in ``sink``."""
+                state: Any) -> Iterator[str]:
+        """The one streaming loop: yields content pieces, records the rest in ``state``."""
         payload = self._payload(messages, model, stream=True, debug=debug)  # validate before the first next()
-        return self._stream_events(payload, model, debug, sink)
+        return self._stream_events(payload, model, debug, state)
 
     def _stream_events(self, payload: Dict[str, Any], model: ModelConfig, debug: bool,
-                       sink: Any) -> Iterator[str]:
+                       state: Any) -> Iterator[str]:
         started = time.perf_counter()
         response = self.transport.request("POST", self.chat_path, payload, stream=True, debug=debug,
                                           describe_failure=self._failure, model=model.name)
+        self._check_stream_type(response, model)
         chunks = _iter_body_chunks(response)
         decoder = StreamDecoder(self.framing)
         think = _ThinkFilter()
-        reasoning_parts = sink._reasoning
+        reasoning_parts = state.reasoning
         read_event = self._read_event
         complete = False
         events = pieces = 0
@@ -1668,7 +1717,7 @@ class BaseProvider:
                     if event.__class__ is not dict or "error" in event:
                         raise self._stream_error(data, model)
                     try:
-                        content, reasoning, done = read_event(event, sink)
+                        content, reasoning, done = read_event(event, state)
                     except (KeyError, IndexError, TypeError, AttributeError):
                         raise ProviderResponseError("%s sent a stream event of an unexpected shape: %r" % (
                             self.title, data[:200]), body=data.decode("utf-8", "replace")) from None
@@ -1702,9 +1751,26 @@ class BaseProvider:
                 yield content
             if debug:
                 _debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s", events,
-                       pieces, sink.finish_reason, sink.usage, time.perf_counter() - started)
+                       pieces, state.finish_reason, state.usage, time.perf_counter() - started)
         finally:
             _finish_stream(response, chunks, complete)
+
+    def _check_stream_type(self, response: Any, model: ModelConfig) -> None:
+        """Refuse a 200 that is not a stream: an HTML page (a proxy's), or JSON where SSE was asked for."""
+        content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if "html" not in content_type and not (self.framing == "sse" and content_type == "application/json"):
+            return
+        try:
+            text = self.transport.scrub(response.text)
+        except Exception as exc:
+            raise self.transport.translate_exception(exc, self.base_url + self.chat_path) from exc
+        finally:
+            response.close()
+        if '"error"' in text:
+            raise self._failure(response.status_code, text, model.name, in_body=True)
+        raise ProviderResponseError("%s answered the streaming request with %s instead of a stream" % (
+            self.title, _server_message(text)), status=response.status_code, server_message=_server_message(text),
+            body=text)
 
     def _stream_broken(self, exc: BaseException, pieces: int) -> ProviderError:
         error = self.transport.translate_exception(exc, self.base_url + self.chat_path)
@@ -1716,13 +1782,14 @@ class BaseProvider:
                                      server_message=str(exc)[:300])
 
     def _stream_error(self, data: bytes, model: ModelConfig) -> ProviderError:
-        text = data.decode("utf-8", "replace")
+        text = self.transport.scrub(data.decode("utf-8", "replace"))
         message = _server_message(text)
         return ProviderResponseError("%s reported an error in the middle of the stream for model %r: %s"
                                      % (self.title, model.name, message), server_message=message, body=text)
 
     def _failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
         """The exception for an error answer (``in_body``: an error object in a 200 response)."""
+        body = self.transport.scrub(body)
         message = _server_message(body)
         kwargs = dict(status=status, server_message=message, body=body)
         said = message.rstrip(". ")  # the server's words, followed by more sentences
@@ -1755,8 +1822,8 @@ class BaseProvider:
         """(text, reasoning, finish_reason, usage) from a non-streamed reply."""
         raise NotImplementedError
 
-    def _read_event(self, event: Any, sink: Any) -> Tuple[Optional[str], Optional[str], bool]:
-        """(content, reasoning, done) from one streamed event; records finish reason and usage in ``sink``."""
+    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str], bool]:
+        """(content, reasoning, done) from one streamed event; records finish reason and usage in ``state``."""
         raise NotImplementedError
 
     def _model_names(self, data: Any) -> List[str]:
@@ -1846,16 +1913,16 @@ class LMStudioProvider(BaseProvider):
         reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
         return message.get("content") or "", reasoning, choice.get("finish_reason"), _openai_usage(data.get("usage"))
 
-    def _read_event(self, event: Any, sink: Any) -> Tuple[Optional[str], Optional[str], bool]:
+    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str], bool]:
         if event.get("usage"):
-            sink.usage = _openai_usage(event["usage"])
+            state.usage = _openai_usage(event["usage"])
         choices = event.get("choices")
         if choices:
             choice = choices[0]
             delta = choice.get("delta") or {}
             finish = choice.get("finish_reason")
             if finish:
-                sink.finish_reason = finish
+                state.finish_reason = finish
             return delta.get("content"), delta.get("reasoning_content") or delta.get("reasoning"), False
         return None, None, False
 
@@ -1894,13 +1961,13 @@ class OllamaProvider(BaseProvider):
         return (message.get("content") or "", message.get("thinking") or "", data.get("done_reason"),
                 _ollama_usage(data))
 
-    def _read_event(self, event: Any, sink: Any) -> Tuple[Optional[str], Optional[str], bool]:
+    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str], bool]:
         message = event.get("message")
         if message is None:
             return None, None, bool(event.get("done"))
         if event.get("done"):
-            sink.finish_reason = event.get("done_reason")
-            sink.usage = _ollama_usage(event)
+            state.finish_reason = event.get("done_reason")
+            state.usage = _ollama_usage(event)
             return message.get("content"), message.get("thinking"), True
         return message.get("content"), message.get("thinking"), False
 

@@ -361,6 +361,7 @@ def test_get_provider_extra_options_without_config_return_a_fresh_provider():
 def test_get_provider_passes_extra_options_on():
     provider = get_provider("lm_studio://m", max_retries=0, api_key="secret-token")
     assert provider.transport.max_retries == 0
-    assert provider.transport.session.headers["Authorization"] == "Bearer secret-token"
+    prepared = provider.transport._prepare("GET", provider.base_url + "/v1/models", None)
+    assert prepared.headers["Authorization"] == "Bearer secret-token"
     with pytest.raises(InvalidInputError):
         get_provider("lm_studio://m", max_retries=-1)
