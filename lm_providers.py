@@ -996,9 +996,7 @@ class HTTPTransport:
         for attempt in range(self.max_retries + 1):
             started = time.perf_counter()
             try:
-                response = self.session.send(self._prepare(method, url, body), stream=stream,
-                                             timeout=(self.connect_timeout, self.read_timeout),
-                                             allow_redirects=False)
+                response = self._send(method, url, body, stream)
             except Exception as exc:
                 raise self.translate_exception(exc, url) from exc
             if debug:
@@ -1027,6 +1025,24 @@ class HTTPTransport:
                     status=status, server_message=None, body=text)
             raise describe_failure(status, text, model)
         raise AssertionError("unreachable")
+
+    def _send(self, method: str, url: str, body: Optional[bytes], stream: bool) -> Any:
+        """Send once; send again on a new connection if a kept-alive one turns out to be closed.
+
+        A server may close an idle or finished connection just as it is reused
+        (llama.cpp closes after every stream while announcing keep-alive).  The
+        request then fails before any answer, so sending it again is safe.
+        """
+        timeout = (self.connect_timeout, self.read_timeout)
+        try:
+            return self.session.send(self._prepare(method, url, body), stream=stream, timeout=timeout,
+                                     allow_redirects=False)
+        except requests.exceptions.ConnectionError as exc:
+            if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS):
+                raise
+            logger.debug("%s closed a kept-alive connection before answering; sending again", self.server_title)
+            return self.session.send(self._prepare(method, url, body), stream=stream, timeout=timeout,
+                                     allow_redirects=False)
 
     def _prepare(self, method: str, url: str, body: Optional[bytes]) -> Any:
         """Build the request directly: our URL is already normalized and the body is already JSON.
@@ -1103,6 +1119,10 @@ class HTTPTransport:
         return ProviderConnectionError(
             "the connection to %s at %s failed: %s. If the server restarted, try again; %s"
             % (self.server_title, self.base_url, _short_reason(exc), self.start_hint))
+
+
+_STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Connection reset by peer",
+                           "Broken pipe", "Connection aborted")
 
 
 def _short_reason(exc: BaseException) -> str:
