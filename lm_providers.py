@@ -969,7 +969,8 @@ class HTTPTransport:
         self.session.headers.update(headers)
         if api_key:
             self.session.auth = _BearerAuth(api_key)
-        self._ascii_url = base_url.isascii()
+        self._adapter = adapter
+        self._direct = _is_loopback(base_url) and base_url.isascii()
 
     def __repr__(self) -> str:
         return "HTTPTransport(%r, api_key=%s)" % (self.base_url, _mask(self._api_key))
@@ -1033,27 +1034,32 @@ class HTTPTransport:
         (llama.cpp closes after every stream while announcing keep-alive).  The
         request then fails before any answer, so sending it again is safe.
         """
-        timeout = (self.connect_timeout, self.read_timeout)
         try:
-            return self.session.send(self._prepare(method, url, body), stream=stream, timeout=timeout,
-                                     allow_redirects=False)
+            return self._send_once(method, url, body, stream)
         except requests.exceptions.ConnectionError as exc:
             if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS):
                 raise
             logger.debug("%s closed a kept-alive connection before answering; sending again", self.server_title)
-            return self.session.send(self._prepare(method, url, body), stream=stream, timeout=timeout,
-                                     allow_redirects=False)
+            return self._send_once(method, url, body, stream)
+
+    def _send_once(self, method: str, url: str, body: Optional[bytes], stream: bool) -> Any:
+        timeout = (self.connect_timeout, self.read_timeout)
+        if not self._direct:
+            return self.session.request(method, url, data=body, stream=stream, timeout=timeout, allow_redirects=False,
+                                        headers={"Content-Type": "application/json"} if body is not None else None)
+        return self._adapter.send(self._prepare(method, url, body), stream=stream, timeout=timeout,
+                                  verify=self.session.verify, cert=self.session.cert, proxies={})
 
     def _prepare(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        """Build the request directly: our URL is already normalized and the body is already JSON.
+        """Build a loopback request directly and hand it to the connection pool.
 
-        ``Session.request`` would merge settings, cookies and hooks and re-parse
-        the URL on every call, which costs more than the request itself on a
-        local server.
+        On a local server, ``Session.request`` costs more than the request
+        itself: it merges environment settings, cookies and hooks and re-parses
+        the URL on every call.  None of that applies here: the URL is already
+        normalized, the body is already JSON, loopback takes no proxy, and API
+        calls follow no redirects and keep no cookies.  Other hosts go through
+        ``Session.request`` with all of requests' usual behaviour.
         """
-        if not self._ascii_url:
-            return self.session.prepare_request(requests.Request(method, url, data=body, headers=(
-                {"Content-Type": "application/json"} if body is not None else None)))
         prepared = requests.PreparedRequest()
         prepared.method = method
         prepared.url = url
@@ -1063,7 +1069,6 @@ class HTTPTransport:
             prepared.headers["Content-Length"] = str(len(body))
         prepared.body = body
         prepared.hooks = {"response": []}
-        prepared.prepare_cookies(self.session.cookies)
         if self.session.auth is not None:
             prepared = self.session.auth(prepared)
         return prepared
@@ -1670,8 +1675,8 @@ class BaseProvider:
 
     def _json_body(self, response: Any, path: str) -> Any:
         try:
-            return response.json()
-        except ValueError:
+            return _parse_json(response.content)
+        except (ValueError, RecursionError):
             text = self.transport.scrub(response.text)
             raise ProviderResponseError("%s answered %s with %s instead of JSON" % (
                 self.title, path, _server_message(text) if text.strip() else "an empty body"),

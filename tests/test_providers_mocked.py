@@ -1191,3 +1191,17 @@ def test_normal_reply_does_not_warn(rsps, server, caplog):
     add_chat(rsps, server, json=server.reply("Paris."))
     make(server).generate_text(MESSAGES, server.model)
     assert not [r for r in caplog.records if r.name == "lm_providers" and r.levelno >= logging.WARNING]
+
+
+@responses.activate
+def test_a_remote_host_goes_through_the_full_requests_path_with_the_token():
+    """Non-loopback hosts keep requests' usual behaviour (Session.request); the token is still sent."""
+    url = "http://gpu-box.lan:1234/v1/chat/completions"
+    responses.add(responses.POST, url, json={"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "hi from afar"}}]})
+    provider = lmp.LMStudioProvider(host="gpu-box.lan", api_key="sk-remote-token-123456")
+    assert provider.transport._direct is False
+    assert provider.generate_text([{"role": "user", "content": "hi"}], "m") == "hi from afar"
+    request = responses.calls[0].request
+    assert request.headers["Authorization"] == "Bearer sk-remote-token-123456"
+    assert json.loads(request.body)["model"] == "m"
