@@ -1502,9 +1502,9 @@ class BaseProvider:
         try:
             text, reasoning, finish_reason, usage = self._read_reply(data)
         except (KeyError, IndexError, TypeError, AttributeError):
+            text = self.transport.scrub(response.text)
             raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
-                self.title, self.chat_path, response.text[:300]), status=response.status_code,
-                body=response.text) from None
+                self.title, self.chat_path, text[:300]), status=response.status_code, body=text) from None
         content, inline_reasoning = split_reasoning(text or "")
         result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name, data)
         self._check_result(result, model, debug, time.perf_counter() - started)
@@ -1585,9 +1585,9 @@ class BaseProvider:
         try:
             return self._model_names(data)
         except (KeyError, IndexError, TypeError, AttributeError):
+            text = self.transport.scrub(response.text)
             raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
-                self.title, self.models_path, response.text[:300]), status=response.status_code,
-                body=response.text) from None
+                self.title, self.models_path, text[:300]), status=response.status_code, body=text) from None
 
     def is_model_available(self, name: str) -> bool:
         """Whether the server offers the model ``name`` (see ``same_model`` for how names match)."""
@@ -1622,6 +1622,10 @@ class BaseProvider:
             raise InvalidInputError("model %r is for %s, but this is a %s provider; use lm_providers.get_provider"
                                     "(model) to get the right one" % (model.name, SERVER_TITLES[model.provider],
                                                                       self.title))
+        if model.host is not None and normalize_host(model.host, self.provider) != self.base_url:
+            logger.warning("model %r names the host %s, but this provider talks to %s; use "
+                           "lm_providers.get_provider(model) to follow the model's host", model.name, model.host,
+                           self.base_url)
         return model
 
     def _validate_messages(self, messages: Any) -> None:
