@@ -1331,54 +1331,61 @@ class _StreamState:
 class _ThinkFilter:
     """Move a leading ``<think>...</think>`` block out of streamed content.
 
-    ``feed`` returns ``(content, reasoning)`` for one piece; tags split across
-    pieces are handled by holding back at most a tag's length of text.
+    ``feed(piece)`` returns ``(pieces, reasoning)``: the content pieces to pass
+    on (in order, never merged) and any reasoning text.  While the start of the
+    reply could still become ``<think>`` (white space, ``<``, ``<thi``...), its
+    pieces are held back; a closing tag split across pieces is handled by
+    holding back at most a tag's length of reasoning.
     """
 
     OPEN, CLOSE = "<think>", "</think>"
-    __slots__ = ("state", "held")
+    __slots__ = ("state", "held", "tail")
 
     def __init__(self) -> None:
-        self.state = "start"  # start -> thinking -> after -> content
-        self.held = ""
+        self.state = "start"     # start -> thinking -> after -> content
+        self.held: List[str] = []  # pieces held while the start is undecided
+        self.tail = ""           # the end of the reasoning that may begin "</think>"
 
-    def feed(self, piece: str) -> Tuple[str, str]:
-        text = self.held + piece
-        self.held = ""
+    def feed(self, piece: str) -> Tuple[List[str], str]:
         if self.state == "start":
-            stripped = text.lstrip()
-            if stripped.startswith(self.OPEN):
-                self.state = "thinking"
-                text = stripped[len(self.OPEN):]
-            elif self.OPEN.startswith(stripped):  # could still become "<think>"
-                self.held = text
-                return "", ""
-            else:
-                self.state = "content"
-                return text, ""
+            self.held.append(piece)
+            text = "".join(self.held).lstrip()
+            if text.startswith(self.OPEN):
+                self.state, self.held = "thinking", []
+                return self._thinking(text[len(self.OPEN):])
+            if self.OPEN.startswith(text):  # could still become "<think>"
+                return [], ""
+            held, self.held, self.state = self.held, [], "content"
+            return held, ""
         if self.state == "thinking":
-            end = text.find(self.CLOSE)
-            if end < 0:
-                keep = _partial_suffix(text, self.CLOSE)
-                self.held = text[len(text) - keep:] if keep else ""
-                return "", text[:len(text) - keep]
-            self.state = "after"
-            reasoning, text = text[:end], text[end + len(self.CLOSE):]
-            content, _ = self.feed(text)
-            return content, reasoning
+            return self._thinking(piece)
         if self.state == "after":  # drop the blank lines between </think> and the answer
-            text = text.lstrip()
-            if not text:
-                return "", ""
+            piece = piece.lstrip()
+            if not piece:
+                return [], ""
             self.state = "content"
-        return text, ""
+        return [piece], ""
 
-    def finish(self) -> Tuple[str, str]:
+    def _thinking(self, text: str) -> Tuple[List[str], str]:
+        text, self.tail = self.tail + text, ""
+        end = text.find(self.CLOSE)
+        if end < 0:
+            keep = _partial_suffix(text, self.CLOSE)
+            self.tail = text[len(text) - keep:] if keep else ""
+            return [], text[:len(text) - keep]
+        self.state = "after"
+        pieces, _ = self.feed(text[end + len(self.CLOSE):])
+        return pieces, text[:end]
+
+    def finish(self) -> Tuple[List[str], str]:
         """Flush what is held at the end of the reply."""
-        held, self.held = self.held, ""
+        if self.state == "start":
+            held, self.held = self.held, []
+            return held, ""
         if self.state == "thinking":
-            return "", held
-        return (held, "") if self.state in ("start", "content") else ("", "")
+            tail, self.tail = self.tail, ""
+            return [], tail
+        return [], ""
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -1394,7 +1401,7 @@ def split_reasoning(text: str) -> Tuple[str, str]:
     splitter = _ThinkFilter()
     content, reasoning = splitter.feed(text)
     tail_content, tail_reasoning = splitter.finish()
-    return content + tail_content, reasoning + tail_reasoning
+    return "".join(content + tail_content), reasoning + tail_reasoning
 
 
 _JSON_FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
@@ -1753,15 +1760,18 @@ class BaseProvider:
                     if reasoning and reasoning_parts is not None:
                         reasoning_parts.append(reasoning)
                     if content:
-                        if think.state != "content":
-                            content, reasoning = think.feed(content)
-                            if reasoning and reasoning_parts is not None:
-                                reasoning_parts.append(reasoning)
-                        if content:
-                            if debug and not pieces:
-                                _debug("first piece after %.3f s", time.perf_counter() - started)
+                        if think.state == "content":
                             pieces += 1
                             yield content
+                        else:  # the start of the reply, or inside a <think> block
+                            held, reasoning = think.feed(content)
+                            if reasoning and reasoning_parts is not None:
+                                reasoning_parts.append(reasoning)
+                            if held and debug and not pieces:
+                                _debug("first piece after %.3f s", time.perf_counter() - started)
+                            for content in held:
+                                pieces += 1
+                                yield content
                     if done:
                         complete = True
                         break
@@ -1772,10 +1782,10 @@ class BaseProvider:
                     "%s ended the stream before saying it was complete (after %d piece(s)); the reply is cut "
                     "off. The server may have crashed or restarted, or the connection broke." % (self.title, pieces),
                     server_message="stream ended without end marker")
-            content, reasoning = think.finish()
+            held, reasoning = think.finish()
             if reasoning and reasoning_parts is not None:
                 reasoning_parts.append(reasoning)
-            if content:
+            for content in held:
                 pieces += 1
                 yield content
             if debug:

@@ -126,11 +126,11 @@ def run_filter(chunks):
     flt = lmp._ThinkFilter()
     content, reasoning = [], []
     for chunk in chunks:
-        c, r = flt.feed(chunk)
-        content.append(c)
+        pieces, r = flt.feed(chunk)
+        content.extend(pieces)
         reasoning.append(r)
-    c, r = flt.finish()
-    return "".join(content + [c]), "".join(reasoning + [r])
+    pieces, r = flt.finish()
+    return "".join(content + pieces), "".join(reasoning + [r])
 
 
 def test_think_block_is_split_off_on_every_two_way_split():
@@ -150,3 +150,13 @@ def test_text_without_think_is_untouched_even_if_it_starts_like_a_tag():
 def test_unclosed_think_block_is_all_reasoning():
     assert run_filter(["<think>still thinking when the tokens ran out"]) == (
         "", "still thinking when the tokens ran out")
+
+
+def test_pieces_held_at_the_start_are_passed_on_unmerged():
+    for pieces in (["\r", "0"], [" ", "\n", "Hi"], ["<", "b>bold"], ["<th", "e end"]):
+        flt = lmp._ThinkFilter()
+        out = []
+        for piece in pieces:
+            out.extend(flt.feed(piece)[0])
+        out.extend(flt.finish()[0])
+        assert out == pieces
