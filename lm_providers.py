@@ -993,7 +993,7 @@ class HTTPTransport:
         0.5 s, 1 s, 2 s...  Nothing has reached the caller when a retry happens.
         """
         url = self.base_url + path
-        body = None if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        body = None if payload is None else _json_bytes(payload)
         for attempt in range(self.max_retries + 1):
             started = time.perf_counter()
             try:
@@ -1090,7 +1090,13 @@ class HTTPTransport:
         return min(0.5 * (2 ** attempt), 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
-        """Turn a requests/urllib3/socket failure into ProviderConnectionError or ProviderTimeoutError."""
+        """Turn a requests/urllib3/socket failure into a typed error; its message never shows the token."""
+        error = self._translate(exc, url)
+        if self._api_key and self._api_key in str(error):
+            error.args = (self.scrub(str(error)),)
+        return error
+
+    def _translate(self, exc: BaseException, url: str) -> ProviderError:
         module = ensure_requests()
         exceptions = module.exceptions
         text = str(exc)
@@ -1112,6 +1118,8 @@ class HTTPTransport:
                                            "fix its certificate." % (self.base_url, exc))
         if isinstance(exc, (exceptions.InvalidURL, exceptions.MissingSchema, exceptions.InvalidSchema)):
             return ProviderConnectionError("bad URL %s: %s" % (url, exc))
+        if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, exceptions.RequestException):
+            return InvalidInputError("the request to %s could not be built: %s" % (url, _short_reason(exc)))
         if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
             return ProviderConnectionError(
                 "cannot connect to %s at %s: connection refused. Nothing is listening there. %s"
@@ -1124,6 +1132,19 @@ class HTTPTransport:
         return ProviderConnectionError(
             "the connection to %s at %s failed: %s. If the server restarted, try again; %s"
             % (self.server_title, self.base_url, _short_reason(exc), self.start_hint))
+
+
+def _json_bytes(payload: Mapping[str, Any]) -> bytes:
+    """The request body; a value JSON cannot hold (a set, bytes, NaN) is an InvalidInputError naming it."""
+    try:
+        return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        for key, value in payload.items():
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                raise InvalidInputError("%r cannot be sent as JSON: %s" % (key, exc)) from None
+        raise InvalidInputError("the request cannot be sent as JSON: %s" % exc) from None
 
 
 _STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Connection reset by peer",
@@ -1244,15 +1265,16 @@ class ChunkedDecoder:
         return b"".join(out)
 
 
+debug_logger = logging.getLogger("lm_providers.debug")
+debug_logger.setLevel(logging.INFO)  # it only ever logs for calls made with debug=True
+
+
 def _debug(message: str, *args: Any) -> None:
-    """Log one line of debug=True output; make it visible on stderr when logging is not set up."""
-    if not logger.isEnabledFor(logging.INFO):  # debug=True asked for this output: let it through
-        logger.setLevel(logging.INFO)
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[lm_providers] %(message)s"))
-        logger.addHandler(handler)
-    logger.info(message, *args)
+    """One line of debug=True output: to your logging handlers if you set any up, else to stderr."""
+    if logging.getLogger().handlers or logger.handlers or debug_logger.handlers:
+        debug_logger.info(message, *args)
+    else:
+        sys.stderr.write("[lm_providers] " + (message % args if args else message) + "\n")
 
 
 # =============================================================================
@@ -1424,14 +1446,15 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
         start = candidate.find("{")
         while start >= 0:
             try:
-                value, _ = decoder.raw_decode(candidate, start)
+                value, end = decoder.raw_decode(candidate, start)
             except (ValueError, RecursionError):
-                value = None
-            if isinstance(value, dict):
+                start = candidate.find("{", start + 1)
+                continue
+            if isinstance(value, dict):  # a whole object: objects nested in it are its values, not answers
                 if all(attr in value for attr in required_attributes):
                     return value
                 found_objects.append(value)
-            start = candidate.find("{", start + 1)
+            start = candidate.find("{", end)
     if found_objects:
         missing = [a for a in required_attributes if a not in found_objects[0]]
         raise ValueError("the JSON object lacks the required attribute(s) %s" % ", ".join(map(repr, missing)))
@@ -1471,6 +1494,13 @@ class BaseProvider:
         ``max_retries``: how often a 429/503 answer is retried before any text is read."""
         self.base_url = resolve_host(self.provider, host)
         connect_timeout, read_timeout = _timeouts(timeout)
+        if api_key is not None:
+            if not isinstance(api_key, str) or not api_key.strip():
+                raise InvalidInputError("api_key must be a non-empty string")
+            api_key = api_key.strip()  # a token read from a file keeps its newline
+            if any(c.isspace() or ord(c) < 32 for c in api_key):
+                raise InvalidInputError("api_key contains white space or control characters; check how it was "
+                                        "read (the token itself is not shown)")
         self._api_key = api_key
         headers = {"Accept": "application/json", "User-Agent": "lm_providers/" + __version__}
         if not isinstance(max_retries, int) or max_retries < 0:
@@ -1589,6 +1619,8 @@ class BaseProvider:
             _debug("request GET %s%s headers=%s", self.base_url, self.models_path, self._debug_headers())
         response = self.transport.request("GET", self.models_path, debug=debug, describe_failure=self._failure)
         data = self._json_body(response, self.models_path)
+        if isinstance(data, dict) and data.get("error"):
+            raise self._failure(response.status_code, response.text, "", in_body=True)
         try:
             return self._model_names(data)
         except (KeyError, IndexError, TypeError, AttributeError):
@@ -1596,9 +1628,9 @@ class BaseProvider:
             raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
                 self.title, self.models_path, text[:300]), status=response.status_code, body=text) from None
 
-    def is_model_available(self, name: str) -> bool:
+    def is_model_available(self, name: str, *, debug: bool = False) -> bool:
         """Whether the server offers the model ``name`` (see ``same_model`` for how names match)."""
-        return any(self.same_model(name, offered) for offered in self.list_models())
+        return any(self.same_model(name, offered) for offered in self.list_models(debug=debug))
 
     def close_matches(self, name: str, offered: Optional[Sequence[str]] = None) -> List[str]:
         """Up to five names the server offers that look like ``name`` (for 'did you mean')."""
@@ -1662,6 +1694,8 @@ class BaseProvider:
     def _payload(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, *, stream: bool,
                  debug: bool) -> Dict[str, Any]:
         self._validate_messages(messages)
+        if not all(type(m) is dict for m in messages):
+            messages = [dict(m) for m in messages]
         payload: Dict[str, Any] = {"model": model.name, "messages": messages, "stream": stream}
         payload.update(self._extra_payload(stream))
         payload.update(map_parameters(model.parameters, self.provider))
@@ -1700,18 +1734,21 @@ class BaseProvider:
             _debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, %.3f s",
                    len(result.text), len(result.reasoning), result.finish_reason, result.usage, seconds)
             _debug("reply text: %s", result.text)
-        if result.finish_reason == "length":
-            if not result.text:
+        self._check_end(model, result.finish_reason, bool(result.text), bool(result.reasoning))
+
+    def _check_end(self, model: ModelConfig, finish_reason: Optional[str], has_text: bool, reasoned: bool) -> None:
+        """What every finished reply, blocking or streamed, is checked for: the token limit, emptiness."""
+        if finish_reason == "length":
+            if not has_text:
                 raise ProviderResponseError(
                     "%s model %r used the whole token limit%s before writing any answer; raise max_tokens "
-                    "(num_predict on Ollama)" % (self.title, model.name,
-                                                 " on reasoning" if result.reasoning else ""),
+                    "(num_predict on Ollama)" % (self.title, model.name, " on reasoning" if reasoned else ""),
                     server_message="finish_reason=length")
             logger.warning("%s model %r stopped at the token limit (finish_reason=length); the reply is cut "
                            "short. Raise max_tokens to get more.", self.title, model.name)
-        elif not result.text:
+        elif not has_text:
             logger.warning("%s model %r returned an empty reply (finish_reason=%s)", self.title, model.name,
-                           result.finish_reason)
+                           finish_reason)
 
     def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, debug: bool,
                 state: Any) -> Iterator[str]:
@@ -1776,6 +1813,7 @@ class BaseProvider:
                         complete = True
                         break
                 if chunk is None:
+                    complete = complete or (self.framing == "sse" and state.finish_reason is not None)
                     break
             if not complete:
                 raise ProviderResponseError(
@@ -1791,6 +1829,7 @@ class BaseProvider:
             if debug:
                 _debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s", events,
                        pieces, state.finish_reason, state.usage, time.perf_counter() - started)
+            self._check_end(model, state.finish_reason, has_text=pieces > 0, reasoned=bool(state.reasoning))
         finally:
             _finish_stream(response, chunks, complete)
 

@@ -203,7 +203,7 @@ def collect_until_error(iterator, exc_type):
 
 
 def log_text(caplog):
-    return "\n".join(record.getMessage() for record in caplog.records if record.name == "lm_providers")
+    return "\n".join(record.getMessage() for record in caplog.records if record.name.startswith("lm_providers"))
 
 
 # =============================================================================
