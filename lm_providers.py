@@ -734,36 +734,6 @@ def load_config(path: str = "config.yaml") -> Config:
     return Config(hosts["ollama_host"], hosts["lm_studio_host"], models, path)
 
 
-def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None,
-                 **provider_options: Any) -> "BaseProvider":
-    """Return the provider for a model URI, a ModelConfig or a role name in ``config``.
-
-    The host comes from the URI, then the config, then the environment, then
-    the default.  Without extra options, providers are shared per config and
-    host, so repeated calls reuse one connection pool.
-    """
-    if isinstance(model, str) and "://" not in model:
-        if config is None or model not in config.models:
-            known = ", ".join(sorted(config.models)) if config is not None else "none (no config given)"
-            raise InvalidInputError("%r is neither a model URI (provider://model) nor a role in the config; "
-                                    "roles: %s" % (model, known))
-        model = config.models[model]
-    elif isinstance(model, str):
-        model = parse_model_uri(model)
-    if not isinstance(model, ModelConfig):
-        raise InvalidInputError("get_provider needs a model URI, a ModelConfig or a role name, got %r" % (model,))
-    base_url = resolve_host(model.provider, model.host, config)
-    cls = LMStudioProvider if model.provider == "lm_studio" else OllamaProvider
-    if provider_options:
-        return cls(host=base_url, **provider_options)
-    cache = _provider_cache if config is None else config.__dict__.setdefault("_providers", {})
-    key = (cls, base_url)
-    if key not in cache:
-        cache[key] = cls(host=base_url)
-    return cache[key]
-
-
-_provider_cache: Dict[Tuple[type, str], "BaseProvider"] = {}
 
 
 # =============================================================================
@@ -2071,6 +2041,46 @@ def _ollama_usage(data: Mapping[str, Any]) -> Optional[Dict[str, int]]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+#: The provider class for each server kind.
+PROVIDER_CLASSES: Dict[str, type] = {"lm_studio": LMStudioProvider, "ollama": OllamaProvider}
+
+
+def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None,
+                 **provider_options: Any) -> "BaseProvider":
+    """Return the provider for a model URI, a ModelConfig or a role name in ``config``.
+
+    The host comes from the URI, then the config, then the environment, then
+    the default.  Providers are shared per config, host and options, so
+    repeated calls reuse one connection pool.
+    """
+    if isinstance(model, str) and "://" not in model:
+        if config is None or model not in config.models:
+            known = ", ".join(sorted(config.models)) if config is not None else "none (no config given)"
+            raise InvalidInputError("%r is neither a model URI (provider://model) nor a role in the config; "
+                                    "roles: %s" % (model, known))
+        model = config.models[model]
+    elif isinstance(model, str):
+        model = parse_model_uri(model)
+    if not isinstance(model, ModelConfig):
+        raise InvalidInputError("get_provider needs a model URI, a ModelConfig or a role name, got %r" % (model,))
+    base_url = resolve_host(model.provider, model.host, config)
+    cls = PROVIDER_CLASSES[model.provider]
+    try:
+        key = (cls, base_url, tuple(sorted(provider_options.items())))
+        hash(key)
+    except TypeError:  # an option that cannot be a key: a provider of its own
+        return cls(host=base_url, **provider_options)
+    cache = _provider_cache if config is None else config.__dict__.setdefault("_providers", {})
+    if key not in cache:
+        cache[key] = cls(host=base_url, **provider_options)
+    return cache[key]
+
+
+_provider_cache: Dict[Tuple[Any, ...], "BaseProvider"] = {}
+
+
+
+
 # =============================================================================
 # Command line and the setup check
 # =============================================================================
@@ -2145,9 +2155,12 @@ def _next_step(exc: BaseException, provider: "BaseProvider", model: Optional[Mod
 class SetupCheck:
     """Check servers and models the way ``python test_lm_studio_provider.py`` does.
 
-    ``targets`` is a list of ``(provider, [ModelConfig, ...])``; an empty model
-    list means: check the server, then try the first model it offers.  Each
-    result is printed to ``out`` as it finishes and kept in ``results``.
+    ``targets`` is a list of ``(provider, [ModelConfig, ...])`` or
+    ``(provider, [...], required)``; an empty model list means: check the
+    server, then try the first model it offers.  A server that is not
+    ``required`` (nothing configured it) and is not running is reported as
+    SKIP, not FAIL.  Each result is printed to ``out`` as it finishes and kept
+    in ``results``.
     """
 
     def __init__(self, targets: Sequence[Tuple["BaseProvider", Sequence[Optional[ModelConfig]]]],
@@ -2168,32 +2181,47 @@ class SetupCheck:
         self.out.flush()
         return result
 
-    def step(self, what: str, provider: "BaseProvider", action: Any,
-             model: Optional[ModelConfig] = None) -> Tuple[bool, Any]:
+    def step(self, what: str, provider: "BaseProvider", action: Any, model: Optional[ModelConfig] = None,
+             skip_if_not_running: bool = False) -> Tuple[bool, Any]:
         """Run one check; report it; return (passed, value)."""
         started = time.perf_counter()
         try:
             with _StillWorking(self.out, what, self.every):
                 value, detail = action()
-        except ProviderError as exc:
-            if self.debug:
-                import traceback
-                traceback.print_exc(file=self.out)
-            self.report(CheckResult("FAIL", what, time.perf_counter() - started, _one_line(exc),
-                                    _next_step(exc, provider, model)))
+        except ProviderConnectionError as exc:
+            if not (skip_if_not_running and "refused" in str(exc)):
+                return self._failed(what, provider, model, exc, started)
+            self.report(CheckResult("SKIP", what, detail="not running (nothing configured uses it)",
+                                    next_step="If you use %s: %s" % (provider.title, provider.start_hint)))
             return False, exc
+        except ProviderError as exc:
+            return self._failed(what, provider, model, exc, started)
         self.report(CheckResult("PASS", what, time.perf_counter() - started, detail))
         return True, value
 
+    def _failed(self, what: str, provider: "BaseProvider", model: Optional[ModelConfig], exc: ProviderError,
+                started: float) -> Tuple[bool, Any]:
+        if self.debug:
+            import traceback
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=self.out)
+        detail = _one_line(exc).replace(" ".join(provider.start_hint.split()), "").strip()  # said after "->"
+        self.report(CheckResult("FAIL", what, time.perf_counter() - started, detail,
+                                _next_step(exc, provider, model)))
+        return False, exc
+
     def run(self) -> int:
         """Run every check; return the exit code (0 when everything passed)."""
-        for provider, models in self.targets:
-            self._check_server(provider, models)
+        for provider, models, *required in self.targets:
+            self._check_server(provider, models, required[0] if required else True)
         passed = sum(r.status == "PASS" for r in self.results)
         failed = sum(r.status == "FAIL" for r in self.results)
         skipped = sum(r.status == "SKIP" for r in self.results)
         self.out.write("\n%d passed, %d failed, %d skipped\n" % (passed, failed, skipped))
-        if failed:
+        if not passed:
+            self.out.write("No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server "
+                           "start) or Ollama (https://ollama.com; then ollama serve) and run this again. To see "
+                           "lm_providers work without either:  python test_lm_studio_provider.py --demo\n")
+        elif failed:
             self.out.write("Some checks failed; each [FAIL] line is followed by what to do. Run with --debug to see "
                            "every request and response.\n")
         else:
@@ -2201,16 +2229,19 @@ class SetupCheck:
         self.out.flush()
         return 1 if failed or not passed else 0
 
-    def _check_server(self, provider: "BaseProvider", models: Sequence[Optional[ModelConfig]]) -> None:
+    def _check_server(self, provider: "BaseProvider", models: Sequence[Optional[ModelConfig]],
+                      required: bool = True) -> None:
         title = "%s at %s" % (provider.title, provider.base_url)
 
         def list_them() -> Tuple[List[str], str]:
-            names = provider.list_models()
+            names = provider.list_models(debug=self.debug)
             shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             return names, "answers; %d model(s)%s" % (len(names), ": " + shown if names else "")
 
-        ok, offered = self.step("%s" % title, provider, list_them)
         models = list(models)
+        ok, offered = self.step(title, provider, list_them, skip_if_not_running=not required)
+        if not ok and self.results[-1].status == "SKIP":
+            return
         if not ok:
             for model in models or [None]:
                 self.report(CheckResult("SKIP", "%s model checks" % (model.name if model else provider.title),
@@ -2245,7 +2276,7 @@ class SetupCheck:
             return
         self.report(CheckResult("PASS", "%s is available" % name))
         if not any(k in model.parameters for k in ("max_tokens", "num_predict")):
-            model = model.with_parameters(max_tokens=512)
+            model = model.with_parameters(max_tokens=2048)  # room for a reasoning model's thinking
 
         def generate() -> Tuple[str, str]:
             result = provider.chat(CHECK_PROMPT, model, debug=self.debug)
@@ -2302,9 +2333,9 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
         if provider and canonical_provider(provider) != kind:
             raise InvalidInputError("--model %s is for %s, not %s" % (model, kind, provider))
         base_url = resolve_host(kind, host or chosen.host, config)
-        cls = LMStudioProvider if kind == "lm_studio" else OllamaProvider
-        return [(cls(host=base_url, timeout=timeout), [chosen])]
-    kinds = [canonical_provider(provider)] if provider else ["lm_studio", "ollama"]
+        cls = PROVIDER_CLASSES[kind]
+        return [(cls(host=base_url, timeout=timeout), [chosen], True)]
+    kinds = [canonical_provider(provider)] if provider else _kinds_for_host(host)
     targets = []
     for kind in kinds:
         roles = [m for m in (config.models.values() if config else []) if m.provider == kind]
@@ -2314,21 +2345,36 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
         by_host: Dict[str, List[ModelConfig]] = {}
         for (name, base_url), m in unique.items():
             by_host.setdefault(resolve_host(kind, host, config) if host else base_url, []).append(m)
+        required = bool(by_host) or bool(provider) or bool(host) or (
+            config is not None and config.host_for(kind) is not None) or bool(os.environ.get(HOST_ENV_VARS[kind]))
         if not by_host:
             by_host[resolve_host(kind, host, config)] = []
-        cls = LMStudioProvider if kind == "lm_studio" else OllamaProvider
-        targets += [(cls(host=base_url, timeout=timeout), ms) for base_url, ms in by_host.items()]
+        cls = PROVIDER_CLASSES[kind]
+        targets += [(cls(host=base_url, timeout=timeout), ms, required) for base_url, ms in by_host.items()]
     return targets
 
 
-def _load_config_option(path: Optional[str], out: Any) -> Optional[Config]:
+def _kinds_for_host(host: Optional[str]) -> List[str]:
+    """Which servers ``--host`` means: the one whose default port it names, else both."""
+    if host:
+        port = normalize_host(host).rsplit(":", 1)[1]
+        for kind, default in DEFAULT_PORTS.items():
+            if port == str(default):
+                return [kind]
+    return ["lm_studio", "ollama"]
+
+
+def _load_config_option(path: Optional[str], out: Any = None) -> Optional[Config]:
+    """The config named by --config, else ./config.yaml if there is one; say which on ``out``."""
     if path:
         return load_config(path)
     if os.path.exists("config.yaml"):
-        out.write("Using config.yaml from %s\n" % os.getcwd())
+        if out:
+            out.write("Using config.yaml from %s\n" % os.getcwd())
         return load_config("config.yaml")
-    out.write("No config.yaml in %s; using --host, OLLAMA_HOST / LM_STUDIO_HOST or the default hosts.\n"
-              % os.getcwd())
+    if out:
+        out.write("No config.yaml in %s; using --host, OLLAMA_HOST / LM_STUDIO_HOST or the default hosts.\n"
+                  % os.getcwd())
     return None
 
 
@@ -2428,17 +2474,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-def _quiet_config(path: Optional[str]) -> Optional[Config]:
-    if path:
-        return load_config(path)
-    return load_config("config.yaml") if os.path.exists("config.yaml") else None
-
-
 def _cli_models(options: Any) -> int:
-    config = _quiet_config(options.config)
+    config = _load_config_option(options.config)
     answered = 0
     for kind in ([options.provider] if options.provider else ["lm_studio", "ollama"]):
-        cls = LMStudioProvider if kind == "lm_studio" else OllamaProvider
+        cls = PROVIDER_CLASSES[kind]
         provider = cls(host=resolve_host(kind, options.host, config), timeout=(5, 30))
         try:
             names = provider.list_models()
@@ -2453,7 +2493,7 @@ def _cli_models(options: Any) -> int:
 
 
 def _cli_generate(options: Any) -> int:
-    config = _quiet_config(options.config)
+    config = _load_config_option(options.config)
     model = config.models[options.model] if config and options.model in config.models else None
     if model is None:
         if "://" not in options.model:

@@ -267,3 +267,33 @@ def test_cli_help_has_examples():
     assert done.returncode == 0 and "generate lm_studio://" in done.stdout
     for command in ("models", "generate", "check"):
         assert "Example" in run_module(command, "--help").stdout
+
+
+def test_a_server_nothing_configured_is_skipped_when_not_running(lm_server, tmp_path, monkeypatch):
+    monkeypatch.setitem(lm_providers.DEFAULT_PORTS, "ollama", closed_port())  # no Ollama, not configured
+    (tmp_path / "config.yaml").write_text("lm_studio_host: %s\nmodels:\n  scene_writer: lm_studio://qwen2.5-7b-instruct\n"
+                                          % lm_server.host)
+    code, output = check()
+    assert code == 0, output
+    assert marks(output) == ["[PASS]"] * 5 + ["[SKIP]"]
+    assert "not running (nothing configured uses it)" in output and "If you use Ollama: Start Ollama" in output
+
+
+def test_nothing_running_at_all_suggests_the_demo(monkeypatch):
+    monkeypatch.setitem(lm_providers.DEFAULT_PORTS, "ollama", closed_port())
+    monkeypatch.setitem(lm_providers.DEFAULT_PORTS, "lm_studio", closed_port())
+    code, output = check()
+    assert code == 1
+    assert "No server answered" in output and "--demo" in output and "https://lmstudio.ai" in output
+
+
+def test_host_with_a_default_port_checks_that_server_kind_only():
+    assert [type(p).__name__ for p, *_ in lm_providers.check_targets(host="127.0.0.1:1234")] == ["LMStudioProvider"]
+    assert [type(p).__name__ for p, *_ in lm_providers.check_targets(host="10.0.0.5:11434")] == ["OllamaProvider"]
+    assert len(lm_providers.check_targets(host="127.0.0.1:8080")) == 2
+
+
+def test_a_failure_line_does_not_repeat_the_hint_printed_under_it():
+    code, output = check("--host", "127.0.0.1:%d" % closed_port(), "--provider", "lm_studio")
+    fail_line = [line for line in output.splitlines() if line.startswith("[FAIL]")][0]
+    assert "lms server start" not in fail_line and "connection refused" in fail_line

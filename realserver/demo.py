@@ -21,7 +21,7 @@ if os.path.dirname(HERE) not in sys.path:
 import lm_providers  # noqa: E402
 
 from .models import smollm2_model  # noqa: E402
-from .server import ServerError, start_server  # noqa: E402
+from .server import ServerError, check_installed, start_server  # noqa: E402
 
 ALIAS = "smollm2-135m-instruct"
 
@@ -39,6 +39,7 @@ def run_demo(out: Any = None, cache_dir: Optional[str] = None) -> int:
 
     say("lm_providers demo: a real OpenAI-compatible server on this machine, no LM Studio or Ollama needed.")
     try:
+        check_installed()  # before fetching 100 MB for nothing
         model_path = smollm2_model(cache_dir, progress=say)
         say("Starting llama.cpp's server (the engine LM Studio runs for GGUF models) with SmolLM2-135M-Instruct...")
         started = time.perf_counter()

@@ -339,13 +339,15 @@ def test_get_provider_different_configs_do_not_share():
     assert first.base_url == second.base_url
 
 
-def test_get_provider_extra_options_return_a_fresh_provider():
+def test_get_provider_shares_one_provider_per_set_of_options():
+    # Each provider holds a connection pool: the same options must not open a new one on every call.
     config = load_config(REPO_CONFIG)
     shared = get_provider("scene_writer", config)
     fresh = get_provider("scene_writer", config, timeout=30)
     again = get_provider("scene_writer", config, timeout=30)
+    other = get_provider("scene_writer", config, timeout=60)
     assert isinstance(fresh, LMStudioProvider)
-    assert fresh is not shared and again is not fresh
+    assert fresh is not shared and again is fresh and other is not fresh
     assert fresh.base_url == shared.base_url == "http://127.0.0.1:1234"
     assert get_provider("scene_writer", config) is shared
 
