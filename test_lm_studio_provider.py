@@ -52,7 +52,7 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.join(HERE, "tests"))
 import fakes  # noqa: E402
-from loopback import LoopbackServer, Reply  # noqa: E402
+from loopback import LoopbackServer, Reply, closed_port  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -74,13 +74,6 @@ def ollama_server():
         yield fakes.ollama(server)
 
 
-def closed_port():
-    import socket
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def check(*argv):

@@ -224,6 +224,15 @@ class LoopbackServer:
         return reply.framing != "close"
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound once, then released)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
 def _reset(sock: socket.socket) -> None:
     """Close with RST instead of FIN: what a crashed or killed server looks like."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -156,13 +156,6 @@ MESSAGES = [{"role": "system", "content": "You are terse."},
 # Fixtures and helpers
 # =============================================================================
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    for var in ("LM_API_TOKEN", "LM_STUDIO_HOST", "OLLAMA_HOST", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
-                "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-
-
 @pytest.fixture
 def rsps():
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import fakes
 import lm_providers as lmp
-from loopback import Reply, json_reply, ndjson_events, sse_events
+from loopback import Reply, closed_port, json_reply, ndjson_events, sse_events
 
 MESSAGES = [{"role": "user", "content": "Count to five."}]
 PIECES = ["One", ", two", ", three", ", four", ", five."]
@@ -85,13 +85,6 @@ def run(provider, kind, call, collected=None):
     raise AssertionError(call)
 
 
-def closed_port():
-    """A loopback port nothing listens on."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def open_fds():

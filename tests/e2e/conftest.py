@@ -13,7 +13,6 @@ installs it,  python -m pip install -e ".[e2e]".
 """
 
 import json
-import os
 import sys
 import urllib.request
 
