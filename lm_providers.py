@@ -2419,6 +2419,22 @@ def _run_check(options: Any, out: Any) -> int:
     return SetupCheck(targets, out=out, debug=options.debug).run()
 
 
+def exit_quietly_on_broken_pipe(run: Any) -> Any:
+    """Wrap a command so that output piped into ``head`` (which closes the pipe) ends it without a traceback."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return run(*args, **kwargs)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+            return 141  # what a shell reports for SIGPIPE
+    return wrapper
+
+
+@exit_quietly_on_broken_pipe
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m lm_providers`` / ``lm-providers``: models, generate and check."""
     import argparse

@@ -23,6 +23,7 @@ sys.path.insert(0, HERE)
 import lm_providers  # noqa: E402
 
 
+@lm_providers.exit_quietly_on_broken_pipe
 def main(argv=None):
     """Run the setup check, or with --demo start a real local server first and check that."""
     parser = lm_providers.setup_check_parser()
@@ -290,3 +291,15 @@ def test_a_failure_line_does_not_repeat_the_hint_printed_under_it():
     code, output = check("--host", "127.0.0.1:%d" % closed_port(), "--provider", "lm_studio")
     fail_line = [line for line in output.splitlines() if line.startswith("[FAIL]")][0]
     assert "lms server start" not in fail_line and "connection refused" in fail_line
+
+
+def test_output_piped_into_head_ends_without_a_traceback(tmp_path, monkeypatch):
+    # `python test_lm_studio_provider.py | head -3`: head closes the pipe, the next write raises BrokenPipeError.
+    stdout = open(tmp_path / "out.txt", "w")
+    monkeypatch.setattr(sys, "stdout", stdout)
+
+    @lm_providers.exit_quietly_on_broken_pipe
+    def command():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert command() == 141
