@@ -1503,15 +1503,8 @@ class BaseProvider:
         started = time.perf_counter()
         response = self.transport.request("POST", self.chat_path, payload, debug=debug,
                                           describe_failure=self._failure, model=model.name)
-        data = self._json_body(response, self.chat_path)
-        if isinstance(data, dict) and data.get("error"):
-            raise self._failure(response.status_code, response.text, model.name, in_body=True)
-        try:
-            text, reasoning, finish_reason, usage = self._read_reply(data)
-        except (KeyError, IndexError, TypeError, AttributeError):
-            text = self.transport.scrub(response.text)
-            raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
-                self.title, self.chat_path, text[:300]), status=response.status_code, body=text) from None
+        data, (text, reasoning, finish_reason, usage) = self._read_answer(response, self.chat_path,
+                                                                          self._read_reply, model.name)
         content, inline_reasoning = split_reasoning(text or "")
         result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name, data)
         self._check_result(result, model, debug, time.perf_counter() - started)
@@ -1588,15 +1581,7 @@ class BaseProvider:
         if debug:
             _debug("request GET %s%s headers=%s", self.base_url, self.models_path, self._debug_headers())
         response = self.transport.request("GET", self.models_path, debug=debug, describe_failure=self._failure)
-        data = self._json_body(response, self.models_path)
-        if isinstance(data, dict) and data.get("error"):
-            raise self._failure(response.status_code, response.text, "", in_body=True)
-        try:
-            return self._model_names(data)
-        except (KeyError, IndexError, TypeError, AttributeError):
-            text = self.transport.scrub(response.text)
-            raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
-                self.title, self.models_path, text[:300]), status=response.status_code, body=text) from None
+        return self._read_answer(response, self.models_path, self._model_names)[1]
 
     def is_model_available(self, name: str, *, debug: bool = False) -> bool:
         """Whether the server offers the model ``name`` (see ``same_model`` for how names match)."""
@@ -1688,9 +1673,11 @@ class BaseProvider:
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {}
 
-    def _json_body(self, response: Any, path: str) -> Any:
+    def _read_answer(self, response: Any, path: str, read: Any, model: str = "") -> Tuple[Any, Any]:
+        """``(data, read(data))`` for a 2xx JSON answer; an answer that is not JSON, holds an error
+        object, or has another shape than ``read`` expects is a ProviderResponseError."""
         try:
-            return _parse_json(response.content)
+            data = _parse_json(response.content)
         except (ValueError, RecursionError):
             text = self.transport.scrub(response.text)
             raise ProviderResponseError("%s answered %s with %s instead of JSON" % (
@@ -1698,6 +1685,14 @@ class BaseProvider:
                 status=response.status_code, server_message=_server_message(text), body=text) from None
         except Exception as exc:
             raise self.transport.translate_exception(exc, self.base_url + path) from exc
+        if isinstance(data, dict) and data.get("error"):
+            raise self._failure(response.status_code, response.text, model, in_body=True)
+        try:
+            return data, read(data)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            text = self.transport.scrub(response.text)
+            raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
+                self.title, path, text[:300]), status=response.status_code, body=text) from None
 
     def _check_result(self, result: ChatResult, model: ModelConfig, debug: bool, seconds: float) -> None:
         if debug:
