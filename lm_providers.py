@@ -45,7 +45,8 @@ __all__ = [
     # transport and decoding
     "StreamDecoder", "ensure_requests",
     # providers
-    "ChatResult", "ChatStream", "BaseProvider", "LMStudioProvider", "OllamaProvider",
+    "ChatResult", "ChatStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
+    "OllamaProvider",
     "extract_json", "json_schema_for",
 ]
 
@@ -1914,32 +1915,18 @@ def _openai_usage(usage: Any) -> Optional[Dict[str, int]]:
     return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage}
 
 
-class LMStudioProvider(BaseProvider):
-    """LM Studio's OpenAI-compatible server: ``/v1/chat/completions`` and ``/v1/models``.
+class OpenAICompatibleProvider(BaseProvider):
+    """What every server speaking OpenAI's chat-completions API shares: ``/v1/chat/completions``
+    (SSE when streamed) and ``/v1/models``.
 
-    ``api_key`` (or ``LM_API_TOKEN`` in the environment) is sent as a bearer
-    token, only when one is set.
+    ``LMStudioProvider`` is this plus LM Studio's specifics (its hints, its
+    error wording, its native REST API).  Subclasses set ``provider``.
     """
 
-    provider = "lm_studio"
     chat_path = "/v1/chat/completions"
     models_path = "/v1/models"
     framing = "sse"
     content_must_be_str = False
-    start_hint = ("Start LM Studio's server: in the LM Studio app open the Developer tab and click Start Server, "
-                  "or run  lms server start  (default port 1234).")
-    auth_hint = ("The server requires an API token: pass api_key=... or set LM_API_TOKEN; check the token in "
-                 "LM Studio's Developer tab > Server Settings.")
-    wrong_server_hint = "LM Studio listens on port 1234 by default; Ollama (11434) needs ollama:// URIs."
-
-    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2):
-        super().__init__(host, timeout, api_key if api_key is not None else os.environ.get("LM_API_TOKEN") or None,
-                         max_retries)
-
-    def download_hint(self, model: str) -> str:
-        return ("Download it in LM Studio (or  lms get %s), load it (lms load %s), and check the exact id "
-                "with  lms ls  (ids are case-sensitive)." % (model, model))
 
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {"stream_options": {"include_usage": True}} if stream else {}
@@ -1947,8 +1934,9 @@ class LMStudioProvider(BaseProvider):
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         text = message.lower()
         return status in (400, 404) and ('"model_not_found"' in body or "model" in text and any(
-            phrase in text for phrase in ("not found", "no models loaded", "not loaded", "does not exist",
-                                          "invalid model identifier")))
+            phrase in text for phrase in self.model_not_found_phrases))
+
+    model_not_found_phrases: Tuple[str, ...] = ("not found", "does not exist")
 
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
         choice = data["choices"][0]
@@ -1971,6 +1959,32 @@ class LMStudioProvider(BaseProvider):
 
     def _model_names(self, data: Any) -> List[str]:
         return [entry["id"] for entry in data["data"]]
+
+
+class LMStudioProvider(OpenAICompatibleProvider):
+    """LM Studio's OpenAI-compatible server: ``/v1/chat/completions`` and ``/v1/models``.
+
+    ``api_key`` (or ``LM_API_TOKEN`` in the environment) is sent as a bearer
+    token, only when one is set.
+    """
+
+    provider = "lm_studio"
+    start_hint = ("Start LM Studio's server: in the LM Studio app open the Developer tab and click Start Server, "
+                  "or run  lms server start  (default port 1234).")
+    auth_hint = ("The server requires an API token: pass api_key=... or set LM_API_TOKEN; check the token in "
+                 "LM Studio's Developer tab > Server Settings.")
+    wrong_server_hint = "LM Studio listens on port 1234 by default; Ollama (11434) needs ollama:// URIs."
+    model_not_found_phrases = ("not found", "no models loaded", "not loaded", "does not exist",
+                               "invalid model identifier")
+
+    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
+                 api_key: Optional[str] = None, max_retries: int = 2):
+        super().__init__(host, timeout, api_key if api_key is not None else os.environ.get("LM_API_TOKEN") or None,
+                         max_retries)
+
+    def download_hint(self, model: str) -> str:
+        return ("Download it in LM Studio (or  lms get %s), load it (lms load %s), and check the exact id "
+                "with  lms ls  (ids are case-sensitive)." % (model, model))
 
 
 class OllamaProvider(BaseProvider):
