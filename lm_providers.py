@@ -1906,8 +1906,8 @@ class BaseProvider:
             return messages
         converted = [self._convert_images(message, index) if _has_images(message) else message
                      for index, message in enumerate(messages)]
-        if any(converted[i] is not messages[i] for i in range(len(messages))):
-            self._check_vision(model)
+        if any(isinstance(message, Mapping) and message.get("images") for message in converted):
+            self._check_vision(model)  # Ollama's form: images stay in "images"
         return converted
 
     def _check_vision(self, model: ModelConfig) -> None:
