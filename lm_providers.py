@@ -2881,6 +2881,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     generate.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
     generate.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
     generate.add_argument("--debug", action="store_true", help="log the request and response to stderr")
+    embed = commands.add_parser(
+        "embed", help="print the embeddings of texts as JSON",
+        description="Embed texts and print {\"model\": ..., \"embeddings\": [[...], ...]} as JSON, one vector per "
+                    "text in order. Without TEXT arguments, each line of stdin is a text. Example: python -m "
+                    "lm_providers embed ollama://nomic-embed-text \"first text\" \"second text\"")
+    embed.add_argument("model", metavar="URI_OR_ROLE", help="a model URI, or a role from the config")
+    embed.add_argument("texts", metavar="TEXT", nargs="*", help="texts to embed (default: the lines of stdin)")
+    embed.add_argument("--dimensions", type=int, metavar="N", help="ask for N-wide vectors (models that can)")
+    embed.add_argument("--batch-size", type=int, default=DEFAULT_EMBED_BATCH, metavar="N",
+                       help="texts per request (default %d)" % DEFAULT_EMBED_BATCH)
+    embed.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
+    embed.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
+    embed.add_argument("--debug", action="store_true", help="log the requests to stderr")
     _check_parser(commands.add_parser(
         "check", help="check servers, models and config (same as test_lm_studio_provider.py)",
         description="Check servers, models and config, and say what to do about each failure. Example: "
@@ -2894,6 +2907,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if options.command == "models":
             return _cli_models(options)
+        if options.command == "embed":
+            return _cli_embed(options)
         return _cli_generate(options)
     except ProviderError as exc:
         if getattr(options, "debug", False):
@@ -2947,6 +2962,18 @@ def _cli_generate(options: Any) -> int:
     sys.stdout.write("\n")
     if stream.finish_reason == "length":
         sys.stderr.write("(stopped at the token limit; raise max_tokens in the URI to get more)\n")
+    return 0
+
+
+def _cli_embed(options: Any) -> int:
+    config = _load_config_option(options.config)
+    role = config.models.get(options.model) if config else None
+    model = role if role is not None else parse_model_uri(options.model)
+    texts = options.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    provider = get_provider(model, config, **({"timeout": (5.0, options.timeout)} if options.timeout else {}))
+    vectors = provider.embed(texts, model, dimensions=options.dimensions, batch_size=options.batch_size,
+                             debug=options.debug)
+    print(json.dumps({"model": model.name, "embeddings": vectors}))
     return 0
 
 
