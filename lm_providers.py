@@ -1927,13 +1927,12 @@ class BaseProvider:
         body = self.transport.scrub(body)
         message = _server_message(body)
         text = message.lower()
-        kwargs = dict(status=status, server_message=message, body=body)
         if any(phrase in text for phrase in _NO_EMBEDDING_PHRASES):
             return EmbeddingNotSupportedError("%s cannot embed with model %r: %s. %s" % (
-                self.title, model, message.rstrip(". "), self.embedding_hint), **kwargs)
+                self.title, model, message.rstrip(". "), self.embedding_hint), status, message, body)
         if any(phrase in text for phrase in _TOO_LONG_PHRASES):
             return InputTooLongError("a text is too long for %s model %r: %s. Shorten or split it%s." % (
-                self.title, model, message.rstrip(". "), self.truncate_hint), **kwargs)
+                self.title, model, message.rstrip(". "), self.truncate_hint), status, message, body)
         return self._failure(status, body, model, in_body)
 
     embedding_hint = ""
@@ -2151,11 +2150,23 @@ class BaseProvider:
         raise NotImplementedError
 
     embed_path = ""
+    embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
 
     def _embed_payload(self, texts: List[str], model: ModelConfig, dimensions: Optional[int],
                        truncate: Optional[bool]) -> Dict[str, Any]:
-        """The body of one embeddings request."""
-        raise NotImplementedError
+        """The body of one embeddings request: the texts, ``dimensions``, ``truncate`` where the server
+        has it, and the model's parameters that apply to embeddings (``keep_alive``/``ttl``, Ollama's options)."""
+        payload: Dict[str, Any] = {"model": model.name, "input": texts}
+        if dimensions is not None:
+            payload["dimensions"] = dimensions
+        if truncate is not None and "truncate" not in self.embed_fields:
+            logger.warning("truncate=%s is Ollama's; %s has no such option, so it was not sent", truncate,
+                           self.title)
+        elif truncate is not None:
+            payload["truncate"] = bool(truncate)
+        mapped = map_parameters(model.parameters, self.provider)
+        payload.update((key, mapped[key]) for key in self.embed_fields if key in mapped)
+        return payload
 
     def _read_embeddings(self, data: Any) -> List[List[float]]:
         """The vectors of an embeddings answer, in input order."""
@@ -2259,19 +2270,7 @@ class OpenAICompatibleProvider(BaseProvider):
     embed_path = "/v1/embeddings"
     embedding_hint = ("Use an embedding model (e.g. text-embedding-nomic-embed-text-v1.5); a llama.cpp server "
                       "needs --embeddings and --pooling mean.")
-
-    def _embed_payload(self, texts: List[str], model: ModelConfig, dimensions: Optional[int],
-                       truncate: Optional[bool]) -> Dict[str, Any]:
-        payload: Dict[str, Any] = {"model": model.name, "input": texts}
-        if dimensions is not None:
-            payload["dimensions"] = dimensions
-        if truncate is not None:
-            logger.warning("truncate=%s is Ollama's; %s has no such option, so it was not sent", truncate,
-                           self.title)
-        ttl = map_parameters(model.parameters, self.provider).get("ttl")
-        if ttl is not None:
-            payload["ttl"] = ttl
-        return payload
+    embed_fields: Tuple[str, ...] = ("ttl",)
 
     def _read_embeddings(self, data: Any) -> List[List[float]]:
         return _vectors([entry["embedding"] for entry in sorted(data["data"], key=lambda entry: entry["index"])])
@@ -2340,17 +2339,7 @@ class OllamaProvider(BaseProvider):
     embed_path = "/api/embed"
     embedding_hint = "Use an embedding model, e.g.  ollama pull nomic-embed-text ."
     truncate_hint = ", or pass truncate=True to cut it to the model's context"
-
-    def _embed_payload(self, texts: List[str], model: ModelConfig, dimensions: Optional[int],
-                       truncate: Optional[bool]) -> Dict[str, Any]:
-        payload: Dict[str, Any] = {"model": model.name, "input": texts}
-        if dimensions is not None:
-            payload["dimensions"] = dimensions
-        if truncate is not None:
-            payload["truncate"] = bool(truncate)
-        mapped = map_parameters(model.parameters, self.provider)
-        payload.update((key, mapped[key]) for key in ("keep_alive", "options") if key in mapped)
-        return payload
+    embed_fields = ("keep_alive", "options", "truncate")
 
     def _read_embeddings(self, data: Any) -> List[List[float]]:
         return _vectors(data["embeddings"])

@@ -37,12 +37,6 @@ LMS_NOT_EMBEDDING = (400, {"error": {"message": "Failed to load model \"qwen2.5-
 OLLAMA_TOO_LONG = (400, {"error": "input length exceeds the context length"})
 
 
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
 def sent(call):
     return json.loads(call.request.body)
 

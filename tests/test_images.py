@@ -31,12 +31,6 @@ LMS_REPLY = {"id": "c", "object": "chat.completion", "created": 1, "model": "m",
 
 
 @pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def png_file(tmp_path):
     path = tmp_path / "dot.png"
     path.write_bytes(PNG)

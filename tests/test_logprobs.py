@@ -44,12 +44,6 @@ NORMALIZED_OLLAMA = [
     {"token": " there", "logprob": -0.5, "top_logprobs": []}]
 
 
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
 def lms_reply(logprobs):
     return {"id": "c", "object": "chat.completion", "created": 1, "model": "m", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "logprobs": logprobs,

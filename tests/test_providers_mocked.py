@@ -157,12 +157,6 @@ MESSAGES = [{"role": "system", "content": "You are terse."},
 # =============================================================================
 
 @pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def sleeps(monkeypatch):
     """Record the delays passed to time.sleep instead of sleeping."""
     recorded = []
