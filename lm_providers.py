@@ -49,6 +49,7 @@ __all__ = [
     "ChatResult", "ChatStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
     "OllamaProvider",
     "extract_json", "json_schema_for",
+    "load_image", "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH",
 ]
 
 logger = logging.getLogger("lm_providers")
