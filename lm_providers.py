@@ -1934,6 +1934,10 @@ class BaseProvider:
         if any(phrase in text for phrase in _TOO_LONG_PHRASES):
             return InputTooLongError("a text is too long for %s model %r: %s. Shorten or split it%s." % (
                 self.title, model, message.rstrip(". "), self.truncate_hint), status, message, body)
+        if status == 404 and not self._is_model_not_found(status, message, body):
+            return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s); the server may be too old "
+                                         "for embeddings" % (self.title, self.base_url, self.embed_path,
+                                                             message.rstrip(". ")), status, message, body)
         return self._failure(status, body, model, in_body)
 
     embedding_hint = ""
@@ -2871,19 +2875,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     generate.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
     generate.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
     generate.add_argument("--debug", action="store_true", help="log the request and response to stderr")
-    embed = commands.add_parser(
-        "embed", help="print the embeddings of texts as JSON",
-        description="Embed texts and print {\"model\": ..., \"embeddings\": [[...], ...]} as JSON, one vector per "
-                    "text in order. Without TEXT arguments, each line of stdin is a text. Example: python -m "
-                    "lm_providers embed ollama://nomic-embed-text \"first text\" \"second text\"")
-    embed.add_argument("model", metavar="URI_OR_ROLE", help="a model URI, or a role from the config")
-    embed.add_argument("texts", metavar="TEXT", nargs="*", help="texts to embed (default: the lines of stdin)")
-    embed.add_argument("--dimensions", type=int, metavar="N", help="ask for N-wide vectors (models that can)")
-    embed.add_argument("--batch-size", type=int, default=DEFAULT_EMBED_BATCH, metavar="N",
-                       help="texts per request (default %d)" % DEFAULT_EMBED_BATCH)
-    embed.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    embed.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
-    embed.add_argument("--debug", action="store_true", help="log the requests to stderr")
+    _embed_parser(commands)
     _check_parser(commands.add_parser(
         "check", help="check servers, models and config (same as test_lm_studio_provider.py)",
         description="Check servers, models and config, and say what to do about each failure. Example: "
@@ -2953,6 +2945,23 @@ def _cli_generate(options: Any) -> int:
     if stream.finish_reason == "length":
         sys.stderr.write("(stopped at the token limit; raise max_tokens in the URI to get more)\n")
     return 0
+
+
+def _embed_parser(commands: Any) -> None:
+    """Add the ``embed`` command (see _cli_embed)."""
+    embed = commands.add_parser(
+        "embed", help="print the embeddings of texts as JSON",
+        description="Embed texts and print {\"model\": ..., \"embeddings\": [[...], ...]} as JSON, one vector per "
+                    "text in order. Without TEXT arguments, each line of stdin is a text. Example: python -m "
+                    "lm_providers embed ollama://nomic-embed-text \"first text\" \"second text\"")
+    embed.add_argument("model", metavar="URI_OR_ROLE", help="a model URI, or a role from the config")
+    embed.add_argument("texts", metavar="TEXT", nargs="*", help="texts to embed (default: the lines of stdin)")
+    embed.add_argument("--dimensions", type=int, metavar="N", help="ask for N-wide vectors (models that can)")
+    embed.add_argument("--batch-size", type=int, default=DEFAULT_EMBED_BATCH, metavar="N",
+                       help="texts per request (default %d)" % DEFAULT_EMBED_BATCH)
+    embed.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
+    embed.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
+    embed.add_argument("--debug", action="store_true", help="log the requests to stderr")
 
 
 def _cli_embed(options: Any) -> int:

@@ -221,6 +221,16 @@ def test_an_unknown_model_is_still_model_not_found(rsps):
 
 
 @both
+def test_a_server_without_the_endpoint_says_so(rsps, kind):
+    make, url = KINDS[kind]
+    rsps.add(responses.POST, url, body="404 page not found", status=404, content_type="text/plain")
+    with pytest.raises(lmp.ProviderResponseError) as info:
+        make().embed("hi", "m")
+    assert "has no endpoint %s (HTTP 404: 404 page not found)" % url.split(":11434")[-1].split(":1234")[-1] in str(
+        info.value)
+
+
+@both
 @pytest.mark.parametrize("answer", [{}, {"embeddings": "no"}, {"data": [{"index": 0}]},
                                     {"embeddings": [["0.1"]], "data": [{"index": 0, "embedding": ["0.1"]}]},
                                     {"embeddings": [[]], "data": [{"index": 0, "embedding": []}]}])
