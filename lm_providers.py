@@ -1563,12 +1563,22 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     return mime, base64.b64encode(data).decode("ascii")
 
 
-def _load_images(images: Any, index: int) -> List[Tuple[str, str]]:
-    """Every image of ``messages[index]['images']``, loaded and checked."""
+def _load_images(images: Any, index: int, accepted: Sequence[str], server: str) -> List[Tuple[str, str]]:
+    """Every image of ``messages[index]['images']``, loaded and checked against the types ``server`` takes."""
     if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
         raise InvalidInputError("messages[%d]['images'] must be a list of images (paths, bytes, base64 or data "
                                 "URLs); wrap a single image in a list" % index)
-    return [load_image(image, "messages[%d]['images'][%d]" % (index, number)) for number, image in enumerate(images)]
+    return [_accepted_image(image, "messages[%d]['images'][%d]" % (index, number), accepted, server)
+            for number, image in enumerate(images)]
+
+
+def _accepted_image(image: Any, where: str, accepted: Sequence[str], server: str) -> Tuple[str, str]:
+    """``load_image``, refusing a type the server does not take."""
+    mime, data = load_image(image, where)
+    if mime not in accepted:
+        raise InvalidInputError("%s is %s, which %s does not take (it takes %s); convert it first"
+                                % (where, mime, server, ", ".join(accepted)))
+    return mime, data
 
 
 def _has_images(message: Any) -> bool:
@@ -2155,6 +2165,7 @@ class BaseProvider:
         raise NotImplementedError
 
     embed_path = ""
+    image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
     embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
 
     def _embed_payload(self, texts: List[str], model: ModelConfig, dimensions: Optional[int],
@@ -2287,7 +2298,7 @@ class OpenAICompatibleProvider(BaseProvider):
             return message  # OpenAI content parts are sent as they are; a bad content is reported later
         parts = list(content) if isinstance(content, list) else [{"type": "text", "text": content}] if content else []
         parts += [{"type": "image_url", "image_url": {"url": "data:%s;base64,%s" % image}}
-                  for image in _load_images(message["images"], index)]
+                  for image in _load_images(message["images"], index, self.image_types, self.title)]
         converted = {key: value for key, value in message.items() if key != "images"}
         converted["content"] = parts
         return converted
@@ -2312,6 +2323,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
     wrong_server_hint = "LM Studio listens on port 1234 by default; Ollama (11434) needs ollama:// URIs."
     model_not_found_phrases = ("not found", "no models loaded", "not loaded", "does not exist",
                                "invalid model identifier")
+    image_types = ("image/png", "image/jpeg", "image/webp")  # "supports JPEG, PNG, and WebP" (LM Studio's docs)
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
                  api_key: Optional[str] = None, max_retries: int = 2):
@@ -2354,7 +2366,8 @@ class OllamaProvider(BaseProvider):
         content = message.get("content")
         images = message.get("images")
         if isinstance(content, list):
-            texts, images = [], list(_load_images(images, index) if images is not None else ())
+            texts, images = [], list(_load_images(images, index, self.image_types, self.title)
+                                     if images is not None else ())
             for number, part in enumerate(content):
                 kind = part.get("type") if isinstance(part, Mapping) else None
                 if kind == "text":
@@ -2362,13 +2375,14 @@ class OllamaProvider(BaseProvider):
                 elif kind == "image_url":
                     url = part.get("image_url")
                     url = url.get("url") if isinstance(url, Mapping) else url
-                    images.append(load_image(url, "messages[%d]['content'][%d]" % (index, number)))
+                    images.append(_accepted_image(url, "messages[%d]['content'][%d]" % (index, number),
+                                                  self.image_types, self.title))
                 else:
                     raise InvalidInputError("messages[%d]['content'][%d] is a %r part; Ollama takes 'text' and "
                                             "'image_url' parts" % (index, number, kind))
             content = "\n".join(texts)
         elif images is not None:
-            images = _load_images(images, index)
+            images = _load_images(images, index, self.image_types, self.title)
         converted = dict(message)
         converted["content"] = content
         converted["images"] = [data for _, data in images or ()]

@@ -206,6 +206,20 @@ def test_bytes_and_base64_over_the_limit_are_refused(monkeypatch, form):
     assert "the image is" in str(info.value) and "MiB" in str(info.value)
 
 
+def test_lm_studio_refuses_gif_which_it_does_not_take(rsps):
+    with pytest.raises(lmp.InvalidInputError) as info:
+        lmp.LMStudioProvider(host=LMS_BASE).chat([{"role": "user", "content": "x", "images": [PNG, GIF]}], "m")
+    assert "messages[0]['images'][1] is image/gif, which LM Studio does not take" in str(info.value)
+    assert "image/png, image/jpeg, image/webp" in str(info.value)
+    assert len(rsps.calls) == 0
+
+
+def test_ollama_takes_gif(rsps):
+    ollama_chat(rsps)
+    lmp.OllamaProvider(host=OLLAMA_BASE).chat([{"role": "user", "content": "x", "images": [GIF]}], "m")
+    assert sent(chat_calls(rsps, "/api/chat")[0])["messages"][0]["images"] == [base64.b64encode(GIF).decode()]
+
+
 def test_ollama_refuses_an_image_url_it_cannot_fetch(rsps):
     parts = [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]
     with pytest.raises(lmp.InvalidInputError) as info:
