@@ -36,6 +36,7 @@ __all__ = [
     "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError",
     "ProviderConnectionError", "ProviderTimeoutError", "ProviderResponseError",
     "ModelNotFoundError", "AuthenticationError", "JSONGenerationError",
+    "EmbeddingNotSupportedError", "InputTooLongError",
     # model URIs and hosts
     "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",
     # parameters
@@ -48,6 +49,7 @@ __all__ = [
     "ChatResult", "ChatStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
     "OllamaProvider",
     "extract_json", "json_schema_for",
+    "load_image", "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH",
 ]
 
 logger = logging.getLogger("lm_providers")
@@ -116,6 +118,15 @@ class ModelNotFoundError(ProviderResponseError, LookupError):
 
 class AuthenticationError(ProviderResponseError):
     """The server wants an API token, or refused the one that was sent."""
+
+
+class EmbeddingNotSupportedError(ProviderResponseError):
+    """The server or the model cannot embed text: a chat-only model on LM Studio, or a
+    llama.cpp server started without ``--embeddings`` (or with pooling ``none``)."""
+
+
+class InputTooLongError(ProviderResponseError):
+    """An input is longer than the model can take at once (its context, or llama.cpp's batch size)."""
 
 
 class JSONGenerationError(ProviderError):
@@ -505,14 +516,16 @@ PARAMETER_MAP: Dict[str, ParameterRow] = {
     "use_mmap":          R(None, "use_mmap", kind="bool"),
     # OpenAI-only fields
     "logit_bias":        R("logit_bias", None, kind="object"),
-    "logprobs":          R("logprobs", None, kind="bool"),
-    "top_logprobs":      R("top_logprobs", None, kind="int"),
+    # log-probabilities of the reply's tokens (ChatResult.logprobs); top-level fields on both servers
+    "logprobs":          R("logprobs", "logprobs", "top", kind="bool"),
+    "top_logprobs":      R("top_logprobs", "top_logprobs", "top", kind="int"),
     "draft_model":       R("draft_model", None, kind="str"),
 }
 del R
 
 _RESERVED_PARAMETERS = ("model", "messages", "stream", "options")
 _EFFORTS = ("low", "medium", "high")
+_OLLAMA_THINK_LEVELS = _EFFORTS + ("max",)  # "max": Ollama's strongest level (ollama/ollama#16877)
 _DURATION_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -533,7 +546,7 @@ def _check_kind(name: str, value: Any, kind: str) -> None:
         "stop": isinstance(value, str) or (isinstance(value, list) and all(isinstance(s, str) for s in value)),
         "format": isinstance(value, (str, dict)),
         "response_format": isinstance(value, dict) and isinstance(value.get("type"), str),
-        "think": isinstance(value, bool) or value in _EFFORTS,
+        "think": isinstance(value, bool) or value in _OLLAMA_THINK_LEVELS,
         "effort": isinstance(value, str),
         "duration": is_number or (isinstance(value, str) and bool(value.strip())),
     }[kind]
@@ -543,7 +556,8 @@ def _check_kind(name: str, value: Any, kind: str) -> None:
             "object": "a JSON object", "stop": "a string or a list of strings",
             "format": "'json' or a JSON schema object",
             "response_format": "an object with a 'type', e.g. {\"type\": \"json_schema\", ...}",
-            "think": "true, false, 'low', 'medium' or 'high'", "effort": "'low', 'medium' or 'high'",
+            "think": "true, false, 'low', 'medium', 'high' or 'max' (Ollama)",
+            "effort": "'low', 'medium' or 'high'",
             "duration": "seconds as a number or a duration such as '5m'",
         }[kind])
 
@@ -591,6 +605,10 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
                 logger.warning("parameter think=%s has no LM Studio equivalent (it takes reasoning_effort="
                                "'low'|'medium'|'high'); not sent", value)
                 return _DROP
+            if value == "max":
+                logger.warning("parameter think='max' is Ollama's; LM Studio's strongest reasoning_effort is "
+                               "'high', which is sent instead")
+                return "high"
             return value
         if kind == "duration":
             seconds = _duration_seconds(value)
@@ -608,7 +626,7 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
             return schema if isinstance(schema, dict) else "json"
         return _DROP  # {"type": "text"}: plain text is Ollama's default
     if kind == "effort":
-        if value in _EFFORTS:
+        if value in _OLLAMA_THINK_LEVELS:
             return value
         if value in ("none", "minimal"):
             return False
@@ -1255,14 +1273,18 @@ def _debug(message: str, *args: Any) -> None:
 class ChatResult:
     """A finished reply: ``text`` (reasoning removed), ``reasoning``, ``finish_reason``
     (``"stop"``, ``"length"``, ...), ``usage`` (``prompt_tokens``, ``completion_tokens``,
-    ``total_tokens``, or None), ``model`` and the server's ``raw`` response."""
+    ``total_tokens``, or None), ``model`` and the server's ``raw`` response.
+    ``logprobs``: with the ``logprobs`` parameter, one ``{"token", "logprob",
+    "top_logprobs"}`` dict per reply token (None when none came back)."""
 
-    __slots__ = ("text", "reasoning", "finish_reason", "usage", "model", "raw")
+    __slots__ = ("text", "reasoning", "finish_reason", "usage", "model", "raw", "logprobs")
 
     def __init__(self, text: str, reasoning: str = "", finish_reason: Optional[str] = None,
-                 usage: Optional[Dict[str, int]] = None, model: str = "", raw: Any = None):
+                 usage: Optional[Dict[str, int]] = None, model: str = "", raw: Any = None,
+                 logprobs: Optional[List[Dict[str, Any]]] = None):
         self.text, self.reasoning, self.finish_reason = text, reasoning, finish_reason
         self.usage, self.model, self.raw = usage, model, raw
+        self.logprobs = logprobs
 
     def __repr__(self) -> str:
         return "ChatResult(text=%r, reasoning=%r, finish_reason=%r, usage=%r, model=%r)" % (
@@ -1285,6 +1307,8 @@ class ChatStream:
     finish_reason = property(lambda self: self._state.finish_reason, doc="Why the reply ended, once it has.")
     usage = property(lambda self: self._state.usage, doc="Token counts, when the server sent them.")
     reasoning = property(lambda self: "".join(self._state.reasoning or ()), doc="The reasoning text so far.")
+    logprobs = property(lambda self: self._state.logprobs,
+                        doc="Token log-probabilities so far (as ChatResult.logprobs), when asked for.")
 
     def __iter__(self) -> Iterator[str]:
         pieces = self._pieces
@@ -1313,12 +1337,13 @@ class ChatStream:
 class _StreamState:
     """What a stream records besides its text: finish reason, usage and (when asked for) reasoning."""
 
-    __slots__ = ("finish_reason", "usage", "reasoning")
+    __slots__ = ("finish_reason", "usage", "reasoning", "logprobs")
 
     def __init__(self, keep_reasoning: bool) -> None:
         self.finish_reason: Optional[str] = None
         self.usage: Optional[Dict[str, int]] = None
         self.reasoning: Optional[List[str]] = [] if keep_reasoning else None
+        self.logprobs: Optional[List[Dict[str, Any]]] = None
 
 
 class _ThinkFilter:
@@ -1439,6 +1464,189 @@ def json_schema_for(required_attributes: Sequence[str]) -> Dict[str, Any]:
             "required": list(required_attributes)}
 
 
+# --- images in messages ------------------------------------------------------
+
+#: The largest image a message may carry (20 MiB); a bigger one is an InvalidInputError before sending.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+_IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+                     (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
+
+
+def image_type(data: bytes) -> Optional[str]:
+    """The MIME type of PNG, JPEG, WebP or GIF image bytes, read from their first bytes; None otherwise."""
+    for signature, mime in _IMAGE_SIGNATURES:
+        if data.startswith(signature):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _too_big(where: str, size: int) -> InvalidInputError:
+    return InvalidInputError("%s is %.1f MiB; images over %d MiB (lm_providers.MAX_IMAGE_BYTES) are refused: "
+                             "scale it down first" % (where, size / 1048576.0, MAX_IMAGE_BYTES // 1048576))
+
+
+def _read_image_file(path: str, where: str) -> bytes:
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_IMAGE_BYTES:
+            raise _too_big(where, size)
+        with open(path, "rb") as handle:
+            return handle.read(MAX_IMAGE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidInputError("%s: cannot read the image file %r: %s" % (where, path, exc.strerror or exc)) from None
+
+
+def _decode_base64_image(text: str, where: str) -> Optional[bytes]:
+    """The bytes of base64 text (white space ignored), or None when it is not base64."""
+    import base64
+    import binascii
+    compact = "".join(text.split())
+    if len(compact) // 4 * 3 > MAX_IMAGE_BYTES:
+        raise _too_big(where, len(compact) // 4 * 3)
+    try:
+        return base64.b64decode(compact, validate=True) if compact else None
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _image_text_bytes(text: str, where: str) -> bytes:
+    """The bytes of an image given as text: a data URL, a file path, or base64."""
+    stripped = text.strip()
+    if stripped[:5].lower() == "data:":
+        header, comma, payload = stripped.partition(",")
+        data = _decode_base64_image(payload, where) if comma and header.lower().endswith(";base64") else None
+        if data is None:
+            raise InvalidInputError("%s is a data URL without base64 data; write data:image/png;base64,<data>"
+                                    % where)
+        return data
+    if stripped[:7].lower() == "http://" or stripped[:8].lower() == "https://":
+        raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it and "
+                                "give the file path or the bytes" % (where, stripped[:80]))
+    if len(stripped) < 4096:
+        try:
+            if os.path.isfile(stripped):
+                return _read_image_file(stripped, where)
+        except ValueError:  # a NUL character: not a path
+            pass
+    data = _decode_base64_image(stripped, where)
+    if data is None:
+        raise InvalidInputError("%s: there is no file at %r, and it is not base64 image data either"
+                                % (where, stripped[:80]))
+    return data
+
+
+def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
+    """``(mime_type, base64_text)`` for an image given as a file path (``str`` or ``pathlib.Path``),
+    ``bytes``, base64 text or a ``data:`` URL.
+
+    The type is read from the bytes (PNG, JPEG, WebP or GIF).  A missing file,
+    another type, or more than ``MAX_IMAGE_BYTES`` raises InvalidInputError
+    naming ``where``.
+    """
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+    elif isinstance(image, os.PathLike):
+        data = _read_image_file(os.fspath(image), where)
+    elif isinstance(image, str):
+        data = _image_text_bytes(image, where)
+    else:
+        raise InvalidInputError("%s must be a file path, bytes, base64 text or a data URL, got %s"
+                                % (where, type(image).__name__))
+    if len(data) > MAX_IMAGE_BYTES:
+        raise _too_big(where, len(data))
+    mime = image_type(data)
+    if mime is None:
+        raise InvalidInputError("%s is not a PNG, JPEG, WebP or GIF image (it begins with %r)" % (where, data[:8]))
+    import base64
+    return mime, base64.b64encode(data).decode("ascii")
+
+
+def _load_images(images: Any, index: int, accepted: Sequence[str], server: str) -> List[Tuple[str, str]]:
+    """Every image of ``messages[index]['images']``, loaded and checked against the types ``server`` takes."""
+    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+        raise InvalidInputError("messages[%d]['images'] must be a list of images (paths, bytes, base64 or data "
+                                "URLs); wrap a single image in a list" % index)
+    return [_accepted_image(image, "messages[%d]['images'][%d]" % (index, number), accepted, server)
+            for number, image in enumerate(images)]
+
+
+def _accepted_image(image: Any, where: str, accepted: Sequence[str], server: str) -> Tuple[str, str]:
+    """``load_image``, refusing a type the server does not take."""
+    mime, data = load_image(image, where)
+    if mime not in accepted:
+        raise InvalidInputError("%s is %s, which %s does not take (it takes %s); convert it first"
+                                % (where, mime, server, ", ".join(accepted)))
+    return mime, data
+
+
+def _has_images(message: Any) -> bool:
+    """Whether a message carries images, in Ollama's form or as OpenAI content parts."""
+    return isinstance(message, Mapping) and (message.get("images") is not None or isinstance(message.get("content"),
+                                                                                               list))
+
+
+# --- embeddings ----------------------------------------------------------------
+
+#: How many texts one embeddings request carries unless ``embed(batch_size=...)`` says otherwise.
+DEFAULT_EMBED_BATCH = 64
+_TOO_LONG_PHRASES = ("exceeds the context length", "too large to process", "exceeds the available context",
+                     "maximum context length", "context length exceeded")
+_NO_EMBEDDING_PHRASES = ("not embedding", "support embeddings", "--embeddings", "pooling type 'none'")
+
+
+def _embedding_inputs(texts: Any, dimensions: Optional[int], batch_size: int) -> List[str]:
+    """The texts to embed as a list; InvalidInputError for no text, an empty text or a bad option."""
+    items = [texts] if isinstance(texts, str) else texts
+    if isinstance(items, (bytes, Mapping)) or not isinstance(items, Sequence):
+        raise InvalidInputError("texts must be a string or a list of strings, got %s" % type(texts).__name__)
+    if not items:
+        raise InvalidInputError("nothing to embed: texts is an empty list")
+    for index, text in enumerate(items):
+        if not isinstance(text, str):
+            raise InvalidInputError("texts[%d] must be a string, got %s" % (index, type(text).__name__))
+        if not text.strip():
+            raise InvalidInputError("texts[%d] is empty; the servers cannot embed an empty text (leave it out)"
+                                    % index)
+    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
+                                   or dimensions < 1):
+        raise InvalidInputError("dimensions must be a whole number >= 1, got %r" % (dimensions,))
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidInputError("batch_size must be a whole number >= 1, got %r" % (batch_size,))
+    return list(items)
+
+
+def _vectors(vectors: Any) -> List[List[float]]:
+    """``vectors`` if it is a list of non-empty lists of numbers; TypeError otherwise (a bad answer)."""
+    if not isinstance(vectors, list):
+        raise TypeError("not a list")
+    for vector in vectors:
+        if not isinstance(vector, list) or not vector or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector):
+            raise TypeError("not a vector of numbers")
+    return vectors
+
+
+# --- log-probabilities -------------------------------------------------------------
+
+def _normalize_logprobs(entries: Any) -> List[Dict[str, Any]]:
+    """Token log-probabilities in one form for both servers:
+    ``[{"token": str, "logprob": float, "top_logprobs": [{"token": str, "logprob": float}, ...]}, ...]``."""
+    return [{"token": entry["token"], "logprob": entry["logprob"],
+             "top_logprobs": [{"token": top["token"], "logprob": top["logprob"]}
+                              for top in entry.get("top_logprobs") or ()]}
+            for entry in entries]
+
+
+def _add_logprobs(state: Any, entries: Any) -> None:
+    """Record a streamed event's log-probabilities on the stream state."""
+    if entries:
+        if state.logprobs is None:
+            state.logprobs = []
+        state.logprobs.extend(_normalize_logprobs(entries))
+
+
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
@@ -1507,7 +1715,8 @@ class BaseProvider:
         data, (text, reasoning, finish_reason, usage) = self._read_answer(response, self.chat_path,
                                                                           self._read_reply, model.name)
         content, inline_reasoning = split_reasoning(text or "")
-        result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name, data)
+        result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name, data,
+                            self._logprobs_of(data))
         self._check_result(result, model, debug, time.perf_counter() - started)
         return result
 
@@ -1576,6 +1785,41 @@ class BaseProvider:
             "%s did not return a JSON object with %s after %d attempt(s): %s" % (
                 self.title, ", ".join(map(repr, required)) or "any attributes", max_attempts, reason),
             raw_text=raw, attempts=max_attempts, reason=reason)
+
+    def embed(self, texts: Union[str, Sequence[str]], model: Union[str, ModelConfig], *,
+              dimensions: Optional[int] = None, truncate: Optional[bool] = None,
+              batch_size: int = DEFAULT_EMBED_BATCH, debug: bool = False) -> List[List[float]]:
+        """Embed one text or a list of texts; return one vector per text, in input order.
+
+        A single string is one text: ``embed("hi", m)`` returns ``[vector]``.
+        ``dimensions`` asks for shorter vectors (models that support it);
+        ``truncate`` (Ollama only) cuts a text that is too long instead of
+        failing.  The texts are sent ``batch_size`` at a time.  Raises
+        InvalidInputError (no text, an empty text), EmbeddingNotSupportedError
+        (a chat-only model or server) and InputTooLongError (a text over the
+        model's context).
+        """
+        model = self._model(model)
+        inputs = _embedding_inputs(texts, dimensions, batch_size)
+        vectors: List[List[float]] = []
+        for start in range(0, len(inputs), batch_size):
+            batch = inputs[start:start + batch_size]
+            payload = self._embed_payload(batch, model, dimensions, truncate)
+            if debug:
+                _debug("request POST %s%s: %d text(s) for model %r", self.base_url, self.embed_path, len(batch),
+                       model.name)
+            response = self.transport.request("POST", self.embed_path, payload, debug=debug,
+                                              describe_failure=self._embed_failure, model=model.name)
+            found = self._read_answer(response, self.embed_path, self._read_embeddings, model.name)[1]
+            if len(found) != len(batch):
+                raise ProviderResponseError("%s answered %d text(s) with %d vector(s)" % (
+                    self.title, len(batch), len(found)), status=response.status_code)
+            vectors.extend(found)
+        if dimensions is not None and len(vectors[0]) != dimensions:
+            logger.warning("%s model %r returned %d-wide vectors although dimensions=%d was asked for; the "
+                           "server or model does not support dimensions", self.title, model.name, len(vectors[0]),
+                           dimensions)
+        return vectors
 
     def list_models(self, *, debug: bool = False) -> List[str]:
         """The names of the models the server offers."""
@@ -1649,6 +1893,7 @@ class BaseProvider:
 
     def _payload(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, *, stream: bool,
                  debug: bool) -> Dict[str, Any]:
+        messages = self._with_images(messages, model)
         self._validate_messages(messages)
         if not all(type(m) is dict for m in messages):
             messages = [dict(m) for m in messages]
@@ -1664,6 +1909,49 @@ class BaseProvider:
             _debug("request POST %s%s headers=%s payload=%s", self.base_url, self.chat_path,
                    self._debug_headers(), json.dumps(payload, ensure_ascii=False))
         return payload
+
+    def _with_images(self, messages: Any, model: ModelConfig) -> Any:
+        """``messages`` with their images in this server's form: new dicts, the caller's stay as they are."""
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not any(
+                _has_images(message) for message in messages):
+            return messages
+        converted = [self._convert_images(message, index) if _has_images(message) else message
+                     for index, message in enumerate(messages)]
+        if any(isinstance(message, Mapping) and message.get("images") for message in converted):
+            self._check_vision(model)  # Ollama's form: images stay in "images"
+        return converted
+
+    def _check_vision(self, model: ModelConfig) -> None:
+        """Warn when the model is known to ignore images (see OllamaProvider)."""
+
+    def _logprobs_of(self, data: Any) -> Optional[List[Dict[str, Any]]]:
+        """The reply's token log-probabilities, normalized (None when the server sent none)."""
+        try:
+            entries = self._raw_logprobs(data)
+            return None if entries is None else _normalize_logprobs(entries)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise ProviderResponseError("%s sent log-probabilities of an unexpected shape: %s"
+                                        % (self.title, json.dumps(data)[:300])) from None
+
+    def _embed_failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
+        """The exception for an embeddings error: a model or server that cannot embed, a text too long."""
+        body = self.transport.scrub(body)
+        message = _server_message(body)
+        text = message.lower()
+        if any(phrase in text for phrase in _NO_EMBEDDING_PHRASES):
+            return EmbeddingNotSupportedError("%s cannot embed with model %r: %s. %s" % (
+                self.title, model, message.rstrip(". "), self.embedding_hint), status, message, body)
+        if any(phrase in text for phrase in _TOO_LONG_PHRASES):
+            return InputTooLongError("a text is too long for %s model %r: %s. Shorten or split it%s." % (
+                self.title, model, message.rstrip(". "), self.truncate_hint), status, message, body)
+        if status == 404 and not self._is_model_not_found(status, message, body):
+            return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s); the server may be too old "
+                                         "for embeddings" % (self.title, self.base_url, self.embed_path,
+                                                             message.rstrip(". ")), status, message, body)
+        return self._failure(status, body, model, in_body)
+
+    embedding_hint = ""
+    truncate_hint = ""
 
     def _debug_headers(self) -> Dict[str, str]:
         headers = dict(self.transport.session.headers)
@@ -1876,6 +2164,38 @@ class BaseProvider:
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         raise NotImplementedError
 
+    embed_path = ""
+    image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
+    embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
+
+    def _embed_payload(self, texts: List[str], model: ModelConfig, dimensions: Optional[int],
+                       truncate: Optional[bool]) -> Dict[str, Any]:
+        """The body of one embeddings request: the texts, ``dimensions``, ``truncate`` where the server
+        has it, and the model's parameters that apply to embeddings (``keep_alive``/``ttl``, Ollama's options)."""
+        payload: Dict[str, Any] = {"model": model.name, "input": texts}
+        if dimensions is not None:
+            payload["dimensions"] = dimensions
+        if truncate is not None and "truncate" not in self.embed_fields:
+            logger.warning("truncate=%s is Ollama's; %s has no such option, so it was not sent", truncate,
+                           self.title)
+        elif truncate is not None:
+            payload["truncate"] = bool(truncate)
+        mapped = map_parameters(model.parameters, self.provider)
+        payload.update((key, mapped[key]) for key in self.embed_fields if key in mapped)
+        return payload
+
+    def _read_embeddings(self, data: Any) -> List[List[float]]:
+        """The vectors of an embeddings answer, in input order."""
+        raise NotImplementedError
+
+    def _convert_images(self, message: Mapping[str, Any], index: int) -> Mapping[str, Any]:
+        """A copy of a message that carries images, with them in this server's form."""
+        raise NotImplementedError
+
+    def _raw_logprobs(self, data: Any) -> Any:
+        """The server's list of token log-probabilities in a reply, or None."""
+        raise NotImplementedError
+
 
 def _finish_stream(response: Any, chunks: Iterator[bytes], complete: bool) -> None:
     """Give a stream's connection back to the pool when its body was read to the end, else close it.
@@ -1954,11 +2274,38 @@ class OpenAICompatibleProvider(BaseProvider):
             finish = choice.get("finish_reason")
             if finish:
                 state.finish_reason = finish
+            logprobs = choice.get("logprobs")
+            if logprobs:
+                _add_logprobs(state, logprobs.get("content"))
             return delta.get("content"), delta.get("reasoning_content") or delta.get("reasoning"), False
         return None, None, False
 
     def _model_names(self, data: Any) -> List[str]:
         return [entry["id"] for entry in data["data"]]
+
+    embed_path = "/v1/embeddings"
+    embedding_hint = ("Use an embedding model (e.g. text-embedding-nomic-embed-text-v1.5); a llama.cpp server "
+                      "needs --embeddings and --pooling mean.")
+    embed_fields: Tuple[str, ...] = ("ttl",)
+
+    def _read_embeddings(self, data: Any) -> List[List[float]]:
+        return _vectors([entry["embedding"] for entry in sorted(data["data"], key=lambda entry: entry["index"])])
+
+    def _convert_images(self, message: Mapping[str, Any], index: int) -> Mapping[str, Any]:
+        """Images become ``image_url`` content parts holding data URLs, after the text."""
+        content = message.get("content")
+        if message.get("images") is None or not (content is None or isinstance(content, (str, list))):
+            return message  # OpenAI content parts are sent as they are; a bad content is reported later
+        parts = list(content) if isinstance(content, list) else [{"type": "text", "text": content}] if content else []
+        parts += [{"type": "image_url", "image_url": {"url": "data:%s;base64,%s" % image}}
+                  for image in _load_images(message["images"], index, self.image_types, self.title)]
+        converted = {key: value for key, value in message.items() if key != "images"}
+        converted["content"] = parts
+        return converted
+
+    def _raw_logprobs(self, data: Any) -> Any:
+        logprobs = data["choices"][0].get("logprobs")
+        return None if logprobs is None else logprobs.get("content")
 
 
 class LMStudioProvider(OpenAICompatibleProvider):
@@ -1976,6 +2323,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
     wrong_server_hint = "LM Studio listens on port 1234 by default; Ollama (11434) needs ollama:// URIs."
     model_not_found_phrases = ("not found", "no models loaded", "not loaded", "does not exist",
                                "invalid model identifier")
+    image_types = ("image/png", "image/jpeg", "image/webp")  # "supports JPEG, PNG, and WebP" (LM Studio's docs)
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
                  api_key: Optional[str] = None, max_retries: int = 2):
@@ -2005,6 +2353,70 @@ class OllamaProvider(BaseProvider):
     def download_hint(self, model: str) -> str:
         return "Download it with  ollama pull %s  and see what is installed with  ollama list." % model
 
+    embed_path = "/api/embed"
+    embedding_hint = "Use an embedding model, e.g.  ollama pull nomic-embed-text ."
+    truncate_hint = ", or pass truncate=True to cut it to the model's context"
+    embed_fields = ("keep_alive", "options", "truncate")
+
+    def _read_embeddings(self, data: Any) -> List[List[float]]:
+        return _vectors(data["embeddings"])
+
+    def _convert_images(self, message: Mapping[str, Any], index: int) -> Mapping[str, Any]:
+        """Images (and ``image_url`` data-URL content parts) become base64 text in ``images``."""
+        content = message.get("content")
+        images = message.get("images")
+        if isinstance(content, list):
+            texts, images = [], list(_load_images(images, index, self.image_types, self.title)
+                                     if images is not None else ())
+            for number, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if kind == "text":
+                    texts.append(str(part.get("text") or ""))
+                elif kind == "image_url":
+                    url = part.get("image_url")
+                    url = url.get("url") if isinstance(url, Mapping) else url
+                    images.append(_accepted_image(url, "messages[%d]['content'][%d]" % (index, number),
+                                                  self.image_types, self.title))
+                else:
+                    raise InvalidInputError("messages[%d]['content'][%d] is a %r part; Ollama takes 'text' and "
+                                            "'image_url' parts" % (index, number, kind))
+            content = "\n".join(texts)
+        elif images is not None:
+            images = _load_images(images, index, self.image_types, self.title)
+        converted = dict(message)
+        converted["content"] = content
+        converted["images"] = [data for _, data in images or ()]
+        if not converted["images"]:
+            del converted["images"]
+        return converted
+
+    def _raw_logprobs(self, data: Any) -> Any:
+        return data.get("logprobs")
+
+    def _check_vision(self, model: ModelConfig) -> None:
+        """Ollama ignores images sent to a model without vision: warn when /api/show says it has none."""
+        capabilities = self._capabilities(model.name)
+        if capabilities is not None and "vision" not in capabilities:
+            logger.warning("Ollama model %r cannot see images (its capabilities: %s); Ollama ignores the images "
+                           "sent with it. Use a vision model such as llava, gemma3 or qwen2.5vl.", model.name,
+                           ", ".join(map(str, capabilities)) or "none")
+
+    def _capabilities(self, name: str) -> Optional[List[str]]:
+        """The model's capabilities from ``/api/show`` (asked once per model), or None when unknown."""
+        cache: Dict[str, Optional[List[str]]] = self.__dict__.setdefault("_capability_cache", {})
+        key = _ollama_key(name)
+        if key not in cache:
+            def failure(status: int, body: str, model: str) -> ProviderError:
+                return ProviderResponseError("HTTP %d: %s" % (status, _server_message(body)), status=status)
+            try:
+                response = self.transport.request("POST", "/api/show", {"model": name}, describe_failure=failure)
+                found = self._read_answer(response, "/api/show", lambda data: data.get("capabilities"))[1]
+            except ProviderError as exc:
+                logger.debug("no capabilities for Ollama model %r: %s", name, exc)
+                found = None
+            cache[key] = [str(c) for c in found] if isinstance(found, list) else None
+        return cache[key]
+
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         text = message.lower()
         return status == 404 and "model" in text and "not found" in text
@@ -2019,6 +2431,8 @@ class OllamaProvider(BaseProvider):
                 _ollama_usage(data))
 
     def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str], bool]:
+        if "logprobs" in event:
+            _add_logprobs(state, event["logprobs"])
         message = event.get("message")
         if message is None:
             return None, None, bool(event.get("done"))
@@ -2475,6 +2889,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     generate.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
     generate.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
     generate.add_argument("--debug", action="store_true", help="log the request and response to stderr")
+    _embed_parser(commands)
     _check_parser(commands.add_parser(
         "check", help="check servers, models and config (same as test_lm_studio_provider.py)",
         description="Check servers, models and config, and say what to do about each failure. Example: "
@@ -2488,6 +2903,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if options.command == "models":
             return _cli_models(options)
+        if options.command == "embed":
+            return _cli_embed(options)
         return _cli_generate(options)
     except ProviderError as exc:
         if getattr(options, "debug", False):
@@ -2541,6 +2958,35 @@ def _cli_generate(options: Any) -> int:
     sys.stdout.write("\n")
     if stream.finish_reason == "length":
         sys.stderr.write("(stopped at the token limit; raise max_tokens in the URI to get more)\n")
+    return 0
+
+
+def _embed_parser(commands: Any) -> None:
+    """Add the ``embed`` command (see _cli_embed)."""
+    embed = commands.add_parser(
+        "embed", help="print the embeddings of texts as JSON",
+        description="Embed texts and print {\"model\": ..., \"embeddings\": [[...], ...]} as JSON, one vector per "
+                    "text in order. Without TEXT arguments, each line of stdin is a text. Example: python -m "
+                    "lm_providers embed ollama://nomic-embed-text \"first text\" \"second text\"")
+    embed.add_argument("model", metavar="URI_OR_ROLE", help="a model URI, or a role from the config")
+    embed.add_argument("texts", metavar="TEXT", nargs="*", help="texts to embed (default: the lines of stdin)")
+    embed.add_argument("--dimensions", type=int, metavar="N", help="ask for N-wide vectors (models that can)")
+    embed.add_argument("--batch-size", type=int, default=DEFAULT_EMBED_BATCH, metavar="N",
+                       help="texts per request (default %d)" % DEFAULT_EMBED_BATCH)
+    embed.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
+    embed.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
+    embed.add_argument("--debug", action="store_true", help="log the requests to stderr")
+
+
+def _cli_embed(options: Any) -> int:
+    config = _load_config_option(options.config)
+    role = config.models.get(options.model) if config else None
+    model = role if role is not None else parse_model_uri(options.model)
+    texts = options.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    provider = get_provider(model, config, **({"timeout": (5.0, options.timeout)} if options.timeout else {}))
+    vectors = provider.embed(texts, model, dimensions=options.dimensions, batch_size=options.batch_size,
+                             debug=options.debug)
+    print(json.dumps({"model": model.name, "embeddings": vectors}))
     return 0
 
 

@@ -3,6 +3,7 @@
 ``xllamacpp`` wheel, until SIGTERM, SIGINT or end of stdin.
 
 usage: serve.py MODEL.gguf ALIAS READY_FILE [--port 0] [--n-ctx 2048] [--parallel 2] [--threads N]
+                [--embedding --pooling mean]
 
 Port 0 (the default) lets the system pick a free port.  Once the HTTP server
 listens, its address (``http://127.0.0.1:PORT``) is written to READY_FILE.
@@ -28,6 +29,9 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--watch-stdin", action="store_true", help="stop when stdin reaches its end")
+    parser.add_argument("--embedding", action="store_true", help="serve /v1/embeddings (llama-server --embeddings)")
+    parser.add_argument("--pooling", choices=["none", "mean", "cls", "last", "rank"],
+                        help="how token vectors become one embedding; /v1/embeddings needs one other than none")
     args = parser.parse_args()
 
     import xllamacpp as xlc  # the parent checked it is installed; an ImportError lands in the log
@@ -43,6 +47,10 @@ def main() -> int:
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
     params.ui = False
+    if args.embedding:
+        params.embedding = True
+    if args.pooling:
+        params.pooling_type = getattr(xlc.llama_pooling_type, "LLAMA_POOLING_TYPE_" + args.pooling.upper())
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -4,6 +4,7 @@ import os
 import sys
 
 import pytest
+import responses
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo's lm_providers.py
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))                   # tests/loopback.py
@@ -24,3 +25,10 @@ def server():
     """A scripted HTTP/1.1 server on 127.0.0.1 (see tests/loopback.py)."""
     with LoopbackServer() as srv:
         yield srv
+
+
+@pytest.fixture
+def rsps():
+    """HTTP mocked by ``responses``; a request nothing was registered for fails as a refused connection."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock

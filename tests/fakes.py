@@ -2,7 +2,7 @@
 
 They answer the calls lm_providers makes the way the real servers do: model
 lists, blocking and streamed chat (SSE for LM Studio, NDJSON for Ollama), and
-JSON constrained by the schema the client sends.  Only loopback sockets are
+JSON constrained by the schema the client sends, and embeddings.  Only loopback sockets are
 used.  The model names the fake serves, the reply text and how slow it is can
 be chosen per test.
 """
@@ -12,6 +12,8 @@ import json
 from loopback import Reply, json_reply, ndjson_events, sse_events
 
 REPLY = "Hello! I am ready to help."
+LM_STUDIO_MODELS = ("qwen2.5-7b-instruct", "text-embedding-nomic-embed-text-v1.5")
+OLLAMA_MODELS = ("llama3:latest", "qwen2.5:7b")
 
 
 def _words(text):
@@ -19,13 +21,17 @@ def _words(text):
     return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
 
 
+def _vector(text):
+    """A small vector that depends on the text (the fakes' embedding)."""
+    return [float(len(text)), float(sum(map(ord, text)) % 97), 1.0]
+
+
 def _json_for(schema):
     required = (schema or {}).get("required") or ["result"]
     return json.dumps({name: "ready" for name in required})
 
 
-def lm_studio(server, models=("qwen2.5-7b-instruct", "text-embedding-nomic-embed-text-v1.5"), reply=REPLY,
-              token=None, gap=0.0):
+def lm_studio(server, models=LM_STUDIO_MODELS, reply=REPLY, token=None, gap=0.0):
     """Install LM Studio's /v1 API on ``server``; returns ``server``."""
     def authorized(request):
         return token is None or request["headers"].get("authorization") == "Bearer " + token
@@ -61,12 +67,22 @@ def lm_studio(server, models=("qwen2.5-7b-instruct", "text-embedding-nomic-embed
                            "usage": {"prompt_tokens": 12, "completion_tokens": len(text.split()),
                                      "total_tokens": 12 + len(text.split())}})
 
+    def embeddings(request):
+        body = request["json"]
+        if "embed" not in body["model"]:  # LM Studio's answer for an LLM (lmstudio-ai/lms#205)
+            return json_reply({"error": {"message": "Failed to load model \"%s\". Error: Model is not embedding."
+                                         % body["model"], "type": "invalid_request_error", "param": "model",
+                                         "code": "model_not_found"}}, 400)
+        return json_reply({"object": "list", "model": body["model"], "data": [
+            {"object": "embedding", "index": i, "embedding": _vector(text)} for i, text in enumerate(body["input"])]})
+
     server.route("GET", "/v1/models", list_models)
     server.route("POST", "/v1/chat/completions", chat)
+    server.route("POST", "/v1/embeddings", embeddings)
     return server
 
 
-def ollama(server, models=("llama3:latest", "qwen2.5:7b"), reply=REPLY, gap=0.0):
+def ollama(server, models=OLLAMA_MODELS, reply=REPLY, gap=0.0):
     """Install Ollama's /api API on ``server``; returns ``server``."""
     def known(name):
         name = name if ":" in name else name + ":latest"
@@ -90,6 +106,13 @@ def ollama(server, models=("llama3:latest", "qwen2.5:7b"), reply=REPLY, gap=0.0)
                            "message": {"role": "assistant", "content": text}, "done": True, "done_reason": "stop",
                            "total_duration": 1, "prompt_eval_count": 12, "eval_count": len(text.split())})
 
+    def embed(request):
+        body = request["json"]
+        if not known(body["model"]):
+            return json_reply({"error": "model '%s' not found" % body["model"]}, 404)
+        return json_reply({"model": body["model"], "embeddings": [_vector(text) for text in body["input"]]})
+
     server.route("GET", "/api/tags", tags)
     server.route("POST", "/api/chat", chat)
+    server.route("POST", "/api/embed", embed)
     return server

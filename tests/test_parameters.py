@@ -344,8 +344,7 @@ def test_ollama_only_parameter_is_not_sent_to_lm_studio_and_warns(warn, name, va
     assert "LM Studio" in messages[0]
 
 
-@pytest.mark.parametrize("name, value", [("logit_bias", {"1": 2}), ("logprobs", True), ("top_logprobs", 2),
-                                         ("draft_model", "small")])
+@pytest.mark.parametrize("name, value", [("logit_bias", {"1": 2}), ("draft_model", "small")])
 def test_openai_only_parameter_is_not_sent_to_ollama_and_warns(warn, name, value):
     assert map_parameters({name: value, "temperature": 0.5}, "ollama") == {"options": {"temperature": 0.5}}
     messages = warnings_of(warn)

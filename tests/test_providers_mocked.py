@@ -157,12 +157,6 @@ MESSAGES = [{"role": "system", "content": "You are terse."},
 # =============================================================================
 
 @pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def sleeps(monkeypatch):
     """Record the delays passed to time.sleep instead of sleeping."""
     recorded = []
@@ -1090,8 +1084,15 @@ def test_stream_text_validates_before_first_next(rsps):
     assert len(rsps.calls) == 0
 
 
-def test_ollama_rejects_list_content(rsps):
-    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+def test_ollama_turns_text_content_parts_into_a_string(rsps):
+    add_chat(rsps, OLLAMA, json=OLLAMA.reply())
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]}]
+    make(OLLAMA).generate_text(messages, OLLAMA.model)
+    assert sent_json(rsps.calls[0])["messages"] == [{"role": "user", "content": "hi\nthere"}]
+
+
+def test_ollama_rejects_content_parts_it_cannot_take(rsps):
+    messages = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA"}}]}]
     with pytest.raises(lmp.InvalidInputError) as info:
         make(OLLAMA).generate_text(messages, OLLAMA.model)
     assert "messages[0]" in str(info.value)

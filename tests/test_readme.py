@@ -41,8 +41,8 @@ def test_the_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 @pytest.fixture
 def servers(monkeypatch):
     with LoopbackServer() as lm, LoopbackServer() as ol:
-        fakes.lm_studio(lm)
-        fakes.ollama(ol)
+        fakes.lm_studio(lm, models=fakes.LM_STUDIO_MODELS + ("qwen2.5-vl-7b-instruct",))
+        fakes.ollama(ol, models=fakes.OLLAMA_MODELS + ("llava:latest", "nomic-embed-text:latest"))
         monkeypatch.setenv("LM_STUDIO_HOST", lm.host)
         monkeypatch.setenv("OLLAMA_HOST", ol.host)
         yield lm, ol

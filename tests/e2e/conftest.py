@@ -8,6 +8,9 @@ Two servers, each started once per test session and stopped at its end:
   ``$LM_PROVIDERS_CACHE`` or ``~/.cache/lm_providers``), which writes real
   English and follows a JSON schema.
 
+A third, ``embed_server``, serves SmolLM2 with ``/v1/embeddings`` enabled
+(mean pooling: 576-wide vectors); it starts only when a test asks for it.
+
 Nothing is skipped: without xllamacpp the fixtures fail with the command that
 installs it,  python -m pip install -e ".[e2e]".
 """
@@ -18,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from e2e_settings import N_CTX, REPO, SMOL_ALIAS, TIMEOUT, TINY_ALIAS
+from e2e_settings import EMBED_ALIAS, EMBED_N_CTX, N_CTX, REPO, SMOL_ALIAS, TIMEOUT, TINY_ALIAS
 
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -81,6 +84,18 @@ def smol_server(server_logs):
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def embed_server(server_logs):
+    """SmolLM2 with embeddings on (llama.cpp needs a pooling other than none for /v1/embeddings).  Its
+    context (EMBED_N_CTX tokens) is also its batch size: a longer text is refused, which a test checks."""
+    server = start_server(smollm2_model(progress=_progress), EMBED_ALIAS, n_ctx=EMBED_N_CTX, parallel=1, threads=1,
+                          log_path=str(server_logs / (EMBED_ALIAS + ".log")), embedding=True, pooling="mean")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def _provider(server):
     return lm_providers.LMStudioProvider(host=server.host, timeout=TIMEOUT)
 
@@ -96,4 +111,11 @@ def tiny(tiny_server):
 def smol(smol_server):
     """A fresh LMStudioProvider pointed at SmolLM2's server."""
     with _provider(smol_server) as provider:
+        yield provider
+
+
+@pytest.fixture
+def embedder(embed_server):
+    """A fresh LMStudioProvider pointed at the embeddings server."""
+    with _provider(embed_server) as provider:
         yield provider
