@@ -3,6 +3,7 @@
 ``xllamacpp`` wheel, until SIGTERM, SIGINT or end of stdin.
 
 usage: serve.py MODEL.gguf ALIAS READY_FILE [--port 0] [--n-ctx 2048] [--parallel 2] [--threads N]
+                [--chat-template-file FILE.jinja]
 
 Port 0 (the default) lets the system pick a free port.  Once the HTTP server
 listens, its address (``http://127.0.0.1:PORT``) is written to READY_FILE.
@@ -28,6 +29,7 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--watch-stdin", action="store_true", help="stop when stdin reaches its end")
+    parser.add_argument("--chat-template-file", help="a Jinja chat template to use instead of the model's own")
     args = parser.parse_args()
 
     import xllamacpp as xlc  # the parent checked it is installed; an ImportError lands in the log
@@ -43,6 +45,9 @@ def main() -> int:
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
     params.ui = False
+    if args.chat_template_file:  # as llama-server --jinja --chat-template-file (jinja is on by default)
+        with open(args.chat_template_file, encoding="utf-8") as handle:
+            params.chat_template = handle.read()
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
