@@ -1412,7 +1412,7 @@ def _annotation_schema(annotation: Any) -> Dict[str, Any]:
     import enum
     import typing
     if isinstance(annotation, str):  # an annotation that could not be evaluated
-        name = annotation.strip().split("[", 1)[0].lower()
+        name = annotation.strip().strip("'\"").split("[", 1)[0].lower()
         return {"type": _JSON_TYPE_NAMES[name]} if name in _JSON_TYPE_NAMES else {}
     if annotation in _JSON_TYPES:
         return {"type": _JSON_TYPES[annotation]}
