@@ -540,3 +540,13 @@ def test_run_tools_refuses_what_it_cannot_run(server):
     with pytest.raises(lmp.InvalidInputError, match="max_rounds"):
         provider.run_tools(ASK, "m", [get_weather], max_rounds=0)
     assert server.requests == []
+
+
+def test_the_readme_quotes_the_real_tools_not_supported_message(server):
+    import os
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"),
+                  encoding="utf-8").read()
+    provider = ollama(server, Reply(RECORDED_15_STATUS, [RECORDED_15_BODY]))
+    with pytest.raises(lmp.ToolsNotSupportedError) as caught:
+        provider.chat(ASK, "smollm2", tools=[WEATHER])
+    assert "```\n%s\n```" % caught.value in readme
