@@ -1411,6 +1411,8 @@ def _annotation_schema(annotation: Any) -> Dict[str, Any]:
     """A JSON schema for a type hint; ``{}`` (any value) for what it cannot express."""
     import enum
     import typing
+    if isinstance(annotation, typing.ForwardRef):  # Python 3.8 leaves quoted annotations unresolved
+        annotation = annotation.__forward_arg__
     if isinstance(annotation, str):  # an annotation that could not be evaluated
         name = annotation.strip().strip("'\"").split("[", 1)[0].lower()
         return {"type": _JSON_TYPE_NAMES[name]} if name in _JSON_TYPE_NAMES else {}
