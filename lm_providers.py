@@ -2245,6 +2245,8 @@ class BaseProvider:
             _debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, %.3f s",
                    len(result.text), len(result.reasoning), result.finish_reason, result.usage, seconds)
             _debug("reply text: %s", result.text)
+            for call in result.tool_calls:
+                _debug("tool call %s: %s(%s)", call.id, call.name, call.raw_arguments)
         self._check_end(model, result.finish_reason, bool(result.text), bool(result.reasoning))
 
     def _check_end(self, model: ModelConfig, finish_reason: Optional[str], has_text: bool, reasoned: bool) -> None:
