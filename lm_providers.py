@@ -1350,8 +1350,8 @@ def tool_schema(tool: Any) -> Dict[str, Any]:
     parameters).  Raises InvalidInputError for anything else.
     """
     if isinstance(tool, Mapping):
-        function = tool.get("function") if tool.get("type") == "function" else tool
-        if not isinstance(function, Mapping) or "type" in tool and tool.get("type") != "function":
+        function = tool.get("function") if "type" in tool else tool  # a bare function schema has no "type"
+        if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
             raise InvalidInputError("tool %r is not a function schema: write {\"type\": \"function\", \"function\": "
                                     "{\"name\": ..., \"parameters\": {...}}}" % (_shorten(repr(tool), 120),))
         _check_tool_name(function.get("name"), tool)

@@ -325,7 +325,8 @@ def test_a_reply_without_tool_calls_keeps_its_finish_reason(server):
     assert result.tool_calls == [] and result.finish_reason == "stop" and result.text == "Sunny."
 
 
-@pytest.mark.parametrize("arguments, why", [('{"city": "Par', "not valid JSON"), ('["Paris"]', "list, not a JSON object")])
+@pytest.mark.parametrize("arguments, why", [('{"city": "Par', "not valid JSON"),
+                                             ('["Paris"]', "list, not a JSON object")])
 def test_bad_arguments_are_a_typed_error_keeping_the_raw_text(server, arguments, why):
     provider = lm_studio(server, json_reply(lms_reply([lms_call(arguments=arguments)])))
     with pytest.raises(lmp.ToolCallError, match=re.escape(why)) as caught:
