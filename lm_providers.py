@@ -37,6 +37,7 @@ __all__ = [
     "ProviderConnectionError", "ProviderTimeoutError", "ProviderResponseError",
     "ModelNotFoundError", "AuthenticationError", "JSONGenerationError",
     "EmbeddingNotSupportedError", "InputTooLongError",
+    "ToolCallError", "ToolsNotSupportedError", "ToolLoopError",
     # model URIs and hosts
     "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",
     # parameters
@@ -50,6 +51,7 @@ __all__ = [
     "OllamaProvider",
     "extract_json", "json_schema_for",
     "load_image", "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH",
+    "ToolCall", "ToolRunResult", "tool_schema",
 ]
 
 logger = logging.getLogger("lm_providers")
@@ -141,6 +143,41 @@ class JSONGenerationError(ProviderError):
         self.raw_text = raw_text
         self.attempts = attempts
         self.reason = reason
+
+
+class ToolCallError(ProviderResponseError):
+    """The model asked for a tool call that cannot be used: its arguments are not a JSON
+    object (often a reply cut off at the token limit), or it names no function.
+
+    ``tool_name`` is the function the model named, ``raw_arguments`` the arguments text
+    exactly as the server sent it (assembled from the stream's pieces).
+    """
+
+    def __init__(self, message: str, tool_name: str = "", raw_arguments: str = "", **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.tool_name = tool_name
+        self.raw_arguments = raw_arguments
+
+
+class ToolsNotSupportedError(ProviderResponseError):
+    """The server says the model cannot call tools.  ``model`` names the model."""
+
+    def __init__(self, message: str, model: str = "", **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.model = model
+
+
+class ToolLoopError(ProviderError):
+    """``run_tools`` ran out of rounds while the model still asked for tools.
+
+    ``messages`` is the conversation so far (its last message holds the calls
+    that were not run) and ``rounds`` how many rounds of tool calls were run.
+    """
+
+    def __init__(self, message: str, messages: Sequence[Mapping[str, Any]] = (), rounds: int = 0):
+        super().__init__(message)
+        self.messages = list(messages)
+        self.rounds = rounds
 
 
 # =============================================================================
@@ -520,6 +557,9 @@ PARAMETER_MAP: Dict[str, ParameterRow] = {
     "logprobs":          R("logprobs", "logprobs", "top", kind="bool"),
     "top_logprobs":      R("top_logprobs", "top_logprobs", "top", kind="int"),
     "draft_model":       R("draft_model", None, kind="str"),
+    # tool calling: top-level fields on both servers; Ollama has no tool_choice
+    "tools":             R("tools", "tools", "top", kind="tools"),
+    "tool_choice":       R("tool_choice", None, kind="tool_choice"),
 }
 del R
 
@@ -549,6 +589,8 @@ def _check_kind(name: str, value: Any, kind: str) -> None:
         "think": isinstance(value, bool) or value in _OLLAMA_THINK_LEVELS,
         "effort": isinstance(value, str),
         "duration": is_number or (isinstance(value, str) and bool(value.strip())),
+        "tools": isinstance(value, list) and all(isinstance(t, dict) for t in value),
+        "tool_choice": value in ("auto", "none", "required") or isinstance(value, dict),
     }[kind]
     if not ok:
         raise _type_error(name, value, {
@@ -559,6 +601,8 @@ def _check_kind(name: str, value: Any, kind: str) -> None:
             "think": "true, false, 'low', 'medium', 'high' or 'max' (Ollama)",
             "effort": "'low', 'medium' or 'high'",
             "duration": "seconds as a number or a duration such as '5m'",
+            "tools": "a list of tool schemas ({\"type\": \"function\", \"function\": {\"name\": ...}})",
+            "tool_choice": "'auto', 'none', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}",
         }[kind])
 
 
@@ -589,6 +633,8 @@ _DROP = object()
 
 def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
     """Translate a value whose meaning differs between the servers; _DROP when it has no translation."""
+    if kind == "tools":  # the same schema form on both servers; checked and normalized here
+        return [tool_schema(tool) for tool in value]
     if provider == "lm_studio":
         if kind == "format":  # Ollama's format -> OpenAI response_format (LM Studio rejects json_object)
             if isinstance(value, dict):
@@ -1270,25 +1316,358 @@ def _debug(message: str, *args: Any) -> None:
 # Providers
 # =============================================================================
 
+# --- tool calls -----------------------------------------------------------------
+
+_TOOL_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_MAX_TOOL_CALLS = 128                  # calls in one reply
+_MAX_TOOL_ARGUMENT_CHARS = 1000000     # argument text of one streamed call
+
+
+class ToolCall:
+    """One function call the model asked for.
+
+    ``id`` identifies the call (the server's, or one made up when the server
+    sends none), ``name`` is the function's name, ``arguments`` the parsed
+    arguments (a dict) and ``raw_arguments`` their JSON text as the server sent it.
+    """
+
+    __slots__ = ("id", "name", "arguments", "raw_arguments")
+
+    def __init__(self, id: str, name: str, arguments: Dict[str, Any], raw_arguments: Optional[str] = None):
+        self.id, self.name, self.arguments = id, name, arguments
+        self.raw_arguments = (json.dumps(arguments, ensure_ascii=False) if raw_arguments is None
+                              else raw_arguments)
+
+    def __repr__(self) -> str:
+        return "ToolCall(id=%r, name=%r, arguments=%r)" % (self.id, self.name, self.arguments)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ToolCall):
+            return NotImplemented
+        return (self.id, self.name, self.arguments) == (other.id, other.name, other.arguments)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The call as an assistant message's ``tool_calls`` entry (OpenAI form; translated for Ollama)."""
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.raw_arguments}}
+
+    def result_message(self, content: str) -> Dict[str, Any]:
+        """The ``role: tool`` message that answers this call with ``content``."""
+        return {"role": "tool", "tool_call_id": self.id, "name": self.name, "content": content}
+
+
+def tool_schema(tool: Any) -> Dict[str, Any]:
+    """The OpenAI function schema (``{"type": "function", "function": {...}}``) for ``tool``.
+
+    ``tool`` is a schema (returned checked and normalized; a bare ``{"name":
+    ..., "parameters": ...}`` is wrapped) or a plain Python function, whose
+    schema is built from its name, signature, type hints (``str``, ``int``,
+    ``float``, ``bool``, ``list``/``List[X]``, ``dict``/``Dict``, ``Optional``,
+    ``Union``, ``Literal``, ``Enum``) and Google-style docstring (the text
+    before ``Args:`` describes the function, the ``Args:`` entries its
+    parameters).  Raises InvalidInputError for anything else.
+    """
+    if isinstance(tool, Mapping):
+        function = tool.get("function") if "type" in tool else tool  # a bare function schema has no "type"
+        if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
+            raise InvalidInputError("tool %r is not a function schema: write {\"type\": \"function\", \"function\": "
+                                    "{\"name\": ..., \"parameters\": {...}}}" % (_shorten(repr(tool), 120),))
+        _check_tool_name(function.get("name"), tool)
+        parameters = function.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(parameters, Mapping):
+            raise InvalidInputError("tool %r: 'parameters' must be a JSON schema object" % (function["name"],))
+        return {"type": "function", "function": dict(function, parameters=dict(parameters))}
+    if callable(tool):
+        return _function_schema(tool)
+    raise InvalidInputError("a tool must be a Python function or a function schema dict, got %r" % (tool,))
+
+
+def _check_tool_name(name: Any, tool: Any) -> None:
+    if not isinstance(name, str) or not _TOOL_NAME_RE.match(name):
+        raise InvalidInputError("tool %s has the name %r: a tool name is 1 to 64 letters, digits, '_' or '-'"
+                                % (_shorten(repr(tool), 120), name))
+
+
+def _function_schema(function: Any) -> Dict[str, Any]:
+    import inspect
+    import typing
+    name = getattr(function, "__name__", None)
+    _check_tool_name(name, function)
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError("cannot read the parameters of tool %r: %s" % (name, exc)) from None
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # a forward reference that does not resolve: use the annotations as written
+        hints = {}
+    description, argument_docs = _parse_docstring(inspect.getdoc(function))
+    properties: Dict[str, Any] = {}
+    required = []
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        schema = _annotation_schema(hints.get(parameter.name, parameter.annotation))
+        if parameter.name in argument_docs:
+            schema["description"] = argument_docs[parameter.name]
+        properties[parameter.name] = schema
+        if parameter.default is parameter.empty:
+            required.append(parameter.name)
+    parameters: Dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        parameters["required"] = required
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
+
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", tuple: "array",
+               set: "array", frozenset: "array", dict: "object", type(None): "null"}
+_JSON_TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "array",
+                    "dict": "object"}
+
+
+def _annotation_schema(annotation: Any) -> Dict[str, Any]:
+    """A JSON schema for a type hint; ``{}`` (any value) for what it cannot express."""
+    import enum
+    import typing
+    if isinstance(annotation, typing.ForwardRef):  # Python 3.8 leaves quoted annotations unresolved
+        annotation = annotation.__forward_arg__
+    if isinstance(annotation, str):  # an annotation that could not be evaluated
+        name = annotation.strip().strip("'\"").split("[", 1)[0].lower()
+        return {"type": _JSON_TYPE_NAMES[name]} if name in _JSON_TYPE_NAMES else {}
+    if annotation in _JSON_TYPES:
+        return {"type": _JSON_TYPES[annotation]}
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return _enum_schema([member.value for member in annotation])
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":  # Optional[X], Union[...], X | Y
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            return _annotation_schema(members[0])
+        return {"anyOf": [_annotation_schema(a) for a in members]}
+    if origin is typing.Literal:
+        return _enum_schema(list(args))
+    if isinstance(origin, type) and origin in _JSON_TYPES:
+        schema: Dict[str, Any] = {"type": _JSON_TYPES[origin]}
+        if schema["type"] == "array" and args and (origin is not tuple or args[-1] is Ellipsis or len(args) == 1):
+            schema["items"] = _annotation_schema(args[0])
+        return schema
+    import collections.abc
+    if isinstance(origin, type) and issubclass(origin, collections.abc.Mapping):
+        return {"type": "object"}
+    if isinstance(origin, type) and issubclass(origin, collections.abc.Iterable):
+        return {"type": "array", "items": _annotation_schema(args[0])} if args else {"type": "array"}
+    return {}
+
+
+def _enum_schema(values: List[Any]) -> Dict[str, Any]:
+    types = {_JSON_TYPES.get(type(v)) for v in values}
+    schema: Dict[str, Any] = {"enum": values}
+    if len(types) == 1 and None not in types:
+        schema["type"] = types.pop()
+    return schema
+
+
+_DOC_SECTION_RE = re.compile(r"\s*(args|arguments|parameters|params|returns?|yields?|raises|examples?|notes?|"
+                             r"attributes|see also|warnings?)\s*:\s*\Z", re.I)
+_DOC_ARGUMENT_RE = re.compile(r"\s*\*{0,2}([A-Za-z_][A-Za-z0-9_]*)\s*(?:\([^)]*\))?\s*:\s*(.*)\Z")
+
+
+def _parse_docstring(doc: Optional[str]) -> Tuple[str, Dict[str, str]]:
+    """(description, {argument: description}) from a Google-style docstring."""
+    if not doc:
+        return "", {}
+    description: List[str] = []
+    arguments: Dict[str, str] = {}
+    section, current, indent_of_names = None, None, None
+    for line in doc.splitlines():
+        header = _DOC_SECTION_RE.match(line)
+        if header:
+            section, current, indent_of_names = header.group(1).lower(), None, None
+            continue
+        if section is None:
+            description.append(line.strip())
+        elif section in ("args", "arguments", "parameters", "params") and line.strip():
+            indent = len(line) - len(line.lstrip())
+            entry = _DOC_ARGUMENT_RE.match(line)
+            if entry and (indent_of_names is None or indent <= indent_of_names):
+                indent_of_names, current = indent, entry.group(1)
+                arguments[current] = entry.group(2).strip()
+            elif current is not None:
+                arguments[current] = (arguments[current] + " " + line.strip()).strip()
+    return " ".join(" ".join(description).split()), arguments
+
+
+def _tool_schemas(tools: Any) -> List[Dict[str, Any]]:
+    """``tools=`` as given to chat(): one tool or a list of them, each a function or a schema."""
+    if tools is None:
+        return []
+    if callable(tools) or isinstance(tools, Mapping):
+        tools = [tools]
+    if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence):
+        raise InvalidInputError("tools must be a list of Python functions or function schemas, got %r" % (tools,))
+    schemas = [tool_schema(tool) for tool in tools]
+    names = [schema["function"]["name"] for schema in schemas]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InvalidInputError("two tools share the name %s; each tool needs a name of its own"
+                                % ", ".join(map(repr, duplicates)))
+    return schemas
+
+
+def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reason: Optional[str]) -> ToolCall:
+    """A ToolCall from the server's parts; ToolCallError when its arguments are not a JSON object."""
+    cut = (" The reply was cut off at the token limit (finish_reason=length): raise max_tokens."
+           if finish_reason == "length" else "")
+    if not isinstance(name, str) or not name:
+        raise ToolCallError("%s sent a tool call without a function name (arguments %r).%s"
+                            % (title, _shorten(str(arguments), 200), cut), tool_name="",
+                            raw_arguments=arguments if isinstance(arguments, str) else json.dumps(arguments))
+    if isinstance(arguments, dict):
+        parsed, raw = arguments, json.dumps(arguments, ensure_ascii=False)
+    elif arguments is None or isinstance(arguments, str) and not arguments.strip():
+        parsed, raw = {}, arguments or ""  # a call without arguments (LM Studio sends "")
+    elif isinstance(arguments, str):
+        raw = arguments
+        try:
+            parsed = json.loads(arguments)
+        except (ValueError, RecursionError) as exc:
+            raise ToolCallError(
+                "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a malformed "
+                "call;%s try again, at a lower temperature, or with a model trained for tool calls. The whole text "
+                "is in .raw_arguments." % (title, name, exc, _shorten(arguments, 200), cut),
+                tool_name=name, raw_arguments=arguments) from None
+    else:
+        parsed, raw = arguments, json.dumps(arguments)
+    if not isinstance(parsed, dict):
+        raise ToolCallError("%s sent a call to tool %r whose arguments are %s, not a JSON object.%s"
+                            % (title, name, type(parsed).__name__, cut), tool_name=name, raw_arguments=raw)
+    if not isinstance(call_id, str) or not call_id:
+        call_id = "call_" + os.urandom(6).hex()
+    return ToolCall(call_id, name, parsed, raw)
+
+
+def _tool_calls_from(parts: Any, title: str, finish_reason: Optional[str]) -> List[ToolCall]:
+    """ToolCalls from a reply's ``tool_calls`` list (``[{"id", "function": {"name", "arguments"}}]``,
+    arguments a JSON string on OpenAI-compatible servers and an object on Ollama)."""
+    if parts is None:
+        return []
+    if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("function"), dict)
+                                              for p in parts):
+        raise ProviderResponseError("%s sent tool calls of an unexpected shape: %s" % (
+            title, _shorten(json.dumps(parts, ensure_ascii=False, default=str), 300)))
+    return [_tool_call(title, p.get("id"), p["function"].get("name"), p["function"].get("arguments"), finish_reason)
+            for p in parts]
+
+
+def _tool_finish_reason(finish_reason: Optional[str], tool_calls: Sequence[ToolCall]) -> Optional[str]:
+    """``"tool_calls"`` for a reply that asks for tools; Ollama says ``"stop"`` for those."""
+    return "tool_calls" if tool_calls and finish_reason in (None, "stop") else finish_reason
+
+
+def _tool_result_text(value: Any) -> str:
+    """What a tool returned, as the text of its ``role: tool`` message: JSON when it can be, else str()."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, Any]]:
+    """(id, name, arguments) of a tool call in an assistant message: OpenAI form (arguments as
+    JSON text), Ollama form (arguments as an object) or a ToolCall."""
+    if isinstance(call, ToolCall):
+        return call.id, call.name, call.arguments
+    function = call.get("function") if isinstance(call, Mapping) else None
+    name = function.get("name") if isinstance(function, Mapping) else None
+    if not isinstance(function, Mapping) or not isinstance(name, str) or not name:
+        raise InvalidInputError("messages[%d] has the tool call %r; write {\"id\": ..., \"type\": \"function\", "
+                                "\"function\": {\"name\": ..., \"arguments\": ...}}" % (index, call))
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except (ValueError, RecursionError):
+            raise InvalidInputError("messages[%d]: the arguments of tool call %r are not valid JSON: %r"
+                                    % (index, name, _shorten(str(arguments), 200))) from None
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise InvalidInputError("messages[%d]: the arguments of tool call %r must be a JSON object, got %r"
+                                % (index, name, arguments))
+    call_id = call.get("id")
+    return (call_id if isinstance(call_id, str) and call_id else None), name, arguments
+
+
+def _answered_call(message: Mapping[str, Any], pending: List[Tuple[Optional[str], Optional[str]]]
+                   ) -> Tuple[Optional[str], Optional[str]]:
+    """(id, name) of the call a tool result answers: what it says, completed from the calls of
+    the assistant message before it (by id, else by name, else the first one not yet answered)."""
+    call_id, name = message.get("tool_call_id"), message.get("tool_name") or message.get("name")
+    for position, (pending_id, pending_name) in enumerate(pending):
+        if (pending_id == call_id if call_id else pending_name == name if name else True):
+            del pending[position]
+            return call_id or pending_id, name or pending_name
+    return call_id, name
+
+
+def _run_tool(functions: Mapping[str, Any], call: ToolCall) -> str:
+    """Run one requested call; any failure becomes an ``error: ...`` text for the model to read."""
+    function = functions.get(call.name)
+    if function is None:
+        return "error: there is no tool named %r; the tools are: %s" % (call.name, ", ".join(sorted(functions)))
+    try:
+        value = function(**call.arguments)
+    except Exception as exc:  # the model gets the error as the tool's result and can try again
+        logger.info("tool %s(%s) raised %s: %s", call.name, call.raw_arguments[:200], type(exc).__name__, exc)
+        return "error: %s: %s" % (type(exc).__name__, exc)
+    return _tool_result_text(value)
+
+
 class ChatResult:
     """A finished reply: ``text`` (reasoning removed), ``reasoning``, ``finish_reason``
-    (``"stop"``, ``"length"``, ...), ``usage`` (``prompt_tokens``, ``completion_tokens``,
-    ``total_tokens``, or None), ``model`` and the server's ``raw`` response.
+    (``"stop"``, ``"length"``, ``"tool_calls"``, ...), ``usage`` (``prompt_tokens``,
+    ``completion_tokens``, ``total_tokens``, or None), ``model``, the server's ``raw``
+    response and ``tool_calls`` (a list of ToolCall, empty when the model called none).
     ``logprobs``: with the ``logprobs`` parameter, one ``{"token", "logprob",
     "top_logprobs"}`` dict per reply token (None when none came back)."""
 
-    __slots__ = ("text", "reasoning", "finish_reason", "usage", "model", "raw", "logprobs")
+    __slots__ = ("text", "reasoning", "finish_reason", "usage", "model", "raw", "tool_calls", "logprobs")
 
     def __init__(self, text: str, reasoning: str = "", finish_reason: Optional[str] = None,
                  usage: Optional[Dict[str, int]] = None, model: str = "", raw: Any = None,
-                 logprobs: Optional[List[Dict[str, Any]]] = None):
+                 tool_calls: Optional[List[ToolCall]] = None, logprobs: Optional[List[Dict[str, Any]]] = None):
         self.text, self.reasoning, self.finish_reason = text, reasoning, finish_reason
         self.usage, self.model, self.raw = usage, model, raw
+        self.tool_calls: List[ToolCall] = list(tool_calls or ())
         self.logprobs = logprobs
 
     def __repr__(self) -> str:
-        return "ChatResult(text=%r, reasoning=%r, finish_reason=%r, usage=%r, model=%r)" % (
-            self.text, self.reasoning, self.finish_reason, self.usage, self.model)
+        return "ChatResult(text=%r, reasoning=%r, finish_reason=%r, usage=%r, model=%r%s)" % (
+            self.text, self.reasoning, self.finish_reason, self.usage, self.model,
+            ", tool_calls=%r" % (self.tool_calls,) if self.tool_calls else "")
+
+    def assistant_message(self) -> Dict[str, Any]:
+        """This reply as the assistant message to append to the conversation (with its tool calls)."""
+        message: Dict[str, Any] = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            message["tool_calls"] = [call.to_dict() for call in self.tool_calls]
+        return message
+
+
+class ToolRunResult(ChatResult):
+    """What ``run_tools`` returns: the model's final reply (a ChatResult), plus
+    ``messages``, the whole conversation (the caller's messages, each tool
+    request, each tool result and the final reply), and ``rounds``, how many
+    rounds of tool calls were run."""
+
+    __slots__ = ("messages", "rounds")
+
+    def __init__(self, result: ChatResult, messages: List[Dict[str, Any]], rounds: int):
+        super().__init__(result.text, result.reasoning, result.finish_reason, result.usage, result.model,
+                         result.raw, result.tool_calls, result.logprobs)
+        self.messages, self.rounds = messages, rounds
 
 
 class ChatStream:
@@ -1301,6 +1680,7 @@ class ChatStream:
 
     def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
         self.model = model.name
+        self._title = provider.title
         self._state = _StreamState(keep_reasoning=True)
         self._pieces = provider._stream(messages, model, debug, self._state)
 
@@ -1309,6 +1689,14 @@ class ChatStream:
     reasoning = property(lambda self: "".join(self._state.reasoning or ()), doc="The reasoning text so far.")
     logprobs = property(lambda self: self._state.logprobs,
                         doc="Token log-probabilities so far (as ChatResult.logprobs), when asked for.")
+
+    @property
+    def tool_calls(self) -> List[ToolCall]:
+        """The tool calls the model asked for, each assembled from its pieces, once the loop has ended.
+
+        Raises ToolCallError when a call's arguments are not a JSON object.
+        """
+        return self._state.finish_tool_calls(self._title)
 
     def __iter__(self) -> Iterator[str]:
         pieces = self._pieces
@@ -1335,15 +1723,75 @@ class ChatStream:
 
 
 class _StreamState:
-    """What a stream records besides its text: finish reason, usage and (when asked for) reasoning."""
+    """What a stream records besides its text: finish reason, usage, (when asked for) reasoning,
+    and the tool calls, gathered piece by piece and assembled when the reply ends."""
 
-    __slots__ = ("finish_reason", "usage", "reasoning", "logprobs")
+    __slots__ = ("finish_reason", "usage", "reasoning", "logprobs", "tool_calls", "_calls", "_slots")
 
     def __init__(self, keep_reasoning: bool) -> None:
         self.finish_reason: Optional[str] = None
         self.usage: Optional[Dict[str, int]] = None
         self.reasoning: Optional[List[str]] = [] if keep_reasoning else None
         self.logprobs: Optional[List[Dict[str, Any]]] = None
+        self.tool_calls: Optional[List[ToolCall]] = None  # set by finish_tool_calls
+        self._calls: List[List[Any]] = []   # [id, name, argument pieces, characters] per call, in order
+        self._slots: Dict[Any, int] = {}    # the server's index of a call -> its place in _calls
+
+    def add_tool_fragments(self, fragments: Any) -> None:
+        """Merge OpenAI-style streamed ``delta.tool_calls``: pieces of calls keyed by ``index``
+        (``id`` and ``name`` come in a call's first piece, its arguments in many)."""
+        for fragment in fragments:
+            index = fragment.get("index")
+            if index is None and not fragment.get("id") and self._calls:
+                call = self._calls[-1]  # a server that numbers nothing: a piece without an id continues
+            else:
+                call = self._call(("id", fragment.get("id")) if index is None else index)
+            function = fragment.get("function") or {}
+            if fragment.get("id"):
+                call[0] = fragment["id"]
+            name = function.get("name")
+            if name and name != call[1]:
+                call[1] = (call[1] or "") + name if call[1] and not call[2] else name
+            self._add_arguments(call, function.get("arguments"))
+
+    def add_whole_tool_calls(self, calls: Any) -> None:
+        """Add Ollama-style tool calls, each whole in one event (arguments as an object)."""
+        for whole in calls:
+            function = whole.get("function") or {}
+            call = self._call(("whole", len(self._calls)))
+            call[0], call[1] = whole.get("id"), function.get("name")
+            self._add_arguments(call, function.get("arguments"))
+
+    def _call(self, index: Any) -> List[Any]:
+        slot = self._slots.get(index)
+        if slot is None:
+            if len(self._calls) >= _MAX_TOOL_CALLS:
+                raise ProviderResponseError("the stream holds more than %d tool calls; it was stopped"
+                                            % _MAX_TOOL_CALLS)
+            slot = self._slots[index] = len(self._calls)
+            self._calls.append([None, None, [], 0])
+        return self._calls[slot]
+
+    @staticmethod
+    def _add_arguments(call: List[Any], piece: Any) -> None:
+        if piece is None or piece == "":
+            return
+        call[2].append(piece)
+        call[3] += len(piece) if isinstance(piece, str) else len(json.dumps(piece))
+        if call[3] > _MAX_TOOL_ARGUMENT_CHARS:
+            raise ProviderResponseError("the arguments of tool call %r grew past %d characters; the stream was "
+                                        "stopped" % (call[1], _MAX_TOOL_ARGUMENT_CHARS))
+
+    def finish_tool_calls(self, title: str) -> List[ToolCall]:
+        """Assemble the calls gathered so far (once), and mark the reply as asking for tools."""
+        if self.tool_calls is None and self._calls:
+            parts = [{"id": call_id, "function": {"name": name, "arguments": (
+                pieces[0] if len(pieces) == 1 and not isinstance(pieces[0], str) else
+                "".join(p if isinstance(p, str) else json.dumps(p) for p in pieces))}}
+                for call_id, name, pieces, _ in self._calls]
+            self.tool_calls = _tool_calls_from(parts, title, self.finish_reason)
+            self.finish_reason = _tool_finish_reason(self.finish_reason, self.tool_calls)
+        return self.tool_calls or []
 
 
 class _ThinkFilter:
@@ -1705,18 +2153,26 @@ class BaseProvider:
     # --- public operations ---------------------------------------------------
 
     def chat(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
-             debug: bool = False) -> ChatResult:
-        """Generate a whole reply; return it with its reasoning, finish reason and usage."""
-        model = self._model(model)
+             debug: bool = False, tools: Any = None, tool_choice: Any = None) -> ChatResult:
+        """Generate a whole reply; return it with its reasoning, finish reason, usage and tool calls.
+
+        ``tools``: Python functions or function schemas the model may call (see
+        ``tool_schema``); the calls it asks for are in the result's ``tool_calls``.
+        ``tool_choice``: ``"auto"``, ``"none"``, ``"required"`` or one function
+        (OpenAI-compatible servers only; Ollama has none, so it is not sent there).
+        """
+        model = self._with_tools(self._model(model), tools, tool_choice)
         payload = self._payload(messages, model, stream=False, debug=debug)
         started = time.perf_counter()
         response = self.transport.request("POST", self.chat_path, payload, debug=debug,
                                           describe_failure=self._failure, model=model.name)
         data, (text, reasoning, finish_reason, usage) = self._read_answer(response, self.chat_path,
                                                                           self._read_reply, model.name)
+        tool_calls = _tool_calls_from(self._tool_call_parts(data), self.title, finish_reason)
+        finish_reason = _tool_finish_reason(finish_reason, tool_calls)
         content, inline_reasoning = split_reasoning(text or "")
         result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name, data,
-                            self._logprobs_of(data))
+                            tool_calls, self._logprobs_of(data))
         self._check_result(result, model, debug, time.perf_counter() - started)
         return result
 
@@ -1726,9 +2182,10 @@ class BaseProvider:
         return self.chat(messages, model, debug=debug).text
 
     def stream_chat(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
-                    debug: bool = False) -> ChatStream:
-        """Stream a reply as a ChatStream: iterate for text; reasoning, finish reason and usage after."""
-        model = self._model(model)
+                    debug: bool = False, tools: Any = None, tool_choice: Any = None) -> ChatStream:
+        """Stream a reply as a ChatStream: iterate for text; reasoning, finish reason, usage and
+        the assembled tool calls after the loop.  ``tools`` and ``tool_choice`` as for ``chat``."""
+        model = self._with_tools(self._model(model), tools, tool_choice)
         return ChatStream(self, messages, model, debug)
 
     def stream_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
@@ -1820,6 +2277,49 @@ class BaseProvider:
                            "server or model does not support dimensions", self.title, model.name, len(vectors[0]),
                            dimensions)
         return vectors
+    def run_tools(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], tools: Any, *,
+                  max_rounds: int = 5, tool_choice: Any = None, debug: bool = False) -> ToolRunResult:
+        """Let the model use Python functions until it answers in text; return that answer.
+
+        Each round: the model is called with ``tools`` (Python functions), the
+        functions it asks for are run, and their results are sent back.  An
+        exception inside a tool, or a call to an unknown tool, goes back to the
+        model as that tool's result (``"error: ..."``), not up the stack.  A
+        return value that is not a string is sent as JSON (``str()`` when JSON
+        cannot hold it).  After ``max_rounds`` rounds of tool calls, a model
+        that still asks for tools raises ToolLoopError.  ``tool_choice`` applies
+        to the first call only (so ``"required"`` cannot loop forever).  The
+        caller's ``messages`` are not changed; the result's ``messages`` holds
+        the whole conversation.
+        """
+        tools = list(tools) if isinstance(tools, Sequence) and not isinstance(tools, (str, bytes)) else [tools]
+        for tool in tools:
+            if not callable(tool) or isinstance(tool, Mapping):
+                raise InvalidInputError("run_tools needs Python functions to run, got %r; for a schema without a "
+                                        "function use chat(..., tools=[...]) and run the calls yourself" % (tool,))
+        schemas = _tool_schemas(tools)
+        functions = {schema["function"]["name"]: tool for schema, tool in zip(schemas, tools)}
+        if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
+            raise InvalidInputError("max_rounds must be a whole number >= 1, got %r" % (max_rounds,))
+        self._validate_messages(messages)
+        conversation: List[Dict[str, Any]] = list(messages)  # type: ignore[arg-type]
+        for rounds in range(max_rounds + 1):
+            result = self.chat(conversation, model, debug=debug, tools=schemas,
+                               tool_choice=tool_choice if rounds == 0 else None)
+            conversation.append(result.assistant_message())
+            if not result.tool_calls:
+                return ToolRunResult(result, conversation, rounds)
+            if rounds == max_rounds:
+                break
+            for call in result.tool_calls:
+                output = _run_tool(functions, call)
+                if debug:
+                    _debug("tool %s(%s) -> %s", call.name, call.raw_arguments, output)
+                conversation.append(call.result_message(output))
+        raise ToolLoopError("%s model still asked for tools (%s) after %d round(s) of tool calls; raise max_rounds, "
+                            "or look at the tools' results in .messages" % (
+                                self.title, ", ".join(c.name for c in result.tool_calls), max_rounds),
+                            messages=conversation, rounds=max_rounds)
 
     def list_models(self, *, debug: bool = False) -> List[str]:
         """The names of the models the server offers."""
@@ -1867,6 +2367,15 @@ class BaseProvider:
                            self.base_url)
         return model
 
+    @staticmethod
+    def _with_tools(model: ModelConfig, tools: Any, tool_choice: Any) -> ModelConfig:
+        """``model`` with the ``tools=`` and ``tool_choice=`` of a call added to its parameters."""
+        if tools is not None:
+            model = model.with_parameters(tools=_tool_schemas(tools))
+        if tool_choice is not None:
+            model = model.with_parameters(tool_choice=tool_choice)
+        return model
+
     def _validate_messages(self, messages: Any) -> None:
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
             raise InvalidInputError("messages must be a list of {'role': ..., 'content': ...} dicts, got %s"
@@ -1895,8 +2404,7 @@ class BaseProvider:
                  debug: bool) -> Dict[str, Any]:
         messages = self._with_images(messages, model)
         self._validate_messages(messages)
-        if not all(type(m) is dict for m in messages):
-            messages = [dict(m) for m in messages]
+        messages = self._wire_messages(messages)
         payload: Dict[str, Any] = {"model": model.name, "messages": messages, "stream": stream}
         payload.update(self._extra_payload(stream))
         payload.update(map_parameters(model.parameters, self.provider))
@@ -1952,6 +2460,39 @@ class BaseProvider:
 
     embedding_hint = ""
     truncate_hint = ""
+    def _wire_messages(self, messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+        """The messages as this server takes them.  Tool requests and tool results, written
+        the one way the README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``);
+        every other message goes as it is.  The caller's dicts are never changed."""
+        if not any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+            if all(type(m) is dict for m in messages):
+                return messages  # type: ignore[return-value]  # dicts, passed on unchanged
+            return [dict(m) for m in messages]
+        wired: List[Dict[str, Any]] = []
+        pending: List[Tuple[Optional[str], Optional[str]]] = []  # (id, name) of calls not answered yet
+        for index, message in enumerate(messages):
+            if message.get("role") == "tool":
+                call_id, name = _answered_call(message, pending)
+                wired.append(self._wire_tool_result(message, call_id, name, index))
+            elif message.get("role") == "assistant" and message.get("tool_calls"):
+                calls = message["tool_calls"]
+                if not isinstance(calls, (list, tuple)):
+                    raise InvalidInputError("messages[%d]['tool_calls'] must be a list, got %r" % (index, calls))
+                fields = [_call_fields(call, index) for call in calls]
+                pending = [(call_id, name) for call_id, name, _ in fields]
+                wired.append(dict(message, tool_calls=[self._wire_tool_call(*f) for f in fields]))
+            else:
+                wired.append(dict(message))
+        return wired
+
+    def _wire_tool_call(self, call_id: Optional[str], name: str, arguments: Dict[str, Any]) -> Dict[str, Any]:
+        """One entry of an assistant message's ``tool_calls``, in this server's form."""
+        raise NotImplementedError
+
+    def _wire_tool_result(self, message: Mapping[str, Any], call_id: Optional[str], name: Optional[str],
+                          index: int) -> Dict[str, Any]:
+        """A ``role: tool`` message in this server's form."""
+        raise NotImplementedError
 
     def _debug_headers(self) -> Dict[str, str]:
         headers = dict(self.transport.session.headers)
@@ -1988,6 +2529,8 @@ class BaseProvider:
             _debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, %.3f s",
                    len(result.text), len(result.reasoning), result.finish_reason, result.usage, seconds)
             _debug("reply text: %s", result.text)
+            for call in result.tool_calls:
+                _debug("tool call %s: %s(%s)", call.id, call.name, call.raw_arguments)
         self._check_end(model, result.finish_reason, bool(result.text), bool(result.reasoning))
 
     def _check_end(self, model: ModelConfig, finish_reason: Optional[str], has_text: bool, reasoned: bool) -> None:
@@ -2000,7 +2543,7 @@ class BaseProvider:
                     server_message="finish_reason=length")
             logger.warning("%s model %r stopped at the token limit (finish_reason=length); the reply is cut "
                            "short. Raise max_tokens to get more.", self.title, model.name)
-        elif not has_text:
+        elif not has_text and finish_reason != "tool_calls":
             logger.warning("%s model %r returned an empty reply (finish_reason=%s)", self.title, model.name,
                            finish_reason)
 
@@ -2128,6 +2671,11 @@ class BaseProvider:
         if status in (401, 403):
             return AuthenticationError("%s at %s refused the request (HTTP %d): %s. %s" % (
                 self.title, self.base_url, status, said, self.auth_hint), **kwargs)
+        if model and "does not support tools" in message.lower():
+            return ToolsNotSupportedError(
+                "%s model %r cannot call tools (%s said: %s). Use a model trained for tool calls (on Ollama, "
+                "'ollama show MODEL' lists 'tools' among its capabilities), or call without tools=."
+                % (self.title, model, self.title, said), model=model, **kwargs)
         if model and self._is_model_not_found(status, message, body):
             matches = self.close_matches(model)
             return ModelNotFoundError(
@@ -2159,6 +2707,10 @@ class BaseProvider:
         raise NotImplementedError
 
     def _model_names(self, data: Any) -> List[str]:
+        raise NotImplementedError
+
+    def _tool_call_parts(self, data: Any) -> Any:
+        """The ``tool_calls`` list of a non-streamed reply (None when there is none)."""
         raise NotImplementedError
 
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
@@ -2271,14 +2823,33 @@ class OpenAICompatibleProvider(BaseProvider):
         if choices:
             choice = choices[0]
             delta = choice.get("delta") or {}
+            if delta.get("tool_calls"):
+                state.add_tool_fragments(delta["tool_calls"])
             finish = choice.get("finish_reason")
             if finish:
                 state.finish_reason = finish
+                state.finish_tool_calls(self.title)
             logprobs = choice.get("logprobs")
             if logprobs:
                 _add_logprobs(state, logprobs.get("content"))
             return delta.get("content"), delta.get("reasoning_content") or delta.get("reasoning"), False
         return None, None, False
+
+    def _tool_call_parts(self, data: Any) -> Any:
+        return data["choices"][0]["message"].get("tool_calls")
+
+    def _wire_tool_call(self, call_id: Optional[str], name: str, arguments: Dict[str, Any]) -> Dict[str, Any]:
+        return {"id": call_id or "call_" + os.urandom(6).hex(), "type": "function",
+                "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+
+    def _wire_tool_result(self, message: Mapping[str, Any], call_id: Optional[str], name: Optional[str],
+                          index: int) -> Dict[str, Any]:
+        if not call_id:
+            raise InvalidInputError(
+                "messages[%d] is a tool result without 'tool_call_id', and no assistant message before it has a "
+                "call it could answer%s; add the id of the call it answers" % (
+                    index, " (to %r)" % name if name else ""))
+        return {"role": "tool", "tool_call_id": call_id, "content": message.get("content")}
 
     def _model_names(self, data: Any) -> List[str]:
         return [entry["id"] for entry in data["data"]]
@@ -2436,11 +3007,32 @@ class OllamaProvider(BaseProvider):
         message = event.get("message")
         if message is None:
             return None, None, bool(event.get("done"))
+        if message.get("tool_calls"):
+            state.add_whole_tool_calls(message["tool_calls"])
         if event.get("done"):
             state.finish_reason = event.get("done_reason")
             state.usage = _ollama_usage(event)
+            state.finish_tool_calls(self.title)
             return message.get("content"), message.get("thinking"), True
         return message.get("content"), message.get("thinking"), False
+
+    def _tool_call_parts(self, data: Any) -> Any:
+        return data["message"].get("tool_calls")
+
+    def _wire_tool_call(self, call_id: Optional[str], name: str, arguments: Dict[str, Any]) -> Dict[str, Any]:
+        call: Dict[str, Any] = {"function": {"name": name, "arguments": arguments}}
+        if call_id:
+            call["id"] = call_id
+        return call
+
+    def _wire_tool_result(self, message: Mapping[str, Any], call_id: Optional[str], name: Optional[str],
+                          index: int) -> Dict[str, Any]:
+        wired = {"role": "tool", "content": message.get("content")}
+        if name:
+            wired["tool_name"] = name
+        if call_id:
+            wired["tool_call_id"] = call_id
+        return wired
 
     def _model_names(self, data: Any) -> List[str]:
         return [entry["name"] for entry in data["models"]]

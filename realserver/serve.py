@@ -4,6 +4,7 @@
 
 usage: serve.py MODEL.gguf ALIAS READY_FILE [--port 0] [--n-ctx 2048] [--parallel 2] [--threads N]
                 [--embedding --pooling mean]
+                [--chat-template-file FILE.jinja]
 
 Port 0 (the default) lets the system pick a free port.  Once the HTTP server
 listens, its address (``http://127.0.0.1:PORT``) is written to READY_FILE.
@@ -32,6 +33,7 @@ def main() -> int:
     parser.add_argument("--embedding", action="store_true", help="serve /v1/embeddings (llama-server --embeddings)")
     parser.add_argument("--pooling", choices=["none", "mean", "cls", "last", "rank"],
                         help="how token vectors become one embedding; /v1/embeddings needs one other than none")
+    parser.add_argument("--chat-template-file", help="a Jinja chat template to use instead of the model's own")
     args = parser.parse_args()
 
     import xllamacpp as xlc  # the parent checked it is installed; an ImportError lands in the log
@@ -51,6 +53,9 @@ def main() -> int:
         params.embedding = True
     if args.pooling:
         params.pooling_type = getattr(xlc.llama_pooling_type, "LLAMA_POOLING_TYPE_" + args.pooling.upper())
+    if args.chat_template_file:  # as llama-server --jinja --chat-template-file (jinja is on by default)
+        with open(args.chat_template_file, encoding="utf-8") as handle:
+            params.chat_template = handle.read()
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -26,6 +26,9 @@ import urllib.request
 from typing import Optional
 
 SERVE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.py")
+#: A ChatML chat template with tool calls (<tool_call> JSON, as Qwen2.5's and Hermes'): with it,
+#: llama.cpp's server takes ``tools``, parses the model's calls into ``tool_calls`` and streams them.
+TOOLS_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chatml_tools.jinja")
 INSTALL_HINT = 'python -m pip install -e ".[e2e]"'
 
 
@@ -155,16 +158,18 @@ def _models_answer(base_url: str, alias: str) -> bool:
 def start_server(model_path: str, alias: str, *, n_ctx: int = 2048, parallel: int = 2,
                  log_path: Optional[str] = None, threads: Optional[int] = None,
                  startup_timeout: float = 60.0, embedding: bool = False,
-                 pooling: Optional[str] = None) -> RunningServer:
+                 pooling: Optional[str] = None, chat_template_file: Optional[str] = None) -> RunningServer:
     """Start llama.cpp's server for ``model_path`` under the name ``alias`` on a free 127.0.0.1 port.
 
     Returns once ``GET /v1/models`` lists ``alias``.  ``n_ctx`` is the context
     (prompt plus reply) one request may use; ``parallel`` how many requests
     decode at once; ``threads`` how many CPU threads compute (default:
-    ``default_threads()``).  The server's log goes to ``log_path`` (default: a
-    temporary file, removed by ``stop()``).  ``embedding=True`` serves
-    ``/v1/embeddings`` too; it needs a ``pooling`` other than ``"none"`` (``"mean"``,
-    ``"cls"``, ``"last"``; default: the model's own, which is none for chat models).  Raises ServerError, with the
+    ``default_threads()``); ``chat_template_file`` a Jinja chat template used
+    instead of the model's own (``TOOLS_TEMPLATE`` can call tools).  The
+    server's log goes to ``log_path`` (default: a temporary file, removed by
+    ``stop()``).  ``embedding=True`` serves ``/v1/embeddings`` too; it needs a
+    ``pooling`` other than ``"none"`` (``"mean"``, ``"cls"``, ``"last"``;
+    default: the model's own, which is none for chat models).  Raises ServerError, with the
     server's log, when it does not come up within ``startup_timeout`` seconds.
     """
     check_installed()
@@ -182,6 +187,8 @@ def start_server(model_path: str, alias: str, *, n_ctx: int = 2048, parallel: in
     command += ["--threads", str(threads or default_threads())]
     command += ["--embedding"] if embedding else []
     command += ["--pooling", pooling] if pooling else []
+    if chat_template_file:
+        command += ["--chat-template-file", chat_template_file]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log_handle, stderr=subprocess.STDOUT)
     server = RunningServer(process, alias, model_path, log_path, own_log, log_handle)
     try:

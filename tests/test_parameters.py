@@ -461,6 +461,7 @@ def test_every_row_kind_is_checked():
     # every row's kind must be one map_parameters knows how to check
     for name, row in PARAMETER_MAP.items():
         good = {"number": 1, "int": 1, "bool": True, "str": "s", "object": {}, "stop": "s", "format": "json",
-                "response_format": {"type": "text"}, "think": True, "effort": "low", "duration": 5}[row.kind]
+                "response_format": {"type": "text"}, "think": True, "effort": "low", "duration": 5,
+                "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"}[row.kind]
         map_parameters({name: good}, "ollama")
         map_parameters({name: good}, "lm_studio")
