@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError",
     "ProviderConnectionError", "ProviderTimeoutError", "ProviderResponseError",
     "ModelNotFoundError", "AuthenticationError", "JSONGenerationError",
+    "ContextLengthError", "UnsupportedEndpointError", "DownloadError",
     # model URIs and hosts
     "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",
     # parameters
@@ -48,6 +49,8 @@ __all__ = [
     "ChatResult", "ChatStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
     "OllamaProvider",
     "extract_json", "json_schema_for",
+    # model facts, loading and downloading
+    "ModelInfo", "PullProgress",
 ]
 
 logger = logging.getLogger("lm_providers")
@@ -116,6 +119,43 @@ class ModelNotFoundError(ProviderResponseError, LookupError):
 
 class AuthenticationError(ProviderResponseError):
     """The server wants an API token, or refused the one that was sent."""
+
+
+class ContextLengthError(ProviderResponseError):
+    """The prompt does not fit the model's context: the server refused it, or (Ollama) cut it.
+
+    ``prompt_tokens`` is the prompt's size (the server's count, or an estimate
+    when ``estimated`` is true), ``context_length`` the context it met (None
+    when the server did not say), and the message names the one thing to
+    change.  ``result`` holds the ChatResult of a reply the server did send
+    from a truncated prompt (Ollama), else None.
+    """
+
+    def __init__(self, message: str, prompt_tokens: Optional[int] = None, context_length: Optional[int] = None,
+                 estimated: bool = False, result: Any = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+        self.estimated = estimated
+        self.result = result
+
+
+class UnsupportedEndpointError(ProviderResponseError):
+    """The server has no endpoint for this call (HTTP 404): it is too old, or another kind of server.
+
+    ``path`` is the endpoint, ``needed`` the server version that has it and
+    ``manual`` the way to do the same by hand (``lms load``, ``ollama pull``...).
+    """
+
+    def __init__(self, message: str, path: str = "", needed: str = "", manual: str = "", **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.path = path
+        self.needed = needed
+        self.manual = manual
+
+
+class DownloadError(ProviderResponseError):
+    """A model download failed: the server reported an error or a failed job, or the wait ran out."""
 
 
 class JSONGenerationError(ProviderError):
@@ -1442,6 +1482,158 @@ def json_schema_for(required_attributes: Sequence[str]) -> Dict[str, Any]:
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
+class ModelInfo:
+    """What a server reports about one model; the same fields for every server, None when it does not say.
+
+    ``name``; ``context_length`` (the most the model supports); ``loaded`` and
+    ``loaded_context_length`` (the context it is loaded with now);
+    ``tools``, ``vision``, ``thinking``, ``embedding`` (capabilities, each
+    True, False or None for unknown; ``capabilities`` is the set of those that
+    are True); ``quantization``; ``size_bytes``; ``kind`` (``"llm"``,
+    ``"vlm"``, ``"embedding"``); ``source`` (the endpoint the facts came from)
+    and ``raw`` (the server's own record, for anything else).
+    """
+
+    __slots__ = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
+                 "embedding", "quantization", "size_bytes", "kind", "source", "raw")
+    FIELDS = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
+              "embedding", "quantization", "size_bytes", "kind", "source")
+
+    def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
+                 loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
+                 vision: Optional[bool] = None, thinking: Optional[bool] = None, embedding: Optional[bool] = None,
+                 quantization: Optional[str] = None, size_bytes: Optional[int] = None, kind: Optional[str] = None,
+                 source: str = "", raw: Any = None):
+        self.name, self.context_length, self.loaded = name, context_length, loaded
+        self.loaded_context_length = loaded_context_length
+        self.tools, self.vision, self.thinking, self.embedding = tools, vision, thinking, embedding
+        self.quantization, self.size_bytes, self.kind = quantization, size_bytes, kind
+        self.source, self.raw = source, raw
+
+    @property
+    def capabilities(self) -> FrozenSet[str]:
+        """The capabilities the server says the model has: a subset of tools, vision, thinking, embedding."""
+        return frozenset(name for name in ("tools", "vision", "thinking", "embedding") if getattr(self, name))
+
+    @property
+    def usable_context(self) -> Optional[int]:
+        """The context a request can use now: the loaded one when known, else the model's maximum."""
+        return self.loaded_context_length or self.context_length
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The fields (without ``raw``) as a dict, e.g. for JSON output."""
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __repr__(self) -> str:
+        return "ModelInfo(%s)" % ", ".join("%s=%r" % (k, v) for k, v in self.as_dict().items()
+                                           if v is not None and k != "source")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelInfo) and self.as_dict() == other.as_dict()
+
+
+class PullProgress:
+    """One progress record of a model download: ``status`` (the server's words), ``completed`` and
+    ``total`` bytes of the current file (None when not reported), and its ``digest`` (Ollama)."""
+
+    __slots__ = ("status", "completed", "total", "digest")
+
+    def __init__(self, status: str, completed: Optional[int] = None, total: Optional[int] = None,
+                 digest: Optional[str] = None):
+        self.status, self.completed, self.total, self.digest = status, completed, total, digest
+
+    @property
+    def fraction(self) -> Optional[float]:
+        """How much of ``total`` is done, 0.0 to 1.0; None without a total."""
+        if not self.total or self.completed is None:
+            return None
+        return max(0.0, min(1.0, self.completed / self.total))
+
+    def __repr__(self) -> str:
+        return "PullProgress(status=%r, completed=%r, total=%r, digest=%r)" % (
+            self.status, self.completed, self.total, self.digest)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PullProgress) and (self.status, self.completed, self.total, self.digest) == (
+            other.status, other.completed, other.total, other.digest)
+
+
+def _estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    """A cheap prompt size estimate: 4 characters a token, plus a few tokens of framing per message."""
+    chars = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 0 for m in messages)
+    return chars // 4 + 4 * len(messages) + 1
+
+
+def _suggest_context(tokens: int) -> int:
+    """A context length with room for ``tokens`` of prompt and a reply: the next multiple of 1024 above 1.25x."""
+    return (int(tokens * 1.25) // 1024 + 1) * 1024
+
+
+_OVERFLOW_PATTERNS = (  # (regex, group of the prompt size, group of the context) as servers word it
+    (re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)"), 1, 2),
+    (re.compile(r"Trying to keep the first (\d+) tokens when context the overflows.*?context length of only "
+                r"(\d+) tokens", re.S), 1, 2),
+    (re.compile(r"n_keep \((\d+)\) >= n_ctx \((\d+)\)"), 1, 2),
+    (re.compile(r"[Ii]nput length (\d+) exceeds context length (\d+)"), 1, 2),
+    (re.compile(r"maximum context length is (\d+) tokens.*?resulted in (\d+) tokens", re.S), 2, 1),
+    (re.compile(r"context (?:size|length|window) (?:has been |was )?exceeded|exceeds? the (?:available )?context"
+                r"|context the overflows", re.I), 0, 0),
+)
+
+
+def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Optional[int]]]:
+    """``(prompt_tokens, context)`` when a server's error says the prompt did not fit, else None."""
+    try:
+        data = json.loads(body) if body.strip().startswith("{") else None
+    except ValueError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and "context_length_exceeded" in (error.get("type"), error.get("code")):
+        return None, None
+    if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
+        prompt, context = error.get("n_prompt_tokens"), error.get("n_ctx")
+        return (prompt if isinstance(prompt, int) else None, context if isinstance(context, int) else None)
+    for pattern, prompt_group, context_group in _OVERFLOW_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            return ((int(match.group(prompt_group)) if prompt_group else None),
+                    (int(match.group(context_group)) if context_group else None))
+    return None
+
+
+def _first_int(*values: Any) -> Optional[int]:
+    """The first value that is a whole number (not a bool), else None."""
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _is_past(stamp: Any) -> bool:
+    """Whether an RFC 3339 time (Ollama's ``expires_at``, nanoseconds and all) lies in the past."""
+    import datetime
+    if not isinstance(stamp, str):
+        return False
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)\Z", stamp.strip())
+    if not match:
+        return False
+    fraction = (match.group(2) or ".0")[:7]
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    try:
+        when = datetime.datetime.fromisoformat(match.group(1) + fraction.ljust(7, "0") + zone)
+    except ValueError:
+        return False
+    return when.timestamp() <= time.time()
+
+
+def _check_context_length(context_length: Optional[int]) -> None:
+    if context_length is not None and not (isinstance(context_length, int) and not isinstance(context_length, bool)
+                                           and context_length > 0):
+        raise InvalidInputError("context_length must be a whole number of tokens > 0, got %r" % (context_length,))
+
+
+
+
 class BaseProvider:
     """What both providers share: validation, payload assembly, the transport,
     streaming, reasoning removal, JSON generation and model listing.
@@ -1480,6 +1672,7 @@ class BaseProvider:
         self.transport = HTTPTransport(self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
                                        headers=headers, max_retries=max_retries, server_title=self.title,
                                        start_hint=self.start_hint, api_key=api_key)
+        self._facts: Dict[str, ModelInfo] = {}  # what model_info and friends learnt, by model name
 
     def __repr__(self) -> str:
         return "%s(host=%r, api_key=%s)" % (type(self).__name__, self.base_url, _mask(self._api_key))
@@ -1508,6 +1701,7 @@ class BaseProvider:
                                                                           self._read_reply, model.name)
         content, inline_reasoning = split_reasoning(text or "")
         result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name, data)
+        self._check_fit(payload, model, usage, finish_reason, bool(text), result)
         self._check_result(result, model, debug, time.perf_counter() - started)
         return result
 
@@ -1606,6 +1800,211 @@ class BaseProvider:
         """Whether two model names mean the same model on this server (exact by default)."""
         return wanted == offered
 
+    # --- models: facts, loading, unloading, downloading -------------------------
+
+    def model_info(self, model: Union[str, ModelConfig], *, debug: bool = False) -> ModelInfo:
+        """The facts the server reports about ``model`` as a ModelInfo; a fact it does not report is None.
+
+        Raises ModelNotFoundError when the server does not have the model.
+        """
+        name = self._model(model).name
+        info = self._model_info(name, debug)
+        self._facts[name] = info
+        return info
+
+    def list_model_info(self, *, debug: bool = False) -> List[ModelInfo]:
+        """A ModelInfo for every model the server offers (``list_models()`` gives just the names)."""
+        infos = self._list_model_info(debug)
+        self._facts.update((info.name, info) for info in infos)
+        return infos
+
+    def server_version(self, *, debug: bool = False) -> Optional[str]:
+        """The server's version string, or None when the server does not report one."""
+        return None
+
+    def load_model(self, model: Union[str, ModelConfig], *, context_length: Optional[int] = None,
+                   keep_alive: Union[None, int, float, str] = None, debug: bool = False) -> ModelInfo:
+        """Load ``model`` into memory, with ``context_length`` tokens of context if given, and return its facts.
+
+        ``keep_alive``: how long it stays loaded when idle (Ollama: seconds or a
+        duration such as ``"10m"``, ``-1`` for ever).  Raises
+        UnsupportedEndpointError on a server that cannot load models over its API.
+        """
+        _check_context_length(context_length)
+        if keep_alive is not None:
+            _check_kind("keep_alive", keep_alive, "duration")
+        name = self._model(model).name
+        self._facts.pop(name, None)
+        info = self._load(name, context_length, keep_alive, debug)
+        self._facts[name] = info
+        return info
+
+    def unload_model(self, model: Union[str, ModelConfig], *, debug: bool = False) -> None:
+        """Unload ``model`` from memory (nothing happens when it is not loaded)."""
+        name = self._model(model).name
+        self._facts.pop(name, None)
+        self._unload(name, debug)
+
+    def iter_pull(self, model: Union[str, ModelConfig], *, debug: bool = False) -> Iterator[PullProgress]:
+        """Download ``model``, yielding PullProgress records as the server reports them.
+
+        A model the server already has finishes at once.  A failure is a
+        DownloadError (or ModelNotFoundError for a name the registry does not know).
+        """
+        return self._pull(self._model(model).name, debug)
+
+    def pull_model(self, model: Union[str, ModelConfig], *, progress: Optional[Callable[[PullProgress], Any]] = None,
+                   debug: bool = False) -> PullProgress:
+        """Download ``model``; call ``progress(record)`` for each PullProgress; return the last record."""
+        last = None
+        for record in self.iter_pull(model, debug=debug):
+            last = record
+            if progress is not None:
+                progress(record)
+        if last is None:
+            raise DownloadError("%s reported nothing while downloading %r" % (self.title, self._model(model).name))
+        return last
+
+    def _model_info(self, name: str, debug: bool) -> ModelInfo:
+        for info in self.list_model_info(debug=debug):
+            if self.same_model(name, info.name):
+                return info
+        matches = self.close_matches(name)
+        raise ModelNotFoundError("model %r is not available on %s at %s. %s%s" % (
+            name, self.title, self.base_url, self.download_hint(name),
+            (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
+            model=name, host=self.base_url, suggestions=matches)
+
+    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
+        return [ModelInfo(name, source=self.models_path) for name in self.list_models(debug=debug)]
+
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
+        raise self._unsupported("load a model", self.models_path, "", self.load_hint(name, context_length))
+
+    def _unload(self, name: str, debug: bool) -> None:
+        raise self._unsupported("unload a model", self.models_path, "", self.load_hint(name, None))
+
+    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
+        raise self._unsupported("download a model", self.models_path, "", self.download_hint(name))
+
+    def load_hint(self, model: str, context_length: Optional[int]) -> str:
+        """How to load a model by hand on this server."""
+        return "Load it in the server's own way."
+
+    def _unsupported(self, what: str, path: str, needed: str, manual: str) -> UnsupportedEndpointError:
+        return UnsupportedEndpointError("%s at %s cannot %s over its API%s. %s" % (
+            self.title, self.base_url, what, (" (%s needs %s)" % (path, needed)) if needed else "", manual),
+            path=path, needed=needed, manual=manual)
+
+    def _call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, debug: bool = False,
+              model: str = "", optional: bool = False, needed: str = "", manual: str = "") -> Any:
+        """One JSON request to a model endpoint; return the parsed answer.
+
+        A 404 that is not about the model means the server lacks the endpoint:
+        with ``optional`` that returns None (and says so in a debug line), else
+        it is an UnsupportedEndpointError naming the version ``needed`` and the
+        ``manual`` way.
+        """
+        def describe(status: int, body: str, model_name: str) -> ProviderError:
+            message = _server_message(body)
+            if status in (404, 405, 501) and not (model_name and self._is_model_not_found(status, message, body)):
+                return UnsupportedEndpointError(
+                    "%s at %s has no %s %s (HTTP %d: %s)%s. %s" % (
+                        self.title, self.base_url, method, path, status, message,
+                        "; it needs %s" % needed if needed else "", manual or self.wrong_server_hint),
+                    path=path, needed=needed, manual=manual, status=status, server_message=message, body=body)
+            return self._failure(status, body, model_name)
+
+        if debug:
+            _debug("request %s %s%s payload=%s", method, self.base_url, path,
+                   json.dumps(payload, ensure_ascii=False) if payload is not None else "(none)")
+        try:
+            response = self.transport.request(method, path, payload, debug=debug, describe_failure=describe,
+                                              model=model)
+        except UnsupportedEndpointError as exc:
+            if not optional:
+                raise
+            logger.debug("%s at %s has no %s (%s); that source of model facts is skipped", self.title,
+                         self.base_url, path, exc.server_message)
+            if debug:
+                _debug("%s has no %s (HTTP %s); falling back", self.title, path, exc.status)
+            return None
+        return self._read_answer(response, path, lambda data: data, model)[1]
+
+    def _json_events(self, path: str, payload: Dict[str, Any], *, debug: bool = False,
+                     model: str = "") -> Iterator[Dict[str, Any]]:
+        """Send a streamed POST and yield each NDJSON line as a dict; an ``{"error": ...}`` line raises.
+
+        Built from the chat stream's pieces (transport, body chunks, StreamDecoder).
+        """
+        response = self.transport.request("POST", path, payload, stream=True, debug=debug,
+                                          describe_failure=self._failure, model=model)
+        chunks = _iter_body_chunks(response)
+        decoder = StreamDecoder("ndjson")
+        complete = False
+        try:
+            while True:
+                try:
+                    chunk = next(chunks, None)
+                except Exception as exc:
+                    raise self._stream_broken(exc, 0) from exc
+                for data in (decoder.feed(chunk) if chunk is not None else decoder.flush()):
+                    try:
+                        event = _parse_json(data)
+                    except (ValueError, RecursionError):
+                        raise ProviderResponseError("%s sent a line that is not JSON on %s: %r" % (
+                            self.title, path, data[:200]), body=data.decode("utf-8", "replace")) from None
+                    if not isinstance(event, dict) or "error" in event:
+                        text = self.transport.scrub(data.decode("utf-8", "replace"))
+                        raise self._in_band_error(path, model, _server_message(text), text)
+                    yield event
+                if chunk is None:
+                    complete = True
+                    return
+        finally:
+            _finish_stream(response, chunks, complete)
+
+    def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
+        return ProviderResponseError("%s reported an error on %s for %r: %s" % (self.title, path, model, message),
+                                     server_message=message, body=body)
+
+    def _known_context(self, model: ModelConfig) -> Optional[int]:
+        """The context a request for ``model`` meets, when already known without asking the server."""
+        info = self._facts.get(model.name)
+        return info.usable_context if info is not None else None
+
+    def _debug_context(self, model: ModelConfig) -> str:
+        """For debug output: the model's context, looked up once (debug mode only) and then remembered."""
+        if model.name not in self._facts and self._known_context(model) is None:
+            try:
+                self.model_info(model)
+            except ProviderError as exc:
+                return "context unknown (%s)" % _shorten(str(exc), 80)
+        context = self._known_context(model)
+        return "model context %s tokens" % context if context else "context not reported by the server"
+
+    def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
+                   finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
+        """After a reply: raise (or warn) when the server's own numbers show the prompt did not fit."""
+
+    def _context_error(self, status: Optional[int], body: str, model: str) -> Optional[ContextLengthError]:
+        """A ContextLengthError when an error answer says the prompt did not fit the context, else None."""
+        message = _server_message(body)
+        parsed = _parse_overflow(message, body)
+        if parsed is None:
+            return None
+        prompt, context = parsed
+        return ContextLengthError("%s model %r: the prompt%s does not fit the context%s (%s): %s. %s" % (
+            self.title, model, " (%d tokens)" % prompt if prompt else "",
+            " it is loaded with (%d tokens)" % context if context else "",
+            "HTTP %d" % status if status else "an error in the reply", message.rstrip(". "),
+            self.context_hint(model, prompt)), prompt_tokens=prompt, context_length=context,
+            status=status, server_message=message, body=body)
+
+    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
+        """The one thing to change when a prompt does not fit ``model``'s context."""
+        return "Shorten the prompt, or give the model a larger context."
+
     # --- shared machinery -----------------------------------------------------
 
     def _model(self, model: Union[str, ModelConfig]) -> ModelConfig:
@@ -1656,9 +2055,9 @@ class BaseProvider:
         payload.update(self._extra_payload(stream))
         payload.update(map_parameters(model.parameters, self.provider))
         if debug:
-            chars = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 0 for m in messages)
-            _debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token)",
-                   self.title, model.name, self.base_url, len(messages), chars // 4 + 1)
+            _debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token); %s",
+                   self.title, model.name, self.base_url, len(messages), _estimate_tokens(messages),
+                   self._debug_context(model))
             for index, message in enumerate(messages):
                 _debug("  message %d [%s]: %s", index, message.get("role"), message.get("content"))
             _debug("request POST %s%s headers=%s payload=%s", self.base_url, self.chat_path,
@@ -1720,7 +2119,19 @@ class BaseProvider:
                 state: Any) -> Iterator[str]:
         """The one streaming loop: yields content pieces, records the rest in ``state``."""
         payload = self._payload(messages, model, stream=True, debug=debug)  # validate before the first next()
-        return self._stream_events(payload, model, debug, state)
+        return self._fit_checked(self._stream_events(payload, model, debug, state), payload, model, state)
+
+    def _fit_checked(self, pieces: Iterator[str], payload: Dict[str, Any], model: ModelConfig,
+                     state: Any) -> Iterator[str]:
+        """Pass a stream's pieces on, then check that the prompt fitted (Ollama reports it only at the end)."""
+        count = 0
+        try:
+            for piece in pieces:
+                count += 1
+                yield piece
+        finally:
+            pieces.close()  # type: ignore[attr-defined]
+        self._check_fit(payload, model, state.usage, state.finish_reason, count > 0)
 
     def _stream_events(self, payload: Dict[str, Any], model: ModelConfig, debug: bool,
                        state: Any) -> Iterator[str]:
@@ -1828,12 +2239,18 @@ class BaseProvider:
     def _stream_error(self, data: bytes, model: ModelConfig) -> ProviderError:
         text = self.transport.scrub(data.decode("utf-8", "replace"))
         message = _server_message(text)
+        overflow = self._context_error(None, text, model.name)
+        if overflow is not None:
+            return overflow
         return ProviderResponseError("%s reported an error in the middle of the stream for model %r: %s"
                                      % (self.title, model.name, message), server_message=message, body=text)
 
     def _failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
         """The exception for an error answer (``in_body``: an error object in a 200 response)."""
         body = self.transport.scrub(body)
+        overflow = self._context_error(status, body, model) if status != 404 else None
+        if overflow is not None:
+            return overflow
         message = _server_message(body)
         kwargs = dict(status=status, server_message=message, body=body)
         said = message.rstrip(". ")  # the server's words, followed by more sentences
@@ -1960,6 +2377,47 @@ class OpenAICompatibleProvider(BaseProvider):
     def _model_names(self, data: Any) -> List[str]:
         return [entry["id"] for entry in data["data"]]
 
+    # --- model facts: /v1/models, and llama.cpp's meta and /props ---------------
+
+    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
+        return ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: --ctx-size %d)."
+                % _suggest_context(prompt_tokens or 4096))
+
+    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
+        """From ``/v1/models``; llama.cpp's server adds ``meta`` (training and loaded context, size) and ``/props``."""
+        data = self._call("GET", self.models_path, debug=debug)
+        entries = data["data"] if isinstance(data, dict) and isinstance(data.get("data"), list) else []
+        props = self._call("GET", "/props", debug=debug, optional=True) if len(entries) == 1 else None
+        settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+        modalities = props.get("modalities") if isinstance(props, dict) else None
+        infos = []
+        for entry in entries:
+            meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+            inputs = (entry.get("architecture") or {}).get("input_modalities") if isinstance(
+                entry.get("architecture"), dict) else None
+            vision = modalities.get("vision") if isinstance(modalities, dict) else (
+                "image" in inputs if isinstance(inputs, list) else None)
+            loaded_context = _first_int(meta.get("n_ctx"), (settings or {}).get("n_ctx") if isinstance(
+                settings, dict) else None)
+            infos.append(ModelInfo(
+                str(entry["id"]), context_length=_first_int(meta.get("n_ctx_train")),
+                loaded=True if meta or props else None, loaded_context_length=loaded_context,
+                vision=vision if isinstance(vision, bool) else None,
+                quantization=meta.get("ftype") if isinstance(meta.get("ftype"), str) else None,
+                size_bytes=_first_int(meta.get("size")), source=self.models_path + (" + /props" if props else ""),
+                raw=entry))
+        if not entries or not any(info.context_length for info in infos):
+            logger.debug("%s at %s: %s reports no context lengths", self.title, self.base_url, self.models_path)
+        return infos
+
+    def server_version(self, *, debug: bool = False) -> Optional[str]:
+        """llama.cpp's build (``/props`` ``build_info``); None when the server reports no version."""
+        props = self._call("GET", "/props", debug=debug, optional=True)
+        version = props.get("build_info") if isinstance(props, dict) else None
+        if version is None:
+            logger.debug("%s at %s reports no version", self.title, self.base_url)
+        return version if isinstance(version, str) else None
+
 
 class LMStudioProvider(OpenAICompatibleProvider):
     """LM Studio's OpenAI-compatible server: ``/v1/chat/completions`` and ``/v1/models``.
@@ -1985,6 +2443,153 @@ class LMStudioProvider(OpenAICompatibleProvider):
     def download_hint(self, model: str) -> str:
         return ("Download it in LM Studio (or  lms get %s), load it (lms load %s), and check the exact id "
                 "with  lms ls  (ids are case-sensitive)." % (model, model))
+
+    # --- model facts, loading, downloading: LM Studio's native REST API -----------
+
+    NATIVE_API_VERSION = "LM Studio 0.4.0 or later"
+    poll_interval = 1.0                 # seconds between download status polls
+    download_timeout = 24 * 3600.0      # the longest a download is waited for
+    _sleep = staticmethod(time.sleep)   # tests replace it
+
+    def load_hint(self, model: str, context_length: Optional[int]) -> str:
+        return "Load it by hand:  lms load %s%s" % (
+            model, " --context-length %d" % context_length if context_length else "")
+
+    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
+        size = _suggest_context(prompt_tokens or 4096)
+        return ("Load the model with a larger context:  lms load %s --context-length %d  (or provider.load_model(%r, "
+                "context_length=%d)), or shorten the prompt." % (model, size, model, size))
+
+    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
+        """``/api/v1/models`` (LM Studio 0.4+), else ``/api/v0/models`` (0.3.6+), else ``/v1/models``."""
+        data = self._call("GET", "/api/v1/models", debug=debug, optional=True)
+        if isinstance(data, dict) and isinstance(data.get("models"), list):
+            return [_lm_studio_v1_info(entry) for entry in data["models"]]
+        data = self._call("GET", "/api/v0/models", debug=debug, optional=True)
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            return [_lm_studio_v0_info(entry) for entry in data["data"]]
+        logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models (LM Studio before 0.3.6, or another "
+                     "server): only /v1/models facts", self.title, self.base_url)
+        return super()._list_model_info(debug)
+
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
+        if keep_alive is not None:
+            logger.warning("LM Studio's /api/v1/models/load takes no keep-alive; keep_alive=%r not sent (LM Studio "
+                           "applies a ttl= model parameter when a chat request loads the model)", keep_alive)
+        payload: Dict[str, Any] = {"model": name, "echo_load_config": True}
+        if context_length is not None:
+            payload["context_length"] = context_length
+        answer = self._call("POST", "/api/v1/models/load", payload, debug=debug, model=name,
+                            needed=self.NATIVE_API_VERSION, manual=self.load_hint(name, context_length))
+        config = (answer.get("load_config") or answer.get("config") or {}) if isinstance(answer, dict) else {}
+        try:
+            info = self._model_info(name, debug)
+        except ModelNotFoundError:
+            info = ModelInfo(name, source="/api/v1/models/load")
+        info.loaded = True
+        info.loaded_context_length = _first_int(config.get("context_length"), context_length,
+                                                info.loaded_context_length)
+        return info
+
+    def _unload(self, name: str, debug: bool) -> None:
+        """Unload every loaded instance of ``name`` (or the instance whose id ``name`` is)."""
+        data = self._call("GET", "/api/v1/models", debug=debug, needed=self.NATIVE_API_VERSION,
+                          manual="Unload it by hand:  lms unload %s" % name)
+        instances = [instance["id"] for entry in data["models"] if entry.get("key") == name
+                     for instance in entry.get("loaded_instances") or []]
+        if not instances and any(instance.get("id") == name for entry in data["models"]
+                                 for instance in entry.get("loaded_instances") or []):
+            instances = [name]
+        if not instances:
+            logger.info("%s model %r is not loaded; nothing to unload", self.title, name)
+        for instance_id in instances:
+            self._call("POST", "/api/v1/models/unload", {"instance_id": instance_id}, debug=debug, model=name,
+                       needed=self.NATIVE_API_VERSION, manual="lms unload %s" % instance_id)
+
+    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
+        answer = self._call("POST", "/api/v1/models/download", {"model": name}, debug=debug, model=name,
+                            needed=self.NATIVE_API_VERSION, manual="Download it by hand:  lms get %s" % name)
+        return self._download_progress(name, answer, debug)
+
+    def _download_progress(self, name: str, job: Any, debug: bool) -> Iterator[PullProgress]:
+        """Poll the download job until it completes or fails, yielding its progress; bounded in time."""
+        deadline = time.monotonic() + self.download_timeout
+        failures = 0
+        while True:
+            status = job.get("status") if isinstance(job, dict) else None
+            record = PullProgress(str(status), _first_int(job.get("downloaded_bytes")),
+                                  _first_int(job.get("total_size_bytes")), job.get("job_id"))
+            yield record
+            if status in ("completed", "already_downloaded"):
+                return
+            if status == "failed" or not job.get("job_id"):
+                raise DownloadError("%s could not download %r (status %r): %s" % (
+                    self.title, name, status, _shorten(json.dumps(job), 200)), server_message=str(status),
+                    body=json.dumps(job))
+            if time.monotonic() > deadline:
+                raise DownloadError("downloading %r from %s did not finish within %g s; it goes on in LM Studio "
+                                    "(see lms get / the Downloads panel)" % (name, self.title, self.download_timeout))
+            self._sleep(self.poll_interval)
+            path = "/api/v1/models/download/status/%s" % job["job_id"]
+            try:
+                job = self._call("GET", path, debug=debug)
+                failures = 0
+            except (ProviderConnectionError, ProviderTimeoutError, ProviderResponseError) as exc:
+                if isinstance(exc, ProviderResponseError) and exc.status not in (500, 502, 503, 504):
+                    raise DownloadError("%s lost track of the download of %r: %s" % (self.title, name, exc),
+                                        status=exc.status, server_message=exc.server_message, body=exc.body) from exc
+                failures += 1
+                if failures > 3:
+                    raise DownloadError("asking %s about the download of %r failed %d times in a row: %s" % (
+                        self.title, name, failures, exc)) from exc
+                logger.info("download status of %r not available (%s); asking again", name, _one_line(exc))
+
+    def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
+                   finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
+        """LM Studio answers some prompts too long for the loaded context with an empty 200 and no finish reason."""
+        if has_text or finish_reason is not None:
+            return
+        estimate = _estimate_tokens(payload.get("messages") or [])
+        context = self._known_context(model)
+        raise ContextLengthError(
+            "%s model %r returned no text and no finish reason, which is how LM Studio answers a prompt that does "
+            "not fit the context the model is loaded with (the prompt is about %d tokens%s). %s" % (
+                self.title, model.name, estimate, "; the loaded context is %d" % context if context else "",
+                self.context_hint(model.name, estimate)),
+            prompt_tokens=estimate, context_length=context, estimated=True, result=result,
+            server_message="empty reply without finish_reason")
+
+
+def _lm_studio_v1_info(entry: Mapping[str, Any]) -> ModelInfo:
+    """A ModelInfo from one entry of LM Studio's ``GET /api/v1/models``."""
+    instances = entry.get("loaded_instances") or []
+    loaded_context = _first_int(*[(i.get("config") or {}).get("context_length") for i in instances])
+    capabilities = entry.get("capabilities") if isinstance(entry.get("capabilities"), dict) else {}
+    quantization = entry.get("quantization")
+    kind = entry.get("type")
+    return ModelInfo(
+        str(entry["key"]), context_length=_first_int(entry.get("max_context_length")), loaded=bool(instances),
+        loaded_context_length=loaded_context,
+        tools=capabilities.get("trained_for_tool_use") if "trained_for_tool_use" in capabilities else None,
+        vision=capabilities.get("vision") if "vision" in capabilities else None,
+        embedding=(kind == "embedding") if kind else None,
+        quantization=quantization.get("name") if isinstance(quantization, dict) else quantization,
+        size_bytes=_first_int(entry.get("size_bytes")), kind=kind, source="/api/v1/models", raw=dict(entry))
+
+
+def _lm_studio_v0_info(entry: Mapping[str, Any]) -> ModelInfo:
+    """A ModelInfo from one entry of LM Studio's ``GET /api/v0/models`` (type llm, vlm or embeddings)."""
+    kind = {"embeddings": "embedding"}.get(entry.get("type") or "", entry.get("type"))
+    state = entry.get("state")
+    capabilities = entry.get("capabilities")
+    return ModelInfo(
+        str(entry["id"]), context_length=_first_int(entry.get("max_context_length")),
+        loaded=(state == "loaded") if state else None,
+        loaded_context_length=_first_int(entry.get("loaded_context_length")) if state == "loaded" else None,
+        tools=("tool_use" in capabilities) if isinstance(capabilities, list) else None,
+        vision=(kind == "vlm") if kind in ("llm", "vlm") else (False if kind == "embedding" else None),
+        embedding=(kind == "embedding") if kind else None, quantization=entry.get("quantization"),
+        kind=kind, source="/api/v0/models", raw=dict(entry))
 
 
 class OllamaProvider(BaseProvider):
@@ -2031,6 +2636,147 @@ class OllamaProvider(BaseProvider):
     def _model_names(self, data: Any) -> List[str]:
         return [entry["name"] for entry in data["models"]]
 
+    # --- model facts, loading, downloading: /api/show, /api/ps, /api/pull ---------
+
+    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
+                 api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error"):
+        """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (the default)
+        raises ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Other options as
+        for BaseProvider."""
+        if on_truncation not in ("error", "warn"):
+            raise InvalidInputError("on_truncation must be 'error' or 'warn', got %r" % (on_truncation,))
+        super().__init__(host, timeout, api_key, max_retries)
+        self.on_truncation = on_truncation
+        self._ps_seen: Dict[str, Tuple[float, Optional[int]]] = {}  # model key -> (when, loaded context)
+
+    def load_hint(self, model: str, context_length: Optional[int]) -> str:
+        return "Run it once by hand:  ollama run %s%s" % (
+            model, "  (then /set parameter num_ctx %d)" % context_length if context_length else "")
+
+    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
+        size = _suggest_context(prompt_tokens or 4096)
+        return ("Raise num_ctx: ollama://%s?num_ctx=%d (or load_model(%r, context_length=%d)), or shorten the "
+                "prompt." % (model, size, model, size))
+
+    def server_version(self, *, debug: bool = False) -> Optional[str]:
+        """Ollama's version from ``/api/version``, e.g. ``"0.24.0"``."""
+        data = self._call("GET", "/api/version", debug=debug, optional=True)
+        version = data.get("version") if isinstance(data, dict) else None
+        return version if isinstance(version, str) else None
+
+    def _model_info(self, name: str, debug: bool) -> ModelInfo:
+        show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
+        tags = self._call("GET", self.models_path, debug=debug, optional=True)
+        listed = [e for e in (tags or {}).get("models") or [] if self.same_model(name, str(e.get("name")))]
+        return _ollama_info(name, show, self._running(debug), listed[0] if listed else {})
+
+    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
+        tags = self._call("GET", self.models_path, debug=debug)
+        running = self._running(debug)
+        infos = []
+        for entry in tags["models"]:
+            name = str(entry["name"])
+            show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
+            infos.append(_ollama_info(name, show, running, entry))
+        return infos
+
+    def _running(self, debug: bool) -> Optional[List[Dict[str, Any]]]:
+        """``/api/ps``'s models (None when the server has no /api/ps); remembers each one's loaded context."""
+        data = self._call("GET", "/api/ps", debug=debug, optional=True)
+        if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+            return None
+        now = time.monotonic()
+        for entry in data["models"]:
+            if isinstance(entry, dict) and not _is_past(entry.get("expires_at")):
+                self._ps_seen[_ollama_key(str(entry.get("name")))] = (now, _first_int(entry.get("context_length")))
+        return [entry for entry in data["models"] if isinstance(entry, dict)]
+
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
+        """An empty chat request loads the model (``done_reason: "load"``), with ``num_ctx`` when given."""
+        payload: Dict[str, Any] = {"model": name, "messages": [], "stream": False}
+        if keep_alive is not None:
+            payload["keep_alive"] = _convert("keep_alive", keep_alive, "duration", "ollama")
+        if context_length is not None:
+            payload["options"] = {"num_ctx": context_length}
+        self._call("POST", self.chat_path, payload, debug=debug, model=name)
+        info = self._model_info(name, debug)
+        if context_length is not None and info.loaded_context_length is None:
+            info.loaded_context_length = context_length
+        return info
+
+    def _unload(self, name: str, debug: bool) -> None:
+        """``keep_alive: 0`` with no prompt unloads the model (``done_reason: "unload"``)."""
+        self._call("POST", "/api/generate", {"model": name, "keep_alive": 0}, debug=debug, model=name)
+        self._ps_seen.pop(_ollama_key(name), None)
+
+    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
+        """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``."""
+        events = self._json_events("/api/pull", {"model": name, "stream": True}, debug=debug, model=name)
+        return self._pull_progress(name, events)
+
+    def _pull_progress(self, name: str, events: Iterator[Dict[str, Any]]) -> Iterator[PullProgress]:
+        status = None
+        for event in events:
+            status = str(event.get("status", ""))
+            yield PullProgress(status, _first_int(event.get("completed")), _first_int(event.get("total")),
+                               event.get("digest") if isinstance(event.get("digest"), str) else None)
+        if status != "success":
+            raise DownloadError("%s stopped reporting on the download of %r before it succeeded (last status: %r); "
+                                "run  ollama pull %s  to finish it" % (self.title, name, status, name),
+                                server_message=status)
+
+    def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
+        if "file does not exist" in message or "not found" in message:
+            return ModelNotFoundError("%s could not download %r: %s. Check the name on https://ollama.com/library"
+                                      % (self.title, model, message), model=model, host=self.base_url,
+                                      server_message=message, body=body)
+        return DownloadError("%s reported an error while downloading %r: %s" % (self.title, model, message),
+                             server_message=message, body=body)
+
+    def _loaded_context(self, model: ModelConfig) -> Optional[int]:
+        """The context the model is loaded with: from /api/ps, asked at most every 30 s (only when needed)."""
+        key = _ollama_key(model.name)
+        seen = self._ps_seen.get(key)
+        if seen is None or time.monotonic() - seen[0] > 30.0:
+            try:
+                self._running(False)
+            except ProviderError:
+                return None
+            seen = self._ps_seen.get(key)
+        return seen[1] if seen else None
+
+    def _known_context(self, model: ModelConfig) -> Optional[int]:
+        num_ctx = model.parameters.get("num_ctx")
+        if isinstance(num_ctx, int):
+            return num_ctx
+        seen = self._ps_seen.get(_ollama_key(model.name))
+        return seen[1] if seen and seen[1] else super()._known_context(model)
+
+    def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
+                   finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
+        """Ollama cuts a prompt longer than ``num_ctx`` and says so only in its log.  The sign: the server
+        evaluated a whole context's worth of prompt tokens while the prompt is estimated clearly larger."""
+        evaluated = (usage or {}).get("prompt_tokens")
+        estimate = _estimate_tokens(payload.get("messages") or [])
+        if not evaluated or estimate <= evaluated * 1.2:
+            return
+        options = payload.get("options") or {}
+        context = _first_int(options.get("num_ctx"))
+        if context is None and evaluated >= 256:  # no context is that small: only then is /api/ps worth asking
+            context = self._loaded_context(model)
+        if not context or evaluated < context - min(64, context // 32):
+            return
+        message = ("%s truncated the prompt for model %r: it evaluated %d prompt tokens, the whole context "
+                   "(num_ctx %d), but the prompt is about %d tokens, so its beginning was dropped and the reply "
+                   "answers a different prompt. %s" % (self.title, model.name, evaluated, context, estimate,
+                                                       self.context_hint(model.name, estimate)))
+        if self.on_truncation == "warn":
+            logger.warning(message)
+            return
+        raise ContextLengthError(message + " (To get the reply anyway: OllamaProvider(on_truncation='warn'); this "
+                                 "error's .result holds it.)", prompt_tokens=estimate, context_length=context,
+                                 estimated=True, result=result, server_message="prompt_eval_count=%d" % evaluated)
+
 
 def _ollama_key(name: str) -> str:
     name = name.strip().lower()
@@ -2041,6 +2787,30 @@ def _ollama_key(name: str) -> str:
     if ":" not in name.rsplit("/", 1)[-1]:
         name += ":latest"
     return name
+
+
+def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict[str, Any]]],
+                 listed: Mapping[str, Any]) -> ModelInfo:
+    """A ModelInfo from Ollama's ``/api/show`` answer, its ``/api/ps`` models and its ``/api/tags`` entry."""
+    facts = show.get("model_info") if isinstance(show.get("model_info"), dict) else {}
+    architecture = facts.get("general.architecture")
+    details = show.get("details") if isinstance(show.get("details"), dict) else {}
+    capabilities = show.get("capabilities")
+    has = (lambda cap: cap in capabilities) if isinstance(capabilities, list) else (lambda cap: None)
+    loaded = None if running is None else False
+    loaded_context = None
+    for entry in running or []:
+        if _ollama_key(str(entry.get("name"))) == _ollama_key(name) and not _is_past(entry.get("expires_at")):
+            loaded, loaded_context = True, _first_int(entry.get("context_length"))
+    kind = None
+    if isinstance(capabilities, list):
+        kind = "embedding" if "embedding" in capabilities else ("llm" if "completion" in capabilities else None)
+    return ModelInfo(
+        name, context_length=_first_int(facts.get("%s.context_length" % architecture)) if architecture else None,
+        loaded=loaded, loaded_context_length=loaded_context, tools=has("tools"), vision=has("vision"),
+        thinking=has("thinking"), embedding=has("embedding"),
+        quantization=details.get("quantization_level") or None, size_bytes=_first_int(listed.get("size")),
+        kind=kind, source="/api/show + /api/ps", raw=dict(show))
 
 
 def _ollama_usage(data: Mapping[str, Any]) -> Optional[Dict[str, int]]:
