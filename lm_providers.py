@@ -1601,6 +1601,12 @@ def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Op
     return None
 
 
+def _dict_at(mapping: Any, key: str) -> Dict[str, Any]:
+    """``mapping[key]`` when that is a JSON object, else an empty dict (servers leave fields out or null them)."""
+    value = mapping.get(key) if isinstance(mapping, Mapping) else None
+    return value if isinstance(value, dict) else {}
+
+
 def _first_int(*values: Any) -> Optional[int]:
     """The first value that is a whole number (not a bool), else None."""
     for value in values:
@@ -1623,7 +1629,10 @@ def _is_past(stamp: Any) -> bool:
         when = datetime.datetime.fromisoformat(match.group(1) + fraction.ljust(7, "0") + zone)
     except ValueError:
         return False
-    return when.timestamp() <= time.time()
+    return when.timestamp() <= _wall_clock()
+
+
+_wall_clock = time.time  # the time expires_at is compared with (tests set a recording's time)
 
 
 def _check_context_length(context_length: Optional[int]) -> None:
@@ -2388,17 +2397,15 @@ class OpenAICompatibleProvider(BaseProvider):
         data = self._call("GET", self.models_path, debug=debug)
         entries = data["data"] if isinstance(data, dict) and isinstance(data.get("data"), list) else []
         props = self._call("GET", "/props", debug=debug, optional=True) if len(entries) == 1 else None
-        settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+        settings = _dict_at(props, "default_generation_settings")
         modalities = props.get("modalities") if isinstance(props, dict) else None
         infos = []
         for entry in entries:
-            meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
-            inputs = (entry.get("architecture") or {}).get("input_modalities") if isinstance(
-                entry.get("architecture"), dict) else None
+            meta = _dict_at(entry, "meta")
+            inputs = _dict_at(entry, "architecture").get("input_modalities")
             vision = modalities.get("vision") if isinstance(modalities, dict) else (
                 "image" in inputs if isinstance(inputs, list) else None)
-            loaded_context = _first_int(meta.get("n_ctx"), (settings or {}).get("n_ctx") if isinstance(
-                settings, dict) else None)
+            loaded_context = _first_int(meta.get("n_ctx"), settings.get("n_ctx"))
             infos.append(ModelInfo(
                 str(entry["id"]), context_length=_first_int(meta.get("n_ctx_train")),
                 loaded=True if meta or props else None, loaded_context_length=loaded_context,
@@ -2515,24 +2522,18 @@ class LMStudioProvider(OpenAICompatibleProvider):
         """Poll the download job until it completes or fails, yielding its progress; bounded in time."""
         deadline = time.monotonic() + self.download_timeout
         failures = 0
-        while True:
-            status = job.get("status") if isinstance(job, dict) else None
-            record = PullProgress(str(status), _first_int(job.get("downloaded_bytes")),
-                                  _first_int(job.get("total_size_bytes")), job.get("job_id"))
-            yield record
-            if status in ("completed", "already_downloaded"):
-                return
-            if status == "failed" or not job.get("job_id"):
+        yield _job_progress(job)
+        while job.get("status") not in ("completed", "already_downloaded"):
+            if job.get("status") == "failed" or not job.get("job_id"):
                 raise DownloadError("%s could not download %r (status %r): %s" % (
-                    self.title, name, status, _shorten(json.dumps(job), 200)), server_message=str(status),
-                    body=json.dumps(job))
+                    self.title, name, job.get("status"), _shorten(json.dumps(job), 200)),
+                    server_message=str(job.get("status")), body=json.dumps(job))
             if time.monotonic() > deadline:
                 raise DownloadError("downloading %r from %s did not finish within %g s; it goes on in LM Studio "
                                     "(see lms get / the Downloads panel)" % (name, self.title, self.download_timeout))
             self._sleep(self.poll_interval)
-            path = "/api/v1/models/download/status/%s" % job["job_id"]
             try:
-                job = self._call("GET", path, debug=debug)
+                job = self._call("GET", "/api/v1/models/download/status/%s" % job["job_id"], debug=debug)
                 failures = 0
             except (ProviderConnectionError, ProviderTimeoutError, ProviderResponseError) as exc:
                 if isinstance(exc, ProviderResponseError) and exc.status not in (500, 502, 503, 504):
@@ -2543,6 +2544,8 @@ class LMStudioProvider(OpenAICompatibleProvider):
                     raise DownloadError("asking %s about the download of %r failed %d times in a row: %s" % (
                         self.title, name, failures, exc)) from exc
                 logger.info("download status of %r not available (%s); asking again", name, _one_line(exc))
+                continue
+            yield _job_progress(job)
 
     def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
                    finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
@@ -2560,11 +2563,19 @@ class LMStudioProvider(OpenAICompatibleProvider):
             server_message="empty reply without finish_reason")
 
 
+def _job_progress(job: Any) -> PullProgress:
+    """A PullProgress from an LM Studio download job (``/api/v1/models/download`` and its status)."""
+    if not isinstance(job, dict):
+        raise DownloadError("LM Studio answered a download request with %r instead of a job" % (job,))
+    return PullProgress(str(job.get("status")), _first_int(job.get("downloaded_bytes")),
+                        _first_int(job.get("total_size_bytes")), job.get("job_id"))
+
+
 def _lm_studio_v1_info(entry: Mapping[str, Any]) -> ModelInfo:
     """A ModelInfo from one entry of LM Studio's ``GET /api/v1/models``."""
     instances = entry.get("loaded_instances") or []
-    loaded_context = _first_int(*[(i.get("config") or {}).get("context_length") for i in instances])
-    capabilities = entry.get("capabilities") if isinstance(entry.get("capabilities"), dict) else {}
+    loaded_context = _first_int(*[_dict_at(i, "config").get("context_length") for i in instances])
+    capabilities = _dict_at(entry, "capabilities")
     quantization = entry.get("quantization")
     kind = entry.get("type")
     return ModelInfo(
@@ -2792,9 +2803,9 @@ def _ollama_key(name: str) -> str:
 def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict[str, Any]]],
                  listed: Mapping[str, Any]) -> ModelInfo:
     """A ModelInfo from Ollama's ``/api/show`` answer, its ``/api/ps`` models and its ``/api/tags`` entry."""
-    facts = show.get("model_info") if isinstance(show.get("model_info"), dict) else {}
+    facts = _dict_at(show, "model_info")
     architecture = facts.get("general.architecture")
-    details = show.get("details") if isinstance(show.get("details"), dict) else {}
+    details = _dict_at(show, "details")
     capabilities = show.get("capabilities")
     has = (lambda cap: cap in capabilities) if isinstance(capabilities, list) else (lambda cap: None)
     loaded = None if running is None else False
@@ -3233,6 +3244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     models.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
     models.add_argument("--provider", choices=["lm_studio", "ollama"], help="only this server kind")
     models.add_argument("--host", metavar="HOST:PORT", help="ask the server at this host")
+    models.add_argument("--long", "-l", action="store_true",
+                        help="a table of each model's facts: context, loaded, capabilities, quantization, size")
     generate = commands.add_parser(
         "generate", help="stream a reply to a prompt",
         description="Stream a model's reply to stdout as it arrives. Example: python -m lm_providers generate "
@@ -3249,6 +3262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "check", help="check servers, models and config (same as test_lm_studio_provider.py)",
         description="Check servers, models and config, and say what to do about each failure. Example: "
                     "python -m lm_providers check --model lm_studio://qwen2.5-7b-instruct"))
+    _add_model_commands(commands)
     options = parser.parse_args(argv)
     if options.command is None:
         parser.print_help()
@@ -3258,6 +3272,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if options.command == "models":
             return _cli_models(options)
+        if options.command in _MODEL_COMMANDS:
+            return _MODEL_COMMANDS[options.command](options)
         return _cli_generate(options)
     except ProviderError as exc:
         if getattr(options, "debug", False):
@@ -3282,12 +3298,16 @@ def _cli_models(options: Any) -> int:
             continue
         answered += 1
         print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))
+        if getattr(options, "long", False):
+            _print_model_table(provider.list_model_info(), sys.stdout)
+            continue
         for name in names:
             print("  " + name)
     return 0 if answered else 1
 
 
-def _cli_generate(options: Any) -> int:
+def _cli_model(options: Any) -> Tuple["BaseProvider", ModelConfig]:
+    """The provider and model that a command's URI_OR_ROLE argument (and --config, --timeout) name."""
     config = _load_config_option(options.config)
     model = config.models[options.model] if config and options.model in config.models else None
     if model is None:
@@ -3295,8 +3315,12 @@ def _cli_generate(options: Any) -> int:
             raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
                                     "config" % options.model)
         model = parse_model_uri(options.model)
-    provider_options = {"timeout": (5.0, options.timeout)} if options.timeout else {}
-    provider = get_provider(model, config, **provider_options)
+    provider_options = {"timeout": (5.0, options.timeout)} if getattr(options, "timeout", None) else {}
+    return get_provider(model, config, **provider_options), model
+
+
+def _cli_generate(options: Any) -> int:
+    provider, model = _cli_model(options)
     messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
         {"role": "user", "content": options.prompt}]
     if options.json is not None:
@@ -3312,6 +3336,150 @@ def _cli_generate(options: Any) -> int:
     if stream.finish_reason == "length":
         sys.stderr.write("(stopped at the token limit; raise max_tokens in the URI to get more)\n")
     return 0
+
+
+# --- model commands: info, load, unload, pull ---------------------------------------------------------------
+
+def _add_model_commands(commands: Any) -> None:
+    """The ``info``, ``load``, ``unload`` and ``pull`` subcommands."""
+    def command(name: str, help_text: str, example: str) -> Any:
+        parser = commands.add_parser(name, help=help_text, description="%s. Example: python -m lm_providers %s"
+                                     % (help_text[:1].upper() + help_text[1:], example))
+        parser.add_argument("model", metavar="URI_OR_ROLE", help="a model URI such as ollama://llama3, or a role")
+        parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
+        parser.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
+        parser.add_argument("--debug", action="store_true", help="log every request and response to stderr")
+        return parser
+
+    info = command("info", "show what the server reports about a model", "info ollama://llama3 --json")
+    info.add_argument("--json", action="store_true", help="print the facts as JSON")
+    load = command("load", "load a model, optionally with a context length",
+                   "load lm_studio://qwen2.5-7b-instruct --context-length 16384")
+    load.add_argument("--context-length", type=int, metavar="TOKENS", help="the context to load it with")
+    load.add_argument("--keep-alive", metavar="DURATION",
+                      help="Ollama: how long it stays loaded when idle, e.g. 10m or -1 (for ever)")
+    command("unload", "unload a model from memory", "unload ollama://llama3")
+    command("pull", "download a model, showing its progress", "pull ollama://llama3.2")
+
+
+def _cli_info(options: Any) -> int:
+    provider, model = _cli_model(options)
+    info = provider.model_info(model, debug=options.debug)
+    if options.json:
+        print(json.dumps(info.as_dict(), indent=2))
+        return 0
+    print("%s at %s:" % (provider.title, provider.base_url))
+    for name, value in info.as_dict().items():
+        shown = _human_bytes(value) if name == "size_bytes" and value is not None else value
+        print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
+    return 0
+
+
+def _cli_load(options: Any) -> int:
+    provider, model = _cli_model(options)
+    keep_alive = options.keep_alive
+    if keep_alive is not None and _INT_RE.match(keep_alive.strip()):
+        keep_alive = int(keep_alive)
+    info = provider.load_model(model, context_length=options.context_length, keep_alive=keep_alive,
+                               debug=options.debug)
+    print("loaded %s on %s at %s (context %s)" % (info.name, provider.title, provider.base_url,
+                                                  info.loaded_context_length or "not reported"))
+    return 0
+
+
+def _cli_unload(options: Any) -> int:
+    provider, model = _cli_model(options)
+    provider.unload_model(model, debug=options.debug)
+    print("unloaded %s on %s at %s" % (model.name, provider.title, provider.base_url))
+    return 0
+
+
+def _cli_pull(options: Any) -> int:
+    provider, model = _cli_model(options)
+    display = _PullDisplay(sys.stdout, sys.stdout.isatty())
+    try:
+        last = provider.pull_model(model, progress=display, debug=options.debug)
+    finally:
+        display.finish()
+    print("%s: %s" % (model.name, last.status))
+    return 0
+
+
+_MODEL_COMMANDS = {"info": _cli_info, "load": _cli_load, "unload": _cli_unload, "pull": _cli_pull}
+
+
+class _PullDisplay:
+    """Shows PullProgress records: one redrawn bar line on a terminal (bytes, percent, rate), else plain
+    lines, one for each new status and each further tenth of a file."""
+
+    def __init__(self, out: Any, tty: bool, clock: Callable[[], float] = time.monotonic):
+        self.out, self.tty, self.clock = out, tty, clock
+        self.started: Dict[Any, Tuple[float, int]] = {}  # per file: when, and bytes, it was first seen
+        self.last_line = ("", -1)
+        self.drawn = False
+
+    def __call__(self, record: PullProgress) -> None:
+        fraction = record.fraction
+        if fraction is None:
+            self._line(record.status, record.status, -1)
+            return
+        key = record.digest or record.status
+        now = self.clock()
+        first = self.started.setdefault(key, (now, record.completed or 0))
+        rate = ((record.completed or 0) - first[1]) / (now - first[0]) if now - first[0] > 0.5 else None
+        text = "%s  %5.1f%%  %s / %s%s" % (_shorten(record.status, 28), fraction * 100,
+                                            _human_bytes(record.completed or 0), _human_bytes(record.total or 0),
+                                            "  %s/s" % _human_bytes(int(rate)) if rate is not None else "")
+        if self.tty:
+            bar = "#" * int(fraction * 20)
+            self.out.write("\r[%-20s] %s\x1b[K" % (bar, text))
+            self.out.flush()
+            self.drawn = True
+        else:
+            self._line(record.status, text, int(fraction * 10))
+
+    def _line(self, status: str, text: str, tenth: int) -> None:
+        if (status, tenth) == self.last_line:
+            return
+        self.last_line = (status, tenth)
+        if self.drawn:
+            self.out.write("\n")
+            self.drawn = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        """End a bar left on the screen."""
+        if self.drawn:
+            self.out.write("\n")
+            self.drawn = False
+
+
+def _human_bytes(count: int) -> str:
+    """``1536`` -> ``"1.5 KB"`` (powers of 1000, as download sizes are given)."""
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000 or unit == "GB":
+            return ("%d %s" if unit == "B" else "%.1f %s") % (value, unit)
+        value /= 1000
+    return "%.1f GB" % value
+
+
+def _print_model_table(infos: Sequence[ModelInfo], out: Any) -> None:
+    """The ``models --long`` table: one row of facts per model; '?' where the server does not say."""
+    def cell(value: Any) -> str:
+        return "?" if value is None else str(value)
+
+    rows = [("NAME", "CONTEXT", "LOADED", "CAPABILITIES", "QUANT", "SIZE", "KIND")]
+    for info in infos:
+        loaded = "?" if info.loaded is None else (
+            "no" if not info.loaded else "yes (%s)" % cell(info.loaded_context_length))
+        rows.append((info.name, cell(info.context_length), loaded, ",".join(sorted(info.capabilities)) or "-",
+                     cell(info.quantization), _human_bytes(info.size_bytes) if info.size_bytes else "?",
+                     cell(info.kind)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  " + "  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() + "\n")
 
 
 if __name__ == "__main__":
