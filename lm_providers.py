@@ -2516,7 +2516,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
     def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
         answer = self._call("POST", "/api/v1/models/download", {"model": name}, debug=debug, model=name,
                             needed=self.NATIVE_API_VERSION, manual="Download it by hand:  lms get %s" % name)
-        return self._download_progress(name, answer, debug)
+        yield from self._download_progress(name, answer, debug)
 
     def _download_progress(self, name: str, job: Any, debug: bool) -> Iterator[PullProgress]:
         """Poll the download job until it completes or fails, yielding its progress; bounded in time."""
@@ -2525,9 +2525,10 @@ class LMStudioProvider(OpenAICompatibleProvider):
         yield _job_progress(job)
         while job.get("status") not in ("completed", "already_downloaded"):
             if job.get("status") == "failed" or not job.get("job_id"):
+                text = self.transport.scrub(json.dumps(job))
                 raise DownloadError("%s could not download %r (status %r): %s" % (
-                    self.title, name, job.get("status"), _shorten(json.dumps(job), 200)),
-                    server_message=str(job.get("status")), body=json.dumps(job))
+                    self.title, name, job.get("status"), _shorten(text, 200)),
+                    server_message=str(job.get("status")), body=text)
             if time.monotonic() > deadline:
                 raise DownloadError("downloading %r from %s did not finish within %g s; it goes on in LM Studio "
                                     "(see lms get / the Downloads panel)" % (name, self.title, self.download_timeout))
@@ -2687,7 +2688,11 @@ class OllamaProvider(BaseProvider):
         infos = []
         for entry in tags["models"]:
             name = str(entry["name"])
-            show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
+            try:
+                show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
+            except ProviderResponseError as exc:  # one broken model must not hide the others' facts
+                logger.debug("%s could not show %r (%s); its facts are left out", self.title, name, exc)
+                show = {}
             infos.append(_ollama_info(name, show, running, entry))
         return infos
 
@@ -3293,13 +3298,14 @@ def _cli_models(options: Any) -> int:
         provider = cls(host=resolve_host(kind, options.host, config), timeout=(5, 30))
         try:
             names = provider.list_models()
+            infos = provider.list_model_info() if getattr(options, "long", False) else None
         except ProviderError as exc:
             sys.stderr.write("%s at %s: %s\n" % (provider.title, provider.base_url, exc))
             continue
         answered += 1
         print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))
-        if getattr(options, "long", False):
-            _print_model_table(provider.list_model_info(), sys.stdout)
+        if infos is not None:
+            _print_model_table(infos, sys.stdout)
             continue
         for name in names:
             print("  " + name)

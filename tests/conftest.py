@@ -24,3 +24,16 @@ def server():
     """A scripted HTTP/1.1 server on 127.0.0.1 (see tests/loopback.py)."""
     with LoopbackServer() as srv:
         yield srv
+
+
+@pytest.fixture
+def fake_servers(monkeypatch):
+    """Both wire-shaped fakes (tests/fakes.py, with their model endpoints) on loopback, with LM_STUDIO_HOST and
+    OLLAMA_HOST pointing at them: ``(lm_studio_server, ollama_server)``."""
+    import fakes
+    with LoopbackServer() as lm, LoopbackServer() as ol:
+        fakes.lm_studio_native(fakes.lm_studio(lm))
+        fakes.ollama_native(fakes.ollama(ol))
+        monkeypatch.setenv("LM_STUDIO_HOST", lm.host)
+        monkeypatch.setenv("OLLAMA_HOST", ol.host)
+        yield lm, ol

@@ -7,18 +7,12 @@ import pytest
 
 import fakes
 import lm_providers as lmp
-from loopback import LoopbackServer
 
 
 @pytest.fixture
-def servers(monkeypatch, tmp_path):
+def servers(fake_servers, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no config.yaml
-    with LoopbackServer() as lm, LoopbackServer() as ol:
-        fakes.lm_studio_native(fakes.lm_studio(lm))
-        fakes.ollama_native(fakes.ollama(ol))
-        monkeypatch.setenv("LM_STUDIO_HOST", lm.host)
-        monkeypatch.setenv("OLLAMA_HOST", ol.host)
-        yield lm, ol
+    return fake_servers
 
 
 def test_info_prints_each_fact(servers, capsys):

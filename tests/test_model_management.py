@@ -720,3 +720,18 @@ def test_model_info_record():
     assert info == lmp.ModelInfo("m", context_length=8192, tools=True, thinking=False)
     assert json.loads(json.dumps(info.as_dict()))["name"] == "m"
     assert lmp.PullProgress("x", 5, 0).fraction is None
+
+
+def test_ollama_list_model_info_keeps_the_other_models_when_one_cannot_be_shown(rsps):
+    tags = exchange("04-tags").json
+    tags["models"].append(dict(tags["models"][0], name="broken:latest", model="broken:latest", size=7))
+    rsps.add("GET", OLLAMA + "/api/tags", json=tags)
+    rsps.add("GET", OLLAMA + "/api/ps", json={"models": []})
+    ex = exchange("05-show")
+    rsps.add("POST", OLLAMA + "/api/show", body=ex.body, content_type="application/json",
+             match=[responses.matchers.json_params_matcher({"model": "smollm2:latest"})])
+    rsps.add("POST", OLLAMA + "/api/show", json={"error": "unable to load model"}, status=500,
+             match=[responses.matchers.json_params_matcher({"model": "broken:latest"})])
+    smollm2, broken = lmp.OllamaProvider().list_model_info()
+    assert smollm2.context_length == 8192
+    assert broken.name == "broken:latest" and broken.size_bytes == 7 and broken.context_length is None

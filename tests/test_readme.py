@@ -39,13 +39,8 @@ def test_the_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 
 @pytest.fixture
-def servers(monkeypatch):
-    with LoopbackServer() as lm, LoopbackServer() as ol:
-        fakes.lm_studio_native(fakes.lm_studio(lm))
-        fakes.ollama_native(fakes.ollama(ol))
-        monkeypatch.setenv("LM_STUDIO_HOST", lm.host)
-        monkeypatch.setenv("OLLAMA_HOST", ol.host)
-        yield lm, ol
+def servers(fake_servers):
+    return fake_servers
 
 
 PYTHON_BLOCKS = fenced_blocks(README, "python")
