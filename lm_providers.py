@@ -2537,9 +2537,12 @@ class LMStudioProvider(OpenAICompatibleProvider):
                 job = self._call("GET", "/api/v1/models/download/status/%s" % job["job_id"], debug=debug)
                 failures = 0
             except (ProviderConnectionError, ProviderTimeoutError, ProviderResponseError) as exc:
-                if isinstance(exc, ProviderResponseError) and exc.status not in (500, 502, 503, 504):
+                status = getattr(exc, "status", None)
+                if status == 404:
                     raise DownloadError("%s lost track of the download of %r: %s" % (self.title, name, exc),
                                         status=exc.status, server_message=exc.server_message, body=exc.body) from exc
+                if status is not None and 400 <= status < 500:
+                    raise
                 failures += 1
                 if failures > 3:
                     raise DownloadError("asking %s about the download of %r failed %d times in a row: %s" % (
