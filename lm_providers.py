@@ -1588,17 +1588,32 @@ def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Op
     except ValueError:
         data = None
     error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and "context_length_exceeded" in (error.get("type"), error.get("code")):
-        return None, None
-    if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
-        prompt, context = error.get("n_prompt_tokens"), error.get("n_ctx")
-        return (prompt if isinstance(prompt, int) else None, context if isinstance(context, int) else None)
+    if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":  # llama.cpp: exact counts
+        return _first_int(error.get("n_prompt_tokens")), _first_int(error.get("n_ctx"))
     for pattern, prompt_group, context_group in _OVERFLOW_PATTERNS:
         match = pattern.search(message)
         if match:
             return ((int(match.group(prompt_group)) if prompt_group else None),
                     (int(match.group(context_group)) if context_group else None))
+    if isinstance(error, dict) and "context_length_exceeded" in (error.get("type"), error.get("code")):
+        return None, None  # OpenAI's code, in whatever words
     return None
+
+
+def _entries(data: Any, field: str, key: str) -> List[Dict[str, Any]]:
+    """The records of a listing (``data[field]``), each an object with ``key``; TypeError/KeyError otherwise
+    (which ``_read_answer`` reports as an answer of an unexpected shape)."""
+    entries = data[field]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and key in e for e in entries):
+        raise TypeError("%s is not a list of objects with %r" % (field, key))
+    return entries
+
+
+def _json_object(data: Any) -> Dict[str, Any]:
+    """``data`` if it is a JSON object; TypeError otherwise."""
+    if not isinstance(data, dict):
+        raise TypeError("not a JSON object")
+    return data
 
 
 def _dict_at(mapping: Any, key: str) -> Dict[str, Any]:
@@ -1906,8 +1921,10 @@ class BaseProvider:
             path=path, needed=needed, manual=manual)
 
     def _call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, debug: bool = False,
-              model: str = "", optional: bool = False, needed: str = "", manual: str = "") -> Any:
-        """One JSON request to a model endpoint; return the parsed answer.
+              model: str = "", optional: bool = False, needed: str = "", manual: str = "",
+              read: Callable[[Any], Any] = _json_object) -> Any:
+        """One JSON request to a model endpoint; return ``read(answer)`` (default: the answer, a JSON object).
+        An answer ``read`` cannot take is a ProviderResponseError saying so.
 
         A 404 that is not about the model means the server lacks the endpoint:
         with ``optional`` that returns None (and says so in a debug line), else
@@ -1938,7 +1955,7 @@ class BaseProvider:
             if debug:
                 _debug("%s has no %s (HTTP %s); falling back", self.title, path, exc.status)
             return None
-        return self._read_answer(response, path, lambda data: data, model)[1]
+        return self._read_answer(response, path, read, model)[1]
 
     def _json_events(self, path: str, payload: Dict[str, Any], *, debug: bool = False,
                      model: str = "") -> Iterator[Dict[str, Any]]:
@@ -1956,7 +1973,11 @@ class BaseProvider:
                 try:
                     chunk = next(chunks, None)
                 except Exception as exc:
-                    raise self._stream_broken(exc, 0) from exc
+                    error = self.transport.translate_exception(exc, self.base_url + path)
+                    if not isinstance(error, ProviderTimeoutError):
+                        error = ProviderResponseError("the stream from %s on %s broke off: %s" % (
+                            self.title, path, _short_reason(exc)), server_message=str(exc)[:300])
+                    raise error from exc
                 for data in (decoder.feed(chunk) if chunk is not None else decoder.flush()):
                     try:
                         event = _parse_json(data)
@@ -2394,8 +2415,7 @@ class OpenAICompatibleProvider(BaseProvider):
 
     def _list_model_info(self, debug: bool) -> List[ModelInfo]:
         """From ``/v1/models``; llama.cpp's server adds ``meta`` (training and loaded context, size) and ``/props``."""
-        data = self._call("GET", self.models_path, debug=debug)
-        entries = data["data"] if isinstance(data, dict) and isinstance(data.get("data"), list) else []
+        entries = self._call("GET", self.models_path, debug=debug, read=lambda data: _entries(data, "data", "id"))
         props = self._call("GET", "/props", debug=debug, optional=True) if len(entries) == 1 else None
         settings = _dict_at(props, "default_generation_settings")
         modalities = props.get("modalities") if isinstance(props, dict) else None
@@ -2469,12 +2489,14 @@ class LMStudioProvider(OpenAICompatibleProvider):
 
     def _list_model_info(self, debug: bool) -> List[ModelInfo]:
         """``/api/v1/models`` (LM Studio 0.4+), else ``/api/v0/models`` (0.3.6+), else ``/v1/models``."""
-        data = self._call("GET", "/api/v1/models", debug=debug, optional=True)
-        if isinstance(data, dict) and isinstance(data.get("models"), list):
-            return [_lm_studio_v1_info(entry) for entry in data["models"]]
-        data = self._call("GET", "/api/v0/models", debug=debug, optional=True)
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            return [_lm_studio_v0_info(entry) for entry in data["data"]]
+        infos: Optional[List[ModelInfo]] = self._call(
+            "GET", "/api/v1/models", debug=debug, optional=True,
+            read=lambda data: [_lm_studio_v1_info(entry) for entry in _entries(data, "models", "key")])
+        if infos is None:
+            infos = self._call("GET", "/api/v0/models", debug=debug, optional=True,
+                               read=lambda data: [_lm_studio_v0_info(entry) for entry in _entries(data, "data", "id")])
+        if infos is not None:
+            return infos
         logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models (LM Studio before 0.3.6, or another "
                      "server): only /v1/models facts", self.title, self.base_url)
         return super()._list_model_info(debug)
@@ -2500,12 +2522,13 @@ class LMStudioProvider(OpenAICompatibleProvider):
 
     def _unload(self, name: str, debug: bool) -> None:
         """Unload every loaded instance of ``name`` (or the instance whose id ``name`` is)."""
-        data = self._call("GET", "/api/v1/models", debug=debug, needed=self.NATIVE_API_VERSION,
-                          manual="Unload it by hand:  lms unload %s" % name)
-        instances = [instance["id"] for entry in data["models"] if entry.get("key") == name
-                     for instance in entry.get("loaded_instances") or []]
-        if not instances and any(instance.get("id") == name for entry in data["models"]
-                                 for instance in entry.get("loaded_instances") or []):
+        loaded = self._call("GET", "/api/v1/models", debug=debug, needed=self.NATIVE_API_VERSION,
+                            manual="Unload it by hand:  lms unload %s" % name,
+                            read=lambda data: [(entry["key"], str(instance["id"]))
+                                               for entry in _entries(data, "models", "key")
+                                               for instance in entry.get("loaded_instances") or []])
+        instances = [instance for key, instance in loaded if key == name]
+        if not instances and any(instance == name for _, instance in loaded):
             instances = [name]
         if not instances:
             logger.info("%s model %r is not loaded; nothing to unload", self.title, name)
@@ -2537,10 +2560,10 @@ class LMStudioProvider(OpenAICompatibleProvider):
                 job = self._call("GET", "/api/v1/models/download/status/%s" % job["job_id"], debug=debug)
                 failures = 0
             except (ProviderConnectionError, ProviderTimeoutError, ProviderResponseError) as exc:
-                status = getattr(exc, "status", None)
+                status = exc.status if isinstance(exc, ProviderResponseError) else None
                 if status == 404:
                     raise DownloadError("%s lost track of the download of %r: %s" % (self.title, name, exc),
-                                        status=exc.status, server_message=exc.server_message, body=exc.body) from exc
+                                        status=status, server_message=getattr(exc, "server_message", None)) from exc
                 if status is not None and 400 <= status < 500:
                     raise
                 failures += 1
@@ -2681,15 +2704,17 @@ class OllamaProvider(BaseProvider):
 
     def _model_info(self, name: str, debug: bool) -> ModelInfo:
         show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
-        tags = self._call("GET", self.models_path, debug=debug, optional=True)
-        listed = [e for e in (tags or {}).get("models") or [] if self.same_model(name, str(e.get("name")))]
+        entries = self._call("GET", self.models_path, debug=debug, optional=True,
+                             read=lambda data: _entries(data, "models", "name")) or []
+        listed = [e for e in entries if self.same_model(name, str(e["name"]))]
         return _ollama_info(name, show, self._running(debug), listed[0] if listed else {})
 
     def _list_model_info(self, debug: bool) -> List[ModelInfo]:
-        tags = self._call("GET", self.models_path, debug=debug)
+        entries = self._call("GET", self.models_path, debug=debug,
+                             read=lambda data: _entries(data, "models", "name"))
         running = self._running(debug)
         infos = []
-        for entry in tags["models"]:
+        for entry in entries:
             name = str(entry["name"])
             try:
                 show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
@@ -2701,14 +2726,13 @@ class OllamaProvider(BaseProvider):
 
     def _running(self, debug: bool) -> Optional[List[Dict[str, Any]]]:
         """``/api/ps``'s models (None when the server has no /api/ps); remembers each one's loaded context."""
-        data = self._call("GET", "/api/ps", debug=debug, optional=True)
-        if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-            return None
+        entries: Optional[List[Dict[str, Any]]] = self._call("GET", "/api/ps", debug=debug, optional=True,
+                                                              read=lambda data: _entries(data, "models", "name"))
         now = time.monotonic()
-        for entry in data["models"]:
-            if isinstance(entry, dict) and not _is_past(entry.get("expires_at")):
-                self._ps_seen[_ollama_key(str(entry.get("name")))] = (now, _first_int(entry.get("context_length")))
-        return [entry for entry in data["models"] if isinstance(entry, dict)]
+        for entry in entries or []:
+            if not _is_past(entry.get("expires_at")):
+                self._ps_seen[_ollama_key(str(entry["name"]))] = (now, _first_int(entry.get("context_length")))
+        return entries
 
     def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
         """An empty chat request loads the model (``done_reason: "load"``), with ``num_ctx`` when given."""

@@ -735,3 +735,20 @@ def test_ollama_list_model_info_keeps_the_other_models_when_one_cannot_be_shown(
     smollm2, broken = lmp.OllamaProvider().list_model_info()
     assert smollm2.context_length == 8192
     assert broken.name == "broken:latest" and broken.size_bytes == 7 and broken.context_length is None
+
+
+@pytest.mark.parametrize("url, body", [
+    (LMS + "/api/v1/models", {"models": [{"type": "llm"}]}),       # an entry without its key
+    (LMS + "/api/v1/models", {"models": "none"}),
+    (LMS + "/api/v1/models", ["not", "an", "object"]),
+])
+def test_a_listing_of_an_unexpected_shape_is_a_clear_error(rsps, url, body):
+    rsps.add("GET", url, json=body)
+    with pytest.raises(lmp.ProviderResponseError, match="unexpected shape"):
+        lmp.LMStudioProvider().list_model_info()
+
+
+def test_ollama_show_that_is_not_an_object_is_a_clear_error(rsps):
+    rsps.add("POST", OLLAMA + "/api/show", json=[1, 2])
+    with pytest.raises(lmp.ProviderResponseError, match="unexpected shape"):
+        lmp.OllamaProvider().model_info("smollm2")
