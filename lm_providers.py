@@ -2028,8 +2028,16 @@ class BaseProvider:
             self.title, model, " (%d tokens)" % prompt if prompt else "",
             " it is loaded with (%d tokens)" % context if context else "",
             "HTTP %d" % status if status else "an error in the reply", message.rstrip(". "),
-            self.context_hint(model, prompt)), prompt_tokens=prompt, context_length=context,
+            self._context_advice(model, prompt)), prompt_tokens=prompt, context_length=context,
             status=status, server_message=message, body=body)
+
+    def _context_advice(self, model: str, prompt_tokens: Optional[int]) -> str:
+        """``context_hint``, or, when the prompt is larger than the model can ever take, that it must be shorter."""
+        info = self._facts.get(model)
+        most = info.context_length if info is not None else None
+        if most and prompt_tokens and prompt_tokens > most:
+            return "The model supports at most %d tokens of context, so the prompt must get shorter." % most
+        return self.context_hint(model, prompt_tokens)
 
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
         """The one thing to change when a prompt does not fit ``model``'s context."""
@@ -2585,7 +2593,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
             "%s model %r returned no text and no finish reason, which is how LM Studio answers a prompt that does "
             "not fit the context the model is loaded with (the prompt is about %d tokens%s). %s" % (
                 self.title, model.name, estimate, "; the loaded context is %d" % context if context else "",
-                self.context_hint(model.name, estimate)),
+                self._context_advice(model.name, estimate)),
             prompt_tokens=estimate, context_length=context, estimated=True, result=result,
             server_message="empty reply without finish_reason")
 
@@ -2812,7 +2820,7 @@ class OllamaProvider(BaseProvider):
         message = ("%s truncated the prompt for model %r: it evaluated %d prompt tokens, the whole context "
                    "(num_ctx %d), but the prompt is about %d tokens, so its beginning was dropped and the reply "
                    "answers a different prompt. %s" % (self.title, model.name, evaluated, context, estimate,
-                                                       self.context_hint(model.name, estimate)))
+                                                       self._context_advice(model.name, estimate)))
         if self.on_truncation == "warn":
             logger.warning(message)
             return

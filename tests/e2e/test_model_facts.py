@@ -63,3 +63,10 @@ def test_debug_shows_the_context_next_to_the_estimate(tiny, tiny_server, caplog)
     caplog.set_level(logging.INFO, logger="lm_providers")
     tiny.generate_text([{"role": "user", "content": "hi"}], "lm_studio://%s?max_tokens=2" % TINY_ALIAS, debug=True)
     assert "prompt tokens (4 characters a token); model context %d tokens" % N_CTX in caplog.text
+
+
+def test_a_prompt_over_what_the_model_can_ever_take_says_to_shorten_it(tiny, tiny_server):
+    tiny.model_info(TINY_ALIAS)  # now the provider knows the model's most: 4096
+    with pytest.raises(lm_providers.ContextLengthError) as caught:
+        tiny.chat(LONG_PROMPT, "lm_studio://%s?max_tokens=5" % TINY_ALIAS)
+    assert "supports at most 4096 tokens of context, so the prompt must get shorter" in str(caught.value)
