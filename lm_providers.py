@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "ModelNotFoundError", "AuthenticationError", "JSONGenerationError",
     "EmbeddingNotSupportedError", "InputTooLongError",
     "ToolCallError", "ToolsNotSupportedError", "ToolLoopError",
+    "ContextLengthError", "UnsupportedEndpointError", "DownloadError",
     # model URIs and hosts
     "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",
     # parameters
@@ -52,6 +53,8 @@ __all__ = [
     "extract_json", "json_schema_for",
     "load_image", "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH",
     "ToolCall", "ToolRunResult", "tool_schema",
+    # model facts, loading and downloading
+    "ModelInfo", "PullProgress",
 ]
 
 logger = logging.getLogger("lm_providers")
@@ -129,6 +132,41 @@ class EmbeddingNotSupportedError(ProviderResponseError):
 
 class InputTooLongError(ProviderResponseError):
     """An input is longer than the model can take at once (its context, or llama.cpp's batch size)."""
+class ContextLengthError(ProviderResponseError):
+    """The prompt does not fit the model's context: the server refused it, or (Ollama) cut it.
+
+    ``prompt_tokens`` is the prompt's size (the server's count, or an estimate
+    when ``estimated`` is true), ``context_length`` the context it met (None
+    when the server did not say), and the message names the one thing to
+    change.  ``result`` holds the ChatResult of a reply the server did send
+    from a truncated prompt (Ollama), else None.
+    """
+
+    def __init__(self, message: str, prompt_tokens: Optional[int] = None, context_length: Optional[int] = None,
+                 estimated: bool = False, result: Any = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+        self.estimated = estimated
+        self.result = result
+
+
+class UnsupportedEndpointError(ProviderResponseError):
+    """The server has no endpoint for this call (HTTP 404): it is too old, or another kind of server.
+
+    ``path`` is the endpoint, ``needed`` the server version that has it and
+    ``manual`` the way to do the same by hand (``lms load``, ``ollama pull``...).
+    """
+
+    def __init__(self, message: str, path: str = "", needed: str = "", manual: str = "", **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.path = path
+        self.needed = needed
+        self.manual = manual
+
+
+class DownloadError(ProviderResponseError):
+    """A model download failed: the server reported an error or a failed job, or the wait ran out."""
 
 
 class JSONGenerationError(ProviderError):
@@ -2098,6 +2136,182 @@ def _add_logprobs(state: Any, entries: Any) -> None:
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
+class ModelInfo:
+    """What a server reports about one model; the same fields for every server, None when it does not say.
+
+    ``name``; ``context_length`` (the most the model supports); ``loaded`` and
+    ``loaded_context_length`` (the context it is loaded with now);
+    ``tools``, ``vision``, ``thinking``, ``embedding`` (capabilities, each
+    True, False or None for unknown; ``capabilities`` is the set of those that
+    are True); ``quantization``; ``size_bytes``; ``kind`` (``"llm"``,
+    ``"vlm"``, ``"embedding"``); ``source`` (the endpoint the facts came from)
+    and ``raw`` (the server's own record, for anything else).
+    """
+
+    __slots__ = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
+                 "embedding", "quantization", "size_bytes", "kind", "source", "raw")
+    FIELDS = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
+              "embedding", "quantization", "size_bytes", "kind", "source")
+
+    def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
+                 loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
+                 vision: Optional[bool] = None, thinking: Optional[bool] = None, embedding: Optional[bool] = None,
+                 quantization: Optional[str] = None, size_bytes: Optional[int] = None, kind: Optional[str] = None,
+                 source: str = "", raw: Any = None):
+        self.name, self.context_length, self.loaded = name, context_length, loaded
+        self.loaded_context_length = loaded_context_length
+        self.tools, self.vision, self.thinking, self.embedding = tools, vision, thinking, embedding
+        self.quantization, self.size_bytes, self.kind = quantization, size_bytes, kind
+        self.source, self.raw = source, raw
+
+    @property
+    def capabilities(self) -> FrozenSet[str]:
+        """The capabilities the server says the model has: a subset of tools, vision, thinking, embedding."""
+        return frozenset(name for name in ("tools", "vision", "thinking", "embedding") if getattr(self, name))
+
+    @property
+    def usable_context(self) -> Optional[int]:
+        """The context a request can use now: the loaded one when known, else the model's maximum."""
+        return self.loaded_context_length or self.context_length
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The fields (without ``raw``) as a dict, e.g. for JSON output."""
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __repr__(self) -> str:
+        return "ModelInfo(%s)" % ", ".join("%s=%r" % (k, v) for k, v in self.as_dict().items()
+                                           if v is not None and k != "source")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelInfo) and self.as_dict() == other.as_dict()
+
+
+class PullProgress:
+    """One progress record of a model download: ``status`` (the server's words), ``completed`` and
+    ``total`` bytes of the current file (None when not reported), and its ``digest`` (Ollama)."""
+
+    __slots__ = ("status", "completed", "total", "digest")
+
+    def __init__(self, status: str, completed: Optional[int] = None, total: Optional[int] = None,
+                 digest: Optional[str] = None):
+        self.status, self.completed, self.total, self.digest = status, completed, total, digest
+
+    @property
+    def fraction(self) -> Optional[float]:
+        """How much of ``total`` is done, 0.0 to 1.0; None without a total."""
+        if not self.total or self.completed is None:
+            return None
+        return max(0.0, min(1.0, self.completed / self.total))
+
+    def __repr__(self) -> str:
+        return "PullProgress(status=%r, completed=%r, total=%r, digest=%r)" % (
+            self.status, self.completed, self.total, self.digest)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PullProgress) and (self.status, self.completed, self.total, self.digest) == (
+            other.status, other.completed, other.total, other.digest)
+
+
+def _estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    """A cheap prompt size estimate: 4 characters a token, plus a few tokens of framing per message."""
+    chars = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 0 for m in messages)
+    return chars // 4 + 4 * len(messages) + 1
+
+
+def _suggest_context(tokens: int) -> int:
+    """A context length with room for ``tokens`` of prompt and a reply: the next multiple of 1024 above 1.25x."""
+    return (int(tokens * 1.25) // 1024 + 1) * 1024
+
+
+_OVERFLOW_PATTERNS = (  # (regex, group of the prompt size, group of the context) as servers word it
+    (re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)"), 1, 2),
+    (re.compile(r"Trying to keep the first (\d+) tokens when context the overflows.*?context length of only "
+                r"(\d+) tokens", re.S), 1, 2),
+    (re.compile(r"n_keep \((\d+)\) >= n_ctx \((\d+)\)"), 1, 2),
+    (re.compile(r"[Ii]nput length (\d+) exceeds context length (\d+)"), 1, 2),
+    (re.compile(r"maximum context length is (\d+) tokens.*?resulted in (\d+) tokens", re.S), 2, 1),
+    (re.compile(r"context (?:size|length|window) (?:has been |was )?exceeded|exceeds? the (?:available )?context"
+                r"|context the overflows", re.I), 0, 0),
+)
+
+
+def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Optional[int]]]:
+    """``(prompt_tokens, context)`` when a server's error says the prompt did not fit, else None."""
+    try:
+        data = json.loads(body) if body.strip().startswith("{") else None
+    except ValueError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":  # llama.cpp: exact counts
+        return _first_int(error.get("n_prompt_tokens")), _first_int(error.get("n_ctx"))
+    for pattern, prompt_group, context_group in _OVERFLOW_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            return ((int(match.group(prompt_group)) if prompt_group else None),
+                    (int(match.group(context_group)) if context_group else None))
+    if isinstance(error, dict) and "context_length_exceeded" in (error.get("type"), error.get("code")):
+        return None, None  # OpenAI's code, in whatever words
+    return None
+
+
+def _entries(data: Any, field: str, key: str) -> List[Dict[str, Any]]:
+    """The records of a listing (``data[field]``), each an object with ``key``; TypeError/KeyError otherwise
+    (which ``_read_answer`` reports as an answer of an unexpected shape)."""
+    entries = data[field]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and key in e for e in entries):
+        raise TypeError("%s is not a list of objects with %r" % (field, key))
+    return entries
+
+
+def _json_object(data: Any) -> Dict[str, Any]:
+    """``data`` if it is a JSON object; TypeError otherwise."""
+    if not isinstance(data, dict):
+        raise TypeError("not a JSON object")
+    return data
+
+
+def _dict_at(mapping: Any, key: str) -> Dict[str, Any]:
+    """``mapping[key]`` when that is a JSON object, else an empty dict (servers leave fields out or null them)."""
+    value = mapping.get(key) if isinstance(mapping, Mapping) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _first_int(*values: Any) -> Optional[int]:
+    """The first value that is a whole number (not a bool), else None."""
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _is_past(stamp: Any) -> bool:
+    """Whether an RFC 3339 time (Ollama's ``expires_at``, nanoseconds and all) lies in the past."""
+    import datetime
+    if not isinstance(stamp, str):
+        return False
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)\Z", stamp.strip())
+    if not match:
+        return False
+    fraction = (match.group(2) or ".0")[:7]
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    try:
+        when = datetime.datetime.fromisoformat(match.group(1) + fraction.ljust(7, "0") + zone)
+    except ValueError:
+        return False
+    return when.timestamp() <= _wall_clock()
+
+
+_wall_clock = time.time  # the time expires_at is compared with (tests set a recording's time)
+
+
+def _check_context_length(context_length: Optional[int]) -> None:
+    if context_length is not None and not (isinstance(context_length, int) and not isinstance(context_length, bool)
+                                           and context_length > 0):
+        raise InvalidInputError("context_length must be a whole number of tokens > 0, got %r" % (context_length,))
+
+
+
+
 class BaseProvider:
     """What both providers share: validation, payload assembly, the transport,
     streaming, reasoning removal, JSON generation and model listing.
@@ -2136,6 +2350,7 @@ class BaseProvider:
         self.transport = HTTPTransport(self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
                                        headers=headers, max_retries=max_retries, server_title=self.title,
                                        start_hint=self.start_hint, api_key=api_key)
+        self._facts: Dict[str, ModelInfo] = {}  # what model_info and friends learnt, by model name
 
     def __repr__(self) -> str:
         return "%s(host=%r, api_key=%s)" % (type(self).__name__, self.base_url, _mask(self._api_key))
@@ -2173,6 +2388,7 @@ class BaseProvider:
         content, inline_reasoning = split_reasoning(text or "")
         result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name, data,
                             tool_calls, self._logprobs_of(data))
+        self._check_fit(payload, model, usage, finish_reason, bool(text), result)
         self._check_result(result, model, debug, time.perf_counter() - started)
         return result
 
@@ -2350,6 +2566,225 @@ class BaseProvider:
         """Whether two model names mean the same model on this server (exact by default)."""
         return wanted == offered
 
+    # --- models: facts, loading, unloading, downloading -------------------------
+
+    def model_info(self, model: Union[str, ModelConfig], *, debug: bool = False) -> ModelInfo:
+        """The facts the server reports about ``model`` as a ModelInfo; a fact it does not report is None.
+
+        Raises ModelNotFoundError when the server does not have the model.
+        """
+        name = self._model(model).name
+        info = self._model_info(name, debug)
+        self._facts[name] = info
+        return info
+
+    def list_model_info(self, *, debug: bool = False) -> List[ModelInfo]:
+        """A ModelInfo for every model the server offers (``list_models()`` gives just the names)."""
+        infos = self._list_model_info(debug)
+        self._facts.update((info.name, info) for info in infos)
+        return infos
+
+    def server_version(self, *, debug: bool = False) -> Optional[str]:
+        """The server's version string, or None when the server does not report one."""
+        return None
+
+    def load_model(self, model: Union[str, ModelConfig], *, context_length: Optional[int] = None,
+                   keep_alive: Union[None, int, float, str] = None, debug: bool = False) -> ModelInfo:
+        """Load ``model`` into memory, with ``context_length`` tokens of context if given, and return its facts.
+
+        ``keep_alive``: how long it stays loaded when idle (Ollama: seconds or a
+        duration such as ``"10m"``, ``-1`` for ever).  Raises
+        UnsupportedEndpointError on a server that cannot load models over its API.
+        """
+        _check_context_length(context_length)
+        if keep_alive is not None:
+            _check_kind("keep_alive", keep_alive, "duration")
+        name = self._model(model).name
+        self._facts.pop(name, None)
+        info = self._load(name, context_length, keep_alive, debug)
+        self._facts[name] = info
+        return info
+
+    def unload_model(self, model: Union[str, ModelConfig], *, debug: bool = False) -> None:
+        """Unload ``model`` from memory (nothing happens when it is not loaded)."""
+        name = self._model(model).name
+        self._facts.pop(name, None)
+        self._unload(name, debug)
+
+    def iter_pull(self, model: Union[str, ModelConfig], *, debug: bool = False) -> Iterator[PullProgress]:
+        """Download ``model``, yielding PullProgress records as the server reports them.
+
+        A model the server already has finishes at once.  A failure is a
+        DownloadError (or ModelNotFoundError for a name the registry does not know).
+        """
+        return self._pull(self._model(model).name, debug)
+
+    def pull_model(self, model: Union[str, ModelConfig], *, progress: Optional[Callable[[PullProgress], Any]] = None,
+                   debug: bool = False) -> PullProgress:
+        """Download ``model``; call ``progress(record)`` for each PullProgress; return the last record."""
+        last = None
+        for record in self.iter_pull(model, debug=debug):
+            last = record
+            if progress is not None:
+                progress(record)
+        if last is None:
+            raise DownloadError("%s reported nothing while downloading %r" % (self.title, self._model(model).name))
+        return last
+
+    def _model_info(self, name: str, debug: bool) -> ModelInfo:
+        for info in self.list_model_info(debug=debug):
+            if self.same_model(name, info.name):
+                return info
+        matches = self.close_matches(name)
+        raise ModelNotFoundError("model %r is not available on %s at %s. %s%s" % (
+            name, self.title, self.base_url, self.download_hint(name),
+            (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
+            model=name, host=self.base_url, suggestions=matches)
+
+    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
+        return [ModelInfo(name, source=self.models_path) for name in self.list_models(debug=debug)]
+
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
+        raise self._unsupported("load a model", self.models_path, "", self.load_hint(name, context_length))
+
+    def _unload(self, name: str, debug: bool) -> None:
+        raise self._unsupported("unload a model", self.models_path, "", self.load_hint(name, None))
+
+    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
+        raise self._unsupported("download a model", self.models_path, "", self.download_hint(name))
+
+    def load_hint(self, model: str, context_length: Optional[int]) -> str:
+        """How to load a model by hand on this server."""
+        return "Load it in the server's own way."
+
+    def _unsupported(self, what: str, path: str, needed: str, manual: str) -> UnsupportedEndpointError:
+        return UnsupportedEndpointError("%s at %s cannot %s over its API%s. %s" % (
+            self.title, self.base_url, what, (" (%s needs %s)" % (path, needed)) if needed else "", manual),
+            path=path, needed=needed, manual=manual)
+
+    def _call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, debug: bool = False,
+              model: str = "", optional: bool = False, needed: str = "", manual: str = "",
+              read: Callable[[Any], Any] = _json_object) -> Any:
+        """One JSON request to a model endpoint; return ``read(answer)`` (default: the answer, a JSON object).
+        An answer ``read`` cannot take is a ProviderResponseError saying so.
+
+        A 404 that is not about the model means the server lacks the endpoint:
+        with ``optional`` that returns None (and says so in a debug line), else
+        it is an UnsupportedEndpointError naming the version ``needed`` and the
+        ``manual`` way.
+        """
+        def describe(status: int, body: str, model_name: str) -> ProviderError:
+            message = _server_message(body)
+            if status in (404, 405, 501) and not (model_name and self._is_model_not_found(status, message, body)):
+                return UnsupportedEndpointError(
+                    "%s at %s has no %s %s (HTTP %d: %s)%s. %s" % (
+                        self.title, self.base_url, method, path, status, message,
+                        "; it needs %s" % needed if needed else "", manual or self.wrong_server_hint),
+                    path=path, needed=needed, manual=manual, status=status, server_message=message, body=body)
+            return self._failure(status, body, model_name)
+
+        if debug:
+            _debug("request %s %s%s payload=%s", method, self.base_url, path,
+                   json.dumps(payload, ensure_ascii=False) if payload is not None else "(none)")
+        try:
+            response = self.transport.request(method, path, payload, debug=debug, describe_failure=describe,
+                                              model=model)
+        except UnsupportedEndpointError as exc:
+            if not optional:
+                raise
+            logger.debug("%s at %s has no %s (%s); that source of model facts is skipped", self.title,
+                         self.base_url, path, exc.server_message)
+            if debug:
+                _debug("%s has no %s (HTTP %s); falling back", self.title, path, exc.status)
+            return None
+        return self._read_answer(response, path, read, model)[1]
+
+    def _json_events(self, path: str, payload: Dict[str, Any], *, debug: bool = False,
+                     model: str = "") -> Iterator[Dict[str, Any]]:
+        """Send a streamed POST and yield each NDJSON line as a dict; an ``{"error": ...}`` line raises.
+
+        Built from the chat stream's pieces (transport, body chunks, StreamDecoder).
+        """
+        response = self.transport.request("POST", path, payload, stream=True, debug=debug,
+                                          describe_failure=self._failure, model=model)
+        chunks = _iter_body_chunks(response)
+        decoder = StreamDecoder("ndjson")
+        complete = False
+        try:
+            while True:
+                try:
+                    chunk = next(chunks, None)
+                except Exception as exc:
+                    error = self.transport.translate_exception(exc, self.base_url + path)
+                    if not isinstance(error, ProviderTimeoutError):
+                        error = ProviderResponseError("the stream from %s on %s broke off: %s" % (
+                            self.title, path, _short_reason(exc)), server_message=str(exc)[:300])
+                    raise error from exc
+                for data in (decoder.feed(chunk) if chunk is not None else decoder.flush()):
+                    try:
+                        event = _parse_json(data)
+                    except (ValueError, RecursionError):
+                        raise ProviderResponseError("%s sent a line that is not JSON on %s: %r" % (
+                            self.title, path, data[:200]), body=data.decode("utf-8", "replace")) from None
+                    if not isinstance(event, dict) or "error" in event:
+                        text = self.transport.scrub(data.decode("utf-8", "replace"))
+                        raise self._in_band_error(path, model, _server_message(text), text)
+                    yield event
+                if chunk is None:
+                    complete = True
+                    return
+        finally:
+            _finish_stream(response, chunks, complete)
+
+    def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
+        return ProviderResponseError("%s reported an error on %s for %r: %s" % (self.title, path, model, message),
+                                     server_message=message, body=body)
+
+    def _known_context(self, model: ModelConfig) -> Optional[int]:
+        """The context a request for ``model`` meets, when already known without asking the server."""
+        info = self._facts.get(model.name)
+        return info.usable_context if info is not None else None
+
+    def _debug_context(self, model: ModelConfig) -> str:
+        """For debug output: the model's context, looked up once (debug mode only) and then remembered."""
+        if model.name not in self._facts and self._known_context(model) is None:
+            try:
+                self.model_info(model)
+            except ProviderError as exc:
+                return "context unknown (%s)" % _shorten(str(exc), 80)
+        context = self._known_context(model)
+        return "model context %s tokens" % context if context else "context not reported by the server"
+
+    def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
+                   finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
+        """After a reply: raise (or warn) when the server's own numbers show the prompt did not fit."""
+
+    def _context_error(self, status: Optional[int], body: str, model: str) -> Optional[ContextLengthError]:
+        """A ContextLengthError when an error answer says the prompt did not fit the context, else None."""
+        message = _server_message(body)
+        parsed = _parse_overflow(message, body)
+        if parsed is None:
+            return None
+        prompt, context = parsed
+        return ContextLengthError("%s model %r: the prompt%s does not fit the context%s (%s): %s. %s" % (
+            self.title, model, " (%d tokens)" % prompt if prompt else "",
+            " it is loaded with (%d tokens)" % context if context else "",
+            "HTTP %d" % status if status else "an error in the reply", message.rstrip(". "),
+            self._context_advice(model, prompt)), prompt_tokens=prompt, context_length=context,
+            status=status, server_message=message, body=body)
+
+    def _context_advice(self, model: str, prompt_tokens: Optional[int]) -> str:
+        """``context_hint``, or, when the prompt is larger than the model can ever take, that it must be shorter."""
+        info = self._facts.get(model)
+        most = info.context_length if info is not None else None
+        if most and prompt_tokens and prompt_tokens > most:
+            return "The model supports at most %d tokens of context, so the prompt must get shorter." % most
+        return self.context_hint(model, prompt_tokens)
+
+    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
+        """The one thing to change when a prompt does not fit ``model``'s context."""
+        return "Shorten the prompt, or give the model a larger context."
+
     # --- shared machinery -----------------------------------------------------
 
     def _model(self, model: Union[str, ModelConfig]) -> ModelConfig:
@@ -2409,9 +2844,9 @@ class BaseProvider:
         payload.update(self._extra_payload(stream))
         payload.update(map_parameters(model.parameters, self.provider))
         if debug:
-            chars = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 0 for m in messages)
-            _debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token)",
-                   self.title, model.name, self.base_url, len(messages), chars // 4 + 1)
+            _debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token); %s",
+                   self.title, model.name, self.base_url, len(messages), _estimate_tokens(messages),
+                   self._debug_context(model))
             for index, message in enumerate(messages):
                 _debug("  message %d [%s]: %s", index, message.get("role"), message.get("content"))
             _debug("request POST %s%s headers=%s payload=%s", self.base_url, self.chat_path,
@@ -2551,7 +2986,19 @@ class BaseProvider:
                 state: Any) -> Iterator[str]:
         """The one streaming loop: yields content pieces, records the rest in ``state``."""
         payload = self._payload(messages, model, stream=True, debug=debug)  # validate before the first next()
-        return self._stream_events(payload, model, debug, state)
+        return self._fit_checked(self._stream_events(payload, model, debug, state), payload, model, state)
+
+    def _fit_checked(self, pieces: Iterator[str], payload: Dict[str, Any], model: ModelConfig,
+                     state: Any) -> Iterator[str]:
+        """Pass a stream's pieces on, then check that the prompt fitted (Ollama reports it only at the end)."""
+        count = 0
+        try:
+            for piece in pieces:
+                count += 1
+                yield piece
+        finally:
+            pieces.close()  # type: ignore[attr-defined]
+        self._check_fit(payload, model, state.usage, state.finish_reason, count > 0)
 
     def _stream_events(self, payload: Dict[str, Any], model: ModelConfig, debug: bool,
                        state: Any) -> Iterator[str]:
@@ -2659,12 +3106,18 @@ class BaseProvider:
     def _stream_error(self, data: bytes, model: ModelConfig) -> ProviderError:
         text = self.transport.scrub(data.decode("utf-8", "replace"))
         message = _server_message(text)
+        overflow = self._context_error(None, text, model.name)
+        if overflow is not None:
+            return overflow
         return ProviderResponseError("%s reported an error in the middle of the stream for model %r: %s"
                                      % (self.title, model.name, message), server_message=message, body=text)
 
     def _failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
         """The exception for an error answer (``in_body``: an error object in a 200 response)."""
         body = self.transport.scrub(body)
+        overflow = self._context_error(status, body, model) if status != 404 else None
+        if overflow is not None:
+            return overflow
         message = _server_message(body)
         kwargs = dict(status=status, server_message=message, body=body)
         said = message.rstrip(". ")  # the server's words, followed by more sentences
@@ -2877,6 +3330,43 @@ class OpenAICompatibleProvider(BaseProvider):
     def _raw_logprobs(self, data: Any) -> Any:
         logprobs = data["choices"][0].get("logprobs")
         return None if logprobs is None else logprobs.get("content")
+    # --- model facts: /v1/models, and llama.cpp's meta and /props ---------------
+
+    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
+        return ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: --ctx-size %d)."
+                % _suggest_context(prompt_tokens or 4096))
+
+    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
+        """From ``/v1/models``; llama.cpp's server adds ``meta`` (training and loaded context, size) and ``/props``."""
+        entries = self._call("GET", self.models_path, debug=debug, read=lambda data: _entries(data, "data", "id"))
+        props = self._call("GET", "/props", debug=debug, optional=True) if len(entries) == 1 else None
+        settings = _dict_at(props, "default_generation_settings")
+        modalities = props.get("modalities") if isinstance(props, dict) else None
+        infos = []
+        for entry in entries:
+            meta = _dict_at(entry, "meta")
+            inputs = _dict_at(entry, "architecture").get("input_modalities")
+            vision = modalities.get("vision") if isinstance(modalities, dict) else (
+                "image" in inputs if isinstance(inputs, list) else None)
+            loaded_context = _first_int(meta.get("n_ctx"), settings.get("n_ctx"))
+            infos.append(ModelInfo(
+                str(entry["id"]), context_length=_first_int(meta.get("n_ctx_train")),
+                loaded=True if meta or props else None, loaded_context_length=loaded_context,
+                vision=vision if isinstance(vision, bool) else None,
+                quantization=meta.get("ftype") if isinstance(meta.get("ftype"), str) else None,
+                size_bytes=_first_int(meta.get("size")), source=self.models_path + (" + /props" if props else ""),
+                raw=entry))
+        if not entries or not any(info.context_length for info in infos):
+            logger.debug("%s at %s: %s reports no context lengths", self.title, self.base_url, self.models_path)
+        return infos
+
+    def server_version(self, *, debug: bool = False) -> Optional[str]:
+        """llama.cpp's build (``/props`` ``build_info``); None when the server reports no version."""
+        props = self._call("GET", "/props", debug=debug, optional=True)
+        version = props.get("build_info") if isinstance(props, dict) else None
+        if version is None:
+            logger.debug("%s at %s reports no version", self.title, self.base_url)
+        return version if isinstance(version, str) else None
 
 
 class LMStudioProvider(OpenAICompatibleProvider):
@@ -2904,6 +3394,164 @@ class LMStudioProvider(OpenAICompatibleProvider):
     def download_hint(self, model: str) -> str:
         return ("Download it in LM Studio (or  lms get %s), load it (lms load %s), and check the exact id "
                 "with  lms ls  (ids are case-sensitive)." % (model, model))
+
+    # --- model facts, loading, downloading: LM Studio's native REST API -----------
+
+    NATIVE_API_VERSION = "LM Studio 0.4.0 or later"
+    poll_interval = 1.0                 # seconds between download status polls
+    download_timeout = 24 * 3600.0      # the longest a download is waited for
+    _sleep = staticmethod(time.sleep)   # tests replace it
+
+    def load_hint(self, model: str, context_length: Optional[int]) -> str:
+        return "Load it by hand:  lms load %s%s" % (
+            model, " --context-length %d" % context_length if context_length else "")
+
+    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
+        size = _suggest_context(prompt_tokens or 4096)
+        return ("Load the model with a larger context:  lms load %s --context-length %d  (or provider.load_model(%r, "
+                "context_length=%d)), or shorten the prompt." % (model, size, model, size))
+
+    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
+        """``/api/v1/models`` (LM Studio 0.4+), else ``/api/v0/models`` (0.3.6+), else ``/v1/models``."""
+        infos: Optional[List[ModelInfo]] = self._call(
+            "GET", "/api/v1/models", debug=debug, optional=True,
+            read=lambda data: [_lm_studio_v1_info(entry) for entry in _entries(data, "models", "key")])
+        if infos is None:
+            infos = self._call("GET", "/api/v0/models", debug=debug, optional=True,
+                               read=lambda data: [_lm_studio_v0_info(entry) for entry in _entries(data, "data", "id")])
+        if infos is not None:
+            return infos
+        logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models (LM Studio before 0.3.6, or another "
+                     "server): only /v1/models facts", self.title, self.base_url)
+        return super()._list_model_info(debug)
+
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
+        if keep_alive is not None:
+            logger.warning("LM Studio's /api/v1/models/load takes no keep-alive; keep_alive=%r not sent (LM Studio "
+                           "applies a ttl= model parameter when a chat request loads the model)", keep_alive)
+        payload: Dict[str, Any] = {"model": name, "echo_load_config": True}
+        if context_length is not None:
+            payload["context_length"] = context_length
+        answer = self._call("POST", "/api/v1/models/load", payload, debug=debug, model=name,
+                            needed=self.NATIVE_API_VERSION, manual=self.load_hint(name, context_length))
+        config = (answer.get("load_config") or answer.get("config") or {}) if isinstance(answer, dict) else {}
+        try:
+            info = self._model_info(name, debug)
+        except ModelNotFoundError:
+            info = ModelInfo(name, source="/api/v1/models/load")
+        info.loaded = True
+        info.loaded_context_length = _first_int(config.get("context_length"), context_length,
+                                                info.loaded_context_length)
+        return info
+
+    def _unload(self, name: str, debug: bool) -> None:
+        """Unload every loaded instance of ``name`` (or the instance whose id ``name`` is)."""
+        loaded = self._call("GET", "/api/v1/models", debug=debug, needed=self.NATIVE_API_VERSION,
+                            manual="Unload it by hand:  lms unload %s" % name,
+                            read=lambda data: [(entry["key"], str(instance["id"]))
+                                               for entry in _entries(data, "models", "key")
+                                               for instance in entry.get("loaded_instances") or []])
+        instances = [instance for key, instance in loaded if key == name]
+        if not instances and any(instance == name for _, instance in loaded):
+            instances = [name]
+        if not instances:
+            logger.info("%s model %r is not loaded; nothing to unload", self.title, name)
+        for instance_id in instances:
+            self._call("POST", "/api/v1/models/unload", {"instance_id": instance_id}, debug=debug, model=name,
+                       needed=self.NATIVE_API_VERSION, manual="lms unload %s" % instance_id)
+
+    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
+        answer = self._call("POST", "/api/v1/models/download", {"model": name}, debug=debug, model=name,
+                            needed=self.NATIVE_API_VERSION, manual="Download it by hand:  lms get %s" % name)
+        yield from self._download_progress(name, answer, debug)
+
+    def _download_progress(self, name: str, job: Any, debug: bool) -> Iterator[PullProgress]:
+        """Poll the download job until it completes or fails, yielding its progress; bounded in time."""
+        deadline = time.monotonic() + self.download_timeout
+        failures = 0
+        yield _job_progress(job)
+        while job.get("status") not in ("completed", "already_downloaded"):
+            if job.get("status") == "failed" or not job.get("job_id"):
+                text = self.transport.scrub(json.dumps(job))
+                raise DownloadError("%s could not download %r (status %r): %s" % (
+                    self.title, name, job.get("status"), _shorten(text, 200)),
+                    server_message=str(job.get("status")), body=text)
+            if time.monotonic() > deadline:
+                raise DownloadError("downloading %r from %s did not finish within %g s; it goes on in LM Studio "
+                                    "(see lms get / the Downloads panel)" % (name, self.title, self.download_timeout))
+            self._sleep(self.poll_interval)
+            try:
+                job = self._call("GET", "/api/v1/models/download/status/%s" % job["job_id"], debug=debug)
+                failures = 0
+            except (ProviderConnectionError, ProviderTimeoutError, ProviderResponseError) as exc:
+                status = exc.status if isinstance(exc, ProviderResponseError) else None
+                if status == 404:
+                    raise DownloadError("%s lost track of the download of %r: %s" % (self.title, name, exc),
+                                        status=status, server_message=getattr(exc, "server_message", None)) from exc
+                if status is not None and 400 <= status < 500:
+                    raise
+                failures += 1
+                if failures > 3:
+                    raise DownloadError("asking %s about the download of %r failed %d times in a row: %s" % (
+                        self.title, name, failures, exc)) from exc
+                logger.info("download status of %r not available (%s); asking again", name, _one_line(exc))
+                continue
+            yield _job_progress(job)
+
+    def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
+                   finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
+        """LM Studio answers some prompts too long for the loaded context with an empty 200 and no finish reason."""
+        if has_text or finish_reason is not None:
+            return
+        estimate = _estimate_tokens(payload.get("messages") or [])
+        context = self._known_context(model)
+        raise ContextLengthError(
+            "%s model %r returned no text and no finish reason, which is how LM Studio answers a prompt that does "
+            "not fit the context the model is loaded with (the prompt is about %d tokens%s). %s" % (
+                self.title, model.name, estimate, "; the loaded context is %d" % context if context else "",
+                self._context_advice(model.name, estimate)),
+            prompt_tokens=estimate, context_length=context, estimated=True, result=result,
+            server_message="empty reply without finish_reason")
+
+
+def _job_progress(job: Any) -> PullProgress:
+    """A PullProgress from an LM Studio download job (``/api/v1/models/download`` and its status)."""
+    if not isinstance(job, dict):
+        raise DownloadError("LM Studio answered a download request with %r instead of a job" % (job,))
+    return PullProgress(str(job.get("status")), _first_int(job.get("downloaded_bytes")),
+                        _first_int(job.get("total_size_bytes")), job.get("job_id"))
+
+
+def _lm_studio_v1_info(entry: Mapping[str, Any]) -> ModelInfo:
+    """A ModelInfo from one entry of LM Studio's ``GET /api/v1/models``."""
+    instances = entry.get("loaded_instances") or []
+    loaded_context = _first_int(*[_dict_at(i, "config").get("context_length") for i in instances])
+    capabilities = _dict_at(entry, "capabilities")
+    quantization = entry.get("quantization")
+    kind = entry.get("type")
+    return ModelInfo(
+        str(entry["key"]), context_length=_first_int(entry.get("max_context_length")), loaded=bool(instances),
+        loaded_context_length=loaded_context,
+        tools=capabilities.get("trained_for_tool_use") if "trained_for_tool_use" in capabilities else None,
+        vision=capabilities.get("vision") if "vision" in capabilities else None,
+        embedding=(kind == "embedding") if kind else None,
+        quantization=quantization.get("name") if isinstance(quantization, dict) else quantization,
+        size_bytes=_first_int(entry.get("size_bytes")), kind=kind, source="/api/v1/models", raw=dict(entry))
+
+
+def _lm_studio_v0_info(entry: Mapping[str, Any]) -> ModelInfo:
+    """A ModelInfo from one entry of LM Studio's ``GET /api/v0/models`` (type llm, vlm or embeddings)."""
+    kind = {"embeddings": "embedding"}.get(entry.get("type") or "", entry.get("type"))
+    state = entry.get("state")
+    capabilities = entry.get("capabilities")
+    return ModelInfo(
+        str(entry["id"]), context_length=_first_int(entry.get("max_context_length")),
+        loaded=(state == "loaded") if state else None,
+        loaded_context_length=_first_int(entry.get("loaded_context_length")) if state == "loaded" else None,
+        tools=("tool_use" in capabilities) if isinstance(capabilities, list) else None,
+        vision=(kind == "vlm") if kind in ("llm", "vlm") else (False if kind == "embedding" else None),
+        embedding=(kind == "embedding") if kind else None, quantization=entry.get("quantization"),
+        kind=kind, source="/api/v0/models", raw=dict(entry))
 
 
 class OllamaProvider(BaseProvider):
@@ -3037,6 +3685,152 @@ class OllamaProvider(BaseProvider):
     def _model_names(self, data: Any) -> List[str]:
         return [entry["name"] for entry in data["models"]]
 
+    # --- model facts, loading, downloading: /api/show, /api/ps, /api/pull ---------
+
+    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
+                 api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error"):
+        """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (the default)
+        raises ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Other options as
+        for BaseProvider."""
+        if on_truncation not in ("error", "warn"):
+            raise InvalidInputError("on_truncation must be 'error' or 'warn', got %r" % (on_truncation,))
+        super().__init__(host, timeout, api_key, max_retries)
+        self.on_truncation = on_truncation
+        self._ps_seen: Dict[str, Tuple[float, Optional[int]]] = {}  # model key -> (when, loaded context)
+
+    def load_hint(self, model: str, context_length: Optional[int]) -> str:
+        return "Run it once by hand:  ollama run %s%s" % (
+            model, "  (then /set parameter num_ctx %d)" % context_length if context_length else "")
+
+    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
+        size = _suggest_context(prompt_tokens or 4096)
+        return ("Raise num_ctx: ollama://%s?num_ctx=%d (or load_model(%r, context_length=%d)), or shorten the "
+                "prompt." % (model, size, model, size))
+
+    def server_version(self, *, debug: bool = False) -> Optional[str]:
+        """Ollama's version from ``/api/version``, e.g. ``"0.24.0"``."""
+        data = self._call("GET", "/api/version", debug=debug, optional=True)
+        version = data.get("version") if isinstance(data, dict) else None
+        return version if isinstance(version, str) else None
+
+    def _model_info(self, name: str, debug: bool) -> ModelInfo:
+        show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
+        entries = self._call("GET", self.models_path, debug=debug, optional=True,
+                             read=lambda data: _entries(data, "models", "name")) or []
+        listed = [e for e in entries if self.same_model(name, str(e["name"]))]
+        return _ollama_info(name, show, self._running(debug), listed[0] if listed else {})
+
+    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
+        entries = self._call("GET", self.models_path, debug=debug,
+                             read=lambda data: _entries(data, "models", "name"))
+        running = self._running(debug)
+        infos = []
+        for entry in entries:
+            name = str(entry["name"])
+            try:
+                show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
+            except ProviderResponseError as exc:  # one broken model must not hide the others' facts
+                logger.debug("%s could not show %r (%s); its facts are left out", self.title, name, exc)
+                show = {}
+            infos.append(_ollama_info(name, show, running, entry))
+        return infos
+
+    def _running(self, debug: bool) -> Optional[List[Dict[str, Any]]]:
+        """``/api/ps``'s models (None when the server has no /api/ps); remembers each one's loaded context."""
+        entries: Optional[List[Dict[str, Any]]] = self._call("GET", "/api/ps", debug=debug, optional=True,
+                                                              read=lambda data: _entries(data, "models", "name"))
+        now = time.monotonic()
+        for entry in entries or []:
+            if not _is_past(entry.get("expires_at")):
+                self._ps_seen[_ollama_key(str(entry["name"]))] = (now, _first_int(entry.get("context_length")))
+        return entries
+
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
+        """An empty chat request loads the model (``done_reason: "load"``), with ``num_ctx`` when given."""
+        payload: Dict[str, Any] = {"model": name, "messages": [], "stream": False}
+        if keep_alive is not None:
+            payload["keep_alive"] = _convert("keep_alive", keep_alive, "duration", "ollama")
+        if context_length is not None:
+            payload["options"] = {"num_ctx": context_length}
+        self._call("POST", self.chat_path, payload, debug=debug, model=name)
+        info = self._model_info(name, debug)
+        if context_length is not None and info.loaded_context_length is None:
+            info.loaded_context_length = context_length
+        return info
+
+    def _unload(self, name: str, debug: bool) -> None:
+        """``keep_alive: 0`` with no prompt unloads the model (``done_reason: "unload"``)."""
+        self._call("POST", "/api/generate", {"model": name, "keep_alive": 0}, debug=debug, model=name)
+        self._ps_seen.pop(_ollama_key(name), None)
+
+    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
+        """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``."""
+        events = self._json_events("/api/pull", {"model": name, "stream": True}, debug=debug, model=name)
+        return self._pull_progress(name, events)
+
+    def _pull_progress(self, name: str, events: Iterator[Dict[str, Any]]) -> Iterator[PullProgress]:
+        status = None
+        for event in events:
+            status = str(event.get("status", ""))
+            yield PullProgress(status, _first_int(event.get("completed")), _first_int(event.get("total")),
+                               event.get("digest") if isinstance(event.get("digest"), str) else None)
+        if status != "success":
+            raise DownloadError("%s stopped reporting on the download of %r before it succeeded (last status: %r); "
+                                "run  ollama pull %s  to finish it" % (self.title, name, status, name),
+                                server_message=status)
+
+    def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
+        if "file does not exist" in message or "not found" in message:
+            return ModelNotFoundError("%s could not download %r: %s. Check the name on https://ollama.com/library"
+                                      % (self.title, model, message), model=model, host=self.base_url,
+                                      server_message=message, body=body)
+        return DownloadError("%s reported an error while downloading %r: %s" % (self.title, model, message),
+                             server_message=message, body=body)
+
+    def _loaded_context(self, model: ModelConfig) -> Optional[int]:
+        """The context the model is loaded with: from /api/ps, asked at most every 30 s (only when needed)."""
+        key = _ollama_key(model.name)
+        seen = self._ps_seen.get(key)
+        if seen is None or time.monotonic() - seen[0] > 30.0:
+            try:
+                self._running(False)
+            except ProviderError:
+                return None
+            seen = self._ps_seen.get(key)
+        return seen[1] if seen else None
+
+    def _known_context(self, model: ModelConfig) -> Optional[int]:
+        num_ctx = model.parameters.get("num_ctx")
+        if isinstance(num_ctx, int):
+            return num_ctx
+        seen = self._ps_seen.get(_ollama_key(model.name))
+        return seen[1] if seen and seen[1] else super()._known_context(model)
+
+    def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
+                   finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
+        """Ollama cuts a prompt longer than ``num_ctx`` and says so only in its log.  The sign: the server
+        evaluated a whole context's worth of prompt tokens while the prompt is estimated clearly larger."""
+        evaluated = (usage or {}).get("prompt_tokens")
+        estimate = _estimate_tokens(payload.get("messages") or [])
+        if not evaluated or estimate <= evaluated * 1.2:
+            return
+        options = payload.get("options") or {}
+        context = _first_int(options.get("num_ctx"))
+        if context is None and evaluated >= 256:  # no context is that small: only then is /api/ps worth asking
+            context = self._loaded_context(model)
+        if not context or evaluated < context - min(64, context // 32):
+            return
+        message = ("%s truncated the prompt for model %r: it evaluated %d prompt tokens, the whole context "
+                   "(num_ctx %d), but the prompt is about %d tokens, so its beginning was dropped and the reply "
+                   "answers a different prompt. %s" % (self.title, model.name, evaluated, context, estimate,
+                                                       self._context_advice(model.name, estimate)))
+        if self.on_truncation == "warn":
+            logger.warning(message)
+            return
+        raise ContextLengthError(message + " (To get the reply anyway: OllamaProvider(on_truncation='warn'); this "
+                                 "error's .result holds it.)", prompt_tokens=estimate, context_length=context,
+                                 estimated=True, result=result, server_message="prompt_eval_count=%d" % evaluated)
+
 
 def _ollama_key(name: str) -> str:
     name = name.strip().lower()
@@ -3047,6 +3841,30 @@ def _ollama_key(name: str) -> str:
     if ":" not in name.rsplit("/", 1)[-1]:
         name += ":latest"
     return name
+
+
+def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict[str, Any]]],
+                 listed: Mapping[str, Any]) -> ModelInfo:
+    """A ModelInfo from Ollama's ``/api/show`` answer, its ``/api/ps`` models and its ``/api/tags`` entry."""
+    facts = _dict_at(show, "model_info")
+    architecture = facts.get("general.architecture")
+    details = _dict_at(show, "details")
+    capabilities = show.get("capabilities")
+    has = (lambda cap: cap in capabilities) if isinstance(capabilities, list) else (lambda cap: None)
+    loaded = None if running is None else False
+    loaded_context = None
+    for entry in running or []:
+        if _ollama_key(str(entry.get("name"))) == _ollama_key(name) and not _is_past(entry.get("expires_at")):
+            loaded, loaded_context = True, _first_int(entry.get("context_length"))
+    kind = None
+    if isinstance(capabilities, list):
+        kind = "embedding" if "embedding" in capabilities else ("llm" if "completion" in capabilities else None)
+    return ModelInfo(
+        name, context_length=_first_int(facts.get("%s.context_length" % architecture)) if architecture else None,
+        loaded=loaded, loaded_context_length=loaded_context, tools=has("tools"), vision=has("vision"),
+        thinking=has("thinking"), embedding=has("embedding"),
+        quantization=details.get("quantization_level") or None, size_bytes=_first_int(listed.get("size")),
+        kind=kind, source="/api/show + /api/ps", raw=dict(show))
 
 
 def _ollama_usage(data: Mapping[str, Any]) -> Optional[Dict[str, int]]:
@@ -3469,6 +4287,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     models.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
     models.add_argument("--provider", choices=["lm_studio", "ollama"], help="only this server kind")
     models.add_argument("--host", metavar="HOST:PORT", help="ask the server at this host")
+    models.add_argument("--long", "-l", action="store_true",
+                        help="a table of each model's facts: context, loaded, capabilities, quantization, size")
     generate = commands.add_parser(
         "generate", help="stream a reply to a prompt",
         description="Stream a model's reply to stdout as it arrives. Example: python -m lm_providers generate "
@@ -3486,6 +4306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "check", help="check servers, models and config (same as test_lm_studio_provider.py)",
         description="Check servers, models and config, and say what to do about each failure. Example: "
                     "python -m lm_providers check --model lm_studio://qwen2.5-7b-instruct"))
+    _add_model_commands(commands)
     options = parser.parse_args(argv)
     if options.command is None:
         parser.print_help()
@@ -3497,6 +4318,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cli_models(options)
         if options.command == "embed":
             return _cli_embed(options)
+        if options.command in _MODEL_COMMANDS:
+            return _MODEL_COMMANDS[options.command](options)
         return _cli_generate(options)
     except ProviderError as exc:
         if getattr(options, "debug", False):
@@ -3516,17 +4339,22 @@ def _cli_models(options: Any) -> int:
         provider = cls(host=resolve_host(kind, options.host, config), timeout=(5, 30))
         try:
             names = provider.list_models()
+            infos = provider.list_model_info() if getattr(options, "long", False) else None
         except ProviderError as exc:
             sys.stderr.write("%s at %s: %s\n" % (provider.title, provider.base_url, exc))
             continue
         answered += 1
         print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))
+        if infos is not None:
+            _print_model_table(infos, sys.stdout)
+            continue
         for name in names:
             print("  " + name)
     return 0 if answered else 1
 
 
-def _cli_generate(options: Any) -> int:
+def _cli_model(options: Any) -> Tuple["BaseProvider", ModelConfig]:
+    """The provider and model that a command's URI_OR_ROLE argument (and --config, --timeout) name."""
     config = _load_config_option(options.config)
     model = config.models[options.model] if config and options.model in config.models else None
     if model is None:
@@ -3534,8 +4362,12 @@ def _cli_generate(options: Any) -> int:
             raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
                                     "config" % options.model)
         model = parse_model_uri(options.model)
-    provider_options = {"timeout": (5.0, options.timeout)} if options.timeout else {}
-    provider = get_provider(model, config, **provider_options)
+    provider_options = {"timeout": (5.0, options.timeout)} if getattr(options, "timeout", None) else {}
+    return get_provider(model, config, **provider_options), model
+
+
+def _cli_generate(options: Any) -> int:
+    provider, model = _cli_model(options)
     messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
         {"role": "user", "content": options.prompt}]
     if options.json is not None:
@@ -3580,6 +4412,150 @@ def _cli_embed(options: Any) -> int:
                              debug=options.debug)
     print(json.dumps({"model": model.name, "embeddings": vectors}))
     return 0
+
+
+# --- model commands: info, load, unload, pull ---------------------------------------------------------------
+
+def _add_model_commands(commands: Any) -> None:
+    """The ``info``, ``load``, ``unload`` and ``pull`` subcommands."""
+    def command(name: str, help_text: str, example: str) -> Any:
+        parser = commands.add_parser(name, help=help_text, description="%s. Example: python -m lm_providers %s"
+                                     % (help_text[:1].upper() + help_text[1:], example))
+        parser.add_argument("model", metavar="URI_OR_ROLE", help="a model URI such as ollama://llama3, or a role")
+        parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
+        parser.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
+        parser.add_argument("--debug", action="store_true", help="log every request and response to stderr")
+        return parser
+
+    info = command("info", "show what the server reports about a model", "info ollama://llama3 --json")
+    info.add_argument("--json", action="store_true", help="print the facts as JSON")
+    load = command("load", "load a model, optionally with a context length",
+                   "load lm_studio://qwen2.5-7b-instruct --context-length 16384")
+    load.add_argument("--context-length", type=int, metavar="TOKENS", help="the context to load it with")
+    load.add_argument("--keep-alive", metavar="DURATION",
+                      help="Ollama: how long it stays loaded when idle, e.g. 10m or -1 (for ever)")
+    command("unload", "unload a model from memory", "unload ollama://llama3")
+    command("pull", "download a model, showing its progress", "pull ollama://llama3.2")
+
+
+def _cli_info(options: Any) -> int:
+    provider, model = _cli_model(options)
+    info = provider.model_info(model, debug=options.debug)
+    if options.json:
+        print(json.dumps(info.as_dict(), indent=2))
+        return 0
+    print("%s at %s:" % (provider.title, provider.base_url))
+    for name, value in info.as_dict().items():
+        shown = _human_bytes(value) if name == "size_bytes" and value is not None else value
+        print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
+    return 0
+
+
+def _cli_load(options: Any) -> int:
+    provider, model = _cli_model(options)
+    keep_alive = options.keep_alive
+    if keep_alive is not None and _INT_RE.match(keep_alive.strip()):
+        keep_alive = int(keep_alive)
+    info = provider.load_model(model, context_length=options.context_length, keep_alive=keep_alive,
+                               debug=options.debug)
+    print("loaded %s on %s at %s (context %s)" % (info.name, provider.title, provider.base_url,
+                                                  info.loaded_context_length or "not reported"))
+    return 0
+
+
+def _cli_unload(options: Any) -> int:
+    provider, model = _cli_model(options)
+    provider.unload_model(model, debug=options.debug)
+    print("unloaded %s on %s at %s" % (model.name, provider.title, provider.base_url))
+    return 0
+
+
+def _cli_pull(options: Any) -> int:
+    provider, model = _cli_model(options)
+    display = _PullDisplay(sys.stdout, sys.stdout.isatty())
+    try:
+        last = provider.pull_model(model, progress=display, debug=options.debug)
+    finally:
+        display.finish()
+    print("%s: %s" % (model.name, last.status))
+    return 0
+
+
+_MODEL_COMMANDS = {"info": _cli_info, "load": _cli_load, "unload": _cli_unload, "pull": _cli_pull}
+
+
+class _PullDisplay:
+    """Shows PullProgress records: one redrawn bar line on a terminal (bytes, percent, rate), else plain
+    lines, one for each new status and each further tenth of a file."""
+
+    def __init__(self, out: Any, tty: bool, clock: Callable[[], float] = time.monotonic):
+        self.out, self.tty, self.clock = out, tty, clock
+        self.started: Dict[Any, Tuple[float, int]] = {}  # per file: when, and bytes, it was first seen
+        self.last_line = ("", -1)
+        self.drawn = False
+
+    def __call__(self, record: PullProgress) -> None:
+        fraction = record.fraction
+        if fraction is None:
+            self._line(record.status, record.status, -1)
+            return
+        key = record.digest or record.status
+        now = self.clock()
+        first = self.started.setdefault(key, (now, record.completed or 0))
+        rate = ((record.completed or 0) - first[1]) / (now - first[0]) if now - first[0] > 0.5 else None
+        text = "%s  %5.1f%%  %s / %s%s" % (_shorten(record.status, 28), fraction * 100,
+                                            _human_bytes(record.completed or 0), _human_bytes(record.total or 0),
+                                            "  %s/s" % _human_bytes(int(rate)) if rate is not None else "")
+        if self.tty:
+            bar = "#" * int(fraction * 20)
+            self.out.write("\r[%-20s] %s\x1b[K" % (bar, text))
+            self.out.flush()
+            self.drawn = True
+        else:
+            self._line(record.status, text, int(fraction * 10))
+
+    def _line(self, status: str, text: str, tenth: int) -> None:
+        if (status, tenth) == self.last_line:
+            return
+        self.last_line = (status, tenth)
+        if self.drawn:
+            self.out.write("\n")
+            self.drawn = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        """End a bar left on the screen."""
+        if self.drawn:
+            self.out.write("\n")
+            self.drawn = False
+
+
+def _human_bytes(count: int) -> str:
+    """``1536`` -> ``"1.5 KB"`` (powers of 1000, as download sizes are given)."""
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000 or unit == "GB":
+            return ("%d %s" if unit == "B" else "%.1f %s") % (value, unit)
+        value /= 1000
+    return "%.1f GB" % value
+
+
+def _print_model_table(infos: Sequence[ModelInfo], out: Any) -> None:
+    """The ``models --long`` table: one row of facts per model; '?' where the server does not say."""
+    def cell(value: Any) -> str:
+        return "?" if value is None else str(value)
+
+    rows = [("NAME", "CONTEXT", "LOADED", "CAPABILITIES", "QUANT", "SIZE", "KIND")]
+    for info in infos:
+        loaded = "?" if info.loaded is None else (
+            "no" if not info.loaded else "yes (%s)" % cell(info.loaded_context_length))
+        rows.append((info.name, cell(info.context_length), loaded, ",".join(sorted(info.capabilities)) or "-",
+                     cell(info.quantization), _human_bytes(info.size_bytes) if info.size_bytes else "?",
+                     cell(info.kind)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  " + "  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() + "\n")
 
 
 if __name__ == "__main__":

@@ -32,3 +32,16 @@ def rsps():
     """HTTP mocked by ``responses``; a request nothing was registered for fails as a refused connection."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         yield mock
+
+
+@pytest.fixture
+def fake_servers(monkeypatch):
+    """Both wire-shaped fakes (tests/fakes.py, with their model endpoints) on loopback, with LM_STUDIO_HOST and
+    OLLAMA_HOST pointing at them: ``(lm_studio_server, ollama_server)``."""
+    import fakes
+    with LoopbackServer() as lm, LoopbackServer() as ol:
+        fakes.lm_studio_native(fakes.lm_studio(lm))
+        fakes.ollama_native(fakes.ollama(ol))
+        monkeypatch.setenv("LM_STUDIO_HOST", lm.host)
+        monkeypatch.setenv("OLLAMA_HOST", ol.host)
+        yield lm, ol

@@ -196,3 +196,119 @@ def ollama(server, models=OLLAMA_MODELS, reply=REPLY, gap=0.0, without_tools=("s
     server.route("POST", "/api/chat", chat)
     server.route("POST", "/api/embed", embed)
     return server
+
+
+# --- model management: facts, load, unload, download ------------------------------------------------------
+# Shapes from LM Studio's REST API pages (/api/v1/...) and from the recorded real Ollama exchanges
+# (tests/ollama_recorded/: 03-version, 05-show, 27-ps, 49-unload, 56-chat-empty-messages-load).
+
+def lm_studio_native(server, models=("qwen2.5-7b-instruct", "text-embedding-nomic-embed-text-v1.5"),
+                     context=32768, done_after=2):
+    """Add LM Studio 0.4's /api/v1 model endpoints to ``server``; a download completes after ``done_after``
+    status polls.  Loaded state is kept per fake."""
+    loaded = {}  # key -> context it is loaded with
+    polls = {"count": 0}
+
+    def record(key):
+        embedding = "embed" in key
+        entry = {"type": "embedding" if embedding else "llm", "publisher": "lmstudio-community", "key": key,
+                 "display_name": key, "quantization": {"name": "Q4_K_M", "bits_per_weight": 4},
+                 "size_bytes": 4683073952, "params_string": "7B", "max_context_length": context, "format": "gguf",
+                 "loaded_instances": [{"id": key, "config": {"context_length": loaded[key]}}] if key in loaded else []}
+        if not embedding:
+            entry.update(architecture="qwen2", capabilities={"vision": False, "trained_for_tool_use": True},
+                         description=None)
+        return entry
+
+    def list_models(request):
+        return json_reply({"models": [record(m) for m in models]})
+
+    def load(request):
+        body = request["json"]
+        if body["model"] not in models:
+            return json_reply({"error": "Model not found: %s" % body["model"]}, 404)
+        loaded[body["model"]] = body.get("context_length", 4096)
+        return json_reply({"type": "llm", "instance_id": body["model"], "load_time_seconds": 1.5, "status": "loaded",
+                           "load_config": {"context_length": loaded[body["model"]]}})
+
+    def unload(request):
+        loaded.pop(request["json"]["instance_id"], None)
+        return json_reply({"instance_id": request["json"]["instance_id"]})
+
+    def download(request):
+        if request["json"]["model"] in models:
+            return json_reply({"status": "already_downloaded"})
+        return json_reply({"job_id": "job_493c7c9ded", "status": "downloading", "total_size_bytes": 2279145003,
+                           "downloaded_bytes": 948, "bytes_per_second": 7834.7,
+                           "started_at": "2025-10-03T15:33:23.496Z"})
+
+    def status(request):
+        polls["count"] += 1
+        done = polls["count"] >= done_after
+        return json_reply({"job_id": "job_493c7c9ded", "status": "completed" if done else "downloading",
+                           "total_size_bytes": 2279145003,
+                           "downloaded_bytes": 2279145003 if done else 1139572501})
+
+    server.route("GET", "/api/v1/models", list_models)
+    server.route("POST", "/api/v1/models/load", load)
+    server.route("POST", "/api/v1/models/unload", unload)
+    server.route("POST", "/api/v1/models/download", download)
+    server.route("GET", "/api/v1/models/download/status/job_493c7c9ded", status)
+    return server
+
+
+def ollama_native(server, models=("llama3:latest", "qwen2.5:7b"), context=8192):
+    """Add Ollama's /api/show, /api/ps, /api/version, /api/pull, loading (an empty chat) and unloading
+    (keep_alive 0) to a server set up by ``ollama``.  Loaded state is kept per fake."""
+    loaded = {}  # name -> num_ctx
+    chat = server.routes[("POST", "/api/chat")]
+
+    def full(name):
+        return name if ":" in name else name + ":latest"
+
+    def show(request):
+        name = full(request["json"].get("model", ""))
+        if name not in models:
+            return json_reply({"error": "model '%s' not found" % request["json"].get("model")}, 404)
+        return json_reply({"details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
+                                       "parameter_size": "8.0B", "quantization_level": "Q4_K_M"},
+                           "model_info": {"general.architecture": "llama", "llama.context_length": context},
+                           "capabilities": ["completion", "tools"], "modified_at": "2026-11-25T15:38:51Z"})
+
+    def ps(request):
+        return json_reply({"models": [{"name": name, "model": name, "size": 5000000000, "digest": "0" * 64,
+                                       "details": {"quantization_level": "Q4_K_M"},
+                                       "expires_at": "2318-01-01T00:00:00Z", "size_vram": 0, "context_length": ctx}
+                                      for name, ctx in loaded.items()]})
+
+    def chat_or_load(request):
+        body = request["json"]
+        if body.get("messages") == [] and full(body["model"]) in models:
+            loaded[full(body["model"])] = (body.get("options") or {}).get("num_ctx", 4096)
+            return json_reply({"model": body["model"], "created_at": "2026-11-25T15:39:41.463005358Z",
+                               "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"})
+        return chat(request)
+
+    def unload(request):
+        loaded.pop(full(request["json"]["model"]), None)
+        return json_reply({"model": request["json"]["model"], "created_at": "2026-11-25T15:39:40.177019211Z",
+                           "response": "", "done": True, "done_reason": "unload"})
+
+    def pull(request):
+        lines = [{"status": "pulling manifest"}]
+        if full(request["json"]["model"]) not in models:
+            total = 2019377376
+            lines += [{"status": "pulling dde5aa3fc5ff", "digest": "sha256:dde5aa3fc5ff", "total": total,
+                       "completed": done} for done in (0, total // 2, total)]
+            lines += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"}]
+        lines.append({"status": "success"})
+        return Reply(200, [json.dumps(line).encode() + b"\n" for line in lines], framing="chunked",
+                     content_type="application/x-ndjson")
+
+    server.route("POST", "/api/show", show)
+    server.route("GET", "/api/ps", ps)
+    server.route("GET", "/api/version", json_reply({"version": "0.24.0"}))
+    server.route("POST", "/api/chat", chat_or_load)
+    server.route("POST", "/api/generate", unload)
+    server.route("POST", "/api/pull", pull)
+    return server

@@ -13,13 +13,13 @@ import pytest
 import responses
 
 import lm_providers as lmp
-from recorded import Exchange
+from recorded import exchange
 
 LMS_BASE, OLLAMA_BASE = "http://127.0.0.1:1234", "http://127.0.0.1:11434"
 LMS_URL, OLLAMA_URL = LMS_BASE + "/v1/embeddings", OLLAMA_BASE + "/api/embed"
 
-OLLAMA_EMBED = Exchange("30-embed.txt")          # input ["hello", "world"] -> two 576-wide vectors
-OPENAI_EMBED = Exchange("42-v1-embeddings.txt")  # input "hello" -> data[0].embedding, 576 wide
+OLLAMA_EMBED = exchange("30-embed")          # input ["hello", "world"] -> two 576-wide vectors
+OPENAI_EMBED = exchange("42-v1-embeddings")  # input "hello" -> data[0].embedding, 576 wide
 
 # From llama.cpp's server (realserver/, SmolLM2), see the module docstring.
 LLAMA_NO_EMBEDDINGS = (501, {"error": {"code": 501, "message": "This server does not support embeddings. Start "
@@ -75,7 +75,7 @@ def test_ollama_embed_sends_the_recorded_request_and_reads_the_recorded_answer(r
     rsps.add(responses.POST, OLLAMA_URL, body=OLLAMA_EMBED.body, status=200, content_type="application/json")
     vectors = ollama().embed(["hello", "world"], "smollm2")
     assert sent(rsps.calls[0]) == OLLAMA_EMBED.request == {"model": "smollm2", "input": ["hello", "world"]}
-    assert vectors == OLLAMA_EMBED.json()["embeddings"]
+    assert vectors == OLLAMA_EMBED.json["embeddings"]
     assert [len(v) for v in vectors] == [576, 576]
 
 
@@ -83,10 +83,10 @@ def test_openai_embed_reads_the_recorded_v1_answer(rsps):
     rsps.add(responses.POST, LMS_URL, body=OPENAI_EMBED.body, status=200, content_type="application/json")
     vectors = lms().embed("hello", "smollm2")
     assert sent(rsps.calls[0]) == {"model": "smollm2", "input": ["hello"]}
-    assert vectors == [OPENAI_EMBED.json()["data"][0]["embedding"]]
+    assert vectors == [OPENAI_EMBED.json["data"][0]["embedding"]]
     assert len(vectors[0]) == 576
     # the same model and text on Ollama's two endpoints gave the same vector
-    assert vectors[0] == OLLAMA_EMBED.json()["embeddings"][0]
+    assert vectors[0] == OLLAMA_EMBED.json["embeddings"][0]
 
 
 def test_openai_vectors_are_put_in_input_order_by_index(rsps):
@@ -257,7 +257,7 @@ def test_cli_embed_prints_json(rsps, capsys):
     rsps.add(responses.POST, OLLAMA_URL, body=OLLAMA_EMBED.body, content_type="application/json")
     assert lmp.main(["embed", "ollama://smollm2@127.0.0.1:11434", "hello", "world"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == {"model": "smollm2", "embeddings": OLLAMA_EMBED.json()["embeddings"]}
+    assert printed == {"model": "smollm2", "embeddings": OLLAMA_EMBED.json["embeddings"]}
     assert sent(rsps.calls[0]) == OLLAMA_EMBED.request
 
 

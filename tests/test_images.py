@@ -16,11 +16,11 @@ import responses
 import lm_providers as lmp
 from fakes import lm_studio as fake_lm_studio
 from fakes import ollama as fake_ollama
-from recorded import Exchange
+from recorded import exchange
 
 LMS_BASE, OLLAMA_BASE = "http://127.0.0.1:1234", "http://127.0.0.1:11434"
-IMAGE_CHAT = Exchange("51-chat-image-nonvision.txt")
-SHOW = Exchange("05-show.txt")
+IMAGE_CHAT = exchange("51-chat-image-nonvision")
+SHOW = exchange("05-show")
 PNG_B64 = IMAGE_CHAT.request["messages"][0]["images"][0]
 PNG = base64.b64decode(PNG_B64)
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01" + b"\x00" * 20
@@ -92,7 +92,7 @@ def test_ollama_gets_the_recorded_request_from_a_file_path(rsps, png_file):
     provider = lmp.OllamaProvider(host=OLLAMA_BASE)
     result = provider.chat([message], "ollama://smollm2?temperature=0&seed=42&num_predict=24")
     assert sent(chat_calls(rsps, "/api/chat")[0]) == IMAGE_CHAT.request
-    assert result.text == IMAGE_CHAT.json()["message"]["content"]
+    assert result.text == IMAGE_CHAT.json["message"]["content"]
 
 
 def test_ollama_gets_base64_for_every_form(rsps, png_file):
@@ -243,7 +243,7 @@ def test_ollama_warns_when_the_model_has_no_vision(rsps, caplog):
 
 
 def test_no_warning_for_a_vision_model(rsps, caplog):
-    show = SHOW.json()
+    show = SHOW.json
     show["capabilities"] = ["completion", "vision"]
     ollama_chat(rsps, show=json.dumps(show))
     with caplog.at_level(logging.WARNING, logger="lm_providers"):

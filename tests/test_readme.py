@@ -40,9 +40,12 @@ def test_the_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 @pytest.fixture
 def servers(monkeypatch):
+    """Both fakes with their model endpoints, plus the vision and embedding models the examples name."""
+    lm_models = fakes.LM_STUDIO_MODELS + ("qwen2.5-vl-7b-instruct",)
+    ollama_models = fakes.OLLAMA_MODELS + ("llava:latest", "nomic-embed-text:latest")
     with LoopbackServer() as lm, LoopbackServer() as ol:
-        fakes.lm_studio(lm, models=fakes.LM_STUDIO_MODELS + ("qwen2.5-vl-7b-instruct",))
-        fakes.ollama(ol, models=fakes.OLLAMA_MODELS + ("llava:latest", "nomic-embed-text:latest"))
+        fakes.lm_studio_native(fakes.lm_studio(lm, models=lm_models), models=lm_models)
+        fakes.ollama_native(fakes.ollama(ol, models=ollama_models), models=ollama_models)
         monkeypatch.setenv("LM_STUDIO_HOST", lm.host)
         monkeypatch.setenv("OLLAMA_HOST", ol.host)
         yield lm, ol

@@ -411,7 +411,7 @@ def test_error_shapes_with_an_error_status(server, kind, shape, call):
     with pytest.raises(lmp.ProviderResponseError) as info:
         run(kind.provider(server.host), kind, call)
     error = info.value
-    assert type(error) is lmp.ProviderResponseError
+    assert type(error) is lmp.ContextLengthError  # what these bodies say: the prompt did not fit
     assert error.status == 400
     assert error.server_message == message
     assert message in str(error) and "400" in str(error)
