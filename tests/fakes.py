@@ -25,8 +25,11 @@ def _json_for(schema):
 
 
 def lm_studio(server, models=("qwen2.5-7b-instruct", "text-embedding-nomic-embed-text-v1.5"), reply=REPLY,
-              token=None, gap=0.0):
-    """Install LM Studio's /v1 API on ``server``; returns ``server``."""
+              token=None, gap=0.0, prefix="", json_object=False):
+    """Install LM Studio's /v1 API on ``server`` (under ``prefix``); returns ``server``.
+
+    ``json_object=True`` accepts ``response_format`` ``json_object`` as generic OpenAI-compatible
+    servers do (LM Studio itself rejects it)."""
     def authorized(request):
         return token is None or request["headers"].get("authorization") == "Bearer " + token
 
@@ -49,9 +52,12 @@ def lm_studio(server, models=("qwen2.5-7b-instruct", "text-embedding-nomic-embed
                                          % body["model"], "type": "invalid_request_error", "param": "model",
                                          "code": "model_not_found"}}, 404)
         fmt = body.get("response_format")
-        if fmt and fmt.get("type") not in ("json_schema", "text"):
+        if fmt and fmt.get("type") not in ("json_schema", "text") + (("json_object",) if json_object else ()):
             return json_reply({"error": "'response_format.type' must be 'json_schema' or 'text'"}, 400)
-        text = _json_for(fmt["json_schema"]["schema"]) if fmt and fmt["type"] == "json_schema" else reply
+        if fmt and fmt["type"] == "json_object":
+            text = _json_for(None)
+        else:
+            text = _json_for(fmt["json_schema"]["schema"]) if fmt and fmt["type"] == "json_schema" else reply
         if body.get("stream"):
             return Reply(200, sse_events(_words(text), model=body["model"]), framing="chunked",
                          content_type="text/event-stream", gap=gap)
@@ -61,9 +67,15 @@ def lm_studio(server, models=("qwen2.5-7b-instruct", "text-embedding-nomic-embed
                            "usage": {"prompt_tokens": 12, "completion_tokens": len(text.split()),
                                      "total_tokens": 12 + len(text.split())}})
 
-    server.route("GET", "/v1/models", list_models)
-    server.route("POST", "/v1/chat/completions", chat)
+    server.route("GET", prefix + "/v1/models", list_models)
+    server.route("POST", prefix + "/v1/chat/completions", chat)
     return server
+
+
+def openai_compatible(server, models=("my-model",), prefix="", **kwargs):
+    """Install a generic OpenAI-compatible server (llama-server, vLLM, a LiteLLM proxy) on ``server``,
+    mounted under ``prefix`` (e.g. ``/llm``: it answers ``/llm/v1/chat/completions``)."""
+    return lm_studio(server, models=models, prefix=prefix, json_object=True, **kwargs)
 
 
 def ollama(server, models=("llama3:latest", "qwen2.5:7b"), reply=REPLY, gap=0.0):
