@@ -8,6 +8,11 @@ Two servers, each started once per test session and stopped at its end:
   ``$LM_PROVIDERS_CACHE`` or ``~/.cache/lm_providers``), which writes real
   English and follows a JSON schema.
 
+The provider fixtures ``tiny`` and ``smol`` are parametrized over ``kind``:
+``lm_studio`` (LMStudioProvider), ``openai`` (OpenAICompatibleProvider, the
+same server) and ``openai-prefixed`` (OpenAICompatibleProvider through a
+reverse proxy that mounts the server under ``/llm/v1``).
+
 Nothing is skipped: without xllamacpp the fixtures fail with the command that
 installs it,  python -m pip install -e ".[e2e]".
 """
@@ -19,6 +24,7 @@ import urllib.request
 import pytest
 
 from e2e_settings import N_CTX, REPO, SMOL_ALIAS, TIMEOUT, TINY_ALIAS
+from prefix_proxy import PrefixProxy
 
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -81,19 +87,46 @@ def smol_server(server_logs):
         server.stop()
 
 
-def _provider(server):
-    return lm_providers.LMStudioProvider(host=server.host, timeout=TIMEOUT)
+@pytest.fixture(scope="session")
+def tiny_proxy(tiny_server):
+    """The tiny model's server mounted under /llm/v1 by a reverse proxy."""
+    with PrefixProxy(tiny_server.host, "/llm/v1", "/v1") as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def smol_proxy(smol_server):
+    """SmolLM2's server mounted under /llm/v1 by a reverse proxy."""
+    with PrefixProxy(smol_server.host, "/llm/v1", "/v1") as proxy:
+        yield proxy
+
+
+KINDS = ["lm_studio", "openai", "openai-prefixed"]
+
+
+@pytest.fixture(params=KINDS)
+def kind(request):
+    """Which provider kind a test talks through (see the module docstring)."""
+    return request.param
+
+
+def _provider(request, kind, name):
+    server = request.getfixturevalue(name + "_server")
+    if kind == "lm_studio":
+        return lm_providers.LMStudioProvider(host=server.host, timeout=TIMEOUT)
+    host = request.getfixturevalue(name + "_proxy").base_url if kind == "openai-prefixed" else server.host
+    return lm_providers.OpenAICompatibleProvider(host=host, timeout=TIMEOUT)
 
 
 @pytest.fixture
-def tiny(tiny_server):
-    """A fresh LMStudioProvider pointed at the tiny model's server."""
-    with _provider(tiny_server) as provider:
+def tiny(request, kind):
+    """A fresh provider of ``kind`` pointed at the tiny model's server."""
+    with _provider(request, kind, "tiny") as provider:
         yield provider
 
 
 @pytest.fixture
-def smol(smol_server):
-    """A fresh LMStudioProvider pointed at SmolLM2's server."""
-    with _provider(smol_server) as provider:
+def smol(request, kind):
+    """A fresh provider of ``kind`` pointed at SmolLM2's server."""
+    with _provider(request, kind, "smol") as provider:
         yield provider
