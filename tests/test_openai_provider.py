@@ -466,3 +466,21 @@ def test_a_404_on_the_chat_path_says_what_the_host_must_be(server):
     with pytest.raises(lmp.ProviderResponseError) as info:
         provider.list_models()
     assert info.value.status == 404 and "/v1/chat/completions" in str(info.value)
+
+
+def test_the_readme_configs_load_and_send_each_role_to_its_host(tmp_path, monkeypatch):
+    from test_readme import README, fenced_blocks
+    configs = [block for block in fenced_blocks(README, "yaml") if "\nmodels:" in "\n" + block]
+    scaling = [block for block in configs if "openai_host" in block]
+    assert len(scaling) == 1
+    path = tmp_path / "config.yaml"
+    path.write_text(scaling[0])
+    config = lmp.load_config(str(path))
+    hosts = {role: lmp.get_provider(role, config).base_url for role in config.models}
+    assert hosts == {"initial_outline_writer": "https://gpu.example.com:443/vllm",
+                     "scene_writer": "http://litellm.internal:4000",
+                     "logical_model": "http://10.0.0.7:8080",
+                     "revision_model": "http://127.0.0.1:11434"}
+    for block in configs:  # every config of this library in the README loads
+        path.write_text(block)
+        lmp.load_config(str(path))

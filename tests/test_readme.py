@@ -40,11 +40,13 @@ def test_the_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 @pytest.fixture
 def servers(monkeypatch):
-    with LoopbackServer() as lm, LoopbackServer() as ol:
+    with LoopbackServer() as lm, LoopbackServer() as ol, LoopbackServer() as oa:
         fakes.lm_studio(lm)
         fakes.ollama(ol)
+        fakes.openai_compatible(oa, models=("meta-llama/Llama-3.1-8B-Instruct",), prefix="/vllm")
         monkeypatch.setenv("LM_STUDIO_HOST", lm.host)
         monkeypatch.setenv("OLLAMA_HOST", ol.host)
+        monkeypatch.setenv("OPENAI_BASE_URL", "http://%s/vllm/v1" % oa.host)  # the "Scaling out" example
         yield lm, ol
 
 
