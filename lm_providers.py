@@ -735,7 +735,8 @@ class Config:
 
     def host_for(self, provider: str) -> Optional[str]:
         """The host this config sets for ``provider``, or None."""
-        return getattr(self, "%s_host" % canonical_provider(provider))  # type: ignore[no-any-return]
+        hosts = {"lm_studio": self.lm_studio_host, "ollama": self.ollama_host, "openai": self.openai_host}
+        return hosts[canonical_provider(provider)]
 
     def __repr__(self) -> str:
         return "Config(ollama_host=%r, lm_studio_host=%r, openai_host=%r, models=%r, path=%r)" % (
@@ -2445,9 +2446,13 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
 
 
 def _openai_in_use(config: Optional[Config]) -> bool:
-    """Whether anything names an ``openai://`` server: a role, ``openai_host`` or OPENAI_BASE_URL."""
-    return bool(os.environ.get(HOST_ENV_VARS["openai"]) or config is not None and (
-        config.openai_host or any(m.provider == "openai" for m in config.models.values())))
+    """Whether the config names an ``openai://`` server (a role or ``openai_host``).
+
+    OPENAI_BASE_URL alone does not count: OpenAI's own clients read it too, so it
+    may be set for another program; ``--provider openai`` uses it.
+    """
+    return config is not None and bool(config.openai_host or any(m.provider == "openai"
+                                                                 for m in config.models.values()))
 
 
 def _kinds_for_host(host: Optional[str]) -> List[str]:

@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import os
-import ssl
 import subprocess
 import sys
 
@@ -21,8 +20,8 @@ from hypothesis import strategies as st
 
 import fakes
 import lm_providers as lmp
-from loopback import LoopbackServer, json_reply
-from test_security import self_signed_certificate
+from loopback import json_reply
+from test_security import tls_server  # noqa: F401  (a fixture: the loopback server behind TLS)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESSAGES = [{"role": "user", "content": "Say hello."}]
@@ -344,17 +343,9 @@ def test_generate_json_and_format_json_over_a_path_prefixed_loopback_server(serv
 # =============================================================================
 
 @pytest.fixture
-def tls_openai_server(tmp_path):
+def tls_openai_server(tls_server):  # noqa: F811
     """An openai:// server mounted under /llm, behind TLS with a self-signed certificate."""
-    cert_path, key_path = self_signed_certificate(str(tmp_path))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_path, key_path)
-    srv = LoopbackServer()
-    srv._server.socket = context.wrap_socket(srv._server.socket, server_side=True)
-    srv.cert_path = cert_path
-    fakes.openai_compatible(srv, prefix="/llm")
-    with srv:
-        yield srv
+    return fakes.openai_compatible(tls_server, prefix="/llm")
 
 
 @pytest.mark.parametrize("where", ["loopback", "remote"])
@@ -423,10 +414,14 @@ def test_setup_check_without_an_openai_host_says_where_to_give_one():
     assert code == 2 and "openai:// models need a host" in output and "OPENAI_BASE_URL" in output
 
 
-def test_setup_check_from_openai_base_url(prefixed, monkeypatch):
+def test_setup_check_from_openai_base_url(prefixed, monkeypatch, tmp_path):
     monkeypatch.setenv("OPENAI_BASE_URL", "http://%s/llm/v1" % prefixed.host)
     code, output = check("--provider", "openai")
     assert code == 0, output
+    monkeypatch.chdir(tmp_path)  # no config.yaml: without --provider only LM Studio and Ollama are looked at
+    code, output = check()
+    assert "OpenAI-compatible" not in output and prefixed.requests[-1]["path"] == "/llm/v1/chat/completions"
+    assert len(prefixed.requests) == 4  # the first check's four requests, no more
 
 
 def run_module(*args, env=None):
@@ -442,9 +437,12 @@ def test_cli_models_and_generate_through_openai(prefixed):
     done = run_module("generate", "openai://my-model@%s" % host, "Hi")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == fakes.REPLY
-    done = run_module("models", env={"OPENAI_BASE_URL": host, "LM_STUDIO_HOST": "127.0.0.1:9",
-                                     "OLLAMA_HOST": "127.0.0.1:9"})
+    environment = {"OPENAI_BASE_URL": host, "LM_STUDIO_HOST": "127.0.0.1:9", "OLLAMA_HOST": "127.0.0.1:9"}
+    done = run_module("models", "--provider", "openai", env=environment)
     assert done.returncode == 0 and "my-model" in done.stdout, done.stderr
+    # OPENAI_BASE_URL alone (OpenAI's own clients read it too) does not add a server to look at
+    done = run_module("models", env=environment)
+    assert done.returncode == 1 and "my-model" not in done.stdout and "OpenAI" not in done.stderr
 
 
 def test_cli_generate_without_a_host_is_a_message_not_a_traceback():

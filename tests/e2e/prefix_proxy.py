@@ -4,46 +4,23 @@
 server's ``/v1/chat/completions``.  A request outside the prefix is sent on to a path the server does
 not have, so a client that ignores the prefix gets the server's own 404.  Requests are rewritten one
 by one on each kept-alive connection; answers pass through byte for byte as they arrive (streams
-stay streams), and when the server closes a connection the proxy closes the client's.
+stay streams), and when the server closes a connection the proxy closes the client's at once.
 """
 
 import socket
-import threading
+
+from late_close_relay import LateCloseRelay, close_sockets
 
 
-class PrefixProxy:
+class PrefixProxy(LateCloseRelay):
     """``with PrefixProxy(server.host, "/llm/v1", "/v1") as proxy:`` then use ``proxy.base_url``."""
 
     def __init__(self, target_host: str, prefix: str, upstream_prefix: str):
-        host, port = target_host.rsplit(":", 1)
-        self.target = (host, int(port))
+        super().__init__(target_host, delay=0.0)
         self.prefix = prefix.encode()
         self.upstream_prefix = upstream_prefix.encode()
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.host = "127.0.0.1:%d" % self.listener.getsockname()[1]
         self.base_url = "http://%s%s" % (self.host, prefix)
         self.paths = []  # the paths clients asked for, in order
-        self._sockets = []
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            self._sockets += [client, server]
-            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._answers, args=(server, client), daemon=True).start()
 
     def _requests(self, client: socket.socket, server: socket.socket) -> None:
         """Client to server: each request's head is read whole and its path rewritten; the body follows."""
@@ -59,54 +36,13 @@ class PrefixProxy:
                     target = self.upstream_prefix + target[len(self.prefix):]
                 else:
                     target = b"/not-mounted" + target
-                head = [b" ".join((method, target, version))]
-                length = 0
-                while True:
-                    header = reader.readline(65537)
-                    head.append(header)
-                    if header in (b"\r\n", b"\n", b""):
-                        break
-                    name, _, value = header.partition(b":")
+                head, length = [b" ".join((method, target, version))], 0
+                while head[-1] not in (b"\r\n", b"\n", b""):
+                    head.append(reader.readline(65537))
+                    name, _, value = head[-1].partition(b":")
                     if name.strip().lower() == b"content-length":
                         length = int(value.strip())
                 server.sendall(b"".join(head) + (reader.read(length) if length else b""))
         except (OSError, ValueError):
             pass
-        finally:
-            _close(server)
-
-    @staticmethod
-    def _answers(server: socket.socket, client: socket.socket) -> None:
-        try:
-            while True:
-                data = server.recv(65536)
-                if not data:
-                    break
-                client.sendall(data)
-        except OSError:
-            pass
-        _close(client)
-        _close(server)
-
-    def close(self) -> None:
-        self._closed = True
-        self.listener.close()
-        for sock in self._sockets:
-            _close(sock)
-
-    def __enter__(self) -> "PrefixProxy":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass
+        close_sockets(server, client)
