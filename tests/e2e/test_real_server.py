@@ -172,7 +172,7 @@ def test_two_threads_streaming_at_once_get_whole_unmixed_answers(tiny, tiny_serv
 
 def test_generate_json_on_smollm2_has_the_required_attributes(smol, smol_server):
     messages = [{"role": "user", "content": "Invent a person. Reply with JSON giving their name and age."}]
-    data = smol.generate_json(messages, uri(smol, smol_server, max_tokens=200),
+    data = smol.generate_json(messages, uri(smol, smol_server, max_tokens=200, temperature=0),  # deterministic
                               required_attributes=["name", "age"])
     assert isinstance(data, dict) and "name" in data and "age" in data, data
 
