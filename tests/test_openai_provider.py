@@ -482,3 +482,12 @@ def test_the_readme_configs_load_and_send_each_role_to_its_host(tmp_path, monkey
     for block in configs:  # every config of this library in the README loads
         path.write_text(block)
         lmp.load_config(str(path))
+
+
+def test_vllm_404_for_a_wrong_path_is_not_model_not_found(rsps):
+    # vLLM (FastAPI) answers a path it does not serve with {"detail": "Not Found"}: a wrong base URL
+    rsps.add(responses.POST, BASE + "/v1/chat/completions", json={"detail": "Not Found"}, status=404)
+    with pytest.raises(lmp.ProviderResponseError) as info:
+        lmp.OpenAICompatibleProvider(host=BASE).generate_text(MESSAGES, "my-model")
+    assert type(info.value) is lmp.ProviderResponseError and info.value.status == 404
+    assert "no endpoint /v1/chat/completions" in str(info.value) and "base URL" in str(info.value)
