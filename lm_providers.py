@@ -3,10 +3,12 @@
 One file, drop it next to your script or ``pip install`` it.  It talks to
 
 * LM Studio's OpenAI-compatible server (``/v1/chat/completions``, default
-  ``127.0.0.1:1234``), and
-* Ollama's native server (``/api/chat``, default ``127.0.0.1:11434``),
+  ``127.0.0.1:1234``),
+* Ollama's native server (``/api/chat``, default ``127.0.0.1:11434``), and
+* any other server that speaks OpenAI's chat-completions API (``openai://``:
+  llama.cpp's llama-server, vLLM, a LiteLLM proxy, hosted endpoints),
 
-with the same calls for both::
+with the same calls for all::
 
     import lm_providers as lmp
     provider = lmp.get_provider("lm_studio://qwen2.5-7b-instruct?temperature=0.2")
@@ -223,21 +225,25 @@ class ToolLoopError(ProviderError):
 # =============================================================================
 
 PROVIDER_NAMES = {"lm_studio": "lm_studio", "lmstudio": "lm_studio", "lm-studio": "lm_studio",
-                  "ollama": "ollama"}
+                  "ollama": "ollama", "openai": "openai"}
+#: The port a host without one gets.  ``openai://`` servers have no common port: a host without one gets
+#: its scheme's (80 or 443), and there is no default host at all (see ``resolve_host``).
 DEFAULT_PORTS = {"lm_studio": 1234, "ollama": 11434}
-HOST_ENV_VARS = {"lm_studio": "LM_STUDIO_HOST", "ollama": "OLLAMA_HOST"}
-SERVER_TITLES = {"lm_studio": "LM Studio", "ollama": "Ollama"}
+EXAMPLE_PORTS = dict(DEFAULT_PORTS, openai=8000)  # for examples in messages (8000: vLLM's default)
+HOST_ENV_VARS = {"lm_studio": "LM_STUDIO_HOST", "ollama": "OLLAMA_HOST", "openai": "OPENAI_BASE_URL"}
+SERVER_TITLES = {"lm_studio": "LM Studio", "ollama": "Ollama", "openai": "OpenAI-compatible server"}
 
 _URI_EXAMPLE = ("lm_studio://qwen2.5-7b-instruct@127.0.0.1:1234?temperature=0.7  or  "
-                "ollama://llama3:70b?num_ctx=8192")
+                "ollama://llama3:70b?num_ctx=8192  or  openai://my-model@https://gpu.example.com/v1")
 
 
 def canonical_provider(name: str) -> str:
-    """Return ``"lm_studio"`` or ``"ollama"`` for any accepted spelling; raise InvalidInputError otherwise."""
+    """Return ``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; raise InvalidInputError
+    otherwise."""
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in PROVIDER_NAMES:
         raise InvalidInputError(
-            "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio') or 'ollama'" % (name,))
+            "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), 'ollama' or 'openai'" % (name,))
     return PROVIDER_NAMES[key]
 
 
@@ -298,15 +304,18 @@ def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
     return host, (port if sep else None)
 
 
-def _looks_like_host(tail: str) -> bool:
+def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
     """Whether the text after a model name's last '@' is a host rather than part of the name.
 
     It is a host when it has a scheme, a numeric port, or is an IP address,
     ``localhost`` or a dotted DNS name; LM Studio variant keys such as
-    ``q4_k_m`` or ``8bit`` are none of these.
+    ``q4_k_m`` or ``8bit`` are none of these.  For ``openai`` a path after
+    the host (``gpu.example.com/vllm/v1``) does not count against it.
     """
     if "://" in tail:
         return True
+    if provider == "openai":
+        tail = tail.partition("/")[0]
     try:
         host, port = _split_host_port(tail)
     except ValueError:
@@ -324,12 +333,14 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
     ``https://host:port``, ``[::1]:port`` and bare IPv6, with an optional
     trailing ``/`` or ``/v1``.  A host without a port gets its server's default
     port; ``0.0.0.0`` and ``::`` (bind addresses) mean this machine.
+    For ``openai`` the host may carry a path prefix (see ``_openai_path_prefix``)
+    and a host without a port gets its scheme's (80 or 443).
     Raises InvalidInputError naming what is wrong.
     """
     provider = canonical_provider(provider)
     if not isinstance(host, str):
         raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %r"
-                                % (DEFAULT_PORTS[provider], host))
+                                % (EXAMPLE_PORTS[provider], host))
     text = host.strip()
     scheme = "http"
     if "://" in text:
@@ -339,7 +350,8 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
             raise InvalidInputError("host %r: scheme %r is not supported; use http:// or https://"
                                     % (host, scheme))
     text, slash, path = text.partition("/")
-    if slash and path.strip("/") not in ("", "v1"):
+    prefix = _openai_path_prefix(host, path) if provider == "openai" else ""
+    if slash and provider != "openai" and path.strip("/") not in ("", "v1"):
         raise InvalidInputError(
             "host %r has a path (/%s); give only scheme, host and port, for example 'http://10.0.0.5:%d'"
             % (host, path, DEFAULT_PORTS[provider]))
@@ -351,12 +363,12 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
     except ValueError as exc:
         raise InvalidInputError("host %r: %s" % (host, exc)) from None
     if port in (None, ""):
-        port_number = DEFAULT_PORTS[provider]
+        port_number = DEFAULT_PORTS.get(provider) or (443 if scheme == "https" else 80)
     elif _PORT_RE.match(port) and 0 < int(port) < 65536:
         port_number = int(port)
     else:
         raise InvalidInputError("host %r has a bad port %r: use a number from 1 to 65535, for example '%s:%d'"
-                                % (host, port, name or "127.0.0.1", DEFAULT_PORTS[provider]))
+                                % (host, port, name or "127.0.0.1", EXAMPLE_PORTS[provider]))
     name = name.strip().lower() or "127.0.0.1"
     if name == "0.0.0.0":
         name = "127.0.0.1"
@@ -366,17 +378,46 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
         raise InvalidInputError("host %r has characters a host name cannot have" % (host,))
     if ":" in name:
         name = "[%s]" % name
-    return "%s://%s:%d" % (scheme, name, port_number)
+    return "%s://%s:%d%s" % (scheme, name, port_number, prefix)
+
+
+_PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+\Z")
+
+
+def _openai_path_prefix(host: str, path: str) -> str:
+    """The path prefix an ``openai://`` host keeps in its base URL, without a trailing ``/v1``.
+
+    A base URL is written as OpenAI's clients take it, ending in ``/v1`` or
+    not: ``https://gpu.example.com/vllm/v1`` and ``https://gpu.example.com/vllm``
+    both give the prefix ``/vllm``, and requests go to ``/vllm/v1/chat/completions``.
+    """
+    segments = [segment for segment in path.split("/") if segment]
+    if segments and segments[-1] == "v1":
+        segments.pop()
+    if segments and segments[-1] == "v1":
+        raise InvalidInputError("host %r ends in /v1/v1: write the server's base URL with /v1 once" % (host,))
+    for segment in segments:
+        if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
+            raise InvalidInputError(
+                "host %r has a path segment %r that cannot be part of a base URL: use letters, digits and "
+                "'.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'" % (host, segment))
+    return "".join("/" + segment for segment in segments)
 
 
 def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Config"] = None) -> str:
     """Return the base URL to use: ``host`` if given, else the config file's, else the
-    environment's (``OLLAMA_HOST`` / ``LM_STUDIO_HOST``), else the server's default."""
+    environment's (``OLLAMA_HOST`` / ``LM_STUDIO_HOST`` / ``OPENAI_BASE_URL``), else the
+    server's default.  ``openai`` has no default: without a host it raises InvalidInputError."""
     provider = canonical_provider(provider)
     for candidate in (host, config.host_for(provider) if config is not None else None,
                       os.environ.get(HOST_ENV_VARS[provider])):
         if candidate is not None and str(candidate).strip():
             return normalize_host(str(candidate), provider)
+    if provider not in DEFAULT_PORTS:
+        raise InvalidInputError(
+            "openai:// models need a host, and none was given: put it in the URI (openai://MODEL@HOST, e.g. "
+            "openai://my-model@http://127.0.0.1:8000/v1), set openai_host in config.yaml, or set OPENAI_BASE_URL "
+            "(e.g. OPENAI_BASE_URL=https://gpu.example.com/v1)")
     return "http://127.0.0.1:%d" % DEFAULT_PORTS[provider]
 
 
@@ -421,13 +462,13 @@ def parse_model_uri(uri: str) -> ModelConfig:
     if not sep:
         raise bad("it does not start with a provider such as 'lm_studio://' or 'ollama://'")
     if scheme.strip().lower() not in PROVIDER_NAMES:
-        raise bad("unknown provider %r (use lm_studio, lmstudio, lm-studio or ollama)" % scheme)
+        raise bad("unknown provider %r (use lm_studio, lmstudio, lm-studio, ollama or openai)" % scheme)
     provider = PROVIDER_NAMES[scheme.strip().lower()]
 
     rest, qmark, query = rest.partition("?")
     name, host = rest, None
     at = rest.rfind("@")
-    if at >= 0 and _looks_like_host(rest[at + 1:]):
+    if at >= 0 and _looks_like_host(rest[at + 1:], provider):
         name, host = rest[:at], rest[at + 1:]
         try:
             normalize_host(host, provider)
@@ -435,7 +476,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
             raise bad("the host part is wrong: %s" % exc) from None
     elif at == len(rest) - 1 and at >= 0:
         raise bad("nothing follows the '@': remove it, or give a host such as @127.0.0.1:%d"
-                  % DEFAULT_PORTS[provider])
+                  % EXAMPLE_PORTS[provider])
     try:
         name = _percent_decode(name)
     except UnicodeDecodeError:
@@ -506,17 +547,17 @@ def format_model_uri(config: ModelConfig) -> str:
     name = _escape(config.name, "%?#")
     while config.host is None:  # escape '@'s until no host-like tail is left: it all belongs to the name
         at = name.rfind("@")
-        if at < 0 or not (at == len(name) - 1 or _looks_like_host(name[at + 1:])):
+        if at < 0 or not (at == len(name) - 1 or _looks_like_host(name[at + 1:], config.provider)):
             break
         name = name[:at] + "%40" + name[at + 1:]
     uri = "%s://%s" % (config.provider, name)
     if config.host is not None:
         host = str(config.host).strip()
         normalize_host(host, config.provider)
-        if not _looks_like_host(host) or "?" in host:
+        if not _looks_like_host(host, config.provider) or "?" in host:
             raise InvalidInputError(
                 "host %r would read back as part of the model name; write it with its port, e.g. '%s:%d'"
-                % (config.host, host, DEFAULT_PORTS[config.provider]))
+                % (config.host, host, EXAMPLE_PORTS[config.provider]))
         uri += "@" + host
     if config.parameters:
         uri += "?" + "&".join("%s=%s" % (_escape(str(k), "%&=#"), _escape(_format_query_value(k, v), "%&#"))
@@ -528,6 +569,9 @@ def format_model_uri(config: ModelConfig) -> str:
 # Parameter mapping
 # =============================================================================
 
+_SAME_AS_LM_STUDIO = "<same as lm_studio>"
+
+
 class ParameterRow(tuple):
     """One row of PARAMETER_MAP: where a parameter goes on each server.
 
@@ -535,23 +579,28 @@ class ParameterRow(tuple):
     ``ollama``: the Ollama field name, or None.  ``ollama_place``: ``"options"``
     or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.
     ``priority``: when two parameters land on one field, the higher one wins.
+    ``openai``: the field for ``openai://`` servers, or None; by default the
+    same as ``lm_studio`` (both take OpenAI's names).
     """
 
     __slots__ = ()
-    _fields = ("lm_studio", "ollama", "ollama_place", "kind", "priority")
+    _fields = ("lm_studio", "ollama", "ollama_place", "kind", "priority", "openai")
 
     def __new__(cls, lm_studio: Optional[str], ollama: Optional[str], ollama_place: str = "options",
-                kind: str = "number", priority: int = 1):
-        return tuple.__new__(cls, (lm_studio, ollama, ollama_place, kind, priority))
+                kind: str = "number", priority: int = 1, openai: Optional[str] = _SAME_AS_LM_STUDIO):
+        if openai == _SAME_AS_LM_STUDIO:
+            openai = lm_studio
+        return tuple.__new__(cls, (lm_studio, ollama, ollama_place, kind, priority, openai))
 
     lm_studio = property(lambda self: self[0])
     ollama = property(lambda self: self[1])
     ollama_place = property(lambda self: self[2])
     kind = property(lambda self: self[3])
     priority = property(lambda self: self[4])
+    openai = property(lambda self: self[5])
 
     def __repr__(self) -> str:
-        return "ParameterRow(lm_studio=%r, ollama=%r, ollama_place=%r, kind=%r, priority=%r)" % self
+        return "ParameterRow(lm_studio=%r, ollama=%r, ollama_place=%r, kind=%r, priority=%r, openai=%r)" % self
 
 
 R = ParameterRow
@@ -577,9 +626,9 @@ PARAMETER_MAP: Dict[str, ParameterRow] = {
     # reasoning models
     "think":             R("reasoning_effort", "think", "top", kind="think"),
     "reasoning_effort":  R("reasoning_effort", "think", "top", kind="effort"),
-    # how long the model stays loaded
-    "keep_alive":        R("ttl", "keep_alive", "top", kind="duration"),
-    "ttl":               R("ttl", "keep_alive", "top", kind="int"),
+    # how long the model stays loaded (LM Studio's ttl; no OpenAI equivalent)
+    "keep_alive":        R("ttl", "keep_alive", "top", kind="duration", openai=None),
+    "ttl":               R("ttl", "keep_alive", "top", kind="int", openai=None),
     # Ollama-only options
     "num_keep":          R(None, "num_keep", kind="int"),
     "typical_p":         R(None, "typical_p"),
@@ -594,7 +643,7 @@ PARAMETER_MAP: Dict[str, ParameterRow] = {
     # log-probabilities of the reply's tokens (ChatResult.logprobs); top-level fields on both servers
     "logprobs":          R("logprobs", "logprobs", "top", kind="bool"),
     "top_logprobs":      R("top_logprobs", "top_logprobs", "top", kind="int"),
-    "draft_model":       R("draft_model", None, kind="str"),
+    "draft_model":       R("draft_model", None, kind="str", openai=None),  # LM Studio's speculative decoding
     # tool calling: top-level fields on both servers; Ollama has no tool_choice
     "tools":             R("tools", "tools", "top", kind="tools"),
     "tool_choice":       R("tool_choice", None, kind="tool_choice"),
@@ -670,28 +719,34 @@ _DROP = object()
 
 
 def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
-    """Translate a value whose meaning differs between the servers; _DROP when it has no translation."""
-    if kind == "tools":  # the same schema form on both servers; checked and normalized here
+    """Translate a value whose meaning differs between the servers; _DROP when it has no translation.
+
+    LM Studio rejects ``response_format`` ``json_object``, so for it ``"json"`` and
+    ``json_object`` become a ``json_schema`` for any object; ``openai://`` servers
+    take ``json_object`` as it is.
+    """
+    if kind == "tools":  # the same schema form on every server; checked and normalized here
         return [tool_schema(tool) for tool in value]
-    if provider == "lm_studio":
-        if kind == "format":  # Ollama's format -> OpenAI response_format (LM Studio rejects json_object)
+    if provider != "ollama":
+        any_object = _json_schema_format({"type": "object"}) if provider == "lm_studio" else {"type": "json_object"}
+        if kind == "format":  # Ollama's format -> OpenAI response_format
             if isinstance(value, dict):
                 return _json_schema_format(value)
             if value.strip().lower() == "json":
-                return _json_schema_format({"type": "object"})
+                return any_object
             if value.strip():
                 raise _type_error(name, value, "'json' or a JSON schema object")
             return _DROP
         if kind == "response_format" and value.get("type") == "json_object":
-            return _json_schema_format({"type": "object"})
+            return any_object if provider == "lm_studio" else value
         if kind == "think":
             if isinstance(value, bool):
-                logger.warning("parameter think=%s has no LM Studio equivalent (it takes reasoning_effort="
-                               "'low'|'medium'|'high'); not sent", value)
+                logger.warning("parameter think=%s has no %s equivalent (it takes reasoning_effort="
+                               "'low'|'medium'|'high'); not sent", value, SERVER_TITLES[provider])
                 return _DROP
             if value == "max":
-                logger.warning("parameter think='max' is Ollama's; LM Studio's strongest reasoning_effort is "
-                               "'high', which is sent instead")
+                logger.warning("parameter think='max' is Ollama's; %s's strongest reasoning_effort is 'high', "
+                               "which is sent instead", SERVER_TITLES[provider])
                 return "high"
             return value
         if kind == "duration":
@@ -724,7 +779,7 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
 def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, Any]:
     """Translate parameters written with either server's names for ``provider``.
 
-    For LM Studio the result is a flat dict of OpenAI fields.  For Ollama it is
+    For LM Studio and ``openai`` the result is a flat dict of OpenAI fields.  For Ollama it is
     the top-level fields plus an ``"options"`` dict (omitted when empty).  A
     parameter the target does not understand is logged as a warning naming it;
     one missing from PARAMETER_MAP is sent as written, with a warning.  Raises
@@ -745,7 +800,7 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
             (options if provider == "ollama" else out)[name] = value
             continue
         _check_kind(name, value, row.kind)
-        field = row.lm_studio if provider == "lm_studio" else row.ollama
+        field = getattr(row, provider)
         if field is None:
             logger.warning("parameter %r is not understood by %s; not sent (see PARAMETER_MAP)", name, title)
             continue
@@ -772,23 +827,26 @@ class Config:
     """What a config file holds: each server's host and the model for each role."""
 
     def __init__(self, ollama_host: Optional[str] = None, lm_studio_host: Optional[str] = None,
-                 models: Optional[Mapping[str, ModelConfig]] = None, path: Optional[str] = None):
+                 models: Optional[Mapping[str, ModelConfig]] = None, path: Optional[str] = None,
+                 openai_host: Optional[str] = None):
         self.ollama_host = ollama_host
         self.lm_studio_host = lm_studio_host
+        self.openai_host = openai_host
         self.models: Dict[str, ModelConfig] = dict(models or {})
         self.path = path
 
     def host_for(self, provider: str) -> Optional[str]:
         """The host this config sets for ``provider``, or None."""
-        return self.lm_studio_host if canonical_provider(provider) == "lm_studio" else self.ollama_host
+        hosts = {"lm_studio": self.lm_studio_host, "ollama": self.ollama_host, "openai": self.openai_host}
+        return hosts[canonical_provider(provider)]
 
     def __repr__(self) -> str:
-        return "Config(ollama_host=%r, lm_studio_host=%r, models=%r, path=%r)" % (
-            self.ollama_host, self.lm_studio_host, self.models, self.path)
+        return "Config(ollama_host=%r, lm_studio_host=%r, openai_host=%r, models=%r, path=%r)" % (
+            self.ollama_host, self.lm_studio_host, self.openai_host, self.models, self.path)
 
 
 def load_config(path: str = "config.yaml") -> Config:
-    """Read a YAML config: ``ollama_host``, ``lm_studio_host`` and ``models: {role: uri}``.
+    """Read a YAML config: ``ollama_host``, ``lm_studio_host``, ``openai_host`` and ``models: {role: uri}``.
 
     Every URI and host is checked now, so a typo is reported with the file and
     the role rather than at the first request.  Raises ConfigError.
@@ -809,12 +867,13 @@ def load_config(path: str = "config.yaml") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError("config file %s must be a mapping with ollama_host, lm_studio_host and models" % path)
-    unknown = sorted(set(map(str, data)) - {"ollama_host", "lm_studio_host", "models"})
+        raise ConfigError("config file %s must be a mapping with ollama_host, lm_studio_host, openai_host and "
+                          "models" % path)
+    unknown = sorted(set(map(str, data)) - {"ollama_host", "lm_studio_host", "openai_host", "models"})
     if unknown:
         logger.warning("config file %s: ignoring unknown keys %s", path, ", ".join(unknown))
     hosts = {}
-    for key, provider in (("ollama_host", "ollama"), ("lm_studio_host", "lm_studio")):
+    for key, provider in (("ollama_host", "ollama"), ("lm_studio_host", "lm_studio"), ("openai_host", "openai")):
         value = data.get(key)
         if value is not None:
             try:
@@ -834,7 +893,7 @@ def load_config(path: str = "config.yaml") -> Config:
             models[str(role)] = parse_model_uri(uri)
         except ModelURIError as exc:
             raise ConfigError("config file %s: role %r: %s" % (path, role, exc)) from None
-    return Config(hosts["ollama_host"], hosts["lm_studio_host"], models, path)
+    return Config(hosts["ollama_host"], hosts["lm_studio_host"], models, path, openai_host=hosts["openai_host"])
 
 
 
@@ -973,8 +1032,9 @@ def _server_message(body: str) -> str:
         data = None
     if isinstance(data, dict):
         error = data.get("error", data.get("detail", data.get("message")))
-        if isinstance(error, dict):
-            error = error.get("message") or error.get("msg") or json.dumps(error)
+        for _ in range(2):  # LiteLLM may nest once more: {"error": {"message": {"error": "..."}}}
+            if isinstance(error, dict):
+                error = error.get("message") or error.get("error") or error.get("msg") or json.dumps(error)
         if isinstance(error, str) and error.strip():
             return error.strip()
     if text[:1] == "<" or "<html" in text[:200].lower():
@@ -1036,6 +1096,8 @@ class HTTPTransport:
         # Proxy variables route loopback traffic wrongly and looking them up costs
         # more than a small local request; remote hosts keep the usual behaviour.
         self.session.trust_env = not _is_loopback(base_url)
+        if not self.session.trust_env:  # a private CA still applies (requests reads these only with trust_env)
+            self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=32)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -1188,7 +1250,8 @@ class HTTPTransport:
                                        self.connect_timeout, self.read_timeout * 4))
         if isinstance(exc, exceptions.SSLError):
             return ProviderConnectionError("TLS failed talking to %s: %s. Use http:// for a local server, or "
-                                           "fix its certificate." % (self.base_url, exc))
+                                           "fix its certificate; a certificate from a private CA is trusted with "
+                                           "REQUESTS_CA_BUNDLE=/path/to/ca.pem." % (self.base_url, exc))
         if isinstance(exc, (exceptions.InvalidURL, exceptions.MissingSchema, exceptions.InvalidSchema)):
             return ProviderConnectionError("bad URL %s: %s" % (url, exc))
         if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, exceptions.RequestException):
@@ -2321,7 +2384,7 @@ class BaseProvider:
     may be shared between threads; a single stream belongs to one thread.
     """
 
-    provider = ""            # "lm_studio" or "ollama"
+    provider = ""            # "lm_studio", "ollama" or "openai"
     chat_path = ""
     models_path = ""
     framing = ""             # "sse" or "ndjson"
@@ -3241,17 +3304,39 @@ def _openai_usage(usage: Any) -> Optional[Dict[str, int]]:
 
 
 class OpenAICompatibleProvider(BaseProvider):
-    """What every server speaking OpenAI's chat-completions API shares: ``/v1/chat/completions``
-    (SSE when streamed) and ``/v1/models``.
+    """Any server speaking OpenAI's chat-completions API (``openai://`` URIs): llama.cpp's
+    llama-server, vLLM, a LiteLLM proxy, LocalAI, hosted endpoints.  ``/v1/chat/completions``
+    (SSE when streamed) and ``/v1/models``, below the host's path prefix if it has one.
 
-    ``LMStudioProvider`` is this plus LM Studio's specifics (its hints, its
-    error wording, its native REST API).  Subclasses set ``provider``.
+    ``host`` is required (or ``openai_host`` in the config, or ``OPENAI_BASE_URL``).
+    ``api_key`` (or ``OPENAI_API_KEY`` in the environment) is sent as a bearer
+    token, only when one is set.  ``LMStudioProvider`` is this plus LM Studio's
+    specifics (its hints, ``ttl``, LM_API_TOKEN, the ``json_object`` rewrite).
     """
 
+    provider = "openai"
     chat_path = "/v1/chat/completions"
     models_path = "/v1/models"
     framing = "sse"
     content_must_be_str = False
+    api_key_env = "OPENAI_API_KEY"
+    start_hint = ("Check that the server runs and that the host is its base URL, e.g. http://127.0.0.1:8080 for "
+                  "llama-server, http://127.0.0.1:8000/v1 for vLLM, http://127.0.0.1:4000 for a LiteLLM proxy.")
+    auth_hint = ("The server requires an API key: pass api_key=... or set OPENAI_API_KEY (a LiteLLM proxy takes "
+                 "one of its keys, vLLM the value of its --api-key).")
+    wrong_server_hint = ("The host must be the server's OpenAI base URL (requests go to <base>/v1/chat/completions); "
+                         "Ollama's native API needs ollama:// URIs.")
+    model_not_found_phrases: Tuple[str, ...] = ("not found", "does not exist", "invalid model name")
+
+    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
+                 api_key: Optional[str] = None, max_retries: int = 2):
+        super().__init__(host, timeout, api_key if api_key is not None else os.environ.get(self.api_key_env) or None,
+                         max_retries)
+
+    def download_hint(self, model: str) -> str:
+        return ("Check the exact id in the server's list (python -m lm_providers models --provider openai --host "
+                "%s; ids are case-sensitive): vLLM serves the names given by --served-model-name, a LiteLLM proxy "
+                "the model_name entries of its config." % self.base_url)
 
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {"stream_options": {"include_usage": True}} if stream else {}
@@ -3260,8 +3345,6 @@ class OpenAICompatibleProvider(BaseProvider):
         text = message.lower()
         return status in (400, 404) and ('"model_not_found"' in body or "model" in text and any(
             phrase in text for phrase in self.model_not_found_phrases))
-
-    model_not_found_phrases: Tuple[str, ...] = ("not found", "does not exist")
 
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
         choice = data["choices"][0]
@@ -3377,6 +3460,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
     """
 
     provider = "lm_studio"
+    api_key_env = "LM_API_TOKEN"
     start_hint = ("Start LM Studio's server: in the LM Studio app open the Developer tab and click Start Server, "
                   "or run  lms server start  (default port 1234).")
     auth_hint = ("The server requires an API token: pass api_key=... or set LM_API_TOKEN; check the token in "
@@ -3385,11 +3469,6 @@ class LMStudioProvider(OpenAICompatibleProvider):
     model_not_found_phrases = ("not found", "no models loaded", "not loaded", "does not exist",
                                "invalid model identifier")
     image_types = ("image/png", "image/jpeg", "image/webp")  # "supports JPEG, PNG, and WebP" (LM Studio's docs)
-
-    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2):
-        super().__init__(host, timeout, api_key if api_key is not None else os.environ.get("LM_API_TOKEN") or None,
-                         max_retries)
 
     def download_hint(self, model: str) -> str:
         return ("Download it in LM Studio (or  lms get %s), load it (lms load %s), and check the exact id "
@@ -3875,7 +3954,8 @@ def _ollama_usage(data: Mapping[str, Any]) -> Optional[Dict[str, int]]:
 
 
 #: The provider class for each server kind.
-PROVIDER_CLASSES: Dict[str, type] = {"lm_studio": LMStudioProvider, "ollama": OllamaProvider}
+PROVIDER_CLASSES: Dict[str, type] = {"lm_studio": LMStudioProvider, "ollama": OllamaProvider,
+                                     "openai": OpenAICompatibleProvider}
 
 
 def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None,
@@ -3973,9 +4053,9 @@ def _next_step(exc: BaseException, provider: "BaseProvider", model: Optional[Mod
     if isinstance(exc, ProviderConnectionError):
         if "refused" in str(exc):
             return ("%s If it runs on another machine or port, set %s in config.yaml or pass --host HOST:PORT. "
-                    "If you do not use %s, run with --provider %s." % (
+                    "If you do not use %s, run with %s." % (
                         provider.start_hint, config_key, provider.title,
-                        "ollama" if provider.provider == "lm_studio" else "lm_studio"))
+                        " or ".join("--provider " + kind for kind in DEFAULT_PORTS if kind != provider.provider)))
         return "Check the host (%s) in config.yaml or --host." % provider.base_url
     if isinstance(exc, JSONGenerationError):
         return ("The model did not produce valid JSON; a larger or instruction-tuned model usually does. "
@@ -4084,7 +4164,7 @@ class SetupCheck:
             chat_models = [n for n in offered if "embed" not in n.lower()]
             if not chat_models:
                 self.report(CheckResult("FAIL", "%s has a model to chat with" % title, 0.0, "no models listed",
-                                        provider.download_hint("<model>") if provider.provider == "ollama" else
+                                        provider.download_hint("<model>") if provider.provider != "lm_studio" else
                                         "Download a model in LM Studio and load it (or: lms get qwen2.5-7b-instruct"
                                         "; lms load qwen2.5-7b-instruct)."))
                 return
@@ -4169,6 +4249,8 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
         cls = PROVIDER_CLASSES[kind]
         return [(cls(host=base_url, timeout=timeout), [chosen], True)]
     kinds = [canonical_provider(provider)] if provider else _kinds_for_host(host)
+    if not provider and not host and _openai_in_use(config):
+        kinds.append("openai")
     targets = []
     for kind in kinds:
         roles = [m for m in (config.models.values() if config else []) if m.provider == kind]
@@ -4187,10 +4269,28 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
     return targets
 
 
+def _openai_in_use(config: Optional[Config]) -> bool:
+    """Whether the config names an ``openai://`` server (a role or ``openai_host``).
+
+    OPENAI_BASE_URL alone does not count: OpenAI's own clients read it too, so it
+    may be set for another program; ``--provider openai`` uses it.
+    """
+    return config is not None and bool(config.openai_host or any(m.provider == "openai"
+                                                                 for m in config.models.values()))
+
+
 def _kinds_for_host(host: Optional[str]) -> List[str]:
-    """Which servers ``--host`` means: the one whose default port it names, else both."""
+    """Which servers ``--host`` means: the one whose default port it names, ``openai`` for a base URL
+    with a path, else LM Studio and Ollama."""
     if host:
-        port = normalize_host(host).rsplit(":", 1)[1]
+        try:
+            port = normalize_host(host).rsplit(":", 1)[1]
+        except InvalidInputError as error:  # only an openai:// host may have a path
+            try:
+                normalize_host(host, "openai")
+            except InvalidInputError:
+                raise error from None
+            return ["openai"]
         for kind, default in DEFAULT_PORTS.items():
             if port == str(default):
                 return [kind]
@@ -4229,7 +4329,7 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, optio
 
 def _check_parser(parser: Any) -> Any:
     parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    parser.add_argument("--provider", choices=["lm_studio", "ollama"], help="check only this server kind")
+    parser.add_argument("--provider", choices=list(PROVIDER_CLASSES), help="check only this server kind")
     parser.add_argument("--host", metavar="HOST:PORT", help="check the server at this host instead")
     parser.add_argument("--model", metavar="URI_OR_ROLE",
                         help="check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")
@@ -4285,7 +4385,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  description="List the models each server offers. Example: "
                                              "python -m lm_providers models --provider ollama")
     models.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    models.add_argument("--provider", choices=["lm_studio", "ollama"], help="only this server kind")
+    models.add_argument("--provider", choices=list(PROVIDER_CLASSES), help="only this server kind")
     models.add_argument("--host", metavar="HOST:PORT", help="ask the server at this host")
     models.add_argument("--long", "-l", action="store_true",
                         help="a table of each model's facts: context, loaded, capabilities, quantization, size")
@@ -4334,9 +4434,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _cli_models(options: Any) -> int:
     config = _load_config_option(options.config)
     answered = 0
-    for kind in ([options.provider] if options.provider else ["lm_studio", "ollama"]):
-        cls = PROVIDER_CLASSES[kind]
-        provider = cls(host=resolve_host(kind, options.host, config), timeout=(5, 30))
+    kinds = [options.provider] if options.provider else ["lm_studio", "ollama"] + (
+        ["openai"] if _openai_in_use(config) else [])
+    for kind in kinds:
+        try:
+            provider = PROVIDER_CLASSES[kind](host=resolve_host(kind, options.host, config), timeout=(5, 30))
+        except InvalidInputError as exc:
+            sys.stderr.write("%s: %s\n" % (SERVER_TITLES[kind], exc))
+            continue
         try:
             names = provider.list_models()
             infos = provider.list_model_info() if getattr(options, "long", False) else None

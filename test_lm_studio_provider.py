@@ -58,7 +58,8 @@ from loopback import LoopbackServer, Reply, closed_port  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path):
-    for name in ("OLLAMA_HOST", "LM_STUDIO_HOST", "LM_API_TOKEN", "HTTP_PROXY", "http_proxy"):
+    for name in ("OLLAMA_HOST", "LM_STUDIO_HOST", "LM_API_TOKEN", "OPENAI_BASE_URL", "OPENAI_API_KEY", "HTTP_PROXY",
+                 "http_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no config.yaml here unless a test writes one
 

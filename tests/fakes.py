@@ -81,8 +81,11 @@ def sse_tool_call_events(name, arguments, model, call_id="call_0", piece=3):
     return out
 
 
-def lm_studio(server, models=LM_STUDIO_MODELS, reply=REPLY, token=None, gap=0.0):
-    """Install LM Studio's /v1 API on ``server``; returns ``server``."""
+def lm_studio(server, models=LM_STUDIO_MODELS, reply=REPLY, token=None, gap=0.0, prefix="", json_object=False):
+    """Install LM Studio's /v1 API on ``server`` (under ``prefix``); returns ``server``.
+
+    ``json_object=True`` accepts ``response_format`` ``json_object`` as generic OpenAI-compatible
+    servers do (LM Studio itself rejects it)."""
     def authorized(request):
         return token is None or request["headers"].get("authorization") == "Bearer " + token
 
@@ -105,9 +108,12 @@ def lm_studio(server, models=LM_STUDIO_MODELS, reply=REPLY, token=None, gap=0.0)
                                          % body["model"], "type": "invalid_request_error", "param": "model",
                                          "code": "model_not_found"}}, 404)
         fmt = body.get("response_format")
-        if fmt and fmt.get("type") not in ("json_schema", "text"):
+        if fmt and fmt.get("type") not in ("json_schema", "text") + (("json_object",) if json_object else ()):
             return json_reply({"error": "'response_format.type' must be 'json_schema' or 'text'"}, 400)
-        text = _json_for(fmt["json_schema"]["schema"]) if fmt and fmt["type"] == "json_schema" else reply
+        if fmt and fmt["type"] == "json_object":
+            text = _json_for(None)
+        else:
+            text = _json_for(fmt["json_schema"]["schema"]) if fmt and fmt["type"] == "json_schema" else reply
         call = tool_turn(body)
         if call and body.get("stream"):
             return Reply(200, sse_tool_call_events(call[0], call[1], body["model"]), framing="chunked",
@@ -139,10 +145,16 @@ def lm_studio(server, models=LM_STUDIO_MODELS, reply=REPLY, token=None, gap=0.0)
         return json_reply({"object": "list", "model": body["model"], "data": [
             {"object": "embedding", "index": i, "embedding": _vector(text)} for i, text in enumerate(body["input"])]})
 
-    server.route("GET", "/v1/models", list_models)
-    server.route("POST", "/v1/chat/completions", chat)
-    server.route("POST", "/v1/embeddings", embeddings)
+    server.route("GET", prefix + "/v1/models", list_models)
+    server.route("POST", prefix + "/v1/chat/completions", chat)
+    server.route("POST", prefix + "/v1/embeddings", embeddings)
     return server
+
+
+def openai_compatible(server, models=("my-model",), prefix="", **kwargs):
+    """Install a generic OpenAI-compatible server (llama-server, vLLM, a LiteLLM proxy) on ``server``,
+    mounted under ``prefix`` (e.g. ``/llm``: it answers ``/llm/v1/chat/completions``)."""
+    return lm_studio(server, models=models, prefix=prefix, json_object=True, **kwargs)
 
 
 def ollama(server, models=OLLAMA_MODELS, reply=REPLY, gap=0.0, without_tools=("smollm2:latest",)):

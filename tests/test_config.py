@@ -155,7 +155,7 @@ def test_models_not_a_mapping(tmp_path, models):
     config_error(write(tmp_path, "models: %s\n" % models), "'models'")
 
 
-@pytest.mark.parametrize("uri", ["openai://gpt-4", "llama3", "ollama://m@localhost:0", "lm_studio://m?x",
+@pytest.mark.parametrize("uri", ["vllm://gpt-4", "llama3", "ollama://m@localhost:0", "lm_studio://m?x",
                                  "lm_studio://", "ollama://m?a=1&a=2"])
 def test_role_with_a_bad_uri(tmp_path, uri):
     path = write(tmp_path, 'models:\n  good: "ollama://m"\n  scene_writer: "%s"\n' % uri)
@@ -298,7 +298,7 @@ def test_get_provider_role_without_config():
 
 def test_get_provider_bad_uri_raises_model_uri_error():
     with pytest.raises(ModelURIError):
-        get_provider("openai://gpt-4")
+        get_provider("vllm://gpt-4")
 
 
 @pytest.mark.parametrize("model", [None, 3, {"name": "m"}])

@@ -97,7 +97,7 @@ def test_provider_spellings(spelling):
 
 def test_unknown_provider_raises():
     with pytest.raises(InvalidInputError):
-        map_parameters({"temperature": 1}, "openai")
+        map_parameters({"temperature": 1}, "vllm")
 
 
 def test_input_is_not_modified():
@@ -424,13 +424,14 @@ def test_parameter_map_rows_have_all_attributes():
         assert row.ollama_place in ("options", "top"), name
         assert isinstance(row.kind, str), name
         assert isinstance(row.priority, int), name
-        assert tuple(row) == (row.lm_studio, row.ollama, row.ollama_place, row.kind, row.priority)
+        assert row.openai is None or isinstance(row.openai, str)
+        assert tuple(row) == (row.lm_studio, row.ollama, row.ollama_place, row.kind, row.priority, row.openai)
 
 
 def test_parameter_map_rows_are_tuples_with_field_names():
     row = PARAMETER_MAP["num_ctx"]
-    assert row._fields == ("lm_studio", "ollama", "ollama_place", "kind", "priority")
-    assert row == ("max_tokens", "num_ctx", "options", "int", 1)
+    assert row._fields == ("lm_studio", "ollama", "ollama_place", "kind", "priority", "openai")
+    assert row == ("max_tokens", "num_ctx", "options", "int", 1, "max_tokens")
     assert "ParameterRow(" in repr(row) and "lm_studio='max_tokens'" in repr(row)
 
 
@@ -465,3 +466,62 @@ def test_every_row_kind_is_checked():
                 "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"}[row.kind]
         map_parameters({name: good}, "ollama")
         map_parameters({name: good}, "lm_studio")
+        map_parameters({name: good}, "openai")
+
+
+# =============================================================================
+# openai:// servers: OpenAI's names, passed through
+# =============================================================================
+
+def test_openai_column_defaults_to_the_lm_studio_column():
+    assert ParameterRow("a", "b").openai == "a"
+    assert ParameterRow("a", "b", openai=None).openai is None
+    assert ParameterRow("a", "b", openai="c").openai == "c"
+    assert "openai='a'" in repr(ParameterRow("a", "b"))
+
+
+def test_openai_names_pass_through_to_openai_servers():
+    parameters = {"temperature": 0.2, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "seed": 7, "stop": ["\n"],
+                  "presence_penalty": 0.1, "frequency_penalty": 0.2, "max_tokens": 64,
+                  "logit_bias": {"97": 5}, "logprobs": True, "top_logprobs": 3, "reasoning_effort": "low"}
+    assert map_parameters(parameters, "openai") == parameters
+
+
+def test_ollama_names_are_translated_for_openai_servers():
+    assert map_parameters({"num_predict": 50, "think": "high"}, "openai") == {
+        "max_tokens": 50, "reasoning_effort": "high"}
+
+
+def test_response_format_json_object_passes_through_to_openai_servers():
+    # LM Studio rejects json_object (it gets a json_schema, above); generic servers accept it
+    value = {"type": "json_object"}
+    assert map_parameters({"response_format": value}, "openai") == {"response_format": value}
+    assert map_parameters({"response_format": value}, "lm_studio")["response_format"]["type"] == "json_schema"
+
+
+@pytest.mark.parametrize("value", ["json", " JSON "])
+def test_format_json_becomes_json_object_on_openai_servers(value):
+    assert map_parameters({"format": value}, "openai") == {"response_format": {"type": "json_object"}}
+
+
+def test_format_schema_becomes_json_schema_on_openai_servers():
+    schema = {"type": "object", "required": ["a"]}
+    assert map_parameters({"format": schema}, "openai") == {"response_format": {
+        "type": "json_schema", "json_schema": {"name": "response", "strict": True, "schema": schema}}}
+
+
+@pytest.mark.parametrize("name, value", [("ttl", 60), ("keep_alive", "5m"), ("draft_model", "small"),
+                                         ("num_gpu", 1), ("use_mmap", True)])
+def test_lm_studio_and_ollama_only_parameters_are_not_sent_to_openai_servers_and_warn(warn, name, value):
+    assert map_parameters({name: value}, "openai") == {}
+    assert name in warn.text and "not understood by OpenAI-compatible server" in warn.text
+
+
+def test_think_bool_is_not_sent_to_openai_servers_and_warns(warn):
+    assert map_parameters({"think": True}, "openai") == {}
+    assert "no OpenAI-compatible server equivalent" in warn.text
+
+
+def test_unknown_parameter_is_sent_as_written_to_openai_servers_and_warns(warn):
+    assert map_parameters({"repetition_penalty": 1.1}, "openai") == {"repetition_penalty": 1.1}
+    assert "repetition_penalty" in warn.text

@@ -145,8 +145,20 @@ class OllamaServer:
     stream_content_type = "application/x-ndjson"
 
 
-LMS, OLLAMA = LMStudioServer, OllamaServer
-SERVERS = [pytest.param(LMS, id="lm_studio"), pytest.param(OLLAMA, id="ollama")]
+class OpenAIServer(LMStudioServer):
+    """A generic OpenAI-compatible server (vLLM, llama-server, a LiteLLM proxy) behind https, mounted
+    under a path prefix: the same bodies as LM Studio's, other URLs."""
+    name = "openai"
+    cls = lmp.OpenAICompatibleProvider
+    base = "https://gpu.example.com:443/vllm"
+    chat_url = base + "/v1/chat/completions"
+    models_url = base + "/v1/models"
+    model = "meta-llama/Llama-3.1-8B-Instruct"
+    start_command = "llama-server"
+
+
+LMS, OLLAMA, OPENAI = LMStudioServer, OllamaServer, OpenAIServer
+SERVERS = [pytest.param(LMS, id="lm_studio"), pytest.param(OLLAMA, id="ollama"), pytest.param(OPENAI, id="openai")]
 
 MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "What is the capital of France?"}]
@@ -519,7 +531,7 @@ def test_generate_json_uses_a_caller_schema(rsps, server):
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
     make(server).generate_json(MESSAGES, server.model, ["name"], schema=schema)
     body = sent_json(rsps.calls[0])
-    sent_schema = body["response_format"]["json_schema"]["schema"] if server is LMS else body["format"]
+    sent_schema = body["response_format"]["json_schema"]["schema"] if server is not OLLAMA else body["format"]
     assert sent_schema == schema
 
 
@@ -811,7 +823,7 @@ def test_http_500_bodies_raise_provider_response_error(rsps, server, kwargs, ser
 @pytest.mark.parametrize("server", SERVERS)
 def test_error_object_in_a_200_body_raises(rsps, server):
     message = "The number of tokens to keep from the initial prompt is greater than the context length."
-    body = {"error": {"message": message}} if server is LMS else {"error": message}
+    body = {"error": {"message": message}} if server is not OLLAMA else {"error": message}
     add_chat(rsps, server, status=200, json=body)
     with pytest.raises(lmp.ProviderResponseError) as info:
         make(server).generate_text(MESSAGES, server.model)
@@ -1106,7 +1118,8 @@ def test_lm_studio_accepts_list_content_parts(rsps):
     assert sent_json(rsps.calls[0])["messages"] == messages
 
 
-@pytest.mark.parametrize("server, other", [(LMS, OLLAMA), (OLLAMA, LMS)], ids=["lm_studio", "ollama"])
+@pytest.mark.parametrize("server, other", [(LMS, OLLAMA), (OLLAMA, LMS), (OPENAI, LMS), (LMS, OPENAI)],
+                         ids=["lm_studio", "ollama", "openai", "lm_studio-openai"])
 def test_model_config_for_the_other_provider_is_rejected(rsps, server, other):
     model = lmp.ModelConfig(other.model, other.name)
     provider = make(server)

@@ -40,14 +40,17 @@ def test_the_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 @pytest.fixture
 def servers(monkeypatch):
-    """Both fakes with their model endpoints, plus the vision and embedding models the examples name."""
+    """Both fakes with their model endpoints, plus the vision and embedding models the examples name, and
+    an OpenAI-compatible server under /vllm for the "Scaling out" example."""
     lm_models = fakes.LM_STUDIO_MODELS + ("qwen2.5-vl-7b-instruct",)
     ollama_models = fakes.OLLAMA_MODELS + ("llava:latest", "nomic-embed-text:latest")
-    with LoopbackServer() as lm, LoopbackServer() as ol:
+    with LoopbackServer() as lm, LoopbackServer() as ol, LoopbackServer() as oa:
         fakes.lm_studio_native(fakes.lm_studio(lm, models=lm_models), models=lm_models)
         fakes.ollama_native(fakes.ollama(ol, models=ollama_models), models=ollama_models)
+        fakes.openai_compatible(oa, models=("meta-llama/Llama-3.1-8B-Instruct",), prefix="/vllm")
         monkeypatch.setenv("LM_STUDIO_HOST", lm.host)
         monkeypatch.setenv("OLLAMA_HOST", ol.host)
+        monkeypatch.setenv("OPENAI_BASE_URL", "http://%s/vllm/v1" % oa.host)  # the "Scaling out" example
         yield lm, ol
 
 

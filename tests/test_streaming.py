@@ -24,13 +24,21 @@ KINDS = {
     "lm_studio": (lmp.LMStudioProvider, "lm_studio://test-model", "/v1/chat/completions", sse_events,
                   "text/event-stream"),
     "ollama": (lmp.OllamaProvider, "ollama://test-model", "/api/chat", ndjson_events, "application/x-ndjson"),
+    # a generic OpenAI-compatible server mounted under a path prefix (the host is .../llm/v1)
+    "openai": (lmp.OpenAICompatibleProvider, "openai://test-model", "/llm/v1/chat/completions", sse_events,
+               "text/event-stream"),
 }
+
+
+def host_of(server, kind):
+    """The host a provider of ``kind`` is given: the openai:// one carries the path prefix."""
+    return server.host + ("/llm/v1" if kind == "openai" else "")
 
 
 def setup(server, kind, parts, framing="chunked", **reply_options):
     cls, uri, path, _, ctype = KINDS[kind]
     server.route("POST", path, Reply(200, parts, framing=framing, content_type=ctype, **reply_options))
-    return cls(host=server.host, timeout=(2, 5)), lmp.parse_model_uri(uri)
+    return cls(host=host_of(server, kind), timeout=(2, 5)), lmp.parse_model_uri(uri)
 
 
 def events(kind, pieces=PIECES, **options):
@@ -86,7 +94,7 @@ def test_first_piece_is_not_held_back_when_the_server_pauses(server, kind, frami
 @pytest.mark.parametrize("framing", ["chunked", "close", "length"])
 def test_stream_without_end_marker_raises_after_the_pieces(server, kind, framing):
     provider, model = setup(server, kind, events(kind, done=False, finish_reason=None, usage=False)
-                            if kind == "lm_studio" else events(kind, done=False), framing=framing)
+                            if kind != "ollama" else events(kind, done=False), framing=framing)
     received = []
     with pytest.raises(lmp.ProviderResponseError, match="cut off|broke off"):
         for piece in provider.stream_text(MESSAGES, model):
@@ -102,7 +110,7 @@ def test_connection_lost_mid_stream_raises_after_the_pieces(server, kind, reset)
     with pytest.raises(lmp.ProviderResponseError):
         for piece in provider.stream_text(MESSAGES, model):
             received.append(piece)
-    expected = PIECES[:3] if kind == "lm_studio" else PIECES[:4]  # the SSE body starts with a role event
+    expected = PIECES[:3] if kind != "ollama" else PIECES[:4]  # the SSE body starts with a role event
     assert received == expected
 
 
@@ -110,7 +118,7 @@ def test_connection_lost_mid_stream_raises_after_the_pieces(server, kind, reset)
 def test_server_silent_longer_than_read_timeout(server, kind):
     cls, uri, path, _, ctype = KINDS[kind]
     server.route("POST", path, Reply(200, events(kind), framing="chunked", content_type=ctype, pauses={3: 3.0}))
-    provider = cls(host=server.host, timeout=(2, 0.5))
+    provider = cls(host=host_of(server, kind), timeout=(2, 0.5))
     received = []
     with pytest.raises(lmp.ProviderTimeoutError, match="read timeout"):
         for piece in provider.stream_text(MESSAGES, lmp.parse_model_uri(uri)):
@@ -152,9 +160,9 @@ def test_ollama_error_line_mid_stream(server):
 def test_error_status_before_the_stream(server, kind):
     cls, uri, path, _, _ = KINDS[kind]
     body = {"error": {"message": "Context length exceeded", "type": "invalid_request_error"}} \
-        if kind == "lm_studio" else {"error": "Context length exceeded"}
+        if kind != "ollama" else {"error": "Context length exceeded"}
     server.route("POST", path, json_reply(body, 400))
-    provider = cls(host=server.host)
+    provider = cls(host=host_of(server, kind))
     with pytest.raises(lmp.ProviderResponseError, match="Context length exceeded") as info:
         list(provider.stream_text(MESSAGES, lmp.parse_model_uri(uri)))
     assert info.value.status == 400 and info.value.server_message == "Context length exceeded"
@@ -162,7 +170,7 @@ def test_error_status_before_the_stream(server, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_stream_chat_reports_reasoning_finish_and_usage(server, kind):
-    if kind == "lm_studio":
+    if kind != "ollama":
         parts = sse_events(PIECES, reasoning=["Let me ", "count."], finish_reason="length")
     else:
         parts = ndjson_events(PIECES, thinking=["Let me ", "count."], done_reason="length")
@@ -216,10 +224,10 @@ def test_blocking_call_over_loopback(server, kind):
     cls, uri, path, _, _ = KINDS[kind]
     body = ({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {
         "role": "assistant", "content": "Hello."}, "finish_reason": "stop"}]}
-        if kind == "lm_studio" else {"model": "test-model", "message": {"role": "assistant", "content": "Hello."},
+        if kind != "ollama" else {"model": "test-model", "message": {"role": "assistant", "content": "Hello."},
                                      "done": True, "done_reason": "stop"})
     server.route("POST", path, json_reply(body))
-    provider = cls(host=server.host)
+    provider = cls(host=host_of(server, kind))
     assert provider.generate_text(MESSAGES, lmp.parse_model_uri(uri)) == "Hello."
     assert server.requests[0]["json"]["stream"] is False
 
@@ -234,7 +242,7 @@ def test_one_provider_shared_by_threads(server, kind):
                      content_type=ctype)
 
     server.route("POST", path, answer)
-    provider = cls(host=server.host, timeout=(2, 10))
+    provider = cls(host=host_of(server, kind), timeout=(2, 10))
     model = lmp.parse_model_uri(uri)
     results, errors = {}, []
 

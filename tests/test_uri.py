@@ -94,7 +94,7 @@ def test_model_config_canonicalises_provider(spelling, provider):
     assert ModelConfig("m", spelling).provider == provider
 
 
-@pytest.mark.parametrize("uri", ["openai://gpt-4", "lm_studioo://m", "llama://m", "://m", "http://m"])
+@pytest.mark.parametrize("uri", ["vllm://gpt-4", "lm_studioo://m", "llama://m", "://m", "http://m"])
 def test_unknown_provider_raises_model_uri_error(uri):
     with pytest.raises(ModelURIError) as info:
         parse_model_uri(uri)
@@ -108,7 +108,7 @@ def test_unknown_provider_raises_model_uri_error(uri):
 
 def test_model_config_rejects_unknown_provider():
     with pytest.raises(InvalidInputError, match="unknown provider"):
-        ModelConfig("m", "openai")
+        ModelConfig("m", "vllm")
 
 
 @pytest.mark.parametrize("name", ["", "   ", None, 3])
@@ -644,7 +644,7 @@ def test_normalize_host_rejects_non_strings(host):
 
 def test_normalize_host_rejects_unknown_provider():
     with pytest.raises(InvalidInputError, match="unknown provider"):
-        normalize_host("localhost", "openai")
+        normalize_host("localhost", "vllm")
 
 
 # =============================================================================
@@ -732,4 +732,4 @@ def test_resolve_host_bad_environment_value_raises(clean_env):
 
 def test_resolve_host_rejects_unknown_provider(clean_env):
     with pytest.raises(InvalidInputError):
-        resolve_host("openai")
+        resolve_host("vllm")

@@ -10,6 +10,10 @@ Two servers, each started once per test session and stopped at its end:
 
 A third, ``embed_server``, serves SmolLM2 with ``/v1/embeddings`` enabled
 (mean pooling: 576-wide vectors); it starts only when a test asks for it.
+The provider fixtures ``tiny`` and ``smol`` are parametrized over ``kind``:
+``lm_studio`` (LMStudioProvider), ``openai`` (OpenAICompatibleProvider, the
+same server) and ``openai-prefixed`` (OpenAICompatibleProvider through a
+reverse proxy that mounts the server under ``/llm/v1``).
 
 Nothing is skipped: without xllamacpp the fixtures fail with the command that
 installs it,  python -m pip install -e ".[e2e]".
@@ -22,6 +26,7 @@ import urllib.request
 import pytest
 
 from e2e_settings import EMBED_ALIAS, EMBED_N_CTX, N_CTX, REPO, SMOL_ALIAS, TIMEOUT, TINY_ALIAS
+from prefix_proxy import PrefixProxy
 
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -96,26 +101,53 @@ def embed_server(server_logs):
         server.stop()
 
 
-def _provider(server):
-    return lm_providers.LMStudioProvider(host=server.host, timeout=TIMEOUT)
+@pytest.fixture(scope="session")
+def tiny_proxy(tiny_server):
+    """The tiny model's server mounted under /llm/v1 by a reverse proxy."""
+    with PrefixProxy(tiny_server.host, "/llm/v1", "/v1") as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def smol_proxy(smol_server):
+    """SmolLM2's server mounted under /llm/v1 by a reverse proxy."""
+    with PrefixProxy(smol_server.host, "/llm/v1", "/v1") as proxy:
+        yield proxy
+
+
+KINDS = ["lm_studio", "openai", "openai-prefixed"]
+
+
+@pytest.fixture(params=KINDS)
+def kind(request):
+    """Which provider kind a test talks through (see the module docstring)."""
+    return request.param
+
+
+def _provider(request, kind, name):
+    server = request.getfixturevalue(name + "_server")
+    if kind == "lm_studio":
+        return lm_providers.LMStudioProvider(host=server.host, timeout=TIMEOUT)
+    host = request.getfixturevalue(name + "_proxy").base_url if kind == "openai-prefixed" else server.host
+    return lm_providers.OpenAICompatibleProvider(host=host, timeout=TIMEOUT)
 
 
 @pytest.fixture
-def tiny(tiny_server):
-    """A fresh LMStudioProvider pointed at the tiny model's server."""
-    with _provider(tiny_server) as provider:
+def tiny(request, kind):
+    """A fresh provider of ``kind`` pointed at the tiny model's server."""
+    with _provider(request, kind, "tiny") as provider:
         yield provider
 
 
 @pytest.fixture
-def smol(smol_server):
-    """A fresh LMStudioProvider pointed at SmolLM2's server."""
-    with _provider(smol_server) as provider:
+def smol(request, kind):
+    """A fresh provider of ``kind`` pointed at SmolLM2's server."""
+    with _provider(request, kind, "smol") as provider:
         yield provider
 
 
 @pytest.fixture
 def embedder(embed_server):
     """A fresh LMStudioProvider pointed at the embeddings server."""
-    with _provider(embed_server) as provider:
+    with lm_providers.LMStudioProvider(host=embed_server.host, timeout=TIMEOUT) as provider:
         yield provider

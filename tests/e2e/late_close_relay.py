@@ -43,8 +43,12 @@ class LateCloseRelay:
             server.settimeout(None)
             self.connections += 1
             self._sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, 0.0), daemon=True).start()
+            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, self.delay), daemon=True).start()
+
+    def _requests(self, client: socket.socket, server: socket.socket) -> None:
+        """Client to server; a subclass may rewrite requests on their way (see prefix_proxy.py)."""
+        self._pump(client, server, 0.0)
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket, close_delay: float) -> None:
@@ -57,12 +61,7 @@ class LateCloseRelay:
         except OSError:
             pass
         time.sleep(close_delay)  # the data went through at once; the close comes late
-        for sock in (sink, source):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+        close_sockets(sink, source)
 
     def close(self) -> None:
         self._closed = True
@@ -78,3 +77,13 @@ class LateCloseRelay:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def close_sockets(*sockets: socket.socket) -> None:
+    """Shut down and close each socket, whatever state it is in."""
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()

@@ -55,7 +55,7 @@ def test_empty_text_is_refused_before_sending(embedder):
 
 
 def test_logprobs_come_back_blocking_and_streamed(smol):
-    model = "lm_studio://%s?logprobs=true&top_logprobs=2&max_tokens=4&temperature=0&seed=1" % SMOL_ALIAS
+    model = "%s://%s?logprobs=true&top_logprobs=2&max_tokens=4&temperature=0&seed=1" % (smol.provider, SMOL_ALIAS)
     messages = [{"role": "user", "content": "Say hello."}]
     result = smol.chat(messages, model)
     assert result.logprobs and "".join(entry["token"] for entry in result.logprobs) == result.text

@@ -13,6 +13,12 @@ import lm_providers
 LONG_PROMPT = [{"role": "user", "content": "word " * 10000}]
 
 
+@pytest.fixture
+def kind():
+    """These tests are about LM Studio's fallbacks and hints: only through LMStudioProvider."""
+    return "lm_studio"
+
+
 def test_model_info_reports_what_llama_cpp_knows(tiny, tiny_server, caplog):
     caplog.set_level(logging.DEBUG, logger="lm_providers")
     info = tiny.model_info(TINY_ALIAS)
@@ -47,26 +53,27 @@ def test_loading_and_downloading_say_the_server_cannot_and_what_to_do(tiny, tiny
 
 def test_a_prompt_over_the_context_is_a_context_length_error_blocking_and_streamed(tiny, tiny_server):
     with pytest.raises(lm_providers.ContextLengthError) as caught:
-        tiny.chat(LONG_PROMPT, "lm_studio://%s?max_tokens=5" % TINY_ALIAS)
+        tiny.chat(LONG_PROMPT, "%s://%s?max_tokens=5" % (tiny.provider, TINY_ALIAS))
     error = caught.value
     assert error.status == 400 and error.context_length == N_CTX
     assert error.prompt_tokens > N_CTX and not error.estimated     # the server's own count
     assert "lms load %s --context-length" % TINY_ALIAS in str(error)
     pieces = []
     with pytest.raises(lm_providers.ContextLengthError) as caught:
-        for piece in tiny.stream_text(LONG_PROMPT, "lm_studio://%s?max_tokens=5" % TINY_ALIAS):
+        for piece in tiny.stream_text(LONG_PROMPT, "%s://%s?max_tokens=5" % (tiny.provider, TINY_ALIAS)):
             pieces.append(piece)
     assert pieces == [] and caught.value.context_length == N_CTX and caught.value.prompt_tokens > N_CTX
 
 
 def test_debug_shows_the_context_next_to_the_estimate(tiny, tiny_server, caplog):
     caplog.set_level(logging.INFO, logger="lm_providers")
-    tiny.generate_text([{"role": "user", "content": "hi"}], "lm_studio://%s?max_tokens=2" % TINY_ALIAS, debug=True)
+    tiny.generate_text([{"role": "user", "content": "hi"}], "%s://%s?max_tokens=2" % (tiny.provider, TINY_ALIAS),
+                       debug=True)
     assert "prompt tokens (4 characters a token); model context %d tokens" % N_CTX in caplog.text
 
 
 def test_a_prompt_over_what_the_model_can_ever_take_says_to_shorten_it(tiny, tiny_server):
     tiny.model_info(TINY_ALIAS)  # now the provider knows the model's most: 4096
     with pytest.raises(lm_providers.ContextLengthError) as caught:
-        tiny.chat(LONG_PROMPT, "lm_studio://%s?max_tokens=5" % TINY_ALIAS)
+        tiny.chat(LONG_PROMPT, "%s://%s?max_tokens=5" % (tiny.provider, TINY_ALIAS))
     assert "supports at most 4096 tokens of context, so the prompt must get shorter" in str(caught.value)

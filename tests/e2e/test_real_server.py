@@ -1,7 +1,11 @@
 """lm_providers against a real OpenAI-compatible server: llama.cpp's own llama-server.
 
-Every test goes through ``LMStudioProvider`` pointed at a server started by
-the fixtures in conftest.py; nothing here is mocked.  The tiny random model
+Every test goes through a provider pointed at a server started by the
+fixtures in conftest.py; nothing here is mocked.  The tests that take the
+``tiny`` or ``smol`` fixture run three times: through ``LMStudioProvider``,
+through ``OpenAICompatibleProvider`` (``openai://``), and through
+``OpenAICompatibleProvider`` behind a reverse proxy that mounts the server
+under ``/llm/v1``.  The tiny random model
 (gibberish, thousands of tokens a second) proves the protocol; SmolLM2 proves
 real text and JSON.
 """
@@ -28,17 +32,18 @@ from realserver import ServerError, make_tiny_gguf, smollm2_model, start_server,
 MESSAGES = [{"role": "user", "content": "Tell me a story about a lighthouse."}]
 
 
-def uri(server, **parameters):
-    """``lm_studio://<alias>?k=v&...`` with JSON-written values (so lists and objects work too)."""
+def uri(provider, server, **parameters):
+    """``<kind>://<alias>?k=v&...`` for ``provider``'s kind, with JSON-written values (so lists and objects
+    work too)."""
     query = "&".join("%s=%s" % (k, json.dumps(v, separators=(",", ":"))) for k, v in parameters.items())
-    return "lm_studio://%s%s" % (server.alias, "?" + query if query else "")
+    return "%s://%s%s" % (provider.provider, server.alias, "?" + query if query else "")
 
 
 # --- models -----------------------------------------------------------------------------------------
 
 @pytest.fixture(params=["tiny", "smol"])
-def served(request):
-    """(provider, server) for each of the two servers."""
+def served(request, kind):
+    """(provider, server) for each of the two servers, through each provider kind."""
     return request.getfixturevalue(request.param), request.getfixturevalue(request.param + "_server")
 
 
@@ -53,19 +58,19 @@ def test_list_models_and_is_model_available(served):
 # --- generation -------------------------------------------------------------------------------------
 
 def test_generate_text_returns_the_reply(tiny, tiny_server):
-    text = tiny.generate_text(MESSAGES, uri(tiny_server, max_tokens=24))
+    text = tiny.generate_text(MESSAGES, uri(tiny, tiny_server, max_tokens=24))
     assert isinstance(text, str) and text.strip()
 
 
 def test_smollm2_writes_real_english(smol, smol_server):
     messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
-    text = smol.generate_text(messages, uri(smol_server, max_tokens=40, temperature=0))
+    text = smol.generate_text(messages, uri(smol, smol_server, max_tokens=40, temperature=0))
     assert " " in text.strip() and len(re.findall(r"[A-Za-z]{2,}", text)) >= 3, text
     assert "Paris" in text, text
 
 
 def test_max_tokens_cuts_the_reply_and_says_so(smol, smol_server, caplog):
-    result = smol.chat(MESSAGES, uri(smol_server, max_tokens=5))
+    result = smol.chat(MESSAGES, uri(smol, smol_server, max_tokens=5))
     assert result.finish_reason == "length"
     assert result.usage["completion_tokens"] == 5
     assert result.text.strip() and len(result.text) < 60, result.text
@@ -73,10 +78,10 @@ def test_max_tokens_cuts_the_reply_and_says_so(smol, smol_server, caplog):
 
 
 def test_seed_and_temperature_reach_the_server(tiny, tiny_server):
-    greedy = [tiny.generate_text(MESSAGES, uri(tiny_server, max_tokens=40, temperature=0, seed=seed))
+    greedy = [tiny.generate_text(MESSAGES, uri(tiny, tiny_server, max_tokens=40, temperature=0, seed=seed))
               for seed in (1, 1, 2)]
     assert greedy[0] == greedy[1] == greedy[2]  # temperature 0: the seed cannot matter
-    sampled = [tiny.generate_text(MESSAGES, uri(tiny_server, max_tokens=40, temperature=1.0, seed=seed))
+    sampled = [tiny.generate_text(MESSAGES, uri(tiny, tiny_server, max_tokens=40, temperature=1.0, seed=seed))
                for seed in (7, 7, 8)]
     assert sampled[0] == sampled[1]  # the same seed gives the same text...
     assert sampled[0] != sampled[2]  # ...and another seed another one: the seed was used
@@ -84,16 +89,16 @@ def test_seed_and_temperature_reach_the_server(tiny, tiny_server):
 
 
 def test_seed_and_temperature_zero_repeat_on_smollm2(smol, smol_server):
-    model = uri(smol_server, max_tokens=30, temperature=0, seed=42)
+    model = uri(smol, smol_server, max_tokens=30, temperature=0, seed=42)
     first, second = (smol.generate_text(MESSAGES, model) for _ in range(2))
     assert first == second and first.strip()
 
 
 def test_stop_and_logit_bias_reach_the_server(tiny, tiny_server):
-    result = tiny.chat(MESSAGES, uri(tiny_server, max_tokens=20, logit_bias={"97": 100}))  # token 97 is 'a'
+    result = tiny.chat(MESSAGES, uri(tiny, tiny_server, max_tokens=20, logit_bias={"97": 100}))  # token 97 is 'a'
     assert result.text == "a" * 20 and result.finish_reason == "length"
-    free = tiny.chat(MESSAGES, uri(tiny_server, max_tokens=60, temperature=1.0, seed=3))
-    stopped = tiny.chat(MESSAGES, uri(tiny_server, max_tokens=60, temperature=1.0, seed=3, stop=["e"]))
+    free = tiny.chat(MESSAGES, uri(tiny, tiny_server, max_tokens=60, temperature=1.0, seed=3))
+    stopped = tiny.chat(MESSAGES, uri(tiny, tiny_server, max_tokens=60, temperature=1.0, seed=3, stop=["e"]))
     assert "e" in free.text
     assert stopped.finish_reason == "stop" and stopped.text == free.text[:free.text.index("e")]
 
@@ -103,7 +108,7 @@ def test_stop_and_logit_bias_reach_the_server(tiny, tiny_server):
 def test_stream_text_delivers_pieces_as_they_are_generated(tiny, tiny_server):
     started = time.perf_counter()
     arrivals, pieces = [], []
-    for piece in tiny.stream_text(MESSAGES, uri(tiny_server, max_tokens=300)):
+    for piece in tiny.stream_text(MESSAGES, uri(tiny, tiny_server, max_tokens=300)):
         arrivals.append(time.perf_counter() - started)
         pieces.append(piece)
     total = time.perf_counter() - started
@@ -115,7 +120,7 @@ def test_stream_text_delivers_pieces_as_they_are_generated(tiny, tiny_server):
 
 
 def test_stream_chat_matches_chat_and_reports_finish_reason_and_usage(tiny, tiny_server):
-    model = uri(tiny_server, max_tokens=50, temperature=0)
+    model = uri(tiny, tiny_server, max_tokens=50, temperature=0)
     whole = tiny.chat(MESSAGES, model)
     stream = tiny.stream_chat(MESSAGES, model)
     streamed = "".join(stream)
@@ -131,7 +136,7 @@ def test_two_threads_streaming_at_once_get_whole_unmixed_answers(tiny, tiny_serv
     slightly, so even temperature 0 can pick other tokens when two requests run together.)"""
     alphabets = ["abc", "xyz"]
     length = 200
-    models = [uri(tiny_server, max_tokens=length, temperature=1.0, seed=index,
+    models = [uri(tiny, tiny_server, max_tokens=length, temperature=1.0, seed=index,
                   logit_bias={str(ord(letter)): 100 for letter in alphabet})  # byte tokens: id == byte
               for index, alphabet in enumerate(alphabets)]
     results, spans, finish, errors = [None, None], [None, None], [None, None], []
@@ -167,7 +172,7 @@ def test_two_threads_streaming_at_once_get_whole_unmixed_answers(tiny, tiny_serv
 
 def test_generate_json_on_smollm2_has_the_required_attributes(smol, smol_server):
     messages = [{"role": "user", "content": "Invent a person. Reply with JSON giving their name and age."}]
-    data = smol.generate_json(messages, "lm_studio://%s?max_tokens=200" % SMOL_ALIAS,
+    data = smol.generate_json(messages, uri(smol, smol_server, max_tokens=200, temperature=0),  # deterministic
                               required_attributes=["name", "age"])
     assert isinstance(data, dict) and "name" in data and "age" in data, data
 
@@ -177,14 +182,14 @@ def test_generate_json_follows_a_given_schema_on_smollm2(smol, smol_server):
               "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 40},
                              "age": {"type": "integer", "minimum": 0, "maximum": 120}}}
     messages = [{"role": "user", "content": "Invent a person. Reply with JSON giving their name and age."}]
-    data = smol.generate_json(messages, uri(smol_server, max_tokens=200), ["name", "age"], schema=schema)
+    data = smol.generate_json(messages, uri(smol, smol_server, max_tokens=200), ["name", "age"], schema=schema)
     assert isinstance(data["name"], str) and 1 <= len(data["name"]) <= 40, data
     assert isinstance(data["age"], int) and 0 <= data["age"] <= 120, data
 
 
 def test_the_json_schema_is_enforced_by_the_server(tiny, tiny_server):
     """The random model never writes JSON by itself; under the schema llama.cpp forces it to."""
-    model = uri(tiny_server, max_tokens=300, temperature=1.0, seed=5)
+    model = uri(tiny, tiny_server, max_tokens=300, temperature=1.0, seed=5)
     free = tiny.generate_text(MESSAGES, model)
     with pytest.raises(ValueError):
         lm_providers.extract_json(free, ["name", "age"])
@@ -201,7 +206,7 @@ LLAMA_CPP_CONTEXT_ERROR = re.compile(
 def test_a_prompt_longer_than_the_context_is_a_clear_error(tiny, tiny_server):
     long_prompt = [{"role": "user", "content": "word " * 10000}]
     with pytest.raises(lm_providers.ProviderResponseError) as caught:
-        tiny.generate_text(long_prompt, uri(tiny_server, max_tokens=5))
+        tiny.generate_text(long_prompt, uri(tiny, tiny_server, max_tokens=5))
     error = caught.value
     assert not isinstance(error, lm_providers.ModelNotFoundError)
     assert error.status == 400
@@ -212,7 +217,7 @@ def test_a_prompt_longer_than_the_context_is_a_clear_error(tiny, tiny_server):
 
     pieces = []
     with pytest.raises(lm_providers.ProviderResponseError) as caught:
-        for piece in tiny.stream_text(long_prompt, uri(tiny_server, max_tokens=5)):
+        for piece in tiny.stream_text(long_prompt, uri(tiny, tiny_server, max_tokens=5)):
             pieces.append(piece)
     assert pieces == [] and caught.value.status == 400
     assert LLAMA_CPP_CONTEXT_ERROR.search(str(caught.value)), str(caught.value)
@@ -229,7 +234,7 @@ def test_requests_right_after_a_stream_succeed_on_a_busy_server(tiny_server):
     def another_client():
         with lm_providers.LMStudioProvider(host=tiny_server.host, timeout=TIMEOUT) as other:
             while not stop.is_set():
-                other.generate_text(MESSAGES, uri(tiny_server, max_tokens=1000))
+                other.generate_text(MESSAGES, uri(other, tiny_server, max_tokens=1000))
 
     background = threading.Thread(target=another_client, daemon=True)
     background.start()
@@ -237,9 +242,9 @@ def test_requests_right_after_a_stream_succeed_on_a_busy_server(tiny_server):
     try:
         with lm_providers.LMStudioProvider(host=tiny_server.host, timeout=TIMEOUT) as provider:
             for round_number in range(rounds):
-                assert "".join(provider.stream_text(MESSAGES, uri(tiny_server, max_tokens=20)))
+                assert "".join(provider.stream_text(MESSAGES, uri(provider, tiny_server, max_tokens=20)))
                 try:
-                    provider.generate_text(MESSAGES, uri(tiny_server, max_tokens=4))
+                    provider.generate_text(MESSAGES, uri(provider, tiny_server, max_tokens=4))
                 except lm_providers.ProviderConnectionError as exc:
                     failures.append("round %d: %s" % (round_number, exc))
     finally:
@@ -258,10 +263,10 @@ def test_requests_right_after_a_stream_succeed_when_the_close_arrives_late(tiny_
             assert provider.is_model_available(tiny_server.alias)  # the relay itself works
             outcomes = []
             for _ in range(5):
-                text = "".join(provider.stream_text(MESSAGES, uri(tiny_server, max_tokens=20)))
+                text = "".join(provider.stream_text(MESSAGES, uri(provider, tiny_server, max_tokens=20)))
                 assert len(text) >= 20
                 try:
-                    provider.generate_text(MESSAGES, uri(tiny_server, max_tokens=4))
+                    provider.generate_text(MESSAGES, uri(provider, tiny_server, max_tokens=4))
                     outcomes.append("ok")
                 except lm_providers.ProviderConnectionError as exc:
                     outcomes.append(str(exc))
@@ -269,19 +274,42 @@ def test_requests_right_after_a_stream_succeed_when_the_close_arrives_late(tiny_
     assert not failed, "%d of 5 requests right after a stream failed; the first: %s" % (len(failed), failed[0])
 
 
+# --- openai:// behind a path prefix ------------------------------------------------------------------
+
+def test_every_request_goes_below_the_path_prefix(tiny_proxy, tiny_server):
+    start = len(tiny_proxy.paths)
+    with lm_providers.OpenAICompatibleProvider(host=tiny_proxy.base_url, timeout=TIMEOUT) as provider:
+        assert provider.base_url == "http://%s/llm" % tiny_proxy.host
+        assert provider.list_models() == [TINY_ALIAS]
+        model = uri(provider, tiny_server, max_tokens=20, temperature=0)
+        whole = provider.generate_text(MESSAGES, model)
+        assert "".join(provider.stream_text(MESSAGES, model)) == whole and whole
+    sent = tiny_proxy.paths[start:]
+    assert sent[0] == "/llm/v1/models" and "/llm/v1/chat/completions" in sent[1:], sent
+    assert all(path.startswith("/llm/v1/") for path in sent), sent
+
+
+def test_the_proxy_mounts_nothing_outside_the_prefix(tiny_proxy):
+    """Proves the test above cannot pass by accident: without the prefix the server is not reached."""
+    with lm_providers.OpenAICompatibleProvider(host=tiny_proxy.host, timeout=TIMEOUT) as provider:
+        with pytest.raises(lm_providers.ProviderResponseError) as caught:
+            provider.list_models()
+    assert caught.value.status == 404 and "base URL" in str(caught.value)
+
+
 # --- debug output -----------------------------------------------------------------------------------
 
 def test_debug_shows_url_payload_and_finish_reason(tiny, tiny_server, caplog):
     caplog.set_level(logging.INFO, logger="lm_providers")
-    tiny.generate_text(MESSAGES, uri(tiny_server, max_tokens=8), debug=True)
+    tiny.generate_text(MESSAGES, uri(tiny, tiny_server, max_tokens=8), debug=True)
     text = caplog.text
-    assert "POST http://%s/v1/chat/completions" % tiny_server.host in text
+    assert "POST %s/v1/chat/completions" % tiny.base_url in text
     assert '"model": "%s"' % TINY_ALIAS in text and '"max_tokens": 8' in text  # the payload as sent
     assert "Tell me a story about a lighthouse." in text                       # the messages
     assert "finish_reason=length" in text and "HTTP 200" in text
 
     caplog.clear()
-    stream = tiny.stream_chat(MESSAGES, uri(tiny_server, max_tokens=8), debug=True)
+    stream = tiny.stream_chat(MESSAGES, uri(tiny, tiny_server, max_tokens=8), debug=True)
     "".join(stream)
     assert '"stream": true' in caplog.text and "first piece after" in caplog.text
     assert "finish_reason=length" in caplog.text
@@ -289,9 +317,14 @@ def test_debug_shows_url_payload_and_finish_reason(tiny, tiny_server, caplog):
 
 # --- the setup check and the demo, as a user runs them ------------------------------------------------
 
-def test_the_setup_check_passes_when_run_as_a_user_would(smol_server, tmp_path):
-    done = subprocess.run([sys.executable, os.path.join(REPO, "test_lm_studio_provider.py"),
-                           "--host", smol_server.host, "--model", "lm_studio://%s" % SMOL_ALIAS],
+@pytest.mark.parametrize("kind", ["lm_studio", "openai-prefixed"])
+def test_the_setup_check_passes_when_run_as_a_user_would(request, kind, smol_server, tmp_path):
+    if kind == "lm_studio":
+        options = ["--host", smol_server.host, "--model", "lm_studio://%s" % SMOL_ALIAS]
+    else:
+        options = ["--provider", "openai", "--host", request.getfixturevalue("smol_proxy").base_url,
+                   "--model", "openai://%s" % SMOL_ALIAS]
+    done = subprocess.run([sys.executable, os.path.join(REPO, "test_lm_studio_provider.py")] + options,
                           cwd=str(tmp_path), capture_output=True, text=True, timeout=180)
     output = done.stdout
     assert done.returncode == 0, output + done.stderr
