@@ -27,7 +27,9 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from types import ModuleType
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    Type, TypeVar, Union)
 
 __version__ = "0.1.0"
 
@@ -51,8 +53,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger("lm_providers")
+_T = TypeVar("_T")
 
-requests = None  # the module, imported by ensure_requests() on first use
+if TYPE_CHECKING:
+    import requests
+else:
+    requests = None  # the module, imported by ensure_requests() on first use
 
 
 # =============================================================================
@@ -442,7 +448,7 @@ def format_model_uri(config: ModelConfig) -> str:
 # Parameter mapping
 # =============================================================================
 
-class ParameterRow(tuple):
+class ParameterRow(Tuple[Optional[str], Optional[str], str, str, int]):
     """One row of PARAMETER_MAP: where a parameter goes on each server.
 
     ``lm_studio``: the OpenAI-style field name, or None when LM Studio has none.
@@ -455,14 +461,33 @@ class ParameterRow(tuple):
     _fields = ("lm_studio", "ollama", "ollama_place", "kind", "priority")
 
     def __new__(cls, lm_studio: Optional[str], ollama: Optional[str], ollama_place: str = "options",
-                kind: str = "number", priority: int = 1):
+                kind: str = "number", priority: int = 1) -> "ParameterRow":
         return tuple.__new__(cls, (lm_studio, ollama, ollama_place, kind, priority))
 
-    lm_studio = property(lambda self: self[0])
-    ollama = property(lambda self: self[1])
-    ollama_place = property(lambda self: self[2])
-    kind = property(lambda self: self[3])
-    priority = property(lambda self: self[4])
+    @property
+    def lm_studio(self) -> Optional[str]:
+        """The OpenAI-style field name on LM Studio, or None."""
+        return self[0]
+
+    @property
+    def ollama(self) -> Optional[str]:
+        """The Ollama field name, or None."""
+        return self[1]
+
+    @property
+    def ollama_place(self) -> str:
+        """``"options"`` or ``"top"``."""
+        return self[2]
+
+    @property
+    def kind(self) -> str:
+        """The accepted value type."""
+        return self[3]
+
+    @property
+    def priority(self) -> int:
+        """When two parameters land on one field, the higher one wins."""
+        return self[4]
 
     def __repr__(self) -> str:
         return "ParameterRow(lm_studio=%r, ollama=%r, ollama_place=%r, kind=%r, priority=%r)" % self
@@ -741,11 +766,15 @@ def load_config(path: str = "config.yaml") -> Config:
 # HTTP transport and stream decoding
 # =============================================================================
 
-def ensure_requests():
+def ensure_requests() -> ModuleType:
     """Import ``requests``, installing it with this interpreter's pip when it is missing.
 
     Set ``LM_PROVIDERS_NO_INSTALL=1`` to forbid the install; then a missing
-    ``requests`` raises ImportError saying what to run.
+    ``requests`` raises ImportError saying what to run.  A Python that the
+    operating system manages (PEP 668, e.g. Debian's and Ubuntu's
+    ``/usr/bin/python3``) is never installed into: the ImportError says what
+    works there instead (a virtual environment, the distribution's package,
+    pipx).
     """
     global requests
     if requests is not None:
@@ -753,21 +782,53 @@ def ensure_requests():
     try:
         import requests as module
     except ImportError:
-        command = "%s -m pip install requests" % sys.executable
-        if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
-            raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
-                              "so it was not installed automatically. Run:  " + command) from None
-        import subprocess
-        logger.warning("'requests' is missing; installing it: %s", command)
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "requests"])
-        if done.returncode != 0:
-            raise ImportError("installing 'requests' failed (pip exit code %d). Run:  %s"
-                              % (done.returncode, command)) from None
-        import importlib
-        importlib.invalidate_caches()
-        import requests as module
+        module = _install_requests()
     requests = module
     return module
+
+
+def _install_requests() -> ModuleType:
+    """Install ``requests`` with this interpreter's pip, or raise ImportError saying what to do instead."""
+    command = "%s -m pip install requests" % sys.executable
+    if _externally_managed():
+        raise ImportError(_externally_managed_advice()) from None
+    if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
+                          "so it was not installed automatically. Run:  " + command) from None
+    import subprocess
+    logger.warning("'requests' is missing; installing it: %s", command)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "requests"],
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    if done.returncode != 0:
+        said = (done.stderr or "").strip()
+        if "externally-managed-environment" in said:  # a marker this check did not see; pip saw it
+            raise ImportError(_externally_managed_advice()) from None
+        last = said.splitlines()[-1][:300] if said else "no message"
+        raise ImportError("installing 'requests' failed (pip exit code %d: %s). Install it yourself, or use a "
+                          "virtual environment:  python3 -m venv .venv && .venv/bin/pip install requests"
+                          % (done.returncode, last)) from None
+    import importlib
+    importlib.invalidate_caches()
+    return importlib.import_module("requests")
+
+
+def _externally_managed() -> bool:
+    """Whether this interpreter's packages belong to the operating system (PEP 668) and this is no venv."""
+    if sys.prefix != getattr(sys, "base_prefix", sys.prefix):
+        return False  # a virtual environment is always the user's to install into
+    import sysconfig
+    stdlib = sysconfig.get_path("stdlib")
+    return bool(stdlib) and os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED"))
+
+
+def _externally_managed_advice() -> str:
+    return ("lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages are "
+            "managed by the operating system (PEP 668, \"externally managed\"), so pip may not install into it and "
+            "lm_providers does not try. What works: a virtual environment,  python3 -m venv .venv && "
+            ".venv/bin/pip install requests  then run your script with .venv/bin/python; or the distribution's "
+            "package,  sudo apt install python3-requests  (Debian, Ubuntu; other systems have a package of the "
+            "same name); or, for a command-line tool, pipx, which gives each tool its own environment."
+            % sys.executable)
 
 
 class StreamError(bytes):
@@ -847,7 +908,8 @@ class StreamDecoder:
         return events
 
 
-_scan_json = json.JSONDecoder().scan_once
+# The decoder's scanner: what json.loads runs after its checks (an attribute typeshed does not list).
+_scan_json: Callable[[str, int], Tuple[Any, int]] = getattr(json.JSONDecoder(), "scan_once")
 
 
 def _parse_json(data: bytes) -> Any:
@@ -955,7 +1017,7 @@ class HTTPTransport:
     def close(self) -> None:
         self.session.close()
 
-    def request(self, method: str, path: str, payload: Optional[dict] = None, *, stream: bool = False,
+    def request(self, method: str, path: str, payload: Optional[Mapping[str, Any]] = None, *, stream: bool = False,
                 debug: bool = False, describe_failure: Any = None, model: str = "") -> Any:
         """Send one request; return the 2xx ``requests.Response`` or raise a typed error.
 
@@ -1058,7 +1120,7 @@ class HTTPTransport:
                 when = None
             if when is not None and when.tzinfo is not None:
                 return max(0.0, min(when.timestamp() - time.time(), 30.0))
-        return min(0.5 * (2 ** attempt), 8.0)
+        return min(0.5 * 2.0 ** attempt, 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
         """Turn a requests/urllib3/socket failure into a typed error; its message never shows the token."""
@@ -1130,7 +1192,7 @@ def _short_reason(exc: BaseException) -> str:
     return str(exc)[:200]
 
 
-def _iter_body_chunks(response: Any) -> Iterator[bytes]:
+def _iter_body_chunks(response: Any) -> Generator[bytes, None, None]:
     """Yield a streamed body as its bytes arrive: whatever one socket read returns.
 
     ``requests``' ``iter_lines`` and ``iter_content`` wait to fill a buffer on a
@@ -1143,7 +1205,7 @@ def _iter_body_chunks(response: Any) -> Iterator[bytes]:
     ``read1`` is used instead.
     """
     raw = response.raw
-    message = getattr(raw, "_fp", None)            # http.client.HTTPResponse
+    message: Any = getattr(raw, "_fp", None)       # http.client.HTTPResponse (urllib3's private attribute)
     sock_file = getattr(message, "fp", None)       # its buffered socket reader
     compressed = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
     if sock_file is None or compressed or not hasattr(sock_file, "read1") or not _FAST_BODY_READS:
@@ -1282,9 +1344,20 @@ class ChatStream:
         self._state = _StreamState(keep_reasoning=True)
         self._pieces = provider._stream(messages, model, debug, self._state)
 
-    finish_reason = property(lambda self: self._state.finish_reason, doc="Why the reply ended, once it has.")
-    usage = property(lambda self: self._state.usage, doc="Token counts, when the server sent them.")
-    reasoning = property(lambda self: "".join(self._state.reasoning or ()), doc="The reasoning text so far.")
+    @property
+    def finish_reason(self) -> Optional[str]:
+        """Why the reply ended, once it has."""
+        return self._state.finish_reason
+
+    @property
+    def usage(self) -> Optional[Dict[str, int]]:
+        """Token counts, when the server sent them."""
+        return self._state.usage
+
+    @property
+    def reasoning(self) -> str:
+        """The reasoning text so far."""
+        return "".join(self._state.reasoning or ())
 
     def __iter__(self) -> Iterator[str]:
         pieces = self._pieces
@@ -1674,7 +1747,7 @@ class BaseProvider:
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {}
 
-    def _read_answer(self, response: Any, path: str, read: Any, model: str = "") -> Tuple[Any, Any]:
+    def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str = "") -> Tuple[Any, _T]:
         """``(data, read(data))`` for a 2xx JSON answer; an answer that is not JSON, holds an error
         object, or has another shape than ``read`` expects is a ProviderResponseError."""
         try:
@@ -1717,13 +1790,13 @@ class BaseProvider:
                            finish_reason)
 
     def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, debug: bool,
-                state: Any) -> Iterator[str]:
+                state: Any) -> Generator[str, None, None]:
         """The one streaming loop: yields content pieces, records the rest in ``state``."""
         payload = self._payload(messages, model, stream=True, debug=debug)  # validate before the first next()
         return self._stream_events(payload, model, debug, state)
 
     def _stream_events(self, payload: Dict[str, Any], model: ModelConfig, debug: bool,
-                       state: Any) -> Iterator[str]:
+                       state: Any) -> Generator[str, None, None]:
         started = time.perf_counter()
         response = self.transport.request("POST", self.chat_path, payload, stream=True, debug=debug,
                                           describe_failure=self._failure, model=model.name)
@@ -1835,24 +1908,24 @@ class BaseProvider:
         """The exception for an error answer (``in_body``: an error object in a 200 response)."""
         body = self.transport.scrub(body)
         message = _server_message(body)
-        kwargs = dict(status=status, server_message=message, body=body)
         said = message.rstrip(". ")  # the server's words, followed by more sentences
         if status in (401, 403):
             return AuthenticationError("%s at %s refused the request (HTTP %d): %s. %s" % (
-                self.title, self.base_url, status, said, self.auth_hint), **kwargs)
+                self.title, self.base_url, status, said, self.auth_hint), status, message, body)
         if model and self._is_model_not_found(status, message, body):
             matches = self.close_matches(model)
             return ModelNotFoundError(
                 "model %r is not available on %s at %s: %s. %s%s" % (
                     model, self.title, self.base_url, said, self.download_hint(model),
                     (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
-                model=model, host=self.base_url, suggestions=matches, **kwargs)
+                model=model, host=self.base_url, suggestions=matches, status=status, server_message=message,
+                body=body)
         if status == 404:
             return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s). Is this really %s? %s" % (
                 self.title, self.base_url, self.chat_path if model else self.models_path, said, self.title,
-                self.wrong_server_hint), **kwargs)
+                self.wrong_server_hint), status, message, body)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
-        return ProviderResponseError("%s answered %s: %s" % (self.title, where, message), **kwargs)
+        return ProviderResponseError("%s answered %s: %s" % (self.title, where, message), status, message, body)
 
     auth_hint = ""
     wrong_server_hint = ""
@@ -1877,7 +1950,7 @@ class BaseProvider:
         raise NotImplementedError
 
 
-def _finish_stream(response: Any, chunks: Iterator[bytes], complete: bool) -> None:
+def _finish_stream(response: Any, chunks: Generator[bytes, None, None], complete: bool) -> None:
     """Give a stream's connection back to the pool when its body was read to the end, else close it.
 
     After the end marker the rest of the body is normally just the chunked
@@ -2051,7 +2124,7 @@ def _ollama_usage(data: Mapping[str, Any]) -> Optional[Dict[str, int]]:
 
 
 #: The provider class for each server kind.
-PROVIDER_CLASSES: Dict[str, type] = {"lm_studio": LMStudioProvider, "ollama": OllamaProvider}
+PROVIDER_CLASSES: Dict[str, Type["BaseProvider"]] = {"lm_studio": LMStudioProvider, "ollama": OllamaProvider}
 
 
 def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None,
@@ -2079,7 +2152,8 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
         hash(key)
     except TypeError:  # an option that cannot be a key: a provider of its own
         return cls(host=base_url, **provider_options)
-    cache = _provider_cache if config is None else config.__dict__.setdefault("_providers", {})
+    cache: Dict[Tuple[Any, ...], BaseProvider] = (
+        _provider_cache if config is None else config.__dict__.setdefault("_providers", {}))
     if key not in cache:
         cache[key] = cls(host=base_url, **provider_options)
     return cache[key]
