@@ -54,8 +54,11 @@ __all__ = [
 
 logger = logging.getLogger("lm_providers")
 _T = TypeVar("_T")
+_P = TypeVar("_P", bound="BaseProvider")
 
 if TYPE_CHECKING:
+    import argparse
+
     import requests
 else:
     requests = None  # the module, imported by ensure_requests() on first use
@@ -380,6 +383,15 @@ def parse_model_uri(uri: str) -> ModelConfig:
             except (ValueError, RecursionError):
                 raise bad("the value of %r looks like JSON but does not parse: %r" % (key, value)) from None
     return ModelConfig(name, provider, host, parameters)
+
+
+def _refuse_parameters_without_provider(name: str, provider: str) -> None:
+    """A bare model name cannot carry ``?parameters``: without ``provider://`` they would reach the server
+    as part of the model's name."""
+    if "?" in name:
+        bare, _, query = name.partition("?")
+        raise InvalidInputError("%r is a model name with parameters but no provider; parameters need the URI form, "
+                                "e.g. %s://%s?%s" % (name, provider, bare, query))
 
 
 def _escape(text: str, chars: str) -> str:
@@ -804,9 +816,9 @@ def _install_requests() -> ModuleType:
         if "externally-managed-environment" in said:  # a marker this check did not see; pip saw it
             raise ImportError(_externally_managed_advice()) from None
         last = said.splitlines()[-1][:300] if said else "no message"
-        raise ImportError("installing 'requests' failed (pip exit code %d: %s). Install it yourself, or use a "
-                          "virtual environment:  python3 -m venv .venv && .venv/bin/pip install requests"
-                          % (done.returncode, last)) from None
+        raise ImportError("installing 'requests' failed (pip exit code %d: %s). Fix what pip said and run:  %s  "
+                          "or use a virtual environment:  python3 -m venv .venv && .venv/bin/pip install requests"
+                          % (done.returncode, last, command)) from None
     import importlib
     importlib.invalidate_caches()
     return importlib.import_module("requests")
@@ -1561,7 +1573,7 @@ class BaseProvider:
         """Close the connection pool."""
         self.transport.close()
 
-    def __enter__(self) -> "BaseProvider":
+    def __enter__(self: _P) -> _P:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -1683,6 +1695,8 @@ class BaseProvider:
 
     def _model(self, model: Union[str, ModelConfig]) -> ModelConfig:
         if isinstance(model, str):
+            if "://" not in model:
+                _refuse_parameters_without_provider(model, self.provider)
             model = parse_model_uri(model) if "://" in model else ModelConfig(model, self.provider)
         if not isinstance(model, ModelConfig):
             raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, got %r" % (model,))
@@ -2104,6 +2118,18 @@ class OllamaProvider(BaseProvider):
     def _model_names(self, data: Any) -> List[str]:
         return [entry["name"] for entry in data["models"]]
 
+    def server_version(self, *, debug: bool = False) -> str:
+        """The version Ollama reports (``GET /api/version``): a cheap way to tell that Ollama answers."""
+        response = self.transport.request("GET", "/api/version", debug=debug, describe_failure=self._failure)
+        return self._read_answer(response, "/api/version", _ollama_version)[1]
+
+
+def _ollama_version(data: Any) -> str:
+    version = data["version"]
+    if not isinstance(version, str):
+        raise TypeError("version is not a string")
+    return version
+
 
 def _ollama_key(name: str) -> str:
     name = name.strip().lower()
@@ -2235,6 +2261,11 @@ def _next_step(exc: BaseException, provider: "BaseProvider", model: Optional[Mod
     return "See the message above; run with --debug for the full request and response."
 
 
+#: What the setup check looks at: a provider, its models, and (optional, default True) whether
+#: something configured it, so that it must be running.
+CheckTarget = Union[Tuple["BaseProvider", Sequence["ModelConfig"]], Tuple["BaseProvider", Sequence["ModelConfig"], bool]]
+
+
 class SetupCheck:
     """Check servers and models the way ``python test_lm_studio_provider.py`` does.
 
@@ -2246,8 +2277,8 @@ class SetupCheck:
     in ``results``.
     """
 
-    def __init__(self, targets: Sequence[Tuple["BaseProvider", Sequence[Optional[ModelConfig]]]],
-                 out: Any = None, debug: bool = False, still_working_every: float = 10.0):
+    def __init__(self, targets: Sequence[CheckTarget], out: Any = None, debug: bool = False,
+                 still_working_every: float = 10.0):
         self.targets = targets
         self.out = out or sys.stdout
         self.debug = debug
@@ -2287,15 +2318,18 @@ class SetupCheck:
         if self.debug:
             import traceback
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=self.out)
-        detail = _one_line(exc).replace(" ".join(provider.start_hint.split()), "").strip()  # said after "->"
-        self.report(CheckResult("FAIL", what, time.perf_counter() - started, detail,
-                                _next_step(exc, provider, model)))
+        next_step = _next_step(exc, provider, model)
+        detail = _one_line(exc)
+        if what == _server_title(provider):  # "LM Studio at URL: ..." need not say "to LM Studio at URL" again
+            detail = _without_title(detail, what)
+        self.report(CheckResult("FAIL", what, time.perf_counter() - started, _unsaid(detail, next_step),
+                                next_step))
         return False, exc
 
     def run(self) -> int:
         """Run every check; return the exit code (0 when everything passed)."""
-        for provider, models, *required in self.targets:
-            self._check_server(provider, models, required[0] if required else True)
+        for target in self.targets:
+            self._check_server(target[0], target[1], target[2] if len(target) == 3 else True)
         passed = sum(r.status == "PASS" for r in self.results)
         failed = sum(r.status == "FAIL" for r in self.results)
         skipped = sum(r.status == "SKIP" for r in self.results)
@@ -2303,7 +2337,7 @@ class SetupCheck:
         if not passed:
             self.out.write("No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server "
                            "start) or Ollama (https://ollama.com; then ollama serve) and run this again. To see "
-                           "lm_providers work without either:  python test_lm_studio_provider.py --demo\n")
+                           "lm_providers work without either: %s\n" % demo_hint())
         elif failed:
             self.out.write("Some checks failed; each [FAIL] line is followed by what to do. Run with --debug to see "
                            "every request and response.\n")
@@ -2312,9 +2346,8 @@ class SetupCheck:
         self.out.flush()
         return 1 if failed or not passed else 0
 
-    def _check_server(self, provider: "BaseProvider", models: Sequence[Optional[ModelConfig]],
-                      required: bool = True) -> None:
-        title = "%s at %s" % (provider.title, provider.base_url)
+    def _check_server(self, provider: "BaseProvider", models: Sequence[ModelConfig], required: bool = True) -> None:
+        title = _server_title(provider)
 
         def list_them() -> Tuple[List[str], str]:
             names = provider.list_models(debug=self.debug)
@@ -2326,9 +2359,8 @@ class SetupCheck:
         if not ok and self.results[-1].status == "SKIP":
             return
         if not ok:
-            for model in models or [None]:
-                self.report(CheckResult("SKIP", "%s model checks" % (model.name if model else provider.title),
-                                        detail="the server did not answer"))
+            for name in [m.name for m in models] or [provider.title]:
+                self.report(CheckResult("SKIP", "%s model checks" % name, detail="the server did not answer"))
             return
         if not models:
             chat_models = [n for n in offered if "embed" not in n.lower()]
@@ -2370,9 +2402,9 @@ class SetupCheck:
 
         def stream() -> Tuple[int, str]:
             started = time.perf_counter()
-            first_at, pieces, text = None, 0, []
+            first_at, pieces, text = 0.0, 0, []
             for piece in provider.stream_text(CHECK_PROMPT, model, debug=self.debug):
-                if first_at is None:
+                if not pieces:
                     first_at = time.perf_counter() - started
                 pieces += 1
                 text.append(piece)
@@ -2392,6 +2424,22 @@ class SetupCheck:
         self.step("%s returns JSON" % name, provider, json_object, model)
 
 
+def _server_title(provider: "BaseProvider") -> str:
+    return "%s at %s" % (provider.title, provider.base_url)
+
+
+def _without_title(message: str, title: str) -> str:
+    """``message`` shown after ``title:`` without naming ``title`` again ("cannot connect to LM Studio at URL")."""
+    return message.replace(" to %s" % title, "").replace("%s " % title, "")
+
+
+def _unsaid(detail: str, next_step: str) -> str:
+    """``detail`` without the sentences that the ``->`` line printed under it says anyway."""
+    said = " ".join(next_step.split())
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", detail)
+    return " ".join(s for s in sentences if len(s) < 20 or s not in said).strip()
+
+
 def _shorten(text: str, limit: int = 70) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -2403,12 +2451,17 @@ def _one_line(exc: BaseException) -> str:
 
 def check_targets(config: Optional[Config] = None, provider: Optional[str] = None, host: Optional[str] = None,
                   model: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None
-                  ) -> List[Tuple["BaseProvider", List[ModelConfig]]]:
-    """What the setup check looks at: the servers and roles of ``config``, narrowed by the options."""
+                  ) -> List[Tuple["BaseProvider", List[ModelConfig], bool]]:
+    """What the setup check looks at: the servers and roles of ``config``, narrowed by the options.
+
+    A ``host`` on neither server's default port is asked which server it is
+    (``detect_server_kind``), so only that one is checked.
+    """
     if model:
         chosen = parse_model_uri(model) if "://" in model else None
         if chosen is None:
             if config is None or model not in config.models:
+                _refuse_parameters_without_provider(model, provider or "lm_studio")
                 raise InvalidInputError("--model wants a model URI such as lm_studio://qwen2.5-7b-instruct or a "
                                         "role from the config, got %r" % model)
             chosen = config.models[model]
@@ -2416,10 +2469,9 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
         if provider and canonical_provider(provider) != kind:
             raise InvalidInputError("--model %s is for %s, not %s" % (model, kind, provider))
         base_url = resolve_host(kind, host or chosen.host, config)
-        cls = PROVIDER_CLASSES[kind]
-        return [(cls(host=base_url, timeout=timeout), [chosen], True)]
-    kinds = [canonical_provider(provider)] if provider else _kinds_for_host(host)
-    targets = []
+        return [(PROVIDER_CLASSES[kind](host=base_url, timeout=timeout), [chosen], True)]
+    kinds = [canonical_provider(provider)] if provider else _kinds_for_host(host, timeout)
+    targets: List[Tuple[BaseProvider, List[ModelConfig], bool]] = []
     for kind in kinds:
         roles = [m for m in (config.models.values() if config else []) if m.provider == kind]
         unique: Dict[Tuple[str, str], ModelConfig] = {}
@@ -2437,14 +2489,75 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
     return targets
 
 
-def _kinds_for_host(host: Optional[str]) -> List[str]:
-    """Which servers ``--host`` means: the one whose default port it names, else both."""
+def _kinds_for_host(host: Optional[str], timeout: Union[None, float, Tuple[float, float]] = None) -> List[str]:
+    """Which servers ``--host`` means: the one whose default port it names, else the one that answers there;
+    both when nothing listens there (each then says how to start it)."""
     if host:
         port = normalize_host(host).rsplit(":", 1)[1]
         for kind, default in DEFAULT_PORTS.items():
             if port == str(default):
                 return [kind]
+        answering = detect_server_kind(host, timeout)
+        if answering is not None:
+            return [answering]
     return ["lm_studio", "ollama"]
+
+
+def detect_server_kind(host: str, timeout: Union[None, float, Tuple[float, float]] = None,
+                       debug: bool = False) -> Optional[str]:
+    """Which server answers at ``host``: ``"ollama"``, ``"lm_studio"``, or None when nothing listens there.
+
+    Ollama answers ``GET /api/version`` with ``{"version": ...}``; LM Studio
+    answers ``GET /v1/models`` with its model list.  Ollama is asked first,
+    because its OpenAI-compatible layer answers ``/v1/models`` too.  Something
+    that answers as neither raises ProviderResponseError saying which
+    ``--provider`` to pass; a host that does not answer at all raises
+    ProviderConnectionError or ProviderTimeoutError.
+    """
+    timeout = timeout if timeout is not None else (5.0, 30.0)
+    with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
+        try:
+            ollama.server_version(debug=debug)
+            return "ollama"
+        except ProviderConnectionError as exc:
+            if "refused" in str(exc):
+                return None
+            raise
+        except ProviderTimeoutError:
+            raise
+        except ProviderError as exc:
+            not_ollama = _probe_failure(exc)
+    with LMStudioProvider(host=host, timeout=timeout, max_retries=0) as lm_studio:
+        try:
+            lm_studio.list_models(debug=debug)
+            return "lm_studio"
+        except AuthenticationError:
+            return "lm_studio"  # a token is required: LM Studio's setting (Ollama has no tokens)
+        except ProviderError as exc:
+            not_lm_studio = _probe_failure(exc)
+    raise ProviderResponseError(
+        "the server at %s answers, but neither as LM Studio (GET /v1/models: %s) nor as Ollama (GET /api/version: "
+        "%s). If it is one of them, say which with  --provider lm_studio  or  --provider ollama."
+        % (ollama.base_url, not_lm_studio, not_ollama))
+
+
+def _probe_failure(exc: ProviderError) -> str:
+    status = getattr(exc, "status", None)
+    return "HTTP %d" % status if status else _shorten(_one_line(exc), 80)
+
+
+def demo_hint() -> str:
+    """How to run the demo from here: its script when it is at hand, else where to get it."""
+    for folder in (os.getcwd(), os.path.dirname(os.path.abspath(__file__))):
+        script = os.path.join(folder, "test_lm_studio_provider.py")
+        if os.path.isfile(os.path.join(folder, "realserver", "demo.py")) and os.path.isfile(script):
+            shown = os.path.relpath(script) if folder != os.getcwd() else "test_lm_studio_provider.py"
+            return " python -m pip install \"%s[demo]\" && python %s --demo  (Python 3.10+)" % (
+                os.path.relpath(folder) if folder != os.getcwd() else ".", shown)
+    return (" the demo is not part of the installed package; it is in the project's source folder (a git checkout, "
+            "or the unpacked sdist: python -m pip download --no-deps --no-binary :all: lm_providers). In that "
+            "folder run:  python -m pip install \".[demo]\" && python test_lm_studio_provider.py --demo  "
+            "(Python 3.10+)")
 
 
 def _load_config_option(path: Optional[str], out: Any = None) -> Optional[Config]:
@@ -2461,7 +2574,7 @@ def _load_config_option(path: Optional[str], out: Any = None) -> Optional[Config
     return None
 
 
-def setup_check_parser(prog: str = "python test_lm_studio_provider.py") -> Any:
+def setup_check_parser(prog: str = "python test_lm_studio_provider.py") -> "argparse.ArgumentParser":
     """The setup check's ``argparse`` parser (scripts may add options of their own)."""
     import argparse
     return _check_parser(argparse.ArgumentParser(
@@ -2477,15 +2590,23 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, optio
     return _run_check(options, out or sys.stdout)
 
 
-def _check_parser(parser: Any) -> Any:
+def _connection_options(parser: "argparse.ArgumentParser", provider_help: str) -> "argparse.ArgumentParser":
+    """The options every command takes: where the config is, which server, where, how long to wait, debug."""
     parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    parser.add_argument("--provider", choices=["lm_studio", "ollama"], help="check only this server kind")
-    parser.add_argument("--host", metavar="HOST:PORT", help="check the server at this host instead")
-    parser.add_argument("--model", metavar="URI_OR_ROLE",
-                        help="check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")
+    parser.add_argument("--provider", choices=["lm_studio", "ollama"], help=provider_help)
+    parser.add_argument("--host", metavar="HOST:PORT",
+                        help="the server at this host; on a port other than 1234 or 11434 it is asked which server "
+                             "it is, unless --provider says")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", default=None,
                         help="read timeout for each request (default 600)")
     parser.add_argument("--debug", action="store_true", help="show every request and response, and tracebacks")
+    return parser
+
+
+def _check_parser(parser: "argparse.ArgumentParser") -> "argparse.ArgumentParser":
+    _connection_options(parser, "check only this server kind")
+    parser.add_argument("--model", metavar="URI_OR_ROLE",
+                        help="check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")
     return parser
 
 
@@ -2494,15 +2615,25 @@ def _run_check(options: Any, out: Any) -> int:
         _debug("debug output on")
     try:
         config = _load_config_option(options.config, out)
-        targets = check_targets(config, options.provider, options.host, options.model,
-                                (5.0, options.timeout) if options.timeout else None)
     except ProviderError as exc:
         out.write("[FAIL] configuration: %s\n" % _one_line(exc))
         return 2
+    try:
+        targets = check_targets(config, options.provider, options.host, options.model, _cli_timeout(options))
+    except (InvalidInputError, ConfigError) as exc:
+        out.write("[FAIL] configuration: %s\n" % _one_line(exc))
+        return 2
+    except ProviderError as exc:  # --host: what answers there could not be told
+        out.write("[FAIL] %s\n" % _one_line(exc))
+        return 1
     return SetupCheck(targets, out=out, debug=options.debug).run()
 
 
-def exit_quietly_on_broken_pipe(run: Any) -> Any:
+def _cli_timeout(options: Any) -> Optional[Tuple[float, float]]:
+    return (5.0, options.timeout) if options.timeout else None
+
+
+def exit_quietly_on_broken_pipe(run: Callable[..., int]) -> Callable[..., int]:
     """Wrap a command so that output piped into ``head`` (which closes the pipe) ends it without a traceback."""
     import functools
 
@@ -2513,58 +2644,72 @@ def exit_quietly_on_broken_pipe(run: Any) -> Any:
         except BrokenPipeError:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+            os.close(devnull)
             return 141  # what a shell reports for SIGPIPE
     return wrapper
+
+
+def prog_name() -> str:
+    """How this command was started, for its usage lines: ``python -m lm_providers``, ``python lm_providers.py``
+    (a copied file) or ``lm-providers`` (the installed console script)."""
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    if spec is not None and spec.name == "lm_providers":  # python -m lm_providers (then __name__ is __main__)
+        return "python -m lm_providers"
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if script.endswith(".py"):
+        return "python " + script
+    return script or "lm-providers"
 
 
 @exit_quietly_on_broken_pipe
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m lm_providers`` / ``lm-providers``: models, generate and check."""
     import argparse
+    prog = prog_name()
     parser = argparse.ArgumentParser(
-        prog="python -m lm_providers",
-        description="Talk to LM Studio and Ollama from the command line.",
+        prog=prog, description="Talk to LM Studio and Ollama from the command line.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python -m lm_providers models\n"
-               "  python -m lm_providers generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
-               "  python -m lm_providers generate ollama://llama3 \"Name a color\" --json name,hex\n"
-               "  python -m lm_providers check --provider ollama")
+               "  {0} models\n"
+               "  {0} models --host 10.0.0.5:8080\n"
+               "  {0} generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
+               "  {0} generate ollama://llama3 \"Name a color\" --json name,hex\n"
+               "  {0} check --provider ollama".format(prog))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    models = commands.add_parser("models", help="list the models each configured server offers",
-                                 description="List the models each server offers. Example: "
-                                             "python -m lm_providers models --provider ollama")
-    models.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    models.add_argument("--provider", choices=["lm_studio", "ollama"], help="only this server kind")
-    models.add_argument("--host", metavar="HOST:PORT", help="ask the server at this host")
+    _connection_options(commands.add_parser(
+        "models", help="list the models each server offers",
+        description="List the models each server offers. Example: %s models --provider ollama" % prog),
+        "only this server kind")
     generate = commands.add_parser(
         "generate", help="stream a reply to a prompt",
-        description="Stream a model's reply to stdout as it arrives. Example: python -m lm_providers generate "
-                    "lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"")
-    generate.add_argument("model", metavar="URI_OR_ROLE", help="a model URI, or a role from the config")
+        description="Stream a model's reply to stdout as it arrives. Example: %s generate "
+                    "lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"" % prog)
+    generate.add_argument("model", metavar="URI_OR_ROLE",
+                          help="a model URI, a role from the config, or a model name with --provider (or --host)")
     generate.add_argument("prompt", help="the user message")
     generate.add_argument("--system", help="a system message to put first")
     generate.add_argument("--json", metavar="ATTR,...",
                           help="ask for a JSON object with these attributes and print it")
-    generate.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    generate.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
-    generate.add_argument("--debug", action="store_true", help="log the request and response to stderr")
+    _connection_options(generate, "the server kind, for a plain model name")
     _check_parser(commands.add_parser(
         "check", help="check servers, models and config (same as test_lm_studio_provider.py)",
         description="Check servers, models and config, and say what to do about each failure. Example: "
-                    "python -m lm_providers check --model lm_studio://qwen2.5-7b-instruct"))
+                    "%s check --model lm_studio://qwen2.5-7b-instruct" % prog))
     options = parser.parse_args(argv)
     if options.command is None:
         parser.print_help()
         return 2
     if options.command == "check":
         return _run_check(options, sys.stdout)
+    if options.debug:
+        _debug("debug output on")
     try:
         if options.command == "models":
             return _cli_models(options)
         return _cli_generate(options)
     except ProviderError as exc:
-        if getattr(options, "debug", False):
+        if options.debug:
             raise
         sys.stderr.write("error: %s\n" % exc)
         return 1
@@ -2575,32 +2720,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _cli_models(options: Any) -> int:
     config = _load_config_option(options.config)
+    kinds = [options.provider] if options.provider else _kinds_for_host(options.host, _cli_timeout(options))
     answered = 0
-    for kind in ([options.provider] if options.provider else ["lm_studio", "ollama"]):
-        cls = PROVIDER_CLASSES[kind]
-        provider = cls(host=resolve_host(kind, options.host, config), timeout=(5, 30))
-        try:
-            names = provider.list_models()
-        except ProviderError as exc:
-            sys.stderr.write("%s at %s: %s\n" % (provider.title, provider.base_url, exc))
-            continue
+    for kind in kinds:
+        with PROVIDER_CLASSES[kind](host=resolve_host(kind, options.host, config),
+                                    timeout=_cli_timeout(options) or (5, 30)) as provider:
+            title = _server_title(provider)
+            try:
+                names = provider.list_models(debug=options.debug)
+            except ProviderError as exc:
+                sys.stderr.write("%s: %s\n" % (title, _without_title(str(exc), title)))
+                continue
         answered += 1
-        print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))
+        print("%s (%d):" % (title, len(names)))
         for name in names:
             print("  " + name)
     return 0 if answered else 1
 
 
+def _cli_model(options: Any, config: Optional[Config]) -> ModelConfig:
+    """The model ``generate`` talks to: a role, a URI, or a plain name with --provider (or a --host that says)."""
+    if config is not None and options.model in config.models:
+        model = config.models[options.model]
+    elif "://" in options.model:
+        model = parse_model_uri(options.model)
+    else:
+        _refuse_parameters_without_provider(options.model, options.provider or "lm_studio")
+        kind = options.provider or (_kinds_for_host(options.host, _cli_timeout(options)) if options.host else [""])[0]
+        if not options.provider and not (options.host and kind):
+            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
+                                    "config; for a plain model name, say which server with --provider lm_studio or "
+                                    "--provider ollama" % options.model)
+        model = ModelConfig(options.model, kind)
+    if options.provider and canonical_provider(options.provider) != model.provider:
+        raise InvalidInputError("%s is a %s model, but --provider says %s" % (options.model, model.provider,
+                                                                             options.provider))
+    if options.host:
+        if model.host is not None and normalize_host(model.host, model.provider) != normalize_host(
+                options.host, model.provider):
+            raise InvalidInputError("%s names the host %s and --host says %s; give one" % (
+                options.model, model.host, options.host))
+        model = ModelConfig(model.name, model.provider, options.host, model.parameters)
+    return model
+
+
 def _cli_generate(options: Any) -> int:
     config = _load_config_option(options.config)
-    model = config.models[options.model] if config and options.model in config.models else None
-    if model is None:
-        if "://" not in options.model:
-            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
-                                    "config" % options.model)
-        model = parse_model_uri(options.model)
-    provider_options = {"timeout": (5.0, options.timeout)} if options.timeout else {}
-    provider = get_provider(model, config, **provider_options)
+    model = _cli_model(options, config)
+    timeout = _cli_timeout(options)
+    provider = get_provider(model, config, **({"timeout": timeout} if timeout else {}))
     messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
         {"role": "user", "content": options.prompt}]
     if options.json is not None:

@@ -295,11 +295,13 @@ def test_a_failure_line_does_not_repeat_the_hint_printed_under_it():
 
 def test_output_piped_into_head_ends_without_a_traceback(tmp_path, monkeypatch):
     # `python test_lm_studio_provider.py | head -3`: head closes the pipe, the next write raises BrokenPipeError.
-    stdout = open(tmp_path / "out.txt", "w")
-    monkeypatch.setattr(sys, "stdout", stdout)
+    original = sys.stdout
+    with open(tmp_path / "out.txt", "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
 
-    @lm_providers.exit_quietly_on_broken_pipe
-    def command():
-        raise BrokenPipeError(32, "Broken pipe")
+        @lm_providers.exit_quietly_on_broken_pipe
+        def command():
+            raise BrokenPipeError(32, "Broken pipe")
 
-    assert command() == 141
+        assert command() == 141
+        monkeypatch.setattr(sys, "stdout", original)  # back before the file closes
