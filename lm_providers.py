@@ -2547,17 +2547,19 @@ def _probe_failure(exc: ProviderError) -> str:
 
 
 def demo_hint() -> str:
-    """How to run the demo from here: its script when it is at hand, else where to get it."""
-    for folder in (os.getcwd(), os.path.dirname(os.path.abspath(__file__))):
-        script = os.path.join(folder, "test_lm_studio_provider.py")
-        if os.path.isfile(os.path.join(folder, "realserver", "demo.py")) and os.path.isfile(script):
-            shown = os.path.relpath(script) if folder != os.getcwd() else "test_lm_studio_provider.py"
-            return " python -m pip install \"%s[demo]\" && python %s --demo  (Python 3.10+)" % (
-                os.path.relpath(folder) if folder != os.getcwd() else ".", shown)
-    return (" the demo is not part of the installed package; it is in the project's source folder (a git checkout, "
-            "or the unpacked sdist: python -m pip download --no-deps --no-binary :all: lm_providers). In that "
-            "folder run:  python -m pip install \".[demo]\" && python test_lm_studio_provider.py --demo  "
-            "(Python 3.10+)")
+    """How to run the demo from here: its command when the project's source folder is at hand (the current
+    folder, or the one holding this module), else where to get it; the installed package does not carry it."""
+    here = os.getcwd()
+    for folder in (here, os.path.dirname(os.path.abspath(__file__))):
+        if os.path.isfile(os.path.join(folder, "test_lm_studio_provider.py")) and os.path.isfile(
+                os.path.join(folder, "realserver", "demo.py")):
+            where = "." if folder == here else os.path.relpath(folder)
+            where = folder if where.startswith("..") else where
+            script = os.path.join(where, "test_lm_studio_provider.py") if where != "." else "test_lm_studio_provider.py"
+            return " python -m pip install \"%s[demo]\" && python %s --demo  (Python 3.10+)" % (where, script)
+    return (" its demo is not part of the installed package: it is in the project's source folder (a git checkout, "
+            "or the unpacked source archive, the sdist). In that folder run:  python -m pip install \".[demo]\" "
+            "&& python test_lm_studio_provider.py --demo  (Python 3.10+)")
 
 
 def _load_config_option(path: Optional[str], out: Any = None) -> Optional[Config]:
