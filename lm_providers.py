@@ -273,7 +273,7 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
         name, port = _split_host_port(text)
     except ValueError as exc:
         raise InvalidInputError("host %r: %s" % (host, exc)) from None
-    if port in (None, ""):
+    if not port:
         port_number = DEFAULT_PORTS[provider]
     elif _PORT_RE.match(port) and 0 < int(port) < 65536:
         port_number = int(port)
@@ -789,14 +789,14 @@ def ensure_requests() -> ModuleType:
     pipx).
     """
     global requests
-    if requests is not None:
-        return requests
-    try:
-        import requests as module
-    except ImportError:
-        module = _install_requests()
-    requests = module
-    return module
+    if requests is None:
+        try:
+            import requests as module
+        except ImportError:
+            module = _install_requests()
+        requests = module
+    loaded: ModuleType = requests  # typed as a module even where requests has no inline types (before 2.33)
+    return loaded
 
 
 def _install_requests() -> ModuleType:
@@ -1152,7 +1152,8 @@ class HTTPTransport:
                 "connecting to %s at %s took longer than the connect timeout (%g s). Check the host and that "
                 "the server is running; raise the limit with timeout=(connect, read), e.g. timeout=(30, %g)."
                 % (self.server_title, self.base_url, self.connect_timeout, self.read_timeout))
-        if isinstance(exc, (exceptions.ReadTimeout, TimeoutError)) or "Read timed out" in text:
+        import socket  # socket.timeout is TimeoutError only from Python 3.10 on
+        if isinstance(exc, (exceptions.ReadTimeout, TimeoutError, socket.timeout)) or "Read timed out" in text:
             return ProviderTimeoutError(
                 "%s at %s sent nothing for %g s (the read timeout) while answering %s. A large model can take "
                 "minutes to load or to answer; raise the limit with timeout=(connect, read), e.g. "
