@@ -837,7 +837,8 @@ def _externally_managed_advice() -> str:
     return ("lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages are "
             "managed by the operating system (PEP 668, \"externally managed\"), so pip may not install into it and "
             "lm_providers does not try. What works: a virtual environment,  python3 -m venv .venv && "
-            ".venv/bin/pip install requests  then run your script with .venv/bin/python; or the distribution's "
+            ".venv/bin/pip install requests  then run your script with .venv/bin/python (if venv says ensurepip is "
+            "missing:  sudo apt install python3-venv); or the distribution's "
             "package,  sudo apt install python3-requests  (Debian, Ubuntu; other systems have a package of the "
             "same name); or, for a command-line tool, pipx, which gives each tool its own environment."
             % sys.executable)
