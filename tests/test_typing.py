@@ -1,8 +1,8 @@
 """Types: lm_providers.py passes ``mypy --strict``, and so does a user's script that uses it as the README shows.
 
 mypy is a test-only dependency (the ``test`` extra).  An installed copy is typed through the marker
-``lm_providers/py.typed`` next to ``lm_providers.py`` (PEP 561 has none for a single-file module; mypy looks for
-that one): the last test installs the two files the way the wheel does and asks mypy.
+``lm_providers/py.typed`` that the wheel puts next to ``lm_providers.py`` (PEP 561 has none for a single-file
+module; mypy looks for that one): the last test builds the wheel, installs it and asks mypy.
 """
 
 import os
@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,23 +91,33 @@ def test_a_script_using_the_readme_api_type_checks(tmp_path):
                                      'type "int")' in wrong.stdout, wrong.stdout + wrong.stderr
 
 
-def test_an_installed_copy_is_typed_through_its_marker(tmp_path):
-    """What the wheel installs: site-packages/lm_providers.py and site-packages/lm_providers/py.typed."""
+def test_the_wheel_is_typed_through_its_marker(tmp_path):
+    """Build the wheel, install it as pip does (a pure-Python wheel is unpacked into site-packages), ask mypy."""
+    source, wheels = tmp_path / "source", tmp_path / "wheels"
+    source.mkdir()
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "lm_providers.py", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy(os.path.join(ROOT, name), str(source))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels),
+                            str(source)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = wheels.iterdir()
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = str(venv / ("Scripts" if os.name == "nt" else "bin") / ("python.exe" if os.name == "nt" else "python"))
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                           capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-    shutil.copy(os.path.join(ROOT, "lm_providers.py"), site)
+    with zipfile.ZipFile(str(wheel)) as archive:
+        assert sorted(n for n in archive.namelist() if ".dist-info/" not in n) == ["lm_providers.py",
+                                                                                   "lm_providers/py.typed"]
+        archive.extractall(site)
     (tmp_path / "user.py").write_text("import lm_providers\n\nnumber: int = lm_providers.LMStudioProvider()"
                                       ".generate_text([], 'm')\n")
-    untyped = mypy("--python-executable", python, "user.py", cwd=str(tmp_path))
-    assert "missing library stubs or py.typed marker" in untyped.stdout, untyped.stdout + untyped.stderr
-    os.makedirs(os.path.join(site, "lm_providers"))
-    shutil.copy(os.path.join(ROOT, "lm_providers", "py.typed"), os.path.join(site, "lm_providers"))
     typed = mypy("--python-executable", python, "user.py", cwd=str(tmp_path))
     assert 'expression has type "str", variable has type "int"' in typed.stdout, typed.stdout + typed.stderr
     assert "py.typed" not in typed.stdout
     ran = subprocess.run([python, "-c", "import lm_providers; print(lm_providers.__file__)"], capture_output=True,
                          text=True, timeout=60, cwd=str(tmp_path))
     assert ran.stdout.strip() == os.path.join(site, "lm_providers.py"), ran.stderr  # the module, not the folder
+    shutil.rmtree(os.path.join(site, "lm_providers"))  # without the marker mypy does not look inside
+    untyped = mypy("--python-executable", python, "user.py", cwd=str(tmp_path))
+    assert "missing library stubs or py.typed marker" in untyped.stdout, untyped.stdout + untyped.stderr
