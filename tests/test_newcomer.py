@@ -312,5 +312,6 @@ def test_the_package_metadata_ships_license_and_test_suite():
             if line.split("=")[0].split(">")[0] in ("xllamacpp", "gguf", "numpy"):
                 assert 'python_version >= "3.10"' in line, line  # installable on 3.8 and 3.9
     manifest = read("MANIFEST.in")
-    for needed in ("graft tests", "graft realserver", "graft benchmarks", "test_lm_studio_provider.py", "LICENSE"):
+    for needed in ("graft tests", "graft realserver", "graft benchmarks", "test_lm_studio_provider.py", "LICENSE",
+                   ".ci/run"):  # tests/test_readme.py compares the README's test command with it
         assert needed in manifest
