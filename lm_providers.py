@@ -2750,12 +2750,14 @@ def _cli_model(options: Any, config: Optional[Config]) -> ModelConfig:
         model = parse_model_uri(options.model)
     else:
         _refuse_parameters_without_provider(options.model, options.provider or "lm_studio")
-        kind = options.provider or (_kinds_for_host(options.host, _cli_timeout(options)) if options.host else [""])[0]
-        if not options.provider and not (options.host and kind):
+        kinds = [options.provider] if options.provider else (
+            _kinds_for_host(options.host, _cli_timeout(options)) if options.host else [])
+        if len(kinds) != 1:
             raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
                                     "config; for a plain model name, say which server with --provider lm_studio or "
-                                    "--provider ollama" % options.model)
-        model = ModelConfig(options.model, kind)
+                                    "--provider ollama%s" % (options.model, " (nothing answers at %s to tell)"
+                                                             % options.host if options.host else ""))
+        model = ModelConfig(options.model, kinds[0])
     if options.provider and canonical_provider(options.provider) != model.provider:
         raise InvalidInputError("%s is a %s model, but --provider says %s" % (options.model, model.provider,
                                                                              options.provider))

@@ -245,6 +245,9 @@ def test_generate_refuses_a_bare_model_name_with_parameters():
     assert "lm_studio://qwen2.5-7b-instruct?max_tokens=20" in done.stderr
     done = run_module("generate", "qwen2.5-7b-instruct", "Say hi")
     assert done.returncode == 1 and "--provider" in done.stderr
+    port = closed_port()
+    done = run_module("generate", "qwen2.5-7b-instruct", "Say hi", "--host", "127.0.0.1:%d" % port)
+    assert done.returncode == 1 and "nothing answers at 127.0.0.1:%d" % port in done.stderr
 
 
 def test_help_shows_the_name_it_was_started_by(tmp_path):
