@@ -2286,6 +2286,7 @@ class SetupCheck:
         self.debug = debug
         self.every = still_working_every
         self.results: List[CheckResult] = []
+        self.unreachable = 0  # failures where nothing answered at all
 
     def report(self, result: CheckResult) -> CheckResult:
         self.results.append(result)
@@ -2320,6 +2321,7 @@ class SetupCheck:
         if self.debug:
             import traceback
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=self.out)
+        self.unreachable += isinstance(exc, ProviderConnectionError)
         next_step = _next_step(exc, provider, model)
         detail = _one_line(exc)
         if what == _server_title(provider):  # "LM Studio at URL: ..." need not say "to LM Studio at URL" again
@@ -2336,7 +2338,7 @@ class SetupCheck:
         failed = sum(r.status == "FAIL" for r in self.results)
         skipped = sum(r.status == "SKIP" for r in self.results)
         self.out.write("\n%d passed, %d failed, %d skipped\n" % (passed, failed, skipped))
-        if not passed:
+        if not passed and failed == self.unreachable:
             self.out.write("No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server "
                            "start) or Ollama (https://ollama.com; then ollama serve) and run this again. To see "
                            "lm_providers work without either: %s\n" % demo_hint())

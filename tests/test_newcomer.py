@@ -318,3 +318,12 @@ def test_the_package_metadata_ships_license_and_test_suite():
     for needed in ("graft tests", "graft realserver", "graft benchmarks", "test_lm_studio_provider.py", "LICENSE",
                    ".ci/run"):  # tests/test_readme.py compares the README's test command with it
         assert needed in manifest
+
+
+def test_a_server_that_refuses_is_not_reported_as_absent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with LoopbackServer() as lm:
+        fakes.lm_studio(lm, token="sk-lm-secret:abcdef123456")
+        code, output = check("--host", lm.host, "--provider", "lm_studio")
+    assert code == 1 and "LM_API_TOKEN" in output
+    assert "No server answered" not in output and "Some checks failed" in output
