@@ -284,7 +284,7 @@ def test_nothing_running_at_all_suggests_the_demo(monkeypatch):
 def test_host_with_a_default_port_checks_that_server_kind_only():
     assert [type(p).__name__ for p, *_ in lm_providers.check_targets(host="127.0.0.1:1234")] == ["LMStudioProvider"]
     assert [type(p).__name__ for p, *_ in lm_providers.check_targets(host="10.0.0.5:11434")] == ["OllamaProvider"]
-    assert len(lm_providers.check_targets(host="127.0.0.1:8080")) == 2
+    assert len(lm_providers.check_targets(host="127.0.0.1:%d" % closed_port())) == 2  # nothing there to ask
 
 
 def test_a_failure_line_does_not_repeat_the_hint_printed_under_it():
