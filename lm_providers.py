@@ -29,7 +29,9 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from types import ModuleType
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping, Optional,
+                    Sequence, Tuple, Type, TypeVar, Union)
 
 __version__ = "0.1.0"
 
@@ -60,8 +62,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger("lm_providers")
+_T = TypeVar("_T")
+_P = TypeVar("_P", bound="BaseProvider")
 
-requests = None  # the module, imported by ensure_requests() on first use
+if TYPE_CHECKING:
+    import argparse
+
+    import requests
+else:
+    requests = None  # the module, imported by ensure_requests() on first use
 
 
 # =============================================================================
@@ -362,7 +371,7 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
         name, port = _split_host_port(text)
     except ValueError as exc:
         raise InvalidInputError("host %r: %s" % (host, exc)) from None
-    if port in (None, ""):
+    if not port:
         port_number = DEFAULT_PORTS.get(provider) or (443 if scheme == "https" else 80)
     elif _PORT_RE.match(port) and 0 < int(port) < 65536:
         port_number = int(port)
@@ -503,6 +512,15 @@ def parse_model_uri(uri: str) -> ModelConfig:
     return ModelConfig(name, provider, host, parameters)
 
 
+def _refuse_parameters_without_provider(name: str, provider: str) -> None:
+    """A bare model name cannot carry ``?parameters``: without ``provider://`` they would reach the server
+    as part of the model's name."""
+    if "?" in name:
+        bare, _, query = name.partition("?")
+        raise InvalidInputError("%r is a model name with parameters but no provider; parameters need the URI form, "
+                                "e.g. %s://%s?%s" % (name, provider, bare, query))
+
+
 def _escape(text: str, chars: str) -> str:
     """Percent-encode the ASCII characters in ``chars`` and every whitespace or control character."""
     out = []
@@ -572,7 +590,7 @@ def format_model_uri(config: ModelConfig) -> str:
 _SAME_AS_LM_STUDIO = "<same as lm_studio>"
 
 
-class ParameterRow(tuple):
+class ParameterRow(Tuple[Optional[str], Optional[str], str, str, int, Optional[str]]):
     """One row of PARAMETER_MAP: where a parameter goes on each server.
 
     ``lm_studio``: the OpenAI-style field name, or None when LM Studio has none.
@@ -587,17 +605,41 @@ class ParameterRow(tuple):
     _fields = ("lm_studio", "ollama", "ollama_place", "kind", "priority", "openai")
 
     def __new__(cls, lm_studio: Optional[str], ollama: Optional[str], ollama_place: str = "options",
-                kind: str = "number", priority: int = 1, openai: Optional[str] = _SAME_AS_LM_STUDIO):
+                kind: str = "number", priority: int = 1,
+                openai: Optional[str] = _SAME_AS_LM_STUDIO) -> "ParameterRow":
         if openai == _SAME_AS_LM_STUDIO:
             openai = lm_studio
         return tuple.__new__(cls, (lm_studio, ollama, ollama_place, kind, priority, openai))
 
-    lm_studio = property(lambda self: self[0])
-    ollama = property(lambda self: self[1])
-    ollama_place = property(lambda self: self[2])
-    kind = property(lambda self: self[3])
-    priority = property(lambda self: self[4])
-    openai = property(lambda self: self[5])
+    @property
+    def lm_studio(self) -> Optional[str]:
+        """The OpenAI-style field name on LM Studio, or None."""
+        return self[0]
+
+    @property
+    def ollama(self) -> Optional[str]:
+        """The Ollama field name, or None."""
+        return self[1]
+
+    @property
+    def ollama_place(self) -> str:
+        """``"options"`` or ``"top"``."""
+        return self[2]
+
+    @property
+    def kind(self) -> str:
+        """The accepted value type."""
+        return self[3]
+
+    @property
+    def priority(self) -> int:
+        """When two parameters land on one field, the higher one wins."""
+        return self[4]
+
+    @property
+    def openai(self) -> Optional[str]:
+        """The field name on ``openai://`` servers (OpenAI's names), or None."""
+        return self[5]
 
     def __repr__(self) -> str:
         return "ParameterRow(lm_studio=%r, ollama=%r, ollama_place=%r, kind=%r, priority=%r, openai=%r)" % self
@@ -902,33 +944,70 @@ def load_config(path: str = "config.yaml") -> Config:
 # HTTP transport and stream decoding
 # =============================================================================
 
-def ensure_requests():
+def ensure_requests() -> ModuleType:
     """Import ``requests``, installing it with this interpreter's pip when it is missing.
 
     Set ``LM_PROVIDERS_NO_INSTALL=1`` to forbid the install; then a missing
-    ``requests`` raises ImportError saying what to run.
+    ``requests`` raises ImportError saying what to run.  A Python that the
+    operating system manages (PEP 668, e.g. Debian's and Ubuntu's
+    ``/usr/bin/python3``) is never installed into: the ImportError says what
+    works there instead (a virtual environment, the distribution's package,
+    pipx).
     """
     global requests
-    if requests is not None:
-        return requests
-    try:
-        import requests as module
-    except ImportError:
-        command = "%s -m pip install requests" % sys.executable
-        if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
-            raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
-                              "so it was not installed automatically. Run:  " + command) from None
-        import subprocess
-        logger.warning("'requests' is missing; installing it: %s", command)
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "requests"])
-        if done.returncode != 0:
-            raise ImportError("installing 'requests' failed (pip exit code %d). Run:  %s"
-                              % (done.returncode, command)) from None
-        import importlib
-        importlib.invalidate_caches()
-        import requests as module
-    requests = module
-    return module
+    if requests is None:
+        try:
+            import requests as module
+        except ImportError:
+            module = _install_requests()
+        requests = module
+    loaded: ModuleType = requests  # typed as a module even where requests has no inline types (before 2.33)
+    return loaded
+
+
+def _install_requests() -> ModuleType:
+    """Install ``requests`` with this interpreter's pip, or raise ImportError saying what to do instead."""
+    command = "%s -m pip install requests" % sys.executable
+    if _externally_managed():
+        raise ImportError(_externally_managed_advice()) from None
+    if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
+                          "so it was not installed automatically. Run:  " + command) from None
+    import subprocess
+    logger.warning("'requests' is missing; installing it: %s", command)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "requests"],
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    if done.returncode != 0:
+        said = (done.stderr or "").strip()
+        if "externally-managed-environment" in said:  # a marker this check did not see; pip saw it
+            raise ImportError(_externally_managed_advice()) from None
+        last = said.splitlines()[-1][:300] if said else "no message"
+        raise ImportError("installing 'requests' failed (pip exit code %d: %s). Fix what pip said and run:  %s  "
+                          "or use a virtual environment:  python3 -m venv .venv && .venv/bin/pip install requests"
+                          % (done.returncode, last, command)) from None
+    import importlib
+    importlib.invalidate_caches()
+    return importlib.import_module("requests")
+
+
+def _externally_managed() -> bool:
+    """Whether this interpreter's packages belong to the operating system (PEP 668) and this is no venv."""
+    if sys.prefix != getattr(sys, "base_prefix", sys.prefix):
+        return False  # a virtual environment is always the user's to install into
+    import sysconfig
+    stdlib = sysconfig.get_path("stdlib")
+    return bool(stdlib) and os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED"))
+
+
+def _externally_managed_advice() -> str:
+    return ("lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages are "
+            "managed by the operating system (PEP 668, \"externally managed\"), so pip may not install into it and "
+            "lm_providers does not try. What works: a virtual environment,  python3 -m venv .venv && "
+            ".venv/bin/pip install requests  then run your script with .venv/bin/python (if venv says ensurepip is "
+            "missing:  sudo apt install python3-venv); or the distribution's "
+            "package,  sudo apt install python3-requests  (Debian, Ubuntu; other systems have a package of the "
+            "same name); or, for a command-line tool, pipx, which gives each tool its own environment."
+            % sys.executable)
 
 
 class StreamError(bytes):
@@ -1008,7 +1087,8 @@ class StreamDecoder:
         return events
 
 
-_scan_json = json.JSONDecoder().scan_once
+# The decoder's scanner: what json.loads runs after its checks (an attribute typeshed does not list).
+_scan_json: Callable[[str, int], Tuple[Any, int]] = getattr(json.JSONDecoder(), "scan_once")
 
 
 def _parse_json(data: bytes) -> Any:
@@ -1119,7 +1199,7 @@ class HTTPTransport:
     def close(self) -> None:
         self.session.close()
 
-    def request(self, method: str, path: str, payload: Optional[dict] = None, *, stream: bool = False,
+    def request(self, method: str, path: str, payload: Optional[Mapping[str, Any]] = None, *, stream: bool = False,
                 debug: bool = False, describe_failure: Any = None, model: str = "") -> Any:
         """Send one request; return the 2xx ``requests.Response`` or raise a typed error.
 
@@ -1222,7 +1302,7 @@ class HTTPTransport:
                 when = None
             if when is not None and when.tzinfo is not None:
                 return max(0.0, min(when.timestamp() - time.time(), 30.0))
-        return min(0.5 * (2 ** attempt), 8.0)
+        return min(0.5 * 2.0 ** attempt, 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
         """Turn a requests/urllib3/socket failure into a typed error; its message never shows the token."""
@@ -1242,7 +1322,8 @@ class HTTPTransport:
                 "connecting to %s at %s took longer than the connect timeout (%g s). Check the host and that "
                 "the server is running; raise the limit with timeout=(connect, read), e.g. timeout=(30, %g)."
                 % (self.server_title, self.base_url, self.connect_timeout, self.read_timeout))
-        if isinstance(exc, (exceptions.ReadTimeout, TimeoutError)) or "Read timed out" in text:
+        import socket  # socket.timeout is TimeoutError only from Python 3.10 on
+        if isinstance(exc, (exceptions.ReadTimeout, TimeoutError, socket.timeout)) or "Read timed out" in text:
             return ProviderTimeoutError(
                 "%s at %s sent nothing for %g s (the read timeout) while answering %s. A large model can take "
                 "minutes to load or to answer; raise the limit with timeout=(connect, read), e.g. "
@@ -1295,7 +1376,7 @@ def _short_reason(exc: BaseException) -> str:
     return str(exc)[:200]
 
 
-def _iter_body_chunks(response: Any) -> Iterator[bytes]:
+def _iter_body_chunks(response: Any) -> Generator[bytes, None, None]:
     """Yield a streamed body as its bytes arrive: whatever one socket read returns.
 
     ``requests``' ``iter_lines`` and ``iter_content`` wait to fill a buffer on a
@@ -1308,7 +1389,7 @@ def _iter_body_chunks(response: Any) -> Iterator[bytes]:
     ``read1`` is used instead.
     """
     raw = response.raw
-    message = getattr(raw, "_fp", None)            # http.client.HTTPResponse
+    message: Any = getattr(raw, "_fp", None)       # http.client.HTTPResponse (urllib3's private attribute)
     sock_file = getattr(message, "fp", None)       # its buffered socket reader
     compressed = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
     if sock_file is None or compressed or not hasattr(sock_file, "read1") or not _FAST_BODY_READS:
@@ -1785,11 +1866,25 @@ class ChatStream:
         self._state = _StreamState(keep_reasoning=True)
         self._pieces = provider._stream(messages, model, debug, self._state)
 
-    finish_reason = property(lambda self: self._state.finish_reason, doc="Why the reply ended, once it has.")
-    usage = property(lambda self: self._state.usage, doc="Token counts, when the server sent them.")
-    reasoning = property(lambda self: "".join(self._state.reasoning or ()), doc="The reasoning text so far.")
-    logprobs = property(lambda self: self._state.logprobs,
-                        doc="Token log-probabilities so far (as ChatResult.logprobs), when asked for.")
+    @property
+    def finish_reason(self) -> Optional[str]:
+        """Why the reply ended, once it has."""
+        return self._state.finish_reason
+
+    @property
+    def usage(self) -> Optional[Dict[str, int]]:
+        """Token counts, when the server sent them."""
+        return self._state.usage
+
+    @property
+    def reasoning(self) -> str:
+        """The reasoning text so far."""
+        return "".join(self._state.reasoning or ())
+
+    @property
+    def logprobs(self) -> Optional[List[Dict[str, Any]]]:
+        """Token log-probabilities so far (as ChatResult.logprobs), when asked for."""
+        return self._state.logprobs
 
     @property
     def tool_calls(self) -> List[ToolCall]:
@@ -2422,7 +2517,7 @@ class BaseProvider:
         """Close the connection pool."""
         self.transport.close()
 
-    def __enter__(self) -> "BaseProvider":
+    def __enter__(self: _P) -> _P:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -2852,6 +2947,8 @@ class BaseProvider:
 
     def _model(self, model: Union[str, ModelConfig]) -> ModelConfig:
         if isinstance(model, str):
+            if "://" not in model:
+                _refuse_parameters_without_provider(model, self.provider)
             model = parse_model_uri(model) if "://" in model else ModelConfig(model, self.provider)
         if not isinstance(model, ModelConfig):
             raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, got %r" % (model,))
@@ -3001,7 +3098,7 @@ class BaseProvider:
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {}
 
-    def _read_answer(self, response: Any, path: str, read: Any, model: str = "") -> Tuple[Any, Any]:
+    def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str = "") -> Tuple[Any, _T]:
         """``(data, read(data))`` for a 2xx JSON answer; an answer that is not JSON, holds an error
         object, or has another shape than ``read`` expects is a ProviderResponseError."""
         try:
@@ -3046,13 +3143,13 @@ class BaseProvider:
                            finish_reason)
 
     def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, debug: bool,
-                state: Any) -> Iterator[str]:
+                state: Any) -> Generator[str, None, None]:
         """The one streaming loop: yields content pieces, records the rest in ``state``."""
         payload = self._payload(messages, model, stream=True, debug=debug)  # validate before the first next()
         return self._fit_checked(self._stream_events(payload, model, debug, state), payload, model, state)
 
-    def _fit_checked(self, pieces: Iterator[str], payload: Dict[str, Any], model: ModelConfig,
-                     state: Any) -> Iterator[str]:
+    def _fit_checked(self, pieces: Generator[str, None, None], payload: Dict[str, Any], model: ModelConfig,
+                     state: Any) -> Generator[str, None, None]:
         """Pass a stream's pieces on, then check that the prompt fitted (Ollama reports it only at the end)."""
         count = 0
         try:
@@ -3060,11 +3157,11 @@ class BaseProvider:
                 count += 1
                 yield piece
         finally:
-            pieces.close()  # type: ignore[attr-defined]
+            pieces.close()
         self._check_fit(payload, model, state.usage, state.finish_reason, count > 0)
 
     def _stream_events(self, payload: Dict[str, Any], model: ModelConfig, debug: bool,
-                       state: Any) -> Iterator[str]:
+                       state: Any) -> Generator[str, None, None]:
         started = time.perf_counter()
         response = self.transport.request("POST", self.chat_path, payload, stream=True, debug=debug,
                                           describe_failure=self._failure, model=model.name)
@@ -3182,29 +3279,30 @@ class BaseProvider:
         if overflow is not None:
             return overflow
         message = _server_message(body)
-        kwargs = dict(status=status, server_message=message, body=body)
         said = message.rstrip(". ")  # the server's words, followed by more sentences
         if status in (401, 403):
             return AuthenticationError("%s at %s refused the request (HTTP %d): %s. %s" % (
-                self.title, self.base_url, status, said, self.auth_hint), **kwargs)
+                self.title, self.base_url, status, said, self.auth_hint), status, message, body)
         if model and "does not support tools" in message.lower():
             return ToolsNotSupportedError(
                 "%s model %r cannot call tools (%s said: %s). Use a model trained for tool calls (on Ollama, "
                 "'ollama show MODEL' lists 'tools' among its capabilities), or call without tools=."
-                % (self.title, model, self.title, said), model=model, **kwargs)
+                % (self.title, model, self.title, said), model=model, status=status, server_message=message,
+                body=body)
         if model and self._is_model_not_found(status, message, body):
             matches = self.close_matches(model)
             return ModelNotFoundError(
                 "model %r is not available on %s at %s: %s. %s%s" % (
                     model, self.title, self.base_url, said, self.download_hint(model),
                     (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
-                model=model, host=self.base_url, suggestions=matches, **kwargs)
+                model=model, host=self.base_url, suggestions=matches, status=status, server_message=message,
+                body=body)
         if status == 404:
             return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s). Is this really %s? %s" % (
                 self.title, self.base_url, self.chat_path if model else self.models_path, said, self.title,
-                self.wrong_server_hint), **kwargs)
+                self.wrong_server_hint), status, message, body)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
-        return ProviderResponseError("%s answered %s: %s" % (self.title, where, message), **kwargs)
+        return ProviderResponseError("%s answered %s: %s" % (self.title, where, message), status, message, body)
 
     auth_hint = ""
     wrong_server_hint = ""
@@ -3265,7 +3363,7 @@ class BaseProvider:
         raise NotImplementedError
 
 
-def _finish_stream(response: Any, chunks: Iterator[bytes], complete: bool) -> None:
+def _finish_stream(response: Any, chunks: Generator[bytes, None, None], complete: bool) -> None:
     """Give a stream's connection back to the pool when its body was read to the end, else close it.
 
     After the end marker the rest of the body is normally just the chunked
@@ -3954,8 +4052,8 @@ def _ollama_usage(data: Mapping[str, Any]) -> Optional[Dict[str, int]]:
 
 
 #: The provider class for each server kind.
-PROVIDER_CLASSES: Dict[str, type] = {"lm_studio": LMStudioProvider, "ollama": OllamaProvider,
-                                     "openai": OpenAICompatibleProvider}
+PROVIDER_CLASSES: Dict[str, Type["BaseProvider"]] = {"lm_studio": LMStudioProvider, "ollama": OllamaProvider,
+                                                   "openai": OpenAICompatibleProvider}
 
 
 def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None,
@@ -3983,7 +4081,8 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
         hash(key)
     except TypeError:  # an option that cannot be a key: a provider of its own
         return cls(host=base_url, **provider_options)
-    cache = _provider_cache if config is None else config.__dict__.setdefault("_providers", {})
+    cache: Dict[Tuple[Any, ...], BaseProvider] = (
+        _provider_cache if config is None else config.__dict__.setdefault("_providers", {}))
     if key not in cache:
         cache[key] = cls(host=base_url, **provider_options)
     return cache[key]
@@ -4065,6 +4164,11 @@ def _next_step(exc: BaseException, provider: "BaseProvider", model: Optional[Mod
     return "See the message above; run with --debug for the full request and response."
 
 
+#: What the setup check looks at: a provider, its models, and (optional, default True) whether
+#: something configured it, so that it must be running.
+CheckTarget = Union[Tuple["BaseProvider", Sequence["ModelConfig"]], Tuple["BaseProvider", Sequence["ModelConfig"], bool]]
+
+
 class SetupCheck:
     """Check servers and models the way ``python test_lm_studio_provider.py`` does.
 
@@ -4076,13 +4180,14 @@ class SetupCheck:
     in ``results``.
     """
 
-    def __init__(self, targets: Sequence[Tuple["BaseProvider", Sequence[Optional[ModelConfig]]]],
-                 out: Any = None, debug: bool = False, still_working_every: float = 10.0):
+    def __init__(self, targets: Sequence[CheckTarget], out: Any = None, debug: bool = False,
+                 still_working_every: float = 10.0):
         self.targets = targets
         self.out = out or sys.stdout
         self.debug = debug
         self.every = still_working_every
         self.results: List[CheckResult] = []
+        self.unreachable = 0  # failures where nothing answered at all
 
     def report(self, result: CheckResult) -> CheckResult:
         self.results.append(result)
@@ -4117,23 +4222,27 @@ class SetupCheck:
         if self.debug:
             import traceback
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=self.out)
-        detail = _one_line(exc).replace(" ".join(provider.start_hint.split()), "").strip()  # said after "->"
-        self.report(CheckResult("FAIL", what, time.perf_counter() - started, detail,
-                                _next_step(exc, provider, model)))
+        self.unreachable += isinstance(exc, ProviderConnectionError)
+        next_step = _next_step(exc, provider, model)
+        detail = _one_line(exc)
+        if what == _server_title(provider):  # "LM Studio at URL: ..." need not say "to LM Studio at URL" again
+            detail = _without_title(detail, what)
+        self.report(CheckResult("FAIL", what, time.perf_counter() - started, _unsaid(detail, next_step),
+                                next_step))
         return False, exc
 
     def run(self) -> int:
         """Run every check; return the exit code (0 when everything passed)."""
-        for provider, models, *required in self.targets:
-            self._check_server(provider, models, required[0] if required else True)
+        for target in self.targets:
+            self._check_server(target[0], target[1], target[2] if len(target) == 3 else True)
         passed = sum(r.status == "PASS" for r in self.results)
         failed = sum(r.status == "FAIL" for r in self.results)
         skipped = sum(r.status == "SKIP" for r in self.results)
         self.out.write("\n%d passed, %d failed, %d skipped\n" % (passed, failed, skipped))
-        if not passed:
+        if not passed and failed == self.unreachable:
             self.out.write("No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server "
                            "start) or Ollama (https://ollama.com; then ollama serve) and run this again. To see "
-                           "lm_providers work without either:  python test_lm_studio_provider.py --demo\n")
+                           "lm_providers work without either: %s\n" % demo_hint())
         elif failed:
             self.out.write("Some checks failed; each [FAIL] line is followed by what to do. Run with --debug to see "
                            "every request and response.\n")
@@ -4142,9 +4251,8 @@ class SetupCheck:
         self.out.flush()
         return 1 if failed or not passed else 0
 
-    def _check_server(self, provider: "BaseProvider", models: Sequence[Optional[ModelConfig]],
-                      required: bool = True) -> None:
-        title = "%s at %s" % (provider.title, provider.base_url)
+    def _check_server(self, provider: "BaseProvider", models: Sequence[ModelConfig], required: bool = True) -> None:
+        title = _server_title(provider)
 
         def list_them() -> Tuple[List[str], str]:
             names = provider.list_models(debug=self.debug)
@@ -4156,9 +4264,8 @@ class SetupCheck:
         if not ok and self.results[-1].status == "SKIP":
             return
         if not ok:
-            for model in models or [None]:
-                self.report(CheckResult("SKIP", "%s model checks" % (model.name if model else provider.title),
-                                        detail="the server did not answer"))
+            for name in [m.name for m in models] or [provider.title]:
+                self.report(CheckResult("SKIP", "%s model checks" % name, detail="the server did not answer"))
             return
         if not models:
             chat_models = [n for n in offered if "embed" not in n.lower()]
@@ -4200,9 +4307,9 @@ class SetupCheck:
 
         def stream() -> Tuple[int, str]:
             started = time.perf_counter()
-            first_at, pieces, text = None, 0, []
+            first_at, pieces, text = 0.0, 0, []
             for piece in provider.stream_text(CHECK_PROMPT, model, debug=self.debug):
-                if first_at is None:
+                if not pieces:
                     first_at = time.perf_counter() - started
                 pieces += 1
                 text.append(piece)
@@ -4222,6 +4329,22 @@ class SetupCheck:
         self.step("%s returns JSON" % name, provider, json_object, model)
 
 
+def _server_title(provider: "BaseProvider") -> str:
+    return "%s at %s" % (provider.title, provider.base_url)
+
+
+def _without_title(message: str, title: str) -> str:
+    """``message`` shown after ``title:`` without naming ``title`` again ("cannot connect to LM Studio at URL")."""
+    return message.replace(" to %s" % title, "").replace("%s " % title, "")
+
+
+def _unsaid(detail: str, next_step: str) -> str:
+    """``detail`` without the sentences that the ``->`` line printed under it says anyway."""
+    said = " ".join(next_step.split())
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", detail)
+    return " ".join(s for s in sentences if len(s) < 20 or s not in said).strip()
+
+
 def _shorten(text: str, limit: int = 70) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -4233,12 +4356,17 @@ def _one_line(exc: BaseException) -> str:
 
 def check_targets(config: Optional[Config] = None, provider: Optional[str] = None, host: Optional[str] = None,
                   model: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None
-                  ) -> List[Tuple["BaseProvider", List[ModelConfig]]]:
-    """What the setup check looks at: the servers and roles of ``config``, narrowed by the options."""
+                  ) -> List[Tuple["BaseProvider", List[ModelConfig], bool]]:
+    """What the setup check looks at: the servers and roles of ``config``, narrowed by the options.
+
+    A ``host`` on neither server's default port is asked which server it is
+    (``detect_server_kind``), so only that one is checked.
+    """
     if model:
         chosen = parse_model_uri(model) if "://" in model else None
         if chosen is None:
             if config is None or model not in config.models:
+                _refuse_parameters_without_provider(model, provider or "lm_studio")
                 raise InvalidInputError("--model wants a model URI such as lm_studio://qwen2.5-7b-instruct or a "
                                         "role from the config, got %r" % model)
             chosen = config.models[model]
@@ -4246,12 +4374,11 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
         if provider and canonical_provider(provider) != kind:
             raise InvalidInputError("--model %s is for %s, not %s" % (model, kind, provider))
         base_url = resolve_host(kind, host or chosen.host, config)
-        cls = PROVIDER_CLASSES[kind]
-        return [(cls(host=base_url, timeout=timeout), [chosen], True)]
-    kinds = [canonical_provider(provider)] if provider else _kinds_for_host(host)
+        return [(PROVIDER_CLASSES[kind](host=base_url, timeout=timeout), [chosen], True)]
+    kinds = [canonical_provider(provider)] if provider else _kinds_for_host(host, timeout)
     if not provider and not host and _openai_in_use(config):
         kinds.append("openai")
-    targets = []
+    targets: List[Tuple[BaseProvider, List[ModelConfig], bool]] = []
     for kind in kinds:
         roles = [m for m in (config.models.values() if config else []) if m.provider == kind]
         unique: Dict[Tuple[str, str], ModelConfig] = {}
@@ -4279,9 +4406,10 @@ def _openai_in_use(config: Optional[Config]) -> bool:
                                                                  for m in config.models.values()))
 
 
-def _kinds_for_host(host: Optional[str]) -> List[str]:
-    """Which servers ``--host`` means: the one whose default port it names, ``openai`` for a base URL
-    with a path, else LM Studio and Ollama."""
+def _kinds_for_host(host: Optional[str], timeout: Union[None, float, Tuple[float, float]] = None) -> List[str]:
+    """Which servers ``--host`` means: the one whose default port it names, ``openai`` for a base URL with a
+    path, else the one that answers there; LM Studio and Ollama when nothing listens there (each then says
+    how to start it)."""
     if host:
         try:
             port = normalize_host(host).rsplit(":", 1)[1]
@@ -4294,7 +4422,70 @@ def _kinds_for_host(host: Optional[str]) -> List[str]:
         for kind, default in DEFAULT_PORTS.items():
             if port == str(default):
                 return [kind]
+        answering = detect_server_kind(host, timeout)
+        if answering is not None:
+            return [answering]
     return ["lm_studio", "ollama"]
+
+
+def detect_server_kind(host: str, timeout: Union[None, float, Tuple[float, float]] = None,
+                       debug: bool = False) -> Optional[str]:
+    """Which server answers at ``host``: ``"ollama"``, ``"lm_studio"``, or None when nothing listens there.
+
+    Ollama answers ``GET /api/version`` with ``{"version": ...}``; LM Studio
+    answers ``GET /v1/models`` with its model list.  Ollama is asked first,
+    because its OpenAI-compatible layer answers ``/v1/models`` too.  Something
+    that answers as neither raises ProviderResponseError saying which
+    ``--provider`` to pass; a host that does not answer at all raises
+    ProviderConnectionError or ProviderTimeoutError.
+    """
+    timeout = timeout if timeout is not None else (5.0, 30.0)
+    with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
+        try:
+            if ollama.server_version(debug=debug) is not None:
+                return "ollama"
+            not_ollama = "no version"
+        except ProviderConnectionError as exc:
+            if "refused" in str(exc):
+                return None
+            raise
+        except ProviderTimeoutError:
+            raise
+        except ProviderError as exc:
+            not_ollama = _probe_failure(exc)
+    with LMStudioProvider(host=host, timeout=timeout, max_retries=0) as lm_studio:
+        try:
+            lm_studio.list_models(debug=debug)
+            return "lm_studio"
+        except AuthenticationError:
+            return "lm_studio"  # a token is required: LM Studio's setting (Ollama has no tokens)
+        except ProviderError as exc:
+            not_lm_studio = _probe_failure(exc)
+    raise ProviderResponseError(
+        "the server at %s answers, but neither as LM Studio (GET /v1/models: %s) nor as Ollama (GET /api/version: "
+        "%s). If it is one of them, say which with  --provider lm_studio  or  --provider ollama."
+        % (ollama.base_url, not_lm_studio, not_ollama))
+
+
+def _probe_failure(exc: ProviderError) -> str:
+    status = getattr(exc, "status", None)
+    return "HTTP %d" % status if status else _shorten(_one_line(exc), 80)
+
+
+def demo_hint() -> str:
+    """How to run the demo from here: its command when the project's source folder is at hand (the current
+    folder, or the one holding this module), else where to get it; the installed package does not carry it."""
+    here = os.getcwd()
+    for folder in (here, os.path.dirname(os.path.abspath(__file__))):
+        if os.path.isfile(os.path.join(folder, "test_lm_studio_provider.py")) and os.path.isfile(
+                os.path.join(folder, "realserver", "demo.py")):
+            where = "." if folder == here else os.path.relpath(folder)
+            where = folder if where.startswith("..") else where
+            script = os.path.join(where, "test_lm_studio_provider.py") if where != "." else "test_lm_studio_provider.py"
+            return " python -m pip install \"%s[demo]\" && python %s --demo  (Python 3.10+)" % (where, script)
+    return (" its demo is not part of the installed package: it is in the project's source folder (a git checkout, "
+            "or the unpacked source archive, the sdist). In that folder run:  python -m pip install \".[demo]\" "
+            "&& python test_lm_studio_provider.py --demo  (Python 3.10+)")
 
 
 def _load_config_option(path: Optional[str], out: Any = None) -> Optional[Config]:
@@ -4311,7 +4502,7 @@ def _load_config_option(path: Optional[str], out: Any = None) -> Optional[Config
     return None
 
 
-def setup_check_parser(prog: str = "python test_lm_studio_provider.py") -> Any:
+def setup_check_parser(prog: str = "python test_lm_studio_provider.py") -> "argparse.ArgumentParser":
     """The setup check's ``argparse`` parser (scripts may add options of their own)."""
     import argparse
     return _check_parser(argparse.ArgumentParser(
@@ -4327,15 +4518,23 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, optio
     return _run_check(options, out or sys.stdout)
 
 
-def _check_parser(parser: Any) -> Any:
+def _connection_options(parser: "argparse.ArgumentParser", provider_help: str) -> "argparse.ArgumentParser":
+    """The options every command takes: where the config is, which server, where, how long to wait, debug."""
     parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    parser.add_argument("--provider", choices=list(PROVIDER_CLASSES), help="check only this server kind")
-    parser.add_argument("--host", metavar="HOST:PORT", help="check the server at this host instead")
-    parser.add_argument("--model", metavar="URI_OR_ROLE",
-                        help="check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")
+    parser.add_argument("--provider", choices=list(PROVIDER_CLASSES), help=provider_help)
+    parser.add_argument("--host", metavar="HOST:PORT",
+                        help="the server at this host; on a port other than 1234 or 11434 it is asked which server "
+                             "it is, unless --provider says")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", default=None,
                         help="read timeout for each request (default 600)")
     parser.add_argument("--debug", action="store_true", help="show every request and response, and tracebacks")
+    return parser
+
+
+def _check_parser(parser: "argparse.ArgumentParser") -> "argparse.ArgumentParser":
+    _connection_options(parser, "check only this server kind")
+    parser.add_argument("--model", metavar="URI_OR_ROLE",
+                        help="check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")
     return parser
 
 
@@ -4344,15 +4543,25 @@ def _run_check(options: Any, out: Any) -> int:
         _debug("debug output on")
     try:
         config = _load_config_option(options.config, out)
-        targets = check_targets(config, options.provider, options.host, options.model,
-                                (5.0, options.timeout) if options.timeout else None)
     except ProviderError as exc:
         out.write("[FAIL] configuration: %s\n" % _one_line(exc))
         return 2
+    try:
+        targets = check_targets(config, options.provider, options.host, options.model, _cli_timeout(options))
+    except (InvalidInputError, ConfigError) as exc:
+        out.write("[FAIL] configuration: %s\n" % _one_line(exc))
+        return 2
+    except ProviderError as exc:  # --host: what answers there could not be told
+        out.write("[FAIL] %s\n" % _one_line(exc))
+        return 1
     return SetupCheck(targets, out=out, debug=options.debug).run()
 
 
-def exit_quietly_on_broken_pipe(run: Any) -> Any:
+def _cli_timeout(options: Any) -> Optional[Tuple[float, float]]:
+    return (5.0, options.timeout) if options.timeout else None
+
+
+def exit_quietly_on_broken_pipe(run: Callable[..., int]) -> Callable[..., int]:
     """Wrap a command so that output piped into ``head`` (which closes the pipe) ends it without a traceback."""
     import functools
 
@@ -4363,49 +4572,61 @@ def exit_quietly_on_broken_pipe(run: Any) -> Any:
         except BrokenPipeError:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+            os.close(devnull)
             return 141  # what a shell reports for SIGPIPE
     return wrapper
+
+
+def prog_name() -> str:
+    """How this command was started, for its usage lines: ``python -m lm_providers``, ``python lm_providers.py``
+    (a copied file) or ``lm-providers`` (the installed console script)."""
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    if spec is not None and spec.name == "lm_providers":  # python -m lm_providers (then __name__ is __main__)
+        return "python -m lm_providers"
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if script.endswith(".py"):
+        return "python " + script
+    return script or "lm-providers"
 
 
 @exit_quietly_on_broken_pipe
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m lm_providers`` / ``lm-providers``: models, generate and check."""
     import argparse
+    prog = prog_name()
     parser = argparse.ArgumentParser(
-        prog="python -m lm_providers",
-        description="Talk to LM Studio and Ollama from the command line.",
+        prog=prog, description="Talk to LM Studio and Ollama from the command line.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python -m lm_providers models\n"
-               "  python -m lm_providers generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
-               "  python -m lm_providers generate ollama://llama3 \"Name a color\" --json name,hex\n"
-               "  python -m lm_providers check --provider ollama")
+               "  {0} models\n"
+               "  {0} models --host 10.0.0.5:8080\n"
+               "  {0} generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
+               "  {0} generate ollama://llama3 \"Name a color\" --json name,hex\n"
+               "  {0} check --provider ollama".format(prog))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    models = commands.add_parser("models", help="list the models each configured server offers",
-                                 description="List the models each server offers. Example: "
-                                             "python -m lm_providers models --provider ollama")
-    models.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    models.add_argument("--provider", choices=list(PROVIDER_CLASSES), help="only this server kind")
-    models.add_argument("--host", metavar="HOST:PORT", help="ask the server at this host")
+    models = _connection_options(commands.add_parser(
+        "models", help="list the models each server offers",
+        description="List the models each server offers. Example: %s models --provider ollama" % prog),
+        "only this server kind")
     models.add_argument("--long", "-l", action="store_true",
                         help="a table of each model's facts: context, loaded, capabilities, quantization, size")
     generate = commands.add_parser(
         "generate", help="stream a reply to a prompt",
-        description="Stream a model's reply to stdout as it arrives. Example: python -m lm_providers generate "
-                    "lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"")
-    generate.add_argument("model", metavar="URI_OR_ROLE", help="a model URI, or a role from the config")
+        description="Stream a model's reply to stdout as it arrives. Example: %s generate "
+                    "lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"" % prog)
+    generate.add_argument("model", metavar="URI_OR_ROLE",
+                          help="a model URI, a role from the config, or a model name with --provider (or --host)")
     generate.add_argument("prompt", help="the user message")
     generate.add_argument("--system", help="a system message to put first")
     generate.add_argument("--json", metavar="ATTR,...",
                           help="ask for a JSON object with these attributes and print it")
-    generate.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    generate.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
-    generate.add_argument("--debug", action="store_true", help="log the request and response to stderr")
+    _connection_options(generate, "the server kind, for a plain model name")
     _embed_parser(commands)
     _check_parser(commands.add_parser(
         "check", help="check servers, models and config (same as test_lm_studio_provider.py)",
         description="Check servers, models and config, and say what to do about each failure. Example: "
-                    "python -m lm_providers check --model lm_studio://qwen2.5-7b-instruct"))
+                    "%s check --model lm_studio://qwen2.5-7b-instruct" % prog))
     _add_model_commands(commands)
     options = parser.parse_args(argv)
     if options.command is None:
@@ -4413,6 +4634,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if options.command == "check":
         return _run_check(options, sys.stdout)
+    if options.debug:
+        _debug("debug output on")
     try:
         if options.command == "models":
             return _cli_models(options)
@@ -4422,7 +4645,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _MODEL_COMMANDS[options.command](options)
         return _cli_generate(options)
     except ProviderError as exc:
-        if getattr(options, "debug", False):
+        if options.debug:
             raise
         sys.stderr.write("error: %s\n" % exc)
         return 1
@@ -4433,23 +4656,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _cli_models(options: Any) -> int:
     config = _load_config_option(options.config)
+    kinds = [options.provider] if options.provider else _kinds_for_host(options.host, _cli_timeout(options)) + (
+        ["openai"] if not options.host and _openai_in_use(config) else [])
     answered = 0
-    kinds = [options.provider] if options.provider else ["lm_studio", "ollama"] + (
-        ["openai"] if _openai_in_use(config) else [])
     for kind in kinds:
         try:
-            provider = PROVIDER_CLASSES[kind](host=resolve_host(kind, options.host, config), timeout=(5, 30))
-        except InvalidInputError as exc:
+            provider = PROVIDER_CLASSES[kind](host=resolve_host(kind, options.host, config),
+                                              timeout=_cli_timeout(options) or (5, 30))
+        except InvalidInputError as exc:  # an openai:// server with no host anywhere
             sys.stderr.write("%s: %s\n" % (SERVER_TITLES[kind], exc))
             continue
-        try:
-            names = provider.list_models()
-            infos = provider.list_model_info() if getattr(options, "long", False) else None
-        except ProviderError as exc:
-            sys.stderr.write("%s at %s: %s\n" % (provider.title, provider.base_url, exc))
-            continue
+        with provider:
+            title = _server_title(provider)
+            try:
+                names = provider.list_models(debug=options.debug)
+                infos = provider.list_model_info(debug=options.debug) if options.long else None
+            except ProviderError as exc:
+                sys.stderr.write("%s: %s\n" % (title, _without_title(str(exc), title)))
+                continue
         answered += 1
-        print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))
+        print("%s (%d):" % (title, len(names)))
         if infos is not None:
             _print_model_table(infos, sys.stdout)
             continue
@@ -4458,21 +4684,44 @@ def _cli_models(options: Any) -> int:
     return 0 if answered else 1
 
 
-def _cli_model(options: Any) -> Tuple["BaseProvider", ModelConfig]:
-    """The provider and model that a command's URI_OR_ROLE argument (and --config, --timeout) name."""
-    config = _load_config_option(options.config)
-    model = config.models[options.model] if config and options.model in config.models else None
-    if model is None:
-        if "://" not in options.model:
-            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
-                                    "config" % options.model)
+def _cli_model(options: Any, config: Optional[Config]) -> ModelConfig:
+    """The model ``generate`` talks to: a role, a URI, or a plain name with --provider (or a --host that says)."""
+    if config is not None and options.model in config.models:
+        model = config.models[options.model]
+    elif "://" in options.model:
         model = parse_model_uri(options.model)
-    provider_options = {"timeout": (5.0, options.timeout)} if getattr(options, "timeout", None) else {}
-    return get_provider(model, config, **provider_options), model
+    else:
+        _refuse_parameters_without_provider(options.model, options.provider or "lm_studio")
+        kinds = [options.provider] if options.provider else (
+            _kinds_for_host(options.host, _cli_timeout(options)) if options.host else [])
+        if len(kinds) != 1:
+            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
+                                    "config; for a plain model name, say which server with --provider lm_studio or "
+                                    "--provider ollama%s" % (options.model, " (nothing answers at %s to tell)"
+                                                             % options.host if options.host else ""))
+        model = ModelConfig(options.model, kinds[0])
+    if options.provider and canonical_provider(options.provider) != model.provider:
+        raise InvalidInputError("%s is a %s model, but --provider says %s" % (options.model, model.provider,
+                                                                             options.provider))
+    if options.host:
+        if model.host is not None and normalize_host(model.host, model.provider) != normalize_host(
+                options.host, model.provider):
+            raise InvalidInputError("%s names the host %s and --host says %s; give one" % (
+                options.model, model.host, options.host))
+        model = ModelConfig(model.name, model.provider, options.host, model.parameters)
+    return model
+
+
+def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
+    """The provider and model that a command's URI_OR_ROLE argument and connection options name."""
+    config = _load_config_option(options.config)
+    model = _cli_model(options, config)
+    timeout = _cli_timeout(options)
+    return get_provider(model, config, **({"timeout": timeout} if timeout else {})), model
 
 
 def _cli_generate(options: Any) -> int:
-    provider, model = _cli_model(options)
+    provider, model = _cli_target(options)
     messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
         {"role": "user", "content": options.prompt}]
     if options.json is not None:
@@ -4495,24 +4744,20 @@ def _embed_parser(commands: Any) -> None:
     embed = commands.add_parser(
         "embed", help="print the embeddings of texts as JSON",
         description="Embed texts and print {\"model\": ..., \"embeddings\": [[...], ...]} as JSON, one vector per "
-                    "text in order. Without TEXT arguments, each line of stdin is a text. Example: python -m "
-                    "lm_providers embed ollama://nomic-embed-text \"first text\" \"second text\"")
-    embed.add_argument("model", metavar="URI_OR_ROLE", help="a model URI, or a role from the config")
+                    "text in order. Without TEXT arguments, each line of stdin is a text. Example: %s embed "
+                    "ollama://nomic-embed-text \"first text\" \"second text\"" % prog_name())
+    embed.add_argument("model", metavar="URI_OR_ROLE",
+                       help="a model URI, a role from the config, or a model name with --provider")
     embed.add_argument("texts", metavar="TEXT", nargs="*", help="texts to embed (default: the lines of stdin)")
     embed.add_argument("--dimensions", type=int, metavar="N", help="ask for N-wide vectors (models that can)")
     embed.add_argument("--batch-size", type=int, default=DEFAULT_EMBED_BATCH, metavar="N",
                        help="texts per request (default %d)" % DEFAULT_EMBED_BATCH)
-    embed.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    embed.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
-    embed.add_argument("--debug", action="store_true", help="log the requests to stderr")
+    _connection_options(embed, "the server kind, for a plain model name")
 
 
 def _cli_embed(options: Any) -> int:
-    config = _load_config_option(options.config)
-    role = config.models.get(options.model) if config else None
-    model = role if role is not None else parse_model_uri(options.model)
+    provider, model = _cli_target(options)
     texts = options.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-    provider = get_provider(model, config, **({"timeout": (5.0, options.timeout)} if options.timeout else {}))
     vectors = provider.embed(texts, model, dimensions=options.dimensions, batch_size=options.batch_size,
                              debug=options.debug)
     print(json.dumps({"model": model.name, "embeddings": vectors}))
@@ -4524,13 +4769,11 @@ def _cli_embed(options: Any) -> int:
 def _add_model_commands(commands: Any) -> None:
     """The ``info``, ``load``, ``unload`` and ``pull`` subcommands."""
     def command(name: str, help_text: str, example: str) -> Any:
-        parser = commands.add_parser(name, help=help_text, description="%s. Example: python -m lm_providers %s"
-                                     % (help_text[:1].upper() + help_text[1:], example))
-        parser.add_argument("model", metavar="URI_OR_ROLE", help="a model URI such as ollama://llama3, or a role")
-        parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-        parser.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout (default 600)")
-        parser.add_argument("--debug", action="store_true", help="log every request and response to stderr")
-        return parser
+        parser = commands.add_parser(name, help=help_text, description="%s. Example: %s %s"
+                                     % (help_text[:1].upper() + help_text[1:], prog_name(), example))
+        parser.add_argument("model", metavar="URI_OR_ROLE",
+                            help="a model URI such as ollama://llama3, a role, or a model name with --provider")
+        return _connection_options(parser, "the server kind, for a plain model name")
 
     info = command("info", "show what the server reports about a model", "info ollama://llama3 --json")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
@@ -4544,7 +4787,7 @@ def _add_model_commands(commands: Any) -> None:
 
 
 def _cli_info(options: Any) -> int:
-    provider, model = _cli_model(options)
+    provider, model = _cli_target(options)
     info = provider.model_info(model, debug=options.debug)
     if options.json:
         print(json.dumps(info.as_dict(), indent=2))
@@ -4557,7 +4800,7 @@ def _cli_info(options: Any) -> int:
 
 
 def _cli_load(options: Any) -> int:
-    provider, model = _cli_model(options)
+    provider, model = _cli_target(options)
     keep_alive = options.keep_alive
     if keep_alive is not None and _INT_RE.match(keep_alive.strip()):
         keep_alive = int(keep_alive)
@@ -4569,14 +4812,14 @@ def _cli_load(options: Any) -> int:
 
 
 def _cli_unload(options: Any) -> int:
-    provider, model = _cli_model(options)
+    provider, model = _cli_target(options)
     provider.unload_model(model, debug=options.debug)
     print("unloaded %s on %s at %s" % (model.name, provider.title, provider.base_url))
     return 0
 
 
 def _cli_pull(options: Any) -> int:
-    provider, model = _cli_model(options)
+    provider, model = _cli_target(options)
     display = _PullDisplay(sys.stdout, sys.stdout.isatty())
     try:
         last = provider.pull_model(model, progress=display, debug=options.debug)

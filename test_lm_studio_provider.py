@@ -30,8 +30,8 @@ def main(argv=None):
     parser.add_argument("--demo", action="store_true",
                         help="no LM Studio or Ollama needed: start llama.cpp's own server (the engine LM Studio "
                              "runs) with the small SmolLM2-135M-Instruct model on a free local port, check it, "
-                             "stop it. Needs: python -m pip install \".[demo]\"; the first run fetches the model "
-                             "(about 100 MB) once.")
+                             "stop it. Needs Python 3.10+ and: python -m pip install \".[demo]\"; the first run fetches the "
+                             "model (about 100 MB) once.")
     options = parser.parse_args(argv)
     if options.demo:
         from realserver.demo import run_demo
@@ -285,7 +285,7 @@ def test_nothing_running_at_all_suggests_the_demo(monkeypatch):
 def test_host_with_a_default_port_checks_that_server_kind_only():
     assert [type(p).__name__ for p, *_ in lm_providers.check_targets(host="127.0.0.1:1234")] == ["LMStudioProvider"]
     assert [type(p).__name__ for p, *_ in lm_providers.check_targets(host="10.0.0.5:11434")] == ["OllamaProvider"]
-    assert len(lm_providers.check_targets(host="127.0.0.1:8080")) == 2
+    assert len(lm_providers.check_targets(host="127.0.0.1:%d" % closed_port())) == 2  # nothing there to ask
 
 
 def test_a_failure_line_does_not_repeat_the_hint_printed_under_it():
@@ -296,11 +296,13 @@ def test_a_failure_line_does_not_repeat_the_hint_printed_under_it():
 
 def test_output_piped_into_head_ends_without_a_traceback(tmp_path, monkeypatch):
     # `python test_lm_studio_provider.py | head -3`: head closes the pipe, the next write raises BrokenPipeError.
-    stdout = open(tmp_path / "out.txt", "w")
-    monkeypatch.setattr(sys, "stdout", stdout)
+    original = sys.stdout
+    with open(tmp_path / "out.txt", "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
 
-    @lm_providers.exit_quietly_on_broken_pipe
-    def command():
-        raise BrokenPipeError(32, "Broken pipe")
+        @lm_providers.exit_quietly_on_broken_pipe
+        def command():
+            raise BrokenPipeError(32, "Broken pipe")
 
-    assert command() == 141
+        assert command() == 141
+        monkeypatch.setattr(sys, "stdout", original)  # back before the file closes

@@ -126,7 +126,13 @@ class RunningServer:
 
 
 def check_installed() -> None:
-    """Raise ServerError saying what to install when xllamacpp is missing."""
+    """Raise ServerError saying what to install when xllamacpp is missing, or that this Python is too old for it."""
+    if sys.version_info < (3, 10):
+        raise ServerError(
+            "the demo and the real-server tests need Python 3.10 or newer: llama.cpp's server (the xllamacpp package) "
+            "has no wheels for Python %d.%d. lm_providers itself runs on 3.8+. Run the demo with a newer Python, e.g. "
+            "python3.12 -m venv .venv && .venv/bin/python -m pip install \".[demo]\" && .venv/bin/python "
+            "test_lm_studio_provider.py --demo" % sys.version_info[:2])
     if importlib.util.find_spec("xllamacpp") is None:
         raise ServerError(
             "the real-server tests and the demo need the 'xllamacpp' package (llama.cpp's server), which is not "

@@ -207,6 +207,13 @@ def ollama(server, models=OLLAMA_MODELS, reply=REPLY, gap=0.0, without_tools=("s
     server.route("GET", "/api/tags", tags)
     server.route("POST", "/api/chat", chat)
     server.route("POST", "/api/embed", embed)
+    # How a client tells Ollama from another server (recorded from Ollama 0.24.0: 01-root-get, 03-version,
+    # 32-v1-models): GET / and /api/version, and its OpenAI-compatible model list, which LM Studio also serves.
+    server.route("GET", "/", Reply(200, [b"Ollama is running"], content_type="text/plain; charset=utf-8"))
+    server.route("GET", "/api/version", Reply(200, [b'{"version":"0.24.0"}'],
+                                              content_type="application/json; charset=utf-8"))
+    server.route("GET", "/v1/models", json_reply({"object": "list", "data": [
+        {"id": m, "object": "model", "created": 1795621131, "owned_by": "library"} for m in models]}))
     return server
 
 
@@ -319,7 +326,6 @@ def ollama_native(server, models=("llama3:latest", "qwen2.5:7b"), context=8192):
 
     server.route("POST", "/api/show", show)
     server.route("GET", "/api/ps", ps)
-    server.route("GET", "/api/version", json_reply({"version": "0.24.0"}))
     server.route("POST", "/api/chat", chat_or_load)
     server.route("POST", "/api/generate", unload)
     server.route("POST", "/api/pull", pull)

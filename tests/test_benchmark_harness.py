@@ -22,3 +22,4 @@ def test_bench_client_streams_every_event_in_order_from_the_fake_server():
     finally:
         server.terminate()
         server.wait(10)
+        server.stdout.close()

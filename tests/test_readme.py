@@ -11,7 +11,8 @@ import lm_providers as lmp
 from loopback import LoopbackServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as _readme:
+    README = _readme.read()
 
 
 def fenced_blocks(text, language):
@@ -34,7 +35,8 @@ def test_the_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     first_screen = README.split("\n## ", 2)[1]  # the "Quick start" section
     commands = [block.strip() for block in fenced_blocks(first_screen, "bash")]
     assert len(commands) == 2, commands
-    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as handle:
+        ci = handle.read()
     assert commands[1] in ci.splitlines(), "the README's test command must be the line .ci/run runs"
 
 

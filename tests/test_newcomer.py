@@ -1,0 +1,329 @@
+"""A newcomer's first hour: drop-in use on a system Python, the command line, the sample config, packaging."""
+
+import configparser
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+import fakes
+import lm_providers
+from loopback import LoopbackServer, closed_port
+from test_lm_studio_provider import check, marks  # the setup check's own test helpers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(*parts):
+    with open(os.path.join(ROOT, *parts), encoding="utf-8") as handle:
+        return handle.read()
+
+
+# --- ensure_requests on an externally managed Python (PEP 668) ----------------------------------
+
+@pytest.fixture
+def requests_missing(monkeypatch):
+    """``import requests`` fails, and any attempt to run a program fails the test."""
+    monkeypatch.setattr(lm_providers, "requests", None)
+    monkeypatch.setitem(sys.modules, "requests", None)  # import requests -> ImportError
+    ran = []
+
+    def no_program(*args, **kwargs):
+        ran.append(args)
+        raise AssertionError("ran a program: %r" % (args,))
+    monkeypatch.setattr(subprocess, "run", no_program)
+    monkeypatch.setattr(subprocess, "Popen", no_program)
+    monkeypatch.delenv("LM_PROVIDERS_NO_INSTALL", raising=False)
+    return ran
+
+
+def system_python(monkeypatch, stdlib, managed=True):
+    """This interpreter looks like Debian's /usr/bin/python3: no venv, EXTERNALLY-MANAGED in its stdlib."""
+    if managed:
+        (stdlib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\nError=To install Python packages "
+                                                   "system-wide, try apt install python3-xyz\n")
+    real_get_path = sysconfig.get_path
+    monkeypatch.setattr(sysconfig, "get_path",
+                        lambda name, *a, **k: str(stdlib) if name == "stdlib" else real_get_path(name, *a, **k))
+    monkeypatch.setattr(sys, "base_prefix", sys.prefix)
+
+
+def test_an_externally_managed_python_is_told_what_works_and_pip_is_not_run(requests_missing, monkeypatch,
+                                                                            tmp_path):
+    system_python(monkeypatch, tmp_path)
+    with pytest.raises(ImportError) as info:
+        lm_providers.ensure_requests()
+    message = str(info.value)
+    assert "python3 -m venv .venv && .venv/bin/pip install requests" in message
+    assert "sudo apt install python3-requests" in message and "pipx" in message
+    assert "externally managed" in message and sys.executable in message
+    assert "break-system-packages" not in message and "-m pip install requests" not in message
+    assert requests_missing == []
+
+
+def test_the_marker_inside_a_virtual_environment_does_not_count(requests_missing, monkeypatch, tmp_path):
+    system_python(monkeypatch, tmp_path)
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "base"))  # a venv: pip may install there
+    assert not lm_providers._externally_managed()
+    system_python(monkeypatch, tmp_path)
+    assert lm_providers._externally_managed()
+
+
+def test_a_pip_refusal_the_marker_check_missed_gets_the_same_advice(monkeypatch, tmp_path):
+    system_python(monkeypatch, tmp_path, managed=False)
+    monkeypatch.setattr(lm_providers, "requests", None)
+    monkeypatch.setitem(sys.modules, "requests", None)
+    monkeypatch.delenv("LM_PROVIDERS_NO_INSTALL", raising=False)
+    calls = []
+
+    def pip(command, **kwargs):
+        calls.append(command)
+        assert "--break-system-packages" not in command
+        return subprocess.CompletedProcess(command, 1, stderr="error: externally-managed-environment\n\n"
+                                                              "x This environment is externally managed\n")
+    monkeypatch.setattr(subprocess, "run", pip)
+    with pytest.raises(ImportError) as info:
+        lm_providers.ensure_requests()
+    assert len(calls) == 1 and "python3-requests" in str(info.value)
+
+
+def test_a_failed_install_shows_what_pip_said(monkeypatch, tmp_path):
+    system_python(monkeypatch, tmp_path, managed=False)
+    monkeypatch.setattr(lm_providers, "requests", None)
+    monkeypatch.setitem(sys.modules, "requests", None)
+    monkeypatch.delenv("LM_PROVIDERS_NO_INSTALL", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(
+        command, 1, stderr="ERROR: Could not find a version that satisfies the requirement requests\n"))
+    with pytest.raises(ImportError) as info:
+        lm_providers.ensure_requests()
+    message = str(info.value)
+    assert "Could not find a version" in message and "python3 -m venv .venv" in message
+
+
+# --- a model name with parameters but no provider -------------------------------------------------
+
+@pytest.mark.parametrize("cls,kind", [(lm_providers.LMStudioProvider, "lm_studio"),
+                                      (lm_providers.OllamaProvider, "ollama")])
+def test_a_bare_model_name_with_a_query_is_refused_with_the_uri_form(cls, kind):
+    provider = cls(host="127.0.0.1:%d" % closed_port())  # nothing is sent: the error comes first
+    with pytest.raises(lm_providers.InvalidInputError) as info:
+        provider.generate_text([{"role": "user", "content": "hi"}], "qwen2.5-7b-instruct?max_tokens=20")
+    assert "%s://qwen2.5-7b-instruct?max_tokens=20" % kind in str(info.value)
+
+
+# --- the sample config.yaml ---------------------------------------------------------------------------
+
+def test_the_sample_config_leaves_hosts_to_the_environment(monkeypatch):
+    config = lm_providers.load_config(os.path.join(ROOT, "config.yaml"))
+    assert config.lm_studio_host is None and config.ollama_host is None
+    monkeypatch.setenv("LM_STUDIO_HOST", "10.0.0.5:1234")
+    monkeypatch.setenv("OLLAMA_HOST", "10.0.0.6:11434")
+    assert lm_providers.get_provider("scene_writer", config).base_url == "http://10.0.0.5:1234"
+    assert lm_providers.get_provider("initial_outline_writer", config).base_url == "http://10.0.0.6:11434"
+    text = read("config.yaml")
+    assert "# lm_studio_host:" in text and "LM_STUDIO_HOST" in text  # there, commented out, with the reason
+
+
+# --- which server answers on a host -------------------------------------------------------------------
+
+def test_the_server_kind_is_found_out_on_any_port():
+    with LoopbackServer() as lm, LoopbackServer() as ol, LoopbackServer() as other:
+        fakes.lm_studio(lm)
+        fakes.ollama(ol)  # it answers /v1/models too, like the real one
+        assert lm_providers.detect_server_kind(lm.host) == "lm_studio"
+        assert lm_providers.detect_server_kind(ol.host) == "ollama"
+        with pytest.raises(lm_providers.ProviderResponseError) as info:
+            lm_providers.detect_server_kind(other.host)
+        assert "--provider lm_studio" in str(info.value) and "--provider ollama" in str(info.value)
+        assert "HTTP 404" in str(info.value)
+    assert lm_providers.detect_server_kind("127.0.0.1:%d" % closed_port()) is None
+
+
+def test_an_lm_studio_that_wants_a_token_is_still_recognised():
+    with LoopbackServer() as lm:
+        fakes.lm_studio(lm, token="sk-lm-secret:abcdef123456")
+        assert lm_providers.detect_server_kind(lm.host) == "lm_studio"
+
+
+def test_check_on_a_custom_port_checks_only_the_server_that_is_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with LoopbackServer() as lm, LoopbackServer() as ol:
+        fakes.lm_studio(lm)
+        fakes.ollama(ol)
+        code, output = check("--host", lm.host)
+        assert code == 0, output
+        assert marks(output) == ["[PASS]"] * 5 and "Ollama" not in output
+        code, output = check("--host", ol.host)
+        assert code == 0, output
+        assert marks(output) == ["[PASS]"] * 5 and "LM Studio" not in output
+
+
+def test_check_on_a_server_of_unknown_kind_says_which_provider_to_pass(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with LoopbackServer() as other:
+        code, output = check("--host", other.host)
+    assert code == 1 and "Traceback" not in output
+    assert "--provider lm_studio" in output and "--provider ollama" in output
+
+
+def test_a_fail_line_says_nothing_twice(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    port = closed_port()
+    with LoopbackServer() as lm, LoopbackServer() as wrong:
+        fakes.lm_studio(lm, token="sk-lm-secret:abcdef123456")
+        wrong.route("GET", "/v1/models", fakes.json_reply({"error": "Unexpected endpoint"}, 404))
+        outputs = [check("--host", lm.host, "--provider", "lm_studio")[1],
+                   check("--host", "127.0.0.1:%d" % port, "--provider", "lm_studio")[1],
+                   check("--host", wrong.host, "--provider", "lm_studio")[1]]
+    pairs = 0
+    for output in outputs:
+        lines = output.splitlines()
+        for fail, hint in zip(lines, lines[1:]):
+            if fail.startswith("[FAIL]") and hint.strip().startswith("->"):
+                pairs += 1
+                title = fail[len("[FAIL] "):].split(": ", 1)[0]
+                assert fail.count(title) == 1, fail  # "LM Studio at X: cannot connect to LM Studio at X"
+                for sentence in re.split(r"(?<=[.!?])\s+", hint.strip()[3:]):
+                    assert len(sentence) < 20 or sentence not in fail, (fail, hint)
+    assert pairs == 3
+
+
+# --- the command line -------------------------------------------------------------------------------------
+
+def run_module(*argv, **kwargs):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "lm_providers.py")] + list(argv),
+                          capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def test_every_command_takes_the_connection_options():
+    for command in ("models", "generate", "check"):
+        usage = run_module(command, "--help").stdout
+        for option in ("--config", "--provider", "--host", "--timeout", "--debug"):
+            assert option in usage, (command, option)
+
+
+def test_models_on_a_host_asks_only_the_server_that_is_there():
+    with LoopbackServer() as ol:
+        fakes.ollama(ol)
+        done = run_module("models", "--host", ol.host)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and "Ollama at http://%s (2):" % ol.host in done.stdout
+    assert "LM Studio" not in done.stdout
+
+
+def test_models_error_lines_name_the_server_once():
+    port = closed_port()
+    done = run_module("models", "--provider", "lm_studio", "--host", "127.0.0.1:%d" % port)
+    assert done.returncode == 1
+    assert done.stderr.count("127.0.0.1:%d" % port) == 1, done.stderr
+    assert done.stderr.startswith("LM Studio at http://127.0.0.1:%d: cannot connect: connection refused" % port)
+
+
+def test_generate_takes_host_and_provider():
+    with LoopbackServer() as lm:
+        fakes.lm_studio(lm)
+        found = run_module("generate", "qwen2.5-7b-instruct", "Say hi", "--host", lm.host)
+        told = run_module("generate", "qwen2.5-7b-instruct", "Say hi", "--host", lm.host, "--provider", "lm_studio",
+                          "--timeout", "30")
+        uri = run_module("generate", "lm_studio://qwen2.5-7b-instruct", "Say hi", "--host", lm.host)
+    for done in (found, told, uri):
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == fakes.REPLY + "\n"
+    clash = run_module("generate", "lm_studio://qwen2.5-7b-instruct@10.0.0.5:1234", "Say hi", "--host", "10.0.0.6")
+    assert clash.returncode == 1 and "give one" in clash.stderr
+    wrong = run_module("generate", "ollama://llama3", "Say hi", "--provider", "lm_studio")
+    assert wrong.returncode == 1 and "--provider says lm_studio" in wrong.stderr
+
+
+def test_generate_refuses_a_bare_model_name_with_parameters():
+    done = run_module("generate", "qwen2.5-7b-instruct?max_tokens=20", "Say hi")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "lm_studio://qwen2.5-7b-instruct?max_tokens=20" in done.stderr
+    done = run_module("generate", "qwen2.5-7b-instruct", "Say hi")
+    assert done.returncode == 1 and "--provider" in done.stderr
+    port = closed_port()
+    done = run_module("generate", "qwen2.5-7b-instruct", "Say hi", "--host", "127.0.0.1:%d" % port)
+    assert done.returncode == 1 and "nothing answers at 127.0.0.1:%d" % port in done.stderr
+
+
+def test_help_shows_the_name_it_was_started_by(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    by_file = run_module("--help")
+    by_module = subprocess.run([sys.executable, "-m", "lm_providers", "--help"], capture_output=True, text=True,
+                               timeout=60, cwd=str(tmp_path), env=env)
+    script = tmp_path / "lm-providers"  # what pip writes for the console script
+    script.write_text("import re\nimport sys\nfrom lm_providers import main\nif __name__ == '__main__':\n"
+                      "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+                      "    sys.exit(main())\n")
+    by_script = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60,
+                               env=env)
+    assert by_file.stdout.startswith("usage: python lm_providers.py ")
+    assert "  python lm_providers.py generate lm_studio://" in by_file.stdout
+    assert by_module.stdout.startswith("usage: python -m lm_providers "), by_module.stdout + by_module.stderr
+    assert by_script.stdout.startswith("usage: lm-providers "), by_script.stdout + by_script.stderr
+    assert "python -m lm_providers" not in by_script.stdout
+
+
+# --- where the demo is -------------------------------------------------------------------------------------
+
+def test_the_demo_hint_points_at_the_script_in_a_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert "python test_lm_studio_provider.py --demo" in lm_providers.demo_hint()
+    monkeypatch.chdir(tmp_path)  # elsewhere: the checkout's script, by its path
+    hint = lm_providers.demo_hint()
+    assert "python %s --demo" % os.path.join(ROOT, "test_lm_studio_provider.py") in hint
+
+
+def test_the_demo_hint_without_a_checkout_says_where_to_get_it(tmp_path):
+    shutil.copy(os.path.join(ROOT, "lm_providers.py"), str(tmp_path))  # installed, or copied next to a script
+    done = subprocess.run([sys.executable, "-c", "import lm_providers; print(lm_providers.demo_hint())"],
+                          capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert "not part of the installed package" in done.stdout and "source" in done.stdout, done.stderr
+    assert "python test_lm_studio_provider.py --demo" in done.stdout
+
+
+def test_the_demo_on_an_old_python_says_it_needs_3_10(monkeypatch):
+    import io
+    from realserver import demo, server
+    if sys.version_info >= (3, 10):  # what Python 3.8 and 3.9 see (there the real version says so)
+        monkeypatch.setattr(sys, "version_info", (3, 9, 18, "final", 0))
+    fetched = []
+    monkeypatch.setattr(demo, "smollm2_model", lambda *a, **k: fetched.append(a))
+    out = io.StringIO()
+    assert demo.run_demo(out) == 2
+    assert "need Python 3.10 or newer" in out.getvalue() and "has no wheels for Python 3.%d" % sys.version_info[1] \
+        in out.getvalue()
+    assert fetched == []  # nothing downloaded for nothing
+    with pytest.raises(server.ServerError):
+        server.check_installed()
+
+
+# --- packaging -----------------------------------------------------------------------------------------------
+
+def test_the_package_metadata_ships_license_and_test_suite():
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    assert cfg["metadata"]["license_expression"] == "MIT"
+    assert "License ::" not in cfg["metadata"]["classifiers"]
+    assert "Copyright (c) 2026 the lm_providers authors" in read("LICENSE")
+    for extra in ("test", "e2e", "demo"):
+        for line in cfg["options.extras_require"][extra].strip().splitlines():
+            if line.split("=")[0].split(">")[0] in ("xllamacpp", "gguf", "numpy"):
+                assert 'python_version >= "3.10"' in line, line  # installable on 3.8 and 3.9
+    manifest = read("MANIFEST.in")
+    for needed in ("graft tests", "graft realserver", "graft benchmarks", "test_lm_studio_provider.py", "LICENSE",
+                   ".ci/run"):  # tests/test_readme.py compares the README's test command with it
+        assert needed in manifest
+
+
+def test_a_server_that_refuses_is_not_reported_as_absent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with LoopbackServer() as lm:
+        fakes.lm_studio(lm, token="sk-lm-secret:abcdef123456")
+        code, output = check("--host", lm.host, "--provider", "lm_studio")
+    assert code == 1 and "LM_API_TOKEN" in output
+    assert "No server answered" not in output and "Some checks failed" in output
