@@ -91,34 +91,6 @@ def test_lone_cr_line_ends_and_a_crlf_split_between_reads():
     assert decode("sse", [b"data: a\r", b"\ndata: b\r\n\r\n"]) == [b"a\nb"]
 
 
-CHUNKED = b"4\r\nWiki\r\n7;ext=1\r\npedia i\r\nB\r\nn \r\nchunks.\r\n0\r\nX-Trailer: 1\r\n\r\n"
-
-
-def dechunk(pieces):
-    decoder = lmp.ChunkedDecoder()
-    out = b"".join(decoder.feed(p) for p in pieces)
-    return out, decoder.done
-
-
-def test_chunked_decoder_on_every_two_and_three_way_split():
-    assert dechunk([CHUNKED]) == (b"Wikipedia in \r\nchunks.", True)
-    for a in range(len(CHUNKED) + 1):
-        assert dechunk([CHUNKED[:a], CHUNKED[a:]]) == (b"Wikipedia in \r\nchunks.", True), a
-        for b in range(a, len(CHUNKED) + 1, 3):
-            assert dechunk([CHUNKED[:a], CHUNKED[a:b], CHUNKED[b:]])[0] == b"Wikipedia in \r\nchunks.", (a, b)
-
-
-def test_chunked_decoder_is_not_done_before_the_last_chunk_and_rejects_garbage():
-    assert dechunk([CHUNKED[:-2]])[1] is False
-    assert dechunk([b"0\r\n\r\n"]) == (b"", True)
-    for bad in (b"zz\r\nabc\r\n", b"3\r\nabcXY"):
-        try:
-            dechunk([bad])
-        except ValueError:
-            continue
-        raise AssertionError("accepted %r" % bad)
-
-
 THINK_TEXT = "  <think>\nplan the answer</think>\n\nThe answer is 4. <think> stays </think> in text."
 
 
