@@ -1299,7 +1299,8 @@ def _iter_body(response: Any) -> Iterator[bytes]:
     stream can arrive late there.
     """
     raw = response.raw
-    amount = _READ_BYTES if _content_encoding(response) == "identity" else _COMPRESSED_READ_BYTES
+    compressed = _content_encoding(response) != "identity"
+    amount = _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
     read1 = getattr(raw, "read1", None)
     if read1 is None:  # urllib3 < 2.2
         framed = (response.headers.get("Content-Length") is not None
@@ -1307,7 +1308,7 @@ def _iter_body(response: Any) -> Iterator[bytes]:
         yield from raw.stream(amount if framed else _CLOSE_DELIMITED_READ_BYTES, decode_content=True)
         return
     while True:
-        data = read1(amount, decode_content=True)
+        data = read1(amount, decode_content=compressed)  # uncompressed: skip urllib3's decoded-data buffer
         if not data:
             return
         yield data
@@ -1918,6 +1919,7 @@ class BaseProvider:
         """
         chunks = _iter_body(response)
         decoder = StreamDecoder(self.framing, self.transport.max_event_bytes)
+        parse = _parse_json
         count = 0
         ended = exhausted = False
         describe = progress or (lambda: "%d event(s)" % count)
@@ -1936,7 +1938,12 @@ class BaseProvider:
                     if data == b"[DONE]" and self.framing == "sse":
                         ended = True
                         return
-                    event = self._parse_event(data, model)
+                    try:
+                        event = parse(data)
+                    except (ValueError, RecursionError):
+                        event = None
+                    if event.__class__ is not dict or "error" in event:
+                        event = self._parse_event(data, model)  # says what is wrong with it
                     ended = is_end(event)
                     count += 1
                     yield event
