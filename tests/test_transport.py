@@ -318,3 +318,27 @@ def test_server_message_of_deep_json():
     for _ in range(100000):
         nested = [nested]
     assert "too deeply" in lmp._short_json({"x": nested})
+
+
+# =============================================================================
+# Server-sent events over the wire
+# =============================================================================
+
+@kinds
+def test_a_byte_order_mark_and_empty_events_over_the_wire(server, kind):
+    parts = events(kind)
+    parts[0] = b"\xef\xbb\xbf" + parts[0]
+    if kind == "lm_studio":
+        parts.insert(2, b"data:\n\n: keep-alive\n\n")
+    stream_route(server, kind, [b"\xef"] + [parts[0][1:]] + parts[1:])
+    assert list(provider_for(server, kind).stream_text(MESSAGES, "test-model")) == PIECES
+
+
+def test_a_last_event_without_its_blank_line(server):
+    parts = events("lm_studio", finish_reason=None, usage=False, done=False) + [b"data: [DONE]"]
+    stream_route(server, "lm_studio", parts, framing="close")
+    assert list(provider_for(server, "lm_studio").stream_text(MESSAGES, "test-model")) == PIECES
+    cut = events("lm_studio", finish_reason=None, usage=False, done=False) + [b'data: {"choices": [{"delta": ']
+    stream_route(server, "lm_studio", cut, framing="close")
+    with pytest.raises(lmp.ProviderResponseError, match="not JSON"):
+        list(provider_for(server, "lm_studio").stream_text(MESSAGES, "test-model"))
