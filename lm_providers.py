@@ -28,8 +28,8 @@ import re
 import sys
 import threading
 import time
-from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union,
-                    cast)
+from typing import (Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    Union, cast)
 
 __version__ = "0.1.0"
 
@@ -1898,7 +1898,7 @@ class BaseProvider:
 
     def _json_events(self, response: Any, path: str, is_end: Callable[[Dict[str, Any]], bool], model: str = "",
                      complete_without_marker: Optional[Callable[[], bool]] = None,
-                     progress: Optional[Callable[[], str]] = None) -> Iterator[Dict[str, Any]]:
+                     progress: Optional[Callable[[], str]] = None) -> Generator[Dict[str, Any], None, None]:
         """Yield the JSON objects of a streamed answer (``stream=True`` response) as they arrive.
 
         The layers: the body's bytes as they arrive (``_iter_body``), events

@@ -238,6 +238,9 @@ def test_an_encoding_that_cannot_be_decoded_is_named(server, kind):
 def test_a_stream_returns_at_its_end_marker_while_the_server_keeps_the_connection_open(server, kind, framing):
     # Every event and the end marker arrive, then the server (or a proxy) neither ends the chunked body nor
     # closes: the stream must end at once, and that connection must not be reused.
+    import urllib3.response
+    if framing == "close" and not hasattr(urllib3.response.HTTPResponse, "read1"):
+        pytest.skip("the documented exception: urllib3 < 2.2 reads a close-delimited body 1 KiB at a time")
     stream_route(server, kind, events(kind), framing=framing, hold_open=5)
     provider = provider_for(server, kind, timeout=(2, 30))
     started = time.perf_counter()
