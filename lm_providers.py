@@ -1290,21 +1290,23 @@ def _content_encoding(response: Any) -> str:
 def _iter_body(response: Any) -> Iterator[bytes]:
     """Yield a streamed body as its bytes arrive, decompressed, through urllib3's public reading API.
 
-    urllib3 2.2 and later: ``read1`` returns whatever one read of the socket
-    gives, whatever the framing (http.client undoes chunked encoding), so no
-    piece waits for a buffer to fill.  Older urllib3: ``stream`` reads chunked
-    bodies one HTTP chunk at a time (no wait either), and other bodies in
-    reads of 1 KiB (close-delimited) or 64 KiB (Content-Length, all of which
-    the server has already written); the first pieces of a close-delimited
-    stream can arrive late there.
+    A chunked body (what LM Studio, Ollama and llama.cpp send) is read one
+    HTTP chunk at a time with ``read_chunked``: a piece never waits for the
+    next chunk.  Another body is read with ``read1`` (urllib3 2.2 and later),
+    which returns whatever one read of the socket gives; older urllib3 has no
+    ``read1``, so there a Content-Length body (all of it already written by
+    the server) is read in 64 KiB pieces and a close-delimited one in 1 KiB
+    pieces: the documented exception where the first pieces can arrive late.
     """
     raw = response.raw
     compressed = _content_encoding(response) != "identity"
     amount = _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
+    if "chunked" in response.headers.get("Transfer-Encoding", "").lower() and raw.supports_chunked_reads():
+        yield from raw.read_chunked(amount, decode_content=compressed)
+        return
     read1 = getattr(raw, "read1", None)
     if read1 is None:  # urllib3 < 2.2
-        framed = (response.headers.get("Content-Length") is not None
-                  or "chunked" in response.headers.get("Transfer-Encoding", "").lower())
+        framed = response.headers.get("Content-Length") is not None
         yield from raw.stream(amount if framed else _CLOSE_DELIMITED_READ_BYTES, decode_content=True)
         return
     while True:
@@ -1618,6 +1620,7 @@ class BaseProvider:
     chat_path = ""
     models_path = ""
     framing = ""             # "sse" or "ndjson"
+    stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
     start_hint = ""
     content_must_be_str = True
 
@@ -1896,7 +1899,7 @@ class BaseProvider:
         payload = self._payload(messages, model, stream=True, debug=debug)  # validate before the first next()
         return self._stream_events(payload, model, debug, state)
 
-    def _json_events(self, response: Any, path: str, is_end: Callable[[Dict[str, Any]], bool], model: str = "",
+    def _json_events(self, response: Any, path: str, end: Optional[Tuple[str, Any]] = None, model: str = "",
                      complete_without_marker: Optional[Callable[[], bool]] = None,
                      progress: Optional[Callable[[], str]] = None) -> Generator[Dict[str, Any], None, None]:
         """Yield the JSON objects of a streamed answer (``stream=True`` response) as they arrive.
@@ -1904,8 +1907,9 @@ class BaseProvider:
         The layers: the body's bytes as they arrive (``_iter_body``), events
         (``StreamDecoder`` in this provider's framing), parsed JSON objects.
         The stream ends at its end marker: SSE's ``data: [DONE]`` (not
-        yielded), or the first object for which ``is_end(obj)`` is true
-        (yielded).  Then the connection goes back to the pool if the body
+        yielded), or the first object whose key ``end[0]`` holds ``end[1]``
+        (yielded; e.g. ``("done", True)`` for Ollama's chat, ``("status",
+        "success")`` for its pull).  Then the connection goes back to the pool if the body
         ends too, and is closed if the server keeps it open.  A body that
         ends without the marker is a ProviderResponseError ("cut off") unless
         ``complete_without_marker()`` says that is fine.
@@ -1920,6 +1924,8 @@ class BaseProvider:
         chunks = _iter_body(response)
         decoder = StreamDecoder(self.framing, self.transport.max_event_bytes)
         parse = _parse_json
+        sse = self.framing == "sse"
+        end_key, end_value = end if end is not None else ("", None)
         count = 0
         ended = exhausted = False
         describe = progress or (lambda: "%d event(s)" % count)
@@ -1935,7 +1941,7 @@ class BaseProvider:
                 for data in batch:
                     if data.__class__ is not bytes:  # a StreamError
                         raise self._stream_error(data, model)
-                    if data == b"[DONE]" and self.framing == "sse":
+                    if sse and data == b"[DONE]":
                         ended = True
                         return
                     try:
@@ -1944,7 +1950,7 @@ class BaseProvider:
                         event = None
                     if event.__class__ is not dict or "error" in event:
                         event = self._parse_event(data, model)  # says what is wrong with it
-                    ended = is_end(event)
+                    ended = end is not None and event.get(end_key) == end_value
                     count += 1
                     yield event
                     if ended:
@@ -1988,7 +1994,7 @@ class BaseProvider:
         reasoning_parts = state.reasoning
         read_event = self._read_event
         events = pieces = 0
-        stream = self._json_events(response, self.chat_path, self._is_last_event, model.name,
+        stream = self._json_events(response, self.chat_path, self.stream_end, model.name,
                                    complete_without_marker=lambda: self._ends_with_body(state),
                                    progress=lambda: "%d piece(s)" % pieces)
         try:
@@ -2028,10 +2034,6 @@ class BaseProvider:
             _debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s", events,
                    pieces, state.finish_reason, state.usage, time.perf_counter() - started)
         self._check_end(model, state.finish_reason, has_text=pieces > 0, reasoned=bool(state.reasoning))
-
-    def _is_last_event(self, event: Dict[str, Any]) -> bool:
-        """Whether a streamed chat event is the server's end marker (SSE's ``[DONE]`` is handled before)."""
-        return False
 
     def _ends_with_body(self, state: Any) -> bool:
         """Whether a chat stream whose body ended without its end marker is complete all the same."""
@@ -2215,6 +2217,7 @@ class OllamaProvider(BaseProvider):
     chat_path = "/api/chat"
     models_path = "/api/tags"
     framing = "ndjson"
+    stream_end = ("done", True)
     start_hint = "Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by default."
     auth_hint = "Ollama itself has no tokens; a proxy in front of it refused the request."
     wrong_server_hint = "Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// URIs."
@@ -2247,9 +2250,6 @@ class OllamaProvider(BaseProvider):
 
     def _model_names(self, data: Any) -> List[str]:
         return [entry["name"] for entry in data["models"]]
-
-    def _is_last_event(self, event: Dict[str, Any]) -> bool:
-        return bool(event.get("done"))
 
 
 def _ollama_key(name: str) -> str:
