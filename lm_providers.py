@@ -1909,10 +1909,10 @@ class BaseProvider:
         The stream ends at its end marker: SSE's ``data: [DONE]`` (not
         yielded), or the first object whose key ``end[0]`` holds ``end[1]``
         (yielded; e.g. ``("done", True)`` for Ollama's chat, ``("status",
-        "success")`` for its pull).  Then the connection goes back to the pool if the body
-        ends too, and is closed if the server keeps it open.  A body that
-        ends without the marker is a ProviderResponseError ("cut off") unless
-        ``complete_without_marker()`` says that is fine.
+        "success")`` for its pull).  Then the connection goes back to the pool
+        if the body ends too, and is closed if the server keeps it open.  A
+        body that ends without the marker is a ProviderResponseError ("cut
+        off") unless ``complete_without_marker()`` says that is fine.
 
         Every failure is typed: an event that is not a JSON object (or nests
         too deeply) or holds ``"error"``, an SSE error event, an event larger
@@ -1937,7 +1937,7 @@ class BaseProvider:
                 except ProviderError:
                     raise
                 except Exception as exc:
-                    raise self._stream_broken(exc, describe()) from exc
+                    raise self._stream_broken(exc, describe(), path) from exc
                 for data in batch:
                     if data.__class__ is not bytes:  # a StreamError
                         raise self._stream_error(data, model)
@@ -2051,9 +2051,9 @@ class BaseProvider:
             self.title, _server_message(text)), status=response.status_code, server_message=_server_message(text),
             body=text)
 
-    def _stream_broken(self, exc: BaseException, received: str) -> ProviderError:
-        """The error for a stream whose reading failed after ``received`` (e.g. "3 piece(s)")."""
-        error = self.transport.translate_exception(exc, self.base_url + self.chat_path)
+    def _stream_broken(self, exc: BaseException, received: str, path: str) -> ProviderError:
+        """The error for a stream from ``path`` whose reading failed after ``received`` (e.g. "3 piece(s)")."""
+        error = self.transport.translate_exception(exc, self.base_url + path)
         if isinstance(error, ProviderTimeoutError):
             return ProviderTimeoutError("%s (the stream stopped after %s; the reply is incomplete)"
                                         % (error, received))

@@ -14,8 +14,9 @@ MESSAGES = [{"role": "user", "content": "Count to five."}]
 
 @pytest.fixture(autouse=True, params=["read1", "stream"])
 def body_reader(request, monkeypatch):
-    """Every test runs over both public ways of reading a body: urllib3's read1 (2.2 and later) and, as
-    urllib3 before 2.2 has no read1, its stream() (read1 hidden here; CI also runs on urllib3 1.26)."""
+    """Every test runs over both public ways of reading a body that is not chunked: urllib3's read1 (2.2
+    and later) and, as urllib3 before 2.2 has no read1, its stream() (read1 hidden here; CI also runs on
+    urllib3 1.26).  Chunked bodies are read with read_chunked either way."""
     import urllib3.response
     if request.param == "stream":
         for cls in urllib3.response.HTTPResponse.__mro__:
