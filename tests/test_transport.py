@@ -345,3 +345,43 @@ def test_a_last_event_without_its_blank_line(server):
     stream_route(server, "lm_studio", cut, framing="close")
     with pytest.raises(lmp.ProviderResponseError, match="not JSON"):
         list(provider_for(server, "lm_studio").stream_text(MESSAGES, "test-model"))
+
+
+# =============================================================================
+# _json_events is reusable for any streamed JSON answer
+# =============================================================================
+
+# Three lines of a /api/generate stream recorded from Ollama 0.24.0 (tests take no files from shared/).
+GENERATE_STREAM = [
+    b'{"model":"smollm2","created_at":"2026-11-25T15:39:35.217628917Z","response":"Paris","done":false}\n',
+    b'{"model":"smollm2","created_at":"2026-11-25T15:39:35.227778512Z","response":",","done":false}\n',
+    b'{"model":"smollm2","created_at":"2026-11-25T15:39:35.481115808Z","response":"","done":true,'
+    b'"done_reason":"length"}\n']
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+def test_json_events_serves_other_streamed_endpoints(server, framing):
+    server.route("POST", "/api/generate", Reply(200, GENERATE_STREAM, framing=framing, hold_open=5,
+                                                content_type="application/x-ndjson"))
+    provider = provider_for(server, "ollama")
+    response = provider.transport.request("POST", "/api/generate", {"model": "smollm2"}, stream=True,
+                                          describe_failure=provider._failure)
+    started = time.perf_counter()
+    found = [event["response"] for event in provider._json_events(response, "/api/generate", ("done", True))]
+    assert found == ["Paris", ",", ""] and time.perf_counter() - started < 1
+    # A progress stream (the shape of /api/pull) that breaks off before its last status is a typed error.
+    progress = [b'{"status":"pulling manifest"}\n', b'{"status":"verifying sha256 digest"}\n']
+    server.route("POST", "/api/pull", Reply(200, progress, framing=framing, content_type="application/x-ndjson"))
+    response = provider.transport.request("POST", "/api/pull", {"model": "m"}, stream=True,
+                                          describe_failure=provider._failure)
+    seen = []
+    with pytest.raises(lmp.ProviderResponseError, match="cut off"):
+        for event in provider._json_events(response, "/api/pull", ("status", "success")):
+            seen.append(event["status"])
+    assert seen == ["pulling manifest", "verifying sha256 digest"]
+    server.route("POST", "/api/pull", Reply(200, [b'{"error":"pull model manifest: file does not exist"}\n'],
+                                            framing=framing, content_type="application/x-ndjson"))
+    response = provider.transport.request("POST", "/api/pull", {"model": "m"}, stream=True,
+                                          describe_failure=provider._failure)
+    with pytest.raises(lmp.ProviderResponseError, match="file does not exist"):
+        list(provider._json_events(response, "/api/pull", ("status", "success")))
