@@ -1915,11 +1915,11 @@ class BaseProvider:
         off") unless ``complete_without_marker()`` says that is fine.
 
         Every failure is typed: an event that is not a JSON object (or nests
-        too deeply) or holds ``"error"``, an SSE error event, an event larger
-        than ``max_event_bytes``, a broken connection, the read timeout.
-        ``progress()`` describes what the caller got so far for those messages
-        (default: the number of events).  Stopping early (``close()``, or
-        leaving a loop) closes the connection.
+        too deeply) or holds ``"error"``, an SSE error event, an event over
+        ``max_event_bytes``, a broken connection, the read timeout; their
+        messages say what came before with ``progress()`` (default: "N
+        event(s)").  Stopping early (``close()``, leaving a loop) closes the
+        connection.
         """
         chunks = _iter_body(response)
         decoder = StreamDecoder(self.framing, self.transport.max_event_bytes)
@@ -1959,12 +1959,15 @@ class BaseProvider:
                     exhausted = True
                     break
             if not (complete_without_marker is not None and complete_without_marker()):
-                raise ProviderResponseError(
-                    "%s ended the stream before saying it was complete (after %s); the answer is cut off. The "
-                    "server may have crashed or restarted, or the connection broke." % (self.title, describe()),
-                    server_message="stream ended without end marker")
+                raise self._cut_off(describe())
         finally:
             _finish_stream(response, chunks, ended, exhausted)
+
+    def _cut_off(self, received: str) -> ProviderResponseError:
+        return ProviderResponseError(
+            "%s ended the stream before saying it was complete (after %s); the answer is cut off. The server may "
+            "have crashed or restarted, or the connection broke." % (self.title, received),
+            server_message="stream ended without end marker")
 
     def _parse_event(self, data: bytes, model: str) -> Dict[str, Any]:
         """One stream event as a JSON object; anything else is a typed error."""
