@@ -361,7 +361,9 @@ GENERATE_STREAM = [
 
 @pytest.mark.parametrize("framing", ["chunked", "close"])
 def test_json_events_serves_other_streamed_endpoints(server, framing):
-    server.route("POST", "/api/generate", Reply(200, GENERATE_STREAM, framing=framing, hold_open=5,
+    # (held open after the last line when chunked; a close-delimited body here ends, as urllib3 < 2.2 needs)
+    server.route("POST", "/api/generate", Reply(200, GENERATE_STREAM, framing=framing,
+                                                hold_open=5 if framing == "chunked" else 0,
                                                 content_type="application/x-ndjson"))
     provider = provider_for(server, "ollama")
     response = provider.transport.request("POST", "/api/generate", {"model": "smollm2"}, stream=True,
