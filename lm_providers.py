@@ -776,6 +776,10 @@ class StreamError(bytes):
     """An SSE error event's data, as StreamDecoder returns it (``event: error`` or an ``error:`` line)."""
 
 
+# The largest stream event and whole answer accepted, counted after decompression (providers take
+# max_event_bytes= and max_body_bytes=).  An event is normally one token; 32 MiB is twice the largest event
+# the benchmark streams.  A whole answer may be a batch of embeddings: 2048 inputs of 1024 floats is about
+# 40 MB of JSON, so 128 MiB leaves room while keeping memory (a few times the limit) bounded.
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
 
@@ -1046,9 +1050,9 @@ class HTTPTransport:
                 debug: bool = False, describe_failure: Any = None, model: str = "") -> Any:
         """Send one request; return the 2xx ``requests.Response`` or raise a typed error.
 
-        The body is never read here: read it with ``read_body`` (a whole
-        answer, bounded by ``max_body_bytes``) or ``BaseProvider._json_events``
-        (a stream); ``stream`` only says what the request is for.
+        A 2xx answer's body is not read here: read it with ``read_body`` (a
+        whole answer, bounded by ``max_body_bytes``) or with
+        ``BaseProvider._json_events`` (a stream).
 
         429 and 503 answers are retried up to ``max_retries`` times, waiting for
         ``Retry-After`` when the server gives one (at most 30 s) and otherwise
