@@ -1125,10 +1125,13 @@ class HTTPTransport:
         if not truncate and length.isdigit() and int(length) > limit:
             response.close()
             raise self._too_large(path, limit, "announced %d bytes" % int(length))
-        amount = _READ_BYTES if _content_encoding(response) == "identity" else _COMPRESSED_READ_BYTES
+        identity = _content_encoding(response) == "identity"
+        amount = _READ_BYTES if identity else _COMPRESSED_READ_BYTES
         parts: List[bytes] = []
         size = 0
         try:
+            if identity and length.isdigit() and int(length) <= min(limit, _READ_BYTES):  # small: one read
+                return cast(bytes, response.raw.read(decode_content=False))
             for data in response.raw.stream(amount, decode_content=True):
                 size += len(data)
                 parts.append(data)
