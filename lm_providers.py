@@ -28,10 +28,11 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from types import ModuleType
 from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping, Optional,
-                    Sequence, Tuple, Type, TypeVar, Union)
+                    Sequence, Tuple, Type, TypeVar, Union, cast)
 
 __version__ = "0.1.0"
 
@@ -1014,6 +1015,16 @@ class StreamError(bytes):
     """An SSE error event's data, as StreamDecoder returns it (``event: error`` or an ``error:`` line)."""
 
 
+# The largest stream event and whole answer accepted, counted after decompression (providers take
+# max_event_bytes= and max_body_bytes=).  An event is normally one token; 32 MiB is twice the largest event
+# the benchmark streams.  A whole answer may be a batch of embeddings: 2048 inputs of 1024 floats is about
+# 40 MB of JSON, so 128 MiB leaves room while keeping memory (a few times the limit) bounded.
+DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
+
+_BOM = b"\xef\xbb\xbf"
+
+
 class StreamDecoder:
     """Turn arbitrary chunks of a streamed body into complete events.
 
@@ -1021,61 +1032,116 @@ class StreamDecoder:
     blank line) or ``"ndjson"`` (one JSON document per line).  ``feed(chunk)``
     returns the events that chunk completes, in order, each as the event's
     data in bytes; an SSE error event (``event: error``, or llama.cpp's
-    ``error:`` lines) comes back as a StreamError.  ``flush()`` returns what an
-    unterminated last line completes.  Lines may end in ``\\n``, ``\\r\\n``
-    or ``\\r``, and a chunk may end anywhere, even inside a UTF-8 character or
-    between ``\\r`` and ``\\n``: only whole lines are decoded.
+    ``error:`` lines) comes back as a StreamError.  ``flush()`` returns what
+    the end of the body completes: an unterminated last line, and for SSE a
+    last event that lacks its closing blank line.
+
+    Lines may end in ``\\n``, ``\\r\\n`` or ``\\r``, and a chunk may end
+    anywhere, even inside a UTF-8 character or between ``\\r`` and ``\\n``.
+    A leading UTF-8 byte-order mark is ignored; so are SSE comments (``:``),
+    fields other than ``data``, ``event`` and ``error``, and events whose data
+    is empty.  The cost is proportional to the bytes fed, however long a line
+    is; a line or event longer than ``max_event_bytes`` raises
+    ProviderResponseError.
     """
 
-    __slots__ = ("framing", "_pending", "_skip_lf", "_data", "_event")
+    __slots__ = ("framing", "max_event_bytes", "_pending", "_pending_size", "_skip_lf", "_data", "_data_size",
+                 "_event", "_at_start")
 
-    def __init__(self, framing: str):
+    def __init__(self, framing: str, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES):
         if framing not in ("sse", "ndjson"):
             raise ValueError("framing must be 'sse' or 'ndjson'")
         self.framing = framing
-        self._pending = b""      # an unterminated line from the previous chunk
-        self._skip_lf = False    # the previous chunk ended in \r: a leading \n is its partner
-        self._data: List[bytes] = []
+        self.max_event_bytes = max_event_bytes
+        self._pending: List[bytes] = []  # the pieces of an unterminated line, joined once it ends
+        self._pending_size = 0
+        self._skip_lf = False            # the previous chunk ended in \r: a leading \n is its partner
+        self._data: List[bytes] = []     # the data lines of the SSE event being read
+        self._data_size = 0
         self._event: Optional[bytes] = None
+        self._at_start = True            # a byte-order mark may still come
 
     def feed(self, chunk: bytes) -> List[bytes]:
         """Add a chunk; return the events it completes, in order."""
+        if self._at_start:
+            chunk = self._strip_bom(chunk)
+            if self._at_start:  # the body so far could still be the start of a byte-order mark
+                return []
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
         if self._pending:
-            chunk = self._pending + chunk
+            self._pending.append(chunk)
+            if b"\n" not in chunk and b"\r" not in chunk:  # the line goes on: keep the piece, join it later
+                self._pending_size += len(chunk)
+                if self._pending_size > self.max_event_bytes:
+                    raise self._too_large()
+                return []
+            chunk = b"".join(self._pending)
+            self._pending = []
+            self._pending_size = 0
         lines = chunk.splitlines()
         last = chunk[-1:]
         if last == b"\n" or last == b"\r":
-            self._pending = b""
             self._skip_lf = last == b"\r"
-        else:
-            self._pending = lines.pop() if lines else b""
+        elif lines:
+            tail = lines.pop()
+            self._pending = [tail]
+            self._pending_size = len(tail)
+            if len(tail) > self.max_event_bytes:
+                raise self._too_large()
         if self.framing == "ndjson":
             return [line for line in lines if line and not line.isspace()]
         return self._sse_lines(lines)
 
     def flush(self) -> List[bytes]:
         """Finish the body: decode an unterminated last line and dispatch a pending SSE event."""
-        lines = [self._pending] if self._pending else []
-        self._pending = b""
+        lines = [b"".join(self._pending)] if self._pending else []
+        self._pending = []
+        self._pending_size = 0
         if self.framing == "ndjson":
             return [line for line in lines if line and not line.isspace()]
         return self._sse_lines(lines + [b""])
+
+    def _strip_bom(self, chunk: bytes) -> bytes:
+        if self._pending:  # the start of the body so far was a part of a byte-order mark
+            chunk = self._pending.pop() + chunk
+            self._pending_size = 0
+        if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+            if chunk:
+                self._pending = [chunk]
+                self._pending_size = len(chunk)
+            return b""
+        self._at_start = False
+        return chunk[len(_BOM):] if chunk.startswith(_BOM) else chunk
+
+    def _too_large(self) -> ProviderResponseError:
+        self._pending = []
+        return ProviderResponseError(
+            "the server sent a stream event larger than %s (max_event_bytes=%d). If the server really sends "
+            "events that large, raise the limit: pass max_event_bytes=... to the provider"
+            % (_size_text(self.max_event_bytes), self.max_event_bytes), server_message="event too large")
 
     def _sse_lines(self, lines: List[bytes]) -> List[bytes]:
         events = []
         data = self._data
         for line in lines:
             if line[:5] == b"data:":
-                data.append(line[6:] if line[5:6] == b" " else line[5:])
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                data.append(value)
+                self._data_size += len(value) + 1
+                if self._data_size > self.max_event_bytes:
+                    self._data = []
+                    self._data_size = 0
+                    raise self._too_large()
             elif not line:
                 if data:
                     joined = data[0] if len(data) == 1 else b"\n".join(data)
-                    events.append(StreamError(joined) if self._event == b"error" else joined)
+                    if joined:  # an event with empty data carries nothing
+                        events.append(StreamError(joined) if self._event == b"error" else joined)
                     data = self._data = []
+                    self._data_size = 0
                 self._event = None
             else:
                 field, _, value = line.partition(b":")
@@ -1084,7 +1150,17 @@ class StreamDecoder:
                     self._event = value
                 elif field == b"error":  # llama.cpp's server writes "error: {...}" lines
                     events.append(StreamError(value))
+                elif field == b"data":  # a bare "data" line: an empty data line
+                    data.append(b"")
         return events
+
+
+def _size_text(size: int) -> str:
+    """``size`` bytes in words: "32 MiB", "512 KiB", "1000 bytes"."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return "%d %s" % (size // scale, unit)
+    return "%d bytes" % size
 
 
 # The decoder's scanner: what json.loads runs after its checks (an attribute typeshed does not list).
@@ -1108,13 +1184,13 @@ def _server_message(body: str) -> str:
     text = body.strip()
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or JSON nested too deeply to read
         data = None
     if isinstance(data, dict):
         error = data.get("error", data.get("detail", data.get("message")))
         for _ in range(2):  # LiteLLM may nest once more: {"error": {"message": {"error": "..."}}}
             if isinstance(error, dict):
-                error = error.get("message") or error.get("error") or error.get("msg") or json.dumps(error)
+                error = error.get("message") or error.get("error") or error.get("msg") or _short_json(error)
         if isinstance(error, str) and error.strip():
             return error.strip()
     if text[:1] == "<" or "<html" in text[:200].lower():
@@ -1123,6 +1199,15 @@ def _server_message(body: str) -> str:
             (" titled %r" % title.group(1).strip()) if title else "")
     if not text:
         return "an empty body"
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _short_json(value: Any) -> str:
+    """At most 300 characters of ``value`` as JSON (a value nested too deeply to write says so)."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):
+        return "(JSON nested too deeply to show)"
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
@@ -1163,9 +1248,12 @@ class HTTPTransport:
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
                  headers: Mapping[str, str], max_retries: int, server_title: str, start_hint: str,
-                 api_key: Optional[str] = None):
+                 api_key: Optional[str] = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         module = ensure_requests()
         self._api_key = api_key
+        self.max_event_bytes = max_event_bytes
+        self.max_body_bytes = max_body_bytes
         self.base_url = base_url
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -1182,6 +1270,8 @@ class HTTPTransport:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(headers)
+        # Compressed streams would only add latency; a proxy that compresses anyway is decoded (_iter_body).
+        self.session.headers["Accept-Encoding"] = "identity"
         if api_key:
             self.session.auth = _BearerAuth(api_key)
         self._adapter = adapter
@@ -1203,6 +1293,10 @@ class HTTPTransport:
                 debug: bool = False, describe_failure: Any = None, model: str = "") -> Any:
         """Send one request; return the 2xx ``requests.Response`` or raise a typed error.
 
+        A 2xx answer's body is not read here: read it with ``read_body`` (a
+        whole answer, bounded by ``max_body_bytes``) or with
+        ``BaseProvider._json_events`` (a stream).
+
         429 and 503 answers are retried up to ``max_retries`` times, waiting for
         ``Retry-After`` when the server gives one (at most 30 s) and otherwise
         0.5 s, 1 s, 2 s...  Nothing has reached the caller when a retry happens.
@@ -1221,12 +1315,7 @@ class HTTPTransport:
             status = response.status_code
             if status < 300:
                 return response
-            try:
-                text = self.scrub(response.text)
-            except Exception as exc:
-                raise self.translate_exception(exc, url) from exc
-            finally:
-                response.close()
+            text = self.read_error_text(response, path)
             if status in (429, 503) and attempt < self.max_retries:
                 delay = self._retry_delay(response, attempt)
                 logger.info("%s answered %d (%s); retrying in %.1f s", self.server_title, status,
@@ -1258,12 +1347,62 @@ class HTTPTransport:
             return self._send_once(method, url, body, stream)
 
     def _send_once(self, method: str, url: str, body: Optional[bytes], stream: bool) -> Any:
+        # Always stream=True for requests: every body is read here, in bounded pieces (read_body).
         timeout = (self.connect_timeout, self.read_timeout)
         if not self._direct:
-            return self.session.request(method, url, data=body, stream=stream, timeout=timeout, allow_redirects=False,
+            return self.session.request(method, url, data=body, stream=True, timeout=timeout, allow_redirects=False,
                                         headers={"Content-Type": "application/json"} if body is not None else None)
-        return self._adapter.send(self._prepare(method, url, body), stream=stream, timeout=timeout,
+        return self._adapter.send(self._prepare(method, url, body), stream=True, timeout=timeout,
                                   verify=self.session.verify, cert=self.session.cert, proxies={})
+
+    def read_body(self, response: Any, path: str, limit: Optional[int] = None, truncate: bool = False) -> bytes:
+        """The whole body of an answer, decompressed, read in pieces of at most 64 KiB.
+
+        Past ``limit`` bytes (default ``max_body_bytes``, counted after
+        decompression, so a decompression bomb stops there too) the answer is
+        a ProviderResponseError naming the limit, or with ``truncate`` just
+        cut there.  A Content-Length over the limit fails before reading.
+        """
+        limit = self.max_body_bytes if limit is None else limit
+        length = response.headers.get("Content-Length", "").strip()
+        if not truncate and length.isdigit() and int(length) > limit:
+            response.close()
+            raise self._too_large(path, limit, "announced %d bytes" % int(length))
+        identity = _content_encoding(response) == "identity"
+        amount = _READ_BYTES if identity else _COMPRESSED_READ_BYTES
+        parts: List[bytes] = []
+        size = 0
+        try:
+            if identity and length.isdigit() and int(length) <= min(limit, _READ_BYTES):  # small: one read
+                return cast(bytes, response.raw.read(decode_content=False))
+            for data in response.raw.stream(amount, decode_content=True):
+                size += len(data)
+                parts.append(data)
+                if size > limit:
+                    response.close()
+                    if truncate:
+                        return b"".join(parts)[:limit]
+                    raise self._too_large(path, limit, "sent more")
+        except ProviderError:
+            raise
+        except Exception as exc:
+            response.close()
+            raise self.translate_exception(exc, self.base_url + path) from exc
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def read_error_text(self, response: Any, path: str) -> str:
+        """The text of an error answer (its first MiB), with the API token masked."""
+        try:
+            body = self.read_body(response, path, limit=min(self.max_body_bytes, 1 << 20), truncate=True)
+        finally:
+            response.close()
+        return self.scrub(body.decode("utf-8", "replace"))
+
+    def _too_large(self, path: str, limit: int, what: str) -> ProviderResponseError:
+        return ProviderResponseError(
+            "%s answered %s with more than %s (max_body_bytes=%d): it %s. If the answer is really that large, "
+            "raise the limit: pass max_body_bytes=... to the provider" % (
+                self.server_title, path, _size_text(limit), limit, what), server_message="answer too large")
 
     def _prepare(self, method: str, url: str, body: Optional[bytes]) -> Any:
         """Build a loopback request directly and hand it to the connection pool.
@@ -1376,110 +1515,142 @@ def _short_reason(exc: BaseException) -> str:
     return str(exc)[:200]
 
 
-def _iter_body_chunks(response: Any) -> Generator[bytes, None, None]:
-    """Yield a streamed body as its bytes arrive: whatever one socket read returns.
+_READ_BYTES = 65536             # one read of an uncompressed body
+_COMPRESSED_READ_BYTES = 8192   # one read of a compressed body: at most ~8 MiB once inflated (gzip, deflate)
+_CLOSE_DELIMITED_READ_BYTES = 1024  # urllib3 < 2.2 has no read1: the first pieces wait for this much
+_DECODED_ENCODINGS = ("identity", "gzip", "x-gzip", "deflate")
+_END_GRACE_SECONDS = 0.05       # how long the rest of a body may take after its end marker
 
-    ``requests``' ``iter_lines`` and ``iter_content`` wait to fill a buffer on a
-    body without chunked encoding, holding back the first token; and reading a
-    chunked body through urllib3 costs a round of Python calls per HTTP chunk,
-    which is one event on these servers.  So the body is read from the
-    connection's buffered socket with ``read1`` (it returns as soon as any data
-    is there), and chunked encoding is undone here by ChunkedDecoder.  When the
-    response is not a plain http.client one (or is compressed), urllib3's
-    ``read1`` is used instead.
+
+def _content_encoding(response: Any) -> str:
+    """The body's Content-Encoding; one that cannot be decoded here is a ProviderResponseError.
+
+    Requests ask for ``identity``; a proxy that compresses anyway is decoded by
+    urllib3 (gzip, deflate), and the size limits count the decoded bytes.
+    """
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+    if encoding not in _DECODED_ENCODINGS:
+        response.close()
+        raise ProviderResponseError(
+            "the answer is compressed with %r, which lm_providers does not decode (it asked for an uncompressed "
+            "answer with Accept-Encoding: identity). Configure the proxy in front of the server to pass answers "
+            "through unchanged." % encoding, status=response.status_code, server_message="Content-Encoding "
+            + encoding)
+    return encoding
+
+
+def _iter_body(response: Any) -> Generator[bytes, None, None]:
+    """Yield a streamed body as its bytes arrive, decompressed, through urllib3's public reading API.
+
+    A chunked body (what LM Studio, Ollama and llama.cpp send) is read one
+    HTTP chunk at a time with ``read_chunked``: a piece never waits for the
+    next chunk.  Another body is read with ``read1`` (urllib3 2.2 and later),
+    which returns whatever one read of the socket gives; older urllib3 has no
+    ``read1``, so there a Content-Length body (all of it already written by
+    the server) is read in 64 KiB pieces and a close-delimited one in 1 KiB
+    pieces: the documented exception where the first pieces can arrive late.
     """
     raw = response.raw
-    message: Any = getattr(raw, "_fp", None)       # http.client.HTTPResponse (urllib3's private attribute)
-    sock_file = getattr(message, "fp", None)       # its buffered socket reader
-    compressed = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
-    if sock_file is None or compressed or not hasattr(sock_file, "read1") or not _FAST_BODY_READS:
-        read1 = getattr(raw, "read1", None)
-        if read1 is None:  # urllib3 1.x
-            yield from response.iter_content(chunk_size=None)
-            return
-        while True:
-            data = read1(65536)
-            if not data:
-                return
-            yield data
-    if not getattr(message, "chunked", False):
-        while True:
-            data = message.read1(65536)  # http.client keeps count of a Content-Length body
-            if not data:
-                return
-            yield data
-    decoder = ChunkedDecoder()
-    while not decoder.done:
-        data = sock_file.read1(65536)
+    compressed = _content_encoding(response) != "identity"
+    amount = _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
+    if "chunked" in response.headers.get("Transfer-Encoding", "").lower() and raw.supports_chunked_reads():
+        yield from raw.read_chunked(amount, decode_content=compressed)
+        return
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:  # urllib3 < 2.2
+        framed = response.headers.get("Content-Length") is not None
+        yield from raw.stream(amount if framed else _CLOSE_DELIMITED_READ_BYTES, decode_content=True)
+        return
+    while True:
+        data = read1(amount, decode_content=compressed)  # uncompressed: skip urllib3's decoded-data buffer
         if not data:
-            raise ConnectionError("the connection closed inside a chunked body (IncompleteRead)")
-        payload = decoder.feed(data)
-        if payload:
-            yield payload
-    message._close_conn()  # as http.client does after the last chunk: the connection can be reused
+            return
+        yield data
 
 
-_FAST_BODY_READS = True  # tests turn it off to prove the fallback path too
+class _EndWatch:
+    """After a stream's end marker, shut the connection's socket down if the rest of the body (normally
+    just the end of the chunked encoding) has not arrived within ``seconds``: it unblocks the read that
+    waits for it, and that connection is then closed instead of reused."""
 
+    def __init__(self, raw: Any, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.fired = False
+        self._shutdown = _socket_shutdown(raw)
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
 
-class ChunkedDecoder:
-    """Undo HTTP/1.1 chunked transfer encoding over reads that may split it anywhere.
-
-    ``feed(data)`` returns the payload bytes completed so far; ``done`` turns
-    true after the last (zero-size) chunk and its trailer section.  A malformed
-    size line raises ValueError.
-    """
-
-    __slots__ = ("_buffer", "_left", "done")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._left = 0        # payload bytes still to come in the current chunk; -1: its CRLF is due
-        self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        buffer = self._buffer + data if self._buffer else data
-        out = []
-        pos, end, left = 0, len(buffer), self._left
-        while pos < end and not self.done:
-            if left > 0:
-                take = min(left, end - pos)
-                out.append(buffer[pos:pos + take])
-                pos += take
-                left -= take
-                if left == 0:
-                    left = -1
-                continue
-            if left < 0:  # the CRLF after a chunk's payload
-                if end - pos < 2:
-                    break
-                if buffer[pos:pos + 2] != b"\r\n":
-                    raise ValueError("chunked body: payload not followed by CRLF")
-                pos += 2
-                left = 0
-                continue
-            line_end = buffer.find(b"\r\n", pos)
-            if line_end < 0:
-                if end - pos > 1024:
-                    raise ValueError("chunked body: chunk size line too long")
-                break
-            size_text = buffer[pos:line_end].split(b";", 1)[0].strip()
+    def _fire(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self.fired = True
             try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ValueError("chunked body: bad chunk size %r" % size_text[:40]) from None
-            if size == 0:  # the last chunk; trailers (usually none) end with an empty line
-                trailer_end = buffer.find(b"\r\n\r\n", line_end)
-                if trailer_end < 0:
-                    break
-                pos = trailer_end + 4
-                self.done = True
-                break
-            pos = line_end + 2
-            left = size
-        self._left = left
-        self._buffer = buffer[pos:]
-        return b"".join(out)
+                self._shutdown()
+            except (OSError, ValueError, RuntimeError):  # already closed or released
+                pass
+
+    def stop(self) -> bool:
+        """Stop watching; return whether the watch never fired (the connection is intact)."""
+        with self._lock:
+            self._stopped = True
+        self._timer.cancel()
+        return not self.fired
+
+
+def _socket_shutdown(raw: Any) -> Callable[[], None]:
+    """A function that shuts down the socket under urllib3 response ``raw``, waking a read blocked on it."""
+    shutdown = getattr(raw, "shutdown", None)  # urllib3 >= 2.3
+    if shutdown is not None:
+        return cast(Callable[[], None], shutdown)
+    import socket
+    fd = raw.fileno()
+
+    def shut() -> None:
+        sock = socket.socket(fileno=fd)
+        try:
+            sock.shutdown(socket.SHUT_RD)
+        finally:
+            sock.detach()  # the descriptor stays the connection's
+    return shut
+
+
+def _finish_stream(response: Any, chunks: Generator[bytes, None, None], ended: bool, exhausted: bool) -> None:
+    """Give a stream's connection back to the pool when its body was received to the end, else close it.
+
+    ``exhausted``: the body was read to its end.  ``ended``: the end marker
+    arrived; the rest of the body (normally the end of the chunked encoding,
+    already received) is then read if it comes within 50 ms; a server or proxy
+    that keeps the connection open without finishing the body gets it closed.
+    """
+    if ended and not exhausted:
+        exhausted = _read_rest(response, chunks)
+    if exhausted:
+        response.raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
+        return
+    chunks.close()
+    response.close()
+
+
+def _read_rest(response: Any, chunks: Iterator[bytes]) -> bool:
+    """Read what follows a stream's end marker; whether the body ended within the grace period."""
+    if response.raw.closed:  # a Content-Length body read to its end
+        return True
+    try:
+        watch = _EndWatch(response.raw, _END_GRACE_SECONDS)
+    except (OSError, ValueError):  # no socket under this response
+        return False
+    try:
+        for _ in range(4):  # a terminator, maybe a last empty read; more means the server keeps talking
+            if next(chunks, None) is None:
+                return watch.stop()
+        return False
+    except Exception:
+        return False
+    finally:
+        watch.stop()
 
 
 debug_logger = logging.getLogger("lm_providers.debug")
@@ -2397,7 +2568,7 @@ def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Op
     """``(prompt_tokens, context)`` when a server's error says the prompt did not fit, else None."""
     try:
         data = json.loads(body) if body.strip().startswith("{") else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to read
         data = None
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":  # llama.cpp: exact counts
@@ -2483,14 +2654,21 @@ class BaseProvider:
     chat_path = ""
     models_path = ""
     framing = ""             # "sse" or "ndjson"
+    stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
     start_hint = ""
     content_must_be_str = True
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2):
+                 api_key: Optional[str] = None, max_retries: int = 2, *,
+                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         """``host``: any accepted host form (default: environment, then the server's default).
         ``timeout``: read timeout in seconds, or ``(connect, read)``; defaults (5, 600).
-        ``max_retries``: how often a 429/503 answer is retried before any text is read."""
+        ``max_retries``: how often a 429/503 answer is retried before any text is read.
+        ``max_event_bytes``, ``max_body_bytes``: the largest stream event (32 MiB) and whole
+        answer (128 MiB) accepted, counted after decompression."""
+        for name, limit in (("max_event_bytes", max_event_bytes), ("max_body_bytes", max_body_bytes)):
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise InvalidInputError("%s must be a whole number of bytes >= 1, got %r" % (name, limit))
         self.base_url = resolve_host(self.provider, host)
         connect_timeout, read_timeout = _timeouts(timeout)
         if api_key is not None:
@@ -2507,7 +2685,8 @@ class BaseProvider:
         self.title = SERVER_TITLES[self.provider]
         self.transport = HTTPTransport(self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
                                        headers=headers, max_retries=max_retries, server_title=self.title,
-                                       start_hint=self.start_hint, api_key=api_key)
+                                       start_hint=self.start_hint, api_key=api_key,
+                                       max_event_bytes=max_event_bytes, max_body_bytes=max_body_bytes)
         self._facts: Dict[str, ModelInfo] = {}  # what model_info and friends learnt, by model name
 
     def __repr__(self) -> str:
@@ -2857,42 +3036,14 @@ class BaseProvider:
             return None
         return self._read_answer(response, path, read, model)[1]
 
-    def _json_events(self, path: str, payload: Dict[str, Any], *, debug: bool = False,
-                     model: str = "") -> Iterator[Dict[str, Any]]:
-        """Send a streamed POST and yield each NDJSON line as a dict; an ``{"error": ...}`` line raises.
-
-        Built from the chat stream's pieces (transport, body chunks, StreamDecoder).
-        """
+    def _stream_json(self, path: str, payload: Dict[str, Any], *, debug: bool = False,
+                     model: str = "") -> Generator[Dict[str, Any], None, None]:
+        """Send a streamed POST to ``path`` and yield its JSON objects (``_json_events``) until the body ends;
+        an ``{"error": ...}`` object raises ``_in_band_error``.  The caller decides whether the last object
+        said the work was done."""
         response = self.transport.request("POST", path, payload, stream=True, debug=debug,
                                           describe_failure=self._failure, model=model)
-        chunks = _iter_body_chunks(response)
-        decoder = StreamDecoder("ndjson")
-        complete = False
-        try:
-            while True:
-                try:
-                    chunk = next(chunks, None)
-                except Exception as exc:
-                    error = self.transport.translate_exception(exc, self.base_url + path)
-                    if not isinstance(error, ProviderTimeoutError):
-                        error = ProviderResponseError("the stream from %s on %s broke off: %s" % (
-                            self.title, path, _short_reason(exc)), server_message=str(exc)[:300])
-                    raise error from exc
-                for data in (decoder.feed(chunk) if chunk is not None else decoder.flush()):
-                    try:
-                        event = _parse_json(data)
-                    except (ValueError, RecursionError):
-                        raise ProviderResponseError("%s sent a line that is not JSON on %s: %r" % (
-                            self.title, path, data[:200]), body=data.decode("utf-8", "replace")) from None
-                    if not isinstance(event, dict) or "error" in event:
-                        text = self.transport.scrub(data.decode("utf-8", "replace"))
-                        raise self._in_band_error(path, model, _server_message(text), text)
-                    yield event
-                if chunk is None:
-                    complete = True
-                    return
-        finally:
-            _finish_stream(response, chunks, complete)
+        return self._json_events(response, path, model=model, complete_without_marker=lambda: True)
 
     def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
         return ProviderResponseError("%s reported an error on %s for %r: %s" % (self.title, path, model, message),
@@ -3099,23 +3250,27 @@ class BaseProvider:
         return {}
 
     def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str = "") -> Tuple[Any, _T]:
-        """``(data, read(data))`` for a 2xx JSON answer; an answer that is not JSON, holds an error
-        object, or has another shape than ``read`` expects is a ProviderResponseError."""
+        """``(data, read(data))`` for a 2xx JSON answer, read within ``max_body_bytes``; an answer that
+        is not JSON (or nests too deeply), holds an error object, or has another shape than ``read``
+        expects is a ProviderResponseError."""
+        body = self.transport.read_body(response, path)
         try:
-            data = _parse_json(response.content)
-        except (ValueError, RecursionError):
-            text = self.transport.scrub(response.text)
+            data = _parse_json(body)
+        except RecursionError:
+            raise ProviderResponseError("%s answered %s with JSON nested too deeply to read (%d bytes)" % (
+                self.title, path, len(body)), status=response.status_code,
+                body=self.transport.scrub(body[:1000].decode("utf-8", "replace"))) from None
+        except ValueError:
+            text = self.transport.scrub(body.decode("utf-8", "replace"))
             raise ProviderResponseError("%s answered %s with %s instead of JSON" % (
                 self.title, path, _server_message(text) if text.strip() else "an empty body"),
                 status=response.status_code, server_message=_server_message(text), body=text) from None
-        except Exception as exc:
-            raise self.transport.translate_exception(exc, self.base_url + path) from exc
         if isinstance(data, dict) and data.get("error"):
-            raise self._failure(response.status_code, response.text, model, in_body=True)
+            raise self._failure(response.status_code, body.decode("utf-8", "replace"), model, in_body=True)
         try:
             return data, read(data)
         except (KeyError, IndexError, TypeError, AttributeError):
-            text = self.transport.scrub(response.text)
+            text = self.transport.scrub(body.decode("utf-8", "replace"))
             raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
                 self.title, path, text[:300]), status=response.status_code, body=text) from None
 
@@ -3160,117 +3315,182 @@ class BaseProvider:
             pieces.close()
         self._check_fit(payload, model, state.usage, state.finish_reason, count > 0)
 
+    def _json_events(self, response: Any, path: str, end: Optional[Tuple[str, Any]] = None, model: str = "",
+                     complete_without_marker: Optional[Callable[[], bool]] = None,
+                     progress: Optional[Callable[[], str]] = None) -> Generator[Dict[str, Any], None, None]:
+        """Yield the JSON objects of a streamed answer (``stream=True`` response) as they arrive.
+
+        The layers: the body's bytes as they arrive (``_iter_body``), events
+        (``StreamDecoder`` in this provider's framing), parsed JSON objects.
+        The stream ends at its end marker: SSE's ``data: [DONE]`` (not
+        yielded), or the first object whose key ``end[0]`` holds ``end[1]``
+        (yielded; e.g. ``("done", True)`` for Ollama's chat, ``("status",
+        "success")`` for its pull).  Then the connection goes back to the pool
+        if the body ends too, and is closed if the server keeps it open.  A
+        body that ends without the marker is a ProviderResponseError ("cut
+        off") unless ``complete_without_marker()`` says that is fine.
+
+        Every failure is typed: an event that is not a JSON object (or nests
+        too deeply) or holds ``"error"``, an SSE error event, an event over
+        ``max_event_bytes``, a broken connection, the read timeout; their
+        messages say what came before with ``progress()`` (default: "N
+        event(s)").  Stopping early (``close()``, leaving a loop) closes the
+        connection.
+        """
+        chunks = _iter_body(response)
+        decoder = StreamDecoder(self.framing, self.transport.max_event_bytes)
+        parse = _parse_json
+        sse = self.framing == "sse"
+        end_key, end_value = end if end is not None else ("", None)
+        count = 0
+        ended = exhausted = False
+        describe = progress or (lambda: "%d event(s)" % count)
+        try:
+            while True:
+                try:
+                    chunk = next(chunks, None)
+                    batch = decoder.feed(chunk) if chunk is not None else decoder.flush()
+                except ProviderError:
+                    raise
+                except Exception as exc:
+                    raise self._stream_broken(exc, describe(), path) from exc
+                for data in batch:
+                    if data.__class__ is not bytes:  # a StreamError
+                        raise self._stream_error(data, model, path)
+                    if sse and data == b"[DONE]":
+                        ended = True
+                        return
+                    try:
+                        event = parse(data)
+                    except (ValueError, RecursionError):
+                        event = None
+                    if event.__class__ is not dict or "error" in event:
+                        event = self._parse_event(data, model, path)  # says what is wrong with it
+                    ended = end is not None and event.get(end_key) == end_value
+                    count += 1
+                    yield event
+                    if ended:
+                        return
+                if chunk is None:
+                    exhausted = True
+                    break
+            if not (complete_without_marker is not None and complete_without_marker()):
+                raise self._cut_off(describe())
+        finally:
+            _finish_stream(response, chunks, ended, exhausted)
+
+    def _cut_off(self, received: str) -> ProviderResponseError:
+        return ProviderResponseError(
+            "%s ended the stream before saying it was complete (after %s); the answer is cut off. The server may "
+            "have crashed or restarted, or the connection broke." % (self.title, received),
+            server_message="stream ended without end marker")
+
+    def _parse_event(self, data: bytes, model: str, path: str) -> Dict[str, Any]:
+        """One stream event as a JSON object; anything else is a typed error."""
+        try:
+            event = _parse_json(data)
+        except RecursionError:
+            raise ProviderResponseError("%s sent a stream event of JSON nested too deeply to read (%d bytes)" % (
+                self.title, len(data)), body=self.transport.scrub(data[:1000].decode("utf-8", "replace"))) from None
+        except ValueError:
+            raise ProviderResponseError("%s sent a stream event that is not JSON: %r" % (
+                self.title, data[:200]), body=self.transport.scrub(data.decode("utf-8", "replace"))) from None
+        if event.__class__ is not dict:
+            raise ProviderResponseError("%s sent a stream event that is not a JSON object: %r" % (
+                self.title, data[:200]), body=self.transport.scrub(data.decode("utf-8", "replace")))
+        if "error" in event:
+            raise self._stream_error(data, model, path)
+        return cast(Dict[str, Any], event)
+
     def _stream_events(self, payload: Dict[str, Any], model: ModelConfig, debug: bool,
                        state: Any) -> Generator[str, None, None]:
+        """The chat stream: events from ``_json_events``, content pieces out, the rest in ``state``."""
         started = time.perf_counter()
         response = self.transport.request("POST", self.chat_path, payload, stream=True, debug=debug,
                                           describe_failure=self._failure, model=model.name)
         self._check_stream_type(response, model)
-        chunks = _iter_body_chunks(response)
-        decoder = StreamDecoder(self.framing)
         think = _ThinkFilter()
         reasoning_parts = state.reasoning
         read_event = self._read_event
-        complete = False
         events = pieces = 0
+        stream = self._json_events(response, self.chat_path, self.stream_end, model.name,
+                                   complete_without_marker=lambda: self._ends_with_body(state),
+                                   progress=lambda: "%d piece(s)" % pieces)
         try:
-            while not complete:
+            for event in stream:
+                events += 1
                 try:
-                    chunk = next(chunks, None)
-                except Exception as exc:
-                    raise self._stream_broken(exc, pieces) from exc
-                for data in (decoder.feed(chunk) if chunk is not None else decoder.flush()):
-                    events += 1
-                    if data.__class__ is not bytes:  # a StreamError
-                        raise self._stream_error(data, model)
-                    if data == b"[DONE]":
-                        complete = True
-                        break
-                    try:
-                        event = _parse_json(data)
-                    except (ValueError, RecursionError):
-                        raise ProviderResponseError("%s sent a stream event that is not JSON: %r" % (
-                            self.title, data[:200]), body=data.decode("utf-8", "replace")) from None
-                    if event.__class__ is not dict or "error" in event:
-                        raise self._stream_error(data, model)
-                    try:
-                        content, reasoning, done = read_event(event, state)
-                    except (KeyError, IndexError, TypeError, AttributeError):
-                        raise ProviderResponseError("%s sent a stream event of an unexpected shape: %r" % (
-                            self.title, data[:200]), body=data.decode("utf-8", "replace")) from None
-                    if reasoning and reasoning_parts is not None:
-                        reasoning_parts.append(reasoning)
-                    if content:
-                        if think.state == "content":
-                            pieces += 1
-                            yield content
-                        else:  # the start of the reply, or inside a <think> block
-                            held, reasoning = think.feed(content)
-                            if reasoning and reasoning_parts is not None:
-                                reasoning_parts.append(reasoning)
-                            if held and debug and not pieces:
-                                _debug("first piece after %.3f s", time.perf_counter() - started)
-                            for content in held:
-                                pieces += 1
-                                yield content
-                    if done:
-                        complete = True
-                        break
-                if chunk is None:
-                    complete = complete or (self.framing == "sse" and state.finish_reason is not None)
-                    break
-            if not complete:
-                raise ProviderResponseError(
-                    "%s ended the stream before saying it was complete (after %d piece(s)); the reply is cut "
-                    "off. The server may have crashed or restarted, or the connection broke." % (self.title, pieces),
-                    server_message="stream ended without end marker")
-            held, reasoning = think.finish()
-            if reasoning and reasoning_parts is not None:
-                reasoning_parts.append(reasoning)
-            for content in held:
-                pieces += 1
-                yield content
-            if debug:
-                _debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s", events,
-                       pieces, state.finish_reason, state.usage, time.perf_counter() - started)
-            self._check_end(model, state.finish_reason, has_text=pieces > 0, reasoned=bool(state.reasoning))
+                    content, reasoning, _ = read_event(event, state)
+                except (KeyError, IndexError, TypeError, AttributeError):
+                    text = self.transport.scrub(_short_json(event))
+                    raise ProviderResponseError("%s sent a stream event of an unexpected shape: %s" % (
+                        self.title, text), body=text) from None
+                if reasoning and reasoning_parts is not None:
+                    reasoning_parts.append(reasoning)
+                if not content:
+                    continue
+                if think.state == "content":
+                    pieces += 1
+                    yield content
+                    continue
+                held, reasoning = think.feed(content)  # the start of the reply, or inside a <think> block
+                if reasoning and reasoning_parts is not None:
+                    reasoning_parts.append(reasoning)
+                if held and debug and not pieces:
+                    _debug("first piece after %.3f s", time.perf_counter() - started)
+                for content in held:
+                    pieces += 1
+                    yield content
         finally:
-            _finish_stream(response, chunks, complete)
+            stream.close()  # at once, not when the garbage collector gets to it: it frees the connection
+        held, reasoning = think.finish()
+        if reasoning and reasoning_parts is not None:
+            reasoning_parts.append(reasoning)
+        for content in held:
+            pieces += 1
+            yield content
+        if debug:
+            _debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s", events,
+                   pieces, state.finish_reason, state.usage, time.perf_counter() - started)
+        self._check_end(model, state.finish_reason, has_text=pieces > 0, reasoned=bool(state.reasoning))
+
+    def _ends_with_body(self, state: Any) -> bool:
+        """Whether a chat stream whose body ended without its end marker is complete all the same."""
+        return False
 
     def _check_stream_type(self, response: Any, model: ModelConfig) -> None:
         """Refuse a 200 that is not a stream: an HTML page (a proxy's), or JSON where SSE was asked for."""
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if "html" not in content_type and not (self.framing == "sse" and content_type == "application/json"):
             return
-        try:
-            text = self.transport.scrub(response.text)
-        except Exception as exc:
-            raise self.transport.translate_exception(exc, self.base_url + self.chat_path) from exc
-        finally:
-            response.close()
+        text = self.transport.read_error_text(response, self.chat_path)
         if '"error"' in text:
             raise self._failure(response.status_code, text, model.name, in_body=True)
         raise ProviderResponseError("%s answered the streaming request with %s instead of a stream" % (
             self.title, _server_message(text)), status=response.status_code, server_message=_server_message(text),
             body=text)
 
-    def _stream_broken(self, exc: BaseException, pieces: int) -> ProviderError:
-        error = self.transport.translate_exception(exc, self.base_url + self.chat_path)
+    def _stream_broken(self, exc: BaseException, received: str, path: str) -> ProviderError:
+        """The error for a stream from ``path`` whose reading failed after ``received`` (e.g. "3 piece(s)")."""
+        error = self.transport.translate_exception(exc, self.base_url + path)
         if isinstance(error, ProviderTimeoutError):
-            return ProviderTimeoutError("%s (the stream stopped after %d piece(s); the reply is incomplete)"
-                                        % (error, pieces))
-        return ProviderResponseError("the stream from %s broke off after %d piece(s): %s; the reply is "
-                                     "incomplete" % (self.title, pieces, _short_reason(exc)),
+            return ProviderTimeoutError("%s (the stream stopped after %s; the reply is incomplete)"
+                                        % (error, received))
+        return ProviderResponseError("the stream from %s broke off after %s: %s; the reply is "
+                                     "incomplete" % (self.title, received, _short_reason(exc)),
                                      server_message=str(exc)[:300])
 
-    def _stream_error(self, data: bytes, model: ModelConfig) -> ProviderError:
+    def _stream_error(self, data: bytes, model: str, path: str) -> ProviderError:
+        """The exception for an error event in a stream: the chat's own, or ``_in_band_error`` for other paths."""
         text = self.transport.scrub(data.decode("utf-8", "replace"))
         message = _server_message(text)
-        overflow = self._context_error(None, text, model.name)
+        if path != self.chat_path:
+            return self._in_band_error(path, model, message, text)
+        overflow = self._context_error(None, text, model)
         if overflow is not None:
             return overflow
-        return ProviderResponseError("%s reported an error in the middle of the stream for model %r: %s"
-                                     % (self.title, model.name, message), server_message=message, body=text)
+        return ProviderResponseError("%s reported an error in the middle of the stream%s: %s" % (
+            self.title, " for model %r" % model if model else "", message), server_message=message, body=text)
 
     def _failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
         """The exception for an error answer (``in_body``: an error object in a 200 response)."""
@@ -3363,26 +3583,6 @@ class BaseProvider:
         raise NotImplementedError
 
 
-def _finish_stream(response: Any, chunks: Generator[bytes, None, None], complete: bool) -> None:
-    """Give a stream's connection back to the pool when its body was read to the end, else close it.
-
-    After the end marker the rest of the body is normally just the chunked
-    terminator, already received; it is read so the connection can be reused.
-    """
-    if complete:
-        try:
-            for index, _ in enumerate(chunks):
-                if index >= 4:  # more than a terminator: the server keeps talking; do not wait for it
-                    break
-            else:
-                response.raw.release_conn()
-                return
-        except Exception:
-            pass
-    chunks.close()
-    response.close()
-
-
 def _timeouts(timeout: Union[None, float, Tuple[float, float]]) -> Tuple[float, float]:
     if timeout is None:
         return 5.0, 600.0
@@ -3427,9 +3627,9 @@ class OpenAICompatibleProvider(BaseProvider):
     model_not_found_phrases: Tuple[str, ...] = ("not found", "does not exist", "invalid model name")
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2):
+                 api_key: Optional[str] = None, max_retries: int = 2, **limits: int):
         super().__init__(host, timeout, api_key if api_key is not None else os.environ.get(self.api_key_env) or None,
-                         max_retries)
+                         max_retries, **limits)
 
     def download_hint(self, model: str) -> str:
         return ("Check the exact id in the server's list (python -m lm_providers models --provider openai --host "
@@ -3548,6 +3748,9 @@ class OpenAICompatibleProvider(BaseProvider):
         if version is None:
             logger.debug("%s at %s reports no version", self.title, self.base_url)
         return version if isinstance(version, str) else None
+
+    def _ends_with_body(self, state: Any) -> bool:
+        return state.finish_reason is not None  # some OpenAI-compatible servers send no [DONE]
 
 
 class LMStudioProvider(OpenAICompatibleProvider):
@@ -3742,6 +3945,7 @@ class OllamaProvider(BaseProvider):
     chat_path = "/api/chat"
     models_path = "/api/tags"
     framing = "ndjson"
+    stream_end = ("done", True)
     start_hint = "Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by default."
     auth_hint = "Ollama itself has no tokens; a proxy in front of it refused the request."
     wrong_server_hint = "Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// URIs."
@@ -3865,13 +4069,13 @@ class OllamaProvider(BaseProvider):
     # --- model facts, loading, downloading: /api/show, /api/ps, /api/pull ---------
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error"):
+                 api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error", **limits: int):
         """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (the default)
         raises ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Other options as
         for BaseProvider."""
         if on_truncation not in ("error", "warn"):
             raise InvalidInputError("on_truncation must be 'error' or 'warn', got %r" % (on_truncation,))
-        super().__init__(host, timeout, api_key, max_retries)
+        super().__init__(host, timeout, api_key, max_retries, **limits)
         self.on_truncation = on_truncation
         self._ps_seen: Dict[str, Tuple[float, Optional[int]]] = {}  # model key -> (when, loaded context)
 
@@ -3942,7 +4146,7 @@ class OllamaProvider(BaseProvider):
 
     def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
         """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``."""
-        events = self._json_events("/api/pull", {"model": name, "stream": True}, debug=debug, model=name)
+        events = self._stream_json("/api/pull", {"model": name, "stream": True}, debug=debug, model=name)
         return self._pull_progress(name, events)
 
     def _pull_progress(self, name: str, events: Iterator[Dict[str, Any]]) -> Iterator[PullProgress]:

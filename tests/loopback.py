@@ -5,8 +5,10 @@ parts, framed the way the test asks (``length``: Content-Length; ``chunked``:
 one HTTP chunk per part; ``close``: no length, the body ends when the socket
 closes).  Parts are written one at a time with TCP_NODELAY and a short pause
 between them, so each tends to arrive as its own read on the client; a part
-may also carry a pause, cut the connection, or reset it.  Bodies are shaped
-like the real servers' (see ``sse_body`` and ``ndjson_body``).
+may also carry a pause, cut the connection, or reset it.  A reply may be compressed (``encoding``:
+gzip or deflate, each part flushed so it arrives on its own), and may end without finishing its body
+(``hold_open``: no chunked terminator, no close, for that many seconds).  Bodies are shaped like the real
+servers' (see ``sse_body`` and ``ndjson_body``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import socketserver
 import struct
 import threading
 import time
+import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 
@@ -28,7 +31,7 @@ class Reply:
                  content_type: str = "application/json", headers: Optional[Dict[str, str]] = None,
                  pauses: Optional[Dict[int, float]] = None, cut_after: Optional[int] = None,
                  reset: bool = False, gap: float = 0.0, delay_headers: float = 0.0,
-                 reset_before_headers: bool = False):
+                 reset_before_headers: bool = False, encoding: Optional[str] = None, hold_open: float = 0.0):
         self.status = status
         self.parts = list(parts)
         self.framing = framing
@@ -40,6 +43,18 @@ class Reply:
         self.gap = gap
         self.delay_headers = delay_headers
         self.reset_before_headers = reset_before_headers
+        self.hold_open = hold_open
+        if encoding:
+            self.parts = compress(self.parts, encoding)
+            self.headers["Content-Encoding"] = encoding
+
+
+def compress(parts: Sequence[bytes], encoding: str) -> List[bytes]:
+    """``parts`` as one gzip or deflate (zlib) body, cut where the parts were cut (each part flushed)."""
+    compressor = zlib.compressobj(wbits=31 if encoding == "gzip" else 15)
+    out = [compressor.compress(part) + compressor.flush(zlib.Z_SYNC_FLUSH) for part in parts]
+    out.append(compressor.flush())
+    return out
 
 
 def json_reply(obj: Any, status: int = 200, **kwargs: Any) -> Reply:
@@ -218,6 +233,9 @@ class LoopbackServer:
         if reply.cut_after is not None and reply.cut_after >= len(reply.parts):
             if reply.reset:
                 _reset(sock)
+            return False
+        if reply.hold_open:  # the whole payload is out, but the body never ends
+            time.sleep(reply.hold_open)
             return False
         if reply.framing == "chunked":
             sock.sendall(b"0\r\n\r\n")

@@ -91,34 +91,6 @@ def test_lone_cr_line_ends_and_a_crlf_split_between_reads():
     assert decode("sse", [b"data: a\r", b"\ndata: b\r\n\r\n"]) == [b"a\nb"]
 
 
-CHUNKED = b"4\r\nWiki\r\n7;ext=1\r\npedia i\r\nB\r\nn \r\nchunks.\r\n0\r\nX-Trailer: 1\r\n\r\n"
-
-
-def dechunk(pieces):
-    decoder = lmp.ChunkedDecoder()
-    out = b"".join(decoder.feed(p) for p in pieces)
-    return out, decoder.done
-
-
-def test_chunked_decoder_on_every_two_and_three_way_split():
-    assert dechunk([CHUNKED]) == (b"Wikipedia in \r\nchunks.", True)
-    for a in range(len(CHUNKED) + 1):
-        assert dechunk([CHUNKED[:a], CHUNKED[a:]]) == (b"Wikipedia in \r\nchunks.", True), a
-        for b in range(a, len(CHUNKED) + 1, 3):
-            assert dechunk([CHUNKED[:a], CHUNKED[a:b], CHUNKED[b:]])[0] == b"Wikipedia in \r\nchunks.", (a, b)
-
-
-def test_chunked_decoder_is_not_done_before_the_last_chunk_and_rejects_garbage():
-    assert dechunk([CHUNKED[:-2]])[1] is False
-    assert dechunk([b"0\r\n\r\n"]) == (b"", True)
-    for bad in (b"zz\r\nabc\r\n", b"3\r\nabcXY"):
-        try:
-            dechunk([bad])
-        except ValueError:
-            continue
-        raise AssertionError("accepted %r" % bad)
-
-
 THINK_TEXT = "  <think>\nplan the answer</think>\n\nThe answer is 4. <think> stays </think> in text."
 
 
@@ -160,3 +132,67 @@ def test_pieces_held_at_the_start_are_passed_on_unmerged():
             out.extend(flt.feed(piece)[0])
         out.extend(flt.finish()[0])
         assert out == pieces
+
+
+# --- linear and bounded --------------------------------------------------------------------------
+
+def test_a_long_line_costs_time_in_proportion_to_its_length():
+    # 16 MiB in 4 KiB reads: re-joining the unfinished line on every read (the old decoder) copies about
+    # 32 GiB and takes minutes; keeping its pieces until the line ends takes milliseconds.
+    import time
+    decoder = lmp.StreamDecoder("ndjson", max_event_bytes=32 << 20)
+    piece = b"x" * 4096
+    started = time.perf_counter()
+    for _ in range(4096):
+        assert decoder.feed(piece) == []
+    assert decoder.feed(b"\n") == [piece * 4096]
+    assert time.perf_counter() - started < 2
+
+
+def test_a_line_or_event_over_the_limit_raises_naming_the_limit():
+    for framing, start in (("ndjson", b"{"), ("sse", b"data: ")):
+        decoder = lmp.StreamDecoder(framing, max_event_bytes=10000)
+        decoder.feed(start)
+        fed = 0
+        try:
+            while fed < 10 ** 8:
+                decoder.feed(b"y" * 1000)
+                fed += 1000
+        except lmp.ProviderResponseError as exc:
+            assert "max_event_bytes=10000" in str(exc)
+        assert fed <= 10000, "read %d bytes past a limit of 10000" % fed
+    decoder = lmp.StreamDecoder("sse", max_event_bytes=10000)
+    try:
+        decoder.feed(b"data: 12345678\n" * 2000)
+    except lmp.ProviderResponseError as exc:
+        assert "max_event_bytes=10000" in str(exc)
+    else:
+        raise AssertionError("an event of 2000 data lines passed a limit of 10000 bytes")
+    # exactly at the limit is fine
+    assert lmp.StreamDecoder("ndjson", max_event_bytes=10).feed(b"1234567890\n") == [b"1234567890"]
+
+
+# --- Server-sent events as WHATWG defines them ---------------------------------------------------
+
+def test_a_leading_byte_order_mark_is_ignored_wherever_the_reads_split_it():
+    for framing, body in (("sse", b"\xef\xbb\xbfdata: 1\n\ndata: 2\n\n"), ("ndjson", b"\xef\xbb\xbf1\n2\n")):
+        for cut in range(len(body) + 1):
+            for cut2 in range(cut, min(cut + 4, len(body)) + 1):
+                assert decode(framing, [body[:cut], body[cut:cut2], body[cut2:]]) == [b"1", b"2"], (cut, cut2)
+    # only a leading one: later it is data
+    assert decode("ndjson", [b"1\n\xef\xbb\xbf2\n"]) == [b"1", b"\xef\xbb\xbf2"]
+
+
+def test_an_event_with_empty_data_is_skipped():
+    body = b"data:\n\ndata: \n\ndata\n\n: comment\n\nevent: ping\n\nid: 5\nretry: 10\n\ndata: [DONE]\n\n"
+    for cut in range(len(body) + 1):
+        assert decode("sse", [body[:cut], body[cut:]]) == [b"[DONE]"], cut
+    assert decode("sse", [b"data:\ndata: x\n\n"]) == [b"\nx"]  # an empty first line is still a line
+
+
+def test_an_unfinished_last_event_is_decoded_at_the_end_of_the_body():
+    # No closing blank line: still dispatched when the body ends (whole JSON counts; a cut-off event is then
+    # "not JSON" to the provider), for every line ending.
+    for eol in (b"\n", b"\r\n", b"\r"):
+        assert decode("sse", [b"data: {\"a\": 1}" + eol + b"data: [DONE]" + eol]) == [b'{"a": 1}\n[DONE]']
+        assert decode("sse", [b"data: {\"a\": 1}" + eol + eol + b"data: [DONE]"]) == [b'{"a": 1}', b"[DONE]"]

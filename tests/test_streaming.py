@@ -12,10 +12,18 @@ from loopback import Reply, json_reply, ndjson_events, split_every, sse_events
 MESSAGES = [{"role": "user", "content": "Count to five."}]
 
 
-@pytest.fixture(autouse=True, params=["socket-reader", "urllib3-reader"])
+@pytest.fixture(autouse=True, params=["read1", "stream"])
 def body_reader(request, monkeypatch):
-    """Every test runs over both ways of reading a body: the fast socket reader and urllib3's read1."""
-    monkeypatch.setattr(lmp, "_FAST_BODY_READS", request.param == "socket-reader")
+    """Every test runs over both public ways of reading a body that is not chunked: urllib3's read1 (2.2
+    and later) and, as urllib3 before 2.2 has no read1, its stream() (read1 hidden here; CI also runs on
+    urllib3 1.26).  Chunked bodies are read with read_chunked either way."""
+    import urllib3.response
+    if request.param == "stream":
+        for cls in urllib3.response.HTTPResponse.__mro__:
+            if "read1" in vars(cls):
+                monkeypatch.delattr(cls, "read1")
+    elif not hasattr(urllib3.response.HTTPResponse, "read1"):
+        pytest.skip("this urllib3 has no read1; the stream() runs cover it")
     return request.param
 PIECES = ["One", ", two", ", three", ", fo", "ur", ", five.", " Ünïcødé ✓ 日本語"]
 
@@ -76,7 +84,7 @@ def test_crlf_line_ends(server, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("framing", ["chunked", "close"])
-def test_first_piece_is_not_held_back_when_the_server_pauses(server, kind, framing):
+def test_first_piece_is_not_held_back_when_the_server_pauses(server, body_reader, kind, framing):
     # The server sends its first events, then thinks for a second.  A client that waits to fill
     # a buffer (requests' iter_lines on a close-delimited body) would deliver the first piece late.
     parts = events(kind)
@@ -86,7 +94,11 @@ def test_first_piece_is_not_held_back_when_the_server_pauses(server, kind, frami
     first = next(stream)
     waited = time.perf_counter() - started
     assert first == PIECES[0]
-    assert waited < 0.5, "first piece took %.2f s: it was held back until the pause ended" % waited
+    if body_reader == "stream" and framing == "close":
+        # The documented exception: without read1 a close-delimited body is read 1 KiB at a time.
+        assert waited > 0.5
+    else:
+        assert waited < 0.5, "first piece took %.2f s: it was held back until the pause ended" % waited
     assert [first] + list(stream) == PIECES
 
 
