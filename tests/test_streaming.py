@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+import urllib3
 
 import lm_providers as lmp
 from loopback import Reply, json_reply, ndjson_events, split_every, sse_events
@@ -78,7 +79,11 @@ def test_first_piece_is_not_held_back_when_the_server_pauses(server, kind, frami
     first = next(stream)
     waited = time.perf_counter() - started
     assert first == PIECES[0]
-    assert waited < 0.5, "first piece took %.2f s: it was held back until the pause ended" % waited
+    # The README's one exception: urllib3 < 2.1 has no read1, and a close-delimited body cannot be read
+    # as it arrives through its public API (real servers chunk their streams).
+    documented_exception = framing == "close" and not hasattr(urllib3.HTTPResponse, "read1")
+    assert waited < 0.5 or documented_exception, (
+        "first piece took %.2f s: it was held back until the pause ended" % waited)
     assert [first] + list(stream) == PIECES
 
 
