@@ -1196,8 +1196,9 @@ def _is_cut_short(exc: BaseException, exceptions: Any) -> bool:
     for current in _exception_chain(exc):
         if isinstance(current, (exceptions.ChunkedEncodingError, http.client.IncompleteRead)):
             return True
-        if isinstance(current, ProtocolError) and not str(current).startswith("Connection aborted"):
-            return True  # "Connection broken: ...", "Response ended prematurely"; "aborted" is before any answer
+        if isinstance(current, ProtocolError) and current.args:
+            # "Connection broken: ...", "Response ended prematurely"; "Connection aborted." is before any answer
+            return not str(current.args[0]).startswith("Connection aborted")
     return False
 
 

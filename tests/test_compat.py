@@ -94,6 +94,40 @@ def test_a_whole_body_with_its_content_length_still_reads(server, kind):
     assert provider(kind, server).generate_text(MESSAGES, "test-model") == "Paris is in France."
 
 
+@kinds
+def test_a_connection_reset_before_any_answer_is_not_called_a_cut_answer(server, kind):
+    # urllib3 wraps this in a ProtocolError too ("Connection aborted."), but nothing was answered yet.
+    server.route("POST", KINDS[kind][1], Reply(200, [b"{}"], reset_before_headers=True))
+    with pytest.raises(lmp.ProviderConnectionError) as info:
+        provider(kind, server).generate_text(MESSAGES, "test-model")
+    assert "being read" not in str(info.value) and "incomplete" not in str(info.value)
+    assert len(server.requests) == 2  # sent once more on a fresh connection: nothing was answered
+
+
+@pytest.mark.parametrize("answer", [b"", b"SSH-2.0-OpenSSH_9.6\r\n"], ids=["closed", "not-http"])
+def test_a_connection_closed_without_an_http_answer_is_not_called_a_cut_answer(answer):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve():
+        for _ in range(2):  # the request, and the one retry on a fresh connection
+            conn, _ = listener.accept()
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(lmp.ProviderConnectionError) as info:
+            lmp.OllamaProvider(host="127.0.0.1:%d" % listener.getsockname()[1], timeout=(2, 5)).list_models()
+    finally:
+        thread.join(5)
+        listener.close()
+    assert "being read" not in str(info.value) and "incomplete" not in str(info.value)
+
+
 def test_refused_connection_still_says_how_to_start_the_server():
     # The other side of the message split above: nothing answered, so starting the server is the advice.
     sock = socket.socket()
