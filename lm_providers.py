@@ -1022,8 +1022,8 @@ class HTTPTransport:
 
     def _send_once(self, method: str, url: str, body: Optional[bytes], stream: bool) -> Any:
         timeout = (self.connect_timeout, self.read_timeout)
-        if not self._direct:
-            return self.session.request(method, url, data=body, stream=stream, timeout=timeout, allow_redirects=False,
+        if not self._direct:  # stream=True: the caller reads the body, after _enforce_content_length
+            return self.session.request(method, url, data=body, stream=True, timeout=timeout, allow_redirects=False,
                                         headers={"Content-Type": "application/json"} if body is not None else None)
         return self._adapter.send(self._prepare(method, url, body), stream=stream, timeout=timeout,
                                   verify=self.session.verify, cert=self.session.cert, proxies={})

@@ -64,6 +64,20 @@ def test_blocking_reply_cut_short_is_a_connection_error_on_every_urllib3(server,
     assert KINDS[kind][0].start_hint not in message and "start" not in message.lower()
 
 
+@pytest.mark.parametrize("path", ["direct", "session"])
+def test_a_body_cut_short_is_caught_on_both_request_paths(server, path):
+    # Loopback requests go straight to the connection pool; other hosts go through Session.request, which
+    # read the body before urllib3 1.26 could be told to check its length.
+    body = json.dumps(blocking_body("lm_studio")).encode()
+    server.route("POST", "/v1/chat/completions", Reply(200, [body[:40], body[40:]], cut_after=1))
+    lm_studio = provider("lm_studio", server)
+    lm_studio.transport._direct = path == "direct"
+    with pytest.raises(lmp.ProviderConnectionError, match="incomplete"):
+        lm_studio.generate_text(MESSAGES, "test-model")
+    server.route("POST", "/v1/chat/completions", json_reply(blocking_body("lm_studio")))
+    assert lm_studio.generate_text(MESSAGES, "test-model") == "Paris is in France."
+
+
 def test_the_cut_short_message_says_how_much_of_the_body_came(server):
     body = json.dumps(blocking_body("ollama")).encode()
     server.route("POST", "/api/chat", Reply(200, [body[:40], body[40:]], cut_after=1))
