@@ -1147,9 +1147,9 @@ def _enforce_content_length(response: Any) -> None:
 
 def _short_reason(exc: BaseException) -> str:
     text = str(exc)
-    short = re.search(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)", text)
-    if short:
-        return "the body stopped after %s bytes, %s short of its Content-Length" % short.groups()
+    short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
+    if short:  # a Content-Length body, or one chunk of a chunked one
+        return "the connection closed %s bytes before the announced end of the body" % short.group(1)
     for pattern in ("Remote end closed connection without response", "Connection reset by peer",
                     "Connection aborted", "IncompleteRead", "Connection broken", "Broken pipe"):
         if pattern in text:

@@ -82,7 +82,7 @@ def test_the_cut_short_message_says_how_much_of_the_body_came(server):
     body = json.dumps(blocking_body("ollama")).encode()
     server.route("POST", "/api/chat", Reply(200, [body[:40], body[40:]], cut_after=1))
     with pytest.raises(lmp.ProviderConnectionError,
-                       match="stopped after 40 bytes, %d short of its Content-Length" % (len(body) - 40)):
+                       match="closed %d bytes before the announced end of the body" % (len(body) - 40)):
         provider("ollama", server).generate_text(MESSAGES, "test-model")
 
 
