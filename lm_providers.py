@@ -1103,6 +1103,11 @@ class HTTPTransport:
                 "the connection to %s at %s broke while its answer to %s was being read (%s); the answer is "
                 "incomplete, so none of it was used. Try again; if it keeps happening, look at the server's log "
                 "and at any proxy in between." % (self.server_title, self.base_url, url, _short_reason(exc)))
+        answer = _not_http_answer(exc)
+        if answer:
+            return ProviderConnectionError(
+                "%s at %s answered %s with something that is not valid HTTP (%s). Is another program "
+                "listening on that port? Check the host and port." % (self.server_title, self.base_url, url, answer))
         if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
             return ProviderConnectionError(
                 "cannot connect to %s at %s: connection refused. Nothing is listening there. %s"
@@ -1200,6 +1205,17 @@ def _is_cut_short(exc: BaseException, exceptions: Any) -> bool:
             # "Connection broken: ...", "Response ended prematurely"; "Connection aborted." is before any answer
             return not str(current.args[0]).startswith("Connection aborted")
     return False
+
+
+def _not_http_answer(exc: BaseException) -> str:
+    """What http.client made of an answer that is not HTTP (a bad status line, an endless header), or ""."""
+    import http.client
+    for current in _exception_chain(exc):
+        if isinstance(current, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
+            return ""  # closed without an answer, or cut: not a wrong answer
+        if isinstance(current, http.client.HTTPException):
+            return ("%s: %s" % (type(current).__name__, " ".join(str(current).split())))[:120]
+    return ""
 
 
 def _iter_body_chunks(response: Any) -> Iterator[bytes]:

@@ -140,6 +140,11 @@ def test_a_connection_closed_without_an_http_answer_is_not_called_a_cut_answer(a
         thread.join(5)
         listener.close()
     assert "being read" not in str(info.value) and "incomplete" not in str(info.value)
+    if answer:  # something answered: not the advice to start the server, but a look at what is on the port
+        assert "not valid HTTP" in str(info.value) and "SSH-2.0" in str(info.value)
+        assert lmp.OllamaProvider.start_hint not in str(info.value)
+    else:
+        assert lmp.OllamaProvider.start_hint in str(info.value)
 
 
 def test_refused_connection_still_says_how_to_start_the_server():
