@@ -1246,6 +1246,12 @@ class HTTPTransport:
     response (status, body, model) into the exception to raise.
     """
 
+    #: Connections kept open to the server, at most: one per thread using the provider at the same time.
+    #: The pool does not block (requests gives no bound to that wait, and a stream left open would hold
+    #: its connection forever): more threads than this still work, but each extra connection is closed
+    #: after use and urllib3 warns "Connection pool is full".  A pool slot costs nothing until used.
+    max_connections = 128
+
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
                  headers: Mapping[str, str], max_retries: int, server_title: str, start_hint: str,
                  api_key: Optional[str] = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
@@ -1266,7 +1272,7 @@ class HTTPTransport:
         self.session.trust_env = not _is_loopback(base_url)
         if not self.session.trust_env:  # a private CA still applies (requests reads these only with trust_env)
             self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=32)
+        adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self.max_connections)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(headers)
@@ -1309,6 +1315,7 @@ class HTTPTransport:
                 response = self._send(method, url, body, stream)
             except Exception as exc:
                 raise self.translate_exception(exc, url) from exc
+            _enforce_content_length(response)
             if debug:
                 _debug("%s %s -> HTTP %d in %.3f s", method, url, response.status_code,
                        time.perf_counter() - started)
@@ -1349,7 +1356,7 @@ class HTTPTransport:
     def _send_once(self, method: str, url: str, body: Optional[bytes], stream: bool) -> Any:
         # Always stream=True for requests: every body is read here, in bounded pieces (read_body).
         timeout = (self.connect_timeout, self.read_timeout)
-        if not self._direct:
+        if not self._direct:  # stream=True: the caller reads the body, after _enforce_content_length
             return self.session.request(method, url, data=body, stream=True, timeout=timeout, allow_redirects=False,
                                         headers={"Content-Type": "application/json"} if body is not None else None)
         return self._adapter.send(self._prepare(method, url, body), stream=True, timeout=timeout,
@@ -1461,8 +1468,7 @@ class HTTPTransport:
                 "connecting to %s at %s took longer than the connect timeout (%g s). Check the host and that "
                 "the server is running; raise the limit with timeout=(connect, read), e.g. timeout=(30, %g)."
                 % (self.server_title, self.base_url, self.connect_timeout, self.read_timeout))
-        import socket  # socket.timeout is TimeoutError only from Python 3.10 on
-        if isinstance(exc, (exceptions.ReadTimeout, TimeoutError, socket.timeout)) or "Read timed out" in text:
+        if _is_read_timeout(exc, exceptions) or "Read timed out" in text:
             return ProviderTimeoutError(
                 "%s at %s sent nothing for %g s (the read timeout) while answering %s. A large model can take "
                 "minutes to load or to answer; raise the limit with timeout=(connect, read), e.g. "
@@ -1476,6 +1482,16 @@ class HTTPTransport:
             return ProviderConnectionError("bad URL %s: %s" % (url, exc))
         if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, exceptions.RequestException):
             return InvalidInputError("the request to %s could not be built: %s" % (url, _short_reason(exc)))
+        if _is_cut_short(exc, exceptions):
+            return ProviderConnectionError(
+                "the connection to %s at %s broke while its answer to %s was being read (%s); the answer is "
+                "incomplete, so none of it was used. Try again; if it keeps happening, look at the server's log "
+                "and at any proxy in between." % (self.server_title, self.base_url, url, _short_reason(exc)))
+        answer = _not_http_answer(exc)
+        if answer:
+            return ProviderConnectionError(
+                "%s at %s answered %s with something that is not valid HTTP (%s). Is another program "
+                "listening on that port? Check the host and port." % (self.server_title, self.base_url, url, answer))
         if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
             return ProviderConnectionError(
                 "cannot connect to %s at %s: connection refused. Nothing is listening there. %s"
@@ -1507,12 +1523,83 @@ _STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Con
                            "Broken pipe", "Connection aborted")
 
 
+def _enforce_content_length(response: Any) -> None:
+    """Make a body shorter than its Content-Length raise as it is read, on every urllib3.
+
+    urllib3 2.x checks by default; 1.26 only when its public ``enforce_content_length``
+    is set, and otherwise hands over the truncated body as if it were whole.
+    """
+    raw: Any = getattr(response, "raw", None)
+    if getattr(raw, "enforce_content_length", True) is False:
+        raw.enforce_content_length = True
+
+
 def _short_reason(exc: BaseException) -> str:
+    text = str(exc)
+    short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
+    if short:  # a Content-Length body, or one chunk of a chunked one
+        return "the connection closed %s bytes before the announced end of the body" % short.group(1)
     for pattern in ("Remote end closed connection without response", "Connection reset by peer",
                     "Connection aborted", "IncompleteRead", "Connection broken", "Broken pipe"):
-        if pattern in str(exc):
+        if pattern in text:
             return pattern.lower()
-    return str(exc)[:200]
+    return text[:200]
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: requests and urllib3 keep the original in ``args``, ``__cause__``
+    or ``__context__`` (a read timeout reaches a stream as requests' ConnectionError around urllib3's
+    ReadTimeoutError around ``socket.timeout``)."""
+    seen: List[BaseException] = []
+    todo = [exc]
+    while todo and len(seen) < 12:
+        current = todo.pop()
+        if any(current is old for old in seen):
+            continue
+        seen.append(current)
+        yield current
+        todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+def _is_read_timeout(exc: BaseException, exceptions: Any) -> bool:
+    """Whether the server went silent for longer than the read timeout, in any of the forms the
+    supported versions raise it (``exceptions`` is ``requests.exceptions``).  On Python 3.8 and 3.9
+    ``socket.timeout`` is not a TimeoutError."""
+    import socket
+    from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
+    for current in _exception_chain(exc):
+        if isinstance(current, (exceptions.ConnectTimeout, ConnectTimeoutError)):
+            return False
+        if isinstance(current, (socket.timeout, TimeoutError, ReadTimeoutError, exceptions.ReadTimeout)):
+            return True
+    return False
+
+
+def _is_cut_short(exc: BaseException, exceptions: Any) -> bool:
+    """Whether the server had answered and the connection broke while the body was being read:
+    a body shorter than its Content-Length, a chunked body without its last chunk, a reset mid-body.
+    ``exceptions`` is ``requests.exceptions``."""
+    import http.client
+    from urllib3.exceptions import ProtocolError
+    for current in _exception_chain(exc):
+        if isinstance(current, (exceptions.ChunkedEncodingError, http.client.IncompleteRead)):
+            return True
+        if isinstance(current, ProtocolError) and current.args:
+            # "Connection broken: ...", "Response ended prematurely"; "Connection aborted." is before any answer
+            return not str(current.args[0]).startswith("Connection aborted")
+    return False
+
+
+def _not_http_answer(exc: BaseException) -> str:
+    """What http.client made of an answer that is not HTTP (a bad status line, an endless header), or ""."""
+    import http.client
+    for current in _exception_chain(exc):
+        if isinstance(current, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
+            return ""  # closed without an answer, or cut: not a wrong answer
+        if isinstance(current, http.client.HTTPException):
+            return ("%s: %s" % (type(current).__name__, " ".join(str(current).split())))[:120]
+    return ""
 
 
 _READ_BYTES = 65536             # one read of an uncompressed body

@@ -8,14 +8,20 @@ SCENARIO: stream    stream every event; events/s, and whether every piece arrive
           requests  300 small non-streaming requests on one kept-alive connection; requests/s
           ttft      seconds from the call to the first content piece
           memory    stream every event; peak RSS in MB (ru_maxrss) afterwards
+          threads   small requests from 1 thread, then from 64 threads sharing one client: both rates,
+                    errors, urllib3 "Connection pool is full" warnings, connections the server accepted
+          bigevent  stream a body of huge pieces (fakeserver.py --piece-bytes); seconds and bytes received
 Adapted from the workplace's shared bench client.  The lm_providers timed is the one in this repo.
 """
 import json
+import logging
 import os
 import resource
 import socket
 import sys
+import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,6 +29,7 @@ client, scenario, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 HOST = "127.0.0.1:%d" % port
 MSGS = [{"role": "user", "content": "Say hello."}]
 N_REQ = 300
+THREADS = 64
 
 
 def raw_stream(path, body, sse):
@@ -177,6 +184,56 @@ elif scenario == "requests":
     dt = time.perf_counter() - t
     assert out == "Hello there.", out
     print(json.dumps({"client": client, "scenario": scenario, "requests": N_REQ, "seconds": dt, "per_s": N_REQ / dt}))
+elif scenario == "threads":
+    pool_full = []
+
+    class PoolFull(logging.Handler):
+        def emit(self, record):
+            if "pool is full" in record.getMessage():
+                pool_full.append(record.getMessage())
+
+    logging.getLogger("urllib3").addHandler(PoolFull(logging.WARNING))
+
+    def accepted():
+        with urllib.request.urlopen("http://%s/stats" % HOST, timeout=10) as answer:  # one connection itself
+            return json.loads(answer.read())["connections"]
+
+    rq()
+    t = time.perf_counter()
+    for _ in range(N_REQ):
+        rq()
+    one = N_REQ / (time.perf_counter() - t)
+    before = accepted()
+    errors, answers = [], []
+    start = threading.Barrier(THREADS + 1)
+
+    def work():
+        start.wait()
+        for _ in range(N_REQ // 10):
+            try:
+                answers.append(rq())
+            except Exception as exc:  # every failure counts against the target
+                errors.append(repr(exc))
+
+    workers = [threading.Thread(target=work) for _ in range(THREADS)]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    t = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    many = len(answers) / (time.perf_counter() - t)
+    print(json.dumps({"client": client, "scenario": scenario, "threads": THREADS, "one_thread_per_s": one,
+                      "per_s": many, "errors": len(errors) + answers.count(None) + (
+                          len(answers) - answers.count("Hello there.")), "first_error": errors[:1],
+                      "pool_full": len(pool_full), "connections": accepted() - before - 1}))
+elif scenario == "bigevent":
+    rq()
+    t = time.perf_counter()
+    pieces = list(st())
+    dt = time.perf_counter() - t
+    print(json.dumps({"client": client, "scenario": scenario, "seconds": dt,
+                      "bytes": sum(len(p.encode()) for p in pieces), "pieces": len(pieces)}))
 elif scenario == "ttft":
     rq()
     t = time.perf_counter()

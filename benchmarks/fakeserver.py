@@ -3,20 +3,30 @@
 
 Every body is built once at start-up, so the client's own parsing is what gets timed.
 Adapted from the workplace's shared bench server; bodies are shaped like the real servers'.
-Usage: fakeserver.py PORT [--events N] [--framing chunked|perevent|close] [--first-delay S]
+Usage: fakeserver.py PORT [--events N] [--framing chunked|perevent|close] [--first-delay S] [--piece-bytes B]
 
   chunked   the whole streamed body as one HTTP chunk
   perevent  one HTTP chunk per event (what real servers do)
   close     no Content-Length and no chunking: the body ends when the socket closes
   --first-delay S   send the first event, then wait S seconds before the rest (for TTFT)
+  --piece-bytes B   make every streamed piece B bytes long ("tok0 " and then "x"s): one huge event
+GET /stats answers {"connections": N}: the connections accepted so far (to see a client's pool churn).
 """
 import json
 import socket
 import socketserver
 import sys
+import threading
 import time
 
-ARGS = {"events": 20000, "framing": "perevent", "first_delay": 0.0}
+ARGS = {"events": 20000, "framing": "perevent", "first_delay": 0.0, "piece_bytes": 0}
+CONNECTIONS = [0]
+COUNT_LOCK = threading.Lock()
+
+
+def _piece(i):
+    text = "tok%d " % i
+    return text + "x" * (int(ARGS["piece_bytes"]) - len(text)) if ARGS["piece_bytes"] else text
 
 
 def _sse_events(n):
@@ -27,7 +37,7 @@ def _sse_events(n):
                                  "finish_reason": None}])
     out.append(b"data: " + json.dumps(first).encode() + b"\n\n")
     for i in range(n):
-        ev = dict(base, choices=[{"index": 0, "delta": {"content": "tok%d " % i}, "logprobs": None,
+        ev = dict(base, choices=[{"index": 0, "delta": {"content": _piece(i)}, "logprobs": None,
                                   "finish_reason": None}])
         out.append(b"data: " + json.dumps(ev).encode() + b"\n\n")
     last = dict(base, choices=[{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}])
@@ -40,7 +50,7 @@ def _ndjson_events(n):
     out = []
     for i in range(n):
         ev = {"model": "bench-model", "created_at": "2026-01-01T00:00:00Z",
-              "message": {"role": "assistant", "content": "tok%d " % i}, "done": False}
+              "message": {"role": "assistant", "content": _piece(i)}, "done": False}
         out.append(json.dumps(ev).encode() + b"\n")
     last = {"model": "bench-model", "created_at": "2026-01-01T00:00:00Z",
             "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop",
@@ -84,6 +94,8 @@ class Handler(socketserver.StreamRequestHandler):
 
     def handle(self):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with COUNT_LOCK:
+            CONNECTIONS[0] += 1
         while True:
             line = self.rfile.readline(65537)
             if not line:
@@ -110,6 +122,8 @@ class Handler(socketserver.StreamRequestHandler):
                     continue
             if method == b"GET" and path == b"/v1/models":
                 self._send(200, MODELS_JSON)
+            elif method == b"GET" and path == b"/stats":
+                self._send(200, json.dumps({"connections": CONNECTIONS[0]}).encode())
             elif method == b"GET" and path == b"/api/tags":
                 self._send(200, TAGS_JSON)
             elif method == b"POST" and path == b"/v1/chat/completions":
@@ -152,6 +166,7 @@ class Handler(socketserver.StreamRequestHandler):
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    request_queue_size = 128  # 64 client threads connect at once (the default backlog is 5)
 
 
 def main():

@@ -32,10 +32,10 @@ FRAMINGS = ["perevent", "chunked", "close"]
 
 
 class FakeServer:
-    def __init__(self, events, framing="perevent", first_delay=0.0):
+    def __init__(self, events, framing="perevent", first_delay=0.0, piece_bytes=0):
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "fakeserver.py"), "0", "--events", str(events), "--framing", framing,
-             "--first-delay", str(first_delay)], stdout=subprocess.PIPE, text=True)
+             "--first-delay", str(first_delay), "--piece-bytes", str(piece_bytes)], stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().split()
         if not line or line[0] != "ready":
             self.proc.kill()
@@ -97,6 +97,51 @@ def import_times(repeat):
         ("lm_providers", "import lm_providers"),
         ("lm_providers + a provider", "import lm_providers; lm_providers.LMStudioProvider()"),
     ]}
+
+
+def thread_rows(row, repeat):
+    """7: 64 threads sharing one provider, small requests: no errors, no pool churn, >= 0.6x one thread."""
+    with FakeServer(10, "perevent") as server:
+        runs = [run_client("lmp", "threads", server.port) for _ in range(repeat)]
+    failed = [r["error"] for r in runs if "error" in r]
+    if failed:
+        row("64 threads sharing one provider", "error: %s" % failed[0], "", "runs", False)
+        return
+    one = statistics.median(r["one_thread_per_s"] for r in runs)
+    many = statistics.median(r["per_s"] for r in runs)
+    threads = runs[0]["threads"]
+    row("%d threads sharing one provider: requests/s" % threads, "%.0f/s (%.2fx one thread)" % (many, many / one),
+        "one thread %.0f/s" % one, ">= 0.6x one thread", many / one >= 0.6)
+    errors, warnings = sum(r["errors"] for r in runs), sum(r["pool_full"] for r in runs)
+    connections = max(r["connections"] for r in runs)
+    row("%d threads sharing one provider: errors, pool churn" % threads,
+        "%d errors, %d \"pool is full\", %d connections" % (errors, warnings, connections),
+        "; ".join(r["first_error"][0] for r in runs if r["first_error"])[:200],
+        "none, none, <= %d (one per thread)" % threads, errors == 0 and warnings == 0 and connections <= threads)
+
+
+def big_event_rows(row, repeat):
+    """8: one huge event: >= 40 MB/s at 16 MB, and linear (16 MB at most 12x the time of 2 MB)."""
+    mb = 1 << 20
+    for ours, label in (("lmp", "SSE"), ("lmp_ollama", "NDJSON")):
+        seconds = {}
+        for size in (2, 16):
+            with FakeServer(1, "perevent", piece_bytes=size * mb) as server:
+                runs = [run_client(ours, "bigevent", server.port) for _ in range(repeat)]
+            whole = [r for r in runs if r.get("bytes") == size * mb and r.get("pieces") == 1]
+            if len(whole) == len(runs):
+                seconds[size] = statistics.median(r["seconds"] for r in runs)
+            else:
+                row("one %d MB event, %s" % (size, label), "error: %s" % runs[0], "", "runs, whole", False)
+        if len(seconds) < 2:
+            continue
+        rate = 16 / seconds[16]
+        row("one 16 MB event, %s: MB/s" % label, "%.0f MB/s (%.2f s)" % (rate, seconds[16]), "", ">= 40 MB/s",
+            rate >= 40)
+        growth = seconds[16] / seconds[2]
+        row("one 16 MB vs one 2 MB event, %s: time" % label, "%.1fx" % growth,
+            "2 MB: %.3f s, 16 MB: %.3f s" % (seconds[2], seconds[16]), "<= 12x (linear: 8x the bytes)",
+            growth <= 12)
 
 
 def main():
@@ -187,6 +232,9 @@ def main():
         "%s MB more" % ("%.1f" % grown if grown is not None else "?"),
         ", ".join("%d events: %.1f MB" % (n, p) for n, p in peaks.items() if p), "within a few MB (<= 4 MB)",
         grown is not None and grown <= 4.0)
+
+    thread_rows(row, repeat)
+    big_event_rows(row, repeat)
 
     header = ("lm_providers benchmark, %s, %s, %d cores, Python %s, %d events, median of %d" % (
         time.strftime("%Y-%m-%d"), platform.machine(), os.cpu_count(), platform.python_version(), events, repeat))

@@ -142,6 +142,7 @@ class LoopbackServer:
             allow_reuse_address = True
             daemon_threads = True
             block_on_close = False
+            request_queue_size = 128  # many threads connecting at once (the default backlog is 5)
 
         self._server = Server(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]

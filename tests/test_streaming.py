@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+import urllib3
 
 import lm_providers as lmp
 from loopback import Reply, json_reply, ndjson_events, split_every, sse_events
