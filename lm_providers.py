@@ -4318,7 +4318,10 @@ def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict
     architecture = facts.get("general.architecture")
     details = _dict_at(show, "details")
     capabilities = show.get("capabilities")
-    has = (lambda cap: cap in capabilities) if isinstance(capabilities, list) else (lambda cap: None)
+
+    def has(capability: str) -> Optional[bool]:
+        return capability in capabilities if isinstance(capabilities, list) else None
+
     loaded = None if running is None else False
     loaded_context = None
     for entry in running or []:
