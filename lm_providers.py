@@ -21,11 +21,13 @@ installs it when it is missing); ``pyyaml`` is imported only by ``load_config``.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
 import re
 import sys
+import threading
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -45,7 +47,7 @@ __all__ = [
     # transport and decoding
     "StreamDecoder", "ensure_requests",
     # providers
-    "ChatResult", "ChatStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
+    "ChatResult", "ChatStream", "TextStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
     "OllamaProvider",
     "extract_json", "json_schema_for",
 ]
@@ -59,8 +61,180 @@ requests = None  # the module, imported by ensure_requests() on first use
 # Errors
 # =============================================================================
 
+# --- secrets: every error message, error attribute and log line is scrubbed of live API tokens ------------
+
+_SECRETS: Dict[str, Tuple[int, Tuple[str, ...]]] = {}  # token -> (run length, its lower-cased runs)
+_SECRETS_LOCK = threading.Lock()
+_MASK = "****"
+_ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}  # keeps every index in place
+_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})|\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|\\(.)|&#([0-9]{1,7});"
+                        r"|&#[xX]([0-9A-Fa-f]{1,6});", re.S)
+_BACKSLASH_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
+
+
+def _register_secret(secret: str) -> None:
+    """Mask ``secret`` from now on wherever ``_scrub`` looks: whole, or any run of it longer than
+    half of it or 8 characters, even percent-, JSON-, HTML- or repr-escaped."""
+    folded = secret.translate(_ASCII_LOWER)
+    run = min(len(folded), 8 if len(folded) >= 16 else max(4, len(folded) // 2 + 1))
+    runs = tuple(sorted({folded[i:i + run] for i in range(len(folded) - run + 1)}))
+    with _SECRETS_LOCK:
+        _SECRETS[secret] = (run, runs)
+
+
+def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
+    """``text`` with its escapes decoded once, and segments ``(decoded start, original start,
+    original length of the escape or 0 for a plain run)`` that map positions back."""
+    pieces: List[str] = []
+    segments: List[Tuple[int, int, int]] = []
+    done = pos = 0
+    for match in _ESCAPE_RE.finditer(text):
+        if match.start() > pos:
+            pieces.append(text[pos:match.start()])
+            segments.append((done, pos, 0))
+            done += match.start() - pos
+        percent, uni, hexa, char, dec, hexref = match.groups()
+        if char is not None:
+            pieces.append(_BACKSLASH_ESCAPES.get(char, char))
+        else:
+            number = int(dec) if dec is not None else int(percent or uni or hexa or hexref, 16)
+            pieces.append(chr(number) if number <= 0x10FFFF else "\ufffd")
+        segments.append((done, match.start(), match.end() - match.start()))
+        done += 1
+        pos = match.end()
+    pieces.append(text[pos:])
+    segments.append((done, pos, 0))
+    return "".join(pieces), segments
+
+
+def _origin(segments: List[Tuple[int, int, int]], start: int, end: int) -> Tuple[int, int]:
+    """The span of the original text that decoded characters ``start:end`` came from."""
+    keys = [segment[0] for segment in segments]
+    first = segments[bisect.bisect_right(keys, start) - 1]
+    last = segments[bisect.bisect_right(keys, end - 1) - 1]
+    begin = first[1] + (start - first[0]) if first[2] == 0 else first[1]
+    finish = last[1] + (end - last[0]) if last[2] == 0 else last[1] + last[2]
+    return begin, finish
+
+
+def _secret_spans(text: str, secrets: List[Tuple[int, Tuple[str, ...]]]) -> List[Tuple[int, int]]:
+    """Where runs of the secrets are in ``text``: as written, and after decoding escapes once and twice."""
+    spans: List[Tuple[int, int]] = []
+    view = text
+    maps: List[List[Tuple[int, int, int]]] = []  # segment lists from the view back to ``text``, innermost last
+    for _ in range(3):
+        folded = view.translate(_ASCII_LOWER)
+        for run, runs in secrets:
+            for piece in runs:
+                at = folded.find(piece)
+                while at >= 0:
+                    begin, end = at, at + run
+                    for segments in reversed(maps):
+                        begin, end = _origin(segments, begin, end)
+                    spans.append((begin, end))
+                    at = folded.find(piece, at + 1)
+        if not any(mark in view for mark in "%\\&"):
+            break
+        view, segments = _unescape(view)
+        maps.append(segments)
+    return spans
+
+
+def _scrub(text: str) -> str:
+    """``text`` with every live API token (see ``_register_secret``) masked as ``****``."""
+    if not _SECRETS or not isinstance(text, str) or not text:
+        return text
+    with _SECRETS_LOCK:
+        secrets = list(_SECRETS.values())
+    merged: List[List[int]] = []
+    for begin, end in sorted(_secret_spans(text, secrets)):
+        if merged and begin <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([begin, end])
+    out, pos = [], 0
+    for begin, end in merged:
+        out += [text[pos:begin], _MASK]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _scrub_value(value: Any) -> Any:
+    """``_scrub`` for an error's argument or attribute: strings, and strings inside lists and tuples."""
+    if isinstance(value, str):
+        return _scrub(value)
+    if isinstance(value, (list, tuple)) and _SECRETS:
+        return type(value)(_scrub_value(item) for item in value)
+    return value
+
+
+def _leaks(exc: Optional[BaseException]) -> bool:
+    """Whether a live token shows in an exception or in the exceptions chained to it."""
+    seen = 0
+    while exc is not None and seen < 20:
+        for text in (str(exc), repr(exc)):
+            if _scrub(text) != text:
+                return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _chain(error: "ProviderError", cause: BaseException) -> "ProviderError":
+    """Record ``cause`` as the reason for ``error`` (what ``raise error from cause`` does), unless a
+    live token shows in it: then no cause is shown, so a traceback cannot print the token."""
+    error.__cause__ = None if _leaks(cause) else cause
+    error.__suppress_context__ = True
+    return error
+
+
+class _ScrubSecrets(logging.Filter):
+    """Masks live API tokens in every record logged to the ``lm_providers`` loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _SECRETS:
+            record.msg, record.args = _scrub(record.getMessage()), None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = _scrub(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def _quote(value: Any, limit: int = 80) -> str:
+    """A bounded ``repr`` of a value for an error message: at most about ``limit`` characters, and only a
+    few levels and items of a structure are looked at (a YAML alias bomb expands to billions)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+    import reprlib
+    shower = reprlib.Repr()
+    shower.maxlevel, shower.maxlist, shower.maxtuple, shower.maxdict, shower.maxset = 2, 4, 4, 4, 4
+    shower.maxstring = shower.maxother = limit
+    text = shower.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class ProviderError(Exception):
-    """Base class of every error raised by lm_providers."""
+    """Base class of every error raised by lm_providers.
+
+    No live API token ever shows in one: its message, ``args``, ``repr`` and
+    string attributes (``body``, ``server_message``, ...) are scrubbed when
+    set and again when shown, whatever built the message.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(_scrub_value(arg) for arg in args))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, _scrub_value(value))
+
+    def __str__(self) -> str:
+        return _scrub(super().__str__())
+
+    def __repr__(self) -> str:
+        return _scrub(super().__repr__())
+
+
+logger.addFilter(_ScrubSecrets())
 
 
 class InvalidInputError(ProviderError, ValueError):
@@ -939,6 +1113,7 @@ class HTTPTransport:
         self.session.mount("https://", adapter)
         self.session.headers.update(headers)
         if api_key:
+            _register_secret(api_key)
             self.session.auth = _BearerAuth(api_key)
         self._adapter = adapter
         self._direct = _is_loopback(base_url) and base_url.isascii()
@@ -947,10 +1122,8 @@ class HTTPTransport:
         return "HTTPTransport(%r, api_key=%s)" % (self.base_url, _mask(self._api_key))
 
     def scrub(self, text: str) -> str:
-        """``text`` with the API token masked, for anything that came from the server or goes to a log."""
-        if self._api_key and text and self._api_key in text:
-            return text.replace(self._api_key, _mask(self._api_key))
-        return text
+        """``text`` with every live API token masked (errors and logs do this themselves; see ``_scrub``)."""
+        return _scrub(text)
 
     def close(self) -> None:
         self.session.close()
@@ -970,19 +1143,22 @@ class HTTPTransport:
             try:
                 response = self._send(method, url, body, stream)
             except Exception as exc:
-                raise self.translate_exception(exc, url) from exc
-            if debug:
-                _debug("%s %s -> HTTP %d in %.3f s", method, url, response.status_code,
-                       time.perf_counter() - started)
-            status = response.status_code
-            if status < 300:
-                return response
+                raise self.translate_exception(exc, url)
             try:
-                text = self.scrub(response.text)
+                if debug:
+                    _debug("%s %s -> HTTP %d in %.3f s", method, url, response.status_code,
+                           time.perf_counter() - started)
+                status = response.status_code
+                if status < 300:
+                    return response
+                text = response.text
             except Exception as exc:
-                raise self.translate_exception(exc, url) from exc
-            finally:
                 response.close()
+                raise self.translate_exception(exc, url)
+            except BaseException:  # Ctrl-C: close the connection now, not when the traceback is freed
+                response.close()
+                raise
+            response.close()
             if status in (429, 503) and attempt < self.max_retries:
                 delay = self._retry_delay(response, attempt)
                 logger.info("%s answered %d (%s); retrying in %.1f s", self.server_title, status,
@@ -993,7 +1169,7 @@ class HTTPTransport:
                 raise ProviderResponseError(
                     "%s at %s redirected %s to %s; redirects are not followed for API calls. Set the host to "
                     "the server's real address." % (self.server_title, self.base_url, path,
-                                                    response.headers.get("Location", "(no Location)")),
+                                                    response.headers.get("Location", "(no Location)")[:300]),
                     status=status, server_message=None, body=text)
             raise describe_failure(status, text, model)
         raise AssertionError("unreachable")
@@ -1061,11 +1237,11 @@ class HTTPTransport:
         return min(0.5 * (2 ** attempt), 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
-        """Turn a requests/urllib3/socket failure into a typed error; its message never shows the token."""
-        error = self._translate(exc, url)
-        if self._api_key and self._api_key in str(error):
-            error.args = (self.scrub(str(error)),)
-        return error
+        """Turn a requests/urllib3/socket failure into a typed error chained to it (raise it without
+        ``from exc``: a cause that shows a token is left out, so no traceback prints the token)."""
+        if isinstance(exc, ProviderError):
+            return exc
+        return _chain(self._translate(exc, url), exc)
 
     def _translate(self, exc: BaseException, url: str) -> ProviderError:
         module = ensure_requests()
@@ -1238,14 +1414,16 @@ class ChunkedDecoder:
 
 debug_logger = logging.getLogger("lm_providers.debug")
 debug_logger.setLevel(logging.INFO)  # it only ever logs for calls made with debug=True
+debug_logger.addFilter(_ScrubSecrets())  # a logger's filters do not apply to its children's records
 
 
 def _debug(message: str, *args: Any) -> None:
-    """One line of debug=True output: to your logging handlers if you set any up, else to stderr."""
+    """One line of debug=True output: to your logging handlers if you set any up, else to stderr
+    (live API tokens masked either way)."""
     if logging.getLogger().handlers or logger.handlers or debug_logger.handlers:
         debug_logger.info(message, *args)
     else:
-        sys.stderr.write("[lm_providers] " + (message % args if args else message) + "\n")
+        sys.stderr.write("[lm_providers] " + _scrub(message % args if args else message) + "\n")
 
 
 # =============================================================================
@@ -1269,7 +1447,40 @@ class ChatResult:
             self.text, self.reasoning, self.finish_reason, self.usage, self.model)
 
 
-class ChatStream:
+class TextStream:
+    """The text pieces of a streamed reply, as ``stream_text`` returns them.
+
+    A ``for`` loop over it closes the connection however the loop is left:
+    at the end, by ``break``, by an error, or by Ctrl-C in the loop's body
+    (even while you still hold the stream).  ``close()`` and leaving a
+    ``with`` block close it too.
+    """
+
+    def __init__(self, pieces: Iterator[str]):
+        self._pieces = pieces
+
+    def __iter__(self) -> Iterator[str]:
+        pieces = self._pieces
+        try:
+            yield from pieces
+        finally:  # a loop left early must not leave the connection open until garbage collection
+            pieces.close()  # type: ignore[attr-defined]
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        """Stop reading and close the connection."""
+        self._pieces.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> "TextStream":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class ChatStream(TextStream):
     """A streamed reply: iterate it for the text pieces as they arrive.
 
     After the loop, ``finish_reason`` and ``usage`` are set and ``reasoning``
@@ -1280,31 +1491,11 @@ class ChatStream:
     def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
         self.model = model.name
         self._state = _StreamState(keep_reasoning=True)
-        self._pieces = provider._stream(messages, model, debug, self._state)
+        super().__init__(provider._stream(messages, model, debug, self._state))
 
     finish_reason = property(lambda self: self._state.finish_reason, doc="Why the reply ended, once it has.")
     usage = property(lambda self: self._state.usage, doc="Token counts, when the server sent them.")
     reasoning = property(lambda self: "".join(self._state.reasoning or ()), doc="The reasoning text so far.")
-
-    def __iter__(self) -> Iterator[str]:
-        pieces = self._pieces
-        try:
-            yield from pieces
-        finally:  # a loop left early must not leave the connection open until garbage collection
-            pieces.close()
-
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    def close(self) -> None:
-        """Stop reading and close the connection."""
-        self._pieces.close()
-
-    def __enter__(self) -> "ChatStream":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return "ChatStream(model=%r, finish_reason=%r, usage=%r)" % (self.model, self.finish_reason, self.usage)
@@ -1523,14 +1714,14 @@ class BaseProvider:
         return ChatStream(self, messages, model, debug)
 
     def stream_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
-                    debug: bool = False) -> Iterator[str]:
-        """Yield the reply's text pieces as the server sends them.
+                    debug: bool = False) -> TextStream:
+        """Yield the reply's text pieces as the server sends them (a TextStream: an iterator).
 
         Raises ProviderResponseError (after the pieces already yielded) if the
         stream breaks off before the server marks it complete, or the server
         reports an error mid-stream.
         """
-        return self._stream(messages, self._model(model), debug, _StreamState(keep_reasoning=False))
+        return TextStream(self._stream(messages, self._model(model), debug, _StreamState(keep_reasoning=False)))
 
     def generate_json(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig],
                       required_attributes: Sequence[str] = (), *, schema: Optional[Mapping[str, Any]] = None,
@@ -1685,7 +1876,7 @@ class BaseProvider:
                 self.title, path, _server_message(text) if text.strip() else "an empty body"),
                 status=response.status_code, server_message=_server_message(text), body=text) from None
         except Exception as exc:
-            raise self.transport.translate_exception(exc, self.base_url + path) from exc
+            raise self.transport.translate_exception(exc, self.base_url + path)
         if isinstance(data, dict) and data.get("error"):
             raise self._failure(response.status_code, response.text, model, in_body=True)
         try:
@@ -1740,7 +1931,7 @@ class BaseProvider:
                 try:
                     chunk = next(chunks, None)
                 except Exception as exc:
-                    raise self._stream_broken(exc, pieces) from exc
+                    raise self._stream_broken(exc, pieces)
                 for data in (decoder.feed(chunk) if chunk is not None else decoder.flush()):
                     events += 1
                     if data.__class__ is not bytes:  # a StreamError
@@ -1807,7 +1998,7 @@ class BaseProvider:
         try:
             text = self.transport.scrub(response.text)
         except Exception as exc:
-            raise self.transport.translate_exception(exc, self.base_url + self.chat_path) from exc
+            raise self.transport.translate_exception(exc, self.base_url + self.chat_path)
         finally:
             response.close()
         if '"error"' in text:
@@ -1819,11 +2010,11 @@ class BaseProvider:
     def _stream_broken(self, exc: BaseException, pieces: int) -> ProviderError:
         error = self.transport.translate_exception(exc, self.base_url + self.chat_path)
         if isinstance(error, ProviderTimeoutError):
-            return ProviderTimeoutError("%s (the stream stopped after %d piece(s); the reply is incomplete)"
-                                        % (error, pieces))
-        return ProviderResponseError("the stream from %s broke off after %d piece(s): %s; the reply is "
-                                     "incomplete" % (self.title, pieces, _short_reason(exc)),
-                                     server_message=str(exc)[:300])
+            return _chain(ProviderTimeoutError("%s (the stream stopped after %d piece(s); the reply is incomplete)"
+                                               % (error, pieces)), exc)
+        return _chain(ProviderResponseError("the stream from %s broke off after %d piece(s): %s; the reply is "
+                                            "incomplete" % (self.title, pieces, _short_reason(exc)),
+                                            server_message=str(exc)[:300]), exc)
 
     def _stream_error(self, data: bytes, model: ModelConfig) -> ProviderError:
         text = self.transport.scrub(data.decode("utf-8", "replace"))
