@@ -29,6 +29,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 __version__ = "0.1.0"
@@ -63,8 +64,9 @@ requests = None  # the module, imported by ensure_requests() on first use
 
 # --- secrets: every error message, error attribute and log line is scrubbed of live API tokens ------------
 
-_SECRETS: Dict[str, Tuple[int, Tuple[str, ...]]] = {}  # token -> (run length, its lower-cased runs)
-_SECRETS_LOCK = threading.Lock()
+# token -> (users, run length, lower-cased runs); replaced, never changed in place, so readers need no lock
+_SECRETS: Dict[str, Tuple[int, int, Tuple[str, ...]]] = {}
+_SECRETS_LOCK = threading.RLock()  # for writers; re-entered when a collected transport forgets its token
 _MASK = "****"
 _ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}  # keeps every index in place
 _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})|\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|\\(.)|&#([0-9]{1,7});"
@@ -73,13 +75,28 @@ _BACKSLASH_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
 
 
 def _register_secret(secret: str) -> None:
-    """Mask ``secret`` from now on wherever ``_scrub`` looks: whole, or any run of it longer than
-    half of it or 8 characters, even percent-, JSON-, HTML- or repr-escaped."""
+    """Mask ``secret`` wherever ``_scrub`` looks until as many ``_forget_secret`` calls: whole, or
+    (from 8 characters on) any run of it longer than half of it or of 8 characters, even percent-,
+    JSON-, HTML- or repr-escaped."""
     folded = secret.translate(_ASCII_LOWER)
-    run = min(len(folded), 8 if len(folded) >= 16 else max(4, len(folded) // 2 + 1))
+    run = len(folded) if len(folded) < 8 else min(8, len(folded) // 2 + 1)
     runs = tuple(sorted({folded[i:i + run] for i in range(len(folded) - run + 1)}))
+    global _SECRETS
     with _SECRETS_LOCK:
-        _SECRETS[secret] = (run, runs)
+        secrets = dict(_SECRETS)
+        secrets[secret] = (secrets[secret][0] + 1 if secret in secrets else 1, run, runs)
+        _SECRETS = secrets
+
+
+def _forget_secret(secret: str) -> None:
+    """Undo one ``_register_secret`` (a transport holding the token was closed or collected)."""
+    global _SECRETS
+    with _SECRETS_LOCK:
+        secrets = dict(_SECRETS)
+        users, run, runs = secrets.pop(secret, (1, 0, ()))
+        if users > 1:
+            secrets[secret] = (users - 1, run, runs)
+        _SECRETS = secrets
 
 
 def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
@@ -144,8 +161,7 @@ def _scrub(text: str) -> str:
     """``text`` with every live API token (see ``_register_secret``) masked as ``****``."""
     if not _SECRETS or not isinstance(text, str) or not text:
         return text
-    with _SECRETS_LOCK:
-        secrets = list(_SECRETS.values())
+    secrets = [(run, runs) for _, run, runs in _SECRETS.values()]
     merged: List[List[int]] = []
     for begin, end in sorted(_secret_spans(text, secrets)):
         if merged and begin <= merged[-1][1]:
@@ -405,65 +421,113 @@ def _looks_like_host(tail: str) -> bool:
             or tail.startswith("[") or (":" in host and port is None))
 
 
-def normalize_host(host: str, provider: str = "lm_studio") -> str:
-    """Turn a host in any accepted form into a base URL such as ``http://127.0.0.1:1234``.
+_USERINFO_RE = re.compile(r"[^\s/@\"']+@")
+_SCHEME_USERINFO_RE = re.compile(r"(?i)(https?://)[^\s/@\"'?#]+@")
+_PATH_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:-]+(/[A-Za-z0-9._~!$&'()*+,;=:-]+)*\Z")
 
-    Accepted: ``host``, ``host:port``, ``:port``, ``http://host:port``,
-    ``https://host:port``, ``[::1]:port`` and bare IPv6, with an optional
-    trailing ``/`` or ``/v1``.  A host without a port gets its server's default
-    port; ``0.0.0.0`` and ``::`` (bind addresses) mean this machine.
-    Raises InvalidInputError naming what is wrong.
-    """
-    provider = canonical_provider(provider)
-    if not isinstance(host, str):
-        raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %r"
-                                % (DEFAULT_PORTS[provider], host))
-    text = host.strip()
-    scheme = "http"
-    if "://" in text:
-        scheme, _, text = text.partition("://")
-        scheme = scheme.lower()
-        if scheme not in ("http", "https"):
-            raise InvalidInputError("host %r: scheme %r is not supported; use http:// or https://"
-                                    % (host, scheme))
-    text, slash, path = text.partition("/")
-    if slash and path.strip("/") not in ("", "v1"):
+
+def _clean_host_text(text: str) -> str:
+    """``text`` without surrounding white space and one pair of matching quotes around it, as Ollama reads
+    OLLAMA_HOST (docker-compose lists and ``.env`` files keep the quotes: ``OLLAMA_HOST="127.0.0.1:11434"``)."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def _hide_userinfo(text: str) -> str:
+    """``text`` with any ``user:password@`` in it shown as ``***@``, for error messages."""
+    return _USERINFO_RE.sub("***@", text)
+
+
+def _host_path(path: str, provider: str, shown: str) -> str:
+    """The path prefix to keep from a host's path: none for ``/`` or ``/v1``; Ollama (behind a proxy, as
+    Ollama itself allows) keeps any other; the other servers refuse one."""
+    path = path.strip("/")
+    if path == "v1" or path.endswith("/v1"):
+        path = path[:-2].rstrip("/")
+    if not path:
+        return ""
+    if provider != "ollama":
         raise InvalidInputError(
-            "host %r has a path (/%s); give only scheme, host and port, for example 'http://10.0.0.5:%d'"
-            % (host, path, DEFAULT_PORTS[provider]))
-    if "@" in text:
-        raise InvalidInputError("host %r contains '@'; user names and passwords in hosts are not supported"
-                                % (host,))
+            "host %s has a path (/%s); give only scheme, host and port, for example 'http://10.0.0.5:%d'"
+            % (shown, _hide_userinfo(path)[:100], DEFAULT_PORTS[provider]))
+    if not _PATH_RE.match(path):
+        raise InvalidInputError("host %s has a path with characters a URL path cannot have" % shown)
+    return "/" + path
+
+
+def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
+    """The host name (lower case, IPv6 in brackets, bind addresses mapped to this machine) and port."""
     try:
         name, port = _split_host_port(text)
     except ValueError as exc:
-        raise InvalidInputError("host %r: %s" % (host, exc)) from None
+        raise InvalidInputError("host %s: %s" % (shown, str(exc)[:100])) from None
     if port in (None, ""):
-        port_number = DEFAULT_PORTS[provider]
-    elif _PORT_RE.match(port) and 0 < int(port) < 65536:
+        port_number = default_port
+    elif port is not None and _PORT_RE.match(port) and 0 < int(port) < 65536:
         port_number = int(port)
     else:
-        raise InvalidInputError("host %r has a bad port %r: use a number from 1 to 65535, for example '%s:%d'"
-                                % (host, port, name or "127.0.0.1", DEFAULT_PORTS[provider]))
+        raise InvalidInputError("host %s has a bad port %s: use a number from 1 to 65535, for example '%s:%d'"
+                                % (shown, _quote(port, 20), (name or "127.0.0.1")[:100], default_port))
     name = name.strip().lower() or "127.0.0.1"
     if name == "0.0.0.0":
         name = "127.0.0.1"
     elif name == "::":
         name = "::1"
-    if any(c.isspace() for c in name) or any(c in name for c in "?#%\\"):
-        raise InvalidInputError("host %r has characters a host name cannot have" % (host,))
-    if ":" in name:
-        name = "[%s]" % name
-    return "%s://%s:%d" % (scheme, name, port_number)
+    if any(c.isspace() for c in name) or any(c in name for c in "?#%\\\"'"):
+        raise InvalidInputError("host %s has characters a host name cannot have" % shown)
+    return ("[%s]" % name if ":" in name else name), port_number
+
+
+def normalize_host(host: str, provider: str = "lm_studio") -> str:
+    """Turn a host in any accepted form into a base URL such as ``http://127.0.0.1:1234``.
+
+    Accepted: what Ollama accepts in OLLAMA_HOST: ``host``, ``host:port``,
+    ``:port``, ``http://host:port``, ``https://host:port``, ``[::1]:port`` and
+    bare IPv6, with surrounding white space and one pair of quotes, and an
+    optional trailing ``/`` or ``/v1``; for Ollama also a path prefix
+    (``https://example.com/ollama``) and ``ollama.com`` (its cloud).  A host
+    without a port gets its server's default port, except ``https://host``:
+    443.  ``0.0.0.0`` and ``::`` (bind addresses) mean this machine.  Raises
+    InvalidInputError naming what is wrong; a password in the host is not
+    repeated.
+    """
+    provider = canonical_provider(provider)
+    if not isinstance(host, str):
+        raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %s"
+                                % (DEFAULT_PORTS[provider], _quote(host, 40)))
+    shown = _quote(_hide_userinfo(host), 200)
+    text = _clean_host_text(host)
+    default_port = DEFAULT_PORTS[provider]
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "http", text
+        if provider == "ollama" and text.lower() == "ollama.com":  # as Ollama reads OLLAMA_HOST=ollama.com
+            scheme, rest = "https", "ollama.com:443"
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise InvalidInputError("host %s: scheme %s is not supported; use http:// or https://"
+                                % (shown, _quote(_hide_userinfo(scheme), 20)))
+    if sep and scheme == "https":
+        default_port = 443  # what a remote or cloud endpoint behind TLS listens on
+    authority, slash, path = rest.partition("/")
+    prefix = _host_path(path, provider, shown) if slash else ""
+    if "@" in authority:
+        raise InvalidInputError("host %s carries a user name or password (shown as ***); hosts with them are "
+                                "not supported: remove 'user:password@', and pass a token as api_key=..." % shown)
+    name, port = _host_port(authority, default_port, shown)
+    return "%s://%s:%d%s" % (scheme, name, port, prefix)
 
 
 def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Config"] = None) -> str:
     """Return the base URL to use: ``host`` if given, else the config file's, else the
-    environment's (``OLLAMA_HOST`` / ``LM_STUDIO_HOST``), else the server's default."""
+    environment's (``OLLAMA_HOST`` / ``LM_STUDIO_HOST``), else the server's default.
+    A blank value (also ``""`` in quotes) counts as not given."""
     provider = canonical_provider(provider)
     for candidate in (host, config.host_for(provider) if config is not None else None,
                       os.environ.get(HOST_ENV_VARS[provider])):
-        if candidate is not None and str(candidate).strip():
+        if candidate is not None and _clean_host_text(str(candidate)):
             return normalize_host(str(candidate), provider)
     return "http://127.0.0.1:%d" % DEFAULT_PORTS[provider]
 
@@ -499,10 +563,11 @@ def parse_model_uri(uri: str) -> ModelConfig:
     whole.  Query values are percent-decoded and typed.  Raises ModelURIError.
     """
     if not isinstance(uri, str):
-        raise ModelURIError("a model URI must be a string like %s, got %r" % (_URI_EXAMPLE, uri))
+        raise ModelURIError("a model URI must be a string like %s, got %s" % (_URI_EXAMPLE, _quote(uri, 80)))
 
     def bad(part: str) -> ModelURIError:
-        return ModelURIError("model URI %r: %s. A good one looks like %s" % (uri, part, _URI_EXAMPLE))
+        shown = _quote(_SCHEME_USERINFO_RE.sub(r"\1***@", uri), 300)
+        return ModelURIError("model URI %s: %s. A good one looks like %s" % (shown, part, _URI_EXAMPLE))
 
     text = uri.strip()
     scheme, sep, rest = text.partition("://")
@@ -517,6 +582,9 @@ def parse_model_uri(uri: str) -> ModelConfig:
     at = rest.rfind("@")
     if at >= 0 and _looks_like_host(rest[at + 1:]):
         name, host = rest[:at], rest[at + 1:]
+        if _SCHEME_USERINFO_RE.search(name + "@"):
+            raise bad("the host carries a user name or password (shown as ***), which hosts cannot have; "
+                      "pass a token as api_key=... instead")
         try:
             normalize_host(host, provider)
         except InvalidInputError as exc:
@@ -1080,7 +1148,7 @@ class _BearerAuth:
 
 def _is_loopback(base_url: str) -> bool:
     """Whether a normalized base URL points at this machine (127.0.0.0/8, ::1, localhost)."""
-    host = base_url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]").lower()
+    host = base_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]").lower()
     return host == "localhost" or host.endswith(".localhost") or host == "::1" or host.startswith("127.")
 
 
@@ -1113,7 +1181,8 @@ class HTTPTransport:
         self.session.mount("https://", adapter)
         self.session.headers.update(headers)
         if api_key:
-            _register_secret(api_key)
+            _register_secret(api_key)  # masked in every error and log line while this transport lives
+            weakref.finalize(self, _forget_secret, api_key)
             self.session.auth = _BearerAuth(api_key)
         self._adapter = adapter
         self._direct = _is_loopback(base_url) and base_url.isascii()
@@ -1648,6 +1717,7 @@ class BaseProvider:
     framing = ""             # "sse" or "ndjson"
     start_hint = ""
     content_must_be_str = True
+    api_key_env = ""         # the environment variable with the token, used when api_key is not given
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
                  api_key: Optional[str] = None, max_retries: int = 2):
@@ -1657,12 +1727,9 @@ class BaseProvider:
         self.base_url = resolve_host(self.provider, host)
         connect_timeout, read_timeout = _timeouts(timeout)
         if api_key is not None:
-            if not isinstance(api_key, str) or not api_key.strip():
-                raise InvalidInputError("api_key must be a non-empty string")
-            api_key = api_key.strip()  # a token read from a file keeps its newline
-            if any(c.isspace() or ord(c) < 32 for c in api_key):
-                raise InvalidInputError("api_key contains white space or control characters; check how it was "
-                                        "read (the token itself is not shown)")
+            api_key = _check_api_key(api_key, "api_key")
+        elif self.api_key_env and (os.environ.get(self.api_key_env) or "").strip():
+            api_key = _check_api_key(os.environ[self.api_key_env], self.api_key_env)
         self._api_key = api_key
         headers = {"Accept": "application/json", "User-Agent": "lm_providers/" + __version__}
         if not isinstance(max_retries, int) or max_retries < 0:
@@ -2088,6 +2155,26 @@ def _finish_stream(response: Any, chunks: Iterator[bytes], complete: bool) -> No
     response.close()
 
 
+def _check_api_key(api_key: Any, source: str) -> str:
+    """The token from ``source`` (``api_key`` or an environment variable), without surrounding white space.
+
+    Only visible ASCII (``!`` to ``~``) can go into an HTTP header; anything
+    else is an InvalidInputError that says where, but never shows the token.
+    """
+    if not isinstance(api_key, str) or not api_key.strip():
+        raise InvalidInputError("%s must be a non-empty string" % source)
+    api_key = api_key.strip()  # a token read from a file keeps its newline
+    for index, char in enumerate(api_key):
+        if not "!" <= char <= "~":
+            kind = ("white space" if char.isspace() else "a control character" if ord(char) < 32 or ord(char) == 127
+                    else "a non-ASCII character")
+            raise InvalidInputError(
+                "%s has %s at position %d of %d; an HTTP header carries only visible ASCII characters. Check how "
+                "the token was copied or read (the token itself is not shown)." % (source, kind, index + 1,
+                                                                                   len(api_key)))
+    return api_key
+
+
 def _timeouts(timeout: Union[None, float, Tuple[float, float]]) -> Tuple[float, float]:
     if timeout is None:
         return 5.0, 600.0
@@ -2167,11 +2254,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
     wrong_server_hint = "LM Studio listens on port 1234 by default; Ollama (11434) needs ollama:// URIs."
     model_not_found_phrases = ("not found", "no models loaded", "not loaded", "does not exist",
                                "invalid model identifier")
-
-    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2):
-        super().__init__(host, timeout, api_key if api_key is not None else os.environ.get("LM_API_TOKEN") or None,
-                         max_retries)
+    api_key_env = "LM_API_TOKEN"
 
     def download_hint(self, model: str) -> str:
         return ("Download it in LM Studio (or  lms get %s), load it (lms load %s), and check the exact id "
@@ -2190,7 +2273,9 @@ class OllamaProvider(BaseProvider):
     models_path = "/api/tags"
     framing = "ndjson"
     start_hint = "Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by default."
-    auth_hint = "Ollama itself has no tokens; a proxy in front of it refused the request."
+    auth_hint = ("The server wants an API key (Ollama's cloud, or a proxy in front of Ollama): pass api_key=... or "
+                 "set OLLAMA_API_KEY.")
+    api_key_env = "OLLAMA_API_KEY"
     wrong_server_hint = "Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// URIs."
 
     def download_hint(self, model: str) -> str:

@@ -13,8 +13,8 @@ from loopback import LoopbackServer  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
-    """A user's OLLAMA_HOST, LM_STUDIO_HOST, LM_API_TOKEN or proxy must not change a test's outcome."""
-    for name in ("OLLAMA_HOST", "LM_STUDIO_HOST", "LM_API_TOKEN", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+    """A user's OLLAMA_HOST, LM_STUDIO_HOST, LM_API_TOKEN, OLLAMA_API_KEY or proxy must not change a test's outcome."""
+    for name in ("OLLAMA_HOST", "LM_STUDIO_HOST", "LM_API_TOKEN", "OLLAMA_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
                  "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
 

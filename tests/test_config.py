@@ -178,7 +178,6 @@ def test_role_with_a_non_string_uri(tmp_path, value):
     ("ollama_host", "ftp://h.local"),
     ("ollama_host", "h.local:0"),
     ("lm_studio_host", "h.local/foo"),
-    ("lm_studio_host", "user@h.local"),
     ("lm_studio_host", "h.local:99999"),
 ])
 def test_bad_host(tmp_path, key, value):
@@ -258,7 +257,7 @@ def test_get_provider_precedence_config_beats_env(clean_env):
     clean_env.setenv("LM_STUDIO_HOST", "10.0.0.9:1112")
     config = Config(ollama_host="10.0.0.8:2222", lm_studio_host="https://10.0.0.8")
     assert get_provider("ollama://m", config).base_url == "http://10.0.0.8:2222"
-    assert get_provider("lm_studio://m", config).base_url == "https://10.0.0.8:1234"
+    assert get_provider("lm_studio://m", config).base_url == "https://10.0.0.8:443"
 
 
 def test_get_provider_precedence_env_beats_default(clean_env):

@@ -451,3 +451,130 @@ def test_ensure_requests_says_what_to_run_when_the_install_fails():
     result, _ = run_child("fail", None)
     assert len(result["calls"]) == 1
     assert "%s -m pip install requests" % result["executable"] in result["error"]
+
+
+# =============================================================================
+# A server that echoes the token anywhere: one scrub every message passes through
+# =============================================================================
+
+import traceback  # noqa: E402
+import urllib.parse  # noqa: E402
+
+
+def views(text):
+    """``text`` as written, and decoded the ways a server or a repr may have escaped the token."""
+    out = [text, urllib.parse.unquote(text)]
+    try:
+        out.append(text.encode("latin-1", "backslashreplace").decode("unicode_escape"))
+    except UnicodeDecodeError:
+        pass
+    return out
+
+
+def assert_no_token_run(text, where):
+    """Neither the token nor any 8-character run of it, in any of ``views(text)``, case ignored."""
+    for view in views(text):
+        folded = view.lower()
+        for start in range(len(TOKEN) - 7):
+            run = TOKEN[start:start + 8].lower()
+            assert run not in folded, "%r (part of the token) appears in %s: %r" % (run, where, text[:500])
+
+
+def exposed(error):
+    """Every place a user or a log can read from an exception."""
+    places = {"str": str(error), "repr": repr(error), "args": repr(error.args),
+              "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__))}
+    for name, value in vars(error).items():
+        places["." + name] = value if isinstance(value, str) else repr(value)
+    return places
+
+
+def percent_all(text):
+    return "".join("%%%02X" % ord(c) for c in text)
+
+
+def json_unicode_escaped(text):
+    return "".join("\\u%04x" % ord(c) for c in text)
+
+
+def chunk(data):
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def first_event(kind):
+    return kind.events(["Hel"], done=False, **({"finish_reason": None, "usage": False} if kind is LMS else {}))
+
+
+ECHO_PLACES = {
+    "stream event that is not JSON": lambda kind: Reply(200, first_event(kind) + [
+        (b"data: not json, key=%s\n\n" if kind is LMS else b"not json, key=%s\n") % TOKEN.encode()],
+        framing="chunked", content_type=kind.content_type),
+    "stream event of an unexpected shape": lambda kind: Reply(200, first_event(kind) + [
+        (b'data: {"choices": "%s"}\n\n' if kind is LMS else b'{"message": "%s"}\n') % TOKEN.encode()],
+        framing="chunked", content_type=kind.content_type),
+    "malformed chunk-size line": lambda kind: Reply(200, [chunk(b"".join(first_event(kind))),
+                                                         TOKEN.encode() + b"\r\nmore\r\n"],
+                                                    framing="close", content_type=kind.content_type,
+                                                    headers={"Transfer-Encoding": "chunked"}),
+    "redirect Location": lambda kind: Reply(302, [b""], headers={"Location": "http://evil.example/?key=" + TOKEN}),
+    "percent-encoded redirect Location": lambda kind: Reply(
+        307, [b""], headers={"Location": "http://evil.example/" + percent_all(TOKEN)}),
+    "error body, token split in two": lambda kind: json_reply(
+        {"error": "bad key %s %s" % (TOKEN[:13], TOKEN[13:])}, 400),
+    "error body, JSON unicode escapes": lambda kind: Reply(
+        500, [('{"error": "bad key %s"}' % json_unicode_escaped(TOKEN)).encode()]),
+    "error body cut inside the token": lambda kind: json_reply({"error": "x" * 285 + " " + TOKEN}, 500),
+    "plain-text error body": lambda kind: Reply(502, [b"upstream said: Authorization: Bearer " + TOKEN.encode()],
+                                                content_type="text/plain"),
+    "HTML error page with the token in its title": lambda kind: Reply(
+        502, [b"<html><title>denied " + TOKEN.encode() + b"</title></html>"], content_type="text/html"),
+}
+
+
+@kinds
+@pytest.mark.parametrize("place", ECHO_PLACES)
+@pytest.mark.parametrize("call", ["chat", "stream_text"])
+@pytest.mark.parametrize("fast_reads", [True, False], ids=["socket-reads", "urllib3-reads"])
+def test_token_echoed_anywhere_never_shows(server, kind, place, call, fast_reads, caplog, capfd, monkeypatch):
+    monkeypatch.setattr(lmp, "_FAST_BODY_READS", fast_reads, raising=False)
+    caplog.set_level(logging.DEBUG)
+    server.route("POST", kind.chat_path, ECHO_PLACES[place](kind))
+    provider = kind.cls(host=server.host, api_key=TOKEN, timeout=(2, 5))
+    with pytest.raises(lmp.ProviderError) as info:
+        if call == "chat":
+            provider.chat(MESSAGES, kind.model, debug=True)
+        else:
+            list(provider.stream_text(MESSAGES, kind.model, debug=True))
+    assert server.requests[0]["headers"]["authorization"] == "Bearer " + TOKEN  # the token was really sent
+    for where, text in exposed(info.value).items():
+        assert_no_token_run(text, "%s of the error (%s)" % (where, place))
+    out, err = capfd.readouterr()
+    assert_no_token_run(caplog.text + out + err, "the log or stderr (%s)" % place)
+
+
+def test_the_error_still_says_what_happened_around_the_mask(server):
+    server.route("POST", LMS.chat_path, json_reply({"error": "key %s was revoked" % TOKEN}, 400))
+    provider = LMS.cls(host=server.host, api_key=TOKEN, timeout=(2, 5))
+    with pytest.raises(lmp.ProviderResponseError) as info:
+        provider.chat(MESSAGES, LMS.model)
+    assert "key **** was revoked" in str(info.value)
+    assert info.value.server_message == "key **** was revoked"
+
+
+def test_an_error_built_anywhere_is_scrubbed_while_a_provider_holds_the_token():
+    provider = LMS.cls(host="127.0.0.1:9", api_key=TOKEN)
+    error = lmp.ProviderResponseError("echo %s" % TOKEN, server_message=TOKEN, body="a%sb" % TOKEN)
+    error.extra = ["x", TOKEN]
+    for where, text in exposed(error).items():
+        assert_no_token_run(text, where)
+    assert provider  # the token is live as long as a provider holds it
+
+
+def test_a_warning_that_quotes_the_server_is_scrubbed(caplog):
+    provider = LMS.cls(host="127.0.0.1:9", api_key=TOKEN)
+    caplog.set_level(logging.DEBUG)
+    lmp.logger.warning("server said %s", TOKEN)
+    logging.getLogger("lm_providers.debug").info("server said %s", TOKEN[2:20])
+    assert caplog.records and "****" in caplog.text
+    assert_no_token_run(caplog.text, "the log")
+    assert provider
