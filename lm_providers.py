@@ -574,7 +574,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
     if not sep:
         raise bad("it does not start with a provider such as 'lm_studio://' or 'ollama://'")
     if scheme.strip().lower() not in PROVIDER_NAMES:
-        raise bad("unknown provider %r (use lm_studio, lmstudio, lm-studio or ollama)" % scheme)
+        raise bad("unknown provider %s (use lm_studio, lmstudio, lm-studio or ollama)" % _quote(scheme, 40))
     provider = PROVIDER_NAMES[scheme.strip().lower()]
 
     rest, qmark, query = rest.partition("?")
@@ -606,15 +606,15 @@ def parse_model_uri(uri: str) -> ModelConfig:
             try:
                 key, value = _percent_decode(key), _percent_decode(value)
             except UnicodeDecodeError:
-                raise bad("the query part %r has a percent-escape that is not UTF-8" % piece) from None
+                raise bad("the query part %s has a percent-escape that is not UTF-8" % _quote(piece, 80)) from None
             if not eq or not _KEY_RE.match(key):
-                raise bad("malformed query part %r: write name=value pairs joined by '&'" % piece)
+                raise bad("malformed query part %s: write name=value pairs joined by '&'" % _quote(piece, 80))
             if key in parameters:
-                raise bad("parameter %r is given twice" % key)
+                raise bad("parameter %s is given twice" % _quote(key, 80))
             try:
                 parameters[key] = _parse_query_value(value)
             except (ValueError, RecursionError):
-                raise bad("the value of %r looks like JSON but does not parse: %r" % (key, value)) from None
+                raise bad("the value of %s looks like JSON but does not parse: %s" % (_quote(key, 80), _quote(value, 80))) from None
     return ModelConfig(name, provider, host, parameters)
 
 

@@ -578,3 +578,89 @@ def test_a_warning_that_quotes_the_server_is_scrubbed(caplog):
     assert caplog.records and "****" in caplog.text
     assert_no_token_run(caplog.text, "the log")
     assert provider
+
+
+# =============================================================================
+# api_key: only what an HTTP header can carry; OLLAMA_API_KEY for Ollama hosts
+# =============================================================================
+
+BAD_KEYS = {"DEL": TOKEN[:10] + "\x7f" + TOKEN[10:], "non-ASCII": TOKEN[:10] + "\u00e9" + TOKEN[10:],
+            "inner space": TOKEN[:10] + " " + TOKEN[10:], "NUL": TOKEN[:10] + "\x00" + TOKEN[10:],
+            "line break": TOKEN[:10] + "\r\nX-Evil: 1", "zero-width space": TOKEN + "\u200b"}
+
+
+KEY_SOURCES = [(LMS, "api_key"), (OLLAMA, "api_key"), (LMS, "LM_API_TOKEN"), (OLLAMA, "OLLAMA_API_KEY")]
+
+
+@pytest.mark.parametrize("kind, source, bad", [
+    (kind, source, bad) for kind, source in KEY_SOURCES for bad in BAD_KEYS
+    if source == "api_key" or "\x00" not in BAD_KEYS[bad]])  # the environment cannot hold a NUL
+def test_an_api_key_a_header_cannot_carry_is_refused_without_showing_it(server, kind, source, bad, monkeypatch):
+    if source == "api_key":
+        make = lambda: kind.cls(host=server.host, api_key=BAD_KEYS[bad])  # noqa: E731
+    else:
+        monkeypatch.setenv(source, BAD_KEYS[bad])
+        make = lambda: kind.cls(host=server.host)  # noqa: E731
+    with pytest.raises(lmp.InvalidInputError) as info:
+        make()
+    message = str(info.value)
+    assert source in message and "visible ASCII" in message
+    assert_no_token_run(message, "the error")
+    assert server.requests == []  # nothing was sent
+
+
+@kinds
+def test_every_visible_ascii_character_is_sent_as_is(server, kind):
+    key = "".join(chr(code) for code in range(0x21, 0x7F))
+    kind.install(server)
+    provider = kind.cls(host=server.host, api_key="  %s\n" % key, timeout=(2, 5))  # read from a file: trimmed
+    assert provider.list_models()
+    assert server.requests[0]["headers"]["authorization"] == "Bearer " + key
+
+
+def test_ollama_api_key_is_sent_to_ollama_hosts(server, monkeypatch):
+    monkeypatch.setenv("OLLAMA_API_KEY", TOKEN)
+    OLLAMA.install(server)
+    provider = lmp.OllamaProvider(host=server.host, timeout=(2, 5))
+    assert provider.generate_text(MESSAGES, OLLAMA.model) and provider.list_models()
+    assert [r["headers"].get("authorization") for r in server.requests] == ["Bearer " + TOKEN] * 2
+    assert_masked(repr(provider), "repr(provider)")
+    assert_masked(repr(provider.transport), "repr(provider.transport)")
+
+
+def test_api_key_beats_ollama_api_key_and_lm_studio_ignores_it(server, monkeypatch):
+    monkeypatch.setenv("OLLAMA_API_KEY", "from-the-environment-0000")
+    OLLAMA.install(server)
+    lmp.OllamaProvider(host=server.host, api_key=TOKEN, timeout=(2, 5)).list_models()
+    assert server.requests[-1]["headers"]["authorization"] == "Bearer " + TOKEN
+    LMS.install(server)
+    lmp.LMStudioProvider(host=server.host, timeout=(2, 5)).list_models()
+    assert "authorization" not in server.requests[-1]["headers"]
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_a_blank_ollama_api_key_sends_no_header(server, monkeypatch, value):
+    monkeypatch.setenv("OLLAMA_API_KEY", value)
+    OLLAMA.install(server)
+    lmp.OllamaProvider(host=server.host, timeout=(2, 5)).list_models()
+    assert "authorization" not in server.requests[-1]["headers"]
+
+
+@pytest.mark.parametrize("place", ["error body, token split in two", "malformed chunk-size line",
+                                   "stream event that is not JSON"])
+def test_ollama_api_key_echoed_by_the_server_is_masked(server, monkeypatch, place, caplog):
+    monkeypatch.setenv("OLLAMA_API_KEY", TOKEN)
+    caplog.set_level(logging.DEBUG)
+    server.route("POST", OLLAMA.chat_path, ECHO_PLACES[place](OLLAMA))
+    provider = lmp.OllamaProvider(host=server.host, timeout=(2, 5))
+    with pytest.raises(lmp.ProviderError) as info:
+        list(provider.stream_text(MESSAGES, OLLAMA.model, debug=True))
+    for where, text in exposed(info.value).items():
+        assert_no_token_run(text, where)
+    assert_no_token_run(caplog.text, "the log")
+
+
+def test_a_401_from_ollama_says_how_to_send_a_key(server):
+    server.route("POST", OLLAMA.chat_path, json_reply({"error": "unauthorized"}, 401))
+    with pytest.raises(lmp.AuthenticationError, match="OLLAMA_API_KEY"):
+        lmp.OllamaProvider(host=server.host, timeout=(2, 5)).generate_text(MESSAGES, OLLAMA.model)
