@@ -421,7 +421,6 @@ def _looks_like_host(tail: str) -> bool:
             or tail.startswith("[") or (":" in host and port is None))
 
 
-_USERINFO_RE = re.compile(r"[^\s/@\"']+@")
 _SCHEME_USERINFO_RE = re.compile(r"(?i)(https?://)[^\s/@\"'?#]+@")
 _PATH_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:-]+(/[A-Za-z0-9._~!$&'()*+,;=:-]+)*\Z")
 
@@ -436,8 +435,14 @@ def _clean_host_text(text: str) -> str:
 
 
 def _hide_userinfo(text: str) -> str:
-    """``text`` with any ``user:password@`` in it shown as ``***@``, for error messages."""
-    return _USERINFO_RE.sub("***@", text)
+    """``text`` with any ``user:password@`` in it shown as ``***@``, for error messages (in linear time)."""
+    if "@" not in text:
+        return text
+    parts = text.split("@")
+    for index, part in enumerate(parts[:-1]):
+        start = max(part.rfind(mark) for mark in " \t\r\n/\"'") + 1
+        parts[index] = part[:start] + "***"
+    return "@".join(parts)
 
 
 def _host_path(path: str, provider: str, shown: str) -> str:
@@ -927,41 +932,37 @@ class Config:
             self.ollama_host, self.lm_studio_host, self.models, self.path)
 
 
+CONFIG_MAX_BYTES = 1024 * 1024  # a config file larger than this is refused before it is parsed
+CONFIG_MAX_VALUES = 10000      # ... and one whose YAML expands (aliases counted each time) to more values
+
+
 def load_config(path: str = "config.yaml") -> Config:
     """Read a YAML config: ``ollama_host``, ``lm_studio_host`` and ``models: {role: uri}``.
 
     Every URI and host is checked now, so a typo is reported with the file and
-    the role rather than at the first request.  Raises ConfigError.
+    the role rather than at the first request.  A hostile or broken file (over
+    ``CONFIG_MAX_BYTES``, an alias bomb, YAML tags) fails fast.  Raises ConfigError.
     """
-    try:
-        import yaml
-    except ImportError:
-        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml" % (path, sys.executable)) from None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise ConfigError("config file %s not found (working directory: %s)" % (path, os.getcwd())) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("cannot read config file %s: %s" % (path, exc)) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("config file %s is not valid YAML: %s" % (path, exc)) from None
+    data = _read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("config file %s must be a mapping with ollama_host, lm_studio_host and models" % path)
     unknown = sorted(set(map(str, data)) - {"ollama_host", "lm_studio_host", "models"})
     if unknown:
-        logger.warning("config file %s: ignoring unknown keys %s", path, ", ".join(unknown))
-    hosts = {}
+        logger.warning("config file %s: ignoring unknown keys %s%s", path,
+                       ", ".join(_quote(key, 40) for key in unknown[:10]), " ..." if len(unknown) > 10 else "")
+    hosts: Dict[str, Optional[str]] = {}
     for key, provider in (("ollama_host", "ollama"), ("lm_studio_host", "lm_studio")):
         value = data.get(key)
         if value is not None:
+            if not isinstance(value, str):
+                raise ConfigError("config file %s: %s must be a host string such as '127.0.0.1:%d', got %s"
+                                  % (path, key, DEFAULT_PORTS[provider], _quote(value, 80)))
             try:
-                normalize_host(str(value), provider)
+                normalize_host(value, provider)
             except InvalidInputError as exc:
                 raise ConfigError("config file %s: %s: %s" % (path, key, exc)) from None
-            value = str(value)
         hosts[key] = value
     raw_models = data.get("models") or {}
     if not isinstance(raw_models, dict):
@@ -969,14 +970,68 @@ def load_config(path: str = "config.yaml") -> Config:
     models = {}
     for role, uri in raw_models.items():
         if not isinstance(uri, str):
-            raise ConfigError("config file %s: role %r must be a model URI string, got %r" % (path, role, uri))
+            raise ConfigError("config file %s: role %s must be a model URI string, got %s"
+                              % (path, _quote(role, 80), _quote(uri, 80)))
         try:
             models[str(role)] = parse_model_uri(uri)
         except ModelURIError as exc:
-            raise ConfigError("config file %s: role %r: %s" % (path, role, exc)) from None
+            raise ConfigError("config file %s: role %s: %s" % (path, _quote(role, 80), exc)) from None
     return Config(hosts["ollama_host"], hosts["lm_studio_host"], models, path)
 
 
+def _read_yaml(path: str) -> Any:
+    """The YAML document in ``path``, read with a size limit and a limit on what its aliases expand to.
+
+    Only plain YAML is read (``SafeLoader``: a tag such as ``!!python/object``
+    is an error, never executed).  libyaml's loader is used when PyYAML has it.
+    """
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml" % (path, sys.executable)) from None
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(CONFIG_MAX_BYTES + 1)
+        if len(raw) > CONFIG_MAX_BYTES:
+            raise ConfigError("config file %s is larger than %d bytes (CONFIG_MAX_BYTES); a config file holds a few "
+                              "hosts and roles: is this the right file?" % (path, CONFIG_MAX_BYTES))
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("config file %s not found (working directory: %s)" % (path, os.getcwd())) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("cannot read config file %s: %s" % (path, str(exc)[:200])) from None
+    try:
+        node = loader.get_single_node()
+        if node is not None and _yaml_values(node) > CONFIG_MAX_VALUES:
+            raise ConfigError("config file %s expands to more than %d values (CONFIG_MAX_VALUES): its YAML aliases "
+                              "(*name) repeat a large part of it, or refer to themselves" % (path, CONFIG_MAX_VALUES))
+        return None if node is None else loader.construct_document(node)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError("config file %s is not valid YAML: %s" % (path, str(exc)[:500])) from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_values(root: Any) -> int:
+    """How many values a composed YAML document expands to, an alias counting each time it is used;
+    counting stops past CONFIG_MAX_VALUES, and an alias inside itself counts as too many."""
+    sizes: Dict[int, int] = {}
+    working = set()
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        children = ([item for pair in node.value for item in pair] if node.id == "mapping" else
+                    list(node.value) if node.id == "sequence" else [])
+        if finished:
+            working.discard(id(node))
+            sizes[id(node)] = min(1 + sum(sizes[id(child)] for child in children), CONFIG_MAX_VALUES + 1)
+        elif id(node) in working:
+            return CONFIG_MAX_VALUES + 1  # a recursive alias: it expands forever
+        elif id(node) not in sizes:
+            working.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes[id(root)]
 
 
 # =============================================================================
