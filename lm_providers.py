@@ -44,7 +44,7 @@ __all__ = [
     # parameters
     "PARAMETER_MAP", "ParameterRow", "map_parameters",
     # config
-    "Config", "load_config", "get_provider",
+    "Config", "load_config", "get_provider", "CONFIG_MAX_BYTES", "CONFIG_MAX_VALUES",
     # transport and decoding
     "StreamDecoder", "ensure_requests",
     # providers
@@ -2218,16 +2218,16 @@ def _check_api_key(api_key: Any, source: str) -> str:
     """
     if not isinstance(api_key, str) or not api_key.strip():
         raise InvalidInputError("%s must be a non-empty string" % source)
-    api_key = api_key.strip()  # a token read from a file keeps its newline
-    for index, char in enumerate(api_key):
+    token: str = api_key.strip()  # a token read from a file keeps its newline
+    for index, char in enumerate(token):
         if not "!" <= char <= "~":
             kind = ("white space" if char.isspace() else "a control character" if ord(char) < 32 or ord(char) == 127
                     else "a non-ASCII character")
             raise InvalidInputError(
                 "%s has %s at position %d of %d; an HTTP header carries only visible ASCII characters. Check how "
                 "the token was copied or read (the token itself is not shown)." % (source, kind, index + 1,
-                                                                                   len(api_key)))
-    return api_key
+                                                                                   len(token)))
+    return token
 
 
 def _timeouts(timeout: Union[None, float, Tuple[float, float]]) -> Tuple[float, float]:
