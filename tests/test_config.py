@@ -467,7 +467,7 @@ def test_a_few_aliases_are_fine(tmp_path):
     'models:\n  "%s": "openai://gpt"\n' % ("r" * 900000),               # a role name of 900 kB
     'models:\n  writer: [%s]\n' % ", ".join(["ollama://m"] * 9000),     # a long list where a URI belongs
     'ollama_host: {%s}\n' % ", ".join("k%d: v" % i for i in range(5000)),  # a mapping where a host belongs
-])
+], ids=["query", "host", "role", "list-as-uri", "mapping-as-host"])  # short ids: pytest puts the id in the environment
 def test_enormous_values_give_a_short_message_fast(tmp_path, text):
     config_error_within_a_second(write(tmp_path, text))
 
