@@ -23,6 +23,7 @@ installs it when it is missing); ``pyyaml`` is imported only by ``load_config``.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from types import ModuleType
 from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping, Optional,
                     Sequence, Tuple, Type, TypeVar, Union, cast)
@@ -49,11 +51,11 @@ __all__ = [
     # parameters
     "PARAMETER_MAP", "ParameterRow", "map_parameters",
     # config
-    "Config", "load_config", "get_provider",
+    "Config", "load_config", "get_provider", "CONFIG_MAX_BYTES", "CONFIG_MAX_VALUES",
     # transport and decoding
     "StreamDecoder", "ensure_requests",
     # providers
-    "ChatResult", "ChatStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
+    "ChatResult", "ChatStream", "TextStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
     "OllamaProvider",
     "extract_json", "json_schema_for",
     "load_image", "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH",
@@ -65,6 +67,7 @@ __all__ = [
 logger = logging.getLogger("lm_providers")
 _T = TypeVar("_T")
 _P = TypeVar("_P", bound="BaseProvider")
+_S = TypeVar("_S", bound="TextStream")
 
 if TYPE_CHECKING:
     import argparse
@@ -78,8 +81,195 @@ else:
 # Errors
 # =============================================================================
 
+# --- secrets: every error message, error attribute and log line is scrubbed of live API tokens ------------
+
+# token -> (users, run length, lower-cased runs); replaced, never changed in place, so readers need no lock
+_SECRETS: Dict[str, Tuple[int, int, Tuple[str, ...]]] = {}
+_SECRETS_LOCK = threading.RLock()  # for writers; re-entered when a collected transport forgets its token
+_MASK = "****"
+_ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}  # keeps every index in place
+_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})|\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|\\(.)|&#([0-9]{1,7});"
+                        r"|&#[xX]([0-9A-Fa-f]{1,6});", re.S)
+_BACKSLASH_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
+
+
+def _register_secret(secret: str) -> None:
+    """Mask ``secret`` wherever ``_scrub`` looks until as many ``_forget_secret`` calls: whole, or
+    (from 8 characters on) any run of it longer than half of it or of 8 characters, even percent-,
+    JSON-, HTML- or repr-escaped."""
+    folded = secret.translate(_ASCII_LOWER)
+    run = len(folded) if len(folded) < 8 else min(8, len(folded) // 2 + 1)
+    runs = tuple(sorted({folded[i:i + run] for i in range(len(folded) - run + 1)}))
+    global _SECRETS
+    with _SECRETS_LOCK:
+        secrets = dict(_SECRETS)
+        secrets[secret] = (secrets[secret][0] + 1 if secret in secrets else 1, run, runs)
+        _SECRETS = secrets
+
+
+def _forget_secret(secret: str) -> None:
+    """Undo one ``_register_secret`` (a transport holding the token was closed or collected)."""
+    global _SECRETS
+    with _SECRETS_LOCK:
+        secrets = dict(_SECRETS)
+        users, run, runs = secrets.pop(secret, (1, 0, ()))
+        if users > 1:
+            secrets[secret] = (users - 1, run, runs)
+        _SECRETS = secrets
+
+
+def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
+    """``text`` with its escapes decoded once, and segments ``(decoded start, original start,
+    original length of the escape or 0 for a plain run)`` that map positions back."""
+    pieces: List[str] = []
+    segments: List[Tuple[int, int, int]] = []
+    done = pos = 0
+    for match in _ESCAPE_RE.finditer(text):
+        if match.start() > pos:
+            pieces.append(text[pos:match.start()])
+            segments.append((done, pos, 0))
+            done += match.start() - pos
+        percent, uni, hexa, char, dec, hexref = match.groups()
+        if char is not None:
+            pieces.append(_BACKSLASH_ESCAPES.get(char, char))
+        else:
+            number = int(dec) if dec is not None else int(percent or uni or hexa or hexref, 16)
+            pieces.append(chr(number) if number <= 0x10FFFF else "\ufffd")
+        segments.append((done, match.start(), match.end() - match.start()))
+        done += 1
+        pos = match.end()
+    pieces.append(text[pos:])
+    segments.append((done, pos, 0))
+    return "".join(pieces), segments
+
+
+def _origin(segments: List[Tuple[int, int, int]], start: int, end: int) -> Tuple[int, int]:
+    """The span of the original text that decoded characters ``start:end`` came from."""
+    keys = [segment[0] for segment in segments]
+    first = segments[bisect.bisect_right(keys, start) - 1]
+    last = segments[bisect.bisect_right(keys, end - 1) - 1]
+    begin = first[1] + (start - first[0]) if first[2] == 0 else first[1]
+    finish = last[1] + (end - last[0]) if last[2] == 0 else last[1] + last[2]
+    return begin, finish
+
+
+def _secret_spans(text: str, secrets: List[Tuple[int, Tuple[str, ...]]]) -> List[Tuple[int, int]]:
+    """Where runs of the secrets are in ``text``: as written, and after decoding escapes once and twice."""
+    spans: List[Tuple[int, int]] = []
+    view = text
+    maps: List[List[Tuple[int, int, int]]] = []  # segment lists from the view back to ``text``, innermost last
+    for _ in range(3):
+        folded = view.translate(_ASCII_LOWER)
+        for run, runs in secrets:
+            for piece in runs:
+                at = folded.find(piece)
+                while at >= 0:
+                    begin, end = at, at + run
+                    for segments in reversed(maps):
+                        begin, end = _origin(segments, begin, end)
+                    spans.append((begin, end))
+                    at = folded.find(piece, at + 1)
+        if not any(mark in view for mark in "%\\&"):
+            break
+        view, segments = _unescape(view)
+        maps.append(segments)
+    return spans
+
+
+def _scrub(text: str) -> str:
+    """``text`` with every live API token (see ``_register_secret``) masked as ``****``."""
+    if not _SECRETS or not isinstance(text, str) or not text:
+        return text
+    secrets = [(run, runs) for _, run, runs in _SECRETS.values()]
+    merged: List[List[int]] = []
+    for begin, end in sorted(_secret_spans(text, secrets)):
+        if merged and begin <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([begin, end])
+    out, pos = [], 0
+    for begin, end in merged:
+        out += [text[pos:begin], _MASK]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _scrub_value(value: Any) -> Any:
+    """``_scrub`` for an error's argument or attribute: strings, and strings inside lists and tuples."""
+    if isinstance(value, str):
+        return _scrub(value)
+    if isinstance(value, (list, tuple)) and _SECRETS:
+        return type(value)(_scrub_value(item) for item in value)
+    return value
+
+
+def _leaks(exc: Optional[BaseException]) -> bool:
+    """Whether a live token shows in an exception or in the exceptions chained to it."""
+    seen = 0
+    while exc is not None and seen < 20:
+        for text in (str(exc), repr(exc)):
+            if _scrub(text) != text:
+                return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _chain(error: "ProviderError", cause: BaseException) -> "ProviderError":
+    """Record ``cause`` as the reason for ``error`` (what ``raise error from cause`` does), unless a
+    live token shows in it: then no cause is shown, so a traceback cannot print the token."""
+    error.__cause__ = None if _leaks(cause) else cause
+    error.__suppress_context__ = True
+    return error
+
+
+class _ScrubSecrets(logging.Filter):
+    """Masks live API tokens in every record logged to the ``lm_providers`` loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _SECRETS:
+            record.msg, record.args = _scrub(record.getMessage()), None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = _scrub(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def _quote(value: Any, limit: int = 80) -> str:
+    """A bounded ``repr`` of a value for an error message: at most about ``limit`` characters, and only a
+    few levels and items of a structure are looked at (a YAML alias bomb expands to billions)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+    import reprlib
+    shower = reprlib.Repr()
+    shower.maxlevel, shower.maxlist, shower.maxtuple, shower.maxdict, shower.maxset = 2, 4, 4, 4, 4
+    shower.maxstring = shower.maxother = limit
+    text = shower.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class ProviderError(Exception):
-    """Base class of every error raised by lm_providers."""
+    """Base class of every error raised by lm_providers.
+
+    No live API token ever shows in one: its message, ``args``, ``repr`` and
+    string attributes (``body``, ``server_message``, ...) are scrubbed when
+    set and again when shown, whatever built the message.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(_scrub_value(arg) for arg in args))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, _scrub_value(value))
+
+    def __str__(self) -> str:
+        return _scrub(super().__str__())
+
+    def __repr__(self) -> str:
+        return _scrub(super().__repr__())
+
+
+logger.addFilter(_ScrubSecrets())
 
 
 class InvalidInputError(ProviderError, ValueError):
@@ -336,65 +526,52 @@ def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
             or tail.startswith("[") or (":" in host and port is None))
 
 
-def normalize_host(host: str, provider: str = "lm_studio") -> str:
-    """Turn a host in any accepted form into a base URL such as ``http://127.0.0.1:1234``.
-
-    Accepted: ``host``, ``host:port``, ``:port``, ``http://host:port``,
-    ``https://host:port``, ``[::1]:port`` and bare IPv6, with an optional
-    trailing ``/`` or ``/v1``.  A host without a port gets its server's default
-    port; ``0.0.0.0`` and ``::`` (bind addresses) mean this machine.
-    For ``openai`` the host may carry a path prefix (see ``_openai_path_prefix``)
-    and a host without a port gets its scheme's (80 or 443).
-    Raises InvalidInputError naming what is wrong.
-    """
-    provider = canonical_provider(provider)
-    if not isinstance(host, str):
-        raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %r"
-                                % (EXAMPLE_PORTS[provider], host))
-    text = host.strip()
-    scheme = "http"
-    if "://" in text:
-        scheme, _, text = text.partition("://")
-        scheme = scheme.lower()
-        if scheme not in ("http", "https"):
-            raise InvalidInputError("host %r: scheme %r is not supported; use http:// or https://"
-                                    % (host, scheme))
-    text, slash, path = text.partition("/")
-    prefix = _openai_path_prefix(host, path) if provider == "openai" else ""
-    if slash and provider != "openai" and path.strip("/") not in ("", "v1"):
-        raise InvalidInputError(
-            "host %r has a path (/%s); give only scheme, host and port, for example 'http://10.0.0.5:%d'"
-            % (host, path, DEFAULT_PORTS[provider]))
-    if "@" in text:
-        raise InvalidInputError("host %r contains '@'; user names and passwords in hosts are not supported"
-                                % (host,))
-    try:
-        name, port = _split_host_port(text)
-    except ValueError as exc:
-        raise InvalidInputError("host %r: %s" % (host, exc)) from None
-    if not port:
-        port_number = DEFAULT_PORTS.get(provider) or (443 if scheme == "https" else 80)
-    elif _PORT_RE.match(port) and 0 < int(port) < 65536:
-        port_number = int(port)
-    else:
-        raise InvalidInputError("host %r has a bad port %r: use a number from 1 to 65535, for example '%s:%d'"
-                                % (host, port, name or "127.0.0.1", EXAMPLE_PORTS[provider]))
-    name = name.strip().lower() or "127.0.0.1"
-    if name == "0.0.0.0":
-        name = "127.0.0.1"
-    elif name == "::":
-        name = "::1"
-    if any(c.isspace() for c in name) or any(c in name for c in "?#%\\"):
-        raise InvalidInputError("host %r has characters a host name cannot have" % (host,))
-    if ":" in name:
-        name = "[%s]" % name
-    return "%s://%s:%d%s" % (scheme, name, port_number, prefix)
-
-
+_SCHEME_USERINFO_RE = re.compile(r"(?i)(https?://)[^\s/@\"'?#]+@")
+_PATH_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:-]+(/[A-Za-z0-9._~!$&'()*+,;=:-]+)*\Z")
 _PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+\Z")
 
 
-def _openai_path_prefix(host: str, path: str) -> str:
+def _clean_host_text(text: str) -> str:
+    """``text`` without surrounding white space and one pair of matching quotes around it, as Ollama reads
+    OLLAMA_HOST (docker-compose lists and ``.env`` files keep the quotes: ``OLLAMA_HOST="127.0.0.1:11434"``)."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def _hide_userinfo(text: str) -> str:
+    """``text`` with any ``user:password@`` in it shown as ``***@``, for error messages (in linear time)."""
+    if "@" not in text:
+        return text
+    parts = text.split("@")
+    for index, part in enumerate(parts[:-1]):
+        start = max(part.rfind(mark) for mark in " \t\r\n/\"'") + 1
+        parts[index] = part[:start] + "***"
+    return "@".join(parts)
+
+
+def _host_path(path: str, provider: str, shown: str) -> str:
+    """The path prefix to keep from a host's path: none for ``/`` or ``/v1``; an ``openai://`` base URL
+    keeps its prefix (``_openai_path_prefix``), Ollama (behind a proxy, as Ollama itself allows) any
+    other path; LM Studio refuses one."""
+    if provider == "openai":
+        return _openai_path_prefix(path, shown)
+    path = path.strip("/")
+    if path == "v1" or path.endswith("/v1"):
+        path = path[:-2].rstrip("/")
+    if not path:
+        return ""
+    if provider != "ollama":
+        raise InvalidInputError(
+            "host %s has a path (/%s); give only scheme, host and port, for example 'http://10.0.0.5:%d'"
+            % (shown, _hide_userinfo(path)[:100], EXAMPLE_PORTS[provider]))
+    if not _PATH_RE.match(path):
+        raise InvalidInputError("host %s has a path with characters a URL path cannot have" % shown)
+    return "/" + path
+
+
+def _openai_path_prefix(path: str, shown: str) -> str:
     """The path prefix an ``openai://`` host keeps in its base URL, without a trailing ``/v1``.
 
     A base URL is written as OpenAI's clients take it, ending in ``/v1`` or
@@ -405,23 +582,89 @@ def _openai_path_prefix(host: str, path: str) -> str:
     if segments and segments[-1] == "v1":
         segments.pop()
     if segments and segments[-1] == "v1":
-        raise InvalidInputError("host %r ends in /v1/v1: write the server's base URL with /v1 once" % (host,))
+        raise InvalidInputError("host %s ends in /v1/v1: write the server's base URL with /v1 once" % shown)
     for segment in segments:
         if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
             raise InvalidInputError(
-                "host %r has a path segment %r that cannot be part of a base URL: use letters, digits and "
-                "'.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'" % (host, segment))
+                "host %s has a path segment %s that cannot be part of a base URL: use letters, digits and "
+                "'.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'"
+                % (shown, _quote(_hide_userinfo(segment), 60)))
     return "".join("/" + segment for segment in segments)
+
+
+def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
+    """The host name (lower case, IPv6 in brackets, bind addresses mapped to this machine) and port."""
+    try:
+        name, port = _split_host_port(text)
+    except ValueError as exc:
+        raise InvalidInputError("host %s: %s" % (shown, str(exc)[:100])) from None
+    if not port:
+        port_number = default_port
+    elif _PORT_RE.match(port) and 0 < int(port) < 65536:
+        port_number = int(port)
+    else:
+        raise InvalidInputError("host %s has a bad port %s: use a number from 1 to 65535, for example '%s:%d'"
+                                % (shown, _quote(port, 20), (name or "127.0.0.1")[:100], default_port))
+    name = name.strip().lower() or "127.0.0.1"
+    if name == "0.0.0.0":
+        name = "127.0.0.1"
+    elif name == "::":
+        name = "::1"
+    if any(c.isspace() for c in name) or any(c in name for c in "?#%\\\"'"):
+        raise InvalidInputError("host %s has characters a host name cannot have" % shown)
+    return ("[%s]" % name if ":" in name else name), port_number
+
+
+def normalize_host(host: str, provider: str = "lm_studio") -> str:
+    """Turn a host in any accepted form into a base URL such as ``http://127.0.0.1:1234``.
+
+    Accepted: what Ollama accepts in OLLAMA_HOST: ``host``, ``host:port``,
+    ``:port``, ``http://host:port``, ``https://host:port``, ``[::1]:port`` and
+    bare IPv6, with surrounding white space and one pair of quotes, and an
+    optional trailing ``/`` or ``/v1``; for Ollama also a path prefix
+    (``https://example.com/ollama``) and ``ollama.com`` (its cloud); for
+    ``openai`` a path prefix (see ``_openai_path_prefix``).  A host without a
+    port gets its server's default port (``openai``: 80), except
+    ``https://host``: 443.  ``0.0.0.0`` and ``::`` (bind addresses) mean this
+    machine.  Raises InvalidInputError naming what is wrong; a password in the
+    host is not repeated.
+    """
+    provider = canonical_provider(provider)
+    if not isinstance(host, str):
+        raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %s"
+                                % (EXAMPLE_PORTS[provider], _quote(host, 40)))
+    shown = _quote(_hide_userinfo(host), 200)
+    text = _clean_host_text(host)
+    default_port = DEFAULT_PORTS.get(provider, 80)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "http", text
+        if provider == "ollama" and text.lower() == "ollama.com":  # as Ollama reads OLLAMA_HOST=ollama.com
+            scheme, rest = "https", "ollama.com:443"
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise InvalidInputError("host %s: scheme %s is not supported; use http:// or https://"
+                                % (shown, _quote(_hide_userinfo(scheme), 20)))
+    if sep and scheme == "https":
+        default_port = 443  # what a remote or cloud endpoint behind TLS listens on
+    authority, slash, path = rest.partition("/")
+    prefix = _host_path(path, provider, shown) if slash else ""
+    if "@" in authority:
+        raise InvalidInputError("host %s carries a user name or password (shown as ***); hosts with them are "
+                                "not supported: remove 'user:password@', and pass a token as api_key=..." % shown)
+    name, port = _host_port(authority, default_port, shown)
+    return "%s://%s:%d%s" % (scheme, name, port, prefix)
 
 
 def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Config"] = None) -> str:
     """Return the base URL to use: ``host`` if given, else the config file's, else the
     environment's (``OLLAMA_HOST`` / ``LM_STUDIO_HOST`` / ``OPENAI_BASE_URL``), else the
-    server's default.  ``openai`` has no default: without a host it raises InvalidInputError."""
+    server's default.  ``openai`` has no default: without a host it raises InvalidInputError.
+    A blank value (also ``""`` in quotes) counts as not given."""
     provider = canonical_provider(provider)
     for candidate in (host, config.host_for(provider) if config is not None else None,
                       os.environ.get(HOST_ENV_VARS[provider])):
-        if candidate is not None and str(candidate).strip():
+        if candidate is not None and _clean_host_text(str(candidate)):
             return normalize_host(str(candidate), provider)
     if provider not in DEFAULT_PORTS:
         raise InvalidInputError(
@@ -462,17 +705,18 @@ def parse_model_uri(uri: str) -> ModelConfig:
     whole.  Query values are percent-decoded and typed.  Raises ModelURIError.
     """
     if not isinstance(uri, str):
-        raise ModelURIError("a model URI must be a string like %s, got %r" % (_URI_EXAMPLE, uri))
+        raise ModelURIError("a model URI must be a string like %s, got %s" % (_URI_EXAMPLE, _quote(uri, 80)))
 
     def bad(part: str) -> ModelURIError:
-        return ModelURIError("model URI %r: %s. A good one looks like %s" % (uri, part, _URI_EXAMPLE))
+        shown = _quote(_SCHEME_USERINFO_RE.sub(r"\1***@", uri), 300)
+        return ModelURIError("model URI %s: %s. A good one looks like %s" % (shown, part, _URI_EXAMPLE))
 
     text = uri.strip()
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise bad("it does not start with a provider such as 'lm_studio://' or 'ollama://'")
     if scheme.strip().lower() not in PROVIDER_NAMES:
-        raise bad("unknown provider %r (use lm_studio, lmstudio, lm-studio, ollama or openai)" % scheme)
+        raise bad("unknown provider %s (use lm_studio, lmstudio, lm-studio, ollama or openai)" % _quote(scheme, 40))
     provider = PROVIDER_NAMES[scheme.strip().lower()]
 
     rest, qmark, query = rest.partition("?")
@@ -480,6 +724,9 @@ def parse_model_uri(uri: str) -> ModelConfig:
     at = rest.rfind("@")
     if at >= 0 and _looks_like_host(rest[at + 1:], provider):
         name, host = rest[:at], rest[at + 1:]
+        if _SCHEME_USERINFO_RE.search(name + "@"):
+            raise bad("the host carries a user name or password (shown as ***), which hosts cannot have; "
+                      "pass a token as api_key=... instead")
         try:
             normalize_host(host, provider)
         except InvalidInputError as exc:
@@ -501,15 +748,15 @@ def parse_model_uri(uri: str) -> ModelConfig:
             try:
                 key, value = _percent_decode(key), _percent_decode(value)
             except UnicodeDecodeError:
-                raise bad("the query part %r has a percent-escape that is not UTF-8" % piece) from None
+                raise bad("the query part %s has a percent-escape that is not UTF-8" % _quote(piece, 80)) from None
             if not eq or not _KEY_RE.match(key):
-                raise bad("malformed query part %r: write name=value pairs joined by '&'" % piece)
+                raise bad("malformed query part %s: write name=value pairs joined by '&'" % _quote(piece, 80))
             if key in parameters:
-                raise bad("parameter %r is given twice" % key)
+                raise bad("parameter %s is given twice" % _quote(key, 80))
             try:
                 parameters[key] = _parse_query_value(value)
             except (ValueError, RecursionError):
-                raise bad("the value of %r looks like JSON but does not parse: %r" % (key, value)) from None
+                raise bad("the value of %s looks like JSON but does not parse: %s" % (_quote(key, 80), _quote(value, 80))) from None
     return ModelConfig(name, provider, host, parameters)
 
 
@@ -888,25 +1135,18 @@ class Config:
             self.ollama_host, self.lm_studio_host, self.openai_host, self.models, self.path)
 
 
+CONFIG_MAX_BYTES = 1024 * 1024  # a config file larger than this is refused before it is parsed
+CONFIG_MAX_VALUES = 10000      # ... and one whose YAML expands (aliases counted each time) to more values
+
+
 def load_config(path: str = "config.yaml") -> Config:
     """Read a YAML config: ``ollama_host``, ``lm_studio_host``, ``openai_host`` and ``models: {role: uri}``.
 
     Every URI and host is checked now, so a typo is reported with the file and
-    the role rather than at the first request.  Raises ConfigError.
+    the role rather than at the first request.  A hostile or broken file (over
+    ``CONFIG_MAX_BYTES``, an alias bomb, YAML tags) fails fast.  Raises ConfigError.
     """
-    try:
-        import yaml
-    except ImportError:
-        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml" % (path, sys.executable)) from None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise ConfigError("config file %s not found (working directory: %s)" % (path, os.getcwd())) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("cannot read config file %s: %s" % (path, exc)) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("config file %s is not valid YAML: %s" % (path, exc)) from None
+    data = _read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -914,16 +1154,19 @@ def load_config(path: str = "config.yaml") -> Config:
                           "models" % path)
     unknown = sorted(set(map(str, data)) - {"ollama_host", "lm_studio_host", "openai_host", "models"})
     if unknown:
-        logger.warning("config file %s: ignoring unknown keys %s", path, ", ".join(unknown))
-    hosts = {}
+        logger.warning("config file %s: ignoring unknown keys %s%s", path,
+                       ", ".join(_quote(key, 40) for key in unknown[:10]), " ..." if len(unknown) > 10 else "")
+    hosts: Dict[str, Optional[str]] = {}
     for key, provider in (("ollama_host", "ollama"), ("lm_studio_host", "lm_studio"), ("openai_host", "openai")):
         value = data.get(key)
         if value is not None:
+            if not isinstance(value, str):
+                raise ConfigError("config file %s: %s must be a host string such as '127.0.0.1:%d', got %s"
+                                  % (path, key, EXAMPLE_PORTS[provider], _quote(value, 80)))
             try:
-                normalize_host(str(value), provider)
+                normalize_host(value, provider)
             except InvalidInputError as exc:
                 raise ConfigError("config file %s: %s: %s" % (path, key, exc)) from None
-            value = str(value)
         hosts[key] = value
     raw_models = data.get("models") or {}
     if not isinstance(raw_models, dict):
@@ -931,14 +1174,68 @@ def load_config(path: str = "config.yaml") -> Config:
     models = {}
     for role, uri in raw_models.items():
         if not isinstance(uri, str):
-            raise ConfigError("config file %s: role %r must be a model URI string, got %r" % (path, role, uri))
+            raise ConfigError("config file %s: role %s must be a model URI string, got %s"
+                              % (path, _quote(role, 80), _quote(uri, 80)))
         try:
             models[str(role)] = parse_model_uri(uri)
         except ModelURIError as exc:
-            raise ConfigError("config file %s: role %r: %s" % (path, role, exc)) from None
+            raise ConfigError("config file %s: role %s: %s" % (path, _quote(role, 80), exc)) from None
     return Config(hosts["ollama_host"], hosts["lm_studio_host"], models, path, openai_host=hosts["openai_host"])
 
 
+def _read_yaml(path: str) -> Any:
+    """The YAML document in ``path``, read with a size limit and a limit on what its aliases expand to.
+
+    Only plain YAML is read (``SafeLoader``: a tag such as ``!!python/object``
+    is an error, never executed).  libyaml's loader is used when PyYAML has it.
+    """
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml" % (path, sys.executable)) from None
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(CONFIG_MAX_BYTES + 1)
+        if len(raw) > CONFIG_MAX_BYTES:
+            raise ConfigError("config file %s is larger than %d bytes (CONFIG_MAX_BYTES); a config file holds a few "
+                              "hosts and roles: is this the right file?" % (path, CONFIG_MAX_BYTES))
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("config file %s not found (working directory: %s)" % (path, os.getcwd())) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("cannot read config file %s: %s" % (path, str(exc)[:200])) from None
+    try:
+        node = loader.get_single_node()
+        if node is not None and _yaml_values(node) > CONFIG_MAX_VALUES:
+            raise ConfigError("config file %s expands to more than %d values (CONFIG_MAX_VALUES): its YAML aliases "
+                              "(*name) repeat a large part of it, or refer to themselves" % (path, CONFIG_MAX_VALUES))
+        return None if node is None else loader.construct_document(node)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError("config file %s is not valid YAML: %s" % (path, str(exc)[:500])) from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_values(root: Any) -> int:
+    """How many values a composed YAML document expands to, an alias counting each time it is used;
+    counting stops past CONFIG_MAX_VALUES, and an alias inside itself counts as too many."""
+    sizes: Dict[int, int] = {}
+    working = set()
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        children = ([item for pair in node.value for item in pair] if node.id == "mapping" else
+                    list(node.value) if node.id == "sequence" else [])
+        if finished:
+            working.discard(id(node))
+            sizes[id(node)] = min(1 + sum(sizes[id(child)] for child in children), CONFIG_MAX_VALUES + 1)
+        elif id(node) in working:
+            return CONFIG_MAX_VALUES + 1  # a recursive alias: it expands forever
+        elif id(node) not in sizes:
+            working.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes[id(root)]
 
 
 # =============================================================================
@@ -1233,7 +1530,7 @@ class _BearerAuth:
 
 def _is_loopback(base_url: str) -> bool:
     """Whether a normalized base URL points at this machine (127.0.0.0/8, ::1, localhost)."""
-    host = base_url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]").lower()
+    host = base_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]").lower()
     return host == "localhost" or host.endswith(".localhost") or host == "::1" or host.startswith("127.")
 
 
@@ -1279,6 +1576,8 @@ class HTTPTransport:
         # Compressed streams would only add latency; a proxy that compresses anyway is decoded (_iter_body).
         self.session.headers["Accept-Encoding"] = "identity"
         if api_key:
+            _register_secret(api_key)  # masked in every error and log line while this transport lives
+            weakref.finalize(self, _forget_secret, api_key)
             self.session.auth = _BearerAuth(api_key)
         self._adapter = adapter
         self._direct = _is_loopback(base_url) and base_url.isascii()
@@ -1287,10 +1586,8 @@ class HTTPTransport:
         return "HTTPTransport(%r, api_key=%s)" % (self.base_url, _mask(self._api_key))
 
     def scrub(self, text: str) -> str:
-        """``text`` with the API token masked, for anything that came from the server or goes to a log."""
-        if self._api_key and text and self._api_key in text:
-            return text.replace(self._api_key, _mask(self._api_key))
-        return text
+        """``text`` with every live API token masked (errors and logs do this themselves; see ``_scrub``)."""
+        return _scrub(text)
 
     def close(self) -> None:
         self.session.close()
@@ -1314,15 +1611,19 @@ class HTTPTransport:
             try:
                 response = self._send(method, url, body, stream)
             except Exception as exc:
-                raise self.translate_exception(exc, url) from exc
-            _enforce_content_length(response)
-            if debug:
-                _debug("%s %s -> HTTP %d in %.3f s", method, url, response.status_code,
-                       time.perf_counter() - started)
-            status = response.status_code
-            if status < 300:
-                return response
-            text = self.read_error_text(response, path)
+                raise self.translate_exception(exc, url)
+            try:
+                _enforce_content_length(response)
+                if debug:
+                    _debug("%s %s -> HTTP %d in %.3f s", method, url, response.status_code,
+                           time.perf_counter() - started)
+                status = response.status_code
+                if status < 300:
+                    return response
+                text = self.read_error_text(response, path)
+            except BaseException:  # Ctrl-C too: close the connection now, not when the traceback is freed
+                response.close()
+                raise
             if status in (429, 503) and attempt < self.max_retries:
                 delay = self._retry_delay(response, attempt)
                 logger.info("%s answered %d (%s); retrying in %.1f s", self.server_title, status,
@@ -1333,7 +1634,7 @@ class HTTPTransport:
                 raise ProviderResponseError(
                     "%s at %s redirected %s to %s; redirects are not followed for API calls. Set the host to "
                     "the server's real address." % (self.server_title, self.base_url, path,
-                                                    response.headers.get("Location", "(no Location)")),
+                                                    response.headers.get("Location", "(no Location)")[:300]),
                     status=status, server_message=None, body=text)
             raise describe_failure(status, text, model)
         raise AssertionError("unreachable")
@@ -1394,7 +1695,7 @@ class HTTPTransport:
             raise
         except Exception as exc:
             response.close()
-            raise self.translate_exception(exc, self.base_url + path) from exc
+            raise self.translate_exception(exc, self.base_url + path)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def read_error_text(self, response: Any, path: str) -> str:
@@ -1451,11 +1752,11 @@ class HTTPTransport:
         return min(0.5 * 2.0 ** attempt, 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
-        """Turn a requests/urllib3/socket failure into a typed error; its message never shows the token."""
-        error = self._translate(exc, url)
-        if self._api_key and self._api_key in str(error):
-            error.args = (self.scrub(str(error)),)
-        return error
+        """Turn a requests/urllib3/socket failure into a typed error chained to it (raise it without
+        ``from exc``: a cause that shows a token is left out, so no traceback prints the token)."""
+        if isinstance(exc, ProviderError):
+            return exc
+        return _chain(self._translate(exc, url), exc)
 
     def _translate(self, exc: BaseException, url: str) -> ProviderError:
         module = ensure_requests()
@@ -1742,14 +2043,16 @@ def _read_rest(response: Any, chunks: Iterator[bytes]) -> bool:
 
 debug_logger = logging.getLogger("lm_providers.debug")
 debug_logger.setLevel(logging.INFO)  # it only ever logs for calls made with debug=True
+debug_logger.addFilter(_ScrubSecrets())  # a logger's filters do not apply to its children's records
 
 
 def _debug(message: str, *args: Any) -> None:
-    """One line of debug=True output: to your logging handlers if you set any up, else to stderr."""
+    """One line of debug=True output: to your logging handlers if you set any up, else to stderr
+    (live API tokens masked either way)."""
     if logging.getLogger().handlers or logger.handlers or debug_logger.handlers:
         debug_logger.info(message, *args)
     else:
-        sys.stderr.write("[lm_providers] " + (message % args if args else message) + "\n")
+        sys.stderr.write("[lm_providers] " + _scrub(message % args if args else message) + "\n")
 
 
 # =============================================================================
@@ -2110,7 +2413,40 @@ class ToolRunResult(ChatResult):
         self.messages, self.rounds = messages, rounds
 
 
-class ChatStream:
+class TextStream:
+    """The text pieces of a streamed reply, as ``stream_text`` returns them.
+
+    A ``for`` loop over it closes the connection however the loop is left:
+    at the end, by ``break``, by an error, or by Ctrl-C in the loop's body
+    (even while you still hold the stream).  ``close()`` and leaving a
+    ``with`` block close it too.
+    """
+
+    def __init__(self, pieces: Generator[str, None, None]):
+        self._pieces = pieces
+
+    def __iter__(self) -> Iterator[str]:
+        pieces = self._pieces
+        try:
+            yield from pieces
+        finally:  # a loop left early must not leave the connection open until garbage collection
+            pieces.close()
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        """Stop reading and close the connection."""
+        self._pieces.close()
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class ChatStream(TextStream):
     """A streamed reply: iterate it for the text pieces as they arrive.
 
     After the loop, ``finish_reason`` and ``usage`` are set and ``reasoning``
@@ -2122,7 +2458,7 @@ class ChatStream:
         self.model = model.name
         self._title = provider.title
         self._state = _StreamState(keep_reasoning=True)
-        self._pieces = provider._stream(messages, model, debug, self._state)
+        super().__init__(provider._stream(messages, model, debug, self._state))
 
     @property
     def finish_reason(self) -> Optional[str]:
@@ -2151,26 +2487,6 @@ class ChatStream:
         Raises ToolCallError when a call's arguments are not a JSON object.
         """
         return self._state.finish_tool_calls(self._title)
-
-    def __iter__(self) -> Iterator[str]:
-        pieces = self._pieces
-        try:
-            yield from pieces
-        finally:  # a loop left early must not leave the connection open until garbage collection
-            pieces.close()
-
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    def close(self) -> None:
-        """Stop reading and close the connection."""
-        self._pieces.close()
-
-    def __enter__(self) -> "ChatStream":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return "ChatStream(model=%r, finish_reason=%r, usage=%r)" % (self.model, self.finish_reason, self.usage)
@@ -2744,6 +3060,7 @@ class BaseProvider:
     stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
     start_hint = ""
     content_must_be_str = True
+    api_key_env = ""         # the environment variable with the token, used when api_key is not given
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
                  api_key: Optional[str] = None, max_retries: int = 2, *,
@@ -2759,12 +3076,9 @@ class BaseProvider:
         self.base_url = resolve_host(self.provider, host)
         connect_timeout, read_timeout = _timeouts(timeout)
         if api_key is not None:
-            if not isinstance(api_key, str) or not api_key.strip():
-                raise InvalidInputError("api_key must be a non-empty string")
-            api_key = api_key.strip()  # a token read from a file keeps its newline
-            if any(c.isspace() or ord(c) < 32 for c in api_key):
-                raise InvalidInputError("api_key contains white space or control characters; check how it was "
-                                        "read (the token itself is not shown)")
+            api_key = _check_api_key(api_key, "api_key")
+        elif self.api_key_env and (os.environ.get(self.api_key_env) or "").strip():
+            api_key = _check_api_key(os.environ[self.api_key_env], self.api_key_env)
         self._api_key = api_key
         headers = {"Accept": "application/json", "User-Agent": "lm_providers/" + __version__}
         if not isinstance(max_retries, int) or max_retries < 0:
@@ -2829,14 +3143,14 @@ class BaseProvider:
         return ChatStream(self, messages, model, debug)
 
     def stream_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
-                    debug: bool = False) -> Iterator[str]:
-        """Yield the reply's text pieces as the server sends them.
+                    debug: bool = False) -> TextStream:
+        """Yield the reply's text pieces as the server sends them (a TextStream: an iterator).
 
         Raises ProviderResponseError (after the pieces already yielded) if the
         stream breaks off before the server marks it complete, or the server
         reports an error mid-stream.
         """
-        return self._stream(messages, self._model(model), debug, _StreamState(keep_reasoning=False))
+        return TextStream(self._stream(messages, self._model(model), debug, _StreamState(keep_reasoning=False)))
 
     def generate_json(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig],
                       required_attributes: Sequence[str] = (), *, schema: Optional[Mapping[str, Any]] = None,
@@ -3440,7 +3754,7 @@ class BaseProvider:
                 except ProviderError:
                     raise
                 except Exception as exc:
-                    raise self._stream_broken(exc, describe(), path) from exc
+                    raise self._stream_broken(exc, describe(), path)
                 for data in batch:
                     if data.__class__ is not bytes:  # a StreamError
                         raise self._stream_error(data, model, path)
@@ -3561,11 +3875,11 @@ class BaseProvider:
         """The error for a stream from ``path`` whose reading failed after ``received`` (e.g. "3 piece(s)")."""
         error = self.transport.translate_exception(exc, self.base_url + path)
         if isinstance(error, ProviderTimeoutError):
-            return ProviderTimeoutError("%s (the stream stopped after %s; the reply is incomplete)"
-                                        % (error, received))
-        return ProviderResponseError("the stream from %s broke off after %s: %s; the reply is "
-                                     "incomplete" % (self.title, received, _short_reason(exc)),
-                                     server_message=str(exc)[:300])
+            return _chain(ProviderTimeoutError("%s (the stream stopped after %s; the reply is incomplete)"
+                                               % (error, received)), exc)
+        return _chain(ProviderResponseError("the stream from %s broke off after %s: %s; the reply is "
+                                            "incomplete" % (self.title, received, _short_reason(exc)),
+                                            server_message=str(exc)[:300]), exc)
 
     def _stream_error(self, data: bytes, model: str, path: str) -> ProviderError:
         """The exception for an error event in a stream: the chat's own, or ``_in_band_error`` for other paths."""
@@ -3670,6 +3984,26 @@ class BaseProvider:
         raise NotImplementedError
 
 
+def _check_api_key(api_key: Any, source: str) -> str:
+    """The token from ``source`` (``api_key`` or an environment variable), without surrounding white space.
+
+    Only visible ASCII (``!`` to ``~``) can go into an HTTP header; anything
+    else is an InvalidInputError that says where, but never shows the token.
+    """
+    if not isinstance(api_key, str) or not api_key.strip():
+        raise InvalidInputError("%s must be a non-empty string" % source)
+    token: str = api_key.strip()  # a token read from a file keeps its newline
+    for index, char in enumerate(token):
+        if not "!" <= char <= "~":
+            kind = ("white space" if char.isspace() else "a control character" if ord(char) < 32 or ord(char) == 127
+                    else "a non-ASCII character")
+            raise InvalidInputError(
+                "%s has %s at position %d of %d; an HTTP header carries only visible ASCII characters. Check how "
+                "the token was copied or read (the token itself is not shown)." % (source, kind, index + 1,
+                                                                                   len(token)))
+    return token
+
+
 def _timeouts(timeout: Union[None, float, Tuple[float, float]]) -> Tuple[float, float]:
     if timeout is None:
         return 5.0, 600.0
@@ -3712,11 +4046,6 @@ class OpenAICompatibleProvider(BaseProvider):
     wrong_server_hint = ("The host must be the server's OpenAI base URL (requests go to <base>/v1/chat/completions); "
                          "Ollama's native API needs ollama:// URIs.")
     model_not_found_phrases: Tuple[str, ...] = ("not found", "does not exist", "invalid model name")
-
-    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2, **limits: int):
-        super().__init__(host, timeout, api_key if api_key is not None else os.environ.get(self.api_key_env) or None,
-                         max_retries, **limits)
 
     def download_hint(self, model: str) -> str:
         return ("Check the exact id in the server's list (python -m lm_providers models --provider openai --host "
@@ -4034,7 +4363,9 @@ class OllamaProvider(BaseProvider):
     framing = "ndjson"
     stream_end = ("done", True)
     start_hint = "Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by default."
-    auth_hint = "Ollama itself has no tokens; a proxy in front of it refused the request."
+    auth_hint = ("The server wants an API key (Ollama's cloud, or a proxy in front of Ollama): pass api_key=... or "
+                 "set OLLAMA_API_KEY.")
+    api_key_env = "OLLAMA_API_KEY"
     wrong_server_hint = "Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// URIs."
 
     def download_hint(self, model: str) -> str:

@@ -14,9 +14,9 @@ from loopback import LoopbackServer  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
-    """A user's OLLAMA_HOST, LM_STUDIO_HOST, LM_API_TOKEN, OPENAI_BASE_URL, OPENAI_API_KEY, CA bundle or proxy
-    must not change a test's outcome."""
-    for name in ("OLLAMA_HOST", "LM_STUDIO_HOST", "LM_API_TOKEN", "OPENAI_BASE_URL", "OPENAI_API_KEY",
+    """A user's OLLAMA_HOST, LM_STUDIO_HOST, LM_API_TOKEN, OLLAMA_API_KEY, OPENAI_BASE_URL, OPENAI_API_KEY, CA
+    bundle or proxy must not change a test's outcome."""
+    for name in ("OLLAMA_HOST", "LM_STUDIO_HOST", "LM_API_TOKEN", "OLLAMA_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY",
                  "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
                  "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)

@@ -175,7 +175,10 @@ def test_server_silent_mid_stream_is_a_timeout_in_every_framing(server, kind, fr
         for piece in provider(kind, server, timeout=(2, 0.3)).stream_text(MESSAGES, "test-model"):
             collected.append(piece)
     assert time.monotonic() - started < 1.4
-    assert collected == PIECES[:len(collected)] and collected
+    # The README's one exception: urllib3 < 2.2 has no read1, so a body that is not chunked is read in whole
+    # pieces there and the pieces before a pause wait (real servers chunk their streams).
+    held_back = framing != "chunked" and not hasattr(urllib3.HTTPResponse, "read1")
+    assert collected == PIECES[:len(collected)] and (collected or held_back)
     assert "read timeout" in str(info.value) and "incomplete" in str(info.value)
 
 

@@ -177,7 +177,6 @@ def test_role_with_a_non_string_uri(tmp_path, value):
     ("ollama_host", "ftp://h.local"),
     ("ollama_host", "h.local:0"),
     ("lm_studio_host", "h.local/foo"),
-    ("lm_studio_host", "user@h.local"),
     ("lm_studio_host", "h.local:99999"),
 ])
 def test_bad_host(tmp_path, key, value):
@@ -257,7 +256,7 @@ def test_get_provider_precedence_config_beats_env(clean_env):
     clean_env.setenv("LM_STUDIO_HOST", "10.0.0.9:1112")
     config = Config(ollama_host="10.0.0.8:2222", lm_studio_host="https://10.0.0.8")
     assert get_provider("ollama://m", config).base_url == "http://10.0.0.8:2222"
-    assert get_provider("lm_studio://m", config).base_url == "https://10.0.0.8:1234"
+    assert get_provider("lm_studio://m", config).base_url == "https://10.0.0.8:443"
 
 
 def test_get_provider_precedence_env_beats_default(clean_env):
@@ -366,3 +365,134 @@ def test_get_provider_passes_extra_options_on():
     assert prepared.headers["Authorization"] == "Bearer secret-token"
     with pytest.raises(InvalidInputError):
         get_provider("lm_studio://m", max_retries=-1)
+
+
+# =============================================================================
+# Hostile and broken files: a clear ConfigError within a second
+# =============================================================================
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+LOAD_IN_A_CHILD = """
+import json, sys, time
+try:
+    import resource  # a regression must not take the machine's memory with it
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+except (ImportError, ValueError, OSError):
+    pass
+sys.path.insert(0, sys.argv[1])
+import lm_providers
+started = time.perf_counter()
+try:
+    config = lm_providers.load_config(sys.argv[2])
+    outcome = {"models": {role: [m.name, m.provider] for role, m in config.models.items()}}
+except lm_providers.ConfigError as exc:
+    outcome = {"error": str(exc)}
+outcome["seconds"] = time.perf_counter() - started
+print(json.dumps(outcome))
+"""
+
+
+def load_within_a_second(path):
+    """load_config(path) in a child process (killed after 10 s), which must take less than a second."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        done = subprocess.run([sys.executable, "-c", LOAD_IN_A_CHILD, repo, path], capture_output=True,
+                              text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("load_config(%s) was still working after 10 s" % path) from None
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout)
+    assert outcome["seconds"] < 1.0, "load_config(%s) took %.2f s" % (path, outcome["seconds"])
+    return outcome
+
+
+def config_error_within_a_second(path, *fragments):
+    outcome = load_within_a_second(path)
+    assert "error" in outcome, outcome
+    message = outcome["error"]
+    assert path in message and len(message) < 2000, message[:3000]
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def laughs(levels=9):
+    """The "billion laughs": each anchor repeats the one before nine times (9**9 values at the top)."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        lines.append("l%d: &l%d [%s]" % (level, level, ", ".join(["*l%d" % (level - 1)] * 9)))
+    return "\n".join(lines) + "\n"
+
+
+def test_a_file_of_many_megabytes_is_refused_before_parsing(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("models:\n" + "".join('  role%d: "ollama://m%d"\n' % (i, i) for i in range(200000)))
+    assert path.stat().st_size > 4 * lmp.CONFIG_MAX_BYTES
+    config_error_within_a_second(str(path), "larger than %d bytes" % lmp.CONFIG_MAX_BYTES)
+
+
+def test_a_file_just_under_the_limit_still_loads(tmp_path):
+    name = "m" * (lmp.CONFIG_MAX_BYTES - 100)
+    path = write(tmp_path, 'models:\n  big: "ollama://%s"\n' % name)
+    assert load_within_a_second(path)["models"]["big"] == [name, "ollama"]
+
+
+@pytest.mark.parametrize("where", ["models:\n  writer: *l8\n", "ollama_host: *l8\n", "lm_studio_host: *l8\n",
+                                   "models: *l8\n", "models:\n  *l8 : ollama://m\n", "extra: *l8\n"])
+def test_an_alias_bomb_is_refused_fast(tmp_path, where):
+    config_error_within_a_second(write(tmp_path, laughs() + where), "expands to more than")
+
+
+def test_a_recursive_alias_is_refused(tmp_path):
+    config_error_within_a_second(write(tmp_path, "models: &m\n  writer: *m\n"), "refer to themselves")
+
+
+def test_a_few_aliases_are_fine(tmp_path):
+    path = write(tmp_path, """
+        models:
+          writer: &llama "ollama://llama3:70b"
+          editor: *llama
+    """)
+    models = load_within_a_second(path)["models"]
+    assert models == {"writer": ["llama3:70b", "ollama"], "editor": ["llama3:70b", "ollama"]}
+
+
+@pytest.mark.parametrize("text", [
+    'models:\n  writer: "ollama://m?%s"\n' % ("x" * 900000),            # a malformed query of 900 kB
+    'ollama_host: "%s:99999"\n' % ("h" * 900000),                       # a host of 900 kB, bad port
+    'models:\n  "%s": "openai://gpt"\n' % ("r" * 900000),               # a role name of 900 kB
+    'models:\n  writer: [%s]\n' % ", ".join(["ollama://m"] * 9000),     # a long list where a URI belongs
+    'ollama_host: {%s}\n' % ", ".join("k%d: v" % i for i in range(5000)),  # a mapping where a host belongs
+], ids=["query", "host", "role", "list-as-uri", "mapping-as-host"])  # short ids: pytest puts the id in the environment
+def test_enormous_values_give_a_short_message_fast(tmp_path, text):
+    config_error_within_a_second(write(tmp_path, text))
+
+
+def test_hosts_must_be_strings(tmp_path):
+    config_error_within_a_second(write(tmp_path, "ollama_host: 11434\n"), "ollama_host", "string")
+
+
+def test_yaml_tags_never_execute(tmp_path):
+    marker = tmp_path / "executed"
+    path = write(tmp_path, 'models:\n  writer: !!python/object/apply:os.system ["touch %s"]\n' % marker)
+    config_error_within_a_second(path, "not valid YAML")
+    assert not marker.exists()
+    path = write(tmp_path, 'ollama_host: !!python/object/new:subprocess.Popen [["touch", "%s"]]\n' % marker,
+                 name="other.yaml")
+    config_error_within_a_second(path, "not valid YAML")
+    assert not marker.exists()
+
+
+def test_a_password_in_a_config_host_is_not_repeated(tmp_path):
+    message = config_error_within_a_second(write(tmp_path, 'ollama_host: "http://admin:hunter2-Xq9@gpu:11434"\n'),
+                                           "ollama_host", "***")
+    assert "hunter2" not in message
+
+
+def test_quoted_hosts_in_a_config_file_work(tmp_path):
+    config = load_config(write(tmp_path, """ollama_host: '"10.0.0.5:11434"'\nlm_studio_host: "'10.0.0.6'"\n"""))
+    assert lmp.resolve_host("ollama", config=config) == "http://10.0.0.5:11434"
+    assert lmp.resolve_host("lm_studio", config=config) == "http://10.0.0.6:1234"

@@ -65,19 +65,19 @@ def test_requests_go_below_the_prefix_whether_or_not_it_ends_in_v1():
     ("https://gpu.example.com/../v1", "path segment"),
     ("https://gpu.example.com/a%2Fb", "path segment"),
     ("ftp://gpu.example.com/v1", "scheme"),
-    ("https://user:pw@gpu.example.com/v1", "'@'"),
+    ("https://user:pw@gpu.example.com/v1", "user name or password (shown as ***)"),
     ("https://gpu.example.com:99999/v1", "bad port"),
 ])
 def test_bad_openai_hosts_are_refused_with_the_reason(host, fragment):
     with pytest.raises(lmp.InvalidInputError) as info:
         lmp.normalize_host(host, "openai")
-    assert fragment in str(info.value)
+    assert fragment in str(info.value) and "pw@" not in str(info.value)
 
 
-@pytest.mark.parametrize("provider", ["lm_studio", "ollama"])
-def test_lm_studio_and_ollama_hosts_still_refuse_a_path(provider):
+def test_lm_studio_hosts_still_refuse_a_path():
+    # (Ollama hosts keep a path prefix, as Ollama itself reads OLLAMA_HOST: see test_uri.py.)
     with pytest.raises(lmp.InvalidInputError, match="has a path"):
-        lmp.normalize_host("http://10.0.0.5:1234/llm/v1", provider)
+        lmp.normalize_host("http://10.0.0.5:1234/llm/v1", "lm_studio")
 
 
 @pytest.mark.parametrize("uri, name, host", [
@@ -207,7 +207,7 @@ def test_the_key_is_masked_in_debug_output_and_errors(rsps, monkeypatch, caplog)
         lmp.OpenAICompatibleProvider(host=BASE).generate_text(MESSAGES, "my-model", debug=True)
     for text in (str(info.value), info.value.body, info.value.server_message, caplog.text):
         assert KEY not in text and KEY[:-4] not in text
-    assert "****" + KEY[-4:] in str(info.value)
+    assert "****" in str(info.value)
 
 
 # =============================================================================

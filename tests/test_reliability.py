@@ -628,6 +628,9 @@ def test_required_attributes_must_be_a_list_of_strings(fake_server, kind, requir
                                          ("localhost:abc", "abc"), ("http://127.0.0.1:0", "0"),
                                          ("127.0.0.1:1234/v1/chat/completions", "/v1/chat/completions")])
 def test_bad_host_is_rejected_when_the_provider_is_made(kind, host, named):
+    if "/" in named and kind.cls is lmp.OllamaProvider:  # Ollama (behind a proxy) keeps a path prefix, as Ollama does
+        assert kind.cls(host=host).base_url == "http://" + host
+        return
     with pytest.raises(lmp.InvalidInputError) as info:
         kind.cls(host=host)
     assert repr(host) in str(info.value)

@@ -451,3 +451,216 @@ def test_ensure_requests_says_what_to_run_when_the_install_fails():
     result, _ = run_child("fail", None)
     assert len(result["calls"]) == 1
     assert "%s -m pip install requests" % result["executable"] in result["error"]
+
+
+# =============================================================================
+# A server that echoes the token anywhere: one scrub every message passes through
+# =============================================================================
+
+import traceback  # noqa: E402
+import urllib.parse  # noqa: E402
+
+
+def views(text):
+    """``text`` as written, and decoded the ways a server or a repr may have escaped the token."""
+    out = [text, urllib.parse.unquote(text)]
+    try:
+        out.append(text.encode("latin-1", "backslashreplace").decode("unicode_escape"))
+    except UnicodeDecodeError:
+        pass
+    return out
+
+
+def assert_no_token_run(text, where):
+    """Neither the token nor any 8-character run of it, in any of ``views(text)``, case ignored."""
+    for view in views(text):
+        folded = view.lower()
+        for start in range(len(TOKEN) - 7):
+            run = TOKEN[start:start + 8].lower()
+            assert run not in folded, "%r (part of the token) appears in %s: %r" % (run, where, text[:500])
+
+
+def exposed(error):
+    """Every place a user or a log can read from an exception."""
+    places = {"str": str(error), "repr": repr(error), "args": repr(error.args),
+              "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__))}
+    for name, value in vars(error).items():
+        places["." + name] = value if isinstance(value, str) else repr(value)
+    return places
+
+
+def percent_all(text):
+    return "".join("%%%02X" % ord(c) for c in text)
+
+
+def json_unicode_escaped(text):
+    return "".join("\\u%04x" % ord(c) for c in text)
+
+
+def chunk(data):
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def first_event(kind):
+    return kind.events(["Hel"], done=False, **({"finish_reason": None, "usage": False} if kind is LMS else {}))
+
+
+ECHO_PLACES = {
+    "stream event that is not JSON": lambda kind: Reply(200, first_event(kind) + [
+        (b"data: not json, key=%s\n\n" if kind is LMS else b"not json, key=%s\n") % TOKEN.encode()],
+        framing="chunked", content_type=kind.content_type),
+    "stream event of an unexpected shape": lambda kind: Reply(200, first_event(kind) + [
+        (b'data: {"choices": "%s"}\n\n' if kind is LMS else b'{"message": "%s"}\n') % TOKEN.encode()],
+        framing="chunked", content_type=kind.content_type),
+    "malformed chunk-size line": lambda kind: Reply(200, [chunk(b"".join(first_event(kind))),
+                                                         TOKEN.encode() + b"\r\nmore\r\n"],
+                                                    framing="close", content_type=kind.content_type,
+                                                    headers={"Transfer-Encoding": "chunked"}),
+    "redirect Location": lambda kind: Reply(302, [b""], headers={"Location": "http://evil.example/?key=" + TOKEN}),
+    "percent-encoded redirect Location": lambda kind: Reply(
+        307, [b""], headers={"Location": "http://evil.example/" + percent_all(TOKEN)}),
+    "error body, token split in two": lambda kind: json_reply(
+        {"error": "bad key %s %s" % (TOKEN[:13], TOKEN[13:])}, 400),
+    "error body, JSON unicode escapes": lambda kind: Reply(
+        500, [('{"error": "bad key %s"}' % json_unicode_escaped(TOKEN)).encode()]),
+    "error body cut inside the token": lambda kind: json_reply({"error": "x" * 285 + " " + TOKEN}, 500),
+    "plain-text error body": lambda kind: Reply(502, [b"upstream said: Authorization: Bearer " + TOKEN.encode()],
+                                                content_type="text/plain"),
+    "HTML error page with the token in its title": lambda kind: Reply(
+        502, [b"<html><title>denied " + TOKEN.encode() + b"</title></html>"], content_type="text/html"),
+}
+
+
+@kinds
+@pytest.mark.parametrize("place", ECHO_PLACES)
+@pytest.mark.parametrize("call", ["chat", "stream_text"])
+@pytest.mark.parametrize("fast_reads", [True, False], ids=["socket-reads", "urllib3-reads"])
+def test_token_echoed_anywhere_never_shows(server, kind, place, call, fast_reads, caplog, capfd, monkeypatch):
+    monkeypatch.setattr(lmp, "_FAST_BODY_READS", fast_reads, raising=False)
+    caplog.set_level(logging.DEBUG)
+    server.route("POST", kind.chat_path, ECHO_PLACES[place](kind))
+    provider = kind.cls(host=server.host, api_key=TOKEN, timeout=(2, 5))
+    with pytest.raises(lmp.ProviderError) as info:
+        if call == "chat":
+            provider.chat(MESSAGES, kind.model, debug=True)
+        else:
+            list(provider.stream_text(MESSAGES, kind.model, debug=True))
+    assert server.requests[0]["headers"]["authorization"] == "Bearer " + TOKEN  # the token was really sent
+    for where, text in exposed(info.value).items():
+        assert_no_token_run(text, "%s of the error (%s)" % (where, place))
+    out, err = capfd.readouterr()
+    assert_no_token_run(caplog.text + out + err, "the log or stderr (%s)" % place)
+
+
+def test_the_error_still_says_what_happened_around_the_mask(server):
+    server.route("POST", LMS.chat_path, json_reply({"error": "key %s was revoked" % TOKEN}, 400))
+    provider = LMS.cls(host=server.host, api_key=TOKEN, timeout=(2, 5))
+    with pytest.raises(lmp.ProviderResponseError) as info:
+        provider.chat(MESSAGES, LMS.model)
+    assert "key **** was revoked" in str(info.value)
+    assert info.value.server_message == "key **** was revoked"
+
+
+def test_an_error_built_anywhere_is_scrubbed_while_a_provider_holds_the_token():
+    provider = LMS.cls(host="127.0.0.1:9", api_key=TOKEN)
+    error = lmp.ProviderResponseError("echo %s" % TOKEN, server_message=TOKEN, body="a%sb" % TOKEN)
+    error.extra = ["x", TOKEN]
+    for where, text in exposed(error).items():
+        assert_no_token_run(text, where)
+    assert provider  # the token is live as long as a provider holds it
+
+
+def test_a_warning_that_quotes_the_server_is_scrubbed(caplog):
+    provider = LMS.cls(host="127.0.0.1:9", api_key=TOKEN)
+    caplog.set_level(logging.DEBUG)
+    lmp.logger.warning("server said %s", TOKEN)
+    logging.getLogger("lm_providers.debug").info("server said %s", TOKEN[2:20])
+    assert caplog.records and "****" in caplog.text
+    assert_no_token_run(caplog.text, "the log")
+    assert provider
+
+
+# =============================================================================
+# api_key: only what an HTTP header can carry; OLLAMA_API_KEY for Ollama hosts
+# =============================================================================
+
+BAD_KEYS = {"DEL": TOKEN[:10] + "\x7f" + TOKEN[10:], "non-ASCII": TOKEN[:10] + "\u00e9" + TOKEN[10:],
+            "inner space": TOKEN[:10] + " " + TOKEN[10:], "NUL": TOKEN[:10] + "\x00" + TOKEN[10:],
+            "line break": TOKEN[:10] + "\r\nX-Evil: 1", "zero-width space": TOKEN + "\u200b"}
+
+
+KEY_SOURCES = [(LMS, "api_key"), (OLLAMA, "api_key"), (LMS, "LM_API_TOKEN"), (OLLAMA, "OLLAMA_API_KEY")]
+
+
+@pytest.mark.parametrize("kind, source, bad", [
+    (kind, source, bad) for kind, source in KEY_SOURCES for bad in BAD_KEYS
+    if source == "api_key" or "\x00" not in BAD_KEYS[bad]])  # the environment cannot hold a NUL
+def test_an_api_key_a_header_cannot_carry_is_refused_without_showing_it(server, kind, source, bad, monkeypatch):
+    if source == "api_key":
+        make = lambda: kind.cls(host=server.host, api_key=BAD_KEYS[bad])  # noqa: E731
+    else:
+        monkeypatch.setenv(source, BAD_KEYS[bad])
+        make = lambda: kind.cls(host=server.host)  # noqa: E731
+    with pytest.raises(lmp.InvalidInputError) as info:
+        make()
+    message = str(info.value)
+    assert source in message and "visible ASCII" in message
+    assert_no_token_run(message, "the error")
+    assert server.requests == []  # nothing was sent
+
+
+@kinds
+def test_every_visible_ascii_character_is_sent_as_is(server, kind):
+    key = "".join(chr(code) for code in range(0x21, 0x7F))
+    kind.install(server)
+    provider = kind.cls(host=server.host, api_key="  %s\n" % key, timeout=(2, 5))  # read from a file: trimmed
+    assert provider.list_models()
+    assert server.requests[0]["headers"]["authorization"] == "Bearer " + key
+
+
+def test_ollama_api_key_is_sent_to_ollama_hosts(server, monkeypatch):
+    monkeypatch.setenv("OLLAMA_API_KEY", TOKEN)
+    OLLAMA.install(server)
+    provider = lmp.OllamaProvider(host=server.host, timeout=(2, 5))
+    assert provider.generate_text(MESSAGES, OLLAMA.model) and provider.list_models()
+    assert [r["headers"].get("authorization") for r in server.requests] == ["Bearer " + TOKEN] * 2
+    assert_masked(repr(provider), "repr(provider)")
+    assert_masked(repr(provider.transport), "repr(provider.transport)")
+
+
+def test_api_key_beats_ollama_api_key_and_lm_studio_ignores_it(server, monkeypatch):
+    monkeypatch.setenv("OLLAMA_API_KEY", "from-the-environment-0000")
+    OLLAMA.install(server)
+    lmp.OllamaProvider(host=server.host, api_key=TOKEN, timeout=(2, 5)).list_models()
+    assert server.requests[-1]["headers"]["authorization"] == "Bearer " + TOKEN
+    LMS.install(server)
+    lmp.LMStudioProvider(host=server.host, timeout=(2, 5)).list_models()
+    assert "authorization" not in server.requests[-1]["headers"]
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_a_blank_ollama_api_key_sends_no_header(server, monkeypatch, value):
+    monkeypatch.setenv("OLLAMA_API_KEY", value)
+    OLLAMA.install(server)
+    lmp.OllamaProvider(host=server.host, timeout=(2, 5)).list_models()
+    assert "authorization" not in server.requests[-1]["headers"]
+
+
+@pytest.mark.parametrize("place", ["error body, token split in two", "malformed chunk-size line",
+                                   "stream event that is not JSON"])
+def test_ollama_api_key_echoed_by_the_server_is_masked(server, monkeypatch, place, caplog):
+    monkeypatch.setenv("OLLAMA_API_KEY", TOKEN)
+    caplog.set_level(logging.DEBUG)
+    server.route("POST", OLLAMA.chat_path, ECHO_PLACES[place](OLLAMA))
+    provider = lmp.OllamaProvider(host=server.host, timeout=(2, 5))
+    with pytest.raises(lmp.ProviderError) as info:
+        list(provider.stream_text(MESSAGES, OLLAMA.model, debug=True))
+    for where, text in exposed(info.value).items():
+        assert_no_token_run(text, where)
+    assert_no_token_run(caplog.text, "the log")
+
+
+def test_a_401_from_ollama_says_how_to_send_a_key(server):
+    server.route("POST", OLLAMA.chat_path, json_reply({"error": "unauthorized"}, 401))
+    with pytest.raises(lmp.AuthenticationError, match="OLLAMA_API_KEY"):
+        lmp.OllamaProvider(host=server.host, timeout=(2, 5)).generate_text(MESSAGES, OLLAMA.model)

@@ -559,7 +559,9 @@ def test_round_trip_property_parameters_only(parameters):
     ("http://h.local:1234", "lm_studio", "http://h.local:1234"),
     ("http://h.local", "lm_studio", "http://h.local:1234"),
     ("http://h.local", "ollama", "http://h.local:11434"),
-    ("https://h.local", "ollama", "https://h.local:11434"),
+    ("https://h.local", "ollama", "https://h.local:443"),
+    ("https://h.local", "lm_studio", "https://h.local:443"),
+    ("https://h.local/", "lm_studio", "https://h.local:443"),
     ("https://h.local:443", "ollama", "https://h.local:443"),
     ("HTTP://h.local:1", "lm_studio", "http://h.local:1"),
     ("[::1]:11434", "ollama", "http://[::1]:11434"),
@@ -584,7 +586,7 @@ def test_normalize_host_accepted_forms(host, provider, url):
     assert normalize_host(host, provider) == url
 
 
-@pytest.mark.parametrize("host", ["localhost", "http://h.local", "https://h.local/", "::1", "[::1]", "gpu-box"])
+@pytest.mark.parametrize("host", ["localhost", "http://h.local", "http://h.local/", "::1", "[::1]", "gpu-box"])
 def test_normalize_host_never_defaults_to_port_80(host):
     for provider, port in (("lm_studio", 1234), ("ollama", 11434)):
         url = normalize_host(host, provider)
@@ -614,8 +616,6 @@ def test_normalize_host_is_idempotent(host):
     ("[::1]:x", "port"),
     ("ftp://h.local", "scheme"),
     ("ws://h.local:1234", "scheme"),
-    ("user@h.local", "'@'"),
-    ("http://user:pw@h.local:1234", "'@'"),
     ("[::1", "]"),
     ("[::1]1234", "after the IPv6"),
     ("my host", "characters"),
@@ -692,7 +692,7 @@ def test_resolve_host_explicit_beats_config_and_environment(clean_env):
     clean_env.setenv("LM_STUDIO_HOST", "10.0.0.6:1234")
     config = lmp.Config(lm_studio_host="192.168.1.2:1234", ollama_host="192.168.1.3")
     assert resolve_host("ollama", "gpu-box:9999", config) == "http://gpu-box:9999"
-    assert resolve_host("lm_studio", "https://h.local", config) == "https://h.local:1234"
+    assert resolve_host("lm_studio", "https://h.local", config) == "https://h.local:443"
 
 
 def test_resolve_host_config_without_this_providers_host_falls_through(clean_env):
@@ -717,7 +717,7 @@ def test_resolve_host_blank_values_fall_through(clean_env):
     ("[::1]:11434", "http://[::1]:11434"),
     ("::", "http://[::1]:11434"),
     ("example.com", "http://example.com:11434"),
-    ("https://example.com", "https://example.com:11434"),
+    ("https://example.com", "https://example.com:443"),
 ])
 def test_resolve_host_ollama_host_forms(clean_env, value, url):
     clean_env.setenv("OLLAMA_HOST", value)
@@ -733,3 +733,143 @@ def test_resolve_host_bad_environment_value_raises(clean_env):
 def test_resolve_host_rejects_unknown_provider(clean_env):
     with pytest.raises(InvalidInputError):
         resolve_host("vllm")
+
+
+# =============================================================================
+# Hosts as Ollama's own server reads OLLAMA_HOST
+# =============================================================================
+
+# Every case of TestHost in ollama/ollama envconfig/config_test.go: (name there, value, what Ollama makes of it,
+# what we make of it).  Where the two differ, the last column says why; None means an InvalidInputError.
+OLLAMA_ENVCONFIG_CASES = [
+    ("empty", "", "http://127.0.0.1:11434", "http://127.0.0.1:11434", ""),
+    ("only address", "1.2.3.4", "http://1.2.3.4:11434", "http://1.2.3.4:11434", ""),
+    ("only port", ":1234", "http://:1234", "http://127.0.0.1:1234", "an empty host is this machine, spelled out"),
+    ("address and port", "1.2.3.4:1234", "http://1.2.3.4:1234", "http://1.2.3.4:1234", ""),
+    ("hostname", "example.com", "http://example.com:11434", "http://example.com:11434", ""),
+    ("hostname and port", "example.com:1234", "http://example.com:1234", "http://example.com:1234", ""),
+    ("zero port", ":0", "http://:0", None, "a server binds port 0 to get any free port; a client cannot connect there"),
+    ("too large port", ":66000", "http://:11434", None, "Ollama logs a warning and uses its default; we say so"),
+    ("too small port", ":-1", "http://:11434", None, "Ollama logs a warning and uses its default; we say so"),
+    ("ipv6 localhost", "[::1]", "http://[::1]:11434", "http://[::1]:11434", ""),
+    ("ipv6 world open", "[::]", "http://[::]:11434", "http://[::1]:11434", "a bind address: this machine"),
+    ("ipv6 no brackets", "::1", "http://[::1]:11434", "http://[::1]:11434", ""),
+    ("ipv6 + port", "[::1]:1337", "http://[::1]:1337", "http://[::1]:1337", ""),
+    ("extra space", " 1.2.3.4 ", "http://1.2.3.4:11434", "http://1.2.3.4:11434", ""),
+    ("extra quotes", '"1.2.3.4"', "http://1.2.3.4:11434", "http://1.2.3.4:11434", ""),
+    ("extra space+quotes", ' " 1.2.3.4 " ', "http://1.2.3.4:11434", "http://1.2.3.4:11434", ""),
+    ("extra single quotes", "'1.2.3.4'", "http://1.2.3.4:11434", "http://1.2.3.4:11434", ""),
+    ("http", "http://1.2.3.4", "http://1.2.3.4:80", "http://1.2.3.4:11434",
+     "documented: http://host keeps the server's default port"),
+    ("http port", "http://1.2.3.4:4321", "http://1.2.3.4:4321", "http://1.2.3.4:4321", ""),
+    ("https", "https://1.2.3.4", "https://1.2.3.4:443", "https://1.2.3.4:443", ""),
+    ("https port", "https://1.2.3.4:4321", "https://1.2.3.4:4321", "https://1.2.3.4:4321", ""),
+    ("proxy path", "https://example.com/ollama", "https://example.com:443/ollama", "https://example.com:443/ollama", ""),
+    # Ollama's Host() since its cloud: a bare ollama.com means https://ollama.com:443.
+    ("ollama cloud", "ollama.com", "https://ollama.com:443", "https://ollama.com:443", ""),
+    # What docker-compose lists and .env files produce: the quotes stay in the value.
+    ("quoted host and port", '"127.0.0.1:11434"', "http://127.0.0.1:11434", "http://127.0.0.1:11434", ""),
+    ("quoted url", "'http://gpu-box:8080/'", "http://gpu-box:8080", "http://gpu-box:8080", ""),
+]
+
+
+@pytest.mark.parametrize("name, value, ollama, ours, why", OLLAMA_ENVCONFIG_CASES,
+                         ids=[case[0] for case in OLLAMA_ENVCONFIG_CASES])
+def test_ollama_host_forms_from_ollamas_own_tests(clean_env, name, value, ollama, ours, why):
+    assert (ours == ollama) == (not why), "a difference from Ollama must say why"
+    clean_env.setenv("OLLAMA_HOST", value)
+    if ours is None:
+        with pytest.raises(InvalidInputError, match="port"):
+            resolve_host("ollama")
+        return
+    assert resolve_host("ollama") == ours                          # the environment
+    assert resolve_host("ollama", config=lmp.Config(ollama_host=value or None)) == ours  # a config file
+    if value.strip():
+        assert normalize_host(value, "ollama") == ours             # host=
+
+
+@pytest.mark.parametrize("value, url", [
+    ('"127.0.0.1:1234"', "http://127.0.0.1:1234"),
+    (" '10.0.0.6' ", "http://10.0.0.6:1234"),
+    ('"https://lms.example.com"', "https://lms.example.com:443"),
+    ('""', "http://127.0.0.1:1234"),
+])
+def test_lm_studio_host_strips_white_space_and_quotes_too(clean_env, value, url):
+    clean_env.setenv("LM_STUDIO_HOST", value)
+    assert resolve_host("lm_studio") == url
+    assert lmp.LMStudioProvider().base_url == url
+
+
+@pytest.mark.parametrize("value", ['"1.2.3.4\'', '"1.2.3.4', "'h.local:1234\"", '"1.2."3.4"'])
+def test_unmatched_or_inner_quotes_are_refused(value):
+    with pytest.raises(InvalidInputError, match="characters|port"):
+        normalize_host(value, "ollama")
+
+
+def test_only_ollama_keeps_a_path_prefix():
+    assert normalize_host("https://example.com/ollama/", "ollama") == "https://example.com:443/ollama"
+    assert normalize_host("http://proxy:8080/a/b/v1", "ollama") == "http://proxy:8080/a/b"
+    with pytest.raises(InvalidInputError, match="path"):
+        normalize_host("https://example.com/lmstudio", "lm_studio")
+    with pytest.raises(InvalidInputError, match="path"):
+        normalize_host("https://example.com/a b", "ollama")
+
+
+def test_an_ollama_path_prefix_is_where_requests_go(server, clean_env):
+    server.route("GET", "/ollama/api/tags", lambda request: __import__("loopback").json_reply(
+        {"models": [{"name": "llama3:latest"}]}))
+    clean_env.setenv("OLLAMA_HOST", '"http://%s/ollama"' % server.host)
+    assert lmp.OllamaProvider().list_models() == ["llama3:latest"]
+    assert server.requests[0]["path"] == "/ollama/api/tags"
+
+
+def test_a_quoted_host_reaches_the_server(server, clean_env):
+    server.route("GET", "/api/tags", lambda request: __import__("loopback").json_reply({"models": []}))
+    clean_env.setenv("OLLAMA_HOST", '"%s"' % server.host)
+    assert lmp.OllamaProvider().list_models() == []
+    assert len(server.requests) == 1
+
+
+PASSWORD = "hunter2-Xq9"
+WITH_PASSWORD = ["http://admin:%s@h.local:1234" % PASSWORD, "admin:%s@h.local" % PASSWORD,
+                 "https://%s@h.local" % PASSWORD, '"http://admin:%s@h.local:1234"' % PASSWORD,
+                 "ftp://admin:%s@h.local" % PASSWORD, "admin:%s@h.local:99999" % PASSWORD,
+                 "http://admin:%s@h.local/some/path" % PASSWORD]
+
+
+@pytest.mark.parametrize("provider", ["lm_studio", "ollama"])
+@pytest.mark.parametrize("host", WITH_PASSWORD)
+def test_a_host_with_a_password_is_refused_without_repeating_it(host, provider):
+    with pytest.raises(InvalidInputError) as info:
+        normalize_host(host, provider)
+    message = str(info.value)
+    assert PASSWORD not in message and PASSWORD[:6] not in message
+    assert "***" in message
+
+
+@pytest.mark.parametrize("variable, cls", [("OLLAMA_HOST", lmp.OllamaProvider),
+                                           ("LM_STUDIO_HOST", lmp.LMStudioProvider)])
+def test_a_password_in_the_environment_is_not_repeated(clean_env, variable, cls):
+    clean_env.setenv(variable, WITH_PASSWORD[0])
+    with pytest.raises(InvalidInputError) as info:
+        cls()
+    assert PASSWORD not in str(info.value) and "user name or password" in str(info.value)
+
+
+@pytest.mark.parametrize("uri", ["lm_studio://m@http://admin:%s@h.local:1234" % PASSWORD,
+                                 "ollama://llama3@https://admin:%s@h.local" % PASSWORD,
+                                 "ollama://llama3@http://admin:%s@h.local:99999" % PASSWORD])
+def test_a_password_in_a_model_uri_is_refused_without_repeating_it(uri):
+    with pytest.raises(ModelURIError) as info:
+        parse_model_uri(uri)
+    assert PASSWORD not in str(info.value) and "***" in str(info.value)
+    with pytest.raises(ModelURIError) as info:
+        lmp.get_provider(uri)
+    assert PASSWORD not in str(info.value)
+
+
+def test_a_huge_uri_is_quoted_only_in_part():
+    uri = "lm_studio://m?" + "x" * 1000000
+    with pytest.raises(ModelURIError) as info:
+        parse_model_uri(uri)
+    assert len(str(info.value)) < 1000
