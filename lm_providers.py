@@ -1476,6 +1476,15 @@ def _parse_json(data: bytes) -> Any:
     return value
 
 
+#: What LM Studio (0.3.14 to 0.4.x) says, with HTTP 200 or 404, for an endpoint it does not have.
+_UNKNOWN_ENDPOINT_PHRASE = "unexpected endpoint or method"
+
+
+def _lacks_endpoint(status: int, message: str) -> bool:
+    """Whether an error answer means the server has no such endpoint (a 404-like status, or LM Studio's words)."""
+    return status in (404, 405, 501) or _UNKNOWN_ENDPOINT_PHRASE in message.lower()
+
+
 def _server_message(body: str) -> str:
     """The server's own error message from an error body of any shape."""
     text = body.strip()
@@ -3221,7 +3230,8 @@ class BaseProvider:
                        model.name)
             response = self.transport.request("POST", self.embed_path, payload, debug=debug,
                                               describe_failure=self._embed_failure, model=model.name)
-            found = self._read_answer(response, self.embed_path, self._read_embeddings, model.name)[1]
+            found = self._read_answer(response, self.embed_path, self._read_embeddings, model.name,
+                                      failure=self._embed_failure)[1]
             if len(found) != len(batch):
                 raise ProviderResponseError("%s answered %d text(s) with %d vector(s)" % (
                     self.title, len(batch), len(found)), status=response.status_code)
@@ -3411,15 +3421,16 @@ class BaseProvider:
         it is an UnsupportedEndpointError naming the version ``needed`` and the
         ``manual`` way.
         """
-        def describe(status: int, body: str, model_name: str) -> ProviderError:
+        def describe(status: int, body: str, model_name: str, in_body: bool = False) -> ProviderError:
             message = _server_message(body)
-            if status in (404, 405, 501) and not (model_name and self._is_model_not_found(status, message, body)):
+            if _lacks_endpoint(status, message) and not (
+                    model_name and self._is_model_not_found(status, message, body)):
                 return UnsupportedEndpointError(
                     "%s at %s has no %s %s (HTTP %d: %s)%s. %s" % (
                         self.title, self.base_url, method, path, status, message,
                         "; it needs %s" % needed if needed else "", manual or self.wrong_server_hint),
                     path=path, needed=needed, manual=manual, status=status, server_message=message, body=body)
-            return self._failure(status, body, model_name)
+            return self._failure(status, body, model_name, in_body)
 
         if debug:
             _debug("request %s %s%s payload=%s", method, self.base_url, path,
@@ -3427,6 +3438,7 @@ class BaseProvider:
         try:
             response = self.transport.request(method, path, payload, debug=debug, describe_failure=describe,
                                               model=model)
+            return self._read_answer(response, path, read, model, failure=describe)[1]
         except UnsupportedEndpointError as exc:
             if not optional:
                 raise
@@ -3435,7 +3447,6 @@ class BaseProvider:
             if debug:
                 _debug("%s has no %s (HTTP %s); falling back", self.title, path, exc.status)
             return None
-        return self._read_answer(response, path, read, model)[1]
 
     def _stream_json(self, path: str, payload: Dict[str, Any], *, debug: bool = False,
                      model: str = "") -> Generator[Dict[str, Any], None, None]:
@@ -3650,10 +3661,12 @@ class BaseProvider:
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {}
 
-    def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str = "") -> Tuple[Any, _T]:
+    def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str = "",
+                     failure: Optional[Callable[..., ProviderError]] = None) -> Tuple[Any, _T]:
         """``(data, read(data))`` for a 2xx JSON answer, read within ``max_body_bytes``; an answer that
         is not JSON (or nests too deeply), holds an error object, or has another shape than ``read``
-        expects is a ProviderResponseError."""
+        expects is a ProviderResponseError.  An error object is described by ``failure`` (the caller's
+        own ``describe_failure``; default ``_failure``), since servers put any error in a 200 body."""
         body = self.transport.read_body(response, path)
         try:
             data = _parse_json(body)
@@ -3667,7 +3680,8 @@ class BaseProvider:
                 self.title, path, _server_message(text) if text.strip() else "an empty body"),
                 status=response.status_code, server_message=_server_message(text), body=text) from None
         if isinstance(data, dict) and data.get("error"):
-            raise self._failure(response.status_code, body.decode("utf-8", "replace"), model, in_body=True)
+            raise (failure or self._failure)(response.status_code, body.decode("utf-8", "replace"), model,
+                                             in_body=True)
         try:
             return data, read(data)
         except (KeyError, IndexError, TypeError, AttributeError):

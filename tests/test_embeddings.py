@@ -276,3 +276,13 @@ def test_cli_embed_reports_a_typed_error(rsps, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--embeddings" in err and "Traceback" not in err
 
+
+
+# --- LM Studio puts errors in 200 answers too -------------------------------------------------------
+
+def test_a_chat_model_refused_in_a_200_answer_is_embedding_not_supported(rsps):
+    rsps.add(responses.POST, LMS_URL, json={"error": "Model \"qwen2.5-7b-instruct\" is not embedding model"})
+    with pytest.raises(lmp.EmbeddingNotSupportedError) as info:
+        lms().embed("hi", "qwen2.5-7b-instruct")
+    assert info.value.status == 200 and "embedding model" in str(info.value)
+

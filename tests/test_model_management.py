@@ -752,3 +752,41 @@ def test_ollama_show_that_is_not_an_object_is_a_clear_error(rsps):
     rsps.add("POST", OLLAMA + "/api/show", json=[1, 2])
     with pytest.raises(lmp.ProviderResponseError, match="unexpected shape"):
         lmp.OllamaProvider().model_info("smollm2")
+
+
+# =============================================================================
+# LM Studio 0.3.14 to 0.4.x answer an endpoint they lack with HTTP 200 (or 404) and this body
+# =============================================================================
+
+def lm_studio_lacks(path, method="GET"):
+    return {"error": "Unexpected endpoint or method. (%s %s)" % (method, path)}
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_lm_studio_without_the_native_api_falls_back_to_v1_models_whatever_the_status(rsps, caplog, status):
+    caplog.set_level(logging.DEBUG, logger="lm_providers")
+    for path in ("/api/v1/models", "/api/v0/models", "/props"):
+        rsps.add("GET", LMS + path, json=lm_studio_lacks(path), status=status)
+    rsps.add("GET", LMS + "/v1/models", json={"object": "list", "data": [{"id": "qwen2.5-7b-instruct",
+                                                                          "object": "model"}]})
+    (info,) = lmp.LMStudioProvider().list_model_info()
+    assert info.name == "qwen2.5-7b-instruct" and info.source == "/v1/models"
+    assert "neither /api/v1/models nor /api/v0/models" in caplog.text
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_lm_studio_version_on_a_server_without_the_endpoint_is_none(rsps, status):
+    rsps.add("GET", LMS + "/props", json=lm_studio_lacks("/props"), status=status)
+    assert lmp.OpenAICompatibleProvider(host=LMS).server_version() is None
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_lm_studio_too_old_to_load_on_a_200_says_which_version_and_the_manual_way(rsps, status):
+    rsps.add("POST", LMS + "/api/v1/models/load", json=lm_studio_lacks("/api/v1/models/load", "POST"),
+             status=status)
+    with pytest.raises(lmp.UnsupportedEndpointError) as caught:
+        lmp.LMStudioProvider().load_model("qwen2.5-7b-instruct", context_length=8192)
+    error = caught.value
+    assert error.needed == "LM Studio 0.4.0 or later" and error.path == "/api/v1/models/load"
+    assert error.manual == "Load it by hand:  lms load qwen2.5-7b-instruct --context-length 8192"
+    assert error.status == status and "Unexpected endpoint or method" in error.server_message
