@@ -3610,14 +3610,19 @@ class BaseProvider:
         if any(phrase in text for phrase in _TOO_LONG_PHRASES):
             return InputTooLongError("a text is too long for %s model %r: %s. Shorten or split it%s." % (
                 self.title, model, message.rstrip(". "), self.truncate_hint), status, message, body)
-        if status == 404 and not self._is_model_not_found(status, message, body):
-            return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s); the server may be too old "
-                                         "for embeddings" % (self.title, self.base_url, self.embed_path,
-                                                             message.rstrip(". ")), status, message, body)
+        if _lacks_endpoint(status, message) and not self._is_model_not_found(status, message, body):
+            manual = "Update the server%s, or use another one for embeddings." % (
+                " to %s" % self.embed_needed if self.embed_needed else "")
+            return UnsupportedEndpointError("%s at %s has no endpoint %s (HTTP %d: %s); the server may be too old "
+                                            "for embeddings. %s" % (self.title, self.base_url, self.embed_path,
+                                                                    status, message.rstrip(". "), manual),
+                                            path=self.embed_path, needed=self.embed_needed, manual=manual,
+                                            status=status, server_message=message, body=body)
         return self._failure(status, body, model, in_body)
 
     embedding_hint = ""
     truncate_hint = ""
+    embed_needed = ""  # the server version that has embed_path, when known
     def _wire_messages(self, messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
         """The messages as this server takes them.  Tool requests and tool results, written
         the one way the README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``);
@@ -4386,6 +4391,7 @@ class OllamaProvider(BaseProvider):
         return "Download it with  ollama pull %s  and see what is installed with  ollama list." % model
 
     embed_path = "/api/embed"
+    embed_needed = "Ollama 0.3.4 or later"  # /api/embed came with 0.3.4 (ollama/ollama#6730)
     embedding_hint = "Use an embedding model, e.g.  ollama pull nomic-embed-text ."
     truncate_hint = ", or pass truncate=True to cut it to the model's context"
     embed_fields = ("keep_alive", "options", "truncate")

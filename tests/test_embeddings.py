@@ -286,3 +286,22 @@ def test_a_chat_model_refused_in_a_200_answer_is_embedding_not_supported(rsps):
         lms().embed("hi", "qwen2.5-7b-instruct")
     assert info.value.status == 200 and "embedding model" in str(info.value)
 
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_lm_studio_without_the_embeddings_endpoint_is_unsupported_endpoint(rsps, status):
+    rsps.add(responses.POST, LMS_URL, json={"error": "Unexpected endpoint or method. (POST /v1/embeddings)"},
+             status=status)
+    with pytest.raises(lmp.UnsupportedEndpointError) as info:
+        lms().embed("hi", "nomic")
+    error = info.value
+    assert error.path == "/v1/embeddings" and error.status == status
+    assert "has no endpoint /v1/embeddings" in str(error) and error.manual
+
+
+def test_an_ollama_too_old_for_api_embed_says_which_version(rsps):
+    rsps.add(responses.POST, OLLAMA_URL, body="404 page not found", status=404, content_type="text/plain")
+    with pytest.raises(lmp.UnsupportedEndpointError) as info:
+        ollama().embed("hi", "nomic-embed-text")
+    assert info.value.needed == "Ollama 0.3.4 or later" and info.value.path == "/api/embed"
+    assert "Update the server to Ollama 0.3.4 or later" in str(info.value)
