@@ -332,8 +332,6 @@ class EmbeddingNotSupportedError(ProviderResponseError):
     llama.cpp server started without ``--embeddings`` (or with pooling ``none``)."""
 
 
-class InputTooLongError(ProviderResponseError):
-    """An input is longer than the model can take at once (its context, or llama.cpp's batch size)."""
 class ContextLengthError(ProviderResponseError):
     """The prompt does not fit the model's context: the server refused it, or (Ollama) cut it.
 
@@ -351,6 +349,14 @@ class ContextLengthError(ProviderResponseError):
         self.context_length = context_length
         self.estimated = estimated
         self.result = result
+
+
+class InputTooLongError(ContextLengthError):
+    """An input to embed is longer than the model can take at once (its context, or llama.cpp's batch size).
+
+    A ContextLengthError, so one ``except`` catches a prompt or a text that does not fit;
+    ``prompt_tokens`` and ``context_length`` are filled when the server gives them.
+    """
 
 
 class UnsupportedEndpointError(ProviderResponseError):
@@ -2970,6 +2976,7 @@ _OVERFLOW_PATTERNS = (  # (regex, group of the prompt size, group of the context
                 r"(\d+) tokens", re.S), 1, 2),
     (re.compile(r"n_keep \((\d+)\) >= n_ctx \((\d+)\)"), 1, 2),
     (re.compile(r"[Ii]nput length (\d+) exceeds context length (\d+)"), 1, 2),
+    (re.compile(r"input \((\d+) tokens\) is too large to process"), 1, 0),  # llama.cpp: over its batch size
     (re.compile(r"maximum context length is (\d+) tokens.*?resulted in (\d+) tokens", re.S), 2, 1),
     (re.compile(r"context (?:size|length|window) (?:has been |was )?exceeded|exceeds? the (?:available )?context"
                 r"|context the overflows", re.I), 0, 0),
@@ -3607,9 +3614,12 @@ class BaseProvider:
         if any(phrase in text for phrase in _NO_EMBEDDING_PHRASES):
             return EmbeddingNotSupportedError("%s cannot embed with model %r: %s. %s" % (
                 self.title, model, message.rstrip(". "), self.embedding_hint), status, message, body)
-        if any(phrase in text for phrase in _TOO_LONG_PHRASES):
+        overflow = _parse_overflow(message, body)
+        if overflow is not None or any(phrase in text for phrase in _TOO_LONG_PHRASES):
+            prompt_tokens, context_length = overflow or (None, None)
             return InputTooLongError("a text is too long for %s model %r: %s. Shorten or split it%s." % (
-                self.title, model, message.rstrip(". "), self.truncate_hint), status, message, body)
+                self.title, model, message.rstrip(". "), self.truncate_hint), prompt_tokens=prompt_tokens,
+                context_length=context_length, status=status, server_message=message, body=body)
         if _lacks_endpoint(status, message) and not self._is_model_not_found(status, message, body):
             manual = "Update the server%s, or use another one for embeddings." % (
                 " to %s" % self.embed_needed if self.embed_needed else "")

@@ -305,3 +305,25 @@ def test_an_ollama_too_old_for_api_embed_says_which_version(rsps):
         ollama().embed("hi", "nomic-embed-text")
     assert info.value.needed == "Ollama 0.3.4 or later" and info.value.path == "/api/embed"
     assert "Update the server to Ollama 0.3.4 or later" in str(info.value)
+
+
+# --- a text over the context is a ContextLengthError, with the server's counts ------------------------
+
+LLAMA_EMBED_OVER_CONTEXT = (400, {"error": {"code": 400, "message": "request (3001 tokens) exceeds the available "
+                                            "context size (2048 tokens), try increasing it",
+                                            "type": "exceed_context_size_error", "n_prompt_tokens": 3001,
+                                            "n_ctx": 2048}})  # llama.cpp's overflow body (test_model_management)
+
+
+@pytest.mark.parametrize("answer, counts", [(LLAMA_EMBED_OVER_CONTEXT, (3001, 2048)), (LLAMA_TOO_LONG, (601, None)),
+                                            (OLLAMA_TOO_LONG, (None, None))],
+                         ids=["llama-exceed-context", "llama-batch", "ollama-no-counts"])
+def test_a_text_too_long_is_a_context_length_error_with_the_counts_the_server_gave(rsps, answer, counts):
+    status, body = answer
+    rsps.add(responses.POST, LMS_URL, json=body, status=status)
+    with pytest.raises(lmp.ContextLengthError) as info:
+        lms().embed("fox " * 3000, "nomic")
+    error = info.value
+    assert isinstance(error, lmp.InputTooLongError) and error.status == status
+    assert (error.prompt_tokens, error.context_length) == counts
+    assert error.server_message and error.body and "Shorten or split it" in str(error)
