@@ -4593,16 +4593,20 @@ class OllamaProvider(BaseProvider):
         self._ps_seen.pop(_ollama_key(name), None)
 
     def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
-        """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``."""
-        events = self._stream_json("/api/pull", {"model": name, "stream": True}, debug=debug, model=name)
-        return self._pull_progress(name, events)
+        """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``.
+        A generator, so the request goes out on the first ``next()``, not when ``iter_pull`` is called."""
+        yield from self._pull_progress(name, self._stream_json("/api/pull", {"model": name, "stream": True},
+                                                               debug=debug, model=name))
 
-    def _pull_progress(self, name: str, events: Iterator[Dict[str, Any]]) -> Iterator[PullProgress]:
+    def _pull_progress(self, name: str, events: Generator[Dict[str, Any], None, None]) -> Iterator[PullProgress]:
         status = None
-        for event in events:
-            status = str(event.get("status", ""))
-            yield PullProgress(status, _first_int(event.get("completed")), _first_int(event.get("total")),
-                               event.get("digest") if isinstance(event.get("digest"), str) else None)
+        try:
+            for event in events:
+                status = str(event.get("status", ""))
+                yield PullProgress(status, _first_int(event.get("completed")), _first_int(event.get("total")),
+                                   event.get("digest") if isinstance(event.get("digest"), str) else None)
+        finally:
+            events.close()  # a caller that stops early must not leave the connection open
         if status != "success":
             raise DownloadError("%s stopped reporting on the download of %r before it succeeded (last status: %r); "
                                 "run  ollama pull %s  to finish it" % (self.title, name, status, name),

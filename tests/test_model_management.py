@@ -11,6 +11,8 @@ import copy
 import datetime
 import json
 import logging
+import socket
+import threading
 
 import pytest
 import responses
@@ -790,3 +792,70 @@ def test_lm_studio_too_old_to_load_on_a_200_says_which_version_and_the_manual_wa
     assert error.needed == "LM Studio 0.4.0 or later" and error.path == "/api/v1/models/load"
     assert error.manual == "Load it by hand:  lms load qwen2.5-7b-instruct --context-length 8192"
     assert error.status == status and "Unexpected endpoint or method" in error.server_message
+
+
+# =============================================================================
+# Ollama pull: nothing is sent before the first record is asked for; stopping early hangs up
+# =============================================================================
+
+class EndlessPull:
+    """A raw loopback server that answers /api/pull with one status line and then never ends the body;
+    it records each connection and whether the client hung up (the connection a leak would keep open)."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.host = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.accepted = threading.Event()
+        self.hung_up = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.listener.settimeout(10)
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        self.accepted.set()
+        conn.settimeout(10)
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            line = json.dumps(PULL_LINES[1]).encode() + b"\n"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked"
+                         b"\r\n\r\n%x\r\n%s\r\n" % (len(line), line))
+            try:
+                while conn.recv(65536):  # the rest of the request, then nothing until the client hangs up
+                    pass
+                self.hung_up.set()
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def endless_pull():
+    server = EndlessPull()
+    yield server
+    server.close()
+
+
+def test_ollama_iter_pull_sends_nothing_until_iterated_and_hangs_up_when_left(endless_pull):
+    provider = lmp.OllamaProvider(host=endless_pull.host)
+    pulls = provider.iter_pull("llama3.2")
+    assert not endless_pull.accepted.wait(0.3)  # asking for the iterator is not asking for the download
+    for record in pulls:
+        assert record.completed == 241970
+        break
+    assert endless_pull.accepted.is_set()
+    pulls.close()  # what a for loop's end does once the iterator is dropped; `pulls` holds it here
+    assert endless_pull.hung_up.wait(5)
+
+
+def test_ollama_iter_pull_never_iterated_sends_nothing(endless_pull):
+    provider = lmp.OllamaProvider(host=endless_pull.host)
+    provider.iter_pull("llama3.2").close()
+    assert not endless_pull.accepted.wait(0.3)
