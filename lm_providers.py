@@ -4259,7 +4259,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
             payload["context_length"] = context_length
         answer = self._call("POST", "/api/v1/models/load", payload, debug=debug, model=name,
                             needed=self.NATIVE_API_VERSION, manual=self.load_hint(name, context_length))
-        config = (answer.get("load_config") or answer.get("config") or {}) if isinstance(answer, dict) else {}
+        config = _dict_at(answer, "load_config") or _dict_at(answer, "config")  # either may be anything
         try:
             info = self._model_info(name, debug)
         except ModelNotFoundError:

@@ -859,3 +859,11 @@ def test_ollama_iter_pull_never_iterated_sends_nothing(endless_pull):
     provider = lmp.OllamaProvider(host=endless_pull.host)
     provider.iter_pull("llama3.2").close()
     assert not endless_pull.accepted.wait(0.3)
+
+
+@pytest.mark.parametrize("config", ["16384", [16384], 16384, True], ids=["string", "list", "number", "true"])
+def test_lm_studio_load_with_a_load_config_that_is_not_an_object_still_loads(rsps, config):
+    rsps.add("POST", LMS + "/api/v1/models/load", json=dict(LOADED, load_config=config))
+    rsps.add("GET", LMS + "/api/v1/models", json=V1_MODELS)
+    info = lmp.LMStudioProvider().load_model("gemma-3-270m-it-qat", context_length=8192)
+    assert info.loaded is True and info.loaded_context_length == 8192  # what was asked, as nothing else was said
