@@ -4613,6 +4613,8 @@ class OllamaProvider(BaseProvider):
                                 server_message=status)
 
     def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
+        if path != "/api/pull":  # only a pull's errors are about downloading
+            return super()._in_band_error(path, model, message, body)
         if "file does not exist" in message or "not found" in message:
             return ModelNotFoundError("%s could not download %r: %s. Check the name on https://ollama.com/library"
                                       % (self.title, model, message), model=model, host=self.base_url,

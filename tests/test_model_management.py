@@ -867,3 +867,14 @@ def test_lm_studio_load_with_a_load_config_that_is_not_an_object_still_loads(rsp
     rsps.add("GET", LMS + "/api/v1/models", json=V1_MODELS)
     info = lmp.LMStudioProvider().load_model("gemma-3-270m-it-qat", context_length=8192)
     assert info.loaded is True and info.loaded_context_length == 8192  # what was asked, as nothing else was said
+
+
+def test_an_error_line_in_another_ollama_stream_is_not_called_a_download_error(server):
+    lines = [{"model": "smollm2", "response": "Hi", "done": False}, {"error": "an error in the middle"}]
+    server.route("POST", "/api/generate", Reply(200, ndjson(lines), framing="chunked"))
+    provider = lmp.OllamaProvider(host=server.host)
+    with pytest.raises(lmp.ProviderResponseError) as caught:
+        list(provider._stream_json("/api/generate", {"model": "smollm2", "prompt": "Hi"}, model="smollm2"))
+    assert type(caught.value) is lmp.ProviderResponseError
+    assert "/api/generate" in str(caught.value) and "download" not in str(caught.value)
+    assert caught.value.server_message == "an error in the middle"
