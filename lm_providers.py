@@ -3387,14 +3387,11 @@ class BaseProvider:
         return last
 
     def _model_info(self, name: str, debug: bool) -> ModelInfo:
-        for info in self.list_model_info(debug=debug):
+        infos = self.list_model_info(debug=debug)
+        for info in infos:
             if self.same_model(name, info.name):
                 return info
-        matches = self.close_matches(name)
-        raise ModelNotFoundError("model %r is not available on %s at %s. %s%s" % (
-            name, self.title, self.base_url, self.download_hint(name),
-            (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
-            model=name, host=self.base_url, suggestions=matches)
+        raise self._not_found(name, "", offered=[info.name for info in infos])
 
     def _list_model_info(self, debug: bool) -> List[ModelInfo]:
         return [ModelInfo(name, source=self.models_path) for name in self.list_models(debug=debug)]
@@ -3940,19 +3937,23 @@ class BaseProvider:
                 % (self.title, model, self.title, said), model=model, status=status, server_message=message,
                 body=body)
         if model and self._is_model_not_found(status, message, body):
-            matches = self.close_matches(model)
-            return ModelNotFoundError(
-                "model %r is not available on %s at %s: %s. %s%s" % (
-                    model, self.title, self.base_url, said, self.download_hint(model),
-                    (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
-                model=model, host=self.base_url, suggestions=matches, status=status, server_message=message,
-                body=body)
+            return self._not_found(model, said, status, message, body)
         if status == 404:
             return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s). Is this really %s? %s" % (
                 self.title, self.base_url, self.chat_path if model else self.models_path, said, self.title,
                 self.wrong_server_hint), status, message, body)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
         return ProviderResponseError("%s answered %s: %s" % (self.title, where, message), status, message, body)
+
+    def _not_found(self, model: str, said: str, status: Optional[int] = None, message: Optional[str] = None,
+                   body: Optional[str] = None, offered: Optional[Sequence[str]] = None) -> ModelNotFoundError:
+        """The ModelNotFoundError for ``model``, with the server's words ``said`` and close matches among
+        ``offered`` (the server's models, listed again only when not given)."""
+        matches = self.close_matches(model, offered)
+        return ModelNotFoundError("model %r is not available on %s at %s%s. %s%s" % (
+            model, self.title, self.base_url, ": " + said if said else "", self.download_hint(model),
+            (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
+            model=model, host=self.base_url, suggestions=matches, status=status, server_message=message, body=body)
 
     auth_hint = ""
     wrong_server_hint = ""

@@ -878,3 +878,13 @@ def test_an_error_line_in_another_ollama_stream_is_not_called_a_download_error(s
     assert type(caught.value) is lmp.ProviderResponseError
     assert "/api/generate" in str(caught.value) and "download" not in str(caught.value)
     assert caught.value.server_message == "an error in the middle"
+
+
+def test_model_info_for_a_missing_model_suggests_from_the_listing_it_already_has(rsps):
+    rsps.add("GET", LMS + "/api/v1/models", json=V1_MODELS)
+    rsps.add("GET", LMS + "/v1/models", json={"object": "list", "data": [{"id": "something-else"}]})
+    with pytest.raises(lmp.ModelNotFoundError) as caught:
+        lmp.LMStudioProvider().model_info("gemma-3-270m")
+    assert caught.value.suggestions == ["gemma-3-270m-it-qat"] and caught.value.model == "gemma-3-270m"
+    assert "Close matches on this server: gemma-3-270m-it-qat." in str(caught.value)
+    assert [call.request.url for call in rsps.calls] == [LMS + "/api/v1/models"]  # not listed a second time
