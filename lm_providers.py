@@ -4166,7 +4166,7 @@ class OpenAICompatibleProvider(BaseProvider):
     def _list_model_info(self, debug: bool) -> List[ModelInfo]:
         """From ``/v1/models``; llama.cpp's server adds ``meta`` (training and loaded context, size) and ``/props``."""
         entries = self._call("GET", self.models_path, debug=debug, read=lambda data: _entries(data, "data", "id"))
-        props = self._call("GET", "/props", debug=debug, optional=True) if len(entries) == 1 else None
+        props = self._props(debug) if len(entries) == 1 else None
         settings = _dict_at(props, "default_generation_settings")
         modalities = props.get("modalities") if isinstance(props, dict) else None
         infos = []
@@ -4189,11 +4189,20 @@ class OpenAICompatibleProvider(BaseProvider):
 
     def server_version(self, *, debug: bool = False) -> Optional[str]:
         """llama.cpp's build (``/props`` ``build_info``); None when the server reports no version."""
-        props = self._call("GET", "/props", debug=debug, optional=True)
+        props = self._props(debug)
         version = props.get("build_info") if isinstance(props, dict) else None
         if version is None:
             logger.debug("%s at %s reports no version", self.title, self.base_url)
         return version if isinstance(version, str) else None
+
+    has_props = True  # llama.cpp's server answers /props; LM Studio never has it
+
+    def _props(self, debug: bool) -> Optional[Dict[str, Any]]:
+        """llama.cpp's ``/props`` (None when this kind of server has none, or this server lacks it)."""
+        if not self.has_props:
+            return None
+        props: Optional[Dict[str, Any]] = self._call("GET", "/props", debug=debug, optional=True)
+        return props
 
     def _ends_with_body(self, state: Any) -> bool:
         return state.finish_reason is not None  # some OpenAI-compatible servers send no [DONE]
@@ -4208,6 +4217,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
 
     provider = "lm_studio"
     api_key_env = "LM_API_TOKEN"
+    has_props = False  # LM Studio has no /props (llama.cpp's); asking it costs a request and says nothing
     start_hint = ("Start LM Studio's server: in the LM Studio app open the Developer tab and click Start Server, "
                   "or run  lms server start  (default port 1234).")
     auth_hint = ("The server requires an API token: pass api_key=... or set LM_API_TOKEN; check the token in "

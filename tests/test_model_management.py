@@ -432,10 +432,24 @@ def test_an_openai_compatible_llama_cpp_server_gives_meta_and_props(rsps):
     rsps.add("GET", LMS + "/v1/models", json=LLAMA_CPP_MODELS)
     rsps.add("GET", LMS + "/props", json={"default_generation_settings": {"n_ctx": 2048}, "total_slots": 2,
                                           "modalities": {"vision": False}, "build_info": "b6000-abc"})
-    info = lmp.LMStudioProvider().model_info("tiny")
+    info = lmp.OpenAICompatibleProvider(host=LMS).model_info("tiny")
     assert (info.context_length, info.loaded, info.loaded_context_length, info.size_bytes, info.vision) == (
         4096, True, 2048, 465152, False)
-    assert info.quantization == "all F32" and info.tools is None
+    assert info.quantization == "all F32" and info.tools is None and info.source == "/v1/models + /props"
+    assert [call.request.url for call in rsps.calls] == [LMS + "/v1/models", LMS + "/props"]
+
+
+def test_lm_studio_never_asks_for_llama_cpp_props_and_reads_meta_alone(rsps):
+    rsps.add("GET", LMS + "/api/v1/models", json=NOT_THERE, status=200)
+    rsps.add("GET", LMS + "/api/v0/models", json=NOT_THERE, status=200)
+    rsps.add("GET", LMS + "/v1/models", json=LLAMA_CPP_MODELS)
+    rsps.add("GET", LMS + "/props", json={"build_info": "b6000-abc"})
+    provider = lmp.LMStudioProvider()
+    info = provider.model_info("tiny")
+    assert (info.context_length, info.loaded, info.loaded_context_length, info.size_bytes, info.vision) == (
+        4096, True, 2048, 465152, False)  # meta and architecture.input_modalities
+    assert info.source == "/v1/models" and provider.server_version() is None
+    assert "/props" not in [call.request.url[len(LMS):] for call in rsps.calls]
 
 
 def test_lm_studio_reports_no_version_and_says_so(rsps):
