@@ -3321,6 +3321,11 @@ class BaseProvider:
         """Whether two model names mean the same model on this server (exact by default)."""
         return wanted == offered
 
+    @staticmethod
+    def _fact_key(name: str) -> str:
+        """The key of ``name``'s facts in ``_facts``: one entry per model, whatever name it goes by."""
+        return name
+
     # --- models: facts, loading, unloading, downloading -------------------------
 
     def model_info(self, model: Union[str, ModelConfig], *, debug: bool = False) -> ModelInfo:
@@ -3330,13 +3335,13 @@ class BaseProvider:
         """
         name = self._model(model).name
         info = self._model_info(name, debug)
-        self._facts[name] = info
+        self._facts[self._fact_key(name)] = info
         return info
 
     def list_model_info(self, *, debug: bool = False) -> List[ModelInfo]:
         """A ModelInfo for every model the server offers (``list_models()`` gives just the names)."""
         infos = self._list_model_info(debug)
-        self._facts.update((info.name, info) for info in infos)
+        self._facts.update((self._fact_key(info.name), info) for info in infos)
         return infos
 
     def server_version(self, *, debug: bool = False) -> Optional[str]:
@@ -3355,15 +3360,15 @@ class BaseProvider:
         if keep_alive is not None:
             _check_kind("keep_alive", keep_alive, "duration")
         name = self._model(model).name
-        self._facts.pop(name, None)
+        self._facts.pop(self._fact_key(name), None)
         info = self._load(name, context_length, keep_alive, debug)
-        self._facts[name] = info
+        self._facts[self._fact_key(name)] = info
         return info
 
     def unload_model(self, model: Union[str, ModelConfig], *, debug: bool = False) -> None:
         """Unload ``model`` from memory (nothing happens when it is not loaded)."""
         name = self._model(model).name
-        self._facts.pop(name, None)
+        self._facts.pop(self._fact_key(name), None)
         self._unload(name, debug)
 
     def iter_pull(self, model: Union[str, ModelConfig], *, debug: bool = False) -> Iterator[PullProgress]:
@@ -3467,12 +3472,12 @@ class BaseProvider:
 
     def _known_context(self, model: ModelConfig) -> Optional[int]:
         """The context a request for ``model`` meets, when already known without asking the server."""
-        info = self._facts.get(model.name)
+        info = self._facts.get(self._fact_key(model.name))
         return info.usable_context if info is not None else None
 
     def _debug_context(self, model: ModelConfig) -> str:
         """For debug output: the model's context, looked up once (debug mode only) and then remembered."""
-        if model.name not in self._facts and self._known_context(model) is None:
+        if self._fact_key(model.name) not in self._facts and self._known_context(model) is None:
             try:
                 self.model_info(model)
             except ProviderError as exc:
@@ -3500,7 +3505,7 @@ class BaseProvider:
 
     def _context_advice(self, model: str, prompt_tokens: Optional[int]) -> str:
         """``context_hint``, or, when the prompt is larger than the model can ever take, that it must be shorter."""
-        info = self._facts.get(model)
+        info = self._facts.get(self._fact_key(model))
         most = info.context_length if info is not None else None
         if most and prompt_tokens and prompt_tokens > most:
             return "The model supports at most %d tokens of context, so the prompt must get shorter." % most
@@ -3592,7 +3597,22 @@ class BaseProvider:
         return converted
 
     def _check_vision(self, model: ModelConfig) -> None:
-        """Warn when the model is known to ignore images (see OllamaProvider)."""
+        """Warn when the model's facts say it has no vision (Ollama then ignores the images without a word).
+        The facts are asked once per model (``model_info``); when they cannot be had, nothing is said."""
+        info = self._facts.get(self._fact_key(model.name))
+        if info is None:
+            try:
+                info = self.model_info(model)
+            except ProviderError as exc:
+                logger.debug("no facts about %s model %r, so its vision is not checked: %s", self.title,
+                             model.name, exc)
+                return
+        if info.vision is False:
+            logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent with "
+                           "it. %s", self.title, model.name, ", ".join(sorted(info.capabilities)) or "none",
+                           self.title, self.vision_hint)
+
+    vision_hint = "Use a model with vision."
 
     def _logprobs_of(self, data: Any) -> Optional[List[Dict[str, Any]]]:
         """The reply's token log-probabilities, normalized (None when the server sent none)."""
@@ -4412,7 +4432,8 @@ class OllamaProvider(BaseProvider):
         return "Download it with  ollama pull %s  and see what is installed with  ollama list." % model
 
     embed_path = "/api/embed"
-    embed_needed = "Ollama 0.3.4 or later"  # /api/embed came with 0.3.4 (ollama/ollama#6730)
+    embed_needed = "Ollama 0.3.4 or later"
+    vision_hint = "Use a vision model such as llava, gemma3 or qwen2.5vl."  # /api/embed came with 0.3.4 (ollama/ollama#6730)
     embedding_hint = "Use an embedding model, e.g.  ollama pull nomic-embed-text ."
     truncate_hint = ", or pass truncate=True to cut it to the model's context"
     embed_fields = ("keep_alive", "options", "truncate")
@@ -4452,30 +4473,6 @@ class OllamaProvider(BaseProvider):
     def _raw_logprobs(self, data: Any) -> Any:
         return data.get("logprobs")
 
-    def _check_vision(self, model: ModelConfig) -> None:
-        """Ollama ignores images sent to a model without vision: warn when /api/show says it has none."""
-        capabilities = self._capabilities(model.name)
-        if capabilities is not None and "vision" not in capabilities:
-            logger.warning("Ollama model %r cannot see images (its capabilities: %s); Ollama ignores the images "
-                           "sent with it. Use a vision model such as llava, gemma3 or qwen2.5vl.", model.name,
-                           ", ".join(map(str, capabilities)) or "none")
-
-    def _capabilities(self, name: str) -> Optional[List[str]]:
-        """The model's capabilities from ``/api/show`` (asked once per model), or None when unknown."""
-        cache: Dict[str, Optional[List[str]]] = self.__dict__.setdefault("_capability_cache", {})
-        key = _ollama_key(name)
-        if key not in cache:
-            def failure(status: int, body: str, model: str) -> ProviderError:
-                return ProviderResponseError("HTTP %d: %s" % (status, _server_message(body)), status=status)
-            try:
-                response = self.transport.request("POST", "/api/show", {"model": name}, describe_failure=failure)
-                found = self._read_answer(response, "/api/show", lambda data: data.get("capabilities"))[1]
-            except ProviderError as exc:
-                logger.debug("no capabilities for Ollama model %r: %s", name, exc)
-                found = None
-            cache[key] = [str(c) for c in found] if isinstance(found, list) else None
-        return cache[key]
-
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         text = message.lower()
         return status == 404 and "model" in text and "not found" in text
@@ -4483,6 +4480,10 @@ class OllamaProvider(BaseProvider):
     @staticmethod
     def same_model(wanted: str, offered: str) -> bool:
         return _ollama_key(wanted) == _ollama_key(offered)
+
+    @staticmethod
+    def _fact_key(name: str) -> str:
+        return _ollama_key(name)  # "smollm2" and "smollm2:latest" are one model
 
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
         message = data["message"]
