@@ -4432,8 +4432,8 @@ class OllamaProvider(BaseProvider):
         return "Download it with  ollama pull %s  and see what is installed with  ollama list." % model
 
     embed_path = "/api/embed"
-    embed_needed = "Ollama 0.3.4 or later"
-    vision_hint = "Use a vision model such as llava, gemma3 or qwen2.5vl."  # /api/embed came with 0.3.4 (ollama/ollama#6730)
+    embed_needed = "Ollama 0.3.4 or later"  # /api/embed came with 0.3.4 (ollama/ollama#6730)
+    vision_hint = "Use a vision model such as llava, gemma3 or qwen2.5vl."
     embedding_hint = "Use an embedding model, e.g.  ollama pull nomic-embed-text ."
     truncate_hint = ", or pass truncate=True to cut it to the model's context"
     embed_fields = ("keep_alive", "options", "truncate")
