@@ -3104,7 +3104,7 @@ class BaseProvider:
                                        headers=headers, max_retries=max_retries, server_title=self.title,
                                        start_hint=self.start_hint, api_key=api_key,
                                        max_event_bytes=max_event_bytes, max_body_bytes=max_body_bytes)
-        self._facts: Dict[str, ModelInfo] = {}  # what model_info and friends learnt, by model name
+        self._facts: Dict[str, ModelInfo] = {}  # what model_info and friends learnt, by _fact_key(name)
 
     def __repr__(self) -> str:
         return "%s(host=%r, api_key=%s)" % (type(self).__name__, self.base_url, _mask(self._api_key))
