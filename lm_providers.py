@@ -332,8 +332,6 @@ class EmbeddingNotSupportedError(ProviderResponseError):
     llama.cpp server started without ``--embeddings`` (or with pooling ``none``)."""
 
 
-class InputTooLongError(ProviderResponseError):
-    """An input is longer than the model can take at once (its context, or llama.cpp's batch size)."""
 class ContextLengthError(ProviderResponseError):
     """The prompt does not fit the model's context: the server refused it, or (Ollama) cut it.
 
@@ -351,6 +349,14 @@ class ContextLengthError(ProviderResponseError):
         self.context_length = context_length
         self.estimated = estimated
         self.result = result
+
+
+class InputTooLongError(ContextLengthError):
+    """An input to embed is longer than the model can take at once (its context, or llama.cpp's batch size).
+
+    A ContextLengthError, so one ``except`` catches a prompt or a text that does not fit;
+    ``prompt_tokens`` and ``context_length`` are filled when the server gives them.
+    """
 
 
 class UnsupportedEndpointError(ProviderResponseError):
@@ -1474,6 +1480,15 @@ def _parse_json(data: bytes) -> Any:
     if end != len(text) and not text[end:].isspace():
         return json.loads(text)
     return value
+
+
+#: What LM Studio (0.3.14 to 0.4.x) says, with HTTP 200 or 404, for an endpoint it does not have.
+_UNKNOWN_ENDPOINT_PHRASE = "unexpected endpoint or method"
+
+
+def _lacks_endpoint(status: int, message: str) -> bool:
+    """Whether an error answer means the server has no such endpoint (a 404-like status, or LM Studio's words)."""
+    return status in (404, 405, 501) or _UNKNOWN_ENDPOINT_PHRASE in message.lower()
 
 
 def _server_message(body: str) -> str:
@@ -2961,6 +2976,7 @@ _OVERFLOW_PATTERNS = (  # (regex, group of the prompt size, group of the context
                 r"(\d+) tokens", re.S), 1, 2),
     (re.compile(r"n_keep \((\d+)\) >= n_ctx \((\d+)\)"), 1, 2),
     (re.compile(r"[Ii]nput length (\d+) exceeds context length (\d+)"), 1, 2),
+    (re.compile(r"input \((\d+) tokens\) is too large to process"), 1, 0),  # llama.cpp: over its batch size
     (re.compile(r"maximum context length is (\d+) tokens.*?resulted in (\d+) tokens", re.S), 2, 1),
     (re.compile(r"context (?:size|length|window) (?:has been |was )?exceeded|exceeds? the (?:available )?context"
                 r"|context the overflows", re.I), 0, 0),
@@ -3088,7 +3104,7 @@ class BaseProvider:
                                        headers=headers, max_retries=max_retries, server_title=self.title,
                                        start_hint=self.start_hint, api_key=api_key,
                                        max_event_bytes=max_event_bytes, max_body_bytes=max_body_bytes)
-        self._facts: Dict[str, ModelInfo] = {}  # what model_info and friends learnt, by model name
+        self._facts: Dict[str, ModelInfo] = {}  # what model_info and friends learnt, by _fact_key(name)
 
     def __repr__(self) -> str:
         return "%s(host=%r, api_key=%s)" % (type(self).__name__, self.base_url, _mask(self._api_key))
@@ -3221,7 +3237,8 @@ class BaseProvider:
                        model.name)
             response = self.transport.request("POST", self.embed_path, payload, debug=debug,
                                               describe_failure=self._embed_failure, model=model.name)
-            found = self._read_answer(response, self.embed_path, self._read_embeddings, model.name)[1]
+            found = self._read_answer(response, self.embed_path, self._read_embeddings, model.name,
+                                      failure=self._embed_failure)[1]
             if len(found) != len(batch):
                 raise ProviderResponseError("%s answered %d text(s) with %d vector(s)" % (
                     self.title, len(batch), len(found)), status=response.status_code)
@@ -3304,6 +3321,11 @@ class BaseProvider:
         """Whether two model names mean the same model on this server (exact by default)."""
         return wanted == offered
 
+    @staticmethod
+    def _fact_key(name: str) -> str:
+        """The key of ``name``'s facts in ``_facts``: one entry per model, whatever name it goes by."""
+        return name
+
     # --- models: facts, loading, unloading, downloading -------------------------
 
     def model_info(self, model: Union[str, ModelConfig], *, debug: bool = False) -> ModelInfo:
@@ -3313,13 +3335,13 @@ class BaseProvider:
         """
         name = self._model(model).name
         info = self._model_info(name, debug)
-        self._facts[name] = info
+        self._facts[self._fact_key(name)] = info
         return info
 
     def list_model_info(self, *, debug: bool = False) -> List[ModelInfo]:
         """A ModelInfo for every model the server offers (``list_models()`` gives just the names)."""
         infos = self._list_model_info(debug)
-        self._facts.update((info.name, info) for info in infos)
+        self._facts.update((self._fact_key(info.name), info) for info in infos)
         return infos
 
     def server_version(self, *, debug: bool = False) -> Optional[str]:
@@ -3338,15 +3360,15 @@ class BaseProvider:
         if keep_alive is not None:
             _check_kind("keep_alive", keep_alive, "duration")
         name = self._model(model).name
-        self._facts.pop(name, None)
+        self._facts.pop(self._fact_key(name), None)
         info = self._load(name, context_length, keep_alive, debug)
-        self._facts[name] = info
+        self._facts[self._fact_key(name)] = info
         return info
 
     def unload_model(self, model: Union[str, ModelConfig], *, debug: bool = False) -> None:
         """Unload ``model`` from memory (nothing happens when it is not loaded)."""
         name = self._model(model).name
-        self._facts.pop(name, None)
+        self._facts.pop(self._fact_key(name), None)
         self._unload(name, debug)
 
     def iter_pull(self, model: Union[str, ModelConfig], *, debug: bool = False) -> Iterator[PullProgress]:
@@ -3370,14 +3392,11 @@ class BaseProvider:
         return last
 
     def _model_info(self, name: str, debug: bool) -> ModelInfo:
-        for info in self.list_model_info(debug=debug):
+        infos = self.list_model_info(debug=debug)
+        for info in infos:
             if self.same_model(name, info.name):
                 return info
-        matches = self.close_matches(name)
-        raise ModelNotFoundError("model %r is not available on %s at %s. %s%s" % (
-            name, self.title, self.base_url, self.download_hint(name),
-            (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
-            model=name, host=self.base_url, suggestions=matches)
+        raise self._not_found(name, "", offered=[info.name for info in infos])
 
     def _list_model_info(self, debug: bool) -> List[ModelInfo]:
         return [ModelInfo(name, source=self.models_path) for name in self.list_models(debug=debug)]
@@ -3411,15 +3430,16 @@ class BaseProvider:
         it is an UnsupportedEndpointError naming the version ``needed`` and the
         ``manual`` way.
         """
-        def describe(status: int, body: str, model_name: str) -> ProviderError:
+        def describe(status: int, body: str, model_name: str, in_body: bool = False) -> ProviderError:
             message = _server_message(body)
-            if status in (404, 405, 501) and not (model_name and self._is_model_not_found(status, message, body)):
+            if _lacks_endpoint(status, message) and not (
+                    model_name and self._is_model_not_found(status, message, body)):
                 return UnsupportedEndpointError(
                     "%s at %s has no %s %s (HTTP %d: %s)%s. %s" % (
                         self.title, self.base_url, method, path, status, message,
                         "; it needs %s" % needed if needed else "", manual or self.wrong_server_hint),
                     path=path, needed=needed, manual=manual, status=status, server_message=message, body=body)
-            return self._failure(status, body, model_name)
+            return self._failure(status, body, model_name, in_body)
 
         if debug:
             _debug("request %s %s%s payload=%s", method, self.base_url, path,
@@ -3427,6 +3447,7 @@ class BaseProvider:
         try:
             response = self.transport.request(method, path, payload, debug=debug, describe_failure=describe,
                                               model=model)
+            return self._read_answer(response, path, read, model, failure=describe)[1]
         except UnsupportedEndpointError as exc:
             if not optional:
                 raise
@@ -3435,7 +3456,6 @@ class BaseProvider:
             if debug:
                 _debug("%s has no %s (HTTP %s); falling back", self.title, path, exc.status)
             return None
-        return self._read_answer(response, path, read, model)[1]
 
     def _stream_json(self, path: str, payload: Dict[str, Any], *, debug: bool = False,
                      model: str = "") -> Generator[Dict[str, Any], None, None]:
@@ -3452,12 +3472,12 @@ class BaseProvider:
 
     def _known_context(self, model: ModelConfig) -> Optional[int]:
         """The context a request for ``model`` meets, when already known without asking the server."""
-        info = self._facts.get(model.name)
+        info = self._facts.get(self._fact_key(model.name))
         return info.usable_context if info is not None else None
 
     def _debug_context(self, model: ModelConfig) -> str:
         """For debug output: the model's context, looked up once (debug mode only) and then remembered."""
-        if model.name not in self._facts and self._known_context(model) is None:
+        if self._fact_key(model.name) not in self._facts and self._known_context(model) is None:
             try:
                 self.model_info(model)
             except ProviderError as exc:
@@ -3485,7 +3505,7 @@ class BaseProvider:
 
     def _context_advice(self, model: str, prompt_tokens: Optional[int]) -> str:
         """``context_hint``, or, when the prompt is larger than the model can ever take, that it must be shorter."""
-        info = self._facts.get(model)
+        info = self._facts.get(self._fact_key(model))
         most = info.context_length if info is not None else None
         if most and prompt_tokens and prompt_tokens > most:
             return "The model supports at most %d tokens of context, so the prompt must get shorter." % most
@@ -3577,7 +3597,22 @@ class BaseProvider:
         return converted
 
     def _check_vision(self, model: ModelConfig) -> None:
-        """Warn when the model is known to ignore images (see OllamaProvider)."""
+        """Warn when the model's facts say it has no vision (Ollama then ignores the images without a word).
+        The facts are asked once per model (``model_info``); when they cannot be had, nothing is said."""
+        info = self._facts.get(self._fact_key(model.name))
+        if info is None:
+            try:
+                info = self.model_info(model)
+            except ProviderError as exc:
+                logger.debug("no facts about %s model %r, so its vision is not checked: %s", self.title,
+                             model.name, exc)
+                return
+        if info.vision is False:
+            logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent with "
+                           "it. %s", self.title, model.name, ", ".join(sorted(info.capabilities)) or "none",
+                           self.title, self.vision_hint)
+
+    vision_hint = "Use a model with vision."
 
     def _logprobs_of(self, data: Any) -> Optional[List[Dict[str, Any]]]:
         """The reply's token log-probabilities, normalized (None when the server sent none)."""
@@ -3596,17 +3631,25 @@ class BaseProvider:
         if any(phrase in text for phrase in _NO_EMBEDDING_PHRASES):
             return EmbeddingNotSupportedError("%s cannot embed with model %r: %s. %s" % (
                 self.title, model, message.rstrip(". "), self.embedding_hint), status, message, body)
-        if any(phrase in text for phrase in _TOO_LONG_PHRASES):
+        overflow = _parse_overflow(message, body)
+        if overflow is not None or any(phrase in text for phrase in _TOO_LONG_PHRASES):
+            prompt_tokens, context_length = overflow or (None, None)
             return InputTooLongError("a text is too long for %s model %r: %s. Shorten or split it%s." % (
-                self.title, model, message.rstrip(". "), self.truncate_hint), status, message, body)
-        if status == 404 and not self._is_model_not_found(status, message, body):
-            return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s); the server may be too old "
-                                         "for embeddings" % (self.title, self.base_url, self.embed_path,
-                                                             message.rstrip(". ")), status, message, body)
+                self.title, model, message.rstrip(". "), self.truncate_hint), prompt_tokens=prompt_tokens,
+                context_length=context_length, status=status, server_message=message, body=body)
+        if _lacks_endpoint(status, message) and not self._is_model_not_found(status, message, body):
+            manual = "Update the server%s, or use another one for embeddings." % (
+                " to %s" % self.embed_needed if self.embed_needed else "")
+            return UnsupportedEndpointError("%s at %s has no endpoint %s (HTTP %d: %s); the server may be too old "
+                                            "for embeddings. %s" % (self.title, self.base_url, self.embed_path,
+                                                                    status, message.rstrip(". "), manual),
+                                            path=self.embed_path, needed=self.embed_needed, manual=manual,
+                                            status=status, server_message=message, body=body)
         return self._failure(status, body, model, in_body)
 
     embedding_hint = ""
     truncate_hint = ""
+    embed_needed = ""  # the server version that has embed_path, when known
     def _wire_messages(self, messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
         """The messages as this server takes them.  Tool requests and tool results, written
         the one way the README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``);
@@ -3650,10 +3693,12 @@ class BaseProvider:
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {}
 
-    def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str = "") -> Tuple[Any, _T]:
+    def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str = "",
+                     failure: Optional[Callable[..., ProviderError]] = None) -> Tuple[Any, _T]:
         """``(data, read(data))`` for a 2xx JSON answer, read within ``max_body_bytes``; an answer that
         is not JSON (or nests too deeply), holds an error object, or has another shape than ``read``
-        expects is a ProviderResponseError."""
+        expects is a ProviderResponseError.  An error object is described by ``failure`` (the caller's
+        own ``describe_failure``; default ``_failure``), since servers put any error in a 200 body."""
         body = self.transport.read_body(response, path)
         try:
             data = _parse_json(body)
@@ -3667,7 +3712,8 @@ class BaseProvider:
                 self.title, path, _server_message(text) if text.strip() else "an empty body"),
                 status=response.status_code, server_message=_server_message(text), body=text) from None
         if isinstance(data, dict) and data.get("error"):
-            raise self._failure(response.status_code, body.decode("utf-8", "replace"), model, in_body=True)
+            raise (failure or self._failure)(response.status_code, body.decode("utf-8", "replace"), model,
+                                             in_body=True)
         try:
             return data, read(data)
         except (KeyError, IndexError, TypeError, AttributeError):
@@ -3911,19 +3957,23 @@ class BaseProvider:
                 % (self.title, model, self.title, said), model=model, status=status, server_message=message,
                 body=body)
         if model and self._is_model_not_found(status, message, body):
-            matches = self.close_matches(model)
-            return ModelNotFoundError(
-                "model %r is not available on %s at %s: %s. %s%s" % (
-                    model, self.title, self.base_url, said, self.download_hint(model),
-                    (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
-                model=model, host=self.base_url, suggestions=matches, status=status, server_message=message,
-                body=body)
+            return self._not_found(model, said, status, message, body)
         if status == 404:
             return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s). Is this really %s? %s" % (
                 self.title, self.base_url, self.chat_path if model else self.models_path, said, self.title,
                 self.wrong_server_hint), status, message, body)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
         return ProviderResponseError("%s answered %s: %s" % (self.title, where, message), status, message, body)
+
+    def _not_found(self, model: str, said: str, status: Optional[int] = None, message: Optional[str] = None,
+                   body: Optional[str] = None, offered: Optional[Sequence[str]] = None) -> ModelNotFoundError:
+        """The ModelNotFoundError for ``model``, with the server's words ``said`` and close matches among
+        ``offered`` (the server's models, listed again only when not given)."""
+        matches = self.close_matches(model, offered)
+        return ModelNotFoundError("model %r is not available on %s at %s%s. %s%s" % (
+            model, self.title, self.base_url, ": " + said if said else "", self.download_hint(model),
+            (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
+            model=model, host=self.base_url, suggestions=matches, status=status, server_message=message, body=body)
 
     auth_hint = ""
     wrong_server_hint = ""
@@ -4136,7 +4186,7 @@ class OpenAICompatibleProvider(BaseProvider):
     def _list_model_info(self, debug: bool) -> List[ModelInfo]:
         """From ``/v1/models``; llama.cpp's server adds ``meta`` (training and loaded context, size) and ``/props``."""
         entries = self._call("GET", self.models_path, debug=debug, read=lambda data: _entries(data, "data", "id"))
-        props = self._call("GET", "/props", debug=debug, optional=True) if len(entries) == 1 else None
+        props = self._props(debug) if len(entries) == 1 else None
         settings = _dict_at(props, "default_generation_settings")
         modalities = props.get("modalities") if isinstance(props, dict) else None
         infos = []
@@ -4159,11 +4209,20 @@ class OpenAICompatibleProvider(BaseProvider):
 
     def server_version(self, *, debug: bool = False) -> Optional[str]:
         """llama.cpp's build (``/props`` ``build_info``); None when the server reports no version."""
-        props = self._call("GET", "/props", debug=debug, optional=True)
+        props = self._props(debug)
         version = props.get("build_info") if isinstance(props, dict) else None
         if version is None:
             logger.debug("%s at %s reports no version", self.title, self.base_url)
         return version if isinstance(version, str) else None
+
+    has_props = True  # llama.cpp's server answers /props; LM Studio never has it
+
+    def _props(self, debug: bool) -> Optional[Dict[str, Any]]:
+        """llama.cpp's ``/props`` (None when this kind of server has none, or this server lacks it)."""
+        if not self.has_props:
+            return None
+        props: Optional[Dict[str, Any]] = self._call("GET", "/props", debug=debug, optional=True)
+        return props
 
     def _ends_with_body(self, state: Any) -> bool:
         return state.finish_reason is not None  # some OpenAI-compatible servers send no [DONE]
@@ -4178,6 +4237,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
 
     provider = "lm_studio"
     api_key_env = "LM_API_TOKEN"
+    has_props = False  # LM Studio has no /props (llama.cpp's); asking it costs a request and says nothing
     start_hint = ("Start LM Studio's server: in the LM Studio app open the Developer tab and click Start Server, "
                   "or run  lms server start  (default port 1234).")
     auth_hint = ("The server requires an API token: pass api_key=... or set LM_API_TOKEN; check the token in "
@@ -4230,7 +4290,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
             payload["context_length"] = context_length
         answer = self._call("POST", "/api/v1/models/load", payload, debug=debug, model=name,
                             needed=self.NATIVE_API_VERSION, manual=self.load_hint(name, context_length))
-        config = (answer.get("load_config") or answer.get("config") or {}) if isinstance(answer, dict) else {}
+        config = _dict_at(answer, "load_config") or _dict_at(answer, "config")  # either may be anything
         try:
             info = self._model_info(name, debug)
         except ModelNotFoundError:
@@ -4372,6 +4432,8 @@ class OllamaProvider(BaseProvider):
         return "Download it with  ollama pull %s  and see what is installed with  ollama list." % model
 
     embed_path = "/api/embed"
+    embed_needed = "Ollama 0.3.4 or later"  # /api/embed came with 0.3.4 (ollama/ollama#6730)
+    vision_hint = "Use a vision model such as llava, gemma3 or qwen2.5vl."
     embedding_hint = "Use an embedding model, e.g.  ollama pull nomic-embed-text ."
     truncate_hint = ", or pass truncate=True to cut it to the model's context"
     embed_fields = ("keep_alive", "options", "truncate")
@@ -4411,30 +4473,6 @@ class OllamaProvider(BaseProvider):
     def _raw_logprobs(self, data: Any) -> Any:
         return data.get("logprobs")
 
-    def _check_vision(self, model: ModelConfig) -> None:
-        """Ollama ignores images sent to a model without vision: warn when /api/show says it has none."""
-        capabilities = self._capabilities(model.name)
-        if capabilities is not None and "vision" not in capabilities:
-            logger.warning("Ollama model %r cannot see images (its capabilities: %s); Ollama ignores the images "
-                           "sent with it. Use a vision model such as llava, gemma3 or qwen2.5vl.", model.name,
-                           ", ".join(map(str, capabilities)) or "none")
-
-    def _capabilities(self, name: str) -> Optional[List[str]]:
-        """The model's capabilities from ``/api/show`` (asked once per model), or None when unknown."""
-        cache: Dict[str, Optional[List[str]]] = self.__dict__.setdefault("_capability_cache", {})
-        key = _ollama_key(name)
-        if key not in cache:
-            def failure(status: int, body: str, model: str) -> ProviderError:
-                return ProviderResponseError("HTTP %d: %s" % (status, _server_message(body)), status=status)
-            try:
-                response = self.transport.request("POST", "/api/show", {"model": name}, describe_failure=failure)
-                found = self._read_answer(response, "/api/show", lambda data: data.get("capabilities"))[1]
-            except ProviderError as exc:
-                logger.debug("no capabilities for Ollama model %r: %s", name, exc)
-                found = None
-            cache[key] = [str(c) for c in found] if isinstance(found, list) else None
-        return cache[key]
-
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         text = message.lower()
         return status == 404 and "model" in text and "not found" in text
@@ -4442,6 +4480,10 @@ class OllamaProvider(BaseProvider):
     @staticmethod
     def same_model(wanted: str, offered: str) -> bool:
         return _ollama_key(wanted) == _ollama_key(offered)
+
+    @staticmethod
+    def _fact_key(name: str) -> str:
+        return _ollama_key(name)  # "smollm2" and "smollm2:latest" are one model
 
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
         message = data["message"]
@@ -4563,22 +4605,28 @@ class OllamaProvider(BaseProvider):
         self._ps_seen.pop(_ollama_key(name), None)
 
     def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
-        """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``."""
-        events = self._stream_json("/api/pull", {"model": name, "stream": True}, debug=debug, model=name)
-        return self._pull_progress(name, events)
+        """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``.
+        A generator, so the request goes out on the first ``next()``, not when ``iter_pull`` is called."""
+        yield from self._pull_progress(name, self._stream_json("/api/pull", {"model": name, "stream": True},
+                                                               debug=debug, model=name))
 
-    def _pull_progress(self, name: str, events: Iterator[Dict[str, Any]]) -> Iterator[PullProgress]:
+    def _pull_progress(self, name: str, events: Generator[Dict[str, Any], None, None]) -> Iterator[PullProgress]:
         status = None
-        for event in events:
-            status = str(event.get("status", ""))
-            yield PullProgress(status, _first_int(event.get("completed")), _first_int(event.get("total")),
-                               event.get("digest") if isinstance(event.get("digest"), str) else None)
+        try:
+            for event in events:
+                status = str(event.get("status", ""))
+                yield PullProgress(status, _first_int(event.get("completed")), _first_int(event.get("total")),
+                                   event.get("digest") if isinstance(event.get("digest"), str) else None)
+        finally:
+            events.close()  # a caller that stops early must not leave the connection open
         if status != "success":
             raise DownloadError("%s stopped reporting on the download of %r before it succeeded (last status: %r); "
                                 "run  ollama pull %s  to finish it" % (self.title, name, status, name),
                                 server_message=status)
 
     def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
+        if path != "/api/pull":  # only a pull's errors are about downloading
+            return super()._in_band_error(path, model, message, body)
         if "file does not exist" in message or "not found" in message:
             return ModelNotFoundError("%s could not download %r: %s. Check the name on https://ollama.com/library"
                                       % (self.title, model, message), model=model, host=self.base_url,

@@ -276,3 +276,54 @@ def test_cli_embed_reports_a_typed_error(rsps, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--embeddings" in err and "Traceback" not in err
 
+
+
+# --- LM Studio puts errors in 200 answers too -------------------------------------------------------
+
+def test_a_chat_model_refused_in_a_200_answer_is_embedding_not_supported(rsps):
+    rsps.add(responses.POST, LMS_URL, json={"error": "Model \"qwen2.5-7b-instruct\" is not embedding model"})
+    with pytest.raises(lmp.EmbeddingNotSupportedError) as info:
+        lms().embed("hi", "qwen2.5-7b-instruct")
+    assert info.value.status == 200 and "embedding model" in str(info.value)
+
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_lm_studio_without_the_embeddings_endpoint_is_unsupported_endpoint(rsps, status):
+    rsps.add(responses.POST, LMS_URL, json={"error": "Unexpected endpoint or method. (POST /v1/embeddings)"},
+             status=status)
+    with pytest.raises(lmp.UnsupportedEndpointError) as info:
+        lms().embed("hi", "nomic")
+    error = info.value
+    assert error.path == "/v1/embeddings" and error.status == status
+    assert "has no endpoint /v1/embeddings" in str(error) and error.manual
+
+
+def test_an_ollama_too_old_for_api_embed_says_which_version(rsps):
+    rsps.add(responses.POST, OLLAMA_URL, body="404 page not found", status=404, content_type="text/plain")
+    with pytest.raises(lmp.UnsupportedEndpointError) as info:
+        ollama().embed("hi", "nomic-embed-text")
+    assert info.value.needed == "Ollama 0.3.4 or later" and info.value.path == "/api/embed"
+    assert "Update the server to Ollama 0.3.4 or later" in str(info.value)
+
+
+# --- a text over the context is a ContextLengthError, with the server's counts ------------------------
+
+LLAMA_EMBED_OVER_CONTEXT = (400, {"error": {"code": 400, "message": "request (3001 tokens) exceeds the available "
+                                            "context size (2048 tokens), try increasing it",
+                                            "type": "exceed_context_size_error", "n_prompt_tokens": 3001,
+                                            "n_ctx": 2048}})  # llama.cpp's overflow body (test_model_management)
+
+
+@pytest.mark.parametrize("answer, counts", [(LLAMA_EMBED_OVER_CONTEXT, (3001, 2048)), (LLAMA_TOO_LONG, (601, None)),
+                                            (OLLAMA_TOO_LONG, (None, None))],
+                         ids=["llama-exceed-context", "llama-batch", "ollama-no-counts"])
+def test_a_text_too_long_is_a_context_length_error_with_the_counts_the_server_gave(rsps, answer, counts):
+    status, body = answer
+    rsps.add(responses.POST, LMS_URL, json=body, status=status)
+    with pytest.raises(lmp.ContextLengthError) as info:
+        lms().embed("fox " * 3000, "nomic")
+    error = info.value
+    assert isinstance(error, lmp.InputTooLongError) and error.status == status
+    assert (error.prompt_tokens, error.context_length) == counts
+    assert error.server_message and error.body and "Shorten or split it" in str(error)

@@ -21,6 +21,7 @@ from recorded import exchange
 LMS_BASE, OLLAMA_BASE = "http://127.0.0.1:1234", "http://127.0.0.1:11434"
 IMAGE_CHAT = exchange("51-chat-image-nonvision")
 SHOW = exchange("05-show")
+TAGS, PS = exchange("04-tags"), exchange("27-ps")
 PNG_B64 = IMAGE_CHAT.request["messages"][0]["images"][0]
 PNG = base64.b64decode(PNG_B64)
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01" + b"\x00" * 20
@@ -42,8 +43,12 @@ def sent(call):
 
 
 def ollama_chat(rsps, show=SHOW.body, show_status=200):
+    """The recorded chat, and what model_info asks before it: /api/show, then /api/tags and /api/ps."""
     rsps.add(responses.POST, OLLAMA_BASE + "/api/show", body=show, status=show_status,
              content_type="application/json")
+    for recorded in (TAGS, PS):
+        rsps.add(recorded.method, OLLAMA_BASE + recorded.path, body=recorded.body, status=recorded.status,
+                 content_type="application/json")
     rsps.add(responses.POST, OLLAMA_BASE + "/api/chat", body=IMAGE_CHAT.body, content_type="application/json")
 
 
@@ -238,8 +243,20 @@ def test_ollama_warns_when_the_model_has_no_vision(rsps, caplog):
         provider.chat([{"role": "user", "content": "y", "images": [PNG]}], "smollm2:latest")
     warnings = vision_warnings(caplog)
     assert len(warnings) == 2
-    assert "'smollm2'" in warnings[0] and "cannot see images" in warnings[0] and "completion" in warnings[0]
+    assert "'smollm2'" in warnings[0] and "cannot see images" in warnings[0] and "llava" in warnings[0]
     assert [sent(call) for call in chat_calls(rsps, "/api/show")] == [SHOW.request]  # asked once per model
+    assert len(chat_calls(rsps, "/api/tags")) == len(chat_calls(rsps, "/api/ps")) == 1
+
+
+def test_the_vision_check_uses_the_facts_model_info_already_has(rsps, caplog):
+    ollama_chat(rsps)
+    provider = lmp.OllamaProvider(host=OLLAMA_BASE)
+    provider.model_info("smollm2:latest")
+    asked = len(rsps.calls)
+    with caplog.at_level(logging.WARNING, logger="lm_providers"):
+        provider.chat([{"role": "user", "content": "x", "images": [PNG]}], "smollm2")
+    assert [call.request.url for call in rsps.calls[asked:]] == [OLLAMA_BASE + "/api/chat"]  # nothing asked again
+    assert len(vision_warnings(caplog)) == 1
 
 
 def test_no_warning_for_a_vision_model(rsps, caplog):

@@ -11,6 +11,8 @@ import copy
 import datetime
 import json
 import logging
+import socket
+import threading
 
 import pytest
 import responses
@@ -430,10 +432,24 @@ def test_an_openai_compatible_llama_cpp_server_gives_meta_and_props(rsps):
     rsps.add("GET", LMS + "/v1/models", json=LLAMA_CPP_MODELS)
     rsps.add("GET", LMS + "/props", json={"default_generation_settings": {"n_ctx": 2048}, "total_slots": 2,
                                           "modalities": {"vision": False}, "build_info": "b6000-abc"})
-    info = lmp.LMStudioProvider().model_info("tiny")
+    info = lmp.OpenAICompatibleProvider(host=LMS).model_info("tiny")
     assert (info.context_length, info.loaded, info.loaded_context_length, info.size_bytes, info.vision) == (
         4096, True, 2048, 465152, False)
-    assert info.quantization == "all F32" and info.tools is None
+    assert info.quantization == "all F32" and info.tools is None and info.source == "/v1/models + /props"
+    assert [call.request.url for call in rsps.calls] == [LMS + "/v1/models", LMS + "/props"]
+
+
+def test_lm_studio_never_asks_for_llama_cpp_props_and_reads_meta_alone(rsps):
+    rsps.add("GET", LMS + "/api/v1/models", json=NOT_THERE, status=200)
+    rsps.add("GET", LMS + "/api/v0/models", json=NOT_THERE, status=200)
+    rsps.add("GET", LMS + "/v1/models", json=LLAMA_CPP_MODELS)
+    rsps.add("GET", LMS + "/props", json={"build_info": "b6000-abc"})
+    provider = lmp.LMStudioProvider()
+    info = provider.model_info("tiny")
+    assert (info.context_length, info.loaded, info.loaded_context_length, info.size_bytes, info.vision) == (
+        4096, True, 2048, 465152, False)  # meta and architecture.input_modalities
+    assert info.source == "/v1/models" and provider.server_version() is None
+    assert "/props" not in [call.request.url[len(LMS):] for call in rsps.calls]
 
 
 def test_lm_studio_reports_no_version_and_says_so(rsps):
@@ -752,3 +768,137 @@ def test_ollama_show_that_is_not_an_object_is_a_clear_error(rsps):
     rsps.add("POST", OLLAMA + "/api/show", json=[1, 2])
     with pytest.raises(lmp.ProviderResponseError, match="unexpected shape"):
         lmp.OllamaProvider().model_info("smollm2")
+
+
+# =============================================================================
+# LM Studio 0.3.14 to 0.4.x answer an endpoint they lack with HTTP 200 (or 404) and this body
+# =============================================================================
+
+def lm_studio_lacks(path, method="GET"):
+    return {"error": "Unexpected endpoint or method. (%s %s)" % (method, path)}
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_lm_studio_without_the_native_api_falls_back_to_v1_models_whatever_the_status(rsps, caplog, status):
+    caplog.set_level(logging.DEBUG, logger="lm_providers")
+    for path in ("/api/v1/models", "/api/v0/models", "/props"):
+        rsps.add("GET", LMS + path, json=lm_studio_lacks(path), status=status)
+    rsps.add("GET", LMS + "/v1/models", json={"object": "list", "data": [{"id": "qwen2.5-7b-instruct",
+                                                                          "object": "model"}]})
+    (info,) = lmp.LMStudioProvider().list_model_info()
+    assert info.name == "qwen2.5-7b-instruct" and info.source == "/v1/models"
+    assert "neither /api/v1/models nor /api/v0/models" in caplog.text
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_lm_studio_version_on_a_server_without_the_endpoint_is_none(rsps, status):
+    rsps.add("GET", LMS + "/props", json=lm_studio_lacks("/props"), status=status)
+    assert lmp.OpenAICompatibleProvider(host=LMS).server_version() is None
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_lm_studio_too_old_to_load_on_a_200_says_which_version_and_the_manual_way(rsps, status):
+    rsps.add("POST", LMS + "/api/v1/models/load", json=lm_studio_lacks("/api/v1/models/load", "POST"),
+             status=status)
+    with pytest.raises(lmp.UnsupportedEndpointError) as caught:
+        lmp.LMStudioProvider().load_model("qwen2.5-7b-instruct", context_length=8192)
+    error = caught.value
+    assert error.needed == "LM Studio 0.4.0 or later" and error.path == "/api/v1/models/load"
+    assert error.manual == "Load it by hand:  lms load qwen2.5-7b-instruct --context-length 8192"
+    assert error.status == status and "Unexpected endpoint or method" in error.server_message
+
+
+# =============================================================================
+# Ollama pull: nothing is sent before the first record is asked for; stopping early hangs up
+# =============================================================================
+
+class EndlessPull:
+    """A raw loopback server that answers /api/pull with one status line and then never ends the body;
+    it records each connection and whether the client hung up (the connection a leak would keep open)."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.host = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.accepted = threading.Event()
+        self.hung_up = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.listener.settimeout(10)
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        self.accepted.set()
+        conn.settimeout(10)
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            line = json.dumps(PULL_LINES[1]).encode() + b"\n"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked"
+                         b"\r\n\r\n%x\r\n%s\r\n" % (len(line), line))
+            try:
+                while conn.recv(65536):  # the rest of the request, then nothing until the client hangs up
+                    pass
+                self.hung_up.set()
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def endless_pull():
+    server = EndlessPull()
+    yield server
+    server.close()
+
+
+def test_ollama_iter_pull_sends_nothing_until_iterated_and_hangs_up_when_left(endless_pull):
+    provider = lmp.OllamaProvider(host=endless_pull.host)
+    pulls = provider.iter_pull("llama3.2")
+    assert not endless_pull.accepted.wait(0.3)  # asking for the iterator is not asking for the download
+    for record in pulls:
+        assert record.completed == 241970
+        break
+    assert endless_pull.accepted.is_set()
+    pulls.close()  # what a for loop's end does once the iterator is dropped; `pulls` holds it here
+    assert endless_pull.hung_up.wait(5)
+
+
+def test_ollama_iter_pull_never_iterated_sends_nothing(endless_pull):
+    provider = lmp.OllamaProvider(host=endless_pull.host)
+    provider.iter_pull("llama3.2").close()
+    assert not endless_pull.accepted.wait(0.3)
+
+
+@pytest.mark.parametrize("config", ["16384", [16384], 16384, True], ids=["string", "list", "number", "true"])
+def test_lm_studio_load_with_a_load_config_that_is_not_an_object_still_loads(rsps, config):
+    rsps.add("POST", LMS + "/api/v1/models/load", json=dict(LOADED, load_config=config))
+    rsps.add("GET", LMS + "/api/v1/models", json=V1_MODELS)
+    info = lmp.LMStudioProvider().load_model("gemma-3-270m-it-qat", context_length=8192)
+    assert info.loaded is True and info.loaded_context_length == 8192  # what was asked, as nothing else was said
+
+
+def test_an_error_line_in_another_ollama_stream_is_not_called_a_download_error(server):
+    lines = [{"model": "smollm2", "response": "Hi", "done": False}, {"error": "an error in the middle"}]
+    server.route("POST", "/api/generate", Reply(200, ndjson(lines), framing="chunked"))
+    provider = lmp.OllamaProvider(host=server.host)
+    with pytest.raises(lmp.ProviderResponseError) as caught:
+        list(provider._stream_json("/api/generate", {"model": "smollm2", "prompt": "Hi"}, model="smollm2"))
+    assert type(caught.value) is lmp.ProviderResponseError
+    assert "/api/generate" in str(caught.value) and "download" not in str(caught.value)
+    assert caught.value.server_message == "an error in the middle"
+
+
+def test_model_info_for_a_missing_model_suggests_from_the_listing_it_already_has(rsps):
+    rsps.add("GET", LMS + "/api/v1/models", json=V1_MODELS)
+    rsps.add("GET", LMS + "/v1/models", json={"object": "list", "data": [{"id": "something-else"}]})
+    with pytest.raises(lmp.ModelNotFoundError) as caught:
+        lmp.LMStudioProvider().model_info("gemma-3-270m")
+    assert caught.value.suggestions == ["gemma-3-270m-it-qat"] and caught.value.model == "gemma-3-270m"
+    assert "Close matches on this server: gemma-3-270m-it-qat." in str(caught.value)
+    assert [call.request.url for call in rsps.calls] == [LMS + "/api/v1/models"]  # not listed a second time

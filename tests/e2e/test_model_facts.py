@@ -1,6 +1,7 @@
 """Model facts and context overflow on the real llama.cpp server (what LM Studio runs), through
 LMStudioProvider.  llama.cpp's server has neither /api/v1 nor /api/v0: the provider must fall back to
-/v1/models, whose entries carry ``meta`` (training and loaded context, size), and /props."""
+/v1/models, whose entries carry ``meta`` (training and loaded context, size); llama.cpp's /props is read only
+through the openai kind (LM Studio has none)."""
 
 import logging
 
@@ -24,7 +25,7 @@ def test_model_info_reports_what_llama_cpp_knows(tiny, tiny_server, caplog):
     info = tiny.model_info(TINY_ALIAS)
     assert info.name == TINY_ALIAS
     assert info.context_length == 4096                 # meta.n_ctx_train of the generated tiny model
-    assert info.loaded is True and info.loaded_context_length == N_CTX   # meta.n_ctx / /props n_ctx
+    assert info.loaded is True and info.loaded_context_length == N_CTX   # meta.n_ctx
     assert info.size_bytes and 400000 < info.size_bytes < 600000
     assert info.quantization == "all F32" and info.vision is False
     assert info.tools is None and info.thinking is None and info.kind is None  # not reported: unknown
@@ -38,9 +39,20 @@ def test_smollm2_reports_its_real_training_context(smol, smol_server):
     assert smol.list_models() == [SMOL_ALIAS]
 
 
+@pytest.mark.parametrize("kind", ["openai"])  # /props is llama.cpp's; LMStudioProvider never asks for it
 def test_server_version_is_llama_cpp_build(tiny):
     version = tiny.server_version()
     assert isinstance(version, str) and version
+
+
+@pytest.mark.parametrize("kind", ["openai"])
+def test_the_openai_kind_reads_props_too(tiny, tiny_server):
+    info = tiny.model_info(TINY_ALIAS)
+    assert info.source == "/v1/models + /props" and info.loaded_context_length == N_CTX and info.vision is False
+
+
+def test_lm_studio_reports_no_version_from_llama_cpp(tiny):
+    assert tiny.server_version() is None
 
 
 def test_loading_and_downloading_say_the_server_cannot_and_what_to_do(tiny, tiny_server):
