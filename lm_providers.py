@@ -5033,8 +5033,8 @@ def _openai_in_use(config: Optional[Config]) -> bool:
 
 def _kinds_for_host(host: Optional[str], timeout: Union[None, float, Tuple[float, float]] = None) -> List[str]:
     """Which servers ``--host`` means: the one whose default port it names, ``openai`` for a base URL with a
-    path, else the one that answers there; LM Studio and Ollama when nothing listens there (each then says
-    how to start it)."""
+    path, else the one that answers there (``detect_server_kind``: Ollama, LM Studio or another
+    OpenAI-compatible server); LM Studio and Ollama when nothing listens there (each then says how to start it)."""
     if host:
         try:
             port = normalize_host(host).rsplit(":", 1)[1]
@@ -5055,14 +5055,19 @@ def _kinds_for_host(host: Optional[str], timeout: Union[None, float, Tuple[float
 
 def detect_server_kind(host: str, timeout: Union[None, float, Tuple[float, float]] = None,
                        debug: bool = False) -> Optional[str]:
-    """Which server answers at ``host``: ``"ollama"``, ``"lm_studio"``, or None when nothing listens there.
+    """Which server answers at ``host``: ``"ollama"``, ``"lm_studio"``, ``"openai"`` (another
+    OpenAI-compatible server: llama-server, vLLM, a LiteLLM proxy), or None when nothing listens there.
 
-    Ollama answers ``GET /api/version`` with ``{"version": ...}``; LM Studio
-    answers ``GET /v1/models`` with its model list.  Ollama is asked first,
-    because its OpenAI-compatible layer answers ``/v1/models`` too.  Something
-    that answers as neither raises ProviderResponseError saying which
-    ``--provider`` to pass; a host that does not answer at all raises
-    ProviderConnectionError or ProviderTimeoutError.
+    Ollama answers ``GET /api/version`` with ``{"version": ...}``; it is asked
+    first, because its OpenAI-compatible layer answers ``/v1/models`` too.  A
+    server that answers ``GET /v1/models`` (or refuses it with 401: it wants a
+    key) speaks OpenAI's API; it is LM Studio only if LM Studio's own REST API
+    answers as well (``_lm_studio_api_answers``), else ``"openai"`` (so LM
+    Studio before 0.3.6, or one that refuses requests without LM_API_TOKEN, is
+    talked to as an OpenAI-compatible server).  Something that answers as
+    neither raises ProviderResponseError saying which ``--provider`` to pass; a
+    host that does not answer at all raises ProviderConnectionError or
+    ProviderTimeoutError.
     """
     timeout = timeout if timeout is not None else (5.0, 30.0)
     with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
@@ -5081,15 +5086,37 @@ def detect_server_kind(host: str, timeout: Union[None, float, Tuple[float, float
     with LMStudioProvider(host=host, timeout=timeout, max_retries=0) as lm_studio:
         try:
             lm_studio.list_models(debug=debug)
-            return "lm_studio"
         except AuthenticationError:
-            return "lm_studio"  # a token is required: LM Studio's setting (Ollama has no tokens)
+            pass  # it wants a key: OpenAI-compatible; LM Studio if its own API says so (with LM_API_TOKEN)
         except ProviderError as exc:
-            not_lm_studio = _probe_failure(exc)
-    raise ProviderResponseError(
-        "the server at %s answers, but neither as LM Studio (GET /v1/models: %s) nor as Ollama (GET /api/version: "
-        "%s). If it is one of them, say which with  --provider lm_studio  or  --provider ollama."
-        % (ollama.base_url, not_lm_studio, not_ollama))
+            raise ProviderResponseError(
+                "the server at %s answers, but neither as an OpenAI-compatible server such as LM Studio (GET "
+                "/v1/models: %s) nor as Ollama (GET /api/version: %s). If it is one of them, say which with  "
+                "--provider lm_studio,  --provider ollama  or  --provider openai."
+                % (ollama.base_url, _probe_failure(exc), not_ollama)) from None
+        return "lm_studio" if _lm_studio_api_answers(lm_studio, debug) else "openai"
+
+
+#: LM Studio's own model lists: (path, the field holding the list, the key each entry has).
+_LM_STUDIO_MODEL_LISTS = (("/api/v1/models", "models", "key"),  # LM Studio 0.4+
+                          ("/api/v0/models", "data", "id"))     # LM Studio 0.3.6+
+
+
+def _lm_studio_api_answers(provider: "LMStudioProvider", debug: bool = False) -> bool:
+    """Whether LM Studio's native REST API answers at ``provider``'s host with a model list.
+
+    Any other answer means "not there": an error status, or the HTTP 200
+    ``{"error": "Unexpected endpoint or method. (GET ...)"}`` with which LM
+    Studio 0.3.14 to 0.4.x answer a path they do not serve (``_call`` raises
+    for an error object, and for a body without the list).
+    """
+    for path, field, key in _LM_STUDIO_MODEL_LISTS:
+        try:
+            provider._call("GET", path, debug=debug, read=lambda data: _entries(data, field, key))
+            return True
+        except ProviderError as exc:
+            logger.debug("%s is not LM Studio's: %s", path, _one_line(exc))
+    return False
 
 
 def _probe_failure(exc: ProviderError) -> str:
@@ -5321,8 +5348,8 @@ def _cli_model(options: Any, config: Optional[Config]) -> ModelConfig:
             _kinds_for_host(options.host, _cli_timeout(options)) if options.host else [])
         if len(kinds) != 1:
             raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
-                                    "config; for a plain model name, say which server with --provider lm_studio or "
-                                    "--provider ollama%s" % (options.model, " (nothing answers at %s to tell)"
+                                    "config; for a plain model name, say which server with --provider lm_studio, "
+                                    "--provider ollama or --provider openai%s" % (options.model, " (nothing answers at %s to tell)"
                                                              % options.host if options.host else ""))
         model = ModelConfig(options.model, kinds[0])
     if options.provider and canonical_provider(options.provider) != model.provider:

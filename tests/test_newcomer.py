@@ -130,36 +130,87 @@ def test_the_sample_config_leaves_hosts_to_the_environment(monkeypatch):
 
 # --- which server answers on a host -------------------------------------------------------------------
 
+# LM Studio 0.3.6+'s GET /api/v0/models (shape from its REST API page), and the HTTP 200 with which
+# LM Studio 0.3.14 to 0.4.x answer a path they do not serve.
+LM_STUDIO_V0_MODELS = {"object": "list", "data": [
+    {"id": "qwen2.5-7b-instruct", "object": "model", "type": "llm", "publisher": "lmstudio-community",
+     "arch": "qwen2", "compatibility_type": "gguf", "quantization": "Q4_K_M", "state": "loaded",
+     "max_context_length": 32768, "loaded_context_length": 4096}]}
+
+
+def unexpected_endpoint(request):
+    return fakes.json_reply({"error": "Unexpected endpoint or method. (%s %s)" % (request["method"],
+                                                                                 request["path"])})
+
+
 def test_the_server_kind_is_found_out_on_any_port():
-    with LoopbackServer() as lm, LoopbackServer() as ol, LoopbackServer() as other:
-        fakes.lm_studio(lm)
+    with LoopbackServer() as lm, LoopbackServer() as ol, LoopbackServer() as llama, LoopbackServer() as other:
+        fakes.lm_studio_native(fakes.lm_studio(lm))
         fakes.ollama(ol)  # it answers /v1/models too, like the real one
+        fakes.openai_compatible(llama)  # llama-server, vLLM: /v1/models and nothing of LM Studio's own
         assert lm_providers.detect_server_kind(lm.host) == "lm_studio"
         assert lm_providers.detect_server_kind(ol.host) == "ollama"
+        assert lm_providers.detect_server_kind(llama.host) == "openai"
+        assert {r["path"] for r in llama.requests} >= {"/v1/models", "/api/v1/models", "/api/v0/models"}
         with pytest.raises(lm_providers.ProviderResponseError) as info:
             lm_providers.detect_server_kind(other.host)
-        assert "--provider lm_studio" in str(info.value) and "--provider ollama" in str(info.value)
+        assert all("--provider %s" % kind in str(info.value) for kind in ("lm_studio", "ollama", "openai"))
         assert "HTTP 404" in str(info.value)
     assert lm_providers.detect_server_kind("127.0.0.1:%d" % closed_port()) is None
 
 
-def test_an_lm_studio_that_wants_a_token_is_still_recognised():
-    with LoopbackServer() as lm:
-        fakes.lm_studio(lm, token="sk-lm-secret:abcdef123456")
+def test_lm_studio_is_told_by_either_native_model_list():
+    with LoopbackServer() as old, LoopbackServer() as neither:
+        fakes.lm_studio(old)  # LM Studio 0.3.14-0.3.x: /api/v0 only, a 200 "Unexpected endpoint" for /api/v1
+        old.route("GET", "/api/v0/models", fakes.json_reply(LM_STUDIO_V0_MODELS))
+        old.route("GET", "/api/v1/models", unexpected_endpoint)
+        assert lm_providers.detect_server_kind(old.host) == "lm_studio"
+        fakes.openai_compatible(neither)  # a 200 with an error object is not a model list
+        neither.route("GET", "/api/v0/models", unexpected_endpoint)
+        neither.route("GET", "/api/v1/models", unexpected_endpoint)
+        assert lm_providers.detect_server_kind(neither.host) == "openai"
+
+
+def test_a_server_that_wants_a_key_is_lm_studio_only_when_its_own_api_says_so(monkeypatch):
+    token = "sk-lm-secret:abcdef123456"
+    monkeypatch.delenv("LM_API_TOKEN", raising=False)
+    with LoopbackServer() as lm, LoopbackServer() as vllm:
+        fakes.lm_studio_native(fakes.lm_studio(lm, token=token))
+        native = lm.routes[("GET", "/api/v1/models")]
+        lm.route("GET", "/api/v1/models", lambda request: native(request) if request["headers"].get(
+            "authorization") == "Bearer " + token else fakes.json_reply({"error": "token required"}, 401))
+        fakes.openai_compatible(vllm, token="vllm-key")  # vLLM --api-key: a 401, and no LM Studio API
+        assert lm_providers.detect_server_kind(vllm.host) == "openai"
+        assert lm_providers.detect_server_kind(lm.host) == "openai"  # nothing says it is LM Studio
+        monkeypatch.setenv("LM_API_TOKEN", token)
         assert lm_providers.detect_server_kind(lm.host) == "lm_studio"
 
 
 def test_check_on_a_custom_port_checks_only_the_server_that_is_there(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with LoopbackServer() as lm, LoopbackServer() as ol:
-        fakes.lm_studio(lm)
+    with LoopbackServer() as lm, LoopbackServer() as ol, LoopbackServer() as llama:
+        fakes.lm_studio_native(fakes.lm_studio(lm))
         fakes.ollama(ol)
+        fakes.openai_compatible(llama)
         code, output = check("--host", lm.host)
         assert code == 0, output
-        assert marks(output) == ["[PASS]"] * 5 and "Ollama" not in output
+        assert marks(output) == ["[PASS]"] * 5 and "Ollama" not in output and "LM Studio" in output
         code, output = check("--host", ol.host)
         assert code == 0, output
         assert marks(output) == ["[PASS]"] * 5 and "LM Studio" not in output
+        code, output = check("--host", llama.host)
+        assert code == 0, output
+        assert marks(output) == ["[PASS]"] * 5 and "LM Studio" not in output and "Ollama" not in output
+        assert "OpenAI-compatible server at http://%s" % llama.host in output
+
+
+def test_models_and_generate_on_a_custom_port_talk_to_an_openai_compatible_server(capsys):
+    with LoopbackServer() as llama:
+        fakes.openai_compatible(llama)
+        assert lm_providers.main(["models", "--host", llama.host]) == 0
+        assert "OpenAI-compatible server at http://%s (1):\n  my-model" % llama.host in capsys.readouterr().out
+        assert lm_providers.main(["generate", "my-model", "Hi", "--host", llama.host]) == 0
+        assert capsys.readouterr().out.strip() == fakes.REPLY
 
 
 def test_check_on_a_server_of_unknown_kind_says_which_provider_to_pass(tmp_path, monkeypatch):
@@ -167,7 +218,7 @@ def test_check_on_a_server_of_unknown_kind_says_which_provider_to_pass(tmp_path,
     with LoopbackServer() as other:
         code, output = check("--host", other.host)
     assert code == 1 and "Traceback" not in output
-    assert "--provider lm_studio" in output and "--provider ollama" in output
+    assert all("--provider %s" % kind in output for kind in ("lm_studio", "ollama", "openai"))
 
 
 def test_a_fail_line_says_nothing_twice(tmp_path, monkeypatch):
