@@ -4979,6 +4979,38 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] = None, host: Optional[str] = None,
+                   timeout: Union[None, float, Tuple[float, float]] = None) -> ModelConfig:
+    """The model the command line names (``generate``'s URI_OR_ROLE, ``check --model``): a role of ``config``,
+    a model URI, or a plain model name for the server kind ``provider`` says (or that answers at ``host``).
+
+    ``provider`` and ``host`` must agree with what the role or URI says: another
+    kind or another host is refused, not silently put in its place.  A model
+    without a host of its own gets ``host``.
+    """
+    if config is not None and text in config.models:
+        model = config.models[text]
+    elif "://" in text:
+        model = parse_model_uri(text)
+    else:
+        _refuse_parameters_without_provider(text, provider or "lm_studio")
+        kinds = [canonical_provider(provider)] if provider else (_kinds_for_host(host, timeout) if host else [])
+        if len(kinds) != 1:
+            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
+                                    "config; for a plain model name, say which server with --provider lm_studio, "
+                                    "--provider ollama or --provider openai%s" % (
+                                        text, " (nothing answers at %s to tell)" % host if host else ""))
+        model = ModelConfig(text, kinds[0])
+    if provider and canonical_provider(provider) != model.provider:
+        raise InvalidInputError("%s is a %s model, but --provider says %s" % (text, model.provider, provider))
+    if host:
+        if model.host is not None and normalize_host(model.host, model.provider) != normalize_host(
+                host, model.provider):
+            raise InvalidInputError("%s names the host %s and --host says %s; give one" % (text, model.host, host))
+        model = ModelConfig(model.name, model.provider, host, model.parameters)
+    return model
+
+
 def check_targets(config: Optional[Config] = None, provider: Optional[str] = None, host: Optional[str] = None,
                   model: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None
                   ) -> List[Tuple["BaseProvider", List[ModelConfig], bool]]:
@@ -4988,18 +5020,9 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
     (``detect_server_kind``), so only that one is checked.
     """
     if model:
-        chosen = parse_model_uri(model) if "://" in model else None
-        if chosen is None:
-            if config is None or model not in config.models:
-                _refuse_parameters_without_provider(model, provider or "lm_studio")
-                raise InvalidInputError("--model wants a model URI such as lm_studio://qwen2.5-7b-instruct or a "
-                                        "role from the config, got %r" % model)
-            chosen = config.models[model]
-        kind = chosen.provider
-        if provider and canonical_provider(provider) != kind:
-            raise InvalidInputError("--model %s is for %s, not %s" % (model, kind, provider))
-        base_url = resolve_host(kind, host or chosen.host, config)
-        return [(PROVIDER_CLASSES[kind](host=base_url, timeout=timeout), [chosen], True)]
+        chosen = _resolve_model(model, config, provider, host, timeout)
+        base_url = resolve_host(chosen.provider, chosen.host, config)
+        return [(PROVIDER_CLASSES[chosen.provider](host=base_url, timeout=timeout), [chosen], True)]
     kinds = [canonical_provider(provider)] if provider else _kinds_for_host(host, timeout)
     if not provider and not host and _openai_in_use(config):
         kinds.append("openai")
@@ -5337,31 +5360,8 @@ def _cli_models(options: Any) -> int:
 
 
 def _cli_model(options: Any, config: Optional[Config]) -> ModelConfig:
-    """The model ``generate`` talks to: a role, a URI, or a plain name with --provider (or a --host that says)."""
-    if config is not None and options.model in config.models:
-        model = config.models[options.model]
-    elif "://" in options.model:
-        model = parse_model_uri(options.model)
-    else:
-        _refuse_parameters_without_provider(options.model, options.provider or "lm_studio")
-        kinds = [options.provider] if options.provider else (
-            _kinds_for_host(options.host, _cli_timeout(options)) if options.host else [])
-        if len(kinds) != 1:
-            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
-                                    "config; for a plain model name, say which server with --provider lm_studio, "
-                                    "--provider ollama or --provider openai%s" % (options.model, " (nothing answers at %s to tell)"
-                                                             % options.host if options.host else ""))
-        model = ModelConfig(options.model, kinds[0])
-    if options.provider and canonical_provider(options.provider) != model.provider:
-        raise InvalidInputError("%s is a %s model, but --provider says %s" % (options.model, model.provider,
-                                                                             options.provider))
-    if options.host:
-        if model.host is not None and normalize_host(model.host, model.provider) != normalize_host(
-                options.host, model.provider):
-            raise InvalidInputError("%s names the host %s and --host says %s; give one" % (
-                options.model, model.host, options.host))
-        model = ModelConfig(model.name, model.provider, options.host, model.parameters)
-    return model
+    """The model a command's URI_OR_ROLE argument and its connection options name (see ``_resolve_model``)."""
+    return _resolve_model(options.model, config, options.provider, options.host, _cli_timeout(options))
 
 
 def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
