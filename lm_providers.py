@@ -5190,7 +5190,11 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, optio
     """The setup check as a command: parse ``argv`` (or take parsed ``options``), run, print, return the exit code."""
     if options is None:
         options = setup_check_parser().parse_args(argv)
-    return _run_check(options, out or sys.stdout)
+    try:
+        return _run_check(options, out or sys.stdout)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        return 130
 
 
 def _connection_options(parser: "argparse.ArgumentParser", provider_help: str) -> "argparse.ArgumentParser":
@@ -5307,11 +5311,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if options.command is None:
         parser.print_help()
         return 2
-    if options.command == "check":
-        return _run_check(options, sys.stdout)
-    if options.debug:
+    if options.debug and options.command != "check":  # the check says so itself
         _debug("debug output on")
     try:
+        if options.command == "check":
+            return _run_check(options, sys.stdout)
         if options.command == "models":
             return _cli_models(options)
         if options.command == "embed":

@@ -245,6 +245,21 @@ def test_a_fail_line_says_nothing_twice(tmp_path, monkeypatch):
 
 # --- the command line -------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("entry", ["main", "run_setup_check"])
+def test_ctrl_c_during_check_says_interrupted_and_exits_130(entry, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(lm_providers.SetupCheck, "run", interrupted)
+    argv = ["--provider", "lm_studio", "--host", "127.0.0.1:%d" % closed_port()]
+    try:
+        code = lm_providers.main(["check"] + argv) if entry == "main" else lm_providers.run_setup_check(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C came out of %s as a traceback" % entry)
+    assert code == 130 and capsys.readouterr().err == "\ninterrupted\n"
+
+
 def run_module(*argv, **kwargs):
     return subprocess.run([sys.executable, os.path.join(ROOT, "lm_providers.py")] + list(argv),
                           capture_output=True, text=True, timeout=60, **kwargs)
