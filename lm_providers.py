@@ -4815,6 +4815,8 @@ class SetupCheck:
         self.unreachable = 0  # failures where nothing answered at all
 
     def report(self, result: CheckResult) -> CheckResult:
+        """Keep ``result`` in ``results`` and print it: ``[STATUS] what: detail  (seconds)``, then its
+        ``-> next step`` line when it has one; return it."""
         self.results.append(result)
         timing = "  (%.2f s)" % result.seconds if result.status != "SKIP" else ""
         self.out.write("[%s] %s%s%s\n" % (result.status, result.what, ": " + result.detail if result.detail else "",
@@ -5014,10 +5016,18 @@ def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] 
 def check_targets(config: Optional[Config] = None, provider: Optional[str] = None, host: Optional[str] = None,
                   model: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None
                   ) -> List[Tuple["BaseProvider", List[ModelConfig], bool]]:
-    """What the setup check looks at: the servers and roles of ``config``, narrowed by the options.
+    """What the setup check looks at: ``(provider, models, required)`` for each server, from the roles and
+    hosts of ``config``, narrowed by the command-line options ``provider``, ``host`` and ``model``.
 
-    A ``host`` on neither server's default port is asked which server it is
-    (``detect_server_kind``), so only that one is checked.
+    Without options, LM Studio and Ollama are looked at, and an OpenAI-compatible
+    server when the config names one (an ``openai://`` role or ``openai_host``;
+    ``OPENAI_BASE_URL`` alone does not count, since OpenAI's own clients read it
+    too, but ``provider="openai"`` uses it).  A ``host`` with a path is an
+    ``openai`` host; one on neither LM Studio's nor Ollama's default port is
+    asked which server it is (``detect_server_kind``), so only that one is
+    checked.  ``model`` (a URI, a role or, with ``provider``, a plain name) is
+    read as ``generate`` reads it.  A server is ``required`` when something
+    names it; one that is not is SKIPped when it is not running.
     """
     if model:
         chosen = _resolve_model(model, config, provider, host, timeout)
@@ -5271,17 +5281,48 @@ def prog_name() -> str:
 
 @exit_quietly_on_broken_pipe
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lm_providers`` / ``lm-providers``: models, generate and check."""
+    """``python -m lm_providers`` / ``lm-providers``: the models, generate, embed, check, info, load, unload and
+    pull commands for LM Studio, Ollama and OpenAI-compatible servers; returns the exit code."""
+    parser = _build_parser(prog_name())
+    options = parser.parse_args(argv)
+    if options.command is None:
+        parser.print_help()
+        return 2
+    if options.debug and options.command != "check":  # the check says so itself
+        _debug("debug output on")
+    try:
+        if options.command == "check":
+            return _run_check(options, sys.stdout)
+        if options.command == "models":
+            return _cli_models(options)
+        if options.command == "embed":
+            return _cli_embed(options)
+        if options.command in _MODEL_COMMANDS:
+            return _MODEL_COMMANDS[options.command](options)
+        return _cli_generate(options)
+    except ProviderError as exc:
+        if options.debug:
+            raise
+        sys.stderr.write("error: %s\n" % exc)
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        return 130
+
+
+def _build_parser(prog: str) -> "argparse.ArgumentParser":
+    """The command line's parser: its commands, their arguments and the connection options, with examples."""
     import argparse
-    prog = prog_name()
     parser = argparse.ArgumentParser(
-        prog=prog, description="Talk to LM Studio and Ollama from the command line.",
+        prog=prog, description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, a "
+                               "LiteLLM proxy) from the command line.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  {0} models\n"
                "  {0} models --host 10.0.0.5:8080\n"
                "  {0} generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
                "  {0} generate ollama://llama3 \"Name a color\" --json name,hex\n"
+               "  {0} generate openai://my-model@127.0.0.1:8000/v1 \"Say hi\"\n"
                "  {0} check --provider ollama".format(prog))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = _connection_options(commands.add_parser(
@@ -5307,30 +5348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Check servers, models and config, and say what to do about each failure. Example: "
                     "%s check --model lm_studio://qwen2.5-7b-instruct" % prog))
     _add_model_commands(commands)
-    options = parser.parse_args(argv)
-    if options.command is None:
-        parser.print_help()
-        return 2
-    if options.debug and options.command != "check":  # the check says so itself
-        _debug("debug output on")
-    try:
-        if options.command == "check":
-            return _run_check(options, sys.stdout)
-        if options.command == "models":
-            return _cli_models(options)
-        if options.command == "embed":
-            return _cli_embed(options)
-        if options.command in _MODEL_COMMANDS:
-            return _MODEL_COMMANDS[options.command](options)
-        return _cli_generate(options)
-    except ProviderError as exc:
-        if options.debug:
-            raise
-        sys.stderr.write("error: %s\n" % exc)
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("\ninterrupted\n")
-        return 130
+    return parser
 
 
 def _cli_models(options: Any) -> int:

@@ -1,6 +1,7 @@
 """A newcomer's first hour: drop-in use on a system Python, the command line, the sample config, packaging."""
 
 import configparser
+import inspect
 import os
 import re
 import shutil
@@ -258,6 +259,20 @@ def test_ctrl_c_during_check_says_interrupted_and_exits_130(entry, monkeypatch, 
     except KeyboardInterrupt:
         pytest.fail("Ctrl-C came out of %s as a traceback" % entry)
     assert code == 130 and capsys.readouterr().err == "\ninterrupted\n"
+
+
+def test_the_help_names_every_server_kind_and_its_parser_is_built_apart(capsys):
+    with pytest.raises(SystemExit):
+        lm_providers.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "LM Studio, Ollama and OpenAI-compatible servers" in text and "generate openai://" in text
+    parser = lm_providers._build_parser("lm-providers")
+    assert parser.prog == "lm-providers" and parser.parse_args(["models", "-l"]).long
+    for function in (lm_providers.main, lm_providers._build_parser):  # the style guide's ~60-line limit
+        assert len(inspect.getsourcelines(function)[0]) <= 60, function.__name__
+    for function in (lm_providers.SetupCheck.report, lm_providers.check_targets):
+        assert function.__doc__, function.__name__
+    assert "OPENAI_BASE_URL" in lm_providers.check_targets.__doc__
 
 
 def run_module(*argv, **kwargs):
