@@ -5031,8 +5031,7 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
     """
     if model:
         chosen = _resolve_model(model, config, provider, host, timeout)
-        base_url = resolve_host(chosen.provider, chosen.host, config)
-        return [(PROVIDER_CLASSES[chosen.provider](host=base_url, timeout=timeout), [chosen], True)]
+        return [(_cli_provider(chosen.provider, chosen.host, config, timeout), [chosen], True)]
     kinds = [canonical_provider(provider)] if provider else _kinds_for_host(host, timeout)
     if not provider and not host and _openai_in_use(config):
         kinds.append("openai")
@@ -5049,8 +5048,7 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
             config is not None and config.host_for(kind) is not None) or bool(os.environ.get(HOST_ENV_VARS[kind]))
         if not by_host:
             by_host[resolve_host(kind, host, config)] = []
-        cls = PROVIDER_CLASSES[kind]
-        targets += [(cls(host=base_url, timeout=timeout), ms, required) for base_url, ms in by_host.items()]
+        targets += [(_cli_provider(kind, base_url, config, timeout), ms, required) for base_url, ms in by_host.items()]
     return targets
 
 
@@ -5247,7 +5245,20 @@ def _run_check(options: Any, out: Any) -> int:
 
 
 def _cli_timeout(options: Any) -> Optional[Tuple[float, float]]:
+    """The (connect, read) timeout --timeout asks for; None: the provider's own default."""
     return (5.0, options.timeout) if options.timeout else None
+
+
+#: ``models`` waits at most this long by default: listing never loads a model, so a server silent for 30 s is
+#: stuck, and the 600 s read timeout that a first generation may need (a model loading) would only hide that.
+_LIST_TIMEOUT = (5.0, 30.0)
+
+
+def _cli_provider(kind: str, host: Optional[str], config: Optional[Config],
+                  timeout: Union[None, float, Tuple[float, float]]) -> "BaseProvider":
+    """The provider every command talks through: server kind ``kind`` at ``host`` (else the config's host, the
+    environment's, the default: ``resolve_host``), with the command line's ``timeout`` (None: the default)."""
+    return PROVIDER_CLASSES[kind](host=resolve_host(kind, host, config), timeout=timeout)
 
 
 def exit_quietly_on_broken_pipe(run: Callable[..., int]) -> Callable[..., int]:
@@ -5327,7 +5338,8 @@ def _build_parser(prog: str) -> "argparse.ArgumentParser":
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = _connection_options(commands.add_parser(
         "models", help="list the models each server offers",
-        description="List the models each server offers. Example: %s models --provider ollama" % prog),
+        description="List the models each server offers (each gets 30 s to answer unless --timeout says). "
+                    "Example: %s models --provider ollama" % prog),
         "only this server kind")
     models.add_argument("--long", "-l", action="store_true",
                         help="a table of each model's facts: context, loaded, capabilities, quantization, size")
@@ -5358,8 +5370,7 @@ def _cli_models(options: Any) -> int:
     answered = 0
     for kind in kinds:
         try:
-            provider = PROVIDER_CLASSES[kind](host=resolve_host(kind, options.host, config),
-                                              timeout=_cli_timeout(options) or (5, 30))
+            provider = _cli_provider(kind, options.host, config, _cli_timeout(options) or _LIST_TIMEOUT)
         except InvalidInputError as exc:  # an openai:// server with no host anywhere
             sys.stderr.write("%s: %s\n" % (SERVER_TITLES[kind], exc))
             continue
@@ -5390,8 +5401,7 @@ def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
     """The provider and model that a command's URI_OR_ROLE argument and connection options name."""
     config = _load_config_option(options.config)
     model = _cli_model(options, config)
-    timeout = _cli_timeout(options)
-    return get_provider(model, config, **({"timeout": timeout} if timeout else {})), model
+    return _cli_provider(model.provider, model.host, config, _cli_timeout(options)), model
 
 
 def _cli_generate(options: Any) -> int:

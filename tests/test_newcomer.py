@@ -275,6 +275,32 @@ def test_the_help_names_every_server_kind_and_its_parser_is_built_apart(capsys):
     assert "OPENAI_BASE_URL" in lm_providers.check_targets.__doc__
 
 
+def test_every_command_builds_its_provider_one_way(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    built = []
+    make = lm_providers._cli_provider
+
+    def recording(kind, host, config, timeout):
+        provider = make(kind, host, config, timeout)
+        transport = provider.transport
+        built.append((kind, provider.base_url, (transport.connect_timeout, transport.read_timeout)))
+        return provider
+    monkeypatch.setattr(lm_providers, "_cli_provider", recording)
+    with LoopbackServer() as lm:
+        fakes.lm_studio(lm)
+        where = ["--provider", "lm_studio", "--host", lm.host]
+        for argv in (["models"] + where, ["models", "--timeout", "7"] + where,
+                     ["generate", "qwen2.5-7b-instruct", "Hi"] + where,
+                     ["generate", "qwen2.5-7b-instruct", "Hi", "--timeout", "7"] + where,
+                     ["check"] + where, ["check", "--timeout", "7", "--model", "qwen2.5-7b-instruct"] + where):
+            assert lm_providers.main(argv) == 0, capsys.readouterr()
+    url = "http://" + lm.host
+    default = (5.0, 600.0)  # the providers' own default
+    assert built == [("lm_studio", url, lm_providers._LIST_TIMEOUT), ("lm_studio", url, (5.0, 7.0)),
+                     ("lm_studio", url, default), ("lm_studio", url, (5.0, 7.0)),
+                     ("lm_studio", url, default), ("lm_studio", url, (5.0, 7.0))]
+
+
 def run_module(*argv, **kwargs):
     return subprocess.run([sys.executable, os.path.join(ROOT, "lm_providers.py")] + list(argv),
                           capture_output=True, text=True, timeout=60, **kwargs)
