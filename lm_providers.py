@@ -4743,7 +4743,6 @@ class _StillWorking:
     """Print a 'still working' line every ``every`` seconds while a slow step runs."""
 
     def __init__(self, out: Any, what: str, every: float = 10.0):
-        import threading
         self.out, self.what, self.every = out, what, every
         self.started = time.perf_counter()
         self.stop = threading.Event()

@@ -301,6 +301,17 @@ def test_every_command_builds_its_provider_one_way(monkeypatch, tmp_path, capsys
                      ("lm_studio", url, default), ("lm_studio", url, (5.0, 7.0))]
 
 
+def test_no_function_imports_again_what_the_module_imports_at_the_top():
+    import ast
+    tree = ast.parse(read("lm_providers.py"))
+    top = {alias.asname or alias.name for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+           for alias in node.names}
+    again = [(function.name, node.lineno) for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
+             for node in ast.walk(function) if isinstance(node, (ast.Import, ast.ImportFrom))
+             and {alias.asname or alias.name for alias in node.names} & top]
+    assert again == []
+
+
 def run_module(*argv, **kwargs):
     return subprocess.run([sys.executable, os.path.join(ROOT, "lm_providers.py")] + list(argv),
                           capture_output=True, text=True, timeout=60, **kwargs)
