@@ -62,6 +62,9 @@ __all__ = [
     "ToolCall", "ToolRunResult", "tool_schema",
     # model facts, loading and downloading
     "ModelInfo", "PullProgress",
+    # command line and the setup check, and the helpers it shares with scripts
+    "detect_server_kind", "check_targets", "SetupCheck", "CheckResult", "run_setup_check", "setup_check_parser",
+    "PROVIDER_CLASSES", "canonical_provider", "split_reasoning",
 ]
 
 logger = logging.getLogger("lm_providers")

@@ -312,6 +312,17 @@ def test_no_function_imports_again_what_the_module_imports_at_the_top():
     assert again == []
 
 
+def test_the_command_line_helpers_are_public_and_documented():
+    names = ["detect_server_kind", "check_targets", "SetupCheck", "CheckResult", "run_setup_check",
+             "setup_check_parser", "PROVIDER_CLASSES", "canonical_provider", "split_reasoning"]
+    assert [name for name in names if name not in lm_providers.__all__] == []
+    namespace = {}
+    exec("from lm_providers import *", namespace)
+    assert all(name in namespace for name in names)
+    readme = read("README.md")
+    assert [name for name in names if name not in readme] == []
+
+
 def run_module(*argv, **kwargs):
     return subprocess.run([sys.executable, os.path.join(ROOT, "lm_providers.py")] + list(argv),
                           capture_output=True, text=True, timeout=60, **kwargs)
