@@ -5148,7 +5148,7 @@ def _lm_studio_api_answers(provider: "LMStudioProvider", debug: bool = False) ->
             provider._call("GET", path, debug=debug, read=lambda data: _entries(data, field, key))
             return True
         except ProviderError as exc:
-            logger.debug("%s is not LM Studio's: %s", path, _one_line(exc))
+            logger.debug("GET %s does not answer as LM Studio's own API: %s", path, _one_line(exc))
     return False
 
 
