@@ -62,6 +62,9 @@ __all__ = [
     "ToolCall", "ToolRunResult", "tool_schema",
     # model facts, loading and downloading
     "ModelInfo", "PullProgress",
+    # command line and the setup check, and the helpers it shares with scripts
+    "detect_server_kind", "check_targets", "SetupCheck", "CheckResult", "run_setup_check", "setup_check_parser",
+    "PROVIDER_CLASSES", "canonical_provider", "split_reasoning",
 ]
 
 logger = logging.getLogger("lm_providers")
@@ -4791,7 +4794,6 @@ class _StillWorking:
     """Print a 'still working' line every ``every`` seconds while a slow step runs."""
 
     def __init__(self, out: Any, what: str, every: float = 10.0):
-        import threading
         self.out, self.what, self.every = out, what, every
         self.started = time.perf_counter()
         self.stop = threading.Event()
@@ -4863,6 +4865,8 @@ class SetupCheck:
         self.unreachable = 0  # failures where nothing answered at all
 
     def report(self, result: CheckResult) -> CheckResult:
+        """Keep ``result`` in ``results`` and print it: ``[STATUS] what: detail  (seconds)``, then its
+        ``-> next step`` line when it has one; return it."""
         self.results.append(result)
         timing = "  (%.2f s)" % result.seconds if result.status != "SKIP" else ""
         self.out.write("[%s] %s%s%s\n" % (result.status, result.what, ": " + result.detail if result.detail else "",
@@ -5027,27 +5031,57 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] = None, host: Optional[str] = None,
+                   timeout: Union[None, float, Tuple[float, float]] = None) -> ModelConfig:
+    """The model the command line names (``generate``'s URI_OR_ROLE, ``check --model``): a role of ``config``,
+    a model URI, or a plain model name for the server kind ``provider`` says (or that answers at ``host``).
+
+    ``provider`` and ``host`` must agree with what the role or URI says: another
+    kind or another host is refused, not silently put in its place.  A model
+    without a host of its own gets ``host``.
+    """
+    if config is not None and text in config.models:
+        model = config.models[text]
+    elif "://" in text:
+        model = parse_model_uri(text)
+    else:
+        _refuse_parameters_without_provider(text, provider or "lm_studio")
+        kinds = [canonical_provider(provider)] if provider else (_kinds_for_host(host, timeout) if host else [])
+        if len(kinds) != 1:
+            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
+                                    "config; for a plain model name, say which server with --provider lm_studio, "
+                                    "--provider ollama or --provider openai%s" % (
+                                        text, " (nothing answers at %s to tell)" % host if host else ""))
+        model = ModelConfig(text, kinds[0])
+    if provider and canonical_provider(provider) != model.provider:
+        raise InvalidInputError("%s is a %s model, but --provider says %s" % (text, model.provider, provider))
+    if host:
+        if model.host is not None and normalize_host(model.host, model.provider) != normalize_host(
+                host, model.provider):
+            raise InvalidInputError("%s names the host %s and --host says %s; give one" % (text, model.host, host))
+        model = ModelConfig(model.name, model.provider, host, model.parameters)
+    return model
+
+
 def check_targets(config: Optional[Config] = None, provider: Optional[str] = None, host: Optional[str] = None,
                   model: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None
                   ) -> List[Tuple["BaseProvider", List[ModelConfig], bool]]:
-    """What the setup check looks at: the servers and roles of ``config``, narrowed by the options.
+    """What the setup check looks at: ``(provider, models, required)`` for each server, from the roles and
+    hosts of ``config``, narrowed by the command-line options ``provider``, ``host`` and ``model``.
 
-    A ``host`` on neither server's default port is asked which server it is
-    (``detect_server_kind``), so only that one is checked.
+    Without options, LM Studio and Ollama are looked at, and an OpenAI-compatible
+    server when the config names one (an ``openai://`` role or ``openai_host``;
+    ``OPENAI_BASE_URL`` alone does not count, since OpenAI's own clients read it
+    too, but ``provider="openai"`` uses it).  A ``host`` with a path is an
+    ``openai`` host; one on neither LM Studio's nor Ollama's default port is
+    asked which server it is (``detect_server_kind``), so only that one is
+    checked.  ``model`` (a URI, a role or, with ``provider``, a plain name) is
+    read as ``generate`` reads it.  A server is ``required`` when something
+    names it; one that is not is SKIPped when it is not running.
     """
     if model:
-        chosen = parse_model_uri(model) if "://" in model else None
-        if chosen is None:
-            if config is None or model not in config.models:
-                _refuse_parameters_without_provider(model, provider or "lm_studio")
-                raise InvalidInputError("--model wants a model URI such as lm_studio://qwen2.5-7b-instruct or a "
-                                        "role from the config, got %r" % model)
-            chosen = config.models[model]
-        kind = chosen.provider
-        if provider and canonical_provider(provider) != kind:
-            raise InvalidInputError("--model %s is for %s, not %s" % (model, kind, provider))
-        base_url = resolve_host(kind, host or chosen.host, config)
-        return [(PROVIDER_CLASSES[kind](host=base_url, timeout=timeout), [chosen], True)]
+        chosen = _resolve_model(model, config, provider, host, timeout)
+        return [(_cli_provider(chosen.provider, chosen.host, config, timeout), [chosen], True)]
     kinds = [canonical_provider(provider)] if provider else _kinds_for_host(host, timeout)
     if not provider and not host and _openai_in_use(config):
         kinds.append("openai")
@@ -5064,8 +5098,7 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
             config is not None and config.host_for(kind) is not None) or bool(os.environ.get(HOST_ENV_VARS[kind]))
         if not by_host:
             by_host[resolve_host(kind, host, config)] = []
-        cls = PROVIDER_CLASSES[kind]
-        targets += [(cls(host=base_url, timeout=timeout), ms, required) for base_url, ms in by_host.items()]
+        targets += [(_cli_provider(kind, base_url, config, timeout), ms, required) for base_url, ms in by_host.items()]
     return targets
 
 
@@ -5081,8 +5114,8 @@ def _openai_in_use(config: Optional[Config]) -> bool:
 
 def _kinds_for_host(host: Optional[str], timeout: Union[None, float, Tuple[float, float]] = None) -> List[str]:
     """Which servers ``--host`` means: the one whose default port it names, ``openai`` for a base URL with a
-    path, else the one that answers there; LM Studio and Ollama when nothing listens there (each then says
-    how to start it)."""
+    path, else the one that answers there (``detect_server_kind``: Ollama, LM Studio or another
+    OpenAI-compatible server); LM Studio and Ollama when nothing listens there (each then says how to start it)."""
     if host:
         try:
             port = normalize_host(host).rsplit(":", 1)[1]
@@ -5103,14 +5136,19 @@ def _kinds_for_host(host: Optional[str], timeout: Union[None, float, Tuple[float
 
 def detect_server_kind(host: str, timeout: Union[None, float, Tuple[float, float]] = None,
                        debug: bool = False) -> Optional[str]:
-    """Which server answers at ``host``: ``"ollama"``, ``"lm_studio"``, or None when nothing listens there.
+    """Which server answers at ``host``: ``"ollama"``, ``"lm_studio"``, ``"openai"`` (another
+    OpenAI-compatible server: llama-server, vLLM, a LiteLLM proxy), or None when nothing listens there.
 
-    Ollama answers ``GET /api/version`` with ``{"version": ...}``; LM Studio
-    answers ``GET /v1/models`` with its model list.  Ollama is asked first,
-    because its OpenAI-compatible layer answers ``/v1/models`` too.  Something
-    that answers as neither raises ProviderResponseError saying which
-    ``--provider`` to pass; a host that does not answer at all raises
-    ProviderConnectionError or ProviderTimeoutError.
+    Ollama answers ``GET /api/version`` with ``{"version": ...}``; it is asked
+    first, because its OpenAI-compatible layer answers ``/v1/models`` too.  A
+    server that answers ``GET /v1/models`` (or refuses it with 401: it wants a
+    key) speaks OpenAI's API; it is LM Studio only if LM Studio's own REST API
+    answers as well (``_lm_studio_api_answers``), else ``"openai"`` (so LM
+    Studio before 0.3.6, or one that refuses requests without LM_API_TOKEN, is
+    talked to as an OpenAI-compatible server).  Something that answers as
+    neither raises ProviderResponseError saying which ``--provider`` to pass; a
+    host that does not answer at all raises ProviderConnectionError or
+    ProviderTimeoutError.
     """
     timeout = timeout if timeout is not None else (5.0, 30.0)
     with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
@@ -5129,15 +5167,37 @@ def detect_server_kind(host: str, timeout: Union[None, float, Tuple[float, float
     with LMStudioProvider(host=host, timeout=timeout, max_retries=0) as lm_studio:
         try:
             lm_studio.list_models(debug=debug)
-            return "lm_studio"
         except AuthenticationError:
-            return "lm_studio"  # a token is required: LM Studio's setting (Ollama has no tokens)
+            pass  # it wants a key: OpenAI-compatible; LM Studio if its own API says so (with LM_API_TOKEN)
         except ProviderError as exc:
-            not_lm_studio = _probe_failure(exc)
-    raise ProviderResponseError(
-        "the server at %s answers, but neither as LM Studio (GET /v1/models: %s) nor as Ollama (GET /api/version: "
-        "%s). If it is one of them, say which with  --provider lm_studio  or  --provider ollama."
-        % (ollama.base_url, not_lm_studio, not_ollama))
+            raise ProviderResponseError(
+                "the server at %s answers, but neither as an OpenAI-compatible server such as LM Studio (GET "
+                "/v1/models: %s) nor as Ollama (GET /api/version: %s). If it is one of them, say which with  "
+                "--provider lm_studio,  --provider ollama  or  --provider openai."
+                % (ollama.base_url, _probe_failure(exc), not_ollama)) from None
+        return "lm_studio" if _lm_studio_api_answers(lm_studio, debug) else "openai"
+
+
+#: LM Studio's own model lists: (path, the field holding the list, the key each entry has).
+_LM_STUDIO_MODEL_LISTS = (("/api/v1/models", "models", "key"),  # LM Studio 0.4+
+                          ("/api/v0/models", "data", "id"))     # LM Studio 0.3.6+
+
+
+def _lm_studio_api_answers(provider: "LMStudioProvider", debug: bool = False) -> bool:
+    """Whether LM Studio's native REST API answers at ``provider``'s host with a model list.
+
+    Any other answer means "not there": an error status, or the HTTP 200
+    ``{"error": "Unexpected endpoint or method. (GET ...)"}`` with which LM
+    Studio 0.3.14 to 0.4.x answer a path they do not serve (``_call`` raises
+    for an error object, and for a body without the list).
+    """
+    for path, field, key in _LM_STUDIO_MODEL_LISTS:
+        try:
+            provider._call("GET", path, debug=debug, read=lambda data: _entries(data, field, key))
+            return True
+        except ProviderError as exc:
+            logger.debug("GET %s does not answer as LM Studio's own API: %s", path, _one_line(exc))
+    return False
 
 
 def _probe_failure(exc: ProviderError) -> str:
@@ -5188,7 +5248,11 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, optio
     """The setup check as a command: parse ``argv`` (or take parsed ``options``), run, print, return the exit code."""
     if options is None:
         options = setup_check_parser().parse_args(argv)
-    return _run_check(options, out or sys.stdout)
+    try:
+        return _run_check(options, out or sys.stdout)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        return 130
 
 
 def _connection_options(parser: "argparse.ArgumentParser", provider_help: str) -> "argparse.ArgumentParser":
@@ -5231,7 +5295,20 @@ def _run_check(options: Any, out: Any) -> int:
 
 
 def _cli_timeout(options: Any) -> Optional[Tuple[float, float]]:
+    """The (connect, read) timeout --timeout asks for; None: the provider's own default."""
     return (5.0, options.timeout) if options.timeout else None
+
+
+#: ``models`` waits at most this long by default: listing never loads a model, so a server silent for 30 s is
+#: stuck, and the 600 s read timeout that a first generation may need (a model loading) would only hide that.
+_LIST_TIMEOUT = (5.0, 30.0)
+
+
+def _cli_provider(kind: str, host: Optional[str], config: Optional[Config],
+                  timeout: Union[None, float, Tuple[float, float]]) -> "BaseProvider":
+    """The provider every command talks through: server kind ``kind`` at ``host`` (else the config's host, the
+    environment's, the default: ``resolve_host``), with the command line's ``timeout`` (None: the default)."""
+    return PROVIDER_CLASSES[kind](host=resolve_host(kind, host, config), timeout=timeout)
 
 
 def exit_quietly_on_broken_pipe(run: Callable[..., int]) -> Callable[..., int]:
@@ -5265,22 +5342,54 @@ def prog_name() -> str:
 
 @exit_quietly_on_broken_pipe
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lm_providers`` / ``lm-providers``: models, generate and check."""
+    """``python -m lm_providers`` / ``lm-providers``: the models, generate, embed, check, info, load, unload and
+    pull commands for LM Studio, Ollama and OpenAI-compatible servers; returns the exit code."""
+    parser = _build_parser(prog_name())
+    options = parser.parse_args(argv)
+    if options.command is None:
+        parser.print_help()
+        return 2
+    if options.debug and options.command != "check":  # the check says so itself
+        _debug("debug output on")
+    try:
+        if options.command == "check":
+            return _run_check(options, sys.stdout)
+        if options.command == "models":
+            return _cli_models(options)
+        if options.command == "embed":
+            return _cli_embed(options)
+        if options.command in _MODEL_COMMANDS:
+            return _MODEL_COMMANDS[options.command](options)
+        return _cli_generate(options)
+    except ProviderError as exc:
+        if options.debug:
+            raise
+        sys.stderr.write("error: %s\n" % exc)
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        return 130
+
+
+def _build_parser(prog: str) -> "argparse.ArgumentParser":
+    """The command line's parser: its commands, their arguments and the connection options, with examples."""
     import argparse
-    prog = prog_name()
     parser = argparse.ArgumentParser(
-        prog=prog, description="Talk to LM Studio and Ollama from the command line.",
+        prog=prog, description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, a "
+                               "LiteLLM proxy) from the command line.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  {0} models\n"
                "  {0} models --host 10.0.0.5:8080\n"
                "  {0} generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
                "  {0} generate ollama://llama3 \"Name a color\" --json name,hex\n"
+               "  {0} generate openai://my-model@127.0.0.1:8000/v1 \"Say hi\"\n"
                "  {0} check --provider ollama".format(prog))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = _connection_options(commands.add_parser(
         "models", help="list the models each server offers",
-        description="List the models each server offers. Example: %s models --provider ollama" % prog),
+        description="List the models each server offers (each gets 30 s to answer unless --timeout says). "
+                    "Example: %s models --provider ollama" % prog),
         "only this server kind")
     models.add_argument("--long", "-l", action="store_true",
                         help="a table of each model's facts: context, loaded, capabilities, quantization, size")
@@ -5301,30 +5410,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Check servers, models and config, and say what to do about each failure. Example: "
                     "%s check --model lm_studio://qwen2.5-7b-instruct" % prog))
     _add_model_commands(commands)
-    options = parser.parse_args(argv)
-    if options.command is None:
-        parser.print_help()
-        return 2
-    if options.command == "check":
-        return _run_check(options, sys.stdout)
-    if options.debug:
-        _debug("debug output on")
-    try:
-        if options.command == "models":
-            return _cli_models(options)
-        if options.command == "embed":
-            return _cli_embed(options)
-        if options.command in _MODEL_COMMANDS:
-            return _MODEL_COMMANDS[options.command](options)
-        return _cli_generate(options)
-    except ProviderError as exc:
-        if options.debug:
-            raise
-        sys.stderr.write("error: %s\n" % exc)
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("\ninterrupted\n")
-        return 130
+    return parser
 
 
 def _cli_models(options: Any) -> int:
@@ -5334,8 +5420,7 @@ def _cli_models(options: Any) -> int:
     answered = 0
     for kind in kinds:
         try:
-            provider = PROVIDER_CLASSES[kind](host=resolve_host(kind, options.host, config),
-                                              timeout=_cli_timeout(options) or (5, 30))
+            provider = _cli_provider(kind, options.host, config, _cli_timeout(options) or _LIST_TIMEOUT)
         except InvalidInputError as exc:  # an openai:// server with no host anywhere
             sys.stderr.write("%s: %s\n" % (SERVER_TITLES[kind], exc))
             continue
@@ -5358,39 +5443,15 @@ def _cli_models(options: Any) -> int:
 
 
 def _cli_model(options: Any, config: Optional[Config]) -> ModelConfig:
-    """The model ``generate`` talks to: a role, a URI, or a plain name with --provider (or a --host that says)."""
-    if config is not None and options.model in config.models:
-        model = config.models[options.model]
-    elif "://" in options.model:
-        model = parse_model_uri(options.model)
-    else:
-        _refuse_parameters_without_provider(options.model, options.provider or "lm_studio")
-        kinds = [options.provider] if options.provider else (
-            _kinds_for_host(options.host, _cli_timeout(options)) if options.host else [])
-        if len(kinds) != 1:
-            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
-                                    "config; for a plain model name, say which server with --provider lm_studio or "
-                                    "--provider ollama%s" % (options.model, " (nothing answers at %s to tell)"
-                                                             % options.host if options.host else ""))
-        model = ModelConfig(options.model, kinds[0])
-    if options.provider and canonical_provider(options.provider) != model.provider:
-        raise InvalidInputError("%s is a %s model, but --provider says %s" % (options.model, model.provider,
-                                                                             options.provider))
-    if options.host:
-        if model.host is not None and normalize_host(model.host, model.provider) != normalize_host(
-                options.host, model.provider):
-            raise InvalidInputError("%s names the host %s and --host says %s; give one" % (
-                options.model, model.host, options.host))
-        model = ModelConfig(model.name, model.provider, options.host, model.parameters)
-    return model
+    """The model a command's URI_OR_ROLE argument and its connection options name (see ``_resolve_model``)."""
+    return _resolve_model(options.model, config, options.provider, options.host, _cli_timeout(options))
 
 
 def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
     """The provider and model that a command's URI_OR_ROLE argument and connection options name."""
     config = _load_config_option(options.config)
     model = _cli_model(options, config)
-    timeout = _cli_timeout(options)
-    return get_provider(model, config, **({"timeout": timeout} if timeout else {})), model
+    return _cli_provider(model.provider, model.host, config, _cli_timeout(options)), model
 
 
 def _cli_generate(options: Any) -> int:

@@ -288,6 +288,29 @@ def test_host_with_a_default_port_checks_that_server_kind_only():
     assert len(lm_providers.check_targets(host="127.0.0.1:%d" % closed_port())) == 2  # nothing there to ask
 
 
+def test_check_model_and_generate_read_a_model_the_same_way(lm_server, capsys):
+    # a plain model name with --provider: generate takes it, and so does check --model
+    code, output = check("--provider", "lm_studio", "--host", lm_server.host, "--model", "qwen2.5-7b-instruct")
+    assert code == 0 and marks(output) == ["[PASS]"] * 5, output
+    assert lm_providers.main(["generate", "qwen2.5-7b-instruct", "Hi", "--provider", "lm_studio",
+                              "--host", lm_server.host]) == 0
+    # a URI naming one host and --host naming another is refused by both, not silently replaced by --host
+    uri = "lm_studio://qwen2.5-7b-instruct@127.0.0.1:%d" % closed_port()
+    code, output = check("--host", lm_server.host, "--model", uri)
+    assert code == 2 and "names the host 127.0.0.1:" in output and "--host says %s" % lm_server.host in output
+    capsys.readouterr()
+    assert lm_providers.main(["generate", uri, "Hi", "--host", lm_server.host]) == 1
+    assert "names the host 127.0.0.1:" in capsys.readouterr().err
+    # a role of the config comes first, and its kind must agree with --provider
+    config = lm_providers.Config(models={"writer": lm_providers.parse_model_uri(
+        "lm_studio://qwen2.5-7b-instruct@%s" % lm_server.host)})
+    [(provider, models, required)] = lm_providers.check_targets(config, model="writer")
+    assert provider.base_url == "http://%s" % lm_server.host and models[0].name == "qwen2.5-7b-instruct"
+    with pytest.raises(lm_providers.InvalidInputError) as info:
+        lm_providers.check_targets(config, provider="ollama", model="writer")
+    assert "writer is a lm_studio model, but --provider says ollama" in str(info.value)
+
+
 def test_a_failure_line_does_not_repeat_the_hint_printed_under_it():
     code, output = check("--host", "127.0.0.1:%d" % closed_port(), "--provider", "lm_studio")
     fail_line = [line for line in output.splitlines() if line.startswith("[FAIL]")][0]

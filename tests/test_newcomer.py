@@ -1,6 +1,7 @@
 """A newcomer's first hour: drop-in use on a system Python, the command line, the sample config, packaging."""
 
 import configparser
+import inspect
 import os
 import re
 import shutil
@@ -130,36 +131,87 @@ def test_the_sample_config_leaves_hosts_to_the_environment(monkeypatch):
 
 # --- which server answers on a host -------------------------------------------------------------------
 
+# LM Studio 0.3.6+'s GET /api/v0/models (shape from its REST API page), and the HTTP 200 with which
+# LM Studio 0.3.14 to 0.4.x answer a path they do not serve.
+LM_STUDIO_V0_MODELS = {"object": "list", "data": [
+    {"id": "qwen2.5-7b-instruct", "object": "model", "type": "llm", "publisher": "lmstudio-community",
+     "arch": "qwen2", "compatibility_type": "gguf", "quantization": "Q4_K_M", "state": "loaded",
+     "max_context_length": 32768, "loaded_context_length": 4096}]}
+
+
+def unexpected_endpoint(request):
+    return fakes.json_reply({"error": "Unexpected endpoint or method. (%s %s)" % (request["method"],
+                                                                                 request["path"])})
+
+
 def test_the_server_kind_is_found_out_on_any_port():
-    with LoopbackServer() as lm, LoopbackServer() as ol, LoopbackServer() as other:
-        fakes.lm_studio(lm)
+    with LoopbackServer() as lm, LoopbackServer() as ol, LoopbackServer() as llama, LoopbackServer() as other:
+        fakes.lm_studio_native(fakes.lm_studio(lm))
         fakes.ollama(ol)  # it answers /v1/models too, like the real one
+        fakes.openai_compatible(llama)  # llama-server, vLLM: /v1/models and nothing of LM Studio's own
         assert lm_providers.detect_server_kind(lm.host) == "lm_studio"
         assert lm_providers.detect_server_kind(ol.host) == "ollama"
+        assert lm_providers.detect_server_kind(llama.host) == "openai"
+        assert {r["path"] for r in llama.requests} >= {"/v1/models", "/api/v1/models", "/api/v0/models"}
         with pytest.raises(lm_providers.ProviderResponseError) as info:
             lm_providers.detect_server_kind(other.host)
-        assert "--provider lm_studio" in str(info.value) and "--provider ollama" in str(info.value)
+        assert all("--provider %s" % kind in str(info.value) for kind in ("lm_studio", "ollama", "openai"))
         assert "HTTP 404" in str(info.value)
     assert lm_providers.detect_server_kind("127.0.0.1:%d" % closed_port()) is None
 
 
-def test_an_lm_studio_that_wants_a_token_is_still_recognised():
-    with LoopbackServer() as lm:
-        fakes.lm_studio(lm, token="sk-lm-secret:abcdef123456")
+def test_lm_studio_is_told_by_either_native_model_list():
+    with LoopbackServer() as old, LoopbackServer() as neither:
+        fakes.lm_studio(old)  # LM Studio 0.3.14-0.3.x: /api/v0 only, a 200 "Unexpected endpoint" for /api/v1
+        old.route("GET", "/api/v0/models", fakes.json_reply(LM_STUDIO_V0_MODELS))
+        old.route("GET", "/api/v1/models", unexpected_endpoint)
+        assert lm_providers.detect_server_kind(old.host) == "lm_studio"
+        fakes.openai_compatible(neither)  # a 200 with an error object is not a model list
+        neither.route("GET", "/api/v0/models", unexpected_endpoint)
+        neither.route("GET", "/api/v1/models", unexpected_endpoint)
+        assert lm_providers.detect_server_kind(neither.host) == "openai"
+
+
+def test_a_server_that_wants_a_key_is_lm_studio_only_when_its_own_api_says_so(monkeypatch):
+    token = "sk-lm-secret:abcdef123456"
+    monkeypatch.delenv("LM_API_TOKEN", raising=False)
+    with LoopbackServer() as lm, LoopbackServer() as vllm:
+        fakes.lm_studio_native(fakes.lm_studio(lm, token=token))
+        native = lm.routes[("GET", "/api/v1/models")]
+        lm.route("GET", "/api/v1/models", lambda request: native(request) if request["headers"].get(
+            "authorization") == "Bearer " + token else fakes.json_reply({"error": "token required"}, 401))
+        fakes.openai_compatible(vllm, token="vllm-key")  # vLLM --api-key: a 401, and no LM Studio API
+        assert lm_providers.detect_server_kind(vllm.host) == "openai"
+        assert lm_providers.detect_server_kind(lm.host) == "openai"  # nothing says it is LM Studio
+        monkeypatch.setenv("LM_API_TOKEN", token)
         assert lm_providers.detect_server_kind(lm.host) == "lm_studio"
 
 
 def test_check_on_a_custom_port_checks_only_the_server_that_is_there(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with LoopbackServer() as lm, LoopbackServer() as ol:
-        fakes.lm_studio(lm)
+    with LoopbackServer() as lm, LoopbackServer() as ol, LoopbackServer() as llama:
+        fakes.lm_studio_native(fakes.lm_studio(lm))
         fakes.ollama(ol)
+        fakes.openai_compatible(llama)
         code, output = check("--host", lm.host)
         assert code == 0, output
-        assert marks(output) == ["[PASS]"] * 5 and "Ollama" not in output
+        assert marks(output) == ["[PASS]"] * 5 and "Ollama" not in output and "LM Studio" in output
         code, output = check("--host", ol.host)
         assert code == 0, output
         assert marks(output) == ["[PASS]"] * 5 and "LM Studio" not in output
+        code, output = check("--host", llama.host)
+        assert code == 0, output
+        assert marks(output) == ["[PASS]"] * 5 and "LM Studio" not in output and "Ollama" not in output
+        assert "OpenAI-compatible server at http://%s" % llama.host in output
+
+
+def test_models_and_generate_on_a_custom_port_talk_to_an_openai_compatible_server(capsys):
+    with LoopbackServer() as llama:
+        fakes.openai_compatible(llama)
+        assert lm_providers.main(["models", "--host", llama.host]) == 0
+        assert "OpenAI-compatible server at http://%s (1):\n  my-model" % llama.host in capsys.readouterr().out
+        assert lm_providers.main(["generate", "my-model", "Hi", "--host", llama.host]) == 0
+        assert capsys.readouterr().out.strip() == fakes.REPLY
 
 
 def test_check_on_a_server_of_unknown_kind_says_which_provider_to_pass(tmp_path, monkeypatch):
@@ -167,7 +219,7 @@ def test_check_on_a_server_of_unknown_kind_says_which_provider_to_pass(tmp_path,
     with LoopbackServer() as other:
         code, output = check("--host", other.host)
     assert code == 1 and "Traceback" not in output
-    assert "--provider lm_studio" in output and "--provider ollama" in output
+    assert all("--provider %s" % kind in output for kind in ("lm_studio", "ollama", "openai"))
 
 
 def test_a_fail_line_says_nothing_twice(tmp_path, monkeypatch):
@@ -193,6 +245,83 @@ def test_a_fail_line_says_nothing_twice(tmp_path, monkeypatch):
 
 
 # --- the command line -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("entry", ["main", "run_setup_check"])
+def test_ctrl_c_during_check_says_interrupted_and_exits_130(entry, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(lm_providers.SetupCheck, "run", interrupted)
+    argv = ["--provider", "lm_studio", "--host", "127.0.0.1:%d" % closed_port()]
+    try:
+        code = lm_providers.main(["check"] + argv) if entry == "main" else lm_providers.run_setup_check(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C came out of %s as a traceback" % entry)
+    assert code == 130 and capsys.readouterr().err == "\ninterrupted\n"
+
+
+def test_the_help_names_every_server_kind_and_its_parser_is_built_apart(capsys):
+    with pytest.raises(SystemExit):
+        lm_providers.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "LM Studio, Ollama and OpenAI-compatible servers" in text and "generate openai://" in text
+    parser = lm_providers._build_parser("lm-providers")
+    assert parser.prog == "lm-providers" and parser.parse_args(["models", "-l"]).long
+    for function in (lm_providers.main, lm_providers._build_parser):  # the style guide's ~60-line limit
+        assert len(inspect.getsourcelines(function)[0]) <= 60, function.__name__
+    for function in (lm_providers.SetupCheck.report, lm_providers.check_targets):
+        assert function.__doc__, function.__name__
+    assert "OPENAI_BASE_URL" in lm_providers.check_targets.__doc__
+
+
+def test_every_command_builds_its_provider_one_way(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    built = []
+    make = lm_providers._cli_provider
+
+    def recording(kind, host, config, timeout):
+        provider = make(kind, host, config, timeout)
+        transport = provider.transport
+        built.append((kind, provider.base_url, (transport.connect_timeout, transport.read_timeout)))
+        return provider
+    monkeypatch.setattr(lm_providers, "_cli_provider", recording)
+    with LoopbackServer() as lm:
+        fakes.lm_studio(lm)
+        where = ["--provider", "lm_studio", "--host", lm.host]
+        for argv in (["models"] + where, ["models", "--timeout", "7"] + where,
+                     ["generate", "qwen2.5-7b-instruct", "Hi"] + where,
+                     ["generate", "qwen2.5-7b-instruct", "Hi", "--timeout", "7"] + where,
+                     ["check"] + where, ["check", "--timeout", "7", "--model", "qwen2.5-7b-instruct"] + where):
+            assert lm_providers.main(argv) == 0, capsys.readouterr()
+    url = "http://" + lm.host
+    default = (5.0, 600.0)  # the providers' own default
+    assert built == [("lm_studio", url, lm_providers._LIST_TIMEOUT), ("lm_studio", url, (5.0, 7.0)),
+                     ("lm_studio", url, default), ("lm_studio", url, (5.0, 7.0)),
+                     ("lm_studio", url, default), ("lm_studio", url, (5.0, 7.0))]
+
+
+def test_no_function_imports_again_what_the_module_imports_at_the_top():
+    import ast
+    tree = ast.parse(read("lm_providers.py"))
+    top = {alias.asname or alias.name for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+           for alias in node.names}
+    again = [(function.name, node.lineno) for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
+             for node in ast.walk(function) if isinstance(node, (ast.Import, ast.ImportFrom))
+             and {alias.asname or alias.name for alias in node.names} & top]
+    assert again == []
+
+
+def test_the_command_line_helpers_are_public_and_documented():
+    names = ["detect_server_kind", "check_targets", "SetupCheck", "CheckResult", "run_setup_check",
+             "setup_check_parser", "PROVIDER_CLASSES", "canonical_provider", "split_reasoning"]
+    assert [name for name in names if name not in lm_providers.__all__] == []
+    namespace = {}
+    exec("from lm_providers import *", namespace)
+    assert all(name in namespace for name in names)
+    readme = read("README.md")
+    assert [name for name in names if name not in readme] == []
+
 
 def run_module(*argv, **kwargs):
     return subprocess.run([sys.executable, os.path.join(ROOT, "lm_providers.py")] + list(argv),

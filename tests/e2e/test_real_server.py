@@ -336,6 +336,17 @@ def test_the_setup_check_passes_when_run_as_a_user_would(request, kind, smol_ser
     assert "returns JSON: {" in output and "Everything works." in output
 
 
+def test_the_real_llama_server_is_told_apart_from_lm_studio(smol_server, tmp_path):
+    """llama-server answers /v1/models but has none of LM Studio's own API: --host on it means openai."""
+    assert lm_providers.detect_server_kind(smol_server.host) == "openai"
+    done = subprocess.run([sys.executable, "-m", "lm_providers", "models", "--host", smol_server.host],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OpenAI-compatible server at http://%s (1):" % smol_server.host), done.stdout
+    assert SMOL_ALIAS in done.stdout
+
+
 def test_the_demo_runs_as_a_newcomer_would(tmp_path):
     """python test_lm_studio_provider.py --demo: its own server, the setup check, examples, a clean stop."""
     done = subprocess.run([sys.executable, os.path.join(REPO, "test_lm_studio_provider.py"), "--demo"],
