@@ -3821,7 +3821,7 @@ class BaseProvider:
             for event in stream:
                 events += 1
                 try:
-                    content, reasoning, _ = read_event(event, state)
+                    content, reasoning = read_event(event, state)
                 except (KeyError, IndexError, TypeError, AttributeError):
                     text = self.transport.scrub(_short_json(event))
                     raise ProviderResponseError("%s sent a stream event of an unexpected shape: %s" % (
@@ -3937,8 +3937,9 @@ class BaseProvider:
         """(text, reasoning, finish_reason, usage) from a non-streamed reply."""
         raise NotImplementedError
 
-    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str], bool]:
-        """(content, reasoning, done) from one streamed event; records finish reason and usage in ``state``."""
+    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
+        """(content, reasoning) from one streamed event; records finish reason and usage in ``state`` (the end
+        of the stream is ``stream_end``'s business)."""
         raise NotImplementedError
 
     def _model_names(self, data: Any) -> List[str]:
@@ -4066,7 +4067,7 @@ class OpenAICompatibleProvider(BaseProvider):
         reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
         return message.get("content") or "", reasoning, choice.get("finish_reason"), _openai_usage(data.get("usage"))
 
-    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str], bool]:
+    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
         if event.get("usage"):
             state.usage = _openai_usage(event["usage"])
         choices = event.get("choices")
@@ -4082,8 +4083,8 @@ class OpenAICompatibleProvider(BaseProvider):
             logprobs = choice.get("logprobs")
             if logprobs:
                 _add_logprobs(state, logprobs.get("content"))
-            return delta.get("content"), delta.get("reasoning_content") or delta.get("reasoning"), False
-        return None, None, False
+            return delta.get("content"), delta.get("reasoning_content") or delta.get("reasoning")
+        return None, None
 
     def _tool_call_parts(self, data: Any) -> Any:
         return data["choices"][0]["message"].get("tool_calls")
@@ -4448,20 +4449,19 @@ class OllamaProvider(BaseProvider):
         return (message.get("content") or "", message.get("thinking") or "", data.get("done_reason"),
                 _ollama_usage(data))
 
-    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str], bool]:
+    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
         if "logprobs" in event:
             _add_logprobs(state, event["logprobs"])
         message = event.get("message")
         if message is None:
-            return None, None, bool(event.get("done"))
+            return None, None
         if message.get("tool_calls"):
             state.add_whole_tool_calls(message["tool_calls"])
         if event.get("done"):
             state.finish_reason = event.get("done_reason")
             state.usage = _ollama_usage(event)
             state.finish_tool_calls(self.title)
-            return message.get("content"), message.get("thinking"), True
-        return message.get("content"), message.get("thinking"), False
+        return message.get("content"), message.get("thinking")
 
     def _tool_call_parts(self, data: Any) -> Any:
         return data["message"].get("tool_calls")

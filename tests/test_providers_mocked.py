@@ -863,6 +863,14 @@ def test_unexpected_json_shape_raises(rsps, server):
 
 
 @pytest.mark.parametrize("server", SERVERS)
+def test_read_event_gives_content_and_reasoning_only(server):
+    # The end of a stream is the provider's stream_end marker; _read_event has no "done" of its own.
+    event = json.loads(server.stream_body(["Hi"], end=False).splitlines()[-2 if server is not OLLAMA else -1]
+                       .replace("data: ", ""))
+    assert make(server)._read_event(event, lmp._StreamState(keep_reasoning=True)) == ("Hi", None)
+
+
+@pytest.mark.parametrize("server", SERVERS)
 def test_read_timeout_raises_provider_timeout_error(rsps, server):
     add_chat(rsps, server, body=requests.exceptions.ReadTimeout("Read timed out. (read timeout=30)"))
     with pytest.raises(lmp.ProviderTimeoutError) as info:
