@@ -1476,6 +1476,14 @@ def _parse_json(data: bytes) -> Any:
     return value
 
 
+def _text_field(value: Any) -> Optional[str]:
+    """A reply's content or reasoning: None or a string.  Anything else is a TypeError, which the callers'
+    shape checks report as an answer of an unexpected shape (not a traceback from the text handling)."""
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError("a text field holds %s, not a string" % type(value).__name__)
+
+
 def _server_message(body: str) -> str:
     """The server's own error message from an error body of any shape."""
     text = body.strip()
@@ -4064,8 +4072,9 @@ class OpenAICompatibleProvider(BaseProvider):
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
         choice = data["choices"][0]
         message = choice["message"]
-        reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-        return message.get("content") or "", reasoning, choice.get("finish_reason"), _openai_usage(data.get("usage"))
+        reasoning = _text_field(message.get("reasoning_content")) or _text_field(message.get("reasoning")) or ""
+        return (_text_field(message.get("content")) or "", reasoning, choice.get("finish_reason"),
+                _openai_usage(data.get("usage")))
 
     def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
         if event.get("usage"):
@@ -4083,7 +4092,8 @@ class OpenAICompatibleProvider(BaseProvider):
             logprobs = choice.get("logprobs")
             if logprobs:
                 _add_logprobs(state, logprobs.get("content"))
-            return delta.get("content"), delta.get("reasoning_content") or delta.get("reasoning")
+            return (_text_field(delta.get("content")),
+                    _text_field(delta.get("reasoning_content")) or _text_field(delta.get("reasoning")))
         return None, None
 
     def _tool_call_parts(self, data: Any) -> Any:
@@ -4446,8 +4456,8 @@ class OllamaProvider(BaseProvider):
 
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
         message = data["message"]
-        return (message.get("content") or "", message.get("thinking") or "", data.get("done_reason"),
-                _ollama_usage(data))
+        return (_text_field(message.get("content")) or "", _text_field(message.get("thinking")) or "",
+                data.get("done_reason"), _ollama_usage(data))
 
     def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
         if "logprobs" in event:
@@ -4461,7 +4471,7 @@ class OllamaProvider(BaseProvider):
             state.finish_reason = event.get("done_reason")
             state.usage = _ollama_usage(event)
             state.finish_tool_calls(self.title)
-        return message.get("content"), message.get("thinking")
+        return _text_field(message.get("content")), _text_field(message.get("thinking"))
 
     def _tool_call_parts(self, data: Any) -> Any:
         return data["message"].get("tool_calls")
