@@ -3773,7 +3773,7 @@ class BaseProvider:
                         event = parse(data)
                     except (ValueError, RecursionError):
                         event = None
-                    if event.__class__ is not dict or "error" in event:
+                    if event.__class__ is not dict or event.get("error"):  # "error": null is no error
                         event = self._parse_event(data, model, path)  # says what is wrong with it
                     ended = end is not None and event.get(end_key) == end_value
                     count += 1
@@ -3807,7 +3807,7 @@ class BaseProvider:
         if event.__class__ is not dict:
             raise ProviderResponseError("%s sent a stream event that is not a JSON object: %r" % (
                 self.title, data[:200]), body=self.transport.scrub(data.decode("utf-8", "replace")))
-        if "error" in event:
+        if event.get("error"):
             raise self._stream_error(data, model, path)
         return cast(Dict[str, Any], event)
 
