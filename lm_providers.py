@@ -1460,20 +1460,27 @@ def _size_text(size: int) -> str:
     return "%d bytes" % size
 
 
-# The decoder's scanner: what json.loads runs after its checks (an attribute typeshed does not list).
-_scan_json: Callable[[str, int], Tuple[Any, int]] = getattr(json.JSONDecoder(), "scan_once")
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 def _parse_json(data: bytes) -> Any:
     """``json.loads`` for one event, minus the encoding sniffing it does on bytes (events are UTF-8)."""
     text = data.decode("utf-8")
     try:
-        value, end = _scan_json(text, 0)
-    except StopIteration:
-        return json.loads(text)  # leading white space, or not JSON: json.loads says which
+        value, end = _raw_decode(text)
+    except ValueError:
+        return json.loads(text)  # leading white space (raw_decode takes none), or not JSON: json.loads says which
     if end != len(text) and not text[end:].isspace():
         return json.loads(text)
     return value
+
+
+def _loads_or_none(text: str) -> Any:
+    """A server's text as JSON, or None when it is not JSON or nests too deeply to read."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _text_field(value: Any) -> Optional[str]:
@@ -1487,10 +1494,7 @@ def _text_field(value: Any) -> Optional[str]:
 def _server_message(body: str) -> str:
     """The server's own error message from an error body of any shape."""
     text = body.strip()
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, or JSON nested too deeply to read
-        data = None
+    data = _loads_or_none(text)
     if isinstance(data, dict):
         error = data.get("error", data.get("detail", data.get("message")))
         for _ in range(2):  # LiteLLM may nest once more: {"error": {"message": {"error": "..."}}}
@@ -2977,10 +2981,7 @@ _OVERFLOW_PATTERNS = (  # (regex, group of the prompt size, group of the context
 
 def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Optional[int]]]:
     """``(prompt_tokens, context)`` when a server's error says the prompt did not fit, else None."""
-    try:
-        data = json.loads(body) if body.strip().startswith("{") else None
-    except (ValueError, RecursionError):  # not JSON, or nested too deeply to read
-        data = None
+    data = _loads_or_none(body) if body.strip().startswith("{") else None
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":  # llama.cpp: exact counts
         return _first_int(error.get("n_prompt_tokens")), _first_int(error.get("n_ctx"))
