@@ -1977,6 +1977,7 @@ class _EndWatch:
         self._lock = threading.Lock()
         self._stopped = False
         self.fired = False
+        self._raw = raw
         self._shutdown = _socket_shutdown(raw)
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
@@ -1984,7 +1985,12 @@ class _EndWatch:
 
     def _fire(self) -> None:
         with self._lock:
-            if self._stopped:
+            # The reader's next(chunks) may have finished the body meanwhile: urllib3 closes the response's
+            # file, then puts the connection back in the pool (raw.connection becomes None), where another
+            # thread may take it; its socket is not ours to shut down then.  This check leaves only the
+            # instant between it and the shutdown (the timer fires after the grace period, while the reader
+            # is normally blocked in a read), not the whole of next(chunks).
+            if self._stopped or self._raw.connection is None or self._raw.isclosed():
                 return
             self.fired = True
             try:
