@@ -1656,12 +1656,18 @@ class HTTPTransport:
 
         A server may close an idle or finished connection just as it is reused
         (llama.cpp closes after every stream while announcing keep-alive).  The
-        request then fails before any answer, so sending it again is safe.
+        request then fails before any answer.  Whether the server read it
+        first cannot be told (nor, through public APIs, whether the connection
+        was a reused one), so only requests that may safely run twice are sent
+        again: GET and HEAD, and the POSTs without side effects on the server
+        (``_REPEATABLE_POSTS``: chat, embeddings, model facts).  A POST that
+        starts work (a pull, a download, a load) fails instead of perhaps
+        starting it twice.
         """
         try:
             return self._send_once(method, url, body, stream)
         except requests.exceptions.ConnectionError as exc:
-            if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS):
+            if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS) or not _repeatable(method, url):
                 raise
             logger.debug("%s closed a kept-alive connection before answering; sending again", self.server_title)
             return self._send_once(method, url, body, stream)
@@ -1834,6 +1840,13 @@ def _json_bytes(payload: Mapping[str, Any]) -> bytes:
 
 _STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Connection reset by peer",
                            "Broken pipe", "Connection aborted")
+# POSTs that only compute an answer: sending one twice costs time, not a second download or load.
+_REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embed", "/api/embeddings", "/api/show")
+
+
+def _repeatable(method: str, url: str) -> bool:
+    """Whether a request that may have reached the server can be sent again without doing anything twice."""
+    return method in ("GET", "HEAD") or method == "POST" and url.split("?", 1)[0].endswith(_REPEATABLE_POSTS)
 
 
 def _enforce_content_length(response: Any) -> None:
