@@ -527,6 +527,7 @@ def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
 
 
 _SCHEME_USERINFO_RE = re.compile(r"(?i)(https?://)[^\s/@\"'?#]+@")
+_NAME_USERINFO_RE = re.compile(r"@([^/@:]+):[^/]*\Z")  # "@user:password" at the end of a model name
 _PATH_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:-]+(/[A-Za-z0-9._~!$&'()*+,;=:-]+)*\Z")
 _PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+\Z")
 
@@ -726,6 +727,11 @@ def parse_model_uri(uri: str) -> ModelConfig:
         name, host = rest[:at], rest[at + 1:]
         if _SCHEME_USERINFO_RE.search(name + "@"):
             raise bad("the host carries a user name or password (shown as ***), which hosts cannot have; "
+                      "pass a token as api_key=... instead")
+        userinfo = _NAME_USERINFO_RE.search(name)
+        if userinfo:  # model@user:password@host: the password would be sent as part of the model's name
+            uri = text.replace(rest, "%s@%s:***@%s" % (name[:userinfo.start()], userinfo.group(1), host), 1)
+            raise bad("the host carries a user name and password (shown as ***), which hosts cannot have; "
                       "pass a token as api_key=... instead")
         try:
             normalize_host(host, provider)
