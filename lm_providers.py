@@ -1510,11 +1510,15 @@ def _server_message(body: str) -> str:
             return error.strip()
     if text[:1] == "<" or "<html" in text[:200].lower():
         title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
-        return "an HTML page%s, not the API's JSON (is a proxy or another program on this port?)" % (
-            (" titled %r" % title.group(1).strip()) if title else "")
+        return "an HTML page" + ((" titled %r" % title.group(1).strip()) if title else "")
     if not text:
         return "an empty body"
     return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _proxy_hint(message: str) -> str:
+    """What to check when ``_server_message`` found an HTML page where the API answers."""
+    return " (is a proxy or another program on this port?)" if message.startswith("an HTML page") else ""
 
 
 def _short_json(value: Any) -> str:
@@ -3697,9 +3701,10 @@ class BaseProvider:
                 body=self.transport.scrub(body[:1000].decode("utf-8", "replace"))) from None
         except ValueError:
             text = self.transport.scrub(body.decode("utf-8", "replace"))
-            raise ProviderResponseError("%s answered %s with %s instead of JSON" % (
-                self.title, path, _server_message(text) if text.strip() else "an empty body"),
-                status=response.status_code, server_message=_server_message(text), body=text) from None
+            message = _server_message(text)
+            raise ProviderResponseError("%s answered %s with %s instead of JSON%s" % (
+                self.title, path, message, _proxy_hint(message)),
+                status=response.status_code, server_message=message, body=text) from None
         if isinstance(data, dict) and data.get("error"):
             raise self._failure(response.status_code, body.decode("utf-8", "replace"), model, in_body=True)
         try:
@@ -3901,8 +3906,9 @@ class BaseProvider:
         text = self.transport.read_error_text(response, self.chat_path)
         if '"error"' in text:
             raise self._failure(response.status_code, text, model.name, in_body=True)
-        raise ProviderResponseError("%s answered the streaming request with %s instead of a stream" % (
-            self.title, _server_message(text)), status=response.status_code, server_message=_server_message(text),
+        message = _server_message(text)
+        raise ProviderResponseError("%s answered the streaming request with %s instead of a stream%s" % (
+            self.title, message, _proxy_hint(message)), status=response.status_code, server_message=message,
             body=text)
 
     def _stream_broken(self, exc: BaseException, received: str, path: str) -> ProviderError:
@@ -3957,7 +3963,8 @@ class BaseProvider:
                 self.title, self.base_url, self.chat_path if model else self.models_path, said, self.title,
                 self.wrong_server_hint), status, message, body)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
-        return ProviderResponseError("%s answered %s: %s" % (self.title, where, message), status, message, body)
+        return ProviderResponseError("%s answered %s: %s%s" % (self.title, where, message, _proxy_hint(message)),
+                                     status, message, body)
 
     auth_hint = ""
     wrong_server_hint = ""

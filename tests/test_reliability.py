@@ -357,6 +357,18 @@ def test_html_502_from_a_reverse_proxy(server, kind, call):
 
 
 @kinds
+@pytest.mark.parametrize("call, instead", [("blocking", "JSON"), ("stream", "a stream"), ("list_models", "JSON")])
+def test_an_html_page_with_status_200_is_named_once(server, kind, call, instead):
+    page = b"<html><head><title>Sign in</title></head><body>portal</body></html>"
+    route_everything(server, kind, Reply(200, [page], content_type="text/html"))
+    with pytest.raises(lmp.ProviderResponseError) as info:
+        run(kind.provider(server.host), kind, call)
+    assert info.value.server_message == "an HTML page titled 'Sign in'"
+    assert str(info.value).endswith("with an HTML page titled 'Sign in' instead of %s (is a proxy or another "
+                                    "program on this port?)" % instead)
+
+
+@kinds
 @pytest.mark.parametrize("call", ["blocking", "stream", "list_models"])
 def test_plain_text_500(server, kind, call):
     route_everything(server, kind, Reply(500, [b"Internal Server Error"], content_type="text/plain"))
