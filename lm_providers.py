@@ -3786,14 +3786,7 @@ class BaseProvider:
         ended = exhausted = False
         describe = progress or (lambda: "%d event(s)" % count)
         try:
-            while True:
-                try:
-                    chunk = next(chunks, None)
-                    batch = decoder.feed(chunk) if chunk is not None else decoder.flush()
-                except ProviderError:
-                    raise
-                except Exception as exc:
-                    raise self._stream_broken(exc, describe(), path)
+            for batch in self._batches(chunks, decoder, describe, path):
                 for data in batch:
                     if data.__class__ is not bytes:  # a StreamError
                         raise self._stream_error(data, model, path)
@@ -3811,13 +3804,27 @@ class BaseProvider:
                     yield event
                     if ended:
                         return
-                if chunk is None:
-                    exhausted = True
-                    break
+            exhausted = True
             if not (complete_without_marker is not None and complete_without_marker()):
                 raise self._cut_off(describe())
         finally:
             _finish_stream(response, chunks, ended, exhausted)
+
+    def _batches(self, chunks: Iterator[bytes], decoder: "StreamDecoder", describe: Callable[[], str],
+                 path: str) -> Generator[List[Any], None, None]:
+        """The events (and StreamErrors) of each piece of the body as it arrives, then those the decoder
+        held at its end; a read that fails is a typed error saying what came before (``describe()``)."""
+        while True:
+            try:
+                chunk = next(chunks, None)
+                batch = decoder.feed(chunk) if chunk is not None else decoder.flush()
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise self._stream_broken(exc, describe(), path)
+            yield batch
+            if chunk is None:
+                return
 
     def _cut_off(self, received: str) -> ProviderResponseError:
         return ProviderResponseError(
