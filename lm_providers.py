@@ -822,6 +822,10 @@ def format_model_uri(config: ModelConfig) -> str:
         if at < 0 or not (at == len(name) - 1 or _looks_like_host(name[at + 1:], config.provider)):
             break
         name = name[:at] + "%40" + name[at + 1:]
+    userinfo = _NAME_USERINFO_RE.search(name) if config.host is not None else None
+    while userinfo:  # "name@a:b" before a host would read back as a user and password: escape that '@'
+        name = name[:userinfo.start()] + "%40" + name[userinfo.start() + 1:]
+        userinfo = _NAME_USERINFO_RE.search(name)
     uri = "%s://%s" % (config.provider, name)
     if config.host is not None:
         host = str(config.host).strip()

@@ -895,3 +895,9 @@ def test_a_user_and_password_before_the_host_is_refused_without_showing_the_pass
 def test_names_with_at_and_colon_still_parse(uri, name, host):
     model = lmp.parse_model_uri(uri)
     assert (model.name, model.host) == (name, host)
+
+
+def test_a_name_that_ends_like_a_user_and_password_is_escaped_before_a_host():
+    config = lmp.ModelConfig("model@user:pass@x:y", "ollama", "gpu.example.com:11434", {})
+    uri = lmp.format_model_uri(config)
+    assert "%40" in uri and lmp.parse_model_uri(uri) == config
