@@ -536,6 +536,7 @@ def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
 
 
 _SCHEME_USERINFO_RE = re.compile(r"(?i)(https?://)[^\s/@\"'?#]+@")
+_NAME_USERINFO_RE = re.compile(r"@([^/@:]+):[^/]*\Z")  # "@user:password" at the end of a model name
 _PATH_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:-]+(/[A-Za-z0-9._~!$&'()*+,;=:-]+)*\Z")
 _PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+\Z")
 
@@ -736,6 +737,11 @@ def parse_model_uri(uri: str) -> ModelConfig:
         if _SCHEME_USERINFO_RE.search(name + "@"):
             raise bad("the host carries a user name or password (shown as ***), which hosts cannot have; "
                       "pass a token as api_key=... instead")
+        userinfo = _NAME_USERINFO_RE.search(name)
+        if userinfo:  # model@user:password@host: the password would be sent as part of the model's name
+            uri = text.replace(rest, "%s@%s:***@%s" % (name[:userinfo.start()], userinfo.group(1), host), 1)
+            raise bad("the host carries a user name and password (shown as ***), which hosts cannot have; "
+                      "pass a token as api_key=... instead")
         try:
             normalize_host(host, provider)
         except InvalidInputError as exc:
@@ -825,6 +831,10 @@ def format_model_uri(config: ModelConfig) -> str:
         if at < 0 or not (at == len(name) - 1 or _looks_like_host(name[at + 1:], config.provider)):
             break
         name = name[:at] + "%40" + name[at + 1:]
+    userinfo = _NAME_USERINFO_RE.search(name) if config.host is not None else None
+    while userinfo:  # "name@a:b" before a host would read back as a user and password: escape that '@'
+        name = name[:userinfo.start()] + "%40" + name[userinfo.start() + 1:]
+        userinfo = _NAME_USERINFO_RE.search(name)
     uri = "%s://%s" % (config.provider, name)
     if config.host is not None:
         host = str(config.host).strip()
@@ -1469,17 +1479,16 @@ def _size_text(size: int) -> str:
     return "%d bytes" % size
 
 
-# The decoder's scanner: what json.loads runs after its checks (an attribute typeshed does not list).
-_scan_json: Callable[[str, int], Tuple[Any, int]] = getattr(json.JSONDecoder(), "scan_once")
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 def _parse_json(data: bytes) -> Any:
     """``json.loads`` for one event, minus the encoding sniffing it does on bytes (events are UTF-8)."""
     text = data.decode("utf-8")
     try:
-        value, end = _scan_json(text, 0)
-    except StopIteration:
-        return json.loads(text)  # leading white space, or not JSON: json.loads says which
+        value, end = _raw_decode(text)
+    except ValueError:
+        return json.loads(text)  # leading white space (raw_decode takes none), or not JSON: json.loads says which
     if end != len(text) and not text[end:].isspace():
         return json.loads(text)
     return value
@@ -1492,15 +1501,26 @@ _UNKNOWN_ENDPOINT_PHRASE = "unexpected endpoint or method"
 def _lacks_endpoint(status: int, message: str) -> bool:
     """Whether an error answer means the server has no such endpoint (a 404-like status, or LM Studio's words)."""
     return status in (404, 405, 501) or _UNKNOWN_ENDPOINT_PHRASE in message.lower()
+def _loads_or_none(text: str) -> Any:
+    """A server's text as JSON, or None when it is not JSON or nests too deeply to read."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _text_field(value: Any) -> Optional[str]:
+    """A reply's content or reasoning: None or a string.  Anything else is a TypeError, which the callers'
+    shape checks report as an answer of an unexpected shape (not a traceback from the text handling)."""
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError("a text field holds %s, not a string" % type(value).__name__)
 
 
 def _server_message(body: str) -> str:
     """The server's own error message from an error body of any shape."""
     text = body.strip()
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, or JSON nested too deeply to read
-        data = None
+    data = _loads_or_none(text)
     if isinstance(data, dict):
         error = data.get("error", data.get("detail", data.get("message")))
         for _ in range(2):  # LiteLLM may nest once more: {"error": {"message": {"error": "..."}}}
@@ -1510,11 +1530,15 @@ def _server_message(body: str) -> str:
             return error.strip()
     if text[:1] == "<" or "<html" in text[:200].lower():
         title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
-        return "an HTML page%s, not the API's JSON (is a proxy or another program on this port?)" % (
-            (" titled %r" % title.group(1).strip()) if title else "")
+        return "an HTML page" + ((" titled %r" % title.group(1).strip()) if title else "")
     if not text:
         return "an empty body"
     return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _proxy_hint(message: str) -> str:
+    """What to check when ``_server_message`` found an HTML page where the API answers."""
+    return " (is a proxy or another program on this port?)" if message.startswith("an HTML page") else ""
 
 
 def _short_json(value: Any) -> str:
@@ -1662,12 +1686,18 @@ class HTTPTransport:
 
         A server may close an idle or finished connection just as it is reused
         (llama.cpp closes after every stream while announcing keep-alive).  The
-        request then fails before any answer, so sending it again is safe.
+        request then fails before any answer.  Whether the server read it
+        first cannot be told (nor, through public APIs, whether the connection
+        was a reused one), so only requests that may safely run twice are sent
+        again: GET and HEAD, and the POSTs without side effects on the server
+        (``_REPEATABLE_POSTS``: chat, embeddings, model facts).  A POST that
+        starts work (a pull, a download, a load) fails instead of perhaps
+        starting it twice.
         """
         try:
             return self._send_once(method, url, body, stream)
         except requests.exceptions.ConnectionError as exc:
-            if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS):
+            if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS) or not _repeatable(method, url):
                 raise
             logger.debug("%s closed a kept-alive connection before answering; sending again", self.server_title)
             return self._send_once(method, url, body, stream)
@@ -1840,6 +1870,13 @@ def _json_bytes(payload: Mapping[str, Any]) -> bytes:
 
 _STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Connection reset by peer",
                            "Broken pipe", "Connection aborted")
+# POSTs that only compute an answer: sending one twice costs time, not a second download or load.
+_REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embed", "/api/embeddings", "/api/show")
+
+
+def _repeatable(method: str, url: str) -> bool:
+    """Whether a request that may have reached the server can be sent again without doing anything twice."""
+    return method in ("GET", "HEAD") or method == "POST" and url.split("?", 1)[0].endswith(_REPEATABLE_POSTS)
 
 
 def _enforce_content_length(response: Any) -> None:
@@ -1983,6 +2020,7 @@ class _EndWatch:
         self._lock = threading.Lock()
         self._stopped = False
         self.fired = False
+        self._raw = raw
         self._shutdown = _socket_shutdown(raw)
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
@@ -1990,7 +2028,12 @@ class _EndWatch:
 
     def _fire(self) -> None:
         with self._lock:
-            if self._stopped:
+            # The reader's next(chunks) may have finished the body meanwhile: urllib3 closes the response's
+            # file, then puts the connection back in the pool (raw.connection becomes None), where another
+            # thread may take it; its socket is not ours to shut down then.  This check leaves only the
+            # instant between it and the shutdown (the timer fires after the grace period, while the reader
+            # is normally blocked in a read), not the whole of next(chunks).
+            if self._stopped or self._raw.connection is None or self._raw.isclosed():
                 return
             self.fired = True
             try:
@@ -2988,10 +3031,7 @@ _OVERFLOW_PATTERNS = (  # (regex, group of the prompt size, group of the context
 
 def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Optional[int]]]:
     """``(prompt_tokens, context)`` when a server's error says the prompt did not fit, else None."""
-    try:
-        data = json.loads(body) if body.strip().startswith("{") else None
-    except (ValueError, RecursionError):  # not JSON, or nested too deeply to read
-        data = None
+    data = _loads_or_none(body) if body.strip().startswith("{") else None
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":  # llama.cpp: exact counts
         return _first_int(error.get("n_prompt_tokens")), _first_int(error.get("n_ctx"))
@@ -3711,9 +3751,10 @@ class BaseProvider:
                 body=self.transport.scrub(body[:1000].decode("utf-8", "replace"))) from None
         except ValueError:
             text = self.transport.scrub(body.decode("utf-8", "replace"))
-            raise ProviderResponseError("%s answered %s with %s instead of JSON" % (
-                self.title, path, _server_message(text) if text.strip() else "an empty body"),
-                status=response.status_code, server_message=_server_message(text), body=text) from None
+            message = _server_message(text)
+            raise ProviderResponseError("%s answered %s with %s instead of JSON%s" % (
+                self.title, path, message, _proxy_hint(message)),
+                status=response.status_code, server_message=message, body=text) from None
         if isinstance(data, dict) and data.get("error"):
             raise (failure or self._failure)(response.status_code, body.decode("utf-8", "replace"), model,
                                              in_body=True)
@@ -3796,14 +3837,7 @@ class BaseProvider:
         ended = exhausted = False
         describe = progress or (lambda: "%d event(s)" % count)
         try:
-            while True:
-                try:
-                    chunk = next(chunks, None)
-                    batch = decoder.feed(chunk) if chunk is not None else decoder.flush()
-                except ProviderError:
-                    raise
-                except Exception as exc:
-                    raise self._stream_broken(exc, describe(), path)
+            for batch in self._batches(chunks, decoder, describe, path):
                 for data in batch:
                     if data.__class__ is not bytes:  # a StreamError
                         raise self._stream_error(data, model, path)
@@ -3814,20 +3848,34 @@ class BaseProvider:
                         event = parse(data)
                     except (ValueError, RecursionError):
                         event = None
-                    if event.__class__ is not dict or "error" in event:
+                    if event.__class__ is not dict or event.get("error"):  # "error": null is no error
                         event = self._parse_event(data, model, path)  # says what is wrong with it
                     ended = end is not None and event.get(end_key) == end_value
                     count += 1
                     yield event
                     if ended:
                         return
-                if chunk is None:
-                    exhausted = True
-                    break
+            exhausted = True
             if not (complete_without_marker is not None and complete_without_marker()):
                 raise self._cut_off(describe())
         finally:
             _finish_stream(response, chunks, ended, exhausted)
+
+    def _batches(self, chunks: Iterator[bytes], decoder: "StreamDecoder", describe: Callable[[], str],
+                 path: str) -> Generator[List[Any], None, None]:
+        """The events (and StreamErrors) of each piece of the body as it arrives, then those the decoder
+        held at its end; a read that fails is a typed error saying what came before (``describe()``)."""
+        while True:
+            try:
+                chunk = next(chunks, None)
+                batch = decoder.feed(chunk) if chunk is not None else decoder.flush()
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise self._stream_broken(exc, describe(), path)
+            yield batch
+            if chunk is None:
+                return
 
     def _cut_off(self, received: str) -> ProviderResponseError:
         return ProviderResponseError(
@@ -3848,7 +3896,7 @@ class BaseProvider:
         if event.__class__ is not dict:
             raise ProviderResponseError("%s sent a stream event that is not a JSON object: %r" % (
                 self.title, data[:200]), body=self.transport.scrub(data.decode("utf-8", "replace")))
-        if "error" in event:
+        if event.get("error"):
             raise self._stream_error(data, model, path)
         return cast(Dict[str, Any], event)
 
@@ -3870,7 +3918,7 @@ class BaseProvider:
             for event in stream:
                 events += 1
                 try:
-                    content, reasoning, _ = read_event(event, state)
+                    content, reasoning = read_event(event, state)
                 except (KeyError, IndexError, TypeError, AttributeError):
                     text = self.transport.scrub(_short_json(event))
                     raise ProviderResponseError("%s sent a stream event of an unexpected shape: %s" % (
@@ -3916,8 +3964,9 @@ class BaseProvider:
         text = self.transport.read_error_text(response, self.chat_path)
         if '"error"' in text:
             raise self._failure(response.status_code, text, model.name, in_body=True)
-        raise ProviderResponseError("%s answered the streaming request with %s instead of a stream" % (
-            self.title, _server_message(text)), status=response.status_code, server_message=_server_message(text),
+        message = _server_message(text)
+        raise ProviderResponseError("%s answered the streaming request with %s instead of a stream%s" % (
+            self.title, message, _proxy_hint(message)), status=response.status_code, server_message=message,
             body=text)
 
     def _stream_broken(self, exc: BaseException, received: str, path: str) -> ProviderError:
@@ -3966,7 +4015,8 @@ class BaseProvider:
                 self.title, self.base_url, self.chat_path if model else self.models_path, said, self.title,
                 self.wrong_server_hint), status, message, body)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
-        return ProviderResponseError("%s answered %s: %s" % (self.title, where, message), status, message, body)
+        return ProviderResponseError("%s answered %s: %s%s" % (self.title, where, message, _proxy_hint(message)),
+                                     status, message, body)
 
     def _not_found(self, model: str, said: str, status: Optional[int] = None, message: Optional[str] = None,
                    body: Optional[str] = None, offered: Optional[Sequence[str]] = None) -> ModelNotFoundError:
@@ -3990,8 +4040,9 @@ class BaseProvider:
         """(text, reasoning, finish_reason, usage) from a non-streamed reply."""
         raise NotImplementedError
 
-    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str], bool]:
-        """(content, reasoning, done) from one streamed event; records finish reason and usage in ``state``."""
+    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
+        """(content, reasoning) from one streamed event; records finish reason and usage in ``state`` (the end
+        of the stream is ``stream_end``'s business)."""
         raise NotImplementedError
 
     def _model_names(self, data: Any) -> List[str]:
@@ -4116,10 +4167,11 @@ class OpenAICompatibleProvider(BaseProvider):
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
         choice = data["choices"][0]
         message = choice["message"]
-        reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-        return message.get("content") or "", reasoning, choice.get("finish_reason"), _openai_usage(data.get("usage"))
+        reasoning = _text_field(message.get("reasoning_content")) or _text_field(message.get("reasoning")) or ""
+        return (_text_field(message.get("content")) or "", reasoning, choice.get("finish_reason"),
+                _openai_usage(data.get("usage")))
 
-    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str], bool]:
+    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
         if event.get("usage"):
             state.usage = _openai_usage(event["usage"])
         choices = event.get("choices")
@@ -4135,8 +4187,9 @@ class OpenAICompatibleProvider(BaseProvider):
             logprobs = choice.get("logprobs")
             if logprobs:
                 _add_logprobs(state, logprobs.get("content"))
-            return delta.get("content"), delta.get("reasoning_content") or delta.get("reasoning"), False
-        return None, None, False
+            return (_text_field(delta.get("content")),
+                    _text_field(delta.get("reasoning_content")) or _text_field(delta.get("reasoning")))
+        return None, None
 
     def _tool_call_parts(self, data: Any) -> Any:
         return data["choices"][0]["message"].get("tool_calls")
@@ -4490,23 +4543,22 @@ class OllamaProvider(BaseProvider):
 
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
         message = data["message"]
-        return (message.get("content") or "", message.get("thinking") or "", data.get("done_reason"),
-                _ollama_usage(data))
+        return (_text_field(message.get("content")) or "", _text_field(message.get("thinking")) or "",
+                data.get("done_reason"), _ollama_usage(data))
 
-    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str], bool]:
+    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
         if "logprobs" in event:
             _add_logprobs(state, event["logprobs"])
         message = event.get("message")
         if message is None:
-            return None, None, bool(event.get("done"))
+            return None, None
         if message.get("tool_calls"):
             state.add_whole_tool_calls(message["tool_calls"])
         if event.get("done"):
             state.finish_reason = event.get("done_reason")
             state.usage = _ollama_usage(event)
             state.finish_tool_calls(self.title)
-            return message.get("content"), message.get("thinking"), True
-        return message.get("content"), message.get("thinking"), False
+        return _text_field(message.get("content")), _text_field(message.get("thinking"))
 
     def _tool_call_parts(self, data: Any) -> Any:
         return data["message"].get("tool_calls")

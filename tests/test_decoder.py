@@ -196,3 +196,34 @@ def test_an_unfinished_last_event_is_decoded_at_the_end_of_the_body():
     for eol in (b"\n", b"\r\n", b"\r"):
         assert decode("sse", [b"data: {\"a\": 1}" + eol + b"data: [DONE]" + eol]) == [b'{"a": 1}\n[DONE]']
         assert decode("sse", [b"data: {\"a\": 1}" + eol + eol + b"data: [DONE]"]) == [b'{"a": 1}', b"[DONE]"]
+
+
+def test_event_json_parses_as_json_loads_does():
+    # _parse_json is json.loads for one event (public raw_decode first, json.loads for the rest): same values,
+    # same errors, white space on either side accepted.
+    for text in ['{"a": [1, 2.5, "é"]}', ' \t{"a": 1}', '{"a": 1}\r\n ', '"just a string"', "17"]:
+        assert lmp._parse_json(text.encode("utf-8")) == json.loads(text)
+    for bad in ['{"a": 1} x', '{"a": ', "", "nan-ish", '{"a": 1}{"b": 2}']:
+        try:
+            json.loads(bad)
+        except ValueError as expected:
+            try:
+                lmp._parse_json(bad.encode("utf-8"))
+            except ValueError as got:
+                assert str(got) == str(expected)
+            else:
+                raise AssertionError("%r parsed" % bad)
+    deep = ("[" * 100000).encode()
+    try:
+        lmp._parse_json(deep)
+    except RecursionError:
+        pass
+    else:
+        raise AssertionError("a too deeply nested event parsed")
+
+
+def test_server_text_that_is_not_json_reads_as_none():
+    assert lmp._loads_or_none('{"error": "x"}') == {"error": "x"}
+    assert lmp._loads_or_none("<html>502</html>") is None
+    assert lmp._loads_or_none("[" * 100000) is None  # nested too deeply: no RecursionError escapes
+    assert lmp._server_message("[" * 100000).startswith("[[[")

@@ -863,6 +863,42 @@ def test_unexpected_json_shape_raises(rsps, server):
 
 
 @pytest.mark.parametrize("server", SERVERS)
+def test_read_event_gives_content_and_reasoning_only(server):
+    # The end of a stream is the provider's stream_end marker; _read_event has no "done" of its own.
+    event = json.loads(server.stream_body(["Hi"], end=False).splitlines()[-2 if server is not OLLAMA else -1]
+                       .replace("data: ", ""))
+    assert make(server)._read_event(event, lmp._StreamState(keep_reasoning=True)) == ("Hi", None)
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("field", ["content", "reasoning"])
+@pytest.mark.parametrize("value", [[{"type": "text", "text": "Paris."}], 42], ids=["list", "int"])
+def test_reply_text_that_is_not_a_string_is_an_unexpected_shape(rsps, server, field, value):
+    name = field if field == "content" else ("thinking" if server is OLLAMA else "reasoning_content")
+    reply = server.reply("Paris.")
+    (reply["message"] if server is OLLAMA else reply["choices"][0]["message"])[name] = value
+    add_chat(rsps, server, json=reply)
+    with pytest.raises(lmp.ProviderResponseError, match="unexpected shape"):
+        make(server).generate_text(MESSAGES, server.model)
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("field", ["content", "reasoning"])
+def test_streamed_text_that_is_not_a_string_is_an_unexpected_shape(rsps, server, field):
+    body = server.stream_body(["Hel"], end=False)
+    name = field if field == "content" else ("thinking" if server is OLLAMA else "reasoning_content")
+    if server is OLLAMA:
+        body += json.dumps({"model": "llama3.2", "message": {"role": "assistant", name: 7}, "done": False}) + "\n"
+    else:
+        body += "data: %s\n\n" % json.dumps(server._chunk({name: 7}))
+    add_stream(rsps, server, body + server.stream_body(["lo"]))
+    pieces, error = collect_until_error(make(server).stream_text(MESSAGES, server.model),
+                                        lmp.ProviderResponseError)
+    assert pieces == ["Hel"]
+    assert "unexpected shape" in str(error)
+
+
+@pytest.mark.parametrize("server", SERVERS)
 def test_read_timeout_raises_provider_timeout_error(rsps, server):
     add_chat(rsps, server, body=requests.exceptions.ReadTimeout("Read timed out. (read timeout=30)"))
     with pytest.raises(lmp.ProviderTimeoutError) as info:

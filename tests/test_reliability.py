@@ -220,6 +220,37 @@ def test_reset_before_headers_is_a_connection_error(server, kind, call):
     assert server.host in str(info.value)
 
 
+def once_reset_then(reply):
+    """A route whose first request is reset before any answer (a kept-alive connection the server dropped)."""
+    calls = []
+
+    def route(request):
+        calls.append(request)
+        return Reply(reset_before_headers=True) if len(calls) == 1 else reply
+    return route
+
+
+@pytest.mark.parametrize("cls, path", [(lmp.OllamaProvider, "/api/pull"), (lmp.LMStudioProvider, "/api/v1/models/load"),
+                                       (lmp.LMStudioProvider, "/api/v1/models/download")])
+def test_a_post_that_starts_work_is_not_sent_twice_after_a_reset(server, cls, path):
+    # The server may have started the pull/load before the connection broke: sending it again could start it twice.
+    server.route("POST", path, once_reset_then(json_reply({"status": "success"})))
+    with pytest.raises(lmp.ProviderConnectionError):
+        cls(host=server.host, timeout=(2, 5)).transport.request("POST", path, {"model": "m"})
+    assert [r["path"] for r in server.requests] == [path]
+
+
+@kinds
+@pytest.mark.parametrize("call", ["blocking", "stream", "list_models"])
+def test_a_request_without_side_effects_is_sent_again_after_a_reset(server, kind, call):
+    server.route("POST", kind.chat_path, once_reset_then(
+        kind.stream_reply() if call == "stream" else json_reply(kind.blocking_body("Paris."))))
+    server.route("GET", kind.models_path, once_reset_then(json_reply(kind.models_body())))
+    collected = []
+    run(kind.provider(server.host), kind, call, collected)
+    assert len(server.requests) == 2 and server.requests[0]["path"] == server.requests[1]["path"]
+
+
 @kinds
 def test_reset_right_after_the_headers_of_a_blocking_reply(server, kind):
     body = json.dumps(kind.blocking_body("Paris.")).encode()
@@ -323,6 +354,18 @@ def test_html_502_from_a_reverse_proxy(server, kind, call):
     assert "502" in str(error)
     assert "HTML" in str(error)
     assert "proxy" in str(error)
+
+
+@kinds
+@pytest.mark.parametrize("call, instead", [("blocking", "JSON"), ("stream", "a stream"), ("list_models", "JSON")])
+def test_an_html_page_with_status_200_is_named_once(server, kind, call, instead):
+    page = b"<html><head><title>Sign in</title></head><body>portal</body></html>"
+    route_everything(server, kind, Reply(200, [page], content_type="text/html"))
+    with pytest.raises(lmp.ProviderResponseError) as info:
+        run(kind.provider(server.host), kind, call)
+    assert info.value.server_message == "an HTML page titled 'Sign in'"
+    assert str(info.value).endswith("with an HTML page titled 'Sign in' instead of %s (is a proxy or another "
+                                    "program on this port?)" % instead)
 
 
 @kinds

@@ -534,18 +534,25 @@ ECHO_PLACES = {
 @kinds
 @pytest.mark.parametrize("place", ECHO_PLACES)
 @pytest.mark.parametrize("call", ["chat", "stream_text"])
-@pytest.mark.parametrize("fast_reads", [True, False], ids=["socket-reads", "urllib3-reads"])
-def test_token_echoed_anywhere_never_shows(server, kind, place, call, fast_reads, caplog, capfd, monkeypatch):
-    monkeypatch.setattr(lmp, "_FAST_BODY_READS", fast_reads, raising=False)
+@pytest.mark.parametrize("direct", [True, False], ids=["loopback-path", "session-path"])
+def test_token_echoed_anywhere_never_shows(server, kind, place, call, direct, caplog, capfd, monkeypatch):
+    # Both request paths: the loopback one (adapter.send with a prepared request) and Session.request.
     caplog.set_level(logging.DEBUG)
     server.route("POST", kind.chat_path, ECHO_PLACES[place](kind))
     provider = kind.cls(host=server.host, api_key=TOKEN, timeout=(2, 5))
+    assert provider.transport._direct  # the loopback server; the session path is forced below
+    provider.transport._direct = direct
+    session_requests = []
+    session_request = provider.transport.session.request
+    monkeypatch.setattr(provider.transport.session, "request",
+                        lambda *args, **kwargs: session_requests.append(1) or session_request(*args, **kwargs))
     with pytest.raises(lmp.ProviderError) as info:
         if call == "chat":
             provider.chat(MESSAGES, kind.model, debug=True)
         else:
             list(provider.stream_text(MESSAGES, kind.model, debug=True))
     assert server.requests[0]["headers"]["authorization"] == "Bearer " + TOKEN  # the token was really sent
+    assert bool(session_requests) is not direct  # the path under test was the one taken
     for where, text in exposed(info.value).items():
         assert_no_token_run(text, "%s of the error (%s)" % (where, place))
     out, err = capfd.readouterr()

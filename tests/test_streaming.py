@@ -150,6 +150,28 @@ def test_lm_studio_error_event_mid_stream(server):
     assert received == PIECES[:2]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_null_error_field_is_no_error(server, kind):
+    # Some servers put "error": null in every chunk; only a truthy error stops the stream.
+    parts = [part.replace(b'{"', b'{"error": null, "', 1) for part in events(kind)]
+    assert b'"error": null' in parts[0]
+    provider, model = setup(server, kind, parts)
+    assert list(provider.stream_text(MESSAGES, model)) == PIECES
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_error_object_in_a_chunk_still_stops_the_stream(server, kind):
+    parts = events(kind)
+    third = next(i for i, part in enumerate(parts) if b", three" in part)
+    parts[third] = parts[third].replace(b'{"', b'{"error": {"message": "GPU fell off the bus"}, "', 1)
+    provider, model = setup(server, kind, parts)
+    received = []
+    with pytest.raises(lmp.ProviderResponseError, match="GPU fell off the bus"):
+        for piece in provider.stream_text(MESSAGES, model):
+            received.append(piece)
+    assert received == PIECES[:2]
+
+
 def test_llama_cpp_error_line_mid_stream(server):
     parts = sse_events(PIECES[:1], finish_reason=None, usage=False, done=False)
     parts.append(b'error: {"code": 500, "message": "llama_decode failed", "type": "server_error"}\n\n')

@@ -253,6 +253,42 @@ def test_a_stream_returns_at_its_end_marker_while_the_server_keeps_the_connectio
     assert server.connections == 2
 
 
+class _OldUrllib3Response:
+    """What _EndWatch sees of a urllib3 < 2.3 response (no shutdown()): the public fileno, connection and
+    isclosed of the response over one end of a socket pair."""
+
+    def __init__(self, sock, released, closed):
+        self._sock, self.connection, self._closed = sock, None if released else object(), closed
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def isclosed(self):
+        return self._closed
+
+
+@pytest.mark.parametrize("released, closed, shut", [(False, False, True), (True, True, False), (False, True, False)],
+                         ids=["still-reading", "released", "body-finished"])
+def test_the_end_watch_on_old_urllib3_leaves_a_released_connection_alone(released, closed, shut):
+    # urllib3 < 2.3 can put the connection back in the pool inside next(chunks), before watch.stop(); a timer
+    # firing then must not shut down a socket that another thread may already be using.
+    import socket
+    ours, peer = socket.socketpair()
+    try:
+        watch = lmp._EndWatch(_OldUrllib3Response(ours, released, closed), 0.01)
+        time.sleep(0.2)
+        assert watch.stop() is not shut
+        ours.setblocking(False)
+        if shut:
+            assert ours.recv(1) == b""  # shut down for reading: the blocked read was woken
+        else:
+            with pytest.raises(BlockingIOError):  # untouched: nothing to read yet, and no end of file
+                ours.recv(1)
+    finally:
+        ours.close()
+        peer.close()
+
+
 @kinds
 @pytest.mark.parametrize("late", [0.0, 0.01])
 def test_a_body_that_ends_just_after_its_marker_keeps_the_connection(server, kind, late):

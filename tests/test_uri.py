@@ -873,3 +873,31 @@ def test_a_huge_uri_is_quoted_only_in_part():
     with pytest.raises(ModelURIError) as info:
         parse_model_uri(uri)
     assert len(str(info.value)) < 1000
+
+
+@pytest.mark.parametrize("uri", ["ollama://llama3@admin:secret@gpu.example.com:11434",
+                                 "lm_studio://qwen/qwen3-8b@admin:secret@10.0.0.5:1234?temperature=0.2",
+                                 "ollama://llama3@admin:sec@ret@gpu.example.com:11434",
+                                 "openai://my-model@admin:secret@https://gpu.example.com/v1"])
+def test_a_user_and_password_before_the_host_is_refused_without_showing_the_password(uri):
+    # They would otherwise stay in the model name, sent to the server and repeated in every message.
+    with pytest.raises(lmp.ModelURIError) as info:
+        lmp.parse_model_uri(uri)
+    assert "secret" not in str(info.value) and "sec@ret" not in str(info.value)
+    assert "admin:***@" in str(info.value) and "api_key" in str(info.value)
+
+
+@pytest.mark.parametrize("uri, name, host", [
+    ("lm_studio://qwen/qwen3-8b@q4_k_m@10.0.0.5:1234", "qwen/qwen3-8b@q4_k_m", "10.0.0.5:1234"),
+    ("ollama://hf.co/org/repo:Q4_K_M", "hf.co/org/repo:Q4_K_M", None),
+    ("ollama://hf.co/org/repo:Q4_K_M@10.0.0.5:11434", "hf.co/org/repo:Q4_K_M", "10.0.0.5:11434"),
+    ("ollama://llama3:70b@gpu.example.com:11434", "llama3:70b", "gpu.example.com:11434")])
+def test_names_with_at_and_colon_still_parse(uri, name, host):
+    model = lmp.parse_model_uri(uri)
+    assert (model.name, model.host) == (name, host)
+
+
+def test_a_name_that_ends_like_a_user_and_password_is_escaped_before_a_host():
+    config = lmp.ModelConfig("model@user:pass@x:y", "ollama", "gpu.example.com:11434", {})
+    uri = lmp.format_model_uri(config)
+    assert "%40" in uri and lmp.parse_model_uri(uri) == config
