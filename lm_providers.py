@@ -238,6 +238,17 @@ class _ScrubSecrets(logging.Filter):
         return True
 
 
+def _shorten(text: str, limit: int = 70) -> str:
+    """``text`` on one line, cut to ``limit`` characters with "..." (for messages and check lines)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line."""
+    return " ".join(str(exc).split())
+
+
 def _quote(value: Any, limit: int = 80) -> str:
     """A bounded ``repr`` of a value for an error message: at most about ``limit`` characters, and only a
     few levels and items of a structure are looked at (a YAML alias bomb expands to billions)."""
@@ -756,23 +767,28 @@ def parse_model_uri(uri: str) -> ModelConfig:
     if not name.strip():
         raise bad("the model name is empty")
 
+    return ModelConfig(name, provider, host, _parse_query(query, bad) if query else {})
+
+
+def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, Any]:
+    """A URI's ``name=value&...`` as typed parameters; ``bad(part)`` builds the error for a malformed part."""
     parameters: Dict[str, Any] = {}
-    if query:
-        for piece in query.split("&"):
-            key, eq, value = piece.partition("=")
-            try:
-                key, value = _percent_decode(key), _percent_decode(value)
-            except UnicodeDecodeError:
-                raise bad("the query part %s has a percent-escape that is not UTF-8" % _quote(piece, 80)) from None
-            if not eq or not _KEY_RE.match(key):
-                raise bad("malformed query part %s: write name=value pairs joined by '&'" % _quote(piece, 80))
-            if key in parameters:
-                raise bad("parameter %s is given twice" % _quote(key, 80))
-            try:
-                parameters[key] = _parse_query_value(value)
-            except (ValueError, RecursionError):
-                raise bad("the value of %s looks like JSON but does not parse: %s" % (_quote(key, 80), _quote(value, 80))) from None
-    return ModelConfig(name, provider, host, parameters)
+    for piece in query.split("&"):
+        key, eq, value = piece.partition("=")
+        try:
+            key, value = _percent_decode(key), _percent_decode(value)
+        except UnicodeDecodeError:
+            raise bad("the query part %s has a percent-escape that is not UTF-8" % _quote(piece, 80)) from None
+        if not eq or not _KEY_RE.match(key):
+            raise bad("malformed query part %s: write name=value pairs joined by '&'" % _quote(piece, 80))
+        if key in parameters:
+            raise bad("parameter %s is given twice" % _quote(key, 80))
+        try:
+            parameters[key] = _parse_query_value(value)
+        except (ValueError, RecursionError):
+            raise bad("the value of %s looks like JSON but does not parse: %s"
+                      % (_quote(key, 80), _quote(value, 80))) from None
+    return parameters
 
 
 def _refuse_parameters_without_provider(name: str, provider: str) -> None:
@@ -1501,6 +1517,8 @@ _UNKNOWN_ENDPOINT_PHRASE = "unexpected endpoint or method"
 def _lacks_endpoint(status: int, message: str) -> bool:
     """Whether an error answer means the server has no such endpoint (a 404-like status, or LM Studio's words)."""
     return status in (404, 405, 501) or _UNKNOWN_ENDPOINT_PHRASE in message.lower()
+
+
 def _loads_or_none(text: str) -> Any:
     """A server's text as JSON, or None when it is not JSON or nests too deeply to read."""
     try:
@@ -3101,8 +3119,6 @@ def _check_context_length(context_length: Optional[int]) -> None:
         raise InvalidInputError("context_length must be a whole number of tokens > 0, got %r" % (context_length,))
 
 
-
-
 class BaseProvider:
     """What both providers share: validation, payload assembly, the transport,
     streaming, reasoning removal, JSON generation and model listing.
@@ -3291,6 +3307,7 @@ class BaseProvider:
                            "server or model does not support dimensions", self.title, model.name, len(vectors[0]),
                            dimensions)
         return vectors
+
     def run_tools(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], tools: Any, *,
                   max_rounds: int = 5, tool_choice: Any = None, debug: bool = False) -> ToolRunResult:
         """Let the model use Python functions until it answers in text; return that answer.
@@ -3693,6 +3710,7 @@ class BaseProvider:
     embedding_hint = ""
     truncate_hint = ""
     embed_needed = ""  # the server version that has embed_path, when known
+
     def _wire_messages(self, messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
         """The messages as this server takes them.  Tool requests and tool results, written
         the one way the README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``);
@@ -4819,8 +4837,6 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
 _provider_cache: Dict[Tuple[Any, ...], "BaseProvider"] = {}
 
 
-
-
 # =============================================================================
 # Command line and the setup check
 # =============================================================================
@@ -5072,15 +5088,6 @@ def _unsaid(detail: str, next_step: str) -> str:
     said = " ".join(next_step.split())
     sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", detail)
     return " ".join(s for s in sentences if len(s) < 20 or s not in said).strip()
-
-
-def _shorten(text: str, limit: int = 70) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] = None, host: Optional[str] = None,
