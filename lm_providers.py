@@ -1627,7 +1627,9 @@ class HTTPTransport:
         # Proxy variables route loopback traffic wrongly and looking them up costs
         # more than a small local request; remote hosts keep the usual behaviour.
         self.session.trust_env = not _is_loopback(base_url)
-        if not self.session.trust_env:  # a private CA still applies (requests reads these only with trust_env)
+        if not self.session.trust_env and base_url.startswith("https:"):
+            # A private CA still applies (requests reads these only with trust_env).  Not for http://: a CA
+            # path there would only cost requests a file-system check on every request.
             self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self.max_connections)
         self.session.mount("http://", adapter)
