@@ -491,3 +491,12 @@ def test_vllm_404_for_a_wrong_path_is_not_model_not_found(rsps):
         lmp.OpenAICompatibleProvider(host=BASE).generate_text(MESSAGES, "my-model")
     assert type(info.value) is lmp.ProviderResponseError and info.value.status == 404
     assert "no endpoint /v1/chat/completions" in str(info.value) and "base URL" in str(info.value)
+
+
+def test_a_loopback_http_provider_leaves_the_ca_bundle_alone(monkeypatch, tmp_path):
+    # A CA path on an http:// session only makes requests look at the file system on every request.
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not read")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    assert lmp.OllamaProvider(host="127.0.0.1:11434").transport.session.verify is True
+    assert lmp.OpenAICompatibleProvider(host="https://127.0.0.1:8443/v1").transport.session.verify == str(bundle)
