@@ -3683,7 +3683,7 @@ class BaseProvider:
             return None if entries is None else _normalize_logprobs(entries)
         except (KeyError, IndexError, TypeError, AttributeError):
             raise ProviderResponseError("%s sent log-probabilities of an unexpected shape: %s"
-                                        % (self.title, json.dumps(data)[:300])) from None
+                                        % (self.title, _short_json(data))) from None
 
     def _embed_failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
         """The exception for an embeddings error: a model or server that cannot embed, a text too long."""
@@ -4733,8 +4733,10 @@ class OllamaProvider(BaseProvider):
         """Ollama cuts a prompt longer than ``num_ctx`` and says so only in its log.  The sign: the server
         evaluated a whole context's worth of prompt tokens while the prompt is estimated clearly larger."""
         evaluated = (usage or {}).get("prompt_tokens")
+        if not evaluated:
+            return
         estimate = _estimate_tokens(payload.get("messages") or [])
-        if not evaluated or estimate <= evaluated * 1.2:
+        if estimate <= evaluated * 1.2:
             return
         options = payload.get("options") or {}
         context = _first_int(options.get("num_ctx"))
