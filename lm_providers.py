@@ -1,4 +1,4 @@
-"""lm_providers: a small synchronous client for LM Studio and Ollama.
+"""lm_providers: a small synchronous client for LM Studio, Ollama and any OpenAI-compatible server.
 
 One file, drop it next to your script or ``pip install`` it.  It talks to
 
@@ -1159,6 +1159,7 @@ class Config:
         self.openai_host = openai_host
         self.models: Dict[str, ModelConfig] = dict(models or {})
         self.path = path
+        self._providers: Dict[Tuple[Any, ...], "BaseProvider"] = {}  # get_provider's, one per host and options
 
     def host_for(self, provider: str) -> Optional[str]:
         """The host this config sets for ``provider``, or None."""
@@ -1595,7 +1596,7 @@ def _is_loopback(base_url: str) -> bool:
 
 
 class HTTPTransport:
-    """The one HTTP layer both providers use: a keep-alive ``requests.Session``,
+    """The one HTTP layer every provider uses: a keep-alive ``requests.Session``,
     separate connect and read timeouts, bounded retries for 429/503, no
     redirects, and every ``requests`` failure turned into a typed error.
 
@@ -1652,15 +1653,16 @@ class HTTPTransport:
         return _scrub(text)
 
     def close(self) -> None:
+        """Close the connection pool."""
         self.session.close()
 
-    def request(self, method: str, path: str, payload: Optional[Mapping[str, Any]] = None, *, stream: bool = False,
+    def request(self, method: str, path: str, payload: Optional[Mapping[str, Any]] = None, *,
                 debug: bool = False, describe_failure: Any = None, model: str = "") -> Any:
         """Send one request; return the 2xx ``requests.Response`` or raise a typed error.
 
-        A 2xx answer's body is not read here: read it with ``read_body`` (a
-        whole answer, bounded by ``max_body_bytes``) or with
-        ``BaseProvider._json_events`` (a stream).
+        A 2xx answer's body is not read here, whether it is a stream or not:
+        read it with ``read_body`` (a whole answer, bounded by
+        ``max_body_bytes``) or with ``BaseProvider._json_events`` (a stream).
 
         429 and 503 answers are retried up to ``max_retries`` times, waiting for
         ``Retry-After`` when the server gives one (at most 30 s) and otherwise
@@ -1671,7 +1673,7 @@ class HTTPTransport:
         for attempt in range(self.max_retries + 1):
             started = time.perf_counter()
             try:
-                response = self._send(method, url, body, stream)
+                response = self._send(method, url, body)
             except Exception as exc:
                 raise self.translate_exception(exc, url)
             try:
@@ -1701,7 +1703,7 @@ class HTTPTransport:
             raise describe_failure(status, text, model)
         raise AssertionError("unreachable")
 
-    def _send(self, method: str, url: str, body: Optional[bytes], stream: bool) -> Any:
+    def _send(self, method: str, url: str, body: Optional[bytes]) -> Any:
         """Send once; send again on a new connection if a kept-alive one turns out to be closed.
 
         A server may close an idle or finished connection just as it is reused
@@ -1715,14 +1717,14 @@ class HTTPTransport:
         starting it twice.
         """
         try:
-            return self._send_once(method, url, body, stream)
+            return self._send_once(method, url, body)
         except requests.exceptions.ConnectionError as exc:
             if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS) or not _repeatable(method, url):
                 raise
             logger.debug("%s closed a kept-alive connection before answering; sending again", self.server_title)
-            return self._send_once(method, url, body, stream)
+            return self._send_once(method, url, body)
 
-    def _send_once(self, method: str, url: str, body: Optional[bytes], stream: bool) -> Any:
+    def _send_once(self, method: str, url: str, body: Optional[bytes]) -> Any:
         # Always stream=True for requests: every body is read here, in bounded pieces (read_body).
         timeout = (self.connect_timeout, self.read_timeout)
         if not self._direct:  # stream=True: the caller reads the body, after _enforce_content_length
@@ -1827,11 +1829,8 @@ class HTTPTransport:
         return _chain(self._translate(exc, url), exc)
 
     def _translate(self, exc: BaseException, url: str) -> ProviderError:
-        module = ensure_requests()
-        exceptions = module.exceptions
+        exceptions = ensure_requests().exceptions
         text = str(exc)
-        if isinstance(exc, ProviderError):
-            return exc
         if isinstance(exc, exceptions.ConnectTimeout):
             return ProviderTimeoutError(
                 "connecting to %s at %s took longer than the connect timeout (%g s). Check the host and that "
@@ -1891,7 +1890,7 @@ def _json_bytes(payload: Mapping[str, Any]) -> bytes:
 _STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Connection reset by peer",
                            "Broken pipe", "Connection aborted")
 # POSTs that only compute an answer: sending one twice costs time, not a second download or load.
-_REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embed", "/api/embeddings", "/api/show")
+_REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embed", "/api/show")
 
 
 def _repeatable(method: str, url: str) -> bool:
@@ -2366,8 +2365,13 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
         raise ToolCallError("%s sent a call to tool %r whose arguments are %s, not a JSON object.%s"
                             % (title, name, type(parsed).__name__, cut), tool_name=name, raw_arguments=raw)
     if not isinstance(call_id, str) or not call_id:
-        call_id = "call_" + os.urandom(6).hex()
+        call_id = _new_call_id()
     return ToolCall(call_id, name, parsed, raw)
+
+
+def _new_call_id() -> str:
+    """An id for a tool call the server sent without one (OpenAI's form: ``call_`` and random hex)."""
+    return "call_" + os.urandom(6).hex()
 
 
 def _tool_calls_from(parts: Any, title: str, finish_reason: Optional[str]) -> List[ToolCall]:
@@ -3122,12 +3126,16 @@ def _check_context_length(context_length: Optional[int]) -> None:
 
 
 class BaseProvider:
-    """What both providers share: validation, payload assembly, the transport,
-    streaming, reasoning removal, JSON generation and model listing.
+    """What every provider shares: validation, payload assembly, the transport,
+    streaming, reasoning removal, JSON generation, model listing and facts,
+    tools, embeddings and images.
 
-    Subclasses set the class attributes below and implement ``_read_reply``,
-    ``_read_event``, ``_model_names`` and ``_is_model_not_found``.  A provider
-    may be shared between threads; a single stream belongs to one thread.
+    Subclasses set the class attributes below and implement the server's
+    shapes: ``_read_reply``, ``_read_event``, ``_model_names``,
+    ``_is_model_not_found``, ``_tool_call_parts``, ``_wire_tool_call``,
+    ``_wire_tool_result``, ``_read_embeddings``, ``_convert_images`` and
+    ``_raw_logprobs``.  A provider may be shared between threads; a single
+    stream belongs to one thread.
     """
 
     provider = ""            # "lm_studio", "ollama" or "openai"
@@ -3524,7 +3532,7 @@ class BaseProvider:
         """Send a streamed POST to ``path`` and yield its JSON objects (``_json_events``) until the body ends;
         an ``{"error": ...}`` object raises ``_in_band_error``.  The caller decides whether the last object
         said the work was done."""
-        response = self.transport.request("POST", path, payload, stream=True, debug=debug,
+        response = self.transport.request("POST", path, payload, debug=debug,
                                           describe_failure=self._failure, model=model)
         return self._json_events(response, path, model=model, complete_without_marker=lambda: True)
 
@@ -3924,7 +3932,7 @@ class BaseProvider:
                        state: Any) -> Generator[str, None, None]:
         """The chat stream: events from ``_json_events``, content pieces out, the rest in ``state``."""
         started = time.perf_counter()
-        response = self.transport.request("POST", self.chat_path, payload, stream=True, debug=debug,
+        response = self.transport.request("POST", self.chat_path, payload, debug=debug,
                                           describe_failure=self._failure, model=model.name)
         self._check_stream_type(response, model)
         think = _ThinkFilter()
@@ -4052,6 +4060,7 @@ class BaseProvider:
     wrong_server_hint = ""
 
     def download_hint(self, model: str) -> str:
+        """How to get ``model`` onto this server by hand (empty when there is no such way)."""
         return ""
 
     # --- what each server does differently ------------------------------------
@@ -4215,8 +4224,7 @@ class OpenAICompatibleProvider(BaseProvider):
         return data["choices"][0]["message"].get("tool_calls")
 
     def _wire_tool_call(self, call_id: Optional[str], name: str, arguments: Dict[str, Any]) -> Dict[str, Any]:
-        return {"id": call_id or "call_" + os.urandom(6).hex(), "type": "function",
-                "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+        return ToolCall(call_id or _new_call_id(), name, arguments).to_dict()
 
     def _wire_tool_result(self, message: Mapping[str, Any], call_id: Optional[str], name: Optional[str],
                           index: int) -> Dict[str, Any]:
@@ -4832,7 +4840,7 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
     except TypeError:  # an option that cannot be a key: a provider of its own
         return cls(host=base_url, **provider_options)
     cache: Dict[Tuple[Any, ...], BaseProvider] = (
-        _provider_cache if config is None else config.__dict__.setdefault("_providers", {}))
+        _provider_cache if config is None else config._providers)
     if key not in cache:
         cache[key] = cls(host=base_url, **provider_options)
     return cache[key]

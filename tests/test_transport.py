@@ -402,7 +402,7 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
                                                 hold_open=5 if framing == "chunked" else 0,
                                                 content_type="application/x-ndjson"))
     provider = provider_for(server, "ollama")
-    response = provider.transport.request("POST", "/api/generate", {"model": "smollm2"}, stream=True,
+    response = provider.transport.request("POST", "/api/generate", {"model": "smollm2"},
                                           describe_failure=provider._failure)
     started = time.perf_counter()
     found = [event["response"] for event in provider._json_events(response, "/api/generate", ("done", True))]
@@ -410,7 +410,7 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
     # A progress stream (the shape of /api/pull) that breaks off before its last status is a typed error.
     progress = [b'{"status":"pulling manifest"}\n', b'{"status":"verifying sha256 digest"}\n']
     server.route("POST", "/api/pull", Reply(200, progress, framing=framing, content_type="application/x-ndjson"))
-    response = provider.transport.request("POST", "/api/pull", {"model": "m"}, stream=True,
+    response = provider.transport.request("POST", "/api/pull", {"model": "m"},
                                           describe_failure=provider._failure)
     seen = []
     with pytest.raises(lmp.ProviderResponseError, match="cut off"):
@@ -419,7 +419,7 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
     assert seen == ["pulling manifest", "verifying sha256 digest"]
     server.route("POST", "/api/pull", Reply(200, [b'{"error":"pull model manifest: file does not exist"}\n'],
                                             framing=framing, content_type="application/x-ndjson"))
-    response = provider.transport.request("POST", "/api/pull", {"model": "m"}, stream=True,
+    response = provider.transport.request("POST", "/api/pull", {"model": "m"},
                                           describe_failure=provider._failure)
     with pytest.raises(lmp.ProviderResponseError, match="file does not exist"):
         list(provider._json_events(response, "/api/pull", ("status", "success")))
