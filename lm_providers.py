@@ -24,6 +24,7 @@ installs it when it is missing); ``pyyaml`` is imported only by ``load_config``.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
 import os
@@ -33,8 +34,8 @@ import threading
 import time
 import weakref
 from types import ModuleType
-from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping, Optional,
-                    Sequence, Tuple, Type, TypeVar, Union, cast)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping, NamedTuple,
+                    Optional, Sequence, Tuple, Type, TypeVar, Union, cast)
 
 __version__ = "0.1.0"
 
@@ -265,19 +266,39 @@ def _quote(value: Any, limit: int = 80) -> str:
 class ProviderError(Exception):
     """Base class of every error raised by lm_providers.
 
+    ``message`` says what went wrong, ``hint`` what to do about it (one
+    sentence; empty when there is nothing to add) and ``reason`` the cause as
+    a short machine-readable word (``connection_refused``, ``timeout``,
+    ``model_not_found``, ``context_length``, ``endpoint_missing``, ``auth``,
+    ...; empty when no more specific than the class).  ``str(error)`` is the
+    message followed by the hint.
+
     No live API token ever shows in one: its message, ``args``, ``repr`` and
     string attributes (``body``, ``server_message``, ...) are scrubbed when
     set and again when shown, whatever built the message.
     """
 
-    def __init__(self, *args: Any) -> None:
+    hint = ""
+    reason = ""
+
+    def __init__(self, *args: Any, hint: str = "", reason: str = "") -> None:
         super().__init__(*(_scrub_value(arg) for arg in args))
+        if hint:
+            self.hint = hint
+        if reason:
+            self.reason = reason
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, _scrub_value(value))
 
-    def __str__(self) -> str:
+    @property
+    def message(self) -> str:
+        """What went wrong, without the hint."""
         return _scrub(super().__str__())
+
+    def __str__(self) -> str:
+        message = self.message
+        return " ".join(part for part in (message, self.hint) if part)
 
     def __repr__(self) -> str:
         return _scrub(super().__repr__())
@@ -319,8 +340,9 @@ class ProviderResponseError(ProviderError):
     """
 
     def __init__(self, message: str, status: Optional[int] = None,
-                 server_message: Optional[str] = None, body: Optional[str] = None):
-        super().__init__(message)
+                 server_message: Optional[str] = None, body: Optional[str] = None, *, hint: str = "",
+                 reason: str = ""):
+        super().__init__(message, hint=hint, reason=reason)
         self.status = status
         self.server_message = server_message
         self.body = body
@@ -441,20 +463,70 @@ class ToolLoopError(ProviderError):
 
 
 # =============================================================================
-# Model URIs and hosts
+# Server kinds: what each kind of server is, in one table
 # =============================================================================
 
-PROVIDER_NAMES = {"lm_studio": "lm_studio", "lmstudio": "lm_studio", "lm-studio": "lm_studio",
-                  "ollama": "ollama", "openai": "openai"}
-#: The port a host without one gets.  ``openai://`` servers have no common port: a host without one gets
-#: its scheme's (80 or 443), and there is no default host at all (see ``resolve_host``).
-DEFAULT_PORTS = {"lm_studio": 1234, "ollama": 11434}
-EXAMPLE_PORTS = dict(DEFAULT_PORTS, openai=8000)  # for examples in messages (8000: vLLM's default)
-HOST_ENV_VARS = {"lm_studio": "LM_STUDIO_HOST", "ollama": "OLLAMA_HOST", "openai": "OPENAI_BASE_URL"}
-SERVER_TITLES = {"lm_studio": "LM Studio", "ollama": "Ollama", "openai": "OpenAI-compatible server"}
+class ServerKind(NamedTuple):
+    """One kind of server: everything the module knows about it that is not code.
 
-_URI_EXAMPLE = ("lm_studio://qwen2.5-7b-instruct@127.0.0.1:1234?temperature=0.7  or  "
-                "ollama://llama3:70b?num_ctx=8192  or  openai://my-model@https://gpu.example.com/v1")
+    URIs, hosts, config, providers, messages and the command line all read
+    this table; adding a kind is one row here plus a provider subclass.
+    ``default_port`` is None for a kind with no common port (``openai``: a host
+    is required).  ``download_hint`` may name ``{model}`` and ``{host}``.
+    """
+
+    name: str                 # the canonical spelling, the URI scheme
+    title: str                # how messages name it
+    aliases: Tuple[str, ...]  # other accepted spellings of the scheme
+    default_port: Optional[int]
+    example_port: int         # for examples in messages
+    host_env: str             # the environment variable with the host
+    key_env: str              # the environment variable with the API token
+    config_key: str           # the host's key in config.yaml
+    chat_path: str
+    models_path: str
+    framing: str              # "sse" or "ndjson"
+    start_hint: str
+    auth_hint: str
+    wrong_server_hint: str
+    download_hint: str
+
+
+SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
+    ServerKind(
+        "lm_studio", "LM Studio", ("lmstudio", "lm-studio"), 1234, 1234, "LM_STUDIO_HOST", "LM_API_TOKEN",
+        "lm_studio_host", "/v1/chat/completions", "/v1/models", "sse",
+        start_hint=("Start LM Studio's server: in the LM Studio app open the Developer tab and click Start Server, "
+                    "or run  lms server start  (default port 1234)."),
+        auth_hint=("The server requires an API token: pass api_key=... or set LM_API_TOKEN; check the token in "
+                   "LM Studio's Developer tab > Server Settings."),
+        wrong_server_hint="LM Studio listens on port 1234 by default; Ollama (11434) needs ollama:// URIs.",
+        download_hint=("Download it in LM Studio (or  lms get {model}), load it (lms load {model}), and check the "
+                       "exact id with  lms ls  (ids are case-sensitive).")),
+    ServerKind(
+        "ollama", "Ollama", (), 11434, 11434, "OLLAMA_HOST", "OLLAMA_API_KEY", "ollama_host",
+        "/api/chat", "/api/tags", "ndjson",
+        start_hint="Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by default.",
+        auth_hint=("The server wants an API key (Ollama's cloud, or a proxy in front of Ollama): pass api_key=... "
+                   "or set OLLAMA_API_KEY."),
+        wrong_server_hint="Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// URIs.",
+        download_hint="Download it with  ollama pull {model}  and see what is installed with  ollama list."),
+    ServerKind(
+        "openai", "OpenAI-compatible server", (), None, 8000, "OPENAI_BASE_URL", "OPENAI_API_KEY", "openai_host",
+        "/v1/chat/completions", "/v1/models", "sse",
+        start_hint=("Check that the server runs and that the host is its base URL, e.g. http://127.0.0.1:8080 for "
+                    "llama-server, http://127.0.0.1:8000/v1 for vLLM, http://127.0.0.1:4000 for a LiteLLM proxy."),
+        auth_hint=("The server requires an API key: pass api_key=... or set OPENAI_API_KEY (a LiteLLM proxy takes "
+                   "one of its keys, vLLM the value of its --api-key)."),
+        wrong_server_hint=("The host must be the server's OpenAI base URL (requests go to "
+                           "<base>/v1/chat/completions); Ollama's native API needs ollama:// URIs."),
+        download_hint=("Check the exact id in the server's list (python -m lm_providers models --provider openai "
+                       "--host {host}; ids are case-sensitive): vLLM serves the names given by "
+                       "--served-model-name, a LiteLLM proxy the model_name entries of its config.")),
+)}
+
+#: Every accepted spelling of a server kind, to its canonical name.
+PROVIDER_NAMES = {spelling: kind.name for kind in SERVER_KINDS.values() for spelling in (kind.name,) + kind.aliases}
 
 
 def canonical_provider(name: str) -> str:
@@ -465,6 +537,19 @@ def canonical_provider(name: str) -> str:
         raise InvalidInputError(
             "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), 'ollama' or 'openai'" % (name,))
     return PROVIDER_NAMES[key]
+
+
+def server_kind(name: str) -> ServerKind:
+    """The table row of a server kind, for any accepted spelling of its name."""
+    return SERVER_KINDS[canonical_provider(name)]
+
+
+# =============================================================================
+# Model URIs and hosts
+# =============================================================================
+
+_URI_EXAMPLE = ("lm_studio://qwen2.5-7b-instruct@127.0.0.1:1234?temperature=0.7  or  "
+                "ollama://llama3:70b?num_ctx=8192  or  openai://my-model@https://gpu.example.com/v1")
 
 
 class ModelConfig:
@@ -586,7 +671,7 @@ def _host_path(path: str, provider: str, shown: str) -> str:
     if provider != "ollama":
         raise InvalidInputError(
             "host %s has a path (/%s); give only scheme, host and port, for example 'http://10.0.0.5:%d'"
-            % (shown, _hide_userinfo(path)[:100], EXAMPLE_PORTS[provider]))
+            % (shown, _hide_userinfo(path)[:100], SERVER_KINDS[provider].example_port))
     if not _PATH_RE.match(path):
         raise InvalidInputError("host %s has a path with characters a URL path cannot have" % shown)
     return "/" + path
@@ -653,10 +738,10 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
     provider = canonical_provider(provider)
     if not isinstance(host, str):
         raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %s"
-                                % (EXAMPLE_PORTS[provider], _quote(host, 40)))
+                                % (SERVER_KINDS[provider].example_port, _quote(host, 40)))
     shown = _quote(_hide_userinfo(host), 200)
     text = _clean_host_text(host)
-    default_port = DEFAULT_PORTS.get(provider, 80)
+    default_port = SERVER_KINDS[provider].default_port or 80
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "http", text
@@ -684,15 +769,16 @@ def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Co
     A blank value (also ``""`` in quotes) counts as not given."""
     provider = canonical_provider(provider)
     for candidate in (host, config.host_for(provider) if config is not None else None,
-                      os.environ.get(HOST_ENV_VARS[provider])):
+                      os.environ.get(SERVER_KINDS[provider].host_env)):
         if candidate is not None and _clean_host_text(str(candidate)):
             return normalize_host(str(candidate), provider)
-    if provider not in DEFAULT_PORTS:
+    default_port = SERVER_KINDS[provider].default_port
+    if default_port is None:
         raise InvalidInputError(
             "openai:// models need a host, and none was given: put it in the URI (openai://MODEL@HOST, e.g. "
             "openai://my-model@http://127.0.0.1:8000/v1), set openai_host in config.yaml, or set OPENAI_BASE_URL "
             "(e.g. OPENAI_BASE_URL=https://gpu.example.com/v1)")
-    return "http://127.0.0.1:%d" % DEFAULT_PORTS[provider]
+    return "http://127.0.0.1:%d" % default_port
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
@@ -759,7 +845,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
             raise bad("the host part is wrong: %s" % exc) from None
     elif at == len(rest) - 1 and at >= 0:
         raise bad("nothing follows the '@': remove it, or give a host such as @127.0.0.1:%d"
-                  % EXAMPLE_PORTS[provider])
+                  % SERVER_KINDS[provider].example_port)
     try:
         name = _percent_decode(name)
     except UnicodeDecodeError:
@@ -858,7 +944,7 @@ def format_model_uri(config: ModelConfig) -> str:
         if not _looks_like_host(host, config.provider) or "?" in host:
             raise InvalidInputError(
                 "host %r would read back as part of the model name; write it with its port, e.g. '%s:%d'"
-                % (config.host, host, EXAMPLE_PORTS[config.provider]))
+                % (config.host, host, SERVER_KINDS[config.provider].example_port))
         uri += "@" + host
     if config.parameters:
         uri += "?" + "&".join("%s=%s" % (_escape(str(k), "%&=#"), _escape(_format_query_value(k, v), "%&#"))
@@ -1067,11 +1153,11 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
         if kind == "think":
             if isinstance(value, bool):
                 logger.warning("parameter think=%s has no %s equivalent (it takes reasoning_effort="
-                               "'low'|'medium'|'high'); not sent", value, SERVER_TITLES[provider])
+                               "'low'|'medium'|'high'); not sent", value, SERVER_KINDS[provider].title)
                 return _DROP
             if value == "max":
                 logger.warning("parameter think='max' is Ollama's; %s's strongest reasoning_effort is 'high', "
-                               "which is sent instead", SERVER_TITLES[provider])
+                               "which is sent instead", SERVER_KINDS[provider].title)
                 return "high"
             return value
         if kind == "duration":
@@ -1114,7 +1200,7 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
     out: Dict[str, Any] = {}
     options: Dict[str, Any] = {}
     priorities: Dict[str, int] = {}
-    title = SERVER_TITLES[provider]
+    title = SERVER_KINDS[provider].title
     for name, value in parameters.items():
         if name in _RESERVED_PARAMETERS:
             raise InvalidInputError("parameter %r is set by lm_providers itself; remove it from the model's "
@@ -1188,17 +1274,18 @@ def load_config(path: str = "config.yaml") -> Config:
     if not isinstance(data, dict):
         raise ConfigError("config file %s must be a mapping with ollama_host, lm_studio_host, openai_host and "
                           "models" % path)
-    unknown = sorted(set(map(str, data)) - {"ollama_host", "lm_studio_host", "openai_host", "models"})
+    host_keys = {kind.config_key: kind.name for kind in SERVER_KINDS.values()}
+    unknown = sorted(set(map(str, data)) - set(host_keys) - {"models"})
     if unknown:
         logger.warning("config file %s: ignoring unknown keys %s%s", path,
                        ", ".join(_quote(key, 40) for key in unknown[:10]), " ..." if len(unknown) > 10 else "")
     hosts: Dict[str, Optional[str]] = {}
-    for key, provider in (("ollama_host", "ollama"), ("lm_studio_host", "lm_studio"), ("openai_host", "openai")):
+    for key, provider in host_keys.items():
         value = data.get(key)
         if value is not None:
             if not isinstance(value, str):
                 raise ConfigError("config file %s: %s must be a host string such as '127.0.0.1:%d', got %s"
-                                  % (path, key, EXAMPLE_PORTS[provider], _quote(value, 80)))
+                                  % (path, key, SERVER_KINDS[provider].example_port, _quote(value, 80)))
             try:
                 normalize_host(value, provider)
             except InvalidInputError as exc:
@@ -2124,6 +2211,46 @@ def _read_rest(response: Any, chunks: Iterator[bytes]) -> bool:
 debug_logger = logging.getLogger("lm_providers.debug")
 debug_logger.setLevel(logging.INFO)  # it only ever logs for calls made with debug=True
 debug_logger.addFilter(_ScrubSecrets())  # a logger's filters do not apply to its children's records
+
+
+_DEBUG_LOCK = threading.Lock()
+_debug_calls = 0  # calls running with debug=True; the logger is at DEBUG while there are any
+_debug_saved: List[Any] = []  # the level, and our stderr handler if one was added, to restore after them
+
+
+@contextlib.contextmanager
+def _debugging(on: bool) -> Iterator[None]:
+    """``debug=True`` on a public method: the ``lm_providers`` logger at DEBUG for the call.
+
+    Its records go to your logging handlers if you set any up, else to stderr
+    as ``[lm_providers] ...`` lines (live API tokens masked either way).  Calls
+    on several threads at once share the setting until the last one ends.
+    """
+    global _debug_calls
+    if not on:
+        yield
+        return
+    with _DEBUG_LOCK:
+        _debug_calls += 1
+        if _debug_calls == 1:
+            handler = None
+            if not (logging.getLogger().handlers or logger.handlers):
+                handler = logging.StreamHandler(sys.stderr)
+                handler.setFormatter(logging.Formatter("[lm_providers] %(message)s"))
+                handler.addFilter(_ScrubSecrets())
+                logger.addHandler(handler)
+            _debug_saved[:] = [logger.level, handler]
+            logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        with _DEBUG_LOCK:
+            _debug_calls -= 1
+            if _debug_calls == 0:
+                level, handler = _debug_saved
+                logger.setLevel(level)
+                if handler is not None:
+                    logger.removeHandler(handler)
 
 
 def _debug(message: str, *args: Any) -> None:
@@ -3138,14 +3265,33 @@ class BaseProvider:
     stream belongs to one thread.
     """
 
+    #: The server kind's row in SERVER_KINDS; a subclass that sets it gets the row's fields below as
+    #: class attributes (``provider`` is the kind's name, ``api_key_env`` its ``key_env``).
+    kind: ServerKind
     provider = ""            # "lm_studio", "ollama" or "openai"
+    title = ""
     chat_path = ""
     models_path = ""
     framing = ""             # "sse" or "ndjson"
-    stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
     start_hint = ""
-    content_must_be_str = True
+    auth_hint = ""
+    wrong_server_hint = ""
     api_key_env = ""         # the environment variable with the token, used when api_key is not given
+    stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
+    content_must_be_str = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if kind is not None:
+            cls.provider, cls.title, cls.api_key_env = kind.name, kind.title, kind.key_env
+            cls.chat_path, cls.models_path, cls.framing = kind.chat_path, kind.models_path, kind.framing
+            cls.start_hint, cls.auth_hint, cls.wrong_server_hint = (
+                kind.start_hint, kind.auth_hint, kind.wrong_server_hint)
+
+    def download_hint(self, model: str) -> str:
+        """What to do about a model the server does not have."""
+        return self.kind.download_hint.format(model=model, host=self.base_url)
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
                  api_key: Optional[str] = None, max_retries: int = 2, *,
@@ -3168,7 +3314,6 @@ class BaseProvider:
         headers = {"Accept": "application/json", "User-Agent": "lm_providers/" + __version__}
         if not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidInputError("max_retries must be a whole number >= 0, got %r" % (max_retries,))
-        self.title = SERVER_TITLES[self.provider]
         self.transport = HTTPTransport(self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
                                        headers=headers, max_retries=max_retries, server_title=self.title,
                                        start_hint=self.start_hint, api_key=api_key,
@@ -3596,7 +3741,7 @@ class BaseProvider:
             raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, got %r" % (model,))
         if model.provider != self.provider:
             raise InvalidInputError("model %r is for %s, but this is a %s provider; use lm_providers.get_provider"
-                                    "(model) to get the right one" % (model.name, SERVER_TITLES[model.provider],
+                                    "(model) to get the right one" % (model.name, SERVER_KINDS[model.provider].title,
                                                                       self.title))
         if model.host is not None and normalize_host(model.host, self.provider) != self.base_url:
             logger.warning("model %r names the host %s, but this provider talks to %s; use "
@@ -4056,13 +4201,6 @@ class BaseProvider:
             (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
             model=model, host=self.base_url, suggestions=matches, status=status, server_message=message, body=body)
 
-    auth_hint = ""
-    wrong_server_hint = ""
-
-    def download_hint(self, model: str) -> str:
-        """How to get ``model`` onto this server by hand (empty when there is no such way)."""
-        return ""
-
     # --- what each server does differently ------------------------------------
 
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
@@ -4166,24 +4304,9 @@ class OpenAICompatibleProvider(BaseProvider):
     specifics (its hints, ``ttl``, LM_API_TOKEN, the ``json_object`` rewrite).
     """
 
-    provider = "openai"
-    chat_path = "/v1/chat/completions"
-    models_path = "/v1/models"
-    framing = "sse"
+    kind = SERVER_KINDS["openai"]
     content_must_be_str = False
-    api_key_env = "OPENAI_API_KEY"
-    start_hint = ("Check that the server runs and that the host is its base URL, e.g. http://127.0.0.1:8080 for "
-                  "llama-server, http://127.0.0.1:8000/v1 for vLLM, http://127.0.0.1:4000 for a LiteLLM proxy.")
-    auth_hint = ("The server requires an API key: pass api_key=... or set OPENAI_API_KEY (a LiteLLM proxy takes "
-                 "one of its keys, vLLM the value of its --api-key).")
-    wrong_server_hint = ("The host must be the server's OpenAI base URL (requests go to <base>/v1/chat/completions); "
-                         "Ollama's native API needs ollama:// URIs.")
     model_not_found_phrases: Tuple[str, ...] = ("not found", "does not exist", "invalid model name")
-
-    def download_hint(self, model: str) -> str:
-        return ("Check the exact id in the server's list (python -m lm_providers models --provider openai --host "
-                "%s; ids are case-sensitive): vLLM serves the names given by --served-model-name, a LiteLLM proxy "
-                "the model_name entries of its config." % self.base_url)
 
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {"stream_options": {"include_usage": True}} if stream else {}
@@ -4319,21 +4442,11 @@ class LMStudioProvider(OpenAICompatibleProvider):
     token, only when one is set.
     """
 
-    provider = "lm_studio"
-    api_key_env = "LM_API_TOKEN"
+    kind = SERVER_KINDS["lm_studio"]
     has_props = False  # LM Studio has no /props (llama.cpp's); asking it costs a request and says nothing
-    start_hint = ("Start LM Studio's server: in the LM Studio app open the Developer tab and click Start Server, "
-                  "or run  lms server start  (default port 1234).")
-    auth_hint = ("The server requires an API token: pass api_key=... or set LM_API_TOKEN; check the token in "
-                 "LM Studio's Developer tab > Server Settings.")
-    wrong_server_hint = "LM Studio listens on port 1234 by default; Ollama (11434) needs ollama:// URIs."
     model_not_found_phrases = ("not found", "no models loaded", "not loaded", "does not exist",
                                "invalid model identifier")
     image_types = ("image/png", "image/jpeg", "image/webp")  # "supports JPEG, PNG, and WebP" (LM Studio's docs)
-
-    def download_hint(self, model: str) -> str:
-        return ("Download it in LM Studio (or  lms get %s), load it (lms load %s), and check the exact id "
-                "with  lms ls  (ids are case-sensitive)." % (model, model))
 
     # --- model facts, loading, downloading: LM Studio's native REST API -----------
 
@@ -4501,19 +4614,8 @@ class OllamaProvider(BaseProvider):
     without a tag means ``:latest``.
     """
 
-    provider = "ollama"
-    chat_path = "/api/chat"
-    models_path = "/api/tags"
-    framing = "ndjson"
+    kind = SERVER_KINDS["ollama"]
     stream_end = ("done", True)
-    start_hint = "Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by default."
-    auth_hint = ("The server wants an API key (Ollama's cloud, or a proxy in front of Ollama): pass api_key=... or "
-                 "set OLLAMA_API_KEY.")
-    api_key_env = "OLLAMA_API_KEY"
-    wrong_server_hint = "Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// URIs."
-
-    def download_hint(self, model: str) -> str:
-        return "Download it with  ollama pull %s  and see what is installed with  ollama list." % model
 
     embed_path = "/api/embed"
     embed_needed = "Ollama 0.3.4 or later"  # /api/embed came with 0.3.4 (ollama/ollama#6730)
@@ -4909,7 +5011,7 @@ def _next_step(exc: BaseException, provider: "BaseProvider", model: Optional[Mod
             return ("%s If it runs on another machine or port, set %s in config.yaml or pass --host HOST:PORT. "
                     "If you do not use %s, run with %s." % (
                         provider.start_hint, config_key, provider.title,
-                        " or ".join("--provider " + kind for kind in DEFAULT_PORTS if kind != provider.provider)))
+                        " or ".join("--provider " + kind for kind in SERVER_KINDS if kind != provider.provider)))
         return "Check the host (%s) in config.yaml or --host." % provider.base_url
     if isinstance(exc, JSONGenerationError):
         return ("The model did not produce valid JSON; a larger or instruction-tuned model usually does. "
@@ -5166,7 +5268,7 @@ def check_targets(config: Optional[Config] = None, provider: Optional[str] = Non
         for (name, base_url), m in unique.items():
             by_host.setdefault(resolve_host(kind, host, config) if host else base_url, []).append(m)
         required = bool(by_host) or bool(provider) or bool(host) or (
-            config is not None and config.host_for(kind) is not None) or bool(os.environ.get(HOST_ENV_VARS[kind]))
+            config is not None and config.host_for(kind) is not None) or bool(os.environ.get(SERVER_KINDS[kind].host_env))
         if not by_host:
             by_host[resolve_host(kind, host, config)] = []
         targets += [(_cli_provider(kind, base_url, config, timeout), ms, required) for base_url, ms in by_host.items()]
@@ -5196,9 +5298,9 @@ def _kinds_for_host(host: Optional[str], timeout: Union[None, float, Tuple[float
             except InvalidInputError:
                 raise error from None
             return ["openai"]
-        for kind, default in DEFAULT_PORTS.items():
-            if port == str(default):
-                return [kind]
+        for kind in SERVER_KINDS.values():
+            if port == str(kind.default_port):
+                return [kind.name]
         answering = detect_server_kind(host, timeout)
         if answering is not None:
             return [answering]
@@ -5493,7 +5595,7 @@ def _cli_models(options: Any) -> int:
         try:
             provider = _cli_provider(kind, options.host, config, _cli_timeout(options) or _LIST_TIMEOUT)
         except InvalidInputError as exc:  # an openai:// server with no host anywhere
-            sys.stderr.write("%s: %s\n" % (SERVER_TITLES[kind], exc))
+            sys.stderr.write("%s: %s\n" % (SERVER_KINDS[kind].title, exc))
             continue
         with provider:
             title = _server_title(provider)

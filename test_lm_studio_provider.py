@@ -265,7 +265,7 @@ def test_cli_help_has_examples():
 
 
 def test_a_server_nothing_configured_is_skipped_when_not_running(lm_server, tmp_path, monkeypatch):
-    monkeypatch.setitem(lm_providers.DEFAULT_PORTS, "ollama", closed_port())  # no Ollama, not configured
+    monkeypatch.setitem(lm_providers.SERVER_KINDS, "ollama", lm_providers.SERVER_KINDS["ollama"]._replace(default_port=closed_port()))  # no Ollama, not configured
     (tmp_path / "config.yaml").write_text("lm_studio_host: %s\nmodels:\n  scene_writer: lm_studio://qwen2.5-7b-instruct\n"
                                           % lm_server.host)
     code, output = check()
@@ -275,8 +275,8 @@ def test_a_server_nothing_configured_is_skipped_when_not_running(lm_server, tmp_
 
 
 def test_nothing_running_at_all_suggests_the_demo(monkeypatch):
-    monkeypatch.setitem(lm_providers.DEFAULT_PORTS, "ollama", closed_port())
-    monkeypatch.setitem(lm_providers.DEFAULT_PORTS, "lm_studio", closed_port())
+    monkeypatch.setitem(lm_providers.SERVER_KINDS, "ollama", lm_providers.SERVER_KINDS["ollama"]._replace(default_port=closed_port()))
+    monkeypatch.setitem(lm_providers.SERVER_KINDS, "lm_studio", lm_providers.SERVER_KINDS["lm_studio"]._replace(default_port=closed_port()))
     code, output = check()
     assert code == 1
     assert "No server answered" in output and "--demo" in output and "https://lmstudio.ai" in output
