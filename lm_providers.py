@@ -1920,15 +1920,16 @@ class HTTPTransport:
         text = str(exc)
         if isinstance(exc, exceptions.ConnectTimeout):
             return ProviderTimeoutError(
-                "connecting to %s at %s took longer than the connect timeout (%g s). Check the host and that "
-                "the server is running; raise the limit with timeout=(connect, read), e.g. timeout=(30, %g)."
-                % (self.server_title, self.base_url, self.connect_timeout, self.read_timeout))
+                "connecting to %s at %s took longer than the connect timeout (%g s)."
+                % (self.server_title, self.base_url, self.connect_timeout), reason="timeout",
+                hint="Check the host and that the server is running; raise the limit with timeout=(connect, read), "
+                     "e.g. timeout=(30, %g)." % self.read_timeout)
         if _is_read_timeout(exc, exceptions) or "Read timed out" in text:
             return ProviderTimeoutError(
-                "%s at %s sent nothing for %g s (the read timeout) while answering %s. A large model can take "
-                "minutes to load or to answer; raise the limit with timeout=(connect, read), e.g. "
-                "timeout=(%g, %g)." % (self.server_title, self.base_url, self.read_timeout, url,
-                                       self.connect_timeout, self.read_timeout * 4))
+                "%s at %s sent nothing for %g s (the read timeout) while answering %s."
+                % (self.server_title, self.base_url, self.read_timeout, url), reason="timeout",
+                hint="A large model can take minutes to load or to answer; raise the limit with "
+                     "timeout=(connect, read), e.g. timeout=(%g, %g)." % (self.connect_timeout, self.read_timeout * 4))
         if isinstance(exc, exceptions.SSLError):
             return ProviderConnectionError("TLS failed talking to %s: %s. Use http:// for a local server, or "
                                            "fix its certificate; a certificate from a private CA is trusted with "
@@ -1949,16 +1950,16 @@ class HTTPTransport:
                 "listening on that port? Check the host and port." % (self.server_title, self.base_url, url, answer))
         if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
             return ProviderConnectionError(
-                "cannot connect to %s at %s: connection refused. Nothing is listening there. %s"
-                % (self.server_title, self.base_url, self.start_hint))
+                "cannot connect to %s at %s: connection refused. Nothing is listening there."
+                % (self.server_title, self.base_url), reason="connection_refused", hint=self.start_hint)
         if ("Name or service not known" in text or "NameResolutionError" in text
                 or "nodename nor servname" in text or "Temporary failure in name resolution" in text
                 or "getaddrinfo failed" in text):
-            return ProviderConnectionError("cannot resolve the host name in %s: check the spelling of the host"
-                                           % self.base_url)
+            return ProviderConnectionError("cannot resolve the host name in %s." % self.base_url,
+                                           reason="unknown_host", hint="Check the spelling of the host.")
         return ProviderConnectionError(
-            "the connection to %s at %s failed: %s. If the server restarted, try again; %s"
-            % (self.server_title, self.base_url, _short_reason(exc), self.start_hint))
+            "the connection to %s at %s failed: %s." % (self.server_title, self.base_url, _short_reason(exc)),
+            reason="connection_failed", hint="If the server restarted, try again; " + self.start_hint)
 
 
 def _json_bytes(payload: Mapping[str, Any]) -> bytes:
@@ -4173,20 +4174,20 @@ class BaseProvider:
         message = _server_message(body)
         said = message.rstrip(". ")  # the server's words, followed by more sentences
         if status in (401, 403):
-            return AuthenticationError("%s at %s refused the request (HTTP %d): %s. %s" % (
-                self.title, self.base_url, status, said, self.auth_hint), status, message, body)
+            return AuthenticationError("%s at %s refused the request (HTTP %d): %s." % (
+                self.title, self.base_url, status, said), status, message, body, reason="auth", hint=self.auth_hint)
         if model and "does not support tools" in message.lower():
             return ToolsNotSupportedError(
                 "%s model %r cannot call tools (%s said: %s). Use a model trained for tool calls (on Ollama, "
                 "'ollama show MODEL' lists 'tools' among its capabilities), or call without tools=."
                 % (self.title, model, self.title, said), model=model, status=status, server_message=message,
-                body=body)
+                body=body, reason="tools_unsupported")
         if model and self._is_model_not_found(status, message, body):
             return self._not_found(model, said, status, message, body)
         if status == 404:
-            return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s). Is this really %s? %s" % (
-                self.title, self.base_url, self.chat_path if model else self.models_path, said, self.title,
-                self.wrong_server_hint), status, message, body)
+            return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s)." % (
+                self.title, self.base_url, self.chat_path if model else self.models_path, said), status, message,
+                body, reason="endpoint_missing", hint="Is this really %s? %s" % (self.title, self.wrong_server_hint))
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
         return ProviderResponseError("%s answered %s: %s%s" % (self.title, where, message, _proxy_hint(message)),
                                      status, message, body)
@@ -4196,10 +4197,11 @@ class BaseProvider:
         """The ModelNotFoundError for ``model``, with the server's words ``said`` and close matches among
         ``offered`` (the server's models, listed again only when not given)."""
         matches = self.close_matches(model, offered)
-        return ModelNotFoundError("model %r is not available on %s at %s%s. %s%s" % (
-            model, self.title, self.base_url, ": " + said if said else "", self.download_hint(model),
-            (" Close matches on this server: %s." % ", ".join(matches)) if matches else ""),
-            model=model, host=self.base_url, suggestions=matches, status=status, server_message=message, body=body)
+        return ModelNotFoundError("model %r is not available on %s at %s%s." % (
+            model, self.title, self.base_url, ": " + said if said else ""),
+            model=model, host=self.base_url, suggestions=matches, status=status, server_message=message, body=body,
+            reason="model_not_found", hint=self.download_hint(model) + (
+                " Close matches on this server: %s." % ", ".join(matches) if matches else ""))
 
     # --- what each server does differently ------------------------------------
 
