@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -490,6 +491,13 @@ class ServerKind(NamedTuple):
     auth_hint: str
     wrong_server_hint: str
     download_hint: str
+    #: What a path in a host means: "refused", "proxy" (kept: a reverse proxy's prefix) or "base_url" (an
+    #: OpenAI base URL, with or without its /v1).
+    host_path: str = "refused"
+    cloud_host: str = ""        # a bare host name that means the kind's cloud, over https (ollama.com)
+    options_dict: bool = False  # sampling parameters go in an "options" object (Ollama's native API)
+    #: The response_format that asks for any JSON object (None: the kind has no response_format).
+    any_object_format: Optional[Dict[str, Any]] = None
 
 
 SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
@@ -502,7 +510,10 @@ SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
                    "LM Studio's Developer tab > Server Settings."),
         wrong_server_hint="LM Studio listens on port 1234 by default; Ollama (11434) needs ollama:// URIs.",
         download_hint=("Download it in LM Studio (or  lms get {model}), load it (lms load {model}), and check the "
-                       "exact id with  lms ls  (ids are case-sensitive).")),
+                       "exact id with  lms ls  (ids are case-sensitive)."),
+        # LM Studio rejects json_object: "any object" is a json_schema there
+        any_object_format={"type": "json_schema", "json_schema": {
+            "name": "response", "strict": True, "schema": {"type": "object"}}}),
     ServerKind(
         "ollama", "Ollama", (), 11434, 11434, "OLLAMA_HOST", "OLLAMA_API_KEY", "ollama_host",
         "/api/chat", "/api/tags", "ndjson",
@@ -510,7 +521,8 @@ SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
         auth_hint=("The server wants an API key (Ollama's cloud, or a proxy in front of Ollama): pass api_key=... "
                    "or set OLLAMA_API_KEY."),
         wrong_server_hint="Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// URIs.",
-        download_hint="Download it with  ollama pull {model}  and see what is installed with  ollama list."),
+        download_hint="Download it with  ollama pull {model}  and see what is installed with  ollama list.",
+        host_path="proxy", cloud_host="ollama.com", options_dict=True),
     ServerKind(
         "openai", "OpenAI-compatible server", (), None, 8000, "OPENAI_BASE_URL", "OPENAI_API_KEY", "openai_host",
         "/v1/chat/completions", "/v1/models", "sse",
@@ -522,7 +534,8 @@ SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
                            "<base>/v1/chat/completions); Ollama's native API needs ollama:// URIs."),
         download_hint=("Check the exact id in the server's list (python -m lm_providers models --provider openai "
                        "--host {host}; ids are case-sensitive): vLLM serves the names given by "
-                       "--served-model-name, a LiteLLM proxy the model_name entries of its config.")),
+                       "--served-model-name, a LiteLLM proxy the model_name entries of its config."),
+        host_path="base_url", any_object_format={"type": "json_object"}),
 )}
 
 #: Every accepted spelling of a server kind, to its canonical name.
@@ -619,7 +632,7 @@ def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
     """
     if "://" in tail:
         return True
-    if provider == "openai":
+    if SERVER_KINDS[provider].host_path == "base_url":
         tail = tail.partition("/")[0]
     try:
         host, port = _split_host_port(tail)
@@ -661,17 +674,18 @@ def _host_path(path: str, provider: str, shown: str) -> str:
     """The path prefix to keep from a host's path: none for ``/`` or ``/v1``; an ``openai://`` base URL
     keeps its prefix (``_openai_path_prefix``), Ollama (behind a proxy, as Ollama itself allows) any
     other path; LM Studio refuses one."""
-    if provider == "openai":
+    kind = SERVER_KINDS[provider]
+    if kind.host_path == "base_url":
         return _openai_path_prefix(path, shown)
     path = path.strip("/")
     if path == "v1" or path.endswith("/v1"):
         path = path[:-2].rstrip("/")
     if not path:
         return ""
-    if provider != "ollama":
+    if kind.host_path != "proxy":
         raise InvalidInputError(
             "host %s has a path (/%s); give only scheme, host and port, for example 'http://10.0.0.5:%d'"
-            % (shown, _hide_userinfo(path)[:100], SERVER_KINDS[provider].example_port))
+            % (shown, _hide_userinfo(path)[:100], kind.example_port))
     if not _PATH_RE.match(path):
         raise InvalidInputError("host %s has a path with characters a URL path cannot have" % shown)
     return "/" + path
@@ -745,8 +759,9 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "http", text
-        if provider == "ollama" and text.lower() == "ollama.com":  # as Ollama reads OLLAMA_HOST=ollama.com
-            scheme, rest = "https", "ollama.com:443"
+        cloud = SERVER_KINDS[provider].cloud_host
+        if cloud and text.lower() == cloud:  # as Ollama reads OLLAMA_HOST=ollama.com
+            scheme, rest = "https", cloud + ":443"
     scheme = scheme.lower()
     if scheme not in ("http", "https"):
         raise InvalidInputError("host %s: scheme %s is not supported; use http:// or https://"
@@ -1138,18 +1153,18 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
     """
     if kind == "tools":  # the same schema form on every server; checked and normalized here
         return [tool_schema(tool) for tool in value]
-    if provider != "ollama":
-        any_object = _json_schema_format({"type": "object"}) if provider == "lm_studio" else {"type": "json_object"}
+    any_object = SERVER_KINDS[provider].any_object_format
+    if any_object is not None:
         if kind == "format":  # Ollama's format -> OpenAI response_format
             if isinstance(value, dict):
                 return _json_schema_format(value)
             if value.strip().lower() == "json":
-                return any_object
+                return copy.deepcopy(any_object)
             if value.strip():
                 raise _type_error(name, value, "'json' or a JSON schema object")
             return _DROP
         if kind == "response_format" and value.get("type") == "json_object":
-            return any_object if provider == "lm_studio" else value
+            return copy.deepcopy(any_object)
         if kind == "think":
             if isinstance(value, bool):
                 logger.warning("parameter think=%s has no %s equivalent (it takes reasoning_effort="
@@ -1200,7 +1215,8 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
     out: Dict[str, Any] = {}
     options: Dict[str, Any] = {}
     priorities: Dict[str, int] = {}
-    title = SERVER_KINDS[provider].title
+    kind = SERVER_KINDS[provider]
+    title = kind.title
     for name, value in parameters.items():
         if name in _RESERVED_PARAMETERS:
             raise InvalidInputError("parameter %r is set by lm_providers itself; remove it from the model's "
@@ -1208,7 +1224,7 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
         row = PARAMETER_MAP.get(name)
         if row is None:
             logger.warning("parameter %r is not in lm_providers.PARAMETER_MAP; sent to %s as written", name, title)
-            (options if provider == "ollama" else out)[name] = value
+            (options if kind.options_dict else out)[name] = value
             continue
         _check_kind(name, value, row.kind)
         field = getattr(row, provider)
@@ -1218,7 +1234,7 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
         value = _convert(name, value, row.kind, provider)
         if value is _DROP:
             continue
-        target = options if provider == "ollama" and row.ollama_place == "options" else out
+        target = options if kind.options_dict and row.ollama_place == "options" else out
         if field in target and priorities[field] > row.priority:
             logger.debug("parameter %s=%r not used for %s: a stronger parameter already sets %s",
                          name, value, title, field)
