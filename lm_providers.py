@@ -85,184 +85,25 @@ else:
 # =============================================================================
 # Errors
 # =============================================================================
-
-# --- secrets: every error message, error attribute and log line is scrubbed of live API tokens ------------
-
-# token -> (users, run length, lower-cased runs); replaced, never changed in place, so readers need no lock
-_SECRETS: Dict[str, Tuple[int, int, Tuple[str, ...]]] = {}
-_SECRETS_LOCK = threading.RLock()  # for writers; re-entered when a collected transport forgets its token
-_MASK = "****"
-_ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}  # keeps every index in place
-_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})|\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|\\(.)|&#([0-9]{1,7});"
-                        r"|&#[xX]([0-9A-Fa-f]{1,6});", re.S)
-_BACKSLASH_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
-
-
-def _register_secret(secret: str) -> None:
-    """Mask ``secret`` wherever ``_scrub`` looks until as many ``_forget_secret`` calls: whole, or
-    (from 8 characters on) any run of it longer than half of it or of 8 characters, even percent-,
-    JSON-, HTML- or repr-escaped."""
-    folded = secret.translate(_ASCII_LOWER)
-    run = len(folded) if len(folded) < 8 else min(8, len(folded) // 2 + 1)
-    runs = tuple(sorted({folded[i:i + run] for i in range(len(folded) - run + 1)}))
-    global _SECRETS
-    with _SECRETS_LOCK:
-        secrets = dict(_SECRETS)
-        secrets[secret] = (secrets[secret][0] + 1 if secret in secrets else 1, run, runs)
-        _SECRETS = secrets
-
-
-def _forget_secret(secret: str) -> None:
-    """Undo one ``_register_secret`` (a transport holding the token was closed or collected)."""
-    global _SECRETS
-    with _SECRETS_LOCK:
-        secrets = dict(_SECRETS)
-        users, run, runs = secrets.pop(secret, (1, 0, ()))
-        if users > 1:
-            secrets[secret] = (users - 1, run, runs)
-        _SECRETS = secrets
-
-
-def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
-    """``text`` with its escapes decoded once, and segments ``(decoded start, original start,
-    original length of the escape or 0 for a plain run)`` that map positions back."""
-    pieces: List[str] = []
-    segments: List[Tuple[int, int, int]] = []
-    done = pos = 0
-    for match in _ESCAPE_RE.finditer(text):
-        if match.start() > pos:
-            pieces.append(text[pos:match.start()])
-            segments.append((done, pos, 0))
-            done += match.start() - pos
-        percent, uni, hexa, char, dec, hexref = match.groups()
-        if char is not None:
-            pieces.append(_BACKSLASH_ESCAPES.get(char, char))
-        else:
-            number = int(dec) if dec is not None else int(percent or uni or hexa or hexref, 16)
-            pieces.append(chr(number) if number <= 0x10FFFF else "\ufffd")
-        segments.append((done, match.start(), match.end() - match.start()))
-        done += 1
-        pos = match.end()
-    pieces.append(text[pos:])
-    segments.append((done, pos, 0))
-    return "".join(pieces), segments
-
-
-def _origin(segments: List[Tuple[int, int, int]], start: int, end: int) -> Tuple[int, int]:
-    """The span of the original text that decoded characters ``start:end`` came from."""
-    keys = [segment[0] for segment in segments]
-    first = segments[bisect.bisect_right(keys, start) - 1]
-    last = segments[bisect.bisect_right(keys, end - 1) - 1]
-    begin = first[1] + (start - first[0]) if first[2] == 0 else first[1]
-    finish = last[1] + (end - last[0]) if last[2] == 0 else last[1] + last[2]
-    return begin, finish
-
-
-def _secret_spans(text: str, secrets: List[Tuple[int, Tuple[str, ...]]]) -> List[Tuple[int, int]]:
-    """Where runs of the secrets are in ``text``: as written, and after decoding escapes once and twice."""
-    spans: List[Tuple[int, int]] = []
-    view = text
-    maps: List[List[Tuple[int, int, int]]] = []  # segment lists from the view back to ``text``, innermost last
-    for _ in range(3):
-        folded = view.translate(_ASCII_LOWER)
-        for run, runs in secrets:
-            for piece in runs:
-                at = folded.find(piece)
-                while at >= 0:
-                    begin, end = at, at + run
-                    for segments in reversed(maps):
-                        begin, end = _origin(segments, begin, end)
-                    spans.append((begin, end))
-                    at = folded.find(piece, at + 1)
-        if not any(mark in view for mark in "%\\&"):
-            break
-        view, segments = _unescape(view)
-        maps.append(segments)
-    return spans
-
-
-def _scrub(text: str) -> str:
-    """``text`` with every live API token (see ``_register_secret``) masked as ``****``."""
-    if not _SECRETS or not isinstance(text, str) or not text:
-        return text
-    secrets = [(run, runs) for _, run, runs in _SECRETS.values()]
-    merged: List[List[int]] = []
-    for begin, end in sorted(_secret_spans(text, secrets)):
-        if merged and begin <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([begin, end])
-    out, pos = [], 0
-    for begin, end in merged:
-        out += [text[pos:begin], _MASK]
-        pos = end
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def _scrub_value(value: Any) -> Any:
-    """``_scrub`` for an error's argument or attribute: strings, and strings inside lists and tuples."""
-    if isinstance(value, str):
-        return _scrub(value)
-    if isinstance(value, (list, tuple)) and _SECRETS:
-        return type(value)(_scrub_value(item) for item in value)
-    return value
-
-
-def _leaks(exc: Optional[BaseException]) -> bool:
-    """Whether a live token shows in an exception or in the exceptions chained to it."""
-    seen = 0
-    while exc is not None and seen < 20:
-        for text in (str(exc), repr(exc)):
-            if _scrub(text) != text:
-                return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
-
-def _chain(error: "ProviderError", cause: BaseException) -> "ProviderError":
-    """Record ``cause`` as the reason for ``error`` (what ``raise error from cause`` does), unless a
-    live token shows in it: then no cause is shown, so a traceback cannot print the token."""
-    error.__cause__ = None if _leaks(cause) else cause
-    error.__suppress_context__ = True
-    return error
-
-
-class _ScrubSecrets(logging.Filter):
-    """Masks live API tokens in every record logged to the ``lm_providers`` loggers."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if _SECRETS:
-            record.msg, record.args = _scrub(record.getMessage()), None
-            if record.exc_info and not record.exc_text:
-                record.exc_text = _scrub(logging.Formatter().formatException(record.exc_info))
-        return True
-
-
-def _shorten(text: str, limit: int = 70) -> str:
-    """``text`` on one line, cut to ``limit`` characters with "..." (for messages and check lines)."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _one_line(exc: BaseException) -> str:
-    """An error's message on one line."""
-    return " ".join(str(exc).split())
-
-
-def _quote(value: Any, limit: int = 80) -> str:
-    """A bounded ``repr`` of a value for an error message: at most about ``limit`` characters, and only a
-    few levels and items of a structure are looked at (a YAML alias bomb expands to billions)."""
-    if isinstance(value, str):
-        return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
-    import reprlib
-    shower = reprlib.Repr()
-    shower.maxlevel, shower.maxlist, shower.maxtuple, shower.maxdict, shower.maxset = 2, 4, 4, 4, 4
-    shower.maxstring = shower.maxother = limit
-    text = shower.repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
+#
+# ProviderError                   every error: .message, .hint (what to do), .reason (a short cause)
+#  +- InvalidInputError            bad input, found before anything was sent (also a ValueError)
+#  |   +- ModelURIError            a model URI that does not parse
+#  +- ConfigError                  a config file that cannot be read or makes no sense (also a ValueError)
+#  +- ProviderConnectionError      the server could not be reached (also a ConnectionError)
+#  +- ProviderTimeoutError         a connect or read timeout ran out (also a TimeoutError)
+#  +- ProviderResponseError        the server answered with an error: .status, .server_message, .body
+#  |   +- ModelNotFoundError       .model, .host, .suggestions (also a LookupError)
+#  |   +- AuthenticationError
+#  |   +- EmbeddingNotSupportedError
+#  |   +- ContextLengthError       .prompt_tokens, .context_length, .estimated, .result
+#  |   |   +- InputTooLongError    an input to embed
+#  |   +- UnsupportedEndpointError .path, .needed, .manual
+#  |   +- DownloadError
+#  |   +- ToolCallError            .tool_name, .raw_arguments
+#  |   +- ToolsNotSupportedError   .model
+#  +- JSONGenerationError          .raw_text, .attempts
+#  +- ToolLoopError                .messages, .rounds
 
 class ProviderError(Exception):
     """Base class of every error raised by lm_providers.
@@ -303,9 +144,6 @@ class ProviderError(Exception):
 
     def __repr__(self) -> str:
         return _scrub(super().__repr__())
-
-
-logger.addFilter(_ScrubSecrets())
 
 
 class InvalidInputError(ProviderError, ValueError):
@@ -379,8 +217,9 @@ class ContextLengthError(ProviderResponseError):
     from a truncated prompt (Ollama), else None.
     """
 
-    def __init__(self, message: str, prompt_tokens: Optional[int] = None, context_length: Optional[int] = None,
-                 estimated: bool = False, result: Any = None, **kwargs: Any):
+    def __init__(self, message: str, prompt_tokens: Optional[int] = None,
+                 context_length: Optional[int] = None, estimated: bool = False, result: Any = None,
+                 **kwargs: Any):
         super().__init__(message, **kwargs)
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
@@ -464,6 +303,193 @@ class ToolLoopError(ProviderError):
 
 
 # =============================================================================
+# Secrets: every error message, error attribute and log line is scrubbed of live API tokens
+# =============================================================================
+
+# token -> (users, run length, lower-cased runs); replaced, never changed in place, so readers need no lock
+_SECRETS: Dict[str, Tuple[int, int, Tuple[str, ...]]] = {}
+_SECRETS_LOCK = threading.RLock()  # for writers; re-entered when a collected transport forgets its token
+_MASK = "****"
+_ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}  # keeps every index in place
+_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})|\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|\\(.)|&#([0-9]{1,7});"
+                        r"|&#[xX]([0-9A-Fa-f]{1,6});", re.S)
+_BACKSLASH_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
+
+
+def _register_secret(secret: str) -> None:
+    """Mask ``secret`` wherever ``_scrub`` looks until as many ``_forget_secret`` calls: whole, or
+    (from 8 characters on) any run of it longer than half of it or of 8 characters, even percent-,
+    JSON-, HTML- or repr-escaped."""
+    folded = secret.translate(_ASCII_LOWER)
+    run = len(folded) if len(folded) < 8 else min(8, len(folded) // 2 + 1)
+    runs = tuple(sorted({folded[i:i + run] for i in range(len(folded) - run + 1)}))
+    global _SECRETS
+    with _SECRETS_LOCK:
+        secrets = dict(_SECRETS)
+        secrets[secret] = (secrets[secret][0] + 1 if secret in secrets else 1, run, runs)
+        _SECRETS = secrets
+
+
+def _forget_secret(secret: str) -> None:
+    """Undo one ``_register_secret`` (a transport holding the token was closed or collected)."""
+    global _SECRETS
+    with _SECRETS_LOCK:
+        secrets = dict(_SECRETS)
+        users, run, runs = secrets.pop(secret, (1, 0, ()))
+        if users > 1:
+            secrets[secret] = (users - 1, run, runs)
+        _SECRETS = secrets
+
+
+def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
+    """``text`` with its escapes decoded once, and segments ``(decoded start, original start,
+    original length of the escape or 0 for a plain run)`` that map positions back."""
+    pieces: List[str] = []
+    segments: List[Tuple[int, int, int]] = []
+    done = pos = 0
+    for match in _ESCAPE_RE.finditer(text):
+        if match.start() > pos:
+            pieces.append(text[pos:match.start()])
+            segments.append((done, pos, 0))
+            done += match.start() - pos
+        percent, uni, hexa, char, dec, hexref = match.groups()
+        if char is not None:
+            pieces.append(_BACKSLASH_ESCAPES.get(char, char))
+        else:
+            number = int(dec) if dec is not None else int(percent or uni or hexa or hexref, 16)
+            pieces.append(chr(number) if number <= 0x10FFFF else "\ufffd")
+        segments.append((done, match.start(), match.end() - match.start()))
+        done += 1
+        pos = match.end()
+    pieces.append(text[pos:])
+    segments.append((done, pos, 0))
+    return "".join(pieces), segments
+
+
+def _origin(segments: List[Tuple[int, int, int]], start: int, end: int) -> Tuple[int, int]:
+    """The span of the original text that decoded characters ``start:end`` came from."""
+    keys = [segment[0] for segment in segments]
+    first = segments[bisect.bisect_right(keys, start) - 1]
+    last = segments[bisect.bisect_right(keys, end - 1) - 1]
+    begin = first[1] + (start - first[0]) if first[2] == 0 else first[1]
+    finish = last[1] + (end - last[0]) if last[2] == 0 else last[1] + last[2]
+    return begin, finish
+
+
+def _secret_spans(text: str, secrets: List[Tuple[int, Tuple[str, ...]]]) -> List[Tuple[int, int]]:
+    """Where runs of the secrets are in ``text``: as written, and after decoding escapes once and twice."""
+    spans: List[Tuple[int, int]] = []
+    view = text
+    maps: List[List[Tuple[int, int, int]]] = []  # segments from the view back to ``text``, innermost last
+    for _ in range(3):
+        folded = view.translate(_ASCII_LOWER)
+        for run, runs in secrets:
+            for piece in runs:
+                at = folded.find(piece)
+                while at >= 0:
+                    begin, end = at, at + run
+                    for segments in reversed(maps):
+                        begin, end = _origin(segments, begin, end)
+                    spans.append((begin, end))
+                    at = folded.find(piece, at + 1)
+        if not any(mark in view for mark in "%\\&"):
+            break
+        view, segments = _unescape(view)
+        maps.append(segments)
+    return spans
+
+
+def _scrub(text: str) -> str:
+    """``text`` with every live API token (see ``_register_secret``) masked as ``****``."""
+    if not _SECRETS or not isinstance(text, str) or not text:
+        return text
+    secrets = [(run, runs) for _, run, runs in _SECRETS.values()]
+    merged: List[List[int]] = []
+    for begin, end in sorted(_secret_spans(text, secrets)):
+        if merged and begin <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([begin, end])
+    out, pos = [], 0
+    for begin, end in merged:
+        out += [text[pos:begin], _MASK]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _scrub_value(value: Any) -> Any:
+    """``_scrub`` for an error's argument or attribute: strings, and strings inside lists and tuples."""
+    if isinstance(value, str):
+        return _scrub(value)
+    if isinstance(value, (list, tuple)) and _SECRETS:
+        return type(value)(_scrub_value(item) for item in value)
+    return value
+
+
+def _leaks(exc: Optional[BaseException]) -> bool:
+    """Whether a live token shows in an exception or in the exceptions chained to it."""
+    seen = 0
+    while exc is not None and seen < 20:
+        for text in (str(exc), repr(exc)):
+            if _scrub(text) != text:
+                return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _chain(error: "ProviderError", cause: BaseException) -> "ProviderError":
+    """Record ``cause`` as the reason for ``error`` (what ``raise error from cause`` does), unless a
+    live token shows in it: then no cause is shown, so a traceback cannot print the token."""
+    error.__cause__ = None if _leaks(cause) else cause
+    error.__suppress_context__ = True
+    return error
+
+
+class _ScrubSecrets(logging.Filter):
+    """Masks live API tokens in every record logged to the ``lm_providers`` loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _SECRETS:
+            record.msg, record.args = _scrub(record.getMessage()), None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = _scrub(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+logger.addFilter(_ScrubSecrets())
+
+
+# =============================================================================
+# Message text: bounded quotes of values and errors
+# =============================================================================
+
+def _shorten(text: str, limit: int = 70) -> str:
+    """``text`` on one line, cut to ``limit`` characters with "..." (for messages and check lines)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line."""
+    return " ".join(str(exc).split())
+
+
+def _quote(value: Any, limit: int = 80) -> str:
+    """A bounded ``repr`` of a value for an error message: at most about ``limit`` characters, and only a
+    few levels and items of a structure are looked at (a YAML alias bomb expands to billions)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+    import reprlib
+    shower = reprlib.Repr()
+    shower.maxlevel, shower.maxlist, shower.maxtuple, shower.maxdict, shower.maxset = 2, 4, 4, 4, 4
+    shower.maxstring = shower.maxother = limit
+    text = shower.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# =============================================================================
 # Server kinds: what each kind of server is, in one table
 # =============================================================================
 
@@ -504,12 +530,15 @@ SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
     ServerKind(
         "lm_studio", "LM Studio", ("lmstudio", "lm-studio"), 1234, 1234, "LM_STUDIO_HOST", "LM_API_TOKEN",
         "lm_studio_host", "/v1/chat/completions", "/v1/models", "sse",
-        start_hint=("Start LM Studio's server: in the LM Studio app open the Developer tab and click Start Server, "
+        start_hint=("Start LM Studio's server: in the LM Studio app open the Developer tab and click Start "
+                    "Server, "
                     "or run  lms server start  (default port 1234)."),
-        auth_hint=("The server requires an API token: pass api_key=... or set LM_API_TOKEN; check the token in "
+        auth_hint=("The server requires an API token: pass api_key=... or set LM_API_TOKEN; check the token "
+                   "in "
                    "LM Studio's Developer tab > Server Settings."),
         wrong_server_hint="LM Studio listens on port 1234 by default; Ollama (11434) needs ollama:// URIs.",
-        download_hint=("Download it in LM Studio (or  lms get {model}), load it (lms load {model}), and check the "
+        download_hint=("Download it in LM Studio (or  lms get {model}), load it (lms load {model}), and "
+                       "check the "
                        "exact id with  lms ls  (ids are case-sensitive)."),
         # LM Studio rejects json_object: "any object" is a json_schema there
         any_object_format={"type": "json_schema", "json_schema": {
@@ -517,29 +546,38 @@ SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
     ServerKind(
         "ollama", "Ollama", (), 11434, 11434, "OLLAMA_HOST", "OLLAMA_API_KEY", "ollama_host",
         "/api/chat", "/api/tags", "ndjson",
-        start_hint="Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by default.",
-        auth_hint=("The server wants an API key (Ollama's cloud, or a proxy in front of Ollama): pass api_key=... "
+        start_hint="Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by "
+                   "default.",
+        auth_hint=("The server wants an API key (Ollama's cloud, or a proxy in front of Ollama): pass "
+                   "api_key=... "
                    "or set OLLAMA_API_KEY."),
-        wrong_server_hint="Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// URIs.",
+        wrong_server_hint=("Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// "
+                           "URIs."),
         download_hint="Download it with  ollama pull {model}  and see what is installed with  ollama list.",
         host_path="proxy", cloud_host="ollama.com", options_dict=True),
     ServerKind(
-        "openai", "OpenAI-compatible server", (), None, 8000, "OPENAI_BASE_URL", "OPENAI_API_KEY", "openai_host",
+        "openai", "OpenAI-compatible server", (), None, 8000, "OPENAI_BASE_URL", "OPENAI_API_KEY",
+        "openai_host",
         "/v1/chat/completions", "/v1/models", "sse",
-        start_hint=("Check that the server runs and that the host is its base URL, e.g. http://127.0.0.1:8080 for "
-                    "llama-server, http://127.0.0.1:8000/v1 for vLLM, http://127.0.0.1:4000 for a LiteLLM proxy."),
-        auth_hint=("The server requires an API key: pass api_key=... or set OPENAI_API_KEY (a LiteLLM proxy takes "
+        start_hint=("Check that the server runs and that the host is its base URL, e.g. "
+                    "http://127.0.0.1:8080 for "
+                    "llama-server, http://127.0.0.1:8000/v1 for vLLM, http://127.0.0.1:4000 for a LiteLLM "
+                    "proxy."),
+        auth_hint=("The server requires an API key: pass api_key=... or set OPENAI_API_KEY (a LiteLLM proxy "
+                   "takes "
                    "one of its keys, vLLM the value of its --api-key)."),
         wrong_server_hint=("The host must be the server's OpenAI base URL (requests go to "
                            "<base>/v1/chat/completions); Ollama's native API needs ollama:// URIs."),
-        download_hint=("Check the exact id in the server's list (python -m lm_providers models --provider openai "
+        download_hint=("Check the exact id in the server's list (python -m lm_providers models --provider "
+                       "openai "
                        "--host {host}; ids are case-sensitive): vLLM serves the names given by "
                        "--served-model-name, a LiteLLM proxy the model_name entries of its config."),
         host_path="base_url", any_object_format={"type": "json_object"}),
 )}
 
 #: Every accepted spelling of a server kind, to its canonical name.
-PROVIDER_NAMES = {spelling: kind.name for kind in SERVER_KINDS.values() for spelling in (kind.name,) + kind.aliases}
+PROVIDER_NAMES = {spelling: kind.name for kind in SERVER_KINDS.values()
+                  for spelling in (kind.name,) + kind.aliases}
 
 
 def canonical_provider(name: str) -> str:
@@ -548,7 +586,8 @@ def canonical_provider(name: str) -> str:
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in PROVIDER_NAMES:
         raise InvalidInputError(
-            "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), 'ollama' or 'openai'" % (name,))
+            "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), 'ollama' or 'openai'"
+            % (name,))
     return PROVIDER_NAMES[key]
 
 
@@ -651,8 +690,9 @@ _PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+\Z")
 
 
 def _clean_host_text(text: str) -> str:
-    """``text`` without surrounding white space and one pair of matching quotes around it, as Ollama reads
-    OLLAMA_HOST (docker-compose lists and ``.env`` files keep the quotes: ``OLLAMA_HOST="127.0.0.1:11434"``)."""
+    """``text`` without surrounding white space and one pair of matching quotes around it, as Ollama
+    reads OLLAMA_HOST (docker-compose lists and ``.env`` files keep the quotes:
+    ``OLLAMA_HOST="127.0.0.1:11434"``)."""
     text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
@@ -772,7 +812,8 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
     prefix = _host_path(path, provider, shown) if slash else ""
     if "@" in authority:
         raise InvalidInputError("host %s carries a user name or password (shown as ***); hosts with them are "
-                                "not supported: remove 'user:password@', and pass a token as api_key=..." % shown)
+                                "not supported: remove 'user:password@', and pass a token as api_key=..."
+                                % shown)
     name, port = _host_port(authority, default_port, shown)
     return "%s://%s:%d%s" % (scheme, name, port, prefix)
 
@@ -791,7 +832,8 @@ def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Co
     if default_port is None:
         raise InvalidInputError(
             "openai:// models need a host, and none was given: put it in the URI (openai://MODEL@HOST, e.g. "
-            "openai://my-model@http://127.0.0.1:8000/v1), set openai_host in config.yaml, or set OPENAI_BASE_URL "
+            "openai://my-model@http://127.0.0.1:8000/v1), set openai_host in config.yaml, or set "
+            "OPENAI_BASE_URL "
             "(e.g. OPENAI_BASE_URL=https://gpu.example.com/v1)")
     return "http://127.0.0.1:%d" % default_port
 
@@ -838,7 +880,8 @@ def parse_model_uri(uri: str) -> ModelConfig:
     if not sep:
         raise bad("it does not start with a provider such as 'lm_studio://' or 'ollama://'")
     if scheme.strip().lower() not in PROVIDER_NAMES:
-        raise bad("unknown provider %s (use lm_studio, lmstudio, lm-studio, ollama or openai)" % _quote(scheme, 40))
+        raise bad("unknown provider %s (use lm_studio, lmstudio, lm-studio, ollama or openai)"
+                  % _quote(scheme, 40))
     provider = PROVIDER_NAMES[scheme.strip().lower()]
 
     rest, qmark, query = rest.partition("?")
@@ -879,7 +922,8 @@ def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, A
         try:
             key, value = _percent_decode(key), _percent_decode(value)
         except UnicodeDecodeError:
-            raise bad("the query part %s has a percent-escape that is not UTF-8" % _quote(piece, 80)) from None
+            raise bad("the query part %s has a percent-escape that is not UTF-8"
+                      % _quote(piece, 80)) from None
         if not eq or not _KEY_RE.match(key):
             raise bad("malformed query part %s: write name=value pairs joined by '&'" % _quote(piece, 80))
         if key in parameters:
@@ -897,7 +941,8 @@ def _refuse_parameters_without_provider(name: str, provider: str) -> None:
     as part of the model's name."""
     if "?" in name:
         bare, _, query = name.partition("?")
-        raise InvalidInputError("%r is a model name with parameters but no provider; parameters need the URI form, "
+        raise InvalidInputError("%r is a model name with parameters but no provider; parameters need the URI "
+                                "form, "
                                 "e.g. %s://%s?%s" % (name, provider, bare, query))
 
 
@@ -1026,7 +1071,8 @@ class ParameterRow(Tuple[Optional[str], Optional[str], str, str, int, Optional[s
         return self[5]
 
     def __repr__(self) -> str:
-        return "ParameterRow(lm_studio=%r, ollama=%r, ollama_place=%r, kind=%r, priority=%r, openai=%r)" % self
+        return ("ParameterRow(lm_studio=%r, ollama=%r, ollama_place=%r, kind=%r, priority=%r, openai=%r)"
+                % self)
 
 
 R = ParameterRow
@@ -1096,7 +1142,8 @@ def _check_kind(name: str, value: Any, kind: str) -> None:
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
         "object": isinstance(value, dict),
-        "stop": isinstance(value, str) or (isinstance(value, list) and all(isinstance(s, str) for s in value)),
+        "stop": isinstance(value, str) or (isinstance(value, list)
+                                           and all(isinstance(s, str) for s in value)),
         "format": isinstance(value, (str, dict)),
         "response_format": isinstance(value, dict) and isinstance(value.get("type"), str),
         "think": isinstance(value, bool) or value in _OLLAMA_THINK_LEVELS,
@@ -1115,12 +1162,14 @@ def _check_kind(name: str, value: Any, kind: str) -> None:
             "effort": "'low', 'medium' or 'high'",
             "duration": "seconds as a number or a duration such as '5m'",
             "tools": "a list of tool schemas ({\"type\": \"function\", \"function\": {\"name\": ...}})",
-            "tool_choice": "'auto', 'none', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            "tool_choice": "'auto', 'none', 'required' or {\"type\": \"function\", \"function\": {\"name\": "
+                           "...}}",
         }[kind])
 
 
 def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
-    """Seconds for an Ollama keep_alive value (``300``, ``"300"``, ``"5m"``, ``"1h30m"``); None if unreadable."""
+    """Seconds for an Ollama keep_alive value (``300``, ``"300"``, ``"5m"``, ``"1h30m"``); None if
+    unreadable."""
     if isinstance(value, (int, float)):
         return float(value)
     text = value.strip()
@@ -1138,7 +1187,8 @@ def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
 
 
 def _json_schema_format(schema: Mapping[str, Any]) -> Dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": "response", "strict": True, "schema": dict(schema)}}
+    return {"type": "json_schema",
+            "json_schema": {"name": "response", "strict": True, "schema": dict(schema)}}
 
 
 _DROP = object()
@@ -1171,7 +1221,8 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
                                "'low'|'medium'|'high'); not sent", value, SERVER_KINDS[provider].title)
                 return _DROP
             if value == "max":
-                logger.warning("parameter think='max' is Ollama's; %s's strongest reasoning_effort is 'high', "
+                logger.warning("parameter think='max' is Ollama's; %s's strongest reasoning_effort is "
+                               "'high', "
                                "which is sent instead", SERVER_KINDS[provider].title)
                 return "high"
             return value
@@ -1223,7 +1274,8 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
                                     "parameters" % name)
         row = PARAMETER_MAP.get(name)
         if row is None:
-            logger.warning("parameter %r is not in lm_providers.PARAMETER_MAP; sent to %s as written", name, title)
+            logger.warning("parameter %r is not in lm_providers.PARAMETER_MAP; sent to %s as written",
+                           name, title)
             (options if kind.options_dict else out)[name] = value
             continue
         _check_kind(name, value, row.kind)
@@ -1261,7 +1313,7 @@ class Config:
         self.openai_host = openai_host
         self.models: Dict[str, ModelConfig] = dict(models or {})
         self.path = path
-        self._providers: Dict[Tuple[Any, ...], "BaseProvider"] = {}  # get_provider's, one per host and options
+        self._providers: Dict[Tuple[Any, ...], "BaseProvider"] = {}  # get_provider's, by host and options
 
     def host_for(self, provider: str) -> Optional[str]:
         """The host this config sets for ``provider``, or None."""
@@ -1288,13 +1340,15 @@ def load_config(path: str = "config.yaml") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError("config file %s must be a mapping with ollama_host, lm_studio_host, openai_host and "
+        raise ConfigError("config file %s must be a mapping with ollama_host, lm_studio_host, openai_host "
+                          "and "
                           "models" % path)
     host_keys = {kind.config_key: kind.name for kind in SERVER_KINDS.values()}
     unknown = sorted(set(map(str, data)) - set(host_keys) - {"models"})
     if unknown:
         logger.warning("config file %s: ignoring unknown keys %s%s", path,
-                       ", ".join(_quote(key, 40) for key in unknown[:10]), " ..." if len(unknown) > 10 else "")
+                       ", ".join(_quote(key, 40) for key in unknown[:10]),
+                       " ..." if len(unknown) > 10 else "")
     hosts: Dict[str, Optional[str]] = {}
     for key, provider in host_keys.items():
         value = data.get(key)
@@ -1319,7 +1373,8 @@ def load_config(path: str = "config.yaml") -> Config:
             models[str(role)] = parse_model_uri(uri)
         except ModelURIError as exc:
             raise ConfigError("config file %s: role %s: %s" % (path, _quote(role, 80), exc)) from None
-    return Config(hosts["ollama_host"], hosts["lm_studio_host"], models, path, openai_host=hosts["openai_host"])
+    return Config(hosts["ollama_host"], hosts["lm_studio_host"], models, path,
+                  openai_host=hosts["openai_host"])
 
 
 def _read_yaml(path: str) -> Any:
@@ -1331,12 +1386,14 @@ def _read_yaml(path: str) -> Any:
     try:
         import yaml
     except ImportError:
-        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml" % (path, sys.executable)) from None
+        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml"
+                          % (path, sys.executable)) from None
     try:
         with open(path, "rb") as handle:
             raw = handle.read(CONFIG_MAX_BYTES + 1)
         if len(raw) > CONFIG_MAX_BYTES:
-            raise ConfigError("config file %s is larger than %d bytes (CONFIG_MAX_BYTES); a config file holds a few "
+            raise ConfigError("config file %s is larger than %d bytes (CONFIG_MAX_BYTES); a config file "
+                              "holds a few "
                               "hosts and roles: is this the right file?" % (path, CONFIG_MAX_BYTES))
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(raw.decode("utf-8"))
     except FileNotFoundError:
@@ -1346,8 +1403,10 @@ def _read_yaml(path: str) -> Any:
     try:
         node = loader.get_single_node()
         if node is not None and _yaml_values(node) > CONFIG_MAX_VALUES:
-            raise ConfigError("config file %s expands to more than %d values (CONFIG_MAX_VALUES): its YAML aliases "
-                              "(*name) repeat a large part of it, or refer to themselves" % (path, CONFIG_MAX_VALUES))
+            raise ConfigError("config file %s expands to more than %d values (CONFIG_MAX_VALUES): its YAML "
+                              "aliases "
+                              "(*name) repeat a large part of it, or refer to themselves"
+                              % (path, CONFIG_MAX_VALUES))
         return None if node is None else loader.construct_document(node)
     except (yaml.YAMLError, RecursionError) as exc:
         raise ConfigError("config file %s is not valid YAML: %s" % (path, str(exc)[:500])) from None
