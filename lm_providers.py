@@ -1019,7 +1019,16 @@ def format_model_uri(config: ModelConfig) -> str:
 _SAME_AS_LM_STUDIO = "<same as lm_studio>"
 
 
-class ParameterRow(Tuple[Optional[str], Optional[str], str, str, int, Optional[str]]):
+class _Row(NamedTuple):
+    lm_studio: Optional[str]  # the OpenAI-style field name on LM Studio, or None
+    ollama: Optional[str]     # the Ollama field name, or None
+    ollama_place: str         # "options" or "top" (a top-level request field)
+    kind: str                 # the accepted value type
+    priority: int             # when two parameters land on one field, the higher one wins
+    openai: Optional[str]     # the field on openai:// servers (OpenAI's names), or None
+
+
+class ParameterRow(_Row):
     """One row of PARAMETER_MAP: where a parameter goes on each server.
 
     ``lm_studio``: the OpenAI-style field name, or None when LM Studio has none.
@@ -1031,48 +1040,12 @@ class ParameterRow(Tuple[Optional[str], Optional[str], str, str, int, Optional[s
     """
 
     __slots__ = ()
-    _fields = ("lm_studio", "ollama", "ollama_place", "kind", "priority", "openai")
 
     def __new__(cls, lm_studio: Optional[str], ollama: Optional[str], ollama_place: str = "options",
                 kind: str = "number", priority: int = 1,
                 openai: Optional[str] = _SAME_AS_LM_STUDIO) -> "ParameterRow":
-        if openai == _SAME_AS_LM_STUDIO:
-            openai = lm_studio
-        return tuple.__new__(cls, (lm_studio, ollama, ollama_place, kind, priority, openai))
-
-    @property
-    def lm_studio(self) -> Optional[str]:
-        """The OpenAI-style field name on LM Studio, or None."""
-        return self[0]
-
-    @property
-    def ollama(self) -> Optional[str]:
-        """The Ollama field name, or None."""
-        return self[1]
-
-    @property
-    def ollama_place(self) -> str:
-        """``"options"`` or ``"top"``."""
-        return self[2]
-
-    @property
-    def kind(self) -> str:
-        """The accepted value type."""
-        return self[3]
-
-    @property
-    def priority(self) -> int:
-        """When two parameters land on one field, the higher one wins."""
-        return self[4]
-
-    @property
-    def openai(self) -> Optional[str]:
-        """The field name on ``openai://`` servers (OpenAI's names), or None."""
-        return self[5]
-
-    def __repr__(self) -> str:
-        return ("ParameterRow(lm_studio=%r, ollama=%r, ollama_place=%r, kind=%r, priority=%r, openai=%r)"
-                % self)
+        openai = lm_studio if openai == _SAME_AS_LM_STUDIO else openai
+        return super().__new__(cls, lm_studio, ollama, ollama_place, kind, priority, openai)
 
 
 R = ParameterRow
