@@ -1,6 +1,9 @@
-"""The README is part of the product: its commands, examples and quoted messages must be true."""
+"""The README and the docs/ pages are part of the product: their commands, examples, quoted messages and links
+must be true."""
 
+import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -13,6 +16,15 @@ from loopback import LoopbackServer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as _readme:
     README = _readme.read()
+DOC_PAGES = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
+def read(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+PAGES = [("README.md", README)] + [(os.path.relpath(path, ROOT), read(path)) for path in DOC_PAGES]
 
 
 def fenced_blocks(text, language):
@@ -56,19 +68,55 @@ def servers(monkeypatch):
         yield lm, ol
 
 
-PYTHON_BLOCKS = fenced_blocks(README, "python")
+PYTHON_BLOCKS = [(name, index, block) for name, text in PAGES
+                 for index, block in enumerate(fenced_blocks(text, "python"))]
 
 
-@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
-def test_python_examples_run(servers, index):
-    """Each example runs as written, in a fresh interpreter, against wire-shaped stand-ins."""
-    done = subprocess.run([sys.executable, "-c", PYTHON_BLOCKS[index]], cwd=ROOT, capture_output=True, text=True,
+@pytest.mark.parametrize("name, index, block", PYTHON_BLOCKS, ids=["%s-%d" % (n, i) for n, i, _ in PYTHON_BLOCKS])
+def test_python_examples_run(servers, name, index, block):
+    """Each example, in the README or a docs/ page, runs as written in a fresh interpreter against wire-shaped
+    stand-ins."""
+    done = subprocess.run([sys.executable, "-c", block], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
-    assert done.returncode == 0, "README example %d failed:\n%s\n%s" % (index, PYTHON_BLOCKS[index], done.stderr)
+    assert done.returncode == 0, "%s example %d failed:\n%s\n%s" % (name, index, block, done.stderr)
 
 
 def quoted_messages():
-    return [block.strip() for block in fenced_blocks(README, "")]
+    return [block.strip() for _, text in PAGES for block in fenced_blocks(text, "")]
+
+
+def test_every_quoted_block_is_checked():
+    """The plain blocks are the URI form and the four messages the tests here and in test_tools.py build for
+    real and compare; a new one needs its test."""
+    blocks = quoted_messages()
+    assert len(blocks) == 5 and blocks[0].startswith("provider://"), blocks
+
+
+def anchors(text):
+    """The anchors GitHub gives the headings of a page: lower case, punctuation dropped, spaces as dashes."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in text.splitlines() if line.startswith("#")}
+
+
+def test_the_readme_fits_and_links_to_every_docs_page():
+    assert README.count("\n") <= 500
+    for name, text in PAGES:
+        folder = os.path.dirname(os.path.join(ROOT, name))
+        for target, anchor in re.findall(r"\]\(([^)#:]*\.md)?(?:#([^)]*))?\)", text):
+            path = os.path.normpath(os.path.join(folder, target)) if target else os.path.join(ROOT, name)
+            assert os.path.isfile(path), (name, target)
+            assert not anchor or anchor in anchors(read(path)), (name, target, anchor)
+    assert [page for page in DOC_PAGES if "(docs/%s" % os.path.basename(page) not in README] == []
+    with open(os.path.join(ROOT, "MANIFEST.in"), encoding="utf-8") as handle:
+        assert "graft docs" in handle.read().splitlines()  # the sdist runs these tests too
+
+
+def test_the_readme_documents_only_public_names():
+    """The setup check's internals are private: the pages show the commands and run_setup_check / main."""
+    for name in ("SetupCheck", "CheckResult", "detect_server_kind", "check_targets", "setup_check_parser",
+                 "demo_hint", "exit_quietly_on_broken_pipe", "prog_name"):
+        assert [page for page, text in PAGES if name in text] == [], name
+    assert "run_setup_check(" in README and "main(" in README
 
 
 def test_troubleshooting_quotes_the_real_connection_refused_message():
