@@ -4963,11 +4963,11 @@ _CHECK_JSON_PROMPT = [{"role": "user", "content": "Return a JSON object with the
                                                   "\"ready\" and the attribute \"model\" set to your name."}]
 _DEFAULT_KINDS = ("lm_studio", "ollama")  # looked at when nothing names a server kind
 _STILL_WORKING_SECONDS = 10.0  # how often a slow check says it is still working
-#: ``models`` and finding out a server's kind wait at most this long by default: listing never loads a model, so
-#: a server silent for 30 s is stuck, and the 600 s read timeout a first generation may need would only hide that.
+#: ``models`` and finding a server's kind wait at most this long by default: listing never loads a model,
+#: so a server silent for 30 s is stuck, and the 600 s a first generation may need would only hide that.
 _LIST_TIMEOUT = (5.0, 30.0)
 _Timeout = Union[None, float, Tuple[float, float]]
-_Target = Tuple["BaseProvider", List[ModelConfig], bool]
+_Target = Tuple["BaseProvider", List[ModelConfig], bool]  # a server, its models, whether it must be running
 
 
 @contextlib.contextmanager
@@ -4990,12 +4990,13 @@ def _still_working(out: Any, what: str) -> Iterator[None]:
 def _next_step(exc: ProviderError, provider: "BaseProvider") -> str:
     """The ``->`` line under a FAIL: the error's hint, in the command line's terms where they differ."""
     if exc.reason == "timeout":  # the hint names timeout=(connect, read), a Python argument
-        return ("The server is reachable but slow (a first request may be loading the model). Run again, or "
-                "raise the limit with --timeout 1200.")
+        return ("The server is reachable but slow (a first request may be loading the model). Run again, "
+                "or raise the limit with --timeout 1200.")
     if exc.reason == "connection_refused":
         others = " or ".join("--provider " + kind for kind in SERVER_KINDS if kind != provider.provider)
-        return ("%s If it runs on another machine or port, set %s in config.yaml or pass --host HOST:PORT. If you "
-                "do not use %s, run with %s." % (exc.hint, provider.kind.config_key, provider.title, others))
+        return ("%s If it runs on another machine or port, set %s in config.yaml or pass --host HOST:PORT. "
+                "If you do not use %s, run with %s." % (exc.hint, provider.kind.config_key, provider.title,
+                                                        others))
     if exc.hint:
         return exc.hint
     if isinstance(exc, JSONGenerationError):
@@ -5005,20 +5006,17 @@ def _next_step(exc: ProviderError, provider: "BaseProvider") -> str:
 
 
 class _SetupCheck:
-    """For each ``(provider, models, required)`` target: does the server answer, and does each model (none
-    given: the first chat model the server offers) exist, generate, stream and return JSON.
-
-    Each result is printed to ``out`` as it finishes; its status is kept in
-    ``results``.  A server nothing requires that is not running is a SKIP.
-    """
+    """For each target: does the server answer (not running and not required: SKIP), and does each model
+    (none given: the first chat model it offers) exist, generate, stream and return JSON."""
 
     def __init__(self, targets: Sequence[_Target], out: Any):
         self.targets, self.out = targets, out
         self.debug = logger.isEnabledFor(logging.DEBUG)  # inside _debugging(options.debug)
-        self.results: List[str] = []
+        self.results: List[str] = []  # the status of each line
         self.unreachable = 0  # failures where nothing answered at all
 
-    def report(self, status: str, what: str, detail: str = "", next_step: str = "", seconds: float = 0.0) -> None:
+    def report(self, status: str, what: str, detail: str = "", next_step: str = "",
+               seconds: float = 0.0) -> None:
         """Print ``[STATUS] what: detail  (seconds)``, then the ``-> next step`` line if there is one."""
         self.results.append(status)
         timing = "  (%.2f s)" % seconds if status != "SKIP" else ""
@@ -5029,7 +5027,7 @@ class _SetupCheck:
 
     def step(self, what: str, provider: "BaseProvider", action: Callable[[], Tuple[Any, str]],
              server: bool = False, required: bool = True) -> Tuple[str, Any]:
-        """Run ``action`` (it returns ``(value, detail)``) as one check and report it; return (status, value).
+        """Run ``action`` (it returns ``(value, detail)``) as one check, report it, return (status, value).
         A ``server`` check's errors name the server themselves, so they are printed without ``what``."""
         started = time.perf_counter()
         try:
@@ -5042,9 +5040,8 @@ class _SetupCheck:
                 return "SKIP", None
             logger.debug("%s failed", what, exc_info=exc)
             self.unreachable += isinstance(exc, ProviderConnectionError)
-            message = " ".join(exc.message.split())
-            self.report("FAIL", "" if server else what, message, _next_step(exc, provider),
-                        time.perf_counter() - started)
+            self.report("FAIL", "" if server else what, " ".join(exc.message.split()),
+                        _next_step(exc, provider), time.perf_counter() - started)
             return "FAIL", None
         self.report("PASS", what, detail, seconds=time.perf_counter() - started)
         return "PASS", value
@@ -5056,14 +5053,15 @@ class _SetupCheck:
         passed, failed, skipped = (self.results.count(status) for status in ("PASS", "FAIL", "SKIP"))
         self.out.write("\n%d passed, %d failed, %d skipped\n" % (passed, failed, skipped))
         if not passed and failed == self.unreachable:
-            self.out.write("No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server "
-                           "start) or Ollama (https://ollama.com; then ollama serve) and run this again. To see "
-                           "lm_providers work without either, run the demo in the project's source folder (a git "
-                           "checkout or the sdist; the installed package has no demo):  python -m pip install "
-                           "\".[demo]\" && python test_lm_studio_provider.py --demo  (Python 3.10+)\n")
+            self.out.write(
+                "No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server "
+                "start) or Ollama (https://ollama.com; then ollama serve) and run this again. To see "
+                "lm_providers work without either, run the demo in the project's source folder (a git "
+                "checkout or the sdist; the installed package has no demo):  python -m pip install "
+                "\".[demo]\" && python test_lm_studio_provider.py --demo  (Python 3.10+)\n")
         elif failed:
-            self.out.write("Some checks failed; each [FAIL] line is followed by what to do. Run with --debug to see "
-                           "every request and response.\n")
+            self.out.write("Some checks failed; each [FAIL] line is followed by what to do. Run with --debug "
+                           "to see every request and response.\n")
         else:
             self.out.write("Everything works.\n")
         self.out.flush()
@@ -5111,8 +5109,9 @@ class _SetupCheck:
 
         def generate() -> Tuple[str, str]:
             result = provider.chat(_CHECK_PROMPT, model, debug=self.debug)
-            return result.text, "%r (%s tokens, finish_reason=%s)" % (
-                _shorten(result.text), (result.usage or {}).get("completion_tokens", "?"), result.finish_reason)
+            tokens = (result.usage or {}).get("completion_tokens", "?")
+            return result.text, "%r (%s tokens, finish_reason=%s)" % (_shorten(result.text), tokens,
+                                                                       result.finish_reason)
 
         def stream() -> Tuple[int, str]:
             started, first_at, text = time.perf_counter(), 0.0, []
@@ -5121,7 +5120,7 @@ class _SetupCheck:
                 text.append(piece)
             if not text:
                 raise ProviderResponseError("the stream completed without any text", reason="bad_response")
-            rate = (len(text) - 1) / max(time.perf_counter() - started - first_at, 1e-6) if len(text) > 1 else 0.0
+            rate = (len(text) - 1) / max(time.perf_counter() - started - first_at, 1e-6) if text[1:] else 0.0
             return len(text), "%d pieces, first after %.2f s, %.1f pieces/s: %r" % (
                 len(text), first_at, rate, _shorten("".join(text)))
 
@@ -5134,29 +5133,30 @@ class _SetupCheck:
         self.step("%s returns JSON" % name, provider, json_object)
 
 
-# --- which servers and models a command means --------------------------------------------------------------
+# --- which servers and models a command means ---------------------------------------------------------
 
 def _server_kinds(config: Optional[Config], provider: Optional[str], host: Optional[str],
                   timeout: _Timeout = None) -> List[str]:
-    """The server kinds a command looks at: ``--provider``'s; else the one ``--host`` names by its default port
-    (or by a path: ``openai``) or that answers there; else LM Studio and Ollama (when nothing answers at
-    ``--host``, each then says how to start it), and an OpenAI-compatible server when the config names one (an
-    ``openai://`` role or ``openai_host``).  OPENAI_BASE_URL alone does not count: OpenAI's own clients read it
-    too, so it may be set for another program; ``--provider openai`` uses it."""
+    """The server kinds a command looks at: ``--provider``'s; else the one ``--host`` names by its default
+    port (or by a path: ``openai``) or that answers there; else LM Studio and Ollama (when nothing answers at
+    ``--host``, each says how to start it), and an OpenAI-compatible server when the config names one (an
+    ``openai://`` role or ``openai_host``).  OPENAI_BASE_URL alone does not count: OpenAI's own clients
+    read it too, so it may be set for another program; ``--provider openai`` uses it."""
     if provider:
         return [canonical_provider(provider)]
+    openai = OpenAICompatibleProvider.provider
     if not host:
         named = config is not None and bool(config.openai_host or any(
-            m.provider == OpenAICompatibleProvider.provider for m in config.models.values()))
-        return list(_DEFAULT_KINDS) + [OpenAICompatibleProvider.provider] * named
+            role.provider == openai for role in config.models.values()))
+        return list(_DEFAULT_KINDS) + [openai] * named
     try:
         port = normalize_host(host).rsplit(":", 1)[1]
     except InvalidInputError as error:  # only an openai:// host may have a path
         try:
-            normalize_host(host, OpenAICompatibleProvider.provider)
+            normalize_host(host, openai)
         except InvalidInputError:
             raise error from None
-        return [OpenAICompatibleProvider.provider]
+        return [openai]
     for kind in SERVER_KINDS.values():
         if port == str(kind.default_port):
             return [kind.name]
@@ -5165,16 +5165,9 @@ def _server_kinds(config: Optional[Config], provider: Optional[str], host: Optio
 
 
 def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
-    """Which server answers at ``host``: ``"ollama"``, ``"lm_studio"``, ``"openai"`` (another OpenAI-compatible
-    server: llama-server, vLLM, a LiteLLM proxy), or None when nothing listens there.
-
-    Ollama (``GET /api/version``) is asked first, as its OpenAI-compatible layer
-    answers ``/v1/models`` too.  A server that answers ``/v1/models`` (or
-    refuses it with 401: it wants a key) is LM Studio when LM Studio's own model
-    list answers as well, else ``"openai"``.  One that answers as neither raises
-    ProviderResponseError; a host that does not answer at all,
-    ProviderConnectionError or ProviderTimeoutError.
-    """
+    """Which server answers at ``host``: ``"ollama"`` (asked first: its OpenAI layer answers /v1/models too),
+    ``"lm_studio"`` (/v1/models, or a 401 there, and LM Studio's own model list), ``"openai"`` (/v1/models
+    only), or None when nothing listens there; ProviderResponseError for a server that is none of them."""
     timeout = timeout if timeout is not None else _LIST_TIMEOUT
     with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
         try:
@@ -5212,11 +5205,11 @@ def _probe_failure(exc: ProviderError) -> str:
     return "HTTP %d" % status if status else _shorten(" ".join(exc.message.split()), 80)
 
 
-def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] = None, host: Optional[str] = None,
-                   timeout: _Timeout = None) -> ModelConfig:
-    """The model a command's URI_OR_ROLE names: a role of ``config``, a model URI, or a plain model name for the
-    server kind ``provider`` says (or that answers at ``host``).  ``provider`` and ``host`` must agree with what
-    a role or URI says, not silently replace it; a model without a host of its own gets ``host``."""
+def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] = None,
+                   host: Optional[str] = None, timeout: _Timeout = None) -> ModelConfig:
+    """The model a command's URI_OR_ROLE names: a role of ``config``, a model URI, or a plain model name for
+    the server kind ``provider`` says (or that answers at ``host``).  ``provider`` and ``host`` must agree
+    with what a role or URI says, not silently replace it; a model without a host of its own gets ``host``."""
     if config is not None and text in config.models:
         model = config.models[text]
     elif "://" in text:
@@ -5225,29 +5218,27 @@ def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] 
         _refuse_parameters_without_provider(text, provider or "lm_studio")
         kinds = _server_kinds(config, provider, host, timeout) if provider or host else []
         if len(kinds) != 1:
-            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
-                                    "config; for a plain model name, say which server with --provider lm_studio, "
-                                    "--provider ollama or --provider openai%s" % (
-                                        text, " (nothing answers at %s to tell)" % host if host else ""),
-                                    reason="invalid_input")
+            raise InvalidInputError(
+                "%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the config; for "
+                "a plain model name, say which server with --provider lm_studio, --provider ollama or "
+                "--provider openai%s" % (text, " (nothing answers at %s to tell)" % host if host else ""))
         model = ModelConfig(text, kinds[0])
     if provider and canonical_provider(provider) != model.provider:
-        raise InvalidInputError("%s is a %s model, but --provider says %s" % (text, model.provider, provider),
-                                reason="invalid_input")
+        raise InvalidInputError("%s is a %s model, but --provider says %s" % (text, model.provider, provider))
     if host:
         if model.host is not None and normalize_host(model.host, model.provider) != normalize_host(
                 host, model.provider):
-            raise InvalidInputError("%s names the host %s and --host says %s; give one" % (text, model.host, host),
-                                    reason="invalid_input")
+            raise InvalidInputError("%s names the host %s and --host says %s; give one"
+                                    % (text, model.host, host))
         model = ModelConfig(model.name, model.provider, host, model.parameters)
     return model
 
 
-def _check_targets(config: Optional[Config], provider: Optional[str], host: Optional[str], model: Optional[str],
-                   timeout: _Timeout = None) -> List[_Target]:
-    """What the setup check looks at: ``(provider, models, required)`` for each server ``_server_kinds`` picks,
-    with the roles of ``config`` on it (on ``host`` when given), or just ``model`` (read as ``generate`` reads
-    it).  A server is required (not running is a FAIL, not a SKIP) when something names it."""
+def _check_targets(config: Optional[Config], provider: Optional[str], host: Optional[str],
+                   model: Optional[str], timeout: _Timeout = None) -> List[_Target]:
+    """What the setup check looks at: ``(provider, models, required)`` for each server ``_server_kinds``
+    picks, with the roles of ``config`` on it (on ``host`` when given), or just ``model`` (read as
+    ``generate`` reads it).  A server is required (not running: FAIL, not SKIP) when something names it."""
     if model:
         chosen = _resolve_model(model, config, provider, host, timeout)
         return [(_cli_provider(chosen.provider, chosen.host, config, timeout), [chosen], True)]
@@ -5256,7 +5247,8 @@ def _check_targets(config: Optional[Config], provider: Optional[str], host: Opti
         by_host: Dict[str, Dict[str, ModelConfig]] = {}
         for role in (config.models.values() if config else []):
             if role.provider == kind:
-                by_host.setdefault(resolve_host(kind, host or role.host, config), {}).setdefault(role.name, role)
+                base_url = resolve_host(kind, host or role.host, config)
+                by_host.setdefault(base_url, {}).setdefault(role.name, role)
         required = bool(by_host or provider or host or (config and config.host_for(kind))
                         or os.environ.get(SERVER_KINDS[kind].host_env))
         for base_url, models in (by_host or {resolve_host(kind, host, config): {}}).items():
@@ -5264,25 +5256,19 @@ def _check_targets(config: Optional[Config], provider: Optional[str], host: Opti
     return targets
 
 
-def _cli_provider(kind: str, host: Optional[str], config: Optional[Config], timeout: _Timeout) -> "BaseProvider":
-    """The provider every command talks through: server kind ``kind`` at ``host`` (else the config's host, the
+def _cli_provider(kind: str, host: Optional[str], config: Optional[Config],
+                  timeout: _Timeout) -> "BaseProvider":
+    """The provider every command talks through: server kind ``kind`` at ``host`` (else the config's, the
     environment's, the default: ``resolve_host``), with the command line's ``timeout`` (None: the default)."""
     return PROVIDER_CLASSES[kind](host=resolve_host(kind, host, config), timeout=timeout)
 
 
-def _cli_timeout(options: Any) -> Optional[Tuple[float, float]]:
-    """The (connect, read) timeout --timeout asks for; None: the provider's own default."""
-    return (5.0, options.timeout) if options.timeout else None
-
-
 def _load_config_option(path: Optional[str], out: Any = None) -> Optional[Config]:
     """The config named by --config, else ./config.yaml if there is one; say which on ``out``."""
-    if path:
-        return load_config(path)
-    if os.path.exists("config.yaml"):
-        if out:
+    if path or os.path.exists("config.yaml"):
+        if out and not path:
             out.write("Using config.yaml from %s\n" % os.getcwd())
-        return load_config("config.yaml")
+        return load_config(path or "config.yaml")
     if out:
         out.write("No config.yaml in %s; using --host, OLLAMA_HOST / LM_STUDIO_HOST or the default hosts.\n"
                   % os.getcwd())
@@ -5292,30 +5278,15 @@ def _load_config_option(path: Optional[str], out: Any = None) -> Optional[Config
 def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
     """The provider and model that a command's URI_OR_ROLE argument and connection options name."""
     config = _load_config_option(options.config)
-    model = _resolve_model(options.model, config, options.provider, options.host, _cli_timeout(options))
-    return _cli_provider(model.provider, model.host, config, _cli_timeout(options)), model
+    model = _resolve_model(options.model, config, options.provider, options.host, options.timeout)
+    return _cli_provider(model.provider, model.host, config, options.timeout), model
 
 
-# --- running a command -------------------------------------------------------------------------------------
-
-def _exit_quietly_on_broken_pipe(run: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a command so that output piped into ``head`` (which closes the pipe) ends it without a traceback."""
-    import functools
-
-    @functools.wraps(run)
-    def wrapper(*args: Any, **kwargs: Any) -> int:
-        try:
-            return run(*args, **kwargs)
-        except BrokenPipeError:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
-            os.close(devnull)
-            return 141  # what a shell reports for SIGPIPE
-    return wrapper
-
+# --- running a command --------------------------------------------------------------------------------
 
 def _run_command(command: Callable[[Any], int], options: Any) -> int:
-    """Run a parsed command: --debug output on for it, an error as one line (exit 1), Ctrl-C as exit 130."""
+    """Run a parsed command: --debug output on for it, an error as one line (exit 1), Ctrl-C as exit 130,
+    output piped into ``head`` (which closes the pipe) as exit 141, without a traceback."""
     try:
         with _debugging(options.debug):
             logger.debug("debug output on")
@@ -5328,13 +5299,18 @@ def _run_command(command: Callable[[Any], int], options: Any) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         return 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        os.close(devnull)
+        return 141  # what a shell reports for SIGPIPE
 
 
 def _run_check(options: Any, out: Any = None) -> int:
     out = out or sys.stdout
     try:
         config = _load_config_option(options.config, out)
-        targets = _check_targets(config, options.provider, options.host, options.model, _cli_timeout(options))
+        targets = _check_targets(config, options.provider, options.host, options.model, options.timeout)
     except (InvalidInputError, ConfigError) as exc:
         out.write("[FAIL] configuration: %s\n" % _one_line(exc))
         return 2
@@ -5344,22 +5320,22 @@ def _run_check(options: Any, out: Any = None) -> int:
     return _SetupCheck(targets, out).run()
 
 
-@_exit_quietly_on_broken_pipe
 def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, *,
-                    prog: str = "python test_lm_studio_provider.py", demo: Optional[Callable[[], int]] = None) -> int:
+                    prog: str = "python test_lm_studio_provider.py",
+                    demo: Optional[Callable[[], int]] = None) -> int:
     """The setup check as a command: parse ``argv`` (default ``sys.argv[1:]``), check each server and model,
-    print a line for each to ``out`` (default stdout) and return the exit code: 0 when everything passed, 1
-    when a check failed, 2 for a bad config or option, 130 on Ctrl-C.  ``prog`` names the command in its help;
-    ``demo``, a function returning an exit code, adds a ``--demo`` option that runs it instead."""
+    print a line for each to ``out`` (default stdout), and return the exit code: 0 when everything passed,
+    1 when a check failed, 2 for a bad config or option, 130 on Ctrl-C.  ``prog`` names the command in its
+    help; ``demo``, a function returning an exit code, adds a ``--demo`` option that runs it instead."""
     import argparse
     parser = argparse.ArgumentParser(prog=prog, description=(
-        "Check that your LM Studio / Ollama servers, models and config work with lm_providers, and say what to "
-        "do when they do not. Exit code 0 means every check passed."))
+        "Check that your LM Studio / Ollama servers, models and config work with lm_providers, and say what "
+        "to do when they do not. Exit code 0 means every check passed."))
     _check_options(parser)
     if demo is not None:
         parser.add_argument("--demo", action="store_true", help=(
-            "no LM Studio or Ollama needed: start llama.cpp's own server with a small model on a free local port, "
-            "check it, stop it. Needs Python 3.10+ and: python -m pip install \".[demo]\""))
+            "no LM Studio or Ollama needed: start llama.cpp's own server with a small model on a free local "
+            "port, check it, stop it. Needs Python 3.10+ and: python -m pip install \".[demo]\""))
     options = parser.parse_args(argv)
     if demo is not None and options.demo:
         return demo()
@@ -5367,8 +5343,8 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, *,
 
 
 def _prog_name() -> str:
-    """How this command was started, for its usage lines: ``python -m lm_providers``, ``python lm_providers.py``
-    (a copied file) or ``lm-providers`` (the installed console script)."""
+    """How this command was started, for its usage lines: ``python -m lm_providers``, ``python
+    lm_providers.py`` (a copied file) or ``lm-providers`` (the installed console script)."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name == "lm_providers":  # python -m lm_providers (then __name__ is __main__)
         return "python -m lm_providers"
@@ -5376,10 +5352,9 @@ def _prog_name() -> str:
     return "python " + script if script.endswith(".py") else script or "lm-providers"
 
 
-@_exit_quietly_on_broken_pipe
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lm_providers`` / ``lm-providers``: the models, generate, embed, check, info, load, unload and
-    pull commands for LM Studio, Ollama and OpenAI-compatible servers; returns the exit code."""
+    """``python -m lm_providers`` / ``lm-providers``: the models, generate, embed, check, info, load, unload
+    and pull commands for LM Studio, Ollama and OpenAI-compatible servers; returns the exit code."""
     parser = _build_parser(_prog_name())
     options = parser.parse_args(argv)
     if options.command is None:
@@ -5388,19 +5363,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _run_command(_COMMANDS[options.command], options)
 
 
-# --- the parser --------------------------------------------------------------------------------------------
+# --- the parser ---------------------------------------------------------------------------------------
 
-def _connection_options(parser: "argparse.ArgumentParser", provider_help: str) -> "argparse.ArgumentParser":
+def _connection_options(parser: "argparse.ArgumentParser", provider_help: str) -> None:
     """The options every command takes: where the config is, which server, where, how long to wait, debug."""
     parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
     parser.add_argument("--provider", choices=list(PROVIDER_CLASSES), help=provider_help)
-    parser.add_argument("--host", metavar="HOST:PORT",
-                        help="the server at this host; on a port other than 1234 or 11434 it is asked which server "
-                             "it is, unless --provider says")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", default=None,
+    parser.add_argument("--host", metavar="HOST:PORT", help="the server at this host; on a port other than "
+                        "1234 or 11434 it is asked which server it is, unless --provider says")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="read timeout for each request (default 600)")
-    parser.add_argument("--debug", action="store_true", help="show every request and response, and tracebacks")
-    return parser
+    parser.add_argument("--debug", action="store_true",
+                        help="show every request and response, and tracebacks")
 
 
 def _check_options(parser: "argparse.ArgumentParser") -> None:
@@ -5413,9 +5387,9 @@ def _build_parser(prog: str) -> "argparse.ArgumentParser":
     """The command line's parser: its commands, their arguments and the connection options, with examples."""
     import argparse
     parser = argparse.ArgumentParser(
-        prog=prog, description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, a "
-                               "LiteLLM proxy) from the command line.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, a LiteLLM "
+                    "proxy) from the command line.",
         epilog="examples:\n  {0} models\n  {0} models --host 10.0.0.5:8080\n"
                "  {0} generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
                "  {0} generate ollama://llama3 \"Name a color\" --json name,hex\n"
@@ -5427,27 +5401,27 @@ def _build_parser(prog: str) -> "argparse.ArgumentParser":
         sub = commands.add_parser(name, help=help_text, description="%s. Example: %s %s" % (
             help_text[:1].upper() + help_text[1:], prog, example))
         if model:
-            sub.add_argument("model", metavar="URI_OR_ROLE", help="a model URI such as ollama://llama3, a role "
-                             "from the config, or a model name with --provider (or --host)")
+            sub.add_argument("model", metavar="URI_OR_ROLE", help="a model URI such as ollama://llama3, a "
+                             "role from the config, or a model name with --provider (or --host)")
         return sub
 
-    models = command("models", "list the models each server offers (each gets 30 s to answer unless --timeout "
-                     "says)", "models --provider ollama", model=False)
-    models.add_argument("--long", "-l", action="store_true",
-                        help="a table of each model's facts: context, loaded, capabilities, quantization, size")
+    models = command("models", "list the models each server offers (each gets 30 s to answer unless "
+                     "--timeout says)", "models --provider ollama", model=False)
+    models.add_argument("--long", "-l", action="store_true", help="a table of each model's facts: context, "
+                        "loaded, capabilities, quantization, size")
     _connection_options(models, "only this server kind")
-    _check_options(command("check", "check servers, models and config, and say what to do about each failure "
-                           "(as test_lm_studio_provider.py does)", "check --model lm_studio://qwen2.5-7b-instruct",
-                           model=False))
+    _check_options(command("check", "check servers, models and config, and say what to do about each "
+                           "failure (as test_lm_studio_provider.py does)",
+                           "check --model lm_studio://qwen2.5-7b-instruct", model=False))
     generate = command("generate", "stream a model's reply to a prompt to stdout as it arrives",
                        "generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"")
     generate.add_argument("prompt", help="the user message")
     generate.add_argument("--system", help="a system message to put first")
-    generate.add_argument("--json", metavar="ATTR,...", help="ask for a JSON object with these attributes, print it")
-    embed = command("embed", "print the embeddings of texts as JSON, {\"model\": ..., \"embeddings\": [[...], ...]}, "
-                    "one vector per text in order; without TEXT arguments each line of stdin is a text",
-                    "embed ollama://nomic-embed-text \"first text\" \"second text\"")
-    embed.add_argument("texts", metavar="TEXT", nargs="*", help="texts to embed (default: the lines of stdin)")
+    generate.add_argument("--json", metavar="ATTR,...", help="ask for a JSON object with these attributes")
+    embed = command("embed", "print the embeddings of texts as JSON, {\"model\": ..., \"embeddings\": "
+                    "[[...], ...]}, one vector per text in order; without TEXT arguments each line of stdin "
+                    "is a text", "embed ollama://nomic-embed-text \"first text\" \"second text\"")
+    embed.add_argument("texts", metavar="TEXT", nargs="*", help="texts to embed (default: stdin's lines)")
     embed.add_argument("--dimensions", type=int, metavar="N", help="ask for N-wide vectors (models that can)")
     embed.add_argument("--batch-size", type=int, default=DEFAULT_EMBED_BATCH, metavar="N",
                        help="texts per request (default %d)" % DEFAULT_EMBED_BATCH)
@@ -5458,20 +5432,21 @@ def _build_parser(prog: str) -> "argparse.ArgumentParser":
     load.add_argument("--context-length", type=int, metavar="TOKENS", help="the context to load it with")
     load.add_argument("--keep-alive", metavar="DURATION",
                       help="Ollama: how long it stays loaded when idle, e.g. 10m or -1 (for ever)")
-    for sub in (generate, embed, info, load, command("unload", "unload a model from memory", "unload ollama://llama3"),
+    for sub in (generate, embed, info, load, command("unload", "unload a model from memory",
+                                                     "unload ollama://llama3"),
                 command("pull", "download a model, showing its progress", "pull ollama://llama3.2")):
         _connection_options(sub, "the server kind, for a plain model name")
     return parser
 
 
-# --- the commands ------------------------------------------------------------------------------------------
+# --- the commands -------------------------------------------------------------------------------------
 
 def _cli_models(options: Any) -> int:
     config = _load_config_option(options.config)
     answered = 0
-    for kind in _server_kinds(config, options.provider, options.host, _cli_timeout(options)):
+    for kind in _server_kinds(config, options.provider, options.host, options.timeout):
         try:
-            with _cli_provider(kind, options.host, config, _cli_timeout(options) or _LIST_TIMEOUT) as provider:
+            with _cli_provider(kind, options.host, config, options.timeout or _LIST_TIMEOUT) as provider:
                 names = provider.list_models(debug=options.debug)
                 infos = provider.list_model_info(debug=options.debug) if options.long else None
         except ProviderError as exc:  # this server is down: say so, and go on with the next
@@ -5514,52 +5489,44 @@ def _cli_embed(options: Any) -> int:
     return 0
 
 
-def _cli_info(options: Any) -> int:
+def _cli_model_command(options: Any) -> int:
+    """``info``, ``load``, ``unload`` and ``pull``: one model on one server."""
     provider, model = _cli_target(options)
-    facts = provider.model_info(model, debug=options.debug).as_dict()
-    if options.json:
-        print(json.dumps(facts, indent=2))
-        return 0
-    print("%s at %s:" % (provider.title, provider.base_url))
-    for name, value in facts.items():
-        shown = _human_bytes(value) if name == "size_bytes" and value is not None else value
-        print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
-    return 0
-
-
-def _cli_load(options: Any) -> int:
-    provider, model = _cli_target(options)
-    keep_alive = options.keep_alive
-    if keep_alive is not None and _INT_RE.match(keep_alive.strip()):
-        keep_alive = int(keep_alive)
-    info = provider.load_model(model, context_length=options.context_length, keep_alive=keep_alive,
-                               debug=options.debug)
-    print("loaded %s on %s at %s (context %s)" % (info.name, provider.title, provider.base_url,
-                                                  info.loaded_context_length or "not reported"))
-    return 0
-
-
-def _cli_unload(options: Any) -> int:
-    provider, model = _cli_target(options)
-    provider.unload_model(model, debug=options.debug)
-    print("unloaded %s on %s at %s" % (model.name, provider.title, provider.base_url))
-    return 0
-
-
-def _cli_pull(options: Any) -> int:
-    provider, model = _cli_target(options)
-    display = _PullDisplay(sys.stdout, sys.stdout.isatty())
-    try:
-        last = provider.pull_model(model, progress=display, debug=options.debug)
-    finally:
-        display.finish()
-    print("%s: %s" % (model.name, last.status))
+    where = "%s at %s" % (provider.title, provider.base_url)
+    if options.command == "info":
+        facts = provider.model_info(model, debug=options.debug).as_dict()
+        if options.json:
+            print(json.dumps(facts, indent=2))
+            return 0
+        print(where + ":")
+        for name, value in facts.items():
+            shown = _human_bytes(value) if name == "size_bytes" and value is not None else value
+            print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
+    elif options.command == "load":
+        keep_alive = options.keep_alive
+        if keep_alive is not None and _INT_RE.match(keep_alive.strip()):
+            keep_alive = int(keep_alive)
+        info = provider.load_model(model, context_length=options.context_length, keep_alive=keep_alive,
+                                   debug=options.debug)
+        print("loaded %s on %s (context %s)" % (info.name, where,
+                                                info.loaded_context_length or "not reported"))
+    elif options.command == "unload":
+        provider.unload_model(model, debug=options.debug)
+        print("unloaded %s on %s" % (model.name, where))
+    else:
+        display = _PullDisplay(sys.stdout, sys.stdout.isatty())
+        try:
+            last = provider.pull_model(model, progress=display, debug=options.debug)
+        finally:
+            display.finish()
+        print("%s: %s" % (model.name, last.status))
     return 0
 
 
 _COMMANDS: Dict[str, Callable[[Any], int]] = {
     "check": _run_check, "models": _cli_models, "generate": _cli_generate, "embed": _cli_embed,
-    "info": _cli_info, "load": _cli_load, "unload": _cli_unload, "pull": _cli_pull}
+    "info": _cli_model_command, "load": _cli_model_command, "unload": _cli_model_command,
+    "pull": _cli_model_command}
 
 
 class _PullDisplay:
@@ -5569,30 +5536,27 @@ class _PullDisplay:
     def __init__(self, out: Any, tty: bool, clock: Callable[[], float] = time.monotonic):
         self.out, self.tty, self.clock = out, tty, clock
         self.started: Dict[Any, Tuple[float, int]] = {}  # per file: when, and bytes, it was first seen
-        self.last_line = ("", -1)
+        self.last_line: Tuple[str, int] = ("", -1)
         self.drawn = False
 
     def __call__(self, record: PullProgress) -> None:
-        fraction = record.fraction
-        if fraction is None:
-            self._line(record.status, record.status, -1)
-            return
-        now, done = self.clock(), record.completed or 0
-        first = self.started.setdefault(record.digest or record.status, (now, done))
-        rate = (done - first[1]) / (now - first[0]) if now - first[0] > 0.5 else None
-        text = "%s  %5.1f%%  %s / %s%s" % (_shorten(record.status, 28), fraction * 100, _human_bytes(done),
-                                            _human_bytes(record.total or 0),
-                                            "  %s/s" % _human_bytes(int(rate)) if rate is not None else "")
-        if not self.tty:
-            self._line(record.status, text, int(fraction * 10))
-            return
-        self.out.write("\r[%-20s] %s\x1b[K" % ("#" * int(fraction * 20), text))
-        self.out.flush()
-        self.drawn = True
-
-    def _line(self, status: str, text: str, tenth: int) -> None:
-        if (status, tenth) != self.last_line:
-            self.last_line = (status, tenth)
+        fraction, done = record.fraction, record.completed or 0
+        text, tenth = record.status, -1
+        if fraction is not None:
+            now = self.clock()
+            first = self.started.setdefault(record.digest or record.status, (now, done))
+            rate = ("  %s/s" % _human_bytes(int((done - first[1]) / (now - first[0])))
+                    if now - first[0] > 0.5 else "")
+            text = "%s  %5.1f%%  %s / %s%s" % (_shorten(record.status, 28), fraction * 100,
+                                                _human_bytes(done), _human_bytes(record.total or 0), rate)
+            tenth = int(fraction * 10)
+            if self.tty:
+                self.out.write("\r[%-20s] %s\x1b[K" % ("#" * int(fraction * 20), text))
+                self.out.flush()
+                self.drawn = True
+                return
+        if (record.status, tenth) != self.last_line:  # plain lines: a new status, or a further tenth
+            self.last_line = (record.status, tenth)
             self.finish()
             self.out.write(text + "\n")
             self.out.flush()
@@ -5621,7 +5585,8 @@ def _print_model_table(infos: Sequence[ModelInfo], out: Any) -> None:
 
     rows = [("NAME", "CONTEXT", "LOADED", "CAPABILITIES", "QUANT", "SIZE", "KIND")]
     for info in infos:
-        loaded = "?" if info.loaded is None else "yes (%s)" % cell(info.loaded_context_length) if info.loaded else "no"
+        loaded = "?" if info.loaded is None else (
+            "yes (%s)" % cell(info.loaded_context_length) if info.loaded else "no")
         rows.append((info.name, cell(info.context_length), loaded, ",".join(sorted(info.capabilities)) or "-",
                      cell(info.quantization), _human_bytes(info.size_bytes) if info.size_bytes else "?",
                      cell(info.kind)))
