@@ -5120,7 +5120,7 @@ class _SetupCheck:
                 text.append(piece)
             if not text:
                 raise ProviderResponseError("the stream completed without any text", reason="bad_response")
-            rate = (len(text) - 1) / max(time.perf_counter() - started - first_at, 1e-6) if text[1:] else 0.0
+            rate = len(text) / max(time.perf_counter() - started - first_at, 1e-6) if text[1:] else 0.0
             return len(text), "%d pieces, first after %.2f s, %.1f pieces/s: %r" % (
                 len(text), first_at, rate, _shorten("".join(text)))
 

@@ -53,6 +53,8 @@ def run_demo(out: Any = None, cache_dir: Optional[str] = None) -> int:
         say("1. The setup check, as  python test_lm_studio_provider.py --host %s --model lm_studio://%s  runs it:"
             % (server.host, ALIAS))
         code = lm_providers.run_setup_check(["--host", server.host, "--model", "lm_studio://%s" % ALIAS], out=out)
+        if code == 130:  # Ctrl-C: stop here
+            return code
         say()
         _examples(server.host, say, out)
         say("\nStopping the server. With your own LM Studio or Ollama running, check it with:"

@@ -287,3 +287,23 @@ def test_output_piped_into_head_ends_without_a_traceback(tmp_path, monkeypatch):
 def test_the_script_offers_the_demo():
     done = run_script("--help")
     assert done.returncode == 0 and "--demo" in done.stdout and "usage: python test_lm_studio_provider.py" in done.stdout
+
+
+def test_the_demo_runs_the_setup_check_on_its_server(lm_server, monkeypatch):
+    from realserver import demo
+
+    class Server:  # stands for the llama.cpp server the demo starts
+        host = lm_server.host
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+    fakes.lm_studio(lm_server, models=(demo.ALIAS,))
+    monkeypatch.setattr(demo, "check_installed", lambda: None)
+    monkeypatch.setattr(demo, "smollm2_model", lambda *args, **kwargs: "model.gguf")
+    monkeypatch.setattr(demo, "start_server", lambda *args: Server())
+    out = io.StringIO()
+    assert demo.run_demo(out) == 0, out.getvalue()
+    assert marks(out.getvalue()).count("[PASS]") == 5 and "Stopping the server" in out.getvalue()
