@@ -49,7 +49,7 @@ __all__ = [
     "ToolCallError", "ToolsNotSupportedError", "ToolLoopError",
     "ContextLengthError", "UnsupportedEndpointError", "DownloadError",
     # model URIs and hosts
-    "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",
+    "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host", "canonical_provider",
     # parameters
     "PARAMETER_MAP", "ParameterRow", "map_parameters",
     # config
@@ -58,15 +58,14 @@ __all__ = [
     "StreamDecoder", "ensure_requests",
     # providers
     "ChatResult", "ChatStream", "TextStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
-    "OllamaProvider",
+    "OllamaProvider", "PROVIDER_CLASSES", "split_reasoning",
     "extract_json", "json_schema_for",
     "load_image", "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH",
     "ToolCall", "ToolRunResult", "tool_schema",
     # model facts, loading and downloading
     "ModelInfo", "PullProgress",
-    # command line and the setup check, and the helpers it shares with scripts
-    "detect_server_kind", "check_targets", "SetupCheck", "CheckResult", "run_setup_check", "setup_check_parser",
-    "PROVIDER_CLASSES", "canonical_provider", "split_reasoning",
+    # command line and the setup check
+    "run_setup_check", "main",
 ]
 
 logger = logging.getLogger("lm_providers")
@@ -5004,185 +5003,137 @@ _provider_cache: Dict[Tuple[Any, ...], "BaseProvider"] = {}
 # =============================================================================
 # Command line and the setup check
 # =============================================================================
+# Private but for run_setup_check and main: python -m lm_providers COMMAND, and the setup check that
+# python test_lm_studio_provider.py and the check command run.  Advice comes from the errors' hint and reason.
 
-CHECK_PROMPT = [{"role": "user", "content": "Reply with one short friendly sentence saying you are ready."}]
-CHECK_JSON_PROMPT = [{"role": "user", "content": "Return a JSON object with the attribute \"status\" set to "
-                                                 "\"ready\" and the attribute \"model\" set to your name."}]
-
-
-class CheckResult:
-    """One line of the setup check: ``status`` is ``"PASS"``, ``"FAIL"`` or ``"SKIP"``."""
-
-    __slots__ = ("status", "what", "seconds", "detail", "next_step")
-
-    def __init__(self, status: str, what: str, seconds: float = 0.0, detail: str = "", next_step: str = ""):
-        self.status, self.what, self.seconds, self.detail, self.next_step = status, what, seconds, detail, next_step
-
-    def __repr__(self) -> str:
-        return "CheckResult(%r, %r, detail=%r)" % (self.status, self.what, self.detail)
+_CHECK_PROMPT = [{"role": "user", "content": "Reply with one short friendly sentence saying you are ready."}]
+_CHECK_JSON_PROMPT = [{"role": "user", "content": "Return a JSON object with the attribute \"status\" set to "
+                                                  "\"ready\" and the attribute \"model\" set to your name."}]
+_DEFAULT_KINDS = ("lm_studio", "ollama")  # looked at when nothing names a server kind
+_STILL_WORKING_SECONDS = 10.0  # how often a slow check says it is still working
+#: ``models`` and finding a server's kind wait at most this long by default: listing never loads a model,
+#: so a server silent for 30 s is stuck, and the 600 s a first generation may need would only hide that.
+_LIST_TIMEOUT = (5.0, 30.0)
+_Timeout = Union[None, float, Tuple[float, float]]
+_Target = Tuple["BaseProvider", List[ModelConfig], bool]  # a server, its models, whether it must be running
 
 
-class _StillWorking:
-    """Print a 'still working' line every ``every`` seconds while a slow step runs."""
+@contextlib.contextmanager
+def _still_working(out: Any, what: str) -> Iterator[None]:
+    """Print a 'still working' line every _STILL_WORKING_SECONDS while the block runs."""
+    started, stop = time.perf_counter(), threading.Event()
 
-    def __init__(self, out: Any, what: str, every: float = 10.0):
-        self.out, self.what, self.every = out, what, every
-        self.started = time.perf_counter()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.every):
-            self.out.write("  ....  still working on %s (%.0f s so far; a model load can take a minute)\n"
-                           % (self.what, time.perf_counter() - self.started))
-            self.out.flush()
-
-    def __enter__(self) -> "_StillWorking":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
+    def say() -> None:
+        while not stop.wait(_STILL_WORKING_SECONDS):
+            out.write("  ....  still working on %s (%.0f s so far; a model load can take a minute)\n"
+                      % (what, time.perf_counter() - started))
+            out.flush()
+    threading.Thread(target=say, daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
-def _next_step(exc: BaseException, provider: "BaseProvider", model: Optional[ModelConfig] = None) -> str:
-    """The one thing to do about a failed check."""
-    config_key = "%s_host" % provider.provider
-    if isinstance(exc, ModelNotFoundError):
-        tail = (" This server has: %s." % ", ".join(exc.suggestions)) if exc.suggestions else ""
-        return provider.download_hint(exc.model) + tail
-    if isinstance(exc, ProviderTimeoutError):
-        return ("The server is reachable but slow (a first request may be loading the model). Run again, or "
-                "raise the limit with --timeout 1200.")
-    if isinstance(exc, AuthenticationError):
-        return provider.auth_hint
-    if isinstance(exc, ProviderConnectionError):
-        if "refused" in str(exc):
-            return ("%s If it runs on another machine or port, set %s in config.yaml or pass --host HOST:PORT. "
-                    "If you do not use %s, run with %s." % (
-                        provider.start_hint, config_key, provider.title,
-                        " or ".join("--provider " + kind for kind in SERVER_KINDS if kind != provider.provider)))
-        return "Check the host (%s) in config.yaml or --host." % provider.base_url
+def _next_step(exc: ProviderError, provider: "BaseProvider") -> str:
+    """The ``->`` line under a FAIL: the error's hint, in the command line's terms where they differ."""
+    if exc.reason == "timeout":  # the hint names timeout=(connect, read), a Python argument
+        return ("The server is reachable but slow (a first request may be loading the model). Run again, "
+                "or raise the limit with --timeout 1200.")
+    if exc.reason == "connection_refused":
+        others = " or ".join("--provider " + kind for kind in SERVER_KINDS if kind != provider.provider)
+        return ("%s If it runs on another machine or port, set %s in config.yaml or pass --host HOST:PORT. "
+                "If you do not use %s, run with %s." % (exc.hint, provider.kind.config_key, provider.title,
+                                                        others))
+    if exc.hint:
+        return exc.hint
     if isinstance(exc, JSONGenerationError):
         return ("The model did not produce valid JSON; a larger or instruction-tuned model usually does. "
                 "Last reply: %r" % exc.raw_text[:120])
-    if isinstance(exc, ProviderResponseError) and exc.status == 404:
-        return provider.wrong_server_hint
-    return "See the message above; run with --debug for the full request and response."
+    return "Run with --debug to see every request and response."
 
 
-#: What the setup check looks at: a provider, its models, and (optional, default True) whether
-#: something configured it, so that it must be running.
-CheckTarget = Union[Tuple["BaseProvider", Sequence["ModelConfig"]], Tuple["BaseProvider", Sequence["ModelConfig"], bool]]
+class _SetupCheck:
+    """For each target: does the server answer (not running and not required: SKIP), and does each model
+    (none given: the first chat model it offers) exist, generate, stream and return JSON."""
 
-
-class SetupCheck:
-    """Check servers and models the way ``python test_lm_studio_provider.py`` does.
-
-    ``targets`` is a list of ``(provider, [ModelConfig, ...])`` or
-    ``(provider, [...], required)``; an empty model list means: check the
-    server, then try the first model it offers.  A server that is not
-    ``required`` (nothing configured it) and is not running is reported as
-    SKIP, not FAIL.  Each result is printed to ``out`` as it finishes and kept
-    in ``results``.
-    """
-
-    def __init__(self, targets: Sequence[CheckTarget], out: Any = None, debug: bool = False,
-                 still_working_every: float = 10.0):
-        self.targets = targets
-        self.out = out or sys.stdout
-        self.debug = debug
-        self.every = still_working_every
-        self.results: List[CheckResult] = []
+    def __init__(self, targets: Sequence[_Target], out: Any):
+        self.targets, self.out = targets, out
+        self.debug = logger.isEnabledFor(logging.DEBUG)  # inside _debugging(options.debug)
+        self.results: List[str] = []  # the status of each line
         self.unreachable = 0  # failures where nothing answered at all
 
-    def report(self, result: CheckResult) -> CheckResult:
-        """Keep ``result`` in ``results`` and print it: ``[STATUS] what: detail  (seconds)``, then its
-        ``-> next step`` line when it has one; return it."""
-        self.results.append(result)
-        timing = "  (%.2f s)" % result.seconds if result.status != "SKIP" else ""
-        self.out.write("[%s] %s%s%s\n" % (result.status, result.what, ": " + result.detail if result.detail else "",
-                                         timing))
-        if result.next_step:
-            self.out.write("       -> %s\n" % result.next_step)
+    def report(self, status: str, what: str, detail: str = "", next_step: str = "",
+               seconds: float = 0.0) -> None:
+        """Print ``[STATUS] what: detail  (seconds)``, then the ``-> next step`` line if there is one."""
+        self.results.append(status)
+        timing = "  (%.2f s)" % seconds if status != "SKIP" else ""
+        self.out.write("[%s] %s%s\n" % (status, ": ".join(part for part in (what, detail) if part), timing))
+        if next_step:
+            self.out.write("       -> %s\n" % next_step)
         self.out.flush()
-        return result
 
-    def step(self, what: str, provider: "BaseProvider", action: Any, model: Optional[ModelConfig] = None,
-             skip_if_not_running: bool = False) -> Tuple[bool, Any]:
-        """Run one check; report it; return (passed, value)."""
+    def step(self, what: str, provider: "BaseProvider", action: Callable[[], Tuple[Any, str]],
+             server: bool = False, required: bool = True) -> Tuple[str, Any]:
+        """Run ``action`` (it returns ``(value, detail)``) as one check, report it, return (status, value).
+        A ``server`` check's errors name the server themselves, so they are printed without ``what``."""
         started = time.perf_counter()
         try:
-            with _StillWorking(self.out, what, self.every):
+            with _still_working(self.out, what):
                 value, detail = action()
-        except ProviderConnectionError as exc:
-            if not (skip_if_not_running and "refused" in str(exc)):
-                return self._failed(what, provider, model, exc, started)
-            self.report(CheckResult("SKIP", what, detail="not running (nothing configured uses it)",
-                                    next_step="If you use %s: %s" % (provider.title, provider.start_hint)))
-            return False, exc
         except ProviderError as exc:
-            return self._failed(what, provider, model, exc, started)
-        self.report(CheckResult("PASS", what, time.perf_counter() - started, detail))
-        return True, value
-
-    def _failed(self, what: str, provider: "BaseProvider", model: Optional[ModelConfig], exc: ProviderError,
-                started: float) -> Tuple[bool, Any]:
-        if self.debug:
-            import traceback
-            traceback.print_exception(type(exc), exc, exc.__traceback__, file=self.out)
-        self.unreachable += isinstance(exc, ProviderConnectionError)
-        next_step = _next_step(exc, provider, model)
-        detail = _one_line(exc)
-        if what == _server_title(provider):  # "LM Studio at URL: ..." need not say "to LM Studio at URL" again
-            detail = _without_title(detail, what)
-        self.report(CheckResult("FAIL", what, time.perf_counter() - started, _unsaid(detail, next_step),
-                                next_step))
-        return False, exc
+            if not required and exc.reason == "connection_refused":
+                self.report("SKIP", what, "not running (nothing configured uses it)",
+                            "If you use %s: %s" % (provider.title, provider.start_hint))
+                return "SKIP", None
+            logger.debug("%s failed", what, exc_info=exc)
+            self.unreachable += isinstance(exc, ProviderConnectionError)
+            self.report("FAIL", "" if server else what, " ".join(exc.message.split()),
+                        _next_step(exc, provider), time.perf_counter() - started)
+            return "FAIL", None
+        self.report("PASS", what, detail, seconds=time.perf_counter() - started)
+        return "PASS", value
 
     def run(self) -> int:
-        """Run every check; return the exit code (0 when everything passed)."""
-        for target in self.targets:
-            self._check_server(target[0], target[1], target[2] if len(target) == 3 else True)
-        passed = sum(r.status == "PASS" for r in self.results)
-        failed = sum(r.status == "FAIL" for r in self.results)
-        skipped = sum(r.status == "SKIP" for r in self.results)
+        """Run every check and print a summary; return the exit code (0 when everything passed)."""
+        for provider, models, required in self.targets:
+            self._check_server(provider, models, required)
+        passed, failed, skipped = (self.results.count(status) for status in ("PASS", "FAIL", "SKIP"))
         self.out.write("\n%d passed, %d failed, %d skipped\n" % (passed, failed, skipped))
         if not passed and failed == self.unreachable:
-            self.out.write("No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server "
-                           "start) or Ollama (https://ollama.com; then ollama serve) and run this again. To see "
-                           "lm_providers work without either: %s\n" % demo_hint())
+            self.out.write(
+                "No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server "
+                "start) or Ollama (https://ollama.com; then ollama serve) and run this again. To see "
+                "lm_providers work without either, run the demo in the project's source folder (a git "
+                "checkout or the sdist; the installed package has no demo):  python -m pip install "
+                "\".[demo]\" && python test_lm_studio_provider.py --demo  (Python 3.10+)\n")
         elif failed:
-            self.out.write("Some checks failed; each [FAIL] line is followed by what to do. Run with --debug to see "
-                           "every request and response.\n")
+            self.out.write("Some checks failed; each [FAIL] line is followed by what to do. Run with --debug "
+                           "to see every request and response.\n")
         else:
             self.out.write("Everything works.\n")
         self.out.flush()
         return 1 if failed or not passed else 0
 
-    def _check_server(self, provider: "BaseProvider", models: Sequence[ModelConfig], required: bool = True) -> None:
-        title = _server_title(provider)
+    def _check_server(self, provider: "BaseProvider", models: List[ModelConfig], required: bool) -> None:
+        title = "%s at %s" % (provider.title, provider.base_url)
 
         def list_them() -> Tuple[List[str], str]:
             names = provider.list_models(debug=self.debug)
             shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             return names, "answers; %d model(s)%s" % (len(names), ": " + shown if names else "")
 
-        models = list(models)
-        ok, offered = self.step(title, provider, list_them, skip_if_not_running=not required)
-        if not ok and self.results[-1].status == "SKIP":
-            return
-        if not ok:
+        status, offered = self.step(title, provider, list_them, server=True, required=required)
+        if status == "FAIL":
             for name in [m.name for m in models] or [provider.title]:
-                self.report(CheckResult("SKIP", "%s model checks" % name, detail="the server did not answer"))
+                self.report("SKIP", "%s model checks" % name, "the server did not answer")
+        if status != "PASS":
             return
         if not models:
-            chat_models = [n for n in offered if "embed" not in n.lower()]
+            chat_models = [name for name in offered if "embed" not in name.lower()]
             if not chat_models:
-                self.report(CheckResult("FAIL", "%s has a model to chat with" % title, 0.0, "no models listed",
-                                        provider.download_hint("<model>") if provider.provider != "lm_studio" else
-                                        "Download a model in LM Studio and load it (or: lms get qwen2.5-7b-instruct"
-                                        "; lms load qwen2.5-7b-instruct)."))
+                self.report("FAIL", "%s has a model to chat with" % title, "no models listed",
+                            provider.download_hint("<model>"))
                 return
             models = [ModelConfig(chat_models[0], provider.provider)]
             self.out.write("       (no model configured for %s; trying the first one it offers: %s)\n"
@@ -5194,396 +5145,200 @@ class SetupCheck:
         name = "%s %r" % (provider.title, model.name)
         if not any(provider.same_model(model.name, o) for o in offered):
             matches = provider.close_matches(model.name, offered)
-            extra = (" LM Studio lists only loaded models unless Just-in-Time loading is on." if
-                     provider.provider == "lm_studio" else "")
-            self.report(CheckResult("FAIL", "%s is available" % name, 0.0, "not among the %d model(s) the server "
-                                    "offers%s" % (len(offered), extra),
-                                    provider.download_hint(model.name) + (
-                                        " Close matches: %s." % ", ".join(matches) if matches else "")))
+            self.report("FAIL", "%s is available" % name, "not among the %d model(s) the server offers"
+                        % len(offered), provider.download_hint(model.name) + (
+                            " Close matches: %s." % ", ".join(matches) if matches else ""))
             for what in ("generation", "streaming", "JSON"):
-                self.report(CheckResult("SKIP", "%s %s" % (name, what), detail="the model is not available"))
+                self.report("SKIP", "%s %s" % (name, what), "the model is not available")
             return
-        self.report(CheckResult("PASS", "%s is available" % name))
+        self.report("PASS", "%s is available" % name)
         if not any(k in model.parameters for k in ("max_tokens", "num_predict")):
             model = model.with_parameters(max_tokens=2048)  # room for a reasoning model's thinking
 
         def generate() -> Tuple[str, str]:
-            result = provider.chat(CHECK_PROMPT, model, debug=self.debug)
-            return result.text, "%r (%s tokens, finish_reason=%s)" % (
-                _shorten(result.text), (result.usage or {}).get("completion_tokens", "?"), result.finish_reason)
-
-        self.step("%s generates text" % name, provider, generate, model)
+            result = provider.chat(_CHECK_PROMPT, model, debug=self.debug)
+            tokens = (result.usage or {}).get("completion_tokens", "?")
+            return result.text, "%r (%s tokens, finish_reason=%s)" % (_shorten(result.text), tokens,
+                                                                       result.finish_reason)
 
         def stream() -> Tuple[int, str]:
-            started = time.perf_counter()
-            first_at, pieces, text = 0.0, 0, []
-            for piece in provider.stream_text(CHECK_PROMPT, model, debug=self.debug):
-                if not pieces:
-                    first_at = time.perf_counter() - started
-                pieces += 1
+            started, first_at, text = time.perf_counter(), 0.0, []
+            for piece in provider.stream_text(_CHECK_PROMPT, model, debug=self.debug):
+                first_at = first_at or time.perf_counter() - started
                 text.append(piece)
-            if not pieces:
-                raise ProviderResponseError("the stream completed without any text")
-            total = time.perf_counter() - started
-            return pieces, "%d pieces, first after %.2f s, %.1f pieces/s: %r" % (
-                pieces, first_at, pieces / max(total - first_at, 1e-6) if pieces > 1 else 0.0,
-                _shorten("".join(text)))
-
-        self.step("%s streams" % name, provider, stream, model)
+            if not text:
+                raise ProviderResponseError("the stream completed without any text", reason="bad_response")
+            rate = len(text) / max(time.perf_counter() - started - first_at, 1e-6) if text[1:] else 0.0
+            return len(text), "%d pieces, first after %.2f s, %.1f pieces/s: %r" % (
+                len(text), first_at, rate, _shorten("".join(text)))
 
         def json_object() -> Tuple[Dict[str, Any], str]:
-            data = provider.generate_json(CHECK_JSON_PROMPT, model, ["status"], debug=self.debug)
+            data = provider.generate_json(_CHECK_JSON_PROMPT, model, ["status"], debug=self.debug)
             return data, _shorten(json.dumps(data, ensure_ascii=False), 100)
 
-        self.step("%s returns JSON" % name, provider, json_object, model)
+        self.step("%s generates text" % name, provider, generate)
+        self.step("%s streams" % name, provider, stream)
+        self.step("%s returns JSON" % name, provider, json_object)
 
 
-def _server_title(provider: "BaseProvider") -> str:
-    return "%s at %s" % (provider.title, provider.base_url)
+# --- which servers and models a command means ---------------------------------------------------------
+
+def _server_kinds(config: Optional[Config], provider: Optional[str], host: Optional[str],
+                  timeout: _Timeout = None) -> List[str]:
+    """The server kinds a command looks at: ``--provider``'s; else the one ``--host`` names by its default
+    port (or by a path: ``openai``) or that answers there; else LM Studio and Ollama (when nothing answers at
+    ``--host``, each says how to start it), and an OpenAI-compatible server when the config names one (an
+    ``openai://`` role or ``openai_host``).  OPENAI_BASE_URL alone does not count: OpenAI's own clients
+    read it too, so it may be set for another program; ``--provider openai`` uses it."""
+    if provider:
+        return [canonical_provider(provider)]
+    openai = OpenAICompatibleProvider.provider
+    if not host:
+        named = config is not None and bool(config.openai_host or any(
+            role.provider == openai for role in config.models.values()))
+        return list(_DEFAULT_KINDS) + [openai] * named
+    try:
+        port = normalize_host(host).rsplit(":", 1)[1]
+    except InvalidInputError as error:  # only an openai:// host may have a path
+        try:
+            normalize_host(host, openai)
+        except InvalidInputError:
+            raise error from None
+        return [openai]
+    for kind in SERVER_KINDS.values():
+        if port == str(kind.default_port):
+            return [kind.name]
+    answering = _detect_server_kind(host, timeout)
+    return [answering] if answering else list(_DEFAULT_KINDS)
 
 
-def _without_title(message: str, title: str) -> str:
-    """``message`` shown after ``title:`` without naming ``title`` again ("cannot connect to LM Studio at URL")."""
-    return message.replace(" to %s" % title, "").replace("%s " % title, "")
+def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
+    """Which server answers at ``host``: ``"ollama"`` (asked first: its OpenAI layer answers /v1/models too),
+    ``"lm_studio"`` (/v1/models, or a 401 there, and LM Studio's own model list), ``"openai"`` (/v1/models
+    only), or None when nothing listens there; ProviderResponseError for a server that is none of them."""
+    timeout = timeout if timeout is not None else _LIST_TIMEOUT
+    with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
+        try:
+            if ollama.server_version() is not None:
+                return ollama.provider
+            not_ollama = "no version"
+        except (ProviderConnectionError, ProviderTimeoutError) as exc:
+            if exc.reason == "connection_refused":
+                return None
+            raise
+        except ProviderError as exc:
+            not_ollama = _probe_failure(exc)
+    with LMStudioProvider(host=host, timeout=timeout, max_retries=0) as lm_studio:
+        try:
+            lm_studio.list_models()
+        except AuthenticationError:
+            pass  # it wants a key: OpenAI-compatible; LM Studio if its own API says so (with LM_API_TOKEN)
+        except ProviderError as exc:
+            raise ProviderResponseError(
+                "the server at %s answers, but neither as an OpenAI-compatible server such as LM Studio (GET "
+                "/v1/models: %s) nor as Ollama (GET /api/version: %s)." % (
+                    ollama.base_url, _probe_failure(exc), not_ollama), reason="bad_response",
+                hint="If it is one of them, say which with  --provider lm_studio,  --provider ollama  or  "
+                     "--provider openai.") from None
+        try:  # facts from LM Studio's own /api/v1 or /api/v0 model list, not only from /v1/models
+            native = any(info.source.startswith("/api/") for info in lm_studio.list_model_info())
+        except ProviderError as exc:
+            logger.debug("LM Studio's own API does not answer at %s: %s", lm_studio.base_url, _one_line(exc))
+            native = False
+        return lm_studio.provider if native else OpenAICompatibleProvider.provider
 
 
-def _unsaid(detail: str, next_step: str) -> str:
-    """``detail`` without the sentences that the ``->`` line printed under it says anyway."""
-    said = " ".join(next_step.split())
-    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", detail)
-    return " ".join(s for s in sentences if len(s) < 20 or s not in said).strip()
+def _probe_failure(exc: ProviderError) -> str:
+    status = getattr(exc, "status", None)
+    return "HTTP %d" % status if status else _shorten(" ".join(exc.message.split()), 80)
 
 
-def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] = None, host: Optional[str] = None,
-                   timeout: Union[None, float, Tuple[float, float]] = None) -> ModelConfig:
-    """The model the command line names (``generate``'s URI_OR_ROLE, ``check --model``): a role of ``config``,
-    a model URI, or a plain model name for the server kind ``provider`` says (or that answers at ``host``).
-
-    ``provider`` and ``host`` must agree with what the role or URI says: another
-    kind or another host is refused, not silently put in its place.  A model
-    without a host of its own gets ``host``.
-    """
+def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] = None,
+                   host: Optional[str] = None, timeout: _Timeout = None) -> ModelConfig:
+    """The model a command's URI_OR_ROLE names: a role of ``config``, a model URI, or a plain model name for
+    the server kind ``provider`` says (or that answers at ``host``).  ``provider`` and ``host`` must agree
+    with what a role or URI says, not silently replace it; a model without a host of its own gets ``host``."""
     if config is not None and text in config.models:
         model = config.models[text]
     elif "://" in text:
         model = parse_model_uri(text)
     else:
         _refuse_parameters_without_provider(text, provider or "lm_studio")
-        kinds = [canonical_provider(provider)] if provider else (_kinds_for_host(host, timeout) if host else [])
+        kinds = _server_kinds(config, provider, host, timeout) if provider or host else []
         if len(kinds) != 1:
-            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the "
-                                    "config; for a plain model name, say which server with --provider lm_studio, "
-                                    "--provider ollama or --provider openai%s" % (
-                                        text, " (nothing answers at %s to tell)" % host if host else ""))
+            raise InvalidInputError(
+                "%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the config; for "
+                "a plain model name, say which server with --provider lm_studio, --provider ollama or "
+                "--provider openai%s" % (text, " (nothing answers at %s to tell)" % host if host else ""))
         model = ModelConfig(text, kinds[0])
     if provider and canonical_provider(provider) != model.provider:
         raise InvalidInputError("%s is a %s model, but --provider says %s" % (text, model.provider, provider))
     if host:
         if model.host is not None and normalize_host(model.host, model.provider) != normalize_host(
                 host, model.provider):
-            raise InvalidInputError("%s names the host %s and --host says %s; give one" % (text, model.host, host))
+            raise InvalidInputError("%s names the host %s and --host says %s; give one"
+                                    % (text, model.host, host))
         model = ModelConfig(model.name, model.provider, host, model.parameters)
     return model
 
 
-def check_targets(config: Optional[Config] = None, provider: Optional[str] = None, host: Optional[str] = None,
-                  model: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None
-                  ) -> List[Tuple["BaseProvider", List[ModelConfig], bool]]:
-    """What the setup check looks at: ``(provider, models, required)`` for each server, from the roles and
-    hosts of ``config``, narrowed by the command-line options ``provider``, ``host`` and ``model``.
-
-    Without options, LM Studio and Ollama are looked at, and an OpenAI-compatible
-    server when the config names one (an ``openai://`` role or ``openai_host``;
-    ``OPENAI_BASE_URL`` alone does not count, since OpenAI's own clients read it
-    too, but ``provider="openai"`` uses it).  A ``host`` with a path is an
-    ``openai`` host; one on neither LM Studio's nor Ollama's default port is
-    asked which server it is (``detect_server_kind``), so only that one is
-    checked.  ``model`` (a URI, a role or, with ``provider``, a plain name) is
-    read as ``generate`` reads it.  A server is ``required`` when something
-    names it; one that is not is SKIPped when it is not running.
-    """
+def _check_targets(config: Optional[Config], provider: Optional[str], host: Optional[str],
+                   model: Optional[str], timeout: _Timeout = None) -> List[_Target]:
+    """What the setup check looks at: ``(provider, models, required)`` for each server ``_server_kinds``
+    picks, with the roles of ``config`` on it (on ``host`` when given), or just ``model`` (read as
+    ``generate`` reads it).  A server is required (not running: FAIL, not SKIP) when something names it."""
     if model:
         chosen = _resolve_model(model, config, provider, host, timeout)
         return [(_cli_provider(chosen.provider, chosen.host, config, timeout), [chosen], True)]
-    kinds = [canonical_provider(provider)] if provider else _kinds_for_host(host, timeout)
-    if not provider and not host and _openai_in_use(config):
-        kinds.append("openai")
-    targets: List[Tuple[BaseProvider, List[ModelConfig], bool]] = []
-    for kind in kinds:
-        roles = [m for m in (config.models.values() if config else []) if m.provider == kind]
-        unique: Dict[Tuple[str, str], ModelConfig] = {}
-        for m in roles:
-            unique.setdefault((m.name, resolve_host(kind, m.host, config)), m)
-        by_host: Dict[str, List[ModelConfig]] = {}
-        for (name, base_url), m in unique.items():
-            by_host.setdefault(resolve_host(kind, host, config) if host else base_url, []).append(m)
-        required = bool(by_host) or bool(provider) or bool(host) or (
-            config is not None and config.host_for(kind) is not None) or bool(os.environ.get(SERVER_KINDS[kind].host_env))
-        if not by_host:
-            by_host[resolve_host(kind, host, config)] = []
-        targets += [(_cli_provider(kind, base_url, config, timeout), ms, required) for base_url, ms in by_host.items()]
+    targets: List[_Target] = []
+    for kind in _server_kinds(config, provider, host, timeout):
+        by_host: Dict[str, Dict[str, ModelConfig]] = {}
+        for role in (config.models.values() if config else []):
+            if role.provider == kind:
+                base_url = resolve_host(kind, host or role.host, config)
+                by_host.setdefault(base_url, {}).setdefault(role.name, role)
+        required = bool(by_host or provider or host or (config and config.host_for(kind))
+                        or os.environ.get(SERVER_KINDS[kind].host_env))
+        for base_url, models in (by_host or {resolve_host(kind, host, config): {}}).items():
+            targets.append((_cli_provider(kind, base_url, config, timeout), list(models.values()), required))
     return targets
 
 
-def _openai_in_use(config: Optional[Config]) -> bool:
-    """Whether the config names an ``openai://`` server (a role or ``openai_host``).
-
-    OPENAI_BASE_URL alone does not count: OpenAI's own clients read it too, so it
-    may be set for another program; ``--provider openai`` uses it.
-    """
-    return config is not None and bool(config.openai_host or any(m.provider == "openai"
-                                                                 for m in config.models.values()))
-
-
-def _kinds_for_host(host: Optional[str], timeout: Union[None, float, Tuple[float, float]] = None) -> List[str]:
-    """Which servers ``--host`` means: the one whose default port it names, ``openai`` for a base URL with a
-    path, else the one that answers there (``detect_server_kind``: Ollama, LM Studio or another
-    OpenAI-compatible server); LM Studio and Ollama when nothing listens there (each then says how to start it)."""
-    if host:
-        try:
-            port = normalize_host(host).rsplit(":", 1)[1]
-        except InvalidInputError as error:  # only an openai:// host may have a path
-            try:
-                normalize_host(host, "openai")
-            except InvalidInputError:
-                raise error from None
-            return ["openai"]
-        for kind in SERVER_KINDS.values():
-            if port == str(kind.default_port):
-                return [kind.name]
-        answering = detect_server_kind(host, timeout)
-        if answering is not None:
-            return [answering]
-    return ["lm_studio", "ollama"]
-
-
-def detect_server_kind(host: str, timeout: Union[None, float, Tuple[float, float]] = None,
-                       debug: bool = False) -> Optional[str]:
-    """Which server answers at ``host``: ``"ollama"``, ``"lm_studio"``, ``"openai"`` (another
-    OpenAI-compatible server: llama-server, vLLM, a LiteLLM proxy), or None when nothing listens there.
-
-    Ollama answers ``GET /api/version`` with ``{"version": ...}``; it is asked
-    first, because its OpenAI-compatible layer answers ``/v1/models`` too.  A
-    server that answers ``GET /v1/models`` (or refuses it with 401: it wants a
-    key) speaks OpenAI's API; it is LM Studio only if LM Studio's own REST API
-    answers as well (``_lm_studio_api_answers``), else ``"openai"`` (so LM
-    Studio before 0.3.6, or one that refuses requests without LM_API_TOKEN, is
-    talked to as an OpenAI-compatible server).  Something that answers as
-    neither raises ProviderResponseError saying which ``--provider`` to pass; a
-    host that does not answer at all raises ProviderConnectionError or
-    ProviderTimeoutError.
-    """
-    timeout = timeout if timeout is not None else (5.0, 30.0)
-    with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
-        try:
-            if ollama.server_version(debug=debug) is not None:
-                return "ollama"
-            not_ollama = "no version"
-        except ProviderConnectionError as exc:
-            if "refused" in str(exc):
-                return None
-            raise
-        except ProviderTimeoutError:
-            raise
-        except ProviderError as exc:
-            not_ollama = _probe_failure(exc)
-    with LMStudioProvider(host=host, timeout=timeout, max_retries=0) as lm_studio:
-        try:
-            lm_studio.list_models(debug=debug)
-        except AuthenticationError:
-            pass  # it wants a key: OpenAI-compatible; LM Studio if its own API says so (with LM_API_TOKEN)
-        except ProviderError as exc:
-            raise ProviderResponseError(
-                "the server at %s answers, but neither as an OpenAI-compatible server such as LM Studio (GET "
-                "/v1/models: %s) nor as Ollama (GET /api/version: %s). If it is one of them, say which with  "
-                "--provider lm_studio,  --provider ollama  or  --provider openai."
-                % (ollama.base_url, _probe_failure(exc), not_ollama)) from None
-        return "lm_studio" if _lm_studio_api_answers(lm_studio, debug) else "openai"
-
-
-#: LM Studio's own model lists: (path, the field holding the list, the key each entry has).
-_LM_STUDIO_MODEL_LISTS = (("/api/v1/models", "models", "key"),  # LM Studio 0.4+
-                          ("/api/v0/models", "data", "id"))     # LM Studio 0.3.6+
-
-
-def _lm_studio_api_answers(provider: "LMStudioProvider", debug: bool = False) -> bool:
-    """Whether LM Studio's native REST API answers at ``provider``'s host with a model list.
-
-    Any other answer means "not there": an error status, or the HTTP 200
-    ``{"error": "Unexpected endpoint or method. (GET ...)"}`` with which LM
-    Studio 0.3.14 to 0.4.x answer a path they do not serve (``_call`` raises
-    for an error object, and for a body without the list).
-    """
-    for path, field, key in _LM_STUDIO_MODEL_LISTS:
-        try:
-            provider._call("GET", path, debug=debug, read=lambda data: _entries(data, field, key))
-            return True
-        except ProviderError as exc:
-            logger.debug("GET %s does not answer as LM Studio's own API: %s", path, _one_line(exc))
-    return False
-
-
-def _probe_failure(exc: ProviderError) -> str:
-    status = getattr(exc, "status", None)
-    return "HTTP %d" % status if status else _shorten(_one_line(exc), 80)
-
-
-def demo_hint() -> str:
-    """How to run the demo from here: its command when the project's source folder is at hand (the current
-    folder, or the one holding this module), else where to get it; the installed package does not carry it."""
-    here = os.getcwd()
-    for folder in (here, os.path.dirname(os.path.abspath(__file__))):
-        if os.path.isfile(os.path.join(folder, "test_lm_studio_provider.py")) and os.path.isfile(
-                os.path.join(folder, "realserver", "demo.py")):
-            where = "." if folder == here else os.path.relpath(folder)
-            where = folder if where.startswith("..") else where
-            script = os.path.join(where, "test_lm_studio_provider.py") if where != "." else "test_lm_studio_provider.py"
-            return " python -m pip install \"%s[demo]\" && python %s --demo  (Python 3.10+)" % (where, script)
-    return (" its demo is not part of the installed package: it is in the project's source folder (a git checkout, "
-            "or the unpacked source archive, the sdist). In that folder run:  python -m pip install \".[demo]\" "
-            "&& python test_lm_studio_provider.py --demo  (Python 3.10+)")
+def _cli_provider(kind: str, host: Optional[str], config: Optional[Config],
+                  timeout: _Timeout) -> "BaseProvider":
+    """The provider every command talks through: server kind ``kind`` at ``host`` (else the config's, the
+    environment's, the default: ``resolve_host``), with the command line's ``timeout`` (None: the default)."""
+    return PROVIDER_CLASSES[kind](host=resolve_host(kind, host, config), timeout=timeout)
 
 
 def _load_config_option(path: Optional[str], out: Any = None) -> Optional[Config]:
     """The config named by --config, else ./config.yaml if there is one; say which on ``out``."""
-    if path:
-        return load_config(path)
-    if os.path.exists("config.yaml"):
-        if out:
+    if path or os.path.exists("config.yaml"):
+        if out and not path:
             out.write("Using config.yaml from %s\n" % os.getcwd())
-        return load_config("config.yaml")
+        return load_config(path or "config.yaml")
     if out:
         out.write("No config.yaml in %s; using --host, OLLAMA_HOST / LM_STUDIO_HOST or the default hosts.\n"
                   % os.getcwd())
     return None
 
 
-def setup_check_parser(prog: str = "python test_lm_studio_provider.py") -> "argparse.ArgumentParser":
-    """The setup check's ``argparse`` parser (scripts may add options of their own)."""
-    import argparse
-    return _check_parser(argparse.ArgumentParser(
-        prog=prog, description="Check that your LM Studio / Ollama servers, models and config work with "
-                               "lm_providers, and say what to do when they do not. Exit code 0 means every check "
-                               "passed."))
+def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
+    """The provider and model that a command's URI_OR_ROLE argument and connection options name."""
+    config = _load_config_option(options.config)
+    model = _resolve_model(options.model, config, options.provider, options.host, options.timeout)
+    return _cli_provider(model.provider, model.host, config, options.timeout), model
 
 
-def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, options: Any = None) -> int:
-    """The setup check as a command: parse ``argv`` (or take parsed ``options``), run, print, return the exit code."""
-    if options is None:
-        options = setup_check_parser().parse_args(argv)
+# --- running a command --------------------------------------------------------------------------------
+
+def _run_command(command: Callable[[Any], int], options: Any) -> int:
+    """Run a parsed command: --debug output on for it, an error as one line (exit 1), Ctrl-C as exit 130,
+    output piped into ``head`` (which closes the pipe) as exit 141, without a traceback."""
     try:
-        return _run_check(options, out or sys.stdout)
-    except KeyboardInterrupt:
-        sys.stderr.write("\ninterrupted\n")
-        return 130
-
-
-def _connection_options(parser: "argparse.ArgumentParser", provider_help: str) -> "argparse.ArgumentParser":
-    """The options every command takes: where the config is, which server, where, how long to wait, debug."""
-    parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    parser.add_argument("--provider", choices=list(PROVIDER_CLASSES), help=provider_help)
-    parser.add_argument("--host", metavar="HOST:PORT",
-                        help="the server at this host; on a port other than 1234 or 11434 it is asked which server "
-                             "it is, unless --provider says")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", default=None,
-                        help="read timeout for each request (default 600)")
-    parser.add_argument("--debug", action="store_true", help="show every request and response, and tracebacks")
-    return parser
-
-
-def _check_parser(parser: "argparse.ArgumentParser") -> "argparse.ArgumentParser":
-    _connection_options(parser, "check only this server kind")
-    parser.add_argument("--model", metavar="URI_OR_ROLE",
-                        help="check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")
-    return parser
-
-
-def _run_check(options: Any, out: Any) -> int:
-    if options.debug:
-        _debug("debug output on")
-    try:
-        config = _load_config_option(options.config, out)
-    except ProviderError as exc:
-        out.write("[FAIL] configuration: %s\n" % _one_line(exc))
-        return 2
-    try:
-        targets = check_targets(config, options.provider, options.host, options.model, _cli_timeout(options))
-    except (InvalidInputError, ConfigError) as exc:
-        out.write("[FAIL] configuration: %s\n" % _one_line(exc))
-        return 2
-    except ProviderError as exc:  # --host: what answers there could not be told
-        out.write("[FAIL] %s\n" % _one_line(exc))
-        return 1
-    return SetupCheck(targets, out=out, debug=options.debug).run()
-
-
-def _cli_timeout(options: Any) -> Optional[Tuple[float, float]]:
-    """The (connect, read) timeout --timeout asks for; None: the provider's own default."""
-    return (5.0, options.timeout) if options.timeout else None
-
-
-#: ``models`` waits at most this long by default: listing never loads a model, so a server silent for 30 s is
-#: stuck, and the 600 s read timeout that a first generation may need (a model loading) would only hide that.
-_LIST_TIMEOUT = (5.0, 30.0)
-
-
-def _cli_provider(kind: str, host: Optional[str], config: Optional[Config],
-                  timeout: Union[None, float, Tuple[float, float]]) -> "BaseProvider":
-    """The provider every command talks through: server kind ``kind`` at ``host`` (else the config's host, the
-    environment's, the default: ``resolve_host``), with the command line's ``timeout`` (None: the default)."""
-    return PROVIDER_CLASSES[kind](host=resolve_host(kind, host, config), timeout=timeout)
-
-
-def exit_quietly_on_broken_pipe(run: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a command so that output piped into ``head`` (which closes the pipe) ends it without a traceback."""
-    import functools
-
-    @functools.wraps(run)
-    def wrapper(*args: Any, **kwargs: Any) -> int:
-        try:
-            return run(*args, **kwargs)
-        except BrokenPipeError:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
-            os.close(devnull)
-            return 141  # what a shell reports for SIGPIPE
-    return wrapper
-
-
-def prog_name() -> str:
-    """How this command was started, for its usage lines: ``python -m lm_providers``, ``python lm_providers.py``
-    (a copied file) or ``lm-providers`` (the installed console script)."""
-    main_module = sys.modules.get("__main__")
-    spec = getattr(main_module, "__spec__", None)
-    if spec is not None and spec.name == "lm_providers":  # python -m lm_providers (then __name__ is __main__)
-        return "python -m lm_providers"
-    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if script.endswith(".py"):
-        return "python " + script
-    return script or "lm-providers"
-
-
-@exit_quietly_on_broken_pipe
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lm_providers`` / ``lm-providers``: the models, generate, embed, check, info, load, unload and
-    pull commands for LM Studio, Ollama and OpenAI-compatible servers; returns the exit code."""
-    parser = _build_parser(prog_name())
-    options = parser.parse_args(argv)
-    if options.command is None:
-        parser.print_help()
-        return 2
-    if options.debug and options.command != "check":  # the check says so itself
-        _debug("debug output on")
-    try:
-        if options.command == "check":
-            return _run_check(options, sys.stdout)
-        if options.command == "models":
-            return _cli_models(options)
-        if options.command == "embed":
-            return _cli_embed(options)
-        if options.command in _MODEL_COMMANDS:
-            return _MODEL_COMMANDS[options.command](options)
-        return _cli_generate(options)
+        with _debugging(options.debug):
+            logger.debug("debug output on")
+            return command(options)
     except ProviderError as exc:
         if options.debug:
             raise
@@ -5592,89 +5347,166 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         return 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        os.close(devnull)
+        return 141  # what a shell reports for SIGPIPE
+
+
+def _run_check(options: Any, out: Any = None) -> int:
+    out = out or sys.stdout
+    try:
+        config = _load_config_option(options.config, out)
+        targets = _check_targets(config, options.provider, options.host, options.model, options.timeout)
+    except (InvalidInputError, ConfigError) as exc:
+        out.write("[FAIL] configuration: %s\n" % _one_line(exc))
+        return 2
+    except ProviderError as exc:  # --host: what answers there could not be told
+        out.write("[FAIL] %s\n" % _one_line(exc))
+        return 1
+    return _SetupCheck(targets, out).run()
+
+
+def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, *,
+                    prog: str = "python test_lm_studio_provider.py",
+                    demo: Optional[Callable[[], int]] = None) -> int:
+    """The setup check as a command: parse ``argv`` (default ``sys.argv[1:]``), check each server and model,
+    print a line for each to ``out`` (default stdout), and return the exit code: 0 when everything passed,
+    1 when a check failed, 2 for a bad config or option, 130 on Ctrl-C.  ``prog`` names the command in its
+    help; ``demo``, a function returning an exit code, adds a ``--demo`` option that runs it instead."""
+    import argparse
+    parser = argparse.ArgumentParser(prog=prog, description=(
+        "Check that your LM Studio / Ollama servers, models and config work with lm_providers, and say what "
+        "to do when they do not. Exit code 0 means every check passed."))
+    _check_options(parser)
+    if demo is not None:
+        parser.add_argument("--demo", action="store_true", help=(
+            "no LM Studio or Ollama needed: start llama.cpp's own server with a small model on a free local "
+            "port, check it, stop it. Needs Python 3.10+ and: python -m pip install \".[demo]\""))
+    options = parser.parse_args(argv)
+    if demo is not None and options.demo:
+        return demo()
+    return _run_command(lambda parsed: _run_check(parsed, out), options)
+
+
+def _prog_name() -> str:
+    """How this command was started, for its usage lines: ``python -m lm_providers``, ``python
+    lm_providers.py`` (a copied file) or ``lm-providers`` (the installed console script)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name == "lm_providers":  # python -m lm_providers (then __name__ is __main__)
+        return "python -m lm_providers"
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python " + script if script.endswith(".py") else script or "lm-providers"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m lm_providers`` / ``lm-providers``: the models, generate, embed, check, info, load, unload
+    and pull commands for LM Studio, Ollama and OpenAI-compatible servers; returns the exit code."""
+    parser = _build_parser(_prog_name())
+    options = parser.parse_args(argv)
+    if options.command is None:
+        parser.print_help()
+        return 2
+    return _run_command(_COMMANDS[options.command], options)
+
+
+# --- the parser ---------------------------------------------------------------------------------------
+
+def _connection_options(parser: "argparse.ArgumentParser", provider_help: str) -> None:
+    """The options every command takes: where the config is, which server, where, how long to wait, debug."""
+    parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
+    parser.add_argument("--provider", choices=list(PROVIDER_CLASSES), help=provider_help)
+    parser.add_argument("--host", metavar="HOST:PORT", help="the server at this host; on a port other than "
+                        "1234 or 11434 it is asked which server it is, unless --provider says")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="read timeout for each request (default 600)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show every request and response, and tracebacks")
+
+
+def _check_options(parser: "argparse.ArgumentParser") -> None:
+    _connection_options(parser, "check only this server kind")
+    parser.add_argument("--model", metavar="URI_OR_ROLE",
+                        help="check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")
 
 
 def _build_parser(prog: str) -> "argparse.ArgumentParser":
     """The command line's parser: its commands, their arguments and the connection options, with examples."""
     import argparse
     parser = argparse.ArgumentParser(
-        prog=prog, description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, a "
-                               "LiteLLM proxy) from the command line.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  {0} models\n"
-               "  {0} models --host 10.0.0.5:8080\n"
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, a LiteLLM "
+                    "proxy) from the command line.",
+        epilog="examples:\n  {0} models\n  {0} models --host 10.0.0.5:8080\n"
                "  {0} generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
                "  {0} generate ollama://llama3 \"Name a color\" --json name,hex\n"
                "  {0} generate openai://my-model@127.0.0.1:8000/v1 \"Say hi\"\n"
                "  {0} check --provider ollama".format(prog))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    models = _connection_options(commands.add_parser(
-        "models", help="list the models each server offers",
-        description="List the models each server offers (each gets 30 s to answer unless --timeout says). "
-                    "Example: %s models --provider ollama" % prog),
-        "only this server kind")
-    models.add_argument("--long", "-l", action="store_true",
-                        help="a table of each model's facts: context, loaded, capabilities, quantization, size")
-    generate = commands.add_parser(
-        "generate", help="stream a reply to a prompt",
-        description="Stream a model's reply to stdout as it arrives. Example: %s generate "
-                    "lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"" % prog)
-    generate.add_argument("model", metavar="URI_OR_ROLE",
-                          help="a model URI, a role from the config, or a model name with --provider (or --host)")
+
+    def command(name: str, help_text: str, example: str, model: bool = True) -> Any:
+        sub = commands.add_parser(name, help=help_text, description="%s. Example: %s %s" % (
+            help_text[:1].upper() + help_text[1:], prog, example))
+        if model:
+            sub.add_argument("model", metavar="URI_OR_ROLE", help="a model URI such as ollama://llama3, a "
+                             "role from the config, or a model name with --provider (or --host)")
+        return sub
+
+    models = command("models", "list the models each server offers (each gets 30 s to answer unless "
+                     "--timeout says)", "models --provider ollama", model=False)
+    models.add_argument("--long", "-l", action="store_true", help="a table of each model's facts: context, "
+                        "loaded, capabilities, quantization, size")
+    _connection_options(models, "only this server kind")
+    _check_options(command("check", "check servers, models and config, and say what to do about each "
+                           "failure (as test_lm_studio_provider.py does)",
+                           "check --model lm_studio://qwen2.5-7b-instruct", model=False))
+    generate = command("generate", "stream a model's reply to a prompt to stdout as it arrives",
+                       "generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"")
     generate.add_argument("prompt", help="the user message")
     generate.add_argument("--system", help="a system message to put first")
-    generate.add_argument("--json", metavar="ATTR,...",
-                          help="ask for a JSON object with these attributes and print it")
-    _connection_options(generate, "the server kind, for a plain model name")
-    _embed_parser(commands)
-    _check_parser(commands.add_parser(
-        "check", help="check servers, models and config (same as test_lm_studio_provider.py)",
-        description="Check servers, models and config, and say what to do about each failure. Example: "
-                    "%s check --model lm_studio://qwen2.5-7b-instruct" % prog))
-    _add_model_commands(commands)
+    generate.add_argument("--json", metavar="ATTR,...", help="ask for a JSON object with these attributes")
+    embed = command("embed", "print the embeddings of texts as JSON, {\"model\": ..., \"embeddings\": "
+                    "[[...], ...]}, one vector per text in order; without TEXT arguments each line of stdin "
+                    "is a text", "embed ollama://nomic-embed-text \"first text\" \"second text\"")
+    embed.add_argument("texts", metavar="TEXT", nargs="*", help="texts to embed (default: stdin's lines)")
+    embed.add_argument("--dimensions", type=int, metavar="N", help="ask for N-wide vectors (models that can)")
+    embed.add_argument("--batch-size", type=int, default=DEFAULT_EMBED_BATCH, metavar="N",
+                       help="texts per request (default %d)" % DEFAULT_EMBED_BATCH)
+    info = command("info", "show what the server reports about a model", "info ollama://llama3 --json")
+    info.add_argument("--json", action="store_true", help="print the facts as JSON")
+    load = command("load", "load a model, optionally with a context length",
+                   "load lm_studio://qwen2.5-7b-instruct --context-length 16384")
+    load.add_argument("--context-length", type=int, metavar="TOKENS", help="the context to load it with")
+    load.add_argument("--keep-alive", metavar="DURATION",
+                      help="Ollama: how long it stays loaded when idle, e.g. 10m or -1 (for ever)")
+    for sub in (generate, embed, info, load, command("unload", "unload a model from memory",
+                                                     "unload ollama://llama3"),
+                command("pull", "download a model, showing its progress", "pull ollama://llama3.2")):
+        _connection_options(sub, "the server kind, for a plain model name")
     return parser
 
 
+# --- the commands -------------------------------------------------------------------------------------
+
 def _cli_models(options: Any) -> int:
     config = _load_config_option(options.config)
-    kinds = [options.provider] if options.provider else _kinds_for_host(options.host, _cli_timeout(options)) + (
-        ["openai"] if not options.host and _openai_in_use(config) else [])
     answered = 0
-    for kind in kinds:
+    for kind in _server_kinds(config, options.provider, options.host, options.timeout):
         try:
-            provider = _cli_provider(kind, options.host, config, _cli_timeout(options) or _LIST_TIMEOUT)
-        except InvalidInputError as exc:  # an openai:// server with no host anywhere
-            sys.stderr.write("%s: %s\n" % (SERVER_KINDS[kind].title, exc))
-            continue
-        with provider:
-            title = _server_title(provider)
-            try:
+            with _cli_provider(kind, options.host, config, options.timeout or _LIST_TIMEOUT) as provider:
                 names = provider.list_models(debug=options.debug)
                 infos = provider.list_model_info(debug=options.debug) if options.long else None
-            except ProviderError as exc:
-                sys.stderr.write("%s: %s\n" % (title, _without_title(str(exc), title)))
-                continue
+        except ProviderError as exc:  # this server is down: say so, and go on with the next
+            sys.stderr.write("%s\n" % _one_line(exc))
+            continue
         answered += 1
-        print("%s (%d):" % (title, len(names)))
+        print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))
         if infos is not None:
             _print_model_table(infos, sys.stdout)
-            continue
-        for name in names:
+        for name in names if infos is None else ():
             print("  " + name)
     return 0 if answered else 1
-
-
-def _cli_model(options: Any, config: Optional[Config]) -> ModelConfig:
-    """The model a command's URI_OR_ROLE argument and its connection options name (see ``_resolve_model``)."""
-    return _resolve_model(options.model, config, options.provider, options.host, _cli_timeout(options))
-
-
-def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
-    """The provider and model that a command's URI_OR_ROLE argument and connection options name."""
-    config = _load_config_option(options.config)
-    model = _cli_model(options, config)
-    return _cli_provider(model.provider, model.host, config, _cli_timeout(options)), model
 
 
 def _cli_generate(options: Any) -> int:
@@ -5696,22 +5528,6 @@ def _cli_generate(options: Any) -> int:
     return 0
 
 
-def _embed_parser(commands: Any) -> None:
-    """Add the ``embed`` command (see _cli_embed)."""
-    embed = commands.add_parser(
-        "embed", help="print the embeddings of texts as JSON",
-        description="Embed texts and print {\"model\": ..., \"embeddings\": [[...], ...]} as JSON, one vector per "
-                    "text in order. Without TEXT arguments, each line of stdin is a text. Example: %s embed "
-                    "ollama://nomic-embed-text \"first text\" \"second text\"" % prog_name())
-    embed.add_argument("model", metavar="URI_OR_ROLE",
-                       help="a model URI, a role from the config, or a model name with --provider")
-    embed.add_argument("texts", metavar="TEXT", nargs="*", help="texts to embed (default: the lines of stdin)")
-    embed.add_argument("--dimensions", type=int, metavar="N", help="ask for N-wide vectors (models that can)")
-    embed.add_argument("--batch-size", type=int, default=DEFAULT_EMBED_BATCH, metavar="N",
-                       help="texts per request (default %d)" % DEFAULT_EMBED_BATCH)
-    _connection_options(embed, "the server kind, for a plain model name")
-
-
 def _cli_embed(options: Any) -> int:
     provider, model = _cli_target(options)
     texts = options.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
@@ -5721,72 +5537,44 @@ def _cli_embed(options: Any) -> int:
     return 0
 
 
-# --- model commands: info, load, unload, pull ---------------------------------------------------------------
-
-def _add_model_commands(commands: Any) -> None:
-    """The ``info``, ``load``, ``unload`` and ``pull`` subcommands."""
-    def command(name: str, help_text: str, example: str) -> Any:
-        parser = commands.add_parser(name, help=help_text, description="%s. Example: %s %s"
-                                     % (help_text[:1].upper() + help_text[1:], prog_name(), example))
-        parser.add_argument("model", metavar="URI_OR_ROLE",
-                            help="a model URI such as ollama://llama3, a role, or a model name with --provider")
-        return _connection_options(parser, "the server kind, for a plain model name")
-
-    info = command("info", "show what the server reports about a model", "info ollama://llama3 --json")
-    info.add_argument("--json", action="store_true", help="print the facts as JSON")
-    load = command("load", "load a model, optionally with a context length",
-                   "load lm_studio://qwen2.5-7b-instruct --context-length 16384")
-    load.add_argument("--context-length", type=int, metavar="TOKENS", help="the context to load it with")
-    load.add_argument("--keep-alive", metavar="DURATION",
-                      help="Ollama: how long it stays loaded when idle, e.g. 10m or -1 (for ever)")
-    command("unload", "unload a model from memory", "unload ollama://llama3")
-    command("pull", "download a model, showing its progress", "pull ollama://llama3.2")
-
-
-def _cli_info(options: Any) -> int:
+def _cli_model_command(options: Any) -> int:
+    """``info``, ``load``, ``unload`` and ``pull``: one model on one server."""
     provider, model = _cli_target(options)
-    info = provider.model_info(model, debug=options.debug)
-    if options.json:
-        print(json.dumps(info.as_dict(), indent=2))
-        return 0
-    print("%s at %s:" % (provider.title, provider.base_url))
-    for name, value in info.as_dict().items():
-        shown = _human_bytes(value) if name == "size_bytes" and value is not None else value
-        print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
+    where = "%s at %s" % (provider.title, provider.base_url)
+    if options.command == "info":
+        facts = provider.model_info(model, debug=options.debug).as_dict()
+        if options.json:
+            print(json.dumps(facts, indent=2))
+            return 0
+        print(where + ":")
+        for name, value in facts.items():
+            shown = _human_bytes(value) if name == "size_bytes" and value is not None else value
+            print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
+    elif options.command == "load":
+        keep_alive = options.keep_alive
+        if keep_alive is not None and _INT_RE.match(keep_alive.strip()):
+            keep_alive = int(keep_alive)
+        info = provider.load_model(model, context_length=options.context_length, keep_alive=keep_alive,
+                                   debug=options.debug)
+        print("loaded %s on %s (context %s)" % (info.name, where,
+                                                info.loaded_context_length or "not reported"))
+    elif options.command == "unload":
+        provider.unload_model(model, debug=options.debug)
+        print("unloaded %s on %s" % (model.name, where))
+    else:
+        display = _PullDisplay(sys.stdout, sys.stdout.isatty())
+        try:
+            last = provider.pull_model(model, progress=display, debug=options.debug)
+        finally:
+            display.finish()
+        print("%s: %s" % (model.name, last.status))
     return 0
 
 
-def _cli_load(options: Any) -> int:
-    provider, model = _cli_target(options)
-    keep_alive = options.keep_alive
-    if keep_alive is not None and _INT_RE.match(keep_alive.strip()):
-        keep_alive = int(keep_alive)
-    info = provider.load_model(model, context_length=options.context_length, keep_alive=keep_alive,
-                               debug=options.debug)
-    print("loaded %s on %s at %s (context %s)" % (info.name, provider.title, provider.base_url,
-                                                  info.loaded_context_length or "not reported"))
-    return 0
-
-
-def _cli_unload(options: Any) -> int:
-    provider, model = _cli_target(options)
-    provider.unload_model(model, debug=options.debug)
-    print("unloaded %s on %s at %s" % (model.name, provider.title, provider.base_url))
-    return 0
-
-
-def _cli_pull(options: Any) -> int:
-    provider, model = _cli_target(options)
-    display = _PullDisplay(sys.stdout, sys.stdout.isatty())
-    try:
-        last = provider.pull_model(model, progress=display, debug=options.debug)
-    finally:
-        display.finish()
-    print("%s: %s" % (model.name, last.status))
-    return 0
-
-
-_MODEL_COMMANDS = {"info": _cli_info, "load": _cli_load, "unload": _cli_unload, "pull": _cli_pull}
+_COMMANDS: Dict[str, Callable[[Any], int]] = {
+    "check": _run_check, "models": _cli_models, "generate": _cli_generate, "embed": _cli_embed,
+    "info": _cli_model_command, "load": _cli_model_command, "unload": _cli_model_command,
+    "pull": _cli_model_command}
 
 
 class _PullDisplay:
@@ -5796,38 +5584,30 @@ class _PullDisplay:
     def __init__(self, out: Any, tty: bool, clock: Callable[[], float] = time.monotonic):
         self.out, self.tty, self.clock = out, tty, clock
         self.started: Dict[Any, Tuple[float, int]] = {}  # per file: when, and bytes, it was first seen
-        self.last_line = ("", -1)
+        self.last_line: Tuple[str, int] = ("", -1)
         self.drawn = False
 
     def __call__(self, record: PullProgress) -> None:
-        fraction = record.fraction
-        if fraction is None:
-            self._line(record.status, record.status, -1)
-            return
-        key = record.digest or record.status
-        now = self.clock()
-        first = self.started.setdefault(key, (now, record.completed or 0))
-        rate = ((record.completed or 0) - first[1]) / (now - first[0]) if now - first[0] > 0.5 else None
-        text = "%s  %5.1f%%  %s / %s%s" % (_shorten(record.status, 28), fraction * 100,
-                                            _human_bytes(record.completed or 0), _human_bytes(record.total or 0),
-                                            "  %s/s" % _human_bytes(int(rate)) if rate is not None else "")
-        if self.tty:
-            bar = "#" * int(fraction * 20)
-            self.out.write("\r[%-20s] %s\x1b[K" % (bar, text))
+        fraction, done = record.fraction, record.completed or 0
+        text, tenth = record.status, -1
+        if fraction is not None:
+            now = self.clock()
+            first = self.started.setdefault(record.digest or record.status, (now, done))
+            rate = ("  %s/s" % _human_bytes(int((done - first[1]) / (now - first[0])))
+                    if now - first[0] > 0.5 else "")
+            text = "%s  %5.1f%%  %s / %s%s" % (_shorten(record.status, 28), fraction * 100,
+                                                _human_bytes(done), _human_bytes(record.total or 0), rate)
+            tenth = int(fraction * 10)
+            if self.tty:
+                self.out.write("\r[%-20s] %s\x1b[K" % ("#" * int(fraction * 20), text))
+                self.out.flush()
+                self.drawn = True
+                return
+        if (record.status, tenth) != self.last_line:  # plain lines: a new status, or a further tenth
+            self.last_line = (record.status, tenth)
+            self.finish()
+            self.out.write(text + "\n")
             self.out.flush()
-            self.drawn = True
-        else:
-            self._line(record.status, text, int(fraction * 10))
-
-    def _line(self, status: str, text: str, tenth: int) -> None:
-        if (status, tenth) == self.last_line:
-            return
-        self.last_line = (status, tenth)
-        if self.drawn:
-            self.out.write("\n")
-            self.drawn = False
-        self.out.write(text + "\n")
-        self.out.flush()
 
     def finish(self) -> None:
         """End a bar left on the screen."""
@@ -5839,8 +5619,8 @@ class _PullDisplay:
 def _human_bytes(count: int) -> str:
     """``1536`` -> ``"1.5 KB"`` (powers of 1000, as download sizes are given)."""
     value = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(value) < 1000 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if abs(value) < 1000:
             return ("%d %s" if unit == "B" else "%.1f %s") % (value, unit)
         value /= 1000
     return "%.1f GB" % value
@@ -5854,7 +5634,7 @@ def _print_model_table(infos: Sequence[ModelInfo], out: Any) -> None:
     rows = [("NAME", "CONTEXT", "LOADED", "CAPABILITIES", "QUANT", "SIZE", "KIND")]
     for info in infos:
         loaded = "?" if info.loaded is None else (
-            "no" if not info.loaded else "yes (%s)" % cell(info.loaded_context_length))
+            "yes (%s)" % cell(info.loaded_context_length) if info.loaded else "no")
         rows.append((info.name, cell(info.context_length), loaded, ",".join(sorted(info.capabilities)) or "-",
                      cell(info.quantization), _human_bytes(info.size_bytes) if info.size_bytes else "?",
                      cell(info.kind)))

@@ -3,329 +3,34 @@
 
 Run it:    python test_lm_studio_provider.py            (reads ./config.yaml if there is one)
            python test_lm_studio_provider.py --help     (point it at another config, host or model)
+           python test_lm_studio_provider.py --demo     (no server needed: see realserver/demo.py)
 
 It checks each server (does it answer, which models it has) and each model in
 your config (is it available, does a short generation work, does streaming
 deliver pieces, does JSON generation return the required attribute).  Every
 check prints one line with a clear [PASS]/[FAIL] mark, how long it took, and on
 failure what to do next.  The exit code is 0 only when everything passed.
-
-Under pytest, the tests below run the same check code against loopback servers
-shaped like LM Studio and Ollama, so they need no real server.
+The check itself is lm_providers.run_setup_check; its tests are tests/test_setup_check.py.
 """
 
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lm_providers  # noqa: E402
 
 
-@lm_providers.exit_quietly_on_broken_pipe
+def run_demo():
+    """Start llama.cpp's own server with a small model, check it, show a few calls, stop it."""
+    from realserver.demo import run_demo
+    return run_demo()
+
+
 def main(argv=None):
-    """Run the setup check, or with --demo start a real local server first and check that."""
-    parser = lm_providers.setup_check_parser()
-    parser.add_argument("--demo", action="store_true",
-                        help="no LM Studio or Ollama needed: start llama.cpp's own server (the engine LM Studio "
-                             "runs) with the small SmolLM2-135M-Instruct model on a free local port, check it, "
-                             "stop it. Needs Python 3.10+ and: python -m pip install \".[demo]\"; the first run fetches the "
-                             "model (about 100 MB) once.")
-    options = parser.parse_args(argv)
-    if options.demo:
-        from realserver.demo import run_demo
-        return run_demo()
-    return lm_providers.run_setup_check(options=options)
+    """Run the setup check (or, with --demo, the demo)."""
+    return lm_providers.run_setup_check(argv, demo=run_demo)
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-# --- tests (pytest collects this file too) ---------------------------------------------------------
-
-import io  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-
-import pytest  # noqa: E402
-
-sys.path.insert(0, os.path.join(HERE, "tests"))
-import fakes  # noqa: E402
-from loopback import LoopbackServer, Reply, closed_port  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch, tmp_path):
-    for name in ("OLLAMA_HOST", "LM_STUDIO_HOST", "LM_API_TOKEN", "OPENAI_BASE_URL", "OPENAI_API_KEY", "HTTP_PROXY",
-                 "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)  # no config.yaml here unless a test writes one
-
-
-@pytest.fixture
-def lm_server():
-    with LoopbackServer() as server:
-        yield fakes.lm_studio(server)
-
-
-@pytest.fixture
-def ollama_server():
-    with LoopbackServer() as server:
-        yield fakes.ollama(server)
-
-
-
-
-def check(*argv):
-    out = io.StringIO()
-    code = lm_providers.run_setup_check(list(argv), out=out)
-    return code, out.getvalue()
-
-
-def marks(output):
-    return [line.split("]")[0] + "]" for line in output.splitlines() if line.startswith("[")]
-
-
-def test_lm_studio_all_checks_pass(lm_server):
-    code, output = check("--provider", "lm_studio", "--host", lm_server.host,
-                         "--model", "lm_studio://qwen2.5-7b-instruct")
-    assert code == 0, output
-    assert marks(output) == ["[PASS]"] * 5
-    assert "qwen2.5-7b-instruct' is available" in output
-    assert "Hello! I am ready to help." in output
-    assert "first after" in output and '{"status": "ready"}' in output
-    assert "5 passed, 0 failed, 0 skipped" in output
-    # every request really reached the server: list, chat, stream, JSON
-    paths = [(r["method"], r["path"], (r["json"] or {}).get("stream")) for r in lm_server.requests]
-    assert ("GET", "/v1/models", None) in paths
-    assert ("POST", "/v1/chat/completions", False) in paths and ("POST", "/v1/chat/completions", True) in paths
-
-
-def test_ollama_all_checks_pass_and_a_tagless_name_means_latest(ollama_server):
-    code, output = check("--host", ollama_server.host, "--model", "ollama://llama3")
-    assert code == 0, output
-    assert marks(output) == ["[PASS]"] * 5
-
-
-def test_config_roles_on_both_servers(lm_server, ollama_server, tmp_path):
-    (tmp_path / "config.yaml").write_text(
-        "lm_studio_host: %s\nollama_host: %s\nmodels:\n  scene_writer: lm_studio://qwen2.5-7b-instruct\n"
-        "  logical_model: ollama://qwen2.5:7b?temperature=0.2\n  revision_model: ollama://llama3\n"
-        % (lm_server.host, ollama_server.host))
-    code, output = check()
-    assert code == 0, output
-    assert "Using config.yaml" in output
-    assert marks(output) == ["[PASS]"] * (1 + 4 + 1 + 4 + 4)
-    chat_bodies = [r["json"] for r in ollama_server.requests if r["path"] == "/api/chat"]
-    assert any(b["model"] == "qwen2.5:7b" and b["options"]["temperature"] == 0.2 for b in chat_bodies)
-
-
-def test_without_config_the_first_offered_chat_model_is_tried(lm_server):
-    code, output = check("--provider", "lm_studio", "--host", lm_server.host)
-    assert code == 0, output
-    assert "trying the first one it offers: qwen2.5-7b-instruct" in output  # not the embedding model
-
-
-def test_no_server_running_tells_a_newcomer_what_to_start():
-    started = time.perf_counter()
-    code, output = check("--host", "127.0.0.1:%d" % closed_port())
-    elapsed = time.perf_counter() - started
-    assert code == 1
-    assert "Traceback" not in output
-    assert marks(output) == ["[FAIL]", "[SKIP]", "[FAIL]", "[SKIP]"]  # LM Studio and Ollama at the given host
-    assert "lms server start" in output and "ollama serve" in output
-    assert "connection refused" in output
-    assert elapsed < 15, "a check with nothing to reach should finish in seconds, took %.1f s" % elapsed
-
-
-def test_default_hosts_when_nothing_is_configured(monkeypatch):
-    monkeypatch.setenv("LM_STUDIO_HOST", "127.0.0.1:%d" % closed_port())
-    monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:%d" % closed_port())
-    code, output = check()
-    assert code == 1
-    assert "No config.yaml in" in output
-    assert "--provider ollama" in output and "--provider lm_studio" in output
-
-
-def test_missing_model_names_close_matches_and_skips_the_rest(lm_server):
-    code, output = check("--host", lm_server.host, "--model", "lm_studio://Qwen2.5-7B-Instruct")
-    assert code == 1
-    assert marks(output) == ["[PASS]", "[FAIL]", "[SKIP]", "[SKIP]", "[SKIP]"]
-    assert "Close matches: qwen2.5-7b-instruct" in output
-    assert "lms get" in output
-
-
-def test_token_required(lm_server, monkeypatch):
-    fakes.lm_studio(lm_server, token="sk-lm-secret:abcdef123456")
-    code, output = check("--host", lm_server.host, "--model", "lm_studio://qwen2.5-7b-instruct")
-    assert code == 1 and "LM_API_TOKEN" in output
-    monkeypatch.setenv("LM_API_TOKEN", "sk-lm-secret:abcdef123456")
-    code, output = check("--host", lm_server.host, "--model", "lm_studio://qwen2.5-7b-instruct")
-    assert code == 0, output
-    assert "sk-lm-secret" not in output
-
-
-def test_a_slow_server_fails_with_the_timeout_option_named(lm_server):
-    lm_server.route("GET", "/v1/models", Reply(200, [b'{"data": []}'], delay_headers=2.0))
-    code, output = check("--host", lm_server.host, "--provider", "lm_studio", "--timeout", "0.5")
-    assert code == 1
-    assert "--timeout" in output and "read timeout" in output
-
-
-def test_long_steps_say_they_are_still_working(lm_server):
-    fakes.lm_studio(lm_server, gap=0.05)
-    provider = lm_providers.LMStudioProvider(host=lm_server.host)
-    out = io.StringIO()
-    checker = lm_providers.SetupCheck([(provider, [lm_providers.parse_model_uri("lm_studio://qwen2.5-7b-instruct")])],
-                                      out=out, still_working_every=0.1)
-    assert checker.run() == 0
-    assert "still working on LM Studio 'qwen2.5-7b-instruct' streams" in out.getvalue()
-
-
-def test_a_bad_config_is_reported_without_a_traceback(tmp_path):
-    (tmp_path / "config.yaml").write_text("models:\n  scene_writer: lm_studio//missing-colon\n")
-    code, output = check()
-    assert code == 2
-    assert "[FAIL] configuration" in output and "scene_writer" in output and "Traceback" not in output
-
-
-def test_debug_shows_requests(lm_server, caplog):
-    code, output = check("--host", lm_server.host, "--model", "lm_studio://qwen2.5-7b-instruct", "--debug")
-    assert code == 0, output
-    assert "POST http://%s/v1/chat/completions" % lm_server.host in caplog.text
-    assert "Reply with one short friendly sentence" in caplog.text  # the full messages
-    assert "first piece after" in caplog.text and "finish_reason=stop" in caplog.text
-
-
-def run_script(*argv, **kwargs):
-    return subprocess.run([sys.executable, os.path.join(HERE, "test_lm_studio_provider.py")] + list(argv),
-                          capture_output=True, text=True, timeout=60, **kwargs)
-
-
-def test_run_as_a_user_would(lm_server):
-    done = run_script("--host", lm_server.host, "--provider", "lm_studio")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "[PASS]" in done.stdout and "Everything works." in done.stdout
-
-
-def test_run_as_a_user_would_with_debug(lm_server):
-    done = run_script("--host", lm_server.host, "--provider", "lm_studio", "--debug")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "POST http://%s/v1/chat/completions" % lm_server.host in done.stderr
-    assert "prompt tokens" in done.stderr
-
-
-def test_run_as_a_user_would_with_nothing_running():
-    port = closed_port()
-    done = run_script("--host", "127.0.0.1:%d" % port)
-    assert done.returncode == 1
-    assert "Traceback" not in done.stdout + done.stderr
-    assert "127.0.0.1:%d" % port in done.stdout
-
-
-# --- the module's command line --------------------------------------------------------------------
-
-def run_module(*argv):
-    return subprocess.run([sys.executable, os.path.join(HERE, "lm_providers.py")] + list(argv),
-                          capture_output=True, text=True, timeout=60)
-
-
-def test_cli_models(lm_server, ollama_server):
-    done = run_module("models", "--provider", "lm_studio", "--host", lm_server.host)
-    assert done.returncode == 0, done.stderr
-    assert "qwen2.5-7b-instruct" in done.stdout
-    done = run_module("models", "--provider", "ollama", "--host", "127.0.0.1:%d" % closed_port())
-    assert done.returncode == 1 and "ollama serve" in done.stderr and "Traceback" not in done.stderr
-
-
-def test_cli_generate_streams_and_makes_json(lm_server, ollama_server):
-    done = run_module("generate", "lm_studio://qwen2.5-7b-instruct@%s" % lm_server.host, "Say hi")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == fakes.REPLY + "\n"
-    done = run_module("generate", "ollama://llama3@%s" % ollama_server.host, "Say hi", "--json", "greeting,mood")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().startswith("{") and '"greeting": "ready"' in done.stdout
-
-
-def test_cli_errors_are_messages_not_tracebacks(lm_server):
-    done = run_module("generate", "lm_studio://no-such-model@%s" % lm_server.host, "Say hi")
-    assert done.returncode == 1
-    assert "not available" in done.stderr and "Traceback" not in done.stderr
-    done = run_module("generate", "nonsense", "Say hi")
-    assert done.returncode == 1 and "model URI" in done.stderr
-
-
-def test_cli_help_has_examples():
-    done = run_module("--help")
-    assert done.returncode == 0 and "generate lm_studio://" in done.stdout
-    for command in ("models", "generate", "check"):
-        assert "Example" in run_module(command, "--help").stdout
-
-
-def test_a_server_nothing_configured_is_skipped_when_not_running(lm_server, tmp_path, monkeypatch):
-    monkeypatch.setitem(lm_providers.SERVER_KINDS, "ollama", lm_providers.SERVER_KINDS["ollama"]._replace(default_port=closed_port()))  # no Ollama, not configured
-    (tmp_path / "config.yaml").write_text("lm_studio_host: %s\nmodels:\n  scene_writer: lm_studio://qwen2.5-7b-instruct\n"
-                                          % lm_server.host)
-    code, output = check()
-    assert code == 0, output
-    assert marks(output) == ["[PASS]"] * 5 + ["[SKIP]"]
-    assert "not running (nothing configured uses it)" in output and "If you use Ollama: Start Ollama" in output
-
-
-def test_nothing_running_at_all_suggests_the_demo(monkeypatch):
-    monkeypatch.setitem(lm_providers.SERVER_KINDS, "ollama", lm_providers.SERVER_KINDS["ollama"]._replace(default_port=closed_port()))
-    monkeypatch.setitem(lm_providers.SERVER_KINDS, "lm_studio", lm_providers.SERVER_KINDS["lm_studio"]._replace(default_port=closed_port()))
-    code, output = check()
-    assert code == 1
-    assert "No server answered" in output and "--demo" in output and "https://lmstudio.ai" in output
-
-
-def test_host_with_a_default_port_checks_that_server_kind_only():
-    assert [type(p).__name__ for p, *_ in lm_providers.check_targets(host="127.0.0.1:1234")] == ["LMStudioProvider"]
-    assert [type(p).__name__ for p, *_ in lm_providers.check_targets(host="10.0.0.5:11434")] == ["OllamaProvider"]
-    assert len(lm_providers.check_targets(host="127.0.0.1:%d" % closed_port())) == 2  # nothing there to ask
-
-
-def test_check_model_and_generate_read_a_model_the_same_way(lm_server, capsys):
-    # a plain model name with --provider: generate takes it, and so does check --model
-    code, output = check("--provider", "lm_studio", "--host", lm_server.host, "--model", "qwen2.5-7b-instruct")
-    assert code == 0 and marks(output) == ["[PASS]"] * 5, output
-    assert lm_providers.main(["generate", "qwen2.5-7b-instruct", "Hi", "--provider", "lm_studio",
-                              "--host", lm_server.host]) == 0
-    # a URI naming one host and --host naming another is refused by both, not silently replaced by --host
-    uri = "lm_studio://qwen2.5-7b-instruct@127.0.0.1:%d" % closed_port()
-    code, output = check("--host", lm_server.host, "--model", uri)
-    assert code == 2 and "names the host 127.0.0.1:" in output and "--host says %s" % lm_server.host in output
-    capsys.readouterr()
-    assert lm_providers.main(["generate", uri, "Hi", "--host", lm_server.host]) == 1
-    assert "names the host 127.0.0.1:" in capsys.readouterr().err
-    # a role of the config comes first, and its kind must agree with --provider
-    config = lm_providers.Config(models={"writer": lm_providers.parse_model_uri(
-        "lm_studio://qwen2.5-7b-instruct@%s" % lm_server.host)})
-    [(provider, models, required)] = lm_providers.check_targets(config, model="writer")
-    assert provider.base_url == "http://%s" % lm_server.host and models[0].name == "qwen2.5-7b-instruct"
-    with pytest.raises(lm_providers.InvalidInputError) as info:
-        lm_providers.check_targets(config, provider="ollama", model="writer")
-    assert "writer is a lm_studio model, but --provider says ollama" in str(info.value)
-
-
-def test_a_failure_line_does_not_repeat_the_hint_printed_under_it():
-    code, output = check("--host", "127.0.0.1:%d" % closed_port(), "--provider", "lm_studio")
-    fail_line = [line for line in output.splitlines() if line.startswith("[FAIL]")][0]
-    assert "lms server start" not in fail_line and "connection refused" in fail_line
-
-
-def test_output_piped_into_head_ends_without_a_traceback(tmp_path, monkeypatch):
-    # `python test_lm_studio_provider.py | head -3`: head closes the pipe, the next write raises BrokenPipeError.
-    original = sys.stdout
-    with open(tmp_path / "out.txt", "w") as stdout:
-        monkeypatch.setattr(sys, "stdout", stdout)
-
-        @lm_providers.exit_quietly_on_broken_pipe
-        def command():
-            raise BrokenPipeError(32, "Broken pipe")
-
-        assert command() == 141
-        monkeypatch.setattr(sys, "stdout", original)  # back before the file closes

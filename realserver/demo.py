@@ -52,10 +52,9 @@ def run_demo(out: Any = None, cache_dir: Optional[str] = None) -> int:
             % (server.host, time.perf_counter() - started, ALIAS))
         say("1. The setup check, as  python test_lm_studio_provider.py --host %s --model lm_studio://%s  runs it:"
             % (server.host, ALIAS))
-        provider = lm_providers.LMStudioProvider(host=server.host)
-        with provider:
-            code = lm_providers.SetupCheck(
-                [(provider, [lm_providers.parse_model_uri("lm_studio://%s" % ALIAS)])], out=out).run()
+        code = lm_providers.run_setup_check(["--host", server.host, "--model", "lm_studio://%s" % ALIAS], out=out)
+        if code == 130:  # Ctrl-C: stop here
+            return code
         say()
         _examples(server.host, say, out)
         say("\nStopping the server. With your own LM Studio or Ollama running, check it with:"

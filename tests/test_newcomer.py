@@ -4,7 +4,6 @@ import configparser
 import inspect
 import os
 import re
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -14,7 +13,7 @@ import pytest
 import fakes
 import lm_providers
 from loopback import LoopbackServer, closed_port
-from test_lm_studio_provider import check, marks  # the setup check's own test helpers
+from test_setup_check import check, marks  # the setup check's own test helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,15 +148,15 @@ def test_the_server_kind_is_found_out_on_any_port():
         fakes.lm_studio_native(fakes.lm_studio(lm))
         fakes.ollama(ol)  # it answers /v1/models too, like the real one
         fakes.openai_compatible(llama)  # llama-server, vLLM: /v1/models and nothing of LM Studio's own
-        assert lm_providers.detect_server_kind(lm.host) == "lm_studio"
-        assert lm_providers.detect_server_kind(ol.host) == "ollama"
-        assert lm_providers.detect_server_kind(llama.host) == "openai"
+        assert lm_providers._detect_server_kind(lm.host) == "lm_studio"
+        assert lm_providers._detect_server_kind(ol.host) == "ollama"
+        assert lm_providers._detect_server_kind(llama.host) == "openai"
         assert {r["path"] for r in llama.requests} >= {"/v1/models", "/api/v1/models", "/api/v0/models"}
         with pytest.raises(lm_providers.ProviderResponseError) as info:
-            lm_providers.detect_server_kind(other.host)
+            lm_providers._detect_server_kind(other.host)
         assert all("--provider %s" % kind in str(info.value) for kind in ("lm_studio", "ollama", "openai"))
         assert "HTTP 404" in str(info.value)
-    assert lm_providers.detect_server_kind("127.0.0.1:%d" % closed_port()) is None
+    assert lm_providers._detect_server_kind("127.0.0.1:%d" % closed_port()) is None
 
 
 def test_lm_studio_is_told_by_either_native_model_list():
@@ -165,11 +164,11 @@ def test_lm_studio_is_told_by_either_native_model_list():
         fakes.lm_studio(old)  # LM Studio 0.3.14-0.3.x: /api/v0 only, a 200 "Unexpected endpoint" for /api/v1
         old.route("GET", "/api/v0/models", fakes.json_reply(LM_STUDIO_V0_MODELS))
         old.route("GET", "/api/v1/models", unexpected_endpoint)
-        assert lm_providers.detect_server_kind(old.host) == "lm_studio"
+        assert lm_providers._detect_server_kind(old.host) == "lm_studio"
         fakes.openai_compatible(neither)  # a 200 with an error object is not a model list
         neither.route("GET", "/api/v0/models", unexpected_endpoint)
         neither.route("GET", "/api/v1/models", unexpected_endpoint)
-        assert lm_providers.detect_server_kind(neither.host) == "openai"
+        assert lm_providers._detect_server_kind(neither.host) == "openai"
 
 
 def test_a_server_that_wants_a_key_is_lm_studio_only_when_its_own_api_says_so(monkeypatch):
@@ -181,10 +180,10 @@ def test_a_server_that_wants_a_key_is_lm_studio_only_when_its_own_api_says_so(mo
         lm.route("GET", "/api/v1/models", lambda request: native(request) if request["headers"].get(
             "authorization") == "Bearer " + token else fakes.json_reply({"error": "token required"}, 401))
         fakes.openai_compatible(vllm, token="vllm-key")  # vLLM --api-key: a 401, and no LM Studio API
-        assert lm_providers.detect_server_kind(vllm.host) == "openai"
-        assert lm_providers.detect_server_kind(lm.host) == "openai"  # nothing says it is LM Studio
+        assert lm_providers._detect_server_kind(vllm.host) == "openai"
+        assert lm_providers._detect_server_kind(lm.host) == "openai"  # nothing says it is LM Studio
         monkeypatch.setenv("LM_API_TOKEN", token)
-        assert lm_providers.detect_server_kind(lm.host) == "lm_studio"
+        assert lm_providers._detect_server_kind(lm.host) == "lm_studio"
 
 
 def test_check_on_a_custom_port_checks_only_the_server_that_is_there(tmp_path, monkeypatch):
@@ -252,7 +251,7 @@ def test_ctrl_c_during_check_says_interrupted_and_exits_130(entry, monkeypatch, 
 
     def interrupted(self):
         raise KeyboardInterrupt
-    monkeypatch.setattr(lm_providers.SetupCheck, "run", interrupted)
+    monkeypatch.setattr(lm_providers._SetupCheck, "run", interrupted)
     argv = ["--provider", "lm_studio", "--host", "127.0.0.1:%d" % closed_port()]
     try:
         code = lm_providers.main(["check"] + argv) if entry == "main" else lm_providers.run_setup_check(argv)
@@ -270,9 +269,9 @@ def test_the_help_names_every_server_kind_and_its_parser_is_built_apart(capsys):
     assert parser.prog == "lm-providers" and parser.parse_args(["models", "-l"]).long
     for function in (lm_providers.main, lm_providers._build_parser):  # the style guide's ~60-line limit
         assert len(inspect.getsourcelines(function)[0]) <= 60, function.__name__
-    for function in (lm_providers.SetupCheck.report, lm_providers.check_targets):
+    for function in (lm_providers._SetupCheck.report, lm_providers._check_targets, lm_providers.run_setup_check):
         assert function.__doc__, function.__name__
-    assert "OPENAI_BASE_URL" in lm_providers.check_targets.__doc__
+    assert "OPENAI_BASE_URL" in lm_providers._server_kinds.__doc__
 
 
 def test_every_command_builds_its_provider_one_way(monkeypatch, tmp_path, capsys):
@@ -313,14 +312,16 @@ def test_no_function_imports_again_what_the_module_imports_at_the_top():
 
 
 def test_the_command_line_helpers_are_public_and_documented():
-    names = ["detect_server_kind", "check_targets", "SetupCheck", "CheckResult", "run_setup_check",
-             "setup_check_parser", "PROVIDER_CLASSES", "canonical_provider", "split_reasoning"]
+    names = ["run_setup_check", "main", "PROVIDER_CLASSES", "canonical_provider", "split_reasoning"]
     assert [name for name in names if name not in lm_providers.__all__] == []
+    private = ["detect_server_kind", "check_targets", "SetupCheck", "CheckResult", "setup_check_parser", "demo_hint"]
+    assert [name for name in private if hasattr(lm_providers, name)] == []
     namespace = {}
     exec("from lm_providers import *", namespace)
     assert all(name in namespace for name in names)
     readme = read("README.md")
-    assert [name for name in names if name not in readme] == names[:4] + ["setup_check_parser"]  # to be private
+    assert [name for name in names if name not in readme] == []
+    assert [name for name in private if name in readme] == []
 
 
 def run_module(*argv, **kwargs):
@@ -349,7 +350,8 @@ def test_models_error_lines_name_the_server_once():
     done = run_module("models", "--provider", "lm_studio", "--host", "127.0.0.1:%d" % port)
     assert done.returncode == 1
     assert done.stderr.count("127.0.0.1:%d" % port) == 1, done.stderr
-    assert done.stderr.startswith("LM Studio at http://127.0.0.1:%d: cannot connect: connection refused" % port)
+    assert done.stderr.startswith("cannot connect to LM Studio at http://127.0.0.1:%d: connection refused" % port)
+    assert "lms server start" in done.stderr  # the error's hint
 
 
 def test_generate_takes_host_and_provider():
@@ -398,22 +400,6 @@ def test_help_shows_the_name_it_was_started_by(tmp_path):
 
 
 # --- where the demo is -------------------------------------------------------------------------------------
-
-def test_the_demo_hint_points_at_the_script_in_a_checkout(tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    assert "python test_lm_studio_provider.py --demo" in lm_providers.demo_hint()
-    monkeypatch.chdir(tmp_path)  # elsewhere: the checkout's script, by its path
-    hint = lm_providers.demo_hint()
-    assert "python %s --demo" % os.path.join(ROOT, "test_lm_studio_provider.py") in hint
-
-
-def test_the_demo_hint_without_a_checkout_says_where_to_get_it(tmp_path):
-    shutil.copy(os.path.join(ROOT, "lm_providers.py"), str(tmp_path))  # installed, or copied next to a script
-    done = subprocess.run([sys.executable, "-c", "import lm_providers; print(lm_providers.demo_hint())"],
-                          capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
-    assert "not part of the installed package" in done.stdout and "source" in done.stdout, done.stderr
-    assert "python test_lm_studio_provider.py --demo" in done.stdout
-
 
 def test_the_demo_on_an_old_python_says_it_needs_3_10(monkeypatch):
     import io
