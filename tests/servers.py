@@ -10,8 +10,11 @@ makes tests fail instead of agreeing with it.
 
 import pytest
 
+import fakes
 import lm_providers as lmp
 from loopback import Reply, ndjson_events, sse_events
+
+PIECES = ("One", ", two", ", three", ", four", ", five.")
 
 
 class Server:
@@ -39,7 +42,15 @@ class Server:
         """``path`` at this kind's default address (for ``responses`` mocks)."""
         return self.base + path
 
-    def stream_reply(self, pieces, framing="chunked", **options):
+    def install(self, server, token=None):
+        """Install this kind's wire-shaped fake (tests/fakes.py) on a loopback ``server``, serving
+        ``test-model``; returns ``server``."""
+        if self.events is ndjson_events:
+            return fakes.ollama(server, models=("test-model:latest",))
+        mount = self.prefix[:-len("/v1")] if self.prefix else ""  # the fake answers under <mount>/v1
+        return fakes.lm_studio(server, models=("test-model",), token=token, prefix=mount)
+
+    def stream_reply(self, pieces=PIECES, framing="chunked", **options):
         """A streamed chat answer of ``pieces``, one event per chunk."""
         return Reply(200, self.events(list(pieces)), framing=framing, content_type=self.content_type, **options)
 

@@ -24,49 +24,13 @@ from hypothesis import strategies as st
 import fakes
 import lm_providers as lmp
 from loopback import Reply, closed_port, json_reply, ndjson_events, sse_events
+from servers import LM_STUDIO, OLLAMA as OLLAMA_SERVER
 
 MESSAGES = [{"role": "user", "content": "Count to five."}]
 PIECES = ["One", ", two", ", three", ", four", ", five."]
 
 
-class Kind:
-    """What differs between the two servers, as far as these tests care."""
-
-    def __init__(self, name, cls, chat_path, models_path, events, content_type, start_command):
-        self.name, self.cls, self.chat_path, self.models_path = name, cls, chat_path, models_path
-        self.events, self.content_type, self.start_command = events, content_type, start_command
-        self.model = "test-model"
-
-    def provider(self, host, **options):
-        options.setdefault("timeout", (2, 5))
-        return self.cls(host=host, **options)
-
-    def stream_reply(self, pieces=PIECES, framing="chunked", **options):
-        return Reply(200, self.events(list(pieces)), framing=framing, content_type=self.content_type, **options)
-
-    def blocking_body(self, text):
-        if self.name == "lm_studio":
-            return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": self.model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "logprobs": None, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
-        return {"model": self.model, "created_at": "2026-01-01T00:00:00Z",
-                "message": {"role": "assistant", "content": text}, "done": True, "done_reason": "stop",
-                "prompt_eval_count": 5, "eval_count": 3}
-
-    def models_body(self, names=("test-model",)):
-        if self.name == "lm_studio":
-            return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "me"} for n in names]}
-        return {"models": [{"name": n, "model": n, "size": 1, "digest": "0" * 64} for n in names]}
-
-    def __repr__(self):
-        return self.name
-
-
-LMS = Kind("lm_studio", lmp.LMStudioProvider, "/v1/chat/completions", "/v1/models", sse_events,
-           "text/event-stream", "lms server start")
-OLLAMA = Kind("ollama", lmp.OllamaProvider, "/api/chat", "/api/tags", ndjson_events, "application/x-ndjson",
-              "ollama serve")
+LMS, OLLAMA = LM_STUDIO, OLLAMA_SERVER
 KINDS = [LMS, OLLAMA]
 kinds = pytest.mark.parametrize("kind", KINDS, ids=["lm_studio", "ollama"])
 

@@ -19,6 +19,7 @@ import pytest
 import fakes
 import lm_providers as lmp
 from loopback import LoopbackServer, Reply, json_reply, ndjson_events, sse_events
+from servers import LM_STUDIO, OLLAMA as OLLAMA_SERVER
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESSAGES = [{"role": "user", "content": "Say hello."}]
@@ -32,22 +33,7 @@ def assert_masked(text, where):
     assert TOKEN[3:15] not in text, "part of the API token appears in %s: %r" % (where, text)
 
 
-class Kind:
-    def __init__(self, name, cls, chat_path, models_path, install, events, content_type):
-        self.name, self.cls, self.chat_path, self.models_path = name, cls, chat_path, models_path
-        self.install, self.events, self.content_type = install, events, content_type
-        self.model = "test-model"
-
-    def __repr__(self):
-        return self.name
-
-
-LMS = Kind("lm_studio", lmp.LMStudioProvider, "/v1/chat/completions", "/v1/models",
-           lambda server, token=None: fakes.lm_studio(server, models=("test-model",), token=token),
-           sse_events, "text/event-stream")
-OLLAMA = Kind("ollama", lmp.OllamaProvider, "/api/chat", "/api/tags",
-              lambda server, token=None: fakes.ollama(server, models=("test-model:latest",)),
-              ndjson_events, "application/x-ndjson")
+LMS, OLLAMA = LM_STUDIO, OLLAMA_SERVER
 KINDS = [LMS, OLLAMA]
 kinds = pytest.mark.parametrize("kind", KINDS, ids=["lm_studio", "ollama"])
 
