@@ -21,24 +21,18 @@ import requests
 import urllib3
 
 import lm_providers as lmp
-from loopback import Reply, json_reply, ndjson_events, sse_events
+from loopback import Reply, json_reply
+from servers import LOCAL, SERVERS
 
 MESSAGES = [{"role": "user", "content": "Count to five."}]
 PIECES = ["One", ", two", ", three", ", four", ", five."]
-KINDS = {
-    "lm_studio": (lmp.LMStudioProvider, "/v1/chat/completions", "/v1/models", sse_events, "text/event-stream"),
-    "ollama": (lmp.OllamaProvider, "/api/chat", "/api/tags", ndjson_events, "application/x-ndjson"),
-}
+# provider class, chat path, models path, stream builder, stream content type (tests/servers.py)
+KINDS = {s.name: (s.cls, s.chat_path, s.models_path, s.events, s.content_type) for s in LOCAL}
 kinds = pytest.mark.parametrize("kind", sorted(KINDS))
 
 
 def blocking_body(kind):
-    if kind == "lm_studio":
-        return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "test-model",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris is in France."},
-                             "logprobs": None, "finish_reason": "stop"}]}
-    return {"model": "test-model", "message": {"role": "assistant", "content": "Paris is in France."},
-            "done": True, "done_reason": "stop"}
+    return SERVERS[kind].blocking_body("Paris is in France.")
 
 
 def provider(kind, server, **options):

@@ -7,16 +7,16 @@ import pytest
 
 import lm_providers as lmp
 from loopback import Reply, json_reply, ndjson_events, sse_events
+from servers import SERVERS
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def stream_server(server, kind, parts):
-    path, ctype = (("/v1/chat/completions", "text/event-stream") if kind == "lm_studio"
-                   else ("/api/chat", "application/x-ndjson"))
-    server.route("POST", path, Reply(200, parts, framing="chunked", content_type=ctype))
-    cls = lmp.LMStudioProvider if kind == "lm_studio" else lmp.OllamaProvider
-    return cls(host=server.host)
+    described = SERVERS[kind]
+    server.route("POST", described.chat_path, Reply(200, parts, framing="chunked",
+                                                    content_type=described.content_type))
+    return described.cls(host=server.host)
 
 
 @pytest.mark.parametrize("kind", ["lm_studio", "ollama"])

@@ -9,6 +9,7 @@ import urllib3
 
 import lm_providers as lmp
 from loopback import Reply, json_reply, ndjson_events, split_every, sse_events
+from servers import SERVERS
 
 MESSAGES = [{"role": "user", "content": "Count to five."}]
 
@@ -28,20 +29,14 @@ def body_reader(request, monkeypatch):
     return request.param
 PIECES = ["One", ", two", ", three", ", fo", "ur", ", five.", " Ünïcødé ✓ 日本語"]
 
-KINDS = {
-    # provider class, model URI, chat path, event builder, content type
-    "lm_studio": (lmp.LMStudioProvider, "lm_studio://test-model", "/v1/chat/completions", sse_events,
-                  "text/event-stream"),
-    "ollama": (lmp.OllamaProvider, "ollama://test-model", "/api/chat", ndjson_events, "application/x-ndjson"),
-    # a generic OpenAI-compatible server mounted under a path prefix (the host is .../llm/v1)
-    "openai": (lmp.OpenAICompatibleProvider, "openai://test-model", "/llm/v1/chat/completions", sse_events,
-               "text/event-stream"),
-}
+# provider class, model URI, chat path, event builder, content type (tests/servers.py; the openai:// one is
+# mounted under a path prefix: its host is .../llm/v1)
+KINDS = {s.name: (s.cls, s.uri, s.chat_path, s.events, s.content_type) for s in SERVERS.values()}
 
 
 def host_of(server, kind):
     """The host a provider of ``kind`` is given: the openai:// one carries the path prefix."""
-    return server.host + ("/llm/v1" if kind == "openai" else "")
+    return SERVERS[kind].host_of(server)
 
 
 def setup(server, kind, parts, framing="chunked", **reply_options):
