@@ -17,8 +17,9 @@ import lm_providers as lmp
 from fakes import lm_studio as fake_lm_studio
 from fakes import ollama as fake_ollama
 from recorded import exchange
+from servers import LM_STUDIO, OLLAMA
 
-LMS_BASE, OLLAMA_BASE = "http://127.0.0.1:1234", "http://127.0.0.1:11434"
+LMS_BASE, OLLAMA_BASE = LM_STUDIO.base, OLLAMA.base  # tests/servers.py
 IMAGE_CHAT = exchange("51-chat-image-nonvision")
 SHOW = exchange("05-show")
 TAGS, PS = exchange("04-tags"), exchange("27-ps")

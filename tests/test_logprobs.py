@@ -14,8 +14,9 @@ import responses
 
 import lm_providers as lmp
 from loopback import Reply, ndjson_events, split_every, sse_events
+from servers import LM_STUDIO, OLLAMA
 
-LMS_BASE, OLLAMA_BASE = "http://127.0.0.1:1234", "http://127.0.0.1:11434"
+LMS_BASE, OLLAMA_BASE = LM_STUDIO.base, OLLAMA.base  # tests/servers.py
 
 LLAMA_ENTRIES = [
     {"id": 19556, "token": "Hello", "bytes": [72, 101, 108, 108, 111], "logprob": -1.2351545095443726,
