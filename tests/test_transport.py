@@ -384,7 +384,7 @@ def test_a_last_event_without_its_blank_line(server):
 
 
 # =============================================================================
-# _json_events is reusable for any streamed JSON answer
+# _EventStream reads any streamed JSON answer
 # =============================================================================
 
 # Three lines of a /api/generate stream recorded from Ollama 0.24.0 (tests take no files from shared/).
@@ -405,7 +405,8 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
     response = provider.transport.request("POST", "/api/generate", {"model": "smollm2"},
                                           describe_failure=provider._failure)
     started = time.perf_counter()
-    found = [event["response"] for event in provider._json_events(response, "/api/generate", ("done", True))]
+    found = [event["response"] for event in
+             lmp._EventStream(provider, response, "/api/generate", end=("done", True))]
     assert found == ["Paris", ",", ""] and time.perf_counter() - started < 1
     # A progress stream (the shape of /api/pull) that breaks off before its last status is a typed error.
     progress = [b'{"status":"pulling manifest"}\n', b'{"status":"verifying sha256 digest"}\n']
@@ -414,7 +415,7 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
                                           describe_failure=provider._failure)
     seen = []
     with pytest.raises(lmp.ProviderResponseError, match="cut off"):
-        for event in provider._json_events(response, "/api/pull", ("status", "success")):
+        for event in lmp._EventStream(provider, response, "/api/pull", end=("status", "success")):
             seen.append(event["status"])
     assert seen == ["pulling manifest", "verifying sha256 digest"]
     server.route("POST", "/api/pull", Reply(200, [b'{"error":"pull model manifest: file does not exist"}\n'],
@@ -422,4 +423,4 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
     response = provider.transport.request("POST", "/api/pull", {"model": "m"},
                                           describe_failure=provider._failure)
     with pytest.raises(lmp.ProviderResponseError, match="file does not exist"):
-        list(provider._json_events(response, "/api/pull", ("status", "success")))
+        list(lmp._EventStream(provider, response, "/api/pull", end=("status", "success")))
