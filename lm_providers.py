@@ -1368,10 +1368,8 @@ def _yaml_values(root: Any) -> int:
 def ensure_requests() -> ModuleType:
     """Import ``requests``, installing it with this interpreter's pip when it is missing.
 
-    Set ``LM_PROVIDERS_NO_INSTALL=1`` to forbid the install; then a missing ``requests`` raises
-    ImportError saying what to run.  A Python that the operating system manages (PEP 668, e.g. Debian's
-    and Ubuntu's ``/usr/bin/python3``) is never installed into: the ImportError says what works there
-    instead (a virtual environment, the distribution's package, pipx).
+    ``LM_PROVIDERS_NO_INSTALL=1`` forbids the install, and a Python the operating system manages (PEP 668,
+    e.g. Debian's ``/usr/bin/python3``) is never installed into: the ImportError says what to do instead.
     """
     global requests
     if requests is None:
@@ -1401,9 +1399,9 @@ def _install_requests() -> ModuleType:
         if "externally-managed-environment" in said:  # a marker this check did not see; pip saw it
             raise ImportError(_externally_managed_advice()) from None
         last = said.splitlines()[-1][:300] if said else "no message"
-        raise ImportError("installing 'requests' failed (pip exit code %d: %s). Fix what pip said and run:  %s  "
-                          "or use a virtual environment:  python3 -m venv .venv && .venv/bin/pip install requests"
-                          % (done.returncode, last, command)) from None
+        raise ImportError("installing 'requests' failed (pip exit code %d: %s). Fix what pip said and run:  "
+                          "%s  or use a virtual environment:  python3 -m venv .venv && .venv/bin/pip install "
+                          "requests" % (done.returncode, last, command)) from None
     import importlib
     importlib.invalidate_caches()
     return importlib.import_module("requests")
@@ -1419,13 +1417,13 @@ def _externally_managed() -> bool:
 
 
 def _externally_managed_advice() -> str:
-    return ("lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages are "
-            "managed by the operating system (PEP 668, \"externally managed\"), so pip may not install into it and "
-            "lm_providers does not try. What works: a virtual environment,  python3 -m venv .venv && "
-            ".venv/bin/pip install requests  then run your script with .venv/bin/python (if venv says ensurepip is "
-            "missing:  sudo apt install python3-venv); or the distribution's "
-            "package,  sudo apt install python3-requests  (Debian, Ubuntu; other systems have a package of the "
-            "same name); or, for a command-line tool, pipx, which gives each tool its own environment."
+    return ("lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages "
+            "are managed by the operating system (PEP 668, \"externally managed\"), so pip may not install "
+            "into it and lm_providers does not try. What works: a virtual environment,  python3 -m venv "
+            ".venv && .venv/bin/pip install requests  then run your script with .venv/bin/python (if venv "
+            "says ensurepip is missing:  sudo apt install python3-venv); or the distribution's package,  "
+            "sudo apt install python3-requests  (Debian, Ubuntu; other systems have a package of the same "
+            "name); or, for a command-line tool, pipx, which gives each tool its own environment."
             % sys.executable)
 
 
@@ -1453,7 +1451,7 @@ _UNKNOWN_ENDPOINT_PHRASE = "unexpected endpoint or method"
 
 
 def _lacks_endpoint(status: int, message: str) -> bool:
-    """Whether an error answer means the server has no such endpoint (a 404-like status, or LM Studio's words)."""
+    """Whether an error answer means the server lacks the endpoint (a 404-like status, LM Studio's words)."""
     return status in (404, 405, 501) or _UNKNOWN_ENDPOINT_PHRASE in message.lower()
 
 
@@ -1493,8 +1491,7 @@ def _server_message(body: str) -> str:
 
 
 def _proxy_hint(message: str) -> str:
-    """What to check when ``_server_message`` found an HTML page where the API answers (with a leading
-    space, to follow a message; ``hint=`` takes it stripped)."""
+    """What to check when ``_server_message`` found an HTML page where the API answers (after a message)."""
     return " (is a proxy or another program on this port?)" if message.startswith("an HTML page") else ""
 
 
@@ -1538,10 +1535,9 @@ class HTTPTransport:
     read timeouts, bounded retries for 429/503, no redirects, bounded body reading, and every ``requests``
     failure turned into a typed error."""
 
-    #: Connections kept open to the server, at most: one per thread using the provider at the same time.
-    #: The pool does not block (requests gives no bound to that wait, and a stream left open would hold
-    #: its connection forever): more threads than this still work, but each extra connection is closed
-    #: after use and urllib3 warns "Connection pool is full".  A pool slot costs nothing until used.
+    #: Connections kept open to the server, at most (one per thread using the provider at once).  The pool
+    #: does not block (requests bounds no such wait, and a stream left open would hold its connection):
+    #: more threads still work, each extra connection closed after use ("Connection pool is full").
     max_connections = 128
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
@@ -1549,23 +1545,19 @@ class HTTPTransport:
                  api_key: Optional[str] = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         module = ensure_requests()
-        self._api_key = api_key
-        self.max_event_bytes = max_event_bytes
-        self.max_body_bytes = max_body_bytes
-        self.base_url = base_url
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.max_retries = max_retries
-        self.server_title = server_title
+        self._api_key, self.base_url, self.server_title = api_key, base_url, server_title
         self.start_hint = start_hint
+        self.connect_timeout, self.read_timeout, self.max_retries = connect_timeout, read_timeout, max_retries
+        self.max_event_bytes, self.max_body_bytes = max_event_bytes, max_body_bytes
         self.session = module.Session()
-        # Proxy variables route loopback traffic wrongly and looking them up costs
-        # more than a small local request; remote hosts keep the usual behaviour.
+        # Proxy variables route loopback traffic wrongly, and looking them up costs more than a small local
+        # request; remote hosts keep the usual behaviour.
         self.session.trust_env = not _is_loopback(base_url)
         if not self.session.trust_env and base_url.startswith("https:"):
             # A private CA still applies (requests reads these only with trust_env).  Not for http://: a CA
             # path there would only cost requests a file-system check on every request.
-            self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            self.session.verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                                   or True)
         adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self.max_connections)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -1624,41 +1616,42 @@ class HTTPTransport:
                 time.sleep(delay)
                 continue
             if 300 <= status < 400:
+                location = response.headers.get("Location", "(no Location)")[:300]
                 raise ProviderResponseError(
                     "%s at %s redirected %s to %s; redirects are not followed for API calls." % (
-                        self.server_title, self.base_url, path, response.headers.get("Location", "(no Location)")[:300]),
-                    status=status, server_message=None, body=text, reason="redirect",
-                    hint="Set the host to the server's real address.")
+                        self.server_title, self.base_url, path, location), status=status, body=text,
+                    reason="redirect", hint="Set the host to the server's real address.")
             raise describe_failure(status, text, model)
         raise AssertionError("unreachable")
 
     def _send(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        """Send once; send again on a new connection if a kept-alive one turns out to be closed.
+        """Send; send again on a new connection if a kept-alive one turns out to be closed.
 
-        A server may close an idle or finished connection just as it is reused (llama.cpp closes after
-        every stream while announcing keep-alive): the request fails before any answer.  Whether the
-        server read it first cannot be told, so only requests that may safely run twice are sent again:
-        GET, HEAD and the POSTs without side effects (``_REPEATABLE_POSTS``).  A POST that starts work
-        (a pull, a download, a load) fails instead of perhaps starting it twice.
+        A server may close a connection just as it is reused (llama.cpp closes after every stream while
+        announcing keep-alive).  Whether it read the request first cannot be told, so only requests that may
+        run twice are sent again: GET, HEAD and ``_REPEATABLE_POSTS``, not a POST that starts a pull or load.
         """
         try:
             return self._send_once(method, url, body)
         except requests.exceptions.ConnectionError as exc:
             if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS) or not _repeatable(method, url):
                 raise
-            logger.debug("%s closed a kept-alive connection before answering; sending again", self.server_title)
+            logger.debug("%s closed a kept-alive connection before answering; sending again",
+                         self.server_title)
             return self._send_once(method, url, body)
 
     def _send_once(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        # Always stream=True: every body is read by the caller, in bounded pieces, after _enforce_content_length.
+        # Always stream=True: the caller reads every body, in bounded pieces (after _enforce_content_length).
         timeout = (self.connect_timeout, self.read_timeout)
         if not self._direct:
-            return self.session.request(method, url, data=body, stream=True, timeout=timeout, allow_redirects=False,
-                                        headers={"Content-Type": "application/json"} if body is not None else None)
+            headers = {"Content-Type": "application/json"} if body is not None else None
+            return self.session.request(method, url, data=body, stream=True, timeout=timeout,
+                                        allow_redirects=False, headers=headers)
         return self._adapter.send(self._prepare(method, url, body), stream=True, timeout=timeout,
                                   verify=self.session.verify, cert=self.session.cert, proxies={})
 
-    def read_body(self, response: Any, path: str, limit: Optional[int] = None, truncate: bool = False) -> bytes:
+    def read_body(self, response: Any, path: str, limit: Optional[int] = None,
+                  truncate: bool = False) -> bytes:
         """The whole body of an answer, decompressed, read in pieces of at most 64 KiB.
 
         Past ``limit`` bytes (default ``max_body_bytes``, counted after decompression, so a decompression
@@ -1708,13 +1701,8 @@ class HTTPTransport:
                                      "max_body_bytes=... to the provider")
 
     def _prepare(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        """Build a loopback request directly and hand it to the connection pool.
-
-        On a local server ``Session.request`` costs more than the request itself (it merges environment
-        settings, cookies and hooks and re-parses the URL every time), and none of that applies: the URL
-        is normalized, the body is JSON, loopback takes no proxy, API calls follow no redirects and keep
-        no cookies.  Other hosts go through ``Session.request`` with all of requests' usual behaviour.
-        """
+        """A loopback request built directly for the connection pool: on a local server ``Session.request``
+        (environment, cookies, hooks, URL parsing) costs more than the request, and none of it applies."""
         prepared = requests.PreparedRequest()
         prepared.method = method
         prepared.url = url
@@ -1755,21 +1743,24 @@ class HTTPTransport:
         exceptions = ensure_requests().exceptions
         text = str(exc)
         where = "%s at %s" % (self.server_title, self.base_url)
+        raise_it = "raise the limit with timeout=(connect, read), e.g. timeout=(%g, %g)."
         if isinstance(exc, exceptions.ConnectTimeout):
             return ProviderTimeoutError(
-                "connecting to %s took longer than the connect timeout (%g s)." % (where, self.connect_timeout),
-                reason="timeout", hint="Check the host and that the server is running; raise the limit with "
-                                       "timeout=(connect, read), e.g. timeout=(30, %g)." % self.read_timeout)
+                "connecting to %s took longer than the connect timeout (%g s)." % (
+                    where, self.connect_timeout),
+                reason="timeout", hint="Check the host and that the server is running; " + raise_it % (
+                    30, self.read_timeout))
         if _is_read_timeout(exc, exceptions) or "Read timed out" in text:
             return ProviderTimeoutError(
-                "%s sent nothing for %g s (the read timeout) while answering %s." % (where, self.read_timeout, url),
-                reason="timeout", hint="A large model can take minutes to load or to answer; raise the limit with "
-                "timeout=(connect, read), e.g. timeout=(%g, %g)." % (self.connect_timeout, self.read_timeout * 4))
+                "%s sent nothing for %g s (the read timeout) while answering %s." % (
+                    where, self.read_timeout, url), reason="timeout",
+                hint="A large model can take minutes to load or to answer; " + raise_it % (
+                    self.connect_timeout, self.read_timeout * 4))
         if isinstance(exc, exceptions.SSLError):
             return ProviderConnectionError(
                 "TLS failed talking to %s: %s." % (self.base_url, exc), reason="connection_failed",
-                hint="Use http:// for a local server, or fix its certificate; a certificate from a private CA is "
-                     "trusted with REQUESTS_CA_BUNDLE=/path/to/ca.pem.")
+                hint="Use http:// for a local server, or fix its certificate; a certificate from a private "
+                     "CA is trusted with REQUESTS_CA_BUNDLE=/path/to/ca.pem.")
         if isinstance(exc, (exceptions.InvalidURL, exceptions.MissingSchema, exceptions.InvalidSchema)):
             return ProviderConnectionError("bad URL %s: %s" % (url, exc), reason="invalid_input")
         if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, exceptions.RequestException):
@@ -1777,20 +1768,21 @@ class HTTPTransport:
                                      reason="invalid_input")
         if _is_cut_short(exc, exceptions):
             return ProviderConnectionError(
-                "the connection to %s broke while its answer to %s was being read (%s); the answer is incomplete, "
-                "so none of it was used." % (where, url, _short_reason(exc)), reason="stream_cut",
-                hint="Try again; if it keeps happening, look at the server's log and at any proxy in between.")
+                "the connection to %s broke while its answer to %s was being read (%s); the answer is "
+                "incomplete, so none of it was used." % (where, url, _short_reason(exc)), reason="stream_cut",
+                hint="Try again; if it keeps happening, look at the server's log and at any proxy in "
+                     "between.")
         answer = _not_http_answer(exc)
         if answer:
             return ProviderConnectionError(
                 "%s answered %s with something that is not valid HTTP (%s)." % (where, url, answer),
-                reason="bad_response", hint="Is another program listening on that port? Check the host and port.")
+                reason="bad_response", hint="Is another program listening on that port? Check the host and "
+                                            "port.")
         if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
-            return ProviderConnectionError("cannot connect to %s: connection refused. Nothing is listening there."
-                                           % where, reason="connection_refused", hint=self.start_hint)
-        if ("Name or service not known" in text or "NameResolutionError" in text
-                or "nodename nor servname" in text or "Temporary failure in name resolution" in text
-                or "getaddrinfo failed" in text):
+            return ProviderConnectionError(
+                "cannot connect to %s: connection refused. Nothing is listening there." % where,
+                reason="connection_refused", hint=self.start_hint)
+        if any(sign in text for sign in _UNKNOWN_HOST_SIGNS):
             return ProviderConnectionError("cannot resolve the host name in %s." % self.base_url,
                                            reason="unknown_host", hint="Check the spelling of the host.")
         return ProviderConnectionError("the connection to %s failed: %s." % (where, _short_reason(exc)),
@@ -1811,6 +1803,8 @@ def _json_bytes(payload: Mapping[str, Any]) -> bytes:
         raise InvalidInputError("the request cannot be sent as JSON: %s" % exc) from None
 
 
+_UNKNOWN_HOST_SIGNS = ("Name or service not known", "NameResolutionError", "nodename nor servname",
+                       "Temporary failure in name resolution", "getaddrinfo failed")
 _STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Connection reset by peer",
                            "Broken pipe", "Connection aborted")
 # POSTs that only compute an answer: sending one twice costs time, not a second download or load.
@@ -1881,7 +1875,7 @@ def _is_cut_short(exc: BaseException, exceptions: Any) -> bool:
         if isinstance(current, (exceptions.ChunkedEncodingError, http.client.IncompleteRead)):
             return True
         if isinstance(current, ProtocolError) and current.args:
-            # "Connection broken: ...", "Response ended prematurely"; "Connection aborted." is before any answer
+            # "Connection broken: ...", "Response ended prematurely"; "Connection aborted." comes before any
             return not str(current.args[0]).startswith("Connection aborted")
     return False
 
@@ -1904,8 +1898,8 @@ def _content_encoding(response: Any) -> str:
     if encoding not in _DECODED_ENCODINGS:
         response.close()
         raise ProviderResponseError(
-            "the answer is compressed with %r, which lm_providers does not decode (it asked for an uncompressed "
-            "answer with Accept-Encoding: identity)." % encoding, status=response.status_code,
+            "the answer is compressed with %r, which lm_providers does not decode (it asked for an "
+            "uncompressed answer with Accept-Encoding: identity)." % encoding, status=response.status_code,
             server_message="Content-Encoding " + encoding, reason="bad_response",
             hint="Configure the proxy in front of the server to pass answers through unchanged.")
     return encoding
@@ -1956,17 +1950,13 @@ _END_GRACE_SECONDS = 0.05       # how long the rest of a body may take after its
 class StreamDecoder:
     """Turn arbitrary chunks of a streamed body into complete events.
 
-    ``framing`` is ``"sse"`` (Server-Sent Events: ``data:`` lines ended by a blank line) or ``"ndjson"``
-    (one JSON document per line).  ``feed(chunk)`` returns the events that chunk completes, in order,
-    each as the event's data in bytes; an SSE error event (``event: error``, or llama.cpp's ``error:``
-    lines) comes back as a StreamError.  ``flush()`` returns what the end of the body completes: an
-    unterminated last line, and for SSE a last event that lacks its closing blank line.
-
-    Lines may end in ``\\n``, ``\\r\\n`` or ``\\r``, and a chunk may end anywhere, even inside a UTF-8
-    character or between ``\\r`` and ``\\n``.  A leading UTF-8 byte-order mark is ignored; so are SSE
-    comments (``:``), fields other than ``data``, ``event`` and ``error``, and events whose data is empty.
-    The cost is proportional to the bytes fed, however long a line is; a line or event longer than
-    ``max_event_bytes`` raises ProviderResponseError.
+    ``framing`` is ``"sse"`` (``data:`` lines ended by a blank line) or ``"ndjson"`` (a JSON document a
+    line).  ``feed(chunk)`` returns the data of the events that chunk completes, in order, as bytes; an SSE
+    error event (``event: error``, or llama.cpp's ``error:`` lines) comes back as a StreamError.  ``flush()``
+    returns what the end of the body completes (an unterminated last line or SSE event).  Lines may end
+    in ``\\n``, ``\\r\\n`` or ``\\r``, and a chunk anywhere (inside a UTF-8 character, between ``\\r`` and
+    ``\\n``).  A leading byte-order mark, SSE comments, other fields and empty events are ignored.  The cost
+    is linear in the bytes fed; a line or event over ``max_event_bytes`` raises ProviderResponseError.
     """
 
     __slots__ = ("framing", "max_event_bytes", "_pending", "_pending_size", "_skip_lf", "_data", "_data_size",
@@ -2089,7 +2079,7 @@ def _parse_json(data: bytes) -> Any:
     try:
         value, end = _raw_decode(text)
     except ValueError:
-        return json.loads(text)  # leading white space (raw_decode takes none), or not JSON: json.loads says which
+        return json.loads(text)  # leading white space (raw_decode takes none), or not JSON: loads says which
     if end != len(text) and not text[end:].isspace():
         return json.loads(text)
     return value
@@ -2114,13 +2104,12 @@ def _unreadable(title: str, data: bytes, exc: BaseException, path: str = "",
 
 class _EndWatch:
     """After a stream's end marker, shut the connection's socket down if the rest of the body (normally
-    just the end of the chunked encoding) has not arrived within ``seconds``: it unblocks the read that
-    waits for it, and that connection is then closed instead of reused."""
+    just the end of the chunked encoding) has not come within ``seconds``: that wakes the read waiting
+    for it, and the connection is then closed instead of reused."""
 
     def __init__(self, raw: Any, seconds: float) -> None:
         self._lock = threading.Lock()
-        self._stopped = False
-        self.fired = False
+        self._stopped = self.fired = False
         self._raw = raw
         self._shutdown = _socket_shutdown(raw)
         self._timer = threading.Timer(seconds, self._fire)
@@ -2129,11 +2118,9 @@ class _EndWatch:
 
     def _fire(self) -> None:
         with self._lock:
-            # The reader's next(chunks) may have finished the body meanwhile: urllib3 closes the response's
-            # file, then puts the connection back in the pool (raw.connection becomes None), where another
-            # thread may take it; its socket is not ours to shut down then.  This check leaves only the
-            # instant between it and the shutdown (the timer fires after the grace period, while the reader
-            # is normally blocked in a read), not the whole of next(chunks).
+            # next(chunks) may have finished the body meanwhile: urllib3 then puts the connection back in the
+            # pool (raw.connection None), where another thread may take it, so its socket is not ours to shut.
+            # Only the instant between this check and the shutdown is left, not the whole of next(chunks).
             if self._stopped or self._raw.connection is None or self._raw.isclosed():
                 return
             self.fired = True
@@ -2168,16 +2155,13 @@ def _socket_shutdown(raw: Any) -> Callable[[], None]:
 
 
 class _EventStream:
-    """The JSON objects of one streamed answer as they arrive, as openai-python's Stream over its
-    SSEDecoder: body chunks (``_body_chunks``) -> events (``StreamDecoder``) -> JSON objects.  Iterate once.
+    """The JSON objects of one streamed answer as they arrive (iterate once), as openai-python's Stream
+    over its SSEDecoder: body chunks (``_body_chunks``) -> events (``StreamDecoder``) -> JSON objects.
 
-    It ends at the end marker: SSE's ``data: [DONE]`` (not yielded) or the object whose ``end[0]`` is
-    ``end[1]`` (yielded).  A body that ends first is an error saying the answer is cut off, unless
-    ``complete()`` says it is whole.  An error event or an ``"error"`` object is the provider's typed
-    error; an event that is not a JSON object, or a read that fails, one saying what came before
-    (``describe()``, e.g. "3 piece(s)"; default the events read).  However iteration ends (end marker,
-    error, ``close()``, Ctrl-C), the response is freed: its connection goes back to the pool when the
-    body was read to its end (within 50 ms of the end marker), else it is closed.
+    It ends at SSE's ``data: [DONE]`` or at the object whose ``end[0]`` is ``end[1]``; a body that ends
+    first is cut off unless ``complete()`` says otherwise.  Errors are typed and say what came before
+    (``describe()``, e.g. "3 piece(s)").  However iteration ends (end marker, error, ``close()``, Ctrl-C)
+    the response is freed: back to the pool when its body was read to the end, else closed.
     """
 
     __slots__ = ("provider", "response", "path", "model", "end", "complete", "describe", "count")
@@ -2230,24 +2214,28 @@ class _EventStream:
             if not (self.complete is not None and self.complete()):
                 raise ProviderResponseError(
                     "%s ended the stream before saying it was complete (after %s); the answer is cut off." % (
-                        self.provider.title, self._received(count)), server_message="stream ended without end marker",
-                    reason="stream_cut", hint="The server may have crashed or restarted, or the connection broke.")
+                        self.provider.title, self._received(count)), reason="stream_cut",
+                    server_message="stream ended without end marker",
+                    hint="The server may have crashed or restarted, or the connection broke.")
         finally:
             self.count = count
             _finish_stream(self.response, chunks, ended, exhausted)
 
     def _received(self, count: int) -> str:
-        return self.describe() if self.describe is not None else "%d event(s)" % count
+        return self.describe() if self.describe else "%d event(s)" % count
 
     def _broken(self, exc: BaseException, count: int) -> ProviderError:
         """The error for a stream whose reading failed after ``count`` events."""
         error = self.provider.transport.translate_exception(exc, self.provider.base_url + self.path)
         if isinstance(error, ProviderTimeoutError):
-            return _chain(ProviderTimeoutError("%s (the stream stopped after %s; the reply is incomplete)." % (
-                error.message.rstrip("."), self._received(count)), hint=error.hint, reason="timeout"), exc)
-        return _chain(ProviderResponseError("the stream from %s broke off after %s: %s; the reply is incomplete" % (
-            self.provider.title, self._received(count), _short_reason(exc)), server_message=str(exc)[:300],
-            reason="stream_cut"), exc)
+            return _chain(ProviderTimeoutError(
+                "%s (the stream stopped after %s; the reply is incomplete)." % (
+                    error.message.rstrip("."), self._received(count)), hint=error.hint,
+                reason="timeout"), exc)
+        return _chain(ProviderResponseError(
+            "the stream from %s broke off after %s: %s; the reply is incomplete" % (
+                self.provider.title, self._received(count), _short_reason(exc)),
+            server_message=str(exc)[:300], reason="stream_cut"), exc)
 
     def _bad_event(self, data: bytes, event: Any) -> ProviderError:
         if event.__class__ is dict:  # one with an "error"
@@ -2266,17 +2254,14 @@ class _EventStream:
         if overflow is not None:
             return overflow
         return ProviderResponseError("%s reported an error in the middle of the stream%s: %s" % (
-            provider.title, " for model %r" % self.model if self.model else "", message), server_message=message,
-            body=text, reason="server_error")
+            provider.title, " for model %r" % self.model if self.model else "", message),
+            server_message=message, body=text, reason="server_error")
 
 
 def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool, exhausted: bool) -> None:
-    """Give a stream's connection back to the pool when its body was received to the end, else close it.
-
-    ``exhausted``: the body was read to its end.  ``ended``: the end marker arrived; the rest of the
-    body (normally the end of the chunked encoding, already received) is then read if it comes within
-    50 ms; a server or proxy that keeps the connection open without finishing the body gets it closed.
-    """
+    """Give a stream's connection back to the pool when its body was read to the end (``exhausted``) or,
+    after the end marker (``ended``), its rest (normally the end of the chunked encoding) comes within 50 ms;
+    else close it."""
     if ended and not exhausted and chunks is not None:
         exhausted = _read_rest(response, chunks)
     if exhausted:
@@ -2328,15 +2313,16 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
     a leading ``<think>`` block goes to ``state.reasoning``.  At the end the reply is checked as a whole
     one is (``_check_end``, then ``_check_fit``: Ollama reports the prompt's size only at the end)."""
     started = time.perf_counter()
-    response = provider.transport.request("POST", provider.chat_path, payload, describe_failure=provider._failure,
-                                          model=model.name)
+    response = provider.transport.request("POST", provider.chat_path, payload,
+                                          describe_failure=provider._failure, model=model.name)
     _check_stream_type(provider, response, model.name)
     think = _ThinkFilter()
     reasoning_parts = state.reasoning
     read_event = provider._read_event
     pieces = 0
     stream = _EventStream(provider, response, provider.chat_path, model.name, provider.stream_end,
-                          complete=lambda: provider._ends_with_body(state), describe=lambda: "%d piece(s)" % pieces)
+                          complete=lambda: provider._ends_with_body(state),
+                          describe=lambda: "%d piece(s)" % pieces)
     events = iter(stream)
     try:
         for event in events:
@@ -2370,8 +2356,8 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
     for content in held:
         pieces += 1
         yield content
-    logger.debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s", stream.count,
-                 pieces, state.finish_reason, state.usage, time.perf_counter() - started)
+    logger.debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s",
+                 stream.count, pieces, state.finish_reason, state.usage, time.perf_counter() - started)
     provider._check_end(model, state.finish_reason, has_text=pieces > 0, reasoned=bool(state.reasoning))
     provider._check_fit(payload, model, state.usage, state.finish_reason, pieces > 0)
 
@@ -2798,9 +2784,9 @@ class ToolRunResult(ChatResult):
 class TextStream:
     """The text pieces of a streamed reply, as ``stream_text`` returns them.
 
-    A ``for`` loop over it closes the connection however the loop is left: at the end, by ``break``,
-    by an error, or by Ctrl-C in the loop's body (even while you still hold the stream).  ``close()``
-    and leaving a ``with`` block close it too.  With ``debug`` the reading logs at DEBUG (``_debugging``).
+    A ``for`` loop over it closes the connection however the loop is left (at the end, ``break``, an
+    error, Ctrl-C in the loop's body), as do ``close()`` and leaving a ``with`` block.  With ``debug``
+    the reading logs at DEBUG (see ``_debugging``).
     """
 
     def __init__(self, pieces: Generator[str, None, None], debug: bool = False):
@@ -2831,12 +2817,8 @@ class TextStream:
 
 
 class ChatStream(TextStream):
-    """A streamed reply: iterate it for the text pieces as they arrive.
-
-    After the loop, ``finish_reason`` and ``usage`` are set and ``reasoning`` holds the model's
-    reasoning (thinking) text.  Leaving the loop early (``break``), ``close()``, or leaving a ``with``
-    block closes the connection.
-    """
+    """A streamed reply: iterate it for the text pieces as they arrive (closed as a TextStream is).
+    After the loop ``finish_reason`` and ``usage`` are set and ``reasoning`` holds the reasoning text."""
 
     def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
         self.model = model.name
@@ -2933,8 +2915,8 @@ class _StreamState:
         call[2].append(piece)
         call[3] += len(piece) if isinstance(piece, str) else len(json.dumps(piece))
         if call[3] > _MAX_TOOL_ARGUMENT_CHARS:
-            raise ProviderResponseError("the arguments of tool call %r grew past %d characters; the stream was "
-                                        "stopped" % (call[1], _MAX_TOOL_ARGUMENT_CHARS), reason="too_large")
+            raise ProviderResponseError("the arguments of tool call %r grew past %d characters; the stream "
+                                        "was stopped" % (call[1], _MAX_TOOL_ARGUMENT_CHARS), reason="too_large")
 
     def finish_tool_calls(self, title: str) -> List[ToolCall]:
         """Assemble the calls gathered so far (once), and mark the reply as asking for tools."""
@@ -3553,7 +3535,8 @@ class BaseProvider:
         reports an error mid-stream.
         """
         with _debugging(debug):  # the request's debug lines; the stream's iteration turns it on again
-            return TextStream(self._stream(messages, self._model(model), _StreamState(keep_reasoning=False)), debug)
+            pieces = self._stream(messages, self._model(model), _StreamState(keep_reasoning=False))
+        return TextStream(pieces, debug)
 
     def generate_json(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig],
                       required_attributes: Sequence[str] = (), *, schema: Optional[Mapping[str, Any]] = None,
@@ -3845,7 +3828,8 @@ class BaseProvider:
                 _debug("%s has no %s (HTTP %s); falling back", self.title, path, exc.status)
             return None
 
-    def _stream_json(self, path: str, payload: Dict[str, Any], *, model: str = "") -> Generator[Dict[str, Any], None, None]:
+    def _stream_json(self, path: str, payload: Dict[str, Any], *,
+                     model: str = "") -> Generator[Dict[str, Any], None, None]:
         """The JSON objects of a streamed POST to ``path`` (``_EventStream``) until the body ends: the caller
         decides whether the last one said the work was done.  An ``{"error": ...}`` is ``_in_band_error``."""
         response = self.transport.request("POST", path, payload, describe_failure=self._failure, model=model)
@@ -4126,7 +4110,7 @@ class BaseProvider:
 
     def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig,
                 state: Any) -> Generator[str, None, None]:
-        """A chat stream's content pieces (``_chat_pieces``); the messages are checked now, not at ``next()``."""
+        """A chat stream's content pieces (``_chat_pieces``); the messages are checked now, not at next()."""
         payload = self._payload(messages, model, stream=True, debug=logger.isEnabledFor(logging.DEBUG))
         return _chat_pieces(self, payload, model, state)
 
