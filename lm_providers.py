@@ -1584,12 +1584,10 @@ class HTTPTransport:
 
     def request(self, method: str, path: str, payload: Optional[Mapping[str, Any]] = None, *,
                 debug: bool = False, describe_failure: Any = None, model: str = "") -> Any:
-        """Send one request; return the 2xx ``requests.Response`` with its body unread (``read_body``
-        reads a whole answer, ``_EventStream`` a stream), or raise a typed error: an error answer is
-        ``describe_failure(status, body, model)``.  ``debug`` is ignored (debug output is logging).
-
-        429 and 503 answers are retried up to ``max_retries`` times, after the server's ``Retry-After``
-        (at most 30 s) or else 0.5 s, 1 s, 2 s...  Nothing has reached the caller when a retry happens.
+        """Send one request; return the 2xx ``requests.Response``, body unread (``read_body`` reads an answer,
+        ``_EventStream`` a stream), or raise a typed error (an error answer: ``describe_failure(status, body,
+        model)``).  429 and 503 are retried up to ``max_retries`` times, after ``Retry-After`` (at most 30 s)
+        or 0.5 s, 1 s, 2 s..., before anything reached the caller.  ``debug`` is ignored (it is logging now).
         """
         url = self.base_url + path
         body = None if payload is None else _json_bytes(payload)
@@ -1652,12 +1650,9 @@ class HTTPTransport:
 
     def read_body(self, response: Any, path: str, limit: Optional[int] = None,
                   truncate: bool = False) -> bytes:
-        """The whole body of an answer, decompressed, read in pieces of at most 64 KiB.
-
-        Past ``limit`` bytes (default ``max_body_bytes``, counted after decompression, so a decompression
-        bomb stops there too) it is a ProviderResponseError, or with ``truncate`` cut there.  A
-        Content-Length over the limit fails before reading.
-        """
+        """The whole body of an answer, decompressed, read in pieces of at most 64 KiB.  Past ``limit``
+        bytes (default ``max_body_bytes``, counted decompressed: a decompression bomb stops there too) it is
+        a ProviderResponseError, or with ``truncate`` cut there; a Content-Length over it fails at once."""
         limit = self.max_body_bytes if limit is None else limit
         length = response.headers.get("Content-Length", "").strip()
         if not truncate and length.isdigit() and int(length) > limit:
@@ -1906,14 +1901,10 @@ def _content_encoding(response: Any) -> str:
 
 
 def _body_chunks(response: Any) -> Iterator[bytes]:
-    """A streamed body's bytes as they arrive, decompressed, through urllib3's public reading API.
-
-    A chunked body (what LM Studio, Ollama and llama.cpp send) comes one HTTP chunk at a time
-    (``read_chunked``, urllib3's own generator: nothing of ours in between), another body as each read
-    of the socket gives it (``read1``, urllib3 2.2 and later).  Older urllib3 has no ``read1``: there a
-    Content-Length body (all of it already written) is read in 64 KiB pieces and a close-delimited one
-    in 1 KiB pieces, the documented exception where the first pieces can arrive late.
-    """
+    """A streamed body's bytes as they arrive, decompressed, through urllib3's public API: a chunked body
+    (LM Studio's, Ollama's, llama.cpp's) a chunk at a time (``read_chunked``, with nothing of ours in
+    between), another one socket read at a time (``read1``).  urllib3 < 2.2 has no ``read1``: there a
+    close-delimited body comes in 1 KiB pieces, the documented case where the first pieces can be late."""
     raw = response.raw
     compressed = _content_encoding(response) != "identity"
     amount = _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
@@ -2791,18 +2782,18 @@ class TextStream:
 
     def __init__(self, pieces: Generator[str, None, None], debug: bool = False):
         self._pieces = pieces
-        self._debug = debug
+        self._debug_on = debug
 
     def __iter__(self) -> Iterator[str]:
         pieces = self._pieces
         try:
-            with _debugging(self._debug):
+            with _debugging(self._debug_on):
                 yield from pieces
         finally:  # a loop left early must not leave the connection open until garbage collection
             pieces.close()
 
     def __next__(self) -> str:
-        with _debugging(self._debug):
+        with _debugging(self._debug_on):
             return next(self._pieces)
 
     def close(self) -> None:
@@ -2933,11 +2924,9 @@ class _StreamState:
 class _ThinkFilter:
     """Move a leading ``<think>...</think>`` block out of streamed content.
 
-    ``feed(piece)`` returns ``(pieces, reasoning)``: the content pieces to pass
-    on (in order, never merged) and any reasoning text.  While the start of the
-    reply could still become ``<think>`` (white space, ``<``, ``<thi``...), its
-    pieces are held back; a closing tag split across pieces is handled by
-    holding back at most a tag's length of reasoning.
+    ``feed(piece)`` returns ``(pieces, reasoning)``: the content pieces to pass on (in order, never merged)
+    and any reasoning text.  Pieces are held back while the reply's start could still become ``<think>``,
+    and at most a tag's length of reasoning while it could be the start of ``</think>``.
     """
 
     OPEN, CLOSE = "<think>", "</think>"
