@@ -1997,6 +1997,9 @@ class StreamDecoder:
             if len(tail) > self.max_event_bytes:
                 raise self._too_large()
         if self.framing == "ndjson":
+            # (SSE counts its data lines in _sse_lines; a whole line can come in one chunk)
+            if len(chunk) > self.max_event_bytes and any(len(line) > self.max_event_bytes for line in lines):
+                raise self._too_large()
             return [line for line in lines if line and not line.isspace()]
         return self._sse_lines(lines)
 
