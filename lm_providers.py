@@ -2938,18 +2938,19 @@ class _ThinkFilter:
     def __init__(self) -> None:
         self.state = "start"     # start -> thinking -> after -> content
         self.held: List[str] = []  # pieces held while the start is undecided
-        self.tail = ""           # the end of the reasoning that may begin "</think>"
+        self.tail = ""           # the start so far, or the end of the reasoning that may begin "</think>"
 
     def feed(self, piece: str) -> Tuple[List[str], str]:
         if self.state == "start":
             self.held.append(piece)
-            text = "".join(self.held).lstrip()
+            text = (self.tail + piece).lstrip()  # "".join(held).lstrip(); tail holds it while it is short
             if text.startswith(self.OPEN):
-                self.state, self.held = "thinking", []
+                self.state, self.held, self.tail = "thinking", [], ""
                 return self._thinking(text[len(self.OPEN):])
             if self.OPEN.startswith(text):  # could still become "<think>"
+                self.tail = text
                 return [], ""
-            held, self.held, self.state = self.held, [], "content"
+            held, self.held, self.state, self.tail = self.held, [], "content", ""
             return held, ""
         if self.state == "thinking":
             return self._thinking(piece)
