@@ -1409,18 +1409,14 @@ def _yaml_values(root: Any) -> int:
 
 
 # =============================================================================
-# HTTP transport and stream decoding
+# Transport: one HTTP layer, bounded body reading, typed errors
 # =============================================================================
 
 def ensure_requests() -> ModuleType:
     """Import ``requests``, installing it with this interpreter's pip when it is missing.
 
-    Set ``LM_PROVIDERS_NO_INSTALL=1`` to forbid the install; then a missing
-    ``requests`` raises ImportError saying what to run.  A Python that the
-    operating system manages (PEP 668, e.g. Debian's and Ubuntu's
-    ``/usr/bin/python3``) is never installed into: the ImportError says what
-    works there instead (a virtual environment, the distribution's package,
-    pipx).
+    ``LM_PROVIDERS_NO_INSTALL=1`` forbids the install, and a Python the operating system manages (PEP 668,
+    e.g. Debian's ``/usr/bin/python3``) is never installed into: the ImportError says what to do instead.
     """
     global requests
     if requests is None:
@@ -1450,9 +1446,9 @@ def _install_requests() -> ModuleType:
         if "externally-managed-environment" in said:  # a marker this check did not see; pip saw it
             raise ImportError(_externally_managed_advice()) from None
         last = said.splitlines()[-1][:300] if said else "no message"
-        raise ImportError("installing 'requests' failed (pip exit code %d: %s). Fix what pip said and run:  %s  "
-                          "or use a virtual environment:  python3 -m venv .venv && .venv/bin/pip install requests"
-                          % (done.returncode, last, command)) from None
+        raise ImportError("installing 'requests' failed (pip exit code %d: %s). Fix what pip said and run:  "
+                          "%s  or use a virtual environment:  python3 -m venv .venv && .venv/bin/pip install "
+                          "requests" % (done.returncode, last, command)) from None
     import importlib
     importlib.invalidate_caches()
     return importlib.import_module("requests")
@@ -1468,48 +1464,537 @@ def _externally_managed() -> bool:
 
 
 def _externally_managed_advice() -> str:
-    return ("lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages are "
-            "managed by the operating system (PEP 668, \"externally managed\"), so pip may not install into it and "
-            "lm_providers does not try. What works: a virtual environment,  python3 -m venv .venv && "
-            ".venv/bin/pip install requests  then run your script with .venv/bin/python (if venv says ensurepip is "
-            "missing:  sudo apt install python3-venv); or the distribution's "
-            "package,  sudo apt install python3-requests  (Debian, Ubuntu; other systems have a package of the "
-            "same name); or, for a command-line tool, pipx, which gives each tool its own environment."
+    return ("lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages "
+            "are managed by the operating system (PEP 668, \"externally managed\"), so pip may not install "
+            "into it and lm_providers does not try. What works: a virtual environment,  python3 -m venv "
+            ".venv && .venv/bin/pip install requests  then run your script with .venv/bin/python (if venv "
+            "says ensurepip is missing:  sudo apt install python3-venv); or the distribution's package,  "
+            "sudo apt install python3-requests  (Debian, Ubuntu; other systems have a package of the same "
+            "name); or, for a command-line tool, pipx, which gives each tool its own environment."
             % sys.executable)
 
+
+# The largest stream event and whole answer accepted, counted after decompression (max_event_bytes=,
+# max_body_bytes=).  32 MiB is twice the largest event the benchmark streams; 128 MiB holds a batch of
+# 2048 embeddings of 1024 floats (about 40 MB of JSON) while keeping memory (a few times it) bounded.
+DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
+_READ_BYTES = 65536             # one read of an uncompressed body
+_COMPRESSED_READ_BYTES = 8192   # one read of a compressed body: at most ~8 MiB once inflated (gzip, deflate)
+_CLOSE_DELIMITED_READ_BYTES = 1024  # urllib3 < 2.2 has no read1: the first pieces wait for this much
+_DECODED_ENCODINGS = ("identity", "gzip", "x-gzip", "deflate")
+
+
+def _size_text(size: int) -> str:
+    """``size`` bytes in words: "32 MiB", "512 KiB", "1000 bytes"."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return "%d %s" % (size // scale, unit)
+    return "%d bytes" % size
+
+
+#: What LM Studio (0.3.14 to 0.4.x) says, with HTTP 200 or 404, for an endpoint it does not have.
+_UNKNOWN_ENDPOINT_PHRASE = "unexpected endpoint or method"
+
+
+def _lacks_endpoint(status: int, message: str) -> bool:
+    """Whether an error answer means the server lacks the endpoint (a 404-like status, LM Studio's words)."""
+    return status in (404, 405, 501) or _UNKNOWN_ENDPOINT_PHRASE in message.lower()
+
+
+def _loads_or_none(text: str) -> Any:
+    """A server's text as JSON, or None when it is not JSON or nests too deeply to read."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _text_field(value: Any) -> Optional[str]:
+    """A reply's content or reasoning: None or a string.  Anything else is a TypeError, which the callers'
+    shape checks report as an answer of an unexpected shape (not a traceback from the text handling)."""
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError("a text field holds %s, not a string" % type(value).__name__)
+
+
+def _server_message(body: str) -> str:
+    """The server's own error message from an error body of any shape."""
+    text = body.strip()
+    data = _loads_or_none(text)
+    if isinstance(data, dict):
+        error = data.get("error", data.get("detail", data.get("message")))
+        for _ in range(2):  # LiteLLM may nest once more: {"error": {"message": {"error": "..."}}}
+            if isinstance(error, dict):
+                error = error.get("message") or error.get("error") or error.get("msg") or _short_json(error)
+        if isinstance(error, str) and error.strip():
+            return error.strip()
+    if text[:1] == "<" or "<html" in text[:200].lower():
+        title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
+        return "an HTML page" + ((" titled %r" % title.group(1).strip()) if title else "")
+    if not text:
+        return "an empty body"
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _proxy_hint(message: str) -> str:
+    """What to check when ``_server_message`` found an HTML page where the API answers (after a message)."""
+    return " (is a proxy or another program on this port?)" if message.startswith("an HTML page") else ""
+
+
+def _short_json(value: Any) -> str:
+    """At most 300 characters of ``value`` as JSON (a value nested too deeply to write says so)."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):
+        return "(JSON nested too deeply to show)"
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _mask(secret: Optional[str]) -> str:
+    if not secret:
+        return "(none)"
+    return "****" + (secret[-4:] if len(secret) >= 12 else "")
+
+
+class _BearerAuth:
+    """Sends ``Authorization: Bearer <token>``; its repr shows the token masked."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request: Any) -> Any:
+        request.headers["Authorization"] = "Bearer " + self._token
+        return request
+
+    def __repr__(self) -> str:
+        return "BearerAuth(%s)" % _mask(self._token)
+
+
+def _is_loopback(base_url: str) -> bool:
+    """Whether a normalized base URL points at this machine (127.0.0.0/8, ::1, localhost)."""
+    host = base_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]").lower()
+    return host == "localhost" or host.endswith(".localhost") or host == "::1" or host.startswith("127.")
+
+
+class HTTPTransport:
+    """The one HTTP layer every provider uses: a keep-alive ``requests.Session``, separate connect and
+    read timeouts, bounded retries for 429/503, no redirects, bounded body reading, and every ``requests``
+    failure turned into a typed error."""
+
+    #: Connections kept open to the server, at most (one per thread using the provider at once).  The pool
+    #: does not block (requests bounds no such wait, and a stream left open would hold its connection):
+    #: more threads still work, each extra connection closed after use ("Connection pool is full").
+    max_connections = 128
+
+    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
+                 headers: Mapping[str, str], max_retries: int, server_title: str, start_hint: str,
+                 api_key: Optional[str] = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        module = ensure_requests()
+        self._api_key, self.base_url, self.server_title = api_key, base_url, server_title
+        self.start_hint = start_hint
+        self.connect_timeout, self.read_timeout, self.max_retries = connect_timeout, read_timeout, max_retries
+        self.max_event_bytes, self.max_body_bytes = max_event_bytes, max_body_bytes
+        self.session = module.Session()
+        # Proxy variables route loopback traffic wrongly, and looking them up costs more than a small local
+        # request; remote hosts keep the usual behaviour.
+        self.session.trust_env = not _is_loopback(base_url)
+        if not self.session.trust_env and base_url.startswith("https:"):
+            # A private CA still applies (requests reads these only with trust_env).  Not for http://: a CA
+            # path there would only cost requests a file-system check on every request.
+            self.session.verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                                   or True)
+        adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self.max_connections)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update(headers)
+        # Compressed streams would only add latency; a proxy that compresses anyway is decoded (_body_chunks).
+        self.session.headers["Accept-Encoding"] = "identity"
+        if api_key:
+            _register_secret(api_key)  # masked in every error and log line while this transport lives
+            weakref.finalize(self, _forget_secret, api_key)
+            self.session.auth = _BearerAuth(api_key)
+        self._adapter = adapter
+        self._direct = _is_loopback(base_url) and base_url.isascii()
+
+    def __repr__(self) -> str:
+        return "HTTPTransport(%r, api_key=%s)" % (self.base_url, _mask(self._api_key))
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every live API token masked (errors and logs do this themselves; see ``_scrub``)."""
+        return _scrub(text)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.session.close()
+
+    def request(self, method: str, path: str, payload: Optional[Mapping[str, Any]] = None, *,
+                debug: bool = False, describe_failure: Any = None, model: str = "") -> Any:
+        """Send one request; return the 2xx ``requests.Response``, body unread (``read_body`` reads an answer,
+        ``_EventStream`` a stream), or raise a typed error (an error answer: ``describe_failure(status, body,
+        model)``).  429 and 503 are retried up to ``max_retries`` times, after ``Retry-After`` (at most 30 s)
+        or 0.5 s, 1 s, 2 s..., before anything reached the caller.  ``debug`` is ignored (it is logging now).
+        """
+        url = self.base_url + path
+        body = None if payload is None else _json_bytes(payload)
+        for attempt in range(self.max_retries + 1):
+            started = time.perf_counter()
+            try:
+                response = self._send(method, url, body)
+            except Exception as exc:
+                raise self.translate_exception(exc, url)
+            try:
+                _enforce_content_length(response)
+                status = response.status_code
+                logger.debug("%s %s -> HTTP %d in %.3f s", method, url, status, time.perf_counter() - started)
+                if status < 300:
+                    return response
+                text = self.read_error_text(response, path)
+            except BaseException:  # Ctrl-C too: close the connection now, not when the traceback is freed
+                response.close()
+                raise
+            if status in (429, 503) and attempt < self.max_retries:
+                delay = self._retry_delay(response, attempt)
+                logger.info("%s answered %d (%s); retrying in %.1f s", self.server_title, status,
+                            _server_message(text), delay)
+                time.sleep(delay)
+                continue
+            if 300 <= status < 400:
+                location = response.headers.get("Location", "(no Location)")[:300]
+                raise ProviderResponseError(
+                    "%s at %s redirected %s to %s; redirects are not followed for API calls." % (
+                        self.server_title, self.base_url, path, location), status=status, body=text,
+                    reason="redirect", hint="Set the host to the server's real address.")
+            raise describe_failure(status, text, model)
+        raise AssertionError("unreachable")
+
+    def _send(self, method: str, url: str, body: Optional[bytes]) -> Any:
+        """Send; send again on a new connection if a kept-alive one turns out to be closed.
+
+        A server may close a connection just as it is reused (llama.cpp closes after every stream while
+        announcing keep-alive).  Whether it read the request first cannot be told, so only requests that may
+        run twice are sent again: GET, HEAD and ``_REPEATABLE_POSTS``, not a POST that starts a pull or load.
+        """
+        try:
+            return self._send_once(method, url, body)
+        except requests.exceptions.ConnectionError as exc:
+            if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS) or not _repeatable(method, url):
+                raise
+            logger.debug("%s closed a kept-alive connection before answering; sending again",
+                         self.server_title)
+            return self._send_once(method, url, body)
+
+    def _send_once(self, method: str, url: str, body: Optional[bytes]) -> Any:
+        # Always stream=True: the caller reads every body, in bounded pieces (after _enforce_content_length).
+        timeout = (self.connect_timeout, self.read_timeout)
+        if not self._direct:
+            headers = {"Content-Type": "application/json"} if body is not None else None
+            return self.session.request(method, url, data=body, stream=True, timeout=timeout,
+                                        allow_redirects=False, headers=headers)
+        return self._adapter.send(self._prepare(method, url, body), stream=True, timeout=timeout,
+                                  verify=self.session.verify, cert=self.session.cert, proxies={})
+
+    def read_body(self, response: Any, path: str, limit: Optional[int] = None,
+                  truncate: bool = False) -> bytes:
+        """The whole body of an answer, decompressed, read in pieces of at most 64 KiB.  Past ``limit``
+        bytes (default ``max_body_bytes``, counted decompressed: a decompression bomb stops there too) it is
+        a ProviderResponseError, or with ``truncate`` cut there; a Content-Length over it fails at once."""
+        limit = self.max_body_bytes if limit is None else limit
+        length = response.headers.get("Content-Length", "").strip()
+        if not truncate and length.isdigit() and int(length) > limit:
+            response.close()
+            raise self._too_large(path, limit, "announced %d bytes" % int(length))
+        identity = _content_encoding(response) == "identity"
+        amount = _READ_BYTES if identity else _COMPRESSED_READ_BYTES
+        parts: List[bytes] = []
+        size = 0
+        try:
+            if identity and length.isdigit() and int(length) <= min(limit, _READ_BYTES):  # small: one read
+                return cast(bytes, response.raw.read(decode_content=False))
+            for data in response.raw.stream(amount, decode_content=True):
+                size += len(data)
+                parts.append(data)
+                if size > limit:
+                    response.close()
+                    if truncate:
+                        return b"".join(parts)[:limit]
+                    raise self._too_large(path, limit, "sent more")
+        except ProviderError:
+            raise
+        except Exception as exc:
+            response.close()
+            raise self.translate_exception(exc, self.base_url + path)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def read_error_text(self, response: Any, path: str) -> str:
+        """The text of an error answer (its first MiB), with the API token masked."""
+        try:
+            body = self.read_body(response, path, limit=min(self.max_body_bytes, 1 << 20), truncate=True)
+        finally:
+            response.close()
+        return self.scrub(body.decode("utf-8", "replace"))
+
+    def _too_large(self, path: str, limit: int, what: str) -> ProviderResponseError:
+        return ProviderResponseError(
+            "%s answered %s with more than %s (max_body_bytes=%d): it %s." % (
+                self.server_title, path, _size_text(limit), limit, what), server_message="answer too large",
+            reason="too_large", hint="If the answer is really that large, raise the limit: pass "
+                                     "max_body_bytes=... to the provider")
+
+    def _prepare(self, method: str, url: str, body: Optional[bytes]) -> Any:
+        """A loopback request built directly for the connection pool: on a local server ``Session.request``
+        (environment, cookies, hooks, URL parsing) costs more than the request, and none of it applies."""
+        prepared = requests.PreparedRequest()
+        prepared.method = method
+        prepared.url = url
+        prepared.headers = requests.structures.CaseInsensitiveDict(self.session.headers)
+        if body is not None:
+            prepared.headers["Content-Type"] = "application/json"
+            prepared.headers["Content-Length"] = str(len(body))
+        prepared.body = body
+        prepared.hooks = {"response": []}
+        if self.session.auth is not None:
+            prepared = self.session.auth(prepared)
+        return prepared
+
+    @staticmethod
+    def _retry_delay(response: Any, attempt: int) -> float:
+        """Seconds to wait: the server's Retry-After (seconds or an HTTP date, at most 30), else backoff."""
+        header = response.headers.get("Retry-After", "").strip()
+        if header.replace(".", "", 1).isdigit():
+            return min(float(header), 30.0)
+        if header:
+            from email.utils import parsedate_to_datetime
+            try:
+                when = parsedate_to_datetime(header)
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None and when.tzinfo is not None:
+                return max(0.0, min(when.timestamp() - time.time(), 30.0))
+        return min(0.5 * 2.0 ** attempt, 8.0)
+
+    def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
+        """Turn a requests/urllib3/socket failure into a typed error chained to it (raise it without
+        ``from exc``: a cause that shows a token is left out, so no traceback prints the token)."""
+        if isinstance(exc, ProviderError):
+            return exc
+        return _chain(self._translate(exc, url), exc)
+
+    def _translate(self, exc: BaseException, url: str) -> ProviderError:
+        exceptions = ensure_requests().exceptions
+        text = str(exc)
+        where = "%s at %s" % (self.server_title, self.base_url)
+        raise_it = "raise the limit with timeout=(connect, read), e.g. timeout=(%g, %g)."
+        if isinstance(exc, exceptions.ConnectTimeout):
+            return ProviderTimeoutError(
+                "connecting to %s took longer than the connect timeout (%g s)." % (
+                    where, self.connect_timeout),
+                reason="timeout", hint="Check the host and that the server is running; " + raise_it % (
+                    30, self.read_timeout))
+        if _is_read_timeout(exc, exceptions) or "Read timed out" in text:
+            return ProviderTimeoutError(
+                "%s sent nothing for %g s (the read timeout) while answering %s." % (
+                    where, self.read_timeout, url), reason="timeout",
+                hint="A large model can take minutes to load or to answer; " + raise_it % (
+                    self.connect_timeout, self.read_timeout * 4))
+        if isinstance(exc, exceptions.SSLError):
+            return ProviderConnectionError(
+                "TLS failed talking to %s: %s." % (self.base_url, exc), reason="connection_failed",
+                hint="Use http:// for a local server, or fix its certificate; a certificate from a private "
+                     "CA is trusted with REQUESTS_CA_BUNDLE=/path/to/ca.pem.")
+        if isinstance(exc, (exceptions.InvalidURL, exceptions.MissingSchema, exceptions.InvalidSchema)):
+            return ProviderConnectionError("bad URL %s: %s" % (url, exc), reason="invalid_input")
+        if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, exceptions.RequestException):
+            return InvalidInputError("the request to %s could not be built: %s" % (url, _short_reason(exc)),
+                                     reason="invalid_input")
+        if _is_cut_short(exc, exceptions):
+            return ProviderConnectionError(
+                "the connection to %s broke while its answer to %s was being read (%s); the answer is "
+                "incomplete, so none of it was used." % (where, url, _short_reason(exc)), reason="stream_cut",
+                hint="Try again; if it keeps happening, look at the server's log and at any proxy in "
+                     "between.")
+        answer = _not_http_answer(exc)
+        if answer:
+            return ProviderConnectionError(
+                "%s answered %s with something that is not valid HTTP (%s)." % (where, url, answer),
+                reason="bad_response", hint="Is another program listening on that port? Check the host and "
+                                            "port.")
+        if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
+            return ProviderConnectionError(
+                "cannot connect to %s: connection refused. Nothing is listening there." % where,
+                reason="connection_refused", hint=self.start_hint)
+        if any(sign in text for sign in _UNKNOWN_HOST_SIGNS):
+            return ProviderConnectionError("cannot resolve the host name in %s." % self.base_url,
+                                           reason="unknown_host", hint="Check the spelling of the host.")
+        return ProviderConnectionError("the connection to %s failed: %s." % (where, _short_reason(exc)),
+                                       reason="connection_failed", hint="If the server restarted, try again; "
+                                       + self.start_hint)
+
+
+def _json_bytes(payload: Mapping[str, Any]) -> bytes:
+    """The request body; a value JSON cannot hold (a set, bytes, NaN) is an InvalidInputError naming it."""
+    try:
+        return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        for key, value in payload.items():
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                raise InvalidInputError("%r cannot be sent as JSON: %s" % (key, exc)) from None
+        raise InvalidInputError("the request cannot be sent as JSON: %s" % exc) from None
+
+
+_UNKNOWN_HOST_SIGNS = ("Name or service not known", "NameResolutionError", "nodename nor servname",
+                       "Temporary failure in name resolution", "getaddrinfo failed")
+_STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Connection reset by peer",
+                           "Broken pipe", "Connection aborted")
+# POSTs that only compute an answer: sending one twice costs time, not a second download or load.
+_REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embed", "/api/show")
+
+
+def _repeatable(method: str, url: str) -> bool:
+    """Whether a request that may have reached the server can be sent again without doing anything twice."""
+    return method in ("GET", "HEAD") or method == "POST" and url.split("?", 1)[0].endswith(_REPEATABLE_POSTS)
+
+
+def _enforce_content_length(response: Any) -> None:
+    """Make a body shorter than its Content-Length raise as it is read, on every urllib3 (2.x checks by
+    default; 1.26 only when its public ``enforce_content_length`` is set, else it passes the cut body on)."""
+    raw: Any = getattr(response, "raw", None)
+    if getattr(raw, "enforce_content_length", True) is False:
+        raw.enforce_content_length = True
+
+
+def _short_reason(exc: BaseException) -> str:
+    text = str(exc)
+    short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
+    if short:  # a Content-Length body, or one chunk of a chunked one
+        return "the connection closed %s bytes before the announced end of the body" % short.group(1)
+    for pattern in ("Remote end closed connection without response", "Connection reset by peer",
+                    "Connection aborted", "IncompleteRead", "Connection broken", "Broken pipe"):
+        if pattern in text:
+            return pattern.lower()
+    return text[:200]
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: requests and urllib3 keep the original in ``args``, ``__cause__``
+    or ``__context__`` (a read timeout reaches a stream as requests' ConnectionError around urllib3's
+    ReadTimeoutError around ``socket.timeout``)."""
+    seen: List[BaseException] = []
+    todo = [exc]
+    while todo and len(seen) < 12:
+        current = todo.pop()
+        if any(current is old for old in seen):
+            continue
+        seen.append(current)
+        yield current
+        todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+def _is_read_timeout(exc: BaseException, exceptions: Any) -> bool:
+    """Whether the server went silent for longer than the read timeout, in any of the forms the
+    supported versions raise it (``exceptions`` is ``requests.exceptions``; on Python 3.8 and 3.9
+    ``socket.timeout`` is not a TimeoutError)."""
+    import socket
+    from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
+    for current in _exception_chain(exc):
+        if isinstance(current, (exceptions.ConnectTimeout, ConnectTimeoutError)):
+            return False
+        if isinstance(current, (socket.timeout, TimeoutError, ReadTimeoutError, exceptions.ReadTimeout)):
+            return True
+    return False
+
+
+def _is_cut_short(exc: BaseException, exceptions: Any) -> bool:
+    """Whether the connection broke after the server had answered, while the body was read: a body
+    shorter than its Content-Length, a chunked body without its last chunk, a reset mid-body."""
+    import http.client
+    from urllib3.exceptions import ProtocolError
+    for current in _exception_chain(exc):
+        if isinstance(current, (exceptions.ChunkedEncodingError, http.client.IncompleteRead)):
+            return True
+        if isinstance(current, ProtocolError) and current.args:
+            # "Connection broken: ...", "Response ended prematurely"; "Connection aborted." comes before any
+            return not str(current.args[0]).startswith("Connection aborted")
+    return False
+
+
+def _not_http_answer(exc: BaseException) -> str:
+    """What http.client made of an answer that is not HTTP (a bad status line, an endless header), or ""."""
+    import http.client
+    for current in _exception_chain(exc):
+        if isinstance(current, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
+            return ""  # closed without an answer, or cut: not a wrong answer
+        if isinstance(current, http.client.HTTPException):
+            return ("%s: %s" % (type(current).__name__, " ".join(str(current).split())))[:120]
+    return ""
+
+
+def _content_encoding(response: Any) -> str:
+    """The body's Content-Encoding.  Requests ask for ``identity``; a proxy that compresses anyway is
+    decoded by urllib3 (gzip, deflate; the size limits count decoded bytes), any other encoding refused."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+    if encoding not in _DECODED_ENCODINGS:
+        response.close()
+        raise ProviderResponseError(
+            "the answer is compressed with %r, which lm_providers does not decode (it asked for an "
+            "uncompressed answer with Accept-Encoding: identity)." % encoding, status=response.status_code,
+            server_message="Content-Encoding " + encoding, reason="bad_response",
+            hint="Configure the proxy in front of the server to pass answers through unchanged.")
+    return encoding
+
+
+def _body_chunks(response: Any) -> Iterator[bytes]:
+    """A streamed body's bytes as they arrive, decompressed, through urllib3's public API: a chunked body
+    (LM Studio's, Ollama's, llama.cpp's) a chunk at a time (``read_chunked``, with nothing of ours in
+    between), another one socket read at a time (``read1``).  urllib3 < 2.2 has no ``read1``: there a
+    close-delimited body comes in 1 KiB pieces, the documented case where the first pieces can be late."""
+    raw = response.raw
+    compressed = _content_encoding(response) != "identity"
+    amount = _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
+    if "chunked" in response.headers.get("Transfer-Encoding", "").lower() and raw.supports_chunked_reads():
+        return cast(Iterator[bytes], raw.read_chunked(amount, decode_content=compressed))
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:  # urllib3 < 2.2
+        framed = response.headers.get("Content-Length") is not None
+        return cast(Iterator[bytes], raw.stream(amount if framed else _CLOSE_DELIMITED_READ_BYTES,
+                                                decode_content=True))
+    return _read1_chunks(read1, amount, compressed)
+
+
+def _read1_chunks(read1: Callable[..., Optional[bytes]], amount: int, compressed: bool) -> Iterator[bytes]:
+    while True:
+        data = read1(amount, decode_content=compressed)  # uncompressed: skip urllib3's decoded-data buffer
+        if not data:
+            return
+        yield data
+
+
+# =============================================================================
+# Event streams: body chunks -> events -> JSON objects -> chat pieces
+# =============================================================================
 
 class StreamError(bytes):
     """An SSE error event's data, as StreamDecoder returns it (``event: error`` or an ``error:`` line)."""
 
 
-# The largest stream event and whole answer accepted, counted after decompression (providers take
-# max_event_bytes= and max_body_bytes=).  An event is normally one token; 32 MiB is twice the largest event
-# the benchmark streams.  A whole answer may be a batch of embeddings: 2048 inputs of 1024 floats is about
-# 40 MB of JSON, so 128 MiB leaves room while keeping memory (a few times the limit) bounded.
-DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
-
 _BOM = b"\xef\xbb\xbf"
+_END_GRACE_SECONDS = 0.05       # how long the rest of a body may take after its end marker
 
 
 class StreamDecoder:
     """Turn arbitrary chunks of a streamed body into complete events.
 
-    ``framing`` is ``"sse"`` (Server-Sent Events: ``data:`` lines ended by a
-    blank line) or ``"ndjson"`` (one JSON document per line).  ``feed(chunk)``
-    returns the events that chunk completes, in order, each as the event's
-    data in bytes; an SSE error event (``event: error``, or llama.cpp's
-    ``error:`` lines) comes back as a StreamError.  ``flush()`` returns what
-    the end of the body completes: an unterminated last line, and for SSE a
-    last event that lacks its closing blank line.
-
-    Lines may end in ``\\n``, ``\\r\\n`` or ``\\r``, and a chunk may end
-    anywhere, even inside a UTF-8 character or between ``\\r`` and ``\\n``.
-    A leading UTF-8 byte-order mark is ignored; so are SSE comments (``:``),
-    fields other than ``data``, ``event`` and ``error``, and events whose data
-    is empty.  The cost is proportional to the bytes fed, however long a line
-    is; a line or event longer than ``max_event_bytes`` raises
-    ProviderResponseError.
+    ``framing`` is ``"sse"`` (``data:`` lines ended by a blank line) or ``"ndjson"`` (a JSON document a
+    line).  ``feed(chunk)`` returns the data of the events that chunk completes, in order, as bytes; an SSE
+    error event (``event: error``, or llama.cpp's ``error:`` lines) comes back as a StreamError.  ``flush()``
+    returns what the end of the body completes (an unterminated last line or SSE event).  Lines may end
+    in ``\\n``, ``\\r\\n`` or ``\\r``, and a chunk anywhere (inside a UTF-8 character, between ``\\r`` and
+    ``\\n``).  A leading byte-order mark, SSE comments, other fields and empty events are ignored.  The cost
+    is linear in the bytes fed; a line or event over ``max_event_bytes`` raises ProviderResponseError.
     """
 
     __slots__ = ("framing", "max_event_bytes", "_pending", "_pending_size", "_skip_lf", "_data", "_data_size",
@@ -1559,6 +2044,9 @@ class StreamDecoder:
             if len(tail) > self.max_event_bytes:
                 raise self._too_large()
         if self.framing == "ndjson":
+            # (SSE counts its data lines in _sse_lines; a whole line can come in one chunk)
+            if len(chunk) > self.max_event_bytes and any(len(line) > self.max_event_bytes for line in lines):
+                raise self._too_large()
             return [line for line in lines if line and not line.isspace()]
         return self._sse_lines(lines)
 
@@ -1586,9 +2074,10 @@ class StreamDecoder:
     def _too_large(self) -> ProviderResponseError:
         self._pending = []
         return ProviderResponseError(
-            "the server sent a stream event larger than %s (max_event_bytes=%d). If the server really sends "
-            "events that large, raise the limit: pass max_event_bytes=... to the provider"
-            % (_size_text(self.max_event_bytes), self.max_event_bytes), server_message="event too large")
+            "the server sent a stream event larger than %s (max_event_bytes=%d)." % (
+                _size_text(self.max_event_bytes), self.max_event_bytes), server_message="event too large",
+            reason="too_large", hint="If the server really sends events that large, raise the limit: pass "
+                                     "max_event_bytes=... to the provider")
 
     def _sse_lines(self, lines: List[bytes]) -> List[bytes]:
         events = []
@@ -1622,14 +2111,6 @@ class StreamDecoder:
         return events
 
 
-def _size_text(size: int) -> str:
-    """``size`` bytes in words: "32 MiB", "512 KiB", "1000 bytes"."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return "%d %s" % (size // scale, unit)
-    return "%d bytes" % size
-
-
 _raw_decode = json.JSONDecoder().raw_decode
 
 
@@ -1639,541 +2120,37 @@ def _parse_json(data: bytes) -> Any:
     try:
         value, end = _raw_decode(text)
     except ValueError:
-        return json.loads(text)  # leading white space (raw_decode takes none), or not JSON: json.loads says which
+        return json.loads(text)  # leading white space (raw_decode takes none), or not JSON: loads says which
     if end != len(text) and not text[end:].isspace():
         return json.loads(text)
     return value
 
 
-#: What LM Studio (0.3.14 to 0.4.x) says, with HTTP 200 or 404, for an endpoint it does not have.
-_UNKNOWN_ENDPOINT_PHRASE = "unexpected endpoint or method"
-
-
-def _lacks_endpoint(status: int, message: str) -> bool:
-    """Whether an error answer means the server has no such endpoint (a 404-like status, or LM Studio's words)."""
-    return status in (404, 405, 501) or _UNKNOWN_ENDPOINT_PHRASE in message.lower()
-
-
-def _loads_or_none(text: str) -> Any:
-    """A server's text as JSON, or None when it is not JSON or nests too deeply to read."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _text_field(value: Any) -> Optional[str]:
-    """A reply's content or reasoning: None or a string.  Anything else is a TypeError, which the callers'
-    shape checks report as an answer of an unexpected shape (not a traceback from the text handling)."""
-    if value is None or isinstance(value, str):
-        return value
-    raise TypeError("a text field holds %s, not a string" % type(value).__name__)
-
-
-def _server_message(body: str) -> str:
-    """The server's own error message from an error body of any shape."""
-    text = body.strip()
-    data = _loads_or_none(text)
-    if isinstance(data, dict):
-        error = data.get("error", data.get("detail", data.get("message")))
-        for _ in range(2):  # LiteLLM may nest once more: {"error": {"message": {"error": "..."}}}
-            if isinstance(error, dict):
-                error = error.get("message") or error.get("error") or error.get("msg") or _short_json(error)
-        if isinstance(error, str) and error.strip():
-            return error.strip()
-    if text[:1] == "<" or "<html" in text[:200].lower():
-        title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
-        return "an HTML page" + ((" titled %r" % title.group(1).strip()) if title else "")
-    if not text:
-        return "an empty body"
-    return text[:300] + ("..." if len(text) > 300 else "")
-
-
-def _proxy_hint(message: str) -> str:
-    """What to check when ``_server_message`` found an HTML page where the API answers."""
-    return " (is a proxy or another program on this port?)" if message.startswith("an HTML page") else ""
-
-
-def _short_json(value: Any) -> str:
-    """At most 300 characters of ``value`` as JSON (a value nested too deeply to write says so)."""
-    try:
-        text = json.dumps(value)
-    except (ValueError, RecursionError):
-        return "(JSON nested too deeply to show)"
-    return text[:300] + ("..." if len(text) > 300 else "")
-
-
-def _mask(secret: Optional[str]) -> str:
-    if not secret:
-        return "(none)"
-    return "****" + (secret[-4:] if len(secret) >= 12 else "")
-
-
-class _BearerAuth:
-    """Sends ``Authorization: Bearer <token>``; its repr shows the token masked."""
-
-    def __init__(self, token: str):
-        self._token = token
-
-    def __call__(self, request: Any) -> Any:
-        request.headers["Authorization"] = "Bearer " + self._token
-        return request
-
-    def __repr__(self) -> str:
-        return "BearerAuth(%s)" % _mask(self._token)
-
-
-def _is_loopback(base_url: str) -> bool:
-    """Whether a normalized base URL points at this machine (127.0.0.0/8, ::1, localhost)."""
-    host = base_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]").lower()
-    return host == "localhost" or host.endswith(".localhost") or host == "::1" or host.startswith("127.")
-
-
-class HTTPTransport:
-    """The one HTTP layer every provider uses: a keep-alive ``requests.Session``,
-    separate connect and read timeouts, bounded retries for 429/503, no
-    redirects, and every ``requests`` failure turned into a typed error.
-
-    ``describe_failure`` is a callable of the provider's that turns an error
-    response (status, body, model) into the exception to raise.
-    """
-
-    #: Connections kept open to the server, at most: one per thread using the provider at the same time.
-    #: The pool does not block (requests gives no bound to that wait, and a stream left open would hold
-    #: its connection forever): more threads than this still work, but each extra connection is closed
-    #: after use and urllib3 warns "Connection pool is full".  A pool slot costs nothing until used.
-    max_connections = 128
-
-    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
-                 headers: Mapping[str, str], max_retries: int, server_title: str, start_hint: str,
-                 api_key: Optional[str] = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
-        module = ensure_requests()
-        self._api_key = api_key
-        self.max_event_bytes = max_event_bytes
-        self.max_body_bytes = max_body_bytes
-        self.base_url = base_url
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.max_retries = max_retries
-        self.server_title = server_title
-        self.start_hint = start_hint
-        self.session = module.Session()
-        # Proxy variables route loopback traffic wrongly and looking them up costs
-        # more than a small local request; remote hosts keep the usual behaviour.
-        self.session.trust_env = not _is_loopback(base_url)
-        if not self.session.trust_env and base_url.startswith("https:"):
-            # A private CA still applies (requests reads these only with trust_env).  Not for http://: a CA
-            # path there would only cost requests a file-system check on every request.
-            self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self.max_connections)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update(headers)
-        # Compressed streams would only add latency; a proxy that compresses anyway is decoded (_iter_body).
-        self.session.headers["Accept-Encoding"] = "identity"
-        if api_key:
-            _register_secret(api_key)  # masked in every error and log line while this transport lives
-            weakref.finalize(self, _forget_secret, api_key)
-            self.session.auth = _BearerAuth(api_key)
-        self._adapter = adapter
-        self._direct = _is_loopback(base_url) and base_url.isascii()
-
-    def __repr__(self) -> str:
-        return "HTTPTransport(%r, api_key=%s)" % (self.base_url, _mask(self._api_key))
-
-    def scrub(self, text: str) -> str:
-        """``text`` with every live API token masked (errors and logs do this themselves; see ``_scrub``)."""
-        return _scrub(text)
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self.session.close()
-
-    def request(self, method: str, path: str, payload: Optional[Mapping[str, Any]] = None, *,
-                debug: bool = False, describe_failure: Any = None, model: str = "") -> Any:
-        """Send one request; return the 2xx ``requests.Response`` or raise a typed error.
-
-        A 2xx answer's body is not read here, whether it is a stream or not:
-        read it with ``read_body`` (a whole answer, bounded by
-        ``max_body_bytes``) or with ``BaseProvider._json_events`` (a stream).
-
-        429 and 503 answers are retried up to ``max_retries`` times, waiting for
-        ``Retry-After`` when the server gives one (at most 30 s) and otherwise
-        0.5 s, 1 s, 2 s...  Nothing has reached the caller when a retry happens.
-        """
-        url = self.base_url + path
-        body = None if payload is None else _json_bytes(payload)
-        for attempt in range(self.max_retries + 1):
-            started = time.perf_counter()
-            try:
-                response = self._send(method, url, body)
-            except Exception as exc:
-                raise self.translate_exception(exc, url)
-            try:
-                _enforce_content_length(response)
-                if debug:
-                    _debug("%s %s -> HTTP %d in %.3f s", method, url, response.status_code,
-                           time.perf_counter() - started)
-                status = response.status_code
-                if status < 300:
-                    return response
-                text = self.read_error_text(response, path)
-            except BaseException:  # Ctrl-C too: close the connection now, not when the traceback is freed
-                response.close()
-                raise
-            if status in (429, 503) and attempt < self.max_retries:
-                delay = self._retry_delay(response, attempt)
-                logger.info("%s answered %d (%s); retrying in %.1f s", self.server_title, status,
-                            _server_message(text), delay)
-                time.sleep(delay)
-                continue
-            if 300 <= status < 400:
-                raise ProviderResponseError(
-                    "%s at %s redirected %s to %s; redirects are not followed for API calls. Set the host to "
-                    "the server's real address." % (self.server_title, self.base_url, path,
-                                                    response.headers.get("Location", "(no Location)")[:300]),
-                    status=status, server_message=None, body=text)
-            raise describe_failure(status, text, model)
-        raise AssertionError("unreachable")
-
-    def _send(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        """Send once; send again on a new connection if a kept-alive one turns out to be closed.
-
-        A server may close an idle or finished connection just as it is reused
-        (llama.cpp closes after every stream while announcing keep-alive).  The
-        request then fails before any answer.  Whether the server read it
-        first cannot be told (nor, through public APIs, whether the connection
-        was a reused one), so only requests that may safely run twice are sent
-        again: GET and HEAD, and the POSTs without side effects on the server
-        (``_REPEATABLE_POSTS``: chat, embeddings, model facts).  A POST that
-        starts work (a pull, a download, a load) fails instead of perhaps
-        starting it twice.
-        """
-        try:
-            return self._send_once(method, url, body)
-        except requests.exceptions.ConnectionError as exc:
-            if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS) or not _repeatable(method, url):
-                raise
-            logger.debug("%s closed a kept-alive connection before answering; sending again", self.server_title)
-            return self._send_once(method, url, body)
-
-    def _send_once(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        # Always stream=True for requests: every body is read here, in bounded pieces (read_body).
-        timeout = (self.connect_timeout, self.read_timeout)
-        if not self._direct:  # stream=True: the caller reads the body, after _enforce_content_length
-            return self.session.request(method, url, data=body, stream=True, timeout=timeout, allow_redirects=False,
-                                        headers={"Content-Type": "application/json"} if body is not None else None)
-        return self._adapter.send(self._prepare(method, url, body), stream=True, timeout=timeout,
-                                  verify=self.session.verify, cert=self.session.cert, proxies={})
-
-    def read_body(self, response: Any, path: str, limit: Optional[int] = None, truncate: bool = False) -> bytes:
-        """The whole body of an answer, decompressed, read in pieces of at most 64 KiB.
-
-        Past ``limit`` bytes (default ``max_body_bytes``, counted after
-        decompression, so a decompression bomb stops there too) the answer is
-        a ProviderResponseError naming the limit, or with ``truncate`` just
-        cut there.  A Content-Length over the limit fails before reading.
-        """
-        limit = self.max_body_bytes if limit is None else limit
-        length = response.headers.get("Content-Length", "").strip()
-        if not truncate and length.isdigit() and int(length) > limit:
-            response.close()
-            raise self._too_large(path, limit, "announced %d bytes" % int(length))
-        identity = _content_encoding(response) == "identity"
-        amount = _READ_BYTES if identity else _COMPRESSED_READ_BYTES
-        parts: List[bytes] = []
-        size = 0
-        try:
-            if identity and length.isdigit() and int(length) <= min(limit, _READ_BYTES):  # small: one read
-                return cast(bytes, response.raw.read(decode_content=False))
-            for data in response.raw.stream(amount, decode_content=True):
-                size += len(data)
-                parts.append(data)
-                if size > limit:
-                    response.close()
-                    if truncate:
-                        return b"".join(parts)[:limit]
-                    raise self._too_large(path, limit, "sent more")
-        except ProviderError:
-            raise
-        except Exception as exc:
-            response.close()
-            raise self.translate_exception(exc, self.base_url + path)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def read_error_text(self, response: Any, path: str) -> str:
-        """The text of an error answer (its first MiB), with the API token masked."""
-        try:
-            body = self.read_body(response, path, limit=min(self.max_body_bytes, 1 << 20), truncate=True)
-        finally:
-            response.close()
-        return self.scrub(body.decode("utf-8", "replace"))
-
-    def _too_large(self, path: str, limit: int, what: str) -> ProviderResponseError:
-        return ProviderResponseError(
-            "%s answered %s with more than %s (max_body_bytes=%d): it %s. If the answer is really that large, "
-            "raise the limit: pass max_body_bytes=... to the provider" % (
-                self.server_title, path, _size_text(limit), limit, what), server_message="answer too large")
-
-    def _prepare(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        """Build a loopback request directly and hand it to the connection pool.
-
-        On a local server, ``Session.request`` costs more than the request
-        itself: it merges environment settings, cookies and hooks and re-parses
-        the URL on every call.  None of that applies here: the URL is already
-        normalized, the body is already JSON, loopback takes no proxy, and API
-        calls follow no redirects and keep no cookies.  Other hosts go through
-        ``Session.request`` with all of requests' usual behaviour.
-        """
-        prepared = requests.PreparedRequest()
-        prepared.method = method
-        prepared.url = url
-        prepared.headers = requests.structures.CaseInsensitiveDict(self.session.headers)
-        if body is not None:
-            prepared.headers["Content-Type"] = "application/json"
-            prepared.headers["Content-Length"] = str(len(body))
-        prepared.body = body
-        prepared.hooks = {"response": []}
-        if self.session.auth is not None:
-            prepared = self.session.auth(prepared)
-        return prepared
-
-    @staticmethod
-    def _retry_delay(response: Any, attempt: int) -> float:
-        """Seconds to wait: the server's Retry-After (seconds or an HTTP date, at most 30), else backoff."""
-        header = response.headers.get("Retry-After", "").strip()
-        if header.replace(".", "", 1).isdigit():
-            return min(float(header), 30.0)
-        if header:
-            from email.utils import parsedate_to_datetime
-            try:
-                when = parsedate_to_datetime(header)
-            except (TypeError, ValueError, IndexError):
-                when = None
-            if when is not None and when.tzinfo is not None:
-                return max(0.0, min(when.timestamp() - time.time(), 30.0))
-        return min(0.5 * 2.0 ** attempt, 8.0)
-
-    def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
-        """Turn a requests/urllib3/socket failure into a typed error chained to it (raise it without
-        ``from exc``: a cause that shows a token is left out, so no traceback prints the token)."""
-        if isinstance(exc, ProviderError):
-            return exc
-        return _chain(self._translate(exc, url), exc)
-
-    def _translate(self, exc: BaseException, url: str) -> ProviderError:
-        exceptions = ensure_requests().exceptions
-        text = str(exc)
-        if isinstance(exc, exceptions.ConnectTimeout):
-            return ProviderTimeoutError(
-                "connecting to %s at %s took longer than the connect timeout (%g s)."
-                % (self.server_title, self.base_url, self.connect_timeout), reason="timeout",
-                hint="Check the host and that the server is running; raise the limit with timeout=(connect, read), "
-                     "e.g. timeout=(30, %g)." % self.read_timeout)
-        if _is_read_timeout(exc, exceptions) or "Read timed out" in text:
-            return ProviderTimeoutError(
-                "%s at %s sent nothing for %g s (the read timeout) while answering %s."
-                % (self.server_title, self.base_url, self.read_timeout, url), reason="timeout",
-                hint="A large model can take minutes to load or to answer; raise the limit with "
-                     "timeout=(connect, read), e.g. timeout=(%g, %g)." % (self.connect_timeout, self.read_timeout * 4))
-        if isinstance(exc, exceptions.SSLError):
-            return ProviderConnectionError("TLS failed talking to %s: %s. Use http:// for a local server, or "
-                                           "fix its certificate; a certificate from a private CA is trusted with "
-                                           "REQUESTS_CA_BUNDLE=/path/to/ca.pem." % (self.base_url, exc))
-        if isinstance(exc, (exceptions.InvalidURL, exceptions.MissingSchema, exceptions.InvalidSchema)):
-            return ProviderConnectionError("bad URL %s: %s" % (url, exc))
-        if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, exceptions.RequestException):
-            return InvalidInputError("the request to %s could not be built: %s" % (url, _short_reason(exc)))
-        if _is_cut_short(exc, exceptions):
-            return ProviderConnectionError(
-                "the connection to %s at %s broke while its answer to %s was being read (%s); the answer is "
-                "incomplete, so none of it was used. Try again; if it keeps happening, look at the server's log "
-                "and at any proxy in between." % (self.server_title, self.base_url, url, _short_reason(exc)))
-        answer = _not_http_answer(exc)
-        if answer:
-            return ProviderConnectionError(
-                "%s at %s answered %s with something that is not valid HTTP (%s). Is another program "
-                "listening on that port? Check the host and port." % (self.server_title, self.base_url, url, answer))
-        if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
-            return ProviderConnectionError(
-                "cannot connect to %s at %s: connection refused. Nothing is listening there."
-                % (self.server_title, self.base_url), reason="connection_refused", hint=self.start_hint)
-        if ("Name or service not known" in text or "NameResolutionError" in text
-                or "nodename nor servname" in text or "Temporary failure in name resolution" in text
-                or "getaddrinfo failed" in text):
-            return ProviderConnectionError("cannot resolve the host name in %s." % self.base_url,
-                                           reason="unknown_host", hint="Check the spelling of the host.")
-        return ProviderConnectionError(
-            "the connection to %s at %s failed: %s." % (self.server_title, self.base_url, _short_reason(exc)),
-            reason="connection_failed", hint="If the server restarted, try again; " + self.start_hint)
-
-
-def _json_bytes(payload: Mapping[str, Any]) -> bytes:
-    """The request body; a value JSON cannot hold (a set, bytes, NaN) is an InvalidInputError naming it."""
-    try:
-        return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        for key, value in payload.items():
-            try:
-                json.dumps(value, allow_nan=False)
-            except (TypeError, ValueError):
-                raise InvalidInputError("%r cannot be sent as JSON: %s" % (key, exc)) from None
-        raise InvalidInputError("the request cannot be sent as JSON: %s" % exc) from None
-
-
-_STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Connection reset by peer",
-                           "Broken pipe", "Connection aborted")
-# POSTs that only compute an answer: sending one twice costs time, not a second download or load.
-_REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embed", "/api/show")
-
-
-def _repeatable(method: str, url: str) -> bool:
-    """Whether a request that may have reached the server can be sent again without doing anything twice."""
-    return method in ("GET", "HEAD") or method == "POST" and url.split("?", 1)[0].endswith(_REPEATABLE_POSTS)
-
-
-def _enforce_content_length(response: Any) -> None:
-    """Make a body shorter than its Content-Length raise as it is read, on every urllib3.
-
-    urllib3 2.x checks by default; 1.26 only when its public ``enforce_content_length``
-    is set, and otherwise hands over the truncated body as if it were whole.
-    """
-    raw: Any = getattr(response, "raw", None)
-    if getattr(raw, "enforce_content_length", True) is False:
-        raw.enforce_content_length = True
-
-
-def _short_reason(exc: BaseException) -> str:
-    text = str(exc)
-    short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
-    if short:  # a Content-Length body, or one chunk of a chunked one
-        return "the connection closed %s bytes before the announced end of the body" % short.group(1)
-    for pattern in ("Remote end closed connection without response", "Connection reset by peer",
-                    "Connection aborted", "IncompleteRead", "Connection broken", "Broken pipe"):
-        if pattern in text:
-            return pattern.lower()
-    return text[:200]
-
-
-def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it wraps: requests and urllib3 keep the original in ``args``, ``__cause__``
-    or ``__context__`` (a read timeout reaches a stream as requests' ConnectionError around urllib3's
-    ReadTimeoutError around ``socket.timeout``)."""
-    seen: List[BaseException] = []
-    todo = [exc]
-    while todo and len(seen) < 12:
-        current = todo.pop()
-        if any(current is old for old in seen):
-            continue
-        seen.append(current)
-        yield current
-        todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-
-
-def _is_read_timeout(exc: BaseException, exceptions: Any) -> bool:
-    """Whether the server went silent for longer than the read timeout, in any of the forms the
-    supported versions raise it (``exceptions`` is ``requests.exceptions``).  On Python 3.8 and 3.9
-    ``socket.timeout`` is not a TimeoutError."""
-    import socket
-    from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
-    for current in _exception_chain(exc):
-        if isinstance(current, (exceptions.ConnectTimeout, ConnectTimeoutError)):
-            return False
-        if isinstance(current, (socket.timeout, TimeoutError, ReadTimeoutError, exceptions.ReadTimeout)):
-            return True
-    return False
-
-
-def _is_cut_short(exc: BaseException, exceptions: Any) -> bool:
-    """Whether the server had answered and the connection broke while the body was being read:
-    a body shorter than its Content-Length, a chunked body without its last chunk, a reset mid-body.
-    ``exceptions`` is ``requests.exceptions``."""
-    import http.client
-    from urllib3.exceptions import ProtocolError
-    for current in _exception_chain(exc):
-        if isinstance(current, (exceptions.ChunkedEncodingError, http.client.IncompleteRead)):
-            return True
-        if isinstance(current, ProtocolError) and current.args:
-            # "Connection broken: ...", "Response ended prematurely"; "Connection aborted." is before any answer
-            return not str(current.args[0]).startswith("Connection aborted")
-    return False
-
-
-def _not_http_answer(exc: BaseException) -> str:
-    """What http.client made of an answer that is not HTTP (a bad status line, an endless header), or ""."""
-    import http.client
-    for current in _exception_chain(exc):
-        if isinstance(current, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
-            return ""  # closed without an answer, or cut: not a wrong answer
-        if isinstance(current, http.client.HTTPException):
-            return ("%s: %s" % (type(current).__name__, " ".join(str(current).split())))[:120]
-    return ""
-
-
-_READ_BYTES = 65536             # one read of an uncompressed body
-_COMPRESSED_READ_BYTES = 8192   # one read of a compressed body: at most ~8 MiB once inflated (gzip, deflate)
-_CLOSE_DELIMITED_READ_BYTES = 1024  # urllib3 < 2.2 has no read1: the first pieces wait for this much
-_DECODED_ENCODINGS = ("identity", "gzip", "x-gzip", "deflate")
-_END_GRACE_SECONDS = 0.05       # how long the rest of a body may take after its end marker
-
-
-def _content_encoding(response: Any) -> str:
-    """The body's Content-Encoding; one that cannot be decoded here is a ProviderResponseError.
-
-    Requests ask for ``identity``; a proxy that compresses anyway is decoded by
-    urllib3 (gzip, deflate), and the size limits count the decoded bytes.
-    """
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
-    if encoding not in _DECODED_ENCODINGS:
-        response.close()
-        raise ProviderResponseError(
-            "the answer is compressed with %r, which lm_providers does not decode (it asked for an uncompressed "
-            "answer with Accept-Encoding: identity). Configure the proxy in front of the server to pass answers "
-            "through unchanged." % encoding, status=response.status_code, server_message="Content-Encoding "
-            + encoding)
-    return encoding
-
-
-def _iter_body(response: Any) -> Generator[bytes, None, None]:
-    """Yield a streamed body as its bytes arrive, decompressed, through urllib3's public reading API.
-
-    A chunked body (what LM Studio, Ollama and llama.cpp send) is read one
-    HTTP chunk at a time with ``read_chunked``: a piece never waits for the
-    next chunk.  Another body is read with ``read1`` (urllib3 2.2 and later),
-    which returns whatever one read of the socket gives; older urllib3 has no
-    ``read1``, so there a Content-Length body (all of it already written by
-    the server) is read in 64 KiB pieces and a close-delimited one in 1 KiB
-    pieces: the documented exception where the first pieces can arrive late.
-    """
-    raw = response.raw
-    compressed = _content_encoding(response) != "identity"
-    amount = _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
-    if "chunked" in response.headers.get("Transfer-Encoding", "").lower() and raw.supports_chunked_reads():
-        yield from raw.read_chunked(amount, decode_content=compressed)
-        return
-    read1 = getattr(raw, "read1", None)
-    if read1 is None:  # urllib3 < 2.2
-        framed = response.headers.get("Content-Length") is not None
-        yield from raw.stream(amount if framed else _CLOSE_DELIMITED_READ_BYTES, decode_content=True)
-        return
-    while True:
-        data = read1(amount, decode_content=compressed)  # uncompressed: skip urllib3's decoded-data buffer
-        if not data:
-            return
-        yield data
+def _unreadable(title: str, data: bytes, exc: BaseException, path: str = "",
+                status: Optional[int] = None) -> ProviderResponseError:
+    """The error for a whole answer from ``path`` (without ``path``: a stream event) that is not JSON
+    (``exc`` a ValueError) or nests too deeply to read (a RecursionError)."""
+    if isinstance(exc, RecursionError):
+        return ProviderResponseError("%s %s JSON nested too deeply to read (%d bytes)" % (
+            title, "answered %s with" % path if path else "sent a stream event of", len(data)), status,
+            body=data[:1000].decode("utf-8", "replace"), reason="bad_response")
+    text = data.decode("utf-8", "replace")
+    if not path:
+        return ProviderResponseError("%s sent a stream event that is not JSON: %r" % (title, data[:200]),
+                                     body=text, reason="bad_response")
+    message = _server_message(text)
+    return ProviderResponseError("%s answered %s with %s instead of JSON" % (title, path, message), status,
+                                 message, text, reason="bad_response", hint=_proxy_hint(message).lstrip())
 
 
 class _EndWatch:
     """After a stream's end marker, shut the connection's socket down if the rest of the body (normally
-    just the end of the chunked encoding) has not arrived within ``seconds``: it unblocks the read that
-    waits for it, and that connection is then closed instead of reused."""
+    just the end of the chunked encoding) has not come within ``seconds``: that wakes the read waiting
+    for it, and the connection is then closed instead of reused."""
 
     def __init__(self, raw: Any, seconds: float) -> None:
         self._lock = threading.Lock()
-        self._stopped = False
-        self.fired = False
+        self._stopped = self.fired = False
         self._raw = raw
         self._shutdown = _socket_shutdown(raw)
         self._timer = threading.Timer(seconds, self._fire)
@@ -2182,11 +2159,9 @@ class _EndWatch:
 
     def _fire(self) -> None:
         with self._lock:
-            # The reader's next(chunks) may have finished the body meanwhile: urllib3 closes the response's
-            # file, then puts the connection back in the pool (raw.connection becomes None), where another
-            # thread may take it; its socket is not ours to shut down then.  This check leaves only the
-            # instant between it and the shutdown (the timer fires after the grace period, while the reader
-            # is normally blocked in a read), not the whole of next(chunks).
+            # next(chunks) may have finished the body meanwhile: urllib3 then puts the connection back in the
+            # pool (raw.connection None), where another thread may take it, so its socket is not ours to shut.
+            # Only the instant between this check and the shutdown is left, not the whole of next(chunks).
             if self._stopped or self._raw.connection is None or self._raw.isclosed():
                 return
             self.fired = True
@@ -2220,20 +2195,122 @@ def _socket_shutdown(raw: Any) -> Callable[[], None]:
     return shut
 
 
-def _finish_stream(response: Any, chunks: Generator[bytes, None, None], ended: bool, exhausted: bool) -> None:
-    """Give a stream's connection back to the pool when its body was received to the end, else close it.
+class _EventStream:
+    """The JSON objects of one streamed answer as they arrive (iterate once), as openai-python's Stream
+    over its SSEDecoder: body chunks (``_body_chunks``) -> events (``StreamDecoder``) -> JSON objects.
 
-    ``exhausted``: the body was read to its end.  ``ended``: the end marker
-    arrived; the rest of the body (normally the end of the chunked encoding,
-    already received) is then read if it comes within 50 ms; a server or proxy
-    that keeps the connection open without finishing the body gets it closed.
+    It ends at SSE's ``data: [DONE]`` or at the object whose ``end[0]`` is ``end[1]``; a body that ends
+    first is cut off unless ``complete()`` says otherwise.  Errors are typed and say what came before
+    (``describe()``, e.g. "3 piece(s)").  However iteration ends (end marker, error, ``close()``, Ctrl-C)
+    the response is freed: back to the pool when its body was read to the end, else closed.
     """
-    if ended and not exhausted:
+
+    __slots__ = ("provider", "response", "path", "model", "end", "complete", "describe", "count")
+
+    def __init__(self, provider: "BaseProvider", response: Any, path: str, model: str = "",
+                 end: Optional[Tuple[str, Any]] = None, complete: Optional[Callable[[], bool]] = None,
+                 describe: Optional[Callable[[], str]] = None) -> None:
+        self.provider, self.response, self.path, self.model = provider, response, path, model
+        self.end, self.complete, self.describe = end, complete, describe
+        self.count = 0  # the events read, once iteration has ended
+
+    def __iter__(self) -> Generator[Dict[str, Any], None, None]:
+        decoder = StreamDecoder(self.provider.framing, self.provider.transport.max_event_bytes)
+        feed, parse, sse = decoder.feed, _parse_json, decoder.framing == "sse"
+        has_end = self.end is not None
+        end_key, end_value = self.end if self.end is not None else ("", None)
+        count = 0
+        chunks = None
+        ended = exhausted = False
+        try:
+            chunks = _body_chunks(self.response)
+            while True:
+                try:
+                    chunk = next(chunks, None)
+                    batch = feed(chunk) if chunk is not None else decoder.flush()
+                except ProviderError:
+                    raise
+                except Exception as exc:
+                    raise self._broken(exc, count)
+                for data in batch:
+                    if data.__class__ is not bytes:  # a StreamError
+                        raise self._error_event(data)
+                    if sse and data == b"[DONE]":
+                        ended = True
+                        return
+                    try:
+                        event = parse(data)
+                    except (ValueError, RecursionError) as exc:
+                        raise _unreadable(self.provider.title, data, exc) from None
+                    if event.__class__ is not dict or event.get("error"):  # "error": null is no error
+                        raise self._bad_event(data, event)
+                    ended = has_end and event.get(end_key) == end_value
+                    count += 1
+                    yield event
+                    if ended:
+                        return
+                if chunk is None:
+                    break
+            exhausted = True
+            if not (self.complete is not None and self.complete()):
+                raise ProviderResponseError(
+                    "%s ended the stream before saying it was complete (after %s); the answer is cut off." % (
+                        self.provider.title, self._received(count)), reason="stream_cut",
+                    server_message="stream ended without end marker",
+                    hint="The server may have crashed or restarted, or the connection broke.")
+        finally:
+            self.count = count
+            _finish_stream(self.response, chunks, ended, exhausted)
+
+    def _received(self, count: int) -> str:
+        return self.describe() if self.describe else "%d event(s)" % count
+
+    def _broken(self, exc: BaseException, count: int) -> ProviderError:
+        """The error for a stream whose reading failed after ``count`` events."""
+        error = self.provider.transport.translate_exception(exc, self.provider.base_url + self.path)
+        if isinstance(error, ProviderTimeoutError):
+            return _chain(ProviderTimeoutError(
+                "%s (the stream stopped after %s; the reply is incomplete)." % (
+                    error.message.rstrip("."), self._received(count)), hint=error.hint,
+                reason="timeout"), exc)
+        return _chain(ProviderResponseError(
+            "the stream from %s broke off after %s: %s; the reply is incomplete" % (
+                self.provider.title, self._received(count), _short_reason(exc)),
+            server_message=str(exc)[:300], reason="stream_cut"), exc)
+
+    def _bad_event(self, data: bytes, event: Any) -> ProviderError:
+        if event.__class__ is dict:  # one with an "error"
+            return self._error_event(data)
+        return ProviderResponseError("%s sent a stream event that is not a JSON object: %r" % (
+            self.provider.title, data[:200]), body=data.decode("utf-8", "replace"), reason="bad_response")
+
+    def _error_event(self, data: bytes) -> ProviderError:
+        """The error an error event stands for: a chat's own, or ``_in_band_error`` for other paths."""
+        provider = self.provider
+        text = _scrub(data.decode("utf-8", "replace"))
+        message = _server_message(text)
+        if self.path != provider.chat_path:
+            return provider._in_band_error(self.path, self.model, message, text)
+        overflow = provider._context_error(None, text, self.model)
+        if overflow is not None:
+            return overflow
+        return ProviderResponseError("%s reported an error in the middle of the stream%s: %s" % (
+            provider.title, " for model %r" % self.model if self.model else "", message),
+            server_message=message, body=text, reason="server_error")
+
+
+def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool, exhausted: bool) -> None:
+    """Give a stream's connection back to the pool when its body was read to the end (``exhausted``) or,
+    after the end marker (``ended``), its rest (normally the end of the chunked encoding) comes within 50 ms;
+    else close it."""
+    if ended and not exhausted and chunks is not None:
         exhausted = _read_rest(response, chunks)
     if exhausted:
         response.raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
         return
-    chunks.close()
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
     response.close()
 
 
@@ -2255,6 +2332,78 @@ def _read_rest(response: Any, chunks: Iterator[bytes]) -> bool:
     finally:
         watch.stop()
 
+
+def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> None:
+    """Refuse a 200 that is not a stream: an HTML page (a proxy's), or JSON where SSE was asked for."""
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if "html" not in content_type and not (provider.framing == "sse" and content_type == "application/json"):
+        return
+    text = provider.transport.read_error_text(response, provider.chat_path)
+    if '"error"' in text:
+        raise provider._failure(response.status_code, text, model, in_body=True)
+    message = _server_message(text)
+    raise ProviderResponseError("%s answered the streaming request with %s instead of a stream" % (
+        provider.title, message), status=response.status_code, server_message=message, body=text,
+        reason="bad_response", hint=_proxy_hint(message).lstrip())
+
+
+def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "ModelConfig",
+                 state: "_StreamState") -> Generator[str, None, None]:
+    """A chat stream's content pieces, sent on the first ``next()``: JSON objects from ``_EventStream`` go
+    through the provider's ``_read_event`` (which records finish reason, usage, tool calls in ``state``),
+    a leading ``<think>`` block goes to ``state.reasoning``.  At the end the reply is checked as a whole
+    one is (``_check_end``, then ``_check_fit``: Ollama reports the prompt's size only at the end)."""
+    started = time.perf_counter()
+    response = provider.transport.request("POST", provider.chat_path, payload,
+                                          describe_failure=provider._failure, model=model.name)
+    _check_stream_type(provider, response, model.name)
+    think = _ThinkFilter()
+    reasoning_parts = state.reasoning
+    read_event = provider._read_event
+    pieces = 0
+    stream = _EventStream(provider, response, provider.chat_path, model.name, provider.stream_end,
+                          complete=lambda: provider._ends_with_body(state),
+                          describe=lambda: "%d piece(s)" % pieces)
+    events = iter(stream)
+    try:
+        for event in events:
+            try:
+                content, reasoning = read_event(event, state)
+            except (KeyError, IndexError, TypeError, AttributeError):
+                text = _scrub(_short_json(event))
+                raise ProviderResponseError("%s sent a stream event of an unexpected shape: %s" % (
+                    provider.title, text), body=text, reason="bad_response") from None
+            if reasoning and reasoning_parts is not None:
+                reasoning_parts.append(reasoning)
+            if not content:
+                continue
+            if think.state == "content":
+                pieces += 1
+                yield content
+                continue
+            held, reasoning = think.feed(content)  # the start of the reply, or inside a <think> block
+            if reasoning and reasoning_parts is not None:
+                reasoning_parts.append(reasoning)
+            if held and not pieces:
+                logger.debug("first piece after %.3f s", time.perf_counter() - started)
+            for content in held:
+                pieces += 1
+                yield content
+    finally:
+        events.close()  # at once, not when the garbage collector gets to it: it frees the connection
+    held, reasoning = think.finish()
+    if reasoning and reasoning_parts is not None:
+        reasoning_parts.append(reasoning)
+    for content in held:
+        pieces += 1
+        yield content
+    logger.debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s",
+                 stream.count, pieces, state.finish_reason, state.usage, time.perf_counter() - started)
+    provider._check_end(model, state.finish_reason, has_text=pieces > 0, reasoned=bool(state.reasoning))
+    provider._check_fit(payload, model, state.usage, state.finish_reason, pieces > 0)
+
+
+# --- debug output ----------------------------------------------------------------
 
 debug_logger = logging.getLogger("lm_providers.debug")
 debug_logger.setLevel(logging.INFO)  # it only ever logs for calls made with debug=True
@@ -2676,24 +2825,26 @@ class ToolRunResult(ChatResult):
 class TextStream:
     """The text pieces of a streamed reply, as ``stream_text`` returns them.
 
-    A ``for`` loop over it closes the connection however the loop is left:
-    at the end, by ``break``, by an error, or by Ctrl-C in the loop's body
-    (even while you still hold the stream).  ``close()`` and leaving a
-    ``with`` block close it too.
+    A ``for`` loop over it closes the connection however the loop is left (at the end, ``break``, an
+    error, Ctrl-C in the loop's body), as do ``close()`` and leaving a ``with`` block.  With ``debug``
+    the reading logs at DEBUG (see ``_debugging``).
     """
 
-    def __init__(self, pieces: Generator[str, None, None]):
+    def __init__(self, pieces: Generator[str, None, None], debug: bool = False):
         self._pieces = pieces
+        self._debug_on = debug
 
     def __iter__(self) -> Iterator[str]:
         pieces = self._pieces
         try:
-            yield from pieces
+            with _debugging(self._debug_on):
+                yield from pieces
         finally:  # a loop left early must not leave the connection open until garbage collection
             pieces.close()
 
     def __next__(self) -> str:
-        return next(self._pieces)
+        with _debugging(self._debug_on):
+            return next(self._pieces)
 
     def close(self) -> None:
         """Stop reading and close the connection."""
@@ -2707,18 +2858,16 @@ class TextStream:
 
 
 class ChatStream(TextStream):
-    """A streamed reply: iterate it for the text pieces as they arrive.
-
-    After the loop, ``finish_reason`` and ``usage`` are set and ``reasoning``
-    holds the model's reasoning (thinking) text.  Leaving the loop early
-    (``break``), ``close()``, or leaving a ``with`` block closes the connection.
-    """
+    """A streamed reply: iterate it for the text pieces as they arrive (closed as a TextStream is).
+    After the loop ``finish_reason`` and ``usage`` are set and ``reasoning`` holds the reasoning text."""
 
     def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
         self.model = model.name
         self._title = provider.title
         self._state = _StreamState(keep_reasoning=True)
-        super().__init__(provider._stream(messages, model, debug, self._state))
+        with _debugging(debug):  # the request's debug lines; the iteration turns it on again
+            pieces = provider._stream(messages, model, self._state)
+        super().__init__(pieces, debug)
 
     @property
     def finish_reason(self) -> Optional[str]:
@@ -2743,9 +2892,7 @@ class ChatStream(TextStream):
     @property
     def tool_calls(self) -> List[ToolCall]:
         """The tool calls the model asked for, each assembled from its pieces, once the loop has ended.
-
-        Raises ToolCallError when a call's arguments are not a JSON object.
-        """
+        Raises ToolCallError when a call's arguments are not a JSON object."""
         return self._state.finish_tool_calls(self._title)
 
     def __repr__(self) -> str:
@@ -2797,7 +2944,7 @@ class _StreamState:
         if slot is None:
             if len(self._calls) >= _MAX_TOOL_CALLS:
                 raise ProviderResponseError("the stream holds more than %d tool calls; it was stopped"
-                                            % _MAX_TOOL_CALLS)
+                                            % _MAX_TOOL_CALLS, reason="too_large")
             slot = self._slots[index] = len(self._calls)
             self._calls.append([None, None, [], 0])
         return self._calls[slot]
@@ -2809,8 +2956,8 @@ class _StreamState:
         call[2].append(piece)
         call[3] += len(piece) if isinstance(piece, str) else len(json.dumps(piece))
         if call[3] > _MAX_TOOL_ARGUMENT_CHARS:
-            raise ProviderResponseError("the arguments of tool call %r grew past %d characters; the stream was "
-                                        "stopped" % (call[1], _MAX_TOOL_ARGUMENT_CHARS))
+            raise ProviderResponseError("the arguments of tool call %r grew past %d characters; the stream "
+                                        "was stopped" % (call[1], _MAX_TOOL_ARGUMENT_CHARS), reason="too_large")
 
     def finish_tool_calls(self, title: str) -> List[ToolCall]:
         """Assemble the calls gathered so far (once), and mark the reply as asking for tools."""
@@ -2827,11 +2974,9 @@ class _StreamState:
 class _ThinkFilter:
     """Move a leading ``<think>...</think>`` block out of streamed content.
 
-    ``feed(piece)`` returns ``(pieces, reasoning)``: the content pieces to pass
-    on (in order, never merged) and any reasoning text.  While the start of the
-    reply could still become ``<think>`` (white space, ``<``, ``<thi``...), its
-    pieces are held back; a closing tag split across pieces is handled by
-    holding back at most a tag's length of reasoning.
+    ``feed(piece)`` returns ``(pieces, reasoning)``: the content pieces to pass on (in order, never merged)
+    and any reasoning text.  Pieces are held back while the reply's start could still become ``<think>``,
+    and at most a tag's length of reasoning while it could be the start of ``</think>``.
     """
 
     OPEN, CLOSE = "<think>", "</think>"
@@ -2840,18 +2985,19 @@ class _ThinkFilter:
     def __init__(self) -> None:
         self.state = "start"     # start -> thinking -> after -> content
         self.held: List[str] = []  # pieces held while the start is undecided
-        self.tail = ""           # the end of the reasoning that may begin "</think>"
+        self.tail = ""           # the start so far, or the end of the reasoning that may begin "</think>"
 
     def feed(self, piece: str) -> Tuple[List[str], str]:
         if self.state == "start":
             self.held.append(piece)
-            text = "".join(self.held).lstrip()
+            text = (self.tail + piece).lstrip()  # "".join(held).lstrip(); tail holds it while it is short
             if text.startswith(self.OPEN):
-                self.state, self.held = "thinking", []
+                self.state, self.held, self.tail = "thinking", [], ""
                 return self._thinking(text[len(self.OPEN):])
             if self.OPEN.startswith(text):  # could still become "<think>"
+                self.tail = text
                 return [], ""
-            held, self.held, self.state = self.held, [], "content"
+            held, self.held, self.state, self.tail = self.held, [], "content", ""
             return held, ""
         if self.state == "thinking":
             return self._thinking(piece)
@@ -3428,7 +3574,9 @@ class BaseProvider:
         stream breaks off before the server marks it complete, or the server
         reports an error mid-stream.
         """
-        return TextStream(self._stream(messages, self._model(model), debug, _StreamState(keep_reasoning=False)))
+        with _debugging(debug):  # the request's debug lines; the stream's iteration turns it on again
+            pieces = self._stream(messages, self._model(model), _StreamState(keep_reasoning=False))
+        return TextStream(pieces, debug)
 
     def generate_json(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig],
                       required_attributes: Sequence[str] = (), *, schema: Optional[Mapping[str, Any]] = None,
@@ -3720,14 +3868,12 @@ class BaseProvider:
                 _debug("%s has no %s (HTTP %s); falling back", self.title, path, exc.status)
             return None
 
-    def _stream_json(self, path: str, payload: Dict[str, Any], *, debug: bool = False,
+    def _stream_json(self, path: str, payload: Dict[str, Any], *,
                      model: str = "") -> Generator[Dict[str, Any], None, None]:
-        """Send a streamed POST to ``path`` and yield its JSON objects (``_json_events``) until the body ends;
-        an ``{"error": ...}`` object raises ``_in_band_error``.  The caller decides whether the last object
-        said the work was done."""
-        response = self.transport.request("POST", path, payload, debug=debug,
-                                          describe_failure=self._failure, model=model)
-        return self._json_events(response, path, model=model, complete_without_marker=lambda: True)
+        """The JSON objects of a streamed POST to ``path`` (``_EventStream``) until the body ends: the caller
+        decides whether the last one said the work was done.  An ``{"error": ...}`` is ``_in_band_error``."""
+        response = self.transport.request("POST", path, payload, describe_failure=self._failure, model=model)
+        return iter(_EventStream(self, response, path, model, complete=lambda: True))
 
     def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
         return ProviderResponseError("%s reported an error on %s for %r: %s" % (self.title, path, model, message),
@@ -3959,32 +4105,25 @@ class BaseProvider:
 
     def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str = "",
                      failure: Optional[Callable[..., ProviderError]] = None) -> Tuple[Any, _T]:
-        """``(data, read(data))`` for a 2xx JSON answer, read within ``max_body_bytes``; an answer that
-        is not JSON (or nests too deeply), holds an error object, or has another shape than ``read``
-        expects is a ProviderResponseError.  An error object is described by ``failure`` (the caller's
-        own ``describe_failure``; default ``_failure``), since servers put any error in a 200 body."""
+        """``(data, read(data))`` for a 2xx JSON answer read within ``max_body_bytes``.  An answer that is not
+        JSON, holds an error object (described by ``failure``, the caller's ``describe_failure``, default
+        ``_failure``: servers put any error in a 200 body) or has another shape than ``read`` expects is a
+        ProviderResponseError."""
         body = self.transport.read_body(response, path)
         try:
             data = _parse_json(body)
-        except RecursionError:
-            raise ProviderResponseError("%s answered %s with JSON nested too deeply to read (%d bytes)" % (
-                self.title, path, len(body)), status=response.status_code,
-                body=self.transport.scrub(body[:1000].decode("utf-8", "replace"))) from None
-        except ValueError:
-            text = self.transport.scrub(body.decode("utf-8", "replace"))
-            message = _server_message(text)
-            raise ProviderResponseError("%s answered %s with %s instead of JSON%s" % (
-                self.title, path, message, _proxy_hint(message)),
-                status=response.status_code, server_message=message, body=text) from None
+        except (ValueError, RecursionError) as exc:
+            raise _unreadable(self.title, body, exc, path, response.status_code) from None
         if isinstance(data, dict) and data.get("error"):
             raise (failure or self._failure)(response.status_code, body.decode("utf-8", "replace"), model,
                                              in_body=True)
         try:
             return data, read(data)
         except (KeyError, IndexError, TypeError, AttributeError):
-            text = self.transport.scrub(body.decode("utf-8", "replace"))
+            text = body.decode("utf-8", "replace")
             raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
-                self.title, path, text[:300]), status=response.status_code, body=text) from None
+                self.title, path, _scrub(text)[:300]), status=response.status_code, body=text,
+                reason="bad_response") from None
 
     def _check_result(self, result: ChatResult, model: ModelConfig, debug: bool, seconds: float) -> None:
         if debug:
@@ -4009,208 +4148,15 @@ class BaseProvider:
             logger.warning("%s model %r returned an empty reply (finish_reason=%s)", self.title, model.name,
                            finish_reason)
 
-    def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, debug: bool,
+    def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig,
                 state: Any) -> Generator[str, None, None]:
-        """The one streaming loop: yields content pieces, records the rest in ``state``."""
-        payload = self._payload(messages, model, stream=True, debug=debug)  # validate before the first next()
-        return self._fit_checked(self._stream_events(payload, model, debug, state), payload, model, state)
-
-    def _fit_checked(self, pieces: Generator[str, None, None], payload: Dict[str, Any], model: ModelConfig,
-                     state: Any) -> Generator[str, None, None]:
-        """Pass a stream's pieces on, then check that the prompt fitted (Ollama reports it only at the end)."""
-        count = 0
-        try:
-            for piece in pieces:
-                count += 1
-                yield piece
-        finally:
-            pieces.close()
-        self._check_fit(payload, model, state.usage, state.finish_reason, count > 0)
-
-    def _json_events(self, response: Any, path: str, end: Optional[Tuple[str, Any]] = None, model: str = "",
-                     complete_without_marker: Optional[Callable[[], bool]] = None,
-                     progress: Optional[Callable[[], str]] = None) -> Generator[Dict[str, Any], None, None]:
-        """Yield the JSON objects of a streamed answer (``stream=True`` response) as they arrive.
-
-        The layers: the body's bytes as they arrive (``_iter_body``), events
-        (``StreamDecoder`` in this provider's framing), parsed JSON objects.
-        The stream ends at its end marker: SSE's ``data: [DONE]`` (not
-        yielded), or the first object whose key ``end[0]`` holds ``end[1]``
-        (yielded; e.g. ``("done", True)`` for Ollama's chat, ``("status",
-        "success")`` for its pull).  Then the connection goes back to the pool
-        if the body ends too, and is closed if the server keeps it open.  A
-        body that ends without the marker is a ProviderResponseError ("cut
-        off") unless ``complete_without_marker()`` says that is fine.
-
-        Every failure is typed: an event that is not a JSON object (or nests
-        too deeply) or holds ``"error"``, an SSE error event, an event over
-        ``max_event_bytes``, a broken connection, the read timeout; their
-        messages say what came before with ``progress()`` (default: "N
-        event(s)").  Stopping early (``close()``, leaving a loop) closes the
-        connection.
-        """
-        chunks = _iter_body(response)
-        decoder = StreamDecoder(self.framing, self.transport.max_event_bytes)
-        parse = _parse_json
-        sse = self.framing == "sse"
-        end_key, end_value = end if end is not None else ("", None)
-        count = 0
-        ended = exhausted = False
-        describe = progress or (lambda: "%d event(s)" % count)
-        try:
-            for batch in self._batches(chunks, decoder, describe, path):
-                for data in batch:
-                    if data.__class__ is not bytes:  # a StreamError
-                        raise self._stream_error(data, model, path)
-                    if sse and data == b"[DONE]":
-                        ended = True
-                        return
-                    try:
-                        event = parse(data)
-                    except (ValueError, RecursionError):
-                        event = None
-                    if event.__class__ is not dict or event.get("error"):  # "error": null is no error
-                        event = self._parse_event(data, model, path)  # says what is wrong with it
-                    ended = end is not None and event.get(end_key) == end_value
-                    count += 1
-                    yield event
-                    if ended:
-                        return
-            exhausted = True
-            if not (complete_without_marker is not None and complete_without_marker()):
-                raise self._cut_off(describe())
-        finally:
-            _finish_stream(response, chunks, ended, exhausted)
-
-    def _batches(self, chunks: Iterator[bytes], decoder: "StreamDecoder", describe: Callable[[], str],
-                 path: str) -> Generator[List[Any], None, None]:
-        """The events (and StreamErrors) of each piece of the body as it arrives, then those the decoder
-        held at its end; a read that fails is a typed error saying what came before (``describe()``)."""
-        while True:
-            try:
-                chunk = next(chunks, None)
-                batch = decoder.feed(chunk) if chunk is not None else decoder.flush()
-            except ProviderError:
-                raise
-            except Exception as exc:
-                raise self._stream_broken(exc, describe(), path)
-            yield batch
-            if chunk is None:
-                return
-
-    def _cut_off(self, received: str) -> ProviderResponseError:
-        return ProviderResponseError(
-            "%s ended the stream before saying it was complete (after %s); the answer is cut off. The server may "
-            "have crashed or restarted, or the connection broke." % (self.title, received),
-            server_message="stream ended without end marker")
-
-    def _parse_event(self, data: bytes, model: str, path: str) -> Dict[str, Any]:
-        """One stream event as a JSON object; anything else is a typed error."""
-        try:
-            event = _parse_json(data)
-        except RecursionError:
-            raise ProviderResponseError("%s sent a stream event of JSON nested too deeply to read (%d bytes)" % (
-                self.title, len(data)), body=self.transport.scrub(data[:1000].decode("utf-8", "replace"))) from None
-        except ValueError:
-            raise ProviderResponseError("%s sent a stream event that is not JSON: %r" % (
-                self.title, data[:200]), body=self.transport.scrub(data.decode("utf-8", "replace"))) from None
-        if event.__class__ is not dict:
-            raise ProviderResponseError("%s sent a stream event that is not a JSON object: %r" % (
-                self.title, data[:200]), body=self.transport.scrub(data.decode("utf-8", "replace")))
-        if event.get("error"):
-            raise self._stream_error(data, model, path)
-        return cast(Dict[str, Any], event)
-
-    def _stream_events(self, payload: Dict[str, Any], model: ModelConfig, debug: bool,
-                       state: Any) -> Generator[str, None, None]:
-        """The chat stream: events from ``_json_events``, content pieces out, the rest in ``state``."""
-        started = time.perf_counter()
-        response = self.transport.request("POST", self.chat_path, payload, debug=debug,
-                                          describe_failure=self._failure, model=model.name)
-        self._check_stream_type(response, model)
-        think = _ThinkFilter()
-        reasoning_parts = state.reasoning
-        read_event = self._read_event
-        events = pieces = 0
-        stream = self._json_events(response, self.chat_path, self.stream_end, model.name,
-                                   complete_without_marker=lambda: self._ends_with_body(state),
-                                   progress=lambda: "%d piece(s)" % pieces)
-        try:
-            for event in stream:
-                events += 1
-                try:
-                    content, reasoning = read_event(event, state)
-                except (KeyError, IndexError, TypeError, AttributeError):
-                    text = self.transport.scrub(_short_json(event))
-                    raise ProviderResponseError("%s sent a stream event of an unexpected shape: %s" % (
-                        self.title, text), body=text) from None
-                if reasoning and reasoning_parts is not None:
-                    reasoning_parts.append(reasoning)
-                if not content:
-                    continue
-                if think.state == "content":
-                    pieces += 1
-                    yield content
-                    continue
-                held, reasoning = think.feed(content)  # the start of the reply, or inside a <think> block
-                if reasoning and reasoning_parts is not None:
-                    reasoning_parts.append(reasoning)
-                if held and debug and not pieces:
-                    _debug("first piece after %.3f s", time.perf_counter() - started)
-                for content in held:
-                    pieces += 1
-                    yield content
-        finally:
-            stream.close()  # at once, not when the garbage collector gets to it: it frees the connection
-        held, reasoning = think.finish()
-        if reasoning and reasoning_parts is not None:
-            reasoning_parts.append(reasoning)
-        for content in held:
-            pieces += 1
-            yield content
-        if debug:
-            _debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s", events,
-                   pieces, state.finish_reason, state.usage, time.perf_counter() - started)
-        self._check_end(model, state.finish_reason, has_text=pieces > 0, reasoned=bool(state.reasoning))
+        """A chat stream's content pieces (``_chat_pieces``); the messages are checked now, not at next()."""
+        payload = self._payload(messages, model, stream=True, debug=logger.isEnabledFor(logging.DEBUG))
+        return _chat_pieces(self, payload, model, state)
 
     def _ends_with_body(self, state: Any) -> bool:
         """Whether a chat stream whose body ended without its end marker is complete all the same."""
         return False
-
-    def _check_stream_type(self, response: Any, model: ModelConfig) -> None:
-        """Refuse a 200 that is not a stream: an HTML page (a proxy's), or JSON where SSE was asked for."""
-        content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if "html" not in content_type and not (self.framing == "sse" and content_type == "application/json"):
-            return
-        text = self.transport.read_error_text(response, self.chat_path)
-        if '"error"' in text:
-            raise self._failure(response.status_code, text, model.name, in_body=True)
-        message = _server_message(text)
-        raise ProviderResponseError("%s answered the streaming request with %s instead of a stream%s" % (
-            self.title, message, _proxy_hint(message)), status=response.status_code, server_message=message,
-            body=text)
-
-    def _stream_broken(self, exc: BaseException, received: str, path: str) -> ProviderError:
-        """The error for a stream from ``path`` whose reading failed after ``received`` (e.g. "3 piece(s)")."""
-        error = self.transport.translate_exception(exc, self.base_url + path)
-        if isinstance(error, ProviderTimeoutError):
-            return _chain(ProviderTimeoutError("%s (the stream stopped after %s; the reply is incomplete)"
-                                               % (error, received)), exc)
-        return _chain(ProviderResponseError("the stream from %s broke off after %s: %s; the reply is "
-                                            "incomplete" % (self.title, received, _short_reason(exc)),
-                                            server_message=str(exc)[:300]), exc)
-
-    def _stream_error(self, data: bytes, model: str, path: str) -> ProviderError:
-        """The exception for an error event in a stream: the chat's own, or ``_in_band_error`` for other paths."""
-        text = self.transport.scrub(data.decode("utf-8", "replace"))
-        message = _server_message(text)
-        if path != self.chat_path:
-            return self._in_band_error(path, model, message, text)
-        overflow = self._context_error(None, text, model)
-        if overflow is not None:
-            return overflow
-        return ProviderResponseError("%s reported an error in the middle of the stream%s: %s" % (
-            self.title, " for model %r" % model if model else "", message), server_message=message, body=text)
 
     def _failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
         """The exception for an error answer (``in_body``: an error object in a 200 response)."""
@@ -4842,7 +4788,7 @@ class OllamaProvider(BaseProvider):
         """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``.
         A generator, so the request goes out on the first ``next()``, not when ``iter_pull`` is called."""
         yield from self._pull_progress(name, self._stream_json("/api/pull", {"model": name, "stream": True},
-                                                               debug=debug, model=name))
+                                                               model=name))
 
     def _pull_progress(self, name: str, events: Generator[Dict[str, Any], None, None]) -> Iterator[PullProgress]:
         status = None

@@ -227,3 +227,16 @@ def test_server_text_that_is_not_json_reads_as_none():
     assert lmp._loads_or_none("<html>502</html>") is None
     assert lmp._loads_or_none("[" * 100000) is None  # nested too deeply: no RecursionError escapes
     assert lmp._server_message("[" * 100000).startswith("[[[")
+
+
+def test_a_whole_ndjson_line_over_the_limit_raises_too():
+    # A line that arrives whole in one chunk, or whose end completes a held piece, is held to the limit too.
+    for pieces in ([b"12345678901\n"], [b"123456", b"78901\n"]):
+        decoder = lmp.StreamDecoder("ndjson", max_event_bytes=10)
+        try:
+            for piece in pieces:
+                decoder.feed(piece)
+        except lmp.ProviderResponseError as exc:
+            assert exc.reason == "too_large" and "max_event_bytes=10" in str(exc)
+        else:
+            raise AssertionError("a line of 11 bytes passed a limit of 10 (%r)" % pieces)

@@ -156,7 +156,9 @@ def test_ctrl_c_just_after_the_headers_arrive(monkeypatch):
 
     handler = CtrlCAtTheStatusLine()
     monkeypatch.setattr(handler, "handleError", lambda record: None)
-    logging.getLogger("lm_providers.debug").addHandler(handler)
+    level = lmp.logger.level
+    lmp.logger.setLevel(logging.DEBUG)  # what debug=True does for the call
+    lmp.logger.addHandler(handler)
     gc.disable()
     try:
         with pytest.raises(KeyboardInterrupt) as info:
@@ -164,7 +166,8 @@ def test_ctrl_c_just_after_the_headers_arrive(monkeypatch):
         assert_closed_at_once(server, time.perf_counter(), info)
     finally:
         gc.enable()
-        logging.getLogger("lm_providers.debug").removeHandler(handler)
+        lmp.logger.removeHandler(handler)
+        lmp.logger.setLevel(level)
     assert_usable(provider)
     server.close()
 

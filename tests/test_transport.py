@@ -384,7 +384,7 @@ def test_a_last_event_without_its_blank_line(server):
 
 
 # =============================================================================
-# _json_events is reusable for any streamed JSON answer
+# _EventStream reads any streamed JSON answer
 # =============================================================================
 
 # Three lines of a /api/generate stream recorded from Ollama 0.24.0 (tests take no files from shared/).
@@ -405,7 +405,8 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
     response = provider.transport.request("POST", "/api/generate", {"model": "smollm2"},
                                           describe_failure=provider._failure)
     started = time.perf_counter()
-    found = [event["response"] for event in provider._json_events(response, "/api/generate", ("done", True))]
+    found = [event["response"] for event in
+             lmp._EventStream(provider, response, "/api/generate", end=("done", True))]
     assert found == ["Paris", ",", ""] and time.perf_counter() - started < 1
     # A progress stream (the shape of /api/pull) that breaks off before its last status is a typed error.
     progress = [b'{"status":"pulling manifest"}\n', b'{"status":"verifying sha256 digest"}\n']
@@ -414,7 +415,7 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
                                           describe_failure=provider._failure)
     seen = []
     with pytest.raises(lmp.ProviderResponseError, match="cut off"):
-        for event in provider._json_events(response, "/api/pull", ("status", "success")):
+        for event in lmp._EventStream(provider, response, "/api/pull", end=("status", "success")):
             seen.append(event["status"])
     assert seen == ["pulling manifest", "verifying sha256 digest"]
     server.route("POST", "/api/pull", Reply(200, [b'{"error":"pull model manifest: file does not exist"}\n'],
@@ -422,4 +423,54 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
     response = provider.transport.request("POST", "/api/pull", {"model": "m"},
                                           describe_failure=provider._failure)
     with pytest.raises(lmp.ProviderResponseError, match="file does not exist"):
-        list(provider._json_events(response, "/api/pull", ("status", "success")))
+        list(lmp._EventStream(provider, response, "/api/pull", end=("status", "success")))
+
+
+# =============================================================================
+# Errors carry their cause as reason and the advice as hint (str(error) is message + hint)
+# =============================================================================
+
+def _cut_off(kind):
+    return events(kind, finish_reason=None, usage=False, done=False) if kind == "lm_studio" else events(
+        kind, done=False)
+
+
+STREAM_FAILURES = {
+    # name: (what the chat path answers, provider options, reason, words of the hint)
+    "cut off": (lambda kind: Reply(200, _cut_off(kind), framing="chunked", content_type=KINDS[kind][4]), {},
+                "stream_cut", "crashed or restarted"),
+    "event too large": (lambda kind: Reply(200, events(kind, ["x" * 5000]), framing="chunked",
+                                           content_type=KINDS[kind][4]), {"max_event_bytes": 1000},
+                        "too_large", "max_event_bytes=..."),
+    "event not JSON": (lambda kind: Reply(200, [b"data: {oops\n\n" if kind == "lm_studio" else b"{oops\n"],
+                                          framing="chunked", content_type=KINDS[kind][4]), {},
+                       "bad_response", ""),
+    "HTML page": (lambda kind: Reply(200, [b"<html><title>Sign in</title></html>"], content_type="text/html"), {},
+                  "bad_response", "is a proxy"),
+    "redirect": (lambda kind: Reply(302, [b""], headers={"Location": "http://elsewhere.example/"}), {},
+                 "redirect", "real address"),
+    "compressed": (lambda kind: Reply(200, [b"\x1b\x00garbage"], headers={"Content-Encoding": "br"},
+                                      framing="chunked", content_type=KINDS[kind][4]), {},
+                   "bad_response", "pass answers through unchanged"),
+}
+
+
+@kinds
+@pytest.mark.parametrize("failure", sorted(STREAM_FAILURES))
+def test_a_stream_error_has_a_reason_and_its_advice_as_hint(server, kind, failure):
+    reply, options, reason, hint = STREAM_FAILURES[failure]
+    server.route("POST", KINDS[kind][1], reply(kind))
+    with pytest.raises(lmp.ProviderError) as info:
+        list(provider_for(server, kind, **options).stream_text(MESSAGES, "test-model"))
+    error = info.value
+    assert error.reason == reason
+    assert hint in error.hint and not (hint and hint in error.message)
+    assert str(error) == " ".join(part for part in (error.message, error.hint) if part)
+
+
+@kinds
+def test_an_answer_over_max_body_bytes_says_too_large(server, kind):
+    server.route("GET", KINDS[kind][2], json_reply(dict(KINDS[kind][6], padding="p" * (2 << 20))))
+    with pytest.raises(lmp.ProviderResponseError) as info:
+        provider_for(server, kind, max_body_bytes=1 << 20).list_models()
+    assert info.value.reason == "too_large" and "max_body_bytes=..." in info.value.hint
