@@ -3018,6 +3018,34 @@ def _has_images(message: Any) -> bool:
                                                                                                list))
 
 
+def _with_images(provider: "BaseProvider", messages: Any, model: ModelConfig) -> Any:
+    """``messages`` with their images in the server's form: new dicts, the caller's stay as they are."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not any(
+            _has_images(message) for message in messages):
+        return messages
+    converted = [provider._convert_images(message, index) if _has_images(message) else message
+                 for index, message in enumerate(messages)]
+    if any(isinstance(message, Mapping) and message.get("images") for message in converted):
+        _check_vision(provider, model)  # Ollama's form: images stay in "images"
+    return converted
+
+
+def _check_vision(provider: "BaseProvider", model: ModelConfig) -> None:
+    """Warn when the model's facts say it has no vision (Ollama then ignores the images without a word).
+    The facts are asked once per model (``model_info``); when they cannot be had, nothing is said."""
+    info = provider._facts.get(provider._fact_key(model.name))
+    if info is None:
+        try:
+            info = provider.model_info(model)
+        except ProviderError as exc:
+            logger.debug("no facts about %s model %r, so its vision is not checked: %s", provider.title,
+                         model.name, exc)
+            return
+    if info.vision is False:
+        logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent with "
+                       "it. %s", provider.title, model.name, ", ".join(sorted(info.capabilities)) or "none",
+                       provider.title, provider.vision_hint)
+
 # --- embeddings ----------------------------------------------------------------
 
 #: How many texts one embeddings request carries unless ``embed(batch_size=...)`` says otherwise.
@@ -3059,6 +3087,22 @@ def _vectors(vectors: Any) -> List[List[float]]:
     return vectors
 
 
+def _embed_payload(provider: "BaseProvider", texts: List[str], model: ModelConfig, dimensions: Optional[int],
+                   truncate: Optional[bool]) -> Dict[str, Any]:
+    """The body of one embeddings request: the texts, ``dimensions``, ``truncate`` where the server
+    has it, and the model's parameters that apply to embeddings (``keep_alive``/``ttl``, Ollama's options)."""
+    payload: Dict[str, Any] = {"model": model.name, "input": texts}
+    if dimensions is not None:
+        payload["dimensions"] = dimensions
+    if truncate is not None and "truncate" not in provider.embed_fields:
+        logger.warning("truncate=%s is Ollama's; %s has no such option, so it was not sent", truncate,
+                       provider.title)
+    elif truncate is not None:
+        payload["truncate"] = bool(truncate)
+    mapped = map_parameters(model.parameters, provider.provider)
+    payload.update((key, mapped[key]) for key in provider.embed_fields if key in mapped)
+    return payload
+
 # --- log-probabilities -------------------------------------------------------------
 
 def _normalize_logprobs(entries: Any) -> List[Dict[str, Any]]:
@@ -3078,7 +3122,15 @@ def _add_logprobs(state: Any, entries: Any) -> None:
         state.logprobs.extend(_normalize_logprobs(entries))
 
 
-_ROLES = ("system", "user", "assistant", "tool", "developer")
+
+def _logprobs_of(provider: "BaseProvider", data: Any) -> Optional[List[Dict[str, Any]]]:
+    """A reply's token log-probabilities, normalized (None when the server sent none)."""
+    try:
+        entries = provider._raw_logprobs(data)
+        return None if entries is None else _normalize_logprobs(entries)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ProviderResponseError("%s sent log-probabilities of an unexpected shape: %s"
+                                    % (provider.title, _short_json(data)), reason="bad_response") from None
 
 
 class ModelInfo:
@@ -3253,6 +3305,108 @@ def _check_context_length(context_length: Optional[int]) -> None:
         raise InvalidInputError("context_length must be a whole number of tokens > 0, got %r" % (context_length,))
 
 
+# --- request building: messages and tools on the wire ---------------------------
+
+_ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+def _check_messages(messages: Any, content_must_be_str: bool) -> None:
+    """InvalidInputError unless ``messages`` is a non-empty list of role/content dicts the server takes
+    (``content_must_be_str``: no OpenAI content-part lists)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidInputError("messages must be a list of {'role': ..., 'content': ...} dicts, got %s"
+                                % type(messages).__name__)
+    if not messages:
+        raise InvalidInputError("messages is empty: give at least one {'role': 'user', 'content': ...}")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidInputError("messages[%d] must be a dict with 'role' and 'content', got %r"
+                                    % (index, message))
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidInputError("messages[%d] has role %r; use one of %s" % (index, role, ", ".join(_ROLES)))
+        content = message.get("content")
+        if isinstance(content, str) or content is None and role == "assistant" and message.get("tool_calls"):
+            continue
+        if not content_must_be_str and isinstance(content, list) and all(
+                isinstance(part, Mapping) and "type" in part for part in content):
+            continue
+        raise InvalidInputError("messages[%d]['content'] must be a string%s, got %r" % (
+            index, "" if content_must_be_str else " (or a list of content parts)", content))
+
+
+def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The messages as the server takes them.  Tool requests and tool results, written the one way the
+    README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``); every other message goes
+    as it is.  The caller's dicts are never changed."""
+    if not any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+        if all(type(m) is dict for m in messages):
+            return messages  # type: ignore[return-value]  # dicts, passed on unchanged
+        return [dict(m) for m in messages]
+    wired: List[Dict[str, Any]] = []
+    pending: List[Tuple[Optional[str], Optional[str]]] = []  # (id, name) of calls not answered yet
+    for index, message in enumerate(messages):
+        if message.get("role") == "tool":
+            call_id, name = _answered_call(message, pending)
+            wired.append(provider._wire_tool_result(message, call_id, name, index))
+        elif message.get("role") == "assistant" and message.get("tool_calls"):
+            calls = message["tool_calls"]
+            if not isinstance(calls, (list, tuple)):
+                raise InvalidInputError("messages[%d]['tool_calls'] must be a list, got %r" % (index, calls))
+            fields = [_call_fields(call, index) for call in calls]
+            pending = [(call_id, name) for call_id, name, _ in fields]
+            wired.append(dict(message, tool_calls=[provider._wire_tool_call(*f) for f in fields]))
+        else:
+            wired.append(dict(message))
+    return wired
+
+
+def _with_tools(model: ModelConfig, tools: Any, tool_choice: Any) -> ModelConfig:
+    """``model`` with the ``tools=`` and ``tool_choice=`` of a call added to its parameters."""
+    if tools is not None:
+        model = model.with_parameters(tools=_tool_schemas(tools))
+    if tool_choice is not None:
+        model = model.with_parameters(tool_choice=tool_choice)
+    return model
+
+
+def _debug_call_running() -> bool:
+    """Whether a call made with ``debug=True`` is running: only then are prompts, payloads and replies
+    logged (and the model's context looked up for the log), whatever level the logger is set to."""
+    return _debug_calls > 0
+
+
+def _debugged(items: Iterator[_T], on: bool) -> Iterator[_T]:
+    """``items`` iterated with the debug output of ``debug=True`` on (for public methods that return
+    an iterator)."""
+    with _debugging(on):
+        yield from items
+
+
+class _ErrorAnswer:
+    """An error answer as a failure table reads it: what was asked and what the server said (``body``
+    scrubbed; ``status`` None for an error event in a stream)."""
+
+    __slots__ = ("status", "body", "model", "path", "in_body", "needed", "manual", "message", "said", "overflow")
+
+    def __init__(self, status: Optional[int], body: str, model: str, path: str, in_body: bool = False,
+                 needed: str = "", manual: str = ""):
+        self.status, self.body, self.model, self.path, self.in_body = status, body, model, path, in_body
+        self.needed, self.manual = needed, manual
+        self.message = _server_message(body)
+        self.said = self.message.rstrip(". ")  # the server's words, followed by more sentences
+        self.overflow = _parse_overflow(self.message, body)
+
+    def says(self, *phrases: str) -> bool:
+        """Whether the server's message holds one of ``phrases`` (lower case)."""
+        text = self.message.lower()
+        return any(phrase in text for phrase in phrases)
+
+
+#: One row of a provider's failure table: (applies(provider, answer), build(provider, answer)).
+_FailureRow = Tuple[Callable[[Any, _ErrorAnswer], bool], Callable[[Any, _ErrorAnswer], ProviderError]]
+
+
 class BaseProvider:
     """What every provider shares: validation, payload assembly, the transport,
     streaming, reasoning removal, JSON generation, model listing and facts,
@@ -3280,6 +3434,13 @@ class BaseProvider:
     api_key_env = ""         # the environment variable with the token, used when api_key is not given
     stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
     content_must_be_str = True
+    embed_path = ""
+    embed_needed = ""  # the server version that has embed_path, when known
+    embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
+    image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
+    vision_hint = "Use a model with vision."
+    embedding_hint = ""
+    truncate_hint = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -3345,21 +3506,20 @@ class BaseProvider:
         ``tool_choice``: ``"auto"``, ``"none"``, ``"required"`` or one function
         (OpenAI-compatible servers only; Ollama has none, so it is not sent there).
         """
-        model = self._with_tools(self._model(model), tools, tool_choice)
-        payload = self._payload(messages, model, stream=False, debug=debug)
-        started = time.perf_counter()
-        response = self.transport.request("POST", self.chat_path, payload, debug=debug,
-                                          describe_failure=self._failure, model=model.name)
-        data, (text, reasoning, finish_reason, usage) = self._read_answer(response, self.chat_path,
-                                                                          self._read_reply, model.name)
-        tool_calls = _tool_calls_from(self._tool_call_parts(data), self.title, finish_reason)
-        finish_reason = _tool_finish_reason(finish_reason, tool_calls)
-        content, inline_reasoning = split_reasoning(text or "")
-        result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name, data,
-                            tool_calls, self._logprobs_of(data))
-        self._check_fit(payload, model, usage, finish_reason, bool(text), result)
-        self._check_result(result, model, debug, time.perf_counter() - started)
-        return result
+        with _debugging(debug):
+            model = _with_tools(self._model(model), tools, tool_choice)
+            payload = self._payload(messages, model, stream=False)
+            started = time.perf_counter()
+            data, (text, reasoning, finish_reason, usage) = self._call(
+                "POST", self.chat_path, payload, model=model.name, read=lambda data: (data, self._read_reply(data)))
+            tool_calls = _tool_calls_from(self._tool_call_parts(data), self.title, finish_reason)
+            finish_reason = _tool_finish_reason(finish_reason, tool_calls)
+            content, inline_reasoning = split_reasoning(text or "")
+            result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name,
+                                data, tool_calls, _logprobs_of(self, data))
+            self._check_fit(payload, model, usage, finish_reason, bool(text), result)
+            self._check_result(result, model, time.perf_counter() - started)
+            return result
 
     def generate_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
                       debug: bool = False) -> str:
@@ -3370,8 +3530,8 @@ class BaseProvider:
                     debug: bool = False, tools: Any = None, tool_choice: Any = None) -> ChatStream:
         """Stream a reply as a ChatStream: iterate for text; reasoning, finish reason, usage and
         the assembled tool calls after the loop.  ``tools`` and ``tool_choice`` as for ``chat``."""
-        model = self._with_tools(self._model(model), tools, tool_choice)
-        return ChatStream(self, messages, model, debug)
+        with _debugging(debug):  # the request is built now; the stream logs its own reading
+            return ChatStream(self, messages, _with_tools(self._model(model), tools, tool_choice), debug)
 
     def stream_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
                     debug: bool = False) -> TextStream:
@@ -3381,7 +3541,8 @@ class BaseProvider:
         stream breaks off before the server marks it complete, or the server
         reports an error mid-stream.
         """
-        return TextStream(self._stream(messages, self._model(model), debug, _StreamState(keep_reasoning=False)))
+        with _debugging(debug):
+            return TextStream(self._stream(messages, self._model(model), debug, _StreamState(keep_reasoning=False)))
 
     def generate_json(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig],
                       required_attributes: Sequence[str] = (), *, schema: Optional[Mapping[str, Any]] = None,
@@ -3393,7 +3554,7 @@ class BaseProvider:
         answered with a repair message, up to ``max_attempts`` replies in all;
         then JSONGenerationError is raised with the last reply.
         """
-        self._validate_messages(messages)
+        _check_messages(messages, self.content_must_be_str)
         if not isinstance(required_attributes, (list, tuple)) or not all(
                 isinstance(a, str) for a in required_attributes):
             raise InvalidInputError("required_attributes must be a list of strings, got %r"
@@ -3404,25 +3565,24 @@ class BaseProvider:
         model = self._model(model).with_parameters(format=dict(schema) if schema else json_schema_for(required))
         conversation = list(messages)
         raw, reason = "", ""
-        for attempt in range(1, max_attempts + 1):
-            result = self.chat(conversation, model, debug=debug)
-            raw = result.text
-            try:
-                data = extract_json(raw, required)
-            except ValueError as exc:
-                reason = str(exc) + (" (the reply was cut off at the token limit)"
-                                     if result.finish_reason == "length" else "")
-                if debug:
-                    _debug("JSON attempt %d/%d failed: %s", attempt, max_attempts, reason)
-                conversation = list(messages) + [
-                    {"role": "assistant", "content": raw},
-                    {"role": "user", "content": "That reply was not usable: %s. Answer again with only one JSON "
-                                                "object that has the attributes %s, and nothing else."
-                                                % (reason, ", ".join(required) or "you were asked for")}]
-                continue
-            if debug:
-                _debug("JSON attempt %d/%d gave an object with keys %s", attempt, max_attempts, sorted(data))
-            return data
+        with _debugging(debug):
+            for attempt in range(1, max_attempts + 1):
+                result = self.chat(conversation, model)
+                raw = result.text
+                try:
+                    data = extract_json(raw, required)
+                except ValueError as exc:
+                    reason = str(exc) + (" (the reply was cut off at the token limit)"
+                                         if result.finish_reason == "length" else "")
+                    logger.debug("JSON attempt %d/%d failed: %s", attempt, max_attempts, reason)
+                    conversation = list(messages) + [
+                        {"role": "assistant", "content": raw},
+                        {"role": "user", "content": "That reply was not usable: %s. Answer again with only one "
+                                                    "JSON object that has the attributes %s, and nothing else."
+                                                    % (reason, ", ".join(required) or "you were asked for")}]
+                    continue
+                logger.debug("JSON attempt %d/%d gave an object with keys %s", attempt, max_attempts, sorted(data))
+                return data
         raise JSONGenerationError(
             "%s did not return a JSON object with %s after %d attempt(s): %s" % (
                 self.title, ", ".join(map(repr, required)) or "any attributes", max_attempts, reason),
@@ -3444,20 +3604,16 @@ class BaseProvider:
         model = self._model(model)
         inputs = _embedding_inputs(texts, dimensions, batch_size)
         vectors: List[List[float]] = []
-        for start in range(0, len(inputs), batch_size):
-            batch = inputs[start:start + batch_size]
-            payload = self._embed_payload(batch, model, dimensions, truncate)
-            if debug:
-                _debug("request POST %s%s: %d text(s) for model %r", self.base_url, self.embed_path, len(batch),
-                       model.name)
-            response = self.transport.request("POST", self.embed_path, payload, debug=debug,
-                                              describe_failure=self._embed_failure, model=model.name)
-            found = self._read_answer(response, self.embed_path, self._read_embeddings, model.name,
-                                      failure=self._embed_failure)[1]
-            if len(found) != len(batch):
-                raise ProviderResponseError("%s answered %d text(s) with %d vector(s)" % (
-                    self.title, len(batch), len(found)), status=response.status_code)
-            vectors.extend(found)
+        with _debugging(debug):
+            for start in range(0, len(inputs), batch_size):
+                batch = inputs[start:start + batch_size]
+                found = self._call("POST", self.embed_path, _embed_payload(self, batch, model, dimensions, truncate),
+                                   model=model.name, needed=self.embed_needed, read=self._read_embeddings,
+                                   manual="Update the server, or use another one for embeddings.")
+                if len(found) != len(batch):
+                    raise ProviderResponseError("%s answered %d text(s) with %d vector(s)" % (
+                        self.title, len(batch), len(found)), reason="bad_response")
+                vectors.extend(found)
         if dimensions is not None and len(vectors[0]) != dimensions:
             logger.warning("%s model %r returned %d-wide vectors although dimensions=%d was asked for; the "
                            "server or model does not support dimensions", self.title, model.name, len(vectors[0]),
@@ -3488,21 +3644,21 @@ class BaseProvider:
         functions = {schema["function"]["name"]: tool for schema, tool in zip(schemas, tools)}
         if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
             raise InvalidInputError("max_rounds must be a whole number >= 1, got %r" % (max_rounds,))
-        self._validate_messages(messages)
+        _check_messages(messages, self.content_must_be_str)
         conversation: List[Dict[str, Any]] = list(messages)  # type: ignore[arg-type]
-        for rounds in range(max_rounds + 1):
-            result = self.chat(conversation, model, debug=debug, tools=schemas,
-                               tool_choice=tool_choice if rounds == 0 else None)
-            conversation.append(result.assistant_message())
-            if not result.tool_calls:
-                return ToolRunResult(result, conversation, rounds)
-            if rounds == max_rounds:
-                break
-            for call in result.tool_calls:
-                output = _run_tool(functions, call)
-                if debug:
-                    _debug("tool %s(%s) -> %s", call.name, call.raw_arguments, output)
-                conversation.append(call.result_message(output))
+        with _debugging(debug):
+            for rounds in range(max_rounds + 1):
+                result = self.chat(conversation, model, tools=schemas, tool_choice=tool_choice if rounds == 0 else None)
+                conversation.append(result.assistant_message())
+                if not result.tool_calls:
+                    return ToolRunResult(result, conversation, rounds)
+                if rounds == max_rounds:
+                    break
+                for call in result.tool_calls:
+                    output = _run_tool(functions, call)
+                    if debug:
+                        logger.debug("tool %s(%s) -> %s", call.name, call.raw_arguments, output)
+                    conversation.append(call.result_message(output))
         raise ToolLoopError("%s model still asked for tools (%s) after %d round(s) of tool calls; raise max_rounds, "
                             "or look at the tools' results in .messages" % (
                                 self.title, ", ".join(c.name for c in result.tool_calls), max_rounds),
@@ -3510,10 +3666,9 @@ class BaseProvider:
 
     def list_models(self, *, debug: bool = False) -> List[str]:
         """The names of the models the server offers."""
-        if debug:
-            _debug("request GET %s%s headers=%s", self.base_url, self.models_path, self._debug_headers())
-        response = self.transport.request("GET", self.models_path, debug=debug, describe_failure=self._failure)
-        return self._read_answer(response, self.models_path, self._model_names)[1]
+        with _debugging(debug):
+            names: List[str] = self._call("GET", self.models_path, read=self._model_names)
+            return names
 
     def is_model_available(self, name: str, *, debug: bool = False) -> bool:
         """Whether the server offers the model ``name`` (see ``same_model`` for how names match)."""
@@ -3550,19 +3705,22 @@ class BaseProvider:
         Raises ModelNotFoundError when the server does not have the model.
         """
         name = self._model(model).name
-        info = self._model_info(name, debug)
+        with _debugging(debug):
+            info = self._model_info(name)
         self._facts[self._fact_key(name)] = info
         return info
 
     def list_model_info(self, *, debug: bool = False) -> List[ModelInfo]:
         """A ModelInfo for every model the server offers (``list_models()`` gives just the names)."""
-        infos = self._list_model_info(debug)
+        with _debugging(debug):
+            infos = self._list_model_info()
         self._facts.update((self._fact_key(info.name), info) for info in infos)
         return infos
 
     def server_version(self, *, debug: bool = False) -> Optional[str]:
         """The server's version string, or None when the server does not report one."""
-        return None
+        with _debugging(debug):
+            return self._server_version()
 
     def load_model(self, model: Union[str, ModelConfig], *, context_length: Optional[int] = None,
                    keep_alive: Union[None, int, float, str] = None, debug: bool = False) -> ModelInfo:
@@ -3577,7 +3735,8 @@ class BaseProvider:
             _check_kind("keep_alive", keep_alive, "duration")
         name = self._model(model).name
         self._facts.pop(self._fact_key(name), None)
-        info = self._load(name, context_length, keep_alive, debug)
+        with _debugging(debug):
+            info = self._load(name, context_length, keep_alive)
         self._facts[self._fact_key(name)] = info
         return info
 
@@ -3585,7 +3744,8 @@ class BaseProvider:
         """Unload ``model`` from memory (nothing happens when it is not loaded)."""
         name = self._model(model).name
         self._facts.pop(self._fact_key(name), None)
-        self._unload(name, debug)
+        with _debugging(debug):
+            self._unload(name)
 
     def iter_pull(self, model: Union[str, ModelConfig], *, debug: bool = False) -> Iterator[PullProgress]:
         """Download ``model``, yielding PullProgress records as the server reports them.
@@ -3593,7 +3753,7 @@ class BaseProvider:
         A model the server already has finishes at once.  A failure is a
         DownloadError (or ModelNotFoundError for a name the registry does not know).
         """
-        return self._pull(self._model(model).name, debug)
+        return _debugged(self._pull(self._model(model).name), debug)
 
     def pull_model(self, model: Union[str, ModelConfig], *, progress: Optional[Callable[[PullProgress], Any]] = None,
                    debug: bool = False) -> PullProgress:
@@ -3607,70 +3767,53 @@ class BaseProvider:
             raise DownloadError("%s reported nothing while downloading %r" % (self.title, self._model(model).name))
         return last
 
-    def _model_info(self, name: str, debug: bool) -> ModelInfo:
-        infos = self.list_model_info(debug=debug)
+    def _model_info(self, name: str) -> ModelInfo:
+        infos = self.list_model_info()
         for info in infos:
             if self.same_model(name, info.name):
                 return info
         raise self._not_found(name, "", offered=[info.name for info in infos])
 
-    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
-        return [ModelInfo(name, source=self.models_path) for name in self.list_models(debug=debug)]
+    def _list_model_info(self) -> List[ModelInfo]:
+        return [ModelInfo(name, source=self.models_path) for name in self.list_models()]
 
-    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
-        raise self._unsupported("load a model", self.models_path, "", self.load_hint(name, context_length))
+    def _server_version(self) -> Optional[str]:
+        return None
 
-    def _unload(self, name: str, debug: bool) -> None:
-        raise self._unsupported("unload a model", self.models_path, "", self.load_hint(name, None))
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
+        raise self._unsupported("load a model", self.load_hint(name, context_length))
 
-    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
-        raise self._unsupported("download a model", self.models_path, "", self.download_hint(name))
+    def _unload(self, name: str) -> None:
+        raise self._unsupported("unload a model", self.load_hint(name, None))
+
+    def _pull(self, name: str) -> Iterator[PullProgress]:
+        raise self._unsupported("download a model", self.download_hint(name))
 
     def load_hint(self, model: str, context_length: Optional[int]) -> str:
         """How to load a model by hand on this server."""
         return "Load it in the server's own way."
 
-    def _unsupported(self, what: str, path: str, needed: str, manual: str) -> UnsupportedEndpointError:
-        return UnsupportedEndpointError("%s at %s cannot %s over its API%s. %s" % (
-            self.title, self.base_url, what, (" (%s needs %s)" % (path, needed)) if needed else "", manual),
-            path=path, needed=needed, manual=manual)
+    def _unsupported(self, what: str, manual: str) -> UnsupportedEndpointError:
+        return UnsupportedEndpointError("%s at %s cannot %s over its API." % (self.title, self.base_url, what),
+                                        path=self.models_path, manual=manual, hint=manual, reason="endpoint_missing")
 
-    def _call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, debug: bool = False,
-              model: str = "", optional: bool = False, needed: str = "", manual: str = "",
+    def _call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, model: str = "",
+              optional: bool = False, needed: str = "", manual: str = "",
               read: Callable[[Any], Any] = _json_object) -> Any:
-        """One JSON request to a model endpoint; return ``read(answer)`` (default: the answer, a JSON object).
-        An answer ``read`` cannot take is a ProviderResponseError saying so.
-
-        A 404 that is not about the model means the server lacks the endpoint:
-        with ``optional`` that returns None (and says so in a debug line), else
-        it is an UnsupportedEndpointError naming the version ``needed`` and the
-        ``manual`` way.
-        """
-        def describe(status: int, body: str, model_name: str, in_body: bool = False) -> ProviderError:
-            message = _server_message(body)
-            if _lacks_endpoint(status, message) and not (
-                    model_name and self._is_model_not_found(status, message, body)):
-                return UnsupportedEndpointError(
-                    "%s at %s has no %s %s (HTTP %d: %s)%s. %s" % (
-                        self.title, self.base_url, method, path, status, message,
-                        "; it needs %s" % needed if needed else "", manual or self.wrong_server_hint),
-                    path=path, needed=needed, manual=manual, status=status, server_message=message, body=body)
-            return self._failure(status, body, model_name, in_body)
-
-        if debug:
-            _debug("request %s %s%s payload=%s", method, self.base_url, path,
-                   json.dumps(payload, ensure_ascii=False) if payload is not None else "(none)")
+        """One JSON request; return ``read(answer)`` (default: the answer, a JSON object).  An error answer
+        is the failure table's error (``needed``, ``manual``: what a missing endpoint's error says to do);
+        with ``optional``, a missing endpoint returns None instead."""
+        failure = self._failure_at(path, needed, manual)
+        self._log_request(method, path, payload)
         try:
-            response = self.transport.request(method, path, payload, debug=debug, describe_failure=describe,
-                                              model=model)
-            return self._read_answer(response, path, read, model, failure=describe)[1]
+            response = self.transport.request(method, path, payload, debug=_debug_call_running(),
+                                              describe_failure=failure, model=model)
+            return self._read_answer(response, path, read, model, failure=failure)[1]
         except UnsupportedEndpointError as exc:
             if not optional:
                 raise
-            logger.debug("%s at %s has no %s (%s); that source of model facts is skipped", self.title,
-                         self.base_url, path, exc.server_message)
-            if debug:
-                _debug("%s has no %s (HTTP %s); falling back", self.title, path, exc.status)
+            logger.debug("%s at %s has no %s (HTTP %s: %s); skipped", self.title, self.base_url, path, exc.status,
+                         exc.server_message)
             return None
 
     def _stream_json(self, path: str, payload: Dict[str, Any], *, debug: bool = False,
@@ -3679,12 +3822,8 @@ class BaseProvider:
         an ``{"error": ...}`` object raises ``_in_band_error``.  The caller decides whether the last object
         said the work was done."""
         response = self.transport.request("POST", path, payload, debug=debug,
-                                          describe_failure=self._failure, model=model)
+                                          describe_failure=self._failure_at(path), model=model)
         return self._json_events(response, path, model=model, complete_without_marker=lambda: True)
-
-    def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
-        return ProviderResponseError("%s reported an error on %s for %r: %s" % (self.title, path, model, message),
-                                     server_message=message, body=body)
 
     def _known_context(self, model: ModelConfig) -> Optional[int]:
         """The context a request for ``model`` meets, when already known without asking the server."""
@@ -3704,20 +3843,6 @@ class BaseProvider:
     def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
                    finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
         """After a reply: raise (or warn) when the server's own numbers show the prompt did not fit."""
-
-    def _context_error(self, status: Optional[int], body: str, model: str) -> Optional[ContextLengthError]:
-        """A ContextLengthError when an error answer says the prompt did not fit the context, else None."""
-        message = _server_message(body)
-        parsed = _parse_overflow(message, body)
-        if parsed is None:
-            return None
-        prompt, context = parsed
-        return ContextLengthError("%s model %r: the prompt%s does not fit the context%s (%s): %s. %s" % (
-            self.title, model, " (%d tokens)" % prompt if prompt else "",
-            " it is loaded with (%d tokens)" % context if context else "",
-            "HTTP %d" % status if status else "an error in the reply", message.rstrip(". "),
-            self._context_advice(model, prompt)), prompt_tokens=prompt, context_length=context,
-            status=status, server_message=message, body=body)
 
     def _context_advice(self, model: str, prompt_tokens: Optional[int]) -> str:
         """``context_hint``, or, when the prompt is larger than the model can ever take, that it must be shorter."""
@@ -3750,147 +3875,23 @@ class BaseProvider:
                            self.base_url)
         return model
 
-    @staticmethod
-    def _with_tools(model: ModelConfig, tools: Any, tool_choice: Any) -> ModelConfig:
-        """``model`` with the ``tools=`` and ``tool_choice=`` of a call added to its parameters."""
-        if tools is not None:
-            model = model.with_parameters(tools=_tool_schemas(tools))
-        if tool_choice is not None:
-            model = model.with_parameters(tool_choice=tool_choice)
-        return model
-
-    def _validate_messages(self, messages: Any) -> None:
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-            raise InvalidInputError("messages must be a list of {'role': ..., 'content': ...} dicts, got %s"
-                                    % type(messages).__name__)
-        if not messages:
-            raise InvalidInputError("messages is empty: give at least one {'role': 'user', 'content': ...}")
-        for index, message in enumerate(messages):
-            if not isinstance(message, Mapping):
-                raise InvalidInputError("messages[%d] must be a dict with 'role' and 'content', got %r"
-                                        % (index, message))
-            role = message.get("role")
-            if role not in _ROLES:
-                raise InvalidInputError("messages[%d] has role %r; use one of %s" % (index, role, ", ".join(_ROLES)))
-            content = message.get("content")
-            if content is None and role == "assistant" and message.get("tool_calls"):
-                continue
-            if isinstance(content, str):
-                continue
-            if not self.content_must_be_str and isinstance(content, list) and all(
-                    isinstance(part, Mapping) and "type" in part for part in content):
-                continue
-            raise InvalidInputError("messages[%d]['content'] must be a string%s, got %r" % (
-                index, "" if self.content_must_be_str else " (or a list of content parts)", content))
-
-    def _payload(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, *, stream: bool,
-                 debug: bool) -> Dict[str, Any]:
-        messages = self._with_images(messages, model)
-        self._validate_messages(messages)
-        messages = self._wire_messages(messages)
+    def _payload(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, *, stream: bool) -> Dict[str, Any]:
+        """The chat request's body: the messages checked and in this server's form, the model's parameters."""
+        messages = _with_images(self, messages, model)
+        _check_messages(messages, self.content_must_be_str)
+        messages = _wire_messages(self, messages)
         payload: Dict[str, Any] = {"model": model.name, "messages": messages, "stream": stream}
         payload.update(self._extra_payload(stream))
         payload.update(map_parameters(model.parameters, self.provider))
-        if debug:
-            _debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token); %s",
-                   self.title, model.name, self.base_url, len(messages), _estimate_tokens(messages),
-                   self._debug_context(model))
+        if _debug_call_running():
+            logger.debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token); %s",
+                         self.title, model.name, self.base_url, len(messages), _estimate_tokens(messages),
+                         self._debug_context(model))
             for index, message in enumerate(messages):
-                _debug("  message %d [%s]: %s", index, message.get("role"), message.get("content"))
-            _debug("request POST %s%s headers=%s payload=%s", self.base_url, self.chat_path,
-                   self._debug_headers(), json.dumps(payload, ensure_ascii=False))
+                logger.debug("  message %d [%s]: %s", index, message.get("role"), message.get("content"))
+            if stream:  # the stream code sends it without a word
+                self._log_request("POST", self.chat_path, payload)
         return payload
-
-    def _with_images(self, messages: Any, model: ModelConfig) -> Any:
-        """``messages`` with their images in this server's form: new dicts, the caller's stay as they are."""
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not any(
-                _has_images(message) for message in messages):
-            return messages
-        converted = [self._convert_images(message, index) if _has_images(message) else message
-                     for index, message in enumerate(messages)]
-        if any(isinstance(message, Mapping) and message.get("images") for message in converted):
-            self._check_vision(model)  # Ollama's form: images stay in "images"
-        return converted
-
-    def _check_vision(self, model: ModelConfig) -> None:
-        """Warn when the model's facts say it has no vision (Ollama then ignores the images without a word).
-        The facts are asked once per model (``model_info``); when they cannot be had, nothing is said."""
-        info = self._facts.get(self._fact_key(model.name))
-        if info is None:
-            try:
-                info = self.model_info(model)
-            except ProviderError as exc:
-                logger.debug("no facts about %s model %r, so its vision is not checked: %s", self.title,
-                             model.name, exc)
-                return
-        if info.vision is False:
-            logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent with "
-                           "it. %s", self.title, model.name, ", ".join(sorted(info.capabilities)) or "none",
-                           self.title, self.vision_hint)
-
-    vision_hint = "Use a model with vision."
-
-    def _logprobs_of(self, data: Any) -> Optional[List[Dict[str, Any]]]:
-        """The reply's token log-probabilities, normalized (None when the server sent none)."""
-        try:
-            entries = self._raw_logprobs(data)
-            return None if entries is None else _normalize_logprobs(entries)
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise ProviderResponseError("%s sent log-probabilities of an unexpected shape: %s"
-                                        % (self.title, _short_json(data))) from None
-
-    def _embed_failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
-        """The exception for an embeddings error: a model or server that cannot embed, a text too long."""
-        body = self.transport.scrub(body)
-        message = _server_message(body)
-        text = message.lower()
-        if any(phrase in text for phrase in _NO_EMBEDDING_PHRASES):
-            return EmbeddingNotSupportedError("%s cannot embed with model %r: %s. %s" % (
-                self.title, model, message.rstrip(". "), self.embedding_hint), status, message, body)
-        overflow = _parse_overflow(message, body)
-        if overflow is not None or any(phrase in text for phrase in _TOO_LONG_PHRASES):
-            prompt_tokens, context_length = overflow or (None, None)
-            return InputTooLongError("a text is too long for %s model %r: %s. Shorten or split it%s." % (
-                self.title, model, message.rstrip(". "), self.truncate_hint), prompt_tokens=prompt_tokens,
-                context_length=context_length, status=status, server_message=message, body=body)
-        if _lacks_endpoint(status, message) and not self._is_model_not_found(status, message, body):
-            manual = "Update the server%s, or use another one for embeddings." % (
-                " to %s" % self.embed_needed if self.embed_needed else "")
-            return UnsupportedEndpointError("%s at %s has no endpoint %s (HTTP %d: %s); the server may be too old "
-                                            "for embeddings. %s" % (self.title, self.base_url, self.embed_path,
-                                                                    status, message.rstrip(". "), manual),
-                                            path=self.embed_path, needed=self.embed_needed, manual=manual,
-                                            status=status, server_message=message, body=body)
-        return self._failure(status, body, model, in_body)
-
-    embedding_hint = ""
-    truncate_hint = ""
-    embed_needed = ""  # the server version that has embed_path, when known
-
-    def _wire_messages(self, messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-        """The messages as this server takes them.  Tool requests and tool results, written
-        the one way the README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``);
-        every other message goes as it is.  The caller's dicts are never changed."""
-        if not any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
-            if all(type(m) is dict for m in messages):
-                return messages  # type: ignore[return-value]  # dicts, passed on unchanged
-            return [dict(m) for m in messages]
-        wired: List[Dict[str, Any]] = []
-        pending: List[Tuple[Optional[str], Optional[str]]] = []  # (id, name) of calls not answered yet
-        for index, message in enumerate(messages):
-            if message.get("role") == "tool":
-                call_id, name = _answered_call(message, pending)
-                wired.append(self._wire_tool_result(message, call_id, name, index))
-            elif message.get("role") == "assistant" and message.get("tool_calls"):
-                calls = message["tool_calls"]
-                if not isinstance(calls, (list, tuple)):
-                    raise InvalidInputError("messages[%d]['tool_calls'] must be a list, got %r" % (index, calls))
-                fields = [_call_fields(call, index) for call in calls]
-                pending = [(call_id, name) for call_id, name, _ in fields]
-                wired.append(dict(message, tool_calls=[self._wire_tool_call(*f) for f in fields]))
-            else:
-                wired.append(dict(message))
-        return wired
 
     def _wire_tool_call(self, call_id: Optional[str], name: str, arguments: Dict[str, Any]) -> Dict[str, Any]:
         """One entry of an assistant message's ``tool_calls``, in this server's form."""
@@ -3901,11 +3902,14 @@ class BaseProvider:
         """A ``role: tool`` message in this server's form."""
         raise NotImplementedError
 
-    def _debug_headers(self) -> Dict[str, str]:
-        headers = dict(self.transport.session.headers)
-        if self._api_key:
-            headers["Authorization"] = "Bearer " + _mask(self._api_key)
-        return headers
+    def _log_request(self, method: str, path: str, payload: Optional[Mapping[str, Any]]) -> None:
+        """The debug line of a request: URL, headers (the token masked) and payload."""
+        if _debug_call_running():
+            headers = dict(self.transport.session.headers)
+            if self._api_key:
+                headers["Authorization"] = "Bearer " + _mask(self._api_key)
+            logger.debug("request %s %s%s headers=%s payload=%s", method, self.base_url, path, headers,
+                         json.dumps(payload, ensure_ascii=False) if payload is not None else "(none)")
 
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {}
@@ -3939,13 +3943,13 @@ class BaseProvider:
             raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
                 self.title, path, text[:300]), status=response.status_code, body=text) from None
 
-    def _check_result(self, result: ChatResult, model: ModelConfig, debug: bool, seconds: float) -> None:
-        if debug:
-            _debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, %.3f s",
-                   len(result.text), len(result.reasoning), result.finish_reason, result.usage, seconds)
-            _debug("reply text: %s", result.text)
+    def _check_result(self, result: ChatResult, model: ModelConfig, seconds: float) -> None:
+        if _debug_call_running():
+            logger.debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, %.3f s",
+                         len(result.text), len(result.reasoning), result.finish_reason, result.usage, seconds)
+            logger.debug("reply text: %s", result.text)
             for call in result.tool_calls:
-                _debug("tool call %s: %s(%s)", call.id, call.name, call.raw_arguments)
+                logger.debug("tool call %s: %s(%s)", call.id, call.name, call.raw_arguments)
         self._check_end(model, result.finish_reason, bool(result.text), bool(result.reasoning))
 
     def _check_end(self, model: ModelConfig, finish_reason: Optional[str], has_text: bool, reasoned: bool) -> None:
@@ -3965,7 +3969,7 @@ class BaseProvider:
     def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, debug: bool,
                 state: Any) -> Generator[str, None, None]:
         """The one streaming loop: yields content pieces, records the rest in ``state``."""
-        payload = self._payload(messages, model, stream=True, debug=debug)  # validate before the first next()
+        payload = self._payload(messages, model, stream=True)  # validate before the first next()
         return self._fit_checked(self._stream_events(payload, model, debug, state), payload, model, state)
 
     def _fit_checked(self, pieces: Generator[str, None, None], payload: Dict[str, Any], model: ModelConfig,
@@ -4165,32 +4169,58 @@ class BaseProvider:
         return ProviderResponseError("%s reported an error in the middle of the stream%s: %s" % (
             self.title, " for model %r" % model if model else "", message), server_message=message, body=text)
 
-    def _failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
-        """The exception for an error answer (``in_body``: an error object in a 200 response)."""
-        body = self.transport.scrub(body)
-        overflow = self._context_error(status, body, model) if status != 404 else None
-        if overflow is not None:
-            return overflow
-        message = _server_message(body)
-        said = message.rstrip(". ")  # the server's words, followed by more sentences
-        if status in (401, 403):
-            return AuthenticationError("%s at %s refused the request (HTTP %d): %s." % (
-                self.title, self.base_url, status, said), status, message, body, reason="auth", hint=self.auth_hint)
-        if model and "does not support tools" in message.lower():
-            return ToolsNotSupportedError(
-                "%s model %r cannot call tools (%s said: %s). Use a model trained for tool calls (on Ollama, "
-                "'ollama show MODEL' lists 'tools' among its capabilities), or call without tools=."
-                % (self.title, model, self.title, said), model=model, status=status, server_message=message,
-                body=body, reason="tools_unsupported")
-        if model and self._is_model_not_found(status, message, body):
-            return self._not_found(model, said, status, message, body)
-        if status == 404:
-            return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s)." % (
-                self.title, self.base_url, self.chat_path if model else self.models_path, said), status, message,
-                body, reason="endpoint_missing", hint="Is this really %s? %s" % (self.title, self.wrong_server_hint))
+    def _failure(self, status: int, body: str, model: str, in_body: bool = False, *, path: str = "",
+                 needed: str = "", manual: str = "") -> ProviderError:
+        """The exception for an error answer to ``path`` (default: the chat's; ``in_body``: an error object in
+        a 2xx body): the first row of ``failure_rows`` that applies, else a plain ProviderResponseError."""
+        answer = _ErrorAnswer(status, self.transport.scrub(body), model, path or self.chat_path, in_body, needed,
+                              manual)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
-        return ProviderResponseError("%s answered %s: %s%s" % (self.title, where, message, _proxy_hint(message)),
-                                     status, message, body)
+        return self._tabled(answer) or ProviderResponseError("%s answered %s: %s%s" % (
+            self.title, where, answer.message, _proxy_hint(answer.message)), status, answer.message, answer.body)
+
+    def _failure_at(self, path: str, needed: str = "", manual: str = "") -> Callable[..., ProviderError]:
+        """``_failure`` for answers to ``path`` (the ``describe_failure`` of a request to it)."""
+        def failure(status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
+            return self._failure(status, body, model, in_body, path=path, needed=needed, manual=manual)
+        return failure
+
+    def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
+        """The exception for an error event in a stream from ``path`` (other than the chat's)."""
+        answer = _ErrorAnswer(None, body, model, path, in_body=True)
+        return self._tabled(answer) or ProviderResponseError("%s reported an error on %s for %r: %s" % (
+            self.title, path, model, message), server_message=message, body=body)
+
+    def _context_error(self, status: Optional[int], body: str, model: str) -> Optional[ContextLengthError]:
+        """A ContextLengthError when an error answer says the prompt did not fit the context, else None."""
+        answer = _ErrorAnswer(status, body, model, self.chat_path)
+        return self._overflowed(answer) if answer.overflow is not None else None
+
+    def _tabled(self, answer: _ErrorAnswer) -> Optional[ProviderError]:
+        return next((build(self, answer) for applies, build in self.failure_rows if applies(self, answer)), None)
+
+    def _overflowed(self, a: _ErrorAnswer) -> ContextLengthError:
+        prompt, context = a.overflow or (None, None)
+        return ContextLengthError("%s model %r: the prompt%s does not fit the context%s (%s): %s." % (
+            self.title, a.model, " (%d tokens)" % prompt if prompt else "",
+            " it is loaded with (%d tokens)" % context if context else "",
+            "HTTP %d" % a.status if a.status else "an error in the reply", a.said),
+            prompt_tokens=prompt, context_length=context, status=a.status, server_message=a.message, body=a.body,
+            reason="context_length", hint=self._context_advice(a.model, prompt))
+
+    def _too_long(self, a: _ErrorAnswer) -> InputTooLongError:
+        prompt, context = a.overflow or (None, None)
+        return InputTooLongError("a text is too long for %s model %r: %s." % (self.title, a.model, a.said),
+                                 prompt_tokens=prompt, context_length=context, status=a.status,
+                                 server_message=a.message, body=a.body, reason="input_too_long",
+                                 hint="Shorten or split it%s." % self.truncate_hint)
+
+    def _no_endpoint(self, a: _ErrorAnswer) -> UnsupportedEndpointError:
+        """The one rule for an endpoint the server lacks: name the path asked, what has it, what to do."""
+        return UnsupportedEndpointError("%s at %s has no endpoint %s (HTTP %s: %s)%s." % (
+            self.title, self.base_url, a.path, a.status, a.said, "; it needs %s" % a.needed if a.needed else ""),
+            path=a.path, needed=a.needed, manual=a.manual, status=a.status, server_message=a.message, body=a.body,
+            reason="endpoint_missing", hint=a.manual or "Is this really %s? %s" % (self.title, self.wrong_server_hint))
 
     def _not_found(self, model: str, said: str, status: Optional[int] = None, message: Optional[str] = None,
                    body: Optional[str] = None, offered: Optional[Sequence[str]] = None) -> ModelNotFoundError:
@@ -4202,6 +4232,30 @@ class BaseProvider:
             model=model, host=self.base_url, suggestions=matches, status=status, server_message=message, body=body,
             reason="model_not_found", hint=self.download_hint(model) + (
                 " Close matches on this server: %s." % ", ".join(matches) if matches else ""))
+
+    #: The failure table: (does it apply to the answer?, the error) rows; the first that applies wins.
+    #: Subclasses put their own rows first.
+    failure_rows: Tuple[_FailureRow, ...] = (
+        (lambda p, a: a.path == p.embed_path and a.says(*_NO_EMBEDDING_PHRASES),
+         lambda p, a: EmbeddingNotSupportedError("%s cannot embed with model %r: %s." % (p.title, a.model, a.said),
+                                                 a.status, a.message, a.body, hint=p.embedding_hint,
+                                                 reason="embedding_unsupported")),
+        (lambda p, a: a.path == p.embed_path and (a.overflow is not None or a.says(*_TOO_LONG_PHRASES)),
+         lambda p, a: p._too_long(a)),
+        (lambda p, a: a.status != 404 and a.overflow is not None, lambda p, a: p._overflowed(a)),
+        (lambda p, a: a.status in (401, 403),
+         lambda p, a: AuthenticationError("%s at %s refused the request (HTTP %s): %s." % (
+             p.title, p.base_url, a.status, a.said), a.status, a.message, a.body, reason="auth", hint=p.auth_hint)),
+        (lambda p, a: bool(a.model) and a.says("does not support tools"),
+         lambda p, a: ToolsNotSupportedError(
+             "%s model %r cannot call tools (%s said: %s)." % (p.title, a.model, p.title, a.said), model=a.model,
+             status=a.status, server_message=a.message, body=a.body, reason="tools_unsupported",
+             hint="Use a model trained for tool calls (on Ollama, 'ollama show MODEL' lists 'tools' among its "
+                  "capabilities), or call without tools=.")),
+        (lambda p, a: bool(a.model) and a.status is not None and p._is_model_not_found(a.status, a.message, a.body),
+         lambda p, a: p._not_found(a.model, a.said, a.status, a.message, a.body)),
+        (lambda p, a: a.status is not None and _lacks_endpoint(a.status, a.message), lambda p, a: p._no_endpoint(a)),
+    )
 
     # --- what each server does differently ------------------------------------
 
@@ -4223,26 +4277,6 @@ class BaseProvider:
 
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         raise NotImplementedError
-
-    embed_path = ""
-    image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
-    embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
-
-    def _embed_payload(self, texts: List[str], model: ModelConfig, dimensions: Optional[int],
-                       truncate: Optional[bool]) -> Dict[str, Any]:
-        """The body of one embeddings request: the texts, ``dimensions``, ``truncate`` where the server
-        has it, and the model's parameters that apply to embeddings (``keep_alive``/``ttl``, Ollama's options)."""
-        payload: Dict[str, Any] = {"model": model.name, "input": texts}
-        if dimensions is not None:
-            payload["dimensions"] = dimensions
-        if truncate is not None and "truncate" not in self.embed_fields:
-            logger.warning("truncate=%s is Ollama's; %s has no such option, so it was not sent", truncate,
-                           self.title)
-        elif truncate is not None:
-            payload["truncate"] = bool(truncate)
-        mapped = map_parameters(model.parameters, self.provider)
-        payload.update((key, mapped[key]) for key in self.embed_fields if key in mapped)
-        return payload
 
     def _read_embeddings(self, data: Any) -> List[List[float]]:
         """The vectors of an embeddings answer, in input order."""
@@ -4392,10 +4426,10 @@ class OpenAICompatibleProvider(BaseProvider):
         return ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: --ctx-size %d)."
                 % _suggest_context(prompt_tokens or 4096))
 
-    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
+    def _list_model_info(self) -> List[ModelInfo]:
         """From ``/v1/models``; llama.cpp's server adds ``meta`` (training and loaded context, size) and ``/props``."""
-        entries = self._call("GET", self.models_path, debug=debug, read=lambda data: _entries(data, "data", "id"))
-        props = self._props(debug) if len(entries) == 1 else None
+        entries = self._call("GET", self.models_path, read=lambda data: _entries(data, "data", "id"))
+        props = self._props() if len(entries) == 1 else None
         settings = _dict_at(props, "default_generation_settings")
         modalities = props.get("modalities") if isinstance(props, dict) else None
         infos = []
@@ -4416,9 +4450,9 @@ class OpenAICompatibleProvider(BaseProvider):
             logger.debug("%s at %s: %s reports no context lengths", self.title, self.base_url, self.models_path)
         return infos
 
-    def server_version(self, *, debug: bool = False) -> Optional[str]:
-        """llama.cpp's build (``/props`` ``build_info``); None when the server reports no version."""
-        props = self._props(debug)
+    def _server_version(self) -> Optional[str]:
+        """llama.cpp's build (``/props`` ``build_info``)."""
+        props = self._props()
         version = props.get("build_info") if isinstance(props, dict) else None
         if version is None:
             logger.debug("%s at %s reports no version", self.title, self.base_url)
@@ -4426,11 +4460,11 @@ class OpenAICompatibleProvider(BaseProvider):
 
     has_props = True  # llama.cpp's server answers /props; LM Studio never has it
 
-    def _props(self, debug: bool) -> Optional[Dict[str, Any]]:
+    def _props(self) -> Optional[Dict[str, Any]]:
         """llama.cpp's ``/props`` (None when this kind of server has none, or this server lacks it)."""
         if not self.has_props:
             return None
-        props: Optional[Dict[str, Any]] = self._call("GET", "/props", debug=debug, optional=True)
+        props: Optional[Dict[str, Any]] = self._call("GET", "/props", optional=True)
         return props
 
     def _ends_with_body(self, state: Any) -> bool:
@@ -4466,32 +4500,32 @@ class LMStudioProvider(OpenAICompatibleProvider):
         return ("Load the model with a larger context:  lms load %s --context-length %d  (or provider.load_model(%r, "
                 "context_length=%d)), or shorten the prompt." % (model, size, model, size))
 
-    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
+    def _list_model_info(self) -> List[ModelInfo]:
         """``/api/v1/models`` (LM Studio 0.4+), else ``/api/v0/models`` (0.3.6+), else ``/v1/models``."""
         infos: Optional[List[ModelInfo]] = self._call(
-            "GET", "/api/v1/models", debug=debug, optional=True,
+            "GET", "/api/v1/models", optional=True,
             read=lambda data: [_lm_studio_v1_info(entry) for entry in _entries(data, "models", "key")])
         if infos is None:
-            infos = self._call("GET", "/api/v0/models", debug=debug, optional=True,
+            infos = self._call("GET", "/api/v0/models", optional=True,
                                read=lambda data: [_lm_studio_v0_info(entry) for entry in _entries(data, "data", "id")])
         if infos is not None:
             return infos
         logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models (LM Studio before 0.3.6, or another "
                      "server): only /v1/models facts", self.title, self.base_url)
-        return super()._list_model_info(debug)
+        return super()._list_model_info()
 
-    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         if keep_alive is not None:
             logger.warning("LM Studio's /api/v1/models/load takes no keep-alive; keep_alive=%r not sent (LM Studio "
                            "applies a ttl= model parameter when a chat request loads the model)", keep_alive)
         payload: Dict[str, Any] = {"model": name, "echo_load_config": True}
         if context_length is not None:
             payload["context_length"] = context_length
-        answer = self._call("POST", "/api/v1/models/load", payload, debug=debug, model=name,
+        answer = self._call("POST", "/api/v1/models/load", payload, model=name,
                             needed=self.NATIVE_API_VERSION, manual=self.load_hint(name, context_length))
         config = _dict_at(answer, "load_config") or _dict_at(answer, "config")  # either may be anything
         try:
-            info = self._model_info(name, debug)
+            info = self._model_info(name)
         except ModelNotFoundError:
             info = ModelInfo(name, source="/api/v1/models/load")
         info.loaded = True
@@ -4499,9 +4533,9 @@ class LMStudioProvider(OpenAICompatibleProvider):
                                                 info.loaded_context_length)
         return info
 
-    def _unload(self, name: str, debug: bool) -> None:
+    def _unload(self, name: str) -> None:
         """Unload every loaded instance of ``name`` (or the instance whose id ``name`` is)."""
-        loaded = self._call("GET", "/api/v1/models", debug=debug, needed=self.NATIVE_API_VERSION,
+        loaded = self._call("GET", "/api/v1/models", needed=self.NATIVE_API_VERSION,
                             manual="Unload it by hand:  lms unload %s" % name,
                             read=lambda data: [(entry["key"], str(instance["id"]))
                                                for entry in _entries(data, "models", "key")
@@ -4512,15 +4546,15 @@ class LMStudioProvider(OpenAICompatibleProvider):
         if not instances:
             logger.info("%s model %r is not loaded; nothing to unload", self.title, name)
         for instance_id in instances:
-            self._call("POST", "/api/v1/models/unload", {"instance_id": instance_id}, debug=debug, model=name,
+            self._call("POST", "/api/v1/models/unload", {"instance_id": instance_id}, model=name,
                        needed=self.NATIVE_API_VERSION, manual="lms unload %s" % instance_id)
 
-    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
-        answer = self._call("POST", "/api/v1/models/download", {"model": name}, debug=debug, model=name,
+    def _pull(self, name: str) -> Iterator[PullProgress]:
+        answer = self._call("POST", "/api/v1/models/download", {"model": name}, model=name,
                             needed=self.NATIVE_API_VERSION, manual="Download it by hand:  lms get %s" % name)
-        yield from self._download_progress(name, answer, debug)
+        yield from self._download_progress(name, answer)
 
-    def _download_progress(self, name: str, job: Any, debug: bool) -> Iterator[PullProgress]:
+    def _download_progress(self, name: str, job: Any) -> Iterator[PullProgress]:
         """Poll the download job until it completes or fails, yielding its progress; bounded in time."""
         deadline = time.monotonic() + self.download_timeout
         failures = 0
@@ -4536,7 +4570,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
                                     "(see lms get / the Downloads panel)" % (name, self.title, self.download_timeout))
             self._sleep(self.poll_interval)
             try:
-                job = self._call("GET", "/api/v1/models/download/status/%s" % job["job_id"], debug=debug)
+                job = self._call("GET", "/api/v1/models/download/status/%s" % job["job_id"])
                 failures = 0
             except (ProviderConnectionError, ProviderTimeoutError, ProviderResponseError) as exc:
                 status = exc.status if isinstance(exc, ProviderResponseError) else None
@@ -4618,6 +4652,16 @@ class OllamaProvider(BaseProvider):
 
     kind = SERVER_KINDS["ollama"]
     stream_end = ("done", True)
+    #: A pull's errors come in its stream and are about downloading.
+    failure_rows = (
+        (lambda p, a: a.path == "/api/pull" and a.status is None and a.says("file does not exist", "not found"),
+         lambda p, a: ModelNotFoundError("%s could not download %r: %s." % (p.title, a.model, a.message),
+                                         model=a.model, host=p.base_url, server_message=a.message, body=a.body,
+                                         reason="model_not_found", hint="Check the name on https://ollama.com/library")),
+        (lambda p, a: a.path == "/api/pull" and a.status is None,
+         lambda p, a: DownloadError("%s reported an error while downloading %r: %s" % (p.title, a.model, a.message),
+                                    server_message=a.message, body=a.body, reason="download_failed")),
+    ) + BaseProvider.failure_rows
 
     embed_path = "/api/embed"
     embed_needed = "Ollama 0.3.4 or later"  # /api/embed came with 0.3.4 (ollama/ollama#6730)
@@ -4735,37 +4779,37 @@ class OllamaProvider(BaseProvider):
         return ("Raise num_ctx: ollama://%s?num_ctx=%d (or load_model(%r, context_length=%d)), or shorten the "
                 "prompt." % (model, size, model, size))
 
-    def server_version(self, *, debug: bool = False) -> Optional[str]:
+    def _server_version(self) -> Optional[str]:
         """Ollama's version from ``/api/version``, e.g. ``"0.24.0"``."""
-        data = self._call("GET", "/api/version", debug=debug, optional=True)
+        data = self._call("GET", "/api/version", optional=True)
         version = data.get("version") if isinstance(data, dict) else None
         return version if isinstance(version, str) else None
 
-    def _model_info(self, name: str, debug: bool) -> ModelInfo:
-        show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
-        entries = self._call("GET", self.models_path, debug=debug, optional=True,
+    def _model_info(self, name: str) -> ModelInfo:
+        show = self._call("POST", "/api/show", {"model": name}, model=name)
+        entries = self._call("GET", self.models_path, optional=True,
                              read=lambda data: _entries(data, "models", "name")) or []
         listed = [e for e in entries if self.same_model(name, str(e["name"]))]
-        return _ollama_info(name, show, self._running(debug), listed[0] if listed else {})
+        return _ollama_info(name, show, self._running(), listed[0] if listed else {})
 
-    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
-        entries = self._call("GET", self.models_path, debug=debug,
+    def _list_model_info(self) -> List[ModelInfo]:
+        entries = self._call("GET", self.models_path,
                              read=lambda data: _entries(data, "models", "name"))
-        running = self._running(debug)
+        running = self._running()
         infos = []
         for entry in entries:
             name = str(entry["name"])
             try:
-                show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
+                show = self._call("POST", "/api/show", {"model": name}, model=name)
             except ProviderResponseError as exc:  # one broken model must not hide the others' facts
                 logger.debug("%s could not show %r (%s); its facts are left out", self.title, name, exc)
                 show = {}
             infos.append(_ollama_info(name, show, running, entry))
         return infos
 
-    def _running(self, debug: bool) -> Optional[List[Dict[str, Any]]]:
+    def _running(self) -> Optional[List[Dict[str, Any]]]:
         """``/api/ps``'s models (None when the server has no /api/ps); remembers each one's loaded context."""
-        entries: Optional[List[Dict[str, Any]]] = self._call("GET", "/api/ps", debug=debug, optional=True,
+        entries: Optional[List[Dict[str, Any]]] = self._call("GET", "/api/ps", optional=True,
                                                               read=lambda data: _entries(data, "models", "name"))
         now = time.monotonic()
         for entry in entries or []:
@@ -4773,29 +4817,29 @@ class OllamaProvider(BaseProvider):
                 self._ps_seen[_ollama_key(str(entry["name"]))] = (now, _first_int(entry.get("context_length")))
         return entries
 
-    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         """An empty chat request loads the model (``done_reason: "load"``), with ``num_ctx`` when given."""
         payload: Dict[str, Any] = {"model": name, "messages": [], "stream": False}
         if keep_alive is not None:
             payload["keep_alive"] = _convert("keep_alive", keep_alive, "duration", "ollama")
         if context_length is not None:
             payload["options"] = {"num_ctx": context_length}
-        self._call("POST", self.chat_path, payload, debug=debug, model=name)
-        info = self._model_info(name, debug)
+        self._call("POST", self.chat_path, payload, model=name)
+        info = self._model_info(name)
         if context_length is not None and info.loaded_context_length is None:
             info.loaded_context_length = context_length
         return info
 
-    def _unload(self, name: str, debug: bool) -> None:
+    def _unload(self, name: str) -> None:
         """``keep_alive: 0`` with no prompt unloads the model (``done_reason: "unload"``)."""
-        self._call("POST", "/api/generate", {"model": name, "keep_alive": 0}, debug=debug, model=name)
+        self._call("POST", "/api/generate", {"model": name, "keep_alive": 0}, model=name)
         self._ps_seen.pop(_ollama_key(name), None)
 
-    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
+    def _pull(self, name: str) -> Iterator[PullProgress]:
         """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``.
         A generator, so the request goes out on the first ``next()``, not when ``iter_pull`` is called."""
         yield from self._pull_progress(name, self._stream_json("/api/pull", {"model": name, "stream": True},
-                                                               debug=debug, model=name))
+                                                               debug=_debug_call_running(), model=name))
 
     def _pull_progress(self, name: str, events: Generator[Dict[str, Any], None, None]) -> Iterator[PullProgress]:
         status = None
@@ -4811,23 +4855,13 @@ class OllamaProvider(BaseProvider):
                                 "run  ollama pull %s  to finish it" % (self.title, name, status, name),
                                 server_message=status)
 
-    def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
-        if path != "/api/pull":  # only a pull's errors are about downloading
-            return super()._in_band_error(path, model, message, body)
-        if "file does not exist" in message or "not found" in message:
-            return ModelNotFoundError("%s could not download %r: %s. Check the name on https://ollama.com/library"
-                                      % (self.title, model, message), model=model, host=self.base_url,
-                                      server_message=message, body=body)
-        return DownloadError("%s reported an error while downloading %r: %s" % (self.title, model, message),
-                             server_message=message, body=body)
-
     def _loaded_context(self, model: ModelConfig) -> Optional[int]:
         """The context the model is loaded with: from /api/ps, asked at most every 30 s (only when needed)."""
         key = _ollama_key(model.name)
         seen = self._ps_seen.get(key)
         if seen is None or time.monotonic() - seen[0] > 30.0:
             try:
-                self._running(False)
+                self._running()
             except ProviderError:
                 return None
             seen = self._ps_seen.get(key)
@@ -5368,7 +5402,7 @@ def _lm_studio_api_answers(provider: "LMStudioProvider", debug: bool = False) ->
     """
     for path, field, key in _LM_STUDIO_MODEL_LISTS:
         try:
-            provider._call("GET", path, debug=debug, read=lambda data: _entries(data, field, key))
+            provider._call("GET", path, read=lambda data: _entries(data, field, key))
             return True
         except ProviderError as exc:
             logger.debug("GET %s does not answer as LM Studio's own API: %s", path, _one_line(exc))

@@ -304,7 +304,8 @@ def test_an_ollama_too_old_for_api_embed_says_which_version(rsps):
     with pytest.raises(lmp.UnsupportedEndpointError) as info:
         ollama().embed("hi", "nomic-embed-text")
     assert info.value.needed == "Ollama 0.3.4 or later" and info.value.path == "/api/embed"
-    assert "Update the server to Ollama 0.3.4 or later" in str(info.value)
+    assert info.value.reason == "endpoint_missing" and "it needs Ollama 0.3.4 or later" in str(info.value)
+    assert info.value.hint == info.value.manual == "Update the server, or use another one for embeddings."
 
 
 # --- a text over the context is a ContextLengthError, with the server's counts ------------------------

@@ -554,7 +554,7 @@ def test_the_readme_quotes_the_real_tools_not_supported_message(server):
 
 
 def test_debug_output_shows_the_tool_calls(server, caplog):
-    caplog.set_level(logging.INFO, logger="lm_providers")
+    caplog.set_level(logging.DEBUG, logger="lm_providers")
     lm_studio(server, json_reply(lms_reply([lms_call()]))).chat(ASK, "m", tools=[WEATHER], debug=True)
     assert 'tool call 365174485: get_weather({"city": "Paris"})' in caplog.text
     assert '"tools": [{"type": "function"' in caplog.text  # the payload as sent
