@@ -4343,6 +4343,11 @@ class OpenAICompatibleProvider(BaseProvider):
     kind = SERVER_KINDS["openai"]
     content_must_be_str = False
     model_not_found_phrases: Tuple[str, ...] = ("not found", "does not exist", "invalid model name")
+    has_props = True  # llama.cpp's server answers /props; LM Studio never has it
+    embed_path = "/v1/embeddings"
+    embedding_hint = ("Use an embedding model (e.g. text-embedding-nomic-embed-text-v1.5); a llama.cpp server "
+                      "needs --embeddings and --pooling mean.")
+    embed_fields: Tuple[str, ...] = ("ttl",)
 
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {"stream_options": {"include_usage": True}} if stream else {}
@@ -4397,11 +4402,6 @@ class OpenAICompatibleProvider(BaseProvider):
     def _model_names(self, data: Any) -> List[str]:
         return [entry["id"] for entry in data["data"]]
 
-    embed_path = "/v1/embeddings"
-    embedding_hint = ("Use an embedding model (e.g. text-embedding-nomic-embed-text-v1.5); a llama.cpp server "
-                      "needs --embeddings and --pooling mean.")
-    embed_fields: Tuple[str, ...] = ("ttl",)
-
     def _read_embeddings(self, data: Any) -> List[List[float]]:
         return _vectors([entry["embedding"] for entry in sorted(data["data"], key=lambda entry: entry["index"])])
 
@@ -4420,6 +4420,7 @@ class OpenAICompatibleProvider(BaseProvider):
     def _raw_logprobs(self, data: Any) -> Any:
         logprobs = data["choices"][0].get("logprobs")
         return None if logprobs is None else logprobs.get("content")
+
     # --- model facts: /v1/models, and llama.cpp's meta and /props ---------------
 
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
@@ -4458,8 +4459,6 @@ class OpenAICompatibleProvider(BaseProvider):
             logger.debug("%s at %s reports no version", self.title, self.base_url)
         return version if isinstance(version, str) else None
 
-    has_props = True  # llama.cpp's server answers /props; LM Studio never has it
-
     def _props(self) -> Optional[Dict[str, Any]]:
         """llama.cpp's ``/props`` (None when this kind of server has none, or this server lacks it)."""
         if not self.has_props:
@@ -4483,13 +4482,12 @@ class LMStudioProvider(OpenAICompatibleProvider):
     model_not_found_phrases = ("not found", "no models loaded", "not loaded", "does not exist",
                                "invalid model identifier")
     image_types = ("image/png", "image/jpeg", "image/webp")  # "supports JPEG, PNG, and WebP" (LM Studio's docs)
-
-    # --- model facts, loading, downloading: LM Studio's native REST API -----------
-
     NATIVE_API_VERSION = "LM Studio 0.4.0 or later"
     poll_interval = 1.0                 # seconds between download status polls
     download_timeout = 24 * 3600.0      # the longest a download is waited for
     _sleep = staticmethod(time.sleep)   # tests replace it
+
+    # --- model facts, loading, downloading: LM Studio's native REST API -----------
 
     def load_hint(self, model: str, context_length: Optional[int]) -> str:
         return "Load it by hand:  lms load %s%s" % (
@@ -4670,6 +4668,17 @@ class OllamaProvider(BaseProvider):
     truncate_hint = ", or pass truncate=True to cut it to the model's context"
     embed_fields = ("keep_alive", "options", "truncate")
 
+    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
+                 api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error", **limits: int):
+        """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (the default)
+        raises ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Other options as
+        for BaseProvider."""
+        if on_truncation not in ("error", "warn"):
+            raise InvalidInputError("on_truncation must be 'error' or 'warn', got %r" % (on_truncation,))
+        super().__init__(host, timeout, api_key, max_retries, **limits)
+        self.on_truncation = on_truncation
+        self._ps_seen: Dict[str, Tuple[float, Optional[int]]] = {}  # model key -> (when, loaded context)
+
     def _read_embeddings(self, data: Any) -> List[List[float]]:
         return _vectors(data["embeddings"])
 
@@ -4759,17 +4768,6 @@ class OllamaProvider(BaseProvider):
 
     # --- model facts, loading, downloading: /api/show, /api/ps, /api/pull ---------
 
-    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error", **limits: int):
-        """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (the default)
-        raises ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Other options as
-        for BaseProvider."""
-        if on_truncation not in ("error", "warn"):
-            raise InvalidInputError("on_truncation must be 'error' or 'warn', got %r" % (on_truncation,))
-        super().__init__(host, timeout, api_key, max_retries, **limits)
-        self.on_truncation = on_truncation
-        self._ps_seen: Dict[str, Tuple[float, Optional[int]]] = {}  # model key -> (when, loaded context)
-
     def load_hint(self, model: str, context_length: Optional[int]) -> str:
         return "Run it once by hand:  ollama run %s%s" % (
             model, "  (then /set parameter num_ctx %d)" % context_length if context_length else "")
@@ -4786,26 +4784,30 @@ class OllamaProvider(BaseProvider):
         return version if isinstance(version, str) else None
 
     def _model_info(self, name: str) -> ModelInfo:
-        show = self._call("POST", "/api/show", {"model": name}, model=name)
-        entries = self._call("GET", self.models_path, optional=True,
-                             read=lambda data: _entries(data, "models", "name")) or []
-        listed = [e for e in entries if self.same_model(name, str(e["name"]))]
+        show = self._show(name)
+        listed = [entry for entry in self._tags(optional=True) if self.same_model(name, str(entry["name"]))]
         return _ollama_info(name, show, self._running(), listed[0] if listed else {})
 
     def _list_model_info(self) -> List[ModelInfo]:
-        entries = self._call("GET", self.models_path,
+        entries, running = self._tags(), self._running()
+        return [_ollama_info(str(e["name"]), self._show(str(e["name"]), quiet=True), running, e) for e in entries]
+
+    def _tags(self, optional: bool = False) -> List[Dict[str, Any]]:
+        """``/api/tags``'s models (none when ``optional`` and the server has no /api/tags)."""
+        entries = self._call("GET", self.models_path, optional=optional,
                              read=lambda data: _entries(data, "models", "name"))
-        running = self._running()
-        infos = []
-        for entry in entries:
-            name = str(entry["name"])
-            try:
-                show = self._call("POST", "/api/show", {"model": name}, model=name)
-            except ProviderResponseError as exc:  # one broken model must not hide the others' facts
-                logger.debug("%s could not show %r (%s); its facts are left out", self.title, name, exc)
-                show = {}
-            infos.append(_ollama_info(name, show, running, entry))
-        return infos
+        return entries or []
+
+    def _show(self, name: str, quiet: bool = False) -> Dict[str, Any]:
+        """``/api/show``'s answer; ``quiet``: {} when it fails, so one broken model does not hide the others."""
+        try:
+            show: Dict[str, Any] = self._call("POST", "/api/show", {"model": name}, model=name)
+        except ProviderResponseError as exc:
+            if not quiet:
+                raise
+            logger.debug("%s could not show %r (%s); its facts are left out", self.title, name, exc)
+            return {}
+        return show
 
     def _running(self) -> Optional[List[Dict[str, Any]]]:
         """``/api/ps``'s models (None when the server has no /api/ps); remembers each one's loaded context."""
