@@ -2321,12 +2321,14 @@ def tool_schema(tool: Any) -> Dict[str, Any]:
     if isinstance(tool, Mapping):
         function = tool.get("function") if "type" in tool else tool  # a bare function schema has no "type"
         if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
-            raise InvalidInputError("tool %r is not a function schema: write {\"type\": \"function\", \"function\": "
-                                    "{\"name\": ..., \"parameters\": {...}}}" % (_shorten(repr(tool), 120),))
+            raise InvalidInputError("tool %r is not a function schema: write {\"type\": \"function\", "
+                                    "\"function\": {\"name\": ..., "
+                                    "\"parameters\": {...}}}" % (_shorten(repr(tool), 120),))
         _check_tool_name(function.get("name"), tool)
         parameters = function.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(parameters, Mapping):
-            raise InvalidInputError("tool %r: 'parameters' must be a JSON schema object" % (function["name"],))
+            raise InvalidInputError("tool %r: 'parameters' must be a JSON schema "
+                                    "object" % (function["name"],))
         return {"type": "function", "function": dict(function, parameters=dict(parameters))}
     if callable(tool):
         return _function_schema(tool)
@@ -2367,7 +2369,8 @@ def _function_schema(function: Any) -> Dict[str, Any]:
     parameters: Dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         parameters["required"] = required
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
+    return {"type": "function",
+            "function": {"name": name, "description": description, "parameters": parameters}}
 
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", tuple: "array",
@@ -2399,7 +2402,8 @@ def _annotation_schema(annotation: Any) -> Dict[str, Any]:
         return _enum_schema(list(args))
     if isinstance(origin, type) and origin in _JSON_TYPES:
         schema: Dict[str, Any] = {"type": _JSON_TYPES[origin]}
-        if schema["type"] == "array" and args and (origin is not tuple or args[-1] is Ellipsis or len(args) == 1):
+        one_item_type = origin is not tuple or args[-1] is Ellipsis or len(args) == 1
+        if schema["type"] == "array" and args and one_item_type:
             schema["items"] = _annotation_schema(args[0])
         return schema
     import collections.abc
@@ -2455,7 +2459,8 @@ def _tool_schemas(tools: Any) -> List[Dict[str, Any]]:
     if callable(tools) or isinstance(tools, Mapping):
         tools = [tools]
     if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence):
-        raise InvalidInputError("tools must be a list of Python functions or function schemas, got %r" % (tools,))
+        raise InvalidInputError("tools must be a list of Python functions or function schemas, "
+                                "got %r" % (tools,))
     schemas = [tool_schema(tool) for tool in tools]
     names = [schema["function"]["name"] for schema in schemas]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -2483,9 +2488,10 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
             parsed = json.loads(arguments)
         except (ValueError, RecursionError) as exc:
             raise ToolCallError(
-                "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a malformed "
-                "call;%s try again, at a lower temperature, or with a model trained for tool calls. The whole text "
-                "is in .raw_arguments." % (title, name, exc, _shorten(arguments, 200), cut),
+                "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a "
+                "malformed call;%s try again, at a lower temperature, or with a model trained for tool "
+                "calls. The whole text is in .raw_arguments." % (title, name, exc,
+                                                                 _shorten(arguments, 200), cut),
                 tool_name=name, raw_arguments=arguments) from None
     else:
         parsed, raw = arguments, json.dumps(arguments)
@@ -2511,7 +2517,8 @@ def _tool_calls_from(parts: Any, title: str, finish_reason: Optional[str]) -> Li
                                               for p in parts):
         raise ProviderResponseError("%s sent tool calls of an unexpected shape: %s" % (
             title, _shorten(json.dumps(parts, ensure_ascii=False, default=str), 300)))
-    return [_tool_call(title, p.get("id"), p["function"].get("name"), p["function"].get("arguments"), finish_reason)
+    return [_tool_call(title, p.get("id"), p["function"].get("name"), p["function"].get("arguments"),
+                       finish_reason)
             for p in parts]
 
 
@@ -2538,8 +2545,9 @@ def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, A
     function = call.get("function") if isinstance(call, Mapping) else None
     name = function.get("name") if isinstance(function, Mapping) else None
     if not isinstance(function, Mapping) or not isinstance(name, str) or not name:
-        raise InvalidInputError("messages[%d] has the tool call %r; write {\"id\": ..., \"type\": \"function\", "
-                                "\"function\": {\"name\": ..., \"arguments\": ...}}" % (index, call))
+        raise InvalidInputError("messages[%d] has the tool call %r; write {\"id\": ..., \"type\": "
+                                "\"function\", \"function\": {\"name\": ..., \"arguments\": "
+                                "...}}" % (index, call))
     arguments = function.get("arguments")
     if isinstance(arguments, str):
         try:
@@ -2572,7 +2580,8 @@ def _run_tool(functions: Mapping[str, Any], call: ToolCall) -> str:
     """Run one requested call; any failure becomes an ``error: ...`` text for the model to read."""
     function = functions.get(call.name)
     if function is None:
-        return "error: there is no tool named %r; the tools are: %s" % (call.name, ", ".join(sorted(functions)))
+        return "error: there is no tool named %r; the tools are: %s" % (call.name,
+                                                                        ", ".join(sorted(functions)))
     try:
         value = function(**call.arguments)
     except Exception as exc:  # the model gets the error as the tool's result and can try again
@@ -2593,7 +2602,8 @@ class ChatResult:
 
     def __init__(self, text: str, reasoning: str = "", finish_reason: Optional[str] = None,
                  usage: Optional[Dict[str, int]] = None, model: str = "", raw: Any = None,
-                 tool_calls: Optional[List[ToolCall]] = None, logprobs: Optional[List[Dict[str, Any]]] = None):
+                 tool_calls: Optional[List[ToolCall]] = None,
+                 logprobs: Optional[List[Dict[str, Any]]] = None):
         self.text, self.reasoning, self.finish_reason = text, reasoning, finish_reason
         self.usage, self.model, self.raw = usage, model, raw
         self.tool_calls: List[ToolCall] = list(tool_calls or ())
@@ -2926,7 +2936,8 @@ def _read_image_file(path: str, where: str) -> bytes:
         with open(path, "rb") as handle:
             return handle.read(MAX_IMAGE_BYTES + 1)
     except OSError as exc:
-        raise InvalidInputError("%s: cannot read the image file %r: %s" % (where, path, exc.strerror or exc)) from None
+        raise InvalidInputError("%s: cannot read the image file %r: %s" % (where, path,
+                                                                           exc.strerror or exc)) from None
 
 
 def _decode_base64_image(text: str, where: str) -> Optional[bytes]:
@@ -2953,8 +2964,8 @@ def _image_text_bytes(text: str, where: str) -> bytes:
                                     % where)
         return data
     if stripped[:7].lower() == "http://" or stripped[:8].lower() == "https://":
-        raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it and "
-                                "give the file path or the bytes" % (where, stripped[:80]))
+        raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it "
+                                "and give the file path or the bytes" % (where, stripped[:80]))
     if len(stripped) < 4096:
         try:
             if os.path.isfile(stripped):
@@ -2989,7 +3000,8 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
         raise _too_big(where, len(data))
     mime = image_type(data)
     if mime is None:
-        raise InvalidInputError("%s is not a PNG, JPEG, WebP or GIF image (it begins with %r)" % (where, data[:8]))
+        raise InvalidInputError("%s is not a PNG, JPEG, WebP or GIF image (it begins with %r)" % (where,
+                                                                                                  data[:8]))
     import base64
     return mime, base64.b64encode(data).decode("ascii")
 
@@ -2997,8 +3009,8 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
 def _load_images(images: Any, index: int, accepted: Sequence[str], server: str) -> List[Tuple[str, str]]:
     """Every image of ``messages[index]['images']``, loaded and checked against the types ``server`` takes."""
     if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
-        raise InvalidInputError("messages[%d]['images'] must be a list of images (paths, bytes, base64 or data "
-                                "URLs); wrap a single image in a list" % index)
+        raise InvalidInputError("messages[%d]['images'] must be a list of images (paths, bytes, base64 or "
+                                "data URLs); wrap a single image in a list" % index)
     return [_accepted_image(image, "messages[%d]['images'][%d]" % (index, number), accepted, server)
             for number, image in enumerate(images)]
 
@@ -3014,8 +3026,8 @@ def _accepted_image(image: Any, where: str, accepted: Sequence[str], server: str
 
 def _has_images(message: Any) -> bool:
     """Whether a message carries images, in Ollama's form or as OpenAI content parts."""
-    return isinstance(message, Mapping) and (message.get("images") is not None or isinstance(message.get("content"),
-                                                                                               list))
+    return isinstance(message, Mapping) and (message.get("images") is not None
+                                             or isinstance(message.get("content"), list))
 
 
 def _with_images(provider: "BaseProvider", messages: Any, model: ModelConfig) -> Any:
@@ -3042,7 +3054,8 @@ def _check_vision(provider: "BaseProvider", model: ModelConfig) -> None:
                          model.name, exc)
             return
     if info.vision is False:
-        logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent with "
+        logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent "
+                       "with "
                        "it. %s", provider.title, model.name, ", ".join(sorted(info.capabilities)) or "none",
                        provider.title, provider.vision_hint)
 
@@ -3066,7 +3079,8 @@ def _embedding_inputs(texts: Any, dimensions: Optional[int], batch_size: int) ->
         if not isinstance(text, str):
             raise InvalidInputError("texts[%d] must be a string, got %s" % (index, type(text).__name__))
         if not text.strip():
-            raise InvalidInputError("texts[%d] is empty; the servers cannot embed an empty text (leave it out)"
+            raise InvalidInputError("texts[%d] is empty; the servers cannot embed an empty text (leave it "
+                                    "out)"
                                     % index)
     if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
                                    or dimensions < 1):
@@ -3152,8 +3166,10 @@ class ModelInfo:
 
     def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
                  loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
-                 vision: Optional[bool] = None, thinking: Optional[bool] = None, embedding: Optional[bool] = None,
-                 quantization: Optional[str] = None, size_bytes: Optional[int] = None, kind: Optional[str] = None,
+                 vision: Optional[bool] = None, thinking: Optional[bool] = None,
+                 embedding: Optional[bool] = None,
+                 quantization: Optional[str] = None, size_bytes: Optional[int] = None,
+                 kind: Optional[str] = None,
                  source: str = "", raw: Any = None):
         self.name, self.context_length, self.loaded = name, context_length, loaded
         self.loaded_context_length = loaded_context_length
@@ -3216,7 +3232,7 @@ def _estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
 
 
 def _suggest_context(tokens: int) -> int:
-    """A context length with room for ``tokens`` of prompt and a reply: the next multiple of 1024 above 1.25x."""
+    """A context with room for ``tokens`` of prompt and a reply: the next multiple of 1024 above 1.25x."""
     return (int(tokens * 1.25) // 1024 + 1) * 1024
 
 
@@ -3228,8 +3244,8 @@ _OVERFLOW_PATTERNS = (  # (regex, group of the prompt size, group of the context
     (re.compile(r"[Ii]nput length (\d+) exceeds context length (\d+)"), 1, 2),
     (re.compile(r"input \((\d+) tokens\) is too large to process"), 1, 0),  # llama.cpp: over its batch size
     (re.compile(r"maximum context length is (\d+) tokens.*?resulted in (\d+) tokens", re.S), 2, 1),
-    (re.compile(r"context (?:size|length|window) (?:has been |was )?exceeded|exceeds? the (?:available )?context"
-                r"|context the overflows", re.I), 0, 0),
+    (re.compile(r"context (?:size|length|window) (?:has been |was )?exceeded"
+                r"|exceeds? the (?:available )?context|context the overflows", re.I), 0, 0),
 )
 
 
@@ -3237,7 +3253,7 @@ def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Op
     """``(prompt_tokens, context)`` when a server's error says the prompt did not fit, else None."""
     data = _loads_or_none(body) if body.strip().startswith("{") else None
     error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":  # llama.cpp: exact counts
+    if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":  # llama.cpp's counts
         return _first_int(error.get("n_prompt_tokens")), _first_int(error.get("n_ctx"))
     for pattern, prompt_group, context_group in _OVERFLOW_PATTERNS:
         match = pattern.search(message)
@@ -3266,7 +3282,7 @@ def _json_object(data: Any) -> Dict[str, Any]:
 
 
 def _dict_at(mapping: Any, key: str) -> Dict[str, Any]:
-    """``mapping[key]`` when that is a JSON object, else an empty dict (servers leave fields out or null them)."""
+    """``mapping[key]`` when that is a JSON object, else an empty dict (servers leave fields out or null)."""
     value = mapping.get(key) if isinstance(mapping, Mapping) else None
     return value if isinstance(value, dict) else {}
 
@@ -3300,9 +3316,10 @@ _wall_clock = time.time  # the time expires_at is compared with (tests set a rec
 
 
 def _check_context_length(context_length: Optional[int]) -> None:
-    if context_length is not None and not (isinstance(context_length, int) and not isinstance(context_length, bool)
-                                           and context_length > 0):
-        raise InvalidInputError("context_length must be a whole number of tokens > 0, got %r" % (context_length,))
+    if context_length is not None and (not isinstance(context_length, int) or isinstance(context_length, bool)
+                                       or context_length <= 0):
+        raise InvalidInputError("context_length must be a whole number of tokens > 0, got %r"
+                                % (context_length,))
 
 
 # --- request building: messages and tools on the wire ---------------------------
@@ -3324,7 +3341,8 @@ def _check_messages(messages: Any, content_must_be_str: bool) -> None:
                                     % (index, message))
         role = message.get("role")
         if role not in _ROLES:
-            raise InvalidInputError("messages[%d] has role %r; use one of %s" % (index, role, ", ".join(_ROLES)))
+            raise InvalidInputError("messages[%d] has role %r; use one of %s" % (index, role,
+                                                                                 ", ".join(_ROLES)))
         content = message.get("content")
         if isinstance(content, str) or content is None and role == "assistant" and message.get("tool_calls"):
             continue
@@ -3387,7 +3405,8 @@ class _ErrorAnswer:
     """An error answer as a failure table reads it: what was asked and what the server said (``body``
     scrubbed; ``status`` None for an error event in a stream)."""
 
-    __slots__ = ("status", "body", "model", "path", "in_body", "needed", "manual", "message", "said", "overflow")
+    __slots__ = ("status", "body", "model", "path", "in_body", "needed", "manual", "message", "said",
+                 "overflow")
 
     def __init__(self, status: Optional[int], body: str, model: str, path: str, in_body: bool = False,
                  needed: str = "", manual: str = ""):
@@ -3396,6 +3415,11 @@ class _ErrorAnswer:
         self.message = _server_message(body)
         self.said = self.message.rstrip(". ")  # the server's words, followed by more sentences
         self.overflow = _parse_overflow(self.message, body)
+
+    @property
+    def fields(self) -> Dict[str, Any]:
+        """The ProviderResponseError fields: ``status``, ``server_message``, ``body``."""
+        return {"status": self.status, "server_message": self.message, "body": self.body}
 
     def says(self, *phrases: str) -> bool:
         """Whether the server's message holds one of ``phrases`` (lower case)."""
@@ -3457,7 +3481,8 @@ class BaseProvider:
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
                  api_key: Optional[str] = None, max_retries: int = 2, *,
-                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         """``host``: any accepted host form (default: environment, then the server's default).
         ``timeout``: read timeout in seconds, or ``(connect, read)``; defaults (5, 600).
         ``max_retries``: how often a 429/503 answer is retried before any text is read.
@@ -3476,7 +3501,8 @@ class BaseProvider:
         headers = {"Accept": "application/json", "User-Agent": "lm_providers/" + __version__}
         if not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidInputError("max_retries must be a whole number >= 0, got %r" % (max_retries,))
-        self.transport = HTTPTransport(self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
+        self.transport = HTTPTransport(self.base_url, connect_timeout=connect_timeout,
+                                       read_timeout=read_timeout,
                                        headers=headers, max_retries=max_retries, server_title=self.title,
                                        start_hint=self.start_hint, api_key=api_key,
                                        max_event_bytes=max_event_bytes, max_body_bytes=max_body_bytes)
@@ -3511,11 +3537,13 @@ class BaseProvider:
             payload = self._payload(messages, model, stream=False)
             started = time.perf_counter()
             data, (text, reasoning, finish_reason, usage) = self._call(
-                "POST", self.chat_path, payload, model=model.name, read=lambda data: (data, self._read_reply(data)))
+                "POST", self.chat_path, payload, model=model.name,
+                read=lambda data: (data, self._read_reply(data)))
             tool_calls = _tool_calls_from(self._tool_call_parts(data), self.title, finish_reason)
             finish_reason = _tool_finish_reason(finish_reason, tool_calls)
             content, inline_reasoning = split_reasoning(text or "")
-            result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name,
+            result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage,
+                                model.name,
                                 data, tool_calls, _logprobs_of(self, data))
             self._check_fit(payload, model, usage, finish_reason, bool(text), result)
             self._check_result(result, model, time.perf_counter() - started)
@@ -3542,7 +3570,8 @@ class BaseProvider:
         reports an error mid-stream.
         """
         with _debugging(debug):
-            return TextStream(self._stream(messages, self._model(model), debug, _StreamState(keep_reasoning=False)))
+            return TextStream(self._stream(messages, self._model(model), debug,
+                                           _StreamState(keep_reasoning=False)))
 
     def generate_json(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig],
                       required_attributes: Sequence[str] = (), *, schema: Optional[Mapping[str, Any]] = None,
@@ -3562,7 +3591,7 @@ class BaseProvider:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise InvalidInputError("max_attempts must be a whole number >= 1, got %r" % (max_attempts,))
         required = list(required_attributes)
-        model = self._model(model).with_parameters(format=dict(schema) if schema else json_schema_for(required))
+        model = self._model(model).with_parameters(format=dict(schema or json_schema_for(required)))
         conversation = list(messages)
         raw, reason = "", ""
         with _debugging(debug):
@@ -3577,11 +3606,13 @@ class BaseProvider:
                     logger.debug("JSON attempt %d/%d failed: %s", attempt, max_attempts, reason)
                     conversation = list(messages) + [
                         {"role": "assistant", "content": raw},
-                        {"role": "user", "content": "That reply was not usable: %s. Answer again with only one "
-                                                    "JSON object that has the attributes %s, and nothing else."
+                        {"role": "user", "content": "That reply was not usable: %s. Answer again with only "
+                                                    "one JSON object that has the attributes %s, and nothing "
+                                                    "else."
                                                     % (reason, ", ".join(required) or "you were asked for")}]
                     continue
-                logger.debug("JSON attempt %d/%d gave an object with keys %s", attempt, max_attempts, sorted(data))
+                logger.debug("JSON attempt %d/%d gave an object with keys %s", attempt, max_attempts,
+                             sorted(data))
                 return data
         raise JSONGenerationError(
             "%s did not return a JSON object with %s after %d attempt(s): %s" % (
@@ -3607,7 +3638,8 @@ class BaseProvider:
         with _debugging(debug):
             for start in range(0, len(inputs), batch_size):
                 batch = inputs[start:start + batch_size]
-                found = self._call("POST", self.embed_path, _embed_payload(self, batch, model, dimensions, truncate),
+                found = self._call("POST", self.embed_path,
+                                   _embed_payload(self, batch, model, dimensions, truncate),
                                    model=model.name, needed=self.embed_needed, read=self._read_embeddings,
                                    manual="Update the server, or use another one for embeddings.")
                 if len(found) != len(batch):
@@ -3616,7 +3648,8 @@ class BaseProvider:
                 vectors.extend(found)
         if dimensions is not None and len(vectors[0]) != dimensions:
             logger.warning("%s model %r returned %d-wide vectors although dimensions=%d was asked for; the "
-                           "server or model does not support dimensions", self.title, model.name, len(vectors[0]),
+                           "server or model does not support dimensions", self.title, model.name,
+                           len(vectors[0]),
                            dimensions)
         return vectors
 
@@ -3635,11 +3668,13 @@ class BaseProvider:
         caller's ``messages`` are not changed; the result's ``messages`` holds
         the whole conversation.
         """
-        tools = list(tools) if isinstance(tools, Sequence) and not isinstance(tools, (str, bytes)) else [tools]
+        is_list = isinstance(tools, Sequence) and not isinstance(tools, (str, bytes))
+        tools = list(tools) if is_list else [tools]
         for tool in tools:
             if not callable(tool) or isinstance(tool, Mapping):
-                raise InvalidInputError("run_tools needs Python functions to run, got %r; for a schema without a "
-                                        "function use chat(..., tools=[...]) and run the calls yourself" % (tool,))
+                raise InvalidInputError("run_tools needs Python functions to run, got %r; for a schema "
+                                        "without a function use chat(..., tools=[...]) and run the calls "
+                                        "yourself" % (tool,))
         schemas = _tool_schemas(tools)
         functions = {schema["function"]["name"]: tool for schema, tool in zip(schemas, tools)}
         if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
@@ -3648,7 +3683,8 @@ class BaseProvider:
         conversation: List[Dict[str, Any]] = list(messages)  # type: ignore[arg-type]
         with _debugging(debug):
             for rounds in range(max_rounds + 1):
-                result = self.chat(conversation, model, tools=schemas, tool_choice=tool_choice if rounds == 0 else None)
+                result = self.chat(conversation, model, tools=schemas,
+                                   tool_choice=tool_choice if rounds == 0 else None)
                 conversation.append(result.assistant_message())
                 if not result.tool_calls:
                     return ToolRunResult(result, conversation, rounds)
@@ -3659,8 +3695,8 @@ class BaseProvider:
                     if debug:
                         logger.debug("tool %s(%s) -> %s", call.name, call.raw_arguments, output)
                     conversation.append(call.result_message(output))
-        raise ToolLoopError("%s model still asked for tools (%s) after %d round(s) of tool calls; raise max_rounds, "
-                            "or look at the tools' results in .messages" % (
+        raise ToolLoopError("%s model still asked for tools (%s) after %d round(s) of tool calls; raise "
+                            "max_rounds, or look at the tools' results in .messages" % (
                                 self.title, ", ".join(c.name for c in result.tool_calls), max_rounds),
                             messages=conversation, rounds=max_rounds)
 
@@ -3724,7 +3760,7 @@ class BaseProvider:
 
     def load_model(self, model: Union[str, ModelConfig], *, context_length: Optional[int] = None,
                    keep_alive: Union[None, int, float, str] = None, debug: bool = False) -> ModelInfo:
-        """Load ``model`` into memory, with ``context_length`` tokens of context if given, and return its facts.
+        """Load ``model`` into memory, with ``context_length`` tokens of context if given; return its facts.
 
         ``keep_alive``: how long it stays loaded when idle (Ollama: seconds or a
         duration such as ``"10m"``, ``-1`` for ever).  Raises
@@ -3755,7 +3791,8 @@ class BaseProvider:
         """
         return _debugged(self._pull(self._model(model).name), debug)
 
-    def pull_model(self, model: Union[str, ModelConfig], *, progress: Optional[Callable[[PullProgress], Any]] = None,
+    def pull_model(self, model: Union[str, ModelConfig], *,
+                   progress: Optional[Callable[[PullProgress], Any]] = None,
                    debug: bool = False) -> PullProgress:
         """Download ``model``; call ``progress(record)`` for each PullProgress; return the last record."""
         last = None
@@ -3764,7 +3801,8 @@ class BaseProvider:
             if progress is not None:
                 progress(record)
         if last is None:
-            raise DownloadError("%s reported nothing while downloading %r" % (self.title, self._model(model).name))
+            raise DownloadError("%s reported nothing while downloading %r" % (self.title,
+                                                                              self._model(model).name))
         return last
 
     def _model_info(self, name: str) -> ModelInfo:
@@ -3794,8 +3832,10 @@ class BaseProvider:
         return "Load it in the server's own way."
 
     def _unsupported(self, what: str, manual: str) -> UnsupportedEndpointError:
-        return UnsupportedEndpointError("%s at %s cannot %s over its API." % (self.title, self.base_url, what),
-                                        path=self.models_path, manual=manual, hint=manual, reason="endpoint_missing")
+        return UnsupportedEndpointError("%s at %s cannot %s over its API." % (self.title,
+                                                                              self.base_url, what),
+                                        path=self.models_path, manual=manual, hint=manual,
+                                        reason="endpoint_missing")
 
     def _call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, model: str = "",
               optional: bool = False, needed: str = "", manual: str = "",
@@ -3812,7 +3852,8 @@ class BaseProvider:
         except UnsupportedEndpointError as exc:
             if not optional:
                 raise
-            logger.debug("%s at %s has no %s (HTTP %s: %s); skipped", self.title, self.base_url, path, exc.status,
+            logger.debug("%s at %s has no %s (HTTP %s: %s); skipped", self.title, self.base_url, path,
+                         exc.status,
                          exc.server_message)
             return None
 
@@ -3845,7 +3886,7 @@ class BaseProvider:
         """After a reply: raise (or warn) when the server's own numbers show the prompt did not fit."""
 
     def _context_advice(self, model: str, prompt_tokens: Optional[int]) -> str:
-        """``context_hint``, or, when the prompt is larger than the model can ever take, that it must be shorter."""
+        """``context_hint``, or, for a prompt larger than the model can ever take, that it must be shorter."""
         info = self._facts.get(self._fact_key(model))
         most = info.context_length if info is not None else None
         if most and prompt_tokens and prompt_tokens > most:
@@ -3864,18 +3905,21 @@ class BaseProvider:
                 _refuse_parameters_without_provider(model, self.provider)
             model = parse_model_uri(model) if "://" in model else ModelConfig(model, self.provider)
         if not isinstance(model, ModelConfig):
-            raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, got %r" % (model,))
+            raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, "
+                                    "got %r" % (model,))
         if model.provider != self.provider:
-            raise InvalidInputError("model %r is for %s, but this is a %s provider; use lm_providers.get_provider"
-                                    "(model) to get the right one" % (model.name, SERVER_KINDS[model.provider].title,
-                                                                      self.title))
+            raise InvalidInputError("model %r is for %s, but this is a %s provider; use "
+                                    "lm_providers.get_provider(model) to get the right one" % (
+                                        model.name, SERVER_KINDS[model.provider].title, self.title))
         if model.host is not None and normalize_host(model.host, self.provider) != self.base_url:
             logger.warning("model %r names the host %s, but this provider talks to %s; use "
-                           "lm_providers.get_provider(model) to follow the model's host", model.name, model.host,
+                           "lm_providers.get_provider(model) to follow the model's host", model.name,
+                           model.host,
                            self.base_url)
         return model
 
-    def _payload(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, *, stream: bool) -> Dict[str, Any]:
+    def _payload(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, *,
+                 stream: bool) -> Dict[str, Any]:
         """The chat request's body: the messages checked and in this server's form, the model's parameters."""
         messages = _with_images(self, messages, model)
         _check_messages(messages, self.content_must_be_str)
@@ -3884,7 +3928,8 @@ class BaseProvider:
         payload.update(self._extra_payload(stream))
         payload.update(map_parameters(model.parameters, self.provider))
         if _debug_call_running():
-            logger.debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token); %s",
+            logger.debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token); "
+                         "%s",
                          self.title, model.name, self.base_url, len(messages), _estimate_tokens(messages),
                          self._debug_context(model))
             for index, message in enumerate(messages):
@@ -3952,7 +3997,8 @@ class BaseProvider:
                 logger.debug("tool call %s: %s(%s)", call.id, call.name, call.raw_arguments)
         self._check_end(model, result.finish_reason, bool(result.text), bool(result.reasoning))
 
-    def _check_end(self, model: ModelConfig, finish_reason: Optional[str], has_text: bool, reasoned: bool) -> None:
+    def _check_end(self, model: ModelConfig, finish_reason: Optional[str], has_text: bool,
+                   reasoned: bool) -> None:
         """What every finished reply, blocking or streamed, is checked for: the token limit, emptiness."""
         if finish_reason == "length":
             if not has_text:
@@ -4171,13 +4217,13 @@ class BaseProvider:
 
     def _failure(self, status: int, body: str, model: str, in_body: bool = False, *, path: str = "",
                  needed: str = "", manual: str = "") -> ProviderError:
-        """The exception for an error answer to ``path`` (default: the chat's; ``in_body``: an error object in
-        a 2xx body): the first row of ``failure_rows`` that applies, else a plain ProviderResponseError."""
-        answer = _ErrorAnswer(status, self.transport.scrub(body), model, path or self.chat_path, in_body, needed,
-                              manual)
+        """The exception for an error answer to ``path`` (default: the chat's; ``in_body``: an error object
+        in a 2xx body): the first row of ``failure_rows`` that applies, else a plain ProviderResponseError."""
+        answer = _ErrorAnswer(status, self.transport.scrub(body), model, path or self.chat_path, in_body,
+                              needed, manual)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
         return self._tabled(answer) or ProviderResponseError("%s answered %s: %s%s" % (
-            self.title, where, answer.message, _proxy_hint(answer.message)), status, answer.message, answer.body)
+            self.title, where, answer.message, _proxy_hint(answer.message)), **answer.fields)
 
     def _failure_at(self, path: str, needed: str = "", manual: str = "") -> Callable[..., ProviderError]:
         """``_failure`` for answers to ``path`` (the ``describe_failure`` of a request to it)."""
@@ -4197,7 +4243,10 @@ class BaseProvider:
         return self._overflowed(answer) if answer.overflow is not None else None
 
     def _tabled(self, answer: _ErrorAnswer) -> Optional[ProviderError]:
-        return next((build(self, answer) for applies, build in self.failure_rows if applies(self, answer)), None)
+        for applies, build in self.failure_rows:
+            if applies(self, answer):
+                return build(self, answer)
+        return None
 
     def _overflowed(self, a: _ErrorAnswer) -> ContextLengthError:
         prompt, context = a.overflow or (None, None)
@@ -4205,22 +4254,22 @@ class BaseProvider:
             self.title, a.model, " (%d tokens)" % prompt if prompt else "",
             " it is loaded with (%d tokens)" % context if context else "",
             "HTTP %d" % a.status if a.status else "an error in the reply", a.said),
-            prompt_tokens=prompt, context_length=context, status=a.status, server_message=a.message, body=a.body,
-            reason="context_length", hint=self._context_advice(a.model, prompt))
+            prompt_tokens=prompt, context_length=context, reason="context_length",
+            hint=self._context_advice(a.model, prompt), **a.fields)
 
     def _too_long(self, a: _ErrorAnswer) -> InputTooLongError:
         prompt, context = a.overflow or (None, None)
         return InputTooLongError("a text is too long for %s model %r: %s." % (self.title, a.model, a.said),
-                                 prompt_tokens=prompt, context_length=context, status=a.status,
-                                 server_message=a.message, body=a.body, reason="input_too_long",
-                                 hint="Shorten or split it%s." % self.truncate_hint)
+                                 prompt_tokens=prompt, context_length=context, reason="input_too_long",
+                                 hint="Shorten or split it%s." % self.truncate_hint, **a.fields)
 
     def _no_endpoint(self, a: _ErrorAnswer) -> UnsupportedEndpointError:
         """The one rule for an endpoint the server lacks: name the path asked, what has it, what to do."""
         return UnsupportedEndpointError("%s at %s has no endpoint %s (HTTP %s: %s)%s." % (
-            self.title, self.base_url, a.path, a.status, a.said, "; it needs %s" % a.needed if a.needed else ""),
-            path=a.path, needed=a.needed, manual=a.manual, status=a.status, server_message=a.message, body=a.body,
-            reason="endpoint_missing", hint=a.manual or "Is this really %s? %s" % (self.title, self.wrong_server_hint))
+            self.title, self.base_url, a.path, a.status, a.said, "; it "
+                                                                 "needs %s" % a.needed if a.needed else ""),
+            path=a.path, needed=a.needed, manual=a.manual, reason="endpoint_missing",
+            hint=a.manual or "Is this really %s? %s" % (self.title, self.wrong_server_hint), **a.fields)
 
     def _not_found(self, model: str, said: str, status: Optional[int] = None, message: Optional[str] = None,
                    body: Optional[str] = None, offered: Optional[Sequence[str]] = None) -> ModelNotFoundError:
@@ -4229,32 +4278,33 @@ class BaseProvider:
         matches = self.close_matches(model, offered)
         return ModelNotFoundError("model %r is not available on %s at %s%s." % (
             model, self.title, self.base_url, ": " + said if said else ""),
-            model=model, host=self.base_url, suggestions=matches, status=status, server_message=message, body=body,
-            reason="model_not_found", hint=self.download_hint(model) + (
+            model=model, host=self.base_url, suggestions=matches, status=status, server_message=message,
+            body=body, reason="model_not_found", hint=self.download_hint(model) + (
                 " Close matches on this server: %s." % ", ".join(matches) if matches else ""))
 
-    #: The failure table: (does it apply to the answer?, the error) rows; the first that applies wins.
-    #: Subclasses put their own rows first.
+    #: The failure table: (applies, build) rows; the first row that applies to an error answer builds its
+    #: exception.  Subclasses put their own rows first.
     failure_rows: Tuple[_FailureRow, ...] = (
         (lambda p, a: a.path == p.embed_path and a.says(*_NO_EMBEDDING_PHRASES),
-         lambda p, a: EmbeddingNotSupportedError("%s cannot embed with model %r: %s." % (p.title, a.model, a.said),
-                                                 a.status, a.message, a.body, hint=p.embedding_hint,
-                                                 reason="embedding_unsupported")),
+         lambda p, a: EmbeddingNotSupportedError("%s cannot embed with model %r: %s." % (
+             p.title, a.model, a.said), hint=p.embedding_hint, reason="embedding_unsupported", **a.fields)),
         (lambda p, a: a.path == p.embed_path and (a.overflow is not None or a.says(*_TOO_LONG_PHRASES)),
          lambda p, a: p._too_long(a)),
-        (lambda p, a: a.status != 404 and a.overflow is not None, lambda p, a: p._overflowed(a)),
+        (lambda p, a: a.status != 404 and a.overflow is not None,
+         lambda p, a: p._overflowed(a)),
         (lambda p, a: a.status in (401, 403),
          lambda p, a: AuthenticationError("%s at %s refused the request (HTTP %s): %s." % (
-             p.title, p.base_url, a.status, a.said), a.status, a.message, a.body, reason="auth", hint=p.auth_hint)),
+             p.title, p.base_url, a.status, a.said), reason="auth", hint=p.auth_hint, **a.fields)),
         (lambda p, a: bool(a.model) and a.says("does not support tools"),
-         lambda p, a: ToolsNotSupportedError(
-             "%s model %r cannot call tools (%s said: %s)." % (p.title, a.model, p.title, a.said), model=a.model,
-             status=a.status, server_message=a.message, body=a.body, reason="tools_unsupported",
-             hint="Use a model trained for tool calls (on Ollama, 'ollama show MODEL' lists 'tools' among its "
-                  "capabilities), or call without tools=.")),
-        (lambda p, a: bool(a.model) and a.status is not None and p._is_model_not_found(a.status, a.message, a.body),
+         lambda p, a: ToolsNotSupportedError("%s model %r cannot call tools (%s said: %s)." % (
+             p.title, a.model, p.title, a.said), model=a.model, reason="tools_unsupported", **a.fields,
+             hint="Use a model trained for tool calls (on Ollama, 'ollama show MODEL' lists 'tools' among "
+                  "its capabilities), or call without tools=.")),
+        (lambda p, a: bool(a.model) and a.status is not None and p._is_model_not_found(a.status, a.message,
+                                                                                       a.body),
          lambda p, a: p._not_found(a.model, a.said, a.status, a.message, a.body)),
-        (lambda p, a: a.status is not None and _lacks_endpoint(a.status, a.message), lambda p, a: p._no_endpoint(a)),
+        (lambda p, a: a.status is not None and _lacks_endpoint(a.status, a.message),
+         lambda p, a: p._no_endpoint(a)),
     )
 
     # --- what each server does differently ------------------------------------
@@ -4302,11 +4352,13 @@ def _check_api_key(api_key: Any, source: str) -> str:
     token: str = api_key.strip()  # a token read from a file keeps its newline
     for index, char in enumerate(token):
         if not "!" <= char <= "~":
-            kind = ("white space" if char.isspace() else "a control character" if ord(char) < 32 or ord(char) == 127
+            kind = ("white "
+                    "space" if char.isspace() else "a control character" if ord(char) < 32 or ord(char) == 127
                     else "a non-ASCII character")
             raise InvalidInputError(
-                "%s has %s at position %d of %d; an HTTP header carries only visible ASCII characters. Check how "
-                "the token was copied or read (the token itself is not shown)." % (source, kind, index + 1,
+                "%s has %s at position %d of %d; an HTTP header carries only visible ASCII characters. Check "
+                "how the token was copied or read (the token itself is not shown)." % (source, kind,
+                                                                                       index + 1,
                                                                                    len(token)))
     return token
 
@@ -4345,8 +4397,8 @@ class OpenAICompatibleProvider(BaseProvider):
     model_not_found_phrases: Tuple[str, ...] = ("not found", "does not exist", "invalid model name")
     has_props = True  # llama.cpp's server answers /props; LM Studio never has it
     embed_path = "/v1/embeddings"
-    embedding_hint = ("Use an embedding model (e.g. text-embedding-nomic-embed-text-v1.5); a llama.cpp server "
-                      "needs --embeddings and --pooling mean.")
+    embedding_hint = ("Use an embedding model (e.g. text-embedding-nomic-embed-text-v1.5); a llama.cpp "
+                      "server needs --embeddings and --pooling mean.")
     embed_fields: Tuple[str, ...] = ("ttl",)
 
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
@@ -4360,8 +4412,8 @@ class OpenAICompatibleProvider(BaseProvider):
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
         choice = data["choices"][0]
         message = choice["message"]
-        reasoning = _text_field(message.get("reasoning_content")) or _text_field(message.get("reasoning")) or ""
-        return (_text_field(message.get("content")) or "", reasoning, choice.get("finish_reason"),
+        reasoning = _text_field(message.get("reasoning_content")) or _text_field(message.get("reasoning"))
+        return (_text_field(message.get("content")) or "", reasoning or "", choice.get("finish_reason"),
                 _openai_usage(data.get("usage")))
 
     def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
@@ -4394,8 +4446,8 @@ class OpenAICompatibleProvider(BaseProvider):
                           index: int) -> Dict[str, Any]:
         if not call_id:
             raise InvalidInputError(
-                "messages[%d] is a tool result without 'tool_call_id', and no assistant message before it has a "
-                "call it could answer%s; add the id of the call it answers" % (
+                "messages[%d] is a tool result without 'tool_call_id', and no assistant message before it "
+                "has a call it could answer%s; add the id of the call it answers" % (
                     index, " (to %r)" % name if name else ""))
         return {"role": "tool", "tool_call_id": call_id, "content": message.get("content")}
 
@@ -4403,14 +4455,16 @@ class OpenAICompatibleProvider(BaseProvider):
         return [entry["id"] for entry in data["data"]]
 
     def _read_embeddings(self, data: Any) -> List[List[float]]:
-        return _vectors([entry["embedding"] for entry in sorted(data["data"], key=lambda entry: entry["index"])])
+        return _vectors([entry["embedding"] for entry in sorted(data["data"],
+                                                                key=lambda entry: entry["index"])])
 
     def _convert_images(self, message: Mapping[str, Any], index: int) -> Mapping[str, Any]:
         """Images become ``image_url`` content parts holding data URLs, after the text."""
         content = message.get("content")
         if message.get("images") is None or not (content is None or isinstance(content, (str, list))):
             return message  # OpenAI content parts are sent as they are; a bad content is reported later
-        parts = list(content) if isinstance(content, list) else [{"type": "text", "text": content}] if content else []
+        text = [{"type": "text", "text": content}] if content else []
+        parts = list(content) if isinstance(content, list) else text
         parts += [{"type": "image_url", "image_url": {"url": "data:%s;base64,%s" % image}}
                   for image in _load_images(message["images"], index, self.image_types, self.title)]
         converted = {key: value for key, value in message.items() if key != "images"}
@@ -4424,11 +4478,13 @@ class OpenAICompatibleProvider(BaseProvider):
     # --- model facts: /v1/models, and llama.cpp's meta and /props ---------------
 
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
-        return ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: --ctx-size %d)."
+        return ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: "
+                "--ctx-size %d)."
                 % _suggest_context(prompt_tokens or 4096))
 
     def _list_model_info(self) -> List[ModelInfo]:
-        """From ``/v1/models``; llama.cpp's server adds ``meta`` (training and loaded context, size) and ``/props``."""
+        """From ``/v1/models``; llama.cpp's server adds ``meta`` (trained and loaded context, size) and
+        ``/props``."""
         entries = self._call("GET", self.models_path, read=lambda data: _entries(data, "data", "id"))
         props = self._props() if len(entries) == 1 else None
         settings = _dict_at(props, "default_generation_settings")
@@ -4445,10 +4501,11 @@ class OpenAICompatibleProvider(BaseProvider):
                 loaded=True if meta or props else None, loaded_context_length=loaded_context,
                 vision=vision if isinstance(vision, bool) else None,
                 quantization=meta.get("ftype") if isinstance(meta.get("ftype"), str) else None,
-                size_bytes=_first_int(meta.get("size")), source=self.models_path + (" + /props" if props else ""),
-                raw=entry))
+                size_bytes=_first_int(meta.get("size")),
+                source=self.models_path + (" + /props" if props else ""), raw=entry))
         if not entries or not any(info.context_length for info in infos):
-            logger.debug("%s at %s: %s reports no context lengths", self.title, self.base_url, self.models_path)
+            logger.debug("%s at %s: %s reports no context lengths", self.title, self.base_url,
+                         self.models_path)
         return infos
 
     def _server_version(self) -> Optional[str]:
@@ -4481,7 +4538,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
     has_props = False  # LM Studio has no /props (llama.cpp's); asking it costs a request and says nothing
     model_not_found_phrases = ("not found", "no models loaded", "not loaded", "does not exist",
                                "invalid model identifier")
-    image_types = ("image/png", "image/jpeg", "image/webp")  # "supports JPEG, PNG, and WebP" (LM Studio's docs)
+    image_types = ("image/png", "image/jpeg", "image/webp")  # "JPEG, PNG, and WebP" (LM Studio's docs)
     NATIVE_API_VERSION = "LM Studio 0.4.0 or later"
     poll_interval = 1.0                 # seconds between download status polls
     download_timeout = 24 * 3600.0      # the longest a download is waited for
@@ -4495,8 +4552,9 @@ class LMStudioProvider(OpenAICompatibleProvider):
 
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
         size = _suggest_context(prompt_tokens or 4096)
-        return ("Load the model with a larger context:  lms load %s --context-length %d  (or provider.load_model(%r, "
-                "context_length=%d)), or shorten the prompt." % (model, size, model, size))
+        return ("Load the model with a larger context:  lms load %s --context-length %d  (or "
+                "provider.load_model(%r, context_length=%d)), or shorten the prompt." % (model, size,
+                                                                                         model, size))
 
     def _list_model_info(self) -> List[ModelInfo]:
         """``/api/v1/models`` (LM Studio 0.4+), else ``/api/v0/models`` (0.3.6+), else ``/v1/models``."""
@@ -4505,17 +4563,19 @@ class LMStudioProvider(OpenAICompatibleProvider):
             read=lambda data: [_lm_studio_v1_info(entry) for entry in _entries(data, "models", "key")])
         if infos is None:
             infos = self._call("GET", "/api/v0/models", optional=True,
-                               read=lambda data: [_lm_studio_v0_info(entry) for entry in _entries(data, "data", "id")])
+                               read=lambda data: [_lm_studio_v0_info(e) for e in _entries(data,
+                                                                                          "data", "id")])
         if infos is not None:
             return infos
-        logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models (LM Studio before 0.3.6, or another "
-                     "server): only /v1/models facts", self.title, self.base_url)
+        logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models (LM Studio before 0.3.6, or "
+                     "another server): only /v1/models facts", self.title, self.base_url)
         return super()._list_model_info()
 
     def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         if keep_alive is not None:
-            logger.warning("LM Studio's /api/v1/models/load takes no keep-alive; keep_alive=%r not sent (LM Studio "
-                           "applies a ttl= model parameter when a chat request loads the model)", keep_alive)
+            logger.warning("LM Studio's /api/v1/models/load takes no keep-alive; keep_alive=%r not sent (LM "
+                           "Studio applies a ttl= model parameter when a chat request loads the model)",
+                           keep_alive)
         payload: Dict[str, Any] = {"model": name, "echo_load_config": True}
         if context_length is not None:
             payload["context_length"] = context_length
@@ -4564,8 +4624,9 @@ class LMStudioProvider(OpenAICompatibleProvider):
                     self.title, name, job.get("status"), _shorten(text, 200)),
                     server_message=str(job.get("status")), body=text)
             if time.monotonic() > deadline:
-                raise DownloadError("downloading %r from %s did not finish within %g s; it goes on in LM Studio "
-                                    "(see lms get / the Downloads panel)" % (name, self.title, self.download_timeout))
+                raise DownloadError("downloading %r from %s did not finish within %g s; it goes on in LM "
+                                    "Studio (see lms get / the Downloads panel)" % (
+                                        name, self.title, self.download_timeout))
             self._sleep(self.poll_interval)
             try:
                 job = self._call("GET", "/api/v1/models/download/status/%s" % job["job_id"])
@@ -4574,7 +4635,8 @@ class LMStudioProvider(OpenAICompatibleProvider):
                 status = exc.status if isinstance(exc, ProviderResponseError) else None
                 if status == 404:
                     raise DownloadError("%s lost track of the download of %r: %s" % (self.title, name, exc),
-                                        status=status, server_message=getattr(exc, "server_message", None)) from exc
+                                        status=status,
+                                        server_message=getattr(exc, "server_message", None)) from exc
                 if status is not None and 400 <= status < 500:
                     raise
                 failures += 1
@@ -4587,14 +4649,14 @@ class LMStudioProvider(OpenAICompatibleProvider):
 
     def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
                    finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
-        """LM Studio answers some prompts too long for the loaded context with an empty 200 and no finish reason."""
+        """LM Studio answers some prompts too long for the loaded context: an empty 200, no finish reason."""
         if has_text or finish_reason is not None:
             return
         estimate = _estimate_tokens(payload.get("messages") or [])
         context = self._known_context(model)
         raise ContextLengthError(
-            "%s model %r returned no text and no finish reason, which is how LM Studio answers a prompt that does "
-            "not fit the context the model is loaded with (the prompt is about %d tokens%s). %s" % (
+            "%s model %r returned no text and no finish reason, which is how LM Studio answers a prompt that "
+            "does not fit the context the model is loaded with (the prompt is about %d tokens%s). %s" % (
                 self.title, model.name, estimate, "; the loaded context is %d" % context if context else "",
                 self._context_advice(model.name, estimate)),
             prompt_tokens=estimate, context_length=context, estimated=True, result=result,
@@ -4652,13 +4714,14 @@ class OllamaProvider(BaseProvider):
     stream_end = ("done", True)
     #: A pull's errors come in its stream and are about downloading.
     failure_rows = (
-        (lambda p, a: a.path == "/api/pull" and a.status is None and a.says("file does not exist", "not found"),
+        (lambda p, a: a.path == "/api/pull" and a.status is None and a.says("file does not exist", "not "
+                                                                                                   "found"),
          lambda p, a: ModelNotFoundError("%s could not download %r: %s." % (p.title, a.model, a.message),
-                                         model=a.model, host=p.base_url, server_message=a.message, body=a.body,
-                                         reason="model_not_found", hint="Check the name on https://ollama.com/library")),
+                                         model=a.model, host=p.base_url, reason="model_not_found",
+                                         hint="Check the name on https://ollama.com/library", **a.fields)),
         (lambda p, a: a.path == "/api/pull" and a.status is None,
-         lambda p, a: DownloadError("%s reported an error while downloading %r: %s" % (p.title, a.model, a.message),
-                                    server_message=a.message, body=a.body, reason="download_failed")),
+         lambda p, a: DownloadError("%s reported an error while downloading %r: %s" % (
+             p.title, a.model, a.message), reason="download_failed", **a.fields)),
     ) + BaseProvider.failure_rows
 
     embed_path = "/api/embed"
@@ -4669,7 +4732,8 @@ class OllamaProvider(BaseProvider):
     embed_fields = ("keep_alive", "options", "truncate")
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error", **limits: int):
+                 api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error",
+                 **limits: int):
         """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (the default)
         raises ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Other options as
         for BaseProvider."""
@@ -4699,8 +4763,8 @@ class OllamaProvider(BaseProvider):
                     images.append(_accepted_image(url, "messages[%d]['content'][%d]" % (index, number),
                                                   self.image_types, self.title))
                 else:
-                    raise InvalidInputError("messages[%d]['content'][%d] is a %r part; Ollama takes 'text' and "
-                                            "'image_url' parts" % (index, number, kind))
+                    raise InvalidInputError("messages[%d]['content'][%d] is a %r part; Ollama takes 'text' "
+                                            "and 'image_url' parts" % (index, number, kind))
             content = "\n".join(texts)
         elif images is not None:
             images = _load_images(images, index, self.image_types, self.title)
@@ -4774,8 +4838,8 @@ class OllamaProvider(BaseProvider):
 
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
         size = _suggest_context(prompt_tokens or 4096)
-        return ("Raise num_ctx: ollama://%s?num_ctx=%d (or load_model(%r, context_length=%d)), or shorten the "
-                "prompt." % (model, size, model, size))
+        return ("Raise num_ctx: ollama://%s?num_ctx=%d (or load_model(%r, context_length=%d)), or shorten "
+                "the prompt." % (model, size, model, size))
 
     def _server_version(self) -> Optional[str]:
         """Ollama's version from ``/api/version``, e.g. ``"0.24.0"``."""
@@ -4790,7 +4854,8 @@ class OllamaProvider(BaseProvider):
 
     def _list_model_info(self) -> List[ModelInfo]:
         entries, running = self._tags(), self._running()
-        return [_ollama_info(str(e["name"]), self._show(str(e["name"]), quiet=True), running, e) for e in entries]
+        return [_ollama_info(str(entry["name"]), self._show(str(entry["name"]), quiet=True), running, entry)
+                for entry in entries]
 
     def _tags(self, optional: bool = False) -> List[Dict[str, Any]]:
         """``/api/tags``'s models (none when ``optional`` and the server has no /api/tags)."""
@@ -4799,7 +4864,7 @@ class OllamaProvider(BaseProvider):
         return entries or []
 
     def _show(self, name: str, quiet: bool = False) -> Dict[str, Any]:
-        """``/api/show``'s answer; ``quiet``: {} when it fails, so one broken model does not hide the others."""
+        """``/api/show``'s answer; ``quiet``: {} when it fails (one broken model must not hide the others)."""
         try:
             show: Dict[str, Any] = self._call("POST", "/api/show", {"model": name}, model=name)
         except ProviderResponseError as exc:
@@ -4811,12 +4876,13 @@ class OllamaProvider(BaseProvider):
 
     def _running(self) -> Optional[List[Dict[str, Any]]]:
         """``/api/ps``'s models (None when the server has no /api/ps); remembers each one's loaded context."""
-        entries: Optional[List[Dict[str, Any]]] = self._call("GET", "/api/ps", optional=True,
-                                                              read=lambda data: _entries(data, "models", "name"))
+        entries: Optional[List[Dict[str, Any]]] = self._call(
+            "GET", "/api/ps", optional=True, read=lambda data: _entries(data, "models", "name"))
         now = time.monotonic()
         for entry in entries or []:
             if not _is_past(entry.get("expires_at")):
-                self._ps_seen[_ollama_key(str(entry["name"]))] = (now, _first_int(entry.get("context_length")))
+                context = _first_int(entry.get("context_length"))
+                self._ps_seen[_ollama_key(str(entry["name"]))] = (now, context)
         return entries
 
     def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
@@ -4843,7 +4909,8 @@ class OllamaProvider(BaseProvider):
         yield from self._pull_progress(name, self._stream_json("/api/pull", {"model": name, "stream": True},
                                                                debug=_debug_call_running(), model=name))
 
-    def _pull_progress(self, name: str, events: Generator[Dict[str, Any], None, None]) -> Iterator[PullProgress]:
+    def _pull_progress(self, name: str,
+                       events: Generator[Dict[str, Any], None, None]) -> Iterator[PullProgress]:
         status = None
         try:
             for event in events:
@@ -4853,8 +4920,9 @@ class OllamaProvider(BaseProvider):
         finally:
             events.close()  # a caller that stops early must not leave the connection open
         if status != "success":
-            raise DownloadError("%s stopped reporting on the download of %r before it succeeded (last status: %r); "
-                                "run  ollama pull %s  to finish it" % (self.title, name, status, name),
+            raise DownloadError("%s stopped reporting on the download of %r before it succeeded (last "
+                                "status: %r); run  ollama pull %s  to finish it" % (self.title, name,
+                                                                                    status, name),
                                 server_message=status)
 
     def _loaded_context(self, model: ModelConfig) -> Optional[int]:
@@ -4888,20 +4956,22 @@ class OllamaProvider(BaseProvider):
             return
         options = payload.get("options") or {}
         context = _first_int(options.get("num_ctx"))
-        if context is None and evaluated >= 256:  # no context is that small: only then is /api/ps worth asking
+        if context is None and evaluated >= 256:  # no context is that small: only then ask /api/ps
             context = self._loaded_context(model)
         if not context or evaluated < context - min(64, context // 32):
             return
         message = ("%s truncated the prompt for model %r: it evaluated %d prompt tokens, the whole context "
-                   "(num_ctx %d), but the prompt is about %d tokens, so its beginning was dropped and the reply "
-                   "answers a different prompt. %s" % (self.title, model.name, evaluated, context, estimate,
+                   "(num_ctx %d), but the prompt is about %d tokens, so its beginning was dropped and the "
+                   "reply answers a different "
+                   "prompt. %s" % (self.title, model.name, evaluated, context, estimate,
                                                        self._context_advice(model.name, estimate)))
         if self.on_truncation == "warn":
             logger.warning(message)
             return
-        raise ContextLengthError(message + " (To get the reply anyway: OllamaProvider(on_truncation='warn'); this "
-                                 "error's .result holds it.)", prompt_tokens=estimate, context_length=context,
-                                 estimated=True, result=result, server_message="prompt_eval_count=%d" % evaluated)
+        raise ContextLengthError(message + " (To get the reply anyway: OllamaProvider(on_truncation='warn'); "
+                                 "this error's .result holds it.)", prompt_tokens=estimate,
+                                 context_length=context, estimated=True, result=result,
+                                 server_message="prompt_eval_count=%d" % evaluated)
 
 
 def _ollama_key(name: str) -> str:
@@ -4933,9 +5003,9 @@ def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict
             loaded, loaded_context = True, _first_int(entry.get("context_length"))
     kind = None
     if isinstance(capabilities, list):
-        kind = "embedding" if "embedding" in capabilities else ("llm" if "completion" in capabilities else None)
+        kind = "embedding" if "embedding" in capabilities else "llm" if "completion" in capabilities else None
     return ModelInfo(
-        name, context_length=_first_int(facts.get("%s.context_length" % architecture)) if architecture else None,
+        name, context_length=_first_int(facts.get("%s.context_length" % architecture)),
         loaded=loaded, loaded_context_length=loaded_context, tools=has("tools"), vision=has("vision"),
         thinking=has("thinking"), embedding=has("embedding"),
         quantization=details.get("quantization_level") or None, size_bytes=_first_int(listed.get("size")),
@@ -4971,7 +5041,8 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
     elif isinstance(model, str):
         model = parse_model_uri(model)
     if not isinstance(model, ModelConfig):
-        raise InvalidInputError("get_provider needs a model URI, a ModelConfig or a role name, got %r" % (model,))
+        raise InvalidInputError("get_provider needs a model URI, a ModelConfig or a role name, "
+                                "got %r" % (model,))
     base_url = resolve_host(model.provider, model.host, config)
     cls = PROVIDER_CLASSES[model.provider]
     try:
