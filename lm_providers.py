@@ -3431,6 +3431,55 @@ class _ErrorAnswer:
 _FailureRow = Tuple[Callable[[Any, _ErrorAnswer], bool], Callable[[Any, _ErrorAnswer], ProviderError]]
 
 
+def _overflow_error(p: "BaseProvider", a: _ErrorAnswer) -> ContextLengthError:
+    prompt, context = a.overflow or (None, None)
+    return ContextLengthError("%s model %r: the prompt%s does not fit the context%s (%s): %s." % (
+        p.title, a.model, " (%d tokens)" % prompt if prompt else "",
+        " it is loaded with (%d tokens)" % context if context else "",
+        "HTTP %d" % a.status if a.status else "an error in the reply", a.said),
+        prompt_tokens=prompt, context_length=context, reason="context_length",
+        hint=p._context_advice(a.model, prompt), **a.fields)
+
+
+def _too_long_error(p: "BaseProvider", a: _ErrorAnswer) -> InputTooLongError:
+    prompt, context = a.overflow or (None, None)
+    return InputTooLongError("a text is too long for %s model %r: %s." % (p.title, a.model, a.said),
+                             prompt_tokens=prompt, context_length=context, reason="input_too_long",
+                             hint="Shorten or split it%s." % p.truncate_hint, **a.fields)
+
+
+def _no_endpoint_error(p: "BaseProvider", a: _ErrorAnswer) -> UnsupportedEndpointError:
+    """The one rule for an endpoint the server lacks: name the path asked, what has it, what to do."""
+    return UnsupportedEndpointError("%s at %s has no endpoint %s (HTTP %s: %s)%s." % (
+        p.title, p.base_url, a.path, a.status, a.said, "; it needs %s" % a.needed if a.needed else ""),
+        path=a.path, needed=a.needed, manual=a.manual, reason="endpoint_missing",
+        hint=a.manual or "Is this really %s? %s" % (p.title, p.wrong_server_hint), **a.fields)
+
+
+#: The failure table every provider starts from: (applies, build) rows; the first row that applies to an
+#: error answer builds its exception.  A provider class puts its own rows first (``failure_rows``).
+_FAILURES: Tuple[_FailureRow, ...] = (
+    (lambda p, a: a.path == p.embed_path and a.says(*_NO_EMBEDDING_PHRASES),
+     lambda p, a: EmbeddingNotSupportedError("%s cannot embed with model %r: %s." % (
+         p.title, a.model, a.said), hint=p.embedding_hint, reason="embedding_unsupported", **a.fields)),
+    (lambda p, a: a.path == p.embed_path and (a.overflow is not None or a.says(*_TOO_LONG_PHRASES)),
+     _too_long_error),
+    (lambda p, a: a.status != 404 and a.overflow is not None, _overflow_error),
+    (lambda p, a: a.status in (401, 403),
+     lambda p, a: AuthenticationError("%s at %s refused the request (HTTP %s): %s." % (
+         p.title, p.base_url, a.status, a.said), reason="auth", hint=p.auth_hint, **a.fields)),
+    (lambda p, a: bool(a.model) and a.says("does not support tools"),
+     lambda p, a: ToolsNotSupportedError("%s model %r cannot call tools (%s said: %s)." % (
+         p.title, a.model, p.title, a.said), model=a.model, reason="tools_unsupported", **a.fields,
+         hint="Use a model trained for tool calls (on Ollama, 'ollama show MODEL' lists 'tools' among its "
+              "capabilities), or call without tools=.")),
+    (lambda p, a: a.model != "" and a.status is not None
+     and p._is_model_not_found(a.status, a.message, a.body),
+     lambda p, a: p._not_found(a.model, a.said, a.status, a.message, a.body)),
+    (lambda p, a: a.status is not None and _lacks_endpoint(a.status, a.message), _no_endpoint_error),
+)
+
+
 class BaseProvider:
     """What every provider shares: validation, payload assembly, the transport,
     streaming, reasoning removal, JSON generation, model listing and facts,
@@ -3465,6 +3514,7 @@ class BaseProvider:
     vision_hint = "Use a model with vision."
     embedding_hint = ""
     truncate_hint = ""
+    failure_rows = _FAILURES  # what an error answer means
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -4240,36 +4290,14 @@ class BaseProvider:
     def _context_error(self, status: Optional[int], body: str, model: str) -> Optional[ContextLengthError]:
         """A ContextLengthError when an error answer says the prompt did not fit the context, else None."""
         answer = _ErrorAnswer(status, body, model, self.chat_path)
-        return self._overflowed(answer) if answer.overflow is not None else None
+        return _overflow_error(self, answer) if answer.overflow is not None else None
 
     def _tabled(self, answer: _ErrorAnswer) -> Optional[ProviderError]:
+        """The error of the first row of ``failure_rows`` that applies to ``answer``."""
         for applies, build in self.failure_rows:
             if applies(self, answer):
                 return build(self, answer)
         return None
-
-    def _overflowed(self, a: _ErrorAnswer) -> ContextLengthError:
-        prompt, context = a.overflow or (None, None)
-        return ContextLengthError("%s model %r: the prompt%s does not fit the context%s (%s): %s." % (
-            self.title, a.model, " (%d tokens)" % prompt if prompt else "",
-            " it is loaded with (%d tokens)" % context if context else "",
-            "HTTP %d" % a.status if a.status else "an error in the reply", a.said),
-            prompt_tokens=prompt, context_length=context, reason="context_length",
-            hint=self._context_advice(a.model, prompt), **a.fields)
-
-    def _too_long(self, a: _ErrorAnswer) -> InputTooLongError:
-        prompt, context = a.overflow or (None, None)
-        return InputTooLongError("a text is too long for %s model %r: %s." % (self.title, a.model, a.said),
-                                 prompt_tokens=prompt, context_length=context, reason="input_too_long",
-                                 hint="Shorten or split it%s." % self.truncate_hint, **a.fields)
-
-    def _no_endpoint(self, a: _ErrorAnswer) -> UnsupportedEndpointError:
-        """The one rule for an endpoint the server lacks: name the path asked, what has it, what to do."""
-        return UnsupportedEndpointError("%s at %s has no endpoint %s (HTTP %s: %s)%s." % (
-            self.title, self.base_url, a.path, a.status, a.said, "; it "
-                                                                 "needs %s" % a.needed if a.needed else ""),
-            path=a.path, needed=a.needed, manual=a.manual, reason="endpoint_missing",
-            hint=a.manual or "Is this really %s? %s" % (self.title, self.wrong_server_hint), **a.fields)
 
     def _not_found(self, model: str, said: str, status: Optional[int] = None, message: Optional[str] = None,
                    body: Optional[str] = None, offered: Optional[Sequence[str]] = None) -> ModelNotFoundError:
@@ -4281,31 +4309,6 @@ class BaseProvider:
             model=model, host=self.base_url, suggestions=matches, status=status, server_message=message,
             body=body, reason="model_not_found", hint=self.download_hint(model) + (
                 " Close matches on this server: %s." % ", ".join(matches) if matches else ""))
-
-    #: The failure table: (applies, build) rows; the first row that applies to an error answer builds its
-    #: exception.  Subclasses put their own rows first.
-    failure_rows: Tuple[_FailureRow, ...] = (
-        (lambda p, a: a.path == p.embed_path and a.says(*_NO_EMBEDDING_PHRASES),
-         lambda p, a: EmbeddingNotSupportedError("%s cannot embed with model %r: %s." % (
-             p.title, a.model, a.said), hint=p.embedding_hint, reason="embedding_unsupported", **a.fields)),
-        (lambda p, a: a.path == p.embed_path and (a.overflow is not None or a.says(*_TOO_LONG_PHRASES)),
-         lambda p, a: p._too_long(a)),
-        (lambda p, a: a.status != 404 and a.overflow is not None,
-         lambda p, a: p._overflowed(a)),
-        (lambda p, a: a.status in (401, 403),
-         lambda p, a: AuthenticationError("%s at %s refused the request (HTTP %s): %s." % (
-             p.title, p.base_url, a.status, a.said), reason="auth", hint=p.auth_hint, **a.fields)),
-        (lambda p, a: bool(a.model) and a.says("does not support tools"),
-         lambda p, a: ToolsNotSupportedError("%s model %r cannot call tools (%s said: %s)." % (
-             p.title, a.model, p.title, a.said), model=a.model, reason="tools_unsupported", **a.fields,
-             hint="Use a model trained for tool calls (on Ollama, 'ollama show MODEL' lists 'tools' among "
-                  "its capabilities), or call without tools=.")),
-        (lambda p, a: bool(a.model) and a.status is not None and p._is_model_not_found(a.status, a.message,
-                                                                                       a.body),
-         lambda p, a: p._not_found(a.model, a.said, a.status, a.message, a.body)),
-        (lambda p, a: a.status is not None and _lacks_endpoint(a.status, a.message),
-         lambda p, a: p._no_endpoint(a)),
-    )
 
     # --- what each server does differently ------------------------------------
 
@@ -4722,7 +4725,7 @@ class OllamaProvider(BaseProvider):
         (lambda p, a: a.path == "/api/pull" and a.status is None,
          lambda p, a: DownloadError("%s reported an error while downloading %r: %s" % (
              p.title, a.model, a.message), reason="download_failed", **a.fields)),
-    ) + BaseProvider.failure_rows
+    ) + _FAILURES
 
     embed_path = "/api/embed"
     embed_needed = "Ollama 0.3.4 or later"  # /api/embed came with 0.3.4 (ollama/ollama#6730)
