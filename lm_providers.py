@@ -2516,7 +2516,7 @@ def _tool_calls_from(parts: Any, title: str, finish_reason: Optional[str]) -> Li
     if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("function"), dict)
                                               for p in parts):
         raise ProviderResponseError("%s sent tool calls of an unexpected shape: %s" % (
-            title, _shorten(json.dumps(parts, ensure_ascii=False, default=str), 300)))
+            title, _shorten(json.dumps(parts, ensure_ascii=False, default=str), 300)), reason="bad_response")
     return [_tool_call(title, p.get("id"), p["function"].get("name"), p["function"].get("arguments"),
                        finish_reason)
             for p in parts]
@@ -4053,9 +4053,9 @@ class BaseProvider:
         if finish_reason == "length":
             if not has_text:
                 raise ProviderResponseError(
-                    "%s model %r used the whole token limit%s before writing any answer; raise max_tokens "
-                    "(num_predict on Ollama)" % (self.title, model.name, " on reasoning" if reasoned else ""),
-                    server_message="finish_reason=length")
+                    "%s model %r used the whole token limit%s before writing any answer;" % (
+                        self.title, model.name, " on reasoning" if reasoned else ""),
+                    server_message="finish_reason=length", hint="raise max_tokens (num_predict on Ollama)")
             logger.warning("%s model %r stopped at the token limit (finish_reason=length); the reply is cut "
                            "short. Raise max_tokens to get more.", self.title, model.name)
         elif not has_text and finish_reason != "tool_calls":
@@ -4625,11 +4625,11 @@ class LMStudioProvider(OpenAICompatibleProvider):
                 text = self.transport.scrub(json.dumps(job))
                 raise DownloadError("%s could not download %r (status %r): %s" % (
                     self.title, name, job.get("status"), _shorten(text, 200)),
-                    server_message=str(job.get("status")), body=text)
+                    server_message=str(job.get("status")), body=text, reason="download_failed")
             if time.monotonic() > deadline:
                 raise DownloadError("downloading %r from %s did not finish within %g s; it goes on in LM "
                                     "Studio (see lms get / the Downloads panel)" % (
-                                        name, self.title, self.download_timeout))
+                                        name, self.title, self.download_timeout), reason="timeout")
             self._sleep(self.poll_interval)
             try:
                 job = self._call("GET", "/api/v1/models/download/status/%s" % job["job_id"])
@@ -4638,14 +4638,14 @@ class LMStudioProvider(OpenAICompatibleProvider):
                 status = exc.status if isinstance(exc, ProviderResponseError) else None
                 if status == 404:
                     raise DownloadError("%s lost track of the download of %r: %s" % (self.title, name, exc),
-                                        status=status,
-                                        server_message=getattr(exc, "server_message", None)) from exc
+                                        status=status, server_message=getattr(exc, "server_message", None),
+                                        reason="download_failed") from exc
                 if status is not None and 400 <= status < 500:
                     raise
                 failures += 1
                 if failures > 3:
                     raise DownloadError("asking %s about the download of %r failed %d times in a row: %s" % (
-                        self.title, name, failures, exc)) from exc
+                        self.title, name, failures, exc), reason="download_failed") from exc
                 logger.info("download status of %r not available (%s); asking again", name, _one_line(exc))
                 continue
             yield _job_progress(job)
@@ -4659,17 +4659,18 @@ class LMStudioProvider(OpenAICompatibleProvider):
         context = self._known_context(model)
         raise ContextLengthError(
             "%s model %r returned no text and no finish reason, which is how LM Studio answers a prompt that "
-            "does not fit the context the model is loaded with (the prompt is about %d tokens%s). %s" % (
-                self.title, model.name, estimate, "; the loaded context is %d" % context if context else "",
-                self._context_advice(model.name, estimate)),
+            "does not fit the context the model is loaded with (the prompt is about %d tokens%s)." % (
+                self.title, model.name, estimate, "; the loaded context is %d" % context if context else ""),
             prompt_tokens=estimate, context_length=context, estimated=True, result=result,
-            server_message="empty reply without finish_reason")
+            server_message="empty reply without finish_reason", reason="context_length",
+            hint=self._context_advice(model.name, estimate))
 
 
 def _job_progress(job: Any) -> PullProgress:
     """A PullProgress from an LM Studio download job (``/api/v1/models/download`` and its status)."""
     if not isinstance(job, dict):
-        raise DownloadError("LM Studio answered a download request with %r instead of a job" % (job,))
+        raise DownloadError("LM Studio answered a download request with %r instead of a job" % (job,),
+                            reason="bad_response")
     return PullProgress(str(job.get("status")), _first_int(job.get("downloaded_bytes")),
                         _first_int(job.get("total_size_bytes")), job.get("job_id"))
 
@@ -4924,9 +4925,8 @@ class OllamaProvider(BaseProvider):
             events.close()  # a caller that stops early must not leave the connection open
         if status != "success":
             raise DownloadError("%s stopped reporting on the download of %r before it succeeded (last "
-                                "status: %r); run  ollama pull %s  to finish it" % (self.title, name,
-                                                                                    status, name),
-                                server_message=status)
+                                "status: %r)." % (self.title, name, status), server_message=status,
+                                reason="download_failed", hint="Run  ollama pull %s  to finish it." % name)
 
     def _loaded_context(self, model: ModelConfig) -> Optional[int]:
         """The context the model is loaded with: from /api/ps, asked at most every 30 s (only when needed)."""
@@ -4965,16 +4965,16 @@ class OllamaProvider(BaseProvider):
             return
         message = ("%s truncated the prompt for model %r: it evaluated %d prompt tokens, the whole context "
                    "(num_ctx %d), but the prompt is about %d tokens, so its beginning was dropped and the "
-                   "reply answers a different "
-                   "prompt. %s" % (self.title, model.name, evaluated, context, estimate,
-                                                       self._context_advice(model.name, estimate)))
+                   "reply answers a different prompt. %s" % (
+                       self.title, model.name, evaluated, context, estimate,
+                       self._context_advice(model.name, estimate)))
         if self.on_truncation == "warn":
             logger.warning(message)
             return
         raise ContextLengthError(message + " (To get the reply anyway: OllamaProvider(on_truncation='warn'); "
                                  "this error's .result holds it.)", prompt_tokens=estimate,
                                  context_length=context, estimated=True, result=result,
-                                 server_message="prompt_eval_count=%d" % evaluated)
+                                 server_message="prompt_eval_count=%d" % evaluated, reason="context_length")
 
 
 def _ollama_key(name: str) -> str:
