@@ -659,7 +659,7 @@ def test_lm_studio_overflow_message_is_a_context_length_error(rsps, status):
         lmp.LMStudioProvider().chat(MESSAGES, "qwen2.5-7b-instruct")
     error = caught.value
     assert (error.prompt_tokens, error.context_length, error.status) == (10136, 7866, status)
-    assert "lms load qwen2.5-7b-instruct --context-length 13312" in str(error)
+    assert error.reason == "context_length" and "lms load qwen2.5-7b-instruct --context-length 13312" in error.hint
     assert "load_model('qwen2.5-7b-instruct', context_length=13312)" in str(error)
 
 
@@ -696,6 +696,7 @@ def test_lm_studio_empty_stream_without_finish_reason_is_a_context_length_error(
     with pytest.raises(lmp.ContextLengthError) as caught:
         list(lmp.LMStudioProvider(host=server.host).stream_text(MESSAGES, "m"))
     assert "no text and no finish reason" in str(caught.value) and caught.value.estimated
+    assert caught.value.reason == "context_length" and caught.value.hint
 
 
 def test_lm_studio_error_event_in_a_stream_is_a_context_length_error(server):

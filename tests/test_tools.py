@@ -354,8 +354,9 @@ def test_a_model_without_tools_is_a_typed_error_naming_it(server, streamed):
         else:
             provider.chat(ASK, "smollm2", tools=[WEATHER])
     error = caught.value
-    assert error.model == "smollm2" and error.status == 400
-    assert "'smollm2' cannot call tools" in str(error) and "does not support tools" in str(error)
+    assert error.model == "smollm2" and error.status == 400 and error.reason == "tools_unsupported"
+    assert "'smollm2' cannot call tools" in error.message and "does not support tools" in error.message
+    assert "without tools=" in error.hint
 
 
 # --- streamed replies ------------------------------------------------------------------------------------------
