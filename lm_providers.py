@@ -2277,10 +2277,9 @@ _MAX_TOOL_ARGUMENT_CHARS = 1000000     # argument text of one streamed call
 class ToolCall:
     """One function call the model asked for.
 
-    ``id`` identifies the call (the server's, or one made up when the server
-    sends none), ``name`` is the function's name, ``arguments`` the parsed
-    arguments (a dict) and ``raw_arguments`` their JSON text as the server sent it.
-    """
+    ``id`` identifies the call (the server's, or one made up when the server sends none), ``name`` is the
+    function's name, ``arguments`` the parsed arguments (a dict) and ``raw_arguments`` their JSON text as the
+    server sent it."""
 
     __slots__ = ("id", "name", "arguments", "raw_arguments")
 
@@ -2591,12 +2590,11 @@ def _run_tool(functions: Mapping[str, Any], call: ToolCall) -> str:
 
 
 class ChatResult:
-    """A finished reply: ``text`` (reasoning removed), ``reasoning``, ``finish_reason``
-    (``"stop"``, ``"length"``, ``"tool_calls"``, ...), ``usage`` (``prompt_tokens``,
-    ``completion_tokens``, ``total_tokens``, or None), ``model``, the server's ``raw``
-    response and ``tool_calls`` (a list of ToolCall, empty when the model called none).
-    ``logprobs``: with the ``logprobs`` parameter, one ``{"token", "logprob",
-    "top_logprobs"}`` dict per reply token (None when none came back)."""
+    """A finished reply: ``text`` (reasoning removed), ``reasoning``, ``finish_reason`` (``"stop"``,
+    ``"length"``, ``"tool_calls"``, ...), ``usage`` (``prompt_tokens``, ``completion_tokens``,
+    ``total_tokens``, or None), ``model``, the server's ``raw`` response and ``tool_calls`` (a list of
+    ToolCall, empty when the model called none). ``logprobs``: with the ``logprobs`` parameter, one
+    ``{"token", "logprob", "top_logprobs"}`` dict per reply token (None when none came back)."""
 
     __slots__ = ("text", "reasoning", "finish_reason", "usage", "model", "raw", "tool_calls", "logprobs")
 
@@ -2623,10 +2621,9 @@ class ChatResult:
 
 
 class ToolRunResult(ChatResult):
-    """What ``run_tools`` returns: the model's final reply (a ChatResult), plus
-    ``messages``, the whole conversation (the caller's messages, each tool
-    request, each tool result and the final reply), and ``rounds``, how many
-    rounds of tool calls were run."""
+    """What ``run_tools`` returns: the model's final reply (a ChatResult), plus ``messages``, the whole
+    conversation (the caller's messages, each tool request, each tool result and the final reply), and
+    ``rounds``, how many rounds of tool calls were run."""
 
     __slots__ = ("messages", "rounds")
 
@@ -2869,10 +2866,8 @@ _JSON_FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str, Any]:
     """Find the JSON object in a model's reply and check it has the required attributes.
 
-    Tolerates code fences, prose before or after, and a leading ``<think>``
-    block.  Returns the first object that has every required attribute; raises
-    ValueError saying what was wrong otherwise.
-    """
+    Tolerates code fences, prose before or after, and a leading ``<think>`` block.  Returns the first object
+    that has every required attribute; raises ValueError saying what was wrong otherwise."""
     if not isinstance(text, str):
         raise ValueError("expected the reply text, got %r" % (text,))
     content, _ = split_reasoning(text)
@@ -2983,10 +2978,8 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     """``(mime_type, base64_text)`` for an image given as a file path (``str`` or ``pathlib.Path``),
     ``bytes``, base64 text or a ``data:`` URL.
 
-    The type is read from the bytes (PNG, JPEG, WebP or GIF).  A missing file,
-    another type, or more than ``MAX_IMAGE_BYTES`` raises InvalidInputError
-    naming ``where``.
-    """
+    The type is read from the bytes (PNG, JPEG, WebP or GIF).  A missing file, another type, or more than
+    ``MAX_IMAGE_BYTES`` raises InvalidInputError naming ``where``."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
     elif isinstance(image, os.PathLike):
@@ -3150,19 +3143,15 @@ def _logprobs_of(provider: "BaseProvider", data: Any) -> Optional[List[Dict[str,
 class ModelInfo:
     """What a server reports about one model; the same fields for every server, None when it does not say.
 
-    ``name``; ``context_length`` (the most the model supports); ``loaded`` and
-    ``loaded_context_length`` (the context it is loaded with now);
-    ``tools``, ``vision``, ``thinking``, ``embedding`` (capabilities, each
-    True, False or None for unknown; ``capabilities`` is the set of those that
-    are True); ``quantization``; ``size_bytes``; ``kind`` (``"llm"``,
-    ``"vlm"``, ``"embedding"``); ``source`` (the endpoint the facts came from)
-    and ``raw`` (the server's own record, for anything else).
-    """
+    ``name``; ``context_length`` (the most the model supports); ``loaded`` and ``loaded_context_length`` (the
+    context it is loaded with now); ``tools``, ``vision``, ``thinking``, ``embedding`` (capabilities, each
+    True, False or None for unknown; ``capabilities`` is the set of those that are True); ``quantization``;
+    ``size_bytes``; ``kind`` (``"llm"``, ``"vlm"``, ``"embedding"``); ``source`` (the endpoint the facts came
+    from) and ``raw`` (the server's own record, for anything else)."""
 
-    __slots__ = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
-                 "embedding", "quantization", "size_bytes", "kind", "source", "raw")
     FIELDS = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
               "embedding", "quantization", "size_bytes", "kind", "source")
+    __slots__ = FIELDS + ("raw",)
 
     def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
                  loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
@@ -3481,17 +3470,11 @@ _FAILURES: Tuple[_FailureRow, ...] = (
 
 
 class BaseProvider:
-    """What every provider shares: validation, payload assembly, the transport,
-    streaming, reasoning removal, JSON generation, model listing and facts,
-    tools, embeddings and images.
+    """What every provider shares: the operations, the transport, model facts and the failure table.
 
-    Subclasses set the class attributes below and implement the server's
-    shapes: ``_read_reply``, ``_read_event``, ``_model_names``,
-    ``_is_model_not_found``, ``_tool_call_parts``, ``_wire_tool_call``,
-    ``_wire_tool_result``, ``_read_embeddings``, ``_convert_images`` and
-    ``_raw_logprobs``.  A provider may be shared between threads; a single
-    stream belongs to one thread.
-    """
+    A subclass sets ``kind`` and the class attributes below and implements the server's shapes (the methods
+    under "what each server does differently").  A provider may be shared between threads; a single stream
+    belongs to one thread."""
 
     #: The server kind's row in SERVER_KINDS; a subclass that sets it gets the row's fields below as
     #: class attributes (``provider`` is the kind's name, ``api_key_env`` its ``key_env``).
@@ -3536,8 +3519,8 @@ class BaseProvider:
         """``host``: any accepted host form (default: environment, then the server's default).
         ``timeout``: read timeout in seconds, or ``(connect, read)``; defaults (5, 600).
         ``max_retries``: how often a 429/503 answer is retried before any text is read.
-        ``max_event_bytes``, ``max_body_bytes``: the largest stream event (32 MiB) and whole
-        answer (128 MiB) accepted, counted after decompression."""
+        ``max_event_bytes``, ``max_body_bytes``: the largest stream event (32 MiB) and whole answer
+        (128 MiB) accepted, counted after decompression."""
         for name, limit in (("max_event_bytes", max_event_bytes), ("max_body_bytes", max_body_bytes)):
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
                 raise InvalidInputError("%s must be a whole number of bytes >= 1, got %r" % (name, limit))
@@ -3577,11 +3560,9 @@ class BaseProvider:
              debug: bool = False, tools: Any = None, tool_choice: Any = None) -> ChatResult:
         """Generate a whole reply; return it with its reasoning, finish reason, usage and tool calls.
 
-        ``tools``: Python functions or function schemas the model may call (see
-        ``tool_schema``); the calls it asks for are in the result's ``tool_calls``.
-        ``tool_choice``: ``"auto"``, ``"none"``, ``"required"`` or one function
-        (OpenAI-compatible servers only; Ollama has none, so it is not sent there).
-        """
+        ``tools``: Python functions or function schemas the model may call (see ``tool_schema``); the calls it
+        asks for are in the result's ``tool_calls``. ``tool_choice``: ``"auto"``, ``"none"``, ``"required"``
+        or one function (OpenAI-compatible servers only; Ollama has none, so it is not sent there)."""
         with _debugging(debug):
             model = _with_tools(self._model(model), tools, tool_choice)
             payload = self._payload(messages, model, stream=False)
@@ -3615,10 +3596,8 @@ class BaseProvider:
                     debug: bool = False) -> TextStream:
         """Yield the reply's text pieces as the server sends them (a TextStream: an iterator).
 
-        Raises ProviderResponseError (after the pieces already yielded) if the
-        stream breaks off before the server marks it complete, or the server
-        reports an error mid-stream.
-        """
+        Raises ProviderResponseError (after the pieces already yielded) if the stream breaks off before the
+        server marks it complete, or the server reports an error mid-stream."""
         with _debugging(debug):
             return TextStream(self._stream(messages, self._model(model), debug,
                                            _StreamState(keep_reasoning=False)))
@@ -3628,11 +3607,9 @@ class BaseProvider:
                       max_attempts: int = 3, debug: bool = False) -> Dict[str, Any]:
         """Generate a JSON object that has every attribute in ``required_attributes``.
 
-        The server is asked for JSON that follows ``schema`` (default: one built
-        from the required attributes).  A reply that is not such an object is
-        answered with a repair message, up to ``max_attempts`` replies in all;
-        then JSONGenerationError is raised with the last reply.
-        """
+        The server is asked for JSON that follows ``schema`` (default: one built from the required
+        attributes).  A reply that is not such an object is answered with a repair message, up to
+        ``max_attempts`` replies in all; then JSONGenerationError is raised with the last reply."""
         _check_messages(messages, self.content_must_be_str)
         if not isinstance(required_attributes, (list, tuple)) or not all(
                 isinstance(a, str) for a in required_attributes):
@@ -3674,14 +3651,11 @@ class BaseProvider:
               batch_size: int = DEFAULT_EMBED_BATCH, debug: bool = False) -> List[List[float]]:
         """Embed one text or a list of texts; return one vector per text, in input order.
 
-        A single string is one text: ``embed("hi", m)`` returns ``[vector]``.
-        ``dimensions`` asks for shorter vectors (models that support it);
-        ``truncate`` (Ollama only) cuts a text that is too long instead of
-        failing.  The texts are sent ``batch_size`` at a time.  Raises
-        InvalidInputError (no text, an empty text), EmbeddingNotSupportedError
-        (a chat-only model or server) and InputTooLongError (a text over the
-        model's context).
-        """
+        A single string is one text: ``embed("hi", m)`` returns ``[vector]``.  ``dimensions`` asks for shorter
+        vectors (models that support it); ``truncate`` (Ollama only) cuts a text that is too long instead of
+        failing; texts go ``batch_size`` at a time.  Raises InvalidInputError (no text, an empty text),
+        EmbeddingNotSupportedError (a chat-only model or server), InputTooLongError (a text over the model's
+        context)."""
         model = self._model(model)
         inputs = _embedding_inputs(texts, dimensions, batch_size)
         vectors: List[List[float]] = []
@@ -3707,17 +3681,11 @@ class BaseProvider:
                   max_rounds: int = 5, tool_choice: Any = None, debug: bool = False) -> ToolRunResult:
         """Let the model use Python functions until it answers in text; return that answer.
 
-        Each round: the model is called with ``tools`` (Python functions), the
-        functions it asks for are run, and their results are sent back.  An
-        exception inside a tool, or a call to an unknown tool, goes back to the
-        model as that tool's result (``"error: ..."``), not up the stack.  A
-        return value that is not a string is sent as JSON (``str()`` when JSON
-        cannot hold it).  After ``max_rounds`` rounds of tool calls, a model
-        that still asks for tools raises ToolLoopError.  ``tool_choice`` applies
-        to the first call only (so ``"required"`` cannot loop forever).  The
-        caller's ``messages`` are not changed; the result's ``messages`` holds
-        the whole conversation.
-        """
+        Each round the model is called with ``tools``, the calls it asks for are run and their results (JSON
+        unless a string; ``str()`` when JSON cannot hold it) sent back.  A tool that raises, or an unknown
+        tool, answers ``"error: ..."`` to the model instead of raising.  After ``max_rounds`` rounds a model
+        that still asks for tools raises ToolLoopError.  ``tool_choice`` applies to the first call only.
+        ``messages`` is not changed; the result's ``messages`` is the whole conversation."""
         is_list = isinstance(tools, Sequence) and not isinstance(tools, (str, bytes))
         tools = list(tools) if is_list else [tools]
         for tool in tools:
@@ -3788,8 +3756,7 @@ class BaseProvider:
     def model_info(self, model: Union[str, ModelConfig], *, debug: bool = False) -> ModelInfo:
         """The facts the server reports about ``model`` as a ModelInfo; a fact it does not report is None.
 
-        Raises ModelNotFoundError when the server does not have the model.
-        """
+        Raises ModelNotFoundError when the server does not have the model."""
         name = self._model(model).name
         with _debugging(debug):
             info = self._model_info(name)
@@ -3812,9 +3779,8 @@ class BaseProvider:
                    keep_alive: Union[None, int, float, str] = None, debug: bool = False) -> ModelInfo:
         """Load ``model`` into memory, with ``context_length`` tokens of context if given; return its facts.
 
-        ``keep_alive``: how long it stays loaded when idle (Ollama: seconds or a
-        duration such as ``"10m"``, ``-1`` for ever).  Raises
-        UnsupportedEndpointError on a server that cannot load models over its API.
+        ``keep_alive``: how long it stays loaded when idle (Ollama: seconds or a duration such as ``"10m"``,
+        ``-1`` for ever).  Raises UnsupportedEndpointError on a server that cannot load models over its API.
         """
         _check_context_length(context_length)
         if keep_alive is not None:
@@ -3836,9 +3802,8 @@ class BaseProvider:
     def iter_pull(self, model: Union[str, ModelConfig], *, debug: bool = False) -> Iterator[PullProgress]:
         """Download ``model``, yielding PullProgress records as the server reports them.
 
-        A model the server already has finishes at once.  A failure is a
-        DownloadError (or ModelNotFoundError for a name the registry does not know).
-        """
+        A model the server already has finishes at once.  A failure is a DownloadError (or ModelNotFoundError
+        for a name the registry does not know)."""
         return _debugged(self._pull(self._model(model).name), debug)
 
     def pull_model(self, model: Union[str, ModelConfig], *,
@@ -4347,9 +4312,8 @@ class BaseProvider:
 def _check_api_key(api_key: Any, source: str) -> str:
     """The token from ``source`` (``api_key`` or an environment variable), without surrounding white space.
 
-    Only visible ASCII (``!`` to ``~``) can go into an HTTP header; anything
-    else is an InvalidInputError that says where, but never shows the token.
-    """
+    Only visible ASCII (``!`` to ``~``) can go into an HTTP header; anything else is an InvalidInputError that
+    says where, but never shows the token."""
     if not isinstance(api_key, str) or not api_key.strip():
         raise InvalidInputError("%s must be a non-empty string" % source)
     token: str = api_key.strip()  # a token read from a file keeps its newline
@@ -4385,15 +4349,14 @@ def _openai_usage(usage: Any) -> Optional[Dict[str, int]]:
 
 
 class OpenAICompatibleProvider(BaseProvider):
-    """Any server speaking OpenAI's chat-completions API (``openai://`` URIs): llama.cpp's
-    llama-server, vLLM, a LiteLLM proxy, LocalAI, hosted endpoints.  ``/v1/chat/completions``
-    (SSE when streamed) and ``/v1/models``, below the host's path prefix if it has one.
+    """Any server speaking OpenAI's chat-completions API (``openai://`` URIs): llama.cpp's llama-server, vLLM,
+    a LiteLLM proxy, LocalAI, hosted endpoints.  ``/v1/chat/completions`` (SSE when streamed) and
+    ``/v1/models``, below the host's path prefix if it has one.
 
-    ``host`` is required (or ``openai_host`` in the config, or ``OPENAI_BASE_URL``).
-    ``api_key`` (or ``OPENAI_API_KEY`` in the environment) is sent as a bearer
-    token, only when one is set.  ``LMStudioProvider`` is this plus LM Studio's
-    specifics (its hints, ``ttl``, LM_API_TOKEN, the ``json_object`` rewrite).
-    """
+    ``host`` is required (or ``openai_host`` in the config, or ``OPENAI_BASE_URL``). ``api_key`` (or
+    ``OPENAI_API_KEY`` in the environment) is sent as a bearer token, only when one is set.
+    ``LMStudioProvider`` is this plus LM Studio's specifics (its hints, ``ttl``, LM_API_TOKEN, the
+    ``json_object`` rewrite)."""
 
     kind = SERVER_KINDS["openai"]
     content_must_be_str = False
@@ -4533,9 +4496,7 @@ class OpenAICompatibleProvider(BaseProvider):
 class LMStudioProvider(OpenAICompatibleProvider):
     """LM Studio's OpenAI-compatible server: ``/v1/chat/completions`` and ``/v1/models``.
 
-    ``api_key`` (or ``LM_API_TOKEN`` in the environment) is sent as a bearer
-    token, only when one is set.
-    """
+    ``api_key`` (or ``LM_API_TOKEN`` in the environment) is sent as a bearer token, only when one is set."""
 
     kind = SERVER_KINDS["lm_studio"]
     has_props = False  # LM Studio has no /props (llama.cpp's); asking it costs a request and says nothing
@@ -4710,8 +4671,7 @@ def _lm_studio_v0_info(entry: Mapping[str, Any]) -> ModelInfo:
 class OllamaProvider(BaseProvider):
     """Ollama's native server: ``/api/chat`` (with ``stream`` set explicitly) and ``/api/tags``.
 
-    Model names match as Ollama matches them: case-insensitively, and a name
-    without a tag means ``:latest``.
+    Model names match as Ollama matches them: case-insensitively, and a name without a tag means ``:latest``.
     """
 
     kind = SERVER_KINDS["ollama"]
@@ -5031,10 +4991,8 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
                  **provider_options: Any) -> "BaseProvider":
     """Return the provider for a model URI, a ModelConfig or a role name in ``config``.
 
-    The host comes from the URI, then the config, then the environment, then
-    the default.  Providers are shared per config, host and options, so
-    repeated calls reuse one connection pool.
-    """
+    The host comes from the URI, then the config, then the environment, then the default.  Providers are
+    shared per config, host and options, so repeated calls reuse one connection pool."""
     if isinstance(model, str) and "://" not in model:
         if config is None or model not in config.models:
             known = ", ".join(sorted(config.models)) if config is not None else "none (no config given)"
