@@ -3968,6 +3968,8 @@ class BaseProvider:
             headers = dict(self.transport.session.headers)
             if self._api_key:
                 headers["Authorization"] = "Bearer " + _mask(self._api_key)
+            if payload is not None and isinstance(payload.get("input"), list):  # embeddings: only how many
+                payload = dict(payload, input="(%d text(s))" % len(payload["input"]))
             logger.debug("request %s %s%s headers=%s payload=%s", method, self.base_url, path, headers,
                          json.dumps(payload, ensure_ascii=False) if payload is not None else "(none)")
 
@@ -4517,8 +4519,8 @@ class LMStudioProvider(OpenAICompatibleProvider):
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
         size = _suggest_context(prompt_tokens or 4096)
         return ("Load the model with a larger context:  lms load %s --context-length %d  (or "
-                "provider.load_model(%r, context_length=%d)), or shorten the prompt." % (model, size,
-                                                                                         model, size))
+                "provider.load_model(%r, context_length=%d)), or shorten the prompt."
+                % (model, size, model, size))
 
     def _list_model_info(self) -> List[ModelInfo]:
         """``/api/v1/models`` (LM Studio 0.4+), else ``/api/v0/models`` (0.3.6+), else ``/v1/models``."""
@@ -4526,9 +4528,8 @@ class LMStudioProvider(OpenAICompatibleProvider):
             "GET", "/api/v1/models", optional=True,
             read=lambda data: [_lm_studio_v1_info(entry) for entry in _entries(data, "models", "key")])
         if infos is None:
-            infos = self._call("GET", "/api/v0/models", optional=True,
-                               read=lambda data: [_lm_studio_v0_info(e) for e in _entries(data,
-                                                                                          "data", "id")])
+            infos = self._call("GET", "/api/v0/models", optional=True, read=lambda data: [
+                _lm_studio_v0_info(entry) for entry in _entries(data, "data", "id")])
         if infos is not None:
             return infos
         logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models (LM Studio before 0.3.6, or "
