@@ -2458,8 +2458,8 @@ def _tool_schemas(tools: Any) -> List[Dict[str, Any]]:
     if callable(tools) or isinstance(tools, Mapping):
         tools = [tools]
     if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence):
-        raise InvalidInputError("tools must be a list of Python functions or function schemas, "
-                                "got %r" % (tools,))
+        raise InvalidInputError("tools must be a list of Python functions or function schemas, got %r"
+                                % (tools,))
     schemas = [tool_schema(tool) for tool in tools]
     names = [schema["function"]["name"] for schema in schemas]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -2993,8 +2993,8 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
         raise _too_big(where, len(data))
     mime = image_type(data)
     if mime is None:
-        raise InvalidInputError("%s is not a PNG, JPEG, WebP or GIF image (it begins with %r)" % (where,
-                                                                                                  data[:8]))
+        raise InvalidInputError("%s is not a PNG, JPEG, WebP or GIF image (it begins with %r)"
+                                % (where, data[:8]))
     import base64
     return mime, base64.b64encode(data).decode("ascii")
 
@@ -3073,8 +3073,7 @@ def _embedding_inputs(texts: Any, dimensions: Optional[int], batch_size: int) ->
             raise InvalidInputError("texts[%d] must be a string, got %s" % (index, type(text).__name__))
         if not text.strip():
             raise InvalidInputError("texts[%d] is empty; the servers cannot embed an empty text (leave it "
-                                    "out)"
-                                    % index)
+                                    "out)" % index)
     if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
                                    or dimensions < 1):
         raise InvalidInputError("dimensions must be a whole number >= 1, got %r" % (dimensions,))
@@ -3330,8 +3329,8 @@ def _check_messages(messages: Any, content_must_be_str: bool) -> None:
                                     % (index, message))
         role = message.get("role")
         if role not in _ROLES:
-            raise InvalidInputError("messages[%d] has role %r; use one of %s" % (index, role,
-                                                                                 ", ".join(_ROLES)))
+            raise InvalidInputError("messages[%d] has role %r; use one of %s"
+                                    % (index, role, ", ".join(_ROLES)))
         content = message.get("content")
         if isinstance(content, str) or content is None and role == "assistant" and message.get("tool_calls"):
             continue
@@ -3574,8 +3573,7 @@ class BaseProvider:
             finish_reason = _tool_finish_reason(finish_reason, tool_calls)
             content, inline_reasoning = split_reasoning(text or "")
             result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage,
-                                model.name,
-                                data, tool_calls, _logprobs_of(self, data))
+                                model.name, data, tool_calls, _logprobs_of(self, data))
             self._check_fit(payload, model, usage, finish_reason, bool(text), result)
             self._check_result(result, model, time.perf_counter() - started)
             return result
@@ -3631,15 +3629,13 @@ class BaseProvider:
                     reason = str(exc) + (" (the reply was cut off at the token limit)"
                                          if result.finish_reason == "length" else "")
                     logger.debug("JSON attempt %d/%d failed: %s", attempt, max_attempts, reason)
-                    conversation = list(messages) + [
-                        {"role": "assistant", "content": raw},
-                        {"role": "user", "content": "That reply was not usable: %s. Answer again with only "
-                                                    "one JSON object that has the attributes %s, and nothing "
-                                                    "else."
-                                                    % (reason, ", ".join(required) or "you were asked for")}]
+                    repair = ("That reply was not usable: %s. Answer again with only one JSON object that "
+                              "has the attributes %s, and nothing else." % (
+                                  reason, ", ".join(required) or "you were asked for"))
+                    conversation = list(messages) + [{"role": "assistant", "content": raw},
+                                                     {"role": "user", "content": repair}]
                     continue
-                logger.debug("JSON attempt %d/%d gave an object with keys %s", attempt, max_attempts,
-                             sorted(data))
+                logger.debug("JSON attempt %d/%d gave keys %s", attempt, max_attempts, sorted(data))
                 return data
         raise JSONGenerationError(
             "%s did not return a JSON object with %s after %d attempt(s): %s" % (
@@ -3847,10 +3843,9 @@ class BaseProvider:
         return "Load it in the server's own way."
 
     def _unsupported(self, what: str, manual: str) -> UnsupportedEndpointError:
-        return UnsupportedEndpointError("%s at %s cannot %s over its API." % (self.title,
-                                                                              self.base_url, what),
-                                        path=self.models_path, manual=manual, hint=manual,
-                                        reason="endpoint_missing")
+        return UnsupportedEndpointError("%s at %s cannot %s over its API." % (
+            self.title, self.base_url, what), path=self.models_path, manual=manual, hint=manual,
+            reason="endpoint_missing")
 
     def _call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, model: str = "",
               optional: bool = False, needed: str = "", manual: str = "",
@@ -3868,8 +3863,7 @@ class BaseProvider:
             if not optional:
                 raise
             logger.debug("%s at %s has no %s (HTTP %s: %s); skipped", self.title, self.base_url, path,
-                         exc.status,
-                         exc.server_message)
+                         exc.status, exc.server_message)
             return None
 
     def _stream_json(self, path: str, payload: Dict[str, Any], *, debug: bool = False,
@@ -3920,8 +3914,8 @@ class BaseProvider:
                 _refuse_parameters_without_provider(model, self.provider)
             model = parse_model_uri(model) if "://" in model else ModelConfig(model, self.provider)
         if not isinstance(model, ModelConfig):
-            raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, "
-                                    "got %r" % (model,))
+            raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, got %r"
+                                    % (model,))
         if model.provider != self.provider:
             raise InvalidInputError("model %r is for %s, but this is a %s provider; use "
                                     "lm_providers.get_provider(model) to get the right one" % (
@@ -3929,8 +3923,7 @@ class BaseProvider:
         if model.host is not None and normalize_host(model.host, self.provider) != self.base_url:
             logger.warning("model %r names the host %s, but this provider talks to %s; use "
                            "lm_providers.get_provider(model) to follow the model's host", model.name,
-                           model.host,
-                           self.base_url)
+                           model.host, self.base_url)
         return model
 
     def _payload(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, *,
@@ -4326,9 +4319,8 @@ def _check_api_key(api_key: Any, source: str) -> str:
                     else "a non-ASCII character")
             raise InvalidInputError(
                 "%s has %s at position %d of %d; an HTTP header carries only visible ASCII characters. Check "
-                "how the token was copied or read (the token itself is not shown)." % (source, kind,
-                                                                                       index + 1,
-                                                                                   len(token)))
+                "how the token was copied or read (the token itself is not shown)."
+                % (source, kind, index + 1, len(token)))
     return token
 
 
@@ -4679,8 +4671,8 @@ class OllamaProvider(BaseProvider):
     stream_end = ("done", True)
     #: A pull's errors come in its stream and are about downloading.
     failure_rows = (
-        (lambda p, a: a.path == "/api/pull" and a.status is None and a.says("file does not exist", "not "
-                                                                                                   "found"),
+        (lambda p, a: a.path == "/api/pull" and a.status is None
+         and a.says("file does not exist", "not found"),
          lambda p, a: ModelNotFoundError("%s could not download %r: %s." % (p.title, a.model, a.message),
                                          model=a.model, host=p.base_url, reason="model_not_found",
                                          hint="Check the name on https://ollama.com/library", **a.fields)),
@@ -5003,8 +4995,8 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
     elif isinstance(model, str):
         model = parse_model_uri(model)
     if not isinstance(model, ModelConfig):
-        raise InvalidInputError("get_provider needs a model URI, a ModelConfig or a role name, "
-                                "got %r" % (model,))
+        raise InvalidInputError("get_provider needs a model URI, a ModelConfig or a role name, got %r"
+                                % (model,))
     base_url = resolve_host(model.provider, model.host, config)
     cls = PROVIDER_CLASSES[model.provider]
     try:
