@@ -4705,11 +4705,10 @@ class OllamaProvider(BaseProvider):
 
     def _convert_images(self, message: Mapping[str, Any], index: int) -> Mapping[str, Any]:
         """Images (and ``image_url`` data-URL content parts) become base64 text in ``images``."""
-        content = message.get("content")
-        images = message.get("images")
+        content, images = message.get("content"), message.get("images")
+        images = _load_images(images, index, self.image_types, self.title) if images is not None else []
         if isinstance(content, list):
-            texts, images = [], list(_load_images(images, index, self.image_types, self.title)
-                                     if images is not None else ())
+            texts = []
             for number, part in enumerate(content):
                 kind = part.get("type") if isinstance(part, Mapping) else None
                 if kind == "text":
@@ -4723,11 +4722,7 @@ class OllamaProvider(BaseProvider):
                     raise InvalidInputError("messages[%d]['content'][%d] is a %r part; Ollama takes 'text' "
                                             "and 'image_url' parts" % (index, number, kind))
             content = "\n".join(texts)
-        elif images is not None:
-            images = _load_images(images, index, self.image_types, self.title)
-        converted = dict(message)
-        converted["content"] = content
-        converted["images"] = [data for _, data in images or ()]
+        converted = dict(message, content=content, images=[data for _, data in images])
         if not converted["images"]:
             del converted["images"]
         return converted
