@@ -3575,7 +3575,14 @@ class BaseProvider:
             result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage,
                                 model.name, data, tool_calls, _logprobs_of(self, data))
             self._check_fit(payload, model, usage, finish_reason, bool(text), result)
-            self._check_result(result, model, time.perf_counter() - started)
+            if _debug_call_running():
+                logger.debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, "
+                             "%.3f s", len(result.text), len(result.reasoning), finish_reason, usage,
+                             time.perf_counter() - started)
+                logger.debug("reply text: %s", result.text)
+                for call in tool_calls:
+                    logger.debug("tool call %s: %s(%s)", call.id, call.name, call.raw_arguments)
+            self._check_end(model, finish_reason, bool(result.text), bool(result.reasoning))
             return result
 
     def generate_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
@@ -3997,15 +4004,6 @@ class BaseProvider:
             text = self.transport.scrub(body.decode("utf-8", "replace"))
             raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
                 self.title, path, text[:300]), status=response.status_code, body=text) from None
-
-    def _check_result(self, result: ChatResult, model: ModelConfig, seconds: float) -> None:
-        if _debug_call_running():
-            logger.debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, %.3f s",
-                         len(result.text), len(result.reasoning), result.finish_reason, result.usage, seconds)
-            logger.debug("reply text: %s", result.text)
-            for call in result.tool_calls:
-                logger.debug("tool call %s: %s(%s)", call.id, call.name, call.raw_arguments)
-        self._check_end(model, result.finish_reason, bool(result.text), bool(result.reasoning))
 
     def _check_end(self, model: ModelConfig, finish_reason: Optional[str], has_text: bool,
                    reasoned: bool) -> None:
@@ -4439,12 +4437,10 @@ class OpenAICompatibleProvider(BaseProvider):
 
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
         return ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: "
-                "--ctx-size %d)."
-                % _suggest_context(prompt_tokens or 4096))
+                "--ctx-size %d)." % _suggest_context(prompt_tokens or 4096))
 
     def _list_model_info(self) -> List[ModelInfo]:
-        """From ``/v1/models``; llama.cpp's server adds ``meta`` (trained and loaded context, size) and
-        ``/props``."""
+        """From ``/v1/models``; llama.cpp's server adds ``meta`` (contexts, size) and ``/props``."""
         entries = self._call("GET", self.models_path, read=lambda data: _entries(data, "data", "id"))
         props = self._props() if len(entries) == 1 else None
         settings = _dict_at(props, "default_generation_settings")
@@ -4478,10 +4474,8 @@ class OpenAICompatibleProvider(BaseProvider):
 
     def _props(self) -> Optional[Dict[str, Any]]:
         """llama.cpp's ``/props`` (None when this kind of server has none, or this server lacks it)."""
-        if not self.has_props:
-            return None
-        props: Optional[Dict[str, Any]] = self._call("GET", "/props", optional=True)
-        return props
+        props = self._call("GET", "/props", optional=True) if self.has_props else None
+        return cast(Optional[Dict[str, Any]], props)
 
     def _ends_with_body(self, state: Any) -> bool:
         return state.finish_reason is not None  # some OpenAI-compatible servers send no [DONE]
