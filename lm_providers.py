@@ -2473,10 +2473,9 @@ _MAX_TOOL_ARGUMENT_CHARS = 1000000     # argument text of one streamed call
 class ToolCall:
     """One function call the model asked for.
 
-    ``id`` identifies the call (the server's, or one made up when the server
-    sends none), ``name`` is the function's name, ``arguments`` the parsed
-    arguments (a dict) and ``raw_arguments`` their JSON text as the server sent it.
-    """
+    ``id`` identifies the call (the server's, or one made up when the server sends none), ``name`` is the
+    function's name, ``arguments`` the parsed arguments (a dict) and ``raw_arguments`` their JSON text as the
+    server sent it."""
 
     __slots__ = ("id", "name", "arguments", "raw_arguments")
 
@@ -2517,12 +2516,14 @@ def tool_schema(tool: Any) -> Dict[str, Any]:
     if isinstance(tool, Mapping):
         function = tool.get("function") if "type" in tool else tool  # a bare function schema has no "type"
         if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
-            raise InvalidInputError("tool %r is not a function schema: write {\"type\": \"function\", \"function\": "
-                                    "{\"name\": ..., \"parameters\": {...}}}" % (_shorten(repr(tool), 120),))
+            raise InvalidInputError("tool %r is not a function schema: write {\"type\": \"function\", "
+                                    "\"function\": {\"name\": ..., "
+                                    "\"parameters\": {...}}}" % (_shorten(repr(tool), 120),))
         _check_tool_name(function.get("name"), tool)
         parameters = function.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(parameters, Mapping):
-            raise InvalidInputError("tool %r: 'parameters' must be a JSON schema object" % (function["name"],))
+            raise InvalidInputError("tool %r: 'parameters' must be a JSON schema "
+                                    "object" % (function["name"],))
         return {"type": "function", "function": dict(function, parameters=dict(parameters))}
     if callable(tool):
         return _function_schema(tool)
@@ -2563,7 +2564,8 @@ def _function_schema(function: Any) -> Dict[str, Any]:
     parameters: Dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         parameters["required"] = required
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
+    return {"type": "function",
+            "function": {"name": name, "description": description, "parameters": parameters}}
 
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", tuple: "array",
@@ -2595,7 +2597,8 @@ def _annotation_schema(annotation: Any) -> Dict[str, Any]:
         return _enum_schema(list(args))
     if isinstance(origin, type) and origin in _JSON_TYPES:
         schema: Dict[str, Any] = {"type": _JSON_TYPES[origin]}
-        if schema["type"] == "array" and args and (origin is not tuple or args[-1] is Ellipsis or len(args) == 1):
+        one_item_type = origin is not tuple or args[-1] is Ellipsis or len(args) == 1
+        if schema["type"] == "array" and args and one_item_type:
             schema["items"] = _annotation_schema(args[0])
         return schema
     import collections.abc
@@ -2651,7 +2654,8 @@ def _tool_schemas(tools: Any) -> List[Dict[str, Any]]:
     if callable(tools) or isinstance(tools, Mapping):
         tools = [tools]
     if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence):
-        raise InvalidInputError("tools must be a list of Python functions or function schemas, got %r" % (tools,))
+        raise InvalidInputError("tools must be a list of Python functions or function schemas, got %r"
+                                % (tools,))
     schemas = [tool_schema(tool) for tool in tools]
     names = [schema["function"]["name"] for schema in schemas]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -2679,9 +2683,10 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
             parsed = json.loads(arguments)
         except (ValueError, RecursionError) as exc:
             raise ToolCallError(
-                "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a malformed "
-                "call;%s try again, at a lower temperature, or with a model trained for tool calls. The whole text "
-                "is in .raw_arguments." % (title, name, exc, _shorten(arguments, 200), cut),
+                "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a "
+                "malformed call;%s try again, at a lower temperature, or with a model trained for tool "
+                "calls. The whole text is in .raw_arguments." % (title, name, exc,
+                                                                 _shorten(arguments, 200), cut),
                 tool_name=name, raw_arguments=arguments) from None
     else:
         parsed, raw = arguments, json.dumps(arguments)
@@ -2706,8 +2711,9 @@ def _tool_calls_from(parts: Any, title: str, finish_reason: Optional[str]) -> Li
     if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("function"), dict)
                                               for p in parts):
         raise ProviderResponseError("%s sent tool calls of an unexpected shape: %s" % (
-            title, _shorten(json.dumps(parts, ensure_ascii=False, default=str), 300)))
-    return [_tool_call(title, p.get("id"), p["function"].get("name"), p["function"].get("arguments"), finish_reason)
+            title, _shorten(json.dumps(parts, ensure_ascii=False, default=str), 300)), reason="bad_response")
+    return [_tool_call(title, p.get("id"), p["function"].get("name"), p["function"].get("arguments"),
+                       finish_reason)
             for p in parts]
 
 
@@ -2734,8 +2740,9 @@ def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, A
     function = call.get("function") if isinstance(call, Mapping) else None
     name = function.get("name") if isinstance(function, Mapping) else None
     if not isinstance(function, Mapping) or not isinstance(name, str) or not name:
-        raise InvalidInputError("messages[%d] has the tool call %r; write {\"id\": ..., \"type\": \"function\", "
-                                "\"function\": {\"name\": ..., \"arguments\": ...}}" % (index, call))
+        raise InvalidInputError("messages[%d] has the tool call %r; write {\"id\": ..., \"type\": "
+                                "\"function\", \"function\": {\"name\": ..., \"arguments\": "
+                                "...}}" % (index, call))
     arguments = function.get("arguments")
     if isinstance(arguments, str):
         try:
@@ -2768,7 +2775,8 @@ def _run_tool(functions: Mapping[str, Any], call: ToolCall) -> str:
     """Run one requested call; any failure becomes an ``error: ...`` text for the model to read."""
     function = functions.get(call.name)
     if function is None:
-        return "error: there is no tool named %r; the tools are: %s" % (call.name, ", ".join(sorted(functions)))
+        return "error: there is no tool named %r; the tools are: %s" % (call.name,
+                                                                        ", ".join(sorted(functions)))
     try:
         value = function(**call.arguments)
     except Exception as exc:  # the model gets the error as the tool's result and can try again
@@ -2778,18 +2786,18 @@ def _run_tool(functions: Mapping[str, Any], call: ToolCall) -> str:
 
 
 class ChatResult:
-    """A finished reply: ``text`` (reasoning removed), ``reasoning``, ``finish_reason``
-    (``"stop"``, ``"length"``, ``"tool_calls"``, ...), ``usage`` (``prompt_tokens``,
-    ``completion_tokens``, ``total_tokens``, or None), ``model``, the server's ``raw``
-    response and ``tool_calls`` (a list of ToolCall, empty when the model called none).
-    ``logprobs``: with the ``logprobs`` parameter, one ``{"token", "logprob",
-    "top_logprobs"}`` dict per reply token (None when none came back)."""
+    """A finished reply: ``text`` (reasoning removed), ``reasoning``, ``finish_reason`` (``"stop"``,
+    ``"length"``, ``"tool_calls"``, ...), ``usage`` (``prompt_tokens``, ``completion_tokens``,
+    ``total_tokens``, or None), ``model``, the server's ``raw`` response and ``tool_calls`` (a list of
+    ToolCall, empty when the model called none). ``logprobs``: with the ``logprobs`` parameter, one
+    ``{"token", "logprob", "top_logprobs"}`` dict per reply token (None when none came back)."""
 
     __slots__ = ("text", "reasoning", "finish_reason", "usage", "model", "raw", "tool_calls", "logprobs")
 
     def __init__(self, text: str, reasoning: str = "", finish_reason: Optional[str] = None,
                  usage: Optional[Dict[str, int]] = None, model: str = "", raw: Any = None,
-                 tool_calls: Optional[List[ToolCall]] = None, logprobs: Optional[List[Dict[str, Any]]] = None):
+                 tool_calls: Optional[List[ToolCall]] = None,
+                 logprobs: Optional[List[Dict[str, Any]]] = None):
         self.text, self.reasoning, self.finish_reason = text, reasoning, finish_reason
         self.usage, self.model, self.raw = usage, model, raw
         self.tool_calls: List[ToolCall] = list(tool_calls or ())
@@ -2809,10 +2817,9 @@ class ChatResult:
 
 
 class ToolRunResult(ChatResult):
-    """What ``run_tools`` returns: the model's final reply (a ChatResult), plus
-    ``messages``, the whole conversation (the caller's messages, each tool
-    request, each tool result and the final reply), and ``rounds``, how many
-    rounds of tool calls were run."""
+    """What ``run_tools`` returns: the model's final reply (a ChatResult), plus ``messages``, the whole
+    conversation (the caller's messages, each tool request, each tool result and the final reply), and
+    ``rounds``, how many rounds of tool calls were run."""
 
     __slots__ = ("messages", "rounds")
 
@@ -3052,10 +3059,8 @@ _JSON_FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str, Any]:
     """Find the JSON object in a model's reply and check it has the required attributes.
 
-    Tolerates code fences, prose before or after, and a leading ``<think>``
-    block.  Returns the first object that has every required attribute; raises
-    ValueError saying what was wrong otherwise.
-    """
+    Tolerates code fences, prose before or after, and a leading ``<think>`` block.  Returns the first object
+    that has every required attribute; raises ValueError saying what was wrong otherwise."""
     if not isinstance(text, str):
         raise ValueError("expected the reply text, got %r" % (text,))
     content, _ = split_reasoning(text)
@@ -3119,7 +3124,8 @@ def _read_image_file(path: str, where: str) -> bytes:
         with open(path, "rb") as handle:
             return handle.read(MAX_IMAGE_BYTES + 1)
     except OSError as exc:
-        raise InvalidInputError("%s: cannot read the image file %r: %s" % (where, path, exc.strerror or exc)) from None
+        raise InvalidInputError("%s: cannot read the image file %r: %s" % (where, path,
+                                                                           exc.strerror or exc)) from None
 
 
 def _decode_base64_image(text: str, where: str) -> Optional[bytes]:
@@ -3146,8 +3152,8 @@ def _image_text_bytes(text: str, where: str) -> bytes:
                                     % where)
         return data
     if stripped[:7].lower() == "http://" or stripped[:8].lower() == "https://":
-        raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it and "
-                                "give the file path or the bytes" % (where, stripped[:80]))
+        raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it "
+                                "and give the file path or the bytes" % (where, stripped[:80]))
     if len(stripped) < 4096:
         try:
             if os.path.isfile(stripped):
@@ -3165,10 +3171,8 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     """``(mime_type, base64_text)`` for an image given as a file path (``str`` or ``pathlib.Path``),
     ``bytes``, base64 text or a ``data:`` URL.
 
-    The type is read from the bytes (PNG, JPEG, WebP or GIF).  A missing file,
-    another type, or more than ``MAX_IMAGE_BYTES`` raises InvalidInputError
-    naming ``where``.
-    """
+    The type is read from the bytes (PNG, JPEG, WebP or GIF).  A missing file, another type, or more than
+    ``MAX_IMAGE_BYTES`` raises InvalidInputError naming ``where``."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
     elif isinstance(image, os.PathLike):
@@ -3182,7 +3186,8 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
         raise _too_big(where, len(data))
     mime = image_type(data)
     if mime is None:
-        raise InvalidInputError("%s is not a PNG, JPEG, WebP or GIF image (it begins with %r)" % (where, data[:8]))
+        raise InvalidInputError("%s is not a PNG, JPEG, WebP or GIF image (it begins with %r)"
+                                % (where, data[:8]))
     import base64
     return mime, base64.b64encode(data).decode("ascii")
 
@@ -3190,8 +3195,8 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
 def _load_images(images: Any, index: int, accepted: Sequence[str], server: str) -> List[Tuple[str, str]]:
     """Every image of ``messages[index]['images']``, loaded and checked against the types ``server`` takes."""
     if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
-        raise InvalidInputError("messages[%d]['images'] must be a list of images (paths, bytes, base64 or data "
-                                "URLs); wrap a single image in a list" % index)
+        raise InvalidInputError("messages[%d]['images'] must be a list of images (paths, bytes, base64 or "
+                                "data URLs); wrap a single image in a list" % index)
     return [_accepted_image(image, "messages[%d]['images'][%d]" % (index, number), accepted, server)
             for number, image in enumerate(images)]
 
@@ -3207,9 +3212,38 @@ def _accepted_image(image: Any, where: str, accepted: Sequence[str], server: str
 
 def _has_images(message: Any) -> bool:
     """Whether a message carries images, in Ollama's form or as OpenAI content parts."""
-    return isinstance(message, Mapping) and (message.get("images") is not None or isinstance(message.get("content"),
-                                                                                               list))
+    return isinstance(message, Mapping) and (message.get("images") is not None
+                                             or isinstance(message.get("content"), list))
 
+
+def _with_images(provider: "BaseProvider", messages: Any, model: ModelConfig) -> Any:
+    """``messages`` with their images in the server's form: new dicts, the caller's stay as they are."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not any(
+            _has_images(message) for message in messages):
+        return messages
+    converted = [provider._convert_images(message, index) if _has_images(message) else message
+                 for index, message in enumerate(messages)]
+    if any(isinstance(message, Mapping) and message.get("images") for message in converted):
+        _check_vision(provider, model)  # Ollama's form: images stay in "images"
+    return converted
+
+
+def _check_vision(provider: "BaseProvider", model: ModelConfig) -> None:
+    """Warn when the model's facts say it has no vision (Ollama then ignores the images without a word).
+    The facts are asked once per model (``model_info``); when they cannot be had, nothing is said."""
+    info = provider._facts.get(provider._fact_key(model.name))
+    if info is None:
+        try:
+            info = provider.model_info(model)
+        except ProviderError as exc:
+            logger.debug("no facts about %s model %r, so its vision is not checked: %s", provider.title,
+                         model.name, exc)
+            return
+    if info.vision is False:
+        logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent "
+                       "with "
+                       "it. %s", provider.title, model.name, ", ".join(sorted(info.capabilities)) or "none",
+                       provider.title, provider.vision_hint)
 
 # --- embeddings ----------------------------------------------------------------
 
@@ -3231,8 +3265,8 @@ def _embedding_inputs(texts: Any, dimensions: Optional[int], batch_size: int) ->
         if not isinstance(text, str):
             raise InvalidInputError("texts[%d] must be a string, got %s" % (index, type(text).__name__))
         if not text.strip():
-            raise InvalidInputError("texts[%d] is empty; the servers cannot embed an empty text (leave it out)"
-                                    % index)
+            raise InvalidInputError("texts[%d] is empty; the servers cannot embed an empty text (leave it "
+                                    "out)" % index)
     if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
                                    or dimensions < 1):
         raise InvalidInputError("dimensions must be a whole number >= 1, got %r" % (dimensions,))
@@ -3251,6 +3285,22 @@ def _vectors(vectors: Any) -> List[List[float]]:
             raise TypeError("not a vector of numbers")
     return vectors
 
+
+def _embed_payload(provider: "BaseProvider", texts: List[str], model: ModelConfig, dimensions: Optional[int],
+                   truncate: Optional[bool]) -> Dict[str, Any]:
+    """The body of one embeddings request: the texts, ``dimensions``, ``truncate`` where the server
+    has it, and the model's parameters that apply to embeddings (``keep_alive``/``ttl``, Ollama's options)."""
+    payload: Dict[str, Any] = {"model": model.name, "input": texts}
+    if dimensions is not None:
+        payload["dimensions"] = dimensions
+    if truncate is not None and "truncate" not in provider.embed_fields:
+        logger.warning("truncate=%s is Ollama's; %s has no such option, so it was not sent", truncate,
+                       provider.title)
+    elif truncate is not None:
+        payload["truncate"] = bool(truncate)
+    mapped = map_parameters(model.parameters, provider.provider)
+    payload.update((key, mapped[key]) for key in provider.embed_fields if key in mapped)
+    return payload
 
 # --- log-probabilities -------------------------------------------------------------
 
@@ -3271,30 +3321,36 @@ def _add_logprobs(state: Any, entries: Any) -> None:
         state.logprobs.extend(_normalize_logprobs(entries))
 
 
-_ROLES = ("system", "user", "assistant", "tool", "developer")
+
+def _logprobs_of(provider: "BaseProvider", data: Any) -> Optional[List[Dict[str, Any]]]:
+    """A reply's token log-probabilities, normalized (None when the server sent none)."""
+    try:
+        entries = provider._raw_logprobs(data)
+        return None if entries is None else _normalize_logprobs(entries)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ProviderResponseError("%s sent log-probabilities of an unexpected shape: %s"
+                                    % (provider.title, _short_json(data)), reason="bad_response") from None
 
 
 class ModelInfo:
     """What a server reports about one model; the same fields for every server, None when it does not say.
 
-    ``name``; ``context_length`` (the most the model supports); ``loaded`` and
-    ``loaded_context_length`` (the context it is loaded with now);
-    ``tools``, ``vision``, ``thinking``, ``embedding`` (capabilities, each
-    True, False or None for unknown; ``capabilities`` is the set of those that
-    are True); ``quantization``; ``size_bytes``; ``kind`` (``"llm"``,
-    ``"vlm"``, ``"embedding"``); ``source`` (the endpoint the facts came from)
-    and ``raw`` (the server's own record, for anything else).
-    """
+    ``name``; ``context_length`` (the most the model supports); ``loaded`` and ``loaded_context_length`` (the
+    context it is loaded with now); ``tools``, ``vision``, ``thinking``, ``embedding`` (capabilities, each
+    True, False or None for unknown; ``capabilities`` is the set of those that are True); ``quantization``;
+    ``size_bytes``; ``kind`` (``"llm"``, ``"vlm"``, ``"embedding"``); ``source`` (the endpoint the facts came
+    from) and ``raw`` (the server's own record, for anything else)."""
 
-    __slots__ = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
-                 "embedding", "quantization", "size_bytes", "kind", "source", "raw")
     FIELDS = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
               "embedding", "quantization", "size_bytes", "kind", "source")
+    __slots__ = FIELDS + ("raw",)
 
     def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
                  loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
-                 vision: Optional[bool] = None, thinking: Optional[bool] = None, embedding: Optional[bool] = None,
-                 quantization: Optional[str] = None, size_bytes: Optional[int] = None, kind: Optional[str] = None,
+                 vision: Optional[bool] = None, thinking: Optional[bool] = None,
+                 embedding: Optional[bool] = None,
+                 quantization: Optional[str] = None, size_bytes: Optional[int] = None,
+                 kind: Optional[str] = None,
                  source: str = "", raw: Any = None):
         self.name, self.context_length, self.loaded = name, context_length, loaded
         self.loaded_context_length = loaded_context_length
@@ -3357,7 +3413,7 @@ def _estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
 
 
 def _suggest_context(tokens: int) -> int:
-    """A context length with room for ``tokens`` of prompt and a reply: the next multiple of 1024 above 1.25x."""
+    """A context with room for ``tokens`` of prompt and a reply: the next multiple of 1024 above 1.25x."""
     return (int(tokens * 1.25) // 1024 + 1) * 1024
 
 
@@ -3369,8 +3425,8 @@ _OVERFLOW_PATTERNS = (  # (regex, group of the prompt size, group of the context
     (re.compile(r"[Ii]nput length (\d+) exceeds context length (\d+)"), 1, 2),
     (re.compile(r"input \((\d+) tokens\) is too large to process"), 1, 0),  # llama.cpp: over its batch size
     (re.compile(r"maximum context length is (\d+) tokens.*?resulted in (\d+) tokens", re.S), 2, 1),
-    (re.compile(r"context (?:size|length|window) (?:has been |was )?exceeded|exceeds? the (?:available )?context"
-                r"|context the overflows", re.I), 0, 0),
+    (re.compile(r"context (?:size|length|window) (?:has been |was )?exceeded"
+                r"|exceeds? the (?:available )?context|context the overflows", re.I), 0, 0),
 )
 
 
@@ -3378,7 +3434,7 @@ def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Op
     """``(prompt_tokens, context)`` when a server's error says the prompt did not fit, else None."""
     data = _loads_or_none(body) if body.strip().startswith("{") else None
     error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":  # llama.cpp: exact counts
+    if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":  # llama.cpp's counts
         return _first_int(error.get("n_prompt_tokens")), _first_int(error.get("n_ctx"))
     for pattern, prompt_group, context_group in _OVERFLOW_PATTERNS:
         match = pattern.search(message)
@@ -3407,7 +3463,7 @@ def _json_object(data: Any) -> Dict[str, Any]:
 
 
 def _dict_at(mapping: Any, key: str) -> Dict[str, Any]:
-    """``mapping[key]`` when that is a JSON object, else an empty dict (servers leave fields out or null them)."""
+    """``mapping[key]`` when that is a JSON object, else an empty dict (servers leave fields out or null)."""
     value = mapping.get(key) if isinstance(mapping, Mapping) else None
     return value if isinstance(value, dict) else {}
 
@@ -3441,23 +3497,176 @@ _wall_clock = time.time  # the time expires_at is compared with (tests set a rec
 
 
 def _check_context_length(context_length: Optional[int]) -> None:
-    if context_length is not None and not (isinstance(context_length, int) and not isinstance(context_length, bool)
-                                           and context_length > 0):
-        raise InvalidInputError("context_length must be a whole number of tokens > 0, got %r" % (context_length,))
+    if context_length is not None and (not isinstance(context_length, int) or isinstance(context_length, bool)
+                                       or context_length <= 0):
+        raise InvalidInputError("context_length must be a whole number of tokens > 0, got %r"
+                                % (context_length,))
+
+
+# --- request building: messages and tools on the wire ---------------------------
+
+_ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+def _check_messages(messages: Any, content_must_be_str: bool) -> None:
+    """InvalidInputError unless ``messages`` is a non-empty list of role/content dicts the server takes
+    (``content_must_be_str``: no OpenAI content-part lists)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidInputError("messages must be a list of {'role': ..., 'content': ...} dicts, got %s"
+                                % type(messages).__name__)
+    if not messages:
+        raise InvalidInputError("messages is empty: give at least one {'role': 'user', 'content': ...}")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidInputError("messages[%d] must be a dict with 'role' and 'content', got %r"
+                                    % (index, message))
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidInputError("messages[%d] has role %r; use one of %s"
+                                    % (index, role, ", ".join(_ROLES)))
+        content = message.get("content")
+        if isinstance(content, str) or content is None and role == "assistant" and message.get("tool_calls"):
+            continue
+        if not content_must_be_str and isinstance(content, list) and all(
+                isinstance(part, Mapping) and "type" in part for part in content):
+            continue
+        raise InvalidInputError("messages[%d]['content'] must be a string%s, got %r" % (
+            index, "" if content_must_be_str else " (or a list of content parts)", content))
+
+
+def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The messages as the server takes them.  Tool requests and tool results, written the one way the
+    README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``); every other message goes
+    as it is.  The caller's dicts are never changed."""
+    if not any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+        if all(type(m) is dict for m in messages):
+            return messages  # type: ignore[return-value]  # dicts, passed on unchanged
+        return [dict(m) for m in messages]
+    wired: List[Dict[str, Any]] = []
+    pending: List[Tuple[Optional[str], Optional[str]]] = []  # (id, name) of calls not answered yet
+    for index, message in enumerate(messages):
+        if message.get("role") == "tool":
+            call_id, name = _answered_call(message, pending)
+            wired.append(provider._wire_tool_result(message, call_id, name, index))
+        elif message.get("role") == "assistant" and message.get("tool_calls"):
+            calls = message["tool_calls"]
+            if not isinstance(calls, (list, tuple)):
+                raise InvalidInputError("messages[%d]['tool_calls'] must be a list, got %r" % (index, calls))
+            fields = [_call_fields(call, index) for call in calls]
+            pending = [(call_id, name) for call_id, name, _ in fields]
+            wired.append(dict(message, tool_calls=[provider._wire_tool_call(*f) for f in fields]))
+        else:
+            wired.append(dict(message))
+    return wired
+
+
+def _with_tools(model: ModelConfig, tools: Any, tool_choice: Any) -> ModelConfig:
+    """``model`` with the ``tools=`` and ``tool_choice=`` of a call added to its parameters."""
+    if tools is not None:
+        model = model.with_parameters(tools=_tool_schemas(tools))
+    if tool_choice is not None:
+        model = model.with_parameters(tool_choice=tool_choice)
+    return model
+
+
+def _debug_call_running() -> bool:
+    """Whether a call made with ``debug=True`` is running: only then are prompts, payloads and replies
+    logged (and the model's context looked up for the log), whatever level the logger is set to."""
+    return _debug_calls > 0
+
+
+def _debugged(items: Iterator[_T], on: bool) -> Iterator[_T]:
+    """``items`` iterated with the debug output of ``debug=True`` on (for public methods that return
+    an iterator)."""
+    with _debugging(on):
+        yield from items
+
+
+class _ErrorAnswer:
+    """An error answer as a failure table reads it: what was asked and what the server said (``body``
+    scrubbed; ``status`` None for an error event in a stream)."""
+
+    __slots__ = ("status", "body", "model", "path", "in_body", "needed", "manual", "message", "said",
+                 "overflow")
+
+    def __init__(self, status: Optional[int], body: str, model: str, path: str, in_body: bool = False,
+                 needed: str = "", manual: str = ""):
+        self.status, self.body, self.model, self.path, self.in_body = status, body, model, path, in_body
+        self.needed, self.manual = needed, manual
+        self.message = _server_message(body)
+        self.said = self.message.rstrip(". ")  # the server's words, followed by more sentences
+        self.overflow = _parse_overflow(self.message, body)
+
+    @property
+    def fields(self) -> Dict[str, Any]:
+        """The ProviderResponseError fields: ``status``, ``server_message``, ``body``."""
+        return {"status": self.status, "server_message": self.message, "body": self.body}
+
+    def says(self, *phrases: str) -> bool:
+        """Whether the server's message holds one of ``phrases`` (lower case)."""
+        text = self.message.lower()
+        return any(phrase in text for phrase in phrases)
+
+
+#: One row of a provider's failure table: (applies(provider, answer), build(provider, answer)).
+_FailureRow = Tuple[Callable[[Any, _ErrorAnswer], bool], Callable[[Any, _ErrorAnswer], ProviderError]]
+
+
+def _overflow_error(p: "BaseProvider", a: _ErrorAnswer) -> ContextLengthError:
+    prompt, context = a.overflow or (None, None)
+    return ContextLengthError("%s model %r: the prompt%s does not fit the context%s (%s): %s." % (
+        p.title, a.model, " (%d tokens)" % prompt if prompt else "",
+        " it is loaded with (%d tokens)" % context if context else "",
+        "HTTP %d" % a.status if a.status else "an error in the reply", a.said),
+        prompt_tokens=prompt, context_length=context, reason="context_length",
+        hint=p._context_advice(a.model, prompt), **a.fields)
+
+
+def _too_long_error(p: "BaseProvider", a: _ErrorAnswer) -> InputTooLongError:
+    prompt, context = a.overflow or (None, None)
+    return InputTooLongError("a text is too long for %s model %r: %s." % (p.title, a.model, a.said),
+                             prompt_tokens=prompt, context_length=context, reason="input_too_long",
+                             hint="Shorten or split it%s." % p.truncate_hint, **a.fields)
+
+
+def _no_endpoint_error(p: "BaseProvider", a: _ErrorAnswer) -> UnsupportedEndpointError:
+    """The one rule for an endpoint the server lacks: name the path asked, what has it, what to do."""
+    return UnsupportedEndpointError("%s at %s has no endpoint %s (HTTP %s: %s)%s." % (
+        p.title, p.base_url, a.path, a.status, a.said, "; it needs %s" % a.needed if a.needed else ""),
+        path=a.path, needed=a.needed, manual=a.manual, reason="endpoint_missing",
+        hint=a.manual or "Is this really %s? %s" % (p.title, p.wrong_server_hint), **a.fields)
+
+
+#: The failure table every provider starts from: (applies, build) rows; the first row that applies to an
+#: error answer builds its exception.  A provider class puts its own rows first (``failure_rows``).
+_FAILURES: Tuple[_FailureRow, ...] = (
+    (lambda p, a: a.path == p.embed_path and a.says(*_NO_EMBEDDING_PHRASES),
+     lambda p, a: EmbeddingNotSupportedError("%s cannot embed with model %r: %s." % (
+         p.title, a.model, a.said), hint=p.embedding_hint, reason="embedding_unsupported", **a.fields)),
+    (lambda p, a: a.path == p.embed_path and (a.overflow is not None or a.says(*_TOO_LONG_PHRASES)),
+     _too_long_error),
+    (lambda p, a: a.status != 404 and a.overflow is not None, _overflow_error),
+    (lambda p, a: a.status in (401, 403),
+     lambda p, a: AuthenticationError("%s at %s refused the request (HTTP %s): %s." % (
+         p.title, p.base_url, a.status, a.said), reason="auth", hint=p.auth_hint, **a.fields)),
+    (lambda p, a: bool(a.model) and a.says("does not support tools"),
+     lambda p, a: ToolsNotSupportedError("%s model %r cannot call tools (%s said: %s)." % (
+         p.title, a.model, p.title, a.said), model=a.model, reason="tools_unsupported", **a.fields,
+         hint="Use a model trained for tool calls (on Ollama, 'ollama show MODEL' lists 'tools' among its "
+              "capabilities), or call without tools=.")),
+    (lambda p, a: a.model != "" and a.status is not None
+     and p._is_model_not_found(a.status, a.message, a.body),
+     lambda p, a: p._not_found(a.model, a.said, a.status, a.message, a.body)),
+    (lambda p, a: a.status is not None and _lacks_endpoint(a.status, a.message), _no_endpoint_error),
+)
 
 
 class BaseProvider:
-    """What every provider shares: validation, payload assembly, the transport,
-    streaming, reasoning removal, JSON generation, model listing and facts,
-    tools, embeddings and images.
+    """What every provider shares: the operations, the transport, model facts and the failure table.
 
-    Subclasses set the class attributes below and implement the server's
-    shapes: ``_read_reply``, ``_read_event``, ``_model_names``,
-    ``_is_model_not_found``, ``_tool_call_parts``, ``_wire_tool_call``,
-    ``_wire_tool_result``, ``_read_embeddings``, ``_convert_images`` and
-    ``_raw_logprobs``.  A provider may be shared between threads; a single
-    stream belongs to one thread.
-    """
+    A subclass sets ``kind`` and the class attributes below and implements the server's shapes (the methods
+    under "what each server does differently").  A provider may be shared between threads; a single stream
+    belongs to one thread."""
 
     #: The server kind's row in SERVER_KINDS; a subclass that sets it gets the row's fields below as
     #: class attributes (``provider`` is the kind's name, ``api_key_env`` its ``key_env``).
@@ -3473,6 +3682,14 @@ class BaseProvider:
     api_key_env = ""         # the environment variable with the token, used when api_key is not given
     stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
     content_must_be_str = True
+    embed_path = ""
+    embed_needed = ""  # the server version that has embed_path, when known
+    embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
+    image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
+    vision_hint = "Use a model with vision."
+    embedding_hint = ""
+    truncate_hint = ""
+    failure_rows = _FAILURES  # what an error answer means
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -3489,12 +3706,13 @@ class BaseProvider:
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
                  api_key: Optional[str] = None, max_retries: int = 2, *,
-                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         """``host``: any accepted host form (default: environment, then the server's default).
         ``timeout``: read timeout in seconds, or ``(connect, read)``; defaults (5, 600).
         ``max_retries``: how often a 429/503 answer is retried before any text is read.
-        ``max_event_bytes``, ``max_body_bytes``: the largest stream event (32 MiB) and whole
-        answer (128 MiB) accepted, counted after decompression."""
+        ``max_event_bytes``, ``max_body_bytes``: the largest stream event (32 MiB) and whole answer
+        (128 MiB) accepted, counted after decompression."""
         for name, limit in (("max_event_bytes", max_event_bytes), ("max_body_bytes", max_body_bytes)):
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
                 raise InvalidInputError("%s must be a whole number of bytes >= 1, got %r" % (name, limit))
@@ -3508,7 +3726,8 @@ class BaseProvider:
         headers = {"Accept": "application/json", "User-Agent": "lm_providers/" + __version__}
         if not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidInputError("max_retries must be a whole number >= 0, got %r" % (max_retries,))
-        self.transport = HTTPTransport(self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
+        self.transport = HTTPTransport(self.base_url, connect_timeout=connect_timeout,
+                                       read_timeout=read_timeout,
                                        headers=headers, max_retries=max_retries, server_title=self.title,
                                        start_hint=self.start_hint, api_key=api_key,
                                        max_event_bytes=max_event_bytes, max_body_bytes=max_body_bytes)
@@ -3533,26 +3752,31 @@ class BaseProvider:
              debug: bool = False, tools: Any = None, tool_choice: Any = None) -> ChatResult:
         """Generate a whole reply; return it with its reasoning, finish reason, usage and tool calls.
 
-        ``tools``: Python functions or function schemas the model may call (see
-        ``tool_schema``); the calls it asks for are in the result's ``tool_calls``.
-        ``tool_choice``: ``"auto"``, ``"none"``, ``"required"`` or one function
-        (OpenAI-compatible servers only; Ollama has none, so it is not sent there).
-        """
-        model = self._with_tools(self._model(model), tools, tool_choice)
-        payload = self._payload(messages, model, stream=False, debug=debug)
-        started = time.perf_counter()
-        response = self.transport.request("POST", self.chat_path, payload, debug=debug,
-                                          describe_failure=self._failure, model=model.name)
-        data, (text, reasoning, finish_reason, usage) = self._read_answer(response, self.chat_path,
-                                                                          self._read_reply, model.name)
-        tool_calls = _tool_calls_from(self._tool_call_parts(data), self.title, finish_reason)
-        finish_reason = _tool_finish_reason(finish_reason, tool_calls)
-        content, inline_reasoning = split_reasoning(text or "")
-        result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage, model.name, data,
-                            tool_calls, self._logprobs_of(data))
-        self._check_fit(payload, model, usage, finish_reason, bool(text), result)
-        self._check_result(result, model, debug, time.perf_counter() - started)
-        return result
+        ``tools``: Python functions or function schemas the model may call (see ``tool_schema``); the calls it
+        asks for are in the result's ``tool_calls``. ``tool_choice``: ``"auto"``, ``"none"``, ``"required"``
+        or one function (OpenAI-compatible servers only; Ollama has none, so it is not sent there)."""
+        with _debugging(debug):
+            model = _with_tools(self._model(model), tools, tool_choice)
+            payload = self._payload(messages, model, stream=False)
+            started = time.perf_counter()
+            data, (text, reasoning, finish_reason, usage) = self._call(
+                "POST", self.chat_path, payload, model=model.name,
+                read=lambda data: (data, self._read_reply(data)))
+            tool_calls = _tool_calls_from(self._tool_call_parts(data), self.title, finish_reason)
+            finish_reason = _tool_finish_reason(finish_reason, tool_calls)
+            content, inline_reasoning = split_reasoning(text or "")
+            result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage,
+                                model.name, data, tool_calls, _logprobs_of(self, data))
+            self._check_fit(payload, model, usage, finish_reason, bool(text), result)
+            if _debug_call_running():
+                logger.debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, "
+                             "%.3f s", len(result.text), len(result.reasoning), finish_reason, usage,
+                             time.perf_counter() - started)
+                logger.debug("reply text: %s", result.text)
+                for call in tool_calls:
+                    logger.debug("tool call %s: %s(%s)", call.id, call.name, call.raw_arguments)
+            self._check_end(model, finish_reason, bool(result.text), bool(result.reasoning))
+            return result
 
     def generate_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
                       debug: bool = False) -> str:
@@ -3563,8 +3787,8 @@ class BaseProvider:
                     debug: bool = False, tools: Any = None, tool_choice: Any = None) -> ChatStream:
         """Stream a reply as a ChatStream: iterate for text; reasoning, finish reason, usage and
         the assembled tool calls after the loop.  ``tools`` and ``tool_choice`` as for ``chat``."""
-        model = self._with_tools(self._model(model), tools, tool_choice)
-        return ChatStream(self, messages, model, debug)
+        with _debugging(debug):  # the request is built now; the stream logs its own reading
+            return ChatStream(self, messages, _with_tools(self._model(model), tools, tool_choice), debug)
 
     def stream_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
                     debug: bool = False) -> TextStream:
@@ -3583,12 +3807,10 @@ class BaseProvider:
                       max_attempts: int = 3, debug: bool = False) -> Dict[str, Any]:
         """Generate a JSON object that has every attribute in ``required_attributes``.
 
-        The server is asked for JSON that follows ``schema`` (default: one built
-        from the required attributes).  A reply that is not such an object is
-        answered with a repair message, up to ``max_attempts`` replies in all;
-        then JSONGenerationError is raised with the last reply.
-        """
-        self._validate_messages(messages)
+        The server is asked for JSON that follows ``schema`` (default: one built from the required
+        attributes).  A reply that is not such an object is answered with a repair message, up to
+        ``max_attempts`` replies in all; then JSONGenerationError is raised with the last reply."""
+        _check_messages(messages, self.content_must_be_str)
         if not isinstance(required_attributes, (list, tuple)) or not all(
                 isinstance(a, str) for a in required_attributes):
             raise InvalidInputError("required_attributes must be a list of strings, got %r"
@@ -3596,28 +3818,27 @@ class BaseProvider:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise InvalidInputError("max_attempts must be a whole number >= 1, got %r" % (max_attempts,))
         required = list(required_attributes)
-        model = self._model(model).with_parameters(format=dict(schema) if schema else json_schema_for(required))
+        model = self._model(model).with_parameters(format=dict(schema or json_schema_for(required)))
         conversation = list(messages)
         raw, reason = "", ""
-        for attempt in range(1, max_attempts + 1):
-            result = self.chat(conversation, model, debug=debug)
-            raw = result.text
-            try:
-                data = extract_json(raw, required)
-            except ValueError as exc:
-                reason = str(exc) + (" (the reply was cut off at the token limit)"
-                                     if result.finish_reason == "length" else "")
-                if debug:
-                    _debug("JSON attempt %d/%d failed: %s", attempt, max_attempts, reason)
-                conversation = list(messages) + [
-                    {"role": "assistant", "content": raw},
-                    {"role": "user", "content": "That reply was not usable: %s. Answer again with only one JSON "
-                                                "object that has the attributes %s, and nothing else."
-                                                % (reason, ", ".join(required) or "you were asked for")}]
-                continue
-            if debug:
-                _debug("JSON attempt %d/%d gave an object with keys %s", attempt, max_attempts, sorted(data))
-            return data
+        with _debugging(debug):
+            for attempt in range(1, max_attempts + 1):
+                result = self.chat(conversation, model)
+                raw = result.text
+                try:
+                    data = extract_json(raw, required)
+                except ValueError as exc:
+                    reason = str(exc) + (" (the reply was cut off at the token limit)"
+                                         if result.finish_reason == "length" else "")
+                    logger.debug("JSON attempt %d/%d failed: %s", attempt, max_attempts, reason)
+                    repair = ("That reply was not usable: %s. Answer again with only one JSON object that "
+                              "has the attributes %s, and nothing else." % (
+                                  reason, ", ".join(required) or "you were asked for"))
+                    conversation = list(messages) + [{"role": "assistant", "content": raw},
+                                                     {"role": "user", "content": repair}]
+                    continue
+                logger.debug("JSON attempt %d/%d gave keys %s", attempt, max_attempts, sorted(data))
+                return data
         raise JSONGenerationError(
             "%s did not return a JSON object with %s after %d attempt(s): %s" % (
                 self.title, ", ".join(map(repr, required)) or "any attributes", max_attempts, reason),
@@ -3628,34 +3849,29 @@ class BaseProvider:
               batch_size: int = DEFAULT_EMBED_BATCH, debug: bool = False) -> List[List[float]]:
         """Embed one text or a list of texts; return one vector per text, in input order.
 
-        A single string is one text: ``embed("hi", m)`` returns ``[vector]``.
-        ``dimensions`` asks for shorter vectors (models that support it);
-        ``truncate`` (Ollama only) cuts a text that is too long instead of
-        failing.  The texts are sent ``batch_size`` at a time.  Raises
-        InvalidInputError (no text, an empty text), EmbeddingNotSupportedError
-        (a chat-only model or server) and InputTooLongError (a text over the
-        model's context).
-        """
+        A single string is one text: ``embed("hi", m)`` returns ``[vector]``.  ``dimensions`` asks for shorter
+        vectors (models that support it); ``truncate`` (Ollama only) cuts a text that is too long instead of
+        failing; texts go ``batch_size`` at a time.  Raises InvalidInputError (no text, an empty text),
+        EmbeddingNotSupportedError (a chat-only model or server), InputTooLongError (a text over the model's
+        context)."""
         model = self._model(model)
         inputs = _embedding_inputs(texts, dimensions, batch_size)
         vectors: List[List[float]] = []
-        for start in range(0, len(inputs), batch_size):
-            batch = inputs[start:start + batch_size]
-            payload = self._embed_payload(batch, model, dimensions, truncate)
-            if debug:
-                _debug("request POST %s%s: %d text(s) for model %r", self.base_url, self.embed_path, len(batch),
-                       model.name)
-            response = self.transport.request("POST", self.embed_path, payload, debug=debug,
-                                              describe_failure=self._embed_failure, model=model.name)
-            found = self._read_answer(response, self.embed_path, self._read_embeddings, model.name,
-                                      failure=self._embed_failure)[1]
-            if len(found) != len(batch):
-                raise ProviderResponseError("%s answered %d text(s) with %d vector(s)" % (
-                    self.title, len(batch), len(found)), status=response.status_code)
-            vectors.extend(found)
+        with _debugging(debug):
+            for start in range(0, len(inputs), batch_size):
+                batch = inputs[start:start + batch_size]
+                found = self._call("POST", self.embed_path,
+                                   _embed_payload(self, batch, model, dimensions, truncate),
+                                   model=model.name, needed=self.embed_needed, read=self._read_embeddings,
+                                   manual="Update the server, or use another one for embeddings.")
+                if len(found) != len(batch):
+                    raise ProviderResponseError("%s answered %d text(s) with %d vector(s)" % (
+                        self.title, len(batch), len(found)), reason="bad_response")
+                vectors.extend(found)
         if dimensions is not None and len(vectors[0]) != dimensions:
             logger.warning("%s model %r returned %d-wide vectors although dimensions=%d was asked for; the "
-                           "server or model does not support dimensions", self.title, model.name, len(vectors[0]),
+                           "server or model does not support dimensions", self.title, model.name,
+                           len(vectors[0]),
                            dimensions)
         return vectors
 
@@ -3663,52 +3879,48 @@ class BaseProvider:
                   max_rounds: int = 5, tool_choice: Any = None, debug: bool = False) -> ToolRunResult:
         """Let the model use Python functions until it answers in text; return that answer.
 
-        Each round: the model is called with ``tools`` (Python functions), the
-        functions it asks for are run, and their results are sent back.  An
-        exception inside a tool, or a call to an unknown tool, goes back to the
-        model as that tool's result (``"error: ..."``), not up the stack.  A
-        return value that is not a string is sent as JSON (``str()`` when JSON
-        cannot hold it).  After ``max_rounds`` rounds of tool calls, a model
-        that still asks for tools raises ToolLoopError.  ``tool_choice`` applies
-        to the first call only (so ``"required"`` cannot loop forever).  The
-        caller's ``messages`` are not changed; the result's ``messages`` holds
-        the whole conversation.
-        """
-        tools = list(tools) if isinstance(tools, Sequence) and not isinstance(tools, (str, bytes)) else [tools]
+        Each round the model is called with ``tools``, the calls it asks for are run and their results (JSON
+        unless a string; ``str()`` when JSON cannot hold it) sent back.  A tool that raises, or an unknown
+        tool, answers ``"error: ..."`` to the model instead of raising.  After ``max_rounds`` rounds a model
+        that still asks for tools raises ToolLoopError.  ``tool_choice`` applies to the first call only.
+        ``messages`` is not changed; the result's ``messages`` is the whole conversation."""
+        is_list = isinstance(tools, Sequence) and not isinstance(tools, (str, bytes))
+        tools = list(tools) if is_list else [tools]
         for tool in tools:
             if not callable(tool) or isinstance(tool, Mapping):
-                raise InvalidInputError("run_tools needs Python functions to run, got %r; for a schema without a "
-                                        "function use chat(..., tools=[...]) and run the calls yourself" % (tool,))
+                raise InvalidInputError("run_tools needs Python functions to run, got %r; for a schema "
+                                        "without a function use chat(..., tools=[...]) and run the calls "
+                                        "yourself" % (tool,))
         schemas = _tool_schemas(tools)
         functions = {schema["function"]["name"]: tool for schema, tool in zip(schemas, tools)}
         if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
             raise InvalidInputError("max_rounds must be a whole number >= 1, got %r" % (max_rounds,))
-        self._validate_messages(messages)
+        _check_messages(messages, self.content_must_be_str)
         conversation: List[Dict[str, Any]] = list(messages)  # type: ignore[arg-type]
-        for rounds in range(max_rounds + 1):
-            result = self.chat(conversation, model, debug=debug, tools=schemas,
-                               tool_choice=tool_choice if rounds == 0 else None)
-            conversation.append(result.assistant_message())
-            if not result.tool_calls:
-                return ToolRunResult(result, conversation, rounds)
-            if rounds == max_rounds:
-                break
-            for call in result.tool_calls:
-                output = _run_tool(functions, call)
-                if debug:
-                    _debug("tool %s(%s) -> %s", call.name, call.raw_arguments, output)
-                conversation.append(call.result_message(output))
-        raise ToolLoopError("%s model still asked for tools (%s) after %d round(s) of tool calls; raise max_rounds, "
-                            "or look at the tools' results in .messages" % (
+        with _debugging(debug):
+            for rounds in range(max_rounds + 1):
+                result = self.chat(conversation, model, tools=schemas,
+                                   tool_choice=tool_choice if rounds == 0 else None)
+                conversation.append(result.assistant_message())
+                if not result.tool_calls:
+                    return ToolRunResult(result, conversation, rounds)
+                if rounds == max_rounds:
+                    break
+                for call in result.tool_calls:
+                    output = _run_tool(functions, call)
+                    if debug:
+                        logger.debug("tool %s(%s) -> %s", call.name, call.raw_arguments, output)
+                    conversation.append(call.result_message(output))
+        raise ToolLoopError("%s model still asked for tools (%s) after %d round(s) of tool calls; raise "
+                            "max_rounds, or look at the tools' results in .messages" % (
                                 self.title, ", ".join(c.name for c in result.tool_calls), max_rounds),
                             messages=conversation, rounds=max_rounds)
 
     def list_models(self, *, debug: bool = False) -> List[str]:
         """The names of the models the server offers."""
-        if debug:
-            _debug("request GET %s%s headers=%s", self.base_url, self.models_path, self._debug_headers())
-        response = self.transport.request("GET", self.models_path, debug=debug, describe_failure=self._failure)
-        return self._read_answer(response, self.models_path, self._model_names)[1]
+        with _debugging(debug):
+            names: List[str] = self._call("GET", self.models_path, read=self._model_names)
+            return names
 
     def is_model_available(self, name: str, *, debug: bool = False) -> bool:
         """Whether the server offers the model ``name`` (see ``same_model`` for how names match)."""
@@ -3742,37 +3954,39 @@ class BaseProvider:
     def model_info(self, model: Union[str, ModelConfig], *, debug: bool = False) -> ModelInfo:
         """The facts the server reports about ``model`` as a ModelInfo; a fact it does not report is None.
 
-        Raises ModelNotFoundError when the server does not have the model.
-        """
+        Raises ModelNotFoundError when the server does not have the model."""
         name = self._model(model).name
-        info = self._model_info(name, debug)
+        with _debugging(debug):
+            info = self._model_info(name)
         self._facts[self._fact_key(name)] = info
         return info
 
     def list_model_info(self, *, debug: bool = False) -> List[ModelInfo]:
         """A ModelInfo for every model the server offers (``list_models()`` gives just the names)."""
-        infos = self._list_model_info(debug)
+        with _debugging(debug):
+            infos = self._list_model_info()
         self._facts.update((self._fact_key(info.name), info) for info in infos)
         return infos
 
     def server_version(self, *, debug: bool = False) -> Optional[str]:
         """The server's version string, or None when the server does not report one."""
-        return None
+        with _debugging(debug):
+            return self._server_version()
 
     def load_model(self, model: Union[str, ModelConfig], *, context_length: Optional[int] = None,
                    keep_alive: Union[None, int, float, str] = None, debug: bool = False) -> ModelInfo:
-        """Load ``model`` into memory, with ``context_length`` tokens of context if given, and return its facts.
+        """Load ``model`` into memory, with ``context_length`` tokens of context if given; return its facts.
 
-        ``keep_alive``: how long it stays loaded when idle (Ollama: seconds or a
-        duration such as ``"10m"``, ``-1`` for ever).  Raises
-        UnsupportedEndpointError on a server that cannot load models over its API.
+        ``keep_alive``: how long it stays loaded when idle (Ollama: seconds or a duration such as ``"10m"``,
+        ``-1`` for ever).  Raises UnsupportedEndpointError on a server that cannot load models over its API.
         """
         _check_context_length(context_length)
         if keep_alive is not None:
             _check_kind("keep_alive", keep_alive, "duration")
         name = self._model(model).name
         self._facts.pop(self._fact_key(name), None)
-        info = self._load(name, context_length, keep_alive, debug)
+        with _debugging(debug):
+            info = self._load(name, context_length, keep_alive)
         self._facts[self._fact_key(name)] = info
         return info
 
@@ -3780,17 +3994,18 @@ class BaseProvider:
         """Unload ``model`` from memory (nothing happens when it is not loaded)."""
         name = self._model(model).name
         self._facts.pop(self._fact_key(name), None)
-        self._unload(name, debug)
+        with _debugging(debug):
+            self._unload(name)
 
     def iter_pull(self, model: Union[str, ModelConfig], *, debug: bool = False) -> Iterator[PullProgress]:
         """Download ``model``, yielding PullProgress records as the server reports them.
 
-        A model the server already has finishes at once.  A failure is a
-        DownloadError (or ModelNotFoundError for a name the registry does not know).
-        """
-        return self._pull(self._model(model).name, debug)
+        A model the server already has finishes at once.  A failure is a DownloadError (or ModelNotFoundError
+        for a name the registry does not know)."""
+        return _debugged(self._pull(self._model(model).name), debug)
 
-    def pull_model(self, model: Union[str, ModelConfig], *, progress: Optional[Callable[[PullProgress], Any]] = None,
+    def pull_model(self, model: Union[str, ModelConfig], *,
+                   progress: Optional[Callable[[PullProgress], Any]] = None,
                    debug: bool = False) -> PullProgress:
         """Download ``model``; call ``progress(record)`` for each PullProgress; return the last record."""
         last = None
@@ -3799,85 +4014,67 @@ class BaseProvider:
             if progress is not None:
                 progress(record)
         if last is None:
-            raise DownloadError("%s reported nothing while downloading %r" % (self.title, self._model(model).name))
+            raise DownloadError("%s reported nothing while downloading %r" % (self.title,
+                                                                              self._model(model).name))
         return last
 
-    def _model_info(self, name: str, debug: bool) -> ModelInfo:
-        infos = self.list_model_info(debug=debug)
+    def _model_info(self, name: str) -> ModelInfo:
+        infos = self.list_model_info()
         for info in infos:
             if self.same_model(name, info.name):
                 return info
         raise self._not_found(name, "", offered=[info.name for info in infos])
 
-    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
-        return [ModelInfo(name, source=self.models_path) for name in self.list_models(debug=debug)]
+    def _list_model_info(self) -> List[ModelInfo]:
+        return [ModelInfo(name, source=self.models_path) for name in self.list_models()]
 
-    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
-        raise self._unsupported("load a model", self.models_path, "", self.load_hint(name, context_length))
+    def _server_version(self) -> Optional[str]:
+        return None
 
-    def _unload(self, name: str, debug: bool) -> None:
-        raise self._unsupported("unload a model", self.models_path, "", self.load_hint(name, None))
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
+        raise self._unsupported("load a model", self.load_hint(name, context_length))
 
-    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
-        raise self._unsupported("download a model", self.models_path, "", self.download_hint(name))
+    def _unload(self, name: str) -> None:
+        raise self._unsupported("unload a model", self.load_hint(name, None))
+
+    def _pull(self, name: str) -> Iterator[PullProgress]:
+        raise self._unsupported("download a model", self.download_hint(name))
 
     def load_hint(self, model: str, context_length: Optional[int]) -> str:
         """How to load a model by hand on this server."""
         return "Load it in the server's own way."
 
-    def _unsupported(self, what: str, path: str, needed: str, manual: str) -> UnsupportedEndpointError:
-        return UnsupportedEndpointError("%s at %s cannot %s over its API%s. %s" % (
-            self.title, self.base_url, what, (" (%s needs %s)" % (path, needed)) if needed else "", manual),
-            path=path, needed=needed, manual=manual)
+    def _unsupported(self, what: str, manual: str) -> UnsupportedEndpointError:
+        return UnsupportedEndpointError("%s at %s cannot %s over its API." % (
+            self.title, self.base_url, what), path=self.models_path, manual=manual, hint=manual,
+            reason="endpoint_missing")
 
-    def _call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, debug: bool = False,
-              model: str = "", optional: bool = False, needed: str = "", manual: str = "",
+    def _call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, model: str = "",
+              optional: bool = False, needed: str = "", manual: str = "",
               read: Callable[[Any], Any] = _json_object) -> Any:
-        """One JSON request to a model endpoint; return ``read(answer)`` (default: the answer, a JSON object).
-        An answer ``read`` cannot take is a ProviderResponseError saying so.
-
-        A 404 that is not about the model means the server lacks the endpoint:
-        with ``optional`` that returns None (and says so in a debug line), else
-        it is an UnsupportedEndpointError naming the version ``needed`` and the
-        ``manual`` way.
-        """
-        def describe(status: int, body: str, model_name: str, in_body: bool = False) -> ProviderError:
-            message = _server_message(body)
-            if _lacks_endpoint(status, message) and not (
-                    model_name and self._is_model_not_found(status, message, body)):
-                return UnsupportedEndpointError(
-                    "%s at %s has no %s %s (HTTP %d: %s)%s. %s" % (
-                        self.title, self.base_url, method, path, status, message,
-                        "; it needs %s" % needed if needed else "", manual or self.wrong_server_hint),
-                    path=path, needed=needed, manual=manual, status=status, server_message=message, body=body)
-            return self._failure(status, body, model_name, in_body)
-
-        if debug:
-            _debug("request %s %s%s payload=%s", method, self.base_url, path,
-                   json.dumps(payload, ensure_ascii=False) if payload is not None else "(none)")
+        """One JSON request; return ``read(answer)`` (default: the answer, a JSON object).  An error answer
+        is the failure table's error (``needed``, ``manual``: what a missing endpoint's error says to do);
+        with ``optional``, a missing endpoint returns None instead."""
+        failure = self._failure_at(path, needed, manual)
+        self._log_request(method, path, payload)
         try:
-            response = self.transport.request(method, path, payload, debug=debug, describe_failure=describe,
-                                              model=model)
-            return self._read_answer(response, path, read, model, failure=describe)[1]
+            response = self.transport.request(method, path, payload, debug=_debug_call_running(),
+                                              describe_failure=failure, model=model)
+            return self._read_answer(response, path, read, model, failure=failure)[1]
         except UnsupportedEndpointError as exc:
             if not optional:
                 raise
-            logger.debug("%s at %s has no %s (%s); that source of model facts is skipped", self.title,
-                         self.base_url, path, exc.server_message)
-            if debug:
-                _debug("%s has no %s (HTTP %s); falling back", self.title, path, exc.status)
+            logger.debug("%s at %s has no %s (HTTP %s: %s); skipped", self.title, self.base_url, path,
+                         exc.status, exc.server_message)
             return None
 
     def _stream_json(self, path: str, payload: Dict[str, Any], *,
                      model: str = "") -> Generator[Dict[str, Any], None, None]:
         """The JSON objects of a streamed POST to ``path`` (``_EventStream``) until the body ends: the caller
         decides whether the last one said the work was done.  An ``{"error": ...}`` is ``_in_band_error``."""
-        response = self.transport.request("POST", path, payload, describe_failure=self._failure, model=model)
+        response = self.transport.request("POST", path, payload, describe_failure=self._failure_at(path),
+                                          model=model)
         return iter(_EventStream(self, response, path, model, complete=lambda: True))
-
-    def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
-        return ProviderResponseError("%s reported an error on %s for %r: %s" % (self.title, path, model, message),
-                                     server_message=message, body=body)
 
     def _known_context(self, model: ModelConfig) -> Optional[int]:
         """The context a request for ``model`` meets, when already known without asking the server."""
@@ -3898,22 +4095,8 @@ class BaseProvider:
                    finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
         """After a reply: raise (or warn) when the server's own numbers show the prompt did not fit."""
 
-    def _context_error(self, status: Optional[int], body: str, model: str) -> Optional[ContextLengthError]:
-        """A ContextLengthError when an error answer says the prompt did not fit the context, else None."""
-        message = _server_message(body)
-        parsed = _parse_overflow(message, body)
-        if parsed is None:
-            return None
-        prompt, context = parsed
-        return ContextLengthError("%s model %r: the prompt%s does not fit the context%s (%s): %s. %s" % (
-            self.title, model, " (%d tokens)" % prompt if prompt else "",
-            " it is loaded with (%d tokens)" % context if context else "",
-            "HTTP %d" % status if status else "an error in the reply", message.rstrip(". "),
-            self._context_advice(model, prompt)), prompt_tokens=prompt, context_length=context,
-            status=status, server_message=message, body=body)
-
     def _context_advice(self, model: str, prompt_tokens: Optional[int]) -> str:
-        """``context_hint``, or, when the prompt is larger than the model can ever take, that it must be shorter."""
+        """``context_hint``, or, for a prompt larger than the model can ever take, that it must be shorter."""
         info = self._facts.get(self._fact_key(model))
         most = info.context_length if info is not None else None
         if most and prompt_tokens and prompt_tokens > most:
@@ -3932,158 +4115,37 @@ class BaseProvider:
                 _refuse_parameters_without_provider(model, self.provider)
             model = parse_model_uri(model) if "://" in model else ModelConfig(model, self.provider)
         if not isinstance(model, ModelConfig):
-            raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, got %r" % (model,))
+            raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, got %r"
+                                    % (model,))
         if model.provider != self.provider:
-            raise InvalidInputError("model %r is for %s, but this is a %s provider; use lm_providers.get_provider"
-                                    "(model) to get the right one" % (model.name, SERVER_KINDS[model.provider].title,
-                                                                      self.title))
+            raise InvalidInputError("model %r is for %s, but this is a %s provider; use "
+                                    "lm_providers.get_provider(model) to get the right one" % (
+                                        model.name, SERVER_KINDS[model.provider].title, self.title))
         if model.host is not None and normalize_host(model.host, self.provider) != self.base_url:
             logger.warning("model %r names the host %s, but this provider talks to %s; use "
-                           "lm_providers.get_provider(model) to follow the model's host", model.name, model.host,
-                           self.base_url)
+                           "lm_providers.get_provider(model) to follow the model's host", model.name,
+                           model.host, self.base_url)
         return model
 
-    @staticmethod
-    def _with_tools(model: ModelConfig, tools: Any, tool_choice: Any) -> ModelConfig:
-        """``model`` with the ``tools=`` and ``tool_choice=`` of a call added to its parameters."""
-        if tools is not None:
-            model = model.with_parameters(tools=_tool_schemas(tools))
-        if tool_choice is not None:
-            model = model.with_parameters(tool_choice=tool_choice)
-        return model
-
-    def _validate_messages(self, messages: Any) -> None:
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-            raise InvalidInputError("messages must be a list of {'role': ..., 'content': ...} dicts, got %s"
-                                    % type(messages).__name__)
-        if not messages:
-            raise InvalidInputError("messages is empty: give at least one {'role': 'user', 'content': ...}")
-        for index, message in enumerate(messages):
-            if not isinstance(message, Mapping):
-                raise InvalidInputError("messages[%d] must be a dict with 'role' and 'content', got %r"
-                                        % (index, message))
-            role = message.get("role")
-            if role not in _ROLES:
-                raise InvalidInputError("messages[%d] has role %r; use one of %s" % (index, role, ", ".join(_ROLES)))
-            content = message.get("content")
-            if content is None and role == "assistant" and message.get("tool_calls"):
-                continue
-            if isinstance(content, str):
-                continue
-            if not self.content_must_be_str and isinstance(content, list) and all(
-                    isinstance(part, Mapping) and "type" in part for part in content):
-                continue
-            raise InvalidInputError("messages[%d]['content'] must be a string%s, got %r" % (
-                index, "" if self.content_must_be_str else " (or a list of content parts)", content))
-
-    def _payload(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, *, stream: bool,
-                 debug: bool) -> Dict[str, Any]:
-        messages = self._with_images(messages, model)
-        self._validate_messages(messages)
-        messages = self._wire_messages(messages)
+    def _payload(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, *,
+                 stream: bool) -> Dict[str, Any]:
+        """The chat request's body: the messages checked and in this server's form, the model's parameters."""
+        messages = _with_images(self, messages, model)
+        _check_messages(messages, self.content_must_be_str)
+        messages = _wire_messages(self, messages)
         payload: Dict[str, Any] = {"model": model.name, "messages": messages, "stream": stream}
         payload.update(self._extra_payload(stream))
         payload.update(map_parameters(model.parameters, self.provider))
-        if debug:
-            _debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token); %s",
-                   self.title, model.name, self.base_url, len(messages), _estimate_tokens(messages),
-                   self._debug_context(model))
+        if _debug_call_running():
+            logger.debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token); "
+                         "%s",
+                         self.title, model.name, self.base_url, len(messages), _estimate_tokens(messages),
+                         self._debug_context(model))
             for index, message in enumerate(messages):
-                _debug("  message %d [%s]: %s", index, message.get("role"), message.get("content"))
-            _debug("request POST %s%s headers=%s payload=%s", self.base_url, self.chat_path,
-                   self._debug_headers(), json.dumps(payload, ensure_ascii=False))
+                logger.debug("  message %d [%s]: %s", index, message.get("role"), message.get("content"))
+            if stream:  # the stream code sends it without a word
+                self._log_request("POST", self.chat_path, payload)
         return payload
-
-    def _with_images(self, messages: Any, model: ModelConfig) -> Any:
-        """``messages`` with their images in this server's form: new dicts, the caller's stay as they are."""
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not any(
-                _has_images(message) for message in messages):
-            return messages
-        converted = [self._convert_images(message, index) if _has_images(message) else message
-                     for index, message in enumerate(messages)]
-        if any(isinstance(message, Mapping) and message.get("images") for message in converted):
-            self._check_vision(model)  # Ollama's form: images stay in "images"
-        return converted
-
-    def _check_vision(self, model: ModelConfig) -> None:
-        """Warn when the model's facts say it has no vision (Ollama then ignores the images without a word).
-        The facts are asked once per model (``model_info``); when they cannot be had, nothing is said."""
-        info = self._facts.get(self._fact_key(model.name))
-        if info is None:
-            try:
-                info = self.model_info(model)
-            except ProviderError as exc:
-                logger.debug("no facts about %s model %r, so its vision is not checked: %s", self.title,
-                             model.name, exc)
-                return
-        if info.vision is False:
-            logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent with "
-                           "it. %s", self.title, model.name, ", ".join(sorted(info.capabilities)) or "none",
-                           self.title, self.vision_hint)
-
-    vision_hint = "Use a model with vision."
-
-    def _logprobs_of(self, data: Any) -> Optional[List[Dict[str, Any]]]:
-        """The reply's token log-probabilities, normalized (None when the server sent none)."""
-        try:
-            entries = self._raw_logprobs(data)
-            return None if entries is None else _normalize_logprobs(entries)
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise ProviderResponseError("%s sent log-probabilities of an unexpected shape: %s"
-                                        % (self.title, _short_json(data))) from None
-
-    def _embed_failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
-        """The exception for an embeddings error: a model or server that cannot embed, a text too long."""
-        body = self.transport.scrub(body)
-        message = _server_message(body)
-        text = message.lower()
-        if any(phrase in text for phrase in _NO_EMBEDDING_PHRASES):
-            return EmbeddingNotSupportedError("%s cannot embed with model %r: %s. %s" % (
-                self.title, model, message.rstrip(". "), self.embedding_hint), status, message, body)
-        overflow = _parse_overflow(message, body)
-        if overflow is not None or any(phrase in text for phrase in _TOO_LONG_PHRASES):
-            prompt_tokens, context_length = overflow or (None, None)
-            return InputTooLongError("a text is too long for %s model %r: %s. Shorten or split it%s." % (
-                self.title, model, message.rstrip(". "), self.truncate_hint), prompt_tokens=prompt_tokens,
-                context_length=context_length, status=status, server_message=message, body=body)
-        if _lacks_endpoint(status, message) and not self._is_model_not_found(status, message, body):
-            manual = "Update the server%s, or use another one for embeddings." % (
-                " to %s" % self.embed_needed if self.embed_needed else "")
-            return UnsupportedEndpointError("%s at %s has no endpoint %s (HTTP %d: %s); the server may be too old "
-                                            "for embeddings. %s" % (self.title, self.base_url, self.embed_path,
-                                                                    status, message.rstrip(". "), manual),
-                                            path=self.embed_path, needed=self.embed_needed, manual=manual,
-                                            status=status, server_message=message, body=body)
-        return self._failure(status, body, model, in_body)
-
-    embedding_hint = ""
-    truncate_hint = ""
-    embed_needed = ""  # the server version that has embed_path, when known
-
-    def _wire_messages(self, messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-        """The messages as this server takes them.  Tool requests and tool results, written
-        the one way the README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``);
-        every other message goes as it is.  The caller's dicts are never changed."""
-        if not any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
-            if all(type(m) is dict for m in messages):
-                return messages  # type: ignore[return-value]  # dicts, passed on unchanged
-            return [dict(m) for m in messages]
-        wired: List[Dict[str, Any]] = []
-        pending: List[Tuple[Optional[str], Optional[str]]] = []  # (id, name) of calls not answered yet
-        for index, message in enumerate(messages):
-            if message.get("role") == "tool":
-                call_id, name = _answered_call(message, pending)
-                wired.append(self._wire_tool_result(message, call_id, name, index))
-            elif message.get("role") == "assistant" and message.get("tool_calls"):
-                calls = message["tool_calls"]
-                if not isinstance(calls, (list, tuple)):
-                    raise InvalidInputError("messages[%d]['tool_calls'] must be a list, got %r" % (index, calls))
-                fields = [_call_fields(call, index) for call in calls]
-                pending = [(call_id, name) for call_id, name, _ in fields]
-                wired.append(dict(message, tool_calls=[self._wire_tool_call(*f) for f in fields]))
-            else:
-                wired.append(dict(message))
-        return wired
 
     def _wire_tool_call(self, call_id: Optional[str], name: str, arguments: Dict[str, Any]) -> Dict[str, Any]:
         """One entry of an assistant message's ``tool_calls``, in this server's form."""
@@ -4094,11 +4156,16 @@ class BaseProvider:
         """A ``role: tool`` message in this server's form."""
         raise NotImplementedError
 
-    def _debug_headers(self) -> Dict[str, str]:
-        headers = dict(self.transport.session.headers)
-        if self._api_key:
-            headers["Authorization"] = "Bearer " + _mask(self._api_key)
-        return headers
+    def _log_request(self, method: str, path: str, payload: Optional[Mapping[str, Any]]) -> None:
+        """The debug line of a request: URL, headers (the token masked) and payload."""
+        if _debug_call_running():
+            headers = dict(self.transport.session.headers)
+            if self._api_key:
+                headers["Authorization"] = "Bearer " + _mask(self._api_key)
+            if payload is not None and isinstance(payload.get("input"), list):  # embeddings: only how many
+                payload = dict(payload, input="(%d text(s))" % len(payload["input"]))
+            logger.debug("request %s %s%s headers=%s payload=%s", method, self.base_url, path, headers,
+                         json.dumps(payload, ensure_ascii=False) if payload is not None else "(none)")
 
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {}
@@ -4125,23 +4192,15 @@ class BaseProvider:
                 self.title, path, _scrub(text)[:300]), status=response.status_code, body=text,
                 reason="bad_response") from None
 
-    def _check_result(self, result: ChatResult, model: ModelConfig, debug: bool, seconds: float) -> None:
-        if debug:
-            _debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, %.3f s",
-                   len(result.text), len(result.reasoning), result.finish_reason, result.usage, seconds)
-            _debug("reply text: %s", result.text)
-            for call in result.tool_calls:
-                _debug("tool call %s: %s(%s)", call.id, call.name, call.raw_arguments)
-        self._check_end(model, result.finish_reason, bool(result.text), bool(result.reasoning))
-
-    def _check_end(self, model: ModelConfig, finish_reason: Optional[str], has_text: bool, reasoned: bool) -> None:
+    def _check_end(self, model: ModelConfig, finish_reason: Optional[str], has_text: bool,
+                   reasoned: bool) -> None:
         """What every finished reply, blocking or streamed, is checked for: the token limit, emptiness."""
         if finish_reason == "length":
             if not has_text:
                 raise ProviderResponseError(
-                    "%s model %r used the whole token limit%s before writing any answer; raise max_tokens "
-                    "(num_predict on Ollama)" % (self.title, model.name, " on reasoning" if reasoned else ""),
-                    server_message="finish_reason=length")
+                    "%s model %r used the whole token limit%s before writing any answer;" % (
+                        self.title, model.name, " on reasoning" if reasoned else ""),
+                    server_message="finish_reason=length", hint="raise max_tokens (num_predict on Ollama)")
             logger.warning("%s model %r stopped at the token limit (finish_reason=length); the reply is cut "
                            "short. Raise max_tokens to get more.", self.title, model.name)
         elif not has_text and finish_reason != "tool_calls":
@@ -4151,39 +4210,46 @@ class BaseProvider:
     def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig,
                 state: Any) -> Generator[str, None, None]:
         """A chat stream's content pieces (``_chat_pieces``); the messages are checked now, not at next()."""
-        payload = self._payload(messages, model, stream=True, debug=logger.isEnabledFor(logging.DEBUG))
+        payload = self._payload(messages, model, stream=True)
         return _chat_pieces(self, payload, model, state)
 
     def _ends_with_body(self, state: Any) -> bool:
         """Whether a chat stream whose body ended without its end marker is complete all the same."""
         return False
 
-    def _failure(self, status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
-        """The exception for an error answer (``in_body``: an error object in a 200 response)."""
-        body = self.transport.scrub(body)
-        overflow = self._context_error(status, body, model) if status != 404 else None
-        if overflow is not None:
-            return overflow
-        message = _server_message(body)
-        said = message.rstrip(". ")  # the server's words, followed by more sentences
-        if status in (401, 403):
-            return AuthenticationError("%s at %s refused the request (HTTP %d): %s." % (
-                self.title, self.base_url, status, said), status, message, body, reason="auth", hint=self.auth_hint)
-        if model and "does not support tools" in message.lower():
-            return ToolsNotSupportedError(
-                "%s model %r cannot call tools (%s said: %s). Use a model trained for tool calls (on Ollama, "
-                "'ollama show MODEL' lists 'tools' among its capabilities), or call without tools=."
-                % (self.title, model, self.title, said), model=model, status=status, server_message=message,
-                body=body, reason="tools_unsupported")
-        if model and self._is_model_not_found(status, message, body):
-            return self._not_found(model, said, status, message, body)
-        if status == 404:
-            return ProviderResponseError("%s at %s has no endpoint %s (HTTP 404: %s)." % (
-                self.title, self.base_url, self.chat_path if model else self.models_path, said), status, message,
-                body, reason="endpoint_missing", hint="Is this really %s? %s" % (self.title, self.wrong_server_hint))
+    def _failure(self, status: int, body: str, model: str, in_body: bool = False, *, path: str = "",
+                 needed: str = "", manual: str = "") -> ProviderError:
+        """The exception for an error answer to ``path`` (default: the chat's; ``in_body``: an error object
+        in a 2xx body): the first row of ``failure_rows`` that applies, else a plain ProviderResponseError."""
+        answer = _ErrorAnswer(status, self.transport.scrub(body), model, path or self.chat_path, in_body,
+                              needed, manual)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
-        return ProviderResponseError("%s answered %s: %s%s" % (self.title, where, message, _proxy_hint(message)),
-                                     status, message, body)
+        return self._tabled(answer) or ProviderResponseError("%s answered %s: %s%s" % (
+            self.title, where, answer.message, _proxy_hint(answer.message)), **answer.fields)
+
+    def _failure_at(self, path: str, needed: str = "", manual: str = "") -> Callable[..., ProviderError]:
+        """``_failure`` for answers to ``path`` (the ``describe_failure`` of a request to it)."""
+        def failure(status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
+            return self._failure(status, body, model, in_body, path=path, needed=needed, manual=manual)
+        return failure
+
+    def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
+        """The exception for an error event in a stream from ``path`` (other than the chat's)."""
+        answer = _ErrorAnswer(None, body, model, path, in_body=True)
+        return self._tabled(answer) or ProviderResponseError("%s reported an error on %s for %r: %s" % (
+            self.title, path, model, message), server_message=message, body=body)
+
+    def _context_error(self, status: Optional[int], body: str, model: str) -> Optional[ContextLengthError]:
+        """A ContextLengthError when an error answer says the prompt did not fit the context, else None."""
+        answer = _ErrorAnswer(status, body, model, self.chat_path)
+        return _overflow_error(self, answer) if answer.overflow is not None else None
+
+    def _tabled(self, answer: _ErrorAnswer) -> Optional[ProviderError]:
+        """The error of the first row of ``failure_rows`` that applies to ``answer``."""
+        for applies, build in self.failure_rows:
+            if applies(self, answer):
+                return build(self, answer)
+        return None
 
     def _not_found(self, model: str, said: str, status: Optional[int] = None, message: Optional[str] = None,
                    body: Optional[str] = None, offered: Optional[Sequence[str]] = None) -> ModelNotFoundError:
@@ -4192,8 +4258,8 @@ class BaseProvider:
         matches = self.close_matches(model, offered)
         return ModelNotFoundError("model %r is not available on %s at %s%s." % (
             model, self.title, self.base_url, ": " + said if said else ""),
-            model=model, host=self.base_url, suggestions=matches, status=status, server_message=message, body=body,
-            reason="model_not_found", hint=self.download_hint(model) + (
+            model=model, host=self.base_url, suggestions=matches, status=status, server_message=message,
+            body=body, reason="model_not_found", hint=self.download_hint(model) + (
                 " Close matches on this server: %s." % ", ".join(matches) if matches else ""))
 
     # --- what each server does differently ------------------------------------
@@ -4217,26 +4283,6 @@ class BaseProvider:
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         raise NotImplementedError
 
-    embed_path = ""
-    image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
-    embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
-
-    def _embed_payload(self, texts: List[str], model: ModelConfig, dimensions: Optional[int],
-                       truncate: Optional[bool]) -> Dict[str, Any]:
-        """The body of one embeddings request: the texts, ``dimensions``, ``truncate`` where the server
-        has it, and the model's parameters that apply to embeddings (``keep_alive``/``ttl``, Ollama's options)."""
-        payload: Dict[str, Any] = {"model": model.name, "input": texts}
-        if dimensions is not None:
-            payload["dimensions"] = dimensions
-        if truncate is not None and "truncate" not in self.embed_fields:
-            logger.warning("truncate=%s is Ollama's; %s has no such option, so it was not sent", truncate,
-                           self.title)
-        elif truncate is not None:
-            payload["truncate"] = bool(truncate)
-        mapped = map_parameters(model.parameters, self.provider)
-        payload.update((key, mapped[key]) for key in self.embed_fields if key in mapped)
-        return payload
-
     def _read_embeddings(self, data: Any) -> List[List[float]]:
         """The vectors of an embeddings answer, in input order."""
         raise NotImplementedError
@@ -4253,20 +4299,20 @@ class BaseProvider:
 def _check_api_key(api_key: Any, source: str) -> str:
     """The token from ``source`` (``api_key`` or an environment variable), without surrounding white space.
 
-    Only visible ASCII (``!`` to ``~``) can go into an HTTP header; anything
-    else is an InvalidInputError that says where, but never shows the token.
-    """
+    Only visible ASCII (``!`` to ``~``) can go into an HTTP header; anything else is an InvalidInputError that
+    says where, but never shows the token."""
     if not isinstance(api_key, str) or not api_key.strip():
         raise InvalidInputError("%s must be a non-empty string" % source)
     token: str = api_key.strip()  # a token read from a file keeps its newline
     for index, char in enumerate(token):
         if not "!" <= char <= "~":
-            kind = ("white space" if char.isspace() else "a control character" if ord(char) < 32 or ord(char) == 127
+            kind = ("white "
+                    "space" if char.isspace() else "a control character" if ord(char) < 32 or ord(char) == 127
                     else "a non-ASCII character")
             raise InvalidInputError(
-                "%s has %s at position %d of %d; an HTTP header carries only visible ASCII characters. Check how "
-                "the token was copied or read (the token itself is not shown)." % (source, kind, index + 1,
-                                                                                   len(token)))
+                "%s has %s at position %d of %d; an HTTP header carries only visible ASCII characters. Check "
+                "how the token was copied or read (the token itself is not shown)."
+                % (source, kind, index + 1, len(token)))
     return token
 
 
@@ -4289,19 +4335,23 @@ def _openai_usage(usage: Any) -> Optional[Dict[str, int]]:
 
 
 class OpenAICompatibleProvider(BaseProvider):
-    """Any server speaking OpenAI's chat-completions API (``openai://`` URIs): llama.cpp's
-    llama-server, vLLM, a LiteLLM proxy, LocalAI, hosted endpoints.  ``/v1/chat/completions``
-    (SSE when streamed) and ``/v1/models``, below the host's path prefix if it has one.
+    """Any server speaking OpenAI's chat-completions API (``openai://`` URIs): llama.cpp's llama-server, vLLM,
+    a LiteLLM proxy, LocalAI, hosted endpoints.  ``/v1/chat/completions`` (SSE when streamed) and
+    ``/v1/models``, below the host's path prefix if it has one.
 
-    ``host`` is required (or ``openai_host`` in the config, or ``OPENAI_BASE_URL``).
-    ``api_key`` (or ``OPENAI_API_KEY`` in the environment) is sent as a bearer
-    token, only when one is set.  ``LMStudioProvider`` is this plus LM Studio's
-    specifics (its hints, ``ttl``, LM_API_TOKEN, the ``json_object`` rewrite).
-    """
+    ``host`` is required (or ``openai_host`` in the config, or ``OPENAI_BASE_URL``). ``api_key`` (or
+    ``OPENAI_API_KEY`` in the environment) is sent as a bearer token, only when one is set.
+    ``LMStudioProvider`` is this plus LM Studio's specifics (its hints, ``ttl``, LM_API_TOKEN, the
+    ``json_object`` rewrite)."""
 
     kind = SERVER_KINDS["openai"]
     content_must_be_str = False
     model_not_found_phrases: Tuple[str, ...] = ("not found", "does not exist", "invalid model name")
+    has_props = True  # llama.cpp's server answers /props; LM Studio never has it
+    embed_path = "/v1/embeddings"
+    embedding_hint = ("Use an embedding model (e.g. text-embedding-nomic-embed-text-v1.5); a llama.cpp "
+                      "server needs --embeddings and --pooling mean.")
+    embed_fields: Tuple[str, ...] = ("ttl",)
 
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {"stream_options": {"include_usage": True}} if stream else {}
@@ -4314,8 +4364,8 @@ class OpenAICompatibleProvider(BaseProvider):
     def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
         choice = data["choices"][0]
         message = choice["message"]
-        reasoning = _text_field(message.get("reasoning_content")) or _text_field(message.get("reasoning")) or ""
-        return (_text_field(message.get("content")) or "", reasoning, choice.get("finish_reason"),
+        reasoning = _text_field(message.get("reasoning_content")) or _text_field(message.get("reasoning"))
+        return (_text_field(message.get("content")) or "", reasoning or "", choice.get("finish_reason"),
                 _openai_usage(data.get("usage")))
 
     def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
@@ -4348,28 +4398,25 @@ class OpenAICompatibleProvider(BaseProvider):
                           index: int) -> Dict[str, Any]:
         if not call_id:
             raise InvalidInputError(
-                "messages[%d] is a tool result without 'tool_call_id', and no assistant message before it has a "
-                "call it could answer%s; add the id of the call it answers" % (
+                "messages[%d] is a tool result without 'tool_call_id', and no assistant message before it "
+                "has a call it could answer%s; add the id of the call it answers" % (
                     index, " (to %r)" % name if name else ""))
         return {"role": "tool", "tool_call_id": call_id, "content": message.get("content")}
 
     def _model_names(self, data: Any) -> List[str]:
         return [entry["id"] for entry in data["data"]]
 
-    embed_path = "/v1/embeddings"
-    embedding_hint = ("Use an embedding model (e.g. text-embedding-nomic-embed-text-v1.5); a llama.cpp server "
-                      "needs --embeddings and --pooling mean.")
-    embed_fields: Tuple[str, ...] = ("ttl",)
-
     def _read_embeddings(self, data: Any) -> List[List[float]]:
-        return _vectors([entry["embedding"] for entry in sorted(data["data"], key=lambda entry: entry["index"])])
+        return _vectors([entry["embedding"] for entry in sorted(data["data"],
+                                                                key=lambda entry: entry["index"])])
 
     def _convert_images(self, message: Mapping[str, Any], index: int) -> Mapping[str, Any]:
         """Images become ``image_url`` content parts holding data URLs, after the text."""
         content = message.get("content")
         if message.get("images") is None or not (content is None or isinstance(content, (str, list))):
             return message  # OpenAI content parts are sent as they are; a bad content is reported later
-        parts = list(content) if isinstance(content, list) else [{"type": "text", "text": content}] if content else []
+        text = [{"type": "text", "text": content}] if content else []
+        parts = list(content) if isinstance(content, list) else text
         parts += [{"type": "image_url", "image_url": {"url": "data:%s;base64,%s" % image}}
                   for image in _load_images(message["images"], index, self.image_types, self.title)]
         converted = {key: value for key, value in message.items() if key != "images"}
@@ -4379,16 +4426,17 @@ class OpenAICompatibleProvider(BaseProvider):
     def _raw_logprobs(self, data: Any) -> Any:
         logprobs = data["choices"][0].get("logprobs")
         return None if logprobs is None else logprobs.get("content")
+
     # --- model facts: /v1/models, and llama.cpp's meta and /props ---------------
 
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
-        return ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: --ctx-size %d)."
-                % _suggest_context(prompt_tokens or 4096))
+        return ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: "
+                "--ctx-size %d)." % _suggest_context(prompt_tokens or 4096))
 
-    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
-        """From ``/v1/models``; llama.cpp's server adds ``meta`` (training and loaded context, size) and ``/props``."""
-        entries = self._call("GET", self.models_path, debug=debug, read=lambda data: _entries(data, "data", "id"))
-        props = self._props(debug) if len(entries) == 1 else None
+    def _list_model_info(self) -> List[ModelInfo]:
+        """From ``/v1/models``; llama.cpp's server adds ``meta`` (contexts, size) and ``/props``."""
+        entries = self._call("GET", self.models_path, read=lambda data: _entries(data, "data", "id"))
+        props = self._props() if len(entries) == 1 else None
         settings = _dict_at(props, "default_generation_settings")
         modalities = props.get("modalities") if isinstance(props, dict) else None
         infos = []
@@ -4403,28 +4451,25 @@ class OpenAICompatibleProvider(BaseProvider):
                 loaded=True if meta or props else None, loaded_context_length=loaded_context,
                 vision=vision if isinstance(vision, bool) else None,
                 quantization=meta.get("ftype") if isinstance(meta.get("ftype"), str) else None,
-                size_bytes=_first_int(meta.get("size")), source=self.models_path + (" + /props" if props else ""),
-                raw=entry))
+                size_bytes=_first_int(meta.get("size")),
+                source=self.models_path + (" + /props" if props else ""), raw=entry))
         if not entries or not any(info.context_length for info in infos):
-            logger.debug("%s at %s: %s reports no context lengths", self.title, self.base_url, self.models_path)
+            logger.debug("%s at %s: %s reports no context lengths", self.title, self.base_url,
+                         self.models_path)
         return infos
 
-    def server_version(self, *, debug: bool = False) -> Optional[str]:
-        """llama.cpp's build (``/props`` ``build_info``); None when the server reports no version."""
-        props = self._props(debug)
+    def _server_version(self) -> Optional[str]:
+        """llama.cpp's build (``/props`` ``build_info``)."""
+        props = self._props()
         version = props.get("build_info") if isinstance(props, dict) else None
         if version is None:
             logger.debug("%s at %s reports no version", self.title, self.base_url)
         return version if isinstance(version, str) else None
 
-    has_props = True  # llama.cpp's server answers /props; LM Studio never has it
-
-    def _props(self, debug: bool) -> Optional[Dict[str, Any]]:
+    def _props(self) -> Optional[Dict[str, Any]]:
         """llama.cpp's ``/props`` (None when this kind of server has none, or this server lacks it)."""
-        if not self.has_props:
-            return None
-        props: Optional[Dict[str, Any]] = self._call("GET", "/props", debug=debug, optional=True)
-        return props
+        props = self._call("GET", "/props", optional=True) if self.has_props else None
+        return cast(Optional[Dict[str, Any]], props)
 
     def _ends_with_body(self, state: Any) -> bool:
         return state.finish_reason is not None  # some OpenAI-compatible servers send no [DONE]
@@ -4433,22 +4478,19 @@ class OpenAICompatibleProvider(BaseProvider):
 class LMStudioProvider(OpenAICompatibleProvider):
     """LM Studio's OpenAI-compatible server: ``/v1/chat/completions`` and ``/v1/models``.
 
-    ``api_key`` (or ``LM_API_TOKEN`` in the environment) is sent as a bearer
-    token, only when one is set.
-    """
+    ``api_key`` (or ``LM_API_TOKEN`` in the environment) is sent as a bearer token, only when one is set."""
 
     kind = SERVER_KINDS["lm_studio"]
     has_props = False  # LM Studio has no /props (llama.cpp's); asking it costs a request and says nothing
     model_not_found_phrases = ("not found", "no models loaded", "not loaded", "does not exist",
                                "invalid model identifier")
-    image_types = ("image/png", "image/jpeg", "image/webp")  # "supports JPEG, PNG, and WebP" (LM Studio's docs)
-
-    # --- model facts, loading, downloading: LM Studio's native REST API -----------
-
+    image_types = ("image/png", "image/jpeg", "image/webp")  # "JPEG, PNG, and WebP" (LM Studio's docs)
     NATIVE_API_VERSION = "LM Studio 0.4.0 or later"
     poll_interval = 1.0                 # seconds between download status polls
     download_timeout = 24 * 3600.0      # the longest a download is waited for
     _sleep = staticmethod(time.sleep)   # tests replace it
+
+    # --- model facts, loading, downloading: LM Studio's native REST API -----------
 
     def load_hint(self, model: str, context_length: Optional[int]) -> str:
         return "Load it by hand:  lms load %s%s" % (
@@ -4456,35 +4498,37 @@ class LMStudioProvider(OpenAICompatibleProvider):
 
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
         size = _suggest_context(prompt_tokens or 4096)
-        return ("Load the model with a larger context:  lms load %s --context-length %d  (or provider.load_model(%r, "
-                "context_length=%d)), or shorten the prompt." % (model, size, model, size))
+        return ("Load the model with a larger context:  lms load %s --context-length %d  (or "
+                "provider.load_model(%r, context_length=%d)), or shorten the prompt."
+                % (model, size, model, size))
 
-    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
+    def _list_model_info(self) -> List[ModelInfo]:
         """``/api/v1/models`` (LM Studio 0.4+), else ``/api/v0/models`` (0.3.6+), else ``/v1/models``."""
         infos: Optional[List[ModelInfo]] = self._call(
-            "GET", "/api/v1/models", debug=debug, optional=True,
+            "GET", "/api/v1/models", optional=True,
             read=lambda data: [_lm_studio_v1_info(entry) for entry in _entries(data, "models", "key")])
         if infos is None:
-            infos = self._call("GET", "/api/v0/models", debug=debug, optional=True,
-                               read=lambda data: [_lm_studio_v0_info(entry) for entry in _entries(data, "data", "id")])
+            infos = self._call("GET", "/api/v0/models", optional=True, read=lambda data: [
+                _lm_studio_v0_info(entry) for entry in _entries(data, "data", "id")])
         if infos is not None:
             return infos
-        logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models (LM Studio before 0.3.6, or another "
-                     "server): only /v1/models facts", self.title, self.base_url)
-        return super()._list_model_info(debug)
+        logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models (LM Studio before 0.3.6, or "
+                     "another server): only /v1/models facts", self.title, self.base_url)
+        return super()._list_model_info()
 
-    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         if keep_alive is not None:
-            logger.warning("LM Studio's /api/v1/models/load takes no keep-alive; keep_alive=%r not sent (LM Studio "
-                           "applies a ttl= model parameter when a chat request loads the model)", keep_alive)
+            logger.warning("LM Studio's /api/v1/models/load takes no keep-alive; keep_alive=%r not sent (LM "
+                           "Studio applies a ttl= model parameter when a chat request loads the model)",
+                           keep_alive)
         payload: Dict[str, Any] = {"model": name, "echo_load_config": True}
         if context_length is not None:
             payload["context_length"] = context_length
-        answer = self._call("POST", "/api/v1/models/load", payload, debug=debug, model=name,
+        answer = self._call("POST", "/api/v1/models/load", payload, model=name,
                             needed=self.NATIVE_API_VERSION, manual=self.load_hint(name, context_length))
         config = _dict_at(answer, "load_config") or _dict_at(answer, "config")  # either may be anything
         try:
-            info = self._model_info(name, debug)
+            info = self._model_info(name)
         except ModelNotFoundError:
             info = ModelInfo(name, source="/api/v1/models/load")
         info.loaded = True
@@ -4492,9 +4536,9 @@ class LMStudioProvider(OpenAICompatibleProvider):
                                                 info.loaded_context_length)
         return info
 
-    def _unload(self, name: str, debug: bool) -> None:
+    def _unload(self, name: str) -> None:
         """Unload every loaded instance of ``name`` (or the instance whose id ``name`` is)."""
-        loaded = self._call("GET", "/api/v1/models", debug=debug, needed=self.NATIVE_API_VERSION,
+        loaded = self._call("GET", "/api/v1/models", needed=self.NATIVE_API_VERSION,
                             manual="Unload it by hand:  lms unload %s" % name,
                             read=lambda data: [(entry["key"], str(instance["id"]))
                                                for entry in _entries(data, "models", "key")
@@ -4505,15 +4549,15 @@ class LMStudioProvider(OpenAICompatibleProvider):
         if not instances:
             logger.info("%s model %r is not loaded; nothing to unload", self.title, name)
         for instance_id in instances:
-            self._call("POST", "/api/v1/models/unload", {"instance_id": instance_id}, debug=debug, model=name,
+            self._call("POST", "/api/v1/models/unload", {"instance_id": instance_id}, model=name,
                        needed=self.NATIVE_API_VERSION, manual="lms unload %s" % instance_id)
 
-    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
-        answer = self._call("POST", "/api/v1/models/download", {"model": name}, debug=debug, model=name,
+    def _pull(self, name: str) -> Iterator[PullProgress]:
+        answer = self._call("POST", "/api/v1/models/download", {"model": name}, model=name,
                             needed=self.NATIVE_API_VERSION, manual="Download it by hand:  lms get %s" % name)
-        yield from self._download_progress(name, answer, debug)
+        yield from self._download_progress(name, answer)
 
-    def _download_progress(self, name: str, job: Any, debug: bool) -> Iterator[PullProgress]:
+    def _download_progress(self, name: str, job: Any) -> Iterator[PullProgress]:
         """Poll the download job until it completes or fails, yielding its progress; bounded in time."""
         deadline = time.monotonic() + self.download_timeout
         failures = 0
@@ -4523,49 +4567,52 @@ class LMStudioProvider(OpenAICompatibleProvider):
                 text = self.transport.scrub(json.dumps(job))
                 raise DownloadError("%s could not download %r (status %r): %s" % (
                     self.title, name, job.get("status"), _shorten(text, 200)),
-                    server_message=str(job.get("status")), body=text)
+                    server_message=str(job.get("status")), body=text, reason="download_failed")
             if time.monotonic() > deadline:
-                raise DownloadError("downloading %r from %s did not finish within %g s; it goes on in LM Studio "
-                                    "(see lms get / the Downloads panel)" % (name, self.title, self.download_timeout))
+                raise DownloadError("downloading %r from %s did not finish within %g s; it goes on in LM "
+                                    "Studio (see lms get / the Downloads panel)" % (
+                                        name, self.title, self.download_timeout), reason="timeout")
             self._sleep(self.poll_interval)
             try:
-                job = self._call("GET", "/api/v1/models/download/status/%s" % job["job_id"], debug=debug)
+                job = self._call("GET", "/api/v1/models/download/status/%s" % job["job_id"])
                 failures = 0
             except (ProviderConnectionError, ProviderTimeoutError, ProviderResponseError) as exc:
                 status = exc.status if isinstance(exc, ProviderResponseError) else None
                 if status == 404:
                     raise DownloadError("%s lost track of the download of %r: %s" % (self.title, name, exc),
-                                        status=status, server_message=getattr(exc, "server_message", None)) from exc
+                                        status=status, server_message=getattr(exc, "server_message", None),
+                                        reason="download_failed") from exc
                 if status is not None and 400 <= status < 500:
                     raise
                 failures += 1
                 if failures > 3:
                     raise DownloadError("asking %s about the download of %r failed %d times in a row: %s" % (
-                        self.title, name, failures, exc)) from exc
+                        self.title, name, failures, exc), reason="download_failed") from exc
                 logger.info("download status of %r not available (%s); asking again", name, _one_line(exc))
                 continue
             yield _job_progress(job)
 
     def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
                    finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
-        """LM Studio answers some prompts too long for the loaded context with an empty 200 and no finish reason."""
+        """LM Studio answers some prompts too long for the loaded context: an empty 200, no finish reason."""
         if has_text or finish_reason is not None:
             return
         estimate = _estimate_tokens(payload.get("messages") or [])
         context = self._known_context(model)
         raise ContextLengthError(
-            "%s model %r returned no text and no finish reason, which is how LM Studio answers a prompt that does "
-            "not fit the context the model is loaded with (the prompt is about %d tokens%s). %s" % (
-                self.title, model.name, estimate, "; the loaded context is %d" % context if context else "",
-                self._context_advice(model.name, estimate)),
+            "%s model %r returned no text and no finish reason, which is how LM Studio answers a prompt that "
+            "does not fit the context the model is loaded with (the prompt is about %d tokens%s)." % (
+                self.title, model.name, estimate, "; the loaded context is %d" % context if context else ""),
             prompt_tokens=estimate, context_length=context, estimated=True, result=result,
-            server_message="empty reply without finish_reason")
+            server_message="empty reply without finish_reason", reason="context_length",
+            hint=self._context_advice(model.name, estimate))
 
 
 def _job_progress(job: Any) -> PullProgress:
     """A PullProgress from an LM Studio download job (``/api/v1/models/download`` and its status)."""
     if not isinstance(job, dict):
-        raise DownloadError("LM Studio answered a download request with %r instead of a job" % (job,))
+        raise DownloadError("LM Studio answered a download request with %r instead of a job" % (job,),
+                            reason="bad_response")
     return PullProgress(str(job.get("status")), _first_int(job.get("downloaded_bytes")),
                         _first_int(job.get("total_size_bytes")), job.get("job_id"))
 
@@ -4605,12 +4652,22 @@ def _lm_studio_v0_info(entry: Mapping[str, Any]) -> ModelInfo:
 class OllamaProvider(BaseProvider):
     """Ollama's native server: ``/api/chat`` (with ``stream`` set explicitly) and ``/api/tags``.
 
-    Model names match as Ollama matches them: case-insensitively, and a name
-    without a tag means ``:latest``.
+    Model names match as Ollama matches them: case-insensitively, and a name without a tag means ``:latest``.
     """
 
     kind = SERVER_KINDS["ollama"]
     stream_end = ("done", True)
+    #: A pull's errors come in its stream and are about downloading.
+    failure_rows = (
+        (lambda p, a: a.path == "/api/pull" and a.status is None
+         and a.says("file does not exist", "not found"),
+         lambda p, a: ModelNotFoundError("%s could not download %r: %s." % (p.title, a.model, a.message),
+                                         model=a.model, host=p.base_url, reason="model_not_found",
+                                         hint="Check the name on https://ollama.com/library", **a.fields)),
+        (lambda p, a: a.path == "/api/pull" and a.status is None,
+         lambda p, a: DownloadError("%s reported an error while downloading %r: %s" % (
+             p.title, a.model, a.message), reason="download_failed", **a.fields)),
+    ) + _FAILURES
 
     embed_path = "/api/embed"
     embed_needed = "Ollama 0.3.4 or later"  # /api/embed came with 0.3.4 (ollama/ollama#6730)
@@ -4619,16 +4676,27 @@ class OllamaProvider(BaseProvider):
     truncate_hint = ", or pass truncate=True to cut it to the model's context"
     embed_fields = ("keep_alive", "options", "truncate")
 
+    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
+                 api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error",
+                 **limits: int):
+        """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (the default)
+        raises ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Other options as
+        for BaseProvider."""
+        if on_truncation not in ("error", "warn"):
+            raise InvalidInputError("on_truncation must be 'error' or 'warn', got %r" % (on_truncation,))
+        super().__init__(host, timeout, api_key, max_retries, **limits)
+        self.on_truncation = on_truncation
+        self._ps_seen: Dict[str, Tuple[float, Optional[int]]] = {}  # model key -> (when, loaded context)
+
     def _read_embeddings(self, data: Any) -> List[List[float]]:
         return _vectors(data["embeddings"])
 
     def _convert_images(self, message: Mapping[str, Any], index: int) -> Mapping[str, Any]:
         """Images (and ``image_url`` data-URL content parts) become base64 text in ``images``."""
-        content = message.get("content")
-        images = message.get("images")
+        content, images = message.get("content"), message.get("images")
+        images = _load_images(images, index, self.image_types, self.title) if images is not None else []
         if isinstance(content, list):
-            texts, images = [], list(_load_images(images, index, self.image_types, self.title)
-                                     if images is not None else ())
+            texts = []
             for number, part in enumerate(content):
                 kind = part.get("type") if isinstance(part, Mapping) else None
                 if kind == "text":
@@ -4639,14 +4707,10 @@ class OllamaProvider(BaseProvider):
                     images.append(_accepted_image(url, "messages[%d]['content'][%d]" % (index, number),
                                                   self.image_types, self.title))
                 else:
-                    raise InvalidInputError("messages[%d]['content'][%d] is a %r part; Ollama takes 'text' and "
-                                            "'image_url' parts" % (index, number, kind))
+                    raise InvalidInputError("messages[%d]['content'][%d] is a %r part; Ollama takes 'text' "
+                                            "and 'image_url' parts" % (index, number, kind))
             content = "\n".join(texts)
-        elif images is not None:
-            images = _load_images(images, index, self.image_types, self.title)
-        converted = dict(message)
-        converted["content"] = content
-        converted["images"] = [data for _, data in images or ()]
+        converted = dict(message, content=content, images=[data for _, data in images])
         if not converted["images"]:
             del converted["images"]
         return converted
@@ -4708,89 +4772,85 @@ class OllamaProvider(BaseProvider):
 
     # --- model facts, loading, downloading: /api/show, /api/ps, /api/pull ---------
 
-    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error", **limits: int):
-        """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (the default)
-        raises ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Other options as
-        for BaseProvider."""
-        if on_truncation not in ("error", "warn"):
-            raise InvalidInputError("on_truncation must be 'error' or 'warn', got %r" % (on_truncation,))
-        super().__init__(host, timeout, api_key, max_retries, **limits)
-        self.on_truncation = on_truncation
-        self._ps_seen: Dict[str, Tuple[float, Optional[int]]] = {}  # model key -> (when, loaded context)
-
     def load_hint(self, model: str, context_length: Optional[int]) -> str:
         return "Run it once by hand:  ollama run %s%s" % (
             model, "  (then /set parameter num_ctx %d)" % context_length if context_length else "")
 
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
         size = _suggest_context(prompt_tokens or 4096)
-        return ("Raise num_ctx: ollama://%s?num_ctx=%d (or load_model(%r, context_length=%d)), or shorten the "
-                "prompt." % (model, size, model, size))
+        return ("Raise num_ctx: ollama://%s?num_ctx=%d (or load_model(%r, context_length=%d)), or shorten "
+                "the prompt." % (model, size, model, size))
 
-    def server_version(self, *, debug: bool = False) -> Optional[str]:
+    def _server_version(self) -> Optional[str]:
         """Ollama's version from ``/api/version``, e.g. ``"0.24.0"``."""
-        data = self._call("GET", "/api/version", debug=debug, optional=True)
+        data = self._call("GET", "/api/version", optional=True)
         version = data.get("version") if isinstance(data, dict) else None
         return version if isinstance(version, str) else None
 
-    def _model_info(self, name: str, debug: bool) -> ModelInfo:
-        show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
-        entries = self._call("GET", self.models_path, debug=debug, optional=True,
-                             read=lambda data: _entries(data, "models", "name")) or []
-        listed = [e for e in entries if self.same_model(name, str(e["name"]))]
-        return _ollama_info(name, show, self._running(debug), listed[0] if listed else {})
+    def _model_info(self, name: str) -> ModelInfo:
+        show = self._show(name)
+        listed = [entry for entry in self._tags(optional=True) if self.same_model(name, str(entry["name"]))]
+        return _ollama_info(name, show, self._running(), listed[0] if listed else {})
 
-    def _list_model_info(self, debug: bool) -> List[ModelInfo]:
-        entries = self._call("GET", self.models_path, debug=debug,
+    def _list_model_info(self) -> List[ModelInfo]:
+        entries, running = self._tags(), self._running()
+        return [_ollama_info(str(entry["name"]), self._show(str(entry["name"]), quiet=True), running, entry)
+                for entry in entries]
+
+    def _tags(self, optional: bool = False) -> List[Dict[str, Any]]:
+        """``/api/tags``'s models (none when ``optional`` and the server has no /api/tags)."""
+        entries = self._call("GET", self.models_path, optional=optional,
                              read=lambda data: _entries(data, "models", "name"))
-        running = self._running(debug)
-        infos = []
-        for entry in entries:
-            name = str(entry["name"])
-            try:
-                show = self._call("POST", "/api/show", {"model": name}, debug=debug, model=name)
-            except ProviderResponseError as exc:  # one broken model must not hide the others' facts
-                logger.debug("%s could not show %r (%s); its facts are left out", self.title, name, exc)
-                show = {}
-            infos.append(_ollama_info(name, show, running, entry))
-        return infos
+        return entries or []
 
-    def _running(self, debug: bool) -> Optional[List[Dict[str, Any]]]:
+    def _show(self, name: str, quiet: bool = False) -> Dict[str, Any]:
+        """``/api/show``'s answer; ``quiet``: {} when it fails (one broken model must not hide the others)."""
+        try:
+            show: Dict[str, Any] = self._call("POST", "/api/show", {"model": name}, model=name)
+        except ProviderResponseError as exc:
+            if not quiet:
+                raise
+            logger.debug("%s could not show %r (%s); its facts are left out", self.title, name, exc)
+            return {}
+        return show
+
+    def _running(self) -> Optional[List[Dict[str, Any]]]:
         """``/api/ps``'s models (None when the server has no /api/ps); remembers each one's loaded context."""
-        entries: Optional[List[Dict[str, Any]]] = self._call("GET", "/api/ps", debug=debug, optional=True,
-                                                              read=lambda data: _entries(data, "models", "name"))
+        entries: Optional[List[Dict[str, Any]]] = self._call(
+            "GET", "/api/ps", optional=True, read=lambda data: _entries(data, "models", "name"))
         now = time.monotonic()
         for entry in entries or []:
             if not _is_past(entry.get("expires_at")):
-                self._ps_seen[_ollama_key(str(entry["name"]))] = (now, _first_int(entry.get("context_length")))
+                context = _first_int(entry.get("context_length"))
+                self._ps_seen[_ollama_key(str(entry["name"]))] = (now, context)
         return entries
 
-    def _load(self, name: str, context_length: Optional[int], keep_alive: Any, debug: bool) -> ModelInfo:
+    def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         """An empty chat request loads the model (``done_reason: "load"``), with ``num_ctx`` when given."""
         payload: Dict[str, Any] = {"model": name, "messages": [], "stream": False}
         if keep_alive is not None:
             payload["keep_alive"] = _convert("keep_alive", keep_alive, "duration", "ollama")
         if context_length is not None:
             payload["options"] = {"num_ctx": context_length}
-        self._call("POST", self.chat_path, payload, debug=debug, model=name)
-        info = self._model_info(name, debug)
+        self._call("POST", self.chat_path, payload, model=name)
+        info = self._model_info(name)
         if context_length is not None and info.loaded_context_length is None:
             info.loaded_context_length = context_length
         return info
 
-    def _unload(self, name: str, debug: bool) -> None:
+    def _unload(self, name: str) -> None:
         """``keep_alive: 0`` with no prompt unloads the model (``done_reason: "unload"``)."""
-        self._call("POST", "/api/generate", {"model": name, "keep_alive": 0}, debug=debug, model=name)
+        self._call("POST", "/api/generate", {"model": name, "keep_alive": 0}, model=name)
         self._ps_seen.pop(_ollama_key(name), None)
 
-    def _pull(self, name: str, debug: bool) -> Iterator[PullProgress]:
+    def _pull(self, name: str) -> Iterator[PullProgress]:
         """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``.
         A generator, so the request goes out on the first ``next()``, not when ``iter_pull`` is called."""
         yield from self._pull_progress(name, self._stream_json("/api/pull", {"model": name, "stream": True},
                                                                model=name))
 
-    def _pull_progress(self, name: str, events: Generator[Dict[str, Any], None, None]) -> Iterator[PullProgress]:
+    def _pull_progress(self, name: str,
+                       events: Generator[Dict[str, Any], None, None]) -> Iterator[PullProgress]:
         status = None
         try:
             for event in events:
@@ -4800,19 +4860,9 @@ class OllamaProvider(BaseProvider):
         finally:
             events.close()  # a caller that stops early must not leave the connection open
         if status != "success":
-            raise DownloadError("%s stopped reporting on the download of %r before it succeeded (last status: %r); "
-                                "run  ollama pull %s  to finish it" % (self.title, name, status, name),
-                                server_message=status)
-
-    def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
-        if path != "/api/pull":  # only a pull's errors are about downloading
-            return super()._in_band_error(path, model, message, body)
-        if "file does not exist" in message or "not found" in message:
-            return ModelNotFoundError("%s could not download %r: %s. Check the name on https://ollama.com/library"
-                                      % (self.title, model, message), model=model, host=self.base_url,
-                                      server_message=message, body=body)
-        return DownloadError("%s reported an error while downloading %r: %s" % (self.title, model, message),
-                             server_message=message, body=body)
+            raise DownloadError("%s stopped reporting on the download of %r before it succeeded (last "
+                                "status: %r)." % (self.title, name, status), server_message=status,
+                                reason="download_failed", hint="Run  ollama pull %s  to finish it." % name)
 
     def _loaded_context(self, model: ModelConfig) -> Optional[int]:
         """The context the model is loaded with: from /api/ps, asked at most every 30 s (only when needed)."""
@@ -4820,7 +4870,7 @@ class OllamaProvider(BaseProvider):
         seen = self._ps_seen.get(key)
         if seen is None or time.monotonic() - seen[0] > 30.0:
             try:
-                self._running(False)
+                self._running()
             except ProviderError:
                 return None
             seen = self._ps_seen.get(key)
@@ -4845,20 +4895,22 @@ class OllamaProvider(BaseProvider):
             return
         options = payload.get("options") or {}
         context = _first_int(options.get("num_ctx"))
-        if context is None and evaluated >= 256:  # no context is that small: only then is /api/ps worth asking
+        if context is None and evaluated >= 256:  # no context is that small: only then ask /api/ps
             context = self._loaded_context(model)
         if not context or evaluated < context - min(64, context // 32):
             return
         message = ("%s truncated the prompt for model %r: it evaluated %d prompt tokens, the whole context "
-                   "(num_ctx %d), but the prompt is about %d tokens, so its beginning was dropped and the reply "
-                   "answers a different prompt. %s" % (self.title, model.name, evaluated, context, estimate,
-                                                       self._context_advice(model.name, estimate)))
+                   "(num_ctx %d), but the prompt is about %d tokens, so its beginning was dropped and the "
+                   "reply answers a different prompt. %s" % (
+                       self.title, model.name, evaluated, context, estimate,
+                       self._context_advice(model.name, estimate)))
         if self.on_truncation == "warn":
             logger.warning(message)
             return
-        raise ContextLengthError(message + " (To get the reply anyway: OllamaProvider(on_truncation='warn'); this "
-                                 "error's .result holds it.)", prompt_tokens=estimate, context_length=context,
-                                 estimated=True, result=result, server_message="prompt_eval_count=%d" % evaluated)
+        raise ContextLengthError(message + " (To get the reply anyway: OllamaProvider(on_truncation='warn'); "
+                                 "this error's .result holds it.)", prompt_tokens=estimate,
+                                 context_length=context, estimated=True, result=result,
+                                 server_message="prompt_eval_count=%d" % evaluated, reason="context_length")
 
 
 def _ollama_key(name: str) -> str:
@@ -4890,9 +4942,9 @@ def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict
             loaded, loaded_context = True, _first_int(entry.get("context_length"))
     kind = None
     if isinstance(capabilities, list):
-        kind = "embedding" if "embedding" in capabilities else ("llm" if "completion" in capabilities else None)
+        kind = "embedding" if "embedding" in capabilities else "llm" if "completion" in capabilities else None
     return ModelInfo(
-        name, context_length=_first_int(facts.get("%s.context_length" % architecture)) if architecture else None,
+        name, context_length=_first_int(facts.get("%s.context_length" % architecture)),
         loaded=loaded, loaded_context_length=loaded_context, tools=has("tools"), vision=has("vision"),
         thinking=has("thinking"), embedding=has("embedding"),
         quantization=details.get("quantization_level") or None, size_bytes=_first_int(listed.get("size")),
@@ -4915,10 +4967,8 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
                  **provider_options: Any) -> "BaseProvider":
     """Return the provider for a model URI, a ModelConfig or a role name in ``config``.
 
-    The host comes from the URI, then the config, then the environment, then
-    the default.  Providers are shared per config, host and options, so
-    repeated calls reuse one connection pool.
-    """
+    The host comes from the URI, then the config, then the environment, then the default.  Providers are
+    shared per config, host and options, so repeated calls reuse one connection pool."""
     if isinstance(model, str) and "://" not in model:
         if config is None or model not in config.models:
             known = ", ".join(sorted(config.models)) if config is not None else "none (no config given)"
@@ -4928,7 +4978,8 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
     elif isinstance(model, str):
         model = parse_model_uri(model)
     if not isinstance(model, ModelConfig):
-        raise InvalidInputError("get_provider needs a model URI, a ModelConfig or a role name, got %r" % (model,))
+        raise InvalidInputError("get_provider needs a model URI, a ModelConfig or a role name, got %r"
+                                % (model,))
     base_url = resolve_host(model.provider, model.host, config)
     cls = PROVIDER_CLASSES[model.provider]
     try:

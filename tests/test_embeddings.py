@@ -198,7 +198,7 @@ def test_a_model_or_server_that_cannot_embed_is_a_typed_error(rsps, answer):
     assert not isinstance(error, lmp.ModelNotFoundError)  # LM Studio says code model_not_found, but it is there
     assert error.status == status and error.server_message == body["error"]["message"]
     assert "qwen2.5-7b-instruct" in str(error) and body["error"]["message"].rstrip(".") in str(error)
-    assert "embedding model" in str(error)
+    assert error.reason == "embedding_unsupported" and "embedding model" in error.hint
 
 
 @pytest.mark.parametrize("kind, answer", [("lm_studio", LLAMA_TOO_LONG), ("ollama", OLLAMA_TOO_LONG)])
@@ -209,8 +209,9 @@ def test_a_text_over_the_context_is_a_typed_error(rsps, kind, answer):
     with pytest.raises(lmp.InputTooLongError) as info:
         make().embed("fox " * 3000, "m", **({"truncate": False} if kind == "ollama" else {}))
     assert info.value.status == status
-    assert "too long" in str(info.value) and "Shorten or split it" in str(info.value)
-    assert ("truncate=True" in str(info.value)) == (kind == "ollama")
+    assert info.value.reason == "input_too_long" and "too long" in info.value.message
+    assert info.value.hint.startswith("Shorten or split it") and "Shorten or split it" in str(info.value)
+    assert ("truncate=True" in info.value.hint) == (kind == "ollama")
 
 
 def test_an_unknown_model_is_still_model_not_found(rsps):
@@ -304,7 +305,8 @@ def test_an_ollama_too_old_for_api_embed_says_which_version(rsps):
     with pytest.raises(lmp.UnsupportedEndpointError) as info:
         ollama().embed("hi", "nomic-embed-text")
     assert info.value.needed == "Ollama 0.3.4 or later" and info.value.path == "/api/embed"
-    assert "Update the server to Ollama 0.3.4 or later" in str(info.value)
+    assert info.value.reason == "endpoint_missing" and "it needs Ollama 0.3.4 or later" in str(info.value)
+    assert info.value.hint == info.value.manual == "Update the server, or use another one for embeddings."
 
 
 # --- a text over the context is a ContextLengthError, with the server's counts ------------------------

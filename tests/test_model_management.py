@@ -288,6 +288,16 @@ def test_ollama_pull_yields_each_status_line(server, cut):
     assert records[2].fraction == 1.0 and records[0].fraction is None
 
 
+@pytest.mark.parametrize("path, call", [("/api/pull", lambda p: list(p.iter_pull("llama3.2"))),
+                                        ("/api/show", lambda p: p.model_info("llama3.2"))])
+def test_a_404_that_is_not_about_the_model_names_the_path_that_was_asked(server, path, call):
+    server.route("POST", path, Reply(404, [b"404 page not found"], content_type="text/plain"))
+    with pytest.raises(lmp.UnsupportedEndpointError) as info:
+        call(lmp.OllamaProvider(host=server.host))
+    assert info.value.reason == "endpoint_missing" and info.value.path == path and info.value.status == 404
+    assert "has no endpoint %s (HTTP 404" % path in str(info.value) and "/api/chat" not in str(info.value)
+
+
 def test_ollama_pull_model_calls_progress_and_returns_the_last_record(server):
     server.route("POST", "/api/pull", Reply(200, ndjson(PULL_LINES), framing="chunked"))
     seen = []
@@ -649,7 +659,7 @@ def test_lm_studio_overflow_message_is_a_context_length_error(rsps, status):
         lmp.LMStudioProvider().chat(MESSAGES, "qwen2.5-7b-instruct")
     error = caught.value
     assert (error.prompt_tokens, error.context_length, error.status) == (10136, 7866, status)
-    assert "lms load qwen2.5-7b-instruct --context-length 13312" in str(error)
+    assert error.reason == "context_length" and "lms load qwen2.5-7b-instruct --context-length 13312" in error.hint
     assert "load_model('qwen2.5-7b-instruct', context_length=13312)" in str(error)
 
 
@@ -686,6 +696,7 @@ def test_lm_studio_empty_stream_without_finish_reason_is_a_context_length_error(
     with pytest.raises(lmp.ContextLengthError) as caught:
         list(lmp.LMStudioProvider(host=server.host).stream_text(MESSAGES, "m"))
     assert "no text and no finish reason" in str(caught.value) and caught.value.estimated
+    assert caught.value.reason == "context_length" and caught.value.hint
 
 
 def test_lm_studio_error_event_in_a_stream_is_a_context_length_error(server):
@@ -709,7 +720,7 @@ def test_an_empty_stream_with_a_finish_reason_is_still_just_a_warning(server, ca
 # =============================================================================
 
 def test_debug_shows_the_model_context_next_to_the_estimate(rsps, caplog):
-    caplog.set_level(logging.INFO, logger="lm_providers")
+    caplog.set_level(logging.DEBUG, logger="lm_providers")
     rsps.add("GET", LMS + "/api/v1/models", json=V1_MODELS)
     rsps.add("POST", LMS + "/v1/chat/completions", json={"choices": [{"message": {"content": "hi"},
                                                                        "finish_reason": "stop"}]})

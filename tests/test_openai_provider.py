@@ -489,8 +489,9 @@ def test_vllm_404_for_a_wrong_path_is_not_model_not_found(rsps):
     rsps.add(responses.POST, BASE + "/v1/chat/completions", json={"detail": "Not Found"}, status=404)
     with pytest.raises(lmp.ProviderResponseError) as info:
         lmp.OpenAICompatibleProvider(host=BASE).generate_text(MESSAGES, "my-model")
-    assert type(info.value) is lmp.ProviderResponseError and info.value.status == 404
-    assert "no endpoint /v1/chat/completions" in str(info.value) and "base URL" in str(info.value)
+    assert type(info.value) is lmp.UnsupportedEndpointError and info.value.status == 404
+    assert info.value.reason == "endpoint_missing" and info.value.path == "/v1/chat/completions"
+    assert "no endpoint /v1/chat/completions" in str(info.value) and "base URL" in info.value.hint
 
 
 def test_a_loopback_http_provider_leaves_the_ca_bundle_alone(monkeypatch, tmp_path):

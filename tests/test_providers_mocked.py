@@ -1206,8 +1206,8 @@ def test_ollama_thinking_only_truncated_reply_raises(rsps):
     add_chat(rsps, OLLAMA, json=OLLAMA.reply("", finish_reason="length", thinking="Let me think " * 50))
     with pytest.raises(lmp.ProviderResponseError) as info:
         make(OLLAMA).generate_text(MESSAGES, OLLAMA.model)
+    assert info.value.hint == "raise max_tokens (num_predict on Ollama)"
     assert "raise max_tokens" in str(info.value)
-    assert "num_predict" in str(info.value)
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -1215,7 +1215,7 @@ def test_inline_think_only_truncated_reply_raises(rsps, server):
     add_chat(rsps, server, json=server.reply("<think>Let me think about this for a long", finish_reason="length"))
     with pytest.raises(lmp.ProviderResponseError) as info:
         make(server).generate_text(MESSAGES, server.model)
-    assert "raise max_tokens" in str(info.value)
+    assert "max_tokens" in info.value.hint and "token limit" in info.value.message
 
 
 @pytest.mark.parametrize("server", SERVERS)

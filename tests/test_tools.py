@@ -354,8 +354,9 @@ def test_a_model_without_tools_is_a_typed_error_naming_it(server, streamed):
         else:
             provider.chat(ASK, "smollm2", tools=[WEATHER])
     error = caught.value
-    assert error.model == "smollm2" and error.status == 400
-    assert "'smollm2' cannot call tools" in str(error) and "does not support tools" in str(error)
+    assert error.model == "smollm2" and error.status == 400 and error.reason == "tools_unsupported"
+    assert "'smollm2' cannot call tools" in error.message and "does not support tools" in error.message
+    assert "without tools=" in error.hint
 
 
 # --- streamed replies ------------------------------------------------------------------------------------------
@@ -554,7 +555,7 @@ def test_the_readme_quotes_the_real_tools_not_supported_message(server):
 
 
 def test_debug_output_shows_the_tool_calls(server, caplog):
-    caplog.set_level(logging.INFO, logger="lm_providers")
+    caplog.set_level(logging.DEBUG, logger="lm_providers")
     lm_studio(server, json_reply(lms_reply([lms_call()]))).chat(ASK, "m", tools=[WEATHER], debug=True)
     assert 'tool call 365174485: get_weather({"city": "Paris"})' in caplog.text
     assert '"tools": [{"type": "function"' in caplog.text  # the payload as sent
