@@ -78,7 +78,7 @@ def test_a_prompt_over_the_context_is_a_context_length_error_blocking_and_stream
 
 
 def test_debug_shows_the_context_next_to_the_estimate(tiny, tiny_server, caplog):
-    caplog.set_level(logging.INFO, logger="lm_providers")
+    caplog.set_level(logging.DEBUG, logger="lm_providers")
     tiny.generate_text([{"role": "user", "content": "hi"}], "%s://%s?max_tokens=2" % (tiny.provider, TINY_ALIAS),
                        debug=True)
     assert "prompt tokens (4 characters a token); model context %d tokens" % N_CTX in caplog.text

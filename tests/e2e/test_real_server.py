@@ -300,7 +300,7 @@ def test_the_proxy_mounts_nothing_outside_the_prefix(tiny_proxy):
 # --- debug output -----------------------------------------------------------------------------------
 
 def test_debug_shows_url_payload_and_finish_reason(tiny, tiny_server, caplog):
-    caplog.set_level(logging.INFO, logger="lm_providers")
+    caplog.set_level(logging.DEBUG, logger="lm_providers")
     tiny.generate_text(MESSAGES, uri(tiny, tiny_server, max_tokens=8), debug=True)
     text = caplog.text
     assert "POST %s/v1/chat/completions" % tiny.base_url in text
