@@ -5022,6 +5022,7 @@ _STILL_WORKING_SECONDS = 10.0  # how often a slow check says it is still working
 _LIST_TIMEOUT = (5.0, 30.0)
 _Timeout = Union[None, float, Tuple[float, float]]
 _Target = Tuple["BaseProvider", List[ModelConfig], bool]  # a server, its models, whether it must be running
+_PROVIDER_CHOICES = ", ".join("--provider " + kind for kind in SERVER_KINDS)
 
 
 @contextlib.contextmanager
@@ -5079,8 +5080,8 @@ class _SetupCheck:
 
     def step(self, what: str, provider: "BaseProvider", action: Callable[[], Tuple[Any, str]],
              server: bool = False, required: bool = True) -> Tuple[str, Any]:
-        """Run ``action`` (it returns ``(value, detail)``) as one check, report it, return (status, value).
-        A ``server`` check's errors name the server themselves, so they are printed without ``what``."""
+        """Run ``action`` (returning ``(value, detail)``) as one check; return (status, value).  The errors
+        of a ``server`` check name the server themselves: printed without ``what``."""
         started = time.perf_counter()
         try:
             with _still_working(self.out, what):
@@ -5180,11 +5181,9 @@ class _SetupCheck:
 
 def _server_kinds(config: Optional[Config], provider: Optional[str], host: Optional[str],
                   timeout: _Timeout = None) -> List[str]:
-    """The server kinds a command looks at: ``--provider``'s; else the one ``--host`` names by its default
-    port (or by a path: ``openai``) or that answers there; else the kinds with a default port (LM Studio,
-    Ollama), and those without one that the config names (an ``openai://`` role or ``openai_host``).
-    OPENAI_BASE_URL alone does not count: OpenAI's own clients read it too, so it may be set for another
-    program; ``--provider openai`` uses it."""
+    """``--provider``'s kind; else the one ``--host`` names by its port (or path: openai) or that answers
+    there; else the kinds with a default port, and any other the config names (a role or its host).
+    OPENAI_BASE_URL alone does not count: OpenAI's own clients read it too (``--provider openai`` uses it)."""
     if provider:
         return [canonical_provider(provider)]
     by_port = [kind.name for kind in SERVER_KINDS.values() if kind.default_port]
@@ -5206,9 +5205,8 @@ def _server_kinds(config: Optional[Config], provider: Optional[str], host: Optio
 
 
 def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
-    """Which server answers at ``host``: ``"ollama"`` (asked first: its OpenAI layer answers /v1/models too),
-    ``"lm_studio"`` (/v1/models, or a 401 there, and LM Studio's own model list), ``"openai"`` (/v1/models
-    only), or None when nothing listens there; ProviderResponseError for a server that is none of them."""
+    """``"ollama"`` (asked first: its OpenAI layer answers /v1/models too), ``"lm_studio"`` (/v1/models or a
+    401, and LM Studio's own list), ``"openai"``, or None when nothing listens at ``host``."""
     def failure(exc: ProviderError) -> str:
         status = getattr(exc, "status", None)
         return "HTTP %d" % status if status else _shorten(" ".join(exc.message.split()), 80)
@@ -5235,7 +5233,7 @@ def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
                 "the server at %s answers, but neither as an OpenAI-compatible server such as LM Studio (GET "
                 "/v1/models: %s) nor as Ollama (GET /api/version: %s)." % (ollama.base_url, failure(exc),
                                                                            not_ollama), reason="bad_response",
-                hint="If it is one of them, say which with %s." % _provider_choices()) from None
+                hint="If it is one of them, say which with %s." % _PROVIDER_CHOICES) from None
         return lm_studio.provider if _lm_studio_api_answers(lm_studio) else OpenAICompatibleProvider.provider
 
 
@@ -5252,15 +5250,10 @@ def _lm_studio_api_answers(lm_studio: "LMStudioProvider") -> bool:
     return False
 
 
-def _provider_choices() -> str:
-    return ", ".join(" --provider %s " % kind for kind in SERVER_KINDS).strip()
-
-
 def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] = None,
                    host: Optional[str] = None, timeout: _Timeout = None) -> ModelConfig:
-    """The model a command's URI_OR_ROLE names: a role of ``config``, a model URI, or a plain model name for
-    the server kind ``provider`` says (or that answers at ``host``).  ``provider`` and ``host`` must agree
-    with what a role or URI says, not silently replace it; a model without a host of its own gets ``host``."""
+    """The model URI_OR_ROLE names: a role, a URI, or a plain name on the kind ``provider`` says (or that
+    answers at ``host``).  ``provider`` and ``host`` must agree with a role or URI, not replace it."""
     if config is not None and text in config.models:
         model = config.models[text]
     elif "://" in text:
@@ -5272,7 +5265,7 @@ def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] 
             raise InvalidInputError(
                 "%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the config; for "
                 "a plain model name, say which server with %s%s" % (
-                    text, _provider_choices(), " (nothing answers at %s to tell)" % host if host else ""))
+                    text, _PROVIDER_CHOICES, " (nothing answers at %s to tell)" % host if host else ""))
         model = ModelConfig(text, kinds[0])
     if provider and canonical_provider(provider) != model.provider:
         raise InvalidInputError("%s is a %s model, but --provider says %s" % (text, model.provider, provider))
@@ -5285,9 +5278,8 @@ def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] 
 
 def _check_targets(config: Optional[Config], provider: Optional[str], host: Optional[str],
                    model: Optional[str], timeout: _Timeout = None) -> List[_Target]:
-    """What the setup check looks at: ``(provider, models, required)`` for each server ``_server_kinds``
-    picks, with the roles of ``config`` on it (on ``host`` when given), or just ``model`` (read as
-    ``generate`` reads it).  A server is required (not running: FAIL, not SKIP) when something names it."""
+    """``(provider, models, required)`` for ``model`` (read as ``generate`` reads it), else for each server
+    ``_server_kinds`` picks, with its roles; required (not running: FAIL, not SKIP) when anything names it."""
     if model:
         chosen = _resolve_model(model, config, provider, host, timeout)
         return [(_cli_provider(chosen.provider, chosen.host, config, timeout), [chosen], True)]
@@ -5305,8 +5297,7 @@ def _check_targets(config: Optional[Config], provider: Optional[str], host: Opti
 
 def _cli_provider(kind: str, host: Optional[str], config: Optional[Config],
                   timeout: _Timeout) -> "BaseProvider":
-    """The provider every command talks through: server kind ``kind`` at ``host`` (else the config's, the
-    environment's, the default: ``resolve_host``), with the command line's ``timeout`` (None: the default)."""
+    """The provider every command talks through: ``kind`` at ``host`` (else as ``resolve_host`` says)."""
     return PROVIDER_CLASSES[kind](host=resolve_host(kind, host, config), timeout=timeout)
 
 
@@ -5336,8 +5327,8 @@ def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
 # --- running a command --------------------------------------------------------------------------------
 
 def _run_command(command: Callable[[Any], int], options: Any) -> int:
-    """Run a parsed command: --debug output on for it, an error as one line (exit 1), Ctrl-C as exit 130,
-    output piped into ``head`` (which closes the pipe) as exit 141, without a traceback."""
+    """Run a command with --debug's output; an error is one line (exit 1), Ctrl-C exit 130, a closed pipe
+    (``| head``) exit 141, never a traceback."""
     try:
         with _debugging(options.debug):
             logger.debug("debug output on")
@@ -5394,8 +5385,7 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, *,
 
 
 def _prog_name() -> str:
-    """How this command was started, for its usage lines: ``python -m lm_providers``, ``python
-    lm_providers.py`` (a copied file) or ``lm-providers`` (the installed console script)."""
+    """The usage lines' name: ``python -m lm_providers``, ``python lm_providers.py`` or ``lm-providers``."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name == "lm_providers":  # python -m lm_providers (then __name__ is __main__)
         return "python -m lm_providers"
@@ -5404,8 +5394,7 @@ def _prog_name() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lm_providers`` / ``lm-providers``: the models, generate, embed, check, info, load, unload
-    and pull commands for LM Studio, Ollama and OpenAI-compatible servers; returns the exit code."""
+    """``python -m lm_providers`` / ``lm-providers``: run the command ``argv`` names; return the exit code."""
     parser = _build_parser(_prog_name())
     options = parser.parse_args(argv)
     if options.command is None:
@@ -5456,19 +5445,15 @@ def _cli_generate(options: Any) -> int:
     return 0
 
 
-def _cli_embed(options: Any) -> int:
-    provider, model = _cli_target(options)
-    texts = options.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-    print(json.dumps({"model": model.name, "embeddings": provider.embed(
-        texts, model, dimensions=options.dimensions, batch_size=options.batch_size, debug=options.debug)}))
-    return 0
-
-
 def _cli_model_command(options: Any) -> int:
-    """``info``, ``load``, ``unload`` and ``pull``: one model on one server."""
+    """``embed``, ``info``, ``load``, ``unload`` and ``pull``: one model on one server."""
     provider, model = _cli_target(options)
     where = "%s at %s" % (provider.title, provider.base_url)
-    if options.command == "info":
+    if options.command == "embed":
+        texts = options.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        print(json.dumps({"model": model.name, "embeddings": provider.embed(texts, model, debug=options.debug,
+                          dimensions=options.dimensions, batch_size=options.batch_size)}))
+    elif options.command == "info":
         facts = provider.model_info(model, debug=options.debug).as_dict()
         print(json.dumps(facts, indent=2) if options.json else where + ":")
         for name, value in facts.items() if not options.json else ():
@@ -5496,8 +5481,7 @@ def _cli_model_command(options: Any) -> int:
 
 
 class _PullDisplay:
-    """Shows PullProgress records: one redrawn bar line on a terminal (bytes, percent, rate), else plain
-    lines, one for each new status and each further tenth of a file."""
+    """PullProgress as one redrawn bar on a terminal, else a line per new status and per tenth of a file."""
 
     def __init__(self, out: Any, tty: bool, clock: Callable[[], float] = time.monotonic):
         self.out, self.tty, self.clock, self.drawn = out, tty, clock, False
@@ -5589,8 +5573,9 @@ _COMMAND_TABLE: Dict[str, Tuple[Callable[[Any], int], str, str, str, _Arguments]
                      ("--system", {"help": "a system message to put first"}),
                      ("--json", {"metavar": "ATTR,...",
                                  "help": "ask for a JSON object with these attributes"})]),
-    "embed": (_cli_embed, "print the embeddings of texts as JSON, {\"model\": ..., \"embeddings\": [[...], "
-              "...]}, one vector per text in order; without TEXT arguments each line of stdin is a text",
+    "embed": (_cli_model_command, "print the embeddings of texts as JSON, {\"model\": ..., \"embeddings\": "
+              "[[...], ...]}, one vector per text in order; without TEXT arguments each line of stdin is a "
+              "text",
               "embed ollama://nomic-embed-text \"first text\" \"second text\"", _PLAIN, [
                   _MODEL, ("texts", {"metavar": "TEXT", "nargs": "*", "help": "texts to embed (default: "
                                      "stdin's lines)"}),
