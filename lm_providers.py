@@ -5124,17 +5124,20 @@ class _SetupCheck:
             return names, "answers; %d model(s)%s" % (len(names), ": " + shown if names else "")
 
         status, offered = self.step(title, provider, list_them, server=True, required=required)
-        for name in [m.name for m in models] or [provider.title] if status == "FAIL" else ():
-            self.report("SKIP", "%s model checks" % name, "the server did not answer")
-        chat_models = [name for name in offered or () if "embed" not in name.lower()]
-        if status == "PASS" and not models and not chat_models:
+        if status == "FAIL":
+            for name in [m.name for m in models] or [provider.title]:
+                self.report("SKIP", "%s model checks" % name, "the server did not answer")
+        if status != "PASS":
+            return
+        chat_models = [name for name in offered if "embed" not in name.lower()]
+        if not models and not chat_models:
             self.report("FAIL", "%s has a model to chat with" % title, "no models listed",
                         provider.kind.first_model_hint or provider.download_hint("<model>"))
-        elif status == "PASS" and not models:
+        elif not models:
             models = [ModelConfig(chat_models[0], provider.provider)]
             self.out.write("       (no model configured for %s; trying the first one it offers: %s)\n"
                            % (provider.title, chat_models[0]))
-        for model in models if status == "PASS" else ():
+        for model in models:
             self._check_model(provider, model, offered)
 
     def _check_model(self, provider: "BaseProvider", model: ModelConfig, offered: List[str]) -> None:
@@ -5301,11 +5304,6 @@ def _cli_provider(kind: str, host: Optional[str], config: Optional[Config],
     return PROVIDER_CLASSES[kind](host=resolve_host(kind, host, config), timeout=timeout)
 
 
-def _cli_timeout(options: Any) -> Optional[Tuple[float, float]]:
-    """``--timeout T``: connect timeout 5 s (the providers' default) and read timeout T; None without it."""
-    return (5.0, options.timeout) if options.timeout else None
-
-
 def _cli_config(options: Any, out: Any = None) -> Optional[Config]:
     """The config --config names, else ./config.yaml if there is one (not with --no-config); say which."""
     if options.config or options.no_config:
@@ -5320,8 +5318,8 @@ def _cli_config(options: Any, out: Any = None) -> Optional[Config]:
 def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
     """The provider and model that a command's URI_OR_ROLE argument and connection options name."""
     config = _cli_config(options)
-    model = _resolve_model(options.model, config, options.provider, options.host, _cli_timeout(options))
-    return _cli_provider(model.provider, model.host, config, _cli_timeout(options)), model
+    model = _resolve_model(options.model, config, options.provider, options.host, options.timeout)
+    return _cli_provider(model.provider, model.host, config, options.timeout), model
 
 
 # --- running a command --------------------------------------------------------------------------------
@@ -5329,6 +5327,7 @@ def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
 def _run_command(command: Callable[[Any], int], options: Any) -> int:
     """Run a command with --debug's output; an error is one line (exit 1), Ctrl-C exit 130, a closed pipe
     (``| head``) exit 141, never a traceback."""
+    options.timeout = (5.0, options.timeout) if options.timeout else None  # --timeout T: connect 5 s, read T
     try:
         with _debugging(options.debug):
             logger.debug("debug output on")
@@ -5352,7 +5351,7 @@ def _run_check(options: Any, out: Any = None) -> int:
     out = out or sys.stdout
     try:
         config = _cli_config(options, out)
-        targets = _check_targets(config, options.provider, options.host, options.model, _cli_timeout(options))
+        targets = _check_targets(config, options.provider, options.host, options.model, options.timeout)
     except (InvalidInputError, ConfigError) as exc:
         out.write("[FAIL] configuration: %s\n" % _one_line(exc))
         return 2
@@ -5406,11 +5405,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # --- the commands -------------------------------------------------------------------------------------
 
 def _cli_models(options: Any) -> int:
-    config, timeout = _cli_config(options), _cli_timeout(options)
-    answered = 0
-    for kind in _server_kinds(config, options.provider, options.host, timeout):
+    config, answered = _cli_config(options), 0
+    for kind in _server_kinds(config, options.provider, options.host, options.timeout):
         try:
-            with _cli_provider(kind, options.host, config, timeout or _LIST_TIMEOUT) as provider:
+            with _cli_provider(kind, options.host, config, options.timeout or _LIST_TIMEOUT) as provider:
                 names = provider.list_models(debug=options.debug)
                 infos = provider.list_model_info(debug=options.debug) if options.long else None
         except ProviderError as exc:  # this server is down: say so, and go on with the next
@@ -5420,9 +5418,10 @@ def _cli_models(options: Any) -> int:
         print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))
         if infos is not None:
             _print_model_table(infos, sys.stdout)
-        for line in [] if infos is not None else names or [
-                "(%s)" % provider.kind.unlisted_hint] * bool(provider.kind.unlisted_hint):
-            print("  " + line)
+        for name in names if infos is None else ():
+            print("  " + name)
+        if not names and provider.kind.unlisted_hint:
+            print("  (%s)" % provider.kind.unlisted_hint)
     return 0 if answered else 1
 
 
@@ -5455,8 +5454,11 @@ def _cli_model_command(options: Any) -> int:
                           dimensions=options.dimensions, batch_size=options.batch_size)}))
     elif options.command == "info":
         facts = provider.model_info(model, debug=options.debug).as_dict()
-        print(json.dumps(facts, indent=2) if options.json else where + ":")
-        for name, value in facts.items() if not options.json else ():
+        if options.json:
+            print(json.dumps(facts, indent=2))
+            return 0
+        print(where + ":")
+        for name, value in facts.items():
             shown = _human_bytes(value) if name == "size_bytes" and value is not None else value
             print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
     elif options.command == "load":
