@@ -523,6 +523,10 @@ class ServerKind(NamedTuple):
     options_dict: bool = False  # sampling parameters go in an "options" object (Ollama's native API)
     #: The response_format that asks for any JSON object (None: the kind has no response_format).
     any_object_format: Optional[Dict[str, Any]] = None
+    #: Why a model may be missing from the server's list (said when the list lacks it, or is empty).
+    unlisted_hint: str = ""
+    #: How to get a first model to chat with; "" means download_hint with "<model>".
+    first_model_hint: str = ""
 
 
 SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
@@ -541,7 +545,10 @@ SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
                        "exact id with  lms ls  (ids are case-sensitive)."),
         # LM Studio rejects json_object: "any object" is a json_schema there
         any_object_format={"type": "json_schema", "json_schema": {
-            "name": "response", "strict": True, "schema": {"type": "object"}}}),
+            "name": "response", "strict": True, "schema": {"type": "object"}}},
+        unlisted_hint="LM Studio lists only loaded models unless Just-in-Time loading is on.",
+        first_model_hint=("Download a model in LM Studio and load it (or: lms get qwen2.5-7b-instruct; "
+                          "lms load qwen2.5-7b-instruct).")),
     ServerKind(
         "ollama", "Ollama", (), 11434, 11434, "OLLAMA_HOST", "OLLAMA_API_KEY", "ollama_host",
         "/api/chat", "/api/tags", "ndjson",
@@ -5000,19 +5007,19 @@ _provider_cache: Dict[Tuple[Any, ...], "BaseProvider"] = {}
 # =============================================================================
 # Command line and the setup check
 # =============================================================================
-# Private but for run_setup_check and main: python -m lm_providers COMMAND, and the setup check that
-# python test_lm_studio_provider.py and the check command run.  Advice comes from the errors' hint and reason.
+# Private but for run_setup_check and main.  Advice comes from the errors' hint and reason, and the
+# server-kind rows.
 
 _CHECK_PROMPT = [{"role": "user", "content": "Reply with one short friendly sentence saying you are ready."}]
 _CHECK_JSON_PROMPT = [{"role": "user", "content": "Return a JSON object with the attribute \"status\" set to "
                                                   "\"ready\" and the attribute \"model\" set to your name."}]
-_DEFAULT_KINDS = ("lm_studio", "ollama")  # looked at when nothing names a server kind
 _STILL_WORKING_SECONDS = 10.0  # how often a slow check says it is still working
 #: ``models`` and finding a server's kind wait at most this long by default: listing never loads a model,
 #: so a server silent for 30 s is stuck, and the 600 s a first generation may need would only hide that.
 _LIST_TIMEOUT = (5.0, 30.0)
 _Timeout = Union[None, float, Tuple[float, float]]
 _Target = Tuple["BaseProvider", List[ModelConfig], bool]  # a server, its models, whether it must be running
+_PROVIDER_CHOICES = ", ".join("--provider " + kind for kind in SERVER_KINDS)
 
 
 @contextlib.contextmanager
@@ -5038,16 +5045,16 @@ def _next_step(exc: ProviderError, provider: "BaseProvider") -> str:
         return ("The server is reachable but slow (a first request may be loading the model). Run again, "
                 "or raise the limit with --timeout 1200.")
     if exc.reason == "connection_refused":
-        others = " or ".join("--provider " + kind for kind in SERVER_KINDS if kind != provider.provider)
+        others = ["--provider %s (port %d)" % (kind.name, kind.default_port) if kind.default_port
+                  else "--provider %s --host HOST:PORT" % kind.name
+                  for kind in SERVER_KINDS.values() if kind.name != provider.provider]
         return ("%s If it runs on another machine or port, set %s in config.yaml or pass --host HOST:PORT. "
                 "If you do not use %s, run with %s." % (exc.hint, provider.kind.config_key, provider.title,
-                                                        others))
-    if exc.hint:
-        return exc.hint
-    if isinstance(exc, JSONGenerationError):
+                                                        " or ".join(others)))
+    if not exc.hint and isinstance(exc, JSONGenerationError):
         return ("The model did not produce valid JSON; a larger or instruction-tuned model usually does. "
                 "Last reply: %r" % exc.raw_text[:120])
-    return "Run with --debug to see every request and response."
+    return exc.hint or "Run with --debug to see every request and response."
 
 
 class _SetupCheck:
@@ -5055,10 +5062,9 @@ class _SetupCheck:
     (none given: the first chat model it offers) exist, generate, stream and return JSON."""
 
     def __init__(self, targets: Sequence[_Target], out: Any):
-        self.targets, self.out = targets, out
-        self.debug = logger.isEnabledFor(logging.DEBUG)  # inside _debugging(options.debug)
+        self.targets, self.out, self.unreachable = targets, out, 0  # unreachable: nothing answered at all
         self.results: List[str] = []  # the status of each line
-        self.unreachable = 0  # failures where nothing answered at all
+        self.debug = logger.isEnabledFor(logging.DEBUG)  # inside _debugging(options.debug)
 
     def report(self, status: str, what: str, detail: str = "", next_step: str = "",
                seconds: float = 0.0) -> None:
@@ -5066,14 +5072,13 @@ class _SetupCheck:
         self.results.append(status)
         timing = "  (%.2f s)" % seconds if status != "SKIP" else ""
         self.out.write("[%s] %s%s\n" % (status, ": ".join(part for part in (what, detail) if part), timing))
-        if next_step:
-            self.out.write("       -> %s\n" % next_step)
+        self.out.write("       -> %s\n" % next_step if next_step else "")
         self.out.flush()
 
     def step(self, what: str, provider: "BaseProvider", action: Callable[[], Tuple[Any, str]],
              server: bool = False, required: bool = True) -> Tuple[str, Any]:
-        """Run ``action`` (it returns ``(value, detail)``) as one check, report it, return (status, value).
-        A ``server`` check's errors name the server themselves, so they are printed without ``what``."""
+        """Run ``action`` (returning ``(value, detail)``) as one check; return (status, value).  The errors
+        of a ``server`` check name the server themselves: printed without ``what``."""
         started = time.perf_counter()
         try:
             with _still_working(self.out, what):
@@ -5096,19 +5101,14 @@ class _SetupCheck:
         for provider, models, required in self.targets:
             self._check_server(provider, models, required)
         passed, failed, skipped = (self.results.count(status) for status in ("PASS", "FAIL", "SKIP"))
-        self.out.write("\n%d passed, %d failed, %d skipped\n" % (passed, failed, skipped))
-        if not passed and failed == self.unreachable:
-            self.out.write(
-                "No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server "
-                "start) or Ollama (https://ollama.com; then ollama serve) and run this again. To see "
-                "lm_providers work without either, run the demo in the project's source folder (a git "
-                "checkout or the sdist; the installed package has no demo):  python -m pip install "
-                "\".[demo]\" && python test_lm_studio_provider.py --demo  (Python 3.10+)\n")
-        elif failed:
-            self.out.write("Some checks failed; each [FAIL] line is followed by what to do. Run with --debug "
-                           "to see every request and response.\n")
-        else:
-            self.out.write("Everything works.\n")
+        self.out.write("\n%d passed, %d failed, %d skipped\n%s\n" % (passed, failed, skipped, (
+            "No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server start) or "
+            "Ollama (https://ollama.com; then ollama serve) and run this again. To see lm_providers work "
+            "without either, run the demo in the project's source folder (a git checkout or the sdist; the "
+            "installed package has no demo):  python -m pip install \".[demo]\" && python "
+            "test_lm_studio_provider.py --demo  (Python 3.10+)" if not passed and failed == self.unreachable
+            else "Some checks failed; each [FAIL] line is followed by what to do. Run with --debug to see "
+            "every request and response." if failed else "Everything works.")))
         self.out.flush()
         return 1 if failed or not passed else 0
 
@@ -5126,12 +5126,11 @@ class _SetupCheck:
                 self.report("SKIP", "%s model checks" % name, "the server did not answer")
         if status != "PASS":
             return
-        if not models:
-            chat_models = [name for name in offered if "embed" not in name.lower()]
-            if not chat_models:
-                self.report("FAIL", "%s has a model to chat with" % title, "no models listed",
-                            provider.download_hint("<model>"))
-                return
+        chat_models = [name for name in offered if "embed" not in name.lower()]
+        if not models and not chat_models:
+            self.report("FAIL", "%s has a model to chat with" % title, "no models listed",
+                        provider.kind.first_model_hint or provider.download_hint("<model>"))
+        elif not models:
             models = [ModelConfig(chat_models[0], provider.provider)]
             self.out.write("       (no model configured for %s; trying the first one it offers: %s)\n"
                            % (provider.title, chat_models[0]))
@@ -5142,9 +5141,10 @@ class _SetupCheck:
         name = "%s %r" % (provider.title, model.name)
         if not any(provider.same_model(model.name, o) for o in offered):
             matches = provider.close_matches(model.name, offered)
-            self.report("FAIL", "%s is available" % name, "not among the %d model(s) the server offers"
-                        % len(offered), provider.download_hint(model.name) + (
-                            " Close matches: %s." % ", ".join(matches) if matches else ""))
+            self.report("FAIL", "%s is available" % name, " ".join(filter(None, (
+                "not among the %d model(s) the server offers." % len(offered), provider.kind.unlisted_hint))),
+                provider.download_hint(model.name) + (" Close matches: %s." % ", ".join(matches) if matches
+                                                      else ""))
             for what in ("generation", "streaming", "JSON"):
                 self.report("SKIP", "%s %s" % (name, what), "the model is not available")
             return
@@ -5154,9 +5154,8 @@ class _SetupCheck:
 
         def generate() -> Tuple[str, str]:
             result = provider.chat(_CHECK_PROMPT, model, debug=self.debug)
-            tokens = (result.usage or {}).get("completion_tokens", "?")
-            return result.text, "%r (%s tokens, finish_reason=%s)" % (_shorten(result.text), tokens,
-                                                                       result.finish_reason)
+            return result.text, "%r (%s tokens, finish_reason=%s)" % (_shorten(result.text), (
+                result.usage or {}).get("completion_tokens", "?"), result.finish_reason)
 
         def stream() -> Tuple[int, str]:
             started, first_at, text = time.perf_counter(), 0.0, []
@@ -5173,46 +5172,45 @@ class _SetupCheck:
             data = provider.generate_json(_CHECK_JSON_PROMPT, model, ["status"], debug=self.debug)
             return data, _shorten(json.dumps(data, ensure_ascii=False), 100)
 
-        self.step("%s generates text" % name, provider, generate)
-        self.step("%s streams" % name, provider, stream)
-        self.step("%s returns JSON" % name, provider, json_object)
+        for what, action in (("generates text", generate), ("streams", stream),
+                             ("returns JSON", json_object)):
+            self.step("%s %s" % (name, what), provider, action)
 
 
 # --- which servers and models a command means ---------------------------------------------------------
 
 def _server_kinds(config: Optional[Config], provider: Optional[str], host: Optional[str],
                   timeout: _Timeout = None) -> List[str]:
-    """The server kinds a command looks at: ``--provider``'s; else the one ``--host`` names by its default
-    port (or by a path: ``openai``) or that answers there; else LM Studio and Ollama (when nothing answers at
-    ``--host``, each says how to start it), and an OpenAI-compatible server when the config names one (an
-    ``openai://`` role or ``openai_host``).  OPENAI_BASE_URL alone does not count: OpenAI's own clients
-    read it too, so it may be set for another program; ``--provider openai`` uses it."""
+    """``--provider``'s kind; else the one ``--host`` names by its port (or path: openai) or that answers
+    there; else the kinds with a default port, and any other the config names (a role or its host).
+    OPENAI_BASE_URL alone does not count: OpenAI's own clients read it too (``--provider openai`` uses it)."""
     if provider:
         return [canonical_provider(provider)]
-    openai = OpenAICompatibleProvider.provider
+    by_port = [kind.name for kind in SERVER_KINDS.values() if kind.default_port]
     if not host:
-        named = config is not None and bool(config.openai_host or any(
-            role.provider == openai for role in config.models.values()))
-        return list(_DEFAULT_KINDS) + [openai] * named
+        return by_port + [kind.name for kind in SERVER_KINDS.values() if not kind.default_port and config
+                          and (config.host_for(kind.name) or any(role.provider == kind.name
+                                                                 for role in config.models.values()))]
     try:
         port = normalize_host(host).rsplit(":", 1)[1]
     except InvalidInputError as error:  # only an openai:// host may have a path
         try:
-            normalize_host(host, openai)
+            normalize_host(host, OpenAICompatibleProvider.provider)
         except InvalidInputError:
             raise error from None
-        return [openai]
-    for kind in SERVER_KINDS.values():
-        if port == str(kind.default_port):
-            return [kind.name]
-    answering = _detect_server_kind(host, timeout)
-    return [answering] if answering else list(_DEFAULT_KINDS)
+        return [OpenAICompatibleProvider.provider]
+    named = [kind.name for kind in SERVER_KINDS.values() if port == str(kind.default_port)]
+    answering = named[0] if named else _detect_server_kind(host, timeout)
+    return [answering] if answering else by_port
 
 
 def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
-    """Which server answers at ``host``: ``"ollama"`` (asked first: its OpenAI layer answers /v1/models too),
-    ``"lm_studio"`` (/v1/models, or a 401 there, and LM Studio's own model list), ``"openai"`` (/v1/models
-    only), or None when nothing listens there; ProviderResponseError for a server that is none of them."""
+    """``"ollama"`` (asked first: its OpenAI layer answers /v1/models too), ``"lm_studio"`` (/v1/models or a
+    401, and LM Studio's own list), ``"openai"``, or None when nothing listens at ``host``."""
+    def failure(exc: ProviderError) -> str:
+        status = getattr(exc, "status", None)
+        return "HTTP %d" % status if status else _shorten(" ".join(exc.message.split()), 80)
+
     timeout = timeout if timeout is not None else _LIST_TIMEOUT
     with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
         try:
@@ -5224,7 +5222,7 @@ def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
                 return None
             raise
         except ProviderError as exc:
-            not_ollama = _probe_failure(exc)
+            not_ollama = failure(exc)
     with LMStudioProvider(host=host, timeout=timeout, max_retries=0) as lm_studio:
         try:
             lm_studio.list_models()
@@ -5233,28 +5231,29 @@ def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
         except ProviderError as exc:
             raise ProviderResponseError(
                 "the server at %s answers, but neither as an OpenAI-compatible server such as LM Studio (GET "
-                "/v1/models: %s) nor as Ollama (GET /api/version: %s)." % (
-                    ollama.base_url, _probe_failure(exc), not_ollama), reason="bad_response",
-                hint="If it is one of them, say which with  --provider lm_studio,  --provider ollama  or  "
-                     "--provider openai.") from None
-        try:  # facts from LM Studio's own /api/v1 or /api/v0 model list, not only from /v1/models
-            native = any(info.source.startswith("/api/") for info in lm_studio.list_model_info())
+                "/v1/models: %s) nor as Ollama (GET /api/version: %s)." % (ollama.base_url, failure(exc),
+                                                                           not_ollama), reason="bad_response",
+                hint="If it is one of them, say which with %s." % _PROVIDER_CHOICES) from None
+        return lm_studio.provider if _lm_studio_api_answers(lm_studio) else OpenAICompatibleProvider.provider
+
+
+def _lm_studio_api_answers(lm_studio: "LMStudioProvider") -> bool:
+    """Whether LM Studio's own model list (``/api/v1/models``, else ``/api/v0/models``) answers, even an
+    empty one; the HTTP 200 ``{"error": ...}`` of LM Studio 0.3.14 to 0.4.x for a path it lacks is no list."""
+    for path, field, key in (("/api/v1/models", "models", "key"), ("/api/v0/models", "data", "id")):
+        try:
+            if lm_studio._call("GET", path, optional=True,
+                               read=lambda data: _entries(data, field, key)) is not None:
+                return True
         except ProviderError as exc:
-            logger.debug("LM Studio's own API does not answer at %s: %s", lm_studio.base_url, _one_line(exc))
-            native = False
-        return lm_studio.provider if native else OpenAICompatibleProvider.provider
-
-
-def _probe_failure(exc: ProviderError) -> str:
-    status = getattr(exc, "status", None)
-    return "HTTP %d" % status if status else _shorten(" ".join(exc.message.split()), 80)
+            logger.debug("GET %s does not answer as LM Studio's own API: %s", path, _one_line(exc))
+    return False
 
 
 def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] = None,
                    host: Optional[str] = None, timeout: _Timeout = None) -> ModelConfig:
-    """The model a command's URI_OR_ROLE names: a role of ``config``, a model URI, or a plain model name for
-    the server kind ``provider`` says (or that answers at ``host``).  ``provider`` and ``host`` must agree
-    with what a role or URI says, not silently replace it; a model without a host of its own gets ``host``."""
+    """The model URI_OR_ROLE names: a role, a URI, or a plain name on the kind ``provider`` says (or that
+    answers at ``host``).  ``provider`` and ``host`` must agree with a role or URI, not replace it."""
     if config is not None and text in config.models:
         model = config.models[text]
     elif "://" in text:
@@ -5265,35 +5264,30 @@ def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] 
         if len(kinds) != 1:
             raise InvalidInputError(
                 "%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the config; for "
-                "a plain model name, say which server with --provider lm_studio, --provider ollama or "
-                "--provider openai%s" % (text, " (nothing answers at %s to tell)" % host if host else ""))
+                "a plain model name, say which server with %s%s" % (
+                    text, _PROVIDER_CHOICES, " (nothing answers at %s to tell)" % host if host else ""))
         model = ModelConfig(text, kinds[0])
     if provider and canonical_provider(provider) != model.provider:
         raise InvalidInputError("%s is a %s model, but --provider says %s" % (text, model.provider, provider))
-    if host:
-        if model.host is not None and normalize_host(model.host, model.provider) != normalize_host(
-                host, model.provider):
-            raise InvalidInputError("%s names the host %s and --host says %s; give one"
-                                    % (text, model.host, host))
-        model = ModelConfig(model.name, model.provider, host, model.parameters)
-    return model
+    if host and model.host is not None and normalize_host(model.host, model.provider) != normalize_host(
+            host, model.provider):
+        raise InvalidInputError("%s names the host %s and --host says %s; give one"
+                                % (text, model.host, host))
+    return ModelConfig(model.name, model.provider, host, model.parameters) if host else model
 
 
 def _check_targets(config: Optional[Config], provider: Optional[str], host: Optional[str],
                    model: Optional[str], timeout: _Timeout = None) -> List[_Target]:
-    """What the setup check looks at: ``(provider, models, required)`` for each server ``_server_kinds``
-    picks, with the roles of ``config`` on it (on ``host`` when given), or just ``model`` (read as
-    ``generate`` reads it).  A server is required (not running: FAIL, not SKIP) when something names it."""
+    """``(provider, models, required)`` for ``model`` (read as ``generate`` reads it), else for each server
+    ``_server_kinds`` picks, with its roles; required (not running: FAIL, not SKIP) when anything names it."""
     if model:
         chosen = _resolve_model(model, config, provider, host, timeout)
         return [(_cli_provider(chosen.provider, chosen.host, config, timeout), [chosen], True)]
     targets: List[_Target] = []
     for kind in _server_kinds(config, provider, host, timeout):
         by_host: Dict[str, Dict[str, ModelConfig]] = {}
-        for role in (config.models.values() if config else []):
-            if role.provider == kind:
-                base_url = resolve_host(kind, host or role.host, config)
-                by_host.setdefault(base_url, {}).setdefault(role.name, role)
+        for role in (role for role in (config.models.values() if config else []) if role.provider == kind):
+            by_host.setdefault(resolve_host(kind, host or role.host, config), {}).setdefault(role.name, role)
         required = bool(by_host or provider or host or (config and config.host_for(kind))
                         or os.environ.get(SERVER_KINDS[kind].host_env))
         for base_url, models in (by_host or {resolve_host(kind, host, config): {}}).items():
@@ -5303,26 +5297,24 @@ def _check_targets(config: Optional[Config], provider: Optional[str], host: Opti
 
 def _cli_provider(kind: str, host: Optional[str], config: Optional[Config],
                   timeout: _Timeout) -> "BaseProvider":
-    """The provider every command talks through: server kind ``kind`` at ``host`` (else the config's, the
-    environment's, the default: ``resolve_host``), with the command line's ``timeout`` (None: the default)."""
+    """The provider every command talks through: ``kind`` at ``host`` (else as ``resolve_host`` says)."""
     return PROVIDER_CLASSES[kind](host=resolve_host(kind, host, config), timeout=timeout)
 
 
-def _load_config_option(path: Optional[str], out: Any = None) -> Optional[Config]:
-    """The config named by --config, else ./config.yaml if there is one; say which on ``out``."""
-    if path or os.path.exists("config.yaml"):
-        if out and not path:
-            out.write("Using config.yaml from %s\n" % os.getcwd())
-        return load_config(path or "config.yaml")
+def _cli_config(options: Any, out: Any = None) -> Optional[Config]:
+    """The config --config names, else ./config.yaml if there is one (not with --no-config); say which."""
+    if options.config or options.no_config:
+        return load_config(options.config) if options.config else None
+    found = os.path.exists("config.yaml")
     if out:
-        out.write("No config.yaml in %s; using --host, OLLAMA_HOST / LM_STUDIO_HOST or the default hosts.\n"
-                  % os.getcwd())
-    return None
+        out.write("Using config.yaml from %s\n" % os.getcwd() if found else "No config.yaml in %s; using "
+                  "--host, OLLAMA_HOST / LM_STUDIO_HOST or the default hosts.\n" % os.getcwd())
+    return load_config("config.yaml") if found else None
 
 
 def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
     """The provider and model that a command's URI_OR_ROLE argument and connection options name."""
-    config = _load_config_option(options.config)
+    config = _cli_config(options)
     model = _resolve_model(options.model, config, options.provider, options.host, options.timeout)
     return _cli_provider(model.provider, model.host, config, options.timeout), model
 
@@ -5330,8 +5322,9 @@ def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
 # --- running a command --------------------------------------------------------------------------------
 
 def _run_command(command: Callable[[Any], int], options: Any) -> int:
-    """Run a parsed command: --debug output on for it, an error as one line (exit 1), Ctrl-C as exit 130,
-    output piped into ``head`` (which closes the pipe) as exit 141, without a traceback."""
+    """Run a command with --debug's output; an error is one line (exit 1), Ctrl-C exit 130, a closed pipe
+    (``| head``) exit 141, never a traceback."""
+    options.timeout = (5.0, options.timeout) if options.timeout else None  # --timeout T: connect 5 s, read T
     try:
         with _debugging(options.debug):
             logger.debug("debug output on")
@@ -5354,7 +5347,7 @@ def _run_command(command: Callable[[Any], int], options: Any) -> int:
 def _run_check(options: Any, out: Any = None) -> int:
     out = out or sys.stdout
     try:
-        config = _load_config_option(options.config, out)
+        config = _cli_config(options, out)
         targets = _check_targets(config, options.provider, options.host, options.model, options.timeout)
     except (InvalidInputError, ConfigError) as exc:
         out.write("[FAIL] configuration: %s\n" % _one_line(exc))
@@ -5376,7 +5369,7 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, *,
     parser = argparse.ArgumentParser(prog=prog, description=(
         "Check that your LM Studio / Ollama servers, models and config work with lm_providers, and say what "
         "to do when they do not. Exit code 0 means every check passed."))
-    _check_options(parser)
+    _add_arguments(parser, *_COMMAND_TABLE["check"][3:])
     if demo is not None:
         parser.add_argument("--demo", action="store_true", help=(
             "no LM Studio or Ollama needed: start llama.cpp's own server with a small model on a free local "
@@ -5388,8 +5381,7 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, *,
 
 
 def _prog_name() -> str:
-    """How this command was started, for its usage lines: ``python -m lm_providers``, ``python
-    lm_providers.py`` (a copied file) or ``lm-providers`` (the installed console script)."""
+    """The usage lines' name: ``python -m lm_providers``, ``python lm_providers.py`` or ``lm-providers``."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name == "lm_providers":  # python -m lm_providers (then __name__ is __main__)
         return "python -m lm_providers"
@@ -5398,97 +5390,19 @@ def _prog_name() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lm_providers`` / ``lm-providers``: the models, generate, embed, check, info, load, unload
-    and pull commands for LM Studio, Ollama and OpenAI-compatible servers; returns the exit code."""
+    """``python -m lm_providers`` / ``lm-providers``: run the command ``argv`` names; return the exit code."""
     parser = _build_parser(_prog_name())
     options = parser.parse_args(argv)
     if options.command is None:
         parser.print_help()
         return 2
-    return _run_command(_COMMANDS[options.command], options)
-
-
-# --- the parser ---------------------------------------------------------------------------------------
-
-def _connection_options(parser: "argparse.ArgumentParser", provider_help: str) -> None:
-    """The options every command takes: where the config is, which server, where, how long to wait, debug."""
-    parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.yaml if it exists)")
-    parser.add_argument("--provider", choices=list(PROVIDER_CLASSES), help=provider_help)
-    parser.add_argument("--host", metavar="HOST:PORT", help="the server at this host; on a port other than "
-                        "1234 or 11434 it is asked which server it is, unless --provider says")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="read timeout for each request (default 600)")
-    parser.add_argument("--debug", action="store_true",
-                        help="show every request and response, and tracebacks")
-
-
-def _check_options(parser: "argparse.ArgumentParser") -> None:
-    _connection_options(parser, "check only this server kind")
-    parser.add_argument("--model", metavar="URI_OR_ROLE",
-                        help="check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")
-
-
-def _build_parser(prog: str) -> "argparse.ArgumentParser":
-    """The command line's parser: its commands, their arguments and the connection options, with examples."""
-    import argparse
-    parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, a LiteLLM "
-                    "proxy) from the command line.",
-        epilog="examples:\n  {0} models\n  {0} models --host 10.0.0.5:8080\n"
-               "  {0} generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
-               "  {0} generate ollama://llama3 \"Name a color\" --json name,hex\n"
-               "  {0} generate openai://my-model@127.0.0.1:8000/v1 \"Say hi\"\n"
-               "  {0} check --provider ollama".format(prog))
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    def command(name: str, help_text: str, example: str, model: bool = True) -> Any:
-        sub = commands.add_parser(name, help=help_text, description="%s. Example: %s %s" % (
-            help_text[:1].upper() + help_text[1:], prog, example))
-        if model:
-            sub.add_argument("model", metavar="URI_OR_ROLE", help="a model URI such as ollama://llama3, a "
-                             "role from the config, or a model name with --provider (or --host)")
-        return sub
-
-    models = command("models", "list the models each server offers (each gets 30 s to answer unless "
-                     "--timeout says)", "models --provider ollama", model=False)
-    models.add_argument("--long", "-l", action="store_true", help="a table of each model's facts: context, "
-                        "loaded, capabilities, quantization, size")
-    _connection_options(models, "only this server kind")
-    _check_options(command("check", "check servers, models and config, and say what to do about each "
-                           "failure (as test_lm_studio_provider.py does)",
-                           "check --model lm_studio://qwen2.5-7b-instruct", model=False))
-    generate = command("generate", "stream a model's reply to a prompt to stdout as it arrives",
-                       "generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"")
-    generate.add_argument("prompt", help="the user message")
-    generate.add_argument("--system", help="a system message to put first")
-    generate.add_argument("--json", metavar="ATTR,...", help="ask for a JSON object with these attributes")
-    embed = command("embed", "print the embeddings of texts as JSON, {\"model\": ..., \"embeddings\": "
-                    "[[...], ...]}, one vector per text in order; without TEXT arguments each line of stdin "
-                    "is a text", "embed ollama://nomic-embed-text \"first text\" \"second text\"")
-    embed.add_argument("texts", metavar="TEXT", nargs="*", help="texts to embed (default: stdin's lines)")
-    embed.add_argument("--dimensions", type=int, metavar="N", help="ask for N-wide vectors (models that can)")
-    embed.add_argument("--batch-size", type=int, default=DEFAULT_EMBED_BATCH, metavar="N",
-                       help="texts per request (default %d)" % DEFAULT_EMBED_BATCH)
-    info = command("info", "show what the server reports about a model", "info ollama://llama3 --json")
-    info.add_argument("--json", action="store_true", help="print the facts as JSON")
-    load = command("load", "load a model, optionally with a context length",
-                   "load lm_studio://qwen2.5-7b-instruct --context-length 16384")
-    load.add_argument("--context-length", type=int, metavar="TOKENS", help="the context to load it with")
-    load.add_argument("--keep-alive", metavar="DURATION",
-                      help="Ollama: how long it stays loaded when idle, e.g. 10m or -1 (for ever)")
-    for sub in (generate, embed, info, load, command("unload", "unload a model from memory",
-                                                     "unload ollama://llama3"),
-                command("pull", "download a model, showing its progress", "pull ollama://llama3.2")):
-        _connection_options(sub, "the server kind, for a plain model name")
-    return parser
+    return _run_command(_COMMAND_TABLE[options.command][0], options)
 
 
 # --- the commands -------------------------------------------------------------------------------------
 
 def _cli_models(options: Any) -> int:
-    config = _load_config_option(options.config)
-    answered = 0
+    config, answered = _cli_config(options), 0
     for kind in _server_kinds(config, options.provider, options.host, options.timeout):
         try:
             with _cli_provider(kind, options.host, config, options.timeout or _LIST_TIMEOUT) as provider:
@@ -5503,6 +5417,8 @@ def _cli_models(options: Any) -> int:
             _print_model_table(infos, sys.stdout)
         for name in names if infos is None else ():
             print("  " + name)
+        if not names and provider.kind.unlisted_hint:
+            print("  (%s)" % provider.kind.unlisted_hint)
     return 0 if answered else 1
 
 
@@ -5512,8 +5428,8 @@ def _cli_generate(options: Any) -> int:
         {"role": "user", "content": options.prompt}]
     if options.json is not None:
         attributes = [a.strip() for a in options.json.split(",") if a.strip()]
-        data = provider.generate_json(messages, model, attributes, debug=options.debug)
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(json.dumps(provider.generate_json(messages, model, attributes, debug=options.debug), indent=2,
+                         ensure_ascii=False))
         return 0
     stream = provider.stream_chat(messages, model, debug=options.debug)
     for piece in stream:
@@ -5525,20 +5441,15 @@ def _cli_generate(options: Any) -> int:
     return 0
 
 
-def _cli_embed(options: Any) -> int:
-    provider, model = _cli_target(options)
-    texts = options.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-    vectors = provider.embed(texts, model, dimensions=options.dimensions, batch_size=options.batch_size,
-                             debug=options.debug)
-    print(json.dumps({"model": model.name, "embeddings": vectors}))
-    return 0
-
-
 def _cli_model_command(options: Any) -> int:
-    """``info``, ``load``, ``unload`` and ``pull``: one model on one server."""
+    """``embed``, ``info``, ``load``, ``unload`` and ``pull``: one model on one server."""
     provider, model = _cli_target(options)
     where = "%s at %s" % (provider.title, provider.base_url)
-    if options.command == "info":
+    if options.command == "embed":
+        texts = options.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        print(json.dumps({"model": model.name, "embeddings": provider.embed(texts, model, debug=options.debug,
+                          dimensions=options.dimensions, batch_size=options.batch_size)}))
+    elif options.command == "info":
         facts = provider.model_info(model, debug=options.debug).as_dict()
         if options.json:
             print(json.dumps(facts, indent=2))
@@ -5568,21 +5479,13 @@ def _cli_model_command(options: Any) -> int:
     return 0
 
 
-_COMMANDS: Dict[str, Callable[[Any], int]] = {
-    "check": _run_check, "models": _cli_models, "generate": _cli_generate, "embed": _cli_embed,
-    "info": _cli_model_command, "load": _cli_model_command, "unload": _cli_model_command,
-    "pull": _cli_model_command}
-
-
 class _PullDisplay:
-    """Shows PullProgress records: one redrawn bar line on a terminal (bytes, percent, rate), else plain
-    lines, one for each new status and each further tenth of a file."""
+    """PullProgress as one redrawn bar on a terminal, else a line per new status and per tenth of a file."""
 
     def __init__(self, out: Any, tty: bool, clock: Callable[[], float] = time.monotonic):
-        self.out, self.tty, self.clock = out, tty, clock
+        self.out, self.tty, self.clock, self.drawn = out, tty, clock, False
         self.started: Dict[Any, Tuple[float, int]] = {}  # per file: when, and bytes, it was first seen
         self.last_line: Tuple[str, int] = ("", -1)
-        self.drawn = False
 
     def __call__(self, record: PullProgress) -> None:
         fraction, done = record.fraction, record.completed or 0
@@ -5608,9 +5511,8 @@ class _PullDisplay:
 
     def finish(self) -> None:
         """End a bar left on the screen."""
-        if self.drawn:
-            self.out.write("\n")
-            self.drawn = False
+        self.out.write("\n" if self.drawn else "")
+        self.drawn = False
 
 
 def _human_bytes(count: int) -> str:
@@ -5628,16 +5530,96 @@ def _print_model_table(infos: Sequence[ModelInfo], out: Any) -> None:
     def cell(value: Any) -> str:
         return "?" if value is None else str(value)
 
-    rows = [("NAME", "CONTEXT", "LOADED", "CAPABILITIES", "QUANT", "SIZE", "KIND")]
-    for info in infos:
-        loaded = "?" if info.loaded is None else (
-            "yes (%s)" % cell(info.loaded_context_length) if info.loaded else "no")
-        rows.append((info.name, cell(info.context_length), loaded, ",".join(sorted(info.capabilities)) or "-",
-                     cell(info.quantization), _human_bytes(info.size_bytes) if info.size_bytes else "?",
-                     cell(info.kind)))
+    rows = [("NAME", "CONTEXT", "LOADED", "CAPABILITIES", "QUANT", "SIZE", "KIND")] + [(
+        info.name, cell(info.context_length), "?" if info.loaded is None else (
+            "yes (%s)" % cell(info.loaded_context_length) if info.loaded else "no"),
+        ",".join(sorted(info.capabilities)) or "-", cell(info.quantization),
+        _human_bytes(info.size_bytes) if info.size_bytes else "?", cell(info.kind)) for info in infos]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("  " + "  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() + "\n")
+
+
+# --- the parser ---------------------------------------------------------------------------------------
+
+_Arguments = Sequence[Tuple[str, Dict[str, Any]]]  # (names, add_argument's keywords) for each argument
+_MODEL = ("model", {"metavar": "URI_OR_ROLE", "help": "a model URI such as ollama://llama3, a role from the "
+                    "config, or a model name with --provider (or --host)"})
+_PLAIN = "the server kind, for a plain model name"
+_CONNECTION_OPTIONS: _Arguments = (
+    ("--config", {"metavar": "PATH", "help": "config file (default: ./config.yaml if it exists)"}),
+    ("--no-config", {"action": "store_true", "help": "read no config file, not even ./config.yaml"}),
+    ("--host", {"metavar": "HOST:PORT", "help": "the server at this host; on a port other than 1234 or 11434 "
+                "it is asked which server it is, unless --provider says"}),
+    ("--timeout", {"type": float, "metavar": "SECONDS",
+                   "help": "read timeout for each request (default 600; connecting gets 5)"}),
+    ("--debug", {"action": "store_true", "help": "show every request and response, and tracebacks"}))
+_FLAG: Dict[str, Any] = {"action": "store_true"}
+
+#: Each command: (the function that runs it, help, example, --provider's help, its own arguments).
+_COMMAND_TABLE: Dict[str, Tuple[Callable[[Any], int], str, str, str, _Arguments]] = {
+    "models": (_cli_models, "list the models each server offers (each gets 30 s to answer unless --timeout "
+               "says)", "models --provider ollama", "only this server kind", [("--long -l", dict(
+                   _FLAG, help="a table of each model's facts: context, loaded, capabilities, quantization, "
+                   "size"))]),
+    "check": (_run_check, "check servers, models and config, and say what to do about each failure (as "
+              "test_lm_studio_provider.py does)", "check --model lm_studio://qwen2.5-7b-instruct",
+              "check only this server kind", [("--model", {"metavar": "URI_OR_ROLE", "help": (
+                  "check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")})]),
+    "generate": (_cli_generate, "stream a model's reply to a prompt to stdout as it arrives",
+                 "generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"", _PLAIN, [
+                     _MODEL, ("prompt", {"help": "the user message"}),
+                     ("--system", {"help": "a system message to put first"}),
+                     ("--json", {"metavar": "ATTR,...",
+                                 "help": "ask for a JSON object with these attributes"})]),
+    "embed": (_cli_model_command, "print the embeddings of texts as JSON, {\"model\": ..., \"embeddings\": "
+              "[[...], ...]}, one vector per text in order; without TEXT arguments each line of stdin is a "
+              "text",
+              "embed ollama://nomic-embed-text \"first text\" \"second text\"", _PLAIN, [
+                  _MODEL, ("texts", {"metavar": "TEXT", "nargs": "*", "help": "texts to embed (default: "
+                                     "stdin's lines)"}),
+                  ("--dimensions", {"type": int, "metavar": "N",
+                                    "help": "ask for N-wide vectors (models that can)"}),
+                  ("--batch-size", {"type": int, "default": DEFAULT_EMBED_BATCH, "metavar": "N",
+                                    "help": "texts per request (default %d)" % DEFAULT_EMBED_BATCH})]),
+    "info": (_cli_model_command, "show what the server reports about a model", "info ollama://llama3 --json",
+             _PLAIN, [_MODEL, ("--json", dict(_FLAG, help="print the facts as JSON"))]),
+    "load": (_cli_model_command, "load a model, optionally with a context length",
+             "load lm_studio://qwen2.5-7b-instruct --context-length 16384", _PLAIN, [
+                 _MODEL, ("--context-length", {"type": int, "metavar": "TOKENS",
+                                               "help": "the context to load it with"}),
+                 ("--keep-alive", {"metavar": "DURATION", "help": "Ollama: how long it stays loaded when "
+                                   "idle, e.g. 10m or -1 (for ever)"})]),
+    "unload": (_cli_model_command, "unload a model from memory", "unload ollama://llama3", _PLAIN, [_MODEL]),
+    "pull": (_cli_model_command, "download a model, showing its progress", "pull ollama://llama3.2", _PLAIN,
+             [_MODEL]),
+}
+
+
+def _add_arguments(parser: "argparse.ArgumentParser", provider_help: str, arguments: _Arguments) -> None:
+    """A command's own arguments, then the options every command takes (--provider, --host...)."""
+    provider = ("--provider", {"choices": list(PROVIDER_CLASSES), "help": provider_help})
+    for names, keywords in [*arguments, provider, *_CONNECTION_OPTIONS]:
+        parser.add_argument(*names.split(), **keywords)
+
+
+def _build_parser(prog: str) -> "argparse.ArgumentParser":
+    """The command line's parser: its commands, their arguments and the connection options, with examples."""
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, a LiteLLM "
+                    "proxy) from the command line.",
+        epilog="examples:\n  {0} models\n  {0} models --host 10.0.0.5:8080\n"
+               "  {0} generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
+               "  {0} generate ollama://llama3 \"Name a color\" --json name,hex\n"
+               "  {0} generate openai://my-model@127.0.0.1:8000/v1 \"Say hi\"\n"
+               "  {0} check --provider ollama".format(prog))
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text, example, provider_help, arguments) in _COMMAND_TABLE.items():
+        _add_arguments(commands.add_parser(name, help=help_text, description="%s. Example: %s %s" % (
+            help_text[:1].upper() + help_text[1:], prog, example)), provider_help, arguments)
+    return parser
 
 
 if __name__ == "__main__":

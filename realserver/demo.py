@@ -50,9 +50,9 @@ def run_demo(out: Any = None, cache_dir: Optional[str] = None) -> int:
     with server:
         say("Listening on %s (ready in %.1f s); the model is called %r there.\n"
             % (server.host, time.perf_counter() - started, ALIAS))
-        say("1. The setup check, as  python test_lm_studio_provider.py --host %s --model lm_studio://%s  runs it:"
-            % (server.host, ALIAS))
-        code = lm_providers.run_setup_check(["--host", server.host, "--model", "lm_studio://%s" % ALIAS], out=out)
+        argv = ["--no-config", "--host", server.host, "--model", "lm_studio://%s" % ALIAS]  # its server only
+        say("1. The setup check, as  python test_lm_studio_provider.py %s  runs it:" % " ".join(argv))
+        code = lm_providers.run_setup_check(argv, out=out)
         if code == 130:  # Ctrl-C: stop here
             return code
         say()

@@ -171,6 +171,16 @@ def test_lm_studio_is_told_by_either_native_model_list():
         assert lm_providers._detect_server_kind(neither.host) == "openai"
 
 
+def test_an_lm_studio_with_no_models_is_still_lm_studio():
+    with LoopbackServer() as v1, LoopbackServer() as v0:
+        fakes.lm_studio_native(fakes.lm_studio(v1, models=()), models=())  # LM Studio 0.4, nothing downloaded
+        assert lm_providers._detect_server_kind(v1.host) == "lm_studio"
+        fakes.lm_studio(v0, models=())  # LM Studio 0.3.x: an empty /api/v0 list
+        v0.route("GET", "/api/v0/models", fakes.json_reply({"object": "list", "data": []}))
+        v0.route("GET", "/api/v1/models", unexpected_endpoint)
+        assert lm_providers._detect_server_kind(v0.host) == "lm_studio"
+
+
 def test_a_server_that_wants_a_key_is_lm_studio_only_when_its_own_api_says_so(monkeypatch):
     token = "sk-lm-secret:abcdef123456"
     monkeypatch.delenv("LM_API_TOKEN", raising=False)
@@ -291,13 +301,16 @@ def test_every_command_builds_its_provider_one_way(monkeypatch, tmp_path, capsys
         for argv in (["models"] + where, ["models", "--timeout", "7"] + where,
                      ["generate", "qwen2.5-7b-instruct", "Hi"] + where,
                      ["generate", "qwen2.5-7b-instruct", "Hi", "--timeout", "7"] + where,
-                     ["check"] + where, ["check", "--timeout", "7", "--model", "qwen2.5-7b-instruct"] + where):
+                     ["check"] + where, ["check", "--timeout", "7", "--model", "qwen2.5-7b-instruct"] + where,
+                     ["models", "--timeout", "2"] + where, ["generate", "qwen2.5-7b-instruct", "Hi", "--timeout", "2"]
+                     + where):
             assert lm_providers.main(argv) == 0, capsys.readouterr()
     url = "http://" + lm.host
     default = (5.0, 600.0)  # the providers' own default
     assert built == [("lm_studio", url, lm_providers._LIST_TIMEOUT), ("lm_studio", url, (5.0, 7.0)),
                      ("lm_studio", url, default), ("lm_studio", url, (5.0, 7.0)),
-                     ("lm_studio", url, default), ("lm_studio", url, (5.0, 7.0))]
+                     ("lm_studio", url, default), ("lm_studio", url, (5.0, 7.0)),
+                     ("lm_studio", url, (5.0, 2.0)), ("lm_studio", url, (5.0, 2.0))]  # --timeout T: connect 5 s
 
 
 def test_no_function_imports_again_what_the_module_imports_at_the_top():
@@ -332,7 +345,7 @@ def run_module(*argv, **kwargs):
 def test_every_command_takes_the_connection_options():
     for command in ("models", "generate", "check"):
         usage = run_module(command, "--help").stdout
-        for option in ("--config", "--provider", "--host", "--timeout", "--debug"):
+        for option in ("--config", "--no-config", "--provider", "--host", "--timeout", "--debug"):
             assert option in usage, (command, option)
 
 

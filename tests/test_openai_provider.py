@@ -455,7 +455,8 @@ def test_an_unreachable_openai_server_gets_a_next_step(monkeypatch):
     from loopback import closed_port
     code, output = check("--provider", "openai", "--host", "127.0.0.1:%d" % closed_port())
     assert code == 1
-    assert "openai_host in config.yaml" in output and "--provider lm_studio or --provider ollama" in output
+    assert "openai_host in config.yaml" in output
+    assert "--provider lm_studio (port 1234) or --provider ollama (port 11434)" in output  # from SERVER_KINDS
 
 
 def test_a_404_on_the_chat_path_says_what_the_host_must_be(server):

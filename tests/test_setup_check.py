@@ -112,6 +112,27 @@ def test_missing_model_names_close_matches_and_skips_the_rest(lm_server):
     assert "lms get" in output
 
 
+def test_an_lm_studio_without_models_says_how_to_get_one(lm_server, ollama_server, capsys):
+    fakes.lm_studio(lm_server, models=())
+    code, output = check("--host", lm_server.host, "--provider", "lm_studio")
+    assert code == 1 and "no models listed" in output
+    assert "Download a model in LM Studio and load it (or: lms get qwen2.5-7b-instruct" in output
+    code, output = check("--host", lm_server.host, "--model", "lm_studio://qwen2.5-7b-instruct")
+    assert "offers. LM Studio lists only loaded models unless Just-in-Time loading is on." in output
+    assert lm_providers.main(["models", "--provider", "lm_studio", "--host", lm_server.host]) == 0
+    assert "(0):\n  (LM Studio lists only loaded models unless Just-in-Time" in capsys.readouterr().out
+    fakes.ollama(ollama_server, models=())  # the same code path for every kind, each with its own row's words
+    code, output = check("--host", ollama_server.host, "--provider", "ollama")
+    assert "ollama pull <model>" in output and "LM Studio" not in output
+    assert lm_providers.main(["models", "--provider", "ollama", "--host", ollama_server.host]) == 0
+    assert capsys.readouterr().out.endswith("(0):\n")
+
+
+def test_a_refused_connection_names_the_other_kinds_from_the_table():
+    code, output = check("--host", "127.0.0.1:%d" % closed_port(), "--provider", "lm_studio")
+    assert "run with --provider ollama (port 11434) or --provider openai --host HOST:PORT." in output
+
+
 def test_token_required(lm_server, monkeypatch):
     fakes.lm_studio(lm_server, token="sk-lm-secret:abcdef123456")
     code, output = check("--host", lm_server.host, "--model", "lm_studio://qwen2.5-7b-instruct")
@@ -289,7 +310,7 @@ def test_the_script_offers_the_demo():
     assert done.returncode == 0 and "--demo" in done.stdout and "usage: python test_lm_studio_provider.py" in done.stdout
 
 
-def test_the_demo_runs_the_setup_check_on_its_server(lm_server, monkeypatch):
+def test_the_demo_runs_the_setup_check_on_its_server(lm_server, monkeypatch, tmp_path):
     from realserver import demo
 
     class Server:  # stands for the llama.cpp server the demo starts
@@ -304,6 +325,8 @@ def test_the_demo_runs_the_setup_check_on_its_server(lm_server, monkeypatch):
     monkeypatch.setattr(demo, "check_installed", lambda: None)
     monkeypatch.setattr(demo, "smollm2_model", lambda *args, **kwargs: "model.gguf")
     monkeypatch.setattr(demo, "start_server", lambda *args: Server())
+    (tmp_path / "config.yaml").write_text("models:\n  writer: ollama//broken\n")  # not the demo's concern
     out = io.StringIO()
     assert demo.run_demo(out) == 0, out.getvalue()
-    assert marks(out.getvalue()).count("[PASS]") == 5 and "Stopping the server" in out.getvalue()
+    assert marks(out.getvalue()) == ["[PASS]"] * 5 and "Stopping the server" in out.getvalue()
+    assert "config.yaml from" not in out.getvalue() and "No config.yaml" not in out.getvalue()
