@@ -488,6 +488,61 @@ def _quote(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+# --- debug output: debug=True is the lm_providers logger at DEBUG for one call -------------------------
+
+_DEBUG_LOCK = threading.Lock()
+_debug_calls = 0  # calls running with debug=True; the logger is at DEBUG while there are any
+_debug_saved: List[Any] = []  # the level, and our stderr handler if one was added, to restore after them
+
+
+@contextlib.contextmanager
+def _debugging(on: bool) -> Iterator[None]:
+    """``debug=True`` on a public method: the ``lm_providers`` logger at DEBUG for the call.
+
+    Its records go to your logging handlers if you set any up, else to stderr
+    as ``[lm_providers] ...`` lines (live API tokens masked either way).  Calls
+    on several threads at once share the setting until the last one ends.
+    """
+    global _debug_calls
+    if not on:
+        yield
+        return
+    with _DEBUG_LOCK:
+        _debug_calls += 1
+        if _debug_calls == 1:
+            handler = None
+            if not (logging.getLogger().handlers or logger.handlers):
+                handler = logging.StreamHandler(sys.stderr)
+                handler.setFormatter(logging.Formatter("[lm_providers] %(message)s"))
+                handler.addFilter(_ScrubSecrets())
+                logger.addHandler(handler)
+            _debug_saved[:] = [logger.level, handler]
+            logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        with _DEBUG_LOCK:
+            _debug_calls -= 1
+            if _debug_calls == 0:
+                level, handler = _debug_saved
+                logger.setLevel(level)
+                if handler is not None:
+                    logger.removeHandler(handler)
+
+
+def _debug_call_running() -> bool:
+    """Whether a call made with ``debug=True`` is running: only then are prompts, payloads and replies
+    logged (and the model's context looked up for the log), whatever level the logger is set to."""
+    return _debug_calls > 0
+
+
+def _debugged(items: Iterator[_T], on: bool) -> Iterator[_T]:
+    """``items`` iterated with the debug output of ``debug=True`` on (for public methods that return
+    an iterator)."""
+    with _debugging(on):
+        yield from items
+
+
 # =============================================================================
 # Server kinds: what each kind of server is, in one table
 # =============================================================================
@@ -2410,72 +2465,9 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
     provider._check_fit(payload, model, state.usage, state.finish_reason, pieces > 0)
 
 
-# --- debug output ----------------------------------------------------------------
-
-debug_logger = logging.getLogger("lm_providers.debug")
-debug_logger.setLevel(logging.INFO)  # it only ever logs for calls made with debug=True
-debug_logger.addFilter(_ScrubSecrets())  # a logger's filters do not apply to its children's records
-
-
-_DEBUG_LOCK = threading.Lock()
-_debug_calls = 0  # calls running with debug=True; the logger is at DEBUG while there are any
-_debug_saved: List[Any] = []  # the level, and our stderr handler if one was added, to restore after them
-
-
-@contextlib.contextmanager
-def _debugging(on: bool) -> Iterator[None]:
-    """``debug=True`` on a public method: the ``lm_providers`` logger at DEBUG for the call.
-
-    Its records go to your logging handlers if you set any up, else to stderr
-    as ``[lm_providers] ...`` lines (live API tokens masked either way).  Calls
-    on several threads at once share the setting until the last one ends.
-    """
-    global _debug_calls
-    if not on:
-        yield
-        return
-    with _DEBUG_LOCK:
-        _debug_calls += 1
-        if _debug_calls == 1:
-            handler = None
-            if not (logging.getLogger().handlers or logger.handlers):
-                handler = logging.StreamHandler(sys.stderr)
-                handler.setFormatter(logging.Formatter("[lm_providers] %(message)s"))
-                handler.addFilter(_ScrubSecrets())
-                logger.addHandler(handler)
-            _debug_saved[:] = [logger.level, handler]
-            logger.setLevel(logging.DEBUG)
-    try:
-        yield
-    finally:
-        with _DEBUG_LOCK:
-            _debug_calls -= 1
-            if _debug_calls == 0:
-                level, handler = _debug_saved
-                logger.setLevel(level)
-                if handler is not None:
-                    logger.removeHandler(handler)
-
-
-def _debug(message: str, *args: Any) -> None:
-    """One line of debug=True output: to your logging handlers if you set any up, else to stderr
-    (live API tokens masked either way)."""
-    if logging.getLogger().handlers or logger.handlers or debug_logger.handlers:
-        debug_logger.info(message, *args)
-    else:
-        sys.stderr.write("[lm_providers] " + _scrub(message % args if args else message) + "\n")
-
-
 # =============================================================================
-# Providers
+# Results: what the operations return
 # =============================================================================
-
-# --- tool calls -----------------------------------------------------------------
-
-_TOOL_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-_MAX_TOOL_CALLS = 128                  # calls in one reply
-_MAX_TOOL_ARGUMENT_CHARS = 1000000     # argument text of one streamed call
-
 
 class ToolCall:
     """One function call the model asked for.
@@ -2507,289 +2499,6 @@ class ToolCall:
     def result_message(self, content: str) -> Dict[str, Any]:
         """The ``role: tool`` message that answers this call with ``content``."""
         return {"role": "tool", "tool_call_id": self.id, "name": self.name, "content": content}
-
-
-def tool_schema(tool: Any) -> Dict[str, Any]:
-    """The OpenAI function schema (``{"type": "function", "function": {...}}``) for ``tool``.
-
-    ``tool`` is a schema (returned checked and normalized; a bare ``{"name":
-    ..., "parameters": ...}`` is wrapped) or a plain Python function, whose
-    schema is built from its name, signature, type hints (``str``, ``int``,
-    ``float``, ``bool``, ``list``/``List[X]``, ``dict``/``Dict``, ``Optional``,
-    ``Union``, ``Literal``, ``Enum``) and Google-style docstring (the text
-    before ``Args:`` describes the function, the ``Args:`` entries its
-    parameters).  Raises InvalidInputError for anything else.
-    """
-    if isinstance(tool, Mapping):
-        function = tool.get("function") if "type" in tool else tool  # a bare function schema has no "type"
-        if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
-            raise InvalidInputError("tool %r is not a function schema: write {\"type\": \"function\", "
-                                    "\"function\": {\"name\": ..., "
-                                    "\"parameters\": {...}}}" % (_shorten(repr(tool), 120),))
-        _check_tool_name(function.get("name"), tool)
-        parameters = function.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(parameters, Mapping):
-            raise InvalidInputError("tool %r: 'parameters' must be a JSON schema "
-                                    "object" % (function["name"],))
-        return {"type": "function", "function": dict(function, parameters=dict(parameters))}
-    if callable(tool):
-        return _function_schema(tool)
-    raise InvalidInputError("a tool must be a Python function or a function schema dict, got %r" % (tool,))
-
-
-def _check_tool_name(name: Any, tool: Any) -> None:
-    if not isinstance(name, str) or not _TOOL_NAME_RE.match(name):
-        raise InvalidInputError("tool %s has the name %r: a tool name is 1 to 64 letters, digits, '_' or '-'"
-                                % (_shorten(repr(tool), 120), name))
-
-
-def _function_schema(function: Any) -> Dict[str, Any]:
-    import inspect
-    import typing
-    name = getattr(function, "__name__", None)
-    _check_tool_name(name, function)
-    try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError("cannot read the parameters of tool %r: %s" % (name, exc)) from None
-    try:
-        hints = typing.get_type_hints(function)
-    except Exception:  # a forward reference that does not resolve: use the annotations as written
-        hints = {}
-    description, argument_docs = _parse_docstring(inspect.getdoc(function))
-    properties: Dict[str, Any] = {}
-    required = []
-    for parameter in signature.parameters.values():
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        schema = _annotation_schema(hints.get(parameter.name, parameter.annotation))
-        if parameter.name in argument_docs:
-            schema["description"] = argument_docs[parameter.name]
-        properties[parameter.name] = schema
-        if parameter.default is parameter.empty:
-            required.append(parameter.name)
-    parameters: Dict[str, Any] = {"type": "object", "properties": properties}
-    if required:
-        parameters["required"] = required
-    return {"type": "function",
-            "function": {"name": name, "description": description, "parameters": parameters}}
-
-
-_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", tuple: "array",
-               set: "array", frozenset: "array", dict: "object", type(None): "null"}
-_JSON_TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "array",
-                    "dict": "object"}
-
-
-def _annotation_schema(annotation: Any) -> Dict[str, Any]:
-    """A JSON schema for a type hint; ``{}`` (any value) for what it cannot express."""
-    import enum
-    import typing
-    if isinstance(annotation, typing.ForwardRef):  # Python 3.8 leaves quoted annotations unresolved
-        annotation = annotation.__forward_arg__
-    if isinstance(annotation, str):  # an annotation that could not be evaluated
-        name = annotation.strip().strip("'\"").split("[", 1)[0].lower()
-        return {"type": _JSON_TYPE_NAMES[name]} if name in _JSON_TYPE_NAMES else {}
-    if annotation in _JSON_TYPES:
-        return {"type": _JSON_TYPES[annotation]}
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return _enum_schema([member.value for member in annotation])
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Union or type(annotation).__name__ == "UnionType":  # Optional[X], Union[...], X | Y
-        members = [a for a in args if a is not type(None)]
-        if len(members) == 1:
-            return _annotation_schema(members[0])
-        return {"anyOf": [_annotation_schema(a) for a in members]}
-    if origin is typing.Literal:
-        return _enum_schema(list(args))
-    if isinstance(origin, type) and origin in _JSON_TYPES:
-        schema: Dict[str, Any] = {"type": _JSON_TYPES[origin]}
-        one_item_type = origin is not tuple or args[-1] is Ellipsis or len(args) == 1
-        if schema["type"] == "array" and args and one_item_type:
-            schema["items"] = _annotation_schema(args[0])
-        return schema
-    import collections.abc
-    if isinstance(origin, type) and issubclass(origin, collections.abc.Mapping):
-        return {"type": "object"}
-    if isinstance(origin, type) and issubclass(origin, collections.abc.Iterable):
-        return {"type": "array", "items": _annotation_schema(args[0])} if args else {"type": "array"}
-    return {}
-
-
-def _enum_schema(values: List[Any]) -> Dict[str, Any]:
-    types = {_JSON_TYPES.get(type(v)) for v in values}
-    schema: Dict[str, Any] = {"enum": values}
-    if len(types) == 1 and None not in types:
-        schema["type"] = types.pop()
-    return schema
-
-
-_DOC_SECTION_RE = re.compile(r"\s*(args|arguments|parameters|params|returns?|yields?|raises|examples?|notes?|"
-                             r"attributes|see also|warnings?)\s*:\s*\Z", re.I)
-_DOC_ARGUMENT_RE = re.compile(r"\s*\*{0,2}([A-Za-z_][A-Za-z0-9_]*)\s*(?:\([^)]*\))?\s*:\s*(.*)\Z")
-
-
-def _parse_docstring(doc: Optional[str]) -> Tuple[str, Dict[str, str]]:
-    """(description, {argument: description}) from a Google-style docstring."""
-    if not doc:
-        return "", {}
-    description: List[str] = []
-    arguments: Dict[str, str] = {}
-    section, current, indent_of_names = None, None, None
-    for line in doc.splitlines():
-        header = _DOC_SECTION_RE.match(line)
-        if header:
-            section, current, indent_of_names = header.group(1).lower(), None, None
-            continue
-        if section is None:
-            description.append(line.strip())
-        elif section in ("args", "arguments", "parameters", "params") and line.strip():
-            indent = len(line) - len(line.lstrip())
-            entry = _DOC_ARGUMENT_RE.match(line)
-            if entry and (indent_of_names is None or indent <= indent_of_names):
-                indent_of_names, current = indent, entry.group(1)
-                arguments[current] = entry.group(2).strip()
-            elif current is not None:
-                arguments[current] = (arguments[current] + " " + line.strip()).strip()
-    return " ".join(" ".join(description).split()), arguments
-
-
-def _tool_schemas(tools: Any) -> List[Dict[str, Any]]:
-    """``tools=`` as given to chat(): one tool or a list of them, each a function or a schema."""
-    if tools is None:
-        return []
-    if callable(tools) or isinstance(tools, Mapping):
-        tools = [tools]
-    if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence):
-        raise InvalidInputError("tools must be a list of Python functions or function schemas, got %r"
-                                % (tools,))
-    schemas = [tool_schema(tool) for tool in tools]
-    names = [schema["function"]["name"] for schema in schemas]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise InvalidInputError("two tools share the name %s; each tool needs a name of its own"
-                                % ", ".join(map(repr, duplicates)))
-    return schemas
-
-
-def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reason: Optional[str]) -> ToolCall:
-    """A ToolCall from the server's parts; ToolCallError when its arguments are not a JSON object."""
-    cut = (" The reply was cut off at the token limit (finish_reason=length): raise max_tokens."
-           if finish_reason == "length" else "")
-    if not isinstance(name, str) or not name:
-        raise ToolCallError("%s sent a tool call without a function name (arguments %r).%s"
-                            % (title, _shorten(str(arguments), 200), cut), tool_name="",
-                            raw_arguments=arguments if isinstance(arguments, str) else json.dumps(arguments))
-    if isinstance(arguments, dict):
-        parsed, raw = arguments, json.dumps(arguments, ensure_ascii=False)
-    elif arguments is None or isinstance(arguments, str) and not arguments.strip():
-        parsed, raw = {}, arguments or ""  # a call without arguments (LM Studio sends "")
-    elif isinstance(arguments, str):
-        raw = arguments
-        try:
-            parsed = json.loads(arguments)
-        except (ValueError, RecursionError) as exc:
-            raise ToolCallError(
-                "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a "
-                "malformed call;%s try again, at a lower temperature, or with a model trained for tool "
-                "calls. The whole text is in .raw_arguments." % (title, name, exc,
-                                                                 _shorten(arguments, 200), cut),
-                tool_name=name, raw_arguments=arguments) from None
-    else:
-        parsed, raw = arguments, json.dumps(arguments)
-    if not isinstance(parsed, dict):
-        raise ToolCallError("%s sent a call to tool %r whose arguments are %s, not a JSON object.%s"
-                            % (title, name, type(parsed).__name__, cut), tool_name=name, raw_arguments=raw)
-    if not isinstance(call_id, str) or not call_id:
-        call_id = _new_call_id()
-    return ToolCall(call_id, name, parsed, raw)
-
-
-def _new_call_id() -> str:
-    """An id for a tool call the server sent without one (OpenAI's form: ``call_`` and random hex)."""
-    return "call_" + os.urandom(6).hex()
-
-
-def _tool_calls_from(parts: Any, title: str, finish_reason: Optional[str]) -> List[ToolCall]:
-    """ToolCalls from a reply's ``tool_calls`` list (``[{"id", "function": {"name", "arguments"}}]``,
-    arguments a JSON string on OpenAI-compatible servers and an object on Ollama)."""
-    if parts is None:
-        return []
-    if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("function"), dict)
-                                              for p in parts):
-        raise ProviderResponseError("%s sent tool calls of an unexpected shape: %s" % (
-            title, _shorten(json.dumps(parts, ensure_ascii=False, default=str), 300)), reason="bad_response")
-    return [_tool_call(title, p.get("id"), p["function"].get("name"), p["function"].get("arguments"),
-                       finish_reason)
-            for p in parts]
-
-
-def _tool_finish_reason(finish_reason: Optional[str], tool_calls: Sequence[ToolCall]) -> Optional[str]:
-    """``"tool_calls"`` for a reply that asks for tools; Ollama says ``"stop"`` for those."""
-    return "tool_calls" if tool_calls and finish_reason in (None, "stop") else finish_reason
-
-
-def _tool_result_text(value: Any) -> str:
-    """What a tool returned, as the text of its ``role: tool`` message: JSON when it can be, else str()."""
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, Any]]:
-    """(id, name, arguments) of a tool call in an assistant message: OpenAI form (arguments as
-    JSON text), Ollama form (arguments as an object) or a ToolCall."""
-    if isinstance(call, ToolCall):
-        return call.id, call.name, call.arguments
-    function = call.get("function") if isinstance(call, Mapping) else None
-    name = function.get("name") if isinstance(function, Mapping) else None
-    if not isinstance(function, Mapping) or not isinstance(name, str) or not name:
-        raise InvalidInputError("messages[%d] has the tool call %r; write {\"id\": ..., \"type\": "
-                                "\"function\", \"function\": {\"name\": ..., \"arguments\": "
-                                "...}}" % (index, call))
-    arguments = function.get("arguments")
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except (ValueError, RecursionError):
-            raise InvalidInputError("messages[%d]: the arguments of tool call %r are not valid JSON: %r"
-                                    % (index, name, _shorten(str(arguments), 200))) from None
-    if arguments is None:
-        arguments = {}
-    if not isinstance(arguments, dict):
-        raise InvalidInputError("messages[%d]: the arguments of tool call %r must be a JSON object, got %r"
-                                % (index, name, arguments))
-    call_id = call.get("id")
-    return (call_id if isinstance(call_id, str) and call_id else None), name, arguments
-
-
-def _answered_call(message: Mapping[str, Any], pending: List[Tuple[Optional[str], Optional[str]]]
-                   ) -> Tuple[Optional[str], Optional[str]]:
-    """(id, name) of the call a tool result answers: what it says, completed from the calls of
-    the assistant message before it (by id, else by name, else the first one not yet answered)."""
-    call_id, name = message.get("tool_call_id"), message.get("tool_name") or message.get("name")
-    for position, (pending_id, pending_name) in enumerate(pending):
-        if (pending_id == call_id if call_id else pending_name == name if name else True):
-            del pending[position]
-            return call_id or pending_id, name or pending_name
-    return call_id, name
-
-
-def _run_tool(functions: Mapping[str, Any], call: ToolCall) -> str:
-    """Run one requested call; any failure becomes an ``error: ...`` text for the model to read."""
-    function = functions.get(call.name)
-    if function is None:
-        return "error: there is no tool named %r; the tools are: %s" % (call.name,
-                                                                        ", ".join(sorted(functions)))
-    try:
-        value = function(**call.arguments)
-    except Exception as exc:  # the model gets the error as the tool's result and can try again
-        logger.info("tool %s(%s) raised %s: %s", call.name, call.raw_arguments[:200], type(exc).__name__, exc)
-        return "error: %s: %s" % (type(exc).__name__, exc)
-    return _tool_result_text(value)
 
 
 class ChatResult:
@@ -3100,6 +2809,440 @@ def json_schema_for(required_attributes: Sequence[str]) -> Dict[str, Any]:
             "required": list(required_attributes)}
 
 
+class ModelInfo:
+    """What a server reports about one model; the same fields for every server, None when it does not say.
+
+    ``name``; ``context_length`` (the most the model supports); ``loaded`` and ``loaded_context_length`` (the
+    context it is loaded with now); ``tools``, ``vision``, ``thinking``, ``embedding`` (capabilities, each
+    True, False or None for unknown; ``capabilities`` is the set of those that are True); ``quantization``;
+    ``size_bytes``; ``kind`` (``"llm"``, ``"vlm"``, ``"embedding"``); ``source`` (the endpoint the facts came
+    from) and ``raw`` (the server's own record, for anything else)."""
+
+    FIELDS = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
+              "embedding", "quantization", "size_bytes", "kind", "source")
+    __slots__ = FIELDS + ("raw",)
+
+    def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
+                 loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
+                 vision: Optional[bool] = None, thinking: Optional[bool] = None,
+                 embedding: Optional[bool] = None,
+                 quantization: Optional[str] = None, size_bytes: Optional[int] = None,
+                 kind: Optional[str] = None,
+                 source: str = "", raw: Any = None):
+        self.name, self.context_length, self.loaded = name, context_length, loaded
+        self.loaded_context_length = loaded_context_length
+        self.tools, self.vision, self.thinking, self.embedding = tools, vision, thinking, embedding
+        self.quantization, self.size_bytes, self.kind = quantization, size_bytes, kind
+        self.source, self.raw = source, raw
+
+    @property
+    def capabilities(self) -> FrozenSet[str]:
+        """The capabilities the server says the model has: a subset of tools, vision, thinking, embedding."""
+        return frozenset(name for name in ("tools", "vision", "thinking", "embedding") if getattr(self, name))
+
+    @property
+    def usable_context(self) -> Optional[int]:
+        """The context a request can use now: the loaded one when known, else the model's maximum."""
+        return self.loaded_context_length or self.context_length
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The fields (without ``raw``) as a dict, e.g. for JSON output."""
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __repr__(self) -> str:
+        return "ModelInfo(%s)" % ", ".join("%s=%r" % (k, v) for k, v in self.as_dict().items()
+                                           if v is not None and k != "source")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelInfo) and self.as_dict() == other.as_dict()
+
+
+class PullProgress:
+    """One progress record of a model download: ``status`` (the server's words), ``completed`` and
+    ``total`` bytes of the current file (None when not reported), and its ``digest`` (Ollama)."""
+
+    __slots__ = ("status", "completed", "total", "digest")
+
+    def __init__(self, status: str, completed: Optional[int] = None, total: Optional[int] = None,
+                 digest: Optional[str] = None):
+        self.status, self.completed, self.total, self.digest = status, completed, total, digest
+
+    @property
+    def fraction(self) -> Optional[float]:
+        """How much of ``total`` is done, 0.0 to 1.0; None without a total."""
+        if not self.total or self.completed is None:
+            return None
+        return max(0.0, min(1.0, self.completed / self.total))
+
+    def __repr__(self) -> str:
+        return "PullProgress(status=%r, completed=%r, total=%r, digest=%r)" % (
+            self.status, self.completed, self.total, self.digest)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PullProgress) and (self.status, self.completed, self.total, self.digest) == (
+            other.status, other.completed, other.total, other.digest)
+
+
+# =============================================================================
+# Request building: messages, tools, images, embeddings, log-probabilities
+# =============================================================================
+
+# --- messages -------------------------------------------------------------------
+
+_ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+def _check_messages(messages: Any, content_must_be_str: bool) -> None:
+    """InvalidInputError unless ``messages`` is a non-empty list of role/content dicts the server takes
+    (``content_must_be_str``: no OpenAI content-part lists)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidInputError("messages must be a list of {'role': ..., 'content': ...} dicts, got %s"
+                                % type(messages).__name__)
+    if not messages:
+        raise InvalidInputError("messages is empty: give at least one {'role': 'user', 'content': ...}")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidInputError("messages[%d] must be a dict with 'role' and 'content', got %r"
+                                    % (index, message))
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidInputError("messages[%d] has role %r; use one of %s"
+                                    % (index, role, ", ".join(_ROLES)))
+        content = message.get("content")
+        if isinstance(content, str) or content is None and role == "assistant" and message.get("tool_calls"):
+            continue
+        if not content_must_be_str and isinstance(content, list) and all(
+                isinstance(part, Mapping) and "type" in part for part in content):
+            continue
+        raise InvalidInputError("messages[%d]['content'] must be a string%s, got %r" % (
+            index, "" if content_must_be_str else " (or a list of content parts)", content))
+
+
+def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The messages as the server takes them.  Tool requests and tool results, written the one way the
+    README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``); every other message goes
+    as it is.  The caller's dicts are never changed."""
+    if not any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+        if all(type(m) is dict for m in messages):
+            return messages  # type: ignore[return-value]  # dicts, passed on unchanged
+        return [dict(m) for m in messages]
+    wired: List[Dict[str, Any]] = []
+    pending: List[Tuple[Optional[str], Optional[str]]] = []  # (id, name) of calls not answered yet
+    for index, message in enumerate(messages):
+        if message.get("role") == "tool":
+            call_id, name = _answered_call(message, pending)
+            wired.append(provider._wire_tool_result(message, call_id, name, index))
+        elif message.get("role") == "assistant" and message.get("tool_calls"):
+            calls = message["tool_calls"]
+            if not isinstance(calls, (list, tuple)):
+                raise InvalidInputError("messages[%d]['tool_calls'] must be a list, got %r" % (index, calls))
+            fields = [_call_fields(call, index) for call in calls]
+            pending = [(call_id, name) for call_id, name, _ in fields]
+            wired.append(dict(message, tool_calls=[provider._wire_tool_call(*f) for f in fields]))
+        else:
+            wired.append(dict(message))
+    return wired
+
+
+def _with_tools(model: ModelConfig, tools: Any, tool_choice: Any) -> ModelConfig:
+    """``model`` with the ``tools=`` and ``tool_choice=`` of a call added to its parameters."""
+    if tools is not None:
+        model = model.with_parameters(tools=_tool_schemas(tools))
+    if tool_choice is not None:
+        model = model.with_parameters(tool_choice=tool_choice)
+    return model
+
+
+# --- tool calls -----------------------------------------------------------------
+
+_TOOL_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_MAX_TOOL_CALLS = 128                  # calls in one reply
+_MAX_TOOL_ARGUMENT_CHARS = 1000000     # argument text of one streamed call
+
+
+def tool_schema(tool: Any) -> Dict[str, Any]:
+    """The OpenAI function schema (``{"type": "function", "function": {...}}``) for ``tool``.
+
+    ``tool`` is a schema (returned checked and normalized; a bare ``{"name":
+    ..., "parameters": ...}`` is wrapped) or a plain Python function, whose
+    schema is built from its name, signature, type hints (``str``, ``int``,
+    ``float``, ``bool``, ``list``/``List[X]``, ``dict``/``Dict``, ``Optional``,
+    ``Union``, ``Literal``, ``Enum``) and Google-style docstring (the text
+    before ``Args:`` describes the function, the ``Args:`` entries its
+    parameters).  Raises InvalidInputError for anything else.
+    """
+    if isinstance(tool, Mapping):
+        function = tool.get("function") if "type" in tool else tool  # a bare function schema has no "type"
+        if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
+            raise InvalidInputError("tool %r is not a function schema: write {\"type\": \"function\", "
+                                    "\"function\": {\"name\": ..., "
+                                    "\"parameters\": {...}}}" % (_shorten(repr(tool), 120),))
+        _check_tool_name(function.get("name"), tool)
+        parameters = function.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(parameters, Mapping):
+            raise InvalidInputError("tool %r: 'parameters' must be a JSON schema "
+                                    "object" % (function["name"],))
+        return {"type": "function", "function": dict(function, parameters=dict(parameters))}
+    if callable(tool):
+        return _function_schema(tool)
+    raise InvalidInputError("a tool must be a Python function or a function schema dict, got %r" % (tool,))
+
+
+def _check_tool_name(name: Any, tool: Any) -> None:
+    if not isinstance(name, str) or not _TOOL_NAME_RE.match(name):
+        raise InvalidInputError("tool %s has the name %r: a tool name is 1 to 64 letters, digits, '_' or '-'"
+                                % (_shorten(repr(tool), 120), name))
+
+
+def _function_schema(function: Any) -> Dict[str, Any]:
+    import inspect
+    import typing
+    name = getattr(function, "__name__", None)
+    _check_tool_name(name, function)
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError("cannot read the parameters of tool %r: %s" % (name, exc)) from None
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # a forward reference that does not resolve: use the annotations as written
+        hints = {}
+    description, argument_docs = _parse_docstring(inspect.getdoc(function))
+    properties: Dict[str, Any] = {}
+    required = []
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        schema = _annotation_schema(hints.get(parameter.name, parameter.annotation))
+        if parameter.name in argument_docs:
+            schema["description"] = argument_docs[parameter.name]
+        properties[parameter.name] = schema
+        if parameter.default is parameter.empty:
+            required.append(parameter.name)
+    parameters: Dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        parameters["required"] = required
+    return {"type": "function",
+            "function": {"name": name, "description": description, "parameters": parameters}}
+
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", tuple: "array",
+               set: "array", frozenset: "array", dict: "object", type(None): "null"}
+_JSON_TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "array",
+                    "dict": "object"}
+
+
+def _annotation_schema(annotation: Any) -> Dict[str, Any]:
+    """A JSON schema for a type hint; ``{}`` (any value) for what it cannot express."""
+    import enum
+    import typing
+    if isinstance(annotation, typing.ForwardRef):  # Python 3.8 leaves quoted annotations unresolved
+        annotation = annotation.__forward_arg__
+    if isinstance(annotation, str):  # an annotation that could not be evaluated
+        name = annotation.strip().strip("'\"").split("[", 1)[0].lower()
+        return {"type": _JSON_TYPE_NAMES[name]} if name in _JSON_TYPE_NAMES else {}
+    if annotation in _JSON_TYPES:
+        return {"type": _JSON_TYPES[annotation]}
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return _enum_schema([member.value for member in annotation])
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":  # Optional[X], Union[...], X | Y
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            return _annotation_schema(members[0])
+        return {"anyOf": [_annotation_schema(a) for a in members]}
+    if origin is typing.Literal:
+        return _enum_schema(list(args))
+    if isinstance(origin, type) and origin in _JSON_TYPES:
+        schema: Dict[str, Any] = {"type": _JSON_TYPES[origin]}
+        one_item_type = origin is not tuple or args[-1] is Ellipsis or len(args) == 1
+        if schema["type"] == "array" and args and one_item_type:
+            schema["items"] = _annotation_schema(args[0])
+        return schema
+    import collections.abc
+    if isinstance(origin, type) and issubclass(origin, collections.abc.Mapping):
+        return {"type": "object"}
+    if isinstance(origin, type) and issubclass(origin, collections.abc.Iterable):
+        return {"type": "array", "items": _annotation_schema(args[0])} if args else {"type": "array"}
+    return {}
+
+
+def _enum_schema(values: List[Any]) -> Dict[str, Any]:
+    types = {_JSON_TYPES.get(type(v)) for v in values}
+    schema: Dict[str, Any] = {"enum": values}
+    if len(types) == 1 and None not in types:
+        schema["type"] = types.pop()
+    return schema
+
+
+_DOC_SECTION_RE = re.compile(r"\s*(args|arguments|parameters|params|returns?|yields?|raises|examples?|notes?|"
+                             r"attributes|see also|warnings?)\s*:\s*\Z", re.I)
+_DOC_ARGUMENT_RE = re.compile(r"\s*\*{0,2}([A-Za-z_][A-Za-z0-9_]*)\s*(?:\([^)]*\))?\s*:\s*(.*)\Z")
+
+
+def _parse_docstring(doc: Optional[str]) -> Tuple[str, Dict[str, str]]:
+    """(description, {argument: description}) from a Google-style docstring."""
+    if not doc:
+        return "", {}
+    description: List[str] = []
+    arguments: Dict[str, str] = {}
+    section, current, indent_of_names = None, None, None
+    for line in doc.splitlines():
+        header = _DOC_SECTION_RE.match(line)
+        if header:
+            section, current, indent_of_names = header.group(1).lower(), None, None
+            continue
+        if section is None:
+            description.append(line.strip())
+        elif section in ("args", "arguments", "parameters", "params") and line.strip():
+            indent = len(line) - len(line.lstrip())
+            entry = _DOC_ARGUMENT_RE.match(line)
+            if entry and (indent_of_names is None or indent <= indent_of_names):
+                indent_of_names, current = indent, entry.group(1)
+                arguments[current] = entry.group(2).strip()
+            elif current is not None:
+                arguments[current] = (arguments[current] + " " + line.strip()).strip()
+    return " ".join(" ".join(description).split()), arguments
+
+
+def _tool_schemas(tools: Any) -> List[Dict[str, Any]]:
+    """``tools=`` as given to chat(): one tool or a list of them, each a function or a schema."""
+    if tools is None:
+        return []
+    if callable(tools) or isinstance(tools, Mapping):
+        tools = [tools]
+    if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence):
+        raise InvalidInputError("tools must be a list of Python functions or function schemas, got %r"
+                                % (tools,))
+    schemas = [tool_schema(tool) for tool in tools]
+    names = [schema["function"]["name"] for schema in schemas]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InvalidInputError("two tools share the name %s; each tool needs a name of its own"
+                                % ", ".join(map(repr, duplicates)))
+    return schemas
+
+
+def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reason: Optional[str]) -> ToolCall:
+    """A ToolCall from the server's parts; ToolCallError when its arguments are not a JSON object."""
+    cut = (" The reply was cut off at the token limit (finish_reason=length): raise max_tokens."
+           if finish_reason == "length" else "")
+    if not isinstance(name, str) or not name:
+        raise ToolCallError("%s sent a tool call without a function name (arguments %r).%s"
+                            % (title, _shorten(str(arguments), 200), cut), tool_name="",
+                            raw_arguments=arguments if isinstance(arguments, str) else json.dumps(arguments))
+    if isinstance(arguments, dict):
+        parsed, raw = arguments, json.dumps(arguments, ensure_ascii=False)
+    elif arguments is None or isinstance(arguments, str) and not arguments.strip():
+        parsed, raw = {}, arguments or ""  # a call without arguments (LM Studio sends "")
+    elif isinstance(arguments, str):
+        raw = arguments
+        try:
+            parsed = json.loads(arguments)
+        except (ValueError, RecursionError) as exc:
+            raise ToolCallError(
+                "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a "
+                "malformed call;%s try again, at a lower temperature, or with a model trained for tool "
+                "calls. The whole text is in .raw_arguments." % (title, name, exc,
+                                                                 _shorten(arguments, 200), cut),
+                tool_name=name, raw_arguments=arguments) from None
+    else:
+        parsed, raw = arguments, json.dumps(arguments)
+    if not isinstance(parsed, dict):
+        raise ToolCallError("%s sent a call to tool %r whose arguments are %s, not a JSON object.%s"
+                            % (title, name, type(parsed).__name__, cut), tool_name=name, raw_arguments=raw)
+    if not isinstance(call_id, str) or not call_id:
+        call_id = _new_call_id()
+    return ToolCall(call_id, name, parsed, raw)
+
+
+def _new_call_id() -> str:
+    """An id for a tool call the server sent without one (OpenAI's form: ``call_`` and random hex)."""
+    return "call_" + os.urandom(6).hex()
+
+
+def _tool_calls_from(parts: Any, title: str, finish_reason: Optional[str]) -> List[ToolCall]:
+    """ToolCalls from a reply's ``tool_calls`` list (``[{"id", "function": {"name", "arguments"}}]``,
+    arguments a JSON string on OpenAI-compatible servers and an object on Ollama)."""
+    if parts is None:
+        return []
+    if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("function"), dict)
+                                              for p in parts):
+        raise ProviderResponseError("%s sent tool calls of an unexpected shape: %s" % (
+            title, _shorten(json.dumps(parts, ensure_ascii=False, default=str), 300)), reason="bad_response")
+    return [_tool_call(title, p.get("id"), p["function"].get("name"), p["function"].get("arguments"),
+                       finish_reason)
+            for p in parts]
+
+
+def _tool_finish_reason(finish_reason: Optional[str], tool_calls: Sequence[ToolCall]) -> Optional[str]:
+    """``"tool_calls"`` for a reply that asks for tools; Ollama says ``"stop"`` for those."""
+    return "tool_calls" if tool_calls and finish_reason in (None, "stop") else finish_reason
+
+
+def _tool_result_text(value: Any) -> str:
+    """What a tool returned, as the text of its ``role: tool`` message: JSON when it can be, else str()."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, Any]]:
+    """(id, name, arguments) of a tool call in an assistant message: OpenAI form (arguments as
+    JSON text), Ollama form (arguments as an object) or a ToolCall."""
+    if isinstance(call, ToolCall):
+        return call.id, call.name, call.arguments
+    function = call.get("function") if isinstance(call, Mapping) else None
+    name = function.get("name") if isinstance(function, Mapping) else None
+    if not isinstance(function, Mapping) or not isinstance(name, str) or not name:
+        raise InvalidInputError("messages[%d] has the tool call %r; write {\"id\": ..., \"type\": "
+                                "\"function\", \"function\": {\"name\": ..., \"arguments\": "
+                                "...}}" % (index, call))
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except (ValueError, RecursionError):
+            raise InvalidInputError("messages[%d]: the arguments of tool call %r are not valid JSON: %r"
+                                    % (index, name, _shorten(str(arguments), 200))) from None
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise InvalidInputError("messages[%d]: the arguments of tool call %r must be a JSON object, got %r"
+                                % (index, name, arguments))
+    call_id = call.get("id")
+    return (call_id if isinstance(call_id, str) and call_id else None), name, arguments
+
+
+def _answered_call(message: Mapping[str, Any], pending: List[Tuple[Optional[str], Optional[str]]]
+                   ) -> Tuple[Optional[str], Optional[str]]:
+    """(id, name) of the call a tool result answers: what it says, completed from the calls of
+    the assistant message before it (by id, else by name, else the first one not yet answered)."""
+    call_id, name = message.get("tool_call_id"), message.get("tool_name") or message.get("name")
+    for position, (pending_id, pending_name) in enumerate(pending):
+        if (pending_id == call_id if call_id else pending_name == name if name else True):
+            del pending[position]
+            return call_id or pending_id, name or pending_name
+    return call_id, name
+
+
+def _run_tool(functions: Mapping[str, Any], call: ToolCall) -> str:
+    """Run one requested call; any failure becomes an ``error: ...`` text for the model to read."""
+    function = functions.get(call.name)
+    if function is None:
+        return "error: there is no tool named %r; the tools are: %s" % (call.name,
+                                                                        ", ".join(sorted(functions)))
+    try:
+        value = function(**call.arguments)
+    except Exception as exc:  # the model gets the error as the tool's result and can try again
+        logger.info("tool %s(%s) raised %s: %s", call.name, call.raw_arguments[:200], type(exc).__name__, exc)
+        return "error: %s: %s" % (type(exc).__name__, exc)
+    return _tool_result_text(value)
+
+
 # --- images in messages ------------------------------------------------------
 
 #: The largest image a message may carry (20 MiB); a bigger one is an InvalidInputError before sending.
@@ -3339,79 +3482,9 @@ def _logprobs_of(provider: "BaseProvider", data: Any) -> Optional[List[Dict[str,
                                     % (provider.title, _short_json(data)), reason="bad_response") from None
 
 
-class ModelInfo:
-    """What a server reports about one model; the same fields for every server, None when it does not say.
-
-    ``name``; ``context_length`` (the most the model supports); ``loaded`` and ``loaded_context_length`` (the
-    context it is loaded with now); ``tools``, ``vision``, ``thinking``, ``embedding`` (capabilities, each
-    True, False or None for unknown; ``capabilities`` is the set of those that are True); ``quantization``;
-    ``size_bytes``; ``kind`` (``"llm"``, ``"vlm"``, ``"embedding"``); ``source`` (the endpoint the facts came
-    from) and ``raw`` (the server's own record, for anything else)."""
-
-    FIELDS = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
-              "embedding", "quantization", "size_bytes", "kind", "source")
-    __slots__ = FIELDS + ("raw",)
-
-    def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
-                 loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
-                 vision: Optional[bool] = None, thinking: Optional[bool] = None,
-                 embedding: Optional[bool] = None,
-                 quantization: Optional[str] = None, size_bytes: Optional[int] = None,
-                 kind: Optional[str] = None,
-                 source: str = "", raw: Any = None):
-        self.name, self.context_length, self.loaded = name, context_length, loaded
-        self.loaded_context_length = loaded_context_length
-        self.tools, self.vision, self.thinking, self.embedding = tools, vision, thinking, embedding
-        self.quantization, self.size_bytes, self.kind = quantization, size_bytes, kind
-        self.source, self.raw = source, raw
-
-    @property
-    def capabilities(self) -> FrozenSet[str]:
-        """The capabilities the server says the model has: a subset of tools, vision, thinking, embedding."""
-        return frozenset(name for name in ("tools", "vision", "thinking", "embedding") if getattr(self, name))
-
-    @property
-    def usable_context(self) -> Optional[int]:
-        """The context a request can use now: the loaded one when known, else the model's maximum."""
-        return self.loaded_context_length or self.context_length
-
-    def as_dict(self) -> Dict[str, Any]:
-        """The fields (without ``raw``) as a dict, e.g. for JSON output."""
-        return {name: getattr(self, name) for name in self.FIELDS}
-
-    def __repr__(self) -> str:
-        return "ModelInfo(%s)" % ", ".join("%s=%r" % (k, v) for k, v in self.as_dict().items()
-                                           if v is not None and k != "source")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ModelInfo) and self.as_dict() == other.as_dict()
-
-
-class PullProgress:
-    """One progress record of a model download: ``status`` (the server's words), ``completed`` and
-    ``total`` bytes of the current file (None when not reported), and its ``digest`` (Ollama)."""
-
-    __slots__ = ("status", "completed", "total", "digest")
-
-    def __init__(self, status: str, completed: Optional[int] = None, total: Optional[int] = None,
-                 digest: Optional[str] = None):
-        self.status, self.completed, self.total, self.digest = status, completed, total, digest
-
-    @property
-    def fraction(self) -> Optional[float]:
-        """How much of ``total`` is done, 0.0 to 1.0; None without a total."""
-        if not self.total or self.completed is None:
-            return None
-        return max(0.0, min(1.0, self.completed / self.total))
-
-    def __repr__(self) -> str:
-        return "PullProgress(status=%r, completed=%r, total=%r, digest=%r)" % (
-            self.status, self.completed, self.total, self.digest)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PullProgress) and (self.status, self.completed, self.total, self.digest) == (
-            other.status, other.completed, other.total, other.digest)
-
+# =============================================================================
+# Providers
+# =============================================================================
 
 def _estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
     """A cheap prompt size estimate: 4 characters a token, plus a few tokens of framing per message."""
@@ -3508,85 +3581,6 @@ def _check_context_length(context_length: Optional[int]) -> None:
                                        or context_length <= 0):
         raise InvalidInputError("context_length must be a whole number of tokens > 0, got %r"
                                 % (context_length,))
-
-
-# --- request building: messages and tools on the wire ---------------------------
-
-_ROLES = ("system", "user", "assistant", "tool", "developer")
-
-
-def _check_messages(messages: Any, content_must_be_str: bool) -> None:
-    """InvalidInputError unless ``messages`` is a non-empty list of role/content dicts the server takes
-    (``content_must_be_str``: no OpenAI content-part lists)."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise InvalidInputError("messages must be a list of {'role': ..., 'content': ...} dicts, got %s"
-                                % type(messages).__name__)
-    if not messages:
-        raise InvalidInputError("messages is empty: give at least one {'role': 'user', 'content': ...}")
-    for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise InvalidInputError("messages[%d] must be a dict with 'role' and 'content', got %r"
-                                    % (index, message))
-        role = message.get("role")
-        if role not in _ROLES:
-            raise InvalidInputError("messages[%d] has role %r; use one of %s"
-                                    % (index, role, ", ".join(_ROLES)))
-        content = message.get("content")
-        if isinstance(content, str) or content is None and role == "assistant" and message.get("tool_calls"):
-            continue
-        if not content_must_be_str and isinstance(content, list) and all(
-                isinstance(part, Mapping) and "type" in part for part in content):
-            continue
-        raise InvalidInputError("messages[%d]['content'] must be a string%s, got %r" % (
-            index, "" if content_must_be_str else " (or a list of content parts)", content))
-
-
-def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """The messages as the server takes them.  Tool requests and tool results, written the one way the
-    README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``); every other message goes
-    as it is.  The caller's dicts are never changed."""
-    if not any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
-        if all(type(m) is dict for m in messages):
-            return messages  # type: ignore[return-value]  # dicts, passed on unchanged
-        return [dict(m) for m in messages]
-    wired: List[Dict[str, Any]] = []
-    pending: List[Tuple[Optional[str], Optional[str]]] = []  # (id, name) of calls not answered yet
-    for index, message in enumerate(messages):
-        if message.get("role") == "tool":
-            call_id, name = _answered_call(message, pending)
-            wired.append(provider._wire_tool_result(message, call_id, name, index))
-        elif message.get("role") == "assistant" and message.get("tool_calls"):
-            calls = message["tool_calls"]
-            if not isinstance(calls, (list, tuple)):
-                raise InvalidInputError("messages[%d]['tool_calls'] must be a list, got %r" % (index, calls))
-            fields = [_call_fields(call, index) for call in calls]
-            pending = [(call_id, name) for call_id, name, _ in fields]
-            wired.append(dict(message, tool_calls=[provider._wire_tool_call(*f) for f in fields]))
-        else:
-            wired.append(dict(message))
-    return wired
-
-
-def _with_tools(model: ModelConfig, tools: Any, tool_choice: Any) -> ModelConfig:
-    """``model`` with the ``tools=`` and ``tool_choice=`` of a call added to its parameters."""
-    if tools is not None:
-        model = model.with_parameters(tools=_tool_schemas(tools))
-    if tool_choice is not None:
-        model = model.with_parameters(tool_choice=tool_choice)
-    return model
-
-
-def _debug_call_running() -> bool:
-    """Whether a call made with ``debug=True`` is running: only then are prompts, payloads and replies
-    logged (and the model's context looked up for the log), whatever level the logger is set to."""
-    return _debug_calls > 0
-
-
-def _debugged(items: Iterator[_T], on: bool) -> Iterator[_T]:
-    """``items`` iterated with the debug output of ``debug=True`` on (for public methods that return
-    an iterator)."""
-    with _debugging(on):
-        yield from items
 
 
 class _ErrorAnswer:
