@@ -15,10 +15,26 @@ with the same calls for all::
     model = lmp.parse_model_uri("lm_studio://qwen2.5-7b-instruct?temperature=0.2")
     print(provider.generate_text([{"role": "user", "content": "Hi!"}], model))
 
-The module reads top to bottom in the order data flows: errors, model URIs,
-parameter mapping, config files, HTTP and stream decoding, providers, and the
-command line.  Only ``requests`` is needed at run time (``ensure_requests``
-installs it when it is missing); ``pyyaml`` is imported only by ``load_config``.
+The module reads top to bottom in the order data flows, one banner a section:
+
+=====================  ==========================================================
+Errors                 the error tree; every error has message, hint and reason
+Secrets                live API tokens masked in every message and log line
+Message text           bounded quotes of values; ``debug=True`` as logging
+Server kinds           ``SERVER_KINDS``: one row per kind of server
+Model URIs and hosts   ``provider://model@host:port?param=value``, host rules
+Parameter mapping      ``PARAMETER_MAP``: either server's parameter names
+Config files           ``config.yaml``: hosts and roles
+Transport              one keep-alive HTTP layer, bounded reads, typed errors
+Event streams          body chunks -> events -> JSON objects -> chat pieces
+Results                ChatResult, ChatStream, ToolCall, ModelInfo, ...
+Request building       messages, tools, images, embeddings on the wire
+Providers              the failure table, BaseProvider, the three servers
+Command line           ``python lm_providers.py ...`` and the setup check
+=====================  ==========================================================
+
+Only ``requests`` is needed at run time (``ensure_requests`` installs it when
+it is missing); ``pyyaml`` is imported only by ``load_config``.
 """
 
 from __future__ import annotations
@@ -48,8 +64,10 @@ __all__ = [
     "EmbeddingNotSupportedError", "InputTooLongError",
     "ToolCallError", "ToolsNotSupportedError", "ToolLoopError",
     "ContextLengthError", "UnsupportedEndpointError", "DownloadError",
+    # server kinds
+    "ServerKind", "SERVER_KINDS", "server_kind", "canonical_provider",
     # model URIs and hosts
-    "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host", "canonical_provider",
+    "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",
     # parameters
     "PARAMETER_MAP", "ParameterRow", "map_parameters",
     # config
