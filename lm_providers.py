@@ -5050,8 +5050,8 @@ def _next_step(exc: ProviderError, provider: "BaseProvider") -> str:
 
 
 class _SetupCheck:
-    """For each target: does the server answer (not running and not required: SKIP), and does each model
-    (none given: the first chat model it offers) exist, generate, stream and return JSON."""
+    """Does each target's server answer, and each model (none given: the first chat model offered) exist,
+    generate, stream and return JSON."""
 
     def __init__(self, targets: Sequence[_Target], out: Any):
         self.targets, self.out, self.unreachable = targets, out, 0  # unreachable: nothing answered at all
@@ -5068,8 +5068,7 @@ class _SetupCheck:
 
     def step(self, what: str, provider: "BaseProvider", action: Callable[[], Tuple[Any, str]],
              server: bool = False, required: bool = True) -> Tuple[str, Any]:
-        """Run ``action`` (returning ``(value, detail)``) as one check; return (status, value).  A
-        ``server`` check's errors name the server: printed without ``what``."""
+        """Run ``action`` (returning ``(value, detail)``) as one check; return (status, value)."""
         started = time.perf_counter()
         try:
             with _still_working(self.out, what):
@@ -5081,7 +5080,7 @@ class _SetupCheck:
                 return "SKIP", None
             logger.debug("%s failed", what, exc_info=exc)
             self.unreachable += isinstance(exc, ProviderConnectionError)
-            self.report("FAIL", "" if server else what, " ".join(exc.message.split()),
+            self.report("FAIL", "" if server else what, " ".join(exc.message.split()),  # it names the server
                         _next_step(exc, provider), time.perf_counter() - started)
             return "FAIL", None
         self.report("PASS", what, detail, seconds=time.perf_counter() - started)
@@ -5223,8 +5222,7 @@ def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
                 "/v1/models: %s) nor as Ollama (GET /api/version: %s)." % (ollama.base_url, failure(exc),
                                                                            not_ollama), reason="bad_response",
                 hint="If it is one of them, say which with %s." % _PROVIDER_CHOICES) from None
-        # LM Studio's own list, even an empty one; the HTTP 200 {"error": ...} of LM Studio 0.3.14 to 0.4.x
-        # for a path it lacks is no list
+        # LM Studio's own list, even empty (not the HTTP 200 {"error": ...} of 0.3.14-0.4.x for a new path)
         for path, field, key in (("/api/v1/models", "models", "key"), ("/api/v0/models", "data", "id")):
             try:
                 if lm_studio._call("GET", path, optional=True,
@@ -5307,8 +5305,7 @@ def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
 # --- running a command --------------------------------------------------------------------------------
 
 def _run_command(command: Callable[[Any], int], options: Any) -> int:
-    """Run a command with --debug's output; an error is one line (exit 1), Ctrl-C exit 130, a closed pipe
-    (``| head``) exit 141, never a traceback."""
+    """Run a command with --debug's output; an error is one line (exit 1), Ctrl-C 130, ``| head`` 141."""
     options.timeout = (5.0, options.timeout) if options.timeout else None  # --timeout T: connect 5 s, read T
     try:
         with _debugging(options.debug):
