@@ -5331,12 +5331,10 @@ def _run_check(options: Any, out: Any = None) -> int:
     try:
         config = _cli_config(options, out)
         targets = _check_targets(config, options.provider, options.host, options.model, options.timeout)
-    except (InvalidInputError, ConfigError) as exc:
-        out.write("[FAIL] configuration: %s\n" % _one_line(exc))
-        return 2
-    except ProviderError as exc:  # --host: what answers there could not be told
-        out.write("[FAIL] %s\n" % _one_line(exc))
-        return 1
+    except ProviderError as exc:  # a bad config or option (exit 2), or what answers at --host is unclear
+        bad_input = isinstance(exc, (InvalidInputError, ConfigError))
+        out.write("[FAIL] %s%s\n" % ("configuration: " if bad_input else "", _one_line(exc)))
+        return 2 if bad_input else 1
     return _SetupCheck(targets, out).run()
 
 
