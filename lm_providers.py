@@ -5017,18 +5017,16 @@ _provider_cache: Dict[Tuple[Any, ...], "BaseProvider"] = {}
 
 
 # =============================================================================
+# =============================================================================
 # Command line and the setup check
 # =============================================================================
-# Private but for run_setup_check and main.  Advice comes from the errors' hint and reason, and the
-# server-kind rows.
+# Private but for run_setup_check and main.
 
 _CHECK_PROMPT = [{"role": "user", "content": "Reply with one short friendly sentence saying you are ready."}]
 _CHECK_JSON_PROMPT = [{"role": "user", "content": "Return a JSON object with the attribute \"status\" set to "
                                                   "\"ready\" and the attribute \"model\" set to your name."}]
 _STILL_WORKING_SECONDS = 10.0  # how often a slow check says it is still working
-#: ``models`` and finding a server's kind wait at most this long by default: listing never loads a model,
-#: so a server silent for 30 s is stuck, and the 600 s a first generation may need would only hide that.
-_LIST_TIMEOUT = (5.0, 30.0)
+_LIST_TIMEOUT = (5.0, 30.0)  # listing loads no model: a server silent for 30 s is stuck
 _Timeout = Union[None, float, Tuple[float, float]]
 _Target = Tuple["BaseProvider", List[ModelConfig], bool]  # a server, its models, whether it must be running
 _PROVIDER_CHOICES = ", ".join("--provider " + kind for kind in SERVER_KINDS)
@@ -5057,8 +5055,8 @@ def _next_step(exc: ProviderError, provider: "BaseProvider") -> str:
         return ("The server is reachable but slow (a first request may be loading the model). Run again, "
                 "or raise the limit with --timeout 1200.")
     if exc.reason == "connection_refused":
-        others = ["--provider %s (port %d)" % (kind.name, kind.default_port) if kind.default_port
-                  else "--provider %s --host HOST:PORT" % kind.name
+        others = ["--provider %s %s" % (kind.name, "(port %d)" % kind.default_port if kind.default_port
+                                        else "--host HOST:PORT")
                   for kind in SERVER_KINDS.values() if kind.name != provider.provider]
         return ("%s If it runs on another machine or port, set %s in config.yaml or pass --host HOST:PORT. "
                 "If you do not use %s, run with %s." % (exc.hint, provider.kind.config_key, provider.title,
@@ -5070,27 +5068,25 @@ def _next_step(exc: ProviderError, provider: "BaseProvider") -> str:
 
 
 class _SetupCheck:
-    """For each target: does the server answer (not running and not required: SKIP), and does each model
-    (none given: the first chat model it offers) exist, generate, stream and return JSON."""
+    """Does each target's server answer, and each model (none given: the first chat model offered) exist,
+    generate, stream and return JSON."""
 
     def __init__(self, targets: Sequence[_Target], out: Any):
         self.targets, self.out, self.unreachable = targets, out, 0  # unreachable: nothing answered at all
         self.results: List[str] = []  # the status of each line
-        self.debug = logger.isEnabledFor(logging.DEBUG)  # inside _debugging(options.debug)
 
     def report(self, status: str, what: str, detail: str = "", next_step: str = "",
                seconds: float = 0.0) -> None:
         """Print ``[STATUS] what: detail  (seconds)``, then the ``-> next step`` line if there is one."""
         self.results.append(status)
-        timing = "  (%.2f s)" % seconds if status != "SKIP" else ""
-        self.out.write("[%s] %s%s\n" % (status, ": ".join(part for part in (what, detail) if part), timing))
+        self.out.write("[%s] %s%s\n" % (status, ": ".join(filter(None, (what, detail))),
+                                        "" if status == "SKIP" else "  (%.2f s)" % seconds))
         self.out.write("       -> %s\n" % next_step if next_step else "")
         self.out.flush()
 
     def step(self, what: str, provider: "BaseProvider", action: Callable[[], Tuple[Any, str]],
              server: bool = False, required: bool = True) -> Tuple[str, Any]:
-        """Run ``action`` (returning ``(value, detail)``) as one check; return (status, value).  The errors
-        of a ``server`` check name the server themselves: printed without ``what``."""
+        """Run ``action`` (returning ``(value, detail)``) as one check; return (status, value)."""
         started = time.perf_counter()
         try:
             with _still_working(self.out, what):
@@ -5102,7 +5098,7 @@ class _SetupCheck:
                 return "SKIP", None
             logger.debug("%s failed", what, exc_info=exc)
             self.unreachable += isinstance(exc, ProviderConnectionError)
-            self.report("FAIL", "" if server else what, " ".join(exc.message.split()),
+            self.report("FAIL", "" if server else what, " ".join(exc.message.split()),  # it names the server
                         _next_step(exc, provider), time.perf_counter() - started)
             return "FAIL", None
         self.report("PASS", what, detail, seconds=time.perf_counter() - started)
@@ -5110,8 +5106,8 @@ class _SetupCheck:
 
     def run(self) -> int:
         """Run every check and print a summary; return the exit code (0 when everything passed)."""
-        for provider, models, required in self.targets:
-            self._check_server(provider, models, required)
+        for target in self.targets:
+            self._check_server(*target)
         passed, failed, skipped = (self.results.count(status) for status in ("PASS", "FAIL", "SKIP"))
         self.out.write("\n%d passed, %d failed, %d skipped\n%s\n" % (passed, failed, skipped, (
             "No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server start) or "
@@ -5125,18 +5121,16 @@ class _SetupCheck:
         return 1 if failed or not passed else 0
 
     def _check_server(self, provider: "BaseProvider", models: List[ModelConfig], required: bool) -> None:
-        title = "%s at %s" % (provider.title, provider.base_url)
-
         def list_them() -> Tuple[List[str], str]:
-            names = provider.list_models(debug=self.debug)
+            names = provider.list_models()
             shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             return names, "answers; %d model(s)%s" % (len(names), ": " + shown if names else "")
 
+        title = "%s at %s" % (provider.title, provider.base_url)
         status, offered = self.step(title, provider, list_them, server=True, required=required)
-        if status == "FAIL":
-            for name in [m.name for m in models] or [provider.title]:
-                self.report("SKIP", "%s model checks" % name, "the server did not answer")
         if status != "PASS":
+            for name in ([m.name for m in models] or [provider.title]) if status == "FAIL" else ():
+                self.report("SKIP", "%s model checks" % name, "the server did not answer")
             return
         chat_models = [name for name in offered if "embed" not in name.lower()]
         if not models and not chat_models:
@@ -5164,25 +5158,25 @@ class _SetupCheck:
         if not any(k in model.parameters for k in ("max_tokens", "num_predict")):
             model = model.with_parameters(max_tokens=2048)  # room for a reasoning model's thinking
 
-        def generate() -> Tuple[str, str]:
-            result = provider.chat(_CHECK_PROMPT, model, debug=self.debug)
-            return result.text, "%r (%s tokens, finish_reason=%s)" % (_shorten(result.text), (
+        def generate() -> Tuple[None, str]:
+            result = provider.chat(_CHECK_PROMPT, model)
+            return None, "%r (%s tokens, finish_reason=%s)" % (_shorten(result.text), (
                 result.usage or {}).get("completion_tokens", "?"), result.finish_reason)
 
-        def stream() -> Tuple[int, str]:
+        def stream() -> Tuple[None, str]:
             started, first_at, text = time.perf_counter(), 0.0, []
-            for piece in provider.stream_text(_CHECK_PROMPT, model, debug=self.debug):
+            for piece in provider.stream_text(_CHECK_PROMPT, model):
                 first_at = first_at or time.perf_counter() - started
                 text.append(piece)
             if not text:
                 raise ProviderResponseError("the stream completed without any text", reason="bad_response")
             rate = len(text) / max(time.perf_counter() - started - first_at, 1e-6) if text[1:] else 0.0
-            return len(text), "%d pieces, first after %.2f s, %.1f pieces/s: %r" % (
+            return None, "%d pieces, first after %.2f s, %.1f pieces/s: %r" % (
                 len(text), first_at, rate, _shorten("".join(text)))
 
-        def json_object() -> Tuple[Dict[str, Any], str]:
-            data = provider.generate_json(_CHECK_JSON_PROMPT, model, ["status"], debug=self.debug)
-            return data, _shorten(json.dumps(data, ensure_ascii=False), 100)
+        def json_object() -> Tuple[None, str]:
+            data = provider.generate_json(_CHECK_JSON_PROMPT, model, ["status"])
+            return None, _shorten(json.dumps(data, ensure_ascii=False), 100)
 
         for what, action in (("generates text", generate), ("streams", stream),
                              ("returns JSON", json_object)):
@@ -5221,19 +5215,19 @@ def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
     401, and LM Studio's own list), ``"openai"``, or None when nothing listens at ``host``."""
     def failure(exc: ProviderError) -> str:
         status = getattr(exc, "status", None)
-        return "HTTP %d" % status if status else _shorten(" ".join(exc.message.split()), 80)
+        return "HTTP %d" % status if status else _shorten(exc.message, 80)
 
-    timeout = timeout if timeout is not None else _LIST_TIMEOUT
+    timeout = _LIST_TIMEOUT if timeout is None else timeout
     with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
         try:
             if ollama.server_version() is not None:
                 return ollama.provider
             not_ollama = "no version"
-        except (ProviderConnectionError, ProviderTimeoutError) as exc:
+        except ProviderError as exc:
             if exc.reason == "connection_refused":
                 return None
-            raise
-        except ProviderError as exc:
+            if isinstance(exc, (ProviderConnectionError, ProviderTimeoutError)):
+                raise
             not_ollama = failure(exc)
     with LMStudioProvider(host=host, timeout=timeout, max_retries=0) as lm_studio:
         try:
@@ -5246,20 +5240,15 @@ def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
                 "/v1/models: %s) nor as Ollama (GET /api/version: %s)." % (ollama.base_url, failure(exc),
                                                                            not_ollama), reason="bad_response",
                 hint="If it is one of them, say which with %s." % _PROVIDER_CHOICES) from None
-        return lm_studio.provider if _lm_studio_api_answers(lm_studio) else OpenAICompatibleProvider.provider
-
-
-def _lm_studio_api_answers(lm_studio: "LMStudioProvider") -> bool:
-    """Whether LM Studio's own model list (``/api/v1/models``, else ``/api/v0/models``) answers, even an
-    empty one; the HTTP 200 ``{"error": ...}`` of LM Studio 0.3.14 to 0.4.x for a path it lacks is no list."""
-    for path, field, key in (("/api/v1/models", "models", "key"), ("/api/v0/models", "data", "id")):
-        try:
-            if lm_studio._call("GET", path, optional=True,
-                               read=lambda data: _entries(data, field, key)) is not None:
-                return True
-        except ProviderError as exc:
-            logger.debug("GET %s does not answer as LM Studio's own API: %s", path, _one_line(exc))
-    return False
+        # LM Studio's own list, even empty (not the HTTP 200 {"error": ...} of 0.3.14-0.4.x for a new path)
+        for path, field, key in (("/api/v1/models", "models", "key"), ("/api/v0/models", "data", "id")):
+            try:
+                if lm_studio._call("GET", path, optional=True,
+                                   read=lambda data: _entries(data, field, key)) is not None:
+                    return lm_studio.provider
+            except ProviderError as exc:
+                logger.debug("GET %s does not answer as LM Studio's own API: %s", path, _one_line(exc))
+    return OpenAICompatibleProvider.provider
 
 
 def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] = None,
@@ -5334,8 +5323,7 @@ def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
 # --- running a command --------------------------------------------------------------------------------
 
 def _run_command(command: Callable[[Any], int], options: Any) -> int:
-    """Run a command with --debug's output; an error is one line (exit 1), Ctrl-C exit 130, a closed pipe
-    (``| head``) exit 141, never a traceback."""
+    """Run a command with --debug's output; an error is one line (exit 1), Ctrl-C 130, ``| head`` 141."""
     options.timeout = (5.0, options.timeout) if options.timeout else None  # --timeout T: connect 5 s, read T
     try:
         with _debugging(options.debug):
@@ -5361,12 +5349,10 @@ def _run_check(options: Any, out: Any = None) -> int:
     try:
         config = _cli_config(options, out)
         targets = _check_targets(config, options.provider, options.host, options.model, options.timeout)
-    except (InvalidInputError, ConfigError) as exc:
-        out.write("[FAIL] configuration: %s\n" % _one_line(exc))
-        return 2
-    except ProviderError as exc:  # --host: what answers there could not be told
-        out.write("[FAIL] %s\n" % _one_line(exc))
-        return 1
+    except ProviderError as exc:  # a bad config or option (exit 2), or what answers at --host is unclear
+        bad_input = isinstance(exc, (InvalidInputError, ConfigError))
+        out.write("[FAIL] %s%s\n" % ("configuration: " if bad_input else "", _one_line(exc)))
+        return 2 if bad_input else 1
     return _SetupCheck(targets, out).run()
 
 
@@ -5411,15 +5397,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _run_command(_COMMAND_TABLE[options.command][0], options)
 
 
-# --- the commands -------------------------------------------------------------------------------------
+# --- the commands (run inside _run_command, so --debug is on for every call) ------------------------------
 
 def _cli_models(options: Any) -> int:
     config, answered = _cli_config(options), 0
     for kind in _server_kinds(config, options.provider, options.host, options.timeout):
         try:
             with _cli_provider(kind, options.host, config, options.timeout or _LIST_TIMEOUT) as provider:
-                names = provider.list_models(debug=options.debug)
-                infos = provider.list_model_info(debug=options.debug) if options.long else None
+                names = provider.list_models()
+                infos = provider.list_model_info() if options.long else None
         except ProviderError as exc:  # this server is down: say so, and go on with the next
             sys.stderr.write("%s\n" % _one_line(exc))
             continue
@@ -5440,10 +5426,9 @@ def _cli_generate(options: Any) -> int:
         {"role": "user", "content": options.prompt}]
     if options.json is not None:
         attributes = [a.strip() for a in options.json.split(",") if a.strip()]
-        print(json.dumps(provider.generate_json(messages, model, attributes, debug=options.debug), indent=2,
-                         ensure_ascii=False))
+        print(json.dumps(provider.generate_json(messages, model, attributes), indent=2, ensure_ascii=False))
         return 0
-    stream = provider.stream_chat(messages, model, debug=options.debug)
+    stream = provider.stream_chat(messages, model)
     for piece in stream:
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -5459,10 +5444,10 @@ def _cli_model_command(options: Any) -> int:
     where = "%s at %s" % (provider.title, provider.base_url)
     if options.command == "embed":
         texts = options.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-        print(json.dumps({"model": model.name, "embeddings": provider.embed(texts, model, debug=options.debug,
-                          dimensions=options.dimensions, batch_size=options.batch_size)}))
+        print(json.dumps({"model": model.name, "embeddings": provider.embed(
+            texts, model, dimensions=options.dimensions, batch_size=options.batch_size)}))
     elif options.command == "info":
-        facts = provider.model_info(model, debug=options.debug).as_dict()
+        facts = provider.model_info(model).as_dict()
         if options.json:
             print(json.dumps(facts, indent=2))
             return 0
@@ -5474,17 +5459,16 @@ def _cli_model_command(options: Any) -> int:
         keep_alive = options.keep_alive
         if keep_alive is not None and _INT_RE.match(keep_alive.strip()):
             keep_alive = int(keep_alive)
-        info = provider.load_model(model, context_length=options.context_length, keep_alive=keep_alive,
-                                   debug=options.debug)
-        print("loaded %s on %s (context %s)" % (info.name, where,
-                                                info.loaded_context_length or "not reported"))
+        info = provider.load_model(model, context_length=options.context_length, keep_alive=keep_alive)
+        print("loaded %s on %s (context %s)"
+              % (info.name, where, info.loaded_context_length or "not reported"))
     elif options.command == "unload":
-        provider.unload_model(model, debug=options.debug)
+        provider.unload_model(model)
         print("unloaded %s on %s" % (model.name, where))
     else:
         display = _PullDisplay(sys.stdout, sys.stdout.isatty())
         try:
-            last = provider.pull_model(model, progress=display, debug=options.debug)
+            last = provider.pull_model(model, progress=display)
         finally:
             display.finish()
         print("%s: %s" % (model.name, last.status))
@@ -5500,8 +5484,7 @@ class _PullDisplay:
         self.last_line: Tuple[str, int] = ("", -1)
 
     def __call__(self, record: PullProgress) -> None:
-        fraction, done = record.fraction, record.completed or 0
-        text, tenth = record.status, -1
+        fraction, done, text, tenth = record.fraction, record.completed or 0, record.status, -1
         if fraction is not None:
             now = self.clock()
             first = self.started.setdefault(record.digest or record.status, (now, done))
@@ -5510,16 +5493,14 @@ class _PullDisplay:
             text = "%s  %5.1f%%  %s / %s%s" % (_shorten(record.status, 28), fraction * 100,
                                                 _human_bytes(done), _human_bytes(record.total or 0), rate)
             tenth = int(fraction * 10)
-            if self.tty:
-                self.out.write("\r[%-20s] %s\x1b[K" % ("#" * int(fraction * 20), text))
-                self.out.flush()
-                self.drawn = True
-                return
-        if (record.status, tenth) != self.last_line:  # plain lines: a new status, or a further tenth
+        if fraction is not None and self.tty:
+            self.out.write("\r[%-20s] %s\x1b[K" % ("#" * int(fraction * 20), text))
+            self.drawn = True
+        elif (record.status, tenth) != self.last_line:  # plain lines: a new status, or a further tenth
             self.last_line = (record.status, tenth)
             self.finish()
             self.out.write(text + "\n")
-            self.out.flush()
+        self.out.flush()
 
     def finish(self) -> None:
         """End a bar left on the screen."""
@@ -5558,15 +5539,15 @@ _Arguments = Sequence[Tuple[str, Dict[str, Any]]]  # (names, add_argument's keyw
 _MODEL = ("model", {"metavar": "URI_OR_ROLE", "help": "a model URI such as ollama://llama3, a role from the "
                     "config, or a model name with --provider (or --host)"})
 _PLAIN = "the server kind, for a plain model name"
+_FLAG: Dict[str, Any] = {"action": "store_true"}
 _CONNECTION_OPTIONS: _Arguments = (
     ("--config", {"metavar": "PATH", "help": "config file (default: ./config.yaml if it exists)"}),
-    ("--no-config", {"action": "store_true", "help": "read no config file, not even ./config.yaml"}),
+    ("--no-config", dict(_FLAG, help="read no config file, not even ./config.yaml")),
     ("--host", {"metavar": "HOST:PORT", "help": "the server at this host; on a port other than 1234 or 11434 "
                 "it is asked which server it is, unless --provider says"}),
     ("--timeout", {"type": float, "metavar": "SECONDS",
                    "help": "read timeout for each request (default 600; connecting gets 5)"}),
-    ("--debug", {"action": "store_true", "help": "show every request and response, and tracebacks"}))
-_FLAG: Dict[str, Any] = {"action": "store_true"}
+    ("--debug", dict(_FLAG, help="show every request and response, and tracebacks")))
 
 #: Each command: (the function that runs it, help, example, --provider's help, its own arguments).
 _COMMAND_TABLE: Dict[str, Tuple[Callable[[Any], int], str, str, str, _Arguments]] = {
@@ -5586,8 +5567,7 @@ _COMMAND_TABLE: Dict[str, Tuple[Callable[[Any], int], str, str, str, _Arguments]
                                  "help": "ask for a JSON object with these attributes"})]),
     "embed": (_cli_model_command, "print the embeddings of texts as JSON, {\"model\": ..., \"embeddings\": "
               "[[...], ...]}, one vector per text in order; without TEXT arguments each line of stdin is a "
-              "text",
-              "embed ollama://nomic-embed-text \"first text\" \"second text\"", _PLAIN, [
+              "text", "embed ollama://nomic-embed-text \"first text\" \"second text\"", _PLAIN, [
                   _MODEL, ("texts", {"metavar": "TEXT", "nargs": "*", "help": "texts to embed (default: "
                                      "stdin's lines)"}),
                   ("--dimensions", {"type": int, "metavar": "N",
