@@ -2470,11 +2470,8 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
 # =============================================================================
 
 class ToolCall:
-    """One function call the model asked for.
-
-    ``id`` identifies the call (the server's, or one made up when the server sends none), ``name`` is the
-    function's name, ``arguments`` the parsed arguments (a dict) and ``raw_arguments`` their JSON text as the
-    server sent it."""
+    """One function call the model asked for: ``id`` (the server's, or made up when it sends none),
+    ``name``, ``arguments`` (a dict) and ``raw_arguments`` (their JSON text as the server sent it)."""
 
     __slots__ = ("id", "name", "arguments", "raw_arguments")
 
@@ -2540,22 +2537,17 @@ class ToolRunResult(ChatResult):
     __slots__ = ("messages", "rounds")
 
     def __init__(self, result: ChatResult, messages: List[Dict[str, Any]], rounds: int):
-        super().__init__(result.text, result.reasoning, result.finish_reason, result.usage, result.model,
-                         result.raw, result.tool_calls, result.logprobs)
+        super().__init__(*(getattr(result, field) for field in ChatResult.__slots__))
         self.messages, self.rounds = messages, rounds
 
 
 class TextStream:
-    """The text pieces of a streamed reply, as ``stream_text`` returns them.
-
-    A ``for`` loop over it closes the connection however the loop is left (at the end, ``break``, an
-    error, Ctrl-C in the loop's body), as do ``close()`` and leaving a ``with`` block.  With ``debug``
-    the reading logs at DEBUG (see ``_debugging``).
-    """
+    """The text pieces of a streamed reply, as ``stream_text`` returns them.  A ``for`` loop over it
+    closes the connection however the loop is left (end, ``break``, an error, Ctrl-C), as do ``close()``
+    and leaving a ``with`` block.  With ``debug`` the reading logs at DEBUG."""
 
     def __init__(self, pieces: Generator[str, None, None], debug: bool = False):
-        self._pieces = pieces
-        self._debug_on = debug
+        self._pieces, self._debug_on = pieces, debug
 
     def __iter__(self) -> Iterator[str]:
         pieces = self._pieces
@@ -2585,9 +2577,7 @@ class ChatStream(TextStream):
     After the loop ``finish_reason`` and ``usage`` are set and ``reasoning`` holds the reasoning text."""
 
     def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
-        self.model = model.name
-        self._title = provider.title
-        self._state = _StreamState(keep_reasoning=True)
+        self.model, self._title, self._state = model.name, provider.title, _StreamState(keep_reasoning=True)
         with _debugging(debug):  # the request's debug lines; the iteration turns it on again
             pieces = provider._stream(messages, model, self._state)
         super().__init__(pieces, debug)
@@ -2619,7 +2609,8 @@ class ChatStream(TextStream):
         return self._state.finish_tool_calls(self._title)
 
     def __repr__(self) -> str:
-        return "ChatStream(model=%r, finish_reason=%r, usage=%r)" % (self.model, self.finish_reason, self.usage)
+        return "ChatStream(model=%r, finish_reason=%r, usage=%r)" % (
+            self.model, self.finish_reason, self.usage)
 
 
 class _StreamState:
@@ -2662,7 +2653,7 @@ class _StreamState:
             call[0], call[1] = whole.get("id"), function.get("name")
             self._add_arguments(call, function.get("arguments"))
 
-    def _call(self, index: Any) -> List[Any]:
+    def _call(self, index: Any) -> List[Any]:  # at most _MAX_TOOL_CALLS calls
         slot = self._slots.get(index)
         if slot is None:
             if len(self._calls) >= _MAX_TOOL_CALLS:
@@ -2679,17 +2670,17 @@ class _StreamState:
         call[2].append(piece)
         call[3] += len(piece) if isinstance(piece, str) else len(json.dumps(piece))
         if call[3] > _MAX_TOOL_ARGUMENT_CHARS:
-            raise ProviderResponseError("the arguments of tool call %r grew past %d characters; the stream "
-                                        "was stopped" % (call[1], _MAX_TOOL_ARGUMENT_CHARS), reason="too_large")
+            raise ProviderResponseError(
+                "the arguments of tool call %r grew past %d characters; the stream was stopped"
+                % (call[1], _MAX_TOOL_ARGUMENT_CHARS), reason="too_large")
 
     def finish_tool_calls(self, title: str) -> List[ToolCall]:
         """Assemble the calls gathered so far (once), and mark the reply as asking for tools."""
         if self.tool_calls is None and self._calls:
-            parts = [{"id": call_id, "function": {"name": name, "arguments": (
+            self.tool_calls = [_tool_call(title, call_id, name, (
                 pieces[0] if len(pieces) == 1 and not isinstance(pieces[0], str) else
-                "".join(p if isinstance(p, str) else json.dumps(p) for p in pieces))}}
+                "".join(p if isinstance(p, str) else json.dumps(p) for p in pieces)), self.finish_reason)
                 for call_id, name, pieces, _ in self._calls]
-            self.tool_calls = _tool_calls_from(parts, title, self.finish_reason)
             self.finish_reason = _tool_finish_reason(self.finish_reason, self.tool_calls)
         return self.tool_calls or []
 
@@ -2706,9 +2697,9 @@ class _ThinkFilter:
     __slots__ = ("state", "held", "tail")
 
     def __init__(self) -> None:
-        self.state = "start"     # start -> thinking -> after -> content
+        self.state = "start"  # start -> thinking -> after -> content
         self.held: List[str] = []  # pieces held while the start is undecided
-        self.tail = ""           # the start so far, or the end of the reasoning that may begin "</think>"
+        self.tail = ""  # the start so far, or the end of the reasoning that may begin "</think>"
 
     def feed(self, piece: str) -> Tuple[List[str], str]:
         if self.state == "start":
@@ -2734,8 +2725,9 @@ class _ThinkFilter:
     def _thinking(self, text: str) -> Tuple[List[str], str]:
         text, self.tail = self.tail + text, ""
         end = text.find(self.CLOSE)
-        if end < 0:
-            keep = _partial_suffix(text, self.CLOSE)
+        if end < 0:  # keep the longest end of text that may begin "</think>"
+            keep = next((size for size in range(min(len(text), len(self.CLOSE) - 1), 0, -1)
+                         if self.CLOSE.startswith(text[-size:])), 0)
             self.tail = text[len(text) - keep:] if keep else ""
             return [], text[:len(text) - keep]
         self.state = "after"
@@ -2744,21 +2736,9 @@ class _ThinkFilter:
 
     def finish(self) -> Tuple[List[str], str]:
         """Flush what is held at the end of the reply."""
-        if self.state == "start":
-            held, self.held = self.held, []
-            return held, ""
-        if self.state == "thinking":
-            tail, self.tail = self.tail, ""
-            return [], tail
-        return [], ""
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of ``text`` that is a start of ``tag``."""
-    for size in range(min(len(text), len(tag) - 1), 0, -1):
-        if tag.startswith(text[-size:]):
-            return size
-    return 0
+        held, tail = self.held if self.state == "start" else [], self.tail if self.state == "thinking" else ""
+        self.held, self.tail = [], ""
+        return held, tail
 
 
 def split_reasoning(text: str) -> Tuple[str, str]:
@@ -2773,10 +2753,8 @@ _JSON_FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 
 
 def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str, Any]:
-    """Find the JSON object in a model's reply and check it has the required attributes.
-
-    Tolerates code fences, prose before or after, and a leading ``<think>`` block.  Returns the first object
-    that has every required attribute; raises ValueError saying what was wrong otherwise."""
+    """The first JSON object in a model's reply that has every required attribute (code fences, prose
+    around it and a leading ``<think>`` block are fine); ValueError saying what was wrong otherwise."""
     if not isinstance(text, str):
         raise ValueError("expected the reply text, got %r" % (text,))
     content, _ = split_reasoning(text)
@@ -2812,11 +2790,10 @@ def json_schema_for(required_attributes: Sequence[str]) -> Dict[str, Any]:
 class ModelInfo:
     """What a server reports about one model; the same fields for every server, None when it does not say.
 
-    ``name``; ``context_length`` (the most the model supports); ``loaded`` and ``loaded_context_length`` (the
-    context it is loaded with now); ``tools``, ``vision``, ``thinking``, ``embedding`` (capabilities, each
-    True, False or None for unknown; ``capabilities`` is the set of those that are True); ``quantization``;
-    ``size_bytes``; ``kind`` (``"llm"``, ``"vlm"``, ``"embedding"``); ``source`` (the endpoint the facts came
-    from) and ``raw`` (the server's own record, for anything else)."""
+    ``name``; ``context_length`` (the model's most); ``loaded``, ``loaded_context_length`` (the context it is
+    loaded with now); capabilities ``tools``, ``vision``, ``thinking``, ``embedding`` (True, False or None for
+    unknown); ``quantization``; ``size_bytes``; ``kind`` (``"llm"``, ``"vlm"``, ``"embedding"``); ``source``
+    (the endpoint the facts came from) and ``raw`` (the server's own record, for anything else)."""
 
     FIELDS = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
               "embedding", "quantization", "size_bytes", "kind", "source")
@@ -2825,10 +2802,11 @@ class ModelInfo:
     def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
                  loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
                  vision: Optional[bool] = None, thinking: Optional[bool] = None,
-                 embedding: Optional[bool] = None,
-                 quantization: Optional[str] = None, size_bytes: Optional[int] = None,
-                 kind: Optional[str] = None,
-                 source: str = "", raw: Any = None):
+                 embedding: Optional[bool] = None, quantization: Optional[str] = None,
+                 size_bytes: Optional[int] = None, kind: Optional[str] = None, source: str = "",
+                 raw: Any = None):
+
+
         self.name, self.context_length, self.loaded = name, context_length, loaded
         self.loaded_context_length = loaded_context_length
         self.tools, self.vision, self.thinking, self.embedding = tools, vision, thinking, embedding
@@ -2875,12 +2853,14 @@ class PullProgress:
         return max(0.0, min(1.0, self.completed / self.total))
 
     def __repr__(self) -> str:
-        return "PullProgress(status=%r, completed=%r, total=%r, digest=%r)" % (
-            self.status, self.completed, self.total, self.digest)
+        return "PullProgress(status=%r, completed=%r, total=%r, digest=%r)" % self._fields()
+
+    def _fields(self) -> Tuple[str, Optional[int], Optional[int], Optional[str]]:
+        return self.status, self.completed, self.total, self.digest
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, PullProgress) and (self.status, self.completed, self.total, self.digest) == (
-            other.status, other.completed, other.total, other.digest)
+        return isinstance(other, PullProgress) and self._fields() == other._fields()
+
 
 
 # =============================================================================
@@ -2893,8 +2873,7 @@ _ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
 def _check_messages(messages: Any, content_must_be_str: bool) -> None:
-    """InvalidInputError unless ``messages`` is a non-empty list of role/content dicts the server takes
-    (``content_must_be_str``: no OpenAI content-part lists)."""
+    """InvalidInputError unless ``messages`` is a non-empty list of role/content dicts the server takes."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise InvalidInputError("messages must be a list of {'role': ..., 'content': ...} dicts, got %s"
                                 % type(messages).__name__)
@@ -2919,9 +2898,8 @@ def _check_messages(messages: Any, content_must_be_str: bool) -> None:
 
 
 def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """The messages as the server takes them.  Tool requests and tool results, written the one way the
-    README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``); every other message goes
-    as it is.  The caller's dicts are never changed."""
+    """The messages as the server takes them: tool requests and results (in the README's form) translated,
+    the rest as they are.  The caller's dicts are never changed."""
     if not any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
         if all(type(m) is dict for m in messages):
             return messages  # type: ignore[return-value]  # dicts, passed on unchanged
@@ -2945,7 +2923,6 @@ def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any
 
 
 def _with_tools(model: ModelConfig, tools: Any, tool_choice: Any) -> ModelConfig:
-    """``model`` with the ``tools=`` and ``tool_choice=`` of a call added to its parameters."""
     if tools is not None:
         model = model.with_parameters(tools=_tool_schemas(tools))
     if tool_choice is not None:
@@ -2963,25 +2940,20 @@ _MAX_TOOL_ARGUMENT_CHARS = 1000000     # argument text of one streamed call
 def tool_schema(tool: Any) -> Dict[str, Any]:
     """The OpenAI function schema (``{"type": "function", "function": {...}}``) for ``tool``.
 
-    ``tool`` is a schema (returned checked and normalized; a bare ``{"name":
-    ..., "parameters": ...}`` is wrapped) or a plain Python function, whose
-    schema is built from its name, signature, type hints (``str``, ``int``,
-    ``float``, ``bool``, ``list``/``List[X]``, ``dict``/``Dict``, ``Optional``,
-    ``Union``, ``Literal``, ``Enum``) and Google-style docstring (the text
-    before ``Args:`` describes the function, the ``Args:`` entries its
-    parameters).  Raises InvalidInputError for anything else.
-    """
+    ``tool`` is a schema (checked and normalized; a bare ``{"name": ..., "parameters": ...}`` is wrapped) or a
+    plain Python function, whose schema comes from its name, signature, type hints (``str``, ``int``,
+    ``float``, ``bool``, ``list``/``List[X]``, ``dict``/``Dict``, ``Optional``, ``Union``, ``Literal``,
+    ``Enum``) and Google-style docstring (the text before ``Args:`` describes the function, the ``Args:``
+    entries its parameters).  Raises InvalidInputError for anything else."""
     if isinstance(tool, Mapping):
         function = tool.get("function") if "type" in tool else tool  # a bare function schema has no "type"
         if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
-            raise InvalidInputError("tool %r is not a function schema: write {\"type\": \"function\", "
-                                    "\"function\": {\"name\": ..., "
-                                    "\"parameters\": {...}}}" % (_shorten(repr(tool), 120),))
+            raise InvalidInputError('tool %r is not a function schema: write {"type": "function", "function"'
+                                    ': {"name": ..., "parameters": {...}}}' % (_shorten(repr(tool), 120),))
         _check_tool_name(function.get("name"), tool)
         parameters = function.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(parameters, Mapping):
-            raise InvalidInputError("tool %r: 'parameters' must be a JSON schema "
-                                    "object" % (function["name"],))
+            raise InvalidInputError("tool %r: 'parameters' must be a JSON schema object" % function["name"])
         return {"type": "function", "function": dict(function, parameters=dict(parameters))}
     if callable(tool):
         return _function_schema(tool)
@@ -3008,17 +2980,13 @@ def _function_schema(function: Any) -> Dict[str, Any]:
     except Exception:  # a forward reference that does not resolve: use the annotations as written
         hints = {}
     description, argument_docs = _parse_docstring(inspect.getdoc(function))
+    named = [p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     properties: Dict[str, Any] = {}
-    required = []
-    for parameter in signature.parameters.values():
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        schema = _annotation_schema(hints.get(parameter.name, parameter.annotation))
-        if parameter.name in argument_docs:
-            schema["description"] = argument_docs[parameter.name]
-        properties[parameter.name] = schema
-        if parameter.default is parameter.empty:
-            required.append(parameter.name)
+    for p in named:
+        schema = properties[p.name] = _annotation_schema(hints.get(p.name, p.annotation))
+        if p.name in argument_docs:
+            schema["description"] = argument_docs[p.name]
+    required = [p.name for p in named if p.default is p.empty]
     parameters: Dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         parameters["required"] = required
@@ -3130,7 +3098,8 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
     if not isinstance(name, str) or not name:
         raise ToolCallError("%s sent a tool call without a function name (arguments %r).%s"
                             % (title, _shorten(str(arguments), 200), cut), tool_name="",
-                            raw_arguments=arguments if isinstance(arguments, str) else json.dumps(arguments))
+                            raw_arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+                            reason="bad_tool_call")
     if isinstance(arguments, dict):
         parsed, raw = arguments, json.dumps(arguments, ensure_ascii=False)
     elif arguments is None or isinstance(arguments, str) and not arguments.strip():
@@ -3143,14 +3112,15 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
             raise ToolCallError(
                 "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a "
                 "malformed call;%s try again, at a lower temperature, or with a model trained for tool "
-                "calls. The whole text is in .raw_arguments." % (title, name, exc,
-                                                                 _shorten(arguments, 200), cut),
-                tool_name=name, raw_arguments=arguments) from None
+                "calls. The whole text is in .raw_arguments." % (title, name, exc, _shorten(arguments, 200),
+                                                                 cut),
+                tool_name=name, raw_arguments=arguments, reason="bad_tool_call") from None
     else:
         parsed, raw = arguments, json.dumps(arguments)
     if not isinstance(parsed, dict):
         raise ToolCallError("%s sent a call to tool %r whose arguments are %s, not a JSON object.%s"
-                            % (title, name, type(parsed).__name__, cut), tool_name=name, raw_arguments=raw)
+                            % (title, name, type(parsed).__name__, cut), tool_name=name, raw_arguments=raw,
+                            reason="bad_tool_call")
     if not isinstance(call_id, str) or not call_id:
         call_id = _new_call_id()
     return ToolCall(call_id, name, parsed, raw)
@@ -3391,9 +3361,9 @@ def _check_vision(provider: "BaseProvider", model: ModelConfig) -> None:
             return
     if info.vision is False:
         logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent "
-                       "with "
-                       "it. %s", provider.title, model.name, ", ".join(sorted(info.capabilities)) or "none",
-                       provider.title, provider.vision_hint)
+                       "with it. %s", provider.title, model.name,
+                       ", ".join(sorted(info.capabilities)) or "none", provider.title, provider.vision_hint)
+
 
 # --- embeddings ----------------------------------------------------------------
 
@@ -3417,11 +3387,10 @@ def _embedding_inputs(texts: Any, dimensions: Optional[int], batch_size: int) ->
         if not text.strip():
             raise InvalidInputError("texts[%d] is empty; the servers cannot embed an empty text (leave it "
                                     "out)" % index)
-    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
-                                   or dimensions < 1):
-        raise InvalidInputError("dimensions must be a whole number >= 1, got %r" % (dimensions,))
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidInputError("batch_size must be a whole number >= 1, got %r" % (batch_size,))
+    for option, value in (("dimensions", 1 if dimensions is None else dimensions),
+                          ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidInputError("%s must be a whole number >= 1, got %r" % (option, value))
     return list(items)
 
 
@@ -3466,13 +3435,13 @@ def _normalize_logprobs(entries: Any) -> List[Dict[str, Any]]:
 def _add_logprobs(state: Any, entries: Any) -> None:
     """Record a streamed event's log-probabilities on the stream state."""
     if entries:
-        if state.logprobs is None:
-            state.logprobs = []
+        state.logprobs = state.logprobs or []
         state.logprobs.extend(_normalize_logprobs(entries))
 
 
 
-def _logprobs_of(provider: "BaseProvider", data: Any) -> Optional[List[Dict[str, Any]]]:
+def _logprobs_of(
+provider: "BaseProvider", data: Any) -> Optional[List[Dict[str, Any]]]:
     """A reply's token log-probabilities, normalized (None when the server sent none)."""
     try:
         entries = provider._raw_logprobs(data)
