@@ -2686,12 +2686,10 @@ class _StreamState:
 
 
 class _ThinkFilter:
-    """Move a leading ``<think>...</think>`` block out of streamed content.
-
-    ``feed(piece)`` returns ``(pieces, reasoning)``: the content pieces to pass on (in order, never merged)
-    and any reasoning text.  Pieces are held back while the reply's start could still become ``<think>``,
-    and at most a tag's length of reasoning while it could be the start of ``</think>``.
-    """
+    """Move a leading ``<think>...</think>`` block out of streamed content: ``feed(piece)`` returns the
+    content pieces to pass on (in order, never merged) and any reasoning text.  Pieces are held while the
+    start could still become ``<think>``, and at most a tag's length of reasoning while it could begin
+    ``</think>``."""
 
     OPEN, CLOSE = "<think>", "</think>"
     __slots__ = ("state", "held", "tail")
@@ -2805,8 +2803,6 @@ class ModelInfo:
                  embedding: Optional[bool] = None, quantization: Optional[str] = None,
                  size_bytes: Optional[int] = None, kind: Optional[str] = None, source: str = "",
                  raw: Any = None):
-
-
         self.name, self.context_length, self.loaded = name, context_length, loaded
         self.loaded_context_length = loaded_context_length
         self.tools, self.vision, self.thinking, self.embedding = tools, vision, thinking, embedding
@@ -2853,14 +2849,12 @@ class PullProgress:
         return max(0.0, min(1.0, self.completed / self.total))
 
     def __repr__(self) -> str:
-        return "PullProgress(status=%r, completed=%r, total=%r, digest=%r)" % self._fields()
-
-    def _fields(self) -> Tuple[str, Optional[int], Optional[int], Optional[str]]:
-        return self.status, self.completed, self.total, self.digest
+        return "PullProgress(status=%r, completed=%r, total=%r, digest=%r)" % (
+            self.status, self.completed, self.total, self.digest)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, PullProgress) and self._fields() == other._fields()
-
+        return isinstance(other, PullProgress) and (self.status, self.completed, self.total, self.digest) == (
+            other.status, other.completed, other.total, other.digest)
 
 
 # =============================================================================
@@ -2996,8 +2990,7 @@ def _function_schema(function: Any) -> Dict[str, Any]:
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", tuple: "array",
                set: "array", frozenset: "array", dict: "object", type(None): "null"}
-_JSON_TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "array",
-                    "dict": "object"}
+_JSON_TYPE_NAMES = {t.__name__: _JSON_TYPES[t] for t in (str, int, float, bool, list, dict)}
 
 
 def _annotation_schema(annotation: Any) -> Dict[str, Any]:
@@ -3121,9 +3114,7 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
         raise ToolCallError("%s sent a call to tool %r whose arguments are %s, not a JSON object.%s"
                             % (title, name, type(parsed).__name__, cut), tool_name=name, raw_arguments=raw,
                             reason="bad_tool_call")
-    if not isinstance(call_id, str) or not call_id:
-        call_id = _new_call_id()
-    return ToolCall(call_id, name, parsed, raw)
+    return ToolCall(call_id if isinstance(call_id, str) and call_id else _new_call_id(), name, parsed, raw)
 
 
 def _new_call_id() -> str:
@@ -3150,36 +3141,24 @@ def _tool_finish_reason(finish_reason: Optional[str], tool_calls: Sequence[ToolC
     return "tool_calls" if tool_calls and finish_reason in (None, "stop") else finish_reason
 
 
-def _tool_result_text(value: Any) -> str:
-    """What a tool returned, as the text of its ``role: tool`` message: JSON when it can be, else str()."""
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, Any]]:
-    """(id, name, arguments) of a tool call in an assistant message: OpenAI form (arguments as
-    JSON text), Ollama form (arguments as an object) or a ToolCall."""
+    """(id, name, arguments) of a tool call in an assistant message: OpenAI's, Ollama's or a ToolCall."""
     if isinstance(call, ToolCall):
         return call.id, call.name, call.arguments
     function = call.get("function") if isinstance(call, Mapping) else None
     name = function.get("name") if isinstance(function, Mapping) else None
     if not isinstance(function, Mapping) or not isinstance(name, str) or not name:
-        raise InvalidInputError("messages[%d] has the tool call %r; write {\"id\": ..., \"type\": "
-                                "\"function\", \"function\": {\"name\": ..., \"arguments\": "
-                                "...}}" % (index, call))
+        raise InvalidInputError('messages[%d] has the tool call %r; write {"id": ..., "type": "function", '
+                                '"function": {"name": ..., "arguments": ...}}' % (index, call))
     arguments = function.get("arguments")
+    if arguments is None:
+        arguments = {}
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
         except (ValueError, RecursionError):
             raise InvalidInputError("messages[%d]: the arguments of tool call %r are not valid JSON: %r"
                                     % (index, name, _shorten(str(arguments), 200))) from None
-    if arguments is None:
-        arguments = {}
     if not isinstance(arguments, dict):
         raise InvalidInputError("messages[%d]: the arguments of tool call %r must be a JSON object, got %r"
                                 % (index, name, arguments))
@@ -3189,8 +3168,8 @@ def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, A
 
 def _answered_call(message: Mapping[str, Any], pending: List[Tuple[Optional[str], Optional[str]]]
                    ) -> Tuple[Optional[str], Optional[str]]:
-    """(id, name) of the call a tool result answers: what it says, completed from the calls of
-    the assistant message before it (by id, else by name, else the first one not yet answered)."""
+    """(id, name) of the call a tool result answers, completed from the calls of the assistant message
+    before it (by id, else by name, else the first one not yet answered)."""
     call_id, name = message.get("tool_call_id"), message.get("tool_name") or message.get("name")
     for position, (pending_id, pending_name) in enumerate(pending):
         if (pending_id == call_id if call_id else pending_name == name if name else True):
@@ -3203,14 +3182,19 @@ def _run_tool(functions: Mapping[str, Any], call: ToolCall) -> str:
     """Run one requested call; any failure becomes an ``error: ...`` text for the model to read."""
     function = functions.get(call.name)
     if function is None:
-        return "error: there is no tool named %r; the tools are: %s" % (call.name,
-                                                                        ", ".join(sorted(functions)))
+        return "error: there is no tool named %r; the tools are: %s" % (
+            call.name, ", ".join(sorted(functions)))
     try:
         value = function(**call.arguments)
     except Exception as exc:  # the model gets the error as the tool's result and can try again
         logger.info("tool %s(%s) raised %s: %s", call.name, call.raw_arguments[:200], type(exc).__name__, exc)
         return "error: %s: %s" % (type(exc).__name__, exc)
-    return _tool_result_text(value)
+    if isinstance(value, str):
+        return value
+    try:  # the result as JSON when it can be
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 # --- images in messages ------------------------------------------------------
@@ -3244,8 +3228,8 @@ def _read_image_file(path: str, where: str) -> bytes:
         with open(path, "rb") as handle:
             return handle.read(MAX_IMAGE_BYTES + 1)
     except OSError as exc:
-        raise InvalidInputError("%s: cannot read the image file %r: %s" % (where, path,
-                                                                           exc.strerror or exc)) from None
+        raise InvalidInputError("%s: cannot read the image file %r: %s" % (where, path, exc.strerror or exc)
+                                ) from None
 
 
 def _decode_base64_image(text: str, where: str) -> Optional[bytes]:
@@ -3261,9 +3245,16 @@ def _decode_base64_image(text: str, where: str) -> Optional[bytes]:
         return None
 
 
-def _image_text_bytes(text: str, where: str) -> bytes:
-    """The bytes of an image given as text: a data URL, a file path, or base64."""
-    stripped = text.strip()
+def _image_bytes(image: Any, where: str) -> bytes:
+    """The bytes of an image given as bytes, a file path, a data URL or base64 text."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if isinstance(image, os.PathLike):
+        return _read_image_file(os.fspath(image), where)
+    if not isinstance(image, str):
+        raise InvalidInputError("%s must be a file path, bytes, base64 text or a data URL, got %s"
+                                % (where, type(image).__name__))
+    stripped = image.strip()
     if stripped[:5].lower() == "data:":
         header, comma, payload = stripped.partition(",")
         data = _decode_base64_image(payload, where) if comma and header.lower().endswith(";base64") else None
@@ -3289,19 +3280,9 @@ def _image_text_bytes(text: str, where: str) -> bytes:
 
 def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     """``(mime_type, base64_text)`` for an image given as a file path (``str`` or ``pathlib.Path``),
-    ``bytes``, base64 text or a ``data:`` URL.
-
-    The type is read from the bytes (PNG, JPEG, WebP or GIF).  A missing file, another type, or more than
-    ``MAX_IMAGE_BYTES`` raises InvalidInputError naming ``where``."""
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        data = bytes(image)
-    elif isinstance(image, os.PathLike):
-        data = _read_image_file(os.fspath(image), where)
-    elif isinstance(image, str):
-        data = _image_text_bytes(image, where)
-    else:
-        raise InvalidInputError("%s must be a file path, bytes, base64 text or a data URL, got %s"
-                                % (where, type(image).__name__))
+    ``bytes``, base64 text or a ``data:`` URL; the type is read from the bytes (PNG, JPEG, WebP or GIF).
+    A missing file, another type or over ``MAX_IMAGE_BYTES`` raises InvalidInputError naming ``where``."""
+    data = _image_bytes(image, where)
     if len(data) > MAX_IMAGE_BYTES:
         raise _too_big(where, len(data))
     mime = image_type(data)
@@ -3343,14 +3324,10 @@ def _with_images(provider: "BaseProvider", messages: Any, model: ModelConfig) ->
         return messages
     converted = [provider._convert_images(message, index) if _has_images(message) else message
                  for index, message in enumerate(messages)]
-    if any(isinstance(message, Mapping) and message.get("images") for message in converted):
-        _check_vision(provider, model)  # Ollama's form: images stay in "images"
-    return converted
-
-
-def _check_vision(provider: "BaseProvider", model: ModelConfig) -> None:
-    """Warn when the model's facts say it has no vision (Ollama then ignores the images without a word).
-    The facts are asked once per model (``model_info``); when they cannot be had, nothing is said."""
+    if not any(isinstance(message, Mapping) and message.get("images") for message in converted):
+        return converted
+    # Ollama's form (images stay in "images"): Ollama ignores images sent to a model without vision
+    # without a word, so warn when its facts (asked once per model) say so; without facts, say nothing.
     info = provider._facts.get(provider._fact_key(model.name))
     if info is None:
         try:
@@ -3358,11 +3335,12 @@ def _check_vision(provider: "BaseProvider", model: ModelConfig) -> None:
         except ProviderError as exc:
             logger.debug("no facts about %s model %r, so its vision is not checked: %s", provider.title,
                          model.name, exc)
-            return
+            return converted
     if info.vision is False:
         logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent "
                        "with it. %s", provider.title, model.name,
                        ", ".join(sorted(info.capabilities)) or "none", provider.title, provider.vision_hint)
+    return converted
 
 
 # --- embeddings ----------------------------------------------------------------
@@ -3439,9 +3417,7 @@ def _add_logprobs(state: Any, entries: Any) -> None:
         state.logprobs.extend(_normalize_logprobs(entries))
 
 
-
-def _logprobs_of(
-provider: "BaseProvider", data: Any) -> Optional[List[Dict[str, Any]]]:
+def _logprobs_of(provider: "BaseProvider", data: Any) -> Optional[List[Dict[str, Any]]]:
     """A reply's token log-probabilities, normalized (None when the server sent none)."""
     try:
         entries = provider._raw_logprobs(data)
