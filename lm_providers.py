@@ -2530,9 +2530,8 @@ class ChatResult:
 
 
 class ToolRunResult(ChatResult):
-    """What ``run_tools`` returns: the model's final reply (a ChatResult), plus ``messages``, the whole
-    conversation (the caller's messages, each tool request, each tool result and the final reply), and
-    ``rounds``, how many rounds of tool calls were run."""
+    """What ``run_tools`` returns: the final reply (a ChatResult), plus ``messages``, the whole conversation
+    (the caller's messages, each tool request and result, the final reply) and ``rounds`` of tools run."""
 
     __slots__ = ("messages", "rounds")
 
@@ -2604,8 +2603,7 @@ class ChatStream(TextStream):
 
     @property
     def tool_calls(self) -> List[ToolCall]:
-        """The tool calls the model asked for, each assembled from its pieces, once the loop has ended.
-        Raises ToolCallError when a call's arguments are not a JSON object."""
+        """The tool calls, assembled once the loop has ended (ToolCallError for arguments not an object)."""
         return self._state.finish_tool_calls(self._title)
 
     def __repr__(self) -> str:
@@ -2614,8 +2612,7 @@ class ChatStream(TextStream):
 
 
 class _StreamState:
-    """What a stream records besides its text: finish reason, usage, (when asked for) reasoning,
-    and the tool calls, gathered piece by piece and assembled when the reply ends."""
+    """What a stream records besides its text; tool calls are gathered piece by piece, built at the end."""
 
     __slots__ = ("finish_reason", "usage", "reasoning", "logprobs", "tool_calls", "_calls", "_slots")
 
@@ -2629,8 +2626,7 @@ class _StreamState:
         self._slots: Dict[Any, int] = {}    # the server's index of a call -> its place in _calls
 
     def add_tool_fragments(self, fragments: Any) -> None:
-        """Merge OpenAI-style streamed ``delta.tool_calls``: pieces of calls keyed by ``index``
-        (``id`` and ``name`` come in a call's first piece, its arguments in many)."""
+        """Merge OpenAI-style streamed ``delta.tool_calls`` pieces, keyed by ``index`` (id, name first)."""
         for fragment in fragments:
             index = fragment.get("index")
             if index is None and not fragment.get("id") and self._calls:
@@ -3009,9 +3005,8 @@ def _annotation_schema(annotation: Any) -> Dict[str, Any]:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Union or type(annotation).__name__ == "UnionType":  # Optional[X], Union[...], X | Y
         members = [a for a in args if a is not type(None)]
-        if len(members) == 1:
-            return _annotation_schema(members[0])
-        return {"anyOf": [_annotation_schema(a) for a in members]}
+        return _annotation_schema(members[0]) if len(members) == 1 else {
+            "anyOf": [_annotation_schema(a) for a in members]}
     if origin is typing.Literal:
         return _enum_schema(list(args))
     if isinstance(origin, type) and origin in _JSON_TYPES:
@@ -3030,10 +3025,9 @@ def _annotation_schema(annotation: Any) -> Dict[str, Any]:
 
 def _enum_schema(values: List[Any]) -> Dict[str, Any]:
     types = {_JSON_TYPES.get(type(v)) for v in values}
-    schema: Dict[str, Any] = {"enum": values}
     if len(types) == 1 and None not in types:
-        schema["type"] = types.pop()
-    return schema
+        return {"enum": values, "type": types.pop()}
+    return {"enum": values}
 
 
 _DOC_SECTION_RE = re.compile(r"\s*(args|arguments|parameters|params|returns?|yields?|raises|examples?|notes?|"
@@ -3123,8 +3117,7 @@ def _new_call_id() -> str:
 
 
 def _tool_calls_from(parts: Any, title: str, finish_reason: Optional[str]) -> List[ToolCall]:
-    """ToolCalls from a reply's ``tool_calls`` list (``[{"id", "function": {"name", "arguments"}}]``,
-    arguments a JSON string on OpenAI-compatible servers and an object on Ollama)."""
+    """ToolCalls from a reply's ``[{"id", "function": {"name", "arguments"}}]`` (arguments text or object)."""
     if parts is None:
         return []
     if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("function"), dict)
@@ -3207,12 +3200,9 @@ _IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "ima
 
 def image_type(data: bytes) -> Optional[str]:
     """The MIME type of PNG, JPEG, WebP or GIF image bytes, read from their first bytes; None otherwise."""
-    for signature, mime in _IMAGE_SIGNATURES:
-        if data.startswith(signature):
-            return mime
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
-    return None
+    return next((mime for signature, mime in _IMAGE_SIGNATURES if data.startswith(signature)), None)
 
 
 def _too_big(where: str, size: int) -> InvalidInputError:
@@ -3385,8 +3375,7 @@ def _vectors(vectors: Any) -> List[List[float]]:
 
 def _embed_payload(provider: "BaseProvider", texts: List[str], model: ModelConfig, dimensions: Optional[int],
                    truncate: Optional[bool]) -> Dict[str, Any]:
-    """The body of one embeddings request: the texts, ``dimensions``, ``truncate`` where the server
-    has it, and the model's parameters that apply to embeddings (``keep_alive``/``ttl``, Ollama's options)."""
+    """The body of one embeddings request, with the model's parameters that apply to embeddings."""
     payload: Dict[str, Any] = {"model": model.name, "input": texts}
     if dimensions is not None:
         payload["dimensions"] = dimensions
@@ -3402,8 +3391,7 @@ def _embed_payload(provider: "BaseProvider", texts: List[str], model: ModelConfi
 # --- log-probabilities -------------------------------------------------------------
 
 def _normalize_logprobs(entries: Any) -> List[Dict[str, Any]]:
-    """Token log-probabilities in one form for both servers:
-    ``[{"token": str, "logprob": float, "top_logprobs": [{"token": str, "logprob": float}, ...]}, ...]``."""
+    """Log-probabilities as ``[{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]``."""
     return [{"token": entry["token"], "logprob": entry["logprob"],
              "top_logprobs": [{"token": top["token"], "logprob": top["logprob"]}
                               for top in entry.get("top_logprobs") or ()]}
