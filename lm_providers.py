@@ -2512,9 +2512,8 @@ class ChatResult:
                  tool_calls: Optional[List[ToolCall]] = None,
                  logprobs: Optional[List[Dict[str, Any]]] = None):
         self.text, self.reasoning, self.finish_reason = text, reasoning, finish_reason
-        self.usage, self.model, self.raw = usage, model, raw
+        self.usage, self.model, self.raw, self.logprobs = usage, model, raw, logprobs
         self.tool_calls: List[ToolCall] = list(tool_calls or ())
-        self.logprobs = logprobs
 
     def __repr__(self) -> str:
         return "ChatResult(text=%r, reasoning=%r, finish_reason=%r, usage=%r, model=%r%s)" % (
@@ -2549,12 +2548,11 @@ class TextStream:
         self._pieces, self._debug_on = pieces, debug
 
     def __iter__(self) -> Iterator[str]:
-        pieces = self._pieces
         try:
             with _debugging(self._debug_on):
-                yield from pieces
+                yield from self._pieces
         finally:  # a loop left early must not leave the connection open until garbage collection
-            pieces.close()
+            self._pieces.close()
 
     def __next__(self) -> str:
         with _debugging(self._debug_on):
