@@ -2488,11 +2488,8 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
 # =============================================================================
 
 class ToolCall:
-    """One function call the model asked for.
-
-    ``id`` identifies the call (the server's, or one made up when the server sends none), ``name`` is the
-    function's name, ``arguments`` the parsed arguments (a dict) and ``raw_arguments`` their JSON text as the
-    server sent it."""
+    """One function call the model asked for: ``id`` (the server's, or made up when it sends none),
+    ``name``, ``arguments`` (a dict) and ``raw_arguments`` (their JSON text as the server sent it)."""
 
     __slots__ = ("id", "name", "arguments", "raw_arguments")
 
@@ -2533,9 +2530,8 @@ class ChatResult:
                  tool_calls: Optional[List[ToolCall]] = None,
                  logprobs: Optional[List[Dict[str, Any]]] = None):
         self.text, self.reasoning, self.finish_reason = text, reasoning, finish_reason
-        self.usage, self.model, self.raw = usage, model, raw
+        self.usage, self.model, self.raw, self.logprobs = usage, model, raw, logprobs
         self.tool_calls: List[ToolCall] = list(tool_calls or ())
-        self.logprobs = logprobs
 
     def __repr__(self) -> str:
         return "ChatResult(text=%r, reasoning=%r, finish_reason=%r, usage=%r, model=%r%s)" % (
@@ -2551,37 +2547,30 @@ class ChatResult:
 
 
 class ToolRunResult(ChatResult):
-    """What ``run_tools`` returns: the model's final reply (a ChatResult), plus ``messages``, the whole
-    conversation (the caller's messages, each tool request, each tool result and the final reply), and
-    ``rounds``, how many rounds of tool calls were run."""
+    """What ``run_tools`` returns: the final reply (a ChatResult), plus ``messages``, the whole conversation
+    (the caller's messages, each tool request and result, the final reply) and ``rounds`` of tools run."""
 
     __slots__ = ("messages", "rounds")
 
     def __init__(self, result: ChatResult, messages: List[Dict[str, Any]], rounds: int):
-        super().__init__(result.text, result.reasoning, result.finish_reason, result.usage, result.model,
-                         result.raw, result.tool_calls, result.logprobs)
+        super().__init__(*(getattr(result, field) for field in ChatResult.__slots__))
         self.messages, self.rounds = messages, rounds
 
 
 class TextStream:
-    """The text pieces of a streamed reply, as ``stream_text`` returns them.
-
-    A ``for`` loop over it closes the connection however the loop is left (at the end, ``break``, an
-    error, Ctrl-C in the loop's body), as do ``close()`` and leaving a ``with`` block.  With ``debug``
-    the reading logs at DEBUG (see ``_debugging``).
-    """
+    """The text pieces of a streamed reply, as ``stream_text`` returns them.  A ``for`` loop over it
+    closes the connection however the loop is left (end, ``break``, an error, Ctrl-C), as do ``close()``
+    and leaving a ``with`` block.  With ``debug`` the reading logs at DEBUG."""
 
     def __init__(self, pieces: Generator[str, None, None], debug: bool = False):
-        self._pieces = pieces
-        self._debug_on = debug
+        self._pieces, self._debug_on = pieces, debug
 
     def __iter__(self) -> Iterator[str]:
-        pieces = self._pieces
         try:
             with _debugging(self._debug_on):
-                yield from pieces
+                yield from self._pieces
         finally:  # a loop left early must not leave the connection open until garbage collection
-            pieces.close()
+            self._pieces.close()
 
     def __next__(self) -> str:
         with _debugging(self._debug_on):
@@ -2603,9 +2592,7 @@ class ChatStream(TextStream):
     After the loop ``finish_reason`` and ``usage`` are set and ``reasoning`` holds the reasoning text."""
 
     def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
-        self.model = model.name
-        self._title = provider.title
-        self._state = _StreamState(keep_reasoning=True)
+        self.model, self._title, self._state = model.name, provider.title, _StreamState(keep_reasoning=True)
         with _debugging(debug):  # the request's debug lines; the iteration turns it on again
             pieces = provider._stream(messages, model, self._state)
         super().__init__(pieces, debug)
@@ -2632,17 +2619,16 @@ class ChatStream(TextStream):
 
     @property
     def tool_calls(self) -> List[ToolCall]:
-        """The tool calls the model asked for, each assembled from its pieces, once the loop has ended.
-        Raises ToolCallError when a call's arguments are not a JSON object."""
+        """The tool calls, assembled once the loop has ended (ToolCallError for arguments not an object)."""
         return self._state.finish_tool_calls(self._title)
 
     def __repr__(self) -> str:
-        return "ChatStream(model=%r, finish_reason=%r, usage=%r)" % (self.model, self.finish_reason, self.usage)
+        return "ChatStream(model=%r, finish_reason=%r, usage=%r)" % (
+            self.model, self.finish_reason, self.usage)
 
 
 class _StreamState:
-    """What a stream records besides its text: finish reason, usage, (when asked for) reasoning,
-    and the tool calls, gathered piece by piece and assembled when the reply ends."""
+    """What a stream records besides its text; tool calls are gathered piece by piece, built at the end."""
 
     __slots__ = ("finish_reason", "usage", "reasoning", "logprobs", "tool_calls", "_calls", "_slots")
 
@@ -2656,8 +2642,7 @@ class _StreamState:
         self._slots: Dict[Any, int] = {}    # the server's index of a call -> its place in _calls
 
     def add_tool_fragments(self, fragments: Any) -> None:
-        """Merge OpenAI-style streamed ``delta.tool_calls``: pieces of calls keyed by ``index``
-        (``id`` and ``name`` come in a call's first piece, its arguments in many)."""
+        """Merge OpenAI-style streamed ``delta.tool_calls`` pieces, keyed by ``index`` (id, name first)."""
         for fragment in fragments:
             index = fragment.get("index")
             if index is None and not fragment.get("id") and self._calls:
@@ -2680,7 +2665,7 @@ class _StreamState:
             call[0], call[1] = whole.get("id"), function.get("name")
             self._add_arguments(call, function.get("arguments"))
 
-    def _call(self, index: Any) -> List[Any]:
+    def _call(self, index: Any) -> List[Any]:  # at most _MAX_TOOL_CALLS calls
         slot = self._slots.get(index)
         if slot is None:
             if len(self._calls) >= _MAX_TOOL_CALLS:
@@ -2697,36 +2682,34 @@ class _StreamState:
         call[2].append(piece)
         call[3] += len(piece) if isinstance(piece, str) else len(json.dumps(piece))
         if call[3] > _MAX_TOOL_ARGUMENT_CHARS:
-            raise ProviderResponseError("the arguments of tool call %r grew past %d characters; the stream "
-                                        "was stopped" % (call[1], _MAX_TOOL_ARGUMENT_CHARS), reason="too_large")
+            raise ProviderResponseError(
+                "the arguments of tool call %r grew past %d characters; the stream was stopped"
+                % (call[1], _MAX_TOOL_ARGUMENT_CHARS), reason="too_large")
 
     def finish_tool_calls(self, title: str) -> List[ToolCall]:
         """Assemble the calls gathered so far (once), and mark the reply as asking for tools."""
         if self.tool_calls is None and self._calls:
-            parts = [{"id": call_id, "function": {"name": name, "arguments": (
+            self.tool_calls = [_tool_call(title, call_id, name, (
                 pieces[0] if len(pieces) == 1 and not isinstance(pieces[0], str) else
-                "".join(p if isinstance(p, str) else json.dumps(p) for p in pieces))}}
+                "".join(p if isinstance(p, str) else json.dumps(p) for p in pieces)), self.finish_reason)
                 for call_id, name, pieces, _ in self._calls]
-            self.tool_calls = _tool_calls_from(parts, title, self.finish_reason)
             self.finish_reason = _tool_finish_reason(self.finish_reason, self.tool_calls)
         return self.tool_calls or []
 
 
 class _ThinkFilter:
-    """Move a leading ``<think>...</think>`` block out of streamed content.
-
-    ``feed(piece)`` returns ``(pieces, reasoning)``: the content pieces to pass on (in order, never merged)
-    and any reasoning text.  Pieces are held back while the reply's start could still become ``<think>``,
-    and at most a tag's length of reasoning while it could be the start of ``</think>``.
-    """
+    """Move a leading ``<think>...</think>`` block out of streamed content: ``feed(piece)`` returns the
+    content pieces to pass on (in order, never merged) and any reasoning text.  Pieces are held while the
+    start could still become ``<think>``, and at most a tag's length of reasoning while it could begin
+    ``</think>``."""
 
     OPEN, CLOSE = "<think>", "</think>"
     __slots__ = ("state", "held", "tail")
 
     def __init__(self) -> None:
-        self.state = "start"     # start -> thinking -> after -> content
+        self.state = "start"  # start -> thinking -> after -> content
         self.held: List[str] = []  # pieces held while the start is undecided
-        self.tail = ""           # the start so far, or the end of the reasoning that may begin "</think>"
+        self.tail = ""  # the start so far, or the end of the reasoning that may begin "</think>"
 
     def feed(self, piece: str) -> Tuple[List[str], str]:
         if self.state == "start":
@@ -2752,8 +2735,9 @@ class _ThinkFilter:
     def _thinking(self, text: str) -> Tuple[List[str], str]:
         text, self.tail = self.tail + text, ""
         end = text.find(self.CLOSE)
-        if end < 0:
-            keep = _partial_suffix(text, self.CLOSE)
+        if end < 0:  # keep the longest end of text that may begin "</think>"
+            keep = next((size for size in range(min(len(text), len(self.CLOSE) - 1), 0, -1)
+                         if self.CLOSE.startswith(text[-size:])), 0)
             self.tail = text[len(text) - keep:] if keep else ""
             return [], text[:len(text) - keep]
         self.state = "after"
@@ -2762,21 +2746,9 @@ class _ThinkFilter:
 
     def finish(self) -> Tuple[List[str], str]:
         """Flush what is held at the end of the reply."""
-        if self.state == "start":
-            held, self.held = self.held, []
-            return held, ""
-        if self.state == "thinking":
-            tail, self.tail = self.tail, ""
-            return [], tail
-        return [], ""
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of ``text`` that is a start of ``tag``."""
-    for size in range(min(len(text), len(tag) - 1), 0, -1):
-        if tag.startswith(text[-size:]):
-            return size
-    return 0
+        held, tail = self.held if self.state == "start" else [], self.tail if self.state == "thinking" else ""
+        self.held, self.tail = [], ""
+        return held, tail
 
 
 def split_reasoning(text: str) -> Tuple[str, str]:
@@ -2791,10 +2763,8 @@ _JSON_FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 
 
 def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str, Any]:
-    """Find the JSON object in a model's reply and check it has the required attributes.
-
-    Tolerates code fences, prose before or after, and a leading ``<think>`` block.  Returns the first object
-    that has every required attribute; raises ValueError saying what was wrong otherwise."""
+    """The first JSON object in a model's reply that has every required attribute (code fences, prose
+    around it and a leading ``<think>`` block are fine); ValueError saying what was wrong otherwise."""
     if not isinstance(text, str):
         raise ValueError("expected the reply text, got %r" % (text,))
     content, _ = split_reasoning(text)
@@ -2830,11 +2800,10 @@ def json_schema_for(required_attributes: Sequence[str]) -> Dict[str, Any]:
 class ModelInfo:
     """What a server reports about one model; the same fields for every server, None when it does not say.
 
-    ``name``; ``context_length`` (the most the model supports); ``loaded`` and ``loaded_context_length`` (the
-    context it is loaded with now); ``tools``, ``vision``, ``thinking``, ``embedding`` (capabilities, each
-    True, False or None for unknown; ``capabilities`` is the set of those that are True); ``quantization``;
-    ``size_bytes``; ``kind`` (``"llm"``, ``"vlm"``, ``"embedding"``); ``source`` (the endpoint the facts came
-    from) and ``raw`` (the server's own record, for anything else)."""
+    ``name``; ``context_length`` (the model's most); ``loaded``, ``loaded_context_length`` (the context it is
+    loaded with now); capabilities ``tools``, ``vision``, ``thinking``, ``embedding`` (True, False or None for
+    unknown); ``quantization``; ``size_bytes``; ``kind`` (``"llm"``, ``"vlm"``, ``"embedding"``); ``source``
+    (the endpoint the facts came from) and ``raw`` (the server's own record, for anything else)."""
 
     FIELDS = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
               "embedding", "quantization", "size_bytes", "kind", "source")
@@ -2843,10 +2812,9 @@ class ModelInfo:
     def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
                  loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
                  vision: Optional[bool] = None, thinking: Optional[bool] = None,
-                 embedding: Optional[bool] = None,
-                 quantization: Optional[str] = None, size_bytes: Optional[int] = None,
-                 kind: Optional[str] = None,
-                 source: str = "", raw: Any = None):
+                 embedding: Optional[bool] = None, quantization: Optional[str] = None,
+                 size_bytes: Optional[int] = None, kind: Optional[str] = None, source: str = "",
+                 raw: Any = None):
         self.name, self.context_length, self.loaded = name, context_length, loaded
         self.loaded_context_length = loaded_context_length
         self.tools, self.vision, self.thinking, self.embedding = tools, vision, thinking, embedding
@@ -2911,8 +2879,7 @@ _ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
 def _check_messages(messages: Any, content_must_be_str: bool) -> None:
-    """InvalidInputError unless ``messages`` is a non-empty list of role/content dicts the server takes
-    (``content_must_be_str``: no OpenAI content-part lists)."""
+    """InvalidInputError unless ``messages`` is a non-empty list of role/content dicts the server takes."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise InvalidInputError("messages must be a list of {'role': ..., 'content': ...} dicts, got %s"
                                 % type(messages).__name__)
@@ -2937,9 +2904,8 @@ def _check_messages(messages: Any, content_must_be_str: bool) -> None:
 
 
 def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """The messages as the server takes them.  Tool requests and tool results, written the one way the
-    README shows, are translated (``_wire_tool_call``, ``_wire_tool_result``); every other message goes
-    as it is.  The caller's dicts are never changed."""
+    """The messages as the server takes them: tool requests and results (in the README's form) translated,
+    the rest as they are.  The caller's dicts are never changed."""
     if not any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
         if all(type(m) is dict for m in messages):
             return messages  # type: ignore[return-value]  # dicts, passed on unchanged
@@ -2963,7 +2929,6 @@ def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any
 
 
 def _with_tools(model: ModelConfig, tools: Any, tool_choice: Any) -> ModelConfig:
-    """``model`` with the ``tools=`` and ``tool_choice=`` of a call added to its parameters."""
     if tools is not None:
         model = model.with_parameters(tools=_tool_schemas(tools))
     if tool_choice is not None:
@@ -2981,25 +2946,20 @@ _MAX_TOOL_ARGUMENT_CHARS = 1000000     # argument text of one streamed call
 def tool_schema(tool: Any) -> Dict[str, Any]:
     """The OpenAI function schema (``{"type": "function", "function": {...}}``) for ``tool``.
 
-    ``tool`` is a schema (returned checked and normalized; a bare ``{"name":
-    ..., "parameters": ...}`` is wrapped) or a plain Python function, whose
-    schema is built from its name, signature, type hints (``str``, ``int``,
-    ``float``, ``bool``, ``list``/``List[X]``, ``dict``/``Dict``, ``Optional``,
-    ``Union``, ``Literal``, ``Enum``) and Google-style docstring (the text
-    before ``Args:`` describes the function, the ``Args:`` entries its
-    parameters).  Raises InvalidInputError for anything else.
-    """
+    ``tool`` is a schema (checked and normalized; a bare ``{"name": ..., "parameters": ...}`` is wrapped) or a
+    plain Python function, whose schema comes from its name, signature, type hints (``str``, ``int``,
+    ``float``, ``bool``, ``list``/``List[X]``, ``dict``/``Dict``, ``Optional``, ``Union``, ``Literal``,
+    ``Enum``) and Google-style docstring (the text before ``Args:`` describes the function, the ``Args:``
+    entries its parameters).  Raises InvalidInputError for anything else."""
     if isinstance(tool, Mapping):
         function = tool.get("function") if "type" in tool else tool  # a bare function schema has no "type"
         if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
-            raise InvalidInputError("tool %r is not a function schema: write {\"type\": \"function\", "
-                                    "\"function\": {\"name\": ..., "
-                                    "\"parameters\": {...}}}" % (_shorten(repr(tool), 120),))
+            raise InvalidInputError('tool %r is not a function schema: write {"type": "function", "function"'
+                                    ': {"name": ..., "parameters": {...}}}' % (_shorten(repr(tool), 120),))
         _check_tool_name(function.get("name"), tool)
         parameters = function.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(parameters, Mapping):
-            raise InvalidInputError("tool %r: 'parameters' must be a JSON schema "
-                                    "object" % (function["name"],))
+            raise InvalidInputError("tool %r: 'parameters' must be a JSON schema object" % function["name"])
         return {"type": "function", "function": dict(function, parameters=dict(parameters))}
     if callable(tool):
         return _function_schema(tool)
@@ -3026,17 +2986,13 @@ def _function_schema(function: Any) -> Dict[str, Any]:
     except Exception:  # a forward reference that does not resolve: use the annotations as written
         hints = {}
     description, argument_docs = _parse_docstring(inspect.getdoc(function))
+    named = [p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     properties: Dict[str, Any] = {}
-    required = []
-    for parameter in signature.parameters.values():
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        schema = _annotation_schema(hints.get(parameter.name, parameter.annotation))
-        if parameter.name in argument_docs:
-            schema["description"] = argument_docs[parameter.name]
-        properties[parameter.name] = schema
-        if parameter.default is parameter.empty:
-            required.append(parameter.name)
+    for p in named:
+        schema = properties[p.name] = _annotation_schema(hints.get(p.name, p.annotation))
+        if p.name in argument_docs:
+            schema["description"] = argument_docs[p.name]
+    required = [p.name for p in named if p.default is p.empty]
     parameters: Dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         parameters["required"] = required
@@ -3046,8 +3002,7 @@ def _function_schema(function: Any) -> Dict[str, Any]:
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", tuple: "array",
                set: "array", frozenset: "array", dict: "object", type(None): "null"}
-_JSON_TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "array",
-                    "dict": "object"}
+_JSON_TYPE_NAMES = {t.__name__: _JSON_TYPES[t] for t in (str, int, float, bool, list, dict)}
 
 
 def _annotation_schema(annotation: Any) -> Dict[str, Any]:
@@ -3066,9 +3021,8 @@ def _annotation_schema(annotation: Any) -> Dict[str, Any]:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Union or type(annotation).__name__ == "UnionType":  # Optional[X], Union[...], X | Y
         members = [a for a in args if a is not type(None)]
-        if len(members) == 1:
-            return _annotation_schema(members[0])
-        return {"anyOf": [_annotation_schema(a) for a in members]}
+        return _annotation_schema(members[0]) if len(members) == 1 else {
+            "anyOf": [_annotation_schema(a) for a in members]}
     if origin is typing.Literal:
         return _enum_schema(list(args))
     if isinstance(origin, type) and origin in _JSON_TYPES:
@@ -3087,10 +3041,9 @@ def _annotation_schema(annotation: Any) -> Dict[str, Any]:
 
 def _enum_schema(values: List[Any]) -> Dict[str, Any]:
     types = {_JSON_TYPES.get(type(v)) for v in values}
-    schema: Dict[str, Any] = {"enum": values}
     if len(types) == 1 and None not in types:
-        schema["type"] = types.pop()
-    return schema
+        return {"enum": values, "type": types.pop()}
+    return {"enum": values}
 
 
 _DOC_SECTION_RE = re.compile(r"\s*(args|arguments|parameters|params|returns?|yields?|raises|examples?|notes?|"
@@ -3148,7 +3101,8 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
     if not isinstance(name, str) or not name:
         raise ToolCallError("%s sent a tool call without a function name (arguments %r).%s"
                             % (title, _shorten(str(arguments), 200), cut), tool_name="",
-                            raw_arguments=arguments if isinstance(arguments, str) else json.dumps(arguments))
+                            raw_arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+                            reason="bad_tool_call")
     if isinstance(arguments, dict):
         parsed, raw = arguments, json.dumps(arguments, ensure_ascii=False)
     elif arguments is None or isinstance(arguments, str) and not arguments.strip():
@@ -3161,17 +3115,16 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
             raise ToolCallError(
                 "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a "
                 "malformed call;%s try again, at a lower temperature, or with a model trained for tool "
-                "calls. The whole text is in .raw_arguments." % (title, name, exc,
-                                                                 _shorten(arguments, 200), cut),
-                tool_name=name, raw_arguments=arguments) from None
+                "calls. The whole text is in .raw_arguments." % (title, name, exc, _shorten(arguments, 200),
+                                                                 cut),
+                tool_name=name, raw_arguments=arguments, reason="bad_tool_call") from None
     else:
         parsed, raw = arguments, json.dumps(arguments)
     if not isinstance(parsed, dict):
         raise ToolCallError("%s sent a call to tool %r whose arguments are %s, not a JSON object.%s"
-                            % (title, name, type(parsed).__name__, cut), tool_name=name, raw_arguments=raw)
-    if not isinstance(call_id, str) or not call_id:
-        call_id = _new_call_id()
-    return ToolCall(call_id, name, parsed, raw)
+                            % (title, name, type(parsed).__name__, cut), tool_name=name, raw_arguments=raw,
+                            reason="bad_tool_call")
+    return ToolCall(call_id if isinstance(call_id, str) and call_id else _new_call_id(), name, parsed, raw)
 
 
 def _new_call_id() -> str:
@@ -3180,8 +3133,7 @@ def _new_call_id() -> str:
 
 
 def _tool_calls_from(parts: Any, title: str, finish_reason: Optional[str]) -> List[ToolCall]:
-    """ToolCalls from a reply's ``tool_calls`` list (``[{"id", "function": {"name", "arguments"}}]``,
-    arguments a JSON string on OpenAI-compatible servers and an object on Ollama)."""
+    """ToolCalls from a reply's ``[{"id", "function": {"name", "arguments"}}]`` (arguments text or object)."""
     if parts is None:
         return []
     if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("function"), dict)
@@ -3198,36 +3150,24 @@ def _tool_finish_reason(finish_reason: Optional[str], tool_calls: Sequence[ToolC
     return "tool_calls" if tool_calls and finish_reason in (None, "stop") else finish_reason
 
 
-def _tool_result_text(value: Any) -> str:
-    """What a tool returned, as the text of its ``role: tool`` message: JSON when it can be, else str()."""
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, Any]]:
-    """(id, name, arguments) of a tool call in an assistant message: OpenAI form (arguments as
-    JSON text), Ollama form (arguments as an object) or a ToolCall."""
+    """(id, name, arguments) of a tool call in an assistant message: OpenAI's, Ollama's or a ToolCall."""
     if isinstance(call, ToolCall):
         return call.id, call.name, call.arguments
     function = call.get("function") if isinstance(call, Mapping) else None
     name = function.get("name") if isinstance(function, Mapping) else None
     if not isinstance(function, Mapping) or not isinstance(name, str) or not name:
-        raise InvalidInputError("messages[%d] has the tool call %r; write {\"id\": ..., \"type\": "
-                                "\"function\", \"function\": {\"name\": ..., \"arguments\": "
-                                "...}}" % (index, call))
+        raise InvalidInputError('messages[%d] has the tool call %r; write {"id": ..., "type": "function", '
+                                '"function": {"name": ..., "arguments": ...}}' % (index, call))
     arguments = function.get("arguments")
+    if arguments is None:
+        arguments = {}
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
         except (ValueError, RecursionError):
             raise InvalidInputError("messages[%d]: the arguments of tool call %r are not valid JSON: %r"
                                     % (index, name, _shorten(str(arguments), 200))) from None
-    if arguments is None:
-        arguments = {}
     if not isinstance(arguments, dict):
         raise InvalidInputError("messages[%d]: the arguments of tool call %r must be a JSON object, got %r"
                                 % (index, name, arguments))
@@ -3237,8 +3177,8 @@ def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, A
 
 def _answered_call(message: Mapping[str, Any], pending: List[Tuple[Optional[str], Optional[str]]]
                    ) -> Tuple[Optional[str], Optional[str]]:
-    """(id, name) of the call a tool result answers: what it says, completed from the calls of
-    the assistant message before it (by id, else by name, else the first one not yet answered)."""
+    """(id, name) of the call a tool result answers, completed from the calls of the assistant message
+    before it (by id, else by name, else the first one not yet answered)."""
     call_id, name = message.get("tool_call_id"), message.get("tool_name") or message.get("name")
     for position, (pending_id, pending_name) in enumerate(pending):
         if (pending_id == call_id if call_id else pending_name == name if name else True):
@@ -3251,14 +3191,19 @@ def _run_tool(functions: Mapping[str, Any], call: ToolCall) -> str:
     """Run one requested call; any failure becomes an ``error: ...`` text for the model to read."""
     function = functions.get(call.name)
     if function is None:
-        return "error: there is no tool named %r; the tools are: %s" % (call.name,
-                                                                        ", ".join(sorted(functions)))
+        return "error: there is no tool named %r; the tools are: %s" % (
+            call.name, ", ".join(sorted(functions)))
     try:
         value = function(**call.arguments)
     except Exception as exc:  # the model gets the error as the tool's result and can try again
         logger.info("tool %s(%s) raised %s: %s", call.name, call.raw_arguments[:200], type(exc).__name__, exc)
         return "error: %s: %s" % (type(exc).__name__, exc)
-    return _tool_result_text(value)
+    if isinstance(value, str):
+        return value
+    try:  # the result as JSON when it can be
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 # --- images in messages ------------------------------------------------------
@@ -3271,12 +3216,9 @@ _IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "ima
 
 def image_type(data: bytes) -> Optional[str]:
     """The MIME type of PNG, JPEG, WebP or GIF image bytes, read from their first bytes; None otherwise."""
-    for signature, mime in _IMAGE_SIGNATURES:
-        if data.startswith(signature):
-            return mime
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
-    return None
+    return next((mime for signature, mime in _IMAGE_SIGNATURES if data.startswith(signature)), None)
 
 
 def _too_big(where: str, size: int) -> InvalidInputError:
@@ -3292,8 +3234,8 @@ def _read_image_file(path: str, where: str) -> bytes:
         with open(path, "rb") as handle:
             return handle.read(MAX_IMAGE_BYTES + 1)
     except OSError as exc:
-        raise InvalidInputError("%s: cannot read the image file %r: %s" % (where, path,
-                                                                           exc.strerror or exc)) from None
+        raise InvalidInputError("%s: cannot read the image file %r: %s" % (where, path, exc.strerror or exc)
+                                ) from None
 
 
 def _decode_base64_image(text: str, where: str) -> Optional[bytes]:
@@ -3309,9 +3251,16 @@ def _decode_base64_image(text: str, where: str) -> Optional[bytes]:
         return None
 
 
-def _image_text_bytes(text: str, where: str) -> bytes:
-    """The bytes of an image given as text: a data URL, a file path, or base64."""
-    stripped = text.strip()
+def _image_bytes(image: Any, where: str) -> bytes:
+    """The bytes of an image given as bytes, a file path, a data URL or base64 text."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if isinstance(image, os.PathLike):
+        return _read_image_file(os.fspath(image), where)
+    if not isinstance(image, str):
+        raise InvalidInputError("%s must be a file path, bytes, base64 text or a data URL, got %s"
+                                % (where, type(image).__name__))
+    stripped = image.strip()
     if stripped[:5].lower() == "data:":
         header, comma, payload = stripped.partition(",")
         data = _decode_base64_image(payload, where) if comma and header.lower().endswith(";base64") else None
@@ -3337,19 +3286,9 @@ def _image_text_bytes(text: str, where: str) -> bytes:
 
 def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     """``(mime_type, base64_text)`` for an image given as a file path (``str`` or ``pathlib.Path``),
-    ``bytes``, base64 text or a ``data:`` URL.
-
-    The type is read from the bytes (PNG, JPEG, WebP or GIF).  A missing file, another type, or more than
-    ``MAX_IMAGE_BYTES`` raises InvalidInputError naming ``where``."""
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        data = bytes(image)
-    elif isinstance(image, os.PathLike):
-        data = _read_image_file(os.fspath(image), where)
-    elif isinstance(image, str):
-        data = _image_text_bytes(image, where)
-    else:
-        raise InvalidInputError("%s must be a file path, bytes, base64 text or a data URL, got %s"
-                                % (where, type(image).__name__))
+    ``bytes``, base64 text or a ``data:`` URL; the type is read from the bytes (PNG, JPEG, WebP or GIF).
+    A missing file, another type or over ``MAX_IMAGE_BYTES`` raises InvalidInputError naming ``where``."""
+    data = _image_bytes(image, where)
     if len(data) > MAX_IMAGE_BYTES:
         raise _too_big(where, len(data))
     mime = image_type(data)
@@ -3391,14 +3330,10 @@ def _with_images(provider: "BaseProvider", messages: Any, model: ModelConfig) ->
         return messages
     converted = [provider._convert_images(message, index) if _has_images(message) else message
                  for index, message in enumerate(messages)]
-    if any(isinstance(message, Mapping) and message.get("images") for message in converted):
-        _check_vision(provider, model)  # Ollama's form: images stay in "images"
-    return converted
-
-
-def _check_vision(provider: "BaseProvider", model: ModelConfig) -> None:
-    """Warn when the model's facts say it has no vision (Ollama then ignores the images without a word).
-    The facts are asked once per model (``model_info``); when they cannot be had, nothing is said."""
+    if not any(isinstance(message, Mapping) and message.get("images") for message in converted):
+        return converted
+    # Ollama's form (images stay in "images"): Ollama ignores images sent to a model without vision
+    # without a word, so warn when its facts (asked once per model) say so; without facts, say nothing.
     info = provider._facts.get(provider._fact_key(model.name))
     if info is None:
         try:
@@ -3406,12 +3341,13 @@ def _check_vision(provider: "BaseProvider", model: ModelConfig) -> None:
         except ProviderError as exc:
             logger.debug("no facts about %s model %r, so its vision is not checked: %s", provider.title,
                          model.name, exc)
-            return
+            return converted
     if info.vision is False:
         logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent "
-                       "with "
-                       "it. %s", provider.title, model.name, ", ".join(sorted(info.capabilities)) or "none",
-                       provider.title, provider.vision_hint)
+                       "with it. %s", provider.title, model.name,
+                       ", ".join(sorted(info.capabilities)) or "none", provider.title, provider.vision_hint)
+    return converted
+
 
 # --- embeddings ----------------------------------------------------------------
 
@@ -3435,11 +3371,10 @@ def _embedding_inputs(texts: Any, dimensions: Optional[int], batch_size: int) ->
         if not text.strip():
             raise InvalidInputError("texts[%d] is empty; the servers cannot embed an empty text (leave it "
                                     "out)" % index)
-    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
-                                   or dimensions < 1):
-        raise InvalidInputError("dimensions must be a whole number >= 1, got %r" % (dimensions,))
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidInputError("batch_size must be a whole number >= 1, got %r" % (batch_size,))
+    for option, value in (("dimensions", 1 if dimensions is None else dimensions),
+                          ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidInputError("%s must be a whole number >= 1, got %r" % (option, value))
     return list(items)
 
 
@@ -3456,8 +3391,7 @@ def _vectors(vectors: Any) -> List[List[float]]:
 
 def _embed_payload(provider: "BaseProvider", texts: List[str], model: ModelConfig, dimensions: Optional[int],
                    truncate: Optional[bool]) -> Dict[str, Any]:
-    """The body of one embeddings request: the texts, ``dimensions``, ``truncate`` where the server
-    has it, and the model's parameters that apply to embeddings (``keep_alive``/``ttl``, Ollama's options)."""
+    """The body of one embeddings request, with the model's parameters that apply to embeddings."""
     payload: Dict[str, Any] = {"model": model.name, "input": texts}
     if dimensions is not None:
         payload["dimensions"] = dimensions
@@ -3473,8 +3407,7 @@ def _embed_payload(provider: "BaseProvider", texts: List[str], model: ModelConfi
 # --- log-probabilities -------------------------------------------------------------
 
 def _normalize_logprobs(entries: Any) -> List[Dict[str, Any]]:
-    """Token log-probabilities in one form for both servers:
-    ``[{"token": str, "logprob": float, "top_logprobs": [{"token": str, "logprob": float}, ...]}, ...]``."""
+    """Log-probabilities as ``[{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]``."""
     return [{"token": entry["token"], "logprob": entry["logprob"],
              "top_logprobs": [{"token": top["token"], "logprob": top["logprob"]}
                               for top in entry.get("top_logprobs") or ()]}
@@ -3484,10 +3417,8 @@ def _normalize_logprobs(entries: Any) -> List[Dict[str, Any]]:
 def _add_logprobs(state: Any, entries: Any) -> None:
     """Record a streamed event's log-probabilities on the stream state."""
     if entries:
-        if state.logprobs is None:
-            state.logprobs = []
+        state.logprobs = state.logprobs or []
         state.logprobs.extend(_normalize_logprobs(entries))
-
 
 
 def _logprobs_of(provider: "BaseProvider", data: Any) -> Optional[List[Dict[str, Any]]]:

@@ -332,7 +332,7 @@ def test_bad_arguments_are_a_typed_error_keeping_the_raw_text(server, arguments,
     with pytest.raises(lmp.ToolCallError, match=re.escape(why)) as caught:
         provider.chat(ASK, "m", tools=[WEATHER])
     assert caught.value.raw_arguments == arguments and caught.value.tool_name == "get_weather"
-    assert isinstance(caught.value, lmp.ProviderResponseError)
+    assert isinstance(caught.value, lmp.ProviderResponseError) and caught.value.reason == "bad_tool_call"
 
 
 def test_tool_calls_of_another_shape_are_a_clear_error(server):
@@ -340,8 +340,9 @@ def test_tool_calls_of_another_shape_are_a_clear_error(server):
     with pytest.raises(lmp.ProviderResponseError, match="tool calls of an unexpected shape"):
         provider.chat(ASK, "m", tools=[WEATHER])
     provider = lm_studio(server, json_reply(lms_reply([{"id": "1", "function": {"arguments": "{}"}}])))
-    with pytest.raises(lmp.ToolCallError, match="without a function name"):
+    with pytest.raises(lmp.ToolCallError, match="without a function name") as caught:
         provider.chat(ASK, "m", tools=[WEATHER])
+    assert caught.value.reason == "bad_tool_call"
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -413,7 +414,7 @@ def test_a_streamed_call_cut_at_the_token_limit_says_so(server):
     chat = _lms_stream(server, lms_fragments([("c", "get_weather", '{"city": "Pa')], finish_reason="length"))
     with pytest.raises(lmp.ToolCallError, match="cut off at the token limit") as caught:
         list(chat)
-    assert caught.value.raw_arguments == '{"city": "Pa'
+    assert caught.value.raw_arguments == '{"city": "Pa' and caught.value.reason == "bad_tool_call"
 
 
 @pytest.mark.parametrize("cut", [None, 11])
