@@ -164,11 +164,9 @@ class ProviderTimeoutError(ProviderError, TimeoutError):
 
 
 class ProviderResponseError(ProviderError):
-    """The server answered with an error, before or during a stream.
-
-    ``status`` is the HTTP status (``None`` inside a stream or a 200 body), ``server_message`` the
-    server's own words, ``body`` the raw body text when there was one.
-    """
+    """The server answered with an error, before or during a stream: ``status`` is the HTTP status
+    (``None`` inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the
+    raw body text when there was one."""
 
     def __init__(self, message: str, status: Optional[int] = None, server_message: Optional[str] = None,
                  body: Optional[str] = None, *, hint: str = "", reason: str = ""):
@@ -200,11 +198,9 @@ class EmbeddingNotSupportedError(ProviderResponseError):
 
 class ContextLengthError(ProviderResponseError):
     """The prompt does not fit the model's context: the server refused it, or (Ollama) cut it.
-
     ``prompt_tokens`` is the prompt's size (an estimate when ``estimated``), ``context_length`` the
-    context it met (None when the server did not say).  ``result`` holds the ChatResult of a reply
-    the server sent from a truncated prompt (Ollama), else None.
-    """
+    context it met (None when the server did not say); ``result`` the ChatResult of a reply the
+    server sent from a truncated prompt (Ollama), else None."""
 
     def __init__(self, message: str, prompt_tokens: Optional[int] = None,
                  context_length: Optional[int] = None, estimated: bool = False, result: Any = None,
@@ -222,10 +218,8 @@ class InputTooLongError(ContextLengthError):
 
 class UnsupportedEndpointError(ProviderResponseError):
     """The server has no endpoint for this call (HTTP 404): it is too old, or another kind of server.
-
     ``path`` is the endpoint, ``needed`` the server version that has it and ``manual`` the way to do
-    the same by hand (``lms load``, ``ollama pull``...).
-    """
+    the same by hand (``lms load``, ``ollama pull``...)."""
 
     def __init__(self, message: str, path: str = "", needed: str = "", manual: str = "", **kwargs: Any):
         super().__init__(message, **kwargs)
@@ -239,11 +233,8 @@ class DownloadError(ProviderResponseError):
 
 
 class JSONGenerationError(ProviderError):
-    """No JSON object with the required attributes came back after every attempt.
-
-    ``raw_text`` is the model's last reply, ``attempts`` how many were made and ``detail`` what was
-    wrong with the last one.
-    """
+    """No JSON object with the required attributes came back after every attempt: ``raw_text`` is the
+    model's last reply, ``attempts`` how many were made and ``detail`` what was wrong with the last."""
 
     reason = "json_invalid"
 
@@ -274,11 +265,8 @@ class ToolsNotSupportedError(ProviderResponseError):
 
 
 class ToolLoopError(ProviderError):
-    """``run_tools`` ran out of rounds while the model still asked for tools.
-
-    ``messages`` is the conversation so far (its last message holds the calls not run) and
-    ``rounds`` how many rounds of tool calls were run.
-    """
+    """``run_tools`` ran out of rounds while the model still asked for tools: ``messages`` is the
+    conversation so far (its last message holds the calls not run), ``rounds`` how many were run."""
 
     def __init__(self, message: str, messages: Sequence[Mapping[str, Any]] = (), rounds: int = 0):
         super().__init__(message)
@@ -388,16 +376,14 @@ def _scrub(text: str) -> str:
     if not _SECRETS or not isinstance(text, str) or not text:
         return text
     secrets = [(run, runs) for _, run, runs in _SECRETS.values()]
-    merged: List[List[int]] = []
+    out: List[str] = []
+    pos = 0  # the end of the text copied or masked so far
     for begin, end in sorted(_secret_spans(text, secrets)):
-        if merged and begin <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
+        if out and begin <= pos:  # overlaps or touches the last mask: widen it
+            pos = max(pos, end)
         else:
-            merged.append([begin, end])
-    out, pos = [], 0
-    for begin, end in merged:
-        out += [text[pos:begin], _MASK]
-        pos = end
+            out += [text[pos:begin], _MASK]
+            pos = end
     out.append(text[pos:])
     return "".join(out)
 
@@ -413,13 +399,12 @@ def _scrub_value(value: Any) -> Any:
 
 def _leaks(exc: Optional[BaseException]) -> bool:
     """Whether a live token shows in an exception or in the exceptions chained to it."""
-    seen = 0
-    while exc is not None and seen < 20:
-        for text in (str(exc), repr(exc)):
-            if _scrub(text) != text:
-                return True
+    for _ in range(20):
+        if exc is None:
+            return False
+        if any(_scrub(text) != text for text in (str(exc), repr(exc))):
+            return True
         exc = exc.__cause__ or exc.__context__
-        seen += 1
     return False
 
 
@@ -482,12 +467,8 @@ _debug_saved: List[Any] = []  # the level, and our stderr handler if one was add
 
 @contextlib.contextmanager
 def _debugging(on: bool) -> Iterator[None]:
-    """``debug=True`` on a public method: the ``lm_providers`` logger at DEBUG for the call.
-
-    Its records go to your logging handlers if you set any up, else to stderr
-    as ``[lm_providers] ...`` lines (live API tokens masked either way).  Calls
-    on several threads at once share the setting until the last one ends.
-    """
+    """``debug=True`` on a public method: the ``lm_providers`` logger at DEBUG for the call, to your
+    logging handlers, else to stderr as ``[lm_providers] ...`` lines.  Concurrent calls share it."""
     global _debug_calls
     if not on:
         yield
@@ -522,8 +503,7 @@ def _debug_call_running() -> bool:
 
 
 def _debugged(items: Iterator[_T], on: bool) -> Iterator[_T]:
-    """``items`` iterated with the debug output of ``debug=True`` on (for public methods that return
-    an iterator)."""
+    """``items`` iterated inside ``_debugging(on)`` (for public methods that return an iterator)."""
     with _debugging(on):
         yield from items
 
@@ -803,27 +783,25 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
     ``https://``: 443).  ``0.0.0.0`` and ``::`` mean this machine.  Raises InvalidInputError naming
     what is wrong, without repeating a password.
     """
-    provider = canonical_provider(provider)
+    kind = server_kind(provider)
     if not isinstance(host, str):
         raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %s"
-                                % (SERVER_KINDS[provider].example_port, _quote(host, 40)))
+                                % (kind.example_port, _quote(host, 40)))
     shown = _quote(_hide_userinfo(host), 200)
     text = _clean_host_text(host)
-    default_port = SERVER_KINDS[provider].default_port or 80
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "http", text
-        cloud = SERVER_KINDS[provider].cloud_host
-        if cloud and text.lower() == cloud:  # as Ollama reads OLLAMA_HOST=ollama.com
-            scheme, rest = "https", cloud + ":443"
+        if kind.cloud_host and text.lower() == kind.cloud_host:  # as Ollama reads OLLAMA_HOST=ollama.com
+            scheme, rest = "https", kind.cloud_host + ":443"
     scheme = scheme.lower()
     if scheme not in ("http", "https"):
         raise InvalidInputError("host %s: scheme %s is not supported; use http:// or https://"
                                 % (shown, _quote(_hide_userinfo(scheme), 20)))
-    if sep and scheme == "https":
-        default_port = 443  # what a remote or cloud endpoint behind TLS listens on
+    # https:// without a port: what a remote or cloud endpoint behind TLS listens on
+    default_port = 443 if sep and scheme == "https" else kind.default_port or 80
     authority, slash, path = rest.partition("/")
-    prefix = _host_path(path, provider, shown) if slash else ""
+    prefix = _host_path(path, kind.name, shown) if slash else ""
     if "@" in authority:
         raise InvalidInputError("host %s carries a user name or password (shown as ***); hosts with them are "
                                 "not supported: remove 'user:password@', and pass a token as api_key=..."
@@ -1091,8 +1069,7 @@ PARAMETER_MAP: Dict[str, ParameterRow] = {
 del R
 
 _RESERVED_PARAMETERS = ("model", "messages", "stream", "options")
-_EFFORTS = ("low", "medium", "high")
-_OLLAMA_THINK_LEVELS = _EFFORTS + ("max",)  # "max": Ollama's strongest level (ollama/ollama#16877)
+_OLLAMA_THINK_LEVELS = ("low", "medium", "high", "max")  # "max": Ollama's strongest (ollama/ollama#16877)
 _DURATION_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
