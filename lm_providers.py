@@ -85,24 +85,11 @@ else:
 # Errors
 # =============================================================================
 #
-# ProviderError                   every error: .message, .hint (what to do), .reason (a short cause)
-#  +- InvalidInputError            bad input, found before anything was sent (also a ValueError)
-#  |   +- ModelURIError            a model URI that does not parse
-#  +- ConfigError                  a config file that cannot be read or makes no sense (also a ValueError)
-#  +- ProviderConnectionError      the server could not be reached (also a ConnectionError)
-#  +- ProviderTimeoutError         a connect or read timeout ran out (also a TimeoutError)
-#  +- ProviderResponseError        the server answered with an error: .status, .server_message, .body
-#  |   +- ModelNotFoundError       .model, .host, .suggestions (also a LookupError)
-#  |   +- AuthenticationError
-#  |   +- EmbeddingNotSupportedError
-#  |   +- ContextLengthError       .prompt_tokens, .context_length, .estimated, .result
-#  |   |   +- InputTooLongError    an input to embed
-#  |   +- UnsupportedEndpointError .path, .needed, .manual
-#  |   +- DownloadError
-#  |   +- ToolCallError            .tool_name, .raw_arguments
-#  |   +- ToolsNotSupportedError   .model
-#  +- JSONGenerationError          .raw_text, .attempts
-#  +- ToolLoopError                .messages, .rounds
+# ProviderError (.message, .hint, .reason) > InvalidInputError (> ModelURIError), ConfigError (both
+# ValueErrors), ProviderConnectionError, ProviderTimeoutError, JSONGenerationError, ToolLoopError and
+# ProviderResponseError (.status, .server_message, .body) > ModelNotFoundError, AuthenticationError,
+# EmbeddingNotSupportedError, ContextLengthError (> InputTooLongError), UnsupportedEndpointError,
+# DownloadError, ToolCallError, ToolsNotSupportedError.
 
 class ProviderError(Exception):
     """Base class of every error raised by lm_providers.
@@ -534,8 +521,7 @@ class ServerKind(NamedTuple):
     auth_hint: str
     wrong_server_hint: str
     download_hint: str
-    #: What a path in a host means: "refused", "proxy" (kept: a reverse proxy's prefix) or "base_url" (an
-    #: OpenAI base URL, with or without its /v1).
+    #: A path in a host: "refused", "proxy" (a reverse proxy's prefix, kept) or "base_url" (/v1 optional)
     host_path: str = "refused"
     cloud_host: str = ""        # a bare host name that means the kind's cloud, over https (ollama.com)
     options_dict: bool = False  # sampling parameters go in an "options" object (Ollama's native API)
@@ -814,18 +800,17 @@ def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Co
     """Return the base URL to use: ``host``, else the config file's, else the environment's
     (``OLLAMA_HOST`` / ``LM_STUDIO_HOST`` / ``OPENAI_BASE_URL``), else the server's default (``openai``
     has none: InvalidInputError).  A blank value (also ``""`` in quotes) counts as not given."""
-    provider = canonical_provider(provider)
-    for candidate in (host, config.host_for(provider) if config is not None else None,
-                      os.environ.get(SERVER_KINDS[provider].host_env)):
+    kind = server_kind(provider)
+    for candidate in (host, config.host_for(kind.name) if config is not None else None,
+                      os.environ.get(kind.host_env)):
         if candidate is not None and _clean_host_text(str(candidate)):
-            return normalize_host(str(candidate), provider)
-    default_port = SERVER_KINDS[provider].default_port
-    if default_port is None:
+            return normalize_host(str(candidate), kind.name)
+    if kind.default_port is None:
         raise InvalidInputError(
             "openai:// models need a host, and none was given: put it in the URI (openai://MODEL@HOST, e.g. "
             "openai://my-model@http://127.0.0.1:8000/v1), set openai_host in config.yaml, or set "
             "OPENAI_BASE_URL (e.g. OPENAI_BASE_URL=https://gpu.example.com/v1)")
-    return "http://127.0.0.1:%d" % default_port
+    return "http://127.0.0.1:%d" % kind.default_port
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
@@ -855,9 +840,8 @@ def _percent_decode(text: str) -> str:
 def parse_model_uri(uri: str) -> ModelConfig:
     """Parse ``provider://model_name@host:port?param=value&...`` into a ModelConfig.
 
-    Only a trailing ``@host[:port]`` is a host, so names such as ``qwen/qwen3-8b@q4_k_m`` or
-    ``hf.co/org/repo:Q4_K_M`` stay whole.  Query values are percent-decoded and typed.  Raises
-    ModelURIError.
+    Only a trailing ``@host[:port]`` is a host, so ``qwen/qwen3-8b@q4_k_m`` or ``hf.co/org/repo:Q4_K_M``
+    stay whole.  Query values are percent-decoded and typed.  Raises ModelURIError.
     """
     if not isinstance(uri, str):
         raise ModelURIError("a model URI must be a string like %s, got %s" % (_URI_EXAMPLE, _quote(uri, 80)))
