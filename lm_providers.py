@@ -103,38 +103,20 @@ else:
 # Errors
 # =============================================================================
 #
-# ProviderError                   every error: .message, .hint (what to do), .reason (a short cause)
-#  +- InvalidInputError            bad input, found before anything was sent (also a ValueError)
-#  |   +- ModelURIError            a model URI that does not parse
-#  +- ConfigError                  a config file that cannot be read or makes no sense (also a ValueError)
-#  +- ProviderConnectionError      the server could not be reached (also a ConnectionError)
-#  +- ProviderTimeoutError         a connect or read timeout ran out (also a TimeoutError)
-#  +- ProviderResponseError        the server answered with an error: .status, .server_message, .body
-#  |   +- ModelNotFoundError       .model, .host, .suggestions (also a LookupError)
-#  |   +- AuthenticationError
-#  |   +- EmbeddingNotSupportedError
-#  |   +- ContextLengthError       .prompt_tokens, .context_length, .estimated, .result
-#  |   |   +- InputTooLongError    an input to embed
-#  |   +- UnsupportedEndpointError .path, .needed, .manual
-#  |   +- DownloadError
-#  |   +- ToolCallError            .tool_name, .raw_arguments
-#  |   +- ToolsNotSupportedError   .model
-#  +- JSONGenerationError          .raw_text, .attempts
-#  +- ToolLoopError                .messages, .rounds
+# ProviderError (.message, .hint, .reason) > InvalidInputError (> ModelURIError), ConfigError (both
+# ValueErrors), ProviderConnectionError, ProviderTimeoutError, JSONGenerationError, ToolLoopError and
+# ProviderResponseError (.status, .server_message, .body) > ModelNotFoundError, AuthenticationError,
+# EmbeddingNotSupportedError, ContextLengthError (> InputTooLongError), UnsupportedEndpointError,
+# DownloadError, ToolCallError, ToolsNotSupportedError.
 
 class ProviderError(Exception):
     """Base class of every error raised by lm_providers.
 
-    ``message`` says what went wrong, ``hint`` what to do about it (one
-    sentence; empty when there is nothing to add) and ``reason`` the cause as
-    a short machine-readable word (``connection_refused``, ``timeout``,
-    ``model_not_found``, ``context_length``, ``endpoint_missing``, ``auth``,
-    ...; empty when no more specific than the class).  ``str(error)`` is the
-    message followed by the hint.
-
-    No live API token ever shows in one: its message, ``args``, ``repr`` and
-    string attributes (``body``, ``server_message``, ...) are scrubbed when
-    set and again when shown, whatever built the message.
+    ``message`` says what went wrong, ``hint`` what to do about it (one sentence, may be empty) and
+    ``reason`` the cause as a short machine-readable word (``connection_refused``, ``timeout``,
+    ``model_not_found``, ``auth``, ...; empty when no more specific than the class).  ``str(error)`` is
+    the message followed by the hint.  No live API token ever shows in one: its message, ``args``,
+    ``repr`` and string attributes are scrubbed when set and again when shown.
     """
 
     hint = ""
@@ -156,8 +138,7 @@ class ProviderError(Exception):
         return _scrub(super().__str__())
 
     def __str__(self) -> str:
-        message = self.message
-        return " ".join(part for part in (message, self.hint) if part)
+        return " ".join(part for part in (self.message, self.hint) if part)
 
     def __repr__(self) -> str:
         return _scrub(super().__repr__())
@@ -166,17 +147,17 @@ class ProviderError(Exception):
 class InvalidInputError(ProviderError, ValueError):
     """Bad input from the caller, found before any request was sent."""
 
+    reason = "invalid_input"
+
 
 class ModelURIError(InvalidInputError):
-    """A model URI that cannot be parsed.
-
-    The message quotes the URI, names the part that is wrong and shows what a
-    good URI looks like.
-    """
+    """A model URI that cannot be parsed: the message quotes it, names the wrong part and shows a good one."""
 
 
 class ConfigError(ProviderError, ValueError):
     """A config file that cannot be read or holds a value that makes no sense."""
+
+    reason = "config"
 
 
 class ProviderConnectionError(ProviderError, ConnectionError):
@@ -188,16 +169,12 @@ class ProviderTimeoutError(ProviderError, TimeoutError):
 
 
 class ProviderResponseError(ProviderError):
-    """The server answered with an error, before or during a stream.
+    """The server answered with an error, before or during a stream: ``status`` is the HTTP status
+    (``None`` inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the
+    raw body text when there was one."""
 
-    ``status`` is the HTTP status (``None`` when the error came inside a stream
-    or a 200 body), ``server_message`` the server's own words, ``body`` the raw
-    body text when there was one.
-    """
-
-    def __init__(self, message: str, status: Optional[int] = None,
-                 server_message: Optional[str] = None, body: Optional[str] = None, *, hint: str = "",
-                 reason: str = ""):
+    def __init__(self, message: str, status: Optional[int] = None, server_message: Optional[str] = None,
+                 body: Optional[str] = None, *, hint: str = "", reason: str = ""):
         super().__init__(message, hint=hint, reason=reason)
         self.status = status
         self.server_message = server_message
@@ -220,19 +197,15 @@ class AuthenticationError(ProviderResponseError):
 
 
 class EmbeddingNotSupportedError(ProviderResponseError):
-    """The server or the model cannot embed text: a chat-only model on LM Studio, or a
-    llama.cpp server started without ``--embeddings`` (or with pooling ``none``)."""
+    """The server or model cannot embed: a chat-only model on LM Studio, or llama.cpp started without
+    ``--embeddings`` (or with pooling ``none``)."""
 
 
 class ContextLengthError(ProviderResponseError):
     """The prompt does not fit the model's context: the server refused it, or (Ollama) cut it.
-
-    ``prompt_tokens`` is the prompt's size (the server's count, or an estimate
-    when ``estimated`` is true), ``context_length`` the context it met (None
-    when the server did not say), and the message names the one thing to
-    change.  ``result`` holds the ChatResult of a reply the server did send
-    from a truncated prompt (Ollama), else None.
-    """
+    ``prompt_tokens`` is the prompt's size (an estimate when ``estimated``), ``context_length`` the
+    context it met (None when the server did not say); ``result`` the ChatResult of a reply the
+    server sent from a truncated prompt (Ollama), else None."""
 
     def __init__(self, message: str, prompt_tokens: Optional[int] = None,
                  context_length: Optional[int] = None, estimated: bool = False, result: Any = None,
@@ -245,19 +218,13 @@ class ContextLengthError(ProviderResponseError):
 
 
 class InputTooLongError(ContextLengthError):
-    """An input to embed is longer than the model can take at once (its context, or llama.cpp's batch size).
-
-    A ContextLengthError, so one ``except`` catches a prompt or a text that does not fit;
-    ``prompt_tokens`` and ``context_length`` are filled when the server gives them.
-    """
+    """An input to embed is longer than the model takes at once (its context, or llama.cpp's batch size)."""
 
 
 class UnsupportedEndpointError(ProviderResponseError):
     """The server has no endpoint for this call (HTTP 404): it is too old, or another kind of server.
-
-    ``path`` is the endpoint, ``needed`` the server version that has it and
-    ``manual`` the way to do the same by hand (``lms load``, ``ollama pull``...).
-    """
+    ``path`` is the endpoint, ``needed`` the server version that has it and ``manual`` the way to do
+    the same by hand (``lms load``, ``ollama pull``...)."""
 
     def __init__(self, message: str, path: str = "", needed: str = "", manual: str = "", **kwargs: Any):
         super().__init__(message, **kwargs)
@@ -271,26 +238,22 @@ class DownloadError(ProviderResponseError):
 
 
 class JSONGenerationError(ProviderError):
-    """No JSON object with the required attributes came back after every attempt.
+    """No JSON object with the required attributes came back after every attempt: ``raw_text`` is the
+    model's last reply, ``attempts`` how many were made and ``detail`` what was wrong with the last."""
 
-    ``raw_text`` is the model's last reply, ``attempts`` how many were made and
-    ``reason`` what was wrong with the last one.
-    """
+    reason = "json_invalid"
 
-    def __init__(self, message: str, raw_text: str = "", attempts: int = 0, reason: str = ""):
+    def __init__(self, message: str, raw_text: str = "", attempts: int = 0, detail: str = ""):
         super().__init__(message)
         self.raw_text = raw_text
         self.attempts = attempts
-        self.reason = reason
+        self.detail = detail
 
 
 class ToolCallError(ProviderResponseError):
-    """The model asked for a tool call that cannot be used: its arguments are not a JSON
-    object (often a reply cut off at the token limit), or it names no function.
-
-    ``tool_name`` is the function the model named, ``raw_arguments`` the arguments text
-    exactly as the server sent it (assembled from the stream's pieces).
-    """
+    """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at
+    the token limit), or it names no function.  ``tool_name`` is the function named, ``raw_arguments``
+    the arguments exactly as the server sent them."""
 
     def __init__(self, message: str, tool_name: str = "", raw_arguments: str = "", **kwargs: Any):
         super().__init__(message, **kwargs)
@@ -307,11 +270,8 @@ class ToolsNotSupportedError(ProviderResponseError):
 
 
 class ToolLoopError(ProviderError):
-    """``run_tools`` ran out of rounds while the model still asked for tools.
-
-    ``messages`` is the conversation so far (its last message holds the calls
-    that were not run) and ``rounds`` how many rounds of tool calls were run.
-    """
+    """``run_tools`` ran out of rounds while the model still asked for tools: ``messages`` is the
+    conversation so far (its last message holds the calls not run), ``rounds`` how many were run."""
 
     def __init__(self, message: str, messages: Sequence[Mapping[str, Any]] = (), rounds: int = 0):
         super().__init__(message)
@@ -421,16 +381,14 @@ def _scrub(text: str) -> str:
     if not _SECRETS or not isinstance(text, str) or not text:
         return text
     secrets = [(run, runs) for _, run, runs in _SECRETS.values()]
-    merged: List[List[int]] = []
+    out: List[str] = []
+    pos = 0  # the end of the text copied or masked so far
     for begin, end in sorted(_secret_spans(text, secrets)):
-        if merged and begin <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
+        if out and begin <= pos:  # overlaps or touches the last mask: widen it
+            pos = max(pos, end)
         else:
-            merged.append([begin, end])
-    out, pos = [], 0
-    for begin, end in merged:
-        out += [text[pos:begin], _MASK]
-        pos = end
+            out += [text[pos:begin], _MASK]
+            pos = end
     out.append(text[pos:])
     return "".join(out)
 
@@ -446,13 +404,12 @@ def _scrub_value(value: Any) -> Any:
 
 def _leaks(exc: Optional[BaseException]) -> bool:
     """Whether a live token shows in an exception or in the exceptions chained to it."""
-    seen = 0
-    while exc is not None and seen < 20:
-        for text in (str(exc), repr(exc)):
-            if _scrub(text) != text:
-                return True
+    for _ in range(20):
+        if exc is None:
+            return False
+        if any(_scrub(text) != text for text in (str(exc), repr(exc))):
+            return True
         exc = exc.__cause__ or exc.__context__
-        seen += 1
     return False
 
 
@@ -515,12 +472,8 @@ _debug_saved: List[Any] = []  # the level, and our stderr handler if one was add
 
 @contextlib.contextmanager
 def _debugging(on: bool) -> Iterator[None]:
-    """``debug=True`` on a public method: the ``lm_providers`` logger at DEBUG for the call.
-
-    Its records go to your logging handlers if you set any up, else to stderr
-    as ``[lm_providers] ...`` lines (live API tokens masked either way).  Calls
-    on several threads at once share the setting until the last one ends.
-    """
+    """``debug=True`` on a public method: the ``lm_providers`` logger at DEBUG for the call, to your
+    logging handlers, else to stderr as ``[lm_providers] ...`` lines.  Concurrent calls share it."""
     global _debug_calls
     if not on:
         yield
@@ -555,8 +508,7 @@ def _debug_call_running() -> bool:
 
 
 def _debugged(items: Iterator[_T], on: bool) -> Iterator[_T]:
-    """``items`` iterated with the debug output of ``debug=True`` on (for public methods that return
-    an iterator)."""
+    """``items`` iterated inside ``_debugging(on)`` (for public methods that return an iterator)."""
     with _debugging(on):
         yield from items
 
@@ -568,29 +520,26 @@ def _debugged(items: Iterator[_T], on: bool) -> Iterator[_T]:
 class ServerKind(NamedTuple):
     """One kind of server: everything the module knows about it that is not code.
 
-    URIs, hosts, config, providers, messages and the command line all read
-    this table; adding a kind is one row here plus a provider subclass.
-    ``default_port`` is None for a kind with no common port (``openai``: a host
-    is required).  ``download_hint`` may name ``{model}`` and ``{host}``.
+    URIs, hosts, config, providers, messages and the command line all read this table; adding a kind
+    is one row here plus a provider subclass.  ``download_hint`` may name ``{model}`` and ``{host}``.
     """
 
-    name: str                 # the canonical spelling, the URI scheme
-    title: str                # how messages name it
-    aliases: Tuple[str, ...]  # other accepted spellings of the scheme
-    default_port: Optional[int]
-    example_port: int         # for examples in messages
-    host_env: str             # the environment variable with the host
-    key_env: str              # the environment variable with the API token
-    config_key: str           # the host's key in config.yaml
+    name: str                    # the canonical spelling, the URI scheme
+    title: str                   # how messages name it
+    aliases: Tuple[str, ...]     # other accepted spellings of the scheme
+    default_port: Optional[int]  # None: no common port (openai: a host is required)
+    example_port: int            # for examples in messages
+    host_env: str                # the environment variable with the host
+    key_env: str                 # the environment variable with the API token
+    config_key: str              # the host's key in config.yaml
     chat_path: str
     models_path: str
-    framing: str              # "sse" or "ndjson"
+    framing: str                 # "sse" or "ndjson"
     start_hint: str
     auth_hint: str
     wrong_server_hint: str
     download_hint: str
-    #: What a path in a host means: "refused", "proxy" (kept: a reverse proxy's prefix) or "base_url" (an
-    #: OpenAI base URL, with or without its /v1).
+    #: A path in a host: "refused", "proxy" (a reverse proxy's prefix, kept) or "base_url" (/v1 optional)
     host_path: str = "refused"
     cloud_host: str = ""        # a bare host name that means the kind's cloud, over https (ollama.com)
     options_dict: bool = False  # sampling parameters go in an "options" object (Ollama's native API)
@@ -607,15 +556,12 @@ SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
         "lm_studio", "LM Studio", ("lmstudio", "lm-studio"), 1234, 1234, "LM_STUDIO_HOST", "LM_API_TOKEN",
         "lm_studio_host", "/v1/chat/completions", "/v1/models", "sse",
         start_hint=("Start LM Studio's server: in the LM Studio app open the Developer tab and click Start "
-                    "Server, "
-                    "or run  lms server start  (default port 1234)."),
+                    "Server, or run  lms server start  (default port 1234)."),
         auth_hint=("The server requires an API token: pass api_key=... or set LM_API_TOKEN; check the token "
-                   "in "
-                   "LM Studio's Developer tab > Server Settings."),
+                   "in LM Studio's Developer tab > Server Settings."),
         wrong_server_hint="LM Studio listens on port 1234 by default; Ollama (11434) needs ollama:// URIs.",
         download_hint=("Download it in LM Studio (or  lms get {model}), load it (lms load {model}), and "
-                       "check the "
-                       "exact id with  lms ls  (ids are case-sensitive)."),
+                       "check the exact id with  lms ls  (ids are case-sensitive)."),
         # LM Studio rejects json_object: "any object" is a json_schema there
         any_object_format={"type": "json_schema", "json_schema": {
             "name": "response", "strict": True, "schema": {"type": "object"}}},
@@ -625,31 +571,26 @@ SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
     ServerKind(
         "ollama", "Ollama", (), 11434, 11434, "OLLAMA_HOST", "OLLAMA_API_KEY", "ollama_host",
         "/api/chat", "/api/tags", "ndjson",
-        start_hint="Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by "
-                   "default.",
+        start_hint=("Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by "
+                    "default."),
         auth_hint=("The server wants an API key (Ollama's cloud, or a proxy in front of Ollama): pass "
-                   "api_key=... "
-                   "or set OLLAMA_API_KEY."),
+                   "api_key=... or set OLLAMA_API_KEY."),
         wrong_server_hint=("Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// "
                            "URIs."),
         download_hint="Download it with  ollama pull {model}  and see what is installed with  ollama list.",
         host_path="proxy", cloud_host="ollama.com", options_dict=True),
     ServerKind(
         "openai", "OpenAI-compatible server", (), None, 8000, "OPENAI_BASE_URL", "OPENAI_API_KEY",
-        "openai_host",
-        "/v1/chat/completions", "/v1/models", "sse",
+        "openai_host", "/v1/chat/completions", "/v1/models", "sse",
         start_hint=("Check that the server runs and that the host is its base URL, e.g. "
-                    "http://127.0.0.1:8080 for "
-                    "llama-server, http://127.0.0.1:8000/v1 for vLLM, http://127.0.0.1:4000 for a LiteLLM "
-                    "proxy."),
+                    "http://127.0.0.1:8080 for llama-server, http://127.0.0.1:8000/v1 for vLLM, "
+                    "http://127.0.0.1:4000 for a LiteLLM proxy."),
         auth_hint=("The server requires an API key: pass api_key=... or set OPENAI_API_KEY (a LiteLLM proxy "
-                   "takes "
-                   "one of its keys, vLLM the value of its --api-key)."),
+                   "takes one of its keys, vLLM the value of its --api-key)."),
         wrong_server_hint=("The host must be the server's OpenAI base URL (requests go to "
                            "<base>/v1/chat/completions); Ollama's native API needs ollama:// URIs."),
         download_hint=("Check the exact id in the server's list (python -m lm_providers models --provider "
-                       "openai "
-                       "--host {host}; ids are case-sensitive): vLLM serves the names given by "
+                       "openai --host {host}; ids are case-sensitive): vLLM serves the names given by "
                        "--served-model-name, a LiteLLM proxy the model_name entries of its config."),
         host_path="base_url", any_object_format={"type": "json_object"}),
 )}
@@ -686,9 +627,8 @@ _URI_EXAMPLE = ("lm_studio://qwen2.5-7b-instruct@127.0.0.1:1234?temperature=0.7 
 class ModelConfig:
     """A model on a server: its name, which server kind, an optional host and its parameters.
 
-    ``host`` is kept as written (``None`` means: resolve from config, environment,
-    then default).  ``parameters`` are sent with every request for this model,
-    translated for the target server by ``map_parameters``.
+    ``host`` is kept as written (``None``: resolve from config, environment, then default).
+    ``parameters`` go with every request for this model, translated by ``map_parameters``.
     """
 
     __slots__ = ("name", "provider", "host", "parameters")
@@ -714,9 +654,7 @@ class ModelConfig:
 
     def with_parameters(self, **parameters: Any) -> "ModelConfig":
         """Return a copy with ``parameters`` added to (or replacing) this model's own."""
-        merged = dict(self.parameters)
-        merged.update(parameters)
-        return ModelConfig(self.name, self.provider, self.host, merged)
+        return ModelConfig(self.name, self.provider, self.host, {**self.parameters, **parameters})
 
 
 _PORT_RE = re.compile(r"[0-9]+\Z")
@@ -741,13 +679,8 @@ def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
 
 
 def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
-    """Whether the text after a model name's last '@' is a host rather than part of the name.
-
-    It is a host when it has a scheme, a numeric port, or is an IP address,
-    ``localhost`` or a dotted DNS name; LM Studio variant keys such as
-    ``q4_k_m`` or ``8bit`` are none of these.  For ``openai`` a path after
-    the host (``gpu.example.com/vllm/v1``) does not count against it.
-    """
+    """Whether the text after a model name's last '@' is a host (a scheme, a numeric port, an IP address,
+    ``localhost`` or a dotted name) rather than an LM Studio variant such as ``q4_k_m`` or ``8bit``."""
     if "://" in tail:
         return True
     if SERVER_KINDS[provider].host_path == "base_url":
@@ -769,9 +702,8 @@ _PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+\Z")
 
 
 def _clean_host_text(text: str) -> str:
-    """``text`` without surrounding white space and one pair of matching quotes around it, as Ollama
-    reads OLLAMA_HOST (docker-compose lists and ``.env`` files keep the quotes:
-    ``OLLAMA_HOST="127.0.0.1:11434"``)."""
+    """``text`` without surrounding white space and one pair of quotes, as Ollama reads OLLAMA_HOST
+    (docker-compose lists and ``.env`` files keep them: ``OLLAMA_HOST="127.0.0.1:11434"``)."""
     text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
@@ -790,9 +722,7 @@ def _hide_userinfo(text: str) -> str:
 
 
 def _host_path(path: str, provider: str, shown: str) -> str:
-    """The path prefix to keep from a host's path: none for ``/`` or ``/v1``; an ``openai://`` base URL
-    keeps its prefix (``_openai_path_prefix``), Ollama (behind a proxy, as Ollama itself allows) any
-    other path; LM Studio refuses one."""
+    """The path prefix to keep from a host's path, per the kind's ``host_path``; none for ``/`` or ``/v1``."""
     kind = SERVER_KINDS[provider]
     if kind.host_path == "base_url":
         return _openai_path_prefix(path, shown)
@@ -811,12 +741,8 @@ def _host_path(path: str, provider: str, shown: str) -> str:
 
 
 def _openai_path_prefix(path: str, shown: str) -> str:
-    """The path prefix an ``openai://`` host keeps in its base URL, without a trailing ``/v1``.
-
-    A base URL is written as OpenAI's clients take it, ending in ``/v1`` or
-    not: ``https://gpu.example.com/vllm/v1`` and ``https://gpu.example.com/vllm``
-    both give the prefix ``/vllm``, and requests go to ``/vllm/v1/chat/completions``.
-    """
+    """The prefix of an ``openai://`` base URL without its ``/v1``: ``https://gpu.example.com/vllm/v1``
+    and ``.../vllm`` both give ``/vllm`` (requests go to ``/vllm/v1/chat/completions``)."""
     segments = [segment for segment in path.split("/") if segment]
     if segments and segments[-1] == "v1":
         segments.pop()
@@ -845,10 +771,7 @@ def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
         raise InvalidInputError("host %s has a bad port %s: use a number from 1 to 65535, for example '%s:%d'"
                                 % (shown, _quote(port, 20), (name or "127.0.0.1")[:100], default_port))
     name = name.strip().lower() or "127.0.0.1"
-    if name == "0.0.0.0":
-        name = "127.0.0.1"
-    elif name == "::":
-        name = "::1"
+    name = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(name, name)  # bind addresses mean this machine
     if any(c.isspace() for c in name) or any(c in name for c in "?#%\\\"'"):
         raise InvalidInputError("host %s has characters a host name cannot have" % shown)
     return ("[%s]" % name if ":" in name else name), port_number
@@ -857,38 +780,32 @@ def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
 def normalize_host(host: str, provider: str = "lm_studio") -> str:
     """Turn a host in any accepted form into a base URL such as ``http://127.0.0.1:1234``.
 
-    Accepted: what Ollama accepts in OLLAMA_HOST: ``host``, ``host:port``,
-    ``:port``, ``http://host:port``, ``https://host:port``, ``[::1]:port`` and
-    bare IPv6, with surrounding white space and one pair of quotes, and an
-    optional trailing ``/`` or ``/v1``; for Ollama also a path prefix
-    (``https://example.com/ollama``) and ``ollama.com`` (its cloud); for
-    ``openai`` a path prefix (see ``_openai_path_prefix``).  A host without a
-    port gets its server's default port (``openai``: 80), except
-    ``https://host``: 443.  ``0.0.0.0`` and ``::`` (bind addresses) mean this
-    machine.  Raises InvalidInputError naming what is wrong; a password in the
-    host is not repeated.
+    Accepted: what Ollama accepts in OLLAMA_HOST (``host``, ``host:port``, ``:port``, ``http://`` or
+    ``https://host:port``, ``[::1]:port``, bare IPv6; white space and one pair of quotes around it),
+    with an optional trailing ``/`` or ``/v1``; for Ollama also a path prefix and ``ollama.com`` (its
+    cloud), for ``openai`` a base URL's path.  Without a port: the server's default (``openai``: 80;
+    ``https://``: 443).  ``0.0.0.0`` and ``::`` mean this machine.  Raises InvalidInputError naming
+    what is wrong, without repeating a password.
     """
-    provider = canonical_provider(provider)
+    kind = server_kind(provider)
     if not isinstance(host, str):
         raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %s"
-                                % (SERVER_KINDS[provider].example_port, _quote(host, 40)))
+                                % (kind.example_port, _quote(host, 40)))
     shown = _quote(_hide_userinfo(host), 200)
     text = _clean_host_text(host)
-    default_port = SERVER_KINDS[provider].default_port or 80
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "http", text
-        cloud = SERVER_KINDS[provider].cloud_host
-        if cloud and text.lower() == cloud:  # as Ollama reads OLLAMA_HOST=ollama.com
-            scheme, rest = "https", cloud + ":443"
+        if kind.cloud_host and text.lower() == kind.cloud_host:  # as Ollama reads OLLAMA_HOST=ollama.com
+            scheme, rest = "https", kind.cloud_host + ":443"
     scheme = scheme.lower()
     if scheme not in ("http", "https"):
         raise InvalidInputError("host %s: scheme %s is not supported; use http:// or https://"
                                 % (shown, _quote(_hide_userinfo(scheme), 20)))
-    if sep and scheme == "https":
-        default_port = 443  # what a remote or cloud endpoint behind TLS listens on
+    # https:// without a port: what a remote or cloud endpoint behind TLS listens on
+    default_port = 443 if sep and scheme == "https" else kind.default_port or 80
     authority, slash, path = rest.partition("/")
-    prefix = _host_path(path, provider, shown) if slash else ""
+    prefix = _host_path(path, kind.name, shown) if slash else ""
     if "@" in authority:
         raise InvalidInputError("host %s carries a user name or password (shown as ***); hosts with them are "
                                 "not supported: remove 'user:password@', and pass a token as api_key=..."
@@ -898,28 +815,26 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
 
 
 def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Config"] = None) -> str:
-    """Return the base URL to use: ``host`` if given, else the config file's, else the
-    environment's (``OLLAMA_HOST`` / ``LM_STUDIO_HOST`` / ``OPENAI_BASE_URL``), else the
-    server's default.  ``openai`` has no default: without a host it raises InvalidInputError.
-    A blank value (also ``""`` in quotes) counts as not given."""
-    provider = canonical_provider(provider)
-    for candidate in (host, config.host_for(provider) if config is not None else None,
-                      os.environ.get(SERVER_KINDS[provider].host_env)):
+    """Return the base URL to use: ``host``, else the config file's, else the environment's
+    (``OLLAMA_HOST`` / ``LM_STUDIO_HOST`` / ``OPENAI_BASE_URL``), else the server's default (``openai``
+    has none: InvalidInputError).  A blank value (also ``""`` in quotes) counts as not given."""
+    kind = server_kind(provider)
+    for candidate in (host, config.host_for(kind.name) if config is not None else None,
+                      os.environ.get(kind.host_env)):
         if candidate is not None and _clean_host_text(str(candidate)):
-            return normalize_host(str(candidate), provider)
-    default_port = SERVER_KINDS[provider].default_port
-    if default_port is None:
+            return normalize_host(str(candidate), kind.name)
+    if kind.default_port is None:
         raise InvalidInputError(
             "openai:// models need a host, and none was given: put it in the URI (openai://MODEL@HOST, e.g. "
             "openai://my-model@http://127.0.0.1:8000/v1), set openai_host in config.yaml, or set "
-            "OPENAI_BASE_URL "
-            "(e.g. OPENAI_BASE_URL=https://gpu.example.com/v1)")
-    return "http://127.0.0.1:%d" % default_port
+            "OPENAI_BASE_URL (e.g. OPENAI_BASE_URL=https://gpu.example.com/v1)")
+    return "http://127.0.0.1:%d" % kind.default_port
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _FLOAT_RE = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?\Z")
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+_JSON_WORDS = {"true": True, "false": False, "null": None}
 
 
 def _parse_query_value(text: str) -> Any:
@@ -928,8 +843,8 @@ def _parse_query_value(text: str) -> Any:
         return int(text)
     if _FLOAT_RE.match(text):
         return float(text)
-    if text in ("true", "false", "null"):
-        return {"true": True, "false": False, "null": None}[text]
+    if text in _JSON_WORDS:
+        return _JSON_WORDS[text]
     if text[:1] in ("[", "{", '"'):
         return json.loads(text)  # ValueError is reported by the caller
     return text
@@ -943,9 +858,8 @@ def _percent_decode(text: str) -> str:
 def parse_model_uri(uri: str) -> ModelConfig:
     """Parse ``provider://model_name@host:port?param=value&...`` into a ModelConfig.
 
-    Only a trailing ``@host[:port]`` is a host (see ``_looks_like_host``), so
-    names such as ``qwen/qwen3-8b@q4_k_m`` or ``hf.co/org/repo:Q4_K_M`` stay
-    whole.  Query values are percent-decoded and typed.  Raises ModelURIError.
+    Only a trailing ``@host[:port]`` is a host, so ``qwen/qwen3-8b@q4_k_m`` or ``hf.co/org/repo:Q4_K_M``
+    stay whole.  Query values are percent-decoded and typed.  Raises ModelURIError.
     """
     if not isinstance(uri, str):
         raise ModelURIError("a model URI must be a string like %s, got %s" % (_URI_EXAMPLE, _quote(uri, 80)))
@@ -958,10 +872,10 @@ def parse_model_uri(uri: str) -> ModelConfig:
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise bad("it does not start with a provider such as 'lm_studio://' or 'ollama://'")
-    if scheme.strip().lower() not in PROVIDER_NAMES:
+    provider = PROVIDER_NAMES.get(scheme.strip().lower(), "")
+    if not provider:
         raise bad("unknown provider %s (use lm_studio, lmstudio, lm-studio, ollama or openai)"
                   % _quote(scheme, 40))
-    provider = PROVIDER_NAMES[scheme.strip().lower()]
 
     rest, qmark, query = rest.partition("?")
     name, host = rest, None
@@ -1021,33 +935,22 @@ def _refuse_parameters_without_provider(name: str, provider: str) -> None:
     if "?" in name:
         bare, _, query = name.partition("?")
         raise InvalidInputError("%r is a model name with parameters but no provider; parameters need the URI "
-                                "form, "
-                                "e.g. %s://%s?%s" % (name, provider, bare, query))
+                                "form, e.g. %s://%s?%s" % (name, provider, bare, query))
 
 
 def _escape(text: str, chars: str) -> str:
     """Percent-encode the ASCII characters in ``chars`` and every whitespace or control character."""
-    out = []
-    for ch in text:
-        if ch in chars or ch.isspace() or ord(ch) < 32 or ord(ch) == 127:
-            out.append("".join("%%%02X" % b for b in ch.encode("utf-8")))
-        else:
-            out.append(ch)
-    return "".join(out)
+    unsafe = "[%s\\s\\x00-\\x1f\\x7f]" % re.escape(chars)
+    return re.sub(unsafe, lambda match: "".join("%%%02X" % b for b in match.group().encode("utf-8")), text)
 
 
 def _format_query_value(key: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidInputError("parameter %r=%r cannot be written in a URI (not a finite number)"
-                                    % (key, value))
-        return repr(value)
+    """``value`` as the query text that ``_parse_query_value`` reads back as it."""
+    if isinstance(value, float) and (value != value or abs(value) == float("inf")):
+        raise InvalidInputError("parameter %r=%r cannot be written in a URI (not a finite number)"
+                                % (key, value))
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
     if isinstance(value, str):
         try:
             if _parse_query_value(value) == value and type(_parse_query_value(value)) is str:
@@ -1098,24 +1001,17 @@ def format_model_uri(config: ModelConfig) -> str:
 _SAME_AS_LM_STUDIO = "<same as lm_studio>"
 
 
-class _Row(NamedTuple):
-    lm_studio: Optional[str]  # the OpenAI-style field name on LM Studio, or None
-    ollama: Optional[str]     # the Ollama field name, or None
-    ollama_place: str         # "options" or "top" (a top-level request field)
-    kind: str                 # the accepted value type
-    priority: int             # when two parameters land on one field, the higher one wins
-    openai: Optional[str]     # the field on openai:// servers (OpenAI's names), or None
+_Row = NamedTuple("_Row", [("lm_studio", Optional[str]), ("ollama", Optional[str]), ("ollama_place", str),
+                           ("kind", str), ("priority", int), ("openai", Optional[str])])
 
 
 class ParameterRow(_Row):
     """One row of PARAMETER_MAP: where a parameter goes on each server.
 
-    ``lm_studio``: the OpenAI-style field name, or None when LM Studio has none.
-    ``ollama``: the Ollama field name, or None.  ``ollama_place``: ``"options"``
-    or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.
-    ``priority``: when two parameters land on one field, the higher one wins.
-    ``openai``: the field for ``openai://`` servers, or None; by default the
-    same as ``lm_studio`` (both take OpenAI's names).
+    ``lm_studio`` and ``ollama``: the field name on each, or None when it has none.  ``ollama_place``:
+    ``"options"`` or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.
+    ``priority``: when two parameters land on one field, the higher one wins.  ``openai``: the field
+    for ``openai://`` servers, or None; by default the same as ``lm_studio`` (both take OpenAI's names).
     """
 
     __slots__ = ()
@@ -1175,8 +1071,7 @@ PARAMETER_MAP: Dict[str, ParameterRow] = {
 del R
 
 _RESERVED_PARAMETERS = ("model", "messages", "stream", "options")
-_EFFORTS = ("low", "medium", "high")
-_OLLAMA_THINK_LEVELS = _EFFORTS + ("max",)  # "max": Ollama's strongest level (ollama/ollama#16877)
+_OLLAMA_THINK_LEVELS = ("low", "medium", "high", "max")  # "max": Ollama's strongest (ollama/ollama#16877)
 _DURATION_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -1185,38 +1080,39 @@ def _type_error(name: str, value: Any, wanted: str) -> InvalidInputError:
     return InvalidInputError("parameter %r=%r has the wrong type: it must be %s" % (name, value, wanted))
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: Each value kind of PARAMETER_MAP: (whether a value is of it, what the error says it must be).
+_KINDS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    "number": (_is_number, "a number"),
+    "int": (lambda v: _is_number(v) and isinstance(v, int), "a whole number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "object": (lambda v: isinstance(v, dict), "a JSON object"),
+    "stop": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
+             "a string or a list of strings"),
+    "format": (lambda v: isinstance(v, (str, dict)), "'json' or a JSON schema object"),
+    "response_format": (lambda v: isinstance(v, dict) and isinstance(v.get("type"), str),
+                        "an object with a 'type', e.g. {\"type\": \"json_schema\", ...}"),
+    "think": (lambda v: isinstance(v, bool) or v in _OLLAMA_THINK_LEVELS,
+              "true, false, 'low', 'medium', 'high' or 'max' (Ollama)"),
+    "effort": (lambda v: isinstance(v, str), "'low', 'medium' or 'high'"),
+    "duration": (lambda v: _is_number(v) or (isinstance(v, str) and bool(v.strip())),
+                 "seconds as a number or a duration such as '5m'"),
+    "tools": (lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v),
+              "a list of tool schemas ({\"type\": \"function\", \"function\": {\"name\": ...}})"),
+    "tool_choice": (lambda v: v in ("auto", "none", "required") or isinstance(v, dict),
+                    "'auto', 'none', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}"),
+}
+
+
 def _check_kind(name: str, value: Any, kind: str) -> None:
     """Raise InvalidInputError when ``value`` is not of the row's kind."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {
-        "number": is_number,
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str),
-        "object": isinstance(value, dict),
-        "stop": isinstance(value, str) or (isinstance(value, list)
-                                           and all(isinstance(s, str) for s in value)),
-        "format": isinstance(value, (str, dict)),
-        "response_format": isinstance(value, dict) and isinstance(value.get("type"), str),
-        "think": isinstance(value, bool) or value in _OLLAMA_THINK_LEVELS,
-        "effort": isinstance(value, str),
-        "duration": is_number or (isinstance(value, str) and bool(value.strip())),
-        "tools": isinstance(value, list) and all(isinstance(t, dict) for t in value),
-        "tool_choice": value in ("auto", "none", "required") or isinstance(value, dict),
-    }[kind]
-    if not ok:
-        raise _type_error(name, value, {
-            "number": "a number", "int": "a whole number", "bool": "true or false", "str": "a string",
-            "object": "a JSON object", "stop": "a string or a list of strings",
-            "format": "'json' or a JSON schema object",
-            "response_format": "an object with a 'type', e.g. {\"type\": \"json_schema\", ...}",
-            "think": "true, false, 'low', 'medium', 'high' or 'max' (Ollama)",
-            "effort": "'low', 'medium' or 'high'",
-            "duration": "seconds as a number or a duration such as '5m'",
-            "tools": "a list of tool schemas ({\"type\": \"function\", \"function\": {\"name\": ...}})",
-            "tool_choice": "'auto', 'none', 'required' or {\"type\": \"function\", \"function\": {\"name\": "
-                           "...}}",
-        }[kind])
+    is_kind, wanted = _KINDS[kind]
+    if not is_kind(value):
+        raise _type_error(name, value, wanted)
 
 
 def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
@@ -1238,28 +1134,20 @@ def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
     return sign * total if pos == len(text) and pos else None
 
 
-def _json_schema_format(schema: Mapping[str, Any]) -> Dict[str, Any]:
-    return {"type": "json_schema",
-            "json_schema": {"name": "response", "strict": True, "schema": dict(schema)}}
-
-
 _DROP = object()
 
 
 def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
     """Translate a value whose meaning differs between the servers; _DROP when it has no translation.
-
-    LM Studio rejects ``response_format`` ``json_object``, so for it ``"json"`` and
-    ``json_object`` become a ``json_schema`` for any object; ``openai://`` servers
-    take ``json_object`` as it is.
-    """
+    "Any JSON object" becomes the kind's ``any_object_format`` (LM Studio rejects ``json_object``)."""
     if kind == "tools":  # the same schema form on every server; checked and normalized here
         return [tool_schema(tool) for tool in value]
-    any_object = SERVER_KINDS[provider].any_object_format
+    any_object, title = SERVER_KINDS[provider].any_object_format, SERVER_KINDS[provider].title
     if any_object is not None:
         if kind == "format":  # Ollama's format -> OpenAI response_format
             if isinstance(value, dict):
-                return _json_schema_format(value)
+                return {"type": "json_schema",
+                        "json_schema": {"name": "response", "strict": True, "schema": dict(value)}}
             if value.strip().lower() == "json":
                 return copy.deepcopy(any_object)
             if value.strip():
@@ -1270,12 +1158,11 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
         if kind == "think":
             if isinstance(value, bool):
                 logger.warning("parameter think=%s has no %s equivalent (it takes reasoning_effort="
-                               "'low'|'medium'|'high'); not sent", value, SERVER_KINDS[provider].title)
+                               "'low'|'medium'|'high'); not sent", value, title)
                 return _DROP
             if value == "max":
                 logger.warning("parameter think='max' is Ollama's; %s's strongest reasoning_effort is "
-                               "'high', "
-                               "which is sent instead", SERVER_KINDS[provider].title)
+                               "'high', which is sent instead", title)
                 return "high"
             return value
         if kind == "duration":
@@ -1308,10 +1195,9 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
 def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, Any]:
     """Translate parameters written with either server's names for ``provider``.
 
-    For LM Studio and ``openai`` the result is a flat dict of OpenAI fields.  For Ollama it is
-    the top-level fields plus an ``"options"`` dict (omitted when empty).  A
-    parameter the target does not understand is logged as a warning naming it;
-    one missing from PARAMETER_MAP is sent as written, with a warning.  Raises
+    For LM Studio and ``openai`` the result is a flat dict of OpenAI fields; for Ollama the top-level
+    fields plus an ``"options"`` dict (omitted when empty).  A parameter the target does not understand
+    is dropped and one missing from PARAMETER_MAP sent as written, each with a warning.  Raises
     InvalidInputError for a reserved name or a value of the wrong type.
     """
     provider = canonical_provider(provider)
@@ -1319,7 +1205,6 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
     options: Dict[str, Any] = {}
     priorities: Dict[str, int] = {}
     kind = SERVER_KINDS[provider]
-    title = kind.title
     for name, value in parameters.items():
         if name in _RESERVED_PARAMETERS:
             raise InvalidInputError("parameter %r is set by lm_providers itself; remove it from the model's "
@@ -1327,13 +1212,14 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
         row = PARAMETER_MAP.get(name)
         if row is None:
             logger.warning("parameter %r is not in lm_providers.PARAMETER_MAP; sent to %s as written",
-                           name, title)
+                           name, kind.title)
             (options if kind.options_dict else out)[name] = value
             continue
         _check_kind(name, value, row.kind)
         field = getattr(row, provider)
         if field is None:
-            logger.warning("parameter %r is not understood by %s; not sent (see PARAMETER_MAP)", name, title)
+            logger.warning("parameter %r is not understood by %s; not sent (see PARAMETER_MAP)", name,
+                           kind.title)
             continue
         value = _convert(name, value, row.kind, provider)
         if value is _DROP:
@@ -1341,7 +1227,7 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
         target = options if kind.options_dict and row.ollama_place == "options" else out
         if field in target and priorities[field] > row.priority:
             logger.debug("parameter %s=%r not used for %s: a stronger parameter already sets %s",
-                         name, value, title, field)
+                         name, value, kind.title, field)
             continue
         target[field] = value
         priorities[field] = row.priority
@@ -1369,8 +1255,7 @@ class Config:
 
     def host_for(self, provider: str) -> Optional[str]:
         """The host this config sets for ``provider``, or None."""
-        hosts = {"lm_studio": self.lm_studio_host, "ollama": self.ollama_host, "openai": self.openai_host}
-        return hosts[canonical_provider(provider)]
+        return cast(Optional[str], getattr(self, server_kind(provider).config_key))
 
     def __repr__(self) -> str:
         return "Config(ollama_host=%r, lm_studio_host=%r, openai_host=%r, models=%r, path=%r)" % (
@@ -1384,17 +1269,15 @@ CONFIG_MAX_VALUES = 10000      # ... and one whose YAML expands (aliases counted
 def load_config(path: str = "config.yaml") -> Config:
     """Read a YAML config: ``ollama_host``, ``lm_studio_host``, ``openai_host`` and ``models: {role: uri}``.
 
-    Every URI and host is checked now, so a typo is reported with the file and
-    the role rather than at the first request.  A hostile or broken file (over
-    ``CONFIG_MAX_BYTES``, an alias bomb, YAML tags) fails fast.  Raises ConfigError.
+    Every URI and host is checked now, so a typo is reported with the file and the role rather than at
+    the first request.  A hostile or broken file (over ``CONFIG_MAX_BYTES``, an alias bomb, YAML tags)
+    fails fast.  Raises ConfigError.
     """
     data = _read_yaml(path)
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError("config file %s must be a mapping with ollama_host, lm_studio_host, openai_host "
-                          "and "
-                          "models" % path)
+                          "and models" % path)
     host_keys = {kind.config_key: kind.name for kind in SERVER_KINDS.values()}
     unknown = sorted(set(map(str, data)) - set(host_keys) - {"models"})
     if unknown:
@@ -1425,16 +1308,12 @@ def load_config(path: str = "config.yaml") -> Config:
             models[str(role)] = parse_model_uri(uri)
         except ModelURIError as exc:
             raise ConfigError("config file %s: role %s: %s" % (path, _quote(role, 80), exc)) from None
-    return Config(hosts["ollama_host"], hosts["lm_studio_host"], models, path,
-                  openai_host=hosts["openai_host"])
+    return Config(models=models, path=path, **hosts)
 
 
 def _read_yaml(path: str) -> Any:
     """The YAML document in ``path``, read with a size limit and a limit on what its aliases expand to.
-
-    Only plain YAML is read (``SafeLoader``: a tag such as ``!!python/object``
-    is an error, never executed).  libyaml's loader is used when PyYAML has it.
-    """
+    ``SafeLoader`` (libyaml's when PyYAML has it): a tag such as ``!!python/object`` is an error."""
     try:
         import yaml
     except ImportError:
@@ -1445,8 +1324,8 @@ def _read_yaml(path: str) -> Any:
             raw = handle.read(CONFIG_MAX_BYTES + 1)
         if len(raw) > CONFIG_MAX_BYTES:
             raise ConfigError("config file %s is larger than %d bytes (CONFIG_MAX_BYTES); a config file "
-                              "holds a few "
-                              "hosts and roles: is this the right file?" % (path, CONFIG_MAX_BYTES))
+                              "holds a few hosts and roles: is this the right file?"
+                              % (path, CONFIG_MAX_BYTES))
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError("config file %s not found (working directory: %s)" % (path, os.getcwd())) from None
@@ -1456,8 +1335,7 @@ def _read_yaml(path: str) -> Any:
         node = loader.get_single_node()
         if node is not None and _yaml_values(node) > CONFIG_MAX_VALUES:
             raise ConfigError("config file %s expands to more than %d values (CONFIG_MAX_VALUES): its YAML "
-                              "aliases "
-                              "(*name) repeat a large part of it, or refer to themselves"
+                              "aliases (*name) repeat a large part of it, or refer to themselves"
                               % (path, CONFIG_MAX_VALUES))
         return None if node is None else loader.construct_document(node)
     except (yaml.YAMLError, RecursionError) as exc:
@@ -3792,7 +3670,7 @@ class BaseProvider:
         raise JSONGenerationError(
             "%s did not return a JSON object with %s after %d attempt(s): %s" % (
                 self.title, ", ".join(map(repr, required)) or "any attributes", max_attempts, reason),
-            raw_text=raw, attempts=max_attempts, reason=reason)
+            raw_text=raw, attempts=max_attempts, detail=reason)
 
     def embed(self, texts: Union[str, Sequence[str]], model: Union[str, ModelConfig], *,
               dimensions: Optional[int] = None, truncate: Optional[bool] = None,
