@@ -3660,24 +3660,16 @@ class BaseProvider:
     server's shapes.  A provider may be shared between threads; a single stream belongs to one thread."""
 
     kind: ServerKind
-    provider = ""            # "lm_studio", "ollama" or "openai"
-    title = ""
-    chat_path = ""
-    models_path = ""
-    framing = ""             # "sse" or "ndjson"
-    start_hint = ""
-    auth_hint = ""
-    wrong_server_hint = ""
+    provider = title = chat_path = models_path = framing = ""  # from ``kind``; framing: "sse" or "ndjson"
+    start_hint = auth_hint = wrong_server_hint = ""
     api_key_env = ""         # the environment variable with the token, used when api_key is not given
     stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
     content_must_be_str = True
-    embed_path = ""
-    embed_needed = ""  # the server version that has embed_path, when known
+    embed_path = embed_needed = ""  # embed_needed: the server version that has embed_path, when known
     embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
     image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
     vision_hint = "Use a model with vision."
-    embedding_hint = ""
-    truncate_hint = ""
+    embedding_hint = truncate_hint = ""
     failure_rows = _FAILURES  # what an error answer means
     listing = ("data", "id")  # a model listing's list field, and each entry's name key
     #: what to change when a prompt does not fit ({model}, {size}: a context with room for it)
@@ -3902,8 +3894,7 @@ class BaseProvider:
     def list_models(self, *, debug: bool = False) -> List[str]:
         """The names of the models the server offers."""
         with _debugging(debug):
-            names: List[str] = self._call("GET", self.models_path, read=self._model_names)
-            return names
+            return cast(List[str], self._call("GET", self.models_path, read=self._model_names))
 
     def is_model_available(self, name: str, *, debug: bool = False) -> bool:
         """Whether the server offers the model ``name`` (see ``same_model`` for how names match)."""
@@ -3935,8 +3926,7 @@ class BaseProvider:
     # --- models: facts, loading, unloading, downloading -------------------------
 
     def model_info(self, model: Union[str, ModelConfig], *, debug: bool = False) -> ModelInfo:
-        """The facts the server reports about ``model`` as a ModelInfo; a fact it does not report is None.
-
+        """The facts the server reports about ``model`` as a ModelInfo (None for a fact it does not report).
         Raises ModelNotFoundError when the server does not have the model."""
         name = self._model(model).name
         with _debugging(debug):
@@ -4039,7 +4029,7 @@ class BaseProvider:
         try:
             response = self.transport.request(method, path, payload, debug=_debug_call_running(),
                                               describe_failure=failure, model=model)
-            return self._read_answer(response, path, read, model, failure=failure)[1]
+            return self._read_answer(response, path, read, model, failure)
         except UnsupportedEndpointError as exc:
             if not optional:
                 raise
@@ -4139,20 +4129,19 @@ class BaseProvider:
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {}  # OpenAI's stream_options
 
-    def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str = "",
-                     failure: Optional[Callable[..., ProviderError]] = None) -> Tuple[Any, _T]:
-        """``(data, read(data))`` for a 2xx JSON answer; not JSON, an error object (``failure`` describes
-        it: servers put errors in 200 bodies) or an unexpected shape is a ProviderResponseError."""
+    def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str,
+                     failure: Callable[..., ProviderError]) -> _T:
+        """``read(data)`` for a 2xx JSON answer; not JSON, an error object (servers put errors in 200 bodies)
+        or an unexpected shape is a ProviderResponseError."""
         body = self.transport.read_body(response, path)
         try:
             data = _parse_json(body)
         except (ValueError, RecursionError) as exc:
             raise _unreadable(self.title, body, exc, path, response.status_code) from None
         if isinstance(data, dict) and data.get("error"):
-            raise (failure or self._failure)(response.status_code, body.decode("utf-8", "replace"), model,
-                                             in_body=True)
+            raise failure(response.status_code, body.decode("utf-8", "replace"), model, in_body=True)
         try:
-            return data, read(data)
+            return read(data)
         except (KeyError, IndexError, TypeError, AttributeError):
             text = body.decode("utf-8", "replace")
             raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
@@ -4443,17 +4432,15 @@ class LMStudioProvider(OpenAICompatibleProvider):
         if infos is None:
             infos = self._call("GET", "/api/v0/models", optional=True, read=lambda data: [
                 _lm_studio_v0_info(entry) for entry in _entries(data, "data", "id")])
-        if infos is not None:
-            return infos
-        logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models (LM Studio before 0.3.6, or "
-                     "another server): only /v1/models facts", self.title, self.base_url)
-        return super()._list_model_info()
+        if infos is None:
+            logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models: only /v1/models facts",
+                         self.title, self.base_url)
+        return super()._list_model_info() if infos is None else infos
 
     def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         if keep_alive is not None:
-            logger.warning("LM Studio's /api/v1/models/load takes no keep-alive; keep_alive=%r not sent (LM "
-                           "Studio applies a ttl= model parameter when a chat request loads the model)",
-                           keep_alive)
+            logger.warning("LM Studio's /api/v1/models/load takes no keep-alive; keep_alive=%r not sent (a "
+                           "ttl= model parameter applies when a chat request loads the model)", keep_alive)
         payload: Dict[str, Any] = {"model": name, "echo_load_config": True}
         if context_length is not None:
             payload["context_length"] = context_length
@@ -4486,12 +4473,9 @@ class LMStudioProvider(OpenAICompatibleProvider):
                        needed=self.NATIVE_API_VERSION, manual="lms unload %s" % instance_id)
 
     def _pull(self, name: str) -> Iterator[PullProgress]:
-        answer = self._call("POST", "/api/v1/models/download", {"model": name}, model=name,
-                            needed=self.NATIVE_API_VERSION, manual="Download it by hand:  lms get %s" % name)
-        yield from self._download_progress(name, answer)
-
-    def _download_progress(self, name: str, job: Any) -> Iterator[PullProgress]:
-        """Poll the download job until it completes or fails, yielding its progress; bounded in time."""
+        """Start the download job, then poll it until it completes or fails, yielding its progress."""
+        job = self._call("POST", "/api/v1/models/download", {"model": name}, model=name,
+                         needed=self.NATIVE_API_VERSION, manual="Download it by hand:  lms get %s" % name)
         deadline = time.monotonic() + self.download_timeout
         failures = 0
         yield _job_progress(job)
@@ -4613,9 +4597,8 @@ class OllamaProvider(BaseProvider):
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
                  api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error",
                  **limits: int):
-        """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (the default)
-        raises ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Other options as
-        for BaseProvider."""
+        """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (default) raises
+        ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Others as for BaseProvider."""
         if on_truncation not in ("error", "warn"):
             raise InvalidInputError("on_truncation must be 'error' or 'warn', got %r" % (on_truncation,))
         super().__init__(host, timeout, api_key, max_retries, **limits)
@@ -4827,11 +4810,7 @@ class OllamaProvider(BaseProvider):
 
 
 def _ollama_key(name: str) -> str:
-    name = name.strip().lower()
-    for prefix in ("registry.ollama.ai/library/", "registry.ollama.ai/", "library/"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
+    name = re.sub(r"^(?:registry\.ollama\.ai/(?:library/)?|library/)", "", name.strip().lower())
     if ":" not in name.rsplit("/", 1)[-1]:
         name += ":latest"
     return name
@@ -4853,9 +4832,7 @@ def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict
     for entry in running or []:
         if _ollama_key(str(entry.get("name"))) == _ollama_key(name) and not _is_past(entry.get("expires_at")):
             loaded, loaded_context = True, _first_int(entry.get("context_length"))
-    kind = None
-    if isinstance(capabilities, list):
-        kind = "embedding" if "embedding" in capabilities else "llm" if "completion" in capabilities else None
+    kind = "embedding" if has("embedding") else "llm" if has("completion") else None
     return ModelInfo(
         name, context_length=_first_int(facts.get("%s.context_length" % architecture)),
         loaded=loaded, loaded_context_length=loaded_context, tools=has("tools"), vision=has("vision"),
