@@ -3354,8 +3354,7 @@ def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Op
 
 
 def _entries(data: Any, field: str, key: str) -> List[Dict[str, Any]]:
-    """The records of a listing (``data[field]``), each an object with ``key``; TypeError/KeyError otherwise
-    (which ``_read_answer`` reports as an answer of an unexpected shape)."""
+    """``data[field]``, a list of objects with ``key``; else TypeError/KeyError (an unexpected shape)."""
     entries = data[field]
     if not isinstance(entries, list) or not all(isinstance(e, dict) and key in e for e in entries):
         raise TypeError("%s is not a list of objects with %r" % (field, key))
@@ -3363,7 +3362,6 @@ def _entries(data: Any, field: str, key: str) -> List[Dict[str, Any]]:
 
 
 def _json_object(data: Any) -> Dict[str, Any]:
-    """``data`` if it is a JSON object; TypeError otherwise."""
     if not isinstance(data, dict):
         raise TypeError("not a JSON object")
     return data
@@ -3386,18 +3384,14 @@ def _first_int(*values: Any) -> Optional[int]:
 def _is_past(stamp: Any) -> bool:
     """Whether an RFC 3339 time (Ollama's ``expires_at``, nanoseconds and all) lies in the past."""
     import datetime
-    if not isinstance(stamp, str):
-        return False
-    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)\Z", stamp.strip())
-    if not match:
-        return False
-    fraction = (match.group(2) or ".0")[:7]
-    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    pattern = r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)\Z"
+    match = re.match(pattern, stamp.strip()) if isinstance(stamp, str) else None
     try:
-        when = datetime.datetime.fromisoformat(match.group(1) + fraction.ljust(7, "0") + zone)
+        when = datetime.datetime.fromisoformat(match.group(1) + (match.group(2) or ".0")[:7].ljust(7, "0")
+                                               + match.group(3).replace("Z", "+00:00")) if match else None
     except ValueError:
         return False
-    return when.timestamp() <= _wall_clock()
+    return when is not None and when.timestamp() <= _wall_clock()
 
 
 _wall_clock = time.time  # the time expires_at is compared with (tests set a recording's time)
@@ -3411,8 +3405,7 @@ def _check_context_length(context_length: Optional[int]) -> None:
 
 
 class _ErrorAnswer:
-    """An error answer as a failure table reads it: what was asked and what the server said (``body``
-    scrubbed; ``status`` None for an error event in a stream)."""
+    """What was asked and what the server said (``status`` None for an error event in a stream)."""
 
     __slots__ = ("status", "body", "model", "path", "in_body", "needed", "manual", "message", "said",
                  "overflow")
@@ -3427,13 +3420,12 @@ class _ErrorAnswer:
 
     @property
     def fields(self) -> Dict[str, Any]:
-        """The ProviderResponseError fields: ``status``, ``server_message``, ``body``."""
+        """The ProviderResponseError fields."""
         return {"status": self.status, "server_message": self.message, "body": self.body}
 
     def says(self, *phrases: str) -> bool:
         """Whether the server's message holds one of ``phrases`` (lower case)."""
-        text = self.message.lower()
-        return any(phrase in text for phrase in phrases)
+        return any(phrase in self.message.lower() for phrase in phrases)
 
 
 #: One row of a provider's failure table: (applies(provider, answer), build(provider, answer)).
@@ -3465,8 +3457,7 @@ def _no_endpoint_error(p: "BaseProvider", a: _ErrorAnswer) -> UnsupportedEndpoin
         hint=a.manual or "Is this really %s? %s" % (p.title, p.wrong_server_hint), **a.fields)
 
 
-#: The failure table every provider starts from: (applies, build) rows; the first row that applies to an
-#: error answer builds its exception.  A provider class puts its own rows first (``failure_rows``).
+#: The failure table: the first row that applies builds the exception (a class's own rows go first).
 _FAILURES: Tuple[_FailureRow, ...] = (
     (lambda p, a: a.path == p.embed_path and a.says(*_NO_EMBEDDING_PHRASES),
      lambda p, a: EmbeddingNotSupportedError("%s cannot embed with model %r: %s." % (
@@ -3492,32 +3483,24 @@ _FAILURES: Tuple[_FailureRow, ...] = (
 class BaseProvider:
     """What every provider shares: the operations, the transport, model facts and the failure table.
 
-    A subclass sets ``kind`` and the class attributes below and implements the server's shapes (the methods
-    under "what each server does differently").  A provider may be shared between threads; a single stream
-    belongs to one thread."""
+    A subclass sets ``kind`` (its SERVER_KINDS row, copied to the attributes below) and implements the
+    server's shapes.  A provider may be shared between threads; a single stream belongs to one thread."""
 
-    #: The server kind's row in SERVER_KINDS; a subclass that sets it gets the row's fields below as
-    #: class attributes (``provider`` is the kind's name, ``api_key_env`` its ``key_env``).
     kind: ServerKind
-    provider = ""            # "lm_studio", "ollama" or "openai"
-    title = ""
-    chat_path = ""
-    models_path = ""
-    framing = ""             # "sse" or "ndjson"
-    start_hint = ""
-    auth_hint = ""
-    wrong_server_hint = ""
+    provider = title = chat_path = models_path = framing = ""  # from ``kind``; framing: "sse" or "ndjson"
+    start_hint = auth_hint = wrong_server_hint = ""
     api_key_env = ""         # the environment variable with the token, used when api_key is not given
     stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
     content_must_be_str = True
-    embed_path = ""
-    embed_needed = ""  # the server version that has embed_path, when known
+    embed_path = embed_needed = ""  # embed_needed: the server version that has embed_path, when known
     embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
     image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
     vision_hint = "Use a model with vision."
-    embedding_hint = ""
-    truncate_hint = ""
+    embedding_hint = truncate_hint = ""
     failure_rows = _FAILURES  # what an error answer means
+    listing = ("data", "id")  # a model listing's list field, and each entry's name key
+    #: what to change when a prompt does not fit ({model}, {size}: a context with room for it)
+    context_advice = "Shorten the prompt, or give the model a larger context."
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -3551,14 +3534,13 @@ class BaseProvider:
         elif self.api_key_env and (os.environ.get(self.api_key_env) or "").strip():
             api_key = _check_api_key(os.environ[self.api_key_env], self.api_key_env)
         self._api_key = api_key
-        headers = {"Accept": "application/json", "User-Agent": "lm_providers/" + __version__}
         if not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidInputError("max_retries must be a whole number >= 0, got %r" % (max_retries,))
-        self.transport = HTTPTransport(self.base_url, connect_timeout=connect_timeout,
-                                       read_timeout=read_timeout,
-                                       headers=headers, max_retries=max_retries, server_title=self.title,
-                                       start_hint=self.start_hint, api_key=api_key,
-                                       max_event_bytes=max_event_bytes, max_body_bytes=max_body_bytes)
+        self.transport = HTTPTransport(
+            self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
+            headers={"Accept": "application/json", "User-Agent": "lm_providers/" + __version__},
+            max_retries=max_retries, server_title=self.title, start_hint=self.start_hint, api_key=api_key,
+            max_event_bytes=max_event_bytes, max_body_bytes=max_body_bytes)
         self._facts: Dict[str, ModelInfo] = {}  # what model_info and friends learnt, by _fact_key(name)
 
     def __repr__(self) -> str:
@@ -3622,10 +3604,7 @@ class BaseProvider:
                     debug: bool = False) -> TextStream:
         """Yield the reply's text pieces as the server sends them (a TextStream: an iterator).
 
-        Raises ProviderResponseError (after the pieces already yielded) if the
-        stream breaks off before the server marks it complete, or the server
-        reports an error mid-stream.
-        """
+        Raises ProviderResponseError (after the pieces yielded) when the stream breaks off or has an error."""
         with _debugging(debug):  # the request's debug lines; the stream's iteration turns it on again
             pieces = self._stream(messages, self._model(model), _StreamState(keep_reasoning=False))
         return TextStream(pieces, debug)
@@ -3678,10 +3657,8 @@ class BaseProvider:
         """Embed one text or a list of texts; return one vector per text, in input order.
 
         A single string is one text: ``embed("hi", m)`` returns ``[vector]``.  ``dimensions`` asks for shorter
-        vectors (models that support it); ``truncate`` (Ollama only) cuts a text that is too long instead of
-        failing; texts go ``batch_size`` at a time.  Raises InvalidInputError (no text, an empty text),
-        EmbeddingNotSupportedError (a chat-only model or server), InputTooLongError (a text over the model's
-        context)."""
+        vectors; ``truncate`` (Ollama only) cuts a text that is too long instead of failing; texts go
+        ``batch_size`` at a time.  Raises InvalidInputError, EmbeddingNotSupportedError, InputTooLongError."""
         model = self._model(model)
         inputs = _embedding_inputs(texts, dimensions, batch_size)
         vectors: List[List[float]] = []
@@ -3699,19 +3676,17 @@ class BaseProvider:
         if dimensions is not None and len(vectors[0]) != dimensions:
             logger.warning("%s model %r returned %d-wide vectors although dimensions=%d was asked for; the "
                            "server or model does not support dimensions", self.title, model.name,
-                           len(vectors[0]),
-                           dimensions)
+                           len(vectors[0]), dimensions)
         return vectors
 
     def run_tools(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], tools: Any, *,
                   max_rounds: int = 5, tool_choice: Any = None, debug: bool = False) -> ToolRunResult:
         """Let the model use Python functions until it answers in text; return that answer.
 
-        Each round the model is called with ``tools``, the calls it asks for are run and their results (JSON
-        unless a string; ``str()`` when JSON cannot hold it) sent back.  A tool that raises, or an unknown
-        tool, answers ``"error: ..."`` to the model instead of raising.  After ``max_rounds`` rounds a model
-        that still asks for tools raises ToolLoopError.  ``tool_choice`` applies to the first call only.
-        ``messages`` is not changed; the result's ``messages`` is the whole conversation."""
+        Each round the calls the model asks for are run and their results (JSON unless a string) sent back; a
+        tool that raises, or an unknown one, answers ``"error: ..."``.  After ``max_rounds`` rounds of calls,
+        ToolLoopError.  ``tool_choice`` applies to the first call; the result's ``messages`` is the whole
+        conversation (``messages`` is not changed)."""
         is_list = isinstance(tools, Sequence) and not isinstance(tools, (str, bytes))
         tools = list(tools) if is_list else [tools]
         for tool in tools:
@@ -3736,8 +3711,7 @@ class BaseProvider:
                     break
                 for call in result.tool_calls:
                     output = _run_tool(functions, call)
-                    if debug:
-                        logger.debug("tool %s(%s) -> %s", call.name, call.raw_arguments, output)
+                    logger.debug("tool %s(%s) -> %s", call.name, call.raw_arguments, output)
                     conversation.append(call.result_message(output))
         raise ToolLoopError("%s model still asked for tools (%s) after %d round(s) of tool calls; raise "
                             "max_rounds, or look at the tools' results in .messages" % (
@@ -3747,8 +3721,7 @@ class BaseProvider:
     def list_models(self, *, debug: bool = False) -> List[str]:
         """The names of the models the server offers."""
         with _debugging(debug):
-            names: List[str] = self._call("GET", self.models_path, read=self._model_names)
-            return names
+            return cast(List[str], self._call("GET", self.models_path, read=self._model_names))
 
     def is_model_available(self, name: str, *, debug: bool = False) -> bool:
         """Whether the server offers the model ``name`` (see ``same_model`` for how names match)."""
@@ -3780,8 +3753,7 @@ class BaseProvider:
     # --- models: facts, loading, unloading, downloading -------------------------
 
     def model_info(self, model: Union[str, ModelConfig], *, debug: bool = False) -> ModelInfo:
-        """The facts the server reports about ``model`` as a ModelInfo; a fact it does not report is None.
-
+        """The facts the server reports about ``model`` as a ModelInfo (None for a fact it does not report).
         Raises ModelNotFoundError when the server does not have the model."""
         name = self._model(model).name
         with _debugging(debug):
@@ -3806,8 +3778,7 @@ class BaseProvider:
         """Load ``model`` into memory, with ``context_length`` tokens of context if given; return its facts.
 
         ``keep_alive``: how long it stays loaded when idle (Ollama: seconds or a duration such as ``"10m"``,
-        ``-1`` for ever).  Raises UnsupportedEndpointError on a server that cannot load models over its API.
-        """
+        ``-1`` for ever).  Raises UnsupportedEndpointError on a server that cannot load models by API."""
         _check_context_length(context_length)
         if keep_alive is not None:
             _check_kind("keep_alive", keep_alive, "duration")
@@ -3826,10 +3797,8 @@ class BaseProvider:
             self._unload(name)
 
     def iter_pull(self, model: Union[str, ModelConfig], *, debug: bool = False) -> Iterator[PullProgress]:
-        """Download ``model``, yielding PullProgress records as the server reports them.
-
-        A model the server already has finishes at once.  A failure is a DownloadError (or ModelNotFoundError
-        for a name the registry does not know)."""
+        """Download ``model``, yielding PullProgress records as the server reports them (at once when it has
+        it).  A failure is a DownloadError (or ModelNotFoundError for a name the registry does not know)."""
         return _debugged(self._pull(self._model(model).name), debug)
 
     def pull_model(self, model: Union[str, ModelConfig], *,
@@ -3842,8 +3811,8 @@ class BaseProvider:
             if progress is not None:
                 progress(record)
         if last is None:
-            raise DownloadError("%s reported nothing while downloading %r" % (self.title,
-                                                                              self._model(model).name))
+            raise DownloadError("%s reported nothing while downloading %r" % (
+                self.title, self._model(model).name))
         return last
 
     def _model_info(self, name: str) -> ModelInfo:
@@ -3880,15 +3849,14 @@ class BaseProvider:
     def _call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, model: str = "",
               optional: bool = False, needed: str = "", manual: str = "",
               read: Callable[[Any], Any] = _json_object) -> Any:
-        """One JSON request; return ``read(answer)`` (default: the answer, a JSON object).  An error answer
-        is the failure table's error (``needed``, ``manual``: what a missing endpoint's error says to do);
-        with ``optional``, a missing endpoint returns None instead."""
+        """One JSON request; return ``read(answer)``.  ``needed``, ``manual``: what a missing endpoint's error
+        says to do; with ``optional``, a missing endpoint returns None instead."""
         failure = self._failure_at(path, needed, manual)
         self._log_request(method, path, payload)
         try:
             response = self.transport.request(method, path, payload, debug=_debug_call_running(),
                                               describe_failure=failure, model=model)
-            return self._read_answer(response, path, read, model, failure=failure)[1]
+            return self._read_answer(response, path, read, model, failure)
         except UnsupportedEndpointError as exc:
             if not optional:
                 raise
@@ -3898,8 +3866,7 @@ class BaseProvider:
 
     def _stream_json(self, path: str, payload: Dict[str, Any], *,
                      model: str = "") -> Generator[Dict[str, Any], None, None]:
-        """The JSON objects of a streamed POST to ``path`` (``_EventStream``) until the body ends: the caller
-        decides whether the last one said the work was done.  An ``{"error": ...}`` is ``_in_band_error``."""
+        """The JSON objects of a streamed POST to ``path`` until the body ends (caller checks the end)."""
         response = self.transport.request("POST", path, payload, describe_failure=self._failure_at(path),
                                           model=model)
         return iter(_EventStream(self, response, path, model, complete=lambda: True))
@@ -3933,7 +3900,7 @@ class BaseProvider:
 
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
         """The one thing to change when a prompt does not fit ``model``'s context."""
-        return "Shorten the prompt, or give the model a larger context."
+        return self.context_advice.format(model=model, size=_suggest_context(prompt_tokens or 4096))
 
     # --- shared machinery -----------------------------------------------------
 
@@ -3965,8 +3932,8 @@ class BaseProvider:
         payload.update(self._extra_payload(stream))
         payload.update(map_parameters(model.parameters, self.provider))
         if _debug_call_running():
-            logger.debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token); "
-                         "%s",
+            logger.debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token);"
+                         " %s",
                          self.title, model.name, self.base_url, len(messages), _estimate_tokens(messages),
                          self._debug_context(model))
             for index, message in enumerate(messages):
@@ -3974,15 +3941,6 @@ class BaseProvider:
             if stream:  # the stream code sends it without a word
                 self._log_request("POST", self.chat_path, payload)
         return payload
-
-    def _wire_tool_call(self, call_id: Optional[str], name: str, arguments: Dict[str, Any]) -> Dict[str, Any]:
-        """One entry of an assistant message's ``tool_calls``, in this server's form."""
-        raise NotImplementedError
-
-    def _wire_tool_result(self, message: Mapping[str, Any], call_id: Optional[str], name: Optional[str],
-                          index: int) -> Dict[str, Any]:
-        """A ``role: tool`` message in this server's form."""
-        raise NotImplementedError
 
     def _log_request(self, method: str, path: str, payload: Optional[Mapping[str, Any]]) -> None:
         """The debug line of a request: URL, headers (the token masked) and payload."""
@@ -3996,24 +3954,21 @@ class BaseProvider:
                          json.dumps(payload, ensure_ascii=False) if payload is not None else "(none)")
 
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
-        return {}
+        return {}  # OpenAI's stream_options
 
-    def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str = "",
-                     failure: Optional[Callable[..., ProviderError]] = None) -> Tuple[Any, _T]:
-        """``(data, read(data))`` for a 2xx JSON answer read within ``max_body_bytes``.  An answer that is not
-        JSON, holds an error object (described by ``failure``, the caller's ``describe_failure``, default
-        ``_failure``: servers put any error in a 200 body) or has another shape than ``read`` expects is a
-        ProviderResponseError."""
+    def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str,
+                     failure: Callable[..., ProviderError]) -> _T:
+        """``read(data)`` for a 2xx JSON answer; not JSON, an error object (servers put errors in 200 bodies)
+        or an unexpected shape is a ProviderResponseError."""
         body = self.transport.read_body(response, path)
         try:
             data = _parse_json(body)
         except (ValueError, RecursionError) as exc:
             raise _unreadable(self.title, body, exc, path, response.status_code) from None
         if isinstance(data, dict) and data.get("error"):
-            raise (failure or self._failure)(response.status_code, body.decode("utf-8", "replace"), model,
-                                             in_body=True)
+            raise failure(response.status_code, body.decode("utf-8", "replace"), model, in_body=True)
         try:
-            return data, read(data)
+            return read(data)
         except (KeyError, IndexError, TypeError, AttributeError):
             text = body.decode("utf-8", "replace")
             raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
@@ -4047,8 +4002,7 @@ class BaseProvider:
 
     def _failure(self, status: int, body: str, model: str, in_body: bool = False, *, path: str = "",
                  needed: str = "", manual: str = "") -> ProviderError:
-        """The exception for an error answer to ``path`` (default: the chat's; ``in_body``: an error object
-        in a 2xx body): the first row of ``failure_rows`` that applies, else a plain ProviderResponseError."""
+        """The exception for an error answer to ``path`` (default: the chat's; ``in_body``: in a 2xx body)."""
         answer = _ErrorAnswer(status, self.transport.scrub(body), model, path or self.chat_path, in_body,
                               needed, manual)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
@@ -4056,10 +4010,8 @@ class BaseProvider:
             self.title, where, answer.message, _proxy_hint(answer.message)), **answer.fields)
 
     def _failure_at(self, path: str, needed: str = "", manual: str = "") -> Callable[..., ProviderError]:
-        """``_failure`` for answers to ``path`` (the ``describe_failure`` of a request to it)."""
-        def failure(status: int, body: str, model: str, in_body: bool = False) -> ProviderError:
-            return self._failure(status, body, model, in_body, path=path, needed=needed, manual=manual)
-        return failure
+        import functools
+        return functools.partial(self._failure, path=path, needed=needed, manual=manual)
 
     def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
         """The exception for an error event in a stream from ``path`` (other than the chat's)."""
@@ -4081,8 +4033,7 @@ class BaseProvider:
 
     def _not_found(self, model: str, said: str, status: Optional[int] = None, message: Optional[str] = None,
                    body: Optional[str] = None, offered: Optional[Sequence[str]] = None) -> ModelNotFoundError:
-        """The ModelNotFoundError for ``model``, with the server's words ``said`` and close matches among
-        ``offered`` (the server's models, listed again only when not given)."""
+        """The ModelNotFoundError for ``model``, with close matches among ``offered`` (default: listed)."""
         matches = self.close_matches(model, offered)
         return ModelNotFoundError("model %r is not available on %s at %s%s." % (
             model, self.title, self.base_url, ": " + said if said else ""),
@@ -4090,53 +4041,36 @@ class BaseProvider:
             body=body, reason="model_not_found", hint=self.download_hint(model) + (
                 " Close matches on this server: %s." % ", ".join(matches) if matches else ""))
 
-    # --- what each server does differently ------------------------------------
-
-    def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
-        """(text, reasoning, finish_reason, usage) from a non-streamed reply."""
-        raise NotImplementedError
-
-    def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
-        """(content, reasoning) from one streamed event; records finish reason and usage in ``state`` (the end
-        of the stream is ``stream_end``'s business)."""
-        raise NotImplementedError
-
     def _model_names(self, data: Any) -> List[str]:
-        raise NotImplementedError
+        field, key = self.listing
+        return [entry[key] for entry in data[field]]
 
-    def _tool_call_parts(self, data: Any) -> Any:
-        """The ``tool_calls`` list of a non-streamed reply (None when there is none)."""
-        raise NotImplementedError
-
-    def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
-        raise NotImplementedError
-
-    def _read_embeddings(self, data: Any) -> List[List[float]]:
-        """The vectors of an embeddings answer, in input order."""
-        raise NotImplementedError
-
-    def _convert_images(self, message: Mapping[str, Any], index: int) -> Mapping[str, Any]:
-        """A copy of a message that carries images, with them in this server's form."""
-        raise NotImplementedError
-
-    def _raw_logprobs(self, data: Any) -> Any:
-        """The server's list of token log-probabilities in a reply, or None."""
-        raise NotImplementedError
+    # --- what each server does differently: declared here, defined by each server's class -------------
+    #: (text, reasoning, finish_reason, usage) from a non-streamed reply
+    _read_reply: Callable[[Any], Tuple[str, str, Optional[str], Optional[Dict[str, int]]]]
+    #: (content, reasoning) from one streamed event and its state; records finish reason and usage there
+    _read_event: Callable[[Any, Any], Tuple[Optional[str], Optional[str]]]
+    _tool_call_parts: Callable[[Any], Any]  # a reply's ``tool_calls`` list (None when there is none)
+    _is_model_not_found: Callable[[int, str, str], bool]  # (status, server message, body)
+    _read_embeddings: Callable[[Any], List[List[float]]]  # an embeddings answer's vectors, in input order
+    _raw_logprobs: Callable[[Any], Any]  # a reply's list of token log-probabilities, or None
+    #: (message, index): a copy of a message that carries images, with them in this server's form
+    _convert_images: Callable[[Mapping[str, Any], int], Mapping[str, Any]]
+    #: (call id, name, arguments): one entry of an assistant message's ``tool_calls``
+    _wire_tool_call: Callable[[Optional[str], str, Dict[str, Any]], Dict[str, Any]]
+    #: (message, call id, tool name, index): a ``role: tool`` message
+    _wire_tool_result: Callable[[Mapping[str, Any], Optional[str], Optional[str], int], Dict[str, Any]]
 
 
 def _check_api_key(api_key: Any, source: str) -> str:
-    """The token from ``source`` (``api_key`` or an environment variable), without surrounding white space.
-
-    Only visible ASCII (``!`` to ``~``) can go into an HTTP header; anything else is an InvalidInputError that
-    says where, but never shows the token."""
+    """The token from ``source``, stripped; only visible ASCII fits a header (errors never show it)."""
     if not isinstance(api_key, str) or not api_key.strip():
         raise InvalidInputError("%s must be a non-empty string" % source)
     token: str = api_key.strip()  # a token read from a file keeps its newline
     for index, char in enumerate(token):
         if not "!" <= char <= "~":
-            kind = ("white "
-                    "space" if char.isspace() else "a control character" if ord(char) < 32 or ord(char) == 127
-                    else "a non-ASCII character")
+            kind = ("white space" if char.isspace() else "a control character" if ord(char) < 32
+                    or ord(char) == 127 else "a non-ASCII character")
             raise InvalidInputError(
                 "%s has %s at position %d of %d; an HTTP header carries only visible ASCII characters. Check "
                 "how the token was copied or read (the token itself is not shown)."
@@ -4164,13 +4098,10 @@ def _openai_usage(usage: Any) -> Optional[Dict[str, int]]:
 
 class OpenAICompatibleProvider(BaseProvider):
     """Any server speaking OpenAI's chat-completions API (``openai://`` URIs): llama.cpp's llama-server, vLLM,
-    a LiteLLM proxy, LocalAI, hosted endpoints.  ``/v1/chat/completions`` (SSE when streamed) and
-    ``/v1/models``, below the host's path prefix if it has one.
+    a LiteLLM proxy, LocalAI, hosted endpoints; ``/v1/chat/completions`` and ``/v1/models``.
 
     ``host`` is required (or ``openai_host`` in the config, or ``OPENAI_BASE_URL``). ``api_key`` (or
-    ``OPENAI_API_KEY`` in the environment) is sent as a bearer token, only when one is set.
-    ``LMStudioProvider`` is this plus LM Studio's specifics (its hints, ``ttl``, LM_API_TOKEN, the
-    ``json_object`` rewrite)."""
+    ``OPENAI_API_KEY``) is sent as a bearer token, only when one is set."""
 
     kind = SERVER_KINDS["openai"]
     content_must_be_str = False
@@ -4180,6 +4111,8 @@ class OpenAICompatibleProvider(BaseProvider):
     embedding_hint = ("Use an embedding model (e.g. text-embedding-nomic-embed-text-v1.5); a llama.cpp "
                       "server needs --embeddings and --pooling mean.")
     embed_fields: Tuple[str, ...] = ("ttl",)
+    context_advice = ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: "
+                      "--ctx-size {size}).")
 
     def _extra_payload(self, stream: bool) -> Dict[str, Any]:
         return {"stream_options": {"include_usage": True}} if stream else {}
@@ -4231,9 +4164,6 @@ class OpenAICompatibleProvider(BaseProvider):
                     index, " (to %r)" % name if name else ""))
         return {"role": "tool", "tool_call_id": call_id, "content": message.get("content")}
 
-    def _model_names(self, data: Any) -> List[str]:
-        return [entry["id"] for entry in data["data"]]
-
     def _read_embeddings(self, data: Any) -> List[List[float]]:
         return _vectors([entry["embedding"] for entry in sorted(data["data"],
                                                                 key=lambda entry: entry["index"])])
@@ -4257,13 +4187,9 @@ class OpenAICompatibleProvider(BaseProvider):
 
     # --- model facts: /v1/models, and llama.cpp's meta and /props ---------------
 
-    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
-        return ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: "
-                "--ctx-size %d)." % _suggest_context(prompt_tokens or 4096))
-
     def _list_model_info(self) -> List[ModelInfo]:
         """From ``/v1/models``; llama.cpp's server adds ``meta`` (contexts, size) and ``/props``."""
-        entries = self._call("GET", self.models_path, read=lambda data: _entries(data, "data", "id"))
+        entries = self._call("GET", self.models_path, read=lambda data: _entries(data, *self.listing))
         props = self._props() if len(entries) == 1 else None
         settings = _dict_at(props, "default_generation_settings")
         modalities = props.get("modalities") if isinstance(props, dict) else None
@@ -4304,8 +4230,7 @@ class OpenAICompatibleProvider(BaseProvider):
 
 
 class LMStudioProvider(OpenAICompatibleProvider):
-    """LM Studio's OpenAI-compatible server: ``/v1/chat/completions`` and ``/v1/models``.
-
+    """LM Studio's OpenAI-compatible server, and its native API for model facts, loading and downloads.
     ``api_key`` (or ``LM_API_TOKEN`` in the environment) is sent as a bearer token, only when one is set."""
 
     kind = SERVER_KINDS["lm_studio"]
@@ -4317,18 +4242,14 @@ class LMStudioProvider(OpenAICompatibleProvider):
     poll_interval = 1.0                 # seconds between download status polls
     download_timeout = 24 * 3600.0      # the longest a download is waited for
     _sleep = staticmethod(time.sleep)   # tests replace it
+    context_advice = ("Load the model with a larger context:  lms load {model} --context-length {size}  (or "
+                      "provider.load_model({model!r}, context_length={size})), or shorten the prompt.")
 
     # --- model facts, loading, downloading: LM Studio's native REST API -----------
 
     def load_hint(self, model: str, context_length: Optional[int]) -> str:
         return "Load it by hand:  lms load %s%s" % (
             model, " --context-length %d" % context_length if context_length else "")
-
-    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
-        size = _suggest_context(prompt_tokens or 4096)
-        return ("Load the model with a larger context:  lms load %s --context-length %d  (or "
-                "provider.load_model(%r, context_length=%d)), or shorten the prompt."
-                % (model, size, model, size))
 
     def _list_model_info(self) -> List[ModelInfo]:
         """``/api/v1/models`` (LM Studio 0.4+), else ``/api/v0/models`` (0.3.6+), else ``/v1/models``."""
@@ -4338,17 +4259,15 @@ class LMStudioProvider(OpenAICompatibleProvider):
         if infos is None:
             infos = self._call("GET", "/api/v0/models", optional=True, read=lambda data: [
                 _lm_studio_v0_info(entry) for entry in _entries(data, "data", "id")])
-        if infos is not None:
-            return infos
-        logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models (LM Studio before 0.3.6, or "
-                     "another server): only /v1/models facts", self.title, self.base_url)
-        return super()._list_model_info()
+        if infos is None:
+            logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models: only /v1/models facts",
+                         self.title, self.base_url)
+        return super()._list_model_info() if infos is None else infos
 
     def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         if keep_alive is not None:
-            logger.warning("LM Studio's /api/v1/models/load takes no keep-alive; keep_alive=%r not sent (LM "
-                           "Studio applies a ttl= model parameter when a chat request loads the model)",
-                           keep_alive)
+            logger.warning("LM Studio's /api/v1/models/load takes no keep-alive; keep_alive=%r not sent (a "
+                           "ttl= model parameter applies when a chat request loads the model)", keep_alive)
         payload: Dict[str, Any] = {"model": name, "echo_load_config": True}
         if context_length is not None:
             payload["context_length"] = context_length
@@ -4381,12 +4300,9 @@ class LMStudioProvider(OpenAICompatibleProvider):
                        needed=self.NATIVE_API_VERSION, manual="lms unload %s" % instance_id)
 
     def _pull(self, name: str) -> Iterator[PullProgress]:
-        answer = self._call("POST", "/api/v1/models/download", {"model": name}, model=name,
-                            needed=self.NATIVE_API_VERSION, manual="Download it by hand:  lms get %s" % name)
-        yield from self._download_progress(name, answer)
-
-    def _download_progress(self, name: str, job: Any) -> Iterator[PullProgress]:
-        """Poll the download job until it completes or fails, yielding its progress; bounded in time."""
+        """Start the download job, then poll it until it completes or fails, yielding its progress."""
+        job = self._call("POST", "/api/v1/models/download", {"model": name}, model=name,
+                         needed=self.NATIVE_API_VERSION, manual="Download it by hand:  lms get %s" % name)
         deadline = time.monotonic() + self.download_timeout
         failures = 0
         yield _job_progress(job)
@@ -4478,10 +4394,8 @@ def _lm_studio_v0_info(entry: Mapping[str, Any]) -> ModelInfo:
 
 
 class OllamaProvider(BaseProvider):
-    """Ollama's native server: ``/api/chat`` (with ``stream`` set explicitly) and ``/api/tags``.
-
-    Model names match as Ollama matches them: case-insensitively, and a name without a tag means ``:latest``.
-    """
+    """Ollama's native server: ``/api/chat`` and ``/api/tags``.  Model names match as Ollama matches them:
+    case-insensitively, and a name without a tag means ``:latest``."""
 
     kind = SERVER_KINDS["ollama"]
     stream_end = ("done", True)
@@ -4503,13 +4417,15 @@ class OllamaProvider(BaseProvider):
     embedding_hint = "Use an embedding model, e.g.  ollama pull nomic-embed-text ."
     truncate_hint = ", or pass truncate=True to cut it to the model's context"
     embed_fields = ("keep_alive", "options", "truncate")
+    listing = ("models", "name")
+    context_advice = ("Raise num_ctx: ollama://{model}?num_ctx={size} (or load_model({model!r}, "
+                      "context_length={size})), or shorten the prompt.")
 
     def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
                  api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error",
                  **limits: int):
-        """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (the default)
-        raises ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Other options as
-        for BaseProvider."""
+        """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (default) raises
+        ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Others as for BaseProvider."""
         if on_truncation not in ("error", "warn"):
             raise InvalidInputError("on_truncation must be 'error' or 'warn', got %r" % (on_truncation,))
         super().__init__(host, timeout, api_key, max_retries, **limits)
@@ -4582,32 +4498,19 @@ class OllamaProvider(BaseProvider):
 
     def _wire_tool_call(self, call_id: Optional[str], name: str, arguments: Dict[str, Any]) -> Dict[str, Any]:
         call: Dict[str, Any] = {"function": {"name": name, "arguments": arguments}}
-        if call_id:
-            call["id"] = call_id
-        return call
+        return dict(call, id=call_id) if call_id else call
 
     def _wire_tool_result(self, message: Mapping[str, Any], call_id: Optional[str], name: Optional[str],
                           index: int) -> Dict[str, Any]:
-        wired = {"role": "tool", "content": message.get("content")}
-        if name:
-            wired["tool_name"] = name
-        if call_id:
-            wired["tool_call_id"] = call_id
-        return wired
-
-    def _model_names(self, data: Any) -> List[str]:
-        return [entry["name"] for entry in data["models"]]
+        wired = {"role": "tool", "content": message.get("content"), "tool_name": name,
+                 "tool_call_id": call_id}
+        return {key: value for key, value in wired.items() if value or key == "content"}
 
     # --- model facts, loading, downloading: /api/show, /api/ps, /api/pull ---------
 
     def load_hint(self, model: str, context_length: Optional[int]) -> str:
         return "Run it once by hand:  ollama run %s%s" % (
             model, "  (then /set parameter num_ctx %d)" % context_length if context_length else "")
-
-    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
-        size = _suggest_context(prompt_tokens or 4096)
-        return ("Raise num_ctx: ollama://%s?num_ctx=%d (or load_model(%r, context_length=%d)), or shorten "
-                "the prompt." % (model, size, model, size))
 
     def _server_version(self) -> Optional[str]:
         """Ollama's version from ``/api/version``, e.g. ``"0.24.0"``."""
@@ -4628,7 +4531,7 @@ class OllamaProvider(BaseProvider):
     def _tags(self, optional: bool = False) -> List[Dict[str, Any]]:
         """``/api/tags``'s models (none when ``optional`` and the server has no /api/tags)."""
         entries = self._call("GET", self.models_path, optional=optional,
-                             read=lambda data: _entries(data, "models", "name"))
+                             read=lambda data: _entries(data, *self.listing))
         return entries or []
 
     def _show(self, name: str, quiet: bool = False) -> Dict[str, Any]:
@@ -4674,11 +4577,7 @@ class OllamaProvider(BaseProvider):
     def _pull(self, name: str) -> Iterator[PullProgress]:
         """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``.
         A generator, so the request goes out on the first ``next()``, not when ``iter_pull`` is called."""
-        yield from self._pull_progress(name, self._stream_json("/api/pull", {"model": name, "stream": True},
-                                                               model=name))
-
-    def _pull_progress(self, name: str,
-                       events: Generator[Dict[str, Any], None, None]) -> Iterator[PullProgress]:
+        events = self._stream_json("/api/pull", {"model": name, "stream": True}, model=name)
         status = None
         try:
             for event in events:
@@ -4691,18 +4590,6 @@ class OllamaProvider(BaseProvider):
             raise DownloadError("%s stopped reporting on the download of %r before it succeeded (last "
                                 "status: %r)." % (self.title, name, status), server_message=status,
                                 reason="download_failed", hint="Run  ollama pull %s  to finish it." % name)
-
-    def _loaded_context(self, model: ModelConfig) -> Optional[int]:
-        """The context the model is loaded with: from /api/ps, asked at most every 30 s (only when needed)."""
-        key = _ollama_key(model.name)
-        seen = self._ps_seen.get(key)
-        if seen is None or time.monotonic() - seen[0] > 30.0:
-            try:
-                self._running()
-            except ProviderError:
-                return None
-            seen = self._ps_seen.get(key)
-        return seen[1] if seen else None
 
     def _known_context(self, model: ModelConfig) -> Optional[int]:
         num_ctx = model.parameters.get("num_ctx")
@@ -4724,7 +4611,15 @@ class OllamaProvider(BaseProvider):
         options = payload.get("options") or {}
         context = _first_int(options.get("num_ctx"))
         if context is None and evaluated >= 256:  # no context is that small: only then ask /api/ps
-            context = self._loaded_context(model)
+            key = _ollama_key(model.name)
+            seen = self._ps_seen.get(key)
+            if seen is None or time.monotonic() - seen[0] > 30.0:  # /api/ps at most every 30 s
+                try:
+                    self._running()
+                    seen = self._ps_seen.get(key)
+                except ProviderError:
+                    seen = None
+            context = seen[1] if seen else None
         if not context or evaluated < context - min(64, context // 32):
             return
         message = ("%s truncated the prompt for model %r: it evaluated %d prompt tokens, the whole context "
@@ -4742,11 +4637,7 @@ class OllamaProvider(BaseProvider):
 
 
 def _ollama_key(name: str) -> str:
-    name = name.strip().lower()
-    for prefix in ("registry.ollama.ai/library/", "registry.ollama.ai/", "library/"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
+    name = re.sub(r"^(?:registry\.ollama\.ai/(?:library/)?|library/)", "", name.strip().lower())
     if ":" not in name.rsplit("/", 1)[-1]:
         name += ":latest"
     return name
@@ -4768,9 +4659,7 @@ def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict
     for entry in running or []:
         if _ollama_key(str(entry.get("name"))) == _ollama_key(name) and not _is_past(entry.get("expires_at")):
             loaded, loaded_context = True, _first_int(entry.get("context_length"))
-    kind = None
-    if isinstance(capabilities, list):
-        kind = "embedding" if "embedding" in capabilities else "llm" if "completion" in capabilities else None
+    kind = "embedding" if has("embedding") else "llm" if has("completion") else None
     return ModelInfo(
         name, context_length=_first_int(facts.get("%s.context_length" % architecture)),
         loaded=loaded, loaded_context_length=loaded_context, tools=has("tools"), vision=has("vision"),
