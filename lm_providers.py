@@ -1538,7 +1538,6 @@ DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
 _READ_BYTES = 65536             # one read of an uncompressed body
 _COMPRESSED_READ_BYTES = 8192   # one read of a compressed body: at most ~8 MiB once inflated (gzip, deflate)
 _CLOSE_DELIMITED_READ_BYTES = 1024  # urllib3 < 2.2 has no read1: the first pieces wait for this much
-_DECODED_ENCODINGS = ("identity", "gzip", "x-gzip", "deflate")
 
 
 def _size_text(size: int) -> str:
@@ -1554,13 +1553,10 @@ def _too_large(what: str, limit: int, name: str, more: str, really: str, short: 
                                  server_message=short, reason="too_large", hint=hint)
 
 
-#: What LM Studio (0.3.14 to 0.4.x) says, with HTTP 200 or 404, for an endpoint it does not have.
-_UNKNOWN_ENDPOINT_PHRASE = "unexpected endpoint or method"
-
-
 def _lacks_endpoint(status: int, message: str) -> bool:
-    """Whether an error answer means the server lacks the endpoint (a 404-like status, LM Studio's words)."""
-    return status in (404, 405, 501) or _UNKNOWN_ENDPOINT_PHRASE in message.lower()
+    """Whether an error answer means the server lacks the endpoint (a 404-like status, LM Studio's words,
+    which 0.3.14 to 0.4.x send with HTTP 200 or 404)."""
+    return status in (404, 405, 501) or "unexpected endpoint or method" in message.lower()
 
 
 def _loads_or_none(text: str) -> Any:
@@ -1609,9 +1605,7 @@ def _short_json(value: Any) -> str:
 
 
 def _mask(secret: Optional[str]) -> str:
-    if not secret:
-        return "(none)"
-    return "****" + (secret[-4:] if len(secret) >= 12 else "")
+    return ("****" + (secret[-4:] if len(secret) >= 12 else "")) if secret else "(none)"
 
 
 class _BearerAuth:
@@ -1718,27 +1712,25 @@ class HTTPTransport:
             raise describe_failure(status, text, model)
         raise AssertionError("unreachable")
 
-    def _send(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        """Send; send a request that may run twice (``_repeatable``) again if a kept-alive connection turns
-        out closed (llama.cpp closes after every stream while announcing keep-alive)."""
-        try:
-            return self._send_once(method, url, body)
-        except requests.exceptions.ConnectionError as exc:
-            if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS) or not _repeatable(method, url):
-                raise
-            logger.debug("%s closed a kept-alive connection before answering; sending again",
-                         self.server_title)
-            return self._send_once(method, url, body)
-
-    def _send_once(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        # Always stream=True: the caller reads every body, in bounded pieces (after _enforce_content_length).
+    def _send(self, method: str, url: str, body: Optional[bytes], again: bool = True) -> Any:
+        """Send with stream=True (the caller reads every body in bounded pieces); send a request that may run
+        twice (``_repeatable``) ``again`` if a kept-alive connection turns out closed (llama.cpp closes after
+        every stream while announcing keep-alive)."""
         timeout = (self.connect_timeout, self.read_timeout)
-        if not self._direct:
+        try:
+            if self._direct:
+                return self._adapter.send(self._prepare(method, url, body), stream=True, timeout=timeout,
+                                          verify=self.session.verify, cert=self.session.cert, proxies={})
             headers = {"Content-Type": "application/json"} if body is not None else None
             return self.session.request(method, url, data=body, stream=True, timeout=timeout,
                                         allow_redirects=False, headers=headers)
-        return self._adapter.send(self._prepare(method, url, body), stream=True, timeout=timeout,
-                                  verify=self.session.verify, cert=self.session.cert, proxies={})
+        except requests.exceptions.ConnectionError as exc:
+            if not (again and any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS)
+                    and _repeatable(method, url)):
+                raise
+            logger.debug("%s closed a kept-alive connection before answering; sending again",
+                         self.server_title)
+            return self._send(method, url, body, again=False)
 
     def read_body(self, response: Any, path: str, limit: Optional[int] = None,
                   truncate: bool = False) -> bytes:
@@ -1827,17 +1819,13 @@ class HTTPTransport:
         where = "%s at %s" % (self.server_title, self.base_url)
         raise_it = "raise the limit with timeout=(connect, read), e.g. timeout=(%g, %g)."
         if isinstance(exc, exceptions.ConnectTimeout):
-            return ProviderTimeoutError(
-                "connecting to %s took longer than the connect timeout (%g s)." % (
-                    where, self.connect_timeout),
-                reason="timeout", hint="Check the host and that the server is running; " + raise_it % (
-                    30, self.read_timeout))
+            return ProviderTimeoutError("connecting to %s took longer than the connect timeout (%g s)." % (
+                where, self.connect_timeout), reason="timeout", hint="Check the host and that the server is "
+                "running; " + raise_it % (30, self.read_timeout))
         if _is_read_timeout(exc, exceptions) or "Read timed out" in text:
-            return ProviderTimeoutError(
-                "%s sent nothing for %g s (the read timeout) while answering %s." % (
-                    where, self.read_timeout, url), reason="timeout",
-                hint="A large model can take minutes to load or to answer; " + raise_it % (
-                    self.connect_timeout, self.read_timeout * 4))
+            return ProviderTimeoutError("%s sent nothing for %g s (the read timeout) while answering %s." % (
+                where, self.read_timeout, url), reason="timeout", hint="A large model can take minutes to "
+                "load or to answer; " + raise_it % (self.connect_timeout, self.read_timeout * 4))
         if isinstance(exc, exceptions.SSLError):
             return ProviderConnectionError(
                 "TLS failed talking to %s: %s." % (self.base_url, exc), reason="connection_failed",
@@ -1856,14 +1844,13 @@ class HTTPTransport:
                      "between.")
         answer = _not_http_answer(exc)
         if answer:
-            return ProviderConnectionError(
-                "%s answered %s with something that is not valid HTTP (%s)." % (where, url, answer),
-                reason="bad_response", hint="Is another program listening on that port? Check the host and "
-                                            "port.")
+            return ProviderConnectionError("%s answered %s with something that is not valid HTTP (%s)." % (
+                where, url, answer), reason="bad_response",
+                hint="Is another program listening on that port? Check the host and port.")
         if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
-            return ProviderConnectionError(
-                "cannot connect to %s: connection refused. Nothing is listening there." % where,
-                reason="connection_refused", hint=self.start_hint)
+            return ProviderConnectionError("cannot connect to %s: connection refused. Nothing is listening "
+                                           "there." % where, reason="connection_refused",
+                                           hint=self.start_hint)
         if any(sign in text for sign in _UNKNOWN_HOST_SIGNS):
             return ProviderConnectionError("cannot resolve the host name in %s." % self.base_url,
                                            reason="unknown_host", hint="Check the spelling of the host.")
@@ -1969,7 +1956,7 @@ def _not_http_answer(exc: BaseException) -> str:
 def _content_encoding(response: Any) -> str:
     """The body's Content-Encoding: identity, or gzip/deflate from a proxy (decoded); others are refused."""
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
-    if encoding not in _DECODED_ENCODINGS:
+    if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
         response.close()
         raise ProviderResponseError(
             "the answer is compressed with %r, which lm_providers does not decode (it asked for an "
@@ -1992,15 +1979,8 @@ def _body_chunks(response: Any) -> Iterator[bytes]:
         framed = response.headers.get("Content-Length") is not None
         return cast(Iterator[bytes], raw.stream(amount if framed else _CLOSE_DELIMITED_READ_BYTES,
                                                 decode_content=True))
-    return _read1_chunks(read1, amount, compressed)
-
-
-def _read1_chunks(read1: Callable[..., Optional[bytes]], amount: int, compressed: bool) -> Iterator[bytes]:
-    while True:
-        data = read1(amount, decode_content=compressed)  # uncompressed: skip urllib3's decoded-data buffer
-        if not data:
-            return
-        yield data
+    import functools  # uncompressed, decode_content=False skips urllib3's decoded-data buffer
+    return iter(functools.partial(read1, amount, decode_content=compressed), b"")
 
 
 # =============================================================================
@@ -2013,6 +1993,7 @@ class StreamError(bytes):
 
 _BOM = b"\xef\xbb\xbf"
 _END_GRACE_SECONDS = 0.05       # how long the rest of a body may take after its end marker
+_NO_END = object()              # the end value of a stream without an end marker: no event holds it
 
 
 class StreamDecoder:
@@ -2059,16 +2040,14 @@ class StreamDecoder:
                     raise self._too_large()
                 return []
             chunk = b"".join(self._pending)
-            self._pending = []
-            self._pending_size = 0
+            self._pending, self._pending_size = [], 0
         lines = chunk.splitlines()
         last = chunk[-1:]
         if last == b"\n" or last == b"\r":
             self._skip_lf = last == b"\r"
         elif lines:
             tail = lines.pop()
-            self._pending = [tail]
-            self._pending_size = len(tail)
+            self._pending, self._pending_size = [tail], len(tail)
             if len(tail) > self.max_event_bytes:
                 raise self._too_large()
         if self.framing == "ndjson":  # (SSE counts its data lines in _sse_lines)
@@ -2079,8 +2058,7 @@ class StreamDecoder:
 
     def flush(self) -> List[bytes]:
         lines = [b"".join(self._pending)] if self._pending else []
-        self._pending = []
-        self._pending_size = 0
+        self._pending, self._pending_size = [], 0
         if self.framing == "ndjson":
             return [line for line in lines if line and not line.isspace()]
         return self._sse_lines(lines + [b""])
@@ -2091,14 +2069,13 @@ class StreamDecoder:
             self._pending_size = 0
         if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
             if chunk:
-                self._pending = [chunk]
-                self._pending_size = len(chunk)
+                self._pending, self._pending_size = [chunk], len(chunk)
             return b""
         self._at_start = False
         return chunk[len(_BOM):] if chunk.startswith(_BOM) else chunk
 
     def _too_large(self) -> ProviderResponseError:
-        self._pending = []
+        self._pending, self._data, self._data_size = [], [], 0  # what was read is dropped
         return _too_large("the server sent a stream event larger than", self.max_event_bytes,
                           "max_event_bytes", "", "the server really sends events", "event too large")
 
@@ -2111,8 +2088,6 @@ class StreamDecoder:
                 data.append(value)
                 self._data_size += len(value) + 1
                 if self._data_size > self.max_event_bytes:
-                    self._data = []
-                    self._data_size = 0
                     raise self._too_large()
             elif not line:
                 if data:
@@ -2161,9 +2136,14 @@ def _unreadable(title: str, data: bytes, exc: BaseException, path: str = "",
     if not path:
         return ProviderResponseError("%s sent a stream event that is not JSON: %r" % (title, data[:200]),
                                      body=text, reason="bad_response")
+    return _instead_of(title, path, text, status, "JSON")
+
+
+def _instead_of(title: str, asked: str, text: str, status: Optional[int],
+                wanted: str) -> ProviderResponseError:
     message = _server_message(text)
-    return ProviderResponseError("%s answered %s with %s instead of JSON" % (title, path, message), status,
-                                 message, text, reason="bad_response", hint=_proxy_hint(message))
+    return ProviderResponseError("%s answered %s with %s instead of %s" % (title, asked, message, wanted),
+                                 status, message, text, reason="bad_response", hint=_proxy_hint(message))
 
 
 class _EndWatch:
@@ -2235,8 +2215,7 @@ class _EventStream:
     def __iter__(self) -> Generator[Dict[str, Any], None, None]:
         decoder = StreamDecoder(self.provider.framing, self.provider.transport.max_event_bytes)
         feed, parse, sse = decoder.feed, _parse_json, decoder.framing == "sse"
-        has_end = self.end is not None
-        end_key, end_value = self.end if self.end is not None else ("", None)
+        end_key, end_value = self.end or ("", _NO_END)
         count = 0
         chunks = None
         ended = exhausted = False
@@ -2262,7 +2241,7 @@ class _EventStream:
                         raise _unreadable(self.provider.title, data, exc) from None
                     if event.__class__ is not dict or event.get("error"):  # "error": null is no error
                         raise self._bad_event(data, event)
-                    ended = has_end and event.get(end_key) == end_value
+                    ended = event.get(end_key) == end_value
                     count += 1
                     yield event
                     if ended:
@@ -2355,10 +2334,7 @@ def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> N
     text = provider.transport.read_error_text(response, provider.chat_path)
     if '"error"' in text:
         raise provider._failure(response.status_code, text, model, in_body=True)
-    message = _server_message(text)
-    raise ProviderResponseError("%s answered the streaming request with %s instead of a stream" % (
-        provider.title, message), status=response.status_code, server_message=message, body=text,
-        reason="bad_response", hint=_proxy_hint(message))
+    raise _instead_of(provider.title, "the streaming request", text, response.status_code, "a stream")
 
 
 def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "ModelConfig",
