@@ -1651,7 +1651,8 @@ class HTTPTransport:
             # A private CA still applies (requests reads these only with trust_env); not for http:// (cost).
             self.session.verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
                                    or True)
-        adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self.max_connections)
+        self._adapter = adapter = module.adapters.HTTPAdapter(pool_connections=1,
+                                                               pool_maxsize=self.max_connections)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(headers)
@@ -1661,18 +1662,15 @@ class HTTPTransport:
             _register_secret(api_key)  # masked in every error and log line while this transport lives
             weakref.finalize(self, _forget_secret, api_key)
             self.session.auth = _BearerAuth(api_key)
-        self._adapter = adapter
         self._direct = _is_loopback(base_url) and base_url.isascii()
 
     def __repr__(self) -> str:
         return "HTTPTransport(%r, api_key=%s)" % (self.base_url, _mask(self._api_key))
 
     def scrub(self, text: str) -> str:
-        """``text`` with every live API token masked."""
         return _scrub(text)
 
     def close(self) -> None:
-        """Close the connection pool."""
         self.session.close()
 
     def request(self, method: str, path: str, payload: Optional[Mapping[str, Any]] = None, *,
@@ -1800,10 +1798,10 @@ class HTTPTransport:
             from email.utils import parsedate_to_datetime
             try:
                 when = parsedate_to_datetime(header)
-            except (TypeError, ValueError, IndexError):
-                when = None
-            if when is not None and when.tzinfo is not None:
-                return max(0.0, min(when.timestamp() - time.time(), 30.0))
+                if when.tzinfo is not None:
+                    return max(0.0, min(when.timestamp() - time.time(), 30.0))
+            except (TypeError, ValueError, IndexError, AttributeError):  # not a date (None before 3.10)
+                pass
         return min(0.5 * 2.0 ** attempt, 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
@@ -2239,8 +2237,12 @@ class _EventStream:
                         event = parse(data)
                     except (ValueError, RecursionError) as exc:
                         raise _unreadable(self.provider.title, data, exc) from None
-                    if event.__class__ is not dict or event.get("error"):  # "error": null is no error
-                        raise self._bad_event(data, event)
+                    if event.__class__ is not dict:
+                        raise ProviderResponseError("%s sent a stream event that is not a JSON object: %r" % (
+                            self.provider.title, data[:200]), body=data.decode("utf-8", "replace"),
+                            reason="bad_response")
+                    if event.get("error"):  # "error": null is no error
+                        raise self._error_event(data)
                     ended = event.get(end_key) == end_value
                     count += 1
                     yield event
@@ -2273,12 +2275,6 @@ class _EventStream:
             "the stream from %s broke off after %s: %s; the reply is incomplete" % (
                 self.provider.title, self._received(count), _short_reason(exc)),
             server_message=str(exc)[:300], reason="stream_cut"), exc)
-
-    def _bad_event(self, data: bytes, event: Any) -> ProviderError:
-        if event.__class__ is dict:  # one with an "error"
-            return self._error_event(data)
-        return ProviderResponseError("%s sent a stream event that is not a JSON object: %r" % (
-            self.provider.title, data[:200]), body=data.decode("utf-8", "replace"), reason="bad_response")
 
     def _error_event(self, data: bytes) -> ProviderError:
         provider = self.provider
