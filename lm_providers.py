@@ -2124,8 +2124,7 @@ def _parse_json(data: bytes) -> Any:
 
 def _unreadable(title: str, data: bytes, exc: BaseException, path: str = "",
                 status: Optional[int] = None) -> ProviderResponseError:
-    """The error for a whole answer from ``path`` (without ``path``: a stream event) that is not JSON
-    (``exc`` a ValueError) or nests too deeply to read (a RecursionError)."""
+    """The error for an answer from ``path`` (or a stream event) that is not JSON or nests too deeply."""
     if isinstance(exc, RecursionError):
         return ProviderResponseError("%s %s JSON nested too deeply to read (%d bytes)" % (
             title, "answered %s with" % path if path else "sent a stream event of", len(data)), status,
@@ -2194,12 +2193,9 @@ def _socket_shutdown(raw: Any) -> Callable[[], None]:
 
 
 class _EventStream:
-    """The JSON objects of one streamed answer (iterate once): body chunks -> events -> JSON objects.
-
-    It ends at ``data: [DONE]`` or the object whose ``end[0]`` is ``end[1]``; a body that ends first is cut
-    off unless ``complete()``.  Errors say what came before (``describe()``).  However iteration ends, the
-    response is freed: back to the pool when its body was read to the end, else closed.
-    """
+    """The JSON objects of one streamed answer (iterate once), ending at ``data: [DONE]`` or the object
+    whose ``end[0]`` is ``end[1]``; a body that ends first is cut off unless ``complete()``.  Errors say what
+    came before (``describe()``).  However iteration ends, the response is pooled again or closed."""
 
     __slots__ = ("provider", "response", "path", "model", "end", "complete", "describe", "count")
 
