@@ -1371,11 +1371,8 @@ def _yaml_values(root: Any) -> int:
 # =============================================================================
 
 def ensure_requests() -> ModuleType:
-    """Import ``requests``, installing it with this interpreter's pip when it is missing.
-
-    ``LM_PROVIDERS_NO_INSTALL=1`` forbids the install, and a Python the operating system manages (PEP 668,
-    e.g. Debian's ``/usr/bin/python3``) is never installed into: the ImportError says what to do instead.
-    """
+    """Import ``requests``, installing it with this interpreter's pip when it is missing (not with
+    ``LM_PROVIDERS_NO_INSTALL=1`` nor into a Python the OS manages, PEP 668: the ImportError says why)."""
     global requests
     if requests is None:
         try:
@@ -1388,7 +1385,6 @@ def ensure_requests() -> ModuleType:
 
 
 def _install_requests() -> ModuleType:
-    """Install ``requests`` with this interpreter's pip, or raise ImportError saying what to do instead."""
     command = "%s -m pip install requests" % sys.executable
     if _externally_managed():
         raise ImportError(_externally_managed_advice()) from None
@@ -1413,7 +1409,6 @@ def _install_requests() -> ModuleType:
 
 
 def _externally_managed() -> bool:
-    """Whether this interpreter's packages belong to the operating system (PEP 668) and this is no venv."""
     if sys.prefix != getattr(sys, "base_prefix", sys.prefix):
         return False  # a virtual environment is always the user's to install into
     import sysconfig
@@ -1432,36 +1427,35 @@ def _externally_managed_advice() -> str:
             % sys.executable)
 
 
-# The largest stream event and whole answer accepted, counted after decompression (max_event_bytes=,
-# max_body_bytes=).  32 MiB is twice the largest event the benchmark streams; 128 MiB holds a batch of
-# 2048 embeddings of 1024 floats (about 40 MB of JSON) while keeping memory (a few times it) bounded.
+# The largest stream event and answer accepted, decompressed: twice the benchmark's largest event; a batch
+# of 2048 embeddings of 1024 floats (about 40 MB of JSON) with memory still bounded.
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
 _READ_BYTES = 65536             # one read of an uncompressed body
 _COMPRESSED_READ_BYTES = 8192   # one read of a compressed body: at most ~8 MiB once inflated (gzip, deflate)
 _CLOSE_DELIMITED_READ_BYTES = 1024  # urllib3 < 2.2 has no read1: the first pieces wait for this much
-_DECODED_ENCODINGS = ("identity", "gzip", "x-gzip", "deflate")
 
 
 def _size_text(size: int) -> str:
-    """``size`` bytes in words: "32 MiB", "512 KiB", "1000 bytes"."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if size >= scale and size % scale == 0:
             return "%d %s" % (size // scale, unit)
     return "%d bytes" % size
 
 
-#: What LM Studio (0.3.14 to 0.4.x) says, with HTTP 200 or 404, for an endpoint it does not have.
-_UNKNOWN_ENDPOINT_PHRASE = "unexpected endpoint or method"
+def _too_large(what: str, limit: int, name: str, more: str, really: str, short: str) -> ProviderResponseError:
+    hint = "If %s that large, raise the limit: pass %s=... to the provider" % (really, name)
+    return ProviderResponseError("%s %s (%s=%d)%s." % (what, _size_text(limit), name, limit, more),
+                                 server_message=short, reason="too_large", hint=hint)
 
 
 def _lacks_endpoint(status: int, message: str) -> bool:
-    """Whether an error answer means the server lacks the endpoint (a 404-like status, LM Studio's words)."""
-    return status in (404, 405, 501) or _UNKNOWN_ENDPOINT_PHRASE in message.lower()
+    """Whether an error answer means the server lacks the endpoint (a 404-like status, LM Studio's words,
+    which 0.3.14 to 0.4.x send with HTTP 200 or 404)."""
+    return status in (404, 405, 501) or "unexpected endpoint or method" in message.lower()
 
 
 def _loads_or_none(text: str) -> Any:
-    """A server's text as JSON, or None when it is not JSON or nests too deeply to read."""
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
@@ -1469,15 +1463,13 @@ def _loads_or_none(text: str) -> Any:
 
 
 def _text_field(value: Any) -> Optional[str]:
-    """A reply's content or reasoning: None or a string.  Anything else is a TypeError, which the callers'
-    shape checks report as an answer of an unexpected shape (not a traceback from the text handling)."""
+    """A reply's text field: None or a string, else a TypeError (the callers' "unexpected shape")."""
     if value is None or isinstance(value, str):
         return value
     raise TypeError("a text field holds %s, not a string" % type(value).__name__)
 
 
 def _server_message(body: str) -> str:
-    """The server's own error message from an error body of any shape."""
     text = body.strip()
     data = _loads_or_none(text)
     if isinstance(data, dict):
@@ -1496,12 +1488,11 @@ def _server_message(body: str) -> str:
 
 
 def _proxy_hint(message: str) -> str:
-    """What to check when ``_server_message`` found an HTML page where the API answers (after a message)."""
-    return " (is a proxy or another program on this port?)" if message.startswith("an HTML page") else ""
+    """The hint for an answer ``_server_message`` found to be an HTML page, else ""."""
+    return "(is a proxy or another program on this port?)" if message.startswith("an HTML page") else ""
 
 
 def _short_json(value: Any) -> str:
-    """At most 300 characters of ``value`` as JSON (a value nested too deeply to write says so)."""
     try:
         text = json.dumps(value)
     except (ValueError, RecursionError):
@@ -1510,9 +1501,7 @@ def _short_json(value: Any) -> str:
 
 
 def _mask(secret: Optional[str]) -> str:
-    if not secret:
-        return "(none)"
-    return "****" + (secret[-4:] if len(secret) >= 12 else "")
+    return ("****" + (secret[-4:] if len(secret) >= 12 else "")) if secret else "(none)"
 
 
 class _BearerAuth:
@@ -1530,19 +1519,16 @@ class _BearerAuth:
 
 
 def _is_loopback(base_url: str) -> bool:
-    """Whether a normalized base URL points at this machine (127.0.0.0/8, ::1, localhost)."""
     host = base_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]").lower()
     return host == "localhost" or host.endswith(".localhost") or host == "::1" or host.startswith("127.")
 
 
 class HTTPTransport:
-    """The one HTTP layer every provider uses: a keep-alive ``requests.Session``, separate connect and
-    read timeouts, bounded retries for 429/503, no redirects, bounded body reading, and every ``requests``
-    failure turned into a typed error."""
+    """The HTTP layer of every provider: a keep-alive session, connect and read timeouts, bounded retries
+    for 429/503, no redirects, bounded body reading, every ``requests`` failure a typed error."""
 
-    #: Connections kept open to the server, at most (one per thread using the provider at once).  The pool
-    #: does not block (requests bounds no such wait, and a stream left open would hold its connection):
-    #: more threads still work, each extra connection closed after use ("Connection pool is full").
+    #: Connections kept open, at most.  The pool does not block (a stream left open would hold one): more
+    #: threads still work, each extra connection closed after use ("Connection pool is full").
     max_connections = 128
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
@@ -1555,15 +1541,14 @@ class HTTPTransport:
         self.connect_timeout, self.read_timeout, self.max_retries = connect_timeout, read_timeout, max_retries
         self.max_event_bytes, self.max_body_bytes = max_event_bytes, max_body_bytes
         self.session = module.Session()
-        # Proxy variables route loopback traffic wrongly, and looking them up costs more than a small local
-        # request; remote hosts keep the usual behaviour.
+        # Proxy variables route loopback traffic wrongly, and reading them costs more than a local request.
         self.session.trust_env = not _is_loopback(base_url)
         if not self.session.trust_env and base_url.startswith("https:"):
-            # A private CA still applies (requests reads these only with trust_env).  Not for http://: a CA
-            # path there would only cost requests a file-system check on every request.
+            # A private CA still applies (requests reads these only with trust_env); not for http:// (cost).
             self.session.verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
                                    or True)
-        adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self.max_connections)
+        self._adapter = adapter = module.adapters.HTTPAdapter(pool_connections=1,
+                                                               pool_maxsize=self.max_connections)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(headers)
@@ -1573,27 +1558,21 @@ class HTTPTransport:
             _register_secret(api_key)  # masked in every error and log line while this transport lives
             weakref.finalize(self, _forget_secret, api_key)
             self.session.auth = _BearerAuth(api_key)
-        self._adapter = adapter
         self._direct = _is_loopback(base_url) and base_url.isascii()
 
     def __repr__(self) -> str:
         return "HTTPTransport(%r, api_key=%s)" % (self.base_url, _mask(self._api_key))
 
     def scrub(self, text: str) -> str:
-        """``text`` with every live API token masked (errors and logs do this themselves; see ``_scrub``)."""
         return _scrub(text)
 
     def close(self) -> None:
-        """Close the connection pool."""
         self.session.close()
 
     def request(self, method: str, path: str, payload: Optional[Mapping[str, Any]] = None, *,
-                debug: bool = False, describe_failure: Any = None, model: str = "") -> Any:
-        """Send one request; return the 2xx ``requests.Response``, body unread (``read_body`` reads an answer,
-        ``_EventStream`` a stream), or raise a typed error (an error answer: ``describe_failure(status, body,
-        model)``).  429 and 503 are retried up to ``max_retries`` times, after ``Retry-After`` (at most 30 s)
-        or 0.5 s, 1 s, 2 s..., before anything reached the caller.  ``debug`` is ignored (it is logging now).
-        """
+                describe_failure: Any = None, model: str = "") -> Any:
+        """Send one request; return the 2xx response, body unread, or raise a typed error (an error answer:
+        ``describe_failure(status, body, model)``).  429 and 503 are retried ``max_retries`` times."""
         url = self.base_url + path
         body = None if payload is None else _json_bytes(payload)
         for attempt in range(self.max_retries + 1):
@@ -1627,37 +1606,30 @@ class HTTPTransport:
             raise describe_failure(status, text, model)
         raise AssertionError("unreachable")
 
-    def _send(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        """Send; send again on a new connection if a kept-alive one turns out to be closed.
-
-        A server may close a connection just as it is reused (llama.cpp closes after every stream while
-        announcing keep-alive).  Whether it read the request first cannot be told, so only requests that may
-        run twice are sent again: GET, HEAD and ``_REPEATABLE_POSTS``, not a POST that starts a pull or load.
-        """
-        try:
-            return self._send_once(method, url, body)
-        except requests.exceptions.ConnectionError as exc:
-            if not any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS) or not _repeatable(method, url):
-                raise
-            logger.debug("%s closed a kept-alive connection before answering; sending again",
-                         self.server_title)
-            return self._send_once(method, url, body)
-
-    def _send_once(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        # Always stream=True: the caller reads every body, in bounded pieces (after _enforce_content_length).
+    def _send(self, method: str, url: str, body: Optional[bytes], again: bool = True) -> Any:
+        """Send with stream=True (the caller reads every body in bounded pieces); send a request that may run
+        twice (``_repeatable``) ``again`` if a kept-alive connection turns out closed (llama.cpp closes after
+        every stream while announcing keep-alive)."""
         timeout = (self.connect_timeout, self.read_timeout)
-        if not self._direct:
+        try:
+            if self._direct:
+                return self._adapter.send(self._prepare(method, url, body), stream=True, timeout=timeout,
+                                          verify=self.session.verify, cert=self.session.cert, proxies={})
             headers = {"Content-Type": "application/json"} if body is not None else None
             return self.session.request(method, url, data=body, stream=True, timeout=timeout,
                                         allow_redirects=False, headers=headers)
-        return self._adapter.send(self._prepare(method, url, body), stream=True, timeout=timeout,
-                                  verify=self.session.verify, cert=self.session.cert, proxies={})
+        except requests.exceptions.ConnectionError as exc:
+            if not (again and any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS)
+                    and _repeatable(method, url)):
+                raise
+            logger.debug("%s closed a kept-alive connection before answering; sending again",
+                         self.server_title)
+            return self._send(method, url, body, again=False)
 
     def read_body(self, response: Any, path: str, limit: Optional[int] = None,
                   truncate: bool = False) -> bytes:
-        """The whole body of an answer, decompressed, read in pieces of at most 64 KiB.  Past ``limit``
-        bytes (default ``max_body_bytes``, counted decompressed: a decompression bomb stops there too) it is
-        a ProviderResponseError, or with ``truncate`` cut there; a Content-Length over it fails at once."""
+        """The whole body of an answer, decompressed, in bounded reads.  Past ``limit`` decompressed bytes
+        (default ``max_body_bytes``) it is a ProviderResponseError, or with ``truncate`` cut there."""
         limit = self.max_body_bytes if limit is None else limit
         length = response.headers.get("Content-Length", "").strip()
         if not truncate and length.isdigit() and int(length) > limit:
@@ -1666,7 +1638,7 @@ class HTTPTransport:
         identity = _content_encoding(response) == "identity"
         amount = _READ_BYTES if identity else _COMPRESSED_READ_BYTES
         parts: List[bytes] = []
-        size = 0
+        size = 0  # decompressed: a decompression bomb stops at the limit too
         try:
             if identity and length.isdigit() and int(length) <= min(limit, _READ_BYTES):  # small: one read
                 return cast(bytes, response.raw.read(decode_content=False))
@@ -1694,15 +1666,11 @@ class HTTPTransport:
         return self.scrub(body.decode("utf-8", "replace"))
 
     def _too_large(self, path: str, limit: int, what: str) -> ProviderResponseError:
-        return ProviderResponseError(
-            "%s answered %s with more than %s (max_body_bytes=%d): it %s." % (
-                self.server_title, path, _size_text(limit), limit, what), server_message="answer too large",
-            reason="too_large", hint="If the answer is really that large, raise the limit: pass "
-                                     "max_body_bytes=... to the provider")
+        return _too_large("%s answered %s with more than" % (self.server_title, path), limit,
+                          "max_body_bytes", ": it %s" % what, "the answer is really", "answer too large")
 
     def _prepare(self, method: str, url: str, body: Optional[bytes]) -> Any:
-        """A loopback request built directly for the connection pool: on a local server ``Session.request``
-        (environment, cookies, hooks, URL parsing) costs more than the request, and none of it applies."""
+        """A loopback request for the pool directly: ``Session.request`` costs more than a local request."""
         prepared = requests.PreparedRequest()
         prepared.method = method
         prepared.url = url
@@ -1726,15 +1694,15 @@ class HTTPTransport:
             from email.utils import parsedate_to_datetime
             try:
                 when = parsedate_to_datetime(header)
-            except (TypeError, ValueError, IndexError):
-                when = None
-            if when is not None and when.tzinfo is not None:
-                return max(0.0, min(when.timestamp() - time.time(), 30.0))
+                if when.tzinfo is not None:
+                    return max(0.0, min(when.timestamp() - time.time(), 30.0))
+            except (TypeError, ValueError, IndexError, AttributeError):  # not a date (None before 3.10)
+                pass
         return min(0.5 * 2.0 ** attempt, 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
-        """Turn a requests/urllib3/socket failure into a typed error chained to it (raise it without
-        ``from exc``: a cause that shows a token is left out, so no traceback prints the token)."""
+        """A requests/urllib3/socket failure as a typed error chained to it (raise it without ``from exc``:
+        ``_chain`` leaves out a cause that shows a token)."""
         if isinstance(exc, ProviderError):
             return exc
         return _chain(self._translate(exc, url), exc)
@@ -1745,17 +1713,13 @@ class HTTPTransport:
         where = "%s at %s" % (self.server_title, self.base_url)
         raise_it = "raise the limit with timeout=(connect, read), e.g. timeout=(%g, %g)."
         if isinstance(exc, exceptions.ConnectTimeout):
-            return ProviderTimeoutError(
-                "connecting to %s took longer than the connect timeout (%g s)." % (
-                    where, self.connect_timeout),
-                reason="timeout", hint="Check the host and that the server is running; " + raise_it % (
-                    30, self.read_timeout))
+            return ProviderTimeoutError("connecting to %s took longer than the connect timeout (%g s)." % (
+                where, self.connect_timeout), reason="timeout", hint="Check the host and that the server is "
+                "running; " + raise_it % (30, self.read_timeout))
         if _is_read_timeout(exc, exceptions) or "Read timed out" in text:
-            return ProviderTimeoutError(
-                "%s sent nothing for %g s (the read timeout) while answering %s." % (
-                    where, self.read_timeout, url), reason="timeout",
-                hint="A large model can take minutes to load or to answer; " + raise_it % (
-                    self.connect_timeout, self.read_timeout * 4))
+            return ProviderTimeoutError("%s sent nothing for %g s (the read timeout) while answering %s." % (
+                where, self.read_timeout, url), reason="timeout", hint="A large model can take minutes to "
+                "load or to answer; " + raise_it % (self.connect_timeout, self.read_timeout * 4))
         if isinstance(exc, exceptions.SSLError):
             return ProviderConnectionError(
                 "TLS failed talking to %s: %s." % (self.base_url, exc), reason="connection_failed",
@@ -1774,14 +1738,13 @@ class HTTPTransport:
                      "between.")
         answer = _not_http_answer(exc)
         if answer:
-            return ProviderConnectionError(
-                "%s answered %s with something that is not valid HTTP (%s)." % (where, url, answer),
-                reason="bad_response", hint="Is another program listening on that port? Check the host and "
-                                            "port.")
+            return ProviderConnectionError("%s answered %s with something that is not valid HTTP (%s)." % (
+                where, url, answer), reason="bad_response",
+                hint="Is another program listening on that port? Check the host and port.")
         if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
-            return ProviderConnectionError(
-                "cannot connect to %s: connection refused. Nothing is listening there." % where,
-                reason="connection_refused", hint=self.start_hint)
+            return ProviderConnectionError("cannot connect to %s: connection refused. Nothing is listening "
+                                           "there." % where, reason="connection_refused",
+                                           hint=self.start_hint)
         if any(sign in text for sign in _UNKNOWN_HOST_SIGNS):
             return ProviderConnectionError("cannot resolve the host name in %s." % self.base_url,
                                            reason="unknown_host", hint="Check the spelling of the host.")
@@ -1812,13 +1775,11 @@ _REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embe
 
 
 def _repeatable(method: str, url: str) -> bool:
-    """Whether a request that may have reached the server can be sent again without doing anything twice."""
     return method in ("GET", "HEAD") or method == "POST" and url.split("?", 1)[0].endswith(_REPEATABLE_POSTS)
 
 
 def _enforce_content_length(response: Any) -> None:
-    """Make a body shorter than its Content-Length raise as it is read, on every urllib3 (2.x checks by
-    default; 1.26 only when its public ``enforce_content_length`` is set, else it passes the cut body on)."""
+    """Make a body shorter than its Content-Length raise as it is read (urllib3 1.26 checks only if asked)."""
     raw: Any = getattr(response, "raw", None)
     if getattr(raw, "enforce_content_length", True) is False:
         raw.enforce_content_length = True
@@ -1837,9 +1798,7 @@ def _short_reason(exc: BaseException) -> str:
 
 
 def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it wraps: requests and urllib3 keep the original in ``args``, ``__cause__``
-    or ``__context__`` (a read timeout reaches a stream as requests' ConnectionError around urllib3's
-    ReadTimeoutError around ``socket.timeout``)."""
+    """``exc`` and what it wraps in ``args``, ``__cause__`` or ``__context__`` (requests and urllib3 wrap)."""
     seen: List[BaseException] = []
     todo = [exc]
     while todo and len(seen) < 12:
@@ -1853,9 +1812,7 @@ def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _is_read_timeout(exc: BaseException, exceptions: Any) -> bool:
-    """Whether the server went silent for longer than the read timeout, in any of the forms the
-    supported versions raise it (``exceptions`` is ``requests.exceptions``; on Python 3.8 and 3.9
-    ``socket.timeout`` is not a TimeoutError)."""
+    """Whether the server went silent past the read timeout, in any form (3.8/3.9: socket.timeout too)."""
     import socket
     from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
     for current in _exception_chain(exc):
@@ -1867,8 +1824,7 @@ def _is_read_timeout(exc: BaseException, exceptions: Any) -> bool:
 
 
 def _is_cut_short(exc: BaseException, exceptions: Any) -> bool:
-    """Whether the connection broke after the server had answered, while the body was read: a body
-    shorter than its Content-Length, a chunked body without its last chunk, a reset mid-body."""
+    """Whether the connection broke while the body was read (short, without its last chunk, reset)."""
     import http.client
     from urllib3.exceptions import ProtocolError
     for current in _exception_chain(exc):
@@ -1892,10 +1848,9 @@ def _not_http_answer(exc: BaseException) -> str:
 
 
 def _content_encoding(response: Any) -> str:
-    """The body's Content-Encoding.  Requests ask for ``identity``; a proxy that compresses anyway is
-    decoded by urllib3 (gzip, deflate; the size limits count decoded bytes), any other encoding refused."""
+    """The body's Content-Encoding: identity, or gzip/deflate from a proxy (decoded); others are refused."""
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
-    if encoding not in _DECODED_ENCODINGS:
+    if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
         response.close()
         raise ProviderResponseError(
             "the answer is compressed with %r, which lm_providers does not decode (it asked for an "
@@ -1906,10 +1861,8 @@ def _content_encoding(response: Any) -> str:
 
 
 def _body_chunks(response: Any) -> Iterator[bytes]:
-    """A streamed body's bytes as they arrive, decompressed, through urllib3's public API: a chunked body
-    (LM Studio's, Ollama's, llama.cpp's) a chunk at a time (``read_chunked``, with nothing of ours in
-    between), another one socket read at a time (``read1``).  urllib3 < 2.2 has no ``read1``: there a
-    close-delimited body comes in 1 KiB pieces, the documented case where the first pieces can be late."""
+    """A streamed body's bytes as they arrive, decompressed: a chunk at a time (``read_chunked``) or one
+    socket read at a time (``read1``; urllib3 < 2.2 has none: 1 KiB pieces, the first ones may be late)."""
     raw = response.raw
     compressed = _content_encoding(response) != "identity"
     amount = _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
@@ -1920,15 +1873,8 @@ def _body_chunks(response: Any) -> Iterator[bytes]:
         framed = response.headers.get("Content-Length") is not None
         return cast(Iterator[bytes], raw.stream(amount if framed else _CLOSE_DELIMITED_READ_BYTES,
                                                 decode_content=True))
-    return _read1_chunks(read1, amount, compressed)
-
-
-def _read1_chunks(read1: Callable[..., Optional[bytes]], amount: int, compressed: bool) -> Iterator[bytes]:
-    while True:
-        data = read1(amount, decode_content=compressed)  # uncompressed: skip urllib3's decoded-data buffer
-        if not data:
-            return
-        yield data
+    import functools  # uncompressed, decode_content=False skips urllib3's decoded-data buffer
+    return iter(functools.partial(read1, amount, decode_content=compressed), b"")
 
 
 # =============================================================================
@@ -1941,18 +1887,17 @@ class StreamError(bytes):
 
 _BOM = b"\xef\xbb\xbf"
 _END_GRACE_SECONDS = 0.05       # how long the rest of a body may take after its end marker
+_NO_END = object()              # the end value of a stream without an end marker: no event holds it
 
 
 class StreamDecoder:
-    """Turn arbitrary chunks of a streamed body into complete events.
+    """Turn arbitrary chunks of a streamed body into complete events, in linear time.
 
-    ``framing`` is ``"sse"`` (``data:`` lines ended by a blank line) or ``"ndjson"`` (a JSON document a
-    line).  ``feed(chunk)`` returns the data of the events that chunk completes, in order, as bytes; an SSE
-    error event (``event: error``, or llama.cpp's ``error:`` lines) comes back as a StreamError.  ``flush()``
-    returns what the end of the body completes (an unterminated last line or SSE event).  Lines may end
-    in ``\\n``, ``\\r\\n`` or ``\\r``, and a chunk anywhere (inside a UTF-8 character, between ``\\r`` and
-    ``\\n``).  A leading byte-order mark, SSE comments, other fields and empty events are ignored.  The cost
-    is linear in the bytes fed; a line or event over ``max_event_bytes`` raises ProviderResponseError.
+    ``framing`` is ``"sse"`` or ``"ndjson"``.  ``feed(chunk)`` returns the data (bytes) of the events the
+    chunk completes; an SSE error event (``event: error``, llama.cpp's ``error:`` lines) is a StreamError.
+    ``flush()`` returns what the end of the body completes.  Lines end in ``\\n``, ``\\r\\n`` or ``\\r``; a
+    chunk may end anywhere.  A byte-order mark, comments, other fields and empty events are ignored; a line
+    or event over ``max_event_bytes`` raises ProviderResponseError.
     """
 
     __slots__ = ("framing", "max_event_bytes", "_pending", "_pending_size", "_skip_lf", "_data", "_data_size",
@@ -1989,30 +1934,25 @@ class StreamDecoder:
                     raise self._too_large()
                 return []
             chunk = b"".join(self._pending)
-            self._pending = []
-            self._pending_size = 0
+            self._pending, self._pending_size = [], 0
         lines = chunk.splitlines()
         last = chunk[-1:]
         if last == b"\n" or last == b"\r":
             self._skip_lf = last == b"\r"
         elif lines:
             tail = lines.pop()
-            self._pending = [tail]
-            self._pending_size = len(tail)
+            self._pending, self._pending_size = [tail], len(tail)
             if len(tail) > self.max_event_bytes:
                 raise self._too_large()
-        if self.framing == "ndjson":
-            # (SSE counts its data lines in _sse_lines; a whole line can come in one chunk)
+        if self.framing == "ndjson":  # (SSE counts its data lines in _sse_lines)
             if len(chunk) > self.max_event_bytes and any(len(line) > self.max_event_bytes for line in lines):
                 raise self._too_large()
             return [line for line in lines if line and not line.isspace()]
         return self._sse_lines(lines)
 
     def flush(self) -> List[bytes]:
-        """Finish the body: decode an unterminated last line and dispatch a pending SSE event."""
         lines = [b"".join(self._pending)] if self._pending else []
-        self._pending = []
-        self._pending_size = 0
+        self._pending, self._pending_size = [], 0
         if self.framing == "ndjson":
             return [line for line in lines if line and not line.isspace()]
         return self._sse_lines(lines + [b""])
@@ -2023,19 +1963,15 @@ class StreamDecoder:
             self._pending_size = 0
         if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
             if chunk:
-                self._pending = [chunk]
-                self._pending_size = len(chunk)
+                self._pending, self._pending_size = [chunk], len(chunk)
             return b""
         self._at_start = False
         return chunk[len(_BOM):] if chunk.startswith(_BOM) else chunk
 
     def _too_large(self) -> ProviderResponseError:
-        self._pending = []
-        return ProviderResponseError(
-            "the server sent a stream event larger than %s (max_event_bytes=%d)." % (
-                _size_text(self.max_event_bytes), self.max_event_bytes), server_message="event too large",
-            reason="too_large", hint="If the server really sends events that large, raise the limit: pass "
-                                     "max_event_bytes=... to the provider")
+        self._pending, self._data, self._data_size = [], [], 0  # what was read is dropped
+        return _too_large("the server sent a stream event larger than", self.max_event_bytes,
+                          "max_event_bytes", "", "the server really sends events", "event too large")
 
     def _sse_lines(self, lines: List[bytes]) -> List[bytes]:
         events = []
@@ -2046,8 +1982,6 @@ class StreamDecoder:
                 data.append(value)
                 self._data_size += len(value) + 1
                 if self._data_size > self.max_event_bytes:
-                    self._data = []
-                    self._data_size = 0
                     raise self._too_large()
             elif not line:
                 if data:
@@ -2086,8 +2020,7 @@ def _parse_json(data: bytes) -> Any:
 
 def _unreadable(title: str, data: bytes, exc: BaseException, path: str = "",
                 status: Optional[int] = None) -> ProviderResponseError:
-    """The error for a whole answer from ``path`` (without ``path``: a stream event) that is not JSON
-    (``exc`` a ValueError) or nests too deeply to read (a RecursionError)."""
+    """The error for an answer from ``path`` (or a stream event) that is not JSON or nests too deeply."""
     if isinstance(exc, RecursionError):
         return ProviderResponseError("%s %s JSON nested too deeply to read (%d bytes)" % (
             title, "answered %s with" % path if path else "sent a stream event of", len(data)), status,
@@ -2096,15 +2029,19 @@ def _unreadable(title: str, data: bytes, exc: BaseException, path: str = "",
     if not path:
         return ProviderResponseError("%s sent a stream event that is not JSON: %r" % (title, data[:200]),
                                      body=text, reason="bad_response")
+    return _instead_of(title, path, text, status, "JSON")
+
+
+def _instead_of(title: str, asked: str, text: str, status: Optional[int],
+                wanted: str) -> ProviderResponseError:
     message = _server_message(text)
-    return ProviderResponseError("%s answered %s with %s instead of JSON" % (title, path, message), status,
-                                 message, text, reason="bad_response", hint=_proxy_hint(message).lstrip())
+    return ProviderResponseError("%s answered %s with %s instead of %s" % (title, asked, message, wanted),
+                                 status, message, text, reason="bad_response", hint=_proxy_hint(message))
 
 
 class _EndWatch:
-    """After a stream's end marker, shut the connection's socket down if the rest of the body (normally
-    just the end of the chunked encoding) has not come within ``seconds``: that wakes the read waiting
-    for it, and the connection is then closed instead of reused."""
+    """After a stream's end marker, shut the socket down (waking the read) if the rest of the body has not
+    come within ``seconds``; the connection is then closed instead of reused."""
 
     def __init__(self, raw: Any, seconds: float) -> None:
         self._lock = threading.Lock()
@@ -2117,9 +2054,8 @@ class _EndWatch:
 
     def _fire(self) -> None:
         with self._lock:
-            # next(chunks) may have finished the body meanwhile: urllib3 then puts the connection back in the
-            # pool (raw.connection None), where another thread may take it, so its socket is not ours to shut.
-            # Only the instant between this check and the shutdown is left, not the whole of next(chunks).
+            # A body finished meanwhile put its connection back in the pool (raw.connection None), where
+            # another thread may take it: its socket is no longer ours to shut.
             if self._stopped or self._raw.connection is None or self._raw.isclosed():
                 return
             self.fired = True
@@ -2137,7 +2073,6 @@ class _EndWatch:
 
 
 def _socket_shutdown(raw: Any) -> Callable[[], None]:
-    """A function that shuts down the socket under urllib3 response ``raw``, waking a read blocked on it."""
     shutdown = getattr(raw, "shutdown", None)  # urllib3 >= 2.3
     if shutdown is not None:
         return cast(Callable[[], None], shutdown)
@@ -2154,14 +2089,9 @@ def _socket_shutdown(raw: Any) -> Callable[[], None]:
 
 
 class _EventStream:
-    """The JSON objects of one streamed answer as they arrive (iterate once), as openai-python's Stream
-    over its SSEDecoder: body chunks (``_body_chunks``) -> events (``StreamDecoder``) -> JSON objects.
-
-    It ends at SSE's ``data: [DONE]`` or at the object whose ``end[0]`` is ``end[1]``; a body that ends
-    first is cut off unless ``complete()`` says otherwise.  Errors are typed and say what came before
-    (``describe()``, e.g. "3 piece(s)").  However iteration ends (end marker, error, ``close()``, Ctrl-C)
-    the response is freed: back to the pool when its body was read to the end, else closed.
-    """
+    """The JSON objects of one streamed answer (iterate once), ending at ``data: [DONE]`` or the object
+    whose ``end[0]`` is ``end[1]``; a body that ends first is cut off unless ``complete()``.  Errors say what
+    came before (``describe()``).  However iteration ends, the response is pooled again or closed."""
 
     __slots__ = ("provider", "response", "path", "model", "end", "complete", "describe", "count")
 
@@ -2175,8 +2105,7 @@ class _EventStream:
     def __iter__(self) -> Generator[Dict[str, Any], None, None]:
         decoder = StreamDecoder(self.provider.framing, self.provider.transport.max_event_bytes)
         feed, parse, sse = decoder.feed, _parse_json, decoder.framing == "sse"
-        has_end = self.end is not None
-        end_key, end_value = self.end if self.end is not None else ("", None)
+        end_key, end_value = self.end or ("", _NO_END)
         count = 0
         chunks = None
         ended = exhausted = False
@@ -2200,9 +2129,13 @@ class _EventStream:
                         event = parse(data)
                     except (ValueError, RecursionError) as exc:
                         raise _unreadable(self.provider.title, data, exc) from None
-                    if event.__class__ is not dict or event.get("error"):  # "error": null is no error
-                        raise self._bad_event(data, event)
-                    ended = has_end and event.get(end_key) == end_value
+                    if event.__class__ is not dict:
+                        raise ProviderResponseError("%s sent a stream event that is not a JSON object: %r" % (
+                            self.provider.title, data[:200]), body=data.decode("utf-8", "replace"),
+                            reason="bad_response")
+                    if event.get("error"):  # "error": null is no error
+                        raise self._error_event(data)
+                    ended = event.get(end_key) == end_value
                     count += 1
                     yield event
                     if ended:
@@ -2224,7 +2157,6 @@ class _EventStream:
         return self.describe() if self.describe else "%d event(s)" % count
 
     def _broken(self, exc: BaseException, count: int) -> ProviderError:
-        """The error for a stream whose reading failed after ``count`` events."""
         error = self.provider.transport.translate_exception(exc, self.provider.base_url + self.path)
         if isinstance(error, ProviderTimeoutError):
             return _chain(ProviderTimeoutError(
@@ -2236,14 +2168,7 @@ class _EventStream:
                 self.provider.title, self._received(count), _short_reason(exc)),
             server_message=str(exc)[:300], reason="stream_cut"), exc)
 
-    def _bad_event(self, data: bytes, event: Any) -> ProviderError:
-        if event.__class__ is dict:  # one with an "error"
-            return self._error_event(data)
-        return ProviderResponseError("%s sent a stream event that is not a JSON object: %r" % (
-            self.provider.title, data[:200]), body=data.decode("utf-8", "replace"), reason="bad_response")
-
     def _error_event(self, data: bytes) -> ProviderError:
-        """The error an error event stands for: a chat's own, or ``_in_band_error`` for other paths."""
         provider = self.provider
         text = _scrub(data.decode("utf-8", "replace"))
         message = _server_message(text)
@@ -2258,9 +2183,8 @@ class _EventStream:
 
 
 def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool, exhausted: bool) -> None:
-    """Give a stream's connection back to the pool when its body was read to the end (``exhausted``) or,
-    after the end marker (``ended``), its rest (normally the end of the chunked encoding) comes within 50 ms;
-    else close it."""
+    """Give a stream's connection back to the pool when its body was read to the end, also just after the
+    end marker (``ended``: within the grace period); else close it."""
     if ended and not exhausted and chunks is not None:
         exhausted = _read_rest(response, chunks)
     if exhausted:
@@ -2273,7 +2197,6 @@ def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool
 
 
 def _read_rest(response: Any, chunks: Iterator[bytes]) -> bool:
-    """Read what follows a stream's end marker; whether the body ended within the grace period."""
     if response.raw.closed:  # a Content-Length body read to its end
         return True
     try:
@@ -2299,18 +2222,14 @@ def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> N
     text = provider.transport.read_error_text(response, provider.chat_path)
     if '"error"' in text:
         raise provider._failure(response.status_code, text, model, in_body=True)
-    message = _server_message(text)
-    raise ProviderResponseError("%s answered the streaming request with %s instead of a stream" % (
-        provider.title, message), status=response.status_code, server_message=message, body=text,
-        reason="bad_response", hint=_proxy_hint(message).lstrip())
+    raise _instead_of(provider.title, "the streaming request", text, response.status_code, "a stream")
 
 
 def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "ModelConfig",
                  state: "_StreamState") -> Generator[str, None, None]:
-    """A chat stream's content pieces, sent on the first ``next()``: JSON objects from ``_EventStream`` go
-    through the provider's ``_read_event`` (which records finish reason, usage, tool calls in ``state``),
-    a leading ``<think>`` block goes to ``state.reasoning``.  At the end the reply is checked as a whole
-    one is (``_check_end``, then ``_check_fit``: Ollama reports the prompt's size only at the end)."""
+    """A chat stream's content pieces, sent on the first ``next()``: events go through ``_read_event``
+    (recording into ``state``), a leading ``<think>`` block to ``state.reasoning``; at the end the reply is
+    checked as a whole one is (Ollama reports the prompt's size only at the end)."""
     started = time.perf_counter()
     response = provider.transport.request("POST", provider.chat_path, payload,
                                           describe_failure=provider._failure, model=model.name)
@@ -3854,8 +3773,7 @@ class BaseProvider:
         failure = self._failure_at(path, needed, manual)
         self._log_request(method, path, payload)
         try:
-            response = self.transport.request(method, path, payload, debug=_debug_call_running(),
-                                              describe_failure=failure, model=model)
+            response = self.transport.request(method, path, payload, describe_failure=failure, model=model)
             return self._read_answer(response, path, read, model, failure)
         except UnsupportedEndpointError as exc:
             if not optional:
@@ -4006,8 +3924,8 @@ class BaseProvider:
         answer = _ErrorAnswer(status, self.transport.scrub(body), model, path or self.chat_path, in_body,
                               needed, manual)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
-        return self._tabled(answer) or ProviderResponseError("%s answered %s: %s%s" % (
-            self.title, where, answer.message, _proxy_hint(answer.message)), **answer.fields)
+        return self._tabled(answer) or ProviderResponseError("%s answered %s: %s" % (
+            self.title, where, answer.message), hint=_proxy_hint(answer.message), **answer.fields)
 
     def _failure_at(self, path: str, needed: str = "", manual: str = "") -> Callable[..., ProviderError]:
         import functools
