@@ -14,9 +14,10 @@ import responses
 
 import lm_providers as lmp
 from recorded import exchange
+from servers import LM_STUDIO, OLLAMA
 
-LMS_BASE, OLLAMA_BASE = "http://127.0.0.1:1234", "http://127.0.0.1:11434"
-LMS_URL, OLLAMA_URL = LMS_BASE + "/v1/embeddings", OLLAMA_BASE + "/api/embed"
+LMS_BASE, OLLAMA_BASE = LM_STUDIO.base, OLLAMA.base
+LMS_URL, OLLAMA_URL = LM_STUDIO.url(LM_STUDIO.embed_path), OLLAMA.url(OLLAMA.embed_path)
 
 OLLAMA_EMBED = exchange("30-embed")          # input ["hello", "world"] -> two 576-wide vectors
 OPENAI_EMBED = exchange("42-v1-embeddings")  # input "hello" -> data[0].embedding, 576 wide
@@ -42,11 +43,11 @@ def sent(call):
 
 
 def lms():
-    return lmp.LMStudioProvider(host=LMS_BASE)
+    return LM_STUDIO.cls(host=LMS_BASE)
 
 
 def ollama():
-    return lmp.OllamaProvider(host=OLLAMA_BASE)
+    return OLLAMA.cls(host=OLLAMA_BASE)
 
 
 def fake_vector(text):
@@ -216,7 +217,7 @@ def test_a_text_over_the_context_is_a_typed_error(rsps, kind, answer):
 
 def test_an_unknown_model_is_still_model_not_found(rsps):
     rsps.add(responses.POST, OLLAMA_URL, json={"error": "model 'nomic' not found"}, status=404)
-    rsps.add(responses.GET, OLLAMA_BASE + "/api/tags", json={"models": []})
+    rsps.add(responses.GET, OLLAMA.url(OLLAMA.models_path), json={"models": []})
     with pytest.raises(lmp.ModelNotFoundError):
         ollama().embed("hi", "nomic")
 
