@@ -103,11 +103,24 @@ else:
 # Errors
 # =============================================================================
 #
-# ProviderError (.message, .hint, .reason) > InvalidInputError (> ModelURIError), ConfigError (both
-# ValueErrors), ProviderConnectionError, ProviderTimeoutError, JSONGenerationError, ToolLoopError and
-# ProviderResponseError (.status, .server_message, .body) > ModelNotFoundError, AuthenticationError,
-# EmbeddingNotSupportedError, ContextLengthError (> InputTooLongError), UnsupportedEndpointError,
-# DownloadError, ToolCallError, ToolsNotSupportedError.
+# ProviderError                   every error: .message, .hint (what to do), .reason (a short cause)
+#  +- InvalidInputError            bad input, found before anything was sent (also a ValueError)
+#  |   +- ModelURIError            a model URI that does not parse
+#  +- ConfigError                  a config file that cannot be read or makes no sense (also a ValueError)
+#  +- ProviderConnectionError      the server could not be reached (also a ConnectionError)
+#  +- ProviderTimeoutError         a connect or read timeout ran out (also a TimeoutError)
+#  +- ProviderResponseError        the server answered with an error: .status, .server_message, .body
+#  |   +- ModelNotFoundError       .model, .host, .suggestions (also a LookupError)
+#  |   +- AuthenticationError
+#  |   +- EmbeddingNotSupportedError
+#  |   +- ContextLengthError       .prompt_tokens, .context_length, .estimated, .result
+#  |   |   +- InputTooLongError    an input to embed
+#  |   +- UnsupportedEndpointError .path, .needed, .manual
+#  |   +- DownloadError
+#  |   +- ToolCallError            .tool_name, .raw_arguments
+#  |   +- ToolsNotSupportedError   .model
+#  +- JSONGenerationError          .raw_text, .attempts, .detail
+#  +- ToolLoopError                .messages, .rounds
 
 class ProviderError(Exception):
     """Base class of every error raised by lm_providers.
