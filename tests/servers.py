@@ -10,7 +10,6 @@ makes tests fail instead of agreeing with it.
 
 import pytest
 
-import fakes
 import lm_providers as lmp
 from loopback import Reply, ndjson_events, sse_events
 
@@ -53,6 +52,7 @@ class Server:
     def install(self, server, token=None):
         """Install this kind's wire-shaped fake (tests/fakes.py) on a loopback ``server``, serving
         ``test-model``; returns ``server``."""
+        import fakes  # (here, not at the top: fakes.py reads its paths from this module)
         if self.events is ndjson_events:
             return fakes.ollama(server, models=("test-model:latest",))
         return fakes.lm_studio(server, models=("test-model",), token=token, prefix=self.mount)
