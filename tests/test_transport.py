@@ -392,7 +392,7 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
     # (held open after the last line when chunked; a close-delimited body here ends, as urllib3 < 2.2 needs)
     server.route("POST", "/api/generate", Reply(200, GENERATE_STREAM, framing=framing,
                                                 hold_open=5 if framing == "chunked" else 0,
-                                                content_type="application/x-ndjson"))
+                                                content_type=KINDS["ollama"].content_type))
     provider = provider_for(server, "ollama")
     response = provider.transport.request("POST", "/api/generate", {"model": "smollm2"},
                                           describe_failure=provider._failure)
@@ -402,7 +402,8 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
     assert found == ["Paris", ",", ""] and time.perf_counter() - started < 1
     # A progress stream (the shape of /api/pull) that breaks off before its last status is a typed error.
     progress = [b'{"status":"pulling manifest"}\n', b'{"status":"verifying sha256 digest"}\n']
-    server.route("POST", "/api/pull", Reply(200, progress, framing=framing, content_type="application/x-ndjson"))
+    server.route("POST", "/api/pull", Reply(200, progress, framing=framing,
+                                            content_type=KINDS["ollama"].content_type))
     response = provider.transport.request("POST", "/api/pull", {"model": "m"},
                                           describe_failure=provider._failure)
     seen = []
@@ -411,7 +412,7 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
             seen.append(event["status"])
     assert seen == ["pulling manifest", "verifying sha256 digest"]
     server.route("POST", "/api/pull", Reply(200, [b'{"error":"pull model manifest: file does not exist"}\n'],
-                                            framing=framing, content_type="application/x-ndjson"))
+                                            framing=framing, content_type=KINDS["ollama"].content_type))
     response = provider.transport.request("POST", "/api/pull", {"model": "m"},
                                           describe_failure=provider._failure)
     with pytest.raises(lmp.ProviderResponseError, match="file does not exist"):
