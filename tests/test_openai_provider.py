@@ -316,7 +316,7 @@ def test_a_vllm_error_in_the_middle_of_a_stream(rsps):
     body = "data: %s\n\ndata: %s\n\n" % (json.dumps(chunk), json.dumps(
         {"error": {"message": "EngineCore encountered an issue.", "type": "InternalServerError", "param": None,
                    "code": 500}}))
-    rsps.add(responses.POST, CHAT_URL, body=body, content_type="text/event-stream")
+    rsps.add(responses.POST, CHAT_URL, body=body, content_type=VLLM.content_type)
     pieces = []
     with pytest.raises(lmp.ProviderResponseError, match="EngineCore encountered an issue"):
         for piece in lmp.OpenAICompatibleProvider(host=BASE).stream_text(MESSAGES, "my-model"):
