@@ -4,12 +4,14 @@ They answer the calls lm_providers makes the way the real servers do: model
 lists, blocking and streamed chat (SSE for LM Studio, NDJSON for Ollama), and
 JSON constrained by the schema the client sends, and embeddings.  Only loopback sockets are
 used.  The model names the fake serves, the reply text and how slow it is can
-be chosen per test.
+be chosen per test.  Where each fake answers (paths, content types) is the shared description in
+tests/servers.py; the model endpoints (/api/show, /api/v1/models/load, ...) are written out here.
 """
 
 import json
 
 from loopback import Reply, json_reply, ndjson_events, sse_events
+from servers import LM_STUDIO, OLLAMA
 
 REPLY = "Hello! I am ready to help."
 LM_STUDIO_MODELS = ("qwen2.5-7b-instruct", "text-embedding-nomic-embed-text-v1.5")
@@ -117,7 +119,7 @@ def lm_studio(server, models=LM_STUDIO_MODELS, reply=REPLY, token=None, gap=0.0,
         call = tool_turn(body)
         if call and body.get("stream"):
             return Reply(200, sse_tool_call_events(call[0], call[1], body["model"]), framing="chunked",
-                         content_type="text/event-stream", gap=gap)
+                         content_type=LM_STUDIO.content_type, gap=gap)
         if call:
             return json_reply({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body["model"],
                                "choices": [{"index": 0, "logprobs": None, "finish_reason": "tool_calls",
@@ -129,7 +131,7 @@ def lm_studio(server, models=LM_STUDIO_MODELS, reply=REPLY, token=None, gap=0.0,
             text = tool_result_text(body)
         if body.get("stream"):
             return Reply(200, sse_events(_words(text), model=body["model"]), framing="chunked",
-                         content_type="text/event-stream", gap=gap)
+                         content_type=LM_STUDIO.content_type, gap=gap)
         return json_reply({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body["model"],
                            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                         "logprobs": None, "finish_reason": "stop"}],
@@ -145,9 +147,9 @@ def lm_studio(server, models=LM_STUDIO_MODELS, reply=REPLY, token=None, gap=0.0,
         return json_reply({"object": "list", "model": body["model"], "data": [
             {"object": "embedding", "index": i, "embedding": _vector(text)} for i, text in enumerate(body["input"])]})
 
-    server.route("GET", prefix + "/v1/models", list_models)
-    server.route("POST", prefix + "/v1/chat/completions", chat)
-    server.route("POST", prefix + "/v1/embeddings", embeddings)
+    server.route("GET", prefix + LM_STUDIO.models_path, list_models)
+    server.route("POST", prefix + LM_STUDIO.chat_path, chat)
+    server.route("POST", prefix + LM_STUDIO.embed_path, embeddings)
     return server
 
 
@@ -188,12 +190,12 @@ def ollama(server, models=OLLAMA_MODELS, reply=REPLY, gap=0.0, without_tools=("s
             first = {"model": body["model"], "created_at": "2026-01-01T00:00:00Z", "message": message, "done": False}
             last = dict(done, message={"role": "assistant", "content": ""})
             return Reply(200, [(json.dumps(first) + "\n").encode(), (json.dumps(last) + "\n").encode()],
-                         framing="chunked", content_type="application/x-ndjson", gap=gap)
+                         framing="chunked", content_type=OLLAMA.content_type, gap=gap)
         if body.get("tools") and body["messages"][-1].get("role") == "tool":
             text = tool_result_text(body)
         if body.get("stream", True):
             return Reply(200, ndjson_events(_words(text), model=body["model"]), framing="chunked",
-                         content_type="application/x-ndjson", gap=gap)
+                         content_type=OLLAMA.content_type, gap=gap)
         return json_reply({"model": body["model"], "created_at": "2026-01-01T00:00:00Z",
                            "message": {"role": "assistant", "content": text}, "done": True, "done_reason": "stop",
                            "total_duration": 1, "prompt_eval_count": 12, "eval_count": len(text.split())})
@@ -204,9 +206,9 @@ def ollama(server, models=OLLAMA_MODELS, reply=REPLY, gap=0.0, without_tools=("s
             return json_reply({"error": "model '%s' not found" % body["model"]}, 404)
         return json_reply({"model": body["model"], "embeddings": [_vector(text) for text in body["input"]]})
 
-    server.route("GET", "/api/tags", tags)
-    server.route("POST", "/api/chat", chat)
-    server.route("POST", "/api/embed", embed)
+    server.route("GET", OLLAMA.models_path, tags)
+    server.route("POST", OLLAMA.chat_path, chat)
+    server.route("POST", OLLAMA.embed_path, embed)
     # How a client tells Ollama from another server (recorded from Ollama 0.24.0: 01-root-get, 03-version,
     # 32-v1-models): GET / and /api/version, and its OpenAI-compatible model list, which LM Studio also serves.
     server.route("GET", "/", Reply(200, [b"Ollama is running"], content_type="text/plain; charset=utf-8"))
@@ -280,7 +282,7 @@ def ollama_native(server, models=("llama3:latest", "qwen2.5:7b"), context=8192):
     """Add Ollama's /api/show, /api/ps, /api/version, /api/pull, loading (an empty chat) and unloading
     (keep_alive 0) to a server set up by ``ollama``.  Loaded state is kept per fake."""
     loaded = {}  # name -> num_ctx
-    chat = server.routes[("POST", "/api/chat")]
+    chat = server.routes[("POST", OLLAMA.chat_path)]
 
     def full(name):
         return name if ":" in name else name + ":latest"
@@ -322,11 +324,11 @@ def ollama_native(server, models=("llama3:latest", "qwen2.5:7b"), context=8192):
             lines += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"}]
         lines.append({"status": "success"})
         return Reply(200, [json.dumps(line).encode() + b"\n" for line in lines], framing="chunked",
-                     content_type="application/x-ndjson")
+                     content_type=OLLAMA.content_type)
 
     server.route("POST", "/api/show", show)
     server.route("GET", "/api/ps", ps)
-    server.route("POST", "/api/chat", chat_or_load)
+    server.route("POST", OLLAMA.chat_path, chat_or_load)
     server.route("POST", "/api/generate", unload)
     server.route("POST", "/api/pull", pull)
     return server

@@ -10,7 +10,6 @@ makes tests fail instead of agreeing with it.
 
 import pytest
 
-import fakes
 import lm_providers as lmp
 from loopback import Reply, ndjson_events, sse_events
 
@@ -26,6 +25,7 @@ class Server:
         self.chat_path, self.models_path, self.embed_path = chat_path, models_path, embed_path
         self.events, self.content_type, self.start_command = events, content_type, start_command
         self.host = base + prefix  # the host a provider is given for the default address
+        self.mount = prefix[:-len("/v1")] if prefix else ""  # where an OpenAI-style /v1 API sits: /llm
         self.model = "test-model"
         self.uri = "%s://%s" % (name, self.model)
 
@@ -42,17 +42,28 @@ class Server:
         """``path`` at this kind's default address (for ``responses`` mocks)."""
         return self.base + path
 
+    def at(self, base, mount=""):
+        """This kind of server at another ``base`` (e.g. ``https://gpu.example.com:443``), its /v1 API under
+        ``mount`` (e.g. ``/vllm``; OpenAI-style kinds only): the same paths, moved."""
+        paths = [mount + path[len(self.mount):] for path in (self.chat_path, self.models_path, self.embed_path)]
+        return Server(self.name, self.cls, base, *paths, self.events, self.content_type, self.start_command,
+                      prefix=mount + "/v1" if mount else "")
+
     def install(self, server, token=None):
         """Install this kind's wire-shaped fake (tests/fakes.py) on a loopback ``server``, serving
         ``test-model``; returns ``server``."""
+        import fakes  # (here, not at the top: fakes.py reads its paths from this module)
         if self.events is ndjson_events:
             return fakes.ollama(server, models=("test-model:latest",))
-        mount = self.prefix[:-len("/v1")] if self.prefix else ""  # the fake answers under <mount>/v1
-        return fakes.lm_studio(server, models=("test-model",), token=token, prefix=mount)
+        return fakes.lm_studio(server, models=("test-model",), token=token, prefix=self.mount)
 
     def stream_reply(self, pieces=PIECES, framing="chunked", **options):
         """A streamed chat answer of ``pieces``, one event per chunk."""
         return Reply(200, self.events(list(pieces)), framing=framing, content_type=self.content_type, **options)
+
+    def frame(self, data):
+        """``data`` (bytes) as one event of this kind's stream: an SSE ``data:`` event or an NDJSON line."""
+        return b"data: %s\n\n" % data if self.events is sse_events else data + b"\n"
 
     def blocking_body(self, text="Hello.", model=None):
         """A whole (not streamed) chat answer saying ``text``."""

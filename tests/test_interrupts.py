@@ -6,6 +6,7 @@ Ctrl-C does, so it interrupts a blocked socket read."""
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import select
 import signal
@@ -16,12 +17,14 @@ import time
 import pytest
 
 import lm_providers as lmp
+from servers import OLLAMA
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill (POSIX)")
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-OLLAMA_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
-ANSWER = b'{"model":"m","message":{"role":"assistant","content":"fine"},"done":true,"done_reason":"stop"}'
+OLLAMA_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+               % OLLAMA.content_type.encode())
+ANSWER = json.dumps(OLLAMA.blocking_body("fine", model="m")).encode()
 
 
 class StallingServer:
@@ -132,7 +135,7 @@ def assert_usable(provider):
 @pytest.mark.parametrize("direct", [True, False], ids=["loopback-path", "session-path"])
 def test_ctrl_c_in_a_blocking_call(ctrl_c, prefix, direct):
     server = StallingServer(prefix)
-    provider = lmp.OllamaProvider(host=server.host, timeout=(2, 10))
+    provider = OLLAMA.provider(server, timeout=(2, 10))
     provider.transport._direct = direct
     ctrl_c(0.3)
     with pytest.raises(KeyboardInterrupt) as info:
@@ -147,7 +150,7 @@ def test_ctrl_c_just_after_the_headers_arrive(monkeypatch):
     # Ctrl-C can land in the library's own code, between receiving the headers and reading the body;
     # a debug log line is such a place.  Then nothing in requests or urllib3 closes the connection.
     server = StallingServer(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n")
-    provider = lmp.OllamaProvider(host=server.host, timeout=(2, 10))
+    provider = OLLAMA.provider(server, timeout=(2, 10))
 
     class CtrlCAtTheStatusLine(logging.Handler):
         def emit(self, record):
@@ -175,7 +178,7 @@ def test_ctrl_c_just_after_the_headers_arrive(monkeypatch):
 @pytest.mark.parametrize("call", ["stream_text", "stream_chat"])
 def test_ctrl_c_while_a_stream_waits_for_the_server(ctrl_c, call):
     server = StallingServer(OLLAMA_HEAD + b"%x\r\n%s\r\n" % (len(ANSWER) // 2, ANSWER[:len(ANSWER) // 2]))
-    provider = lmp.OllamaProvider(host=server.host, timeout=(2, 10))
+    provider = OLLAMA.provider(server, timeout=(2, 10))
     ctrl_c(0.3)
     with pytest.raises(KeyboardInterrupt) as info:
         for _ in getattr(provider, call)(MESSAGES, "m"):
@@ -187,9 +190,9 @@ def test_ctrl_c_while_a_stream_waits_for_the_server(ctrl_c, call):
 
 @pytest.mark.parametrize("call", ["stream_text", "stream_chat"])
 def test_ctrl_c_in_the_loop_body_of_a_held_stream(ctrl_c, call):
-    line = b'{"model":"m","message":{"role":"assistant","content":"one"},"done":false}\n'
+    line = OLLAMA.events(["one"], model="m", done=False)[0]
     server = StallingServer(OLLAMA_HEAD + b"%x\r\n%s\r\n" % (len(line), line))
-    provider = lmp.OllamaProvider(host=server.host, timeout=(2, 10))
+    provider = OLLAMA.provider(server, timeout=(2, 10))
     stream = getattr(provider, call)(MESSAGES, "m")  # the caller keeps the stream in a variable
     ctrl_c(0.3)
     with pytest.raises(KeyboardInterrupt) as info:

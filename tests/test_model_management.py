@@ -18,11 +18,13 @@ import pytest
 import responses
 
 import lm_providers as lmp
-from loopback import Reply, json_reply, ndjson_events, sse_events, split_every
+from loopback import Reply, json_reply, split_every
 from recorded import exchange
+from servers import LM_STUDIO, OLLAMA as OLLAMA_SERVER
 
-OLLAMA = "http://127.0.0.1:11434"
-LMS = "http://127.0.0.1:1234"
+# The default addresses (tests/servers.py).  The model endpoints beyond chat and the model list are this file's
+# own subject and are written out.
+OLLAMA, LMS = OLLAMA_SERVER.base, LM_STUDIO.base
 RECORDING_TIME = datetime.datetime(2026, 11, 25, 15, 40, tzinfo=datetime.timezone.utc).timestamp()
 
 
@@ -85,7 +87,7 @@ def test_ollama_capabilities_are_read_from_show(rsps):
     show["capabilities"] = ["completion", "tools", "thinking", "vision"]
     rsps.add("POST", OLLAMA + "/api/show", json=show)
     rsps.add("GET", OLLAMA + "/api/ps", json={"models": []})
-    rsps.add("GET", OLLAMA + "/api/tags", json={"models": []})
+    rsps.add("GET", OLLAMA + OLLAMA_SERVER.models_path, json={"models": []})
     info = lmp.OllamaProvider().model_info("smollm2")
     assert info.capabilities == {"tools", "thinking", "vision"} and info.embedding is False
     assert info.loaded is False and info.size_bytes is None
@@ -97,7 +99,7 @@ def test_ollama_show_without_capabilities_leaves_them_unknown(rsps):
     del show["capabilities"]
     rsps.add("POST", OLLAMA + "/api/show", json=show)
     ex = exchange("44-unknown-path")
-    for path in ("/api/ps", "/api/tags"):
+    for path in ("/api/ps", OLLAMA_SERVER.models_path):
         rsps.add("GET", OLLAMA + path, body=ex.body, status=404, content_type="text/plain")
     info = lmp.OllamaProvider().model_info("smollm2")
     assert (info.tools, info.vision, info.thinking, info.embedding, info.kind) == (None,) * 5
@@ -141,7 +143,7 @@ def test_a_server_without_a_version_endpoint_gives_none_and_a_debug_line(rsps, c
 
 def test_ollama_load_is_an_empty_chat_with_keep_alive_and_num_ctx(rsps):
     load = exchange("56-chat-empty-messages-load")
-    rsps.add("POST", OLLAMA + "/api/chat", body=load.body, content_type="application/json")
+    rsps.add("POST", OLLAMA + OLLAMA_SERVER.chat_path, body=load.body, content_type="application/json")
     replay(rsps, "05-show")
     replay(rsps, "27-ps")
     replay(rsps, "04-tags")
@@ -188,7 +190,7 @@ def recorded_truncation():
 
 def test_ollama_truncated_prompt_is_a_context_length_error(rsps):
     ex, request = recorded_truncation()
-    rsps.add("POST", OLLAMA + "/api/chat", body=ex.body, content_type="application/json")
+    rsps.add("POST", OLLAMA + OLLAMA_SERVER.chat_path, body=ex.body, content_type="application/json")
     with pytest.raises(lmp.ContextLengthError) as caught:
         lmp.OllamaProvider().chat(request["messages"], "ollama://smollm2?num_ctx=512&num_predict=5")
     error = caught.value
@@ -203,7 +205,7 @@ def test_ollama_truncated_prompt_is_a_context_length_error(rsps):
 
 def test_ollama_truncation_can_be_a_warning_instead(rsps, caplog):
     ex, request = recorded_truncation()
-    rsps.add("POST", OLLAMA + "/api/chat", body=ex.body, content_type="application/json")
+    rsps.add("POST", OLLAMA + OLLAMA_SERVER.chat_path, body=ex.body, content_type="application/json")
     provider = lmp.OllamaProvider(on_truncation="warn")
     result = provider.chat(request["messages"], "ollama://smollm2?num_ctx=512&num_predict=5")
     assert result.text == "no there is no more"
@@ -214,7 +216,7 @@ def test_ollama_truncation_can_be_a_warning_instead(rsps, caplog):
 
 def test_ollama_a_prompt_that_fits_is_not_flagged_and_costs_no_request(rsps):
     ex = exchange("57-chat-options-numctx")
-    rsps.add("POST", OLLAMA + "/api/chat", body=ex.body, content_type="application/json")
+    rsps.add("POST", OLLAMA + OLLAMA_SERVER.chat_path, body=ex.body, content_type="application/json")
     result = lmp.OllamaProvider().chat(ex.request["messages"], "ollama://smollm2?num_ctx=2048&num_predict=8")
     assert result.usage["prompt_tokens"] == 16 and len(rsps.calls) == 1
 
@@ -224,30 +226,31 @@ def test_ollama_truncation_without_num_ctx_is_found_from_the_loaded_context(rsps
     model is loaded with 4096: truncated.  /api/ps is asked only because the numbers disagree."""
     reply = json.loads(exchange("58-chat-prompt-over-numctx").body)
     reply["prompt_eval_count"] = 4096
-    rsps.add("POST", OLLAMA + "/api/chat", json=reply)
+    rsps.add("POST", OLLAMA + OLLAMA_SERVER.chat_path, json=reply)
     replay(rsps, "27-ps")
     messages = [{"role": "user", "content": "fox " * 6000}]
     with pytest.raises(lmp.ContextLengthError) as caught:
         lmp.OllamaProvider().chat(messages, "smollm2")
     assert caught.value.context_length == 4096
-    assert [c.request.url for c in rsps.calls] == [OLLAMA + "/api/chat", OLLAMA + "/api/ps"]
+    assert [c.request.url for c in rsps.calls] == [OLLAMA + OLLAMA_SERVER.chat_path, OLLAMA + "/api/ps"]
 
 
 def test_ollama_a_long_prompt_that_was_fully_evaluated_is_fine(rsps):
     reply = json.loads(exchange("58-chat-prompt-over-numctx").body)
     reply["prompt_eval_count"] = 3003  # the whole prompt: nothing was cut
-    rsps.add("POST", OLLAMA + "/api/chat", json=reply)
+    rsps.add("POST", OLLAMA + OLLAMA_SERVER.chat_path, json=reply)
     result = lmp.OllamaProvider().chat([{"role": "user", "content": "fox " * 3000}], "ollama://smollm2?num_ctx=8192")
     assert result.text == "no there is no more" and len(rsps.calls) == 1
 
 
 def test_ollama_truncated_stream_raises_after_the_pieces(server):
     """The stream's last (done) line carries prompt_eval_count: the error comes when the stream ends."""
-    parts = ndjson_events(["no ", "there"], model="smollm2", done_reason="length")
+    parts = OLLAMA_SERVER.events(["no ", "there"], model="smollm2", done_reason="length")
     last = json.loads(parts[-1])
     last["prompt_eval_count"] = 512
     parts[-1] = json.dumps(last).encode() + b"\n"
-    server.route("POST", "/api/chat", Reply(200, parts, framing="chunked", content_type="application/x-ndjson"))
+    server.route("POST", OLLAMA_SERVER.chat_path, Reply(200, parts, framing="chunked",
+                                                        content_type=OLLAMA_SERVER.content_type))
     provider = lmp.OllamaProvider(host=server.host)
     pieces = []
     with pytest.raises(lmp.ContextLengthError) as caught:
@@ -280,7 +283,7 @@ def ndjson(lines):
 def test_ollama_pull_yields_each_status_line(server, cut):
     parts = ndjson(PULL_LINES)
     server.route("POST", "/api/pull", Reply(200, split_every(parts, cut) if cut else parts, framing="chunked",
-                                            content_type="application/x-ndjson"))
+                                            content_type=OLLAMA_SERVER.content_type))
     records = list(lmp.OllamaProvider(host=server.host).iter_pull("llama3.2"))
     assert server.requests[0]["json"] == {"model": "llama3.2", "stream": True}
     assert [r.status for r in records] == [line["status"] for line in PULL_LINES]
@@ -295,7 +298,8 @@ def test_a_404_that_is_not_about_the_model_names_the_path_that_was_asked(server,
     with pytest.raises(lmp.UnsupportedEndpointError) as info:
         call(lmp.OllamaProvider(host=server.host))
     assert info.value.reason == "endpoint_missing" and info.value.path == path and info.value.status == 404
-    assert "has no endpoint %s (HTTP 404" % path in str(info.value) and "/api/chat" not in str(info.value)
+    assert "has no endpoint %s (HTTP 404" % path in str(info.value)
+    assert OLLAMA_SERVER.chat_path not in str(info.value)
 
 
 def test_ollama_pull_model_calls_progress_and_returns_the_last_record(server):
@@ -412,7 +416,7 @@ def test_lm_studio_before_0_3_6_has_names_only_and_no_error(rsps, caplog):
     caplog.set_level(logging.DEBUG, logger="lm_providers")
     rsps.add("GET", LMS + "/api/v1/models", json=NOT_THERE, status=404)
     rsps.add("GET", LMS + "/api/v0/models", json=NOT_THERE, status=404)
-    rsps.add("GET", LMS + "/v1/models", json={"object": "list", "data": [{"id": "qwen2.5-7b-instruct",
+    rsps.add("GET", LMS + LM_STUDIO.models_path, json={"object": "list", "data": [{"id": "qwen2.5-7b-instruct",
                                                                           "object": "model"}]})
     rsps.add("GET", LMS + "/props", json=NOT_THERE, status=404)
     info = lmp.LMStudioProvider().model_info("qwen2.5-7b-instruct")
@@ -439,20 +443,20 @@ def test_an_openai_compatible_llama_cpp_server_gives_meta_and_props(rsps):
     rsps.add("GET", LMS + "/api/v1/models", json={"error": {"message": "File Not Found", "type": "not_found_error",
                                                            "code": 404}}, status=404)
     rsps.add("GET", LMS + "/api/v0/models", json={"error": {"message": "File Not Found"}}, status=404)
-    rsps.add("GET", LMS + "/v1/models", json=LLAMA_CPP_MODELS)
+    rsps.add("GET", LMS + LM_STUDIO.models_path, json=LLAMA_CPP_MODELS)
     rsps.add("GET", LMS + "/props", json={"default_generation_settings": {"n_ctx": 2048}, "total_slots": 2,
                                           "modalities": {"vision": False}, "build_info": "b6000-abc"})
     info = lmp.OpenAICompatibleProvider(host=LMS).model_info("tiny")
     assert (info.context_length, info.loaded, info.loaded_context_length, info.size_bytes, info.vision) == (
         4096, True, 2048, 465152, False)
     assert info.quantization == "all F32" and info.tools is None and info.source == "/v1/models + /props"
-    assert [call.request.url for call in rsps.calls] == [LMS + "/v1/models", LMS + "/props"]
+    assert [call.request.url for call in rsps.calls] == [LMS + LM_STUDIO.models_path, LMS + "/props"]
 
 
 def test_lm_studio_never_asks_for_llama_cpp_props_and_reads_meta_alone(rsps):
     rsps.add("GET", LMS + "/api/v1/models", json=NOT_THERE, status=200)
     rsps.add("GET", LMS + "/api/v0/models", json=NOT_THERE, status=200)
-    rsps.add("GET", LMS + "/v1/models", json=LLAMA_CPP_MODELS)
+    rsps.add("GET", LMS + LM_STUDIO.models_path, json=LLAMA_CPP_MODELS)
     rsps.add("GET", LMS + "/props", json={"build_info": "b6000-abc"})
     provider = lmp.LMStudioProvider()
     info = provider.model_info("tiny")
@@ -654,7 +658,7 @@ MESSAGES = [{"role": "user", "content": "word " * 100}]
 
 @pytest.mark.parametrize("status", [400, 200])
 def test_lm_studio_overflow_message_is_a_context_length_error(rsps, status):
-    rsps.add("POST", LMS + "/v1/chat/completions", json={"error": TRYING_TO_KEEP}, status=status)
+    rsps.add("POST", LMS + LM_STUDIO.chat_path, json={"error": TRYING_TO_KEEP}, status=status)
     with pytest.raises(lmp.ContextLengthError) as caught:
         lmp.LMStudioProvider().chat(MESSAGES, "qwen2.5-7b-instruct")
     error = caught.value
@@ -664,7 +668,7 @@ def test_lm_studio_overflow_message_is_a_context_length_error(rsps, status):
 
 
 def test_llama_cpp_exceed_context_size_error_is_a_context_length_error(rsps):
-    rsps.add("POST", LMS + "/v1/chat/completions", json=LLAMA_CPP_OVERFLOW, status=400)
+    rsps.add("POST", LMS + LM_STUDIO.chat_path, json=LLAMA_CPP_OVERFLOW, status=400)
     with pytest.raises(lmp.ContextLengthError) as caught:
         lmp.LMStudioProvider().chat(MESSAGES, "tiny")
     assert (caught.value.prompt_tokens, caught.value.context_length) == (15018, 2048)
@@ -677,22 +681,23 @@ def test_llama_cpp_exceed_context_size_error_is_a_context_length_error(rsps):
     ("Context size has been exceeded.", (None, None)),
 ])
 def test_other_overflow_wordings(rsps, message, numbers):
-    rsps.add("POST", LMS + "/v1/chat/completions", json={"error": {"message": message}}, status=400)
+    rsps.add("POST", LMS + LM_STUDIO.chat_path, json={"error": {"message": message}}, status=400)
     with pytest.raises(lmp.ContextLengthError) as caught:
         lmp.LMStudioProvider().chat(MESSAGES, "m")
     assert (caught.value.prompt_tokens, caught.value.context_length) == numbers
 
 
 def test_other_errors_stay_what_they_were(rsps):
-    rsps.add("POST", LMS + "/v1/chat/completions", json={"error": "Invalid 'temperature'"}, status=400)
+    rsps.add("POST", LMS + LM_STUDIO.chat_path, json={"error": "Invalid 'temperature'"}, status=400)
     with pytest.raises(lmp.ProviderResponseError) as caught:
         lmp.LMStudioProvider().chat(MESSAGES, "m")
     assert type(caught.value) is lmp.ProviderResponseError
 
 
 def test_lm_studio_empty_stream_without_finish_reason_is_a_context_length_error(server):
-    server.route("POST", "/v1/chat/completions",
-                 Reply(200, sse_events([], finish_reason=None), framing="chunked", content_type="text/event-stream"))
+    server.route("POST", LM_STUDIO.chat_path,
+                 Reply(200, LM_STUDIO.events([], finish_reason=None), framing="chunked",
+                       content_type=LM_STUDIO.content_type))
     with pytest.raises(lmp.ContextLengthError) as caught:
         list(lmp.LMStudioProvider(host=server.host).stream_text(MESSAGES, "m"))
     assert "no text and no finish reason" in str(caught.value) and caught.value.estimated
@@ -700,17 +705,17 @@ def test_lm_studio_empty_stream_without_finish_reason_is_a_context_length_error(
 
 
 def test_lm_studio_error_event_in_a_stream_is_a_context_length_error(server):
-    parts = [b'data: {"error": {"message": "%s"}}\n\n' % TRYING_TO_KEEP.encode()]
-    server.route("POST", "/v1/chat/completions", Reply(200, parts, framing="chunked",
-                                                       content_type="text/event-stream"))
+    parts = [LM_STUDIO.frame(b'{"error": {"message": "%s"}}' % TRYING_TO_KEEP.encode())]
+    server.route("POST", LM_STUDIO.chat_path, Reply(200, parts, framing="chunked",
+                                                   content_type=LM_STUDIO.content_type))
     with pytest.raises(lmp.ContextLengthError) as caught:
         list(lmp.LMStudioProvider(host=server.host).stream_text(MESSAGES, "m"))
     assert caught.value.context_length == 7866 and caught.value.status is None
 
 
 def test_an_empty_stream_with_a_finish_reason_is_still_just_a_warning(server, caplog):
-    server.route("POST", "/v1/chat/completions",
-                 Reply(200, sse_events([]), framing="chunked", content_type="text/event-stream"))
+    server.route("POST", LM_STUDIO.chat_path,
+                 Reply(200, LM_STUDIO.events([]), framing="chunked", content_type=LM_STUDIO.content_type))
     assert list(lmp.LMStudioProvider(host=server.host).stream_text(MESSAGES, "m")) == []
     assert "empty reply" in caplog.text
 
@@ -722,7 +727,7 @@ def test_an_empty_stream_with_a_finish_reason_is_still_just_a_warning(server, ca
 def test_debug_shows_the_model_context_next_to_the_estimate(rsps, caplog):
     caplog.set_level(logging.DEBUG, logger="lm_providers")
     rsps.add("GET", LMS + "/api/v1/models", json=V1_MODELS)
-    rsps.add("POST", LMS + "/v1/chat/completions", json={"choices": [{"message": {"content": "hi"},
+    rsps.add("POST", LMS + LM_STUDIO.chat_path, json={"choices": [{"message": {"content": "hi"},
                                                                        "finish_reason": "stop"}]})
     provider = lmp.LMStudioProvider()
     provider.chat(MESSAGES, "gemma-3-270m-it-qat", debug=True)
@@ -734,7 +739,7 @@ def test_debug_shows_the_model_context_next_to_the_estimate(rsps, caplog):
 
 
 def test_without_debug_no_request_is_added_to_a_chat(rsps):
-    rsps.add("POST", OLLAMA + "/api/chat", body=exchange("57-chat-options-numctx").body,
+    rsps.add("POST", OLLAMA + OLLAMA_SERVER.chat_path, body=exchange("57-chat-options-numctx").body,
              content_type="application/json")
     lmp.OllamaProvider().chat([{"role": "user", "content": "hi"}], "smollm2")
     assert len(rsps.calls) == 1
@@ -752,7 +757,7 @@ def test_model_info_record():
 def test_ollama_list_model_info_keeps_the_other_models_when_one_cannot_be_shown(rsps):
     tags = exchange("04-tags").json
     tags["models"].append(dict(tags["models"][0], name="broken:latest", model="broken:latest", size=7))
-    rsps.add("GET", OLLAMA + "/api/tags", json=tags)
+    rsps.add("GET", OLLAMA + OLLAMA_SERVER.models_path, json=tags)
     rsps.add("GET", OLLAMA + "/api/ps", json={"models": []})
     ex = exchange("05-show")
     rsps.add("POST", OLLAMA + "/api/show", body=ex.body, content_type="application/json",
@@ -794,7 +799,7 @@ def test_lm_studio_without_the_native_api_falls_back_to_v1_models_whatever_the_s
     caplog.set_level(logging.DEBUG, logger="lm_providers")
     for path in ("/api/v1/models", "/api/v0/models", "/props"):
         rsps.add("GET", LMS + path, json=lm_studio_lacks(path), status=status)
-    rsps.add("GET", LMS + "/v1/models", json={"object": "list", "data": [{"id": "qwen2.5-7b-instruct",
+    rsps.add("GET", LMS + LM_STUDIO.models_path, json={"object": "list", "data": [{"id": "qwen2.5-7b-instruct",
                                                                           "object": "model"}]})
     (info,) = lmp.LMStudioProvider().list_model_info()
     assert info.name == "qwen2.5-7b-instruct" and info.source == "/v1/models"
@@ -848,8 +853,8 @@ class EndlessPull:
             while b"\r\n\r\n" not in request:
                 request += conn.recv(65536)
             line = json.dumps(PULL_LINES[1]).encode() + b"\n"
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked"
-                         b"\r\n\r\n%x\r\n%s\r\n" % (len(line), line))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n"
+                         % (OLLAMA_SERVER.content_type.encode(), len(line), line))
             try:
                 while conn.recv(65536):  # the rest of the request, then nothing until the client hangs up
                     pass
@@ -907,7 +912,7 @@ def test_an_error_line_in_another_ollama_stream_is_not_called_a_download_error(s
 
 def test_model_info_for_a_missing_model_suggests_from_the_listing_it_already_has(rsps):
     rsps.add("GET", LMS + "/api/v1/models", json=V1_MODELS)
-    rsps.add("GET", LMS + "/v1/models", json={"object": "list", "data": [{"id": "something-else"}]})
+    rsps.add("GET", LMS + LM_STUDIO.models_path, json={"object": "list", "data": [{"id": "something-else"}]})
     with pytest.raises(lmp.ModelNotFoundError) as caught:
         lmp.LMStudioProvider().model_info("gemma-3-270m")
     assert caught.value.suggestions == ["gemma-3-270m-it-qat"] and caught.value.model == "gemma-3-270m"

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import fakes
 import lm_providers as lmp
 from loopback import json_reply
+from servers import LM_STUDIO, OLLAMA, OPENAI
 from test_security import tls_server  # noqa: F401  (a fixture: the loopback server behind TLS)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,7 +139,7 @@ def test_host_precedence_uri_then_config_then_environment(monkeypatch):
     assert lmp.get_provider("openai://m").base_url == "https://env.example.com:443"
     assert lmp.OpenAICompatibleProvider().base_url == "https://env.example.com:443"
     # the other kinds ignore it
-    assert lmp.get_provider("lm_studio://m").base_url == "http://127.0.0.1:1234"
+    assert lmp.get_provider("lm_studio://m").base_url == LM_STUDIO.base
 
 
 def test_config_file_openai_host(tmp_path):
@@ -168,14 +169,15 @@ def rsps():
         yield mock
 
 
-BASE = "http://10.0.0.5:8000"
-MODELS = {"object": "list", "data": [{"id": "my-model", "object": "model", "owned_by": "vllm"}]}
+VLLM = OPENAI.at("http://10.0.0.5:8000")  # an OpenAI-compatible server elsewhere, its API at /v1
+BASE, CHAT_URL, MODELS_URL = VLLM.base, VLLM.url(VLLM.chat_path), VLLM.url(VLLM.models_path)
+MODELS = VLLM.models_body(["my-model"])
 
 
 def test_openai_api_key_is_used_when_no_api_key_is_given(rsps, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("LM_API_TOKEN", "lm-token-that-must-not-be-sent")
-    rsps.add(responses.GET, BASE + "/v1/models", json=MODELS)
+    rsps.add(responses.GET, MODELS_URL, json=MODELS)
     provider = lmp.OpenAICompatibleProvider(host=BASE)
     assert provider.list_models() == ["my-model"]
     assert rsps.calls[0].request.headers["Authorization"] == "Bearer " + KEY
@@ -186,13 +188,13 @@ def test_openai_api_key_is_used_when_no_api_key_is_given(rsps, monkeypatch):
 
 def test_lm_studio_does_not_send_openai_api_key(rsps, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    rsps.add(responses.GET, "http://127.0.0.1:1234/v1/models", json=MODELS)
+    rsps.add(responses.GET, LM_STUDIO.url(LM_STUDIO.models_path), json=MODELS)
     lmp.LMStudioProvider().list_models()
     assert "Authorization" not in rsps.calls[0].request.headers
 
 
 def test_no_key_means_no_authorization_header(rsps):
-    rsps.add(responses.GET, BASE + "/v1/models", json=MODELS)
+    rsps.add(responses.GET, MODELS_URL, json=MODELS)
     lmp.OpenAICompatibleProvider(host=BASE).list_models()
     assert "Authorization" not in rsps.calls[0].request.headers
 
@@ -202,7 +204,7 @@ def test_the_key_is_masked_in_debug_output_and_errors(rsps, monkeypatch, caplog)
     caplog.set_level(logging.DEBUG)
     body = {"error": {"message": "Authentication Error, Invalid proxy server token passed. Received API Key = "
                                  + KEY, "type": "auth_error", "param": "None", "code": "401"}}
-    rsps.add(responses.POST, BASE + "/v1/chat/completions", json=body, status=401)
+    rsps.add(responses.POST, CHAT_URL, json=body, status=401)
     with pytest.raises(lmp.AuthenticationError) as info:
         lmp.OpenAICompatibleProvider(host=BASE).generate_text(MESSAGES, "my-model", debug=True)
     for text in (str(info.value), info.value.body, info.value.server_message, caplog.text):
@@ -240,8 +242,8 @@ MODEL_NOT_FOUND_BODIES = {
 @pytest.mark.parametrize("call", ["generate_text", "stream_text"])
 def test_an_unknown_model_is_model_not_found_with_close_matches(rsps, form, call):
     status, body = MODEL_NOT_FOUND_BODIES[form]
-    rsps.add(responses.POST, BASE + "/v1/chat/completions", json=body, status=status)
-    rsps.add(responses.GET, BASE + "/v1/models", json=MODELS)
+    rsps.add(responses.POST, CHAT_URL, json=body, status=status)
+    rsps.add(responses.GET, MODELS_URL, json=MODELS)
     provider = lmp.OpenAICompatibleProvider(host=BASE)
     with pytest.raises(lmp.ModelNotFoundError) as info:
         if call == "generate_text":
@@ -263,7 +265,7 @@ AUTH_BODIES = {
 
 @pytest.mark.parametrize("form", AUTH_BODIES)
 def test_401_is_an_authentication_error_naming_openai_api_key(rsps, form):
-    rsps.add(responses.POST, BASE + "/v1/chat/completions", json=AUTH_BODIES[form], status=401)
+    rsps.add(responses.POST, CHAT_URL, json=AUTH_BODIES[form], status=401)
     with pytest.raises(lmp.AuthenticationError) as info:
         lmp.OpenAICompatibleProvider(host=BASE).generate_text(MESSAGES, "my-model")
     assert info.value.status == 401 and len(rsps.calls) == 1  # not retried
@@ -274,24 +276,22 @@ def test_401_is_an_authentication_error_naming_openai_api_key(rsps, form):
 LITELLM_429 = {"error": {"message": "LiteLLM Rate Limit Handler for rate limit type = key. Crossed TPM / RPM / Max "
                                     "Parallel Request Limit. current rpm: 3, rpm limit: 2",
                          "type": "None", "param": "None", "code": "429"}}
-REPLY = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "my-model",
-         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello."}, "finish_reason": "stop"}],
-         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+REPLY = VLLM.blocking_body("Hello.", model="my-model")
 
 
 def test_litellm_429_is_retried_after_retry_after(rsps, monkeypatch):
     sleeps = []
     monkeypatch.setattr(lmp.time, "sleep", sleeps.append)
-    rsps.add(responses.POST, BASE + "/v1/chat/completions", json=LITELLM_429, status=429,
+    rsps.add(responses.POST, CHAT_URL, json=LITELLM_429, status=429,
              headers={"Retry-After": "2"})
-    rsps.add(responses.POST, BASE + "/v1/chat/completions", json=REPLY)
+    rsps.add(responses.POST, CHAT_URL, json=REPLY)
     assert lmp.OpenAICompatibleProvider(host=BASE).generate_text(MESSAGES, "my-model") == "Hello."
     assert sleeps == [2.0] and len(rsps.calls) == 2
 
 
 def test_litellm_429_every_time_gives_up_with_its_message(rsps, monkeypatch):
     monkeypatch.setattr(lmp.time, "sleep", lambda seconds: None)
-    rsps.add(responses.POST, BASE + "/v1/chat/completions", json=LITELLM_429, status=429)
+    rsps.add(responses.POST, CHAT_URL, json=LITELLM_429, status=429)
     with pytest.raises(lmp.ProviderResponseError) as info:
         lmp.OpenAICompatibleProvider(host=BASE, max_retries=2).generate_text(MESSAGES, "my-model")
     assert len(rsps.calls) == 3 and info.value.status == 429
@@ -302,7 +302,7 @@ def test_litellm_429_every_time_gives_up_with_its_message(rsps, monkeypatch):
 def test_vllm_context_length_error_is_not_model_not_found(rsps):
     message = ("This model's maximum context length is 2048 tokens. However, you requested 4096 tokens (4000 in "
                "the messages, 96 in the completion). Please reduce the length of the messages or completion.")
-    rsps.add(responses.POST, BASE + "/v1/chat/completions", status=400,
+    rsps.add(responses.POST, CHAT_URL, status=400,
              json={"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}})
     with pytest.raises(lmp.ProviderResponseError) as info:
         lmp.OpenAICompatibleProvider(host=BASE).generate_text(MESSAGES, "my-model")
@@ -316,7 +316,7 @@ def test_a_vllm_error_in_the_middle_of_a_stream(rsps):
     body = "data: %s\n\ndata: %s\n\n" % (json.dumps(chunk), json.dumps(
         {"error": {"message": "EngineCore encountered an issue.", "type": "InternalServerError", "param": None,
                    "code": 500}}))
-    rsps.add(responses.POST, BASE + "/v1/chat/completions", body=body, content_type="text/event-stream")
+    rsps.add(responses.POST, CHAT_URL, body=body, content_type=VLLM.content_type)
     pieces = []
     with pytest.raises(lmp.ProviderResponseError, match="EngineCore encountered an issue"):
         for piece in lmp.OpenAICompatibleProvider(host=BASE).stream_text(MESSAGES, "my-model"):
@@ -329,13 +329,13 @@ def test_a_vllm_error_in_the_middle_of_a_stream(rsps):
 # =============================================================================
 
 def test_generate_json_and_format_json_over_a_path_prefixed_loopback_server(server):
-    fakes.openai_compatible(server, prefix="/llm")
-    provider = lmp.OpenAICompatibleProvider(host="http://%s/llm/v1" % server.host)
+    fakes.openai_compatible(server, prefix=OPENAI.mount)
+    provider = lmp.OpenAICompatibleProvider(host=OPENAI.host_of(server))
     assert provider.generate_json(MESSAGES, "my-model", ["status"]) == {"status": "ready"}
     assert provider.generate_text(MESSAGES, "openai://my-model?format=json") == '{"result": "ready"}'
     formats = [r["json"]["response_format"] for r in server.requests]
     assert formats[0]["type"] == "json_schema" and formats[1] == {"type": "json_object"}
-    assert [r["path"] for r in server.requests] == ["/llm/v1/chat/completions"] * 2
+    assert [r["path"] for r in server.requests] == [OPENAI.chat_path] * 2
 
 
 # =============================================================================
@@ -345,7 +345,7 @@ def test_generate_json_and_format_json_over_a_path_prefixed_loopback_server(serv
 @pytest.fixture
 def tls_openai_server(tls_server):  # noqa: F811
     """An openai:// server mounted under /llm, behind TLS with a self-signed certificate."""
-    return fakes.openai_compatible(tls_server, prefix="/llm")
+    return fakes.openai_compatible(tls_server, prefix=OPENAI.mount)
 
 
 @pytest.mark.parametrize("where", ["loopback", "remote"])
@@ -354,7 +354,7 @@ def test_a_private_ca_is_trusted_through_requests_ca_bundle(tls_openai_server, m
         # The same server, taken down the path every non-loopback host takes (requests' own environment
         # handling: trust_env, proxies, REQUESTS_CA_BUNDLE); no packet leaves this machine.
         monkeypatch.setattr(lmp, "_is_loopback", lambda base_url: False)
-    host = "https://%s/llm/v1" % tls_openai_server.host
+    host = "https://" + OPENAI.host_of(tls_openai_server)
     with pytest.raises(lmp.ProviderConnectionError) as info:
         lmp.OpenAICompatibleProvider(host=host, timeout=(2, 5)).list_models()
     assert "certificate" in str(info.value).lower() and "REQUESTS_CA_BUNDLE" in str(info.value)
@@ -366,7 +366,7 @@ def test_a_private_ca_is_trusted_through_requests_ca_bundle(tls_openai_server, m
     assert provider.list_models() == ["my-model"]
     assert provider.generate_text(MESSAGES, "my-model") == fakes.REPLY
     assert "".join(provider.stream_text(MESSAGES, "my-model")) == fakes.REPLY
-    assert [r["path"] for r in tls_openai_server.requests] == ["/llm/v1/models"] + ["/llm/v1/chat/completions"] * 2
+    assert [r["path"] for r in tls_openai_server.requests] == [OPENAI.models_path] + [OPENAI.chat_path] * 2
 
 
 # =============================================================================
@@ -380,19 +380,19 @@ def check(*argv):
 
 @pytest.fixture
 def prefixed(server):
-    return fakes.openai_compatible(server, prefix="/llm")
+    return fakes.openai_compatible(server, prefix=OPENAI.mount)
 
 
 def test_setup_check_on_a_path_prefixed_openai_server(prefixed):
-    code, output = check("--provider", "openai", "--host", "http://%s/llm/v1" % prefixed.host,
-                         "--model", "openai://my-model")
+    code, output = check("--provider", "openai", "--host", OPENAI.host_of(prefixed), "--model", "openai://my-model")
     assert code == 0, output
-    assert output.count("[PASS]") == 5 and "OpenAI-compatible server at http://%s/llm" % prefixed.host in output
-    assert {r["path"] for r in prefixed.requests} == {"/llm/v1/models", "/llm/v1/chat/completions"}
+    where = "http://%s%s" % (prefixed.host, OPENAI.mount)
+    assert output.count("[PASS]") == 5 and "OpenAI-compatible server at %s" % where in output
+    assert {r["path"] for r in prefixed.requests} == {OPENAI.models_path, OPENAI.chat_path}
 
 
 def test_setup_check_finds_the_kind_from_a_host_with_a_path(prefixed):
-    code, output = check("--host", "http://%s/llm/v1" % prefixed.host)
+    code, output = check("--host", OPENAI.host_of(prefixed))
     assert code == 0, output
     assert "OpenAI-compatible server" in output and "LM Studio" not in output
     assert "trying the first one it offers: my-model" in output
@@ -400,9 +400,9 @@ def test_setup_check_finds_the_kind_from_a_host_with_a_path(prefixed):
 
 def test_setup_check_takes_openai_roles_and_host_from_the_config(prefixed, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "config.yaml").write_text('openai_host: "http://%s/llm/v1"\nlm_studio_host: "127.0.0.1:9"\n'
+    (tmp_path / "config.yaml").write_text('openai_host: "%s"\nlm_studio_host: "127.0.0.1:9"\n'
                                           'models:\n  writer: "openai://my-model?temperature=0.2"\n'
-                                          % prefixed.host)
+                                          % OPENAI.host_of(prefixed))
     code, output = check()
     openai_lines = [line for line in output.splitlines() if "OpenAI-compatible" in line]
     assert len(openai_lines) == 5 and all(line.startswith("[PASS]") for line in openai_lines), output
@@ -415,12 +415,12 @@ def test_setup_check_without_an_openai_host_says_where_to_give_one():
 
 
 def test_setup_check_from_openai_base_url(prefixed, monkeypatch, tmp_path):
-    monkeypatch.setenv("OPENAI_BASE_URL", "http://%s/llm/v1" % prefixed.host)
+    monkeypatch.setenv("OPENAI_BASE_URL", OPENAI.host_of(prefixed))
     code, output = check("--provider", "openai")
     assert code == 0, output
     monkeypatch.chdir(tmp_path)  # no config.yaml: without --provider only LM Studio and Ollama are looked at
     code, output = check()
-    assert "OpenAI-compatible" not in output and prefixed.requests[-1]["path"] == "/llm/v1/chat/completions"
+    assert "OpenAI-compatible" not in output and prefixed.requests[-1]["path"] == OPENAI.chat_path
     assert len(prefixed.requests) == 4  # the first check's four requests, no more
 
 
@@ -430,10 +430,10 @@ def run_module(*args, env=None):
 
 
 def test_cli_models_and_generate_through_openai(prefixed):
-    host = "http://%s/llm/v1" % prefixed.host
+    host = OPENAI.host_of(prefixed)
     done = run_module("models", "--provider", "openai", "--host", host)
     assert done.returncode == 0, done.stderr
-    assert "OpenAI-compatible server at http://%s/llm (1):\n  my-model" % prefixed.host in done.stdout
+    assert "OpenAI-compatible server at http://%s%s (1):\n  my-model" % (prefixed.host, OPENAI.mount) in done.stdout
     done = run_module("generate", "openai://my-model@%s" % host, "Hi")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == fakes.REPLY
@@ -460,8 +460,8 @@ def test_an_unreachable_openai_server_gets_a_next_step(monkeypatch):
 
 
 def test_a_404_on_the_chat_path_says_what_the_host_must_be(server):
-    server.route("GET", "/v1/models", json_reply(MODELS))  # the API is not below /llm: a wrong base URL
-    provider = lmp.OpenAICompatibleProvider(host="http://%s/llm/v1" % server.host)
+    server.route("GET", VLLM.models_path, json_reply(MODELS))  # the API is not below /llm: a wrong base URL
+    provider = lmp.OpenAICompatibleProvider(host=OPENAI.host_of(server))
     with pytest.raises(lmp.ProviderResponseError) as info:
         provider.list_models()
     assert info.value.status == 404 and "/v1/chat/completions" in str(info.value)
@@ -479,7 +479,7 @@ def test_the_readme_configs_load_and_send_each_role_to_its_host(tmp_path, monkey
     assert hosts == {"initial_outline_writer": "https://gpu.example.com:443/vllm",
                      "scene_writer": "http://litellm.internal:4000",
                      "logical_model": "http://10.0.0.7:8080",
-                     "revision_model": "http://127.0.0.1:11434"}
+                     "revision_model": OLLAMA.base}
     for block in configs:  # every config of this library in the README loads
         path.write_text(block)
         lmp.load_config(str(path))
@@ -487,12 +487,12 @@ def test_the_readme_configs_load_and_send_each_role_to_its_host(tmp_path, monkey
 
 def test_vllm_404_for_a_wrong_path_is_not_model_not_found(rsps):
     # vLLM (FastAPI) answers a path it does not serve with {"detail": "Not Found"}: a wrong base URL
-    rsps.add(responses.POST, BASE + "/v1/chat/completions", json={"detail": "Not Found"}, status=404)
+    rsps.add(responses.POST, CHAT_URL, json={"detail": "Not Found"}, status=404)
     with pytest.raises(lmp.ProviderResponseError) as info:
         lmp.OpenAICompatibleProvider(host=BASE).generate_text(MESSAGES, "my-model")
     assert type(info.value) is lmp.UnsupportedEndpointError and info.value.status == 404
-    assert info.value.reason == "endpoint_missing" and info.value.path == "/v1/chat/completions"
-    assert "no endpoint /v1/chat/completions" in str(info.value) and "base URL" in info.value.hint
+    assert info.value.reason == "endpoint_missing" and info.value.path == VLLM.chat_path
+    assert "no endpoint " + VLLM.chat_path in str(info.value) and "base URL" in info.value.hint
 
 
 def test_a_loopback_http_provider_leaves_the_ca_bundle_alone(monkeypatch, tmp_path):
@@ -500,5 +500,5 @@ def test_a_loopback_http_provider_leaves_the_ca_bundle_alone(monkeypatch, tmp_pa
     bundle = tmp_path / "ca.pem"
     bundle.write_text("not read")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
-    assert lmp.OllamaProvider(host="127.0.0.1:11434").transport.session.verify is True
+    assert OLLAMA.cls(host=OLLAMA.base).transport.session.verify is True
     assert lmp.OpenAICompatibleProvider(host="https://127.0.0.1:8443/v1").transport.session.verify == str(bundle)

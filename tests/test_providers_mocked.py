@@ -3,7 +3,8 @@
 Bodies are shaped like the real servers' (see /tmp/research/wire.md): LM Studio's
 OpenAI-compatible ``/v1/chat/completions`` (SSE when streaming) and Ollama's
 native ``/api/chat`` (NDJSON when streaming).  Behaviour the two share is
-parametrized over a small "server" description (``LMS`` / ``OLLAMA``).
+parametrized over a small "server" description (``LMS`` / ``OLLAMA``), whose class, address, paths and
+stream content type come from tests/servers.py; the bodies here are fuller than the ones it builds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import responses
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import lm_providers as lmp  # noqa: E402
+from servers import LM_STUDIO, OLLAMA as OLLAMA_KIND, OPENAI as OPENAI_KIND  # noqa: E402
 
 
 # =============================================================================
@@ -28,13 +30,10 @@ import lm_providers as lmp  # noqa: E402
 # =============================================================================
 
 class LMStudioServer:
-    name = "lm_studio"
-    cls = lmp.LMStudioProvider
-    base = "http://127.0.0.1:1234"
-    chat_url = base + "/v1/chat/completions"
-    models_url = base + "/v1/models"
+    name, cls, base, start_command = LM_STUDIO.name, LM_STUDIO.cls, LM_STUDIO.base, LM_STUDIO.start_command
+    chat_url, models_url = LM_STUDIO.url(LM_STUDIO.chat_path), LM_STUDIO.url(LM_STUDIO.models_path)
+    stream_content_type = LM_STUDIO.content_type
     model = "qwen2.5-7b-instruct"
-    start_command = "lms server start"
 
     @staticmethod
     def reply(content="Paris is the capital of France.", finish_reason="stop", model="qwen2.5-7b-instruct",
@@ -77,22 +76,14 @@ class LMStudioServer:
     def midstream_error(message):
         return 'data: {"error": {"message": "%s"}}\n\n' % message
 
-    @staticmethod
-    def models_body(names):
-        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "organization_owner"}
-                                           for n in names]}
-
-    stream_content_type = "text/event-stream"
+    models_body = staticmethod(LM_STUDIO.models_body)
 
 
 class OllamaServer:
-    name = "ollama"
-    cls = lmp.OllamaProvider
-    base = "http://127.0.0.1:11434"
-    chat_url = base + "/api/chat"
-    models_url = base + "/api/tags"
+    name, cls, base, start_command = OLLAMA_KIND.name, OLLAMA_KIND.cls, OLLAMA_KIND.base, OLLAMA_KIND.start_command
+    chat_url, models_url = OLLAMA_KIND.url(OLLAMA_KIND.chat_path), OLLAMA_KIND.url(OLLAMA_KIND.models_path)
+    stream_content_type = OLLAMA_KIND.content_type
     model = "llama3.2"
-    start_command = "ollama serve"
 
     @staticmethod
     def reply(content="Paris is the capital of France.", finish_reason="stop", model="llama3.2", **message_extra):
@@ -142,19 +133,15 @@ class OllamaServer:
                                         "families": ["llama"], "parameter_size": "3.2B",
                                         "quantization_level": "Q4_K_M"}} for n in names]}
 
-    stream_content_type = "application/x-ndjson"
-
 
 class OpenAIServer(LMStudioServer):
     """A generic OpenAI-compatible server (vLLM, llama-server, a LiteLLM proxy) behind https, mounted
     under a path prefix: the same bodies as LM Studio's, other URLs."""
-    name = "openai"
-    cls = lmp.OpenAICompatibleProvider
-    base = "https://gpu.example.com:443/vllm"
-    chat_url = base + "/v1/chat/completions"
-    models_url = base + "/v1/models"
+    kind = OPENAI_KIND.at("https://gpu.example.com:443", mount="/vllm")
+    name, cls, start_command = kind.name, kind.cls, kind.start_command
+    base = kind.base + kind.mount  # the address the provider reports: https://gpu.example.com:443/vllm
+    chat_url, models_url = kind.url(kind.chat_path), kind.url(kind.models_path)
     model = "meta-llama/Llama-3.1-8B-Instruct"
-    start_command = "llama-server"
 
 
 LMS, OLLAMA, OPENAI = LMStudioServer, OllamaServer, OpenAIServer
@@ -1239,11 +1226,11 @@ def test_normal_reply_does_not_warn(rsps, server, caplog):
 @responses.activate
 def test_a_remote_host_goes_through_the_full_requests_path_with_the_token():
     """Non-loopback hosts keep requests' usual behaviour (Session.request); the token is still sent."""
-    url = "http://gpu-box.lan:1234/v1/chat/completions"
+    url = "http://gpu-box.lan:1234" + LM_STUDIO.chat_path  # the default port, added to a bare host
     responses.add(responses.POST, url, json={"choices": [{"index": 0, "finish_reason": "stop", "message": {
         "role": "assistant", "content": "hi from afar"}}]})
     provider = lmp.LMStudioProvider(host="gpu-box.lan", api_key="sk-remote-token-123456")
-    assert provider.transport._direct is False
+    assert provider.transport.session.trust_env is True
     assert provider.generate_text([{"role": "user", "content": "hi"}], "m") == "hi from afar"
     request = responses.calls[0].request
     assert request.headers["Authorization"] == "Bearer sk-remote-token-123456"

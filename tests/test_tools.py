@@ -26,6 +26,7 @@ import pytest
 import fakes
 import lm_providers as lmp
 from loopback import LoopbackServer, Reply, json_reply, split_every
+from servers import LM_STUDIO, LOCAL, OLLAMA
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the weather for a city",
@@ -58,7 +59,7 @@ def lms_chunk(delta, finish_reason=None):
 
 
 def sse(events):
-    return [("data: %s\n\n" % json.dumps(e)).encode() for e in events] + [b"data: [DONE]\n\n"]
+    return [LM_STUDIO.frame(json.dumps(e).encode()) for e in events] + [LM_STUDIO.frame(b"[DONE]")]
 
 
 def lms_fragments(calls, piece=3, content=(), finish_reason="tool_calls"):
@@ -101,7 +102,7 @@ def ollama_lines(calls_per_line, content=(), done_reason="stop"):
     lines.append({"model": "llama3.2", "created_at": stamp, "message": {"role": "assistant", "content": ""},
                   "done_reason": done_reason, "done": True, "total_duration": 885095291,
                   "prompt_eval_count": 122, "eval_count": 33})
-    return [(json.dumps(line) + "\n").encode() for line in lines]
+    return [OLLAMA.frame(json.dumps(line).encode()) for line in lines]
 
 
 @pytest.fixture
@@ -111,18 +112,18 @@ def server():
 
 
 def lm_studio(server, reply):
-    server.route("POST", "/v1/chat/completions", reply)
-    return lmp.LMStudioProvider(host=server.host, timeout=(2, 10))
+    server.route("POST", LM_STUDIO.chat_path, reply)
+    return LM_STUDIO.provider(server, timeout=(2, 10))
 
 
 def ollama(server, reply):
-    server.route("POST", "/api/chat", reply)
-    return lmp.OllamaProvider(host=server.host, timeout=(2, 10))
+    server.route("POST", OLLAMA.chat_path, reply)
+    return OLLAMA.provider(server, timeout=(2, 10))
 
 
 def stream(parts, kind):
-    ctype = "text/event-stream" if kind == "sse" else "application/x-ndjson"
-    return Reply(200, parts, framing="chunked", content_type=ctype)
+    content_type = (LM_STUDIO if kind == "sse" else OLLAMA).content_type
+    return Reply(200, parts, framing="chunked", content_type=content_type)
 
 
 # --- requests -------------------------------------------------------------------------------------------
@@ -461,14 +462,11 @@ def get_weather(city: str) -> Dict[str, Any]:
     return {"city": city, "sky": "sunny"}
 
 
-@pytest.fixture(params=["lm_studio", "ollama"])
+@pytest.fixture(params=LOCAL, ids=[kind.name for kind in LOCAL])
 def fake(request, server):
     """A provider on a wire-shaped fake that calls the first tool, then answers with what it said."""
-    if request.param == "lm_studio":
-        fakes.lm_studio(server)
-        return lmp.LMStudioProvider(host=server.host, timeout=(2, 10)), "qwen2.5-7b-instruct", server
-    fakes.ollama(server)
-    return lmp.OllamaProvider(host=server.host, timeout=(2, 10)), "llama3:latest", server
+    kind = request.param
+    return kind.provider(kind.install(server), timeout=(2, 10)), kind.model, server
 
 
 def test_run_tools_runs_the_loop_until_a_text_answer(fake):
@@ -483,9 +481,9 @@ def test_run_tools_runs_the_loop_until_a_text_answer(fake):
 
 
 def test_run_tools_applies_tool_choice_to_the_first_call_only(server):
-    fakes.lm_studio(server)  # (Ollama has no tool_choice: it is warned about, see above)
-    provider = lmp.LMStudioProvider(host=server.host, timeout=(2, 10))
-    provider.run_tools(ASK, "qwen2.5-7b-instruct", [get_weather], tool_choice="required")
+    LM_STUDIO.install(server)  # (Ollama has no tool_choice: it is warned about, see above)
+    provider = LM_STUDIO.provider(server, timeout=(2, 10))
+    provider.run_tools(ASK, LM_STUDIO.model, [get_weather], tool_choice="required")
     assert [r["json"].get("tool_choice") for r in server.requests] == ["required", None]
 
 

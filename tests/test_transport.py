@@ -12,39 +12,30 @@ import zlib
 import pytest
 
 import lm_providers as lmp
-from loopback import Reply, json_reply, ndjson_events, sse_events
+from loopback import Reply, json_reply
+from servers import LOCAL
 
 MESSAGES = [{"role": "user", "content": "Count to five."}]
 PIECES = ["One", ", two", ", three", ", four", ", five."]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-KINDS = {
-    # provider class, model, chat path, models path, stream builder, stream content type, blocking body, models body
-    "lm_studio": (lmp.LMStudioProvider, "/v1/chat/completions", "/v1/models", sse_events, "text/event-stream",
-                  {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello."},
-                                "finish_reason": "stop"}]},
-                  {"object": "list", "data": [{"id": "test-model", "object": "model"}]}),
-    "ollama": (lmp.OllamaProvider, "/api/chat", "/api/tags", ndjson_events, "application/x-ndjson",
-               {"model": "test-model", "message": {"role": "assistant", "content": "Hello."}, "done": True,
-                "done_reason": "stop"},
-               {"models": [{"name": "test-model:latest", "model": "test-model:latest"}]}),
-}
+KINDS = {server.name: server for server in LOCAL}  # the two local servers (tests/servers.py)
 kinds = pytest.mark.parametrize("kind", sorted(KINDS))
 DEEP = b"[" * 100000 + b"]" * 100000  # valid JSON, nested far deeper than Python's recursion limit
 
 
 def provider_for(server, kind, **options):
-    options.setdefault("timeout", (2, 5))
-    return KINDS[kind][0](host=server.host, **options)
+    return KINDS[kind].provider(server, **options)
 
 
 def stream_route(server, kind, parts, **reply_options):
     reply_options.setdefault("framing", "chunked")
-    server.route("POST", KINDS[kind][1], Reply(200, parts, content_type=KINDS[kind][4], **reply_options))
+    kind = KINDS[kind]
+    server.route("POST", kind.chat_path, Reply(200, parts, content_type=kind.content_type, **reply_options))
 
 
 def events(kind, pieces=PIECES, **options):
-    return KINDS[kind][3](list(pieces), **options)
+    return KINDS[kind].events(list(pieces), **options)
 
 
 # =============================================================================
@@ -95,10 +86,10 @@ def test_an_event_under_the_limit_passes_whole(server, kind):
 @kinds
 @pytest.mark.parametrize("call", ["blocking", "list_models"])
 def test_a_body_over_max_body_bytes_is_refused(server, kind, call):
-    cls, chat_path, models_path = KINDS[kind][:3]
+    chat_path, models_path = KINDS[kind].chat_path, KINDS[kind].models_path
     padding = {"padding": "p" * (2 << 20)}
-    server.route("POST", chat_path, json_reply(dict(KINDS[kind][5], **padding), framing="chunked"))
-    server.route("GET", models_path, json_reply(dict(KINDS[kind][6], **padding), framing="close"))
+    server.route("POST", chat_path, json_reply(dict(KINDS[kind].blocking_body(), **padding), framing="chunked"))
+    server.route("GET", models_path, json_reply(dict(KINDS[kind].models_body(), **padding), framing="close"))
     provider = provider_for(server, kind, max_body_bytes=1 << 20)
     with pytest.raises(lmp.ProviderResponseError) as info:
         provider.list_models() if call == "list_models" else provider.generate_text(MESSAGES, "test-model")
@@ -110,8 +101,8 @@ def test_a_body_over_max_body_bytes_is_refused(server, kind, call):
 @kinds
 def test_a_content_length_over_the_limit_fails_before_reading(server, kind):
     # The server announces 1 GiB and then sends nothing: the answer must not wait for the read timeout.
-    server.route("GET", KINDS[kind][2], Reply(200, [b"{"], headers={"Content-Length": str(1 << 30)},
-                                              framing="close", hold_open=5))
+    server.route("GET", KINDS[kind].models_path, Reply(200, [b"{"], headers={"Content-Length": str(1 << 30)},
+                                                       framing="close", hold_open=5))
     provider = provider_for(server, kind, timeout=(2, 10))
     started = time.perf_counter()
     with pytest.raises(lmp.ProviderResponseError, match="max_body_bytes") as info:
@@ -122,10 +113,10 @@ def test_a_content_length_over_the_limit_fails_before_reading(server, kind):
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "big", True, None])
 def test_limits_must_be_positive_whole_numbers(value):
-    for cls in (lmp.LMStudioProvider, lmp.OllamaProvider):
+    for kind in LOCAL:
         for name in ("max_event_bytes", "max_body_bytes"):
             with pytest.raises(lmp.InvalidInputError, match=name):
-                cls(**{name: value})
+                kind.cls(**{name: value})
 
 
 def test_limits_reach_the_transport_and_get_provider():
@@ -163,11 +154,11 @@ def test_a_compressed_stream_is_not_held_back(server, kind, encoding):
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 @pytest.mark.parametrize("framing", ["chunked", "length"])
 def test_compressed_answers_are_decoded(server, kind, encoding, framing):
-    cls, chat_path, models_path = KINDS[kind][:3]
-    body = json.dumps(KINDS[kind][5]).encode()
+    chat_path, models_path = KINDS[kind].chat_path, KINDS[kind].models_path
+    body = json.dumps(KINDS[kind].blocking_body()).encode()
     server.route("POST", chat_path, Reply(200, [body[:20], body[20:]], framing=framing, encoding=encoding))
-    server.route("GET", models_path, Reply(200, [json.dumps(KINDS[kind][6]).encode()], framing=framing,
-                                           encoding=encoding))
+    server.route("GET", models_path, Reply(200, [json.dumps(KINDS[kind].models_body()).encode()],
+                                           framing=framing, encoding=encoding))
     provider = provider_for(server, kind)
     assert provider.generate_text(MESSAGES, "test-model") == "Hello."
     assert provider.list_models() in (["test-model"], ["test-model:latest"])
@@ -201,7 +192,8 @@ def peak_while(call):
 
 @kinds
 def test_a_decompression_bomb_stops_at_max_body_bytes(server, kind, bomb):
-    server.route("GET", KINDS[kind][2], Reply(200, bomb, framing="chunked", headers={"Content-Encoding": "gzip"}))
+    server.route("GET", KINDS[kind].models_path, Reply(200, bomb, framing="chunked",
+                                                       headers={"Content-Encoding": "gzip"}))
     provider = provider_for(server, kind, max_body_bytes=4 << 20)
 
     def call():
@@ -212,8 +204,9 @@ def test_a_decompression_bomb_stops_at_max_body_bytes(server, kind, bomb):
 
 @kinds
 def test_a_decompression_bomb_in_a_stream_stops_at_max_event_bytes(server, kind, bomb):
-    server.route("POST", KINDS[kind][1], Reply(200, bomb, framing="chunked", content_type=KINDS[kind][4],
-                                               headers={"Content-Encoding": "gzip"}))
+    server.route("POST", KINDS[kind].chat_path, Reply(200, bomb, framing="chunked",
+                                                      content_type=KINDS[kind].content_type,
+                                                      headers={"Content-Encoding": "gzip"}))
     provider = provider_for(server, kind, max_event_bytes=4 << 20)
 
     def call():
@@ -302,7 +295,7 @@ def test_a_body_that_ends_just_after_its_marker_keeps_the_connection(server, kin
 
 @kinds
 def test_a_reply_that_keeps_talking_after_its_marker_is_complete_and_its_connection_closed(server, kind):
-    tail = [b"data: {}\n\n" if kind == "lm_studio" else b"{}\n"] * 50
+    tail = [KINDS[kind].frame(b"{}")] * 50
     stream_route(server, kind, events(kind) + tail, gap=0.005)
     provider = provider_for(server, kind)
     started = time.perf_counter()
@@ -326,7 +319,7 @@ def test_the_sse_stream_does_not_end_at_the_finish_reason(server):
 @kinds
 @pytest.mark.parametrize("where", ["error-body", "error-object", "models", "reply", "event", "error-event"])
 def test_json_nested_too_deeply_is_a_typed_error(server, kind, where):
-    cls, chat_path, models_path = KINDS[kind][:3]
+    chat_path, models_path = KINDS[kind].chat_path, KINDS[kind].models_path
     deep_error = b'{"error": {"detail": ' + DEEP + b"}}"
     if where == "error-body":
         server.route("GET", models_path, Reply(500, [DEEP]))
@@ -337,10 +330,9 @@ def test_json_nested_too_deeply_is_a_typed_error(server, kind, where):
     elif where == "reply":
         server.route("POST", chat_path, Reply(200, [DEEP]))
     elif where == "event":
-        stream_route(server, kind, events(kind)[:2] + [(b"data: %s\n\n" if kind == "lm_studio" else b"%s\n") % DEEP])
+        stream_route(server, kind, events(kind)[:2] + [KINDS[kind].frame(DEEP)])
     else:
-        stream_route(server, kind, events(kind)[:2] + [(b"data: %s\n\n" if kind == "lm_studio" else b"%s\n")
-                                                       % deep_error])
+        stream_route(server, kind, events(kind)[:2] + [KINDS[kind].frame(deep_error)])
     provider = provider_for(server, kind)
     with pytest.raises(lmp.ProviderResponseError):
         if where in ("error-body", "error-object", "models"):
@@ -400,7 +392,7 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
     # (held open after the last line when chunked; a close-delimited body here ends, as urllib3 < 2.2 needs)
     server.route("POST", "/api/generate", Reply(200, GENERATE_STREAM, framing=framing,
                                                 hold_open=5 if framing == "chunked" else 0,
-                                                content_type="application/x-ndjson"))
+                                                content_type=KINDS["ollama"].content_type))
     provider = provider_for(server, "ollama")
     response = provider.transport.request("POST", "/api/generate", {"model": "smollm2"},
                                           describe_failure=provider._failure)
@@ -410,7 +402,8 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
     assert found == ["Paris", ",", ""] and time.perf_counter() - started < 1
     # A progress stream (the shape of /api/pull) that breaks off before its last status is a typed error.
     progress = [b'{"status":"pulling manifest"}\n', b'{"status":"verifying sha256 digest"}\n']
-    server.route("POST", "/api/pull", Reply(200, progress, framing=framing, content_type="application/x-ndjson"))
+    server.route("POST", "/api/pull", Reply(200, progress, framing=framing,
+                                            content_type=KINDS["ollama"].content_type))
     response = provider.transport.request("POST", "/api/pull", {"model": "m"},
                                           describe_failure=provider._failure)
     seen = []
@@ -419,7 +412,7 @@ def test_json_events_serves_other_streamed_endpoints(server, framing):
             seen.append(event["status"])
     assert seen == ["pulling manifest", "verifying sha256 digest"]
     server.route("POST", "/api/pull", Reply(200, [b'{"error":"pull model manifest: file does not exist"}\n'],
-                                            framing=framing, content_type="application/x-ndjson"))
+                                            framing=framing, content_type=KINDS["ollama"].content_type))
     response = provider.transport.request("POST", "/api/pull", {"model": "m"},
                                           describe_failure=provider._failure)
     with pytest.raises(lmp.ProviderResponseError, match="file does not exist"):
@@ -437,20 +430,21 @@ def _cut_off(kind):
 
 STREAM_FAILURES = {
     # name: (what the chat path answers, provider options, reason, words of the hint)
-    "cut off": (lambda kind: Reply(200, _cut_off(kind), framing="chunked", content_type=KINDS[kind][4]), {},
+    "cut off": (lambda kind: Reply(200, _cut_off(kind), framing="chunked",
+                                   content_type=KINDS[kind].content_type), {},
                 "stream_cut", "crashed or restarted"),
     "event too large": (lambda kind: Reply(200, events(kind, ["x" * 5000]), framing="chunked",
-                                           content_type=KINDS[kind][4]), {"max_event_bytes": 1000},
+                                           content_type=KINDS[kind].content_type), {"max_event_bytes": 1000},
                         "too_large", "max_event_bytes=..."),
-    "event not JSON": (lambda kind: Reply(200, [b"data: {oops\n\n" if kind == "lm_studio" else b"{oops\n"],
-                                          framing="chunked", content_type=KINDS[kind][4]), {},
+    "event not JSON": (lambda kind: Reply(200, [KINDS[kind].frame(b"{oops")],
+                                          framing="chunked", content_type=KINDS[kind].content_type), {},
                        "bad_response", ""),
     "HTML page": (lambda kind: Reply(200, [b"<html><title>Sign in</title></html>"], content_type="text/html"), {},
                   "bad_response", "is a proxy"),
     "redirect": (lambda kind: Reply(302, [b""], headers={"Location": "http://elsewhere.example/"}), {},
                  "redirect", "real address"),
     "compressed": (lambda kind: Reply(200, [b"\x1b\x00garbage"], headers={"Content-Encoding": "br"},
-                                      framing="chunked", content_type=KINDS[kind][4]), {},
+                                      framing="chunked", content_type=KINDS[kind].content_type), {},
                    "bad_response", "pass answers through unchanged"),
 }
 
@@ -459,7 +453,7 @@ STREAM_FAILURES = {
 @pytest.mark.parametrize("failure", sorted(STREAM_FAILURES))
 def test_a_stream_error_has_a_reason_and_its_advice_as_hint(server, kind, failure):
     reply, options, reason, hint = STREAM_FAILURES[failure]
-    server.route("POST", KINDS[kind][1], reply(kind))
+    server.route("POST", KINDS[kind].chat_path, reply(kind))
     with pytest.raises(lmp.ProviderError) as info:
         list(provider_for(server, kind, **options).stream_text(MESSAGES, "test-model"))
     error = info.value
@@ -470,7 +464,8 @@ def test_a_stream_error_has_a_reason_and_its_advice_as_hint(server, kind, failur
 
 @kinds
 def test_an_answer_over_max_body_bytes_says_too_large(server, kind):
-    server.route("GET", KINDS[kind][2], json_reply(dict(KINDS[kind][6], padding="p" * (2 << 20))))
+    padded = dict(KINDS[kind].models_body(), padding="p" * (2 << 20))
+    server.route("GET", KINDS[kind].models_path, json_reply(padded))
     with pytest.raises(lmp.ProviderResponseError) as info:
         provider_for(server, kind, max_body_bytes=1 << 20).list_models()
     assert info.value.reason == "too_large" and "max_body_bytes=..." in info.value.hint

@@ -41,6 +41,7 @@ if REPO not in sys.path:
 import lm_providers  # noqa: E402
 from realserver import smollm2_model, start_server, tiny_model  # noqa: E402
 from realserver.server import DIRECT  # noqa: E402
+from servers import LM_STUDIO, OPENAI  # noqa: E402
 
 
 def _progress(line):
@@ -53,7 +54,8 @@ def _warm_up(server):
     """One tiny request, so the server's first-request costs do not land in a timed test."""
     body = json.dumps({"model": server.alias, "messages": [{"role": "user", "content": "hi"}],
                        "max_tokens": 4}).encode()
-    request = urllib.request.Request(server.base_url + "/v1/chat/completions", data=body,
+    direct = OPENAI.at(server.base_url)  # llama-server, its OpenAI API at the root
+    request = urllib.request.Request(direct.url(direct.chat_path), data=body,
                                      headers={"Content-Type": "application/json"})
     with DIRECT.open(request, timeout=60) as response:
         response.read()
@@ -111,14 +113,14 @@ def embed_server(server_logs):
 @pytest.fixture(scope="session")
 def tiny_proxy(tiny_server):
     """The tiny model's server mounted under /llm/v1 by a reverse proxy."""
-    with PrefixProxy(tiny_server.host, "/llm/v1", "/v1") as proxy:
+    with PrefixProxy(tiny_server.host, OPENAI.prefix, "/v1") as proxy:
         yield proxy
 
 
 @pytest.fixture(scope="session")
 def smol_proxy(smol_server):
     """SmolLM2's server mounted under /llm/v1 by a reverse proxy."""
-    with PrefixProxy(smol_server.host, "/llm/v1", "/v1") as proxy:
+    with PrefixProxy(smol_server.host, OPENAI.prefix, "/v1") as proxy:
         yield proxy
 
 
@@ -134,9 +136,9 @@ def kind(request):
 def _provider(request, kind, name):
     server = request.getfixturevalue(name + "_server")
     if kind == "lm_studio":
-        return lm_providers.LMStudioProvider(host=server.host, timeout=TIMEOUT)
+        return LM_STUDIO.cls(host=server.host, timeout=TIMEOUT)
     host = request.getfixturevalue(name + "_proxy").base_url if kind == "openai-prefixed" else server.host
-    return lm_providers.OpenAICompatibleProvider(host=host, timeout=TIMEOUT)
+    return OPENAI.cls(host=host, timeout=TIMEOUT)
 
 
 @pytest.fixture

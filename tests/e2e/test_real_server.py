@@ -28,6 +28,7 @@ from late_close_relay import LateCloseRelay
 
 import lm_providers
 from realserver import ServerError, make_tiny_gguf, smollm2_model, start_server, tiny_model
+from servers import OPENAI
 
 MESSAGES = [{"role": "user", "content": "Tell me a story about a lighthouse."}]
 
@@ -279,14 +280,14 @@ def test_requests_right_after_a_stream_succeed_when_the_close_arrives_late(tiny_
 def test_every_request_goes_below_the_path_prefix(tiny_proxy, tiny_server):
     start = len(tiny_proxy.paths)
     with lm_providers.OpenAICompatibleProvider(host=tiny_proxy.base_url, timeout=TIMEOUT) as provider:
-        assert provider.base_url == "http://%s/llm" % tiny_proxy.host
+        assert provider.base_url == "http://%s%s" % (tiny_proxy.host, OPENAI.mount)
         assert provider.list_models() == [TINY_ALIAS]
         model = uri(provider, tiny_server, max_tokens=20, temperature=0)
         whole = provider.generate_text(MESSAGES, model)
         assert "".join(provider.stream_text(MESSAGES, model)) == whole and whole
     sent = tiny_proxy.paths[start:]
-    assert sent[0] == "/llm/v1/models" and "/llm/v1/chat/completions" in sent[1:], sent
-    assert all(path.startswith("/llm/v1/") for path in sent), sent
+    assert sent[0] == OPENAI.models_path and OPENAI.chat_path in sent[1:], sent
+    assert all(path.startswith(OPENAI.prefix + "/") for path in sent), sent
 
 
 def test_the_proxy_mounts_nothing_outside_the_prefix(tiny_proxy):
