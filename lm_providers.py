@@ -3412,6 +3412,7 @@ class BaseProvider:
     api_key_env = ""         # the environment variable with the token, used when api_key is not given
     stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
     content_must_be_str = True
+    stream_fields: Mapping[str, Any] = {}  # what a chat request adds when it streams
     embed_path = embed_needed = ""  # embed_needed: the server version that has embed_path, when known
     embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
     image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
@@ -3857,7 +3858,7 @@ class BaseProvider:
         _check_messages(messages, self.content_must_be_str)
         messages = _wire_messages(self, messages)
         payload: Dict[str, Any] = {"model": model.name, "messages": messages, "stream": stream}
-        payload.update(self._extra_payload(stream))
+        payload.update(self.stream_fields if stream else {})
         payload.update(map_parameters(model.parameters, self.provider))
         if _debug_call_running():
             logger.debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token);"
@@ -3881,9 +3882,6 @@ class BaseProvider:
             logger.debug("request %s %s%s headers=%s payload=%s", method, self.base_url, path, headers,
                          json.dumps(payload, ensure_ascii=False) if payload is not None else "(none)")
 
-    def _extra_payload(self, stream: bool) -> Dict[str, Any]:
-        return {}  # OpenAI's stream_options
-
     def _check_end(self, model: ModelConfig, finish_reason: Optional[str], has_text: bool,
                    reasoned: bool) -> None:
         """What every finished reply, blocking or streamed, is checked for: the token limit, emptiness."""
@@ -3906,8 +3904,9 @@ class BaseProvider:
         return _chat_pieces(self, payload, model, state)
 
     def _ends_with_body(self, state: Any) -> bool:
-        """Whether a chat stream whose body ended without its end marker is complete all the same."""
-        return False
+        """Whether a chat stream whose body ended without its end marker is complete all the same: when it
+        gave a finish reason (some OpenAI-compatible servers send no [DONE]; Ollama's comes in the marker)."""
+        return state.finish_reason is not None
 
     def _failure(self, status: int, body: str, model: str, in_body: bool = False, *, path: str = "",
                  needed: str = "", manual: str = "") -> ProviderError:
@@ -4007,6 +4006,7 @@ class OpenAICompatibleProvider(BaseProvider):
     ``OPENAI_API_KEY``) is sent as a bearer token, only when one is set."""
 
     kind = SERVER_KINDS["openai"]
+    stream_fields = {"stream_options": {"include_usage": True}}  # else no usage in a stream
     content_must_be_str = False
     model_not_found_phrases: Tuple[str, ...] = ("not found", "does not exist", "invalid model name")
     has_props = True  # llama.cpp's server answers /props; LM Studio never has it
@@ -4016,9 +4016,6 @@ class OpenAICompatibleProvider(BaseProvider):
     embed_fields: Tuple[str, ...] = ("ttl",)
     context_advice = ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: "
                       "--ctx-size {size}).")
-
-    def _extra_payload(self, stream: bool) -> Dict[str, Any]:
-        return {"stream_options": {"include_usage": True}} if stream else {}
 
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         text = message.lower()
@@ -4120,9 +4117,6 @@ class OpenAICompatibleProvider(BaseProvider):
         """llama.cpp's ``/props`` (None when this kind of server has none, or this server lacks it)."""
         props = self._call("GET", "/props", optional=True) if self.has_props else None
         return cast(Optional[Dict[str, Any]], props)
-
-    def _ends_with_body(self, state: Any) -> bool:
-        return state.finish_reason is not None  # some OpenAI-compatible servers send no [DONE]
 
 
 class LMStudioProvider(OpenAICompatibleProvider):
@@ -4433,7 +4427,7 @@ class OllamaProvider(BaseProvider):
         return show
 
     def _running(self) -> Optional[List[Dict[str, Any]]]:
-        """``/api/ps``'s models not yet expired (None without /api/ps); remembers each one's loaded context."""
+        """``/api/ps``'s unexpired models (None without /api/ps); remembers each one's loaded context."""
         entries: Optional[List[Dict[str, Any]]] = self._call(
             "GET", "/api/ps", optional=True, read=lambda data: [
                 entry for entry in _entries(data, "models", "name") if not _is_past(entry.get("expires_at"))])
@@ -4489,13 +4483,10 @@ class OllamaProvider(BaseProvider):
         """Ollama cuts a prompt longer than ``num_ctx`` and says so only in its log.  The sign: the server
         evaluated a whole context's worth of prompt tokens while the prompt is estimated clearly larger."""
         evaluated = (usage or {}).get("prompt_tokens")
-        if not evaluated:
-            return
         estimate = _estimate_tokens(payload.get("messages") or [])
-        if estimate <= evaluated * 1.2:
+        if not evaluated or estimate <= evaluated * 1.2:
             return
-        options = payload.get("options") or {}
-        context = _first_int(options.get("num_ctx"))
+        context = _first_int((payload.get("options") or {}).get("num_ctx"))
         if context is None and evaluated >= 256:  # no context is that small: only then ask /api/ps
             key = _ollama_key(model.name)
             seen = self._ps_seen.get(key)
@@ -4590,8 +4581,7 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
         hash(key)
     except TypeError:  # an option that cannot be a key: a provider of its own
         return cls(host=base_url, **provider_options)
-    cache: Dict[Tuple[Any, ...], BaseProvider] = (
-        _provider_cache if config is None else config._providers)
+    cache: Dict[Tuple[Any, ...], BaseProvider] = _provider_cache if config is None else config._providers
     if key not in cache:
         cache[key] = cls(host=base_url, **provider_options)
     return cache[key]
