@@ -3251,11 +3251,6 @@ def _estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
     return chars // 4 + 4 * len(messages) + 1
 
 
-def _suggest_context(tokens: int) -> int:
-    """A context with room for ``tokens`` of prompt and a reply: the next multiple of 1024 above 1.25x."""
-    return (int(tokens * 1.25) // 1024 + 1) * 1024
-
-
 _OVERFLOW_PATTERNS = (  # (regex, group of the prompt size, group of the context) as servers word it
     (re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)"), 1, 2),
     (re.compile(r"Trying to keep the first (\d+) tokens when context the overflows.*?context length of only "
@@ -3271,16 +3266,15 @@ _OVERFLOW_PATTERNS = (  # (regex, group of the prompt size, group of the context
 
 def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Optional[int]]]:
     """``(prompt_tokens, context)`` when a server's error says the prompt did not fit, else None."""
-    data = _loads_or_none(body) if body.strip().startswith("{") else None
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":  # llama.cpp's counts
+    error = _dict_at(_loads_or_none(body) if body.strip().startswith("{") else None, "error")
+    if error.get("type") == "exceed_context_size_error":  # llama.cpp's counts
         return _first_int(error.get("n_prompt_tokens")), _first_int(error.get("n_ctx"))
     for pattern, prompt_group, context_group in _OVERFLOW_PATTERNS:
         match = pattern.search(message)
         if match:
             return ((int(match.group(prompt_group)) if prompt_group else None),
                     (int(match.group(context_group)) if context_group else None))
-    if isinstance(error, dict) and "context_length_exceeded" in (error.get("type"), error.get("code")):
+    if "context_length_exceeded" in (error.get("type"), error.get("code")):
         return None, None  # OpenAI's code, in whatever words
     return None
 
@@ -3329,22 +3323,14 @@ def _is_past(stamp: Any) -> bool:
 _wall_clock = time.time  # the time expires_at is compared with (tests set a recording's time)
 
 
-def _check_context_length(context_length: Optional[int]) -> None:
-    if context_length is not None and (not isinstance(context_length, int) or isinstance(context_length, bool)
-                                       or context_length <= 0):
-        raise InvalidInputError("context_length must be a whole number of tokens > 0, got %r"
-                                % (context_length,))
-
-
 class _ErrorAnswer:
     """What was asked and what the server said (``status`` None for an error event in a stream)."""
 
-    __slots__ = ("status", "body", "model", "path", "in_body", "needed", "manual", "message", "said",
-                 "overflow")
+    __slots__ = ("status", "body", "model", "path", "needed", "manual", "message", "said", "overflow")
 
-    def __init__(self, status: Optional[int], body: str, model: str, path: str, in_body: bool = False,
-                 needed: str = "", manual: str = ""):
-        self.status, self.body, self.model, self.path, self.in_body = status, body, model, path, in_body
+    def __init__(self, status: Optional[int], body: str, model: str, path: str, needed: str = "",
+                 manual: str = ""):
+        self.status, self.body, self.model, self.path = status, body, model, path
         self.needed, self.manual = needed, manual
         self.message = _server_message(body)
         self.said = self.message.rstrip(". ")  # the server's words, followed by more sentences
@@ -3360,6 +3346,8 @@ class _ErrorAnswer:
         return any(phrase in self.message.lower() for phrase in phrases)
 
 
+#: A non-streamed reply: (text, reasoning, finish_reason, usage, its ``tool_calls`` list or None).
+_Reply = Tuple[str, str, Optional[str], Optional[Dict[str, int]], Any]
 #: One row of a provider's failure table: (applies(provider, answer), build(provider, answer)).
 _FailureRow = Tuple[Callable[[Any, _ErrorAnswer], bool], Callable[[Any, _ErrorAnswer], ProviderError]]
 
@@ -3424,6 +3412,7 @@ class BaseProvider:
     api_key_env = ""         # the environment variable with the token, used when api_key is not given
     stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
     content_must_be_str = True
+    stream_fields: Mapping[str, Any] = {}  # what a chat request adds when it streams
     embed_path = embed_needed = ""  # embed_needed: the server version that has embed_path, when known
     embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
     image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
@@ -3452,10 +3441,9 @@ class BaseProvider:
                  max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         """``host``: any accepted host form (default: environment, then the server's default).
-        ``timeout``: read timeout in seconds, or ``(connect, read)``; defaults (5, 600).
-        ``max_retries``: how often a 429/503 answer is retried before any text is read.
-        ``max_event_bytes``, ``max_body_bytes``: the largest stream event (32 MiB) and whole answer
-        (128 MiB) accepted, counted after decompression."""
+        ``timeout``: the read timeout in seconds, or ``(connect, read)``, default (5, 600); ``max_retries``:
+        how often a 429/503 is retried before any text; ``max_event_bytes`` (32 MiB), ``max_body_bytes``
+        (128 MiB): the largest stream event and whole answer, after decompression."""
         for name, limit in (("max_event_bytes", max_event_bytes), ("max_body_bytes", max_body_bytes)):
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
                 raise InvalidInputError("%s must be a whole number of bytes >= 1, got %r" % (name, limit))
@@ -3493,18 +3481,16 @@ class BaseProvider:
     def chat(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
              debug: bool = False, tools: Any = None, tool_choice: Any = None) -> ChatResult:
         """Generate a whole reply; return it with its reasoning, finish reason, usage and tool calls.
-
-        ``tools``: Python functions or function schemas the model may call (see ``tool_schema``); the calls it
-        asks for are in the result's ``tool_calls``. ``tool_choice``: ``"auto"``, ``"none"``, ``"required"``
-        or one function (OpenAI-compatible servers only; Ollama has none, so it is not sent there)."""
+        ``tools``: functions or schemas (``tool_schema``) the model may call, its calls in ``.tool_calls``;
+        ``tool_choice``: ``"auto"``, ``"none"``, ``"required"`` or one function (not sent to Ollama)."""
         with _debugging(debug):
             model = _with_tools(self._model(model), tools, tool_choice)
             payload = self._payload(messages, model, stream=False)
             started = time.perf_counter()
-            data, (text, reasoning, finish_reason, usage) = self._call(
+            data, (text, reasoning, finish_reason, usage, calls) = self._call(
                 "POST", self.chat_path, payload, model=model.name,
                 read=lambda data: (data, self._read_reply(data)))
-            tool_calls = _tool_calls_from(self._tool_call_parts(data), self.title, finish_reason)
+            tool_calls = _tool_calls_from(calls, self.title, finish_reason)
             finish_reason = _tool_finish_reason(finish_reason, tool_calls)
             content, inline_reasoning = split_reasoning(text or "")
             result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage,
@@ -3534,9 +3520,8 @@ class BaseProvider:
 
     def stream_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
                     debug: bool = False) -> TextStream:
-        """Yield the reply's text pieces as the server sends them (a TextStream: an iterator).
-
-        Raises ProviderResponseError (after the pieces yielded) when the stream breaks off or has an error."""
+        """Yield the reply's text pieces as the server sends them (a TextStream: an iterator); raises
+        ProviderResponseError (after the pieces yielded) when the stream breaks off or has an error."""
         with _debugging(debug):  # the request's debug lines; the stream's iteration turns it on again
             pieces = self._stream(messages, self._model(model), _StreamState(keep_reasoning=False))
         return TextStream(pieces, debug)
@@ -3544,11 +3529,9 @@ class BaseProvider:
     def generate_json(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig],
                       required_attributes: Sequence[str] = (), *, schema: Optional[Mapping[str, Any]] = None,
                       max_attempts: int = 3, debug: bool = False) -> Dict[str, Any]:
-        """Generate a JSON object that has every attribute in ``required_attributes``.
-
-        The server is asked for JSON that follows ``schema`` (default: one built from the required
-        attributes).  A reply that is not such an object is answered with a repair message, up to
-        ``max_attempts`` replies in all; then JSONGenerationError is raised with the last reply."""
+        """Generate a JSON object that has every attribute in ``required_attributes``, asking for JSON that
+        follows ``schema`` (default: built from them).  A reply that is not one gets a repair message, up to
+        ``max_attempts`` replies in all; then JSONGenerationError holds the last reply."""
         _check_messages(messages, self.content_must_be_str)
         if not isinstance(required_attributes, (list, tuple)) or not all(
                 isinstance(a, str) for a in required_attributes):
@@ -3586,11 +3569,10 @@ class BaseProvider:
     def embed(self, texts: Union[str, Sequence[str]], model: Union[str, ModelConfig], *,
               dimensions: Optional[int] = None, truncate: Optional[bool] = None,
               batch_size: int = DEFAULT_EMBED_BATCH, debug: bool = False) -> List[List[float]]:
-        """Embed one text or a list of texts; return one vector per text, in input order.
-
-        A single string is one text: ``embed("hi", m)`` returns ``[vector]``.  ``dimensions`` asks for shorter
-        vectors; ``truncate`` (Ollama only) cuts a text that is too long instead of failing; texts go
-        ``batch_size`` at a time.  Raises InvalidInputError, EmbeddingNotSupportedError, InputTooLongError."""
+        """Embed one text or a list of texts; return one vector per text, in input order (``embed("hi", m)``
+        gives ``[vector]``).  ``dimensions`` asks for shorter vectors; ``truncate`` (Ollama only) cuts a text
+        too long instead of failing; texts go ``batch_size`` at a time.  Raises InvalidInputError,
+        EmbeddingNotSupportedError, InputTooLongError."""
         model = self._model(model)
         inputs = _embedding_inputs(texts, dimensions, batch_size)
         vectors: List[List[float]] = []
@@ -3613,12 +3595,10 @@ class BaseProvider:
 
     def run_tools(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], tools: Any, *,
                   max_rounds: int = 5, tool_choice: Any = None, debug: bool = False) -> ToolRunResult:
-        """Let the model use Python functions until it answers in text; return that answer.
-
-        Each round the calls the model asks for are run and their results (JSON unless a string) sent back; a
-        tool that raises, or an unknown one, answers ``"error: ..."``.  After ``max_rounds`` rounds of calls,
-        ToolLoopError.  ``tool_choice`` applies to the first call; the result's ``messages`` is the whole
-        conversation (``messages`` is not changed)."""
+        """Let the model call Python functions until it answers in text; return that answer, the conversation
+        in ``.messages`` (``messages`` is not changed).  Results go back as JSON unless a string; a tool that
+        raises, or an unknown one, answers ``"error: ..."``; after ``max_rounds`` rounds of calls,
+        ToolLoopError.  ``tool_choice`` applies to the first call."""
         is_list = isinstance(tools, Sequence) and not isinstance(tools, (str, bytes))
         tools = list(tools) if is_list else [tools]
         for tool in tools:
@@ -3652,8 +3632,10 @@ class BaseProvider:
 
     def list_models(self, *, debug: bool = False) -> List[str]:
         """The names of the models the server offers."""
+        field, key = self.listing
         with _debugging(debug):
-            return cast(List[str], self._call("GET", self.models_path, read=self._model_names))
+            return cast(List[str], self._call("GET", self.models_path,
+                                              read=lambda data: [entry[key] for entry in data[field]]))
 
     def is_model_available(self, name: str, *, debug: bool = False) -> bool:
         """Whether the server offers the model ``name`` (see ``same_model`` for how names match)."""
@@ -3708,10 +3690,11 @@ class BaseProvider:
     def load_model(self, model: Union[str, ModelConfig], *, context_length: Optional[int] = None,
                    keep_alive: Union[None, int, float, str] = None, debug: bool = False) -> ModelInfo:
         """Load ``model`` into memory, with ``context_length`` tokens of context if given; return its facts.
-
-        ``keep_alive``: how long it stays loaded when idle (Ollama: seconds or a duration such as ``"10m"``,
-        ``-1`` for ever).  Raises UnsupportedEndpointError on a server that cannot load models by API."""
-        _check_context_length(context_length)
+        ``keep_alive`` (Ollama): how long it stays loaded when idle, seconds or a duration such as ``"10m"``,
+        ``-1`` for ever.  Raises UnsupportedEndpointError on a server that cannot load models by API."""
+        if context_length is not None and (_first_int(context_length) is None or context_length <= 0):
+            raise InvalidInputError("context_length must be a whole number of tokens > 0, got %r"
+                                    % (context_length,))
         if keep_alive is not None:
             _check_kind("keep_alive", keep_alive, "duration")
         name = self._model(model).name
@@ -3781,19 +3764,33 @@ class BaseProvider:
     def _call(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, model: str = "",
               optional: bool = False, needed: str = "", manual: str = "",
               read: Callable[[Any], Any] = _json_object) -> Any:
-        """One JSON request; return ``read(answer)``.  ``needed``, ``manual``: what a missing endpoint's error
-        says to do; with ``optional``, a missing endpoint returns None instead."""
+        """One JSON request; return ``read(answer)``.  An answer not JSON, an error object (servers put errors
+        in 200 bodies) or of an unexpected shape is a ProviderResponseError.  ``needed``, ``manual``: what a
+        missing endpoint's error says to do; with ``optional``, a missing endpoint returns None."""
         failure = self._failure_at(path, needed, manual)
         self._log_request(method, path, payload)
         try:
             response = self.transport.request(method, path, payload, describe_failure=failure, model=model)
-            return self._read_answer(response, path, read, model, failure)
+            body = self.transport.read_body(response, path)
+            try:
+                data = _parse_json(body)
+            except (ValueError, RecursionError) as exc:
+                raise _unreadable(self.title, body, exc, path, response.status_code) from None
+            if isinstance(data, dict) and data.get("error"):
+                raise failure(response.status_code, body.decode("utf-8", "replace"), model, in_body=True)
         except UnsupportedEndpointError as exc:
             if not optional:
                 raise
             logger.debug("%s at %s has no %s (HTTP %s: %s); skipped", self.title, self.base_url, path,
                          exc.status, exc.server_message)
             return None
+        try:
+            return read(data)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            text = body.decode("utf-8", "replace")
+            raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
+                self.title, path, _scrub(text)[:300]), status=response.status_code, body=text,
+                reason="bad_response") from None
 
     def _stream_json(self, path: str, payload: Dict[str, Any], *,
                      model: str = "") -> Generator[Dict[str, Any], None, None]:
@@ -3831,7 +3828,8 @@ class BaseProvider:
 
     def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
         """The one thing to change when a prompt does not fit ``model``'s context."""
-        return self.context_advice.format(model=model, size=_suggest_context(prompt_tokens or 4096))
+        size = (int((prompt_tokens or 4096) * 1.25) // 1024 + 1) * 1024  # room for the prompt and a reply
+        return self.context_advice.format(model=model, size=size)
 
     # --- shared machinery -----------------------------------------------------
 
@@ -3860,7 +3858,7 @@ class BaseProvider:
         _check_messages(messages, self.content_must_be_str)
         messages = _wire_messages(self, messages)
         payload: Dict[str, Any] = {"model": model.name, "messages": messages, "stream": stream}
-        payload.update(self._extra_payload(stream))
+        payload.update(self.stream_fields if stream else {})
         payload.update(map_parameters(model.parameters, self.provider))
         if _debug_call_running():
             logger.debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token);"
@@ -3884,28 +3882,6 @@ class BaseProvider:
             logger.debug("request %s %s%s headers=%s payload=%s", method, self.base_url, path, headers,
                          json.dumps(payload, ensure_ascii=False) if payload is not None else "(none)")
 
-    def _extra_payload(self, stream: bool) -> Dict[str, Any]:
-        return {}  # OpenAI's stream_options
-
-    def _read_answer(self, response: Any, path: str, read: Callable[[Any], _T], model: str,
-                     failure: Callable[..., ProviderError]) -> _T:
-        """``read(data)`` for a 2xx JSON answer; not JSON, an error object (servers put errors in 200 bodies)
-        or an unexpected shape is a ProviderResponseError."""
-        body = self.transport.read_body(response, path)
-        try:
-            data = _parse_json(body)
-        except (ValueError, RecursionError) as exc:
-            raise _unreadable(self.title, body, exc, path, response.status_code) from None
-        if isinstance(data, dict) and data.get("error"):
-            raise failure(response.status_code, body.decode("utf-8", "replace"), model, in_body=True)
-        try:
-            return read(data)
-        except (KeyError, IndexError, TypeError, AttributeError):
-            text = body.decode("utf-8", "replace")
-            raise ProviderResponseError("%s answered %s with JSON of an unexpected shape: %s" % (
-                self.title, path, _scrub(text)[:300]), status=response.status_code, body=text,
-                reason="bad_response") from None
-
     def _check_end(self, model: ModelConfig, finish_reason: Optional[str], has_text: bool,
                    reasoned: bool) -> None:
         """What every finished reply, blocking or streamed, is checked for: the token limit, emptiness."""
@@ -3928,14 +3904,15 @@ class BaseProvider:
         return _chat_pieces(self, payload, model, state)
 
     def _ends_with_body(self, state: Any) -> bool:
-        """Whether a chat stream whose body ended without its end marker is complete all the same."""
-        return False
+        """Whether a chat stream whose body ended without its end marker is complete all the same: when it
+        gave a finish reason (some OpenAI-compatible servers send no [DONE]; Ollama's comes in the marker)."""
+        return state.finish_reason is not None
 
     def _failure(self, status: int, body: str, model: str, in_body: bool = False, *, path: str = "",
                  needed: str = "", manual: str = "") -> ProviderError:
         """The exception for an error answer to ``path`` (default: the chat's; ``in_body``: in a 2xx body)."""
-        answer = _ErrorAnswer(status, self.transport.scrub(body), model, path or self.chat_path, in_body,
-                              needed, manual)
+        answer = _ErrorAnswer(status, self.transport.scrub(body), model, path or self.chat_path, needed,
+                              manual)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
         return self._tabled(answer) or ProviderResponseError("%s answered %s: %s" % (
             self.title, where, answer.message), hint=_proxy_hint(answer.message), **answer.fields)
@@ -3946,7 +3923,7 @@ class BaseProvider:
 
     def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
         """The exception for an error event in a stream from ``path`` (other than the chat's)."""
-        answer = _ErrorAnswer(None, body, model, path, in_body=True)
+        answer = _ErrorAnswer(None, body, model, path)
         return self._tabled(answer) or ProviderResponseError("%s reported an error on %s for %r: %s" % (
             self.title, path, model, message), server_message=message, body=body)
 
@@ -3972,16 +3949,10 @@ class BaseProvider:
             body=body, reason="model_not_found", hint=self.download_hint(model) + (
                 " Close matches on this server: %s." % ", ".join(matches) if matches else ""))
 
-    def _model_names(self, data: Any) -> List[str]:
-        field, key = self.listing
-        return [entry[key] for entry in data[field]]
-
     # --- what each server does differently: declared here, defined by each server's class -------------
-    #: (text, reasoning, finish_reason, usage) from a non-streamed reply
-    _read_reply: Callable[[Any], Tuple[str, str, Optional[str], Optional[Dict[str, int]]]]
+    _read_reply: Callable[[Any], _Reply]
     #: (content, reasoning) from one streamed event and its state; records finish reason and usage there
     _read_event: Callable[[Any, Any], Tuple[Optional[str], Optional[str]]]
-    _tool_call_parts: Callable[[Any], Any]  # a reply's ``tool_calls`` list (None when there is none)
     _is_model_not_found: Callable[[int, str, str], bool]  # (status, server message, body)
     _read_embeddings: Callable[[Any], List[List[float]]]  # an embeddings answer's vectors, in input order
     _raw_logprobs: Callable[[Any], Any]  # a reply's list of token log-probabilities, or None
@@ -4035,6 +4006,7 @@ class OpenAICompatibleProvider(BaseProvider):
     ``OPENAI_API_KEY``) is sent as a bearer token, only when one is set."""
 
     kind = SERVER_KINDS["openai"]
+    stream_fields = {"stream_options": {"include_usage": True}}  # else no usage in a stream
     content_must_be_str = False
     model_not_found_phrases: Tuple[str, ...] = ("not found", "does not exist", "invalid model name")
     has_props = True  # llama.cpp's server answers /props; LM Studio never has it
@@ -4045,43 +4017,34 @@ class OpenAICompatibleProvider(BaseProvider):
     context_advice = ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: "
                       "--ctx-size {size}).")
 
-    def _extra_payload(self, stream: bool) -> Dict[str, Any]:
-        return {"stream_options": {"include_usage": True}} if stream else {}
-
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         text = message.lower()
         return status in (400, 404) and ('"model_not_found"' in body or "model" in text and any(
             phrase in text for phrase in self.model_not_found_phrases))
 
-    def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
+    def _read_reply(self, data: Any) -> _Reply:
         choice = data["choices"][0]
         message = choice["message"]
         reasoning = _text_field(message.get("reasoning_content")) or _text_field(message.get("reasoning"))
         return (_text_field(message.get("content")) or "", reasoning or "", choice.get("finish_reason"),
-                _openai_usage(data.get("usage")))
+                _openai_usage(data.get("usage")), message.get("tool_calls"))
 
     def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
         if event.get("usage"):
             state.usage = _openai_usage(event["usage"])
-        choices = event.get("choices")
-        if choices:
-            choice = choices[0]
-            delta = choice.get("delta") or {}
-            if delta.get("tool_calls"):
-                state.add_tool_fragments(delta["tool_calls"])
-            finish = choice.get("finish_reason")
-            if finish:
-                state.finish_reason = finish
-                state.finish_tool_calls(self.title)
-            logprobs = choice.get("logprobs")
-            if logprobs:
-                _add_logprobs(state, logprobs.get("content"))
-            return (_text_field(delta.get("content")),
-                    _text_field(delta.get("reasoning_content")) or _text_field(delta.get("reasoning")))
-        return None, None
-
-    def _tool_call_parts(self, data: Any) -> Any:
-        return data["choices"][0]["message"].get("tool_calls")
+        if not event.get("choices"):
+            return None, None
+        choice = event["choices"][0]
+        delta = choice.get("delta") or {}
+        if delta.get("tool_calls"):
+            state.add_tool_fragments(delta["tool_calls"])
+        if choice.get("finish_reason"):
+            state.finish_reason = choice["finish_reason"]
+            state.finish_tool_calls(self.title)
+        if choice.get("logprobs"):
+            _add_logprobs(state, choice["logprobs"].get("content"))
+        return (_text_field(delta.get("content")),
+                _text_field(delta.get("reasoning_content")) or _text_field(delta.get("reasoning")))
 
     def _wire_tool_call(self, call_id: Optional[str], name: str, arguments: Dict[str, Any]) -> Dict[str, Any]:
         return ToolCall(call_id or _new_call_id(), name, arguments).to_dict()
@@ -4096,8 +4059,7 @@ class OpenAICompatibleProvider(BaseProvider):
         return {"role": "tool", "tool_call_id": call_id, "content": message.get("content")}
 
     def _read_embeddings(self, data: Any) -> List[List[float]]:
-        return _vectors([entry["embedding"] for entry in sorted(data["data"],
-                                                                key=lambda entry: entry["index"])])
+        return _vectors([entry["embedding"] for entry in sorted(data["data"], key=lambda e: e["index"])])
 
     def _convert_images(self, message: Mapping[str, Any], index: int) -> Mapping[str, Any]:
         """Images become ``image_url`` content parts holding data URLs, after the text."""
@@ -4155,9 +4117,6 @@ class OpenAICompatibleProvider(BaseProvider):
         """llama.cpp's ``/props`` (None when this kind of server has none, or this server lacks it)."""
         props = self._call("GET", "/props", optional=True) if self.has_props else None
         return cast(Optional[Dict[str, Any]], props)
-
-    def _ends_with_body(self, state: Any) -> bool:
-        return state.finish_reason is not None  # some OpenAI-compatible servers send no [DONE]
 
 
 class LMStudioProvider(OpenAICompatibleProvider):
@@ -4283,11 +4242,8 @@ class LMStudioProvider(OpenAICompatibleProvider):
             hint=self._context_advice(model.name, estimate))
 
 
-def _job_progress(job: Any) -> PullProgress:
-    """A PullProgress from an LM Studio download job (``/api/v1/models/download`` and its status)."""
-    if not isinstance(job, dict):
-        raise DownloadError("LM Studio answered a download request with %r instead of a job" % (job,),
-                            reason="bad_response")
+def _job_progress(job: Dict[str, Any]) -> PullProgress:
+    """A PullProgress from an LM Studio download job (``_call`` has checked it is a JSON object)."""
     return PullProgress(str(job.get("status")), _first_int(job.get("downloaded_bytes")),
                         _first_int(job.get("total_size_bytes")), job.get("job_id"))
 
@@ -4295,15 +4251,12 @@ def _job_progress(job: Any) -> PullProgress:
 def _lm_studio_v1_info(entry: Mapping[str, Any]) -> ModelInfo:
     """A ModelInfo from one entry of LM Studio's ``GET /api/v1/models``."""
     instances = entry.get("loaded_instances") or []
-    loaded_context = _first_int(*[_dict_at(i, "config").get("context_length") for i in instances])
     capabilities = _dict_at(entry, "capabilities")
-    quantization = entry.get("quantization")
-    kind = entry.get("type")
+    quantization, kind = entry.get("quantization"), entry.get("type")
     return ModelInfo(
         str(entry["key"]), context_length=_first_int(entry.get("max_context_length")), loaded=bool(instances),
-        loaded_context_length=loaded_context,
-        tools=capabilities.get("trained_for_tool_use") if "trained_for_tool_use" in capabilities else None,
-        vision=capabilities.get("vision") if "vision" in capabilities else None,
+        loaded_context_length=_first_int(*[_dict_at(i, "config").get("context_length") for i in instances]),
+        tools=capabilities.get("trained_for_tool_use"), vision=capabilities.get("vision"),
         embedding=(kind == "embedding") if kind else None,
         quantization=quantization.get("name") if isinstance(quantization, dict) else quantization,
         size_bytes=_first_int(entry.get("size_bytes")), kind=kind, source="/api/v1/models", raw=dict(entry))
@@ -4319,7 +4272,7 @@ def _lm_studio_v0_info(entry: Mapping[str, Any]) -> ModelInfo:
         loaded=(state == "loaded") if state else None,
         loaded_context_length=_first_int(entry.get("loaded_context_length")) if state == "loaded" else None,
         tools=("tool_use" in capabilities) if isinstance(capabilities, list) else None,
-        vision=(kind == "vlm") if kind in ("llm", "vlm") else (False if kind == "embedding" else None),
+        vision={"llm": False, "vlm": True, "embedding": False}.get(kind or ""),
         embedding=(kind == "embedding") if kind else None, quantization=entry.get("quantization"),
         kind=kind, source="/api/v0/models", raw=dict(entry))
 
@@ -4405,10 +4358,10 @@ class OllamaProvider(BaseProvider):
     def _fact_key(name: str) -> str:
         return _ollama_key(name)  # "smollm2" and "smollm2:latest" are one model
 
-    def _read_reply(self, data: Any) -> Tuple[str, str, Optional[str], Optional[Dict[str, int]]]:
+    def _read_reply(self, data: Any) -> _Reply:
         message = data["message"]
         return (_text_field(message.get("content")) or "", _text_field(message.get("thinking")) or "",
-                data.get("done_reason"), _ollama_usage(data))
+                data.get("done_reason"), _ollama_usage(data), message.get("tool_calls"))
 
     def _read_event(self, event: Any, state: Any) -> Tuple[Optional[str], Optional[str]]:
         if "logprobs" in event:
@@ -4423,9 +4376,6 @@ class OllamaProvider(BaseProvider):
             state.usage = _ollama_usage(event)
             state.finish_tool_calls(self.title)
         return _text_field(message.get("content")), _text_field(message.get("thinking"))
-
-    def _tool_call_parts(self, data: Any) -> Any:
-        return data["message"].get("tool_calls")
 
     def _wire_tool_call(self, call_id: Optional[str], name: str, arguments: Dict[str, Any]) -> Dict[str, Any]:
         call: Dict[str, Any] = {"function": {"name": name, "arguments": arguments}}
@@ -4477,14 +4427,13 @@ class OllamaProvider(BaseProvider):
         return show
 
     def _running(self) -> Optional[List[Dict[str, Any]]]:
-        """``/api/ps``'s models (None when the server has no /api/ps); remembers each one's loaded context."""
+        """``/api/ps``'s unexpired models (None without /api/ps); remembers each one's loaded context."""
         entries: Optional[List[Dict[str, Any]]] = self._call(
-            "GET", "/api/ps", optional=True, read=lambda data: _entries(data, "models", "name"))
+            "GET", "/api/ps", optional=True, read=lambda data: [
+                entry for entry in _entries(data, "models", "name") if not _is_past(entry.get("expires_at"))])
         now = time.monotonic()
         for entry in entries or []:
-            if not _is_past(entry.get("expires_at")):
-                context = _first_int(entry.get("context_length"))
-                self._ps_seen[_ollama_key(str(entry["name"]))] = (now, context)
+            self._ps_seen[_ollama_key(str(entry["name"]))] = (now, _first_int(entry.get("context_length")))
         return entries
 
     def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
@@ -4534,13 +4483,10 @@ class OllamaProvider(BaseProvider):
         """Ollama cuts a prompt longer than ``num_ctx`` and says so only in its log.  The sign: the server
         evaluated a whole context's worth of prompt tokens while the prompt is estimated clearly larger."""
         evaluated = (usage or {}).get("prompt_tokens")
-        if not evaluated:
-            return
         estimate = _estimate_tokens(payload.get("messages") or [])
-        if estimate <= evaluated * 1.2:
+        if not evaluated or estimate <= evaluated * 1.2:
             return
-        options = payload.get("options") or {}
-        context = _first_int(options.get("num_ctx"))
+        context = _first_int((payload.get("options") or {}).get("num_ctx"))
         if context is None and evaluated >= 256:  # no context is that small: only then ask /api/ps
             key = _ollama_key(model.name)
             seen = self._ps_seen.get(key)
@@ -4588,7 +4534,7 @@ def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict
     loaded = None if running is None else False
     loaded_context = None
     for entry in running or []:
-        if _ollama_key(str(entry.get("name"))) == _ollama_key(name) and not _is_past(entry.get("expires_at")):
+        if _ollama_key(str(entry.get("name"))) == _ollama_key(name):
             loaded, loaded_context = True, _first_int(entry.get("context_length"))
     kind = "embedding" if has("embedding") else "llm" if has("completion") else None
     return ModelInfo(
@@ -4635,8 +4581,7 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
         hash(key)
     except TypeError:  # an option that cannot be a key: a provider of its own
         return cls(host=base_url, **provider_options)
-    cache: Dict[Tuple[Any, ...], BaseProvider] = (
-        _provider_cache if config is None else config._providers)
+    cache: Dict[Tuple[Any, ...], BaseProvider] = _provider_cache if config is None else config._providers
     if key not in cache:
         cache[key] = cls(host=base_url, **provider_options)
     return cache[key]
