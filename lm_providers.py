@@ -2817,6 +2817,7 @@ _JSON_TYPE_NAMES = {t.__name__: _JSON_TYPES[t] for t in (str, int, float, bool, 
 
 def _annotation_schema(annotation: Any) -> Dict[str, Any]:
     """A JSON schema for a type hint; ``{}`` (any value) for what it cannot express."""
+    import collections.abc
     import enum
     import typing
     if isinstance(annotation, typing.ForwardRef):  # Python 3.8 leaves quoted annotations unresolved
@@ -2826,34 +2827,24 @@ def _annotation_schema(annotation: Any) -> Dict[str, Any]:
         return {"type": _JSON_TYPE_NAMES[name]} if name in _JSON_TYPE_NAMES else {}
     if annotation in _JSON_TYPES:
         return {"type": _JSON_TYPES[annotation]}
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return _enum_schema([member.value for member in annotation])
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Union or type(annotation).__name__ == "UnionType":  # Optional[X], Union[...], X | Y
         members = [a for a in args if a is not type(None)]
         return _annotation_schema(members[0]) if len(members) == 1 else {
             "anyOf": [_annotation_schema(a) for a in members]}
-    if origin is typing.Literal:
-        return _enum_schema(list(args))
-    if isinstance(origin, type) and origin in _JSON_TYPES:
-        schema: Dict[str, Any] = {"type": _JSON_TYPES[origin]}
-        one_item_type = origin is not tuple or args[-1] is Ellipsis or len(args) == 1
-        if schema["type"] == "array" and args and one_item_type:
+    schema: Dict[str, Any] = {}
+    if origin is typing.Literal or isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        schema["enum"] = list(args) if origin is typing.Literal else [member.value for member in annotation]
+        types = {_JSON_TYPES.get(type(value)) for value in schema["enum"]}
+        if len(types) == 1 and None not in types:  # values of one JSON type
+            schema["type"] = types.pop()
+    elif isinstance(origin, type) and issubclass(origin, collections.abc.Iterable):  # List[X], Mapping[K, V]
+        mapping = issubclass(origin, collections.abc.Mapping)
+        schema["type"] = _JSON_TYPES.get(origin) or ("object" if mapping else "array")
+        if schema["type"] == "array" and args and (  # a tuple's items are one type: Tuple[X] or Tuple[X, ...]
+                origin is not tuple or args[-1] is Ellipsis or len(args) == 1):
             schema["items"] = _annotation_schema(args[0])
-        return schema
-    import collections.abc
-    if isinstance(origin, type) and issubclass(origin, collections.abc.Mapping):
-        return {"type": "object"}
-    if isinstance(origin, type) and issubclass(origin, collections.abc.Iterable):
-        return {"type": "array", "items": _annotation_schema(args[0])} if args else {"type": "array"}
-    return {}
-
-
-def _enum_schema(values: List[Any]) -> Dict[str, Any]:
-    types = {_JSON_TYPES.get(type(v)) for v in values}
-    if len(types) == 1 and None not in types:
-        return {"enum": values, "type": types.pop()}
-    return {"enum": values}
+    return schema
 
 
 _DOC_SECTION_RE = re.compile(r"\s*(args|arguments|parameters|params|returns?|yields?|raises|examples?|notes?|"
@@ -2888,8 +2879,6 @@ def _parse_docstring(doc: Optional[str]) -> Tuple[str, Dict[str, str]]:
 
 def _tool_schemas(tools: Any) -> List[Dict[str, Any]]:
     """``tools=`` as given to chat(): one tool or a list of them, each a function or a schema."""
-    if tools is None:
-        return []
     if callable(tools) or isinstance(tools, Mapping):
         tools = [tools]
     if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence):
@@ -2913,28 +2902,29 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
                             % (title, _shorten(str(arguments), 200), cut), tool_name="",
                             raw_arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
                             reason="bad_tool_call")
-    if isinstance(arguments, dict):
-        parsed, raw = arguments, json.dumps(arguments, ensure_ascii=False)
-    elif arguments is None or isinstance(arguments, str) and not arguments.strip():
-        parsed, raw = {}, arguments or ""  # a call without arguments (LM Studio sends "")
-    elif isinstance(arguments, str):
-        raw = arguments
-        try:
-            parsed = json.loads(arguments)
-        except (ValueError, RecursionError) as exc:
-            raise ToolCallError(
-                "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a "
-                "malformed call;%s try again, at a lower temperature, or with a model trained for tool "
-                "calls. The whole text is in .raw_arguments." % (title, name, exc, _shorten(arguments, 200),
-                                                                 cut),
-                tool_name=name, raw_arguments=arguments, reason="bad_tool_call") from None
-    else:
-        parsed, raw = arguments, json.dumps(arguments)
+    try:
+        parsed, raw = _parsed_arguments(arguments)
+    except (ValueError, RecursionError) as exc:
+        raise ToolCallError(
+            "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a "
+            "malformed call;%s try again, at a lower temperature, or with a model trained for tool calls. "
+            "The whole text is in .raw_arguments." % (title, name, exc, _shorten(arguments, 200), cut),
+            tool_name=name, raw_arguments=arguments, reason="bad_tool_call") from None
     if not isinstance(parsed, dict):
         raise ToolCallError("%s sent a call to tool %r whose arguments are %s, not a JSON object.%s"
                             % (title, name, type(parsed).__name__, cut), tool_name=name, raw_arguments=raw,
                             reason="bad_tool_call")
     return ToolCall(call_id if isinstance(call_id, str) and call_id else _new_call_id(), name, parsed, raw)
+
+
+def _parsed_arguments(arguments: Any) -> Tuple[Any, str]:
+    """(value, JSON text) of tool-call arguments sent as text or as an object; none (None, or LM Studio's "")
+    is ``{}``.  ValueError or RecursionError for text that is not JSON."""
+    if arguments is None or isinstance(arguments, str) and not arguments.strip():
+        return {}, arguments or ""
+    if isinstance(arguments, str):
+        return json.loads(arguments), arguments
+    return arguments, json.dumps(arguments, ensure_ascii=False)
 
 
 def _new_call_id() -> str:
@@ -2969,15 +2959,11 @@ def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, A
     if not isinstance(function, Mapping) or not isinstance(name, str) or not name:
         raise InvalidInputError('messages[%d] has the tool call %r; write {"id": ..., "type": "function", '
                                 '"function": {"name": ..., "arguments": ...}}' % (index, call))
-    arguments = function.get("arguments")
-    if arguments is None:
-        arguments = {}
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except (ValueError, RecursionError):
-            raise InvalidInputError("messages[%d]: the arguments of tool call %r are not valid JSON: %r"
-                                    % (index, name, _shorten(str(arguments), 200))) from None
+    try:
+        arguments, _ = _parsed_arguments(function.get("arguments"))
+    except (ValueError, RecursionError):
+        raise InvalidInputError("messages[%d]: the arguments of tool call %r are not valid JSON: %r"
+                                % (index, name, _shorten(function["arguments"], 200))) from None
     if not isinstance(arguments, dict):
         raise InvalidInputError("messages[%d]: the arguments of tool call %r must be a JSON object, got %r"
                                 % (index, name, arguments))
@@ -3048,17 +3034,18 @@ def _read_image_file(path: str, where: str) -> bytes:
                                 ) from None
 
 
-def _decode_base64_image(text: str, where: str) -> Optional[bytes]:
-    """The bytes of base64 text (white space ignored), or None when it is not base64."""
+def _base64_image(text: str, where: str, not_base64: str) -> bytes:
+    """The bytes of base64 text (white space ignored); InvalidInputError(not_base64) when it is not base64."""
     import base64
-    import binascii
     compact = "".join(text.split())
     if len(compact) // 4 * 3 > MAX_IMAGE_BYTES:
         raise _too_big(where, len(compact) // 4 * 3)
     try:
-        return base64.b64decode(compact, validate=True) if compact else None
-    except (binascii.Error, ValueError):
-        return None
+        if compact:
+            return base64.b64decode(compact, validate=True)
+    except ValueError:  # binascii.Error
+        pass
+    raise InvalidInputError(not_base64)
 
 
 def _image_bytes(image: Any, where: str) -> bytes:
@@ -3072,12 +3059,9 @@ def _image_bytes(image: Any, where: str) -> bytes:
                                 % (where, type(image).__name__))
     stripped = image.strip()
     if stripped[:5].lower() == "data:":
-        header, comma, payload = stripped.partition(",")
-        data = _decode_base64_image(payload, where) if comma and header.lower().endswith(";base64") else None
-        if data is None:
-            raise InvalidInputError("%s is a data URL without base64 data; write data:image/png;base64,<data>"
-                                    % where)
-        return data
+        header, _, payload = stripped.partition(",")  # no comma: no payload
+        not_base64 = "%s is a data URL without base64 data; write data:image/png;base64,<data>" % where
+        return _base64_image(payload if header.lower().endswith(";base64") else "", where, not_base64)
     if stripped[:7].lower() == "http://" or stripped[:8].lower() == "https://":
         raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it "
                                 "and give the file path or the bytes" % (where, stripped[:80]))
@@ -3087,11 +3071,8 @@ def _image_bytes(image: Any, where: str) -> bytes:
                 return _read_image_file(stripped, where)
         except ValueError:  # a NUL character: not a path
             pass
-    data = _decode_base64_image(stripped, where)
-    if data is None:
-        raise InvalidInputError("%s: there is no file at %r, and it is not base64 image data either"
-                                % (where, stripped[:80]))
-    return data
+    return _base64_image(stripped, where, "%s: there is no file at %r, and it is not base64 image data either"
+                         % (where, stripped[:80]))
 
 
 def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
