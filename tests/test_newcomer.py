@@ -67,9 +67,14 @@ def test_an_externally_managed_python_is_told_what_works_and_pip_is_not_run(requ
 def test_the_marker_inside_a_virtual_environment_does_not_count(requests_missing, monkeypatch, tmp_path):
     system_python(monkeypatch, tmp_path)
     monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "base"))  # a venv: pip may install there
-    assert not lm_providers._externally_managed()
+    monkeypatch.setenv("LM_PROVIDERS_NO_INSTALL", "1")  # so it says what it would run instead of running pip
+    with pytest.raises(ImportError) as info:
+        lm_providers.ensure_requests()
+    assert "LM_PROVIDERS_NO_INSTALL is set" in str(info.value) and "externally managed" not in str(info.value)
     system_python(monkeypatch, tmp_path)
-    assert lm_providers._externally_managed()
+    with pytest.raises(ImportError) as info:
+        lm_providers.ensure_requests()
+    assert "externally managed" in str(info.value) and requests_missing == []
 
 
 def test_a_pip_refusal_the_marker_check_missed_gets_the_same_advice(monkeypatch, tmp_path):
