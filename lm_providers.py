@@ -5024,10 +5024,8 @@ def _cli_models(options: Any) -> int:
             continue
         answered += 1
         print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))
-        if infos is not None:
-            _print_model_table(infos, sys.stdout)
-        for name in names if infos is None else ():
-            print("  " + name)
+        for line in names if infos is None else _model_table(infos):
+            print("  " + line)
         if not names and provider.kind.unlisted_hint:
             print("  (%s)" % provider.kind.unlisted_hint)
     return 0 if answered else 1
@@ -5126,8 +5124,8 @@ def _human_bytes(count: int) -> str:
     return "%.1f GB" % value
 
 
-def _print_model_table(infos: Sequence[ModelInfo], out: Any) -> None:
-    """The ``models --long`` table: one row of facts per model; '?' where the server does not say."""
+def _model_table(infos: Sequence[ModelInfo]) -> List[str]:
+    """The ``models --long`` table's lines: a row of facts per model; '?' where the server does not say."""
     def cell(value: Any) -> str:
         return "?" if value is None else str(value)
 
@@ -5137,8 +5135,7 @@ def _print_model_table(infos: Sequence[ModelInfo], out: Any) -> None:
         ",".join(sorted(info.capabilities)) or "-", cell(info.quantization),
         _human_bytes(info.size_bytes) if info.size_bytes else "?", cell(info.kind)) for info in infos]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        out.write("  " + "  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() + "\n")
+    return ["  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in rows]
 
 
 # --- the parser ---------------------------------------------------------------------------------------
