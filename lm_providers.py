@@ -4740,13 +4740,13 @@ class _SetupCheck:
 
 # --- which servers and models a command means ---------------------------------------------------------
 
-def _server_kinds(config: Optional[Config], provider: Optional[str], host: Optional[str],
-                  timeout: _Timeout = None) -> List[str]:
-    """``--provider``'s kind; else the one ``--host`` names by its port (or path: openai) or that answers
-    there; else the kinds with a default port, and any other the config names (a role or its host).
+def _server_kinds(options: Any, config: Optional[Config]) -> List[str]:
+    """--provider's kind; else the one --host names by its port (or path: openai) or that answers there;
+    else the kinds with a default port, and any other the config names (a role or its host).
     OPENAI_BASE_URL alone does not count: OpenAI's own clients read it too (``--provider openai`` uses it)."""
-    if provider:
-        return [canonical_provider(provider)]
+    host = options.host
+    if options.provider:
+        return [canonical_provider(options.provider)]
     by_port = [kind.name for kind in SERVER_KINDS.values() if kind.default_port]
     if not host:
         return by_port + [kind.name for kind in SERVER_KINDS.values() if not kind.default_port and config
@@ -4761,7 +4761,7 @@ def _server_kinds(config: Optional[Config], provider: Optional[str], host: Optio
             raise error from None
         return [OpenAICompatibleProvider.provider]
     named = [kind.name for kind in SERVER_KINDS.values() if port == str(kind.default_port)]
-    answering = named[0] if named else _detect_server_kind(host, timeout)
+    answering = named[0] if named else _detect_server_kind(host, options.timeout)
     return [answering] if answering else by_port
 
 
@@ -4806,17 +4806,17 @@ def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
     return OpenAICompatibleProvider.provider
 
 
-def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] = None,
-                   host: Optional[str] = None, timeout: _Timeout = None) -> ModelConfig:
-    """The model URI_OR_ROLE names: a role, a URI, or a plain name on the kind ``provider`` says (or that
-    answers at ``host``).  ``provider`` and ``host`` must agree with a role or URI, not replace it."""
+def _cli_target(options: Any, config: Optional[Config]) -> Tuple["BaseProvider", ModelConfig]:
+    """The model URI_OR_ROLE names, and its provider: a role, a URI, or a plain name on the kind --provider
+    says (or that answers at --host).  --provider and --host must agree with a role or URI, not replace it."""
+    text, provider, host = options.model, options.provider, options.host
     if config is not None and text in config.models:
         model = config.models[text]
     elif "://" in text:
         model = parse_model_uri(text)
     else:
         _refuse_parameters_without_provider(text, provider or "lm_studio")
-        kinds = _server_kinds(config, provider, host, timeout) if provider or host else []
+        kinds = _server_kinds(options, config) if provider or host else []
         if len(kinds) != 1:
             raise InvalidInputError(
                 "%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the config; for "
@@ -4829,25 +4829,26 @@ def _resolve_model(text: str, config: Optional[Config], provider: Optional[str] 
             host, model.provider):
         raise InvalidInputError("%s names the host %s and --host says %s; give one"
                                 % (text, model.host, host))
-    return ModelConfig(model.name, model.provider, host, model.parameters) if host else model
+    if host:
+        model = ModelConfig(model.name, model.provider, host, model.parameters)
+    return _cli_provider(model.provider, model.host, config, options.timeout), model
 
 
-def _check_targets(config: Optional[Config], provider: Optional[str], host: Optional[str],
-                   model: Optional[str], timeout: _Timeout = None) -> List[_Target]:
-    """``(provider, models, required)`` for ``model`` (read as ``generate`` reads it), else for each server
+def _check_targets(options: Any, config: Optional[Config]) -> List[_Target]:
+    """``(provider, models, required)`` for --model (read as ``generate`` reads it), else for each server
     ``_server_kinds`` picks, with its roles; required (not running: FAIL, not SKIP) when anything names it."""
-    if model:
-        chosen = _resolve_model(model, config, provider, host, timeout)
-        return [(_cli_provider(chosen.provider, chosen.host, config, timeout), [chosen], True)]
-    targets: List[_Target] = []
-    for kind in _server_kinds(config, provider, host, timeout):
+    if options.model:
+        provider, model = _cli_target(options, config)
+        return [(provider, [model], True)]
+    host, targets = options.host, []
+    for kind in _server_kinds(options, config):
         by_host: Dict[str, Dict[str, ModelConfig]] = {}
         for role in (role for role in (config.models.values() if config else []) if role.provider == kind):
             by_host.setdefault(resolve_host(kind, host or role.host, config), {}).setdefault(role.name, role)
-        required = bool(by_host or provider or host or (config and config.host_for(kind))
+        required = bool(by_host or options.provider or host or (config and config.host_for(kind))
                         or os.environ.get(SERVER_KINDS[kind].host_env))
-        for base_url, models in (by_host or {resolve_host(kind, host, config): {}}).items():
-            targets.append((_cli_provider(kind, base_url, config, timeout), list(models.values()), required))
+        targets += [(_cli_provider(kind, base_url, config, options.timeout), list(models.values()), required)
+                    for base_url, models in (by_host or {resolve_host(kind, host, config): {}}).items()]
     return targets
 
 
@@ -4866,13 +4867,6 @@ def _cli_config(options: Any, out: Any = None) -> Optional[Config]:
         out.write("Using config.yaml from %s\n" % os.getcwd() if found else "No config.yaml in %s; using "
                   "--host, OLLAMA_HOST / LM_STUDIO_HOST or the default hosts.\n" % os.getcwd())
     return load_config("config.yaml") if found else None
-
-
-def _cli_target(options: Any) -> Tuple["BaseProvider", ModelConfig]:
-    """The provider and model that a command's URI_OR_ROLE argument and connection options name."""
-    config = _cli_config(options)
-    model = _resolve_model(options.model, config, options.provider, options.host, options.timeout)
-    return _cli_provider(model.provider, model.host, config, options.timeout), model
 
 
 # --- running a command --------------------------------------------------------------------------------
@@ -4902,8 +4896,7 @@ def _run_command(command: Callable[[Any], int], options: Any) -> int:
 def _run_check(options: Any, out: Any = None) -> int:
     out = out or sys.stdout
     try:
-        config = _cli_config(options, out)
-        targets = _check_targets(config, options.provider, options.host, options.model, options.timeout)
+        targets = _check_targets(options, _cli_config(options, out))
     except ProviderError as exc:  # a bad config or option (exit 2), or what answers at --host is unclear
         bad_input = isinstance(exc, (InvalidInputError, ConfigError))
         out.write("[FAIL] %s%s\n" % ("configuration: " if bad_input else "", _one_line(exc)))
@@ -4933,18 +4926,9 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, *,
     return _run_command(lambda parsed: _run_check(parsed, out), options)
 
 
-def _prog_name() -> str:
-    """The usage lines' name: ``python -m lm_providers``, ``python lm_providers.py`` or ``lm-providers``."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if spec is not None and spec.name == "lm_providers":  # python -m lm_providers (then __name__ is __main__)
-        return "python -m lm_providers"
-    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return "python " + script if script.endswith(".py") else script or "lm-providers"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m lm_providers`` / ``lm-providers``: run the command ``argv`` names; return the exit code."""
-    parser = _build_parser(_prog_name())
+    parser = _build_parser()
     options = parser.parse_args(argv)
     if options.command is None:
         parser.print_help()
@@ -4956,7 +4940,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _cli_models(options: Any) -> int:
     config, answered = _cli_config(options), 0
-    for kind in _server_kinds(config, options.provider, options.host, options.timeout):
+    for kind in _server_kinds(options, config):
         try:
             with _cli_provider(kind, options.host, config, options.timeout or _LIST_TIMEOUT) as provider:
                 names = provider.list_models()
@@ -4966,58 +4950,51 @@ def _cli_models(options: Any) -> int:
             continue
         answered += 1
         print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))
-        if infos is not None:
-            _print_model_table(infos, sys.stdout)
-        for name in names if infos is None else ():
-            print("  " + name)
+        for line in names if infos is None else _model_table(infos):
+            print("  " + line)
         if not names and provider.kind.unlisted_hint:
             print("  (%s)" % provider.kind.unlisted_hint)
     return 0 if answered else 1
 
 
-def _cli_generate(options: Any) -> int:
-    provider, model = _cli_target(options)
-    messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
-        {"role": "user", "content": options.prompt}]
-    if options.json is not None:
-        attributes = [a.strip() for a in options.json.split(",") if a.strip()]
-        print(json.dumps(provider.generate_json(messages, model, attributes), indent=2, ensure_ascii=False))
-        return 0
-    stream = provider.stream_chat(messages, model)
-    for piece in stream:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    if stream.finish_reason == "length":
-        sys.stderr.write("(stopped at the token limit; raise max_tokens in the URI to get more)\n")
-    return 0
-
-
 def _cli_model_command(options: Any) -> int:
-    """``embed``, ``info``, ``load``, ``unload`` and ``pull``: one model on one server."""
-    provider, model = _cli_target(options)
-    where = "%s at %s" % (provider.title, provider.base_url)
-    if options.command == "embed":
+    """``generate``, ``embed``, ``info``, ``load``, ``unload`` and ``pull``: one model on one server."""
+    provider, model = _cli_target(options, _cli_config(options))
+    command, where = options.command, "%s at %s" % (provider.title, provider.base_url)
+    if command == "generate":
+        messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
+            {"role": "user", "content": options.prompt}]
+        if options.json is not None:
+            attributes = [a.strip() for a in options.json.split(",") if a.strip()]
+            data = provider.generate_json(messages, model, attributes)
+            print(json.dumps(data, indent=2, ensure_ascii=False))
+            return 0
+        stream = provider.stream_chat(messages, model)
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if stream.finish_reason == "length":
+            sys.stderr.write("(stopped at the token limit; raise max_tokens in the URI to get more)\n")
+    elif command == "embed":
         texts = options.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
         print(json.dumps({"model": model.name, "embeddings": provider.embed(
             texts, model, dimensions=options.dimensions, batch_size=options.batch_size)}))
-    elif options.command == "info":
-        facts = provider.model_info(model).as_dict()
-        if options.json:
-            print(json.dumps(facts, indent=2))
-            return 0
+    elif command == "info" and options.json:
+        print(json.dumps(provider.model_info(model).as_dict(), indent=2))
+    elif command == "info":
         print(where + ":")
-        for name, value in facts.items():
+        for name, value in provider.model_info(model).as_dict().items():
             shown = _human_bytes(value) if name == "size_bytes" and value is not None else value
             print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
-    elif options.command == "load":
+    elif command == "load":
         keep_alive = options.keep_alive
         if keep_alive is not None and _INT_RE.match(keep_alive.strip()):
             keep_alive = int(keep_alive)
         info = provider.load_model(model, context_length=options.context_length, keep_alive=keep_alive)
         print("loaded %s on %s (context %s)"
               % (info.name, where, info.loaded_context_length or "not reported"))
-    elif options.command == "unload":
+    elif command == "unload":
         provider.unload_model(model)
         print("unloaded %s on %s" % (model.name, where))
     else:
@@ -5073,8 +5050,8 @@ def _human_bytes(count: int) -> str:
     return "%.1f GB" % value
 
 
-def _print_model_table(infos: Sequence[ModelInfo], out: Any) -> None:
-    """The ``models --long`` table: one row of facts per model; '?' where the server does not say."""
+def _model_table(infos: Sequence[ModelInfo]) -> List[str]:
+    """The ``models --long`` table's lines: a row of facts per model; '?' where the server does not say."""
     def cell(value: Any) -> str:
         return "?" if value is None else str(value)
 
@@ -5084,8 +5061,7 @@ def _print_model_table(infos: Sequence[ModelInfo], out: Any) -> None:
         ",".join(sorted(info.capabilities)) or "-", cell(info.quantization),
         _human_bytes(info.size_bytes) if info.size_bytes else "?", cell(info.kind)) for info in infos]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        out.write("  " + "  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() + "\n")
+    return ["  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in rows]
 
 
 # --- the parser ---------------------------------------------------------------------------------------
@@ -5114,7 +5090,7 @@ _COMMAND_TABLE: Dict[str, Tuple[Callable[[Any], int], str, str, str, _Arguments]
               "test_lm_studio_provider.py does)", "check --model lm_studio://qwen2.5-7b-instruct",
               "check only this server kind", [("--model", {"metavar": "URI_OR_ROLE", "help": (
                   "check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")})]),
-    "generate": (_cli_generate, "stream a model's reply to a prompt to stdout as it arrives",
+    "generate": (_cli_model_command, "stream a model's reply to a prompt to stdout as it arrives",
                  "generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"", _PLAIN, [
                      _MODEL, ("prompt", {"help": "the user message"}),
                      ("--system", {"help": "a system message to put first"}),
@@ -5150,9 +5126,16 @@ def _add_arguments(parser: "argparse.ArgumentParser", provider_help: str, argume
         parser.add_argument(*names.split(), **keywords)
 
 
-def _build_parser(prog: str) -> "argparse.ArgumentParser":
-    """The command line's parser: its commands, their arguments and the connection options, with examples."""
+def _build_parser() -> "argparse.ArgumentParser":
+    """The command line's parser (commands, their arguments, the connection options, examples), named as it
+    was started: ``python -m lm_providers``, ``python lm_providers.py`` or ``lm-providers``."""
     import argparse
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if spec is not None and spec.name == "lm_providers":  # python -m lm_providers (then __name__ is __main__)
+        prog = "python -m lm_providers"
+    else:
+        prog = "python " + script if script.endswith(".py") else script or "lm-providers"
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, a LiteLLM "

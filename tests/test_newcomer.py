@@ -1,7 +1,6 @@
 """A newcomer's first hour: drop-in use on a system Python, the command line, the sample config, packaging."""
 
 import configparser
-import inspect
 import os
 import re
 import subprocess
@@ -68,9 +67,14 @@ def test_an_externally_managed_python_is_told_what_works_and_pip_is_not_run(requ
 def test_the_marker_inside_a_virtual_environment_does_not_count(requests_missing, monkeypatch, tmp_path):
     system_python(monkeypatch, tmp_path)
     monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "base"))  # a venv: pip may install there
-    assert not lm_providers._externally_managed()
+    monkeypatch.setenv("LM_PROVIDERS_NO_INSTALL", "1")  # so it says what it would run instead of running pip
+    with pytest.raises(ImportError) as info:
+        lm_providers.ensure_requests()
+    assert "LM_PROVIDERS_NO_INSTALL is set" in str(info.value) and "externally managed" not in str(info.value)
     system_python(monkeypatch, tmp_path)
-    assert lm_providers._externally_managed()
+    with pytest.raises(ImportError) as info:
+        lm_providers.ensure_requests()
+    assert "externally managed" in str(info.value) and requests_missing == []
 
 
 def test_a_pip_refusal_the_marker_check_missed_gets_the_same_advice(monkeypatch, tmp_path):
@@ -143,45 +147,55 @@ def unexpected_endpoint(request):
                                                                                  request["path"])})
 
 
-def test_the_server_kind_is_found_out_on_any_port():
+def found_at(host, capsys):
+    """The servers ``models --host HOST`` talks to (its lines name each as "<title> at http://..."), its exit
+    code and its error output: with no --provider, what answers at HOST decides the kind."""
+    code = lm_providers.main(["models", "--host", host])
+    out, err = capsys.readouterr()
+    return re.findall(r"(LM Studio|Ollama|OpenAI-compatible server) at http://", out + err), code, err
+
+
+def test_the_server_kind_is_found_out_on_any_port(capsys):
     with LoopbackServer() as lm, LoopbackServer() as ol, LoopbackServer() as llama, LoopbackServer() as other:
         fakes.lm_studio_native(fakes.lm_studio(lm))
         fakes.ollama(ol)  # it answers /v1/models too, like the real one
         fakes.openai_compatible(llama)  # llama-server, vLLM: /v1/models and nothing of LM Studio's own
-        assert lm_providers._detect_server_kind(lm.host) == "lm_studio"
-        assert lm_providers._detect_server_kind(ol.host) == "ollama"
-        assert lm_providers._detect_server_kind(llama.host) == "openai"
+        assert found_at(lm.host, capsys)[:2] == (["LM Studio"], 0)
+        assert found_at(ol.host, capsys)[:2] == (["Ollama"], 0)
+        assert found_at(llama.host, capsys)[:2] == (["OpenAI-compatible server"], 0)
         assert {r["path"] for r in llama.requests} >= {"/v1/models", "/api/v1/models", "/api/v0/models"}
-        with pytest.raises(lm_providers.ProviderResponseError) as info:
-            lm_providers._detect_server_kind(other.host)
-        assert all("--provider %s" % kind in str(info.value) for kind in ("lm_studio", "ollama", "openai"))
-        assert "HTTP 404" in str(info.value)
-    assert lm_providers._detect_server_kind("127.0.0.1:%d" % closed_port()) is None
+        servers, code, err = found_at(other.host, capsys)  # it answers, but as none of them
+        assert servers == [] and code == 1 and "Traceback" not in err
+        assert all("--provider %s" % kind in err for kind in ("lm_studio", "ollama", "openai"))
+        assert "HTTP 404" in err
+    # nothing answers: each kind with a default port is asked at that host, and each says it is not running
+    servers, code, err = found_at("127.0.0.1:%d" % closed_port(), capsys)
+    assert servers == ["LM Studio", "Ollama"] and code == 1 and err.count("connection refused") == 2
 
 
-def test_lm_studio_is_told_by_either_native_model_list():
+def test_lm_studio_is_told_by_either_native_model_list(capsys):
     with LoopbackServer() as old, LoopbackServer() as neither:
         fakes.lm_studio(old)  # LM Studio 0.3.14-0.3.x: /api/v0 only, a 200 "Unexpected endpoint" for /api/v1
         old.route("GET", "/api/v0/models", fakes.json_reply(LM_STUDIO_V0_MODELS))
         old.route("GET", "/api/v1/models", unexpected_endpoint)
-        assert lm_providers._detect_server_kind(old.host) == "lm_studio"
+        assert found_at(old.host, capsys)[:2] == (["LM Studio"], 0)
         fakes.openai_compatible(neither)  # a 200 with an error object is not a model list
         neither.route("GET", "/api/v0/models", unexpected_endpoint)
         neither.route("GET", "/api/v1/models", unexpected_endpoint)
-        assert lm_providers._detect_server_kind(neither.host) == "openai"
+        assert found_at(neither.host, capsys)[:2] == (["OpenAI-compatible server"], 0)
 
 
-def test_an_lm_studio_with_no_models_is_still_lm_studio():
+def test_an_lm_studio_with_no_models_is_still_lm_studio(capsys):
     with LoopbackServer() as v1, LoopbackServer() as v0:
         fakes.lm_studio_native(fakes.lm_studio(v1, models=()), models=())  # LM Studio 0.4, nothing downloaded
-        assert lm_providers._detect_server_kind(v1.host) == "lm_studio"
+        assert found_at(v1.host, capsys)[:2] == (["LM Studio"], 0)
         fakes.lm_studio(v0, models=())  # LM Studio 0.3.x: an empty /api/v0 list
         v0.route("GET", "/api/v0/models", fakes.json_reply({"object": "list", "data": []}))
         v0.route("GET", "/api/v1/models", unexpected_endpoint)
-        assert lm_providers._detect_server_kind(v0.host) == "lm_studio"
+        assert found_at(v0.host, capsys)[:2] == (["LM Studio"], 0)
 
 
-def test_a_server_that_wants_a_key_is_lm_studio_only_when_its_own_api_says_so(monkeypatch):
+def test_a_server_that_wants_a_key_is_lm_studio_only_when_its_own_api_says_so(monkeypatch, capsys):
     token = "sk-lm-secret:abcdef123456"
     monkeypatch.delenv("LM_API_TOKEN", raising=False)
     with LoopbackServer() as lm, LoopbackServer() as vllm:
@@ -190,10 +204,11 @@ def test_a_server_that_wants_a_key_is_lm_studio_only_when_its_own_api_says_so(mo
         lm.route("GET", "/api/v1/models", lambda request: native(request) if request["headers"].get(
             "authorization") == "Bearer " + token else fakes.json_reply({"error": "token required"}, 401))
         fakes.openai_compatible(vllm, token="vllm-key")  # vLLM --api-key: a 401, and no LM Studio API
-        assert lm_providers._detect_server_kind(vllm.host) == "openai"
-        assert lm_providers._detect_server_kind(lm.host) == "openai"  # nothing says it is LM Studio
+        # found to be OpenAI-compatible (then its list is refused: no OPENAI_API_KEY), not a failed detection
+        assert found_at(vllm.host, capsys)[:2] == (["OpenAI-compatible server"], 1)
+        assert found_at(lm.host, capsys)[:2] == (["OpenAI-compatible server"], 1)  # nothing says LM Studio
         monkeypatch.setenv("LM_API_TOKEN", token)
-        assert lm_providers._detect_server_kind(lm.host) == "lm_studio"
+        assert found_at(lm.host, capsys)[:2] == (["LM Studio"], 0)
 
 
 def test_check_on_a_custom_port_checks_only_the_server_that_is_there(tmp_path, monkeypatch):
@@ -259,9 +274,9 @@ def test_a_fail_line_says_nothing_twice(tmp_path, monkeypatch):
 def test_ctrl_c_during_check_says_interrupted_and_exits_130(entry, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
 
-    def interrupted(self):
+    def interrupted(self, **kwargs):  # Ctrl-C while the check waits for the server's model list
         raise KeyboardInterrupt
-    monkeypatch.setattr(lm_providers._SetupCheck, "run", interrupted)
+    monkeypatch.setattr(lm_providers.LMStudioProvider, "list_models", interrupted)
     argv = ["--provider", "lm_studio", "--host", "127.0.0.1:%d" % closed_port()]
     try:
         code = lm_providers.main(["check"] + argv) if entry == "main" else lm_providers.run_setup_check(argv)
@@ -270,31 +285,47 @@ def test_ctrl_c_during_check_says_interrupted_and_exits_130(entry, monkeypatch, 
     assert code == 130 and capsys.readouterr().err == "\ninterrupted\n"
 
 
-def test_the_help_names_every_server_kind_and_its_parser_is_built_apart(capsys):
+def test_the_help_names_every_server_kind_and_the_functions_stay_short(capsys):
     with pytest.raises(SystemExit):
         lm_providers.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "LM Studio, Ollama and OpenAI-compatible servers" in text and "generate openai://" in text
-    parser = lm_providers._build_parser("lm-providers")
-    assert parser.prog == "lm-providers" and parser.parse_args(["models", "-l"]).long
-    for function in (lm_providers.main, lm_providers._build_parser):  # the style guide's ~60-line limit
-        assert len(inspect.getsourcelines(function)[0]) <= 60, function.__name__
-    for function in (lm_providers._SetupCheck.report, lm_providers._check_targets, lm_providers.run_setup_check):
+    with LoopbackServer() as lm:
+        fakes.lm_studio_native(fakes.lm_studio(lm))
+        assert lm_providers.main(["models", "-l", "--provider", "lm_studio", "--host", lm.host]) == 0
+    assert "NAME" in capsys.readouterr().out  # -l is --long: the table
+    import ast  # the style guide's ~60-line limit, for every function of the module (main and the parser too)
+    tree = ast.parse(read("lm_providers.py"))
+    long = [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno >= 60]
+    assert long == []
+    for function in (lm_providers.main, lm_providers.run_setup_check):
         assert function.__doc__, function.__name__
-    assert "OPENAI_BASE_URL" in lm_providers._server_kinds.__doc__
+
+
+def test_openai_base_url_alone_adds_no_server_to_the_check(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    closed = "127.0.0.1:%d" % closed_port()
+    for name in ("LM_STUDIO_HOST", "OLLAMA_HOST", "OPENAI_BASE_URL"):
+        monkeypatch.setenv(name, closed)
+    code, output = check()  # OpenAI's own clients read OPENAI_BASE_URL too: it is not a server of ours
+    assert code == 1 and "LM Studio at" in output and "Ollama at" in output
+    assert "OpenAI-compatible" not in output
+    code, output = check("--provider", "openai")  # with --provider openai it is where the server is
+    assert code == 1 and "OpenAI-compatible server at http://%s" % closed in output
+    assert "`OPENAI_BASE_URL` alone does not add one" in read("docs", "cli.md")
 
 
 def test_every_command_builds_its_provider_one_way(monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     built = []
-    make = lm_providers._cli_provider
 
-    def recording(kind, host, config, timeout):
-        provider = make(kind, host, config, timeout)
-        transport = provider.transport
-        built.append((kind, provider.base_url, (transport.connect_timeout, transport.read_timeout)))
-        return provider
-    monkeypatch.setattr(lm_providers, "_cli_provider", recording)
+    class Recording(lm_providers.LMStudioProvider):  # every command builds its provider from PROVIDER_CLASSES
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            transport = self.transport
+            built.append((self.provider, self.base_url, (transport.connect_timeout, transport.read_timeout)))
+    monkeypatch.setitem(lm_providers.PROVIDER_CLASSES, "lm_studio", Recording)
     with LoopbackServer() as lm:
         fakes.lm_studio(lm)
         where = ["--provider", "lm_studio", "--host", lm.host]
@@ -306,8 +337,8 @@ def test_every_command_builds_its_provider_one_way(monkeypatch, tmp_path, capsys
                      + where):
             assert lm_providers.main(argv) == 0, capsys.readouterr()
     url = "http://" + lm.host
-    default = (5.0, 600.0)  # the providers' own default
-    assert built == [("lm_studio", url, lm_providers._LIST_TIMEOUT), ("lm_studio", url, (5.0, 7.0)),
+    default, listing = (5.0, 600.0), (5.0, 30.0)  # the providers' own default; models' "30 s to answer"
+    assert built == [("lm_studio", url, listing), ("lm_studio", url, (5.0, 7.0)),
                      ("lm_studio", url, default), ("lm_studio", url, (5.0, 7.0)),
                      ("lm_studio", url, default), ("lm_studio", url, (5.0, 7.0)),
                      ("lm_studio", url, (5.0, 2.0)), ("lm_studio", url, (5.0, 2.0))]  # --timeout T: connect 5 s

@@ -3,6 +3,7 @@ command line, against loopback servers shaped like LM Studio and Ollama."""
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -257,13 +258,17 @@ def test_nothing_running_at_all_suggests_the_demo(monkeypatch):
     assert "python test_lm_studio_provider.py --demo" in output
 
 
-def test_host_with_a_default_port_checks_that_server_kind_only():
-    kinds = lm_providers._server_kinds
-    assert kinds(None, None, "127.0.0.1:1234") == ["lm_studio"] and kinds(None, None, "10.0.0.5:11434") == ["ollama"]
-    assert kinds(None, None, "127.0.0.1:%d" % closed_port()) == ["lm_studio", "ollama"]  # nothing there to ask
+def test_host_with_a_default_port_checks_that_server_kind_only(rsps, capsys):
+    # rsps: nothing answers anywhere, so were the kind asked for rather than read off the port, both would be
+    def servers(host):
+        assert lm_providers.main(["models", "--host", host]) == 1
+        return re.findall(r"(LM Studio|Ollama) at http://([^:]+):", capsys.readouterr().err)
+    assert servers("127.0.0.1:1234") == [("LM Studio", "127.0.0.1")]
+    assert servers("10.0.0.5:11434") == [("Ollama", "10.0.0.5")]
+    assert servers("127.0.0.1:%d" % closed_port()) == [("LM Studio", "127.0.0.1"), ("Ollama", "127.0.0.1")]
 
 
-def test_check_model_and_generate_read_a_model_the_same_way(lm_server, capsys):
+def test_check_model_and_generate_read_a_model_the_same_way(lm_server, capsys, tmp_path):
     # a plain model name with --provider: generate takes it, and so does check --model
     code, output = check("--provider", "lm_studio", "--host", lm_server.host, "--model", "qwen2.5-7b-instruct")
     assert code == 0 and marks(output) == ["[PASS]"] * 5, output
@@ -277,13 +282,14 @@ def test_check_model_and_generate_read_a_model_the_same_way(lm_server, capsys):
     assert lm_providers.main(["generate", uri, "Hi", "--host", lm_server.host]) == 1
     assert "names the host 127.0.0.1:" in capsys.readouterr().err
     # a role of the config comes first, and its kind must agree with --provider
-    config = lm_providers.Config(models={"writer": lm_providers.parse_model_uri(
-        "lm_studio://qwen2.5-7b-instruct@%s" % lm_server.host)})
-    [(provider, models, required)] = lm_providers._check_targets(config, None, None, "writer")
-    assert provider.base_url == "http://%s" % lm_server.host and models[0].name == "qwen2.5-7b-instruct"
-    with pytest.raises(lm_providers.InvalidInputError) as info:
-        lm_providers._check_targets(config, "ollama", None, "writer")
-    assert "writer is a lm_studio model, but --provider says ollama" in str(info.value)
+    config = tmp_path / "writer.yaml"
+    config.write_text("models:\n  writer: lm_studio://qwen2.5-7b-instruct@%s\n" % lm_server.host)
+    code, output = check("--config", str(config), "--model", "writer")
+    assert code == 0 and marks(output) == ["[PASS]"] * 5, output
+    assert "LM Studio at http://%s: answers" % lm_server.host in output
+    assert "LM Studio 'qwen2.5-7b-instruct' is available" in output
+    code, output = check("--config", str(config), "--model", "writer", "--provider", "ollama")
+    assert code == 2 and "writer is a lm_studio model, but --provider says ollama" in output
 
 
 def test_a_failure_line_does_not_repeat_the_hint_printed_under_it():
