@@ -1449,16 +1449,13 @@ _COMPRESSED_READ_BYTES = 8192   # one read of a compressed body: at most ~8 MiB 
 _CLOSE_DELIMITED_READ_BYTES = 1024  # urllib3 < 2.2 has no read1: the first pieces wait for this much
 
 
-def _size_text(size: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return "%d %s" % (size // scale, unit)
-    return "%d bytes" % size
-
-
 def _too_large(what: str, limit: int, name: str, more: str, really: str, short: str) -> ProviderResponseError:
+    size = "%d bytes" % limit
+    for unit, scale in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)):  # the largest that divides it
+        if limit >= scale and limit % scale == 0:
+            size = "%d %s" % (limit // scale, unit)
     hint = "If %s that large, raise the limit: pass %s=... to the provider" % (really, name)
-    return ProviderResponseError("%s %s (%s=%d)%s." % (what, _size_text(limit), name, limit, more),
+    return ProviderResponseError("%s %s (%s=%d)%s." % (what, size, name, limit, more),
                                  server_message=short, reason="too_large", hint=hint)
 
 
@@ -1595,7 +1592,9 @@ class HTTPTransport:
             except Exception as exc:
                 raise self.translate_exception(exc, url)
             try:
-                _enforce_content_length(response)
+                raw: Any = getattr(response, "raw", None)  # a body short of its Content-Length must raise
+                if getattr(raw, "enforce_content_length", True) is False:  # (urllib3 1.26 checks if asked)
+                    raw.enforce_content_length = True
                 status = response.status_code
                 logger.debug("%s %s -> HTTP %d in %.3f s", method, url, status, time.perf_counter() - started)
                 if status < 300:
@@ -1621,8 +1620,8 @@ class HTTPTransport:
 
     def _send(self, method: str, url: str, body: Optional[bytes], again: bool = True) -> Any:
         """Send with stream=True (the caller reads every body in bounded pieces); send a request that may run
-        twice (``_repeatable``) ``again`` if a kept-alive connection turns out closed (llama.cpp closes after
-        every stream while announcing keep-alive)."""
+        twice ``again`` if a kept-alive connection turns out closed (llama.cpp closes after every stream while
+        announcing keep-alive)."""
         timeout = (self.connect_timeout, self.read_timeout)
         try:
             if self._direct:
@@ -1632,8 +1631,9 @@ class HTTPTransport:
             return self.session.request(method, url, data=body, stream=True, timeout=timeout,
                                         allow_redirects=False, headers=headers)
         except requests.exceptions.ConnectionError as exc:
-            if not (again and any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS)
-                    and _repeatable(method, url)):
+            repeatable = method in ("GET", "HEAD") or (
+                method == "POST" and url.split("?", 1)[0].endswith(_REPEATABLE_POSTS))
+            if not (again and repeatable and any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS)):
                 raise
             logger.debug("%s closed a kept-alive connection before answering; sending again",
                          self.server_title)
@@ -1721,6 +1721,9 @@ class HTTPTransport:
         return _chain(self._translate(exc, url), exc)
 
     def _translate(self, exc: BaseException, url: str) -> ProviderError:
+        import http.client
+        import socket
+        from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
         exceptions = ensure_requests().exceptions
         text = str(exc)
         where = "%s at %s" % (self.server_title, self.base_url)
@@ -1729,7 +1732,10 @@ class HTTPTransport:
             return ProviderTimeoutError("connecting to %s took longer than the connect timeout (%g s)." % (
                 where, self.connect_timeout), reason="timeout", hint="Check the host and that the server is "
                 "running; " + raise_it % (30, self.read_timeout))
-        if _is_read_timeout(exc, exceptions) or "Read timed out" in text:
+        connect = (exceptions.ConnectTimeout, ConnectTimeoutError)
+        timeout = _first_cause(exc, *connect, exceptions.ReadTimeout, ReadTimeoutError, TimeoutError,
+                               socket.timeout)  # socket.timeout: 3.8 and 3.9
+        if timeout is not None and not isinstance(timeout, connect) or "Read timed out" in text:
             return ProviderTimeoutError("%s sent nothing for %g s (the read timeout) while answering %s." % (
                 where, self.read_timeout, url), reason="timeout", hint="A large model can take minutes to "
                 "load or to answer; " + raise_it % (self.connect_timeout, self.read_timeout * 4))
@@ -1743,16 +1749,22 @@ class HTTPTransport:
         if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, exceptions.RequestException):
             return InvalidInputError("the request to %s could not be built: %s" % (url, _short_reason(exc)),
                                      reason="invalid_input")
-        if _is_cut_short(exc, exceptions):
+        # Cut while the body was read: short, no last chunk, "Connection broken: ...", "Response ended
+        # prematurely"; but a ProtocolError "Connection aborted." comes before any answer.
+        cut = _first_cause(exc, exceptions.ChunkedEncodingError, http.client.IncompleteRead, ProtocolError)
+        if cut is not None and not (isinstance(cut, ProtocolError) and cut.args
+                                    and str(cut.args[0]).startswith("Connection aborted")):
             return ProviderConnectionError(
                 "the connection to %s broke while its answer to %s was being read (%s); the answer is "
                 "incomplete, so none of it was used." % (where, url, _short_reason(exc)), reason="stream_cut",
                 hint="Try again; if it keeps happening, look at the server's log and at any proxy in "
                      "between.")
-        answer = _not_http_answer(exc)
-        if answer:
+        answer = _first_cause(exc, http.client.HTTPException)  # a bad status line, an endless header
+        if answer is not None and not isinstance(answer, (http.client.RemoteDisconnected,
+                                                          http.client.IncompleteRead)):  # no answer, or cut
+            said = " ".join(str(answer).split())
             return ProviderConnectionError("%s answered %s with something that is not valid HTTP (%s)." % (
-                where, url, answer), reason="bad_response",
+                where, url, ("%s: %s" % (type(answer).__name__, said))[:120]), reason="bad_response",
                 hint="Is another program listening on that port? Check the host and port.")
         if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
             return ProviderConnectionError("cannot connect to %s: connection refused. Nothing is listening "
@@ -1764,7 +1776,6 @@ class HTTPTransport:
         return ProviderConnectionError("the connection to %s failed: %s." % (where, _short_reason(exc)),
                                        reason="connection_failed", hint="If the server restarted, try again; "
                                        + self.start_hint)
-
 
 def _json_bytes(payload: Mapping[str, Any]) -> bytes:
     """The request body; a value JSON cannot hold (a set, bytes, NaN) is an InvalidInputError naming it."""
@@ -1787,17 +1798,6 @@ _STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Con
 _REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embed", "/api/show")
 
 
-def _repeatable(method: str, url: str) -> bool:
-    return method in ("GET", "HEAD") or method == "POST" and url.split("?", 1)[0].endswith(_REPEATABLE_POSTS)
-
-
-def _enforce_content_length(response: Any) -> None:
-    """Make a body shorter than its Content-Length raise as it is read (urllib3 1.26 checks only if asked)."""
-    raw: Any = getattr(response, "raw", None)
-    if getattr(raw, "enforce_content_length", True) is False:
-        raw.enforce_content_length = True
-
-
 def _short_reason(exc: BaseException) -> str:
     text = str(exc)
     short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
@@ -1810,54 +1810,21 @@ def _short_reason(exc: BaseException) -> str:
     return text[:200]
 
 
-def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it wraps in ``args``, ``__cause__`` or ``__context__`` (requests and urllib3 wrap)."""
+def _first_cause(exc: BaseException, *types: type) -> Optional[BaseException]:
+    """The first of ``exc`` and what it wraps (``args``, ``__cause__``, ``__context__``: requests and urllib3
+    wrap) that is one of ``types``, among the first 12."""
     seen: List[BaseException] = []
     todo = [exc]
     while todo and len(seen) < 12:
         current = todo.pop()
         if any(current is old for old in seen):
             continue
+        if isinstance(current, types):
+            return current
         seen.append(current)
-        yield current
         todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
         todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-
-
-def _is_read_timeout(exc: BaseException, exceptions: Any) -> bool:
-    """Whether the server went silent past the read timeout, in any form (3.8/3.9: socket.timeout too)."""
-    import socket
-    from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
-    for current in _exception_chain(exc):
-        if isinstance(current, (exceptions.ConnectTimeout, ConnectTimeoutError)):
-            return False
-        if isinstance(current, (socket.timeout, TimeoutError, ReadTimeoutError, exceptions.ReadTimeout)):
-            return True
-    return False
-
-
-def _is_cut_short(exc: BaseException, exceptions: Any) -> bool:
-    """Whether the connection broke while the body was read (short, without its last chunk, reset)."""
-    import http.client
-    from urllib3.exceptions import ProtocolError
-    for current in _exception_chain(exc):
-        if isinstance(current, (exceptions.ChunkedEncodingError, http.client.IncompleteRead)):
-            return True
-        if isinstance(current, ProtocolError) and current.args:
-            # "Connection broken: ...", "Response ended prematurely"; "Connection aborted." comes before any
-            return not str(current.args[0]).startswith("Connection aborted")
-    return False
-
-
-def _not_http_answer(exc: BaseException) -> str:
-    """What http.client made of an answer that is not HTTP (a bad status line, an endless header), or ""."""
-    import http.client
-    for current in _exception_chain(exc):
-        if isinstance(current, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
-            return ""  # closed without an answer, or cut: not a wrong answer
-        if isinstance(current, http.client.HTTPException):
-            return ("%s: %s" % (type(current).__name__, " ".join(str(current).split())))[:120]
-    return ""
+    return None
 
 
 def _content_encoding(response: Any) -> str:
@@ -2060,12 +2027,13 @@ class _EndWatch:
         self._lock = threading.Lock()
         self._stopped = self.fired = False
         self._raw = raw
-        self._shutdown = _socket_shutdown(raw)
+        self._fd = None if hasattr(raw, "shutdown") else raw.fileno()  # urllib3 < 2.3 has no shutdown()
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
         self._timer.start()
 
     def _fire(self) -> None:
+        import socket
         with self._lock:
             # A body finished meanwhile put its connection back in the pool (raw.connection None), where
             # another thread may take it: its socket is no longer ours to shut.
@@ -2073,7 +2041,14 @@ class _EndWatch:
                 return
             self.fired = True
             try:
-                self._shutdown()
+                if self._fd is None:
+                    self._raw.shutdown()
+                    return
+                sock = socket.socket(fileno=self._fd)
+                try:
+                    sock.shutdown(socket.SHUT_RD)
+                finally:
+                    sock.detach()  # the descriptor stays the connection's
             except (OSError, ValueError, RuntimeError):  # already closed or released
                 pass
 
@@ -2083,22 +2058,6 @@ class _EndWatch:
             self._stopped = True
         self._timer.cancel()
         return not self.fired
-
-
-def _socket_shutdown(raw: Any) -> Callable[[], None]:
-    shutdown = getattr(raw, "shutdown", None)  # urllib3 >= 2.3
-    if shutdown is not None:
-        return cast(Callable[[], None], shutdown)
-    import socket
-    fd = raw.fileno()
-
-    def shut() -> None:
-        sock = socket.socket(fileno=fd)
-        try:
-            sock.shutdown(socket.SHUT_RD)
-        finally:
-            sock.detach()  # the descriptor stays the connection's
-    return shut
 
 
 class _EventStream:
@@ -2216,11 +2175,8 @@ def _read_rest(response: Any, chunks: Iterator[bytes]) -> bool:
         watch = _EndWatch(response.raw, _END_GRACE_SECONDS)
     except (OSError, ValueError):  # no socket under this response
         return False
-    try:
-        for _ in range(4):  # a terminator, maybe a last empty read; more means the server keeps talking
-            if next(chunks, None) is None:
-                return watch.stop()
-        return False
+    try:  # a terminator, maybe a last empty read; more means the server keeps talking
+        return any(next(chunks, None) is None for _ in range(4)) and watch.stop()
     except Exception:
         return False
     finally:
