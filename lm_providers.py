@@ -1894,14 +1894,10 @@ class StreamDecoder:
         self._data: List[bytes] = []     # the data lines of the SSE event being read
         self._data_size = 0
         self._event: Optional[bytes] = None
-        self._at_start = True            # a byte-order mark may still come
+        self._at_start = True            # no line has ended yet: a byte-order mark may begin the first
 
     def feed(self, chunk: bytes) -> List[bytes]:
         """Add a chunk; return the events it completes, in order."""
-        if self._at_start:
-            chunk = self._strip_bom(chunk)
-            if self._at_start:  # the body so far could still be the start of a byte-order mark
-                return []
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -1924,6 +1920,10 @@ class StreamDecoder:
             self._pending, self._pending_size = [tail], len(tail)
             if len(tail) > self.max_event_bytes:
                 raise self._too_large()
+        if self._at_start and lines:  # a byte-order mark may begin the first line
+            self._at_start = False
+            if lines[0].startswith(_BOM):
+                lines[0] = lines[0][len(_BOM):]
         if self.framing == "ndjson":  # (SSE counts its data lines in _sse_lines)
             if len(chunk) > self.max_event_bytes and any(len(line) > self.max_event_bytes for line in lines):
                 raise self._too_large()
@@ -1931,22 +1931,8 @@ class StreamDecoder:
         return self._sse_lines(lines)
 
     def flush(self) -> List[bytes]:
-        lines = [b"".join(self._pending)] if self._pending else []
-        self._pending, self._pending_size = [], 0
-        if self.framing == "ndjson":
-            return [line for line in lines if line and not line.isspace()]
-        return self._sse_lines(lines + [b""])
-
-    def _strip_bom(self, chunk: bytes) -> bytes:
-        if self._pending:  # the start of the body so far was a part of a byte-order mark
-            chunk = self._pending.pop() + chunk
-            self._pending_size = 0
-        if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
-            if chunk:
-                self._pending, self._pending_size = [chunk], len(chunk)
-            return b""
-        self._at_start = False
-        return chunk[len(_BOM):] if chunk.startswith(_BOM) else chunk
+        events = self.feed(b"\n")  # the end of the body ends its last line, and an SSE event
+        return events + self._sse_lines([b""]) if self.framing == "sse" else events
 
     def _too_large(self) -> ProviderResponseError:
         self._pending, self._data, self._data_size = [], [], 0  # what was read is dropped
