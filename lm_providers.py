@@ -1400,7 +1400,7 @@ def ensure_requests() -> ModuleType:
 def _install_requests() -> ModuleType:
     command = "%s -m pip install requests" % sys.executable
     if _externally_managed():
-        raise ImportError(_externally_managed_advice()) from None
+        raise ImportError(_PEP_668_ADVICE % sys.executable) from None
     if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
                           "so it was not installed automatically. Run:  " + command) from None
@@ -1411,7 +1411,7 @@ def _install_requests() -> ModuleType:
     if done.returncode != 0:
         said = (done.stderr or "").strip()
         if "externally-managed-environment" in said:  # a marker this check did not see; pip saw it
-            raise ImportError(_externally_managed_advice()) from None
+            raise ImportError(_PEP_668_ADVICE % sys.executable) from None
         last = said.splitlines()[-1][:300] if said else "no message"
         raise ImportError("installing 'requests' failed (pip exit code %d: %s). Fix what pip said and run:  "
                           "%s  or use a virtual environment:  python3 -m venv .venv && .venv/bin/pip install "
@@ -1429,15 +1429,15 @@ def _externally_managed() -> bool:
     return bool(stdlib) and os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED"))
 
 
-def _externally_managed_advice() -> str:
-    return ("lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages "
-            "are managed by the operating system (PEP 668, \"externally managed\"), so pip may not install "
-            "into it and lm_providers does not try. What works: a virtual environment,  python3 -m venv "
-            ".venv && .venv/bin/pip install requests  then run your script with .venv/bin/python (if venv "
-            "says ensurepip is missing:  sudo apt install python3-venv); or the distribution's package,  "
-            "sudo apt install python3-requests  (Debian, Ubuntu; other systems have a package of the same "
-            "name); or, for a command-line tool, pipx, which gives each tool its own environment."
-            % sys.executable)
+# What ensure_requests says on a Python whose packages the operating system manages (%s: the interpreter)
+_PEP_668_ADVICE = (
+    "lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages are "
+    "managed by the operating system (PEP 668, \"externally managed\"), so pip may not install into it and "
+    "lm_providers does not try. What works: a virtual environment,  python3 -m venv .venv && .venv/bin/pip "
+    "install requests  then run your script with .venv/bin/python (if venv says ensurepip is missing:  sudo "
+    "apt install python3-venv); or the distribution's package,  sudo apt install python3-requests  (Debian, "
+    "Ubuntu; other systems have a package of the same name); or, for a command-line tool, pipx, which gives "
+    "each tool its own environment.")
 
 
 # The largest stream event and answer accepted, decompressed: twice the benchmark's largest event; a batch
@@ -1547,9 +1547,9 @@ class HTTPTransport:
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         module = ensure_requests()
         self._api_key, self.base_url, self.server_title = api_key, base_url, server_title
-        self.start_hint = start_hint
         self.connect_timeout, self.read_timeout, self.max_retries = connect_timeout, read_timeout, max_retries
         self.max_event_bytes, self.max_body_bytes = max_event_bytes, max_body_bytes
+        self.start_hint = start_hint
         self.session = module.Session()
         # Proxy variables route loopback traffic wrongly, and reading them costs more than a local request.
         self.session.trust_env = not _is_loopback(base_url)
@@ -1557,10 +1557,9 @@ class HTTPTransport:
             # A private CA still applies (requests reads these only with trust_env); not for http:// (cost).
             self.session.verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
                                    or True)
-        self._adapter = adapter = module.adapters.HTTPAdapter(pool_connections=1,
-                                                               pool_maxsize=self.max_connections)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self._adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self.max_connections)
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, self._adapter)
         self.session.headers.update(headers)
         # Compressed streams would only add latency; a proxy that compresses anyway is decoded (_body_chunks).
         self.session.headers["Accept-Encoding"] = "identity"
@@ -1587,10 +1586,7 @@ class HTTPTransport:
         body = None if payload is None else _json_bytes(payload)
         for attempt in range(self.max_retries + 1):
             started = time.perf_counter()
-            try:
-                response = self._send(method, url, body)
-            except Exception as exc:
-                raise self.translate_exception(exc, url)
+            response = self._send(method, url, body)
             try:
                 raw: Any = getattr(response, "raw", None)  # a body short of its Content-Length must raise
                 if getattr(raw, "enforce_content_length", True) is False:  # (urllib3 1.26 checks if asked)
@@ -1619,9 +1615,9 @@ class HTTPTransport:
         raise AssertionError("unreachable")
 
     def _send(self, method: str, url: str, body: Optional[bytes], again: bool = True) -> Any:
-        """Send with stream=True (the caller reads every body in bounded pieces); send a request that may run
-        twice ``again`` if a kept-alive connection turns out closed (llama.cpp closes after every stream while
-        announcing keep-alive)."""
+        """Send with stream=True (the caller reads every body in bounded pieces); a failure is a typed error.
+        A request that may run twice is sent ``again`` if a kept-alive connection turns out closed (llama.cpp
+        closes after every stream while announcing keep-alive)."""
         timeout = (self.connect_timeout, self.read_timeout)
         try:
             if self._direct:
@@ -1630,11 +1626,12 @@ class HTTPTransport:
             headers = {"Content-Type": "application/json"} if body is not None else None
             return self.session.request(method, url, data=body, stream=True, timeout=timeout,
                                         allow_redirects=False, headers=headers)
-        except requests.exceptions.ConnectionError as exc:
+        except Exception as exc:
             repeatable = method in ("GET", "HEAD") or (
                 method == "POST" and url.split("?", 1)[0].endswith(_REPEATABLE_POSTS))
-            if not (again and repeatable and any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS)):
-                raise
+            if not (again and repeatable and isinstance(exc, requests.exceptions.ConnectionError)
+                    and any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS)):
+                raise self.translate_exception(exc, url)
             logger.debug("%s closed a kept-alive connection before answering; sending again",
                          self.server_title)
             return self._send(method, url, body, again=False)
@@ -1663,9 +1660,7 @@ class HTTPTransport:
                     if truncate:
                         return b"".join(parts)[:limit]
                     raise self._too_large(path, limit, "sent more")
-        except ProviderError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # (translate_exception passes a ProviderError on as it is)
             response.close()
             raise self.translate_exception(exc, self.base_url + path)
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -1685,13 +1680,11 @@ class HTTPTransport:
     def _prepare(self, method: str, url: str, body: Optional[bytes]) -> Any:
         """A loopback request for the pool directly: ``Session.request`` costs more than a local request."""
         prepared = requests.PreparedRequest()
-        prepared.method = method
-        prepared.url = url
+        prepared.method, prepared.url, prepared.body = method, url, body
         prepared.headers = requests.structures.CaseInsensitiveDict(self.session.headers)
         if body is not None:
             prepared.headers["Content-Type"] = "application/json"
             prepared.headers["Content-Length"] = str(len(body))
-        prepared.body = body
         prepared.hooks = {"response": []}
         if self.session.auth is not None:
             prepared = self.session.auth(prepared)
@@ -1703,14 +1696,13 @@ class HTTPTransport:
         header = response.headers.get("Retry-After", "").strip()
         if header.replace(".", "", 1).isdigit():
             return min(float(header), 30.0)
-        if header:
-            from email.utils import parsedate_to_datetime
-            try:
-                when = parsedate_to_datetime(header)
-                if when.tzinfo is not None:
-                    return max(0.0, min(when.timestamp() - time.time(), 30.0))
-            except (TypeError, ValueError, IndexError, AttributeError):  # not a date (None before 3.10)
-                pass
+        from email.utils import parsedate_to_datetime
+        try:
+            when = parsedate_to_datetime(header)
+            if when.tzinfo is not None:
+                return max(0.0, min(when.timestamp() - time.time(), 30.0))
+        except (TypeError, ValueError, IndexError, AttributeError):  # none or not a date (None before 3.10)
+            pass
         return min(0.5 * 2.0 ** attempt, 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
@@ -2064,8 +2056,7 @@ class _EventStream:
         decoder = StreamDecoder(self.provider.framing, self.provider.transport.max_event_bytes)
         feed, parse, sse = decoder.feed, _parse_json, decoder.framing == "sse"
         end_key, end_value = self.end or ("", _NO_END)
-        count = 0
-        chunks = None
+        count, chunks = 0, None
         ended = exhausted = False
         try:
             chunks = _body_chunks(self.response)
@@ -2148,9 +2139,7 @@ def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool
     if exhausted:
         response.raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
         return
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        close()
+    getattr(chunks, "close", lambda: None)()  # a generator (read_chunked, stream) ends now
     response.close()
 
 
