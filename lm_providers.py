@@ -1400,7 +1400,7 @@ def ensure_requests() -> ModuleType:
 def _install_requests() -> ModuleType:
     command = "%s -m pip install requests" % sys.executable
     if _externally_managed():
-        raise ImportError(_externally_managed_advice()) from None
+        raise ImportError(_PEP_668_ADVICE % sys.executable) from None
     if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
                           "so it was not installed automatically. Run:  " + command) from None
@@ -1411,7 +1411,7 @@ def _install_requests() -> ModuleType:
     if done.returncode != 0:
         said = (done.stderr or "").strip()
         if "externally-managed-environment" in said:  # a marker this check did not see; pip saw it
-            raise ImportError(_externally_managed_advice()) from None
+            raise ImportError(_PEP_668_ADVICE % sys.executable) from None
         last = said.splitlines()[-1][:300] if said else "no message"
         raise ImportError("installing 'requests' failed (pip exit code %d: %s). Fix what pip said and run:  "
                           "%s  or use a virtual environment:  python3 -m venv .venv && .venv/bin/pip install "
@@ -1429,15 +1429,15 @@ def _externally_managed() -> bool:
     return bool(stdlib) and os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED"))
 
 
-def _externally_managed_advice() -> str:
-    return ("lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages "
-            "are managed by the operating system (PEP 668, \"externally managed\"), so pip may not install "
-            "into it and lm_providers does not try. What works: a virtual environment,  python3 -m venv "
-            ".venv && .venv/bin/pip install requests  then run your script with .venv/bin/python (if venv "
-            "says ensurepip is missing:  sudo apt install python3-venv); or the distribution's package,  "
-            "sudo apt install python3-requests  (Debian, Ubuntu; other systems have a package of the same "
-            "name); or, for a command-line tool, pipx, which gives each tool its own environment."
-            % sys.executable)
+# What ensure_requests says on a Python whose packages the operating system manages (%s: the interpreter)
+_PEP_668_ADVICE = (
+    "lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages are "
+    "managed by the operating system (PEP 668, \"externally managed\"), so pip may not install into it and "
+    "lm_providers does not try. What works: a virtual environment,  python3 -m venv .venv && .venv/bin/pip "
+    "install requests  then run your script with .venv/bin/python (if venv says ensurepip is missing:  sudo "
+    "apt install python3-venv); or the distribution's package,  sudo apt install python3-requests  (Debian, "
+    "Ubuntu; other systems have a package of the same name); or, for a command-line tool, pipx, which gives "
+    "each tool its own environment.")
 
 
 # The largest stream event and answer accepted, decompressed: twice the benchmark's largest event; a batch
@@ -1449,16 +1449,13 @@ _COMPRESSED_READ_BYTES = 8192   # one read of a compressed body: at most ~8 MiB 
 _CLOSE_DELIMITED_READ_BYTES = 1024  # urllib3 < 2.2 has no read1: the first pieces wait for this much
 
 
-def _size_text(size: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return "%d %s" % (size // scale, unit)
-    return "%d bytes" % size
-
-
 def _too_large(what: str, limit: int, name: str, more: str, really: str, short: str) -> ProviderResponseError:
+    size = "%d bytes" % limit
+    for unit, scale in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)):  # the largest that divides it
+        if limit >= scale and limit % scale == 0:
+            size = "%d %s" % (limit // scale, unit)
     hint = "If %s that large, raise the limit: pass %s=... to the provider" % (really, name)
-    return ProviderResponseError("%s %s (%s=%d)%s." % (what, _size_text(limit), name, limit, more),
+    return ProviderResponseError("%s %s (%s=%d)%s." % (what, size, name, limit, more),
                                  server_message=short, reason="too_large", hint=hint)
 
 
@@ -1550,9 +1547,9 @@ class HTTPTransport:
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         module = ensure_requests()
         self._api_key, self.base_url, self.server_title = api_key, base_url, server_title
-        self.start_hint = start_hint
         self.connect_timeout, self.read_timeout, self.max_retries = connect_timeout, read_timeout, max_retries
         self.max_event_bytes, self.max_body_bytes = max_event_bytes, max_body_bytes
+        self.start_hint = start_hint
         self.session = module.Session()
         # Proxy variables route loopback traffic wrongly, and reading them costs more than a local request.
         self.session.trust_env = not _is_loopback(base_url)
@@ -1560,10 +1557,9 @@ class HTTPTransport:
             # A private CA still applies (requests reads these only with trust_env); not for http:// (cost).
             self.session.verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
                                    or True)
-        self._adapter = adapter = module.adapters.HTTPAdapter(pool_connections=1,
-                                                               pool_maxsize=self.max_connections)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self._adapter = module.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=self.max_connections)
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, self._adapter)
         self.session.headers.update(headers)
         # Compressed streams would only add latency; a proxy that compresses anyway is decoded (_body_chunks).
         self.session.headers["Accept-Encoding"] = "identity"
@@ -1590,12 +1586,11 @@ class HTTPTransport:
         body = None if payload is None else _json_bytes(payload)
         for attempt in range(self.max_retries + 1):
             started = time.perf_counter()
+            response = self._send(method, url, body)
             try:
-                response = self._send(method, url, body)
-            except Exception as exc:
-                raise self.translate_exception(exc, url)
-            try:
-                _enforce_content_length(response)
+                raw: Any = getattr(response, "raw", None)  # a body short of its Content-Length must raise
+                if getattr(raw, "enforce_content_length", True) is False:  # (urllib3 1.26 checks if asked)
+                    raw.enforce_content_length = True
                 status = response.status_code
                 logger.debug("%s %s -> HTTP %d in %.3f s", method, url, status, time.perf_counter() - started)
                 if status < 300:
@@ -1620,9 +1615,9 @@ class HTTPTransport:
         raise AssertionError("unreachable")
 
     def _send(self, method: str, url: str, body: Optional[bytes], again: bool = True) -> Any:
-        """Send with stream=True (the caller reads every body in bounded pieces); send a request that may run
-        twice (``_repeatable``) ``again`` if a kept-alive connection turns out closed (llama.cpp closes after
-        every stream while announcing keep-alive)."""
+        """Send with stream=True (the caller reads every body in bounded pieces); a failure is a typed error.
+        A request that may run twice is sent ``again`` if a kept-alive connection turns out closed (llama.cpp
+        closes after every stream while announcing keep-alive)."""
         timeout = (self.connect_timeout, self.read_timeout)
         try:
             if self._direct:
@@ -1631,10 +1626,12 @@ class HTTPTransport:
             headers = {"Content-Type": "application/json"} if body is not None else None
             return self.session.request(method, url, data=body, stream=True, timeout=timeout,
                                         allow_redirects=False, headers=headers)
-        except requests.exceptions.ConnectionError as exc:
-            if not (again and any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS)
-                    and _repeatable(method, url)):
-                raise
+        except Exception as exc:
+            repeatable = method in ("GET", "HEAD") or (
+                method == "POST" and url.split("?", 1)[0].endswith(_REPEATABLE_POSTS))
+            if not (again and repeatable and isinstance(exc, requests.exceptions.ConnectionError)
+                    and any(sign in str(exc) for sign in _STALE_CONNECTION_SIGNS)):
+                raise self.translate_exception(exc, url)
             logger.debug("%s closed a kept-alive connection before answering; sending again",
                          self.server_title)
             return self._send(method, url, body, again=False)
@@ -1663,9 +1660,7 @@ class HTTPTransport:
                     if truncate:
                         return b"".join(parts)[:limit]
                     raise self._too_large(path, limit, "sent more")
-        except ProviderError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # (translate_exception passes a ProviderError on as it is)
             response.close()
             raise self.translate_exception(exc, self.base_url + path)
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -1685,13 +1680,11 @@ class HTTPTransport:
     def _prepare(self, method: str, url: str, body: Optional[bytes]) -> Any:
         """A loopback request for the pool directly: ``Session.request`` costs more than a local request."""
         prepared = requests.PreparedRequest()
-        prepared.method = method
-        prepared.url = url
+        prepared.method, prepared.url, prepared.body = method, url, body
         prepared.headers = requests.structures.CaseInsensitiveDict(self.session.headers)
         if body is not None:
             prepared.headers["Content-Type"] = "application/json"
             prepared.headers["Content-Length"] = str(len(body))
-        prepared.body = body
         prepared.hooks = {"response": []}
         if self.session.auth is not None:
             prepared = self.session.auth(prepared)
@@ -1703,14 +1696,13 @@ class HTTPTransport:
         header = response.headers.get("Retry-After", "").strip()
         if header.replace(".", "", 1).isdigit():
             return min(float(header), 30.0)
-        if header:
-            from email.utils import parsedate_to_datetime
-            try:
-                when = parsedate_to_datetime(header)
-                if when.tzinfo is not None:
-                    return max(0.0, min(when.timestamp() - time.time(), 30.0))
-            except (TypeError, ValueError, IndexError, AttributeError):  # not a date (None before 3.10)
-                pass
+        from email.utils import parsedate_to_datetime
+        try:
+            when = parsedate_to_datetime(header)
+            if when.tzinfo is not None:
+                return max(0.0, min(when.timestamp() - time.time(), 30.0))
+        except (TypeError, ValueError, IndexError, AttributeError):  # none or not a date (None before 3.10)
+            pass
         return min(0.5 * 2.0 ** attempt, 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
@@ -1721,6 +1713,9 @@ class HTTPTransport:
         return _chain(self._translate(exc, url), exc)
 
     def _translate(self, exc: BaseException, url: str) -> ProviderError:
+        import http.client
+        import socket
+        from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
         exceptions = ensure_requests().exceptions
         text = str(exc)
         where = "%s at %s" % (self.server_title, self.base_url)
@@ -1729,7 +1724,10 @@ class HTTPTransport:
             return ProviderTimeoutError("connecting to %s took longer than the connect timeout (%g s)." % (
                 where, self.connect_timeout), reason="timeout", hint="Check the host and that the server is "
                 "running; " + raise_it % (30, self.read_timeout))
-        if _is_read_timeout(exc, exceptions) or "Read timed out" in text:
+        connect = (exceptions.ConnectTimeout, ConnectTimeoutError)
+        timeout = _first_cause(exc, *connect, exceptions.ReadTimeout, ReadTimeoutError, TimeoutError,
+                               socket.timeout)  # socket.timeout: 3.8 and 3.9
+        if timeout is not None and not isinstance(timeout, connect) or "Read timed out" in text:
             return ProviderTimeoutError("%s sent nothing for %g s (the read timeout) while answering %s." % (
                 where, self.read_timeout, url), reason="timeout", hint="A large model can take minutes to "
                 "load or to answer; " + raise_it % (self.connect_timeout, self.read_timeout * 4))
@@ -1743,16 +1741,22 @@ class HTTPTransport:
         if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, exceptions.RequestException):
             return InvalidInputError("the request to %s could not be built: %s" % (url, _short_reason(exc)),
                                      reason="invalid_input")
-        if _is_cut_short(exc, exceptions):
+        # Cut while the body was read: short, no last chunk, "Connection broken: ...", "Response ended
+        # prematurely"; but a ProtocolError "Connection aborted." comes before any answer.
+        cut = _first_cause(exc, exceptions.ChunkedEncodingError, http.client.IncompleteRead, ProtocolError)
+        if cut is not None and not (isinstance(cut, ProtocolError) and cut.args
+                                    and str(cut.args[0]).startswith("Connection aborted")):
             return ProviderConnectionError(
                 "the connection to %s broke while its answer to %s was being read (%s); the answer is "
                 "incomplete, so none of it was used." % (where, url, _short_reason(exc)), reason="stream_cut",
                 hint="Try again; if it keeps happening, look at the server's log and at any proxy in "
                      "between.")
-        answer = _not_http_answer(exc)
-        if answer:
+        answer = _first_cause(exc, http.client.HTTPException)  # a bad status line, an endless header
+        if answer is not None and not isinstance(answer, (http.client.RemoteDisconnected,
+                                                          http.client.IncompleteRead)):  # no answer, or cut
+            said = " ".join(str(answer).split())
             return ProviderConnectionError("%s answered %s with something that is not valid HTTP (%s)." % (
-                where, url, answer), reason="bad_response",
+                where, url, ("%s: %s" % (type(answer).__name__, said))[:120]), reason="bad_response",
                 hint="Is another program listening on that port? Check the host and port.")
         if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
             return ProviderConnectionError("cannot connect to %s: connection refused. Nothing is listening "
@@ -1764,7 +1768,6 @@ class HTTPTransport:
         return ProviderConnectionError("the connection to %s failed: %s." % (where, _short_reason(exc)),
                                        reason="connection_failed", hint="If the server restarted, try again; "
                                        + self.start_hint)
-
 
 def _json_bytes(payload: Mapping[str, Any]) -> bytes:
     """The request body; a value JSON cannot hold (a set, bytes, NaN) is an InvalidInputError naming it."""
@@ -1787,17 +1790,6 @@ _STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Con
 _REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embed", "/api/show")
 
 
-def _repeatable(method: str, url: str) -> bool:
-    return method in ("GET", "HEAD") or method == "POST" and url.split("?", 1)[0].endswith(_REPEATABLE_POSTS)
-
-
-def _enforce_content_length(response: Any) -> None:
-    """Make a body shorter than its Content-Length raise as it is read (urllib3 1.26 checks only if asked)."""
-    raw: Any = getattr(response, "raw", None)
-    if getattr(raw, "enforce_content_length", True) is False:
-        raw.enforce_content_length = True
-
-
 def _short_reason(exc: BaseException) -> str:
     text = str(exc)
     short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
@@ -1810,54 +1802,21 @@ def _short_reason(exc: BaseException) -> str:
     return text[:200]
 
 
-def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it wraps in ``args``, ``__cause__`` or ``__context__`` (requests and urllib3 wrap)."""
+def _first_cause(exc: BaseException, *types: type) -> Optional[BaseException]:
+    """The first of ``exc`` and what it wraps (``args``, ``__cause__``, ``__context__``: requests and urllib3
+    wrap) that is one of ``types``, among the first 12."""
     seen: List[BaseException] = []
     todo = [exc]
     while todo and len(seen) < 12:
         current = todo.pop()
         if any(current is old for old in seen):
             continue
+        if isinstance(current, types):
+            return current
         seen.append(current)
-        yield current
         todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
         todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-
-
-def _is_read_timeout(exc: BaseException, exceptions: Any) -> bool:
-    """Whether the server went silent past the read timeout, in any form (3.8/3.9: socket.timeout too)."""
-    import socket
-    from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
-    for current in _exception_chain(exc):
-        if isinstance(current, (exceptions.ConnectTimeout, ConnectTimeoutError)):
-            return False
-        if isinstance(current, (socket.timeout, TimeoutError, ReadTimeoutError, exceptions.ReadTimeout)):
-            return True
-    return False
-
-
-def _is_cut_short(exc: BaseException, exceptions: Any) -> bool:
-    """Whether the connection broke while the body was read (short, without its last chunk, reset)."""
-    import http.client
-    from urllib3.exceptions import ProtocolError
-    for current in _exception_chain(exc):
-        if isinstance(current, (exceptions.ChunkedEncodingError, http.client.IncompleteRead)):
-            return True
-        if isinstance(current, ProtocolError) and current.args:
-            # "Connection broken: ...", "Response ended prematurely"; "Connection aborted." comes before any
-            return not str(current.args[0]).startswith("Connection aborted")
-    return False
-
-
-def _not_http_answer(exc: BaseException) -> str:
-    """What http.client made of an answer that is not HTTP (a bad status line, an endless header), or ""."""
-    import http.client
-    for current in _exception_chain(exc):
-        if isinstance(current, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
-            return ""  # closed without an answer, or cut: not a wrong answer
-        if isinstance(current, http.client.HTTPException):
-            return ("%s: %s" % (type(current).__name__, " ".join(str(current).split())))[:120]
-    return ""
+    return None
 
 
 def _content_encoding(response: Any) -> str:
@@ -1927,14 +1886,10 @@ class StreamDecoder:
         self._data: List[bytes] = []     # the data lines of the SSE event being read
         self._data_size = 0
         self._event: Optional[bytes] = None
-        self._at_start = True            # a byte-order mark may still come
+        self._at_start = True            # no line has ended yet: a byte-order mark may begin the first
 
     def feed(self, chunk: bytes) -> List[bytes]:
         """Add a chunk; return the events it completes, in order."""
-        if self._at_start:
-            chunk = self._strip_bom(chunk)
-            if self._at_start:  # the body so far could still be the start of a byte-order mark
-                return []
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -1957,6 +1912,10 @@ class StreamDecoder:
             self._pending, self._pending_size = [tail], len(tail)
             if len(tail) > self.max_event_bytes:
                 raise self._too_large()
+        if self._at_start and lines:  # a byte-order mark may begin the first line
+            self._at_start = False
+            if lines[0].startswith(_BOM):
+                lines[0] = lines[0][len(_BOM):]
         if self.framing == "ndjson":  # (SSE counts its data lines in _sse_lines)
             if len(chunk) > self.max_event_bytes and any(len(line) > self.max_event_bytes for line in lines):
                 raise self._too_large()
@@ -1964,22 +1923,8 @@ class StreamDecoder:
         return self._sse_lines(lines)
 
     def flush(self) -> List[bytes]:
-        lines = [b"".join(self._pending)] if self._pending else []
-        self._pending, self._pending_size = [], 0
-        if self.framing == "ndjson":
-            return [line for line in lines if line and not line.isspace()]
-        return self._sse_lines(lines + [b""])
-
-    def _strip_bom(self, chunk: bytes) -> bytes:
-        if self._pending:  # the start of the body so far was a part of a byte-order mark
-            chunk = self._pending.pop() + chunk
-            self._pending_size = 0
-        if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
-            if chunk:
-                self._pending, self._pending_size = [chunk], len(chunk)
-            return b""
-        self._at_start = False
-        return chunk[len(_BOM):] if chunk.startswith(_BOM) else chunk
+        events = self.feed(b"\n")  # the end of the body ends its last line, and an SSE event
+        return events + self._sse_lines([b""]) if self.framing == "sse" else events
 
     def _too_large(self) -> ProviderResponseError:
         self._pending, self._data, self._data_size = [], [], 0  # what was read is dropped
@@ -2060,12 +2005,13 @@ class _EndWatch:
         self._lock = threading.Lock()
         self._stopped = self.fired = False
         self._raw = raw
-        self._shutdown = _socket_shutdown(raw)
+        self._fd = None if hasattr(raw, "shutdown") else raw.fileno()  # urllib3 < 2.3 has no shutdown()
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
         self._timer.start()
 
     def _fire(self) -> None:
+        import socket
         with self._lock:
             # A body finished meanwhile put its connection back in the pool (raw.connection None), where
             # another thread may take it: its socket is no longer ours to shut.
@@ -2073,7 +2019,14 @@ class _EndWatch:
                 return
             self.fired = True
             try:
-                self._shutdown()
+                if self._fd is None:
+                    self._raw.shutdown()
+                    return
+                sock = socket.socket(fileno=self._fd)
+                try:
+                    sock.shutdown(socket.SHUT_RD)
+                finally:
+                    sock.detach()  # the descriptor stays the connection's
             except (OSError, ValueError, RuntimeError):  # already closed or released
                 pass
 
@@ -2083,22 +2036,6 @@ class _EndWatch:
             self._stopped = True
         self._timer.cancel()
         return not self.fired
-
-
-def _socket_shutdown(raw: Any) -> Callable[[], None]:
-    shutdown = getattr(raw, "shutdown", None)  # urllib3 >= 2.3
-    if shutdown is not None:
-        return cast(Callable[[], None], shutdown)
-    import socket
-    fd = raw.fileno()
-
-    def shut() -> None:
-        sock = socket.socket(fileno=fd)
-        try:
-            sock.shutdown(socket.SHUT_RD)
-        finally:
-            sock.detach()  # the descriptor stays the connection's
-    return shut
 
 
 class _EventStream:
@@ -2119,8 +2056,7 @@ class _EventStream:
         decoder = StreamDecoder(self.provider.framing, self.provider.transport.max_event_bytes)
         feed, parse, sse = decoder.feed, _parse_json, decoder.framing == "sse"
         end_key, end_value = self.end or ("", _NO_END)
-        count = 0
-        chunks = None
+        count, chunks = 0, None
         ended = exhausted = False
         try:
             chunks = _body_chunks(self.response)
@@ -2203,9 +2139,7 @@ def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool
     if exhausted:
         response.raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
         return
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        close()
+    getattr(chunks, "close", lambda: None)()  # a generator (read_chunked, stream) ends now
     response.close()
 
 
@@ -2216,11 +2150,8 @@ def _read_rest(response: Any, chunks: Iterator[bytes]) -> bool:
         watch = _EndWatch(response.raw, _END_GRACE_SECONDS)
     except (OSError, ValueError):  # no socket under this response
         return False
-    try:
-        for _ in range(4):  # a terminator, maybe a last empty read; more means the server keeps talking
-            if next(chunks, None) is None:
-                return watch.stop()
-        return False
+    try:  # a terminator, maybe a last empty read; more means the server keeps talking
+        return any(next(chunks, None) is None for _ in range(4)) and watch.stop()
     except Exception:
         return False
     finally:
