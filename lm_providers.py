@@ -2,11 +2,10 @@
 
 One file, drop it next to your script or ``pip install`` it.  It talks to
 
-* LM Studio's OpenAI-compatible server (``/v1/chat/completions``, default
-  ``127.0.0.1:1234``),
+* LM Studio's OpenAI-compatible server (``/v1/chat/completions``, default ``127.0.0.1:1234``),
 * Ollama's native server (``/api/chat``, default ``127.0.0.1:11434``), and
-* any other server that speaks OpenAI's chat-completions API (``openai://``:
-  llama.cpp's llama-server, vLLM, a LiteLLM proxy, hosted endpoints),
+* any other server that speaks OpenAI's chat-completions API (``openai://``: llama.cpp's llama-server,
+  vLLM, a LiteLLM proxy, hosted endpoints),
 
 with the same calls for all::
 
@@ -33,8 +32,8 @@ Providers              the failure table, BaseProvider, the three servers
 Command line           ``python lm_providers.py ...`` and the setup check
 =====================  ==========================================================
 
-Only ``requests`` is needed at run time (``ensure_requests`` installs it when
-it is missing); ``pyyaml`` is imported only by ``load_config``.
+Only ``requests`` is needed at run time (``ensure_requests`` installs it when it is missing);
+``pyyaml`` is imported only by ``load_config``.
 """
 
 from __future__ import annotations
@@ -58,32 +57,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     # errors
-    "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError",
-    "ProviderConnectionError", "ProviderTimeoutError", "ProviderResponseError",
-    "ModelNotFoundError", "AuthenticationError", "JSONGenerationError",
-    "EmbeddingNotSupportedError", "InputTooLongError",
-    "ToolCallError", "ToolsNotSupportedError", "ToolLoopError",
-    "ContextLengthError", "UnsupportedEndpointError", "DownloadError",
-    # server kinds
-    "ServerKind", "SERVER_KINDS", "server_kind", "canonical_provider",
-    # model URIs and hosts
-    "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",
-    # parameters
-    "PARAMETER_MAP", "ParameterRow", "map_parameters",
-    # config
-    "Config", "load_config", "get_provider", "CONFIG_MAX_BYTES", "CONFIG_MAX_VALUES",
-    # transport and decoding
-    "StreamDecoder", "ensure_requests",
-    # providers
+    "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError", "ProviderConnectionError",
+    "ProviderTimeoutError", "ProviderResponseError", "ModelNotFoundError", "AuthenticationError",
+    "EmbeddingNotSupportedError", "ContextLengthError", "InputTooLongError", "UnsupportedEndpointError",
+    "DownloadError", "ToolCallError", "ToolsNotSupportedError", "JSONGenerationError", "ToolLoopError",
+    "ServerKind", "SERVER_KINDS", "server_kind", "canonical_provider",                      # server kinds
+    "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",  # URIs, hosts
+    "PARAMETER_MAP", "ParameterRow", "map_parameters",                                      # parameters
+    "Config", "load_config", "get_provider", "CONFIG_MAX_BYTES", "CONFIG_MAX_VALUES",        # config files
+    "StreamDecoder", "ensure_requests",                                                     # transport
+    # providers and what they take and return
     "ChatResult", "ChatStream", "TextStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
-    "OllamaProvider", "PROVIDER_CLASSES", "split_reasoning",
-    "extract_json", "json_schema_for",
-    "load_image", "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH",
-    "ToolCall", "ToolRunResult", "tool_schema",
-    # model facts, loading and downloading
-    "ModelInfo", "PullProgress",
-    # command line and the setup check
-    "run_setup_check", "main",
+    "OllamaProvider", "PROVIDER_CLASSES", "split_reasoning", "extract_json", "json_schema_for", "load_image",
+    "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH", "ToolCall", "ToolRunResult", "tool_schema",
+    "ModelInfo", "PullProgress",                                                            # model facts
+    "run_setup_check", "main",                                                              # command line
 ]
 
 logger = logging.getLogger("lm_providers")
@@ -125,11 +113,10 @@ else:
 class ProviderError(Exception):
     """Base class of every error raised by lm_providers.
 
-    ``message`` says what went wrong, ``hint`` what to do about it (one sentence, may be empty) and
-    ``reason`` the cause as a short machine-readable word (``connection_refused``, ``timeout``,
-    ``model_not_found``, ``auth``, ...; empty when no more specific than the class).  ``str(error)`` is
-    the message followed by the hint.  No live API token ever shows in one: its message, ``args``,
-    ``repr`` and string attributes are scrubbed when set and again when shown.
+    ``message`` says what went wrong, ``hint`` what to do (one sentence, may be empty), ``reason`` the cause
+    as a short machine-readable word (``connection_refused``, ``timeout``, ``model_not_found``, ``auth``...;
+    empty when the class says it all); ``str(error)`` is the message and the hint.  No live API token shows
+    in one: message, ``args``, ``repr`` and string attributes are scrubbed when set and when shown.
     """
 
     hint = ""
@@ -182,16 +169,13 @@ class ProviderTimeoutError(ProviderError, TimeoutError):
 
 
 class ProviderResponseError(ProviderError):
-    """The server answered with an error, before or during a stream: ``status`` is the HTTP status
-    (``None`` inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the
-    raw body text when there was one."""
+    """The server answered with an error, before or during a stream: ``status`` is the HTTP status (``None``
+    inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the raw body text."""
 
     def __init__(self, message: str, status: Optional[int] = None, server_message: Optional[str] = None,
                  body: Optional[str] = None, *, hint: str = "", reason: str = ""):
         super().__init__(message, hint=hint, reason=reason)
-        self.status = status
-        self.server_message = server_message
-        self.body = body
+        self.status, self.server_message, self.body = status, server_message, body
 
 
 class ModelNotFoundError(ProviderResponseError, LookupError):
@@ -200,9 +184,7 @@ class ModelNotFoundError(ProviderResponseError, LookupError):
     def __init__(self, message: str, model: str = "", host: str = "",
                  suggestions: Sequence[str] = (), **kwargs: Any):
         super().__init__(message, **kwargs)
-        self.model = model
-        self.host = host
-        self.suggestions = list(suggestions)
+        self.model, self.host, self.suggestions = model, host, list(suggestions)
 
 
 class AuthenticationError(ProviderResponseError):
@@ -216,18 +198,15 @@ class EmbeddingNotSupportedError(ProviderResponseError):
 
 class ContextLengthError(ProviderResponseError):
     """The prompt does not fit the model's context: the server refused it, or (Ollama) cut it.
-    ``prompt_tokens`` is the prompt's size (an estimate when ``estimated``), ``context_length`` the
-    context it met (None when the server did not say); ``result`` the ChatResult of a reply the
-    server sent from a truncated prompt (Ollama), else None."""
+    ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
+    (None when the server did not say), ``result`` the ChatResult Ollama made from the cut prompt, or None."""
 
     def __init__(self, message: str, prompt_tokens: Optional[int] = None,
                  context_length: Optional[int] = None, estimated: bool = False, result: Any = None,
                  **kwargs: Any):
         super().__init__(message, **kwargs)
-        self.prompt_tokens = prompt_tokens
-        self.context_length = context_length
-        self.estimated = estimated
-        self.result = result
+        self.prompt_tokens, self.context_length = prompt_tokens, context_length
+        self.estimated, self.result = estimated, result
 
 
 class InputTooLongError(ContextLengthError):
@@ -235,15 +214,12 @@ class InputTooLongError(ContextLengthError):
 
 
 class UnsupportedEndpointError(ProviderResponseError):
-    """The server has no endpoint for this call (HTTP 404): it is too old, or another kind of server.
-    ``path`` is the endpoint, ``needed`` the server version that has it and ``manual`` the way to do
-    the same by hand (``lms load``, ``ollama pull``...)."""
+    """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
+    the endpoint, ``needed`` the version that has it, ``manual`` how to do it by hand (``lms load``...)."""
 
     def __init__(self, message: str, path: str = "", needed: str = "", manual: str = "", **kwargs: Any):
         super().__init__(message, **kwargs)
-        self.path = path
-        self.needed = needed
-        self.manual = manual
+        self.path, self.needed, self.manual = path, needed, manual
 
 
 class DownloadError(ProviderResponseError):
@@ -258,20 +234,16 @@ class JSONGenerationError(ProviderError):
 
     def __init__(self, message: str, raw_text: str = "", attempts: int = 0, detail: str = ""):
         super().__init__(message)
-        self.raw_text = raw_text
-        self.attempts = attempts
-        self.detail = detail
+        self.raw_text, self.attempts, self.detail = raw_text, attempts, detail
 
 
 class ToolCallError(ProviderResponseError):
-    """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at
-    the token limit), or it names no function.  ``tool_name`` is the function named, ``raw_arguments``
-    the arguments exactly as the server sent them."""
+    """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
+    token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
 
     def __init__(self, message: str, tool_name: str = "", raw_arguments: str = "", **kwargs: Any):
         super().__init__(message, **kwargs)
-        self.tool_name = tool_name
-        self.raw_arguments = raw_arguments
+        self.tool_name, self.raw_arguments = tool_name, raw_arguments
 
 
 class ToolsNotSupportedError(ProviderResponseError):
@@ -288,8 +260,7 @@ class ToolLoopError(ProviderError):
 
     def __init__(self, message: str, messages: Sequence[Mapping[str, Any]] = (), rounds: int = 0):
         super().__init__(message)
-        self.messages = list(messages)
-        self.rounds = rounds
+        self.messages, self.rounds = list(messages), rounds
 
 
 # =============================================================================
