@@ -3,10 +3,9 @@
 One file, drop it next to your script or ``pip install`` it.  It talks to
 
 * LM Studio's OpenAI-compatible server (``/v1/chat/completions``, default ``127.0.0.1:1234``),
-* Ollama's native server (``/api/chat``, default ``127.0.0.1:11434``), and
+* any other server that speaks OpenAI's chat-completions API (``openai://``: llama.cpp's llama-server,
 * any other server that speaks OpenAI's chat-completions API (``openai://``: llama.cpp's llama-server,
   vLLM, a LiteLLM proxy, hosted endpoints),
-
 with the same calls for all::
 
     import lm_providers as lmp
@@ -33,8 +32,8 @@ Command line           ``python lm_providers.py ...`` and the setup check
 =====================  ==========================================================
 
 Only ``requests`` is needed at run time (``ensure_requests`` installs it when it is missing);
+Only ``requests`` is needed at run time (``ensure_requests`` installs it when it is missing);
 ``pyyaml`` is imported only by ``load_config``.
-"""
 
 from __future__ import annotations
 
@@ -51,12 +50,14 @@ import time
 import weakref
 from types import ModuleType
 from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping, NamedTuple,
-                    Optional, Sequence, Tuple, Type, TypeVar, Union, cast)
-
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping,
+                    NamedTuple, Optional, Sequence, Tuple, Type, TypeVar, Union, cast)
+from urllib.parse import unquote
 __version__ = "0.1.0"
 
 __all__ = [
     # errors
+    "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError", "ProviderConnectionError",
     "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError", "ProviderConnectionError",
     "ProviderTimeoutError", "ProviderResponseError", "ModelNotFoundError", "AuthenticationError",
     "EmbeddingNotSupportedError", "ContextLengthError", "InputTooLongError", "UnsupportedEndpointError",
@@ -67,23 +68,11 @@ __all__ = [
     "Config", "load_config", "get_provider", "CONFIG_MAX_BYTES", "CONFIG_MAX_VALUES",        # config files
     "StreamDecoder", "ensure_requests",                                                     # transport
     # providers and what they take and return
-    "ChatResult", "ChatStream", "TextStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
+_T = TypeVar("_T")
     "OllamaProvider", "PROVIDER_CLASSES", "split_reasoning", "extract_json", "json_schema_for", "load_image",
     "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH", "ToolCall", "ToolRunResult", "tool_schema",
     "ModelInfo", "PullProgress",                                                            # model facts
     "run_setup_check", "main",                                                              # command line
-]
-
-logger = logging.getLogger("lm_providers")
-_T = TypeVar("_T")
-_P = TypeVar("_P", bound="BaseProvider")
-_S = TypeVar("_S", bound="TextStream")
-
-if TYPE_CHECKING:
-    import argparse
-
-    import requests
-else:
     requests = None  # the module, imported by ensure_requests() on first use
 
 
@@ -125,11 +114,10 @@ class ProviderError(Exception):
     def __init__(self, *args: Any, hint: str = "", reason: str = "") -> None:
         super().__init__(*(_scrub_value(arg) for arg in args))
         if hint:
-            self.hint = hint
-        if reason:
-            self.reason = reason
-
-    def __setattr__(self, name: str, value: Any) -> None:
+    ``message`` says what went wrong, ``hint`` what to do (one sentence, may be empty), ``reason`` the cause
+    as a short machine-readable word (``connection_refused``, ``timeout``, ``model_not_found``, ``auth``...;
+    empty when the class says it all); ``str(error)`` is the message and the hint.  No live API token shows
+    in one: message, ``args``, ``repr`` and string attributes are scrubbed when set and when shown.
         super().__setattr__(name, _scrub_value(value))
 
     @property
@@ -182,16 +170,13 @@ class ModelNotFoundError(ProviderResponseError, LookupError):
     """The server does not have the model.  ``suggestions`` lists close matches it does have."""
 
     def __init__(self, message: str, model: str = "", host: str = "",
-                 suggestions: Sequence[str] = (), **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.model, self.host, self.suggestions = model, host, list(suggestions)
+    """The server answered with an error, before or during a stream: ``status`` is the HTTP status (``None``
+    inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the raw body text."""
 
 
 class AuthenticationError(ProviderResponseError):
     """The server wants an API token, or refused the one that was sent."""
-
-
-class EmbeddingNotSupportedError(ProviderResponseError):
+        self.status, self.server_message, self.body = status, server_message, body
     """The server or model cannot embed: a chat-only model on LM Studio, or llama.cpp started without
     ``--embeddings`` (or with pooling ``none``)."""
 
@@ -200,9 +185,7 @@ class ContextLengthError(ProviderResponseError):
     """The prompt does not fit the model's context: the server refused it, or (Ollama) cut it.
     ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
     (None when the server did not say), ``result`` the ChatResult Ollama made from the cut prompt, or None."""
-
-    def __init__(self, message: str, prompt_tokens: Optional[int] = None,
-                 context_length: Optional[int] = None, estimated: bool = False, result: Any = None,
+        self.model, self.host, self.suggestions = model, host, list(suggestions)
                  **kwargs: Any):
         super().__init__(message, **kwargs)
         self.prompt_tokens, self.context_length = prompt_tokens, context_length
@@ -216,18 +199,15 @@ class InputTooLongError(ContextLengthError):
 class UnsupportedEndpointError(ProviderResponseError):
     """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
     the endpoint, ``needed`` the version that has it, ``manual`` how to do it by hand (``lms load``...)."""
-
-    def __init__(self, message: str, path: str = "", needed: str = "", manual: str = "", **kwargs: Any):
-        super().__init__(message, **kwargs)
+    ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
+    (None when the server did not say), ``result`` the ChatResult Ollama made from the cut prompt, or None."""
         self.path, self.needed, self.manual = path, needed, manual
 
 
 class DownloadError(ProviderResponseError):
     """A model download failed: the server reported an error or a failed job, or the wait ran out."""
-
-
-class JSONGenerationError(ProviderError):
-    """No JSON object with the required attributes came back after every attempt: ``raw_text`` is the
+        self.prompt_tokens, self.context_length = prompt_tokens, context_length
+        self.estimated, self.result = estimated, result
     model's last reply, ``attempts`` how many were made and ``detail`` what was wrong with the last."""
 
     reason = "json_invalid"
@@ -235,15 +215,12 @@ class JSONGenerationError(ProviderError):
     def __init__(self, message: str, raw_text: str = "", attempts: int = 0, detail: str = ""):
         super().__init__(message)
         self.raw_text, self.attempts, self.detail = raw_text, attempts, detail
-
-
-class ToolCallError(ProviderResponseError):
+    """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
+    the endpoint, ``needed`` the version that has it, ``manual`` how to do it by hand (``lms load``...)."""
     """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
     token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
 
-    def __init__(self, message: str, tool_name: str = "", raw_arguments: str = "", **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.tool_name, self.raw_arguments = tool_name, raw_arguments
+        self.path, self.needed, self.manual = path, needed, manual
 
 
 class ToolsNotSupportedError(ProviderResponseError):
@@ -258,20 +235,16 @@ class ToolLoopError(ProviderError):
     """``run_tools`` ran out of rounds while the model still asked for tools: ``messages`` is the
     conversation so far (its last message holds the calls not run), ``rounds`` how many were run."""
 
-    def __init__(self, message: str, messages: Sequence[Mapping[str, Any]] = (), rounds: int = 0):
-        super().__init__(message)
-        self.messages, self.rounds = list(messages), rounds
+        self.raw_text, self.attempts, self.detail = raw_text, attempts, detail
 
 
 # =============================================================================
-# Secrets: every error message, error attribute and log line is scrubbed of live API tokens
-# =============================================================================
-
+    """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
+    token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
 # token -> (users, run length, lower-cased runs); replaced, never changed in place, so readers need no lock
 _SECRETS: Dict[str, Tuple[int, int, Tuple[str, ...]]] = {}
 _SECRETS_LOCK = threading.RLock()  # for writers; re-entered when a collected transport forgets its token
-_MASK = "****"
-_ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}  # keeps every index in place
+        self.tool_name, self.raw_arguments = tool_name, raw_arguments
 _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})|\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|\\(.)|&#([0-9]{1,7});"
                         r"|&#[xX]([0-9A-Fa-f]{1,6});", re.S)
 _BACKSLASH_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
@@ -288,8 +261,7 @@ def _register_secret(secret: str) -> None:
     with _SECRETS_LOCK:
         secrets = dict(_SECRETS)
         secrets[secret] = (secrets[secret][0] + 1 if secret in secrets else 1, run, runs)
-        _SECRETS = secrets
-
+        self.messages, self.rounds = list(messages), rounds
 
 def _forget_secret(secret: str) -> None:
     """Undo one ``_register_secret`` (a transport holding the token was closed or collected)."""
@@ -531,11 +503,9 @@ class ServerKind(NamedTuple):
     any_object_format: Optional[Dict[str, Any]] = None
     #: Why a model may be missing from the server's list (said when the list lacks it, or is empty).
     unlisted_hint: str = ""
-    #: How to get a first model to chat with; "" means download_hint with "<model>".
-    first_model_hint: str = ""
-
-
-SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
+    """One kind of server: everything the module knows about it that is not code.  URIs, hosts, config,
+    providers, messages and the command line all read this table; adding a kind is one row here plus a
+    provider subclass.  ``download_hint`` may name ``{model}`` and ``{host}``."""
     ServerKind(
         "lm_studio", "LM Studio", ("lmstudio", "lm-studio"), 1234, 1234, "LM_STUDIO_HOST", "LM_API_TOKEN",
         "lm_studio_host", "/v1/chat/completions", "/v1/models", "sse",
@@ -556,12 +526,9 @@ SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
         "ollama", "Ollama", (), 11434, 11434, "OLLAMA_HOST", "OLLAMA_API_KEY", "ollama_host",
         "/api/chat", "/api/tags", "ndjson",
         start_hint=("Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by "
-                    "default."),
-        auth_hint=("The server wants an API key (Ollama's cloud, or a proxy in front of Ollama): pass "
-                   "api_key=... or set OLLAMA_API_KEY."),
-        wrong_server_hint=("Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// "
-                           "URIs."),
-        download_hint="Download it with  ollama pull {model}  and see what is installed with  ollama list.",
+    any_object_format: Optional[Dict[str, Any]] = None  # the response_format for any JSON object; None: none
+    unlisted_hint: str = ""     # why the server's list may lack a model (said when it does, or is empty)
+    first_model_hint: str = ""  # how to get a first model to chat with; "": download_hint with "<model>"
         host_path="proxy", cloud_host="ollama.com", options_dict=True),
     ServerKind(
         "openai", "OpenAI-compatible server", (), None, 8000, "OPENAI_BASE_URL", "OPENAI_API_KEY",
@@ -608,14 +575,12 @@ _URI_EXAMPLE = ("lm_studio://qwen2.5-7b-instruct@127.0.0.1:1234?temperature=0.7 
                 "ollama://llama3:70b?num_ctx=8192  or  openai://my-model@https://gpu.example.com/v1")
 
 
-class ModelConfig:
     """A model on a server: its name, which server kind, an optional host and its parameters.
-
+                  for spelling in (kind.name,) + kind.aliases}  # every accepted spelling -> canonical name
     ``host`` is kept as written (``None``: resolve from config, environment, then default).
     ``parameters`` go with every request for this model, translated by ``map_parameters``.
     """
-
-    __slots__ = ("name", "provider", "host", "parameters")
+    """``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; else InvalidInputError."""
 
     def __init__(self, name: str, provider: str, host: Optional[str] = None,
                  parameters: Optional[Mapping[str, Any]] = None):
@@ -638,11 +603,9 @@ class ModelConfig:
 
     def with_parameters(self, **parameters: Any) -> "ModelConfig":
         """Return a copy with ``parameters`` added to (or replacing) this model's own."""
-        return ModelConfig(self.name, self.provider, self.host, {**self.parameters, **parameters})
-
-
-_PORT_RE = re.compile(r"[0-9]+\Z")
-_IPV4_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}\Z")
+    """A model on a server: its name, which server kind, an optional host and its parameters.  ``host`` is
+    kept as written (``None``: resolve from config, environment, then default); ``parameters`` go with every
+    request for this model, translated by ``map_parameters``."""
 _DOTTED_NAME_RE = re.compile(r"([A-Za-z0-9-]+\.)+[A-Za-z][A-Za-z0-9-]*\Z")
 
 
@@ -650,20 +613,16 @@ def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
     """Split ``host[:port]`` (IPv6 in brackets, or bare) into host and port text."""
     if text.startswith("["):
         end = text.find("]")
-        if end < 0:
-            raise ValueError("'[' without a closing ']' in an IPv6 address")
-        host, rest = text[1:end], text[end + 1:]
-        if rest and not rest.startswith(":"):
+        self.name, self.provider = name, canonical_provider(provider)
+        self.host, self.parameters = host, dict(parameters or {})
             raise ValueError("unexpected text %r after the IPv6 address" % rest)
         return host, (rest[1:] if rest else None)
-    if text.count(":") > 1:  # a bare IPv6 address, as OLLAMA_HOST accepts
-        return text, None
+        return "ModelConfig(%s)" % ", ".join("%s=%r" % (slot, getattr(self, slot)) for slot in self.__slots__)
     host, sep, port = text.partition(":")
     return host, (port if sep else None)
 
 
-def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
-    """Whether the text after a model name's last '@' is a host (a scheme, a numeric port, an IP address,
+        return all(getattr(self, slot) == getattr(other, slot) for slot in self.__slots__)
     ``localhost`` or a dotted name) rather than an LM Studio variant such as ``q4_k_m`` or ``8bit``."""
     if "://" in tail:
         return True
@@ -702,10 +661,8 @@ def _hide_userinfo(text: str) -> str:
     for index, part in enumerate(parts[:-1]):
         start = max(part.rfind(mark) for mark in " \t\r\n/\"'") + 1
         parts[index] = part[:start] + "***"
-    return "@".join(parts)
-
-
-def _host_path(path: str, provider: str, shown: str) -> str:
+    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost" or tail.startswith("[")
+            or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)) or (":" in host and port is None))
     """The path prefix to keep from a host's path, per the kind's ``host_path``; none for ``/`` or ``/v1``."""
     kind = SERVER_KINDS[provider]
     if kind.host_path == "base_url":
@@ -725,8 +682,6 @@ def _host_path(path: str, provider: str, shown: str) -> str:
 
 
 def _openai_path_prefix(path: str, shown: str) -> str:
-    """The prefix of an ``openai://`` base URL without its ``/v1``: ``https://gpu.example.com/vllm/v1``
-    and ``.../vllm`` both give ``/vllm`` (requests go to ``/vllm/v1/chat/completions``)."""
     segments = [segment for segment in path.split("/") if segment]
     if segments and segments[-1] == "v1":
         segments.pop()
@@ -734,11 +689,23 @@ def _openai_path_prefix(path: str, shown: str) -> str:
         raise InvalidInputError("host %s ends in /v1/v1: write the server's base URL with /v1 once" % shown)
     for segment in segments:
         if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
-            raise InvalidInputError(
-                "host %s has a path segment %s that cannot be part of a base URL: use letters, digits and "
-                "'.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'"
+def _host_path(path: str, kind: ServerKind, shown: str) -> str:
+    """The path prefix to keep from a host's path, per ``kind.host_path``; a trailing ``/v1`` is dropped.
+    An ``openai://`` base URL ``https://gpu.example.com/vllm/v1`` (or ``.../vllm``) gives ``/vllm``."""
                 % (shown, _quote(_hide_userinfo(segment), 60)))
-    return "".join("/" + segment for segment in segments)
+        segments = [segment for segment in path.split("/") if segment]
+        if segments[-1:] == ["v1"]:
+            segments.pop()
+        if segments[-1:] == ["v1"]:
+            raise InvalidInputError("host %s ends in /v1/v1: write the server's base URL with /v1 once"
+                                    % shown)
+        for segment in segments:
+            if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
+                raise InvalidInputError(
+                    "host %s has a path segment %s that cannot be part of a base URL: use letters, digits "
+                    "and '.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'"
+                    % (shown, _quote(_hide_userinfo(segment), 60)))
+        return "".join("/" + segment for segment in segments)
 
 
 def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
@@ -753,36 +720,16 @@ def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
         port_number = int(port)
     else:
         raise InvalidInputError("host %s has a bad port %s: use a number from 1 to 65535, for example '%s:%d'"
-                                % (shown, _quote(port, 20), (name or "127.0.0.1")[:100], default_port))
-    name = name.strip().lower() or "127.0.0.1"
-    name = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(name, name)  # bind addresses mean this machine
-    if any(c.isspace() for c in name) or any(c in name for c in "?#%\\\"'"):
-        raise InvalidInputError("host %s has characters a host name cannot have" % shown)
-    return ("[%s]" % name if ":" in name else name), port_number
-
-
-def normalize_host(host: str, provider: str = "lm_studio") -> str:
-    """Turn a host in any accepted form into a base URL such as ``http://127.0.0.1:1234``.
-
-    Accepted: what Ollama accepts in OLLAMA_HOST (``host``, ``host:port``, ``:port``, ``http://`` or
-    ``https://host:port``, ``[::1]:port``, bare IPv6; white space and one pair of quotes around it),
-    with an optional trailing ``/`` or ``/v1``; for Ollama also a path prefix and ``ollama.com`` (its
-    cloud), for ``openai`` a base URL's path.  Without a port: the server's default (``openai``: 80;
-    ``https://``: 443).  ``0.0.0.0`` and ``::`` mean this machine.  Raises InvalidInputError naming
-    what is wrong, without repeating a password.
     """
     kind = server_kind(provider)
     if not isinstance(host, str):
         raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %s"
                                 % (kind.example_port, _quote(host, 40)))
     shown = _quote(_hide_userinfo(host), 200)
-    text = _clean_host_text(host)
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "http", text
-        if kind.cloud_host and text.lower() == kind.cloud_host:  # as Ollama reads OLLAMA_HOST=ollama.com
+    if port and not (_PORT_RE.match(port) and 0 < int(port) < 65536):
             scheme, rest = "https", kind.cloud_host + ":443"
     scheme = scheme.lower()
+    port_number = int(port) if port else default_port
     if scheme not in ("http", "https"):
         raise InvalidInputError("host %s: scheme %s is not supported; use http:// or https://"
                                 % (shown, _quote(_hide_userinfo(scheme), 20)))
@@ -794,11 +741,10 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
         raise InvalidInputError("host %s carries a user name or password (shown as ***); hosts with them are "
                                 "not supported: remove 'user:password@', and pass a token as api_key=..."
                                 % shown)
-    name, port = _host_port(authority, default_port, shown)
-    return "%s://%s:%d%s" % (scheme, name, port, prefix)
-
-
-def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Config"] = None) -> str:
+    ``https://host:port``, ``[::1]:port``, bare IPv6; white space and one pair of quotes around it), with an
+    optional trailing ``/`` or ``/v1``; for Ollama also a path prefix and ``ollama.com`` (its cloud), for
+    ``openai`` a base URL's path.  Without a port: the server's default (``openai``: 80; ``https://``: 443).
+    ``0.0.0.0`` or ``::`` is this machine.  Raises InvalidInputError naming what is wrong, never a password.
     """Return the base URL to use: ``host``, else the config file's, else the environment's
     (``OLLAMA_HOST`` / ``LM_STUDIO_HOST`` / ``OPENAI_BASE_URL``), else the server's default (``openai``
     has none: InvalidInputError).  A blank value (also ``""`` in quotes) counts as not given."""
@@ -818,7 +764,7 @@ def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Co
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _FLOAT_RE = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?\Z")
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
-_JSON_WORDS = {"true": True, "false": False, "null": None}
+    prefix = _host_path(path, kind, shown) if slash else ""
 
 
 def _parse_query_value(text: str) -> Any:
@@ -847,7 +793,6 @@ def parse_model_uri(uri: str) -> ModelConfig:
     """
     if not isinstance(uri, str):
         raise ModelURIError("a model URI must be a string like %s, got %s" % (_URI_EXAMPLE, _quote(uri, 80)))
-
     def bad(part: str) -> ModelURIError:
         shown = _quote(_SCHEME_USERINFO_RE.sub(r"\1***@", uri), 300)
         return ModelURIError("model URI %s: %s. A good one looks like %s" % (shown, part, _URI_EXAMPLE))
@@ -856,18 +801,11 @@ def parse_model_uri(uri: str) -> ModelConfig:
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise bad("it does not start with a provider such as 'lm_studio://' or 'ollama://'")
-    provider = PROVIDER_NAMES.get(scheme.strip().lower(), "")
-    if not provider:
-        raise bad("unknown provider %s (use lm_studio, lmstudio, lm-studio, ollama or openai)"
+    if text in ("true", "false", "null") or text[:1] in ("[", "{", '"'):
                   % _quote(scheme, 40))
 
     rest, qmark, query = rest.partition("?")
     name, host = rest, None
-    at = rest.rfind("@")
-    if at >= 0 and _looks_like_host(rest[at + 1:], provider):
-        name, host = rest[:at], rest[at + 1:]
-        if _SCHEME_USERINFO_RE.search(name + "@"):
-            raise bad("the host carries a user name or password (shown as ***), which hosts cannot have; "
                       "pass a token as api_key=... instead")
         userinfo = _NAME_USERINFO_RE.search(name)
         if userinfo:  # model@user:password@host: the password would be sent as part of the model's name
@@ -890,19 +828,17 @@ def parse_model_uri(uri: str) -> ModelConfig:
 
     return ModelConfig(name, provider, host, _parse_query(query, bad) if query else {})
 
-
 def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, Any]:
     """A URI's ``name=value&...`` as typed parameters; ``bad(part)`` builds the error for a malformed part."""
     parameters: Dict[str, Any] = {}
     for piece in query.split("&"):
-        key, eq, value = piece.partition("=")
-        try:
-            key, value = _percent_decode(key), _percent_decode(value)
-        except UnicodeDecodeError:
+        in_scheme = _SCHEME_USERINFO_RE.search(name + "@")
+        userinfo = None if in_scheme else _NAME_USERINFO_RE.search(name)
             raise bad("the query part %s has a percent-escape that is not UTF-8"
                       % _quote(piece, 80)) from None
-        if not eq or not _KEY_RE.match(key):
-            raise bad("malformed query part %s: write name=value pairs joined by '&'" % _quote(piece, 80))
+        if in_scheme or userinfo:
+            raise bad("the host carries a user name %s password (shown as ***), which hosts cannot have; "
+                      "pass a token as api_key=... instead" % ("or" if in_scheme else "and"))
         if key in parameters:
             raise bad("parameter %s is given twice" % _quote(key, 80))
         try:
@@ -911,12 +847,11 @@ def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, A
             raise bad("the value of %s looks like JSON but does not parse: %s"
                       % (_quote(key, 80), _quote(value, 80))) from None
     return parameters
-
+        name = unquote(name, errors="strict")
 
 def _refuse_parameters_without_provider(name: str, provider: str) -> None:
     """A bare model name cannot carry ``?parameters``: without ``provider://`` they would reach the server
     as part of the model's name."""
-    if "?" in name:
         bare, _, query = name.partition("?")
         raise InvalidInputError("%r is a model name with parameters but no provider; parameters need the URI "
                                 "form, e.g. %s://%s?%s" % (name, provider, bare, query))
@@ -926,7 +861,7 @@ def _escape(text: str, chars: str) -> str:
     """Percent-encode the ASCII characters in ``chars`` and every whitespace or control character."""
     unsafe = "[%s\\s\\x00-\\x1f\\x7f]" % re.escape(chars)
     return re.sub(unsafe, lambda match: "".join("%%%02X" % b for b in match.group().encode("utf-8")), text)
-
+            key, value = unquote(key, errors="strict"), unquote(value, errors="strict")
 
 def _format_query_value(key: str, value: Any) -> str:
     """``value`` as the query text that ``_parse_query_value`` reads back as it."""
@@ -943,8 +878,7 @@ def _format_query_value(key: str, value: Any) -> str:
             pass
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, dict)):
-        try:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """A bare model name cannot carry ``?parameters`` (they would reach the server as part of its name)."""
         except (TypeError, ValueError) as exc:
             raise InvalidInputError("parameter %r cannot be written in a URI: %s" % (key, exc)) from None
     raise InvalidInputError("parameter %r has a value of type %s, which a URI cannot hold"
@@ -965,11 +899,9 @@ def format_model_uri(config: ModelConfig) -> str:
         userinfo = _NAME_USERINFO_RE.search(name)
     uri = "%s://%s" % (config.provider, name)
     if config.host is not None:
-        host = str(config.host).strip()
+        with contextlib.suppress(ValueError, RecursionError):
         normalize_host(host, config.provider)
         if not _looks_like_host(host, config.provider) or "?" in host:
-            raise InvalidInputError(
-                "host %r would read back as part of the model name; write it with its port, e.g. '%s:%d'"
                 % (config.host, host, SERVER_KINDS[config.provider].example_port))
         uri += "@" + host
     if config.parameters:
@@ -988,10 +920,9 @@ _SAME_AS_LM_STUDIO = "<same as lm_studio>"
 _Row = NamedTuple("_Row", [("lm_studio", Optional[str]), ("ollama", Optional[str]), ("ollama_place", str),
                            ("kind", str), ("priority", int), ("openai", Optional[str])])
 
-
-class ParameterRow(_Row):
+    # "name@a:b" before a host would read back as a user and password: escape that '@'
+    while config.host is not None and (userinfo := _NAME_USERINFO_RE.search(name)):
     """One row of PARAMETER_MAP: where a parameter goes on each server.
-
     ``lm_studio`` and ``ollama``: the field name on each, or None when it has none.  ``ollama_place``:
     ``"options"`` or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.
     ``priority``: when two parameters land on one field, the higher one wins.  ``openai``: the field
