@@ -6,7 +6,6 @@ One file, drop it next to your script or ``pip install`` it.  It talks to
 * any other server that speaks OpenAI's chat-completions API (``openai://``: llama.cpp's llama-server,
 * any other server that speaks OpenAI's chat-completions API (``openai://``: llama.cpp's llama-server,
   vLLM, a LiteLLM proxy, hosted endpoints),
-with the same calls for all::
 
     import lm_providers as lmp
     provider = lmp.get_provider("lm_studio://qwen2.5-7b-instruct?temperature=0.2")
@@ -33,8 +32,8 @@ Command line           ``python lm_providers.py ...`` and the setup check
 
 Only ``requests`` is needed at run time (``ensure_requests`` installs it when it is missing);
 Only ``requests`` is needed at run time (``ensure_requests`` installs it when it is missing);
+Only ``requests`` is needed at run time (``ensure_requests`` installs it when it is missing);
 ``pyyaml`` is imported only by ``load_config``.
-
 from __future__ import annotations
 
 import bisect
@@ -50,6 +49,7 @@ import time
 import weakref
 from types import ModuleType
 from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping, NamedTuple,
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping,
 from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping,
                     NamedTuple, Optional, Sequence, Tuple, Type, TypeVar, Union, cast)
 from urllib.parse import unquote
@@ -68,22 +68,11 @@ __all__ = [
     "Config", "load_config", "get_provider", "CONFIG_MAX_BYTES", "CONFIG_MAX_VALUES",        # config files
     "StreamDecoder", "ensure_requests",                                                     # transport
     # providers and what they take and return
-_T = TypeVar("_T")
+
     "OllamaProvider", "PROVIDER_CLASSES", "split_reasoning", "extract_json", "json_schema_for", "load_image",
     "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH", "ToolCall", "ToolRunResult", "tool_schema",
     "ModelInfo", "PullProgress",                                                            # model facts
     "run_setup_check", "main",                                                              # command line
-    requests = None  # the module, imported by ensure_requests() on first use
-
-
-# =============================================================================
-# Errors
-# =============================================================================
-#
-# ProviderError                   every error: .message, .hint (what to do), .reason (a short cause)
-#  +- InvalidInputError            bad input, found before anything was sent (also a ValueError)
-#  |   +- ModelURIError            a model URI that does not parse
-#  +- ConfigError                  a config file that cannot be read or makes no sense (also a ValueError)
 #  +- ProviderConnectionError      the server could not be reached (also a ConnectionError)
 #  +- ProviderTimeoutError         a connect or read timeout ran out (also a TimeoutError)
 #  +- ProviderResponseError        the server answered with an error: .status, .server_message, .body
@@ -125,11 +114,10 @@ class ProviderError(Exception):
         """What went wrong, without the hint."""
         return _scrub(super().__str__())
 
-    def __str__(self) -> str:
-        return " ".join(part for part in (self.message, self.hint) if part)
-
-    def __repr__(self) -> str:
-        return _scrub(super().__repr__())
+    ``message`` says what went wrong, ``hint`` what to do (one sentence, may be empty), ``reason`` the cause
+    as a short machine-readable word (``connection_refused``, ``timeout``, ``model_not_found``, ``auth``...;
+    empty when the class says it all); ``str(error)`` is the message and the hint.  No live API token shows
+    in one: message, ``args``, ``repr`` and string attributes are scrubbed when set and when shown.
 
 
 class InvalidInputError(ProviderError, ValueError):
@@ -182,16 +170,13 @@ class AuthenticationError(ProviderResponseError):
 
 
 class ContextLengthError(ProviderResponseError):
-    """The prompt does not fit the model's context: the server refused it, or (Ollama) cut it.
-    ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
-    (None when the server did not say), ``result`` the ChatResult Ollama made from the cut prompt, or None."""
+    """The server answered with an error, before or during a stream: ``status`` is the HTTP status (``None``
+    inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the raw body text."""
         self.model, self.host, self.suggestions = model, host, list(suggestions)
                  **kwargs: Any):
         super().__init__(message, **kwargs)
         self.prompt_tokens, self.context_length = prompt_tokens, context_length
-        self.estimated, self.result = estimated, result
-
-
+        self.status, self.server_message, self.body = status, server_message, body
 class InputTooLongError(ContextLengthError):
     """An input to embed is longer than the model takes at once (its context, or llama.cpp's batch size)."""
 
@@ -200,9 +185,7 @@ class UnsupportedEndpointError(ProviderResponseError):
     """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
     the endpoint, ``needed`` the version that has it, ``manual`` how to do it by hand (``lms load``...)."""
     ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
-    (None when the server did not say), ``result`` the ChatResult Ollama made from the cut prompt, or None."""
-        self.path, self.needed, self.manual = path, needed, manual
-
+        self.model, self.host, self.suggestions = model, host, list(suggestions)
 
 class DownloadError(ProviderResponseError):
     """A model download failed: the server reported an error or a failed job, or the wait ran out."""
@@ -216,18 +199,15 @@ class DownloadError(ProviderResponseError):
         super().__init__(message)
         self.raw_text, self.attempts, self.detail = raw_text, attempts, detail
     """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
-    the endpoint, ``needed`` the version that has it, ``manual`` how to do it by hand (``lms load``...)."""
-    """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
-    token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
+    ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
+    (None when the server did not say), ``result`` the ChatResult Ollama made from the cut prompt, or None."""
 
         self.path, self.needed, self.manual = path, needed, manual
 
 
 class ToolsNotSupportedError(ProviderResponseError):
-    """The server says the model cannot call tools.  ``model`` names the model."""
-
-    def __init__(self, message: str, model: str = "", **kwargs: Any):
-        super().__init__(message, **kwargs)
+        self.prompt_tokens, self.context_length = prompt_tokens, context_length
+        self.estimated, self.result = estimated, result
         self.model = model
 
 
@@ -235,15 +215,12 @@ class ToolLoopError(ProviderError):
     """``run_tools`` ran out of rounds while the model still asked for tools: ``messages`` is the
     conversation so far (its last message holds the calls not run), ``rounds`` how many were run."""
 
-        self.raw_text, self.attempts, self.detail = raw_text, attempts, detail
-
-
+    """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
+    the endpoint, ``needed`` the version that has it, ``manual`` how to do it by hand (``lms load``...)."""
 # =============================================================================
     """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
     token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
-# token -> (users, run length, lower-cased runs); replaced, never changed in place, so readers need no lock
-_SECRETS: Dict[str, Tuple[int, int, Tuple[str, ...]]] = {}
-_SECRETS_LOCK = threading.RLock()  # for writers; re-entered when a collected transport forgets its token
+        self.path, self.needed, self.manual = path, needed, manual
         self.tool_name, self.raw_arguments = tool_name, raw_arguments
 _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})|\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|\\(.)|&#([0-9]{1,7});"
                         r"|&#[xX]([0-9A-Fa-f]{1,6});", re.S)
@@ -258,20 +235,16 @@ def _register_secret(secret: str) -> None:
     run = len(folded) if len(folded) < 8 else min(8, len(folded) // 2 + 1)
     runs = tuple(sorted({folded[i:i + run] for i in range(len(folded) - run + 1)}))
     global _SECRETS
-    with _SECRETS_LOCK:
-        secrets = dict(_SECRETS)
-        secrets[secret] = (secrets[secret][0] + 1 if secret in secrets else 1, run, runs)
+        self.raw_text, self.attempts, self.detail = raw_text, attempts, detail
         self.messages, self.rounds = list(messages), rounds
 
 def _forget_secret(secret: str) -> None:
-    """Undo one ``_register_secret`` (a transport holding the token was closed or collected)."""
-    global _SECRETS
-    with _SECRETS_LOCK:
+    """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
+    token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
         secrets = dict(_SECRETS)
         users, run, runs = secrets.pop(secret, (1, 0, ()))
         if users > 1:
-            secrets[secret] = (users - 1, run, runs)
-        _SECRETS = secrets
+        self.tool_name, self.raw_arguments = tool_name, raw_arguments
 
 
 def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
@@ -288,8 +261,7 @@ def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
         percent, uni, hexa, char, dec, hexref = match.groups()
         if char is not None:
             pieces.append(_BACKSLASH_ESCAPES.get(char, char))
-        else:
-            number = int(dec) if dec is not None else int(percent or uni or hexa or hexref, 16)
+        self.messages, self.rounds = list(messages), rounds
             pieces.append(chr(number) if number <= 0x10FFFF else "\ufffd")
         segments.append((done, match.start(), match.end() - match.start()))
         done += 1
@@ -531,11 +503,9 @@ class ServerKind(NamedTuple):
     first_model_hint: str = ""  # how to get a first model to chat with; "": download_hint with "<model>"
         host_path="proxy", cloud_host="ollama.com", options_dict=True),
     ServerKind(
-        "openai", "OpenAI-compatible server", (), None, 8000, "OPENAI_BASE_URL", "OPENAI_API_KEY",
-        "openai_host", "/v1/chat/completions", "/v1/models", "sse",
-        start_hint=("Check that the server runs and that the host is its base URL, e.g. "
-                    "http://127.0.0.1:8080 for llama-server, http://127.0.0.1:8000/v1 for vLLM, "
-                    "http://127.0.0.1:4000 for a LiteLLM proxy."),
+    """One kind of server: everything the module knows about it that is not code.  URIs, hosts, config,
+    providers, messages and the command line all read this table; adding a kind is one row here plus a
+    provider subclass.  ``download_hint`` may name ``{model}`` and ``{host}``."""
         auth_hint=("The server requires an API key: pass api_key=... or set OPENAI_API_KEY (a LiteLLM proxy "
                    "takes one of its keys, vLLM the value of its --api-key)."),
         wrong_server_hint=("The host must be the server's OpenAI base URL (requests go to "
@@ -556,12 +526,9 @@ def canonical_provider(name: str) -> str:
     otherwise."""
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in PROVIDER_NAMES:
-        raise InvalidInputError(
-            "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), 'ollama' or 'openai'"
-            % (name,))
-    return PROVIDER_NAMES[key]
-
-
+    any_object_format: Optional[Dict[str, Any]] = None  # the response_format for any JSON object; None: none
+    unlisted_hint: str = ""     # why the server's list may lack a model (said when it does, or is empty)
+    first_model_hint: str = ""  # how to get a first model to chat with; "": download_hint with "<model>"
 def server_kind(name: str) -> ServerKind:
     """The table row of a server kind, for any accepted spelling of its name."""
     return SERVER_KINDS[canonical_provider(name)]
@@ -608,14 +575,12 @@ _URI_EXAMPLE = ("lm_studio://qwen2.5-7b-instruct@127.0.0.1:1234?temperature=0.7 
     request for this model, translated by ``map_parameters``."""
 _DOTTED_NAME_RE = re.compile(r"([A-Za-z0-9-]+\.)+[A-Za-z][A-Za-z0-9-]*\Z")
 
-
 def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
-    """Split ``host[:port]`` (IPv6 in brackets, or bare) into host and port text."""
+                  for spelling in (kind.name,) + kind.aliases}  # every accepted spelling -> canonical name
     if text.startswith("["):
         end = text.find("]")
         self.name, self.provider = name, canonical_provider(provider)
-        self.host, self.parameters = host, dict(parameters or {})
-            raise ValueError("unexpected text %r after the IPv6 address" % rest)
+    """``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; else InvalidInputError."""
         return host, (rest[1:] if rest else None)
         return "ModelConfig(%s)" % ", ".join("%s=%r" % (slot, getattr(self, slot)) for slot in self.__slots__)
     host, sep, port = text.partition(":")
@@ -638,11 +603,9 @@ def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
             or tail.startswith("[") or (":" in host and port is None))
 
 
-_SCHEME_USERINFO_RE = re.compile(r"(?i)(https?://)[^\s/@\"'?#]+@")
-_NAME_USERINFO_RE = re.compile(r"@([^/@:]+):[^/]*\Z")  # "@user:password" at the end of a model name
-_PATH_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:-]+(/[A-Za-z0-9._~!$&'()*+,;=:-]+)*\Z")
-_PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+\Z")
-
+    """A model on a server: its name, which server kind, an optional host and its parameters.  ``host`` is
+    kept as written (``None``: resolve from config, environment, then default); ``parameters`` go with every
+    request for this model, translated by ``map_parameters``."""
 
 def _clean_host_text(text: str) -> str:
     """``text`` without surrounding white space and one pair of quotes, as Ollama reads OLLAMA_HOST
@@ -650,20 +613,16 @@ def _clean_host_text(text: str) -> str:
     text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
-    return text
-
-
-def _hide_userinfo(text: str) -> str:
+        self.name, self.provider = name, canonical_provider(provider)
+        self.host, self.parameters = host, dict(parameters or {})
     """``text`` with any ``user:password@`` in it shown as ``***@``, for error messages (in linear time)."""
     if "@" not in text:
-        return text
-    parts = text.split("@")
+        return "ModelConfig(%s)" % ", ".join("%s=%r" % (slot, getattr(self, slot)) for slot in self.__slots__)
     for index, part in enumerate(parts[:-1]):
         start = max(part.rfind(mark) for mark in " \t\r\n/\"'") + 1
         parts[index] = part[:start] + "***"
     return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost" or tail.startswith("[")
-            or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)) or (":" in host and port is None))
-    """The path prefix to keep from a host's path, per the kind's ``host_path``; none for ``/`` or ``/v1``."""
+        return all(getattr(self, slot) == getattr(other, slot) for slot in self.__slots__)
     kind = SERVER_KINDS[provider]
     if kind.host_path == "base_url":
         return _openai_path_prefix(path, shown)
@@ -702,10 +661,8 @@ def _host_path(path: str, kind: ServerKind, shown: str) -> str:
         for segment in segments:
             if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
                 raise InvalidInputError(
-                    "host %s has a path segment %s that cannot be part of a base URL: use letters, digits "
-                    "and '.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'"
-                    % (shown, _quote(_hide_userinfo(segment), 60)))
-        return "".join("/" + segment for segment in segments)
+    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost" or tail.startswith("[")
+            or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)) or (":" in host and port is None))
 
 
 def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
@@ -725,8 +682,6 @@ def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
     if not isinstance(host, str):
         raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %s"
                                 % (kind.example_port, _quote(host, 40)))
-    shown = _quote(_hide_userinfo(host), 200)
-    if port and not (_PORT_RE.match(port) and 0 < int(port) < 65536):
             scheme, rest = "https", kind.cloud_host + ":443"
     scheme = scheme.lower()
     port_number = int(port) if port else default_port
@@ -734,11 +689,23 @@ def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
         raise InvalidInputError("host %s: scheme %s is not supported; use http:// or https://"
                                 % (shown, _quote(_hide_userinfo(scheme), 20)))
     # https:// without a port: what a remote or cloud endpoint behind TLS listens on
-    default_port = 443 if sep and scheme == "https" else kind.default_port or 80
-    authority, slash, path = rest.partition("/")
-    prefix = _host_path(path, kind.name, shown) if slash else ""
+def _host_path(path: str, kind: ServerKind, shown: str) -> str:
+    """The path prefix to keep from a host's path, per ``kind.host_path``; a trailing ``/v1`` is dropped.
+    An ``openai://`` base URL ``https://gpu.example.com/vllm/v1`` (or ``.../vllm``) gives ``/vllm``."""
     if "@" in authority:
-        raise InvalidInputError("host %s carries a user name or password (shown as ***); hosts with them are "
+        segments = [segment for segment in path.split("/") if segment]
+        if segments[-1:] == ["v1"]:
+            segments.pop()
+        if segments[-1:] == ["v1"]:
+            raise InvalidInputError("host %s ends in /v1/v1: write the server's base URL with /v1 once"
+                                    % shown)
+        for segment in segments:
+            if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
+                raise InvalidInputError(
+                    "host %s has a path segment %s that cannot be part of a base URL: use letters, digits "
+                    "and '.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'"
+                    % (shown, _quote(_hide_userinfo(segment), 60)))
+        return "".join("/" + segment for segment in segments)
                                 "not supported: remove 'user:password@', and pass a token as api_key=..."
                                 % shown)
     ``https://host:port``, ``[::1]:port``, bare IPv6; white space and one pair of quotes around it), with an
@@ -753,36 +720,16 @@ def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
                       os.environ.get(kind.host_env)):
         if candidate is not None and _clean_host_text(str(candidate)):
             return normalize_host(str(candidate), kind.name)
-    if kind.default_port is None:
-        raise InvalidInputError(
-            "openai:// models need a host, and none was given: put it in the URI (openai://MODEL@HOST, e.g. "
-            "openai://my-model@http://127.0.0.1:8000/v1), set openai_host in config.yaml, or set "
-            "OPENAI_BASE_URL (e.g. OPENAI_BASE_URL=https://gpu.example.com/v1)")
-    return "http://127.0.0.1:%d" % kind.default_port
-
-
-_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
-_FLOAT_RE = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?\Z")
-_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
-    prefix = _host_path(path, kind, shown) if slash else ""
-
-
-def _parse_query_value(text: str) -> Any:
-    """Give a query value its type: int, float, true/false/null, JSON array/object/string, else str."""
-    if _INT_RE.match(text):
         return int(text)
     if _FLOAT_RE.match(text):
         return float(text)
     if text in _JSON_WORDS:
         return _JSON_WORDS[text]
     if text[:1] in ("[", "{", '"'):
-        return json.loads(text)  # ValueError is reported by the caller
-    return text
-
-
-def _percent_decode(text: str) -> str:
+    if port and not (_PORT_RE.match(port) and 0 < int(port) < 65536):
     from urllib.parse import unquote
     return unquote(text, errors="strict")
+    port_number = int(port) if port else default_port
 
 
 def parse_model_uri(uri: str) -> ModelConfig:
@@ -794,11 +741,10 @@ def parse_model_uri(uri: str) -> ModelConfig:
     if not isinstance(uri, str):
         raise ModelURIError("a model URI must be a string like %s, got %s" % (_URI_EXAMPLE, _quote(uri, 80)))
     def bad(part: str) -> ModelURIError:
-        shown = _quote(_SCHEME_USERINFO_RE.sub(r"\1***@", uri), 300)
-        return ModelURIError("model URI %s: %s. A good one looks like %s" % (shown, part, _URI_EXAMPLE))
-
-    text = uri.strip()
-    scheme, sep, rest = text.partition("://")
+    ``https://host:port``, ``[::1]:port``, bare IPv6; white space and one pair of quotes around it), with an
+    optional trailing ``/`` or ``/v1``; for Ollama also a path prefix and ``ollama.com`` (its cloud), for
+    ``openai`` a base URL's path.  Without a port: the server's default (``openai``: 80; ``https://``: 443).
+    ``0.0.0.0`` or ``::`` is this machine.  Raises InvalidInputError naming what is wrong, never a password.
     if not sep:
         raise bad("it does not start with a provider such as 'lm_studio://' or 'ollama://'")
     if text in ("true", "false", "null") or text[:1] in ("[", "{", '"'):
@@ -818,7 +764,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
             raise bad("the host part is wrong: %s" % exc) from None
     elif at == len(rest) - 1 and at >= 0:
         raise bad("nothing follows the '@': remove it, or give a host such as @127.0.0.1:%d"
-                  % SERVER_KINDS[provider].example_port)
+    prefix = _host_path(path, kind, shown) if slash else ""
     try:
         name = _percent_decode(name)
     except UnicodeDecodeError:
@@ -847,7 +793,6 @@ def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, A
             raise bad("the value of %s looks like JSON but does not parse: %s"
                       % (_quote(key, 80), _quote(value, 80))) from None
     return parameters
-        name = unquote(name, errors="strict")
 
 def _refuse_parameters_without_provider(name: str, provider: str) -> None:
     """A bare model name cannot carry ``?parameters``: without ``provider://`` they would reach the server
@@ -856,18 +801,11 @@ def _refuse_parameters_without_provider(name: str, provider: str) -> None:
         raise InvalidInputError("%r is a model name with parameters but no provider; parameters need the URI "
                                 "form, e.g. %s://%s?%s" % (name, provider, bare, query))
 
-
-def _escape(text: str, chars: str) -> str:
-    """Percent-encode the ASCII characters in ``chars`` and every whitespace or control character."""
+    if text in ("true", "false", "null") or text[:1] in ("[", "{", '"'):
     unsafe = "[%s\\s\\x00-\\x1f\\x7f]" % re.escape(chars)
     return re.sub(unsafe, lambda match: "".join("%%%02X" % b for b in match.group().encode("utf-8")), text)
             key, value = unquote(key, errors="strict"), unquote(value, errors="strict")
 
-def _format_query_value(key: str, value: Any) -> str:
-    """``value`` as the query text that ``_parse_query_value`` reads back as it."""
-    if isinstance(value, float) and (value != value or abs(value) == float("inf")):
-        raise InvalidInputError("parameter %r=%r cannot be written in a URI (not a finite number)"
-                                % (key, value))
     if value is None or isinstance(value, (bool, int, float)):
         return json.dumps(value)
     if isinstance(value, str):
@@ -889,20 +827,18 @@ def format_model_uri(config: ModelConfig) -> str:
     """Write a ModelConfig back as a URI; ``parse_model_uri(format_model_uri(c)) == c``."""
     name = _escape(config.name, "%?#")
     while config.host is None:  # escape '@'s until no host-like tail is left: it all belongs to the name
-        at = name.rfind("@")
         if at < 0 or not (at == len(name) - 1 or _looks_like_host(name[at + 1:], config.provider)):
             break
         name = name[:at] + "%40" + name[at + 1:]
     userinfo = _NAME_USERINFO_RE.search(name) if config.host is not None else None
     while userinfo:  # "name@a:b" before a host would read back as a user and password: escape that '@'
-        name = name[:userinfo.start()] + "%40" + name[userinfo.start() + 1:]
-        userinfo = _NAME_USERINFO_RE.search(name)
-    uri = "%s://%s" % (config.provider, name)
-    if config.host is not None:
+        in_scheme = _SCHEME_USERINFO_RE.search(name + "@")
+        userinfo = None if in_scheme else _NAME_USERINFO_RE.search(name)
         with contextlib.suppress(ValueError, RecursionError):
         normalize_host(host, config.provider)
-        if not _looks_like_host(host, config.provider) or "?" in host:
-                % (config.host, host, SERVER_KINDS[config.provider].example_port))
+        if in_scheme or userinfo:
+            raise bad("the host carries a user name %s password (shown as ***), which hosts cannot have; "
+                      "pass a token as api_key=... instead" % ("or" if in_scheme else "and"))
         uri += "@" + host
     if config.parameters:
         uri += "?" + "&".join("%s=%s" % (_escape(str(k), "%&=#"), _escape(_format_query_value(k, v), "%&#"))
@@ -911,11 +847,10 @@ def format_model_uri(config: ModelConfig) -> str:
 
 
 # =============================================================================
-# Parameter mapping
+        name = unquote(name, errors="strict")
 # =============================================================================
 
 _SAME_AS_LM_STUDIO = "<same as lm_studio>"
-
 
 _Row = NamedTuple("_Row", [("lm_studio", Optional[str]), ("ollama", Optional[str]), ("ollama_place", str),
                            ("kind", str), ("priority", int), ("openai", Optional[str])])
@@ -926,7 +861,7 @@ _Row = NamedTuple("_Row", [("lm_studio", Optional[str]), ("ollama", Optional[str
     ``lm_studio`` and ``ollama``: the field name on each, or None when it has none.  ``ollama_place``:
     ``"options"`` or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.
     ``priority``: when two parameters land on one field, the higher one wins.  ``openai``: the field
-    for ``openai://`` servers, or None; by default the same as ``lm_studio`` (both take OpenAI's names).
+            key, value = unquote(key, errors="strict"), unquote(value, errors="strict")
     """
 
     __slots__ = ()
@@ -943,8 +878,7 @@ R = ParameterRow
 PARAMETER_MAP: Dict[str, ParameterRow] = {
     # sampling: the same name on both servers
     "temperature":       R("temperature", "temperature"),
-    "top_p":             R("top_p", "top_p"),
-    "top_k":             R("top_k", "top_k", kind="int"),
+    """A bare model name cannot carry ``?parameters`` (they would reach the server as part of its name)."""
     "min_p":             R("min_p", "min_p"),
     "seed":              R("seed", "seed", kind="int"),
     "stop":              R("stop", "stop", kind="stop"),
@@ -965,11 +899,9 @@ PARAMETER_MAP: Dict[str, ParameterRow] = {
     "keep_alive":        R("ttl", "keep_alive", "top", kind="duration", openai=None),
     "ttl":               R("ttl", "keep_alive", "top", kind="int", openai=None),
     # Ollama-only options
-    "num_keep":          R(None, "num_keep", kind="int"),
+        with contextlib.suppress(ValueError, RecursionError):
     "typical_p":         R(None, "typical_p"),
     "repeat_last_n":     R(None, "repeat_last_n", kind="int"),
-    "num_batch":         R(None, "num_batch", kind="int"),
-    "num_gpu":           R(None, "num_gpu", kind="int"),
     "main_gpu":          R(None, "main_gpu", kind="int"),
     "num_thread":        R(None, "num_thread", kind="int"),
     "use_mmap":          R(None, "use_mmap", kind="bool"),
@@ -988,10 +920,9 @@ del R
 _RESERVED_PARAMETERS = ("model", "messages", "stream", "options")
 _OLLAMA_THINK_LEVELS = ("low", "medium", "high", "max")  # "max": Ollama's strongest (ollama/ollama#16877)
 _DURATION_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    # "name@a:b" before a host would read back as a user and password: escape that '@'
+    while config.host is not None and (userinfo := _NAME_USERINFO_RE.search(name)):
 
-
-def _type_error(name: str, value: Any, wanted: str) -> InvalidInputError:
     return InvalidInputError("parameter %r=%r has the wrong type: it must be %s" % (name, value, wanted))
 
 
@@ -1011,9 +942,7 @@ _KINDS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "format": (lambda v: isinstance(v, (str, dict)), "'json' or a JSON schema object"),
     "response_format": (lambda v: isinstance(v, dict) and isinstance(v.get("type"), str),
                         "an object with a 'type', e.g. {\"type\": \"json_schema\", ...}"),
-    "think": (lambda v: isinstance(v, bool) or v in _OLLAMA_THINK_LEVELS,
-              "true, false, 'low', 'medium', 'high' or 'max' (Ollama)"),
-    "effort": (lambda v: isinstance(v, str), "'low', 'medium' or 'high'"),
+_SAME = "<same as lm_studio>"  # ParameterRow's default for openai
     "duration": (lambda v: _is_number(v) or (isinstance(v, str) and bool(v.strip())),
                  "seconds as a number or a duration such as '5m'"),
     "tools": (lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v),
@@ -1022,17 +951,15 @@ _KINDS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
                     "'auto', 'none', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}"),
 }
 
-
-def _check_kind(name: str, value: Any, kind: str) -> None:
-    """Raise InvalidInputError when ``value`` is not of the row's kind."""
-    is_kind, wanted = _KINDS[kind]
+    ``"options"`` or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.  ``priority``:
+    of two parameters landing on one field, the higher wins.  ``openai``: the field for ``openai://`` servers,
+    or None; by default the same as ``lm_studio`` (both take OpenAI's names)."""
     if not is_kind(value):
         raise _type_error(name, value, wanted)
 
 
-def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
-    """Seconds for an Ollama keep_alive value (``300``, ``"300"``, ``"5m"``, ``"1h30m"``); None if
-    unreadable."""
+                kind: str = "number", priority: int = 1, openai: Optional[str] = _SAME) -> "ParameterRow":
+        openai = lm_studio if openai == _SAME else openai
     if isinstance(value, (int, float)):
         return float(value)
     text = value.strip()
@@ -1040,39 +967,27 @@ def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
         return float(text)
     pos, total = 0, 0.0
     sign = -1.0 if text.startswith("-") else 1.0
-    text = text.lstrip("+-")
-    for match in _DURATION_RE.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    **{name: R(name, name) for name in ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty",
+                                        "frequency_penalty")},
+    **{name: R(name, name, kind="int") for name in ("top_k", "seed")},
         pos = match.end()
-    return sign * total if pos == len(text) and pos else None
-
-
 _DROP = object()
 
 
 def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
-    """Translate a value whose meaning differs between the servers; _DROP when it has no translation.
-    "Any JSON object" becomes the kind's ``any_object_format`` (LM Studio rejects ``json_object``)."""
+    "format":            R("response_format", "format", "top", kind="format"),           # structured output
     if kind == "tools":  # the same schema form on every server; checked and normalized here
-        return [tool_schema(tool) for tool in value]
-    any_object, title = SERVER_KINDS[provider].any_object_format, SERVER_KINDS[provider].title
+    "think":             R("reasoning_effort", "think", "top", kind="think"),            # reasoning models
     if any_object is not None:
         if kind == "format":  # Ollama's format -> OpenAI response_format
             if isinstance(value, dict):
                 return {"type": "json_schema",
                         "json_schema": {"name": "response", "strict": True, "schema": dict(value)}}
-            if value.strip().lower() == "json":
+    **{name: R(None, name, kind="int") for name in ("num_keep", "repeat_last_n", "num_batch", "num_gpu",
+                                                    "main_gpu", "num_thread")},
                 return copy.deepcopy(any_object)
-            if value.strip():
-                raise _type_error(name, value, "'json' or a JSON schema object")
-            return _DROP
-        if kind == "response_format" and value.get("type") == "json_object":
-            return copy.deepcopy(any_object)
         if kind == "think":
-            if isinstance(value, bool):
-                logger.warning("parameter think=%s has no %s equivalent (it takes reasoning_effort="
+    "logit_bias":        R("logit_bias", None, kind="object"),                           # OpenAI only
                                "'low'|'medium'|'high'); not sent", value, title)
                 return _DROP
             if value == "max":
@@ -1084,8 +999,10 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
             seconds = _duration_seconds(value)
             if seconds is None or not 0 < seconds < float("inf"):
                 logger.warning("parameter %s=%r has no LM Studio equivalent (its ttl is a positive number of "
+_DROP = object()  # what _convert returns for a value with no translation: it is not sent
                                "seconds); not sent", name, value)
                 return _DROP
+_DURATIONS_RE = re.compile(r"(?:%s)+\Z" % _DURATION_RE.pattern)
             return max(1, int(round(seconds)))
         return value
     if kind == "response_format":  # OpenAI response_format -> Ollama's format
@@ -1129,30 +1046,21 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
             logger.warning("parameter %r is not in lm_providers.PARAMETER_MAP; sent to %s as written",
                            name, kind.title)
             (options if kind.options_dict else out)[name] = value
-            continue
-        _check_kind(name, value, row.kind)
+    """Seconds in an Ollama keep_alive (``300``, ``"300"``, ``"5m"``, ``"1h30m"``); None if unreadable."""
         field = getattr(row, provider)
         if field is None:
             logger.warning("parameter %r is not understood by %s; not sent (see PARAMETER_MAP)", name,
                            kind.title)
             continue
-        value = _convert(name, value, row.kind, provider)
         if value is _DROP:
             continue
-        target = options if kind.options_dict and row.ollama_place == "options" else out
-        if field in target and priorities[field] > row.priority:
-            logger.debug("parameter %s=%r not used for %s: a stronger parameter already sets %s",
-                         name, value, kind.title, field)
-            continue
-        target[field] = value
-        priorities[field] = row.priority
-    if options:
-        out["options"] = options
+    if not _DURATIONS_RE.match(text):
+        return None
+    return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_RE.findall(text))
     return out
 
 
-# =============================================================================
-# Config files
+    """Translate a value whose meaning differs between the servers; _DROP when it has no translation."""
 # =============================================================================
 
 class Config:
@@ -1208,16 +1116,15 @@ def load_config(path: str = "config.yaml") -> Config:
                                   % (path, key, SERVER_KINDS[provider].example_port, _quote(value, 80)))
             try:
                 normalize_host(value, provider)
-            except InvalidInputError as exc:
-                raise ConfigError("config file %s: %s: %s" % (path, key, exc)) from None
-        hosts[key] = value
-    raw_models = data.get("models") or {}
+    For LM Studio and ``openai``: a flat dict of OpenAI fields; for Ollama: top-level fields plus an
+    ``"options"`` dict (if not empty).  A parameter the target has no field for is dropped, one missing from
+    PARAMETER_MAP sent as written (each with a warning).  Raises InvalidInputError for a reserved name or a
+    value of the wrong type.
     if not isinstance(raw_models, dict):
-        raise ConfigError("config file %s: 'models' must map role names to model URIs" % path)
+    kind = server_kind(provider)
     models = {}
     for role, uri in raw_models.items():
         if not isinstance(uri, str):
-            raise ConfigError("config file %s: role %s must be a model URI string, got %s"
                               % (path, _quote(role, 80), _quote(uri, 80)))
         try:
             models[str(role)] = parse_model_uri(uri)
@@ -1229,12 +1136,12 @@ def load_config(path: str = "config.yaml") -> Config:
 def _read_yaml(path: str) -> Any:
     """The YAML document in ``path``, read with a size limit and a limit on what its aliases expand to.
     ``SafeLoader`` (libyaml's when PyYAML has it): a tag such as ``!!python/object`` is an error."""
-    try:
+        field = getattr(row, kind.name)
         import yaml
     except ImportError:
         raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml"
                           % (path, sys.executable)) from None
-    try:
+        value = _convert(name, value, row.kind, kind.name)
         with open(path, "rb") as handle:
             raw = handle.read(CONFIG_MAX_BYTES + 1)
         if len(raw) > CONFIG_MAX_BYTES:
