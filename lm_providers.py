@@ -3,9 +3,11 @@
 One file, drop it next to your script or ``pip install`` it.  It talks to
 
 * LM Studio's OpenAI-compatible server (``/v1/chat/completions``, default ``127.0.0.1:1234``),
-* any other server that speaks OpenAI's chat-completions API (``openai://``: llama.cpp's llama-server,
+* Ollama's native server (``/api/chat``, default ``127.0.0.1:11434``), and
 * any other server that speaks OpenAI's chat-completions API (``openai://``: llama.cpp's llama-server,
   vLLM, a LiteLLM proxy, hosted endpoints),
+
+with the same calls for all::
 
     import lm_providers as lmp
     provider = lmp.get_provider("lm_studio://qwen2.5-7b-instruct?temperature=0.2")
@@ -31,9 +33,9 @@ Command line           ``python lm_providers.py ...`` and the setup check
 =====================  ==========================================================
 
 Only ``requests`` is needed at run time (``ensure_requests`` installs it when it is missing);
-Only ``requests`` is needed at run time (``ensure_requests`` installs it when it is missing);
-Only ``requests`` is needed at run time (``ensure_requests`` installs it when it is missing);
 ``pyyaml`` is imported only by ``load_config``.
+"""
+
 from __future__ import annotations
 
 import bisect
@@ -48,16 +50,14 @@ import threading
 import time
 import weakref
 from types import ModuleType
-from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping, NamedTuple,
-from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping,
 from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping,
                     NamedTuple, Optional, Sequence, Tuple, Type, TypeVar, Union, cast)
 from urllib.parse import unquote
+
 __version__ = "0.1.0"
 
 __all__ = [
     # errors
-    "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError", "ProviderConnectionError",
     "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError", "ProviderConnectionError",
     "ProviderTimeoutError", "ProviderResponseError", "ModelNotFoundError", "AuthenticationError",
     "EmbeddingNotSupportedError", "ContextLengthError", "InputTooLongError", "UnsupportedEndpointError",
@@ -68,11 +68,34 @@ __all__ = [
     "Config", "load_config", "get_provider", "CONFIG_MAX_BYTES", "CONFIG_MAX_VALUES",        # config files
     "StreamDecoder", "ensure_requests",                                                     # transport
     # providers and what they take and return
-
+    "ChatResult", "ChatStream", "TextStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
     "OllamaProvider", "PROVIDER_CLASSES", "split_reasoning", "extract_json", "json_schema_for", "load_image",
     "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH", "ToolCall", "ToolRunResult", "tool_schema",
     "ModelInfo", "PullProgress",                                                            # model facts
     "run_setup_check", "main",                                                              # command line
+]
+
+logger = logging.getLogger("lm_providers")
+_T = TypeVar("_T")
+_P = TypeVar("_P", bound="BaseProvider")
+_S = TypeVar("_S", bound="TextStream")
+
+if TYPE_CHECKING:
+    import argparse
+
+    import requests
+else:
+    requests = None  # the module, imported by ensure_requests() on first use
+
+
+# =============================================================================
+# Errors
+# =============================================================================
+#
+# ProviderError                   every error: .message, .hint (what to do), .reason (a short cause)
+#  +- InvalidInputError            bad input, found before anything was sent (also a ValueError)
+#  |   +- ModelURIError            a model URI that does not parse
+#  +- ConfigError                  a config file that cannot be read or makes no sense (also a ValueError)
 #  +- ProviderConnectionError      the server could not be reached (also a ConnectionError)
 #  +- ProviderTimeoutError         a connect or read timeout ran out (also a TimeoutError)
 #  +- ProviderResponseError        the server answered with an error: .status, .server_message, .body
@@ -103,10 +126,11 @@ class ProviderError(Exception):
     def __init__(self, *args: Any, hint: str = "", reason: str = "") -> None:
         super().__init__(*(_scrub_value(arg) for arg in args))
         if hint:
-    ``message`` says what went wrong, ``hint`` what to do (one sentence, may be empty), ``reason`` the cause
-    as a short machine-readable word (``connection_refused``, ``timeout``, ``model_not_found``, ``auth``...;
-    empty when the class says it all); ``str(error)`` is the message and the hint.  No live API token shows
-    in one: message, ``args``, ``repr`` and string attributes are scrubbed when set and when shown.
+            self.hint = hint
+        if reason:
+            self.reason = reason
+
+    def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, _scrub_value(value))
 
     @property
@@ -114,10 +138,11 @@ class ProviderError(Exception):
         """What went wrong, without the hint."""
         return _scrub(super().__str__())
 
-    ``message`` says what went wrong, ``hint`` what to do (one sentence, may be empty), ``reason`` the cause
-    as a short machine-readable word (``connection_refused``, ``timeout``, ``model_not_found``, ``auth``...;
-    empty when the class says it all); ``str(error)`` is the message and the hint.  No live API token shows
-    in one: message, ``args``, ``repr`` and string attributes are scrubbed when set and when shown.
+    def __str__(self) -> str:
+        return " ".join(part for part in (self.message, self.hint) if part)
+
+    def __repr__(self) -> str:
+        return _scrub(super().__repr__())
 
 
 class InvalidInputError(ProviderError, ValueError):
@@ -158,25 +183,33 @@ class ModelNotFoundError(ProviderResponseError, LookupError):
     """The server does not have the model.  ``suggestions`` lists close matches it does have."""
 
     def __init__(self, message: str, model: str = "", host: str = "",
-    """The server answered with an error, before or during a stream: ``status`` is the HTTP status (``None``
-    inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the raw body text."""
+                 suggestions: Sequence[str] = (), **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.model, self.host, self.suggestions = model, host, list(suggestions)
 
 
 class AuthenticationError(ProviderResponseError):
     """The server wants an API token, or refused the one that was sent."""
-        self.status, self.server_message, self.body = status, server_message, body
+
+
+class EmbeddingNotSupportedError(ProviderResponseError):
     """The server or model cannot embed: a chat-only model on LM Studio, or llama.cpp started without
     ``--embeddings`` (or with pooling ``none``)."""
 
 
 class ContextLengthError(ProviderResponseError):
-    """The server answered with an error, before or during a stream: ``status`` is the HTTP status (``None``
-    inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the raw body text."""
-        self.model, self.host, self.suggestions = model, host, list(suggestions)
+    """The prompt does not fit the model's context: the server refused it, or (Ollama) cut it.
+    ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
+    (None when the server did not say), ``result`` the ChatResult Ollama made from the cut prompt, or None."""
+
+    def __init__(self, message: str, prompt_tokens: Optional[int] = None,
+                 context_length: Optional[int] = None, estimated: bool = False, result: Any = None,
                  **kwargs: Any):
         super().__init__(message, **kwargs)
         self.prompt_tokens, self.context_length = prompt_tokens, context_length
-        self.status, self.server_message, self.body = status, server_message, body
+        self.estimated, self.result = estimated, result
+
+
 class InputTooLongError(ContextLengthError):
     """An input to embed is longer than the model takes at once (its context, or llama.cpp's batch size)."""
 
@@ -184,13 +217,18 @@ class InputTooLongError(ContextLengthError):
 class UnsupportedEndpointError(ProviderResponseError):
     """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
     the endpoint, ``needed`` the version that has it, ``manual`` how to do it by hand (``lms load``...)."""
-    ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
-        self.model, self.host, self.suggestions = model, host, list(suggestions)
+
+    def __init__(self, message: str, path: str = "", needed: str = "", manual: str = "", **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.path, self.needed, self.manual = path, needed, manual
+
 
 class DownloadError(ProviderResponseError):
     """A model download failed: the server reported an error or a failed job, or the wait ran out."""
-        self.prompt_tokens, self.context_length = prompt_tokens, context_length
-        self.estimated, self.result = estimated, result
+
+
+class JSONGenerationError(ProviderError):
+    """No JSON object with the required attributes came back after every attempt: ``raw_text`` is the
     model's last reply, ``attempts`` how many were made and ``detail`` what was wrong with the last."""
 
     reason = "json_invalid"
@@ -198,16 +236,22 @@ class DownloadError(ProviderResponseError):
     def __init__(self, message: str, raw_text: str = "", attempts: int = 0, detail: str = ""):
         super().__init__(message)
         self.raw_text, self.attempts, self.detail = raw_text, attempts, detail
-    """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
-    ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
-    (None when the server did not say), ``result`` the ChatResult Ollama made from the cut prompt, or None."""
 
-        self.path, self.needed, self.manual = path, needed, manual
+
+class ToolCallError(ProviderResponseError):
+    """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
+    token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
+
+    def __init__(self, message: str, tool_name: str = "", raw_arguments: str = "", **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.tool_name, self.raw_arguments = tool_name, raw_arguments
 
 
 class ToolsNotSupportedError(ProviderResponseError):
-        self.prompt_tokens, self.context_length = prompt_tokens, context_length
-        self.estimated, self.result = estimated, result
+    """The server says the model cannot call tools.  ``model`` names the model."""
+
+    def __init__(self, message: str, model: str = "", **kwargs: Any):
+        super().__init__(message, **kwargs)
         self.model = model
 
 
@@ -215,13 +259,20 @@ class ToolLoopError(ProviderError):
     """``run_tools`` ran out of rounds while the model still asked for tools: ``messages`` is the
     conversation so far (its last message holds the calls not run), ``rounds`` how many were run."""
 
-    """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
-    the endpoint, ``needed`` the version that has it, ``manual`` how to do it by hand (``lms load``...)."""
+    def __init__(self, message: str, messages: Sequence[Mapping[str, Any]] = (), rounds: int = 0):
+        super().__init__(message)
+        self.messages, self.rounds = list(messages), rounds
+
+
 # =============================================================================
-    """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
-    token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
-        self.path, self.needed, self.manual = path, needed, manual
-        self.tool_name, self.raw_arguments = tool_name, raw_arguments
+# Secrets: every error message, error attribute and log line is scrubbed of live API tokens
+# =============================================================================
+
+# token -> (users, run length, lower-cased runs); replaced, never changed in place, so readers need no lock
+_SECRETS: Dict[str, Tuple[int, int, Tuple[str, ...]]] = {}
+_SECRETS_LOCK = threading.RLock()  # for writers; re-entered when a collected transport forgets its token
+_MASK = "****"
+_ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}  # keeps every index in place
 _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})|\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|\\(.)|&#([0-9]{1,7});"
                         r"|&#[xX]([0-9A-Fa-f]{1,6});", re.S)
 _BACKSLASH_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
@@ -235,16 +286,21 @@ def _register_secret(secret: str) -> None:
     run = len(folded) if len(folded) < 8 else min(8, len(folded) // 2 + 1)
     runs = tuple(sorted({folded[i:i + run] for i in range(len(folded) - run + 1)}))
     global _SECRETS
-        self.raw_text, self.attempts, self.detail = raw_text, attempts, detail
-        self.messages, self.rounds = list(messages), rounds
+    with _SECRETS_LOCK:
+        secrets = dict(_SECRETS)
+        secrets[secret] = (secrets[secret][0] + 1 if secret in secrets else 1, run, runs)
+        _SECRETS = secrets
+
 
 def _forget_secret(secret: str) -> None:
-    """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
-    token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
+    """Undo one ``_register_secret`` (a transport holding the token was closed or collected)."""
+    global _SECRETS
+    with _SECRETS_LOCK:
         secrets = dict(_SECRETS)
         users, run, runs = secrets.pop(secret, (1, 0, ()))
         if users > 1:
-        self.tool_name, self.raw_arguments = tool_name, raw_arguments
+            secrets[secret] = (users - 1, run, runs)
+        _SECRETS = secrets
 
 
 def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
@@ -261,7 +317,8 @@ def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
         percent, uni, hexa, char, dec, hexref = match.groups()
         if char is not None:
             pieces.append(_BACKSLASH_ESCAPES.get(char, char))
-        self.messages, self.rounds = list(messages), rounds
+        else:
+            number = int(dec) if dec is not None else int(percent or uni or hexa or hexref, 16)
             pieces.append(chr(number) if number <= 0x10FFFF else "\ufffd")
         segments.append((done, match.start(), match.end() - match.start()))
         done += 1
@@ -446,11 +503,9 @@ def _debugged(items: Iterator[_T], on: bool) -> Iterator[_T]:
 # =============================================================================
 
 class ServerKind(NamedTuple):
-    """One kind of server: everything the module knows about it that is not code.
-
-    URIs, hosts, config, providers, messages and the command line all read this table; adding a kind
-    is one row here plus a provider subclass.  ``download_hint`` may name ``{model}`` and ``{host}``.
-    """
+    """One kind of server: everything the module knows about it that is not code.  URIs, hosts, config,
+    providers, messages and the command line all read this table; adding a kind is one row here plus a
+    provider subclass.  ``download_hint`` may name ``{model}`` and ``{host}``."""
 
     name: str                    # the canonical spelling, the URI scheme
     title: str                   # how messages name it
@@ -471,13 +526,12 @@ class ServerKind(NamedTuple):
     host_path: str = "refused"
     cloud_host: str = ""        # a bare host name that means the kind's cloud, over https (ollama.com)
     options_dict: bool = False  # sampling parameters go in an "options" object (Ollama's native API)
-    #: The response_format that asks for any JSON object (None: the kind has no response_format).
-    any_object_format: Optional[Dict[str, Any]] = None
-    #: Why a model may be missing from the server's list (said when the list lacks it, or is empty).
-    unlisted_hint: str = ""
-    """One kind of server: everything the module knows about it that is not code.  URIs, hosts, config,
-    providers, messages and the command line all read this table; adding a kind is one row here plus a
-    provider subclass.  ``download_hint`` may name ``{model}`` and ``{host}``."""
+    any_object_format: Optional[Dict[str, Any]] = None  # the response_format for any JSON object; None: none
+    unlisted_hint: str = ""     # why the server's list may lack a model (said when it does, or is empty)
+    first_model_hint: str = ""  # how to get a first model to chat with; "": download_hint with "<model>"
+
+
+SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
     ServerKind(
         "lm_studio", "LM Studio", ("lmstudio", "lm-studio"), 1234, 1234, "LM_STUDIO_HOST", "LM_API_TOKEN",
         "lm_studio_host", "/v1/chat/completions", "/v1/models", "sse",
@@ -498,14 +552,19 @@ class ServerKind(NamedTuple):
         "ollama", "Ollama", (), 11434, 11434, "OLLAMA_HOST", "OLLAMA_API_KEY", "ollama_host",
         "/api/chat", "/api/tags", "ndjson",
         start_hint=("Start Ollama:  ollama serve  (or open the Ollama app); it listens on port 11434 by "
-    any_object_format: Optional[Dict[str, Any]] = None  # the response_format for any JSON object; None: none
-    unlisted_hint: str = ""     # why the server's list may lack a model (said when it does, or is empty)
-    first_model_hint: str = ""  # how to get a first model to chat with; "": download_hint with "<model>"
+                    "default."),
+        auth_hint=("The server wants an API key (Ollama's cloud, or a proxy in front of Ollama): pass "
+                   "api_key=... or set OLLAMA_API_KEY."),
+        wrong_server_hint=("Ollama listens on port 11434 by default; LM Studio (1234) needs lm_studio:// "
+                           "URIs."),
+        download_hint="Download it with  ollama pull {model}  and see what is installed with  ollama list.",
         host_path="proxy", cloud_host="ollama.com", options_dict=True),
     ServerKind(
-    """One kind of server: everything the module knows about it that is not code.  URIs, hosts, config,
-    providers, messages and the command line all read this table; adding a kind is one row here plus a
-    provider subclass.  ``download_hint`` may name ``{model}`` and ``{host}``."""
+        "openai", "OpenAI-compatible server", (), None, 8000, "OPENAI_BASE_URL", "OPENAI_API_KEY",
+        "openai_host", "/v1/chat/completions", "/v1/models", "sse",
+        start_hint=("Check that the server runs and that the host is its base URL, e.g. "
+                    "http://127.0.0.1:8080 for llama-server, http://127.0.0.1:8000/v1 for vLLM, "
+                    "http://127.0.0.1:4000 for a LiteLLM proxy."),
         auth_hint=("The server requires an API key: pass api_key=... or set OPENAI_API_KEY (a LiteLLM proxy "
                    "takes one of its keys, vLLM the value of its --api-key)."),
         wrong_server_hint=("The host must be the server's OpenAI base URL (requests go to "
@@ -516,19 +575,20 @@ class ServerKind(NamedTuple):
         host_path="base_url", any_object_format={"type": "json_object"}),
 )}
 
-#: Every accepted spelling of a server kind, to its canonical name.
 PROVIDER_NAMES = {spelling: kind.name for kind in SERVER_KINDS.values()
-                  for spelling in (kind.name,) + kind.aliases}
+                  for spelling in (kind.name,) + kind.aliases}  # every accepted spelling -> canonical name
 
 
 def canonical_provider(name: str) -> str:
-    """Return ``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; raise InvalidInputError
-    otherwise."""
+    """``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; else InvalidInputError."""
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in PROVIDER_NAMES:
-    any_object_format: Optional[Dict[str, Any]] = None  # the response_format for any JSON object; None: none
-    unlisted_hint: str = ""     # why the server's list may lack a model (said when it does, or is empty)
-    first_model_hint: str = ""  # how to get a first model to chat with; "": download_hint with "<model>"
+        raise InvalidInputError(
+            "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), 'ollama' or 'openai'"
+            % (name,))
+    return PROVIDER_NAMES[key]
+
+
 def server_kind(name: str) -> ServerKind:
     """The table row of a server kind, for any accepted spelling of its name."""
     return SERVER_KINDS[canonical_provider(name)]
@@ -542,52 +602,56 @@ _URI_EXAMPLE = ("lm_studio://qwen2.5-7b-instruct@127.0.0.1:1234?temperature=0.7 
                 "ollama://llama3:70b?num_ctx=8192  or  openai://my-model@https://gpu.example.com/v1")
 
 
-    """A model on a server: its name, which server kind, an optional host and its parameters.
-                  for spelling in (kind.name,) + kind.aliases}  # every accepted spelling -> canonical name
-    ``host`` is kept as written (``None``: resolve from config, environment, then default).
-    ``parameters`` go with every request for this model, translated by ``map_parameters``.
-    """
-    """``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; else InvalidInputError."""
+class ModelConfig:
+    """A model on a server: its name, which server kind, an optional host and its parameters.  ``host`` is
+    kept as written (``None``: resolve from config, environment, then default); ``parameters`` go with every
+    request for this model, translated by ``map_parameters``."""
+
+    __slots__ = ("name", "provider", "host", "parameters")
 
     def __init__(self, name: str, provider: str, host: Optional[str] = None,
                  parameters: Optional[Mapping[str, Any]] = None):
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError("model name must be a non-empty string, got %r" % (name,))
-        self.name = name
-        self.provider = canonical_provider(provider)
-        self.host = host
-        self.parameters = dict(parameters or {})
+        self.name, self.provider = name, canonical_provider(provider)
+        self.host, self.parameters = host, dict(parameters or {})
 
     def __repr__(self) -> str:
-        return "ModelConfig(name=%r, provider=%r, host=%r, parameters=%r)" % (
-            self.name, self.provider, self.host, self.parameters)
+        return "ModelConfig(%s)" % ", ".join("%s=%r" % (slot, getattr(self, slot)) for slot in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ModelConfig):
             return NotImplemented
-        return (self.name, self.provider, self.host, self.parameters) == (
-            other.name, other.provider, other.host, other.parameters)
+        return all(getattr(self, slot) == getattr(other, slot) for slot in self.__slots__)
 
     def with_parameters(self, **parameters: Any) -> "ModelConfig":
         """Return a copy with ``parameters`` added to (or replacing) this model's own."""
-    """A model on a server: its name, which server kind, an optional host and its parameters.  ``host`` is
-    kept as written (``None``: resolve from config, environment, then default); ``parameters`` go with every
-    request for this model, translated by ``map_parameters``."""
+        return ModelConfig(self.name, self.provider, self.host, {**self.parameters, **parameters})
+
+
+_PORT_RE = re.compile(r"[0-9]+\Z")
+_IPV4_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}\Z")
 _DOTTED_NAME_RE = re.compile(r"([A-Za-z0-9-]+\.)+[A-Za-z][A-Za-z0-9-]*\Z")
 
+
 def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
-                  for spelling in (kind.name,) + kind.aliases}  # every accepted spelling -> canonical name
+    """Split ``host[:port]`` (IPv6 in brackets, or bare) into host and port text."""
     if text.startswith("["):
         end = text.find("]")
-        self.name, self.provider = name, canonical_provider(provider)
-    """``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; else InvalidInputError."""
+        if end < 0:
+            raise ValueError("'[' without a closing ']' in an IPv6 address")
+        host, rest = text[1:end], text[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise ValueError("unexpected text %r after the IPv6 address" % rest)
         return host, (rest[1:] if rest else None)
-        return "ModelConfig(%s)" % ", ".join("%s=%r" % (slot, getattr(self, slot)) for slot in self.__slots__)
+    if text.count(":") > 1:  # a bare IPv6 address, as OLLAMA_HOST accepts
+        return text, None
     host, sep, port = text.partition(":")
     return host, (port if sep else None)
 
 
-        return all(getattr(self, slot) == getattr(other, slot) for slot in self.__slots__)
+def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
+    """Whether the text after a model name's last '@' is a host (a scheme, a numeric port, an IP address,
     ``localhost`` or a dotted name) rather than an LM Studio variant such as ``q4_k_m`` or ``8bit``."""
     if "://" in tail:
         return True
@@ -597,15 +661,15 @@ def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
         host, port = _split_host_port(tail)
     except ValueError:
         return tail.startswith("[")
-    if port is not None and _PORT_RE.match(port):
-        return True
-    return (host.lower() == "localhost" or bool(_IPV4_RE.match(host)) or bool(_DOTTED_NAME_RE.match(host))
-            or tail.startswith("[") or (":" in host and port is None))
+    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost" or tail.startswith("[")
+            or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)) or (":" in host and port is None))
 
 
-    """A model on a server: its name, which server kind, an optional host and its parameters.  ``host`` is
-    kept as written (``None``: resolve from config, environment, then default); ``parameters`` go with every
-    request for this model, translated by ``map_parameters``."""
+_SCHEME_USERINFO_RE = re.compile(r"(?i)(https?://)[^\s/@\"'?#]+@")
+_NAME_USERINFO_RE = re.compile(r"@([^/@:]+):[^/]*\Z")  # "@user:password" at the end of a model name
+_PATH_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:-]+(/[A-Za-z0-9._~!$&'()*+,;=:-]+)*\Z")
+_PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+\Z")
+
 
 def _clean_host_text(text: str) -> str:
     """``text`` without surrounding white space and one pair of quotes, as Ollama reads OLLAMA_HOST
@@ -613,19 +677,35 @@ def _clean_host_text(text: str) -> str:
     text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
-        self.name, self.provider = name, canonical_provider(provider)
-        self.host, self.parameters = host, dict(parameters or {})
+    return text
+
+
+def _hide_userinfo(text: str) -> str:
     """``text`` with any ``user:password@`` in it shown as ``***@``, for error messages (in linear time)."""
-    if "@" not in text:
-        return "ModelConfig(%s)" % ", ".join("%s=%r" % (slot, getattr(self, slot)) for slot in self.__slots__)
+    parts = text.split("@")
     for index, part in enumerate(parts[:-1]):
         start = max(part.rfind(mark) for mark in " \t\r\n/\"'") + 1
         parts[index] = part[:start] + "***"
-    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost" or tail.startswith("[")
-        return all(getattr(self, slot) == getattr(other, slot) for slot in self.__slots__)
-    kind = SERVER_KINDS[provider]
+    return "@".join(parts)
+
+
+def _host_path(path: str, kind: ServerKind, shown: str) -> str:
+    """The path prefix to keep from a host's path, per ``kind.host_path``; a trailing ``/v1`` is dropped.
+    An ``openai://`` base URL ``https://gpu.example.com/vllm/v1`` (or ``.../vllm``) gives ``/vllm``."""
     if kind.host_path == "base_url":
-        return _openai_path_prefix(path, shown)
+        segments = [segment for segment in path.split("/") if segment]
+        if segments[-1:] == ["v1"]:
+            segments.pop()
+        if segments[-1:] == ["v1"]:
+            raise InvalidInputError("host %s ends in /v1/v1: write the server's base URL with /v1 once"
+                                    % shown)
+        for segment in segments:
+            if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
+                raise InvalidInputError(
+                    "host %s has a path segment %s that cannot be part of a base URL: use letters, digits "
+                    "and '.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'"
+                    % (shown, _quote(_hide_userinfo(segment), 60)))
+        return "".join("/" + segment for segment in segments)
     path = path.strip("/")
     if path == "v1" or path.endswith("/v1"):
         path = path[:-2].rstrip("/")
@@ -640,78 +720,60 @@ def _clean_host_text(text: str) -> str:
     return "/" + path
 
 
-def _openai_path_prefix(path: str, shown: str) -> str:
-    segments = [segment for segment in path.split("/") if segment]
-    if segments and segments[-1] == "v1":
-        segments.pop()
-    if segments and segments[-1] == "v1":
-        raise InvalidInputError("host %s ends in /v1/v1: write the server's base URL with /v1 once" % shown)
-    for segment in segments:
-        if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
-def _host_path(path: str, kind: ServerKind, shown: str) -> str:
-    """The path prefix to keep from a host's path, per ``kind.host_path``; a trailing ``/v1`` is dropped.
-    An ``openai://`` base URL ``https://gpu.example.com/vllm/v1`` (or ``.../vllm``) gives ``/vllm``."""
-                % (shown, _quote(_hide_userinfo(segment), 60)))
-        segments = [segment for segment in path.split("/") if segment]
-        if segments[-1:] == ["v1"]:
-            segments.pop()
-        if segments[-1:] == ["v1"]:
-            raise InvalidInputError("host %s ends in /v1/v1: write the server's base URL with /v1 once"
-                                    % shown)
-        for segment in segments:
-            if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
-                raise InvalidInputError(
-    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost" or tail.startswith("[")
-            or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)) or (":" in host and port is None))
-
-
 def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
     """The host name (lower case, IPv6 in brackets, bind addresses mapped to this machine) and port."""
     try:
         name, port = _split_host_port(text)
     except ValueError as exc:
         raise InvalidInputError("host %s: %s" % (shown, str(exc)[:100])) from None
-    if not port:
-        port_number = default_port
-    elif _PORT_RE.match(port) and 0 < int(port) < 65536:
-        port_number = int(port)
-    else:
+    if port and not (_PORT_RE.match(port) and 0 < int(port) < 65536):
         raise InvalidInputError("host %s has a bad port %s: use a number from 1 to 65535, for example '%s:%d'"
+                                % (shown, _quote(port, 20), (name or "127.0.0.1")[:100], default_port))
+    port_number = int(port) if port else default_port
+    name = name.strip().lower() or "127.0.0.1"
+    name = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(name, name)  # bind addresses mean this machine
+    if any(c.isspace() for c in name) or any(c in name for c in "?#%\\\"'"):
+        raise InvalidInputError("host %s has characters a host name cannot have" % shown)
+    return ("[%s]" % name if ":" in name else name), port_number
+
+
+def normalize_host(host: str, provider: str = "lm_studio") -> str:
+    """Turn a host in any accepted form into a base URL such as ``http://127.0.0.1:1234``.
+
+    Accepted: what Ollama accepts in OLLAMA_HOST (``host``, ``host:port``, ``:port``, ``http://`` or
+    ``https://host:port``, ``[::1]:port``, bare IPv6; white space and one pair of quotes around it), with an
+    optional trailing ``/`` or ``/v1``; for Ollama also a path prefix and ``ollama.com`` (its cloud), for
+    ``openai`` a base URL's path.  Without a port: the server's default (``openai``: 80; ``https://``: 443).
+    ``0.0.0.0`` or ``::`` is this machine.  Raises InvalidInputError naming what is wrong, never a password.
     """
     kind = server_kind(provider)
     if not isinstance(host, str):
         raise InvalidInputError("host must be a string such as '127.0.0.1:%d', got %s"
                                 % (kind.example_port, _quote(host, 40)))
+    shown = _quote(_hide_userinfo(host), 200)
+    text = _clean_host_text(host)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "http", text
+        if kind.cloud_host and text.lower() == kind.cloud_host:  # as Ollama reads OLLAMA_HOST=ollama.com
             scheme, rest = "https", kind.cloud_host + ":443"
     scheme = scheme.lower()
-    port_number = int(port) if port else default_port
     if scheme not in ("http", "https"):
         raise InvalidInputError("host %s: scheme %s is not supported; use http:// or https://"
                                 % (shown, _quote(_hide_userinfo(scheme), 20)))
     # https:// without a port: what a remote or cloud endpoint behind TLS listens on
-def _host_path(path: str, kind: ServerKind, shown: str) -> str:
-    """The path prefix to keep from a host's path, per ``kind.host_path``; a trailing ``/v1`` is dropped.
-    An ``openai://`` base URL ``https://gpu.example.com/vllm/v1`` (or ``.../vllm``) gives ``/vllm``."""
+    default_port = 443 if sep and scheme == "https" else kind.default_port or 80
+    authority, slash, path = rest.partition("/")
+    prefix = _host_path(path, kind, shown) if slash else ""
     if "@" in authority:
-        segments = [segment for segment in path.split("/") if segment]
-        if segments[-1:] == ["v1"]:
-            segments.pop()
-        if segments[-1:] == ["v1"]:
-            raise InvalidInputError("host %s ends in /v1/v1: write the server's base URL with /v1 once"
-                                    % shown)
-        for segment in segments:
-            if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
-                raise InvalidInputError(
-                    "host %s has a path segment %s that cannot be part of a base URL: use letters, digits "
-                    "and '.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'"
-                    % (shown, _quote(_hide_userinfo(segment), 60)))
-        return "".join("/" + segment for segment in segments)
+        raise InvalidInputError("host %s carries a user name or password (shown as ***); hosts with them are "
                                 "not supported: remove 'user:password@', and pass a token as api_key=..."
                                 % shown)
-    ``https://host:port``, ``[::1]:port``, bare IPv6; white space and one pair of quotes around it), with an
-    optional trailing ``/`` or ``/v1``; for Ollama also a path prefix and ``ollama.com`` (its cloud), for
-    ``openai`` a base URL's path.  Without a port: the server's default (``openai``: 80; ``https://``: 443).
-    ``0.0.0.0`` or ``::`` is this machine.  Raises InvalidInputError naming what is wrong, never a password.
+    name, port = _host_port(authority, default_port, shown)
+    return "%s://%s:%d%s" % (scheme, name, port, prefix)
+
+
+def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Config"] = None) -> str:
     """Return the base URL to use: ``host``, else the config file's, else the environment's
     (``OLLAMA_HOST`` / ``LM_STUDIO_HOST`` / ``OPENAI_BASE_URL``), else the server's default (``openai``
     has none: InvalidInputError).  A blank value (also ``""`` in quotes) counts as not given."""
@@ -720,16 +782,28 @@ def _host_path(path: str, kind: ServerKind, shown: str) -> str:
                       os.environ.get(kind.host_env)):
         if candidate is not None and _clean_host_text(str(candidate)):
             return normalize_host(str(candidate), kind.name)
+    if kind.default_port is None:
+        raise InvalidInputError(
+            "openai:// models need a host, and none was given: put it in the URI (openai://MODEL@HOST, e.g. "
+            "openai://my-model@http://127.0.0.1:8000/v1), set openai_host in config.yaml, or set "
+            "OPENAI_BASE_URL (e.g. OPENAI_BASE_URL=https://gpu.example.com/v1)")
+    return "http://127.0.0.1:%d" % kind.default_port
+
+
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT_RE = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?\Z")
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+
+
+def _parse_query_value(text: str) -> Any:
+    """Give a query value its type: int, float, true/false/null, JSON array/object/string, else str."""
+    if _INT_RE.match(text):
         return int(text)
     if _FLOAT_RE.match(text):
         return float(text)
-    if text in _JSON_WORDS:
-        return _JSON_WORDS[text]
-    if text[:1] in ("[", "{", '"'):
-    if port and not (_PORT_RE.match(port) and 0 < int(port) < 65536):
-    from urllib.parse import unquote
-    return unquote(text, errors="strict")
-    port_number = int(port) if port else default_port
+    if text in ("true", "false", "null") or text[:1] in ("[", "{", '"'):
+        return json.loads(text)  # ValueError is reported by the caller
+    return text
 
 
 def parse_model_uri(uri: str) -> ModelConfig:
@@ -740,51 +814,59 @@ def parse_model_uri(uri: str) -> ModelConfig:
     """
     if not isinstance(uri, str):
         raise ModelURIError("a model URI must be a string like %s, got %s" % (_URI_EXAMPLE, _quote(uri, 80)))
+
     def bad(part: str) -> ModelURIError:
-    ``https://host:port``, ``[::1]:port``, bare IPv6; white space and one pair of quotes around it), with an
-    optional trailing ``/`` or ``/v1``; for Ollama also a path prefix and ``ollama.com`` (its cloud), for
-    ``openai`` a base URL's path.  Without a port: the server's default (``openai``: 80; ``https://``: 443).
-    ``0.0.0.0`` or ``::`` is this machine.  Raises InvalidInputError naming what is wrong, never a password.
+        shown = _quote(_SCHEME_USERINFO_RE.sub(r"\1***@", uri), 300)
+        return ModelURIError("model URI %s: %s. A good one looks like %s" % (shown, part, _URI_EXAMPLE))
+
+    text = uri.strip()
+    scheme, sep, rest = text.partition("://")
     if not sep:
         raise bad("it does not start with a provider such as 'lm_studio://' or 'ollama://'")
-    if text in ("true", "false", "null") or text[:1] in ("[", "{", '"'):
+    provider = PROVIDER_NAMES.get(scheme.strip().lower(), "")
+    if not provider:
+        raise bad("unknown provider %s (use lm_studio, lmstudio, lm-studio, ollama or openai)"
                   % _quote(scheme, 40))
-
     rest, qmark, query = rest.partition("?")
     name, host = rest, None
-                      "pass a token as api_key=... instead")
-        userinfo = _NAME_USERINFO_RE.search(name)
+    at = rest.rfind("@")
+    if at >= 0 and _looks_like_host(rest[at + 1:], provider):
+        name, host = rest[:at], rest[at + 1:]
+        in_scheme = _SCHEME_USERINFO_RE.search(name + "@")
+        userinfo = None if in_scheme else _NAME_USERINFO_RE.search(name)
         if userinfo:  # model@user:password@host: the password would be sent as part of the model's name
             uri = text.replace(rest, "%s@%s:***@%s" % (name[:userinfo.start()], userinfo.group(1), host), 1)
-            raise bad("the host carries a user name and password (shown as ***), which hosts cannot have; "
-                      "pass a token as api_key=... instead")
+        if in_scheme or userinfo:
+            raise bad("the host carries a user name %s password (shown as ***), which hosts cannot have; "
+                      "pass a token as api_key=... instead" % ("or" if in_scheme else "and"))
         try:
             normalize_host(host, provider)
         except InvalidInputError as exc:
             raise bad("the host part is wrong: %s" % exc) from None
     elif at == len(rest) - 1 and at >= 0:
         raise bad("nothing follows the '@': remove it, or give a host such as @127.0.0.1:%d"
-    prefix = _host_path(path, kind, shown) if slash else ""
+                  % SERVER_KINDS[provider].example_port)
     try:
-        name = _percent_decode(name)
+        name = unquote(name, errors="strict")
     except UnicodeDecodeError:
         raise bad("the model name has a percent-escape that is not UTF-8") from None
     if not name.strip():
         raise bad("the model name is empty")
-
     return ModelConfig(name, provider, host, _parse_query(query, bad) if query else {})
+
 
 def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, Any]:
     """A URI's ``name=value&...`` as typed parameters; ``bad(part)`` builds the error for a malformed part."""
     parameters: Dict[str, Any] = {}
     for piece in query.split("&"):
-        in_scheme = _SCHEME_USERINFO_RE.search(name + "@")
-        userinfo = None if in_scheme else _NAME_USERINFO_RE.search(name)
+        key, eq, value = piece.partition("=")
+        try:
+            key, value = unquote(key, errors="strict"), unquote(value, errors="strict")
+        except UnicodeDecodeError:
             raise bad("the query part %s has a percent-escape that is not UTF-8"
                       % _quote(piece, 80)) from None
-        if in_scheme or userinfo:
-            raise bad("the host carries a user name %s password (shown as ***), which hosts cannot have; "
-                      "pass a token as api_key=... instead" % ("or" if in_scheme else "and"))
+        if not eq or not _KEY_RE.match(key):
+            raise bad("malformed query part %s: write name=value pairs joined by '&'" % _quote(piece, 80))
         if key in parameters:
             raise bad("parameter %s is given twice" % _quote(key, 80))
         try:
@@ -794,29 +876,36 @@ def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, A
                       % (_quote(key, 80), _quote(value, 80))) from None
     return parameters
 
+
 def _refuse_parameters_without_provider(name: str, provider: str) -> None:
-    """A bare model name cannot carry ``?parameters``: without ``provider://`` they would reach the server
-    as part of the model's name."""
+    """A bare model name cannot carry ``?parameters`` (they would reach the server as part of its name)."""
+    if "?" in name:
         bare, _, query = name.partition("?")
         raise InvalidInputError("%r is a model name with parameters but no provider; parameters need the URI "
                                 "form, e.g. %s://%s?%s" % (name, provider, bare, query))
 
-    if text in ("true", "false", "null") or text[:1] in ("[", "{", '"'):
+
+def _escape(text: str, chars: str) -> str:
+    """Percent-encode the ASCII characters in ``chars`` and every whitespace or control character."""
     unsafe = "[%s\\s\\x00-\\x1f\\x7f]" % re.escape(chars)
     return re.sub(unsafe, lambda match: "".join("%%%02X" % b for b in match.group().encode("utf-8")), text)
-            key, value = unquote(key, errors="strict"), unquote(value, errors="strict")
 
+
+def _format_query_value(key: str, value: Any) -> str:
+    """``value`` as the query text that ``_parse_query_value`` reads back as it."""
+    if isinstance(value, float) and (value != value or abs(value) == float("inf")):
+        raise InvalidInputError("parameter %r=%r cannot be written in a URI (not a finite number)"
+                                % (key, value))
     if value is None or isinstance(value, (bool, int, float)):
         return json.dumps(value)
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError, RecursionError):
             if _parse_query_value(value) == value and type(_parse_query_value(value)) is str:
                 return value
-        except (ValueError, RecursionError):
-            pass
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, dict)):
-    """A bare model name cannot carry ``?parameters`` (they would reach the server as part of its name)."""
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidInputError("parameter %r cannot be written in a URI: %s" % (key, exc)) from None
     raise InvalidInputError("parameter %r has a value of type %s, which a URI cannot hold"
@@ -827,18 +916,21 @@ def format_model_uri(config: ModelConfig) -> str:
     """Write a ModelConfig back as a URI; ``parse_model_uri(format_model_uri(c)) == c``."""
     name = _escape(config.name, "%?#")
     while config.host is None:  # escape '@'s until no host-like tail is left: it all belongs to the name
+        at = name.rfind("@")
         if at < 0 or not (at == len(name) - 1 or _looks_like_host(name[at + 1:], config.provider)):
             break
         name = name[:at] + "%40" + name[at + 1:]
-    userinfo = _NAME_USERINFO_RE.search(name) if config.host is not None else None
-    while userinfo:  # "name@a:b" before a host would read back as a user and password: escape that '@'
-        in_scheme = _SCHEME_USERINFO_RE.search(name + "@")
-        userinfo = None if in_scheme else _NAME_USERINFO_RE.search(name)
-        with contextlib.suppress(ValueError, RecursionError):
+    # "name@a:b" before a host would read back as a user and password: escape that '@'
+    while config.host is not None and (userinfo := _NAME_USERINFO_RE.search(name)):
+        name = name[:userinfo.start()] + "%40" + name[userinfo.start() + 1:]
+    uri = "%s://%s" % (config.provider, name)
+    if config.host is not None:
+        host = str(config.host).strip()
         normalize_host(host, config.provider)
-        if in_scheme or userinfo:
-            raise bad("the host carries a user name %s password (shown as ***), which hosts cannot have; "
-                      "pass a token as api_key=... instead" % ("or" if in_scheme else "and"))
+        if not _looks_like_host(host, config.provider) or "?" in host:
+            raise InvalidInputError(
+                "host %r would read back as part of the model name; write it with its port, e.g. '%s:%d'"
+                % (config.host, host, SERVER_KINDS[config.provider].example_port))
         uri += "@" + host
     if config.parameters:
         uri += "?" + "&".join("%s=%s" % (_escape(str(k), "%&=#"), _escape(_format_query_value(k, v), "%&#"))
@@ -847,29 +939,27 @@ def format_model_uri(config: ModelConfig) -> str:
 
 
 # =============================================================================
-        name = unquote(name, errors="strict")
+# Parameter mapping
 # =============================================================================
 
-_SAME_AS_LM_STUDIO = "<same as lm_studio>"
-
+_SAME = "<same as lm_studio>"  # ParameterRow's default for openai
 _Row = NamedTuple("_Row", [("lm_studio", Optional[str]), ("ollama", Optional[str]), ("ollama_place", str),
                            ("kind", str), ("priority", int), ("openai", Optional[str])])
 
-    # "name@a:b" before a host would read back as a user and password: escape that '@'
-    while config.host is not None and (userinfo := _NAME_USERINFO_RE.search(name)):
+
+class ParameterRow(_Row):
     """One row of PARAMETER_MAP: where a parameter goes on each server.
+
     ``lm_studio`` and ``ollama``: the field name on each, or None when it has none.  ``ollama_place``:
-    ``"options"`` or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.
-    ``priority``: when two parameters land on one field, the higher one wins.  ``openai``: the field
-            key, value = unquote(key, errors="strict"), unquote(value, errors="strict")
-    """
+    ``"options"`` or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.  ``priority``:
+    of two parameters landing on one field, the higher wins.  ``openai``: the field for ``openai://`` servers,
+    or None; by default the same as ``lm_studio`` (both take OpenAI's names)."""
 
     __slots__ = ()
 
     def __new__(cls, lm_studio: Optional[str], ollama: Optional[str], ollama_place: str = "options",
-                kind: str = "number", priority: int = 1,
-                openai: Optional[str] = _SAME_AS_LM_STUDIO) -> "ParameterRow":
-        openai = lm_studio if openai == _SAME_AS_LM_STUDIO else openai
+                kind: str = "number", priority: int = 1, openai: Optional[str] = _SAME) -> "ParameterRow":
+        openai = lm_studio if openai == _SAME else openai
         return super().__new__(cls, lm_studio, ollama, ollama_place, kind, priority, openai)
 
 
@@ -877,36 +967,27 @@ R = ParameterRow
 #: The mapping table, as data: parameter name as written -> where it goes on each server.
 PARAMETER_MAP: Dict[str, ParameterRow] = {
     # sampling: the same name on both servers
-    "temperature":       R("temperature", "temperature"),
-    """A bare model name cannot carry ``?parameters`` (they would reach the server as part of its name)."""
-    "min_p":             R("min_p", "min_p"),
-    "seed":              R("seed", "seed", kind="int"),
+    **{name: R(name, name) for name in ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty",
+                                        "frequency_penalty")},
+    **{name: R(name, name, kind="int") for name in ("top_k", "seed")},
     "stop":              R("stop", "stop", kind="stop"),
-    "repeat_penalty":    R("repeat_penalty", "repeat_penalty"),
-    "presence_penalty":  R("presence_penalty", "presence_penalty"),
-    "frequency_penalty": R("frequency_penalty", "frequency_penalty"),
     # length: max_tokens > num_predict > num_ctx when they meet on LM Studio's max_tokens
     "max_tokens":        R("max_tokens", "num_predict", kind="int", priority=3),
     "num_predict":       R("max_tokens", "num_predict", kind="int", priority=2),
     "num_ctx":           R("max_tokens", "num_ctx", kind="int", priority=1),
-    # structured output
-    "format":            R("response_format", "format", "top", kind="format"),
+    "format":            R("response_format", "format", "top", kind="format"),           # structured output
     "response_format":   R("response_format", "format", "top", kind="response_format"),
-    # reasoning models
-    "think":             R("reasoning_effort", "think", "top", kind="think"),
+    "think":             R("reasoning_effort", "think", "top", kind="think"),            # reasoning models
     "reasoning_effort":  R("reasoning_effort", "think", "top", kind="effort"),
     # how long the model stays loaded (LM Studio's ttl; no OpenAI equivalent)
     "keep_alive":        R("ttl", "keep_alive", "top", kind="duration", openai=None),
     "ttl":               R("ttl", "keep_alive", "top", kind="int", openai=None),
     # Ollama-only options
-        with contextlib.suppress(ValueError, RecursionError):
+    **{name: R(None, name, kind="int") for name in ("num_keep", "repeat_last_n", "num_batch", "num_gpu",
+                                                    "main_gpu", "num_thread")},
     "typical_p":         R(None, "typical_p"),
-    "repeat_last_n":     R(None, "repeat_last_n", kind="int"),
-    "main_gpu":          R(None, "main_gpu", kind="int"),
-    "num_thread":        R(None, "num_thread", kind="int"),
     "use_mmap":          R(None, "use_mmap", kind="bool"),
-    # OpenAI-only fields
-    "logit_bias":        R("logit_bias", None, kind="object"),
+    "logit_bias":        R("logit_bias", None, kind="object"),                           # OpenAI only
     # log-probabilities of the reply's tokens (ChatResult.logprobs); top-level fields on both servers
     "logprobs":          R("logprobs", "logprobs", "top", kind="bool"),
     "top_logprobs":      R("top_logprobs", "top_logprobs", "top", kind="int"),
@@ -918,11 +999,14 @@ PARAMETER_MAP: Dict[str, ParameterRow] = {
 del R
 
 _RESERVED_PARAMETERS = ("model", "messages", "stream", "options")
+_DROP = object()  # what _convert returns for a value with no translation: it is not sent
 _OLLAMA_THINK_LEVELS = ("low", "medium", "high", "max")  # "max": Ollama's strongest (ollama/ollama#16877)
 _DURATION_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
-    # "name@a:b" before a host would read back as a user and password: escape that '@'
-    while config.host is not None and (userinfo := _NAME_USERINFO_RE.search(name)):
+_DURATIONS_RE = re.compile(r"(?:%s)+\Z" % _DURATION_RE.pattern)
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
+
+def _type_error(name: str, value: Any, wanted: str) -> InvalidInputError:
     return InvalidInputError("parameter %r=%r has the wrong type: it must be %s" % (name, value, wanted))
 
 
@@ -942,7 +1026,9 @@ _KINDS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "format": (lambda v: isinstance(v, (str, dict)), "'json' or a JSON schema object"),
     "response_format": (lambda v: isinstance(v, dict) and isinstance(v.get("type"), str),
                         "an object with a 'type', e.g. {\"type\": \"json_schema\", ...}"),
-_SAME = "<same as lm_studio>"  # ParameterRow's default for openai
+    "think": (lambda v: isinstance(v, bool) or v in _OLLAMA_THINK_LEVELS,
+              "true, false, 'low', 'medium', 'high' or 'max' (Ollama)"),
+    "effort": (lambda v: isinstance(v, str), "'low', 'medium' or 'high'"),
     "duration": (lambda v: _is_number(v) or (isinstance(v, str) and bool(v.strip())),
                  "seconds as a number or a duration such as '5m'"),
     "tools": (lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v),
@@ -951,43 +1037,48 @@ _SAME = "<same as lm_studio>"  # ParameterRow's default for openai
                     "'auto', 'none', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}"),
 }
 
-    ``"options"`` or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.  ``priority``:
-    of two parameters landing on one field, the higher wins.  ``openai``: the field for ``openai://`` servers,
-    or None; by default the same as ``lm_studio`` (both take OpenAI's names)."""
+
+def _check_kind(name: str, value: Any, kind: str) -> None:
+    """Raise InvalidInputError when ``value`` is not of the row's kind."""
+    is_kind, wanted = _KINDS[kind]
     if not is_kind(value):
         raise _type_error(name, value, wanted)
 
 
-                kind: str = "number", priority: int = 1, openai: Optional[str] = _SAME) -> "ParameterRow":
-        openai = lm_studio if openai == _SAME else openai
+def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
+    """Seconds in an Ollama keep_alive (``300``, ``"300"``, ``"5m"``, ``"1h30m"``); None if unreadable."""
     if isinstance(value, (int, float)):
         return float(value)
     text = value.strip()
     if _FLOAT_RE.match(text):
         return float(text)
-    pos, total = 0, 0.0
     sign = -1.0 if text.startswith("-") else 1.0
-    **{name: R(name, name) for name in ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty",
-                                        "frequency_penalty")},
-    **{name: R(name, name, kind="int") for name in ("top_k", "seed")},
-        pos = match.end()
-_DROP = object()
+    text = text.lstrip("+-")
+    if not _DURATIONS_RE.match(text):
+        return None
+    return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_RE.findall(text))
 
 
 def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
-    "format":            R("response_format", "format", "top", kind="format"),           # structured output
+    """Translate a value whose meaning differs between the servers; _DROP when it has no translation."""
     if kind == "tools":  # the same schema form on every server; checked and normalized here
-    "think":             R("reasoning_effort", "think", "top", kind="think"),            # reasoning models
+        return [tool_schema(tool) for tool in value]
+    any_object, title = SERVER_KINDS[provider].any_object_format, SERVER_KINDS[provider].title
     if any_object is not None:
         if kind == "format":  # Ollama's format -> OpenAI response_format
             if isinstance(value, dict):
                 return {"type": "json_schema",
                         "json_schema": {"name": "response", "strict": True, "schema": dict(value)}}
-    **{name: R(None, name, kind="int") for name in ("num_keep", "repeat_last_n", "num_batch", "num_gpu",
-                                                    "main_gpu", "num_thread")},
+            if value.strip().lower() == "json":
                 return copy.deepcopy(any_object)
+            if value.strip():
+                raise _type_error(name, value, "'json' or a JSON schema object")
+            return _DROP
+        if kind == "response_format" and value.get("type") == "json_object":
+            return copy.deepcopy(any_object)
         if kind == "think":
-    "logit_bias":        R("logit_bias", None, kind="object"),                           # OpenAI only
+            if isinstance(value, bool):
+                logger.warning("parameter think=%s has no %s equivalent (it takes reasoning_effort="
                                "'low'|'medium'|'high'); not sent", value, title)
                 return _DROP
             if value == "max":
@@ -999,10 +1090,8 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
             seconds = _duration_seconds(value)
             if seconds is None or not 0 < seconds < float("inf"):
                 logger.warning("parameter %s=%r has no LM Studio equivalent (its ttl is a positive number of "
-_DROP = object()  # what _convert returns for a value with no translation: it is not sent
                                "seconds); not sent", name, value)
                 return _DROP
-_DURATIONS_RE = re.compile(r"(?:%s)+\Z" % _DURATION_RE.pattern)
             return max(1, int(round(seconds)))
         return value
     if kind == "response_format":  # OpenAI response_format -> Ollama's format
@@ -1027,16 +1116,15 @@ _DURATIONS_RE = re.compile(r"(?:%s)+\Z" % _DURATION_RE.pattern)
 def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, Any]:
     """Translate parameters written with either server's names for ``provider``.
 
-    For LM Studio and ``openai`` the result is a flat dict of OpenAI fields; for Ollama the top-level
-    fields plus an ``"options"`` dict (omitted when empty).  A parameter the target does not understand
-    is dropped and one missing from PARAMETER_MAP sent as written, each with a warning.  Raises
-    InvalidInputError for a reserved name or a value of the wrong type.
+    For LM Studio and ``openai``: a flat dict of OpenAI fields; for Ollama: top-level fields plus an
+    ``"options"`` dict (if not empty).  A parameter the target has no field for is dropped, one missing from
+    PARAMETER_MAP sent as written (each with a warning).  Raises InvalidInputError for a reserved name or a
+    value of the wrong type.
     """
-    provider = canonical_provider(provider)
+    kind = server_kind(provider)
     out: Dict[str, Any] = {}
     options: Dict[str, Any] = {}
     priorities: Dict[str, int] = {}
-    kind = SERVER_KINDS[provider]
     for name, value in parameters.items():
         if name in _RESERVED_PARAMETERS:
             raise InvalidInputError("parameter %r is set by lm_providers itself; remove it from the model's "
@@ -1046,21 +1134,30 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
             logger.warning("parameter %r is not in lm_providers.PARAMETER_MAP; sent to %s as written",
                            name, kind.title)
             (options if kind.options_dict else out)[name] = value
-    """Seconds in an Ollama keep_alive (``300``, ``"300"``, ``"5m"``, ``"1h30m"``); None if unreadable."""
-        field = getattr(row, provider)
+            continue
+        _check_kind(name, value, row.kind)
+        field = getattr(row, kind.name)
         if field is None:
             logger.warning("parameter %r is not understood by %s; not sent (see PARAMETER_MAP)", name,
                            kind.title)
             continue
+        value = _convert(name, value, row.kind, kind.name)
         if value is _DROP:
             continue
-    if not _DURATIONS_RE.match(text):
-        return None
-    return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_RE.findall(text))
+        target = options if kind.options_dict and row.ollama_place == "options" else out
+        if field in target and priorities[field] > row.priority:
+            logger.debug("parameter %s=%r not used for %s: a stronger parameter already sets %s",
+                         name, value, kind.title, field)
+            continue
+        target[field] = value
+        priorities[field] = row.priority
+    if options:
+        out["options"] = options
     return out
 
 
-    """Translate a value whose meaning differs between the servers; _DROP when it has no translation."""
+# =============================================================================
+# Config files
 # =============================================================================
 
 class Config:
@@ -1069,9 +1166,7 @@ class Config:
     def __init__(self, ollama_host: Optional[str] = None, lm_studio_host: Optional[str] = None,
                  models: Optional[Mapping[str, ModelConfig]] = None, path: Optional[str] = None,
                  openai_host: Optional[str] = None):
-        self.ollama_host = ollama_host
-        self.lm_studio_host = lm_studio_host
-        self.openai_host = openai_host
+        self.ollama_host, self.lm_studio_host, self.openai_host = ollama_host, lm_studio_host, openai_host
         self.models: Dict[str, ModelConfig] = dict(models or {})
         self.path = path
         self._providers: Dict[Tuple[Any, ...], "BaseProvider"] = {}  # get_provider's, by host and options
@@ -1092,9 +1187,8 @@ CONFIG_MAX_VALUES = 10000      # ... and one whose YAML expands (aliases counted
 def load_config(path: str = "config.yaml") -> Config:
     """Read a YAML config: ``ollama_host``, ``lm_studio_host``, ``openai_host`` and ``models: {role: uri}``.
 
-    Every URI and host is checked now, so a typo is reported with the file and the role rather than at
-    the first request.  A hostile or broken file (over ``CONFIG_MAX_BYTES``, an alias bomb, YAML tags)
-    fails fast.  Raises ConfigError.
+    Every URI and host is checked now, so a typo is reported with the file and role, not at the first request.
+    A hostile or broken file (over ``CONFIG_MAX_BYTES``, an alias bomb, YAML tags) fails fast: ConfigError.
     """
     data = _read_yaml(path)
     data = {} if data is None else data
@@ -1116,15 +1210,16 @@ def load_config(path: str = "config.yaml") -> Config:
                                   % (path, key, SERVER_KINDS[provider].example_port, _quote(value, 80)))
             try:
                 normalize_host(value, provider)
-    For LM Studio and ``openai``: a flat dict of OpenAI fields; for Ollama: top-level fields plus an
-    ``"options"`` dict (if not empty).  A parameter the target has no field for is dropped, one missing from
-    PARAMETER_MAP sent as written (each with a warning).  Raises InvalidInputError for a reserved name or a
-    value of the wrong type.
+            except InvalidInputError as exc:
+                raise ConfigError("config file %s: %s: %s" % (path, key, exc)) from None
+        hosts[key] = value
+    raw_models = data.get("models") or {}
     if not isinstance(raw_models, dict):
-    kind = server_kind(provider)
+        raise ConfigError("config file %s: 'models' must map role names to model URIs" % path)
     models = {}
     for role, uri in raw_models.items():
         if not isinstance(uri, str):
+            raise ConfigError("config file %s: role %s must be a model URI string, got %s"
                               % (path, _quote(role, 80), _quote(uri, 80)))
         try:
             models[str(role)] = parse_model_uri(uri)
@@ -1136,12 +1231,12 @@ def load_config(path: str = "config.yaml") -> Config:
 def _read_yaml(path: str) -> Any:
     """The YAML document in ``path``, read with a size limit and a limit on what its aliases expand to.
     ``SafeLoader`` (libyaml's when PyYAML has it): a tag such as ``!!python/object`` is an error."""
-        field = getattr(row, kind.name)
+    try:
         import yaml
     except ImportError:
         raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml"
                           % (path, sys.executable)) from None
-        value = _convert(name, value, row.kind, kind.name)
+    try:
         with open(path, "rb") as handle:
             raw = handle.read(CONFIG_MAX_BYTES + 1)
         if len(raw) > CONFIG_MAX_BYTES:
