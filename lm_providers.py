@@ -2,11 +2,10 @@
 
 One file, drop it next to your script or ``pip install`` it.  It talks to
 
-* LM Studio's OpenAI-compatible server (``/v1/chat/completions``, default
-  ``127.0.0.1:1234``),
+* LM Studio's OpenAI-compatible server (``/v1/chat/completions``, default ``127.0.0.1:1234``),
 * Ollama's native server (``/api/chat``, default ``127.0.0.1:11434``), and
-* any other server that speaks OpenAI's chat-completions API (``openai://``:
-  llama.cpp's llama-server, vLLM, a LiteLLM proxy, hosted endpoints),
+* any other server that speaks OpenAI's chat-completions API (``openai://``: llama.cpp's llama-server,
+  vLLM, a LiteLLM proxy, hosted endpoints),
 
 with the same calls for all::
 
@@ -33,8 +32,8 @@ Providers              the failure table, BaseProvider, the three servers
 Command line           ``python lm_providers.py ...`` and the setup check
 =====================  ==========================================================
 
-Only ``requests`` is needed at run time (``ensure_requests`` installs it when
-it is missing); ``pyyaml`` is imported only by ``load_config``.
+Only ``requests`` is needed at run time (``ensure_requests`` installs it when it is missing);
+``pyyaml`` is imported only by ``load_config``.
 """
 
 from __future__ import annotations
@@ -51,39 +50,29 @@ import threading
 import time
 import weakref
 from types import ModuleType
-from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping, NamedTuple,
-                    Optional, Sequence, Tuple, Type, TypeVar, Union, cast)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping,
+                    NamedTuple, Optional, Sequence, Tuple, Type, TypeVar, Union, cast)
+from urllib.parse import unquote
 
 __version__ = "0.1.0"
 
 __all__ = [
     # errors
-    "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError",
-    "ProviderConnectionError", "ProviderTimeoutError", "ProviderResponseError",
-    "ModelNotFoundError", "AuthenticationError", "JSONGenerationError",
-    "EmbeddingNotSupportedError", "InputTooLongError",
-    "ToolCallError", "ToolsNotSupportedError", "ToolLoopError",
-    "ContextLengthError", "UnsupportedEndpointError", "DownloadError",
-    # server kinds
-    "ServerKind", "SERVER_KINDS", "server_kind", "canonical_provider",
-    # model URIs and hosts
-    "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",
-    # parameters
-    "PARAMETER_MAP", "ParameterRow", "map_parameters",
-    # config
-    "Config", "load_config", "get_provider", "CONFIG_MAX_BYTES", "CONFIG_MAX_VALUES",
-    # transport and decoding
-    "StreamDecoder", "ensure_requests",
-    # providers
+    "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError", "ProviderConnectionError",
+    "ProviderTimeoutError", "ProviderResponseError", "ModelNotFoundError", "AuthenticationError",
+    "EmbeddingNotSupportedError", "ContextLengthError", "InputTooLongError", "UnsupportedEndpointError",
+    "DownloadError", "ToolCallError", "ToolsNotSupportedError", "JSONGenerationError", "ToolLoopError",
+    "ServerKind", "SERVER_KINDS", "server_kind", "canonical_provider",                      # server kinds
+    "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",  # URIs, hosts
+    "PARAMETER_MAP", "ParameterRow", "map_parameters",                                      # parameters
+    "Config", "load_config", "get_provider", "CONFIG_MAX_BYTES", "CONFIG_MAX_VALUES",        # config files
+    "StreamDecoder", "ensure_requests",                                                     # transport
+    # providers and what they take and return
     "ChatResult", "ChatStream", "TextStream", "BaseProvider", "OpenAICompatibleProvider", "LMStudioProvider",
-    "OllamaProvider", "PROVIDER_CLASSES", "split_reasoning",
-    "extract_json", "json_schema_for",
-    "load_image", "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH",
-    "ToolCall", "ToolRunResult", "tool_schema",
-    # model facts, loading and downloading
-    "ModelInfo", "PullProgress",
-    # command line and the setup check
-    "run_setup_check", "main",
+    "OllamaProvider", "PROVIDER_CLASSES", "split_reasoning", "extract_json", "json_schema_for", "load_image",
+    "image_type", "MAX_IMAGE_BYTES", "DEFAULT_EMBED_BATCH", "ToolCall", "ToolRunResult", "tool_schema",
+    "ModelInfo", "PullProgress",                                                            # model facts
+    "run_setup_check", "main",                                                              # command line
 ]
 
 logger = logging.getLogger("lm_providers")
@@ -125,11 +114,10 @@ else:
 class ProviderError(Exception):
     """Base class of every error raised by lm_providers.
 
-    ``message`` says what went wrong, ``hint`` what to do about it (one sentence, may be empty) and
-    ``reason`` the cause as a short machine-readable word (``connection_refused``, ``timeout``,
-    ``model_not_found``, ``auth``, ...; empty when no more specific than the class).  ``str(error)`` is
-    the message followed by the hint.  No live API token ever shows in one: its message, ``args``,
-    ``repr`` and string attributes are scrubbed when set and again when shown.
+    ``message`` says what went wrong, ``hint`` what to do (one sentence, may be empty), ``reason`` the cause
+    as a short machine-readable word (``connection_refused``, ``timeout``, ``model_not_found``, ``auth``...;
+    empty when the class says it all); ``str(error)`` is the message and the hint.  No live API token shows
+    in one: message, ``args``, ``repr`` and string attributes are scrubbed when set and when shown.
     """
 
     hint = ""
@@ -182,16 +170,13 @@ class ProviderTimeoutError(ProviderError, TimeoutError):
 
 
 class ProviderResponseError(ProviderError):
-    """The server answered with an error, before or during a stream: ``status`` is the HTTP status
-    (``None`` inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the
-    raw body text when there was one."""
+    """The server answered with an error, before or during a stream: ``status`` is the HTTP status (``None``
+    inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the raw body text."""
 
     def __init__(self, message: str, status: Optional[int] = None, server_message: Optional[str] = None,
                  body: Optional[str] = None, *, hint: str = "", reason: str = ""):
         super().__init__(message, hint=hint, reason=reason)
-        self.status = status
-        self.server_message = server_message
-        self.body = body
+        self.status, self.server_message, self.body = status, server_message, body
 
 
 class ModelNotFoundError(ProviderResponseError, LookupError):
@@ -200,9 +185,7 @@ class ModelNotFoundError(ProviderResponseError, LookupError):
     def __init__(self, message: str, model: str = "", host: str = "",
                  suggestions: Sequence[str] = (), **kwargs: Any):
         super().__init__(message, **kwargs)
-        self.model = model
-        self.host = host
-        self.suggestions = list(suggestions)
+        self.model, self.host, self.suggestions = model, host, list(suggestions)
 
 
 class AuthenticationError(ProviderResponseError):
@@ -216,18 +199,15 @@ class EmbeddingNotSupportedError(ProviderResponseError):
 
 class ContextLengthError(ProviderResponseError):
     """The prompt does not fit the model's context: the server refused it, or (Ollama) cut it.
-    ``prompt_tokens`` is the prompt's size (an estimate when ``estimated``), ``context_length`` the
-    context it met (None when the server did not say); ``result`` the ChatResult of a reply the
-    server sent from a truncated prompt (Ollama), else None."""
+    ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
+    (None when the server did not say), ``result`` the ChatResult Ollama made from the cut prompt, or None."""
 
     def __init__(self, message: str, prompt_tokens: Optional[int] = None,
                  context_length: Optional[int] = None, estimated: bool = False, result: Any = None,
                  **kwargs: Any):
         super().__init__(message, **kwargs)
-        self.prompt_tokens = prompt_tokens
-        self.context_length = context_length
-        self.estimated = estimated
-        self.result = result
+        self.prompt_tokens, self.context_length = prompt_tokens, context_length
+        self.estimated, self.result = estimated, result
 
 
 class InputTooLongError(ContextLengthError):
@@ -235,15 +215,12 @@ class InputTooLongError(ContextLengthError):
 
 
 class UnsupportedEndpointError(ProviderResponseError):
-    """The server has no endpoint for this call (HTTP 404): it is too old, or another kind of server.
-    ``path`` is the endpoint, ``needed`` the server version that has it and ``manual`` the way to do
-    the same by hand (``lms load``, ``ollama pull``...)."""
+    """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
+    the endpoint, ``needed`` the version that has it, ``manual`` how to do it by hand (``lms load``...)."""
 
     def __init__(self, message: str, path: str = "", needed: str = "", manual: str = "", **kwargs: Any):
         super().__init__(message, **kwargs)
-        self.path = path
-        self.needed = needed
-        self.manual = manual
+        self.path, self.needed, self.manual = path, needed, manual
 
 
 class DownloadError(ProviderResponseError):
@@ -258,20 +235,16 @@ class JSONGenerationError(ProviderError):
 
     def __init__(self, message: str, raw_text: str = "", attempts: int = 0, detail: str = ""):
         super().__init__(message)
-        self.raw_text = raw_text
-        self.attempts = attempts
-        self.detail = detail
+        self.raw_text, self.attempts, self.detail = raw_text, attempts, detail
 
 
 class ToolCallError(ProviderResponseError):
-    """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at
-    the token limit), or it names no function.  ``tool_name`` is the function named, ``raw_arguments``
-    the arguments exactly as the server sent them."""
+    """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
+    token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
 
     def __init__(self, message: str, tool_name: str = "", raw_arguments: str = "", **kwargs: Any):
         super().__init__(message, **kwargs)
-        self.tool_name = tool_name
-        self.raw_arguments = raw_arguments
+        self.tool_name, self.raw_arguments = tool_name, raw_arguments
 
 
 class ToolsNotSupportedError(ProviderResponseError):
@@ -288,8 +261,7 @@ class ToolLoopError(ProviderError):
 
     def __init__(self, message: str, messages: Sequence[Mapping[str, Any]] = (), rounds: int = 0):
         super().__init__(message)
-        self.messages = list(messages)
-        self.rounds = rounds
+        self.messages, self.rounds = list(messages), rounds
 
 
 # =============================================================================
@@ -531,11 +503,9 @@ def _debugged(items: Iterator[_T], on: bool) -> Iterator[_T]:
 # =============================================================================
 
 class ServerKind(NamedTuple):
-    """One kind of server: everything the module knows about it that is not code.
-
-    URIs, hosts, config, providers, messages and the command line all read this table; adding a kind
-    is one row here plus a provider subclass.  ``download_hint`` may name ``{model}`` and ``{host}``.
-    """
+    """One kind of server: everything the module knows about it that is not code.  URIs, hosts, config,
+    providers, messages and the command line all read this table; adding a kind is one row here plus a
+    provider subclass.  ``download_hint`` may name ``{model}`` and ``{host}``."""
 
     name: str                    # the canonical spelling, the URI scheme
     title: str                   # how messages name it
@@ -556,12 +526,9 @@ class ServerKind(NamedTuple):
     host_path: str = "refused"
     cloud_host: str = ""        # a bare host name that means the kind's cloud, over https (ollama.com)
     options_dict: bool = False  # sampling parameters go in an "options" object (Ollama's native API)
-    #: The response_format that asks for any JSON object (None: the kind has no response_format).
-    any_object_format: Optional[Dict[str, Any]] = None
-    #: Why a model may be missing from the server's list (said when the list lacks it, or is empty).
-    unlisted_hint: str = ""
-    #: How to get a first model to chat with; "" means download_hint with "<model>".
-    first_model_hint: str = ""
+    any_object_format: Optional[Dict[str, Any]] = None  # the response_format for any JSON object; None: none
+    unlisted_hint: str = ""     # why the server's list may lack a model (said when it does, or is empty)
+    first_model_hint: str = ""  # how to get a first model to chat with; "": download_hint with "<model>"
 
 
 SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
@@ -608,14 +575,12 @@ SERVER_KINDS: Dict[str, ServerKind] = {kind.name: kind for kind in (
         host_path="base_url", any_object_format={"type": "json_object"}),
 )}
 
-#: Every accepted spelling of a server kind, to its canonical name.
 PROVIDER_NAMES = {spelling: kind.name for kind in SERVER_KINDS.values()
-                  for spelling in (kind.name,) + kind.aliases}
+                  for spelling in (kind.name,) + kind.aliases}  # every accepted spelling -> canonical name
 
 
 def canonical_provider(name: str) -> str:
-    """Return ``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; raise InvalidInputError
-    otherwise."""
+    """``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; else InvalidInputError."""
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in PROVIDER_NAMES:
         raise InvalidInputError(
@@ -638,11 +603,9 @@ _URI_EXAMPLE = ("lm_studio://qwen2.5-7b-instruct@127.0.0.1:1234?temperature=0.7 
 
 
 class ModelConfig:
-    """A model on a server: its name, which server kind, an optional host and its parameters.
-
-    ``host`` is kept as written (``None``: resolve from config, environment, then default).
-    ``parameters`` go with every request for this model, translated by ``map_parameters``.
-    """
+    """A model on a server: its name, which server kind, an optional host and its parameters.  ``host`` is
+    kept as written (``None``: resolve from config, environment, then default); ``parameters`` go with every
+    request for this model, translated by ``map_parameters``."""
 
     __slots__ = ("name", "provider", "host", "parameters")
 
@@ -650,20 +613,16 @@ class ModelConfig:
                  parameters: Optional[Mapping[str, Any]] = None):
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError("model name must be a non-empty string, got %r" % (name,))
-        self.name = name
-        self.provider = canonical_provider(provider)
-        self.host = host
-        self.parameters = dict(parameters or {})
+        self.name, self.provider = name, canonical_provider(provider)
+        self.host, self.parameters = host, dict(parameters or {})
 
     def __repr__(self) -> str:
-        return "ModelConfig(name=%r, provider=%r, host=%r, parameters=%r)" % (
-            self.name, self.provider, self.host, self.parameters)
+        return "ModelConfig(%s)" % ", ".join("%s=%r" % (slot, getattr(self, slot)) for slot in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ModelConfig):
             return NotImplemented
-        return (self.name, self.provider, self.host, self.parameters) == (
-            other.name, other.provider, other.host, other.parameters)
+        return all(getattr(self, slot) == getattr(other, slot) for slot in self.__slots__)
 
     def with_parameters(self, **parameters: Any) -> "ModelConfig":
         """Return a copy with ``parameters`` added to (or replacing) this model's own."""
@@ -702,10 +661,8 @@ def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
         host, port = _split_host_port(tail)
     except ValueError:
         return tail.startswith("[")
-    if port is not None and _PORT_RE.match(port):
-        return True
-    return (host.lower() == "localhost" or bool(_IPV4_RE.match(host)) or bool(_DOTTED_NAME_RE.match(host))
-            or tail.startswith("[") or (":" in host and port is None))
+    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost" or tail.startswith("[")
+            or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)) or (":" in host and port is None))
 
 
 _SCHEME_USERINFO_RE = re.compile(r"(?i)(https?://)[^\s/@\"'?#]+@")
@@ -725,8 +682,6 @@ def _clean_host_text(text: str) -> str:
 
 def _hide_userinfo(text: str) -> str:
     """``text`` with any ``user:password@`` in it shown as ``***@``, for error messages (in linear time)."""
-    if "@" not in text:
-        return text
     parts = text.split("@")
     for index, part in enumerate(parts[:-1]):
         start = max(part.rfind(mark) for mark in " \t\r\n/\"'") + 1
@@ -734,11 +689,23 @@ def _hide_userinfo(text: str) -> str:
     return "@".join(parts)
 
 
-def _host_path(path: str, provider: str, shown: str) -> str:
-    """The path prefix to keep from a host's path, per the kind's ``host_path``; none for ``/`` or ``/v1``."""
-    kind = SERVER_KINDS[provider]
+def _host_path(path: str, kind: ServerKind, shown: str) -> str:
+    """The path prefix to keep from a host's path, per ``kind.host_path``; a trailing ``/v1`` is dropped.
+    An ``openai://`` base URL ``https://gpu.example.com/vllm/v1`` (or ``.../vllm``) gives ``/vllm``."""
     if kind.host_path == "base_url":
-        return _openai_path_prefix(path, shown)
+        segments = [segment for segment in path.split("/") if segment]
+        if segments[-1:] == ["v1"]:
+            segments.pop()
+        if segments[-1:] == ["v1"]:
+            raise InvalidInputError("host %s ends in /v1/v1: write the server's base URL with /v1 once"
+                                    % shown)
+        for segment in segments:
+            if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
+                raise InvalidInputError(
+                    "host %s has a path segment %s that cannot be part of a base URL: use letters, digits "
+                    "and '.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'"
+                    % (shown, _quote(_hide_userinfo(segment), 60)))
+        return "".join("/" + segment for segment in segments)
     path = path.strip("/")
     if path == "v1" or path.endswith("/v1"):
         path = path[:-2].rstrip("/")
@@ -753,36 +720,16 @@ def _host_path(path: str, provider: str, shown: str) -> str:
     return "/" + path
 
 
-def _openai_path_prefix(path: str, shown: str) -> str:
-    """The prefix of an ``openai://`` base URL without its ``/v1``: ``https://gpu.example.com/vllm/v1``
-    and ``.../vllm`` both give ``/vllm`` (requests go to ``/vllm/v1/chat/completions``)."""
-    segments = [segment for segment in path.split("/") if segment]
-    if segments and segments[-1] == "v1":
-        segments.pop()
-    if segments and segments[-1] == "v1":
-        raise InvalidInputError("host %s ends in /v1/v1: write the server's base URL with /v1 once" % shown)
-    for segment in segments:
-        if segment in (".", "..") or not _PATH_SEGMENT_RE.match(segment):
-            raise InvalidInputError(
-                "host %s has a path segment %s that cannot be part of a base URL: use letters, digits and "
-                "'.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'"
-                % (shown, _quote(_hide_userinfo(segment), 60)))
-    return "".join("/" + segment for segment in segments)
-
-
 def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
     """The host name (lower case, IPv6 in brackets, bind addresses mapped to this machine) and port."""
     try:
         name, port = _split_host_port(text)
     except ValueError as exc:
         raise InvalidInputError("host %s: %s" % (shown, str(exc)[:100])) from None
-    if not port:
-        port_number = default_port
-    elif _PORT_RE.match(port) and 0 < int(port) < 65536:
-        port_number = int(port)
-    else:
+    if port and not (_PORT_RE.match(port) and 0 < int(port) < 65536):
         raise InvalidInputError("host %s has a bad port %s: use a number from 1 to 65535, for example '%s:%d'"
                                 % (shown, _quote(port, 20), (name or "127.0.0.1")[:100], default_port))
+    port_number = int(port) if port else default_port
     name = name.strip().lower() or "127.0.0.1"
     name = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(name, name)  # bind addresses mean this machine
     if any(c.isspace() for c in name) or any(c in name for c in "?#%\\\"'"):
@@ -794,11 +741,10 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
     """Turn a host in any accepted form into a base URL such as ``http://127.0.0.1:1234``.
 
     Accepted: what Ollama accepts in OLLAMA_HOST (``host``, ``host:port``, ``:port``, ``http://`` or
-    ``https://host:port``, ``[::1]:port``, bare IPv6; white space and one pair of quotes around it),
-    with an optional trailing ``/`` or ``/v1``; for Ollama also a path prefix and ``ollama.com`` (its
-    cloud), for ``openai`` a base URL's path.  Without a port: the server's default (``openai``: 80;
-    ``https://``: 443).  ``0.0.0.0`` and ``::`` mean this machine.  Raises InvalidInputError naming
-    what is wrong, without repeating a password.
+    ``https://host:port``, ``[::1]:port``, bare IPv6; white space and one pair of quotes around it), with an
+    optional trailing ``/`` or ``/v1``; for Ollama also a path prefix and ``ollama.com`` (its cloud), for
+    ``openai`` a base URL's path.  Without a port: the server's default (``openai``: 80; ``https://``: 443).
+    ``0.0.0.0`` or ``::`` is this machine.  Raises InvalidInputError naming what is wrong, never a password.
     """
     kind = server_kind(provider)
     if not isinstance(host, str):
@@ -818,7 +764,7 @@ def normalize_host(host: str, provider: str = "lm_studio") -> str:
     # https:// without a port: what a remote or cloud endpoint behind TLS listens on
     default_port = 443 if sep and scheme == "https" else kind.default_port or 80
     authority, slash, path = rest.partition("/")
-    prefix = _host_path(path, kind.name, shown) if slash else ""
+    prefix = _host_path(path, kind, shown) if slash else ""
     if "@" in authority:
         raise InvalidInputError("host %s carries a user name or password (shown as ***); hosts with them are "
                                 "not supported: remove 'user:password@', and pass a token as api_key=..."
@@ -847,7 +793,6 @@ def resolve_host(provider: str, host: Optional[str] = None, config: Optional["Co
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _FLOAT_RE = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?\Z")
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
-_JSON_WORDS = {"true": True, "false": False, "null": None}
 
 
 def _parse_query_value(text: str) -> Any:
@@ -856,16 +801,9 @@ def _parse_query_value(text: str) -> Any:
         return int(text)
     if _FLOAT_RE.match(text):
         return float(text)
-    if text in _JSON_WORDS:
-        return _JSON_WORDS[text]
-    if text[:1] in ("[", "{", '"'):
+    if text in ("true", "false", "null") or text[:1] in ("[", "{", '"'):
         return json.loads(text)  # ValueError is reported by the caller
     return text
-
-
-def _percent_decode(text: str) -> str:
-    from urllib.parse import unquote
-    return unquote(text, errors="strict")
 
 
 def parse_model_uri(uri: str) -> ModelConfig:
@@ -889,20 +827,18 @@ def parse_model_uri(uri: str) -> ModelConfig:
     if not provider:
         raise bad("unknown provider %s (use lm_studio, lmstudio, lm-studio, ollama or openai)"
                   % _quote(scheme, 40))
-
     rest, qmark, query = rest.partition("?")
     name, host = rest, None
     at = rest.rfind("@")
     if at >= 0 and _looks_like_host(rest[at + 1:], provider):
         name, host = rest[:at], rest[at + 1:]
-        if _SCHEME_USERINFO_RE.search(name + "@"):
-            raise bad("the host carries a user name or password (shown as ***), which hosts cannot have; "
-                      "pass a token as api_key=... instead")
-        userinfo = _NAME_USERINFO_RE.search(name)
+        in_scheme = _SCHEME_USERINFO_RE.search(name + "@")
+        userinfo = None if in_scheme else _NAME_USERINFO_RE.search(name)
         if userinfo:  # model@user:password@host: the password would be sent as part of the model's name
             uri = text.replace(rest, "%s@%s:***@%s" % (name[:userinfo.start()], userinfo.group(1), host), 1)
-            raise bad("the host carries a user name and password (shown as ***), which hosts cannot have; "
-                      "pass a token as api_key=... instead")
+        if in_scheme or userinfo:
+            raise bad("the host carries a user name %s password (shown as ***), which hosts cannot have; "
+                      "pass a token as api_key=... instead" % ("or" if in_scheme else "and"))
         try:
             normalize_host(host, provider)
         except InvalidInputError as exc:
@@ -911,12 +847,11 @@ def parse_model_uri(uri: str) -> ModelConfig:
         raise bad("nothing follows the '@': remove it, or give a host such as @127.0.0.1:%d"
                   % SERVER_KINDS[provider].example_port)
     try:
-        name = _percent_decode(name)
+        name = unquote(name, errors="strict")
     except UnicodeDecodeError:
         raise bad("the model name has a percent-escape that is not UTF-8") from None
     if not name.strip():
         raise bad("the model name is empty")
-
     return ModelConfig(name, provider, host, _parse_query(query, bad) if query else {})
 
 
@@ -926,7 +861,7 @@ def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, A
     for piece in query.split("&"):
         key, eq, value = piece.partition("=")
         try:
-            key, value = _percent_decode(key), _percent_decode(value)
+            key, value = unquote(key, errors="strict"), unquote(value, errors="strict")
         except UnicodeDecodeError:
             raise bad("the query part %s has a percent-escape that is not UTF-8"
                       % _quote(piece, 80)) from None
@@ -943,8 +878,7 @@ def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, A
 
 
 def _refuse_parameters_without_provider(name: str, provider: str) -> None:
-    """A bare model name cannot carry ``?parameters``: without ``provider://`` they would reach the server
-    as part of the model's name."""
+    """A bare model name cannot carry ``?parameters`` (they would reach the server as part of its name)."""
     if "?" in name:
         bare, _, query = name.partition("?")
         raise InvalidInputError("%r is a model name with parameters but no provider; parameters need the URI "
@@ -965,11 +899,9 @@ def _format_query_value(key: str, value: Any) -> str:
     if value is None or isinstance(value, (bool, int, float)):
         return json.dumps(value)
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError, RecursionError):
             if _parse_query_value(value) == value and type(_parse_query_value(value)) is str:
                 return value
-        except (ValueError, RecursionError):
-            pass
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, dict)):
         try:
@@ -988,10 +920,9 @@ def format_model_uri(config: ModelConfig) -> str:
         if at < 0 or not (at == len(name) - 1 or _looks_like_host(name[at + 1:], config.provider)):
             break
         name = name[:at] + "%40" + name[at + 1:]
-    userinfo = _NAME_USERINFO_RE.search(name) if config.host is not None else None
-    while userinfo:  # "name@a:b" before a host would read back as a user and password: escape that '@'
+    # "name@a:b" before a host would read back as a user and password: escape that '@'
+    while config.host is not None and (userinfo := _NAME_USERINFO_RE.search(name)):
         name = name[:userinfo.start()] + "%40" + name[userinfo.start() + 1:]
-        userinfo = _NAME_USERINFO_RE.search(name)
     uri = "%s://%s" % (config.provider, name)
     if config.host is not None:
         host = str(config.host).strip()
@@ -1011,9 +942,7 @@ def format_model_uri(config: ModelConfig) -> str:
 # Parameter mapping
 # =============================================================================
 
-_SAME_AS_LM_STUDIO = "<same as lm_studio>"
-
-
+_SAME = "<same as lm_studio>"  # ParameterRow's default for openai
 _Row = NamedTuple("_Row", [("lm_studio", Optional[str]), ("ollama", Optional[str]), ("ollama_place", str),
                            ("kind", str), ("priority", int), ("openai", Optional[str])])
 
@@ -1022,17 +951,15 @@ class ParameterRow(_Row):
     """One row of PARAMETER_MAP: where a parameter goes on each server.
 
     ``lm_studio`` and ``ollama``: the field name on each, or None when it has none.  ``ollama_place``:
-    ``"options"`` or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.
-    ``priority``: when two parameters land on one field, the higher one wins.  ``openai``: the field
-    for ``openai://`` servers, or None; by default the same as ``lm_studio`` (both take OpenAI's names).
-    """
+    ``"options"`` or ``"top"`` (a top-level request field).  ``kind``: the accepted value type.  ``priority``:
+    of two parameters landing on one field, the higher wins.  ``openai``: the field for ``openai://`` servers,
+    or None; by default the same as ``lm_studio`` (both take OpenAI's names)."""
 
     __slots__ = ()
 
     def __new__(cls, lm_studio: Optional[str], ollama: Optional[str], ollama_place: str = "options",
-                kind: str = "number", priority: int = 1,
-                openai: Optional[str] = _SAME_AS_LM_STUDIO) -> "ParameterRow":
-        openai = lm_studio if openai == _SAME_AS_LM_STUDIO else openai
+                kind: str = "number", priority: int = 1, openai: Optional[str] = _SAME) -> "ParameterRow":
+        openai = lm_studio if openai == _SAME else openai
         return super().__new__(cls, lm_studio, ollama, ollama_place, kind, priority, openai)
 
 
@@ -1040,39 +967,27 @@ R = ParameterRow
 #: The mapping table, as data: parameter name as written -> where it goes on each server.
 PARAMETER_MAP: Dict[str, ParameterRow] = {
     # sampling: the same name on both servers
-    "temperature":       R("temperature", "temperature"),
-    "top_p":             R("top_p", "top_p"),
-    "top_k":             R("top_k", "top_k", kind="int"),
-    "min_p":             R("min_p", "min_p"),
-    "seed":              R("seed", "seed", kind="int"),
+    **{name: R(name, name) for name in ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty",
+                                        "frequency_penalty")},
+    **{name: R(name, name, kind="int") for name in ("top_k", "seed")},
     "stop":              R("stop", "stop", kind="stop"),
-    "repeat_penalty":    R("repeat_penalty", "repeat_penalty"),
-    "presence_penalty":  R("presence_penalty", "presence_penalty"),
-    "frequency_penalty": R("frequency_penalty", "frequency_penalty"),
     # length: max_tokens > num_predict > num_ctx when they meet on LM Studio's max_tokens
     "max_tokens":        R("max_tokens", "num_predict", kind="int", priority=3),
     "num_predict":       R("max_tokens", "num_predict", kind="int", priority=2),
     "num_ctx":           R("max_tokens", "num_ctx", kind="int", priority=1),
-    # structured output
-    "format":            R("response_format", "format", "top", kind="format"),
+    "format":            R("response_format", "format", "top", kind="format"),           # structured output
     "response_format":   R("response_format", "format", "top", kind="response_format"),
-    # reasoning models
-    "think":             R("reasoning_effort", "think", "top", kind="think"),
+    "think":             R("reasoning_effort", "think", "top", kind="think"),            # reasoning models
     "reasoning_effort":  R("reasoning_effort", "think", "top", kind="effort"),
     # how long the model stays loaded (LM Studio's ttl; no OpenAI equivalent)
     "keep_alive":        R("ttl", "keep_alive", "top", kind="duration", openai=None),
     "ttl":               R("ttl", "keep_alive", "top", kind="int", openai=None),
     # Ollama-only options
-    "num_keep":          R(None, "num_keep", kind="int"),
+    **{name: R(None, name, kind="int") for name in ("num_keep", "repeat_last_n", "num_batch", "num_gpu",
+                                                    "main_gpu", "num_thread")},
     "typical_p":         R(None, "typical_p"),
-    "repeat_last_n":     R(None, "repeat_last_n", kind="int"),
-    "num_batch":         R(None, "num_batch", kind="int"),
-    "num_gpu":           R(None, "num_gpu", kind="int"),
-    "main_gpu":          R(None, "main_gpu", kind="int"),
-    "num_thread":        R(None, "num_thread", kind="int"),
     "use_mmap":          R(None, "use_mmap", kind="bool"),
-    # OpenAI-only fields
-    "logit_bias":        R("logit_bias", None, kind="object"),
+    "logit_bias":        R("logit_bias", None, kind="object"),                           # OpenAI only
     # log-probabilities of the reply's tokens (ChatResult.logprobs); top-level fields on both servers
     "logprobs":          R("logprobs", "logprobs", "top", kind="bool"),
     "top_logprobs":      R("top_logprobs", "top_logprobs", "top", kind="int"),
@@ -1084,8 +999,10 @@ PARAMETER_MAP: Dict[str, ParameterRow] = {
 del R
 
 _RESERVED_PARAMETERS = ("model", "messages", "stream", "options")
+_DROP = object()  # what _convert returns for a value with no translation: it is not sent
 _OLLAMA_THINK_LEVELS = ("low", "medium", "high", "max")  # "max": Ollama's strongest (ollama/ollama#16877)
 _DURATION_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
+_DURATIONS_RE = re.compile(r"(?:%s)+\Z" % _DURATION_RE.pattern)
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -1129,30 +1046,21 @@ def _check_kind(name: str, value: Any, kind: str) -> None:
 
 
 def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
-    """Seconds for an Ollama keep_alive value (``300``, ``"300"``, ``"5m"``, ``"1h30m"``); None if
-    unreadable."""
+    """Seconds in an Ollama keep_alive (``300``, ``"300"``, ``"5m"``, ``"1h30m"``); None if unreadable."""
     if isinstance(value, (int, float)):
         return float(value)
     text = value.strip()
     if _FLOAT_RE.match(text):
         return float(text)
-    pos, total = 0, 0.0
     sign = -1.0 if text.startswith("-") else 1.0
     text = text.lstrip("+-")
-    for match in _DURATION_RE.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    return sign * total if pos == len(text) and pos else None
-
-
-_DROP = object()
+    if not _DURATIONS_RE.match(text):
+        return None
+    return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_RE.findall(text))
 
 
 def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
-    """Translate a value whose meaning differs between the servers; _DROP when it has no translation.
-    "Any JSON object" becomes the kind's ``any_object_format`` (LM Studio rejects ``json_object``)."""
+    """Translate a value whose meaning differs between the servers; _DROP when it has no translation."""
     if kind == "tools":  # the same schema form on every server; checked and normalized here
         return [tool_schema(tool) for tool in value]
     any_object, title = SERVER_KINDS[provider].any_object_format, SERVER_KINDS[provider].title
@@ -1208,16 +1116,15 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
 def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, Any]:
     """Translate parameters written with either server's names for ``provider``.
 
-    For LM Studio and ``openai`` the result is a flat dict of OpenAI fields; for Ollama the top-level
-    fields plus an ``"options"`` dict (omitted when empty).  A parameter the target does not understand
-    is dropped and one missing from PARAMETER_MAP sent as written, each with a warning.  Raises
-    InvalidInputError for a reserved name or a value of the wrong type.
+    For LM Studio and ``openai``: a flat dict of OpenAI fields; for Ollama: top-level fields plus an
+    ``"options"`` dict (if not empty).  A parameter the target has no field for is dropped, one missing from
+    PARAMETER_MAP sent as written (each with a warning).  Raises InvalidInputError for a reserved name or a
+    value of the wrong type.
     """
-    provider = canonical_provider(provider)
+    kind = server_kind(provider)
     out: Dict[str, Any] = {}
     options: Dict[str, Any] = {}
     priorities: Dict[str, int] = {}
-    kind = SERVER_KINDS[provider]
     for name, value in parameters.items():
         if name in _RESERVED_PARAMETERS:
             raise InvalidInputError("parameter %r is set by lm_providers itself; remove it from the model's "
@@ -1229,12 +1136,12 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
             (options if kind.options_dict else out)[name] = value
             continue
         _check_kind(name, value, row.kind)
-        field = getattr(row, provider)
+        field = getattr(row, kind.name)
         if field is None:
             logger.warning("parameter %r is not understood by %s; not sent (see PARAMETER_MAP)", name,
                            kind.title)
             continue
-        value = _convert(name, value, row.kind, provider)
+        value = _convert(name, value, row.kind, kind.name)
         if value is _DROP:
             continue
         target = options if kind.options_dict and row.ollama_place == "options" else out
@@ -1259,9 +1166,7 @@ class Config:
     def __init__(self, ollama_host: Optional[str] = None, lm_studio_host: Optional[str] = None,
                  models: Optional[Mapping[str, ModelConfig]] = None, path: Optional[str] = None,
                  openai_host: Optional[str] = None):
-        self.ollama_host = ollama_host
-        self.lm_studio_host = lm_studio_host
-        self.openai_host = openai_host
+        self.ollama_host, self.lm_studio_host, self.openai_host = ollama_host, lm_studio_host, openai_host
         self.models: Dict[str, ModelConfig] = dict(models or {})
         self.path = path
         self._providers: Dict[Tuple[Any, ...], "BaseProvider"] = {}  # get_provider's, by host and options
@@ -1282,9 +1187,8 @@ CONFIG_MAX_VALUES = 10000      # ... and one whose YAML expands (aliases counted
 def load_config(path: str = "config.yaml") -> Config:
     """Read a YAML config: ``ollama_host``, ``lm_studio_host``, ``openai_host`` and ``models: {role: uri}``.
 
-    Every URI and host is checked now, so a typo is reported with the file and the role rather than at
-    the first request.  A hostile or broken file (over ``CONFIG_MAX_BYTES``, an alias bomb, YAML tags)
-    fails fast.  Raises ConfigError.
+    Every URI and host is checked now, so a typo is reported with the file and role, not at the first request.
+    A hostile or broken file (over ``CONFIG_MAX_BYTES``, an alias bomb, YAML tags) fails fast: ConfigError.
     """
     data = _read_yaml(path)
     data = {} if data is None else data
