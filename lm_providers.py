@@ -2038,8 +2038,8 @@ class _EventStream:
 def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool, exhausted: bool) -> None:
     """Give a stream's connection back to the pool when its body was read to the end, also just after the
     end marker (``ended``: within the grace period); else close it."""
-    if ended and not exhausted and chunks is not None:
-        exhausted = _read_rest(response, chunks)
+    if ended and not exhausted and chunks is not None:  # raw.closed: a Content-Length body read to its end
+        exhausted = response.raw.closed or _read_rest(response.raw, chunks)
     if exhausted:
         response.raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
         return
@@ -2047,19 +2047,17 @@ def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool
     response.close()
 
 
-def _read_rest(response: Any, chunks: Iterator[bytes]) -> bool:
-    if response.raw.closed:  # a Content-Length body read to its end
-        return True
+def _read_rest(raw: Any, chunks: Iterator[bytes]) -> bool:
+    """Whether the rest of a body after its end marker came within the grace period, the socket intact."""
     try:
-        watch = _EndWatch(response.raw, _END_GRACE_SECONDS)
+        watch = _EndWatch(raw, _END_GRACE_SECONDS)
     except (OSError, ValueError):  # no socket under this response
         return False
     try:  # a terminator, maybe a last empty read; more means the server keeps talking
-        return any(next(chunks, None) is None for _ in range(4)) and watch.stop()
+        rest_ended = any(next(chunks, None) is None for _ in range(4))
     except Exception:
-        return False
-    finally:
-        watch.stop()
+        rest_ended = False
+    return watch.stop() and rest_ended
 
 
 def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> None:
