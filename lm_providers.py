@@ -1549,12 +1549,11 @@ class HTTPTransport:
         if not truncate and length.isdigit() and int(length) > limit:
             response.close()
             raise self._too_large(path, limit, "announced %d bytes" % int(length))
-        identity = _content_encoding(response) == "identity"
-        amount = _READ_BYTES if identity else _COMPRESSED_READ_BYTES
+        compressed, amount = _compression(response)
         parts: List[bytes] = []
         size = 0  # decompressed: a decompression bomb stops at the limit too
         try:
-            if identity and length.isdigit() and int(length) <= min(limit, _READ_BYTES):  # small: one read
+            if not compressed and length.isdigit() and int(length) <= min(limit, amount):  # small: one read
                 return cast(bytes, response.raw.read(decode_content=False))
             for data in response.raw.stream(amount, decode_content=True):
                 size += len(data)
@@ -1723,8 +1722,8 @@ def _first_cause(exc: BaseException, *types: type) -> Optional[BaseException]:
     return None
 
 
-def _content_encoding(response: Any) -> str:
-    """The body's Content-Encoding: identity, or gzip/deflate from a proxy (decoded); others are refused."""
+def _compression(response: Any) -> Tuple[bool, int]:
+    """Whether the body is gzip/deflate-compressed (by a proxy; others are refused), and one read's size."""
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
     if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
         response.close()
@@ -1733,15 +1732,15 @@ def _content_encoding(response: Any) -> str:
             "uncompressed answer with Accept-Encoding: identity)." % encoding, status=response.status_code,
             server_message="Content-Encoding " + encoding, reason="bad_response",
             hint="Configure the proxy in front of the server to pass answers through unchanged.")
-    return encoding
+    compressed = encoding != "identity"
+    return compressed, _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
 
 
 def _body_chunks(response: Any) -> Iterator[bytes]:
     """A streamed body's bytes as they arrive, decompressed: a chunk at a time (``read_chunked``) or one
     socket read at a time (``read1``; urllib3 < 2.2 has none: 1 KiB pieces, the first ones may be late)."""
     raw = response.raw
-    compressed = _content_encoding(response) != "identity"
-    amount = _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
+    compressed, amount = _compression(response)
     if "chunked" in response.headers.get("Transfer-Encoding", "").lower() and raw.supports_chunked_reads():
         return cast(Iterator[bytes], raw.read_chunked(amount, decode_content=compressed))
     read1 = getattr(raw, "read1", None)
