@@ -2012,9 +2012,8 @@ class _EventStream:
         error = self.provider.transport.translate_exception(exc, self.provider.base_url + self.path)
         if isinstance(error, ProviderTimeoutError):
             return _chain(ProviderTimeoutError(
-                "%s (the stream stopped after %s; the reply is incomplete)." % (
-                    error.message.rstrip("."), self._received(count)), hint=error.hint,
-                reason="timeout"), exc)
+                "%s (the stream stopped after %s; the reply is incomplete)." % (error.message.rstrip("."),
+                self._received(count)), hint=error.hint, reason="timeout"), exc)
         return _chain(ProviderResponseError(
             "the stream from %s broke off after %s: %s; the reply is incomplete" % (
                 self.provider.title, self._received(count), _short_reason(exc)),
