@@ -1549,12 +1549,11 @@ class HTTPTransport:
         if not truncate and length.isdigit() and int(length) > limit:
             response.close()
             raise self._too_large(path, limit, "announced %d bytes" % int(length))
-        identity = _content_encoding(response) == "identity"
-        amount = _READ_BYTES if identity else _COMPRESSED_READ_BYTES
+        compressed, amount = _compression(response)
         parts: List[bytes] = []
         size = 0  # decompressed: a decompression bomb stops at the limit too
         try:
-            if identity and length.isdigit() and int(length) <= min(limit, _READ_BYTES):  # small: one read
+            if not compressed and length.isdigit() and int(length) <= min(limit, amount):  # small: one read
                 return cast(bytes, response.raw.read(decode_content=False))
             for data in response.raw.stream(amount, decode_content=True):
                 size += len(data)
@@ -1723,8 +1722,8 @@ def _first_cause(exc: BaseException, *types: type) -> Optional[BaseException]:
     return None
 
 
-def _content_encoding(response: Any) -> str:
-    """The body's Content-Encoding: identity, or gzip/deflate from a proxy (decoded); others are refused."""
+def _compression(response: Any) -> Tuple[bool, int]:
+    """Whether the body is gzip/deflate-compressed (by a proxy; others are refused), and one read's size."""
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
     if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
         response.close()
@@ -1733,15 +1732,15 @@ def _content_encoding(response: Any) -> str:
             "uncompressed answer with Accept-Encoding: identity)." % encoding, status=response.status_code,
             server_message="Content-Encoding " + encoding, reason="bad_response",
             hint="Configure the proxy in front of the server to pass answers through unchanged.")
-    return encoding
+    compressed = encoding != "identity"
+    return compressed, _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
 
 
 def _body_chunks(response: Any) -> Iterator[bytes]:
     """A streamed body's bytes as they arrive, decompressed: a chunk at a time (``read_chunked``) or one
     socket read at a time (``read1``; urllib3 < 2.2 has none: 1 KiB pieces, the first ones may be late)."""
     raw = response.raw
-    compressed = _content_encoding(response) != "identity"
-    amount = _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
+    compressed, amount = _compression(response)
     if "chunked" in response.headers.get("Transfer-Encoding", "").lower() and raw.supports_chunked_reads():
         return cast(Iterator[bytes], raw.read_chunked(amount, decode_content=compressed))
     read1 = getattr(raw, "read1", None)
@@ -2013,9 +2012,8 @@ class _EventStream:
         error = self.provider.transport.translate_exception(exc, self.provider.base_url + self.path)
         if isinstance(error, ProviderTimeoutError):
             return _chain(ProviderTimeoutError(
-                "%s (the stream stopped after %s; the reply is incomplete)." % (
-                    error.message.rstrip("."), self._received(count)), hint=error.hint,
-                reason="timeout"), exc)
+                "%s (the stream stopped after %s; the reply is incomplete)." % (error.message.rstrip("."),
+                self._received(count)), hint=error.hint, reason="timeout"), exc)
         return _chain(ProviderResponseError(
             "the stream from %s broke off after %s: %s; the reply is incomplete" % (
                 self.provider.title, self._received(count), _short_reason(exc)),
@@ -2038,8 +2036,8 @@ class _EventStream:
 def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool, exhausted: bool) -> None:
     """Give a stream's connection back to the pool when its body was read to the end, also just after the
     end marker (``ended``: within the grace period); else close it."""
-    if ended and not exhausted and chunks is not None:
-        exhausted = _read_rest(response, chunks)
+    if ended and not exhausted and chunks is not None:  # raw.closed: a Content-Length body read to its end
+        exhausted = response.raw.closed or _read_rest(response.raw, chunks)
     if exhausted:
         response.raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
         return
@@ -2047,19 +2045,17 @@ def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool
     response.close()
 
 
-def _read_rest(response: Any, chunks: Iterator[bytes]) -> bool:
-    if response.raw.closed:  # a Content-Length body read to its end
-        return True
+def _read_rest(raw: Any, chunks: Iterator[bytes]) -> bool:
+    """Whether the rest of a body after its end marker came within the grace period, the socket intact."""
     try:
-        watch = _EndWatch(response.raw, _END_GRACE_SECONDS)
+        watch = _EndWatch(raw, _END_GRACE_SECONDS)
     except (OSError, ValueError):  # no socket under this response
         return False
     try:  # a terminator, maybe a last empty read; more means the server keeps talking
-        return any(next(chunks, None) is None for _ in range(4)) and watch.stop()
+        rest_ended = any(next(chunks, None) is None for _ in range(4))
     except Exception:
-        return False
-    finally:
-        watch.stop()
+        rest_ended = False
+    return watch.stop() and rest_ended
 
 
 def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> None:
