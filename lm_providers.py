@@ -4537,11 +4537,10 @@ class _SetupCheck:
     def _check_model(self, provider: "BaseProvider", model: ModelConfig, offered: List[str]) -> None:
         name = "%s %r" % (provider.title, model.name)
         if not any(provider.same_model(model.name, o) for o in offered):
-            matches = provider.close_matches(model.name, offered)
+            matches = ", ".join(provider.close_matches(model.name, offered))
             self.report("FAIL", "%s is available" % name, " ".join(filter(None, (
                 "not among the %d model(s) the server offers." % len(offered), provider.kind.unlisted_hint))),
-                provider.download_hint(model.name) + (" Close matches: %s." % ", ".join(matches) if matches
-                                                      else ""))
+                provider.download_hint(model.name) + (" Close matches: %s." % matches if matches else ""))
             for what in ("generation", "streaming", "JSON"):
                 self.report("SKIP", "%s %s" % (name, what), "the model is not available")
             return
@@ -4799,15 +4798,13 @@ def _cli_model_command(options: Any) -> int:
         messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
             {"role": "user", "content": options.prompt}]
         if options.json is not None:
-            attributes = [a.strip() for a in options.json.split(",") if a.strip()]
-            data = provider.generate_json(messages, model, attributes)
-            print(json.dumps(data, indent=2, ensure_ascii=False))
+            names = [a.strip() for a in options.json.split(",") if a.strip()]
+            print(json.dumps(provider.generate_json(messages, model, names), indent=2, ensure_ascii=False))
             return 0
         stream = provider.stream_chat(messages, model)
         for piece in stream:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+            print(piece, end="", flush=True)
+        print()
         if stream.finish_reason == "length":
             sys.stderr.write("(stopped at the token limit; raise max_tokens in the URI to get more)\n")
     elif command == "embed":
@@ -4958,16 +4955,13 @@ def _build_parser() -> "argparse.ArgumentParser":
     """The command line's parser (commands, their arguments, the connection options, examples), named as it
     was started: ``python -m lm_providers``, ``python lm_providers.py`` or ``lm-providers``."""
     import argparse
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # python -m: named lm_providers
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if spec is not None and spec.name == "lm_providers":  # python -m lm_providers (then __name__ is __main__)
-        prog = "python -m lm_providers"
-    else:
-        prog = "python " + script if script.endswith(".py") else script or "lm-providers"
+    prog = ("python -m lm_providers" if spec is not None and spec.name == "lm_providers"
+            else "python " + script if script.endswith(".py") else script or "lm-providers")
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, a LiteLLM "
-                    "proxy) from the command line.",
+        description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, LiteLLM).",
         epilog="examples:\n  {0} models\n  {0} models --host 10.0.0.5:8080\n"
                "  {0} generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
                "  {0} generate ollama://llama3 \"Name a color\" --json name,hex\n"
