@@ -4927,8 +4927,10 @@ _COMMAND_TABLE: Dict[str, Tuple[Callable[[Any], int], str, str, str, _Arguments]
     "embed": (_cli_model_command, "print texts' embeddings as JSON, {\"model\": ..., \"embeddings\": [[...], "
               "...]}, a vector per text; no TEXT: a text per line of stdin",
               "embed ollama://nomic-embed-text \"first text\" \"second text\"", _PLAIN, [
-                  _MODEL, ("texts", {"metavar": "TEXT", "nargs": "*", "help": "default: stdin's lines"}),
-                  ("--dimensions", {"type": int, "metavar": "N", "help": "N-wide vectors (models that can)"}),
+                  _MODEL, ("texts", {"metavar": "TEXT", "nargs": "*",
+                                     "help": "texts to embed (default: stdin's lines)"}),
+                  ("--dimensions", {"type": int, "metavar": "N",
+                                    "help": "ask for N-wide vectors (models that can)"}),
                   ("--batch-size", {"type": int, "default": DEFAULT_EMBED_BATCH, "metavar": "N",
                                     "help": "texts per request (default %d)" % DEFAULT_EMBED_BATCH})]),
     "info": (_cli_model_command, "show what the server reports about a model", "info ollama://llama3 --json",
@@ -4936,8 +4938,8 @@ _COMMAND_TABLE: Dict[str, Tuple[Callable[[Any], int], str, str, str, _Arguments]
     "load": (_cli_model_command, "load a model",
              "load lm_studio://qwen2.5-7b-instruct --context-length 16384", _PLAIN, [
                  _MODEL, ("--context-length", {"type": int, "metavar": "TOKENS", "help": "its context"}),
-                 ("--keep-alive", {"metavar": "DURATION",
-                                   "help": "Ollama: how long it stays loaded idle, e.g. 10m; -1: ever"})]),
+                 ("--keep-alive", {"metavar": "DURATION", "help": "Ollama: how long it stays loaded when "
+                                   "idle, e.g. 10m or -1 (for ever)"})]),
     "unload": (_cli_model_command, "unload a model from memory", "unload ollama://llama3", _PLAIN, [_MODEL]),
     "pull": (_cli_model_command, "download a model, with progress", "pull ollama://llama3.2", _PLAIN,
              [_MODEL]),
