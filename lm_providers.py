@@ -4403,7 +4403,6 @@ _provider_cache: Dict[Tuple[Any, ...], "BaseProvider"] = {}
 
 
 # =============================================================================
-# =============================================================================
 # Command line and the setup check
 # =============================================================================
 # Private but for run_setup_check and main.
@@ -4495,14 +4494,16 @@ class _SetupCheck:
         for target in self.targets:
             self._check_server(*target)
         passed, failed, skipped = (self.results.count(status) for status in ("PASS", "FAIL", "SKIP"))
-        self.out.write("\n%d passed, %d failed, %d skipped\n%s\n" % (passed, failed, skipped, (
-            "No server answered. Install and start LM Studio (https://lmstudio.ai; then lms server start) or "
-            "Ollama (https://ollama.com; then ollama serve) and run this again. To see lm_providers work "
-            "without either, run the demo in the project's source folder (a git checkout or the sdist; the "
-            "installed package has no demo):  python -m pip install \".[demo]\" && python "
-            "test_lm_studio_provider.py --demo  (Python 3.10+)" if not passed and failed == self.unreachable
-            else "Some checks failed; each [FAIL] line is followed by what to do. Run with --debug to see "
-            "every request and response." if failed else "Everything works.")))
+        if not passed and failed == self.unreachable:
+            advice = ("No server answered. Install and start LM Studio (https://lmstudio.ai; lms server "
+                      "start) or Ollama (https://ollama.com; ollama serve), then run this again. To see "
+                      "lm_providers work without either, in a git checkout or the sdist: python -m pip "
+                      "install \".[demo]\" && python test_lm_studio_provider.py --demo  (Python 3.10+)")
+        elif failed:
+            advice = "Some checks failed; see the -> line under each [FAIL], or run with --debug."
+        else:
+            advice = "Everything works."
+        self.out.write("\n%d passed, %d failed, %d skipped\n%s\n" % (passed, failed, skipped, advice))
         self.out.flush()
         return 1 if failed or not passed else 0
 
@@ -4532,11 +4533,10 @@ class _SetupCheck:
     def _check_model(self, provider: "BaseProvider", model: ModelConfig, offered: List[str]) -> None:
         name = "%s %r" % (provider.title, model.name)
         if not any(provider.same_model(model.name, o) for o in offered):
-            matches = provider.close_matches(model.name, offered)
+            matches = ", ".join(provider.close_matches(model.name, offered))
             self.report("FAIL", "%s is available" % name, " ".join(filter(None, (
                 "not among the %d model(s) the server offers." % len(offered), provider.kind.unlisted_hint))),
-                provider.download_hint(model.name) + (" Close matches: %s." % ", ".join(matches) if matches
-                                                      else ""))
+                provider.download_hint(model.name) + (" Close matches: %s." % matches if matches else ""))
             for what in ("generation", "streaming", "JSON"):
                 self.report("SKIP", "%s %s" % (name, what), "the model is not available")
             return
@@ -4622,9 +4622,9 @@ def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
             pass  # it wants a key: OpenAI-compatible; LM Studio if its own API says so (with LM_API_TOKEN)
         except ProviderError as exc:
             raise ProviderResponseError(
-                "the server at %s answers, but neither as an OpenAI-compatible server such as LM Studio (GET "
-                "/v1/models: %s) nor as Ollama (GET /api/version: %s)." % (ollama.base_url, failure(exc),
-                                                                           not_ollama), reason="bad_response",
+                "the server at %s answers neither as OpenAI-compatible (GET /v1/models: %s) nor as Ollama "
+                "(GET /api/version: %s)." % (ollama.base_url, failure(exc), not_ollama),
+                reason="bad_response",
                 hint="If it is one of them, say which with %s." % _PROVIDER_CHOICES) from None
         # LM Studio's own list, even empty (not the HTTP 200 {"error": ...} of 0.3.14-0.4.x for a new path)
         for path, field, key in (("/api/v1/models", "models", "key"), ("/api/v0/models", "data", "id")):
@@ -4743,14 +4743,12 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, *,
     1 when a check failed, 2 for a bad config or option, 130 on Ctrl-C.  ``prog`` names the command in its
     help; ``demo``, a function returning an exit code, adds a ``--demo`` option that runs it instead."""
     import argparse
-    parser = argparse.ArgumentParser(prog=prog, description=(
-        "Check that your LM Studio / Ollama servers, models and config work with lm_providers, and say what "
-        "to do when they do not. Exit code 0 means every check passed."))
+    parser = argparse.ArgumentParser(prog=prog, description="Check your LM Studio / Ollama servers, models "
+                                     "and config, and say how to fix what fails. Exit code 0: all passed.")
     _add_arguments(parser, *_COMMAND_TABLE["check"][3:])
     if demo is not None:
-        parser.add_argument("--demo", action="store_true", help=(
-            "no LM Studio or Ollama needed: start llama.cpp's own server with a small model on a free local "
-            "port, check it, stop it. Needs Python 3.10+ and: python -m pip install \".[demo]\""))
+        parser.add_argument("--demo", action="store_true", help="check llama.cpp's own server with a small "
+                            "model instead (Python 3.10+; python -m pip install \".[demo]\")")
     options = parser.parse_args(argv)
     if demo is not None and options.demo:
         return demo()
@@ -4796,15 +4794,13 @@ def _cli_model_command(options: Any) -> int:
         messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
             {"role": "user", "content": options.prompt}]
         if options.json is not None:
-            attributes = [a.strip() for a in options.json.split(",") if a.strip()]
-            data = provider.generate_json(messages, model, attributes)
-            print(json.dumps(data, indent=2, ensure_ascii=False))
+            names = [a.strip() for a in options.json.split(",") if a.strip()]
+            print(json.dumps(provider.generate_json(messages, model, names), indent=2, ensure_ascii=False))
             return 0
         stream = provider.stream_chat(messages, model)
         for piece in stream:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+            print(piece, end="", flush=True)
+        print()
         if stream.finish_reason == "length":
             sys.stderr.write("(stopped at the token limit; raise max_tokens in the URI to get more)\n")
     elif command == "embed":
@@ -4913,39 +4909,35 @@ _CONNECTION_OPTIONS: _Arguments = (
 
 #: Each command: (the function that runs it, help, example, --provider's help, its own arguments).
 _COMMAND_TABLE: Dict[str, Tuple[Callable[[Any], int], str, str, str, _Arguments]] = {
-    "models": (_cli_models, "list the models each server offers (each gets 30 s to answer unless --timeout "
-               "says)", "models --provider ollama", "only this server kind", [("--long -l", dict(
-                   _FLAG, help="a table of each model's facts: context, loaded, capabilities, quantization, "
-                   "size"))]),
-    "check": (_run_check, "check servers, models and config, and say what to do about each failure (as "
-              "test_lm_studio_provider.py does)", "check --model lm_studio://qwen2.5-7b-instruct",
-              "check only this server kind", [("--model", {"metavar": "URI_OR_ROLE", "help": (
-                  "check only this model, e.g. lm_studio://qwen2.5-7b-instruct or a role name")})]),
-    "generate": (_cli_model_command, "stream a model's reply to a prompt to stdout as it arrives",
+    "models": (_cli_models, "list the models each server offers (30 s each to answer, unless --timeout)",
+               "models --provider ollama", "only this server kind", [("--long -l", dict(
+                   _FLAG, help="a table of context, loaded, capabilities, quantization, size per model"))]),
+    "check": (_run_check, "check servers, models and config; say how to fix each failure",
+              "check --model lm_studio://qwen2.5-7b-instruct", "check only this server kind",
+              [("--model", {"metavar": "URI_OR_ROLE", "help": "check only this model (a URI or a role)"})]),
+    "generate": (_cli_model_command, "stream a model's reply to a prompt to stdout",
                  "generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"", _PLAIN, [
                      _MODEL, ("prompt", {"help": "the user message"}),
                      ("--system", {"help": "a system message to put first"}),
-                     ("--json", {"metavar": "ATTR,...",
-                                 "help": "ask for a JSON object with these attributes"})]),
-    "embed": (_cli_model_command, "print the embeddings of texts as JSON, {\"model\": ..., \"embeddings\": "
-              "[[...], ...]}, one vector per text in order; without TEXT arguments each line of stdin is a "
-              "text", "embed ollama://nomic-embed-text \"first text\" \"second text\"", _PLAIN, [
-                  _MODEL, ("texts", {"metavar": "TEXT", "nargs": "*", "help": "texts to embed (default: "
-                                     "stdin's lines)"}),
+                     ("--json", {"metavar": "ATTR,...", "help": "ask for a JSON object with these keys"})]),
+    "embed": (_cli_model_command, "print texts' embeddings as JSON, {\"model\": ..., \"embeddings\": [[...], "
+              "...]}, a vector per text; no TEXT: a text per line of stdin",
+              "embed ollama://nomic-embed-text \"first text\" \"second text\"", _PLAIN, [
+                  _MODEL, ("texts", {"metavar": "TEXT", "nargs": "*",
+                                     "help": "texts to embed (default: stdin's lines)"}),
                   ("--dimensions", {"type": int, "metavar": "N",
                                     "help": "ask for N-wide vectors (models that can)"}),
                   ("--batch-size", {"type": int, "default": DEFAULT_EMBED_BATCH, "metavar": "N",
                                     "help": "texts per request (default %d)" % DEFAULT_EMBED_BATCH})]),
     "info": (_cli_model_command, "show what the server reports about a model", "info ollama://llama3 --json",
              _PLAIN, [_MODEL, ("--json", dict(_FLAG, help="print the facts as JSON"))]),
-    "load": (_cli_model_command, "load a model, optionally with a context length",
+    "load": (_cli_model_command, "load a model",
              "load lm_studio://qwen2.5-7b-instruct --context-length 16384", _PLAIN, [
-                 _MODEL, ("--context-length", {"type": int, "metavar": "TOKENS",
-                                               "help": "the context to load it with"}),
+                 _MODEL, ("--context-length", {"type": int, "metavar": "TOKENS", "help": "its context"}),
                  ("--keep-alive", {"metavar": "DURATION", "help": "Ollama: how long it stays loaded when "
                                    "idle, e.g. 10m or -1 (for ever)"})]),
     "unload": (_cli_model_command, "unload a model from memory", "unload ollama://llama3", _PLAIN, [_MODEL]),
-    "pull": (_cli_model_command, "download a model, showing its progress", "pull ollama://llama3.2", _PLAIN,
+    "pull": (_cli_model_command, "download a model, with progress", "pull ollama://llama3.2", _PLAIN,
              [_MODEL]),
 }
 
@@ -4961,16 +4953,13 @@ def _build_parser() -> "argparse.ArgumentParser":
     """The command line's parser (commands, their arguments, the connection options, examples), named as it
     was started: ``python -m lm_providers``, ``python lm_providers.py`` or ``lm-providers``."""
     import argparse
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # python -m: named lm_providers
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if spec is not None and spec.name == "lm_providers":  # python -m lm_providers (then __name__ is __main__)
-        prog = "python -m lm_providers"
-    else:
-        prog = "python " + script if script.endswith(".py") else script or "lm-providers"
+    prog = ("python -m lm_providers" if spec is not None and spec.name == "lm_providers"
+            else "python " + script if script.endswith(".py") else script or "lm-providers")
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, a LiteLLM "
-                    "proxy) from the command line.",
+        description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, LiteLLM).",
         epilog="examples:\n  {0} models\n  {0} models --host 10.0.0.5:8080\n"
                "  {0} generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"\n"
                "  {0} generate ollama://llama3 \"Name a color\" --json name,hex\n"
