@@ -2416,6 +2416,7 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
     candidates = [m.group(1) for m in _JSON_FENCE_RE.finditer(content)] + [content]
     decoder = json.JSONDecoder()
     found_objects: List[Dict[str, Any]] = []
+    value: Dict[str, Any]  # what raw_decode gives from a "{": always an object
     for candidate in candidates:
         start = candidate.find("{")
         while start >= 0:
@@ -2424,11 +2425,10 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
             except (ValueError, RecursionError):
                 start = candidate.find("{", start + 1)
                 continue
-            if isinstance(value, dict):  # a whole object: objects nested in it are its values, not answers
-                if all(attr in value for attr in required_attributes):
-                    return value
-                found_objects.append(value)
-            start = candidate.find("{", end)
+            if all(attr in value for attr in required_attributes):
+                return value
+            found_objects.append(value)
+            start = candidate.find("{", end)  # past the whole object: objects nested in it are not answers
     if found_objects:
         missing = [a for a in required_attributes if a not in found_objects[0]]
         raise ValueError("the JSON object lacks the required attribute(s) %s" % ", ".join(map(repr, missing)))
