@@ -2606,31 +2606,22 @@ def tool_schema(tool: Any) -> Dict[str, Any]:
         if not isinstance(parameters, Mapping):
             raise InvalidInputError("tool %r: 'parameters' must be a JSON schema object" % function["name"])
         return {"type": "function", "function": dict(function, parameters=dict(parameters))}
-    if callable(tool):
-        return _function_schema(tool)
-    raise InvalidInputError("a tool must be a Python function or a function schema dict, got %r" % (tool,))
-
-
-def _check_tool_name(name: Any, tool: Any) -> None:
-    if not isinstance(name, str) or not _TOOL_NAME_RE.match(name):
-        raise InvalidInputError("tool %s has the name %r: a tool name is 1 to 64 letters, digits, '_' or '-'"
-                                % (_shorten(repr(tool), 120), name))
-
-
-def _function_schema(function: Any) -> Dict[str, Any]:
+    if not callable(tool):
+        raise InvalidInputError("a tool must be a Python function or a function schema dict, got %r"
+                                % (tool,))
     import inspect
     import typing
-    name = getattr(function, "__name__", None)
-    _check_tool_name(name, function)
+    name = getattr(tool, "__name__", None)
+    _check_tool_name(name, tool)
     try:
-        signature = inspect.signature(function)
+        signature = inspect.signature(tool)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError("cannot read the parameters of tool %r: %s" % (name, exc)) from None
     try:
-        hints = typing.get_type_hints(function)
+        hints = typing.get_type_hints(tool)
     except Exception:  # a forward reference that does not resolve: use the annotations as written
         hints = {}
-    description, argument_docs = _parse_docstring(inspect.getdoc(function))
+    description, argument_docs = _parse_docstring(inspect.getdoc(tool))
     named = [p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     properties: Dict[str, Any] = {}
     for p in named:
@@ -2638,11 +2629,17 @@ def _function_schema(function: Any) -> Dict[str, Any]:
         if p.name in argument_docs:
             schema["description"] = argument_docs[p.name]
     required = [p.name for p in named if p.default is p.empty]
-    parameters: Dict[str, Any] = {"type": "object", "properties": properties}
+    parameters = {"type": "object", "properties": properties}
     if required:
         parameters["required"] = required
     return {"type": "function",
             "function": {"name": name, "description": description, "parameters": parameters}}
+
+
+def _check_tool_name(name: Any, tool: Any) -> None:
+    if not isinstance(name, str) or not _TOOL_NAME_RE.match(name):
+        raise InvalidInputError("tool %s has the name %r: a tool name is 1 to 64 letters, digits, '_' or '-'"
+                                % (_shorten(repr(tool), 120), name))
 
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", tuple: "array",
