@@ -2559,7 +2559,13 @@ def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any
     pending: List[Tuple[Optional[str], Optional[str]]] = []  # (id, name) of calls not answered yet
     for index, message in enumerate(messages):
         if message.get("role") == "tool":
-            call_id, name = _answered_call(message, pending)
+            call_id, name = message.get("tool_call_id"), message.get("tool_name") or message.get("name")
+            # the call answered, from the assistant message before: by id, else by name, else the first one
+            for position, (pending_id, pending_name) in enumerate(pending):
+                if (pending_id == call_id if call_id else pending_name == name if name else True):
+                    call_id, name = call_id or pending_id, name or pending_name
+                    del pending[position]
+                    break
             wired.append(provider._wire_tool_result(message, call_id, name, index))
         elif message.get("role") == "assistant" and message.get("tool_calls"):
             calls = message["tool_calls"]
@@ -2801,18 +2807,6 @@ def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, A
                                 % (index, name, arguments))
     call_id = call.get("id")
     return (call_id if isinstance(call_id, str) and call_id else None), name, arguments
-
-
-def _answered_call(message: Mapping[str, Any], pending: List[Tuple[Optional[str], Optional[str]]]
-                   ) -> Tuple[Optional[str], Optional[str]]:
-    """(id, name) of the call a tool result answers, completed from the calls of the assistant message
-    before it (by id, else by name, else the first one not yet answered)."""
-    call_id, name = message.get("tool_call_id"), message.get("tool_name") or message.get("name")
-    for position, (pending_id, pending_name) in enumerate(pending):
-        if (pending_id == call_id if call_id else pending_name == name if name else True):
-            del pending[position]
-            return call_id or pending_id, name or pending_name
-    return call_id, name
 
 
 def _run_tool(functions: Mapping[str, Any], call: ToolCall) -> str:
