@@ -2874,45 +2874,37 @@ def _base64_image(text: str, where: str, not_base64: str) -> bytes:
     raise InvalidInputError(not_base64)
 
 
-def _image_bytes(image: Any, where: str) -> bytes:
-    """The bytes of an image given as bytes, a file path, a data URL or base64 text."""
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image)
-    if isinstance(image, os.PathLike):
-        return _read_image_file(os.fspath(image), where)
-    if not isinstance(image, str):
-        raise InvalidInputError("%s must be a file path, bytes, base64 text or a data URL, got %s"
-                                % (where, type(image).__name__))
-    stripped = image.strip()
-    if stripped[:5].lower() == "data:":
-        header, _, payload = stripped.partition(",")  # no comma: no payload
-        not_base64 = "%s is a data URL without base64 data; write data:image/png;base64,<data>" % where
-        return _base64_image(payload if header.lower().endswith(";base64") else "", where, not_base64)
-    if stripped[:7].lower() == "http://" or stripped[:8].lower() == "https://":
-        raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it "
-                                "and give the file path or the bytes" % (where, stripped[:80]))
-    if len(stripped) < 4096:
-        try:
-            if os.path.isfile(stripped):
-                return _read_image_file(stripped, where)
-        except ValueError:  # a NUL character: not a path
-            pass
-    return _base64_image(stripped, where, "%s: there is no file at %r, and it is not base64 image data either"
-                         % (where, stripped[:80]))
-
-
 def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     """``(mime_type, base64_text)`` for an image given as a file path (``str`` or ``pathlib.Path``),
     ``bytes``, base64 text or a ``data:`` URL; the type is read from the bytes (PNG, JPEG, WebP or GIF).
     A missing file, another type or over ``MAX_IMAGE_BYTES`` raises InvalidInputError naming ``where``."""
-    data = _image_bytes(image, where)
+    import base64
+    stripped = image.strip() if isinstance(image, str) else ""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+    elif isinstance(image, os.PathLike):
+        data = _read_image_file(os.fspath(image), where)
+    elif not isinstance(image, str):
+        raise InvalidInputError("%s must be a file path, bytes, base64 text or a data URL, got %s"
+                                % (where, type(image).__name__))
+    elif stripped[:5].lower() == "data:":
+        header, _, payload = stripped.partition(",")  # no comma: no payload
+        not_base64 = "%s is a data URL without base64 data; write data:image/png;base64,<data>" % where
+        data = _base64_image(payload if header.lower().endswith(";base64") else "", where, not_base64)
+    elif stripped[:7].lower() == "http://" or stripped[:8].lower() == "https://":
+        raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it "
+                                "and give the file path or the bytes" % (where, stripped[:80]))
+    elif len(stripped) < 4096 and os.path.isfile(stripped):  # isfile is False for a NUL character
+        data = _read_image_file(stripped, where)
+    else:
+        data = _base64_image(stripped, where, "%s: there is no file at %r, and it is not base64 image "
+                             "data either" % (where, stripped[:80]))
     if len(data) > MAX_IMAGE_BYTES:
         raise _too_big(where, len(data))
     mime = image_type(data)
     if mime is None:
         raise InvalidInputError("%s is not a PNG, JPEG, WebP or GIF image (it begins with %r)"
                                 % (where, data[:8]))
-    import base64
     return mime, base64.b64encode(data).decode("ascii")
 
 
