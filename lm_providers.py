@@ -2132,24 +2132,34 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
 # Results: what the operations return
 # =============================================================================
 
-class ToolCall:
+class _Record:
+    """Equality over the attributes in ``_COMPARED``; a repr of those in ``_SHOWN`` that are not None."""
+
+    __slots__ = ()
+    _COMPARED: Tuple[str, ...] = ()
+    _SHOWN: Tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return "%s(%s)" % (type(self).__name__, ", ".join(
+            "%s=%r" % (name, getattr(self, name)) for name in self._SHOWN if getattr(self, name) is not None))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self._COMPARED)
+
+
+class ToolCall(_Record):
     """One function call the model asked for: ``id`` (the server's, or made up when it sends none),
     ``name``, ``arguments`` (a dict) and ``raw_arguments`` (their JSON text as the server sent it)."""
 
     __slots__ = ("id", "name", "arguments", "raw_arguments")
+    _COMPARED = _SHOWN = ("id", "name", "arguments")
 
     def __init__(self, id: str, name: str, arguments: Dict[str, Any], raw_arguments: Optional[str] = None):
         self.id, self.name, self.arguments = id, name, arguments
         self.raw_arguments = (json.dumps(arguments, ensure_ascii=False) if raw_arguments is None
                               else raw_arguments)
-
-    def __repr__(self) -> str:
-        return "ToolCall(id=%r, name=%r, arguments=%r)" % (self.id, self.name, self.arguments)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ToolCall):
-            return NotImplemented
-        return (self.id, self.name, self.arguments) == (other.id, other.name, other.arguments)
 
     def to_dict(self) -> Dict[str, Any]:
         """The call as an assistant message's ``tool_calls`` entry (OpenAI form; translated for Ollama)."""
@@ -2442,7 +2452,7 @@ def json_schema_for(required_attributes: Sequence[str]) -> Dict[str, Any]:
             "required": list(required_attributes)}
 
 
-class ModelInfo:
+class ModelInfo(_Record):
     """What a server reports about one model; the same fields for every server, None when it does not say.
 
     ``name``; ``context_length`` (the model's most); ``loaded``, ``loaded_context_length`` (the context it is
@@ -2453,6 +2463,7 @@ class ModelInfo:
     FIELDS = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
               "embedding", "quantization", "size_bytes", "kind", "source")
     __slots__ = FIELDS + ("raw",)
+    _COMPARED, _SHOWN = FIELDS, FIELDS[:-1]  # the repr leaves out the source
 
     def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
                  loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
@@ -2480,19 +2491,13 @@ class ModelInfo:
         """The fields (without ``raw``) as a dict, e.g. for JSON output."""
         return {name: getattr(self, name) for name in self.FIELDS}
 
-    def __repr__(self) -> str:
-        return "ModelInfo(%s)" % ", ".join("%s=%r" % (k, v) for k, v in self.as_dict().items()
-                                           if v is not None and k != "source")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ModelInfo) and self.as_dict() == other.as_dict()
 
 
-class PullProgress:
+class PullProgress(_Record):
     """One progress record of a model download: ``status`` (the server's words), ``completed`` and
     ``total`` bytes of the current file (None when not reported), and its ``digest`` (Ollama)."""
 
-    __slots__ = ("status", "completed", "total", "digest")
+    __slots__ = _COMPARED = _SHOWN = ("status", "completed", "total", "digest")
 
     def __init__(self, status: str, completed: Optional[int] = None, total: Optional[int] = None,
                  digest: Optional[str] = None):
@@ -2504,14 +2509,6 @@ class PullProgress:
         if not self.total or self.completed is None:
             return None
         return max(0.0, min(1.0, self.completed / self.total))
-
-    def __repr__(self) -> str:
-        return "PullProgress(status=%r, completed=%r, total=%r, digest=%r)" % (
-            self.status, self.completed, self.total, self.digest)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PullProgress) and (self.status, self.completed, self.total, self.digest) == (
-            other.status, other.completed, other.total, other.digest)
 
 
 # =============================================================================
