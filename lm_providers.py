@@ -2453,8 +2453,7 @@ def json_schema_for(required_attributes: Sequence[str]) -> Dict[str, Any]:
 
 
 class ModelInfo(_Record):
-    """What a server reports about one model; the same fields for every server, None when it does not say.
-
+    """What a server reports about one model, the same fields for every server (None when it does not say):
     ``name``; ``context_length`` (the model's most); ``loaded``, ``loaded_context_length`` (the context it is
     loaded with now); capabilities ``tools``, ``vision``, ``thinking``, ``embedding`` (True, False or None for
     unknown); ``quantization``; ``size_bytes``; ``kind`` (``"llm"``, ``"vlm"``, ``"embedding"``); ``source``
@@ -2592,13 +2591,12 @@ _MAX_TOOL_ARGUMENT_CHARS = 1000000     # argument text of one streamed call
 
 
 def tool_schema(tool: Any) -> Dict[str, Any]:
-    """The OpenAI function schema (``{"type": "function", "function": {...}}``) for ``tool``.
-
-    ``tool`` is a schema (checked and normalized; a bare ``{"name": ..., "parameters": ...}`` is wrapped) or a
-    plain Python function, whose schema comes from its name, signature, type hints (``str``, ``int``,
-    ``float``, ``bool``, ``list``/``List[X]``, ``dict``/``Dict``, ``Optional``, ``Union``, ``Literal``,
-    ``Enum``) and Google-style docstring (the text before ``Args:`` describes the function, the ``Args:``
-    entries its parameters).  Raises InvalidInputError for anything else."""
+    """The OpenAI function schema (``{"type": "function", "function": {...}}``) for ``tool``: a schema
+    (checked and normalized; a bare ``{"name": ..., "parameters": ...}`` is wrapped) or a plain Python
+    function, whose schema comes from its name, signature, type hints (``str``, ``int``, ``float``, ``bool``,
+    ``list``/``List[X]``, ``dict``/``Dict``, ``Optional``, ``Union``, ``Literal``, ``Enum``) and Google-style
+    docstring (the text before ``Args:`` describes the function, the ``Args:`` entries its parameters).
+    Raises InvalidInputError for anything else."""
     if isinstance(tool, Mapping):
         function = tool.get("function") if "type" in tool else tool  # a bare function schema has no "type"
         if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
