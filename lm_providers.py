@@ -2128,24 +2128,34 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
 # Results: what the operations return
 # =============================================================================
 
-class ToolCall:
+class _Record:
+    """Equality over the attributes in ``_COMPARED``; a repr of those in ``_SHOWN`` that are not None."""
+
+    __slots__ = ()
+    _COMPARED: Tuple[str, ...] = ()
+    _SHOWN: Tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return "%s(%s)" % (type(self).__name__, ", ".join(
+            "%s=%r" % (name, getattr(self, name)) for name in self._SHOWN if getattr(self, name) is not None))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self._COMPARED)
+
+
+class ToolCall(_Record):
     """One function call the model asked for: ``id`` (the server's, or made up when it sends none),
     ``name``, ``arguments`` (a dict) and ``raw_arguments`` (their JSON text as the server sent it)."""
 
     __slots__ = ("id", "name", "arguments", "raw_arguments")
+    _COMPARED = _SHOWN = ("id", "name", "arguments")
 
     def __init__(self, id: str, name: str, arguments: Dict[str, Any], raw_arguments: Optional[str] = None):
         self.id, self.name, self.arguments = id, name, arguments
         self.raw_arguments = (json.dumps(arguments, ensure_ascii=False) if raw_arguments is None
                               else raw_arguments)
-
-    def __repr__(self) -> str:
-        return "ToolCall(id=%r, name=%r, arguments=%r)" % (self.id, self.name, self.arguments)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ToolCall):
-            return NotImplemented
-        return (self.id, self.name, self.arguments) == (other.id, other.name, other.arguments)
 
     def to_dict(self) -> Dict[str, Any]:
         """The call as an assistant message's ``tool_calls`` entry (OpenAI form; translated for Ollama)."""
@@ -2412,6 +2422,7 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
     candidates = [m.group(1) for m in _JSON_FENCE_RE.finditer(content)] + [content]
     decoder = json.JSONDecoder()
     found_objects: List[Dict[str, Any]] = []
+    value: Dict[str, Any]  # what raw_decode gives from a "{": always an object
     for candidate in candidates:
         start = candidate.find("{")
         while start >= 0:
@@ -2420,11 +2431,10 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
             except (ValueError, RecursionError):
                 start = candidate.find("{", start + 1)
                 continue
-            if isinstance(value, dict):  # a whole object: objects nested in it are its values, not answers
-                if all(attr in value for attr in required_attributes):
-                    return value
-                found_objects.append(value)
-            start = candidate.find("{", end)
+            if all(attr in value for attr in required_attributes):
+                return value
+            found_objects.append(value)
+            start = candidate.find("{", end)  # past the whole object: objects nested in it are not answers
     if found_objects:
         missing = [a for a in required_attributes if a not in found_objects[0]]
         raise ValueError("the JSON object lacks the required attribute(s) %s" % ", ".join(map(repr, missing)))
@@ -2438,9 +2448,8 @@ def json_schema_for(required_attributes: Sequence[str]) -> Dict[str, Any]:
             "required": list(required_attributes)}
 
 
-class ModelInfo:
-    """What a server reports about one model; the same fields for every server, None when it does not say.
-
+class ModelInfo(_Record):
+    """What a server reports about one model, the same fields for every server (None when it does not say):
     ``name``; ``context_length`` (the model's most); ``loaded``, ``loaded_context_length`` (the context it is
     loaded with now); capabilities ``tools``, ``vision``, ``thinking``, ``embedding`` (True, False or None for
     unknown); ``quantization``; ``size_bytes``; ``kind`` (``"llm"``, ``"vlm"``, ``"embedding"``); ``source``
@@ -2449,6 +2458,7 @@ class ModelInfo:
     FIELDS = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
               "embedding", "quantization", "size_bytes", "kind", "source")
     __slots__ = FIELDS + ("raw",)
+    _COMPARED, _SHOWN = FIELDS, FIELDS[:-1]  # the repr leaves out the source
 
     def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
                  loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
@@ -2476,19 +2486,13 @@ class ModelInfo:
         """The fields (without ``raw``) as a dict, e.g. for JSON output."""
         return {name: getattr(self, name) for name in self.FIELDS}
 
-    def __repr__(self) -> str:
-        return "ModelInfo(%s)" % ", ".join("%s=%r" % (k, v) for k, v in self.as_dict().items()
-                                           if v is not None and k != "source")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ModelInfo) and self.as_dict() == other.as_dict()
 
 
-class PullProgress:
+class PullProgress(_Record):
     """One progress record of a model download: ``status`` (the server's words), ``completed`` and
     ``total`` bytes of the current file (None when not reported), and its ``digest`` (Ollama)."""
 
-    __slots__ = ("status", "completed", "total", "digest")
+    __slots__ = _COMPARED = _SHOWN = ("status", "completed", "total", "digest")
 
     def __init__(self, status: str, completed: Optional[int] = None, total: Optional[int] = None,
                  digest: Optional[str] = None):
@@ -2500,14 +2504,6 @@ class PullProgress:
         if not self.total or self.completed is None:
             return None
         return max(0.0, min(1.0, self.completed / self.total))
-
-    def __repr__(self) -> str:
-        return "PullProgress(status=%r, completed=%r, total=%r, digest=%r)" % (
-            self.status, self.completed, self.total, self.digest)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PullProgress) and (self.status, self.completed, self.total, self.digest) == (
-            other.status, other.completed, other.total, other.digest)
 
 
 # =============================================================================
@@ -2555,7 +2551,13 @@ def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any
     pending: List[Tuple[Optional[str], Optional[str]]] = []  # (id, name) of calls not answered yet
     for index, message in enumerate(messages):
         if message.get("role") == "tool":
-            call_id, name = _answered_call(message, pending)
+            call_id, name = message.get("tool_call_id"), message.get("tool_name") or message.get("name")
+            # the call answered, from the assistant message before: by id, else by name, else the first one
+            for position, (pending_id, pending_name) in enumerate(pending):
+                if (pending_id == call_id if call_id else pending_name == name if name else True):
+                    call_id, name = call_id or pending_id, name or pending_name
+                    del pending[position]
+                    break
             wired.append(provider._wire_tool_result(message, call_id, name, index))
         elif message.get("role") == "assistant" and message.get("tool_calls"):
             calls = message["tool_calls"]
@@ -2585,13 +2587,12 @@ _MAX_TOOL_ARGUMENT_CHARS = 1000000     # argument text of one streamed call
 
 
 def tool_schema(tool: Any) -> Dict[str, Any]:
-    """The OpenAI function schema (``{"type": "function", "function": {...}}``) for ``tool``.
-
-    ``tool`` is a schema (checked and normalized; a bare ``{"name": ..., "parameters": ...}`` is wrapped) or a
-    plain Python function, whose schema comes from its name, signature, type hints (``str``, ``int``,
-    ``float``, ``bool``, ``list``/``List[X]``, ``dict``/``Dict``, ``Optional``, ``Union``, ``Literal``,
-    ``Enum``) and Google-style docstring (the text before ``Args:`` describes the function, the ``Args:``
-    entries its parameters).  Raises InvalidInputError for anything else."""
+    """The OpenAI function schema (``{"type": "function", "function": {...}}``) for ``tool``: a schema
+    (checked and normalized; a bare ``{"name": ..., "parameters": ...}`` is wrapped) or a plain Python
+    function, whose schema comes from its name, signature, type hints (``str``, ``int``, ``float``, ``bool``,
+    ``list``/``List[X]``, ``dict``/``Dict``, ``Optional``, ``Union``, ``Literal``, ``Enum``) and Google-style
+    docstring (the text before ``Args:`` describes the function, the ``Args:`` entries its parameters).
+    Raises InvalidInputError for anything else."""
     if isinstance(tool, Mapping):
         function = tool.get("function") if "type" in tool else tool  # a bare function schema has no "type"
         if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
@@ -2602,31 +2603,22 @@ def tool_schema(tool: Any) -> Dict[str, Any]:
         if not isinstance(parameters, Mapping):
             raise InvalidInputError("tool %r: 'parameters' must be a JSON schema object" % function["name"])
         return {"type": "function", "function": dict(function, parameters=dict(parameters))}
-    if callable(tool):
-        return _function_schema(tool)
-    raise InvalidInputError("a tool must be a Python function or a function schema dict, got %r" % (tool,))
-
-
-def _check_tool_name(name: Any, tool: Any) -> None:
-    if not isinstance(name, str) or not _TOOL_NAME_RE.match(name):
-        raise InvalidInputError("tool %s has the name %r: a tool name is 1 to 64 letters, digits, '_' or '-'"
-                                % (_shorten(repr(tool), 120), name))
-
-
-def _function_schema(function: Any) -> Dict[str, Any]:
+    if not callable(tool):
+        raise InvalidInputError("a tool must be a Python function or a function schema dict, got %r"
+                                % (tool,))
     import inspect
     import typing
-    name = getattr(function, "__name__", None)
-    _check_tool_name(name, function)
+    name = getattr(tool, "__name__", None)
+    _check_tool_name(name, tool)
     try:
-        signature = inspect.signature(function)
+        signature = inspect.signature(tool)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError("cannot read the parameters of tool %r: %s" % (name, exc)) from None
     try:
-        hints = typing.get_type_hints(function)
+        hints = typing.get_type_hints(tool)
     except Exception:  # a forward reference that does not resolve: use the annotations as written
         hints = {}
-    description, argument_docs = _parse_docstring(inspect.getdoc(function))
+    description, argument_docs = _parse_docstring(inspect.getdoc(tool))
     named = [p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     properties: Dict[str, Any] = {}
     for p in named:
@@ -2634,11 +2626,17 @@ def _function_schema(function: Any) -> Dict[str, Any]:
         if p.name in argument_docs:
             schema["description"] = argument_docs[p.name]
     required = [p.name for p in named if p.default is p.empty]
-    parameters: Dict[str, Any] = {"type": "object", "properties": properties}
+    parameters = {"type": "object", "properties": properties}
     if required:
         parameters["required"] = required
     return {"type": "function",
             "function": {"name": name, "description": description, "parameters": parameters}}
+
+
+def _check_tool_name(name: Any, tool: Any) -> None:
+    if not isinstance(name, str) or not _TOOL_NAME_RE.match(name):
+        raise InvalidInputError("tool %s has the name %r: a tool name is 1 to 64 letters, digits, '_' or '-'"
+                                % (_shorten(repr(tool), 120), name))
 
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", tuple: "array",
@@ -2802,18 +2800,6 @@ def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, A
     return (call_id if isinstance(call_id, str) and call_id else None), name, arguments
 
 
-def _answered_call(message: Mapping[str, Any], pending: List[Tuple[Optional[str], Optional[str]]]
-                   ) -> Tuple[Optional[str], Optional[str]]:
-    """(id, name) of the call a tool result answers, completed from the calls of the assistant message
-    before it (by id, else by name, else the first one not yet answered)."""
-    call_id, name = message.get("tool_call_id"), message.get("tool_name") or message.get("name")
-    for position, (pending_id, pending_name) in enumerate(pending):
-        if (pending_id == call_id if call_id else pending_name == name if name else True):
-            del pending[position]
-            return call_id or pending_id, name or pending_name
-    return call_id, name
-
-
 def _run_tool(functions: Mapping[str, Any], call: ToolCall) -> str:
     """Run one requested call; any failure becomes an ``error: ...`` text for the model to read."""
     function = functions.get(call.name)
@@ -2879,45 +2865,37 @@ def _base64_image(text: str, where: str, not_base64: str) -> bytes:
     raise InvalidInputError(not_base64)
 
 
-def _image_bytes(image: Any, where: str) -> bytes:
-    """The bytes of an image given as bytes, a file path, a data URL or base64 text."""
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image)
-    if isinstance(image, os.PathLike):
-        return _read_image_file(os.fspath(image), where)
-    if not isinstance(image, str):
-        raise InvalidInputError("%s must be a file path, bytes, base64 text or a data URL, got %s"
-                                % (where, type(image).__name__))
-    stripped = image.strip()
-    if stripped[:5].lower() == "data:":
-        header, _, payload = stripped.partition(",")  # no comma: no payload
-        not_base64 = "%s is a data URL without base64 data; write data:image/png;base64,<data>" % where
-        return _base64_image(payload if header.lower().endswith(";base64") else "", where, not_base64)
-    if stripped[:7].lower() == "http://" or stripped[:8].lower() == "https://":
-        raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it "
-                                "and give the file path or the bytes" % (where, stripped[:80]))
-    if len(stripped) < 4096:
-        try:
-            if os.path.isfile(stripped):
-                return _read_image_file(stripped, where)
-        except ValueError:  # a NUL character: not a path
-            pass
-    return _base64_image(stripped, where, "%s: there is no file at %r, and it is not base64 image data either"
-                         % (where, stripped[:80]))
-
-
 def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     """``(mime_type, base64_text)`` for an image given as a file path (``str`` or ``pathlib.Path``),
     ``bytes``, base64 text or a ``data:`` URL; the type is read from the bytes (PNG, JPEG, WebP or GIF).
     A missing file, another type or over ``MAX_IMAGE_BYTES`` raises InvalidInputError naming ``where``."""
-    data = _image_bytes(image, where)
+    import base64
+    stripped = image.strip() if isinstance(image, str) else ""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+    elif isinstance(image, os.PathLike):
+        data = _read_image_file(os.fspath(image), where)
+    elif not isinstance(image, str):
+        raise InvalidInputError("%s must be a file path, bytes, base64 text or a data URL, got %s"
+                                % (where, type(image).__name__))
+    elif stripped[:5].lower() == "data:":
+        header, _, payload = stripped.partition(",")  # no comma: no payload
+        not_base64 = "%s is a data URL without base64 data; write data:image/png;base64,<data>" % where
+        data = _base64_image(payload if header.lower().endswith(";base64") else "", where, not_base64)
+    elif stripped[:7].lower() == "http://" or stripped[:8].lower() == "https://":
+        raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it "
+                                "and give the file path or the bytes" % (where, stripped[:80]))
+    elif len(stripped) < 4096 and os.path.isfile(stripped):  # isfile is False for a NUL character
+        data = _read_image_file(stripped, where)
+    else:
+        data = _base64_image(stripped, where, "%s: there is no file at %r, and it is not base64 image "
+                             "data either" % (where, stripped[:80]))
     if len(data) > MAX_IMAGE_BYTES:
         raise _too_big(where, len(data))
     mime = image_type(data)
     if mime is None:
         raise InvalidInputError("%s is not a PNG, JPEG, WebP or GIF image (it begins with %r)"
                                 % (where, data[:8]))
-    import base64
     return mime, base64.b64encode(data).decode("ascii")
 
 
