@@ -1647,8 +1647,8 @@ class HTTPTransport:
         # Cut while the body was read: short, no last chunk, "Connection broken: ...", "Response ended
         # prematurely"; but a ProtocolError "Connection aborted." comes before any answer.
         cut = _first_cause(exc, exceptions.ChunkedEncodingError, http.client.IncompleteRead, ProtocolError)
-        if cut is not None and not (isinstance(cut, ProtocolError) and cut.args
-                                    and str(cut.args[0]).startswith("Connection aborted")):
+        if cut is not None and (not isinstance(cut, ProtocolError) or bool(cut.args) and not str(
+                cut.args[0]).startswith("Connection aborted")):
             return ProviderConnectionError(
                 "the connection to %s broke while its answer to %s was being read (%s); the answer is "
                 "incomplete, so none of it was used." % (where, url, _short_reason(exc)), reason="stream_cut",
@@ -2052,10 +2052,11 @@ def _read_rest(raw: Any, chunks: Iterator[bytes]) -> bool:
     except (OSError, ValueError):  # no socket under this response
         return False
     try:  # a terminator, maybe a last empty read; more means the server keeps talking
-        rest_ended = any(next(chunks, None) is None for _ in range(4))
+        return any(next(chunks, None) is None for _ in range(4)) and watch.stop()
     except Exception:
-        rest_ended = False
-    return watch.stop() and rest_ended
+        return False
+    finally:  # also on Ctrl-C: an armed watch would later shut a socket it no longer owns
+        watch.stop()
 
 
 def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> None:
@@ -2737,7 +2738,7 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
         raise ToolCallError(
             "%s sent a call to tool %r whose arguments are not valid JSON (%s): %r. The model wrote a "
             "malformed call;%s try again, at a lower temperature, or with a model trained for tool calls. "
-            "The whole text is in .raw_arguments." % (title, name, exc, _shorten(arguments, 200), cut),
+            "The whole text is in .raw_arguments." % (title, name, exc, _shorten(str(arguments), 200), cut),
             tool_name=name, raw_arguments=arguments, reason="bad_tool_call") from None
     if not isinstance(parsed, dict):
         raise ToolCallError("%s sent a call to tool %r whose arguments are %s, not a JSON object.%s"
@@ -2790,9 +2791,9 @@ def _call_fields(call: Any, index: int) -> Tuple[Optional[str], str, Dict[str, A
                                 '"function": {"name": ..., "arguments": ...}}' % (index, call))
     try:
         arguments, _ = _parsed_arguments(function.get("arguments"))
-    except (ValueError, RecursionError):
+    except (ValueError, TypeError, RecursionError):  # TypeError: an object JSON cannot hold (a date, a set)
         raise InvalidInputError("messages[%d]: the arguments of tool call %r are not valid JSON: %r"
-                                % (index, name, _shorten(function["arguments"], 200))) from None
+                                % (index, name, _shorten(str(function["arguments"]), 200))) from None
     if not isinstance(arguments, dict):
         raise InvalidInputError("messages[%d]: the arguments of tool call %r must be a JSON object, got %r"
                                 % (index, name, arguments))

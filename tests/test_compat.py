@@ -202,6 +202,19 @@ def test_every_form_of_read_timeout_is_a_timeout_error(shape):
     assert "read timeout" in str(error) and "7 s" in str(error)
 
 
+@pytest.mark.parametrize("wrapped, reason", [
+    (urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(3 bytes read)"), "stream_cut"),
+    (urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")),
+     "connection_failed"),
+    (urllib3.exceptions.ProtocolError(), "connection_failed"),  # says nothing: not known to be cut short
+])
+def test_only_a_protocol_error_that_says_the_body_broke_is_a_cut_stream(wrapped, reason):
+    provider = lmp.OllamaProvider(host="127.0.0.1:9")
+    error = provider.transport.translate_exception(requests.exceptions.ConnectionError(wrapped),
+                                                   provider.base_url + "/api/chat")
+    assert isinstance(error, lmp.ProviderConnectionError) and error.reason == reason, error
+
+
 def test_a_connect_timeout_is_not_reported_as_a_read_timeout():
     exc = requests.exceptions.ConnectTimeout(urllib3.exceptions.ConnectTimeoutError(None, "timed out"))
     provider = lmp.OllamaProvider(host="127.0.0.1:9", timeout=(3, 7))

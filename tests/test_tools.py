@@ -558,3 +558,18 @@ def test_debug_output_shows_the_tool_calls(server, caplog):
     lm_studio(server, json_reply(lms_reply([lms_call()]))).chat(ASK, "m", tools=[WEATHER], debug=True)
     assert 'tool call 365174485: get_weather({"city": "Paris"})' in caplog.text
     assert '"tools": [{"type": "function"' in caplog.text  # the payload as sent
+
+
+@pytest.mark.parametrize("kind", LOCAL, ids=[kind.name for kind in LOCAL])
+def test_tool_call_arguments_json_cannot_hold_are_invalid_input(kind):
+    import datetime
+    looped: Dict[str, Any] = {}
+    looped["self"] = looped
+    provider = kind.cls(host="127.0.0.1:9")  # refused before anything is sent
+    for arguments in ({"when": datetime.date(2026, 1, 1)}, looped):
+        messages = [{"role": "user", "content": "When?"},
+                    {"role": "assistant", "content": "", "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+                    {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+        with pytest.raises(lmp.InvalidInputError, match=r"messages\[1\].*tool call 'f'"):
+            provider.chat(messages, kind.model)

@@ -469,3 +469,31 @@ def test_an_answer_over_max_body_bytes_says_too_large(server, kind):
     with pytest.raises(lmp.ProviderResponseError) as info:
         provider_for(server, kind, max_body_bytes=1 << 20).list_models()
     assert info.value.reason == "too_large" and "max_body_bytes=..." in info.value.hint
+
+
+class _WatchedRaw:
+    """A response's raw stream as _EndWatch sees it: a socket it could shut, held by its connection."""
+    connection = object()
+
+    def __init__(self):
+        self.shut = 0
+
+    def isclosed(self):
+        return False
+
+    def shutdown(self):
+        self.shut += 1
+
+
+def test_ctrl_c_while_the_rest_of_a_body_is_read_disarms_the_end_watch(monkeypatch):
+    monkeypatch.setattr(lmp, "_END_GRACE_SECONDS", 0.05)
+    raw = _WatchedRaw()
+
+    def chunks():
+        raise KeyboardInterrupt
+        yield b""
+
+    with pytest.raises(KeyboardInterrupt):
+        lmp._read_rest(raw, chunks())
+    time.sleep(0.2)
+    assert raw.shut == 0  # an armed watch would shut a socket the connection may have moved on with
