@@ -41,6 +41,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -1477,9 +1478,11 @@ class HTTPTransport:
         return "HTTPTransport(%r, api_key=%s)" % (self.base_url, _mask(self._api_key))
 
     def scrub(self, text: str) -> str:
+        """``text`` with every live API token masked (errors and logs do this themselves; see ``_scrub``)."""
         return _scrub(text)
 
     def close(self) -> None:
+        """Close the connection pool."""
         self.session.close()
 
     def request(self, method: str, path: str, payload: Optional[Mapping[str, Any]] = None, *,
@@ -1672,6 +1675,7 @@ class HTTPTransport:
                                        reason="connection_failed", hint="If the server restarted, try again; "
                                        + self.start_hint)
 
+
 def _json_bytes(payload: Mapping[str, Any]) -> bytes:
     """The request body; a value JSON cannot hold (a set, bytes, NaN) is an InvalidInputError naming it."""
     try:
@@ -1748,7 +1752,7 @@ def _body_chunks(response: Any) -> Iterator[bytes]:
         framed = response.headers.get("Content-Length") is not None
         return cast(Iterator[bytes], raw.stream(amount if framed else _CLOSE_DELIMITED_READ_BYTES,
                                                 decode_content=True))
-    import functools  # uncompressed, decode_content=False skips urllib3's decoded-data buffer
+    # uncompressed, decode_content=False skips urllib3's decoded-data buffer
     return iter(functools.partial(read1, amount, decode_content=compressed), b"")
 
 
@@ -3709,7 +3713,6 @@ class BaseProvider:
             self.title, where, answer.message), hint=_proxy_hint(answer.message), **answer.fields)
 
     def _failure_at(self, path: str, needed: str = "", manual: str = "") -> Callable[..., ProviderError]:
-        import functools
         return functools.partial(self._failure, path=path, needed=needed, manual=manual)
 
     def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
