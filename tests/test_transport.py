@@ -49,6 +49,17 @@ def test_no_private_attributes_of_requests_urllib3_or_http_client_are_read():
         assert not re.search(pattern, source), pattern
 
 
+@kinds
+def test_a_loopback_provider_keeps_one_connection_and_works_again_after_close(server, kind):
+    server.route("GET", KINDS[kind].models_path, json_reply(KINDS[kind].models_body(["m"])))
+    provider = provider_for(server, kind)
+    for _ in range(3):
+        assert provider.list_models() == ["m"]
+    assert server.connections == 1 and {r["path"] for r in server.requests} == {KINDS[kind].models_path}
+    provider.close()  # its pool is gone; the next request opens another
+    assert provider.list_models() == ["m"] and server.connections == 2
+
+
 # =============================================================================
 # Size limits
 # =============================================================================
