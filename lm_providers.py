@@ -4824,10 +4824,8 @@ def _cli_model_command(options: Any) -> int:
             shown = _human_bytes(value) if name == "size_bytes" and value is not None else value
             print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
     elif command == "load":
-        keep_alive = options.keep_alive
-        if keep_alive is not None and _INT_RE.match(keep_alive.strip()):
-            keep_alive = int(keep_alive)
-        info = provider.load_model(model, context_length=options.context_length, keep_alive=keep_alive)
+        # --keep-alive 600 is text: load_model sends it to Ollama as the number it reads as
+        info = provider.load_model(model, context_length=options.context_length, keep_alive=options.keep_alive)
         print("loaded %s on %s (context %s)"
               % (info.name, where, info.loaded_context_length or "not reported"))
     elif command == "unload":

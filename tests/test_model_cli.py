@@ -34,6 +34,9 @@ def test_load_then_models_long_then_unload(servers, capsys):
     assert table[1].split() == ["NAME", "CONTEXT", "LOADED", "CAPABILITIES", "QUANT", "SIZE", "KIND"]
     assert table[2].split()[:5] == ["llama3:latest", "8192", "yes", "(16384)", "tools"]
     assert table[3].split()[:3] == ["qwen2.5:7b", "8192", "no"]
+    assert lmp.main(["load", "ollama://llama3", "--keep-alive", "-1"]) == 0  # -1, for ever: sent as a number
+    assert [r["json"]["keep_alive"] for r in servers[1].requests if r["path"] == "/api/chat"][-1] == -1
+    capsys.readouterr()
     assert lmp.main(["unload", "ollama://llama3"]) == 0
     assert capsys.readouterr().out.startswith("unloaded llama3 on Ollama")
     assert lmp.main(["info", "ollama://llama3", "--json"]) == 0
