@@ -124,8 +124,16 @@ class ProviderError(Exception):
     hint = ""
     reason = ""
 
-    def __init__(self, *args: Any, hint: str = "", reason: str = "") -> None:
+    def __init__(self, *args: Any, hint: str = "", reason: str = "", **fields: Any) -> None:
         super().__init__(*(_scrub_value(arg) for arg in args))
+        # fields: the annotated class attributes; set on the error, a list copied so no two errors share one
+        names = {name for cls in type(self).__mro__ for name in getattr(cls, "__annotations__", {})}
+        unknown = sorted(set(fields) - names)
+        if unknown:
+            raise TypeError("%s() got an unexpected keyword argument %r" % (type(self).__name__, unknown[0]))
+        for name in names:
+            value = fields.get(name, getattr(self, name))
+            setattr(self, name, list(value) if isinstance(getattr(type(self), name), list) else value)
         if hint:
             self.hint = hint
         if reason:
@@ -174,19 +182,21 @@ class ProviderResponseError(ProviderError):
     """The server answered with an error, before or during a stream: ``status`` is the HTTP status (``None``
     inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the raw body text."""
 
+    status: Optional[int] = None
+    server_message: Optional[str] = None
+    body: Optional[str] = None
+
     def __init__(self, message: str, status: Optional[int] = None, server_message: Optional[str] = None,
-                 body: Optional[str] = None, *, hint: str = "", reason: str = ""):
-        super().__init__(message, hint=hint, reason=reason)
-        self.status, self.server_message, self.body = status, server_message, body
+                 body: Optional[str] = None, **fields: Any):
+        super().__init__(message, status=status, server_message=server_message, body=body, **fields)
 
 
 class ModelNotFoundError(ProviderResponseError, LookupError):
     """The server does not have the model.  ``suggestions`` lists close matches it does have."""
 
-    def __init__(self, message: str, model: str = "", host: str = "",
-                 suggestions: Sequence[str] = (), **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.model, self.host, self.suggestions = model, host, list(suggestions)
+    model: str = ""
+    host: str = ""
+    suggestions: List[str] = []
 
 
 class AuthenticationError(ProviderResponseError):
@@ -203,12 +213,10 @@ class ContextLengthError(ProviderResponseError):
     ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
     (None when the server did not say), ``result`` the ChatResult Ollama made from the cut prompt, or None."""
 
-    def __init__(self, message: str, prompt_tokens: Optional[int] = None,
-                 context_length: Optional[int] = None, estimated: bool = False, result: Any = None,
-                 **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.prompt_tokens, self.context_length = prompt_tokens, context_length
-        self.estimated, self.result = estimated, result
+    prompt_tokens: Optional[int] = None
+    context_length: Optional[int] = None
+    estimated: bool = False
+    result: Any = None
 
 
 class InputTooLongError(ContextLengthError):
@@ -219,9 +227,9 @@ class UnsupportedEndpointError(ProviderResponseError):
     """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
     the endpoint, ``needed`` the version that has it, ``manual`` how to do it by hand (``lms load``...)."""
 
-    def __init__(self, message: str, path: str = "", needed: str = "", manual: str = "", **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.path, self.needed, self.manual = path, needed, manual
+    path: str = ""
+    needed: str = ""
+    manual: str = ""
 
 
 class DownloadError(ProviderResponseError):
@@ -233,36 +241,31 @@ class JSONGenerationError(ProviderError):
     model's last reply, ``attempts`` how many were made and ``detail`` what was wrong with the last."""
 
     reason = "json_invalid"
-
-    def __init__(self, message: str, raw_text: str = "", attempts: int = 0, detail: str = ""):
-        super().__init__(message)
-        self.raw_text, self.attempts, self.detail = raw_text, attempts, detail
+    raw_text: str = ""
+    attempts: int = 0
+    detail: str = ""
 
 
 class ToolCallError(ProviderResponseError):
     """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
     token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
 
-    def __init__(self, message: str, tool_name: str = "", raw_arguments: str = "", **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.tool_name, self.raw_arguments = tool_name, raw_arguments
+    tool_name: str = ""
+    raw_arguments: str = ""
 
 
 class ToolsNotSupportedError(ProviderResponseError):
     """The server says the model cannot call tools.  ``model`` names the model."""
 
-    def __init__(self, message: str, model: str = "", **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.model = model
+    model: str = ""
 
 
 class ToolLoopError(ProviderError):
     """``run_tools`` ran out of rounds while the model still asked for tools: ``messages`` is the
     conversation so far (its last message holds the calls not run), ``rounds`` how many were run."""
 
-    def __init__(self, message: str, messages: Sequence[Mapping[str, Any]] = (), rounds: int = 0):
-        super().__init__(message)
-        self.messages, self.rounds = list(messages), rounds
+    messages: List[Mapping[str, Any]] = []
+    rounds: int = 0
 
 
 # =============================================================================
