@@ -585,7 +585,7 @@ PROVIDER_NAMES = {spelling: kind.name for kind in SERVER_KINDS.values()
 
 def canonical_provider(name: str) -> str:
     """``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; else InvalidInputError."""
-    key = name.strip().lower() if isinstance(name, str) else name
+    key = name.strip().lower() if isinstance(name, str) else ""  # "": not a provider, even if unhashable
     if key not in PROVIDER_NAMES:
         raise InvalidInputError(
             "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), 'ollama' or 'openai'"
@@ -831,7 +831,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
     if not provider:
         raise bad("unknown provider %s (use lm_studio, lmstudio, lm-studio, ollama or openai)"
                   % _quote(scheme, 40))
-    rest, qmark, query = rest.partition("?")
+    rest, _, query = rest.partition("?")
     name, host = rest, None
     at = rest.rfind("@")
     if at >= 0 and _looks_like_host(rest[at + 1:], provider):
@@ -847,7 +847,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
             normalize_host(host, provider)
         except InvalidInputError as exc:
             raise bad("the host part is wrong: %s" % exc) from None
-    elif at == len(rest) - 1 and at >= 0:
+    elif rest.endswith("@"):
         raise bad("nothing follows the '@': remove it, or give a host such as @127.0.0.1:%d"
                   % SERVER_KINDS[provider].example_port)
     try:
@@ -900,14 +900,12 @@ def _format_query_value(key: str, value: Any) -> str:
     if isinstance(value, float) and (value != value or abs(value) == float("inf")):
         raise InvalidInputError("parameter %r=%r cannot be written in a URI (not a finite number)"
                                 % (key, value))
-    if value is None or isinstance(value, (bool, int, float)):
-        return json.dumps(value)
     if isinstance(value, str):
         with contextlib.suppress(ValueError, RecursionError):
-            if _parse_query_value(value) == value and type(_parse_query_value(value)) is str:
+            if _parse_query_value(value) == value:  # reads back as this very string
                 return value
         return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, dict)):
+    if value is None or isinstance(value, (bool, int, float, list, dict)):
         try:
             return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -1006,7 +1004,6 @@ _RESERVED_PARAMETERS = ("model", "messages", "stream", "options")
 _DROP = object()  # what _convert returns for a value with no translation: it is not sent
 _OLLAMA_THINK_LEVELS = ("low", "medium", "high", "max")  # "max": Ollama's strongest (ollama/ollama#16877)
 _DURATION_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
-_DURATIONS_RE = re.compile(r"(?:%s)+\Z" % _DURATION_RE.pattern)
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -1057,10 +1054,10 @@ def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
     if _FLOAT_RE.match(text):
         return float(text)
     sign = -1.0 if text.startswith("-") else 1.0
-    text = text.lstrip("+-")
-    if not _DURATIONS_RE.match(text):
+    parts = _DURATION_RE.split(text.lstrip("+-"))  # "", number, unit, "", number, unit, ..., ""
+    if len(parts) == 1 or any(parts[::3]):
         return None
-    return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_RE.findall(text))
+    return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in zip(parts[1::3], parts[2::3]))
 
 
 def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
@@ -1205,30 +1202,22 @@ def load_config(path: str = "config.yaml") -> Config:
         logger.warning("config file %s: ignoring unknown keys %s%s", path,
                        ", ".join(_quote(key, 40) for key in unknown[:10]),
                        " ..." if len(unknown) > 10 else "")
-    hosts: Dict[str, Optional[str]] = {}
-    for key, provider in host_keys.items():
-        value = data.get(key)
-        if value is not None:
-            if not isinstance(value, str):
-                raise ConfigError("config file %s: %s must be a host string such as '127.0.0.1:%d', got %s"
-                                  % (path, key, SERVER_KINDS[provider].example_port, _quote(value, 80)))
-            try:
-                normalize_host(value, provider)
-            except InvalidInputError as exc:
-                raise ConfigError("config file %s: %s: %s" % (path, key, exc)) from None
-        hosts[key] = value
     raw_models = data.get("models") or {}
     if not isinstance(raw_models, dict):
         raise ConfigError("config file %s: 'models' must map role names to model URIs" % path)
-    models = {}
-    for role, uri in raw_models.items():
-        if not isinstance(uri, str):
-            raise ConfigError("config file %s: role %s must be a model URI string, got %s"
-                              % (path, _quote(role, 80), _quote(uri, 80)))
+
+    def checked(what: str, parse: Callable[..., _T], *args: Any) -> _T:
         try:
-            models[str(role)] = parse_model_uri(uri)
-        except ModelURIError as exc:
-            raise ConfigError("config file %s: role %s: %s" % (path, _quote(role, 80), exc)) from None
+            return parse(*args)
+        except InvalidInputError as exc:
+            raise ConfigError("config file %s: %s: %s" % (path, what, exc)) from None
+
+    hosts = {key: data.get(key) for key in host_keys}
+    for key, value in hosts.items():
+        if value is not None:
+            checked(key, normalize_host, value, host_keys[key])
+    models = {str(role): checked("role %s" % _quote(role, 80), parse_model_uri, uri)
+              for role, uri in raw_models.items()}
     return Config(models=models, path=path, **hosts)
 
 
