@@ -182,13 +182,10 @@ class ProviderResponseError(ProviderError):
     """The server answered with an error, before or during a stream: ``status`` is the HTTP status (``None``
     inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the raw body text."""
 
-    status: Optional[int] = None
-    server_message: Optional[str] = None
-    body: Optional[str] = None
-
     def __init__(self, message: str, status: Optional[int] = None, server_message: Optional[str] = None,
                  body: Optional[str] = None, **fields: Any):
-        super().__init__(message, status=status, server_message=server_message, body=body, **fields)
+        super().__init__(message, **fields)
+        self.status, self.server_message, self.body = status, server_message, body
 
 
 class ModelNotFoundError(ProviderResponseError, LookupError):
@@ -310,26 +307,19 @@ def _forget_secret(secret: str) -> None:
 def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
     """``text`` with its escapes decoded once, and segments ``(decoded start, original start,
     original length of the escape or 0 for a plain run)`` that map positions back."""
-    pieces: List[str] = []
-    segments: List[Tuple[int, int, int]] = []
-    done = pos = 0
-    for match in _ESCAPE_RE.finditer(text):
-        if match.start() > pos:
-            pieces.append(text[pos:match.start()])
-            segments.append((done, pos, 0))
-            done += match.start() - pos
+    segments = [(0, 0, 0)]  # a plain run starts the text and follows each escape; either may be empty
+
+    def decode(match: "re.Match[str]") -> str:
+        start, end = match.span()
+        at = segments[-1][0] + start - segments[-1][1]  # where the escape lands: the last run is plain
+        segments.extend([(at, start, end - start), (at + 1, end, 0)])
         percent, uni, hexa, char, dec, hexref = match.groups()
         if char is not None:
-            pieces.append(_BACKSLASH_ESCAPES.get(char, char))
-        else:
-            number = int(dec) if dec is not None else int(percent or uni or hexa or hexref, 16)
-            pieces.append(chr(number) if number <= 0x10FFFF else "\ufffd")
-        segments.append((done, match.start(), match.end() - match.start()))
-        done += 1
-        pos = match.end()
-    pieces.append(text[pos:])
-    segments.append((done, pos, 0))
-    return "".join(pieces), segments
+            return _BACKSLASH_ESCAPES.get(char, char)
+        number = int(dec) if dec is not None else int(percent or uni or hexa or hexref, 16)
+        return chr(number) if number <= 0x10FFFF else "\ufffd"
+
+    return _ESCAPE_RE.sub(decode, text), segments
 
 
 def _origin(segments: List[Tuple[int, int, int]], start: int, end: int) -> Tuple[int, int]:
@@ -657,15 +647,12 @@ def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
 def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
     """Whether the text after a model name's last '@' is a host (a scheme, a numeric port, an IP address,
     ``localhost`` or a dotted name) rather than an LM Studio variant such as ``q4_k_m`` or ``8bit``."""
-    if "://" in tail:
+    if "://" in tail or tail.startswith("["):
         return True
     if SERVER_KINDS[provider].host_path == "base_url":
         tail = tail.partition("/")[0]
-    try:
-        host, port = _split_host_port(tail)
-    except ValueError:
-        return tail.startswith("[")
-    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost" or tail.startswith("[")
+    host, port = _split_host_port(tail)  # raises only for a '[', answered above
+    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost"
             or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)) or (":" in host and port is None))
 
 
