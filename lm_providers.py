@@ -124,8 +124,16 @@ class ProviderError(Exception):
     hint = ""
     reason = ""
 
-    def __init__(self, *args: Any, hint: str = "", reason: str = "") -> None:
+    def __init__(self, *args: Any, hint: str = "", reason: str = "", **fields: Any) -> None:
         super().__init__(*(_scrub_value(arg) for arg in args))
+        # fields: the annotated class attributes; set on the error, a list copied so no two errors share one
+        names = {name for cls in type(self).__mro__ for name in getattr(cls, "__annotations__", {})}
+        unknown = sorted(set(fields) - names)
+        if unknown:
+            raise TypeError("%s() got an unexpected keyword argument %r" % (type(self).__name__, unknown[0]))
+        for name in names:
+            value = fields.get(name, getattr(self, name))
+            setattr(self, name, list(value) if isinstance(getattr(type(self), name), list) else value)
         if hint:
             self.hint = hint
         if reason:
@@ -175,18 +183,17 @@ class ProviderResponseError(ProviderError):
     inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the raw body text."""
 
     def __init__(self, message: str, status: Optional[int] = None, server_message: Optional[str] = None,
-                 body: Optional[str] = None, *, hint: str = "", reason: str = ""):
-        super().__init__(message, hint=hint, reason=reason)
+                 body: Optional[str] = None, **fields: Any):
+        super().__init__(message, **fields)
         self.status, self.server_message, self.body = status, server_message, body
 
 
 class ModelNotFoundError(ProviderResponseError, LookupError):
     """The server does not have the model.  ``suggestions`` lists close matches it does have."""
 
-    def __init__(self, message: str, model: str = "", host: str = "",
-                 suggestions: Sequence[str] = (), **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.model, self.host, self.suggestions = model, host, list(suggestions)
+    model: str = ""
+    host: str = ""
+    suggestions: List[str] = []
 
 
 class AuthenticationError(ProviderResponseError):
@@ -203,12 +210,10 @@ class ContextLengthError(ProviderResponseError):
     ``prompt_tokens`` is its size (an estimate when ``estimated``), ``context_length`` the context it met
     (None when the server did not say), ``result`` the ChatResult Ollama made from the cut prompt, or None."""
 
-    def __init__(self, message: str, prompt_tokens: Optional[int] = None,
-                 context_length: Optional[int] = None, estimated: bool = False, result: Any = None,
-                 **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.prompt_tokens, self.context_length = prompt_tokens, context_length
-        self.estimated, self.result = estimated, result
+    prompt_tokens: Optional[int] = None
+    context_length: Optional[int] = None
+    estimated: bool = False
+    result: Any = None
 
 
 class InputTooLongError(ContextLengthError):
@@ -219,9 +224,9 @@ class UnsupportedEndpointError(ProviderResponseError):
     """The server has no endpoint for this call (HTTP 404): too old, or another kind of server.  ``path`` is
     the endpoint, ``needed`` the version that has it, ``manual`` how to do it by hand (``lms load``...)."""
 
-    def __init__(self, message: str, path: str = "", needed: str = "", manual: str = "", **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.path, self.needed, self.manual = path, needed, manual
+    path: str = ""
+    needed: str = ""
+    manual: str = ""
 
 
 class DownloadError(ProviderResponseError):
@@ -233,36 +238,31 @@ class JSONGenerationError(ProviderError):
     model's last reply, ``attempts`` how many were made and ``detail`` what was wrong with the last."""
 
     reason = "json_invalid"
-
-    def __init__(self, message: str, raw_text: str = "", attempts: int = 0, detail: str = ""):
-        super().__init__(message)
-        self.raw_text, self.attempts, self.detail = raw_text, attempts, detail
+    raw_text: str = ""
+    attempts: int = 0
+    detail: str = ""
 
 
 class ToolCallError(ProviderResponseError):
     """A tool call that cannot be used: its arguments are not a JSON object (often a reply cut off at the
     token limit) or it names no function.  ``tool_name`` is the function, ``raw_arguments`` as sent."""
 
-    def __init__(self, message: str, tool_name: str = "", raw_arguments: str = "", **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.tool_name, self.raw_arguments = tool_name, raw_arguments
+    tool_name: str = ""
+    raw_arguments: str = ""
 
 
 class ToolsNotSupportedError(ProviderResponseError):
     """The server says the model cannot call tools.  ``model`` names the model."""
 
-    def __init__(self, message: str, model: str = "", **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.model = model
+    model: str = ""
 
 
 class ToolLoopError(ProviderError):
     """``run_tools`` ran out of rounds while the model still asked for tools: ``messages`` is the
     conversation so far (its last message holds the calls not run), ``rounds`` how many were run."""
 
-    def __init__(self, message: str, messages: Sequence[Mapping[str, Any]] = (), rounds: int = 0):
-        super().__init__(message)
-        self.messages, self.rounds = list(messages), rounds
+    messages: List[Mapping[str, Any]] = []
+    rounds: int = 0
 
 
 # =============================================================================
@@ -307,26 +307,19 @@ def _forget_secret(secret: str) -> None:
 def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
     """``text`` with its escapes decoded once, and segments ``(decoded start, original start,
     original length of the escape or 0 for a plain run)`` that map positions back."""
-    pieces: List[str] = []
-    segments: List[Tuple[int, int, int]] = []
-    done = pos = 0
-    for match in _ESCAPE_RE.finditer(text):
-        if match.start() > pos:
-            pieces.append(text[pos:match.start()])
-            segments.append((done, pos, 0))
-            done += match.start() - pos
+    segments = [(0, 0, 0)]  # a plain run starts the text and follows each escape; either may be empty
+
+    def decode(match: "re.Match[str]") -> str:
+        start, end = match.span()
+        at = segments[-1][0] + start - segments[-1][1]  # where the escape lands: the last run is plain
+        segments.extend([(at, start, end - start), (at + 1, end, 0)])
         percent, uni, hexa, char, dec, hexref = match.groups()
         if char is not None:
-            pieces.append(_BACKSLASH_ESCAPES.get(char, char))
-        else:
-            number = int(dec) if dec is not None else int(percent or uni or hexa or hexref, 16)
-            pieces.append(chr(number) if number <= 0x10FFFF else "\ufffd")
-        segments.append((done, match.start(), match.end() - match.start()))
-        done += 1
-        pos = match.end()
-    pieces.append(text[pos:])
-    segments.append((done, pos, 0))
-    return "".join(pieces), segments
+            return _BACKSLASH_ESCAPES.get(char, char)
+        number = int(dec) if dec is not None else int(percent or uni or hexa or hexref, 16)
+        return chr(number) if number <= 0x10FFFF else "\ufffd"
+
+    return _ESCAPE_RE.sub(decode, text), segments
 
 
 def _origin(segments: List[Tuple[int, int, int]], start: int, end: int) -> Tuple[int, int]:
@@ -582,7 +575,7 @@ PROVIDER_NAMES = {spelling: kind.name for kind in SERVER_KINDS.values()
 
 def canonical_provider(name: str) -> str:
     """``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; else InvalidInputError."""
-    key = name.strip().lower() if isinstance(name, str) else name
+    key = name.strip().lower() if isinstance(name, str) else ""  # "": not a provider, even if unhashable
     if key not in PROVIDER_NAMES:
         raise InvalidInputError(
             "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), 'ollama' or 'openai'"
@@ -654,15 +647,12 @@ def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
 def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
     """Whether the text after a model name's last '@' is a host (a scheme, a numeric port, an IP address,
     ``localhost`` or a dotted name) rather than an LM Studio variant such as ``q4_k_m`` or ``8bit``."""
-    if "://" in tail:
+    if "://" in tail or tail.startswith("["):
         return True
     if SERVER_KINDS[provider].host_path == "base_url":
         tail = tail.partition("/")[0]
-    try:
-        host, port = _split_host_port(tail)
-    except ValueError:
-        return tail.startswith("[")
-    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost" or tail.startswith("[")
+    host, port = _split_host_port(tail)  # raises only for a '[', answered above
+    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost"
             or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)) or (":" in host and port is None))
 
 
@@ -828,7 +818,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
     if not provider:
         raise bad("unknown provider %s (use lm_studio, lmstudio, lm-studio, ollama or openai)"
                   % _quote(scheme, 40))
-    rest, qmark, query = rest.partition("?")
+    rest, _, query = rest.partition("?")
     name, host = rest, None
     at = rest.rfind("@")
     if at >= 0 and _looks_like_host(rest[at + 1:], provider):
@@ -844,7 +834,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
             normalize_host(host, provider)
         except InvalidInputError as exc:
             raise bad("the host part is wrong: %s" % exc) from None
-    elif at == len(rest) - 1 and at >= 0:
+    elif rest.endswith("@"):
         raise bad("nothing follows the '@': remove it, or give a host such as @127.0.0.1:%d"
                   % SERVER_KINDS[provider].example_port)
     try:
@@ -897,14 +887,12 @@ def _format_query_value(key: str, value: Any) -> str:
     if isinstance(value, float) and (value != value or abs(value) == float("inf")):
         raise InvalidInputError("parameter %r=%r cannot be written in a URI (not a finite number)"
                                 % (key, value))
-    if value is None or isinstance(value, (bool, int, float)):
-        return json.dumps(value)
     if isinstance(value, str):
         with contextlib.suppress(ValueError, RecursionError):
-            if _parse_query_value(value) == value and type(_parse_query_value(value)) is str:
+            if _parse_query_value(value) == value:  # reads back as this very string
                 return value
         return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, dict)):
+    if value is None or isinstance(value, (bool, int, float, list, dict)):
         try:
             return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -1003,7 +991,6 @@ _RESERVED_PARAMETERS = ("model", "messages", "stream", "options")
 _DROP = object()  # what _convert returns for a value with no translation: it is not sent
 _OLLAMA_THINK_LEVELS = ("low", "medium", "high", "max")  # "max": Ollama's strongest (ollama/ollama#16877)
 _DURATION_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
-_DURATIONS_RE = re.compile(r"(?:%s)+\Z" % _DURATION_RE.pattern)
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -1054,10 +1041,10 @@ def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
     if _FLOAT_RE.match(text):
         return float(text)
     sign = -1.0 if text.startswith("-") else 1.0
-    text = text.lstrip("+-")
-    if not _DURATIONS_RE.match(text):
+    parts = _DURATION_RE.split(text.lstrip("+-"))  # "", number, unit, "", number, unit, ..., ""
+    if len(parts) == 1 or any(parts[::3]):
         return None
-    return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_RE.findall(text))
+    return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in zip(parts[1::3], parts[2::3]))
 
 
 def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
@@ -1202,30 +1189,22 @@ def load_config(path: str = "config.yaml") -> Config:
         logger.warning("config file %s: ignoring unknown keys %s%s", path,
                        ", ".join(_quote(key, 40) for key in unknown[:10]),
                        " ..." if len(unknown) > 10 else "")
-    hosts: Dict[str, Optional[str]] = {}
-    for key, provider in host_keys.items():
-        value = data.get(key)
-        if value is not None:
-            if not isinstance(value, str):
-                raise ConfigError("config file %s: %s must be a host string such as '127.0.0.1:%d', got %s"
-                                  % (path, key, SERVER_KINDS[provider].example_port, _quote(value, 80)))
-            try:
-                normalize_host(value, provider)
-            except InvalidInputError as exc:
-                raise ConfigError("config file %s: %s: %s" % (path, key, exc)) from None
-        hosts[key] = value
     raw_models = data.get("models") or {}
     if not isinstance(raw_models, dict):
         raise ConfigError("config file %s: 'models' must map role names to model URIs" % path)
-    models = {}
-    for role, uri in raw_models.items():
-        if not isinstance(uri, str):
-            raise ConfigError("config file %s: role %s must be a model URI string, got %s"
-                              % (path, _quote(role, 80), _quote(uri, 80)))
+
+    def checked(what: str, parse: Callable[..., _T], *args: Any) -> _T:
         try:
-            models[str(role)] = parse_model_uri(uri)
-        except ModelURIError as exc:
-            raise ConfigError("config file %s: role %s: %s" % (path, _quote(role, 80), exc)) from None
+            return parse(*args)
+        except InvalidInputError as exc:
+            raise ConfigError("config file %s: %s: %s" % (path, what, exc)) from None
+
+    hosts = {key: data.get(key) for key in host_keys}
+    for key, value in hosts.items():
+        if value is not None:
+            checked(key, normalize_host, value, host_keys[key])
+    models = {str(role): checked("role %s" % _quote(role, 80), parse_model_uri, uri)
+              for role, uri in raw_models.items()}
     return Config(models=models, path=path, **hosts)
 
 
