@@ -1303,8 +1303,11 @@ def ensure_requests() -> ModuleType:
 
 
 def _install_requests() -> ModuleType:
+    import sysconfig
     command = "%s -m pip install requests" % sys.executable
-    if _externally_managed():
+    stdlib = sysconfig.get_path("stdlib")
+    in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)  # a venv is the user's to install into
+    if not in_venv and stdlib and os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED")):
         raise ImportError(_PEP_668_ADVICE % sys.executable) from None
     if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
@@ -1324,14 +1327,6 @@ def _install_requests() -> ModuleType:
     import importlib
     importlib.invalidate_caches()
     return importlib.import_module("requests")
-
-
-def _externally_managed() -> bool:
-    if sys.prefix != getattr(sys, "base_prefix", sys.prefix):
-        return False  # a virtual environment is always the user's to install into
-    import sysconfig
-    stdlib = sysconfig.get_path("stdlib")
-    return bool(stdlib) and os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED"))
 
 
 # What ensure_requests says on a Python whose packages the operating system manages (%s: the interpreter)
@@ -1650,8 +1645,7 @@ class HTTPTransport:
         import socket
         from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
         exceptions = ensure_requests().exceptions
-        text = str(exc)
-        where = "%s at %s" % (self.server_title, self.base_url)
+        text, where = str(exc), "%s at %s" % (self.server_title, self.base_url)
         raise_it = "raise the limit with timeout=(connect, read), e.g. timeout=(%g, %g)."
         if isinstance(exc, exceptions.ConnectTimeout):
             return ProviderTimeoutError("connecting to %s took longer than the connect timeout (%g s)." % (
@@ -1687,14 +1681,14 @@ class HTTPTransport:
         answer = _first_cause(exc, http.client.HTTPException)  # a bad status line, an endless header
         if answer is not None and not isinstance(answer, (http.client.RemoteDisconnected,
                                                           http.client.IncompleteRead)):  # no answer, or cut
-            said = " ".join(str(answer).split())
+            said = "%s: %s" % (type(answer).__name__, _one_line(answer))
             return ProviderConnectionError("%s answered %s with something that is not valid HTTP (%s)." % (
-                where, url, ("%s: %s" % (type(answer).__name__, said))[:120]), reason="bad_response",
+                where, url, said[:120]), reason="bad_response",
                 hint="Is another program listening on that port? Check the host and port.")
         if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
-            return ProviderConnectionError("cannot connect to %s: connection refused. Nothing is listening "
-                                           "there." % where, reason="connection_refused",
-                                           hint=self.start_hint)
+            return ProviderConnectionError(
+                "cannot connect to %s: connection refused. Nothing is listening there." % where,
+                reason="connection_refused", hint=self.start_hint)
         if any(sign in text for sign in _UNKNOWN_HOST_SIGNS):
             return ProviderConnectionError("cannot resolve the host name in %s." % self.base_url,
                                            reason="unknown_host", hint="Check the spelling of the host.")
@@ -1748,8 +1742,8 @@ def _first_cause(exc: BaseException, *types: type) -> Optional[BaseException]:
         if isinstance(current, types):
             return current
         seen.append(current)
-        todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        todo.extend(e for e in (*current.args, current.__cause__, current.__context__)
+                    if isinstance(e, BaseException))
     return None
 
 
@@ -2056,11 +2050,9 @@ class _EventStream:
         message = _server_message(text)
         if self.path != provider.chat_path:
             return provider._in_band_error(self.path, self.model, message, text)
-        overflow = provider._context_error(None, text, self.model)
-        if overflow is not None:
-            return overflow
-        return ProviderResponseError("%s reported an error in the middle of the stream%s: %s" % (
-            provider.title, " for model %r" % self.model if self.model else "", message),
+        return provider._context_error(None, text, self.model) or ProviderResponseError(
+            "%s reported an error in the middle of the stream%s: %s" % (
+                provider.title, " for model %r" % self.model if self.model else "", message),
             server_message=message, body=text, reason="server_error")
 
 
@@ -2313,7 +2305,7 @@ class ChatStream(TextStream):
 class _StreamState:
     """What a stream records besides its text; tool calls are gathered piece by piece, built at the end."""
 
-    __slots__ = ("finish_reason", "usage", "reasoning", "logprobs", "tool_calls", "_calls", "_slots")
+    __slots__ = ("finish_reason", "usage", "reasoning", "logprobs", "tool_calls", "_calls")
 
     def __init__(self, keep_reasoning: bool) -> None:
         self.finish_reason: Optional[str] = None
@@ -2321,15 +2313,14 @@ class _StreamState:
         self.reasoning: Optional[List[str]] = [] if keep_reasoning else None
         self.logprobs: Optional[List[Dict[str, Any]]] = None
         self.tool_calls: Optional[List[ToolCall]] = None  # set by finish_tool_calls
-        self._calls: List[List[Any]] = []   # [id, name, argument pieces, characters] per call, in order
-        self._slots: Dict[Any, int] = {}    # the server's index of a call -> its place in _calls
+        self._calls: Dict[Any, List[Any]] = {}  # [id, name, argument pieces, characters] by call index
 
     def add_tool_fragments(self, fragments: Any) -> None:
         """Merge OpenAI-style streamed ``delta.tool_calls`` pieces, keyed by ``index`` (id, name first)."""
         for fragment in fragments:
             index = fragment.get("index")
             if index is None and not fragment.get("id") and self._calls:
-                call = self._calls[-1]  # a server that numbers nothing: a piece without an id continues
+                call = next(reversed(self._calls.values()))  # no numbers: a piece without an id continues
             else:
                 call = self._call(("id", fragment.get("id")) if index is None else index)
             function = fragment.get("function") or {}
@@ -2337,7 +2328,7 @@ class _StreamState:
                 call[0] = fragment["id"]
             name = function.get("name")
             if name and name != call[1]:
-                call[1] = (call[1] or "") + name if call[1] and not call[2] else name
+                call[1] = call[1] + name if call[1] and not call[2] else name
             self._add_arguments(call, function.get("arguments"))
 
     def add_whole_tool_calls(self, calls: Any) -> None:
@@ -2348,15 +2339,14 @@ class _StreamState:
             call[0], call[1] = whole.get("id"), function.get("name")
             self._add_arguments(call, function.get("arguments"))
 
-    def _call(self, index: Any) -> List[Any]:  # at most _MAX_TOOL_CALLS calls
-        slot = self._slots.get(index)
-        if slot is None:
+    def _call(self, index: Any) -> List[Any]:
+        call = self._calls.get(index)
+        if call is None:
             if len(self._calls) >= _MAX_TOOL_CALLS:
                 raise ProviderResponseError("the stream holds more than %d tool calls; it was stopped"
                                             % _MAX_TOOL_CALLS, reason="too_large")
-            slot = self._slots[index] = len(self._calls)
-            self._calls.append([None, None, [], 0])
-        return self._calls[slot]
+            call = self._calls[index] = [None, None, [], 0]
+        return call
 
     @staticmethod
     def _add_arguments(call: List[Any], piece: Any) -> None:
@@ -2375,7 +2365,7 @@ class _StreamState:
             self.tool_calls = [_tool_call(title, call_id, name, (
                 pieces[0] if len(pieces) == 1 and not isinstance(pieces[0], str) else
                 "".join(p if isinstance(p, str) else json.dumps(p) for p in pieces)), self.finish_reason)
-                for call_id, name, pieces, _ in self._calls]
+                for call_id, name, pieces, _ in self._calls.values()]
             self.finish_reason = _tool_finish_reason(self.finish_reason, self.tool_calls)
         return self.tool_calls or []
 
@@ -2517,7 +2507,6 @@ class ModelInfo(_Record):
     def as_dict(self) -> Dict[str, Any]:
         """The fields (without ``raw``) as a dict, e.g. for JSON output."""
         return {name: getattr(self, name) for name in self.FIELDS}
-
 
 
 class PullProgress(_Record):
