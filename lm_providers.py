@@ -1625,12 +1625,10 @@ class HTTPTransport:
         if header.replace(".", "", 1).isdigit():
             return min(float(header), 30.0)
         from email.utils import parsedate_to_datetime
-        try:
-            when = parsedate_to_datetime(header)
+        with contextlib.suppress(TypeError, ValueError, IndexError, AttributeError):  # not a date, or none
+            when = parsedate_to_datetime(header)  # (which raises TypeError before 3.10)
             if when.tzinfo is not None:
                 return max(0.0, min(when.timestamp() - time.time(), 30.0))
-        except (TypeError, ValueError, IndexError, AttributeError):  # none or not a date (None before 3.10)
-            pass
         return min(0.5 * 2.0 ** attempt, 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
@@ -1713,7 +1711,7 @@ def _json_bytes(payload: Mapping[str, Any]) -> bytes:
 _UNKNOWN_HOST_SIGNS = ("Name or service not known", "NameResolutionError", "nodename nor servname",
                        "Temporary failure in name resolution", "getaddrinfo failed")
 _STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Connection reset by peer",
-                           "Broken pipe", "Connection aborted")
+                           "Connection aborted", "Broken pipe")
 # POSTs that only compute an answer: sending one twice costs time, not a second download or load.
 _REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embed", "/api/show")
 
@@ -1723,8 +1721,7 @@ def _short_reason(exc: BaseException) -> str:
     short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
     if short:  # a Content-Length body, or one chunk of a chunked one
         return "the connection closed %s bytes before the announced end of the body" % short.group(1)
-    for pattern in ("Remote end closed connection without response", "Connection reset by peer",
-                    "Connection aborted", "IncompleteRead", "Connection broken", "Broken pipe"):
+    for pattern in _STALE_CONNECTION_SIGNS + ("IncompleteRead", "Connection broken"):  # the first that shows
         if pattern in text:
             return pattern.lower()
     return text[:200]
@@ -1806,8 +1803,7 @@ class StreamDecoder:
     def __init__(self, framing: str, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES):
         if framing not in ("sse", "ndjson"):
             raise ValueError("framing must be 'sse' or 'ndjson'")
-        self.framing = framing
-        self.max_event_bytes = max_event_bytes
+        self.framing, self.max_event_bytes = framing, max_event_bytes
         self._pending: List[bytes] = []  # the pieces of an unterminated line, joined once it ends
         self._pending_size = 0
         self._skip_lf = False            # the previous chunk ended in \r: a leading \n is its partner
@@ -1930,9 +1926,8 @@ class _EndWatch:
     come within ``seconds``; the connection is then closed instead of reused."""
 
     def __init__(self, raw: Any, seconds: float) -> None:
-        self._lock = threading.Lock()
+        self._lock, self._raw = threading.Lock(), raw
         self._stopped = self.fired = False
-        self._raw = raw
         self._fd = None if hasattr(raw, "shutdown") else raw.fileno()  # urllib3 < 2.3 has no shutdown()
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
@@ -1946,7 +1941,7 @@ class _EndWatch:
             if self._stopped or self._raw.connection is None or self._raw.isclosed():
                 return
             self.fired = True
-            try:
+            with contextlib.suppress(OSError, ValueError, RuntimeError):  # already closed or released
                 if self._fd is None:
                     self._raw.shutdown()
                     return
@@ -1955,8 +1950,6 @@ class _EndWatch:
                     sock.shutdown(socket.SHUT_RD)
                 finally:
                     sock.detach()  # the descriptor stays the connection's
-            except (OSError, ValueError, RuntimeError):  # already closed or released
-                pass
 
     def stop(self) -> bool:
         """Stop watching; return whether the watch never fired (the connection is intact)."""
@@ -2095,9 +2088,8 @@ def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> N
 
 def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "ModelConfig",
                  state: "_StreamState") -> Generator[str, None, None]:
-    """A chat stream's content pieces, sent on the first ``next()``: events go through ``_read_event``
-    (recording into ``state``), a leading ``<think>`` block to ``state.reasoning``; at the end the reply is
-    checked as a whole one is (Ollama reports the prompt's size only at the end)."""
+    """A chat stream's content pieces, sent on the first ``next()``: events go through ``_read_event`` into
+    ``state``, a leading ``<think>`` block to ``state.reasoning``; the end is checked as a whole reply is."""
     started = time.perf_counter()
     response = provider.transport.request("POST", provider.chat_path, payload,
                                           describe_failure=provider._failure, model=model.name)
@@ -2131,17 +2123,15 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
                 reasoning_parts.append(reasoning)
             if held and not pieces:
                 logger.debug("first piece after %.3f s", time.perf_counter() - started)
-            for content in held:
-                pieces += 1
-                yield content
+            pieces += len(held)
+            yield from held
     finally:
         events.close()  # at once, not when the garbage collector gets to it: it frees the connection
     held, reasoning = think.finish()
     if reasoning and reasoning_parts is not None:
         reasoning_parts.append(reasoning)
-    for content in held:
-        pieces += 1
-        yield content
+    pieces += len(held)
+    yield from held
     logger.debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s",
                  stream.count, pieces, state.finish_reason, state.usage, time.perf_counter() - started)
     provider._check_end(model, state.finish_reason, has_text=pieces > 0, reasoned=bool(state.reasoning))
@@ -2372,9 +2362,8 @@ class _StreamState:
 
 class _ThinkFilter:
     """Move a leading ``<think>...</think>`` block out of streamed content: ``feed(piece)`` returns the
-    content pieces to pass on (in order, never merged) and any reasoning text.  Pieces are held while the
-    start could still become ``<think>``, and at most a tag's length of reasoning while it could begin
-    ``</think>``."""
+    content pieces to pass on (in order, never merged) and any reasoning text; it holds pieces while the
+    start may become ``<think>``, and at most a tag's length of reasoning while it may begin ``</think>``."""
 
     OPEN, CLOSE = "<think>", "</think>"
     __slots__ = ("state", "held", "tail")
@@ -2442,14 +2431,13 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
         raise ValueError("expected the reply text, got %r" % (text,))
     content, _ = split_reasoning(text)
     candidates = [m.group(1) for m in _JSON_FENCE_RE.finditer(content)] + [content]
-    decoder = json.JSONDecoder()
     found_objects: List[Dict[str, Any]] = []
     value: Dict[str, Any]  # what raw_decode gives from a "{": always an object
     for candidate in candidates:
         start = candidate.find("{")
         while start >= 0:
             try:
-                value, end = decoder.raw_decode(candidate, start)
+                value, end = _raw_decode(candidate, start)
             except (ValueError, RecursionError):
                 start = candidate.find("{", start + 1)
                 continue
@@ -2489,10 +2477,9 @@ class ModelInfo(_Record):
                  size_bytes: Optional[int] = None, kind: Optional[str] = None, source: str = "",
                  raw: Any = None):
         self.name, self.context_length, self.loaded = name, context_length, loaded
-        self.loaded_context_length = loaded_context_length
-        self.tools, self.vision, self.thinking, self.embedding = tools, vision, thinking, embedding
-        self.quantization, self.size_bytes, self.kind = quantization, size_bytes, kind
-        self.source, self.raw = source, raw
+        self.loaded_context_length, self.tools, self.vision = loaded_context_length, tools, vision
+        self.thinking, self.embedding, self.quantization = thinking, embedding, quantization
+        self.size_bytes, self.kind, self.source, self.raw = size_bytes, kind, source, raw
 
     @property
     def capabilities(self) -> FrozenSet[str]:
