@@ -1350,10 +1350,10 @@ _CLOSE_DELIMITED_READ_BYTES = 1024  # urllib3 < 2.2 has no read1: the first piec
 
 
 def _too_large(what: str, limit: int, name: str, more: str, really: str, short: str) -> ProviderResponseError:
-    size = "%d bytes" % limit
-    for unit, scale in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)):  # the largest that divides it
-        if limit >= scale and limit % scale == 0:
-            size = "%d %s" % (limit // scale, unit)
+    """The error for more than ``limit`` bytes, "<what> <limit in words> (<name>=<limit>)<more>.", whose hint
+    says to raise the ``name`` parameter "If <really> that large"."""
+    size = next(("%d %s" % (limit // scale, unit) for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20),
+                 ("KiB", 1 << 10)) if limit >= scale and limit % scale == 0), "%d bytes" % limit)
     hint = "If %s that large, raise the limit: pass %s=... to the provider" % (really, name)
     return ProviderResponseError("%s %s (%s=%d)%s." % (what, size, name, limit, more),
                                  server_message=short, reason="too_large", hint=hint)
@@ -1488,9 +1488,8 @@ class HTTPTransport:
         self._adapter = adapter(pool_connections=1, pool_maxsize=self.max_connections)
         for scheme in ("http://", "https://"):
             self.session.mount(scheme, self._adapter)
-        self.session.headers.update(headers)
         # Compressed streams would only add latency; a proxy that compresses anyway is decoded (_body_chunks).
-        self.session.headers["Accept-Encoding"] = "identity"
+        self.session.headers.update({**headers, "Accept-Encoding": "identity"})
         if api_key:
             _register_secret(api_key)  # masked in every error and log line while this transport lives
             weakref.finalize(self, _forget_secret, api_key)
