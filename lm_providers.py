@@ -1727,8 +1727,7 @@ def _short_reason(exc: BaseException) -> str:
 
 
 def _first_cause(exc: BaseException, *types: type) -> Optional[BaseException]:
-    """The first of ``exc`` and what it wraps (``args``, ``__cause__``, ``__context__``: requests and urllib3
-    wrap) that is one of ``types``, among the first 12."""
+    """The first of ``exc`` and what it wraps (args, cause, context: 12 at most) that is one of ``types``."""
     seen: List[BaseException] = []
     todo = [exc]
     while todo and len(seen) < 12:
@@ -2094,7 +2093,6 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
                                           describe_failure=provider._failure, model=model.name)
     _check_stream_type(provider, response, model.name)
     think = _ThinkFilter()
-    reasoning_parts = state.reasoning
     read_event = provider._read_event
     pieces = 0
     stream = _EventStream(provider, response, provider.chat_path, model.name, provider.stream_end,
@@ -2109,8 +2107,8 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
                 text = _scrub(_short_json(event))
                 raise ProviderResponseError("%s sent a stream event of an unexpected shape: %s" % (
                     provider.title, text), body=text, reason="bad_response") from None
-            if reasoning and reasoning_parts is not None:
-                reasoning_parts.append(reasoning)
+            if reasoning and state.reasoning is not None:
+                state.reasoning.append(reasoning)
             if not content:
                 continue
             if think.state == "content":
@@ -2118,8 +2116,8 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
                 yield content
                 continue
             held, reasoning = think.feed(content)  # the start of the reply, or inside a <think> block
-            if reasoning and reasoning_parts is not None:
-                reasoning_parts.append(reasoning)
+            if reasoning and state.reasoning is not None:
+                state.reasoning.append(reasoning)
             if held and not pieces:
                 logger.debug("first piece after %.3f s", time.perf_counter() - started)
             pieces += len(held)
@@ -2127,8 +2125,8 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
     finally:
         events.close()  # at once, not when the garbage collector gets to it: it frees the connection
     held, reasoning = think.finish()
-    if reasoning and reasoning_parts is not None:
-        reasoning_parts.append(reasoning)
+    if reasoning and state.reasoning is not None:
+        state.reasoning.append(reasoning)
     pieces += len(held)
     yield from held
     logger.debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s",
