@@ -2087,7 +2087,8 @@ def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> N
 def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "ModelConfig",
                  state: "_StreamState") -> Generator[str, None, None]:
     """A chat stream's content pieces, sent on the first ``next()``: events go through ``_read_event`` into
-    ``state``, a leading ``<think>`` block to ``state.reasoning``; the end is checked as a whole reply is."""
+    ``state``, a leading ``<think>`` block to ``state.reasoning``; at the end the reply is checked as a whole
+    one is (Ollama reports the prompt's size only at the end)."""
     started = time.perf_counter()
     response = provider.transport.request("POST", provider.chat_path, payload,
                                           describe_failure=provider._failure, model=model.name)
