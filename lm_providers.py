@@ -1282,8 +1282,11 @@ def ensure_requests() -> ModuleType:
 
 
 def _install_requests() -> ModuleType:
+    import sysconfig
     command = "%s -m pip install requests" % sys.executable
-    if _externally_managed():
+    stdlib = sysconfig.get_path("stdlib")
+    in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)  # a venv is the user's to install into
+    if not in_venv and stdlib and os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED")):
         raise ImportError(_PEP_668_ADVICE % sys.executable) from None
     if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
@@ -1303,14 +1306,6 @@ def _install_requests() -> ModuleType:
     import importlib
     importlib.invalidate_caches()
     return importlib.import_module("requests")
-
-
-def _externally_managed() -> bool:
-    if sys.prefix != getattr(sys, "base_prefix", sys.prefix):
-        return False  # a virtual environment is always the user's to install into
-    import sysconfig
-    stdlib = sysconfig.get_path("stdlib")
-    return bool(stdlib) and os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED"))
 
 
 # What ensure_requests says on a Python whose packages the operating system manages (%s: the interpreter)
@@ -1334,10 +1329,10 @@ _CLOSE_DELIMITED_READ_BYTES = 1024  # urllib3 < 2.2 has no read1: the first piec
 
 
 def _too_large(what: str, limit: int, name: str, more: str, really: str, short: str) -> ProviderResponseError:
-    size = "%d bytes" % limit
-    for unit, scale in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)):  # the largest that divides it
-        if limit >= scale and limit % scale == 0:
-            size = "%d %s" % (limit // scale, unit)
+    """The error for more than ``limit`` bytes, "<what> <limit in words> (<name>=<limit>)<more>.", whose hint
+    says to raise the ``name`` parameter "If <really> that large"."""
+    size = next(("%d %s" % (limit // scale, unit) for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20),
+                 ("KiB", 1 << 10)) if limit >= scale and limit % scale == 0), "%d bytes" % limit)
     hint = "If %s that large, raise the limit: pass %s=... to the provider" % (really, name)
     return ProviderResponseError("%s %s (%s=%d)%s." % (what, size, name, limit, more),
                                  server_message=short, reason="too_large", hint=hint)
@@ -1472,9 +1467,8 @@ class HTTPTransport:
         self._adapter = adapter(pool_connections=1, pool_maxsize=self.max_connections)
         for scheme in ("http://", "https://"):
             self.session.mount(scheme, self._adapter)
-        self.session.headers.update(headers)
         # Compressed streams would only add latency; a proxy that compresses anyway is decoded (_body_chunks).
-        self.session.headers["Accept-Encoding"] = "identity"
+        self.session.headers.update({**headers, "Accept-Encoding": "identity"})
         if api_key:
             _register_secret(api_key)  # masked in every error and log line while this transport lives
             weakref.finalize(self, _forget_secret, api_key)
@@ -1609,12 +1603,10 @@ class HTTPTransport:
         if header.replace(".", "", 1).isdigit():
             return min(float(header), 30.0)
         from email.utils import parsedate_to_datetime
-        try:
-            when = parsedate_to_datetime(header)
+        with contextlib.suppress(TypeError, ValueError, IndexError, AttributeError):  # not a date, or none
+            when = parsedate_to_datetime(header)  # (which raises TypeError before 3.10)
             if when.tzinfo is not None:
                 return max(0.0, min(when.timestamp() - time.time(), 30.0))
-        except (TypeError, ValueError, IndexError, AttributeError):  # none or not a date (None before 3.10)
-            pass
         return min(0.5 * 2.0 ** attempt, 8.0)
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
@@ -1629,8 +1621,7 @@ class HTTPTransport:
         import socket
         from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
         exceptions = ensure_requests().exceptions
-        text = str(exc)
-        where = "%s at %s" % (self.server_title, self.base_url)
+        text, where = str(exc), "%s at %s" % (self.server_title, self.base_url)
         raise_it = "raise the limit with timeout=(connect, read), e.g. timeout=(%g, %g)."
         if isinstance(exc, exceptions.ConnectTimeout):
             return ProviderTimeoutError("connecting to %s took longer than the connect timeout (%g s)." % (
@@ -1666,14 +1657,14 @@ class HTTPTransport:
         answer = _first_cause(exc, http.client.HTTPException)  # a bad status line, an endless header
         if answer is not None and not isinstance(answer, (http.client.RemoteDisconnected,
                                                           http.client.IncompleteRead)):  # no answer, or cut
-            said = " ".join(str(answer).split())
+            said = "%s: %s" % (type(answer).__name__, _one_line(answer))
             return ProviderConnectionError("%s answered %s with something that is not valid HTTP (%s)." % (
-                where, url, ("%s: %s" % (type(answer).__name__, said))[:120]), reason="bad_response",
+                where, url, said[:120]), reason="bad_response",
                 hint="Is another program listening on that port? Check the host and port.")
         if "Connection refused" in text or isinstance(exc, ConnectionRefusedError):
-            return ProviderConnectionError("cannot connect to %s: connection refused. Nothing is listening "
-                                           "there." % where, reason="connection_refused",
-                                           hint=self.start_hint)
+            return ProviderConnectionError(
+                "cannot connect to %s: connection refused. Nothing is listening there." % where,
+                reason="connection_refused", hint=self.start_hint)
         if any(sign in text for sign in _UNKNOWN_HOST_SIGNS):
             return ProviderConnectionError("cannot resolve the host name in %s." % self.base_url,
                                            reason="unknown_host", hint="Check the spelling of the host.")
@@ -1698,7 +1689,7 @@ def _json_bytes(payload: Mapping[str, Any]) -> bytes:
 _UNKNOWN_HOST_SIGNS = ("Name or service not known", "NameResolutionError", "nodename nor servname",
                        "Temporary failure in name resolution", "getaddrinfo failed")
 _STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Connection reset by peer",
-                           "Broken pipe", "Connection aborted")
+                           "Connection aborted", "Broken pipe")
 # POSTs that only compute an answer: sending one twice costs time, not a second download or load.
 _REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embed", "/api/show")
 
@@ -1708,16 +1699,14 @@ def _short_reason(exc: BaseException) -> str:
     short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
     if short:  # a Content-Length body, or one chunk of a chunked one
         return "the connection closed %s bytes before the announced end of the body" % short.group(1)
-    for pattern in ("Remote end closed connection without response", "Connection reset by peer",
-                    "Connection aborted", "IncompleteRead", "Connection broken", "Broken pipe"):
+    for pattern in _STALE_CONNECTION_SIGNS + ("IncompleteRead", "Connection broken"):  # the first that shows
         if pattern in text:
             return pattern.lower()
     return text[:200]
 
 
 def _first_cause(exc: BaseException, *types: type) -> Optional[BaseException]:
-    """The first of ``exc`` and what it wraps (``args``, ``__cause__``, ``__context__``: requests and urllib3
-    wrap) that is one of ``types``, among the first 12."""
+    """The first of ``exc`` and what it wraps (args, cause, context: 12 at most) that is one of ``types``."""
     seen: List[BaseException] = []
     todo = [exc]
     while todo and len(seen) < 12:
@@ -1727,8 +1716,8 @@ def _first_cause(exc: BaseException, *types: type) -> Optional[BaseException]:
         if isinstance(current, types):
             return current
         seen.append(current)
-        todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        todo.extend(e for e in (*current.args, current.__cause__, current.__context__)
+                    if isinstance(e, BaseException))
     return None
 
 
@@ -1791,8 +1780,7 @@ class StreamDecoder:
     def __init__(self, framing: str, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES):
         if framing not in ("sse", "ndjson"):
             raise ValueError("framing must be 'sse' or 'ndjson'")
-        self.framing = framing
-        self.max_event_bytes = max_event_bytes
+        self.framing, self.max_event_bytes = framing, max_event_bytes
         self._pending: List[bytes] = []  # the pieces of an unterminated line, joined once it ends
         self._pending_size = 0
         self._skip_lf = False            # the previous chunk ended in \r: a leading \n is its partner
@@ -1915,9 +1903,8 @@ class _EndWatch:
     come within ``seconds``; the connection is then closed instead of reused."""
 
     def __init__(self, raw: Any, seconds: float) -> None:
-        self._lock = threading.Lock()
+        self._lock, self._raw = threading.Lock(), raw
         self._stopped = self.fired = False
-        self._raw = raw
         self._fd = None if hasattr(raw, "shutdown") else raw.fileno()  # urllib3 < 2.3 has no shutdown()
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
@@ -1931,7 +1918,7 @@ class _EndWatch:
             if self._stopped or self._raw.connection is None or self._raw.isclosed():
                 return
             self.fired = True
-            try:
+            with contextlib.suppress(OSError, ValueError, RuntimeError):  # already closed or released
                 if self._fd is None:
                     self._raw.shutdown()
                     return
@@ -1940,8 +1927,6 @@ class _EndWatch:
                     sock.shutdown(socket.SHUT_RD)
                 finally:
                     sock.detach()  # the descriptor stays the connection's
-            except (OSError, ValueError, RuntimeError):  # already closed or released
-                pass
 
     def stop(self) -> bool:
         """Stop watching; return whether the watch never fired (the connection is intact)."""
@@ -2035,11 +2020,9 @@ class _EventStream:
         message = _server_message(text)
         if self.path != provider.chat_path:
             return provider._in_band_error(self.path, self.model, message, text)
-        overflow = provider._context_error(None, text, self.model)
-        if overflow is not None:
-            return overflow
-        return ProviderResponseError("%s reported an error in the middle of the stream%s: %s" % (
-            provider.title, " for model %r" % self.model if self.model else "", message),
+        return provider._context_error(None, text, self.model) or ProviderResponseError(
+            "%s reported an error in the middle of the stream%s: %s" % (
+                provider.title, " for model %r" % self.model if self.model else "", message),
             server_message=message, body=text, reason="server_error")
 
 
@@ -2082,15 +2065,14 @@ def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> N
 
 def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "ModelConfig",
                  state: "_StreamState") -> Generator[str, None, None]:
-    """A chat stream's content pieces, sent on the first ``next()``: events go through ``_read_event``
-    (recording into ``state``), a leading ``<think>`` block to ``state.reasoning``; at the end the reply is
-    checked as a whole one is (Ollama reports the prompt's size only at the end)."""
+    """A chat stream's content pieces, sent on the first ``next()``: events go through ``_read_event`` into
+    ``state``, a leading ``<think>`` block to ``state.reasoning``; at the end the reply is checked as a whole
+    one is (Ollama reports the prompt's size only at the end)."""
     started = time.perf_counter()
     response = provider.transport.request("POST", provider.chat_path, payload,
                                           describe_failure=provider._failure, model=model.name)
     _check_stream_type(provider, response, model.name)
     think = _ThinkFilter()
-    reasoning_parts = state.reasoning
     read_event = provider._read_event
     pieces = 0
     stream = _EventStream(provider, response, provider.chat_path, model.name, provider.stream_end,
@@ -2105,8 +2087,8 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
                 text = _scrub(_short_json(event))
                 raise ProviderResponseError("%s sent a stream event of an unexpected shape: %s" % (
                     provider.title, text), body=text, reason="bad_response") from None
-            if reasoning and reasoning_parts is not None:
-                reasoning_parts.append(reasoning)
+            if reasoning and state.reasoning is not None:
+                state.reasoning.append(reasoning)
             if not content:
                 continue
             if think.state == "content":
@@ -2114,21 +2096,19 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
                 yield content
                 continue
             held, reasoning = think.feed(content)  # the start of the reply, or inside a <think> block
-            if reasoning and reasoning_parts is not None:
-                reasoning_parts.append(reasoning)
+            if reasoning and state.reasoning is not None:
+                state.reasoning.append(reasoning)
             if held and not pieces:
                 logger.debug("first piece after %.3f s", time.perf_counter() - started)
-            for content in held:
-                pieces += 1
-                yield content
+            pieces += len(held)
+            yield from held
     finally:
         events.close()  # at once, not when the garbage collector gets to it: it frees the connection
     held, reasoning = think.finish()
-    if reasoning and reasoning_parts is not None:
-        reasoning_parts.append(reasoning)
-    for content in held:
-        pieces += 1
-        yield content
+    if reasoning and state.reasoning is not None:
+        state.reasoning.append(reasoning)
+    pieces += len(held)
+    yield from held
     logger.debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s",
                  stream.count, pieces, state.finish_reason, state.usage, time.perf_counter() - started)
     provider._check_end(model, state.finish_reason, has_text=pieces > 0, reasoned=bool(state.reasoning))
@@ -2292,7 +2272,7 @@ class ChatStream(TextStream):
 class _StreamState:
     """What a stream records besides its text; tool calls are gathered piece by piece, built at the end."""
 
-    __slots__ = ("finish_reason", "usage", "reasoning", "logprobs", "tool_calls", "_calls", "_slots")
+    __slots__ = ("finish_reason", "usage", "reasoning", "logprobs", "tool_calls", "_calls")
 
     def __init__(self, keep_reasoning: bool) -> None:
         self.finish_reason: Optional[str] = None
@@ -2300,15 +2280,14 @@ class _StreamState:
         self.reasoning: Optional[List[str]] = [] if keep_reasoning else None
         self.logprobs: Optional[List[Dict[str, Any]]] = None
         self.tool_calls: Optional[List[ToolCall]] = None  # set by finish_tool_calls
-        self._calls: List[List[Any]] = []   # [id, name, argument pieces, characters] per call, in order
-        self._slots: Dict[Any, int] = {}    # the server's index of a call -> its place in _calls
+        self._calls: Dict[Any, List[Any]] = {}  # [id, name, argument pieces, characters] by call index
 
     def add_tool_fragments(self, fragments: Any) -> None:
         """Merge OpenAI-style streamed ``delta.tool_calls`` pieces, keyed by ``index`` (id, name first)."""
         for fragment in fragments:
             index = fragment.get("index")
             if index is None and not fragment.get("id") and self._calls:
-                call = self._calls[-1]  # a server that numbers nothing: a piece without an id continues
+                call = next(reversed(self._calls.values()))  # no numbers: a piece without an id continues
             else:
                 call = self._call(("id", fragment.get("id")) if index is None else index)
             function = fragment.get("function") or {}
@@ -2316,7 +2295,7 @@ class _StreamState:
                 call[0] = fragment["id"]
             name = function.get("name")
             if name and name != call[1]:
-                call[1] = (call[1] or "") + name if call[1] and not call[2] else name
+                call[1] = call[1] + name if call[1] and not call[2] else name
             self._add_arguments(call, function.get("arguments"))
 
     def add_whole_tool_calls(self, calls: Any) -> None:
@@ -2327,15 +2306,14 @@ class _StreamState:
             call[0], call[1] = whole.get("id"), function.get("name")
             self._add_arguments(call, function.get("arguments"))
 
-    def _call(self, index: Any) -> List[Any]:  # at most _MAX_TOOL_CALLS calls
-        slot = self._slots.get(index)
-        if slot is None:
+    def _call(self, index: Any) -> List[Any]:
+        call = self._calls.get(index)
+        if call is None:
             if len(self._calls) >= _MAX_TOOL_CALLS:
                 raise ProviderResponseError("the stream holds more than %d tool calls; it was stopped"
                                             % _MAX_TOOL_CALLS, reason="too_large")
-            slot = self._slots[index] = len(self._calls)
-            self._calls.append([None, None, [], 0])
-        return self._calls[slot]
+            call = self._calls[index] = [None, None, [], 0]
+        return call
 
     @staticmethod
     def _add_arguments(call: List[Any], piece: Any) -> None:
@@ -2354,16 +2332,15 @@ class _StreamState:
             self.tool_calls = [_tool_call(title, call_id, name, (
                 pieces[0] if len(pieces) == 1 and not isinstance(pieces[0], str) else
                 "".join(p if isinstance(p, str) else json.dumps(p) for p in pieces)), self.finish_reason)
-                for call_id, name, pieces, _ in self._calls]
+                for call_id, name, pieces, _ in self._calls.values()]
             self.finish_reason = _tool_finish_reason(self.finish_reason, self.tool_calls)
         return self.tool_calls or []
 
 
 class _ThinkFilter:
     """Move a leading ``<think>...</think>`` block out of streamed content: ``feed(piece)`` returns the
-    content pieces to pass on (in order, never merged) and any reasoning text.  Pieces are held while the
-    start could still become ``<think>``, and at most a tag's length of reasoning while it could begin
-    ``</think>``."""
+    content pieces to pass on (in order, never merged) and any reasoning text; it holds pieces while the
+    start may become ``<think>``, and at most a tag's length of reasoning while it may begin ``</think>``."""
 
     OPEN, CLOSE = "<think>", "</think>"
     __slots__ = ("state", "held", "tail")
@@ -2431,14 +2408,13 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
         raise ValueError("expected the reply text, got %r" % (text,))
     content, _ = split_reasoning(text)
     candidates = [m.group(1) for m in _JSON_FENCE_RE.finditer(content)] + [content]
-    decoder = json.JSONDecoder()
     found_objects: List[Dict[str, Any]] = []
     value: Dict[str, Any]  # what raw_decode gives from a "{": always an object
     for candidate in candidates:
         start = candidate.find("{")
         while start >= 0:
             try:
-                value, end = decoder.raw_decode(candidate, start)
+                value, end = _raw_decode(candidate, start)
             except (ValueError, RecursionError):
                 start = candidate.find("{", start + 1)
                 continue
@@ -2478,10 +2454,9 @@ class ModelInfo(_Record):
                  size_bytes: Optional[int] = None, kind: Optional[str] = None, source: str = "",
                  raw: Any = None):
         self.name, self.context_length, self.loaded = name, context_length, loaded
-        self.loaded_context_length = loaded_context_length
-        self.tools, self.vision, self.thinking, self.embedding = tools, vision, thinking, embedding
-        self.quantization, self.size_bytes, self.kind = quantization, size_bytes, kind
-        self.source, self.raw = source, raw
+        self.loaded_context_length, self.tools, self.vision = loaded_context_length, tools, vision
+        self.thinking, self.embedding, self.quantization = thinking, embedding, quantization
+        self.size_bytes, self.kind, self.source, self.raw = size_bytes, kind, source, raw
 
     @property
     def capabilities(self) -> FrozenSet[str]:
@@ -2496,7 +2471,6 @@ class ModelInfo(_Record):
     def as_dict(self) -> Dict[str, Any]:
         """The fields (without ``raw``) as a dict, e.g. for JSON output."""
         return {name: getattr(self, name) for name in self.FIELDS}
-
 
 
 class PullProgress(_Record):
