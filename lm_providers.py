@@ -2903,11 +2903,10 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     A missing file, another type or over ``MAX_IMAGE_BYTES`` raises InvalidInputError naming ``where``."""
     import base64
     stripped = image.strip() if isinstance(image, str) else ""
+    is_path = isinstance(image, os.PathLike)
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
-    elif isinstance(image, os.PathLike):
-        data = _read_image_file(os.fspath(image), where)
-    elif not isinstance(image, str):
+    elif not is_path and not isinstance(image, str):
         raise InvalidInputError("%s must be a file path, bytes, base64 text or a data URL, got %s"
                                 % (where, type(image).__name__))
     elif stripped[:5].lower() == "data:":
@@ -2917,8 +2916,8 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     elif stripped[:7].lower() == "http://" or stripped[:8].lower() == "https://":
         raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it "
                                 "and give the file path or the bytes" % (where, stripped[:80]))
-    elif len(stripped) < 4096 and os.path.isfile(stripped):  # isfile is False for a NUL character
-        data = _read_image_file(stripped, where)
+    elif is_path or len(stripped) < 4096 and os.path.isfile(stripped):  # isfile is False for a NUL character
+        data = _read_image_file(os.fspath(image) if is_path else stripped, where)
     else:
         data = _base64_image(stripped, where, "%s: there is no file at %r, and it is not base64 image "
                              "data either" % (where, stripped[:80]))
@@ -2931,37 +2930,34 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     return mime, base64.b64encode(data).decode("ascii")
 
 
-def _load_images(images: Any, index: int, accepted: Sequence[str], server: str) -> List[Tuple[str, str]]:
-    """Every image of ``messages[index]['images']``, loaded and checked against the types ``server`` takes."""
+def _load_images(images: Any, index: int, provider: "BaseProvider") -> List[Tuple[str, str]]:
+    """Every image of ``messages[index]['images']``, loaded and checked against the types the server takes."""
     if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
         raise InvalidInputError("messages[%d]['images'] must be a list of images (paths, bytes, base64 or "
                                 "data URLs); wrap a single image in a list" % index)
-    return [_accepted_image(image, "messages[%d]['images'][%d]" % (index, number), accepted, server)
+    return [_accepted_image(image, "messages[%d]['images'][%d]" % (index, number), provider)
             for number, image in enumerate(images)]
 
 
-def _accepted_image(image: Any, where: str, accepted: Sequence[str], server: str) -> Tuple[str, str]:
+def _accepted_image(image: Any, where: str, provider: "BaseProvider") -> Tuple[str, str]:
     """``load_image``, refusing a type the server does not take."""
     mime, data = load_image(image, where)
-    if mime not in accepted:
+    if mime not in provider.image_types:
         raise InvalidInputError("%s is %s, which %s does not take (it takes %s); convert it first"
-                                % (where, mime, server, ", ".join(accepted)))
+                                % (where, mime, provider.title, ", ".join(provider.image_types)))
     return mime, data
-
-
-def _has_images(message: Any) -> bool:
-    """Whether a message carries images, in Ollama's form or as OpenAI content parts."""
-    return isinstance(message, Mapping) and (message.get("images") is not None
-                                             or isinstance(message.get("content"), list))
 
 
 def _with_images(provider: "BaseProvider", messages: Any, model: ModelConfig) -> Any:
     """``messages`` with their images in the server's form: new dicts, the caller's stay as they are."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not any(
-            _has_images(message) for message in messages):
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        return messages  # for _check_messages to refuse
+    carriers = [isinstance(m, Mapping) and (m.get("images") is not None or isinstance(m.get("content"), list))
+                for m in messages]  # images in Ollama's form, or OpenAI content parts
+    if not any(carriers):
         return messages
-    converted = [provider._convert_images(message, index) if _has_images(message) else message
-                 for index, message in enumerate(messages)]
+    converted = [provider._convert_images(message, index) if carries else message
+                 for index, (message, carries) in enumerate(zip(messages, carriers))]
     if not any(isinstance(message, Mapping) and message.get("images") for message in converted):
         return converted
     # Ollama's form (images stay in "images"): Ollama ignores images sent to a model without vision
@@ -3020,21 +3016,6 @@ def _vectors(vectors: Any) -> List[List[float]]:
             raise TypeError("not a vector of numbers")
     return vectors
 
-
-def _embed_payload(provider: "BaseProvider", texts: List[str], model: ModelConfig, dimensions: Optional[int],
-                   truncate: Optional[bool]) -> Dict[str, Any]:
-    """The body of one embeddings request, with the model's parameters that apply to embeddings."""
-    payload: Dict[str, Any] = {"model": model.name, "input": texts}
-    if dimensions is not None:
-        payload["dimensions"] = dimensions
-    if truncate is not None and "truncate" not in provider.embed_fields:
-        logger.warning("truncate=%s is Ollama's; %s has no such option, so it was not sent", truncate,
-                       provider.title)
-    elif truncate is not None:
-        payload["truncate"] = bool(truncate)
-    mapped = map_parameters(model.parameters, provider.provider)
-    payload.update((key, mapped[key]) for key in provider.embed_fields if key in mapped)
-    return payload
 
 # --- log-probabilities -------------------------------------------------------------
 
@@ -3319,12 +3300,11 @@ class BaseProvider:
                                 model.name, data, tool_calls, _logprobs_of(self, data))
             self._check_fit(payload, model, usage, finish_reason, bool(text), result)
             if _debug_call_running():
+                shown = "".join("\ntool call %s: %s(%s)" % (call.id, call.name, call.raw_arguments)
+                                for call in tool_calls)
                 logger.debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, "
-                             "%.3f s", len(result.text), len(result.reasoning), finish_reason, usage,
-                             time.perf_counter() - started)
-                logger.debug("reply text: %s", result.text)
-                for call in tool_calls:
-                    logger.debug("tool call %s: %s(%s)", call.id, call.name, call.raw_arguments)
+                             "%.3f s: %s%s", len(result.text), len(result.reasoning), finish_reason, usage,
+                             time.perf_counter() - started, result.text, shown)
             self._check_end(model, finish_reason, bool(result.text), bool(result.reasoning))
             return result
 
@@ -3354,7 +3334,6 @@ class BaseProvider:
         """Generate a JSON object that has every attribute in ``required_attributes``, asking for JSON that
         follows ``schema`` (default: built from them).  A reply that is not one gets a repair message, up to
         ``max_attempts`` replies in all; then JSONGenerationError holds the last reply."""
-        _check_messages(messages, self.content_must_be_str)
         if not isinstance(required_attributes, (list, tuple)) or not all(
                 isinstance(a, str) for a in required_attributes):
             raise InvalidInputError("required_attributes must be a list of strings, got %r"
@@ -3363,7 +3342,7 @@ class BaseProvider:
             raise InvalidInputError("max_attempts must be a whole number >= 1, got %r" % (max_attempts,))
         required = list(required_attributes)
         model = self._model(model).with_parameters(format=dict(schema or json_schema_for(required)))
-        conversation = list(messages)
+        conversation = messages  # chat checks it
         raw, reason = "", ""
         with _debugging(debug):
             for attempt in range(1, max_attempts + 1):
@@ -3378,8 +3357,8 @@ class BaseProvider:
                     repair = ("That reply was not usable: %s. Answer again with only one JSON object that "
                               "has the attributes %s, and nothing else." % (
                                   reason, ", ".join(required) or "you were asked for"))
-                    conversation = list(messages) + [{"role": "assistant", "content": raw},
-                                                     {"role": "user", "content": repair}]
+                    conversation = [*messages, {"role": "assistant", "content": raw},
+                                    {"role": "user", "content": repair}]
                     continue
                 logger.debug("JSON attempt %d/%d gave keys %s", attempt, max_attempts, sorted(data))
                 return data
@@ -3399,10 +3378,17 @@ class BaseProvider:
         inputs = _embedding_inputs(texts, dimensions, batch_size)
         vectors: List[List[float]] = []
         with _debugging(debug):
+            options: Dict[str, Any] = {} if dimensions is None else {"dimensions": dimensions}
+            if truncate is not None and "truncate" not in self.embed_fields:
+                logger.warning("truncate=%s is Ollama's; %s has no such option, so it was not sent", truncate,
+                               self.title)
+            elif truncate is not None:
+                options["truncate"] = bool(truncate)
+            mapped = map_parameters(model.parameters, self.provider)  # those of the model's that apply
+            options.update((key, mapped[key]) for key in self.embed_fields if key in mapped)
             for start in range(0, len(inputs), batch_size):
                 batch = inputs[start:start + batch_size]
-                found = self._call("POST", self.embed_path,
-                                   _embed_payload(self, batch, model, dimensions, truncate),
+                found = self._call("POST", self.embed_path, {"model": model.name, "input": batch, **options},
                                    model=model.name, needed=self.embed_needed, read=self._read_embeddings,
                                    manual="Update the server, or use another one for embeddings.")
                 if len(found) != len(batch):
@@ -3432,13 +3418,12 @@ class BaseProvider:
         functions = {schema["function"]["name"]: tool for schema, tool in zip(schemas, tools)}
         if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
             raise InvalidInputError("max_rounds must be a whole number >= 1, got %r" % (max_rounds,))
-        _check_messages(messages, self.content_must_be_str)
-        conversation: List[Dict[str, Any]] = list(messages)  # type: ignore[arg-type]
+        conversation = cast(List[Dict[str, Any]], messages)  # checked by chat, then copied
         with _debugging(debug):
             for rounds in range(max_rounds + 1):
                 result = self.chat(conversation, model, tools=schemas,
                                    tool_choice=tool_choice if rounds == 0 else None)
-                conversation.append(result.assistant_message())
+                conversation = [*conversation, result.assistant_message()]
                 if not result.tool_calls:
                     return ToolRunResult(result, conversation, rounds)
                 if rounds == max_rounds:
@@ -3682,13 +3667,10 @@ class BaseProvider:
         payload: Dict[str, Any] = {"model": model.name, "messages": messages, "stream": stream}
         payload.update(self.stream_fields if stream else {})
         payload.update(map_parameters(model.parameters, self.provider))
-        if _debug_call_running():
-            logger.debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token);"
-                         " %s",
-                         self.title, model.name, self.base_url, len(messages), _estimate_tokens(messages),
+        if _debug_call_running():  # the messages are in the request's payload
+            logger.debug("%s model %r: %d message(s), about %d prompt tokens (4 characters a token); %s",
+                         self.title, model.name, len(messages), _estimate_tokens(messages),
                          self._debug_context(model))
-            for index, message in enumerate(messages):
-                logger.debug("  message %d [%s]: %s", index, message.get("role"), message.get("content"))
             if stream:  # the stream code sends it without a word
                 self._log_request("POST", self.chat_path, payload)
         return payload
@@ -3890,10 +3872,8 @@ class OpenAICompatibleProvider(BaseProvider):
         text = [{"type": "text", "text": content}] if content else []
         parts = list(content) if isinstance(content, list) else text
         parts += [{"type": "image_url", "image_url": {"url": "data:%s;base64,%s" % image}}
-                  for image in _load_images(message["images"], index, self.image_types, self.title)]
-        converted = {key: value for key, value in message.items() if key != "images"}
-        converted["content"] = parts
-        return converted
+                  for image in _load_images(message["images"], index, self)]
+        return dict({key: value for key, value in message.items() if key != "images"}, content=parts)
 
     def _raw_logprobs(self, data: Any) -> Any:
         logprobs = data["choices"][0].get("logprobs")
@@ -4143,7 +4123,7 @@ class OllamaProvider(BaseProvider):
     def _convert_images(self, message: Mapping[str, Any], index: int) -> Mapping[str, Any]:
         """Images (and ``image_url`` data-URL content parts) become base64 text in ``images``."""
         content, images = message.get("content"), message.get("images")
-        images = _load_images(images, index, self.image_types, self.title) if images is not None else []
+        images = _load_images(images, index, self) if images is not None else []
         if isinstance(content, list):
             texts = []
             for number, part in enumerate(content):
@@ -4153,8 +4133,7 @@ class OllamaProvider(BaseProvider):
                 elif kind == "image_url":
                     url = part.get("image_url")
                     url = url.get("url") if isinstance(url, Mapping) else url
-                    images.append(_accepted_image(url, "messages[%d]['content'][%d]" % (index, number),
-                                                  self.image_types, self.title))
+                    images.append(_accepted_image(url, "messages[%d]['content'][%d]" % (index, number), self))
                 else:
                     raise InvalidInputError("messages[%d]['content'][%d] is a %r part; Ollama takes 'text' "
                                             "and 'image_url' parts" % (index, number, kind))
