@@ -2962,14 +2962,12 @@ def _with_images(provider: "BaseProvider", messages: Any, model: ModelConfig) ->
         return converted
     # Ollama's form (images stay in "images"): Ollama ignores images sent to a model without vision
     # without a word, so warn when its facts (asked once per model) say so; without facts, say nothing.
-    info = provider._facts.get(provider._fact_key(model.name))
-    if info is None:
-        try:
-            info = provider.model_info(model)
-        except ProviderError as exc:
-            logger.debug("no facts about %s model %r, so its vision is not checked: %s", provider.title,
-                         model.name, exc)
-            return converted
+    try:
+        info = provider._facts.get(provider._fact_key(model.name)) or provider.model_info(model)
+    except ProviderError as exc:
+        logger.debug("no facts about %s model %r, so its vision is not checked: %s", provider.title,
+                     model.name, exc)
+        return converted
     if info.vision is False:
         logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent "
                        "with it. %s", provider.title, model.name,
@@ -3104,10 +3102,7 @@ def _dict_at(mapping: Any, key: str) -> Dict[str, Any]:
 
 def _first_int(*values: Any) -> Optional[int]:
     """The first value that is a whole number (not a bool), else None."""
-    for value in values:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+    return next((value for value in values if isinstance(value, int) and not isinstance(value, bool)), None)
 
 
 def _is_past(stamp: Any) -> bool:
@@ -3289,7 +3284,6 @@ class BaseProvider:
         with _debugging(debug):
             model = _with_tools(self._model(model), tools, tool_choice)
             payload = self._payload(messages, model, stream=False)
-            started = time.perf_counter()
             data, (text, reasoning, finish_reason, usage, calls) = self._call(
                 "POST", self.chat_path, payload, model=model.name,
                 read=lambda data: (data, self._read_reply(data)))
@@ -3302,9 +3296,9 @@ class BaseProvider:
             if _debug_call_running():
                 shown = "".join("\ntool call %s: %s(%s)" % (call.id, call.name, call.raw_arguments)
                                 for call in tool_calls)
-                logger.debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, "
-                             "%.3f s: %s%s", len(result.text), len(result.reasoning), finish_reason, usage,
-                             time.perf_counter() - started, result.text, shown)
+                logger.debug("reply: %d text and %d reasoning characters, finish_reason=%s, usage=%s: %s%s",
+                             len(result.text), len(result.reasoning), finish_reason, usage, result.text,
+                             shown)
             self._check_end(model, finish_reason, bool(result.text), bool(result.reasoning))
             return result
 
@@ -3574,7 +3568,7 @@ class BaseProvider:
         """One JSON request; return ``read(answer)``.  An answer not JSON, an error object (servers put errors
         in 200 bodies) or of an unexpected shape is a ProviderResponseError.  ``needed``, ``manual``: what a
         missing endpoint's error says to do; with ``optional``, a missing endpoint returns None."""
-        failure = self._failure_at(path, needed, manual)
+        failure = functools.partial(self._failure, path=path, needed=needed, manual=manual)
         self._log_request(method, path, payload)
         try:
             response = self.transport.request(method, path, payload, describe_failure=failure, model=model)
@@ -3602,8 +3596,8 @@ class BaseProvider:
     def _stream_json(self, path: str, payload: Dict[str, Any], *,
                      model: str = "") -> Generator[Dict[str, Any], None, None]:
         """The JSON objects of a streamed POST to ``path`` until the body ends (caller checks the end)."""
-        response = self.transport.request("POST", path, payload, describe_failure=self._failure_at(path),
-                                          model=model)
+        response = self.transport.request("POST", path, payload, model=model,
+                                          describe_failure=functools.partial(self._failure, path=path))
         return iter(_EventStream(self, response, path, model, complete=lambda: True))
 
     def _known_context(self, model: ModelConfig) -> Optional[int]:
@@ -3721,9 +3715,6 @@ class BaseProvider:
         return self._tabled(answer) or ProviderResponseError("%s answered %s: %s" % (
             self.title, where, answer.message), hint=_proxy_hint(answer.message), **answer.fields)
 
-    def _failure_at(self, path: str, needed: str = "", manual: str = "") -> Callable[..., ProviderError]:
-        return functools.partial(self._failure, path=path, needed=needed, manual=manual)
-
     def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
         """The exception for an error event in a stream from ``path`` (other than the chat's)."""
         answer = _ErrorAnswer(None, body, model, path)
@@ -3737,10 +3728,8 @@ class BaseProvider:
 
     def _tabled(self, answer: _ErrorAnswer) -> Optional[ProviderError]:
         """The error of the first row of ``failure_rows`` that applies to ``answer``."""
-        for applies, build in self.failure_rows:
-            if applies(self, answer):
-                return build(self, answer)
-        return None
+        return next((build(self, answer) for applies, build in self.failure_rows if applies(self, answer)),
+                    None)
 
     def _not_found(self, model: str, said: str, status: Optional[int] = None, message: Optional[str] = None,
                    body: Optional[str] = None, offered: Optional[Sequence[str]] = None) -> ModelNotFoundError:
@@ -3901,7 +3890,7 @@ class OpenAICompatibleProvider(BaseProvider):
                 quantization=meta.get("ftype") if isinstance(meta.get("ftype"), str) else None,
                 size_bytes=_first_int(meta.get("size")),
                 source=self.models_path + (" + /props" if props else ""), raw=entry))
-        if not entries or not any(info.context_length for info in infos):
+        if not any(info.context_length for info in infos):
             logger.debug("%s at %s: %s reports no context lengths", self.title, self.base_url,
                          self.models_path)
         return infos
@@ -3944,16 +3933,15 @@ class LMStudioProvider(OpenAICompatibleProvider):
 
     def _list_model_info(self) -> List[ModelInfo]:
         """``/api/v1/models`` (LM Studio 0.4+), else ``/api/v0/models`` (0.3.6+), else ``/v1/models``."""
-        infos: Optional[List[ModelInfo]] = self._call(
-            "GET", "/api/v1/models", optional=True,
-            read=lambda data: [_lm_studio_v1_info(entry) for entry in _entries(data, "models", "key")])
-        if infos is None:
-            infos = self._call("GET", "/api/v0/models", optional=True, read=lambda data: [
-                _lm_studio_v0_info(entry) for entry in _entries(data, "data", "id")])
-        if infos is None:
-            logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models: only /v1/models facts",
-                         self.title, self.base_url)
-        return super()._list_model_info() if infos is None else infos
+        for path, field, key, info in (("/api/v1/models", "models", "key", _lm_studio_v1_info),
+                                       ("/api/v0/models", "data", "id", _lm_studio_v0_info)):
+            infos: Optional[List[ModelInfo]] = self._call(
+                "GET", path, optional=True, read=lambda data: [info(e) for e in _entries(data, field, key)])
+            if infos is not None:
+                return infos
+        logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models: only /v1/models facts",
+                     self.title, self.base_url)
+        return super()._list_model_info()
 
     def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         if keep_alive is not None:
@@ -3981,9 +3969,8 @@ class LMStudioProvider(OpenAICompatibleProvider):
                             read=lambda data: [(entry["key"], str(instance["id"]))
                                                for entry in _entries(data, "models", "key")
                                                for instance in entry.get("loaded_instances") or []])
-        instances = [instance for key, instance in loaded if key == name]
-        if not instances and any(instance == name for _, instance in loaded):
-            instances = [name]
+        instances = [instance for key, instance in loaded if key == name] or [
+            instance for _, instance in loaded if instance == name]
         if not instances:
             logger.info("%s model %r is not loaded; nothing to unload", self.title, name)
         for instance_id in instances:
@@ -4211,20 +4198,18 @@ class OllamaProvider(BaseProvider):
 
     def _tags(self, optional: bool = False) -> List[Dict[str, Any]]:
         """``/api/tags``'s models (none when ``optional`` and the server has no /api/tags)."""
-        entries = self._call("GET", self.models_path, optional=optional,
-                             read=lambda data: _entries(data, *self.listing))
-        return entries or []
+        return self._call("GET", self.models_path, optional=optional,
+                          read=lambda data: _entries(data, *self.listing)) or []
 
     def _show(self, name: str, quiet: bool = False) -> Dict[str, Any]:
         """``/api/show``'s answer; ``quiet``: {} when it fails (one broken model must not hide the others)."""
         try:
-            show: Dict[str, Any] = self._call("POST", "/api/show", {"model": name}, model=name)
+            return cast(Dict[str, Any], self._call("POST", "/api/show", {"model": name}, model=name))
         except ProviderResponseError as exc:
             if not quiet:
                 raise
             logger.debug("%s could not show %r (%s); its facts are left out", self.title, name, exc)
             return {}
-        return show
 
     def _running(self) -> Optional[List[Dict[str, Any]]]:
         """``/api/ps``'s unexpired models (None without /api/ps); remembers each one's loaded context."""
@@ -4331,15 +4316,12 @@ def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict
     def has(capability: str) -> Optional[bool]:
         return capability in capabilities if isinstance(capabilities, list) else None
 
-    loaded = None if running is None else False
-    loaded_context = None
-    for entry in running or []:
-        if _ollama_key(str(entry.get("name"))) == _ollama_key(name):
-            loaded, loaded_context = True, _first_int(entry.get("context_length"))
+    mine = [entry for entry in running or [] if _ollama_key(str(entry.get("name"))) == _ollama_key(name)]
     kind = "embedding" if has("embedding") else "llm" if has("completion") else None
     return ModelInfo(
         name, context_length=_first_int(facts.get("%s.context_length" % architecture)),
-        loaded=loaded, loaded_context_length=loaded_context, tools=has("tools"), vision=has("vision"),
+        loaded=None if running is None else bool(mine), tools=has("tools"), vision=has("vision"),
+        loaded_context_length=_first_int(mine[-1].get("context_length")) if mine else None,
         thinking=has("thinking"), embedding=has("embedding"),
         quantization=details.get("quantization_level") or None, size_bytes=_first_int(listed.get("size")),
         kind=kind, source="/api/show + /api/ps", raw=dict(show))
