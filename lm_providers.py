@@ -3124,7 +3124,8 @@ _wall_clock = time.time  # the time expires_at is compared with (tests set a rec
 class _ErrorAnswer:
     """What was asked and what the server said (``status`` None for an error event in a stream)."""
 
-    __slots__ = ("status", "body", "model", "path", "needed", "manual", "message", "said", "overflow")
+    __slots__ = ("status", "body", "model", "path", "needed", "manual", "message", "said", "overflow",
+                 "fields")
 
     def __init__(self, status: Optional[int], body: str, model: str, path: str, needed: str = "",
                  manual: str = ""):
@@ -3133,11 +3134,8 @@ class _ErrorAnswer:
         self.message = _server_message(body)
         self.said = self.message.rstrip(". ")  # the server's words, followed by more sentences
         self.overflow = _parse_overflow(self.message, body)
-
-    @property
-    def fields(self) -> Dict[str, Any]:
-        """The ProviderResponseError fields."""
-        return {"status": self.status, "server_message": self.message, "body": self.body}
+        #: the ProviderResponseError fields
+        self.fields: Dict[str, Any] = {"status": status, "server_message": self.message, "body": body}
 
     def says(self, *phrases: str) -> bool:
         """Whether the server's message holds one of ``phrases`` (lower case)."""
@@ -3521,11 +3519,10 @@ class BaseProvider:
                    progress: Optional[Callable[[PullProgress], Any]] = None,
                    debug: bool = False) -> PullProgress:
         """Download ``model``; call ``progress(record)`` for each PullProgress; return the last record."""
-        last = None
-        for record in self.iter_pull(model, debug=debug):
-            last = record
+        last: Optional[PullProgress] = None
+        for last in self.iter_pull(model, debug=debug):
             if progress is not None:
-                progress(record)
+                progress(last)
         if last is None:
             raise DownloadError("%s reported nothing while downloading %r" % (
                 self.title, self._model(model).name))
@@ -3698,8 +3695,7 @@ class BaseProvider:
     def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig,
                 state: Any) -> Generator[str, None, None]:
         """A chat stream's content pieces (``_chat_pieces``); the messages are checked now, not at next()."""
-        payload = self._payload(messages, model, stream=True)
-        return _chat_pieces(self, payload, model, state)
+        return _chat_pieces(self, self._payload(messages, model, stream=True), model, state)
 
     def _ends_with_body(self, state: Any) -> bool:
         """Whether a chat stream whose body ended without its end marker is complete all the same: when it
@@ -3785,9 +3781,8 @@ def _timeouts(timeout: Union[None, float, Tuple[float, float]]) -> Tuple[float, 
 
 
 def _openai_usage(usage: Any) -> Optional[Dict[str, int]]:
-    if not isinstance(usage, dict):
-        return None
-    return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage}
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return {k: usage[k] for k in keys if k in usage} if isinstance(usage, dict) else None
 
 
 class OpenAICompatibleProvider(BaseProvider):
