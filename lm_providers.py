@@ -2856,11 +2856,10 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     A missing file, another type or over ``MAX_IMAGE_BYTES`` raises InvalidInputError naming ``where``."""
     import base64
     stripped = image.strip() if isinstance(image, str) else ""
+    is_path = isinstance(image, os.PathLike)
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
-    elif isinstance(image, os.PathLike):
-        data = _read_image_file(os.fspath(image), where)
-    elif not isinstance(image, str):
+    elif not is_path and not isinstance(image, str):
         raise InvalidInputError("%s must be a file path, bytes, base64 text or a data URL, got %s"
                                 % (where, type(image).__name__))
     elif stripped[:5].lower() == "data:":
@@ -2870,8 +2869,8 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     elif stripped[:7].lower() == "http://" or stripped[:8].lower() == "https://":
         raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it "
                                 "and give the file path or the bytes" % (where, stripped[:80]))
-    elif len(stripped) < 4096 and os.path.isfile(stripped):  # isfile is False for a NUL character
-        data = _read_image_file(stripped, where)
+    elif is_path or len(stripped) < 4096 and os.path.isfile(stripped):  # isfile is False for a NUL character
+        data = _read_image_file(os.fspath(image) if is_path else stripped, where)
     else:
         data = _base64_image(stripped, where, "%s: there is no file at %r, and it is not base64 image "
                              "data either" % (where, stripped[:80]))
@@ -2884,49 +2883,44 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     return mime, base64.b64encode(data).decode("ascii")
 
 
-def _load_images(images: Any, index: int, accepted: Sequence[str], server: str) -> List[Tuple[str, str]]:
-    """Every image of ``messages[index]['images']``, loaded and checked against the types ``server`` takes."""
+def _load_images(images: Any, index: int, provider: "BaseProvider") -> List[Tuple[str, str]]:
+    """Every image of ``messages[index]['images']``, loaded and checked against the types the server takes."""
     if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
         raise InvalidInputError("messages[%d]['images'] must be a list of images (paths, bytes, base64 or "
                                 "data URLs); wrap a single image in a list" % index)
-    return [_accepted_image(image, "messages[%d]['images'][%d]" % (index, number), accepted, server)
+    return [_accepted_image(image, "messages[%d]['images'][%d]" % (index, number), provider)
             for number, image in enumerate(images)]
 
 
-def _accepted_image(image: Any, where: str, accepted: Sequence[str], server: str) -> Tuple[str, str]:
+def _accepted_image(image: Any, where: str, provider: "BaseProvider") -> Tuple[str, str]:
     """``load_image``, refusing a type the server does not take."""
     mime, data = load_image(image, where)
-    if mime not in accepted:
+    if mime not in provider.image_types:
         raise InvalidInputError("%s is %s, which %s does not take (it takes %s); convert it first"
-                                % (where, mime, server, ", ".join(accepted)))
+                                % (where, mime, provider.title, ", ".join(provider.image_types)))
     return mime, data
-
-
-def _has_images(message: Any) -> bool:
-    """Whether a message carries images, in Ollama's form or as OpenAI content parts."""
-    return isinstance(message, Mapping) and (message.get("images") is not None
-                                             or isinstance(message.get("content"), list))
 
 
 def _with_images(provider: "BaseProvider", messages: Any, model: ModelConfig) -> Any:
     """``messages`` with their images in the server's form: new dicts, the caller's stay as they are."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not any(
-            _has_images(message) for message in messages):
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        return messages  # for _check_messages to refuse
+    carriers = [isinstance(m, Mapping) and (m.get("images") is not None or isinstance(m.get("content"), list))
+                for m in messages]  # images in Ollama's form, or OpenAI content parts
+    if not any(carriers):
         return messages
-    converted = [provider._convert_images(message, index) if _has_images(message) else message
-                 for index, message in enumerate(messages)]
+    converted = [provider._convert_images(message, index) if carries else message
+                 for index, (message, carries) in enumerate(zip(messages, carriers))]
     if not any(isinstance(message, Mapping) and message.get("images") for message in converted):
         return converted
     # Ollama's form (images stay in "images"): Ollama ignores images sent to a model without vision
     # without a word, so warn when its facts (asked once per model) say so; without facts, say nothing.
-    info = provider._facts.get(provider._fact_key(model.name))
-    if info is None:
-        try:
-            info = provider.model_info(model)
-        except ProviderError as exc:
-            logger.debug("no facts about %s model %r, so its vision is not checked: %s", provider.title,
-                         model.name, exc)
-            return converted
+    try:
+        info = provider._facts.get(provider._fact_key(model.name)) or provider.model_info(model)
+    except ProviderError as exc:
+        logger.debug("no facts about %s model %r, so its vision is not checked: %s", provider.title,
+                     model.name, exc)
+        return converted
     if info.vision is False:
         logger.warning("%s model %r cannot see images (its capabilities: %s); %s ignores the images sent "
                        "with it. %s", provider.title, model.name,
@@ -2973,21 +2967,6 @@ def _vectors(vectors: Any) -> List[List[float]]:
             raise TypeError("not a vector of numbers")
     return vectors
 
-
-def _embed_payload(provider: "BaseProvider", texts: List[str], model: ModelConfig, dimensions: Optional[int],
-                   truncate: Optional[bool]) -> Dict[str, Any]:
-    """The body of one embeddings request, with the model's parameters that apply to embeddings."""
-    payload: Dict[str, Any] = {"model": model.name, "input": texts}
-    if dimensions is not None:
-        payload["dimensions"] = dimensions
-    if truncate is not None and "truncate" not in provider.embed_fields:
-        logger.warning("truncate=%s is Ollama's; %s has no such option, so it was not sent", truncate,
-                       provider.title)
-    elif truncate is not None:
-        payload["truncate"] = bool(truncate)
-    mapped = map_parameters(model.parameters, provider.provider)
-    payload.update((key, mapped[key]) for key in provider.embed_fields if key in mapped)
-    return payload
 
 # --- log-probabilities -------------------------------------------------------------
 
@@ -3076,10 +3055,7 @@ def _dict_at(mapping: Any, key: str) -> Dict[str, Any]:
 
 def _first_int(*values: Any) -> Optional[int]:
     """The first value that is a whole number (not a bool), else None."""
-    for value in values:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+    return next((value for value in values if isinstance(value, int) and not isinstance(value, bool)), None)
 
 
 def _is_past(stamp: Any) -> bool:
@@ -3101,7 +3077,8 @@ _wall_clock = time.time  # the time expires_at is compared with (tests set a rec
 class _ErrorAnswer:
     """What was asked and what the server said (``status`` None for an error event in a stream)."""
 
-    __slots__ = ("status", "body", "model", "path", "needed", "manual", "message", "said", "overflow")
+    __slots__ = ("status", "body", "model", "path", "needed", "manual", "message", "said", "overflow",
+                 "fields")
 
     def __init__(self, status: Optional[int], body: str, model: str, path: str, needed: str = "",
                  manual: str = ""):
@@ -3110,11 +3087,8 @@ class _ErrorAnswer:
         self.message = _server_message(body)
         self.said = self.message.rstrip(". ")  # the server's words, followed by more sentences
         self.overflow = _parse_overflow(self.message, body)
-
-    @property
-    def fields(self) -> Dict[str, Any]:
-        """The ProviderResponseError fields."""
-        return {"status": self.status, "server_message": self.message, "body": self.body}
+        #: the ProviderResponseError fields
+        self.fields: Dict[str, Any] = {"status": status, "server_message": self.message, "body": body}
 
     def says(self, *phrases: str) -> bool:
         """Whether the server's message holds one of ``phrases`` (lower case)."""
@@ -3261,7 +3235,6 @@ class BaseProvider:
         with _debugging(debug):
             model = _with_tools(self._model(model), tools, tool_choice)
             payload = self._payload(messages, model, stream=False)
-            started = time.perf_counter()
             data, (text, reasoning, finish_reason, usage, calls) = self._call(
                 "POST", self.chat_path, payload, model=model.name,
                 read=lambda data: (data, self._read_reply(data)))
@@ -3272,12 +3245,11 @@ class BaseProvider:
                                 model.name, data, tool_calls, _logprobs_of(self, data))
             self._check_fit(payload, model, usage, finish_reason, bool(text), result)
             if _debug_call_running():
-                logger.debug("reply: %d characters of text, %d of reasoning, finish_reason=%s, usage=%s, "
-                             "%.3f s", len(result.text), len(result.reasoning), finish_reason, usage,
-                             time.perf_counter() - started)
-                logger.debug("reply text: %s", result.text)
-                for call in tool_calls:
-                    logger.debug("tool call %s: %s(%s)", call.id, call.name, call.raw_arguments)
+                shown = "".join("\ntool call %s: %s(%s)" % (call.id, call.name, call.raw_arguments)
+                                for call in tool_calls)
+                logger.debug("reply: %d text and %d reasoning characters, finish_reason=%s, usage=%s: %s%s",
+                             len(result.text), len(result.reasoning), finish_reason, usage, result.text,
+                             shown)
             self._check_end(model, finish_reason, bool(result.text), bool(result.reasoning))
             return result
 
@@ -3307,7 +3279,6 @@ class BaseProvider:
         """Generate a JSON object that has every attribute in ``required_attributes``, asking for JSON that
         follows ``schema`` (default: built from them).  A reply that is not one gets a repair message, up to
         ``max_attempts`` replies in all; then JSONGenerationError holds the last reply."""
-        _check_messages(messages, self.content_must_be_str)
         if not isinstance(required_attributes, (list, tuple)) or not all(
                 isinstance(a, str) for a in required_attributes):
             raise InvalidInputError("required_attributes must be a list of strings, got %r"
@@ -3316,7 +3287,7 @@ class BaseProvider:
             raise InvalidInputError("max_attempts must be a whole number >= 1, got %r" % (max_attempts,))
         required = list(required_attributes)
         model = self._model(model).with_parameters(format=dict(schema or json_schema_for(required)))
-        conversation = list(messages)
+        conversation = messages  # chat checks it
         raw, reason = "", ""
         with _debugging(debug):
             for attempt in range(1, max_attempts + 1):
@@ -3331,8 +3302,8 @@ class BaseProvider:
                     repair = ("That reply was not usable: %s. Answer again with only one JSON object that "
                               "has the attributes %s, and nothing else." % (
                                   reason, ", ".join(required) or "you were asked for"))
-                    conversation = list(messages) + [{"role": "assistant", "content": raw},
-                                                     {"role": "user", "content": repair}]
+                    conversation = [*messages, {"role": "assistant", "content": raw},
+                                    {"role": "user", "content": repair}]
                     continue
                 logger.debug("JSON attempt %d/%d gave keys %s", attempt, max_attempts, sorted(data))
                 return data
@@ -3352,10 +3323,17 @@ class BaseProvider:
         inputs = _embedding_inputs(texts, dimensions, batch_size)
         vectors: List[List[float]] = []
         with _debugging(debug):
+            options: Dict[str, Any] = {} if dimensions is None else {"dimensions": dimensions}
+            if truncate is not None and "truncate" not in self.embed_fields:
+                logger.warning("truncate=%s is Ollama's; %s has no such option, so it was not sent", truncate,
+                               self.title)
+            elif truncate is not None:
+                options["truncate"] = bool(truncate)
+            mapped = map_parameters(model.parameters, self.provider)  # those of the model's that apply
+            options.update((key, mapped[key]) for key in self.embed_fields if key in mapped)
             for start in range(0, len(inputs), batch_size):
                 batch = inputs[start:start + batch_size]
-                found = self._call("POST", self.embed_path,
-                                   _embed_payload(self, batch, model, dimensions, truncate),
+                found = self._call("POST", self.embed_path, {"model": model.name, "input": batch, **options},
                                    model=model.name, needed=self.embed_needed, read=self._read_embeddings,
                                    manual="Update the server, or use another one for embeddings.")
                 if len(found) != len(batch):
@@ -3385,13 +3363,12 @@ class BaseProvider:
         functions = {schema["function"]["name"]: tool for schema, tool in zip(schemas, tools)}
         if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
             raise InvalidInputError("max_rounds must be a whole number >= 1, got %r" % (max_rounds,))
-        _check_messages(messages, self.content_must_be_str)
-        conversation: List[Dict[str, Any]] = list(messages)  # type: ignore[arg-type]
+        conversation = cast(List[Dict[str, Any]], messages)  # checked by chat, then copied
         with _debugging(debug):
             for rounds in range(max_rounds + 1):
                 result = self.chat(conversation, model, tools=schemas,
                                    tool_choice=tool_choice if rounds == 0 else None)
-                conversation.append(result.assistant_message())
+                conversation = [*conversation, result.assistant_message()]
                 if not result.tool_calls:
                     return ToolRunResult(result, conversation, rounds)
                 if rounds == max_rounds:
@@ -3495,11 +3472,10 @@ class BaseProvider:
                    progress: Optional[Callable[[PullProgress], Any]] = None,
                    debug: bool = False) -> PullProgress:
         """Download ``model``; call ``progress(record)`` for each PullProgress; return the last record."""
-        last = None
-        for record in self.iter_pull(model, debug=debug):
-            last = record
+        last: Optional[PullProgress] = None
+        for last in self.iter_pull(model, debug=debug):
             if progress is not None:
-                progress(record)
+                progress(last)
         if last is None:
             raise DownloadError("%s reported nothing while downloading %r" % (
                 self.title, self._model(model).name))
@@ -3542,7 +3518,7 @@ class BaseProvider:
         """One JSON request; return ``read(answer)``.  An answer not JSON, an error object (servers put errors
         in 200 bodies) or of an unexpected shape is a ProviderResponseError.  ``needed``, ``manual``: what a
         missing endpoint's error says to do; with ``optional``, a missing endpoint returns None."""
-        failure = self._failure_at(path, needed, manual)
+        failure = functools.partial(self._failure, path=path, needed=needed, manual=manual)
         self._log_request(method, path, payload)
         try:
             response = self.transport.request(method, path, payload, describe_failure=failure, model=model)
@@ -3570,8 +3546,8 @@ class BaseProvider:
     def _stream_json(self, path: str, payload: Dict[str, Any], *,
                      model: str = "") -> Generator[Dict[str, Any], None, None]:
         """The JSON objects of a streamed POST to ``path`` until the body ends (caller checks the end)."""
-        response = self.transport.request("POST", path, payload, describe_failure=self._failure_at(path),
-                                          model=model)
+        response = self.transport.request("POST", path, payload, model=model,
+                                          describe_failure=functools.partial(self._failure, path=path))
         return iter(_EventStream(self, response, path, model, complete=lambda: True))
 
     def _known_context(self, model: ModelConfig) -> Optional[int]:
@@ -3635,13 +3611,10 @@ class BaseProvider:
         payload: Dict[str, Any] = {"model": model.name, "messages": messages, "stream": stream}
         payload.update(self.stream_fields if stream else {})
         payload.update(map_parameters(model.parameters, self.provider))
-        if _debug_call_running():
-            logger.debug("%s model %r at %s, %d message(s), about %d prompt tokens (4 characters a token);"
-                         " %s",
-                         self.title, model.name, self.base_url, len(messages), _estimate_tokens(messages),
+        if _debug_call_running():  # the messages are in the request's payload
+            logger.debug("%s model %r: %d message(s), about %d prompt tokens (4 characters a token); %s",
+                         self.title, model.name, len(messages), _estimate_tokens(messages),
                          self._debug_context(model))
-            for index, message in enumerate(messages):
-                logger.debug("  message %d [%s]: %s", index, message.get("role"), message.get("content"))
             if stream:  # the stream code sends it without a word
                 self._log_request("POST", self.chat_path, payload)
         return payload
@@ -3675,8 +3648,7 @@ class BaseProvider:
     def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig,
                 state: Any) -> Generator[str, None, None]:
         """A chat stream's content pieces (``_chat_pieces``); the messages are checked now, not at next()."""
-        payload = self._payload(messages, model, stream=True)
-        return _chat_pieces(self, payload, model, state)
+        return _chat_pieces(self, self._payload(messages, model, stream=True), model, state)
 
     def _ends_with_body(self, state: Any) -> bool:
         """Whether a chat stream whose body ended without its end marker is complete all the same: when it
@@ -3692,9 +3664,6 @@ class BaseProvider:
         return self._tabled(answer) or ProviderResponseError("%s answered %s: %s" % (
             self.title, where, answer.message), hint=_proxy_hint(answer.message), **answer.fields)
 
-    def _failure_at(self, path: str, needed: str = "", manual: str = "") -> Callable[..., ProviderError]:
-        return functools.partial(self._failure, path=path, needed=needed, manual=manual)
-
     def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
         """The exception for an error event in a stream from ``path`` (other than the chat's)."""
         answer = _ErrorAnswer(None, body, model, path)
@@ -3708,10 +3677,8 @@ class BaseProvider:
 
     def _tabled(self, answer: _ErrorAnswer) -> Optional[ProviderError]:
         """The error of the first row of ``failure_rows`` that applies to ``answer``."""
-        for applies, build in self.failure_rows:
-            if applies(self, answer):
-                return build(self, answer)
-        return None
+        return next((build(self, answer) for applies, build in self.failure_rows if applies(self, answer)),
+                    None)
 
     def _not_found(self, model: str, said: str, status: Optional[int] = None, message: Optional[str] = None,
                    body: Optional[str] = None, offered: Optional[Sequence[str]] = None) -> ModelNotFoundError:
@@ -3767,9 +3734,8 @@ def _timeouts(timeout: Union[None, float, Tuple[float, float]]) -> Tuple[float, 
 
 
 def _openai_usage(usage: Any) -> Optional[Dict[str, int]]:
-    if not isinstance(usage, dict):
-        return None
-    return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage}
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return {k: usage[k] for k in keys if k in usage} if isinstance(usage, dict) else None
 
 
 class OpenAICompatibleProvider(BaseProvider):
@@ -3843,10 +3809,8 @@ class OpenAICompatibleProvider(BaseProvider):
         text = [{"type": "text", "text": content}] if content else []
         parts = list(content) if isinstance(content, list) else text
         parts += [{"type": "image_url", "image_url": {"url": "data:%s;base64,%s" % image}}
-                  for image in _load_images(message["images"], index, self.image_types, self.title)]
-        converted = {key: value for key, value in message.items() if key != "images"}
-        converted["content"] = parts
-        return converted
+                  for image in _load_images(message["images"], index, self)]
+        return dict({key: value for key, value in message.items() if key != "images"}, content=parts)
 
     def _raw_logprobs(self, data: Any) -> Any:
         logprobs = data["choices"][0].get("logprobs")
@@ -3874,7 +3838,7 @@ class OpenAICompatibleProvider(BaseProvider):
                 quantization=meta.get("ftype") if isinstance(meta.get("ftype"), str) else None,
                 size_bytes=_first_int(meta.get("size")),
                 source=self.models_path + (" + /props" if props else ""), raw=entry))
-        if not entries or not any(info.context_length for info in infos):
+        if not any(info.context_length for info in infos):
             logger.debug("%s at %s: %s reports no context lengths", self.title, self.base_url,
                          self.models_path)
         return infos
@@ -3917,16 +3881,15 @@ class LMStudioProvider(OpenAICompatibleProvider):
 
     def _list_model_info(self) -> List[ModelInfo]:
         """``/api/v1/models`` (LM Studio 0.4+), else ``/api/v0/models`` (0.3.6+), else ``/v1/models``."""
-        infos: Optional[List[ModelInfo]] = self._call(
-            "GET", "/api/v1/models", optional=True,
-            read=lambda data: [_lm_studio_v1_info(entry) for entry in _entries(data, "models", "key")])
-        if infos is None:
-            infos = self._call("GET", "/api/v0/models", optional=True, read=lambda data: [
-                _lm_studio_v0_info(entry) for entry in _entries(data, "data", "id")])
-        if infos is None:
-            logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models: only /v1/models facts",
-                         self.title, self.base_url)
-        return super()._list_model_info() if infos is None else infos
+        for path, field, key, info in (("/api/v1/models", "models", "key", _lm_studio_v1_info),
+                                       ("/api/v0/models", "data", "id", _lm_studio_v0_info)):
+            infos: Optional[List[ModelInfo]] = self._call(
+                "GET", path, optional=True, read=lambda data: [info(e) for e in _entries(data, field, key)])
+            if infos is not None:
+                return infos
+        logger.debug("%s at %s has neither /api/v1/models nor /api/v0/models: only /v1/models facts",
+                     self.title, self.base_url)
+        return super()._list_model_info()
 
     def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         if keep_alive is not None:
@@ -3954,9 +3917,8 @@ class LMStudioProvider(OpenAICompatibleProvider):
                             read=lambda data: [(entry["key"], str(instance["id"]))
                                                for entry in _entries(data, "models", "key")
                                                for instance in entry.get("loaded_instances") or []])
-        instances = [instance for key, instance in loaded if key == name]
-        if not instances and any(instance == name for _, instance in loaded):
-            instances = [name]
+        instances = [instance for key, instance in loaded if key == name] or [
+            instance for _, instance in loaded if instance == name]
         if not instances:
             logger.info("%s model %r is not loaded; nothing to unload", self.title, name)
         for instance_id in instances:
@@ -4096,7 +4058,7 @@ class OllamaProvider(BaseProvider):
     def _convert_images(self, message: Mapping[str, Any], index: int) -> Mapping[str, Any]:
         """Images (and ``image_url`` data-URL content parts) become base64 text in ``images``."""
         content, images = message.get("content"), message.get("images")
-        images = _load_images(images, index, self.image_types, self.title) if images is not None else []
+        images = _load_images(images, index, self) if images is not None else []
         if isinstance(content, list):
             texts = []
             for number, part in enumerate(content):
@@ -4106,8 +4068,7 @@ class OllamaProvider(BaseProvider):
                 elif kind == "image_url":
                     url = part.get("image_url")
                     url = url.get("url") if isinstance(url, Mapping) else url
-                    images.append(_accepted_image(url, "messages[%d]['content'][%d]" % (index, number),
-                                                  self.image_types, self.title))
+                    images.append(_accepted_image(url, "messages[%d]['content'][%d]" % (index, number), self))
                 else:
                     raise InvalidInputError("messages[%d]['content'][%d] is a %r part; Ollama takes 'text' "
                                             "and 'image_url' parts" % (index, number, kind))
@@ -4185,20 +4146,18 @@ class OllamaProvider(BaseProvider):
 
     def _tags(self, optional: bool = False) -> List[Dict[str, Any]]:
         """``/api/tags``'s models (none when ``optional`` and the server has no /api/tags)."""
-        entries = self._call("GET", self.models_path, optional=optional,
-                             read=lambda data: _entries(data, *self.listing))
-        return entries or []
+        return self._call("GET", self.models_path, optional=optional,
+                          read=lambda data: _entries(data, *self.listing)) or []
 
     def _show(self, name: str, quiet: bool = False) -> Dict[str, Any]:
         """``/api/show``'s answer; ``quiet``: {} when it fails (one broken model must not hide the others)."""
         try:
-            show: Dict[str, Any] = self._call("POST", "/api/show", {"model": name}, model=name)
+            return cast(Dict[str, Any], self._call("POST", "/api/show", {"model": name}, model=name))
         except ProviderResponseError as exc:
             if not quiet:
                 raise
             logger.debug("%s could not show %r (%s); its facts are left out", self.title, name, exc)
             return {}
-        return show
 
     def _running(self) -> Optional[List[Dict[str, Any]]]:
         """``/api/ps``'s unexpired models (None without /api/ps); remembers each one's loaded context."""
@@ -4305,15 +4264,12 @@ def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict
     def has(capability: str) -> Optional[bool]:
         return capability in capabilities if isinstance(capabilities, list) else None
 
-    loaded = None if running is None else False
-    loaded_context = None
-    for entry in running or []:
-        if _ollama_key(str(entry.get("name"))) == _ollama_key(name):
-            loaded, loaded_context = True, _first_int(entry.get("context_length"))
+    mine = [entry for entry in running or [] if _ollama_key(str(entry.get("name"))) == _ollama_key(name)]
     kind = "embedding" if has("embedding") else "llm" if has("completion") else None
     return ModelInfo(
         name, context_length=_first_int(facts.get("%s.context_length" % architecture)),
-        loaded=loaded, loaded_context_length=loaded_context, tools=has("tools"), vision=has("vision"),
+        loaded=None if running is None else bool(mine), tools=has("tools"), vision=has("vision"),
+        loaded_context_length=_first_int(mine[-1].get("context_length")) if mine else None,
         thinking=has("thinking"), embedding=has("embedding"),
         quantization=details.get("quantization_level") or None, size_bytes=_first_int(listed.get("size")),
         kind=kind, source="/api/show + /api/ps", raw=dict(show))

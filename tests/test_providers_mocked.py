@@ -1126,6 +1126,14 @@ def test_ollama_turns_text_content_parts_into_a_string(rsps):
     assert sent_json(rsps.calls[0])["messages"] == [{"role": "user", "content": "hi\nthere"}]
 
 
+def test_ollama_generate_json_takes_the_content_parts_chat_takes(rsps):
+    # generate_json once checked the messages itself, before chat put content parts in Ollama's form.
+    add_chat(rsps, OLLAMA, json=OLLAMA.reply('{"city": "Paris"}'))
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    assert make(OLLAMA).generate_json(messages, OLLAMA.model, ["city"]) == {"city": "Paris"}
+    assert sent_json(rsps.calls[0])["messages"][0] == {"role": "user", "content": "hi"}
+
+
 def test_ollama_rejects_content_parts_it_cannot_take(rsps):
     messages = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA"}}]}]
     with pytest.raises(lmp.InvalidInputError) as info:
