@@ -2087,7 +2087,7 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
                 text = _scrub(_short_json(event))
                 raise ProviderResponseError("%s sent a stream event of an unexpected shape: %s" % (
                     provider.title, text), body=text, reason="bad_response") from None
-            if reasoning and state.reasoning is not None:
+            if reasoning:
                 state.reasoning.append(reasoning)
             if not content:
                 continue
@@ -2096,7 +2096,7 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
                 yield content
                 continue
             held, reasoning = think.feed(content)  # the start of the reply, or inside a <think> block
-            if reasoning and state.reasoning is not None:
+            if reasoning:
                 state.reasoning.append(reasoning)
             if held and not pieces:
                 logger.debug("first piece after %.3f s", time.perf_counter() - started)
@@ -2105,7 +2105,7 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
     finally:
         events.close()  # at once, not when the garbage collector gets to it: it frees the connection
     held, reasoning = think.finish()
-    if reasoning and state.reasoning is not None:
+    if reasoning:
         state.reasoning.append(reasoning)
     pieces += len(held)
     yield from held
@@ -2234,7 +2234,7 @@ class ChatStream(TextStream):
     After the loop ``finish_reason`` and ``usage`` are set and ``reasoning`` holds the reasoning text."""
 
     def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
-        self.model, self._title, self._state = model.name, provider.title, _StreamState(keep_reasoning=True)
+        self.model, self._title, self._state = model.name, provider.title, _StreamState()
         with _debugging(debug):  # the request's debug lines; the iteration turns it on again
             pieces = provider._stream(messages, model, self._state)
         super().__init__(pieces, debug)
@@ -2252,7 +2252,7 @@ class ChatStream(TextStream):
     @property
     def reasoning(self) -> str:
         """The reasoning text so far."""
-        return "".join(self._state.reasoning or ())
+        return "".join(self._state.reasoning)
 
     @property
     def logprobs(self) -> Optional[List[Dict[str, Any]]]:
@@ -2274,10 +2274,10 @@ class _StreamState:
 
     __slots__ = ("finish_reason", "usage", "reasoning", "logprobs", "tool_calls", "_calls")
 
-    def __init__(self, keep_reasoning: bool) -> None:
+    def __init__(self) -> None:
         self.finish_reason: Optional[str] = None
         self.usage: Optional[Dict[str, int]] = None
-        self.reasoning: Optional[List[str]] = [] if keep_reasoning else None
+        self.reasoning: List[str] = []
         self.logprobs: Optional[List[Dict[str, Any]]] = None
         self.tool_calls: Optional[List[ToolCall]] = None  # set by finish_tool_calls
         self._calls: Dict[Any, List[Any]] = {}  # [id, name, argument pieces, characters] by call index
@@ -3269,9 +3269,7 @@ class BaseProvider:
                     debug: bool = False) -> TextStream:
         """Yield the reply's text pieces as the server sends them (a TextStream: an iterator); raises
         ProviderResponseError (after the pieces yielded) when the stream breaks off or has an error."""
-        with _debugging(debug):  # the request's debug lines; the stream's iteration turns it on again
-            pieces = self._stream(messages, self._model(model), _StreamState(keep_reasoning=False))
-        return TextStream(pieces, debug)
+        return self.stream_chat(messages, model, debug=debug)  # its text; the rest is there, unasked
 
     def generate_json(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig],
                       required_attributes: Sequence[str] = (), *, schema: Optional[Mapping[str, Any]] = None,

@@ -854,7 +854,7 @@ def test_read_event_gives_content_and_reasoning_only(server):
     # The end of a stream is the provider's stream_end marker; _read_event has no "done" of its own.
     event = json.loads(server.stream_body(["Hi"], end=False).splitlines()[-2 if server is not OLLAMA else -1]
                        .replace("data: ", ""))
-    assert make(server)._read_event(event, lmp._StreamState(keep_reasoning=True)) == ("Hi", None)
+    assert make(server)._read_event(event, lmp._StreamState()) == ("Hi", None)
 
 
 @pytest.mark.parametrize("server", SERVERS)

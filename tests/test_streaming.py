@@ -212,6 +212,18 @@ def test_stream_chat_reports_reasoning_finish_and_usage(server, kind):
     assert stream.usage == {"prompt_tokens": 7, "completion_tokens": len(PIECES), "total_tokens": 7 + len(PIECES)}
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["stream_text", "stream_chat"])
+def test_a_stream_that_only_reasoned_until_the_token_limit_says_so(server, kind, method):
+    if kind != "ollama":
+        parts = sse_events([], reasoning=["Let me ", "count."], finish_reason="length")
+    else:
+        parts = ndjson_events([], thinking=["Let me ", "count."], done_reason="length")
+    provider, model = setup(server, kind, parts)
+    with pytest.raises(lmp.ProviderResponseError, match="whole token limit on reasoning before writing"):
+        list(getattr(provider, method)(MESSAGES, model))
+
+
 def test_gpt_oss_reasoning_field_is_not_text(server):
     provider, model = setup(server, "lm_studio", sse_events(["Four."], reasoning=["2+2 is 4"],
                                                              reasoning_field="reasoning"))
