@@ -4732,7 +4732,8 @@ def _cli_model_command(options: Any) -> int:
             print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
     elif command == "load":
         # --keep-alive 600 is text: load_model sends it to Ollama as the number it reads as
-        info = provider.load_model(model, context_length=options.context_length, keep_alive=options.keep_alive)
+        keep_alive, context_length = options.keep_alive, options.context_length
+        info = provider.load_model(model, context_length=context_length, keep_alive=keep_alive)
         print("loaded %s on %s (context %s)"
               % (info.name, where, info.loaded_context_length or "not reported"))
     elif command == "unload":
