@@ -909,18 +909,19 @@ def format_model_uri(config: ModelConfig) -> str:
         if at < 0 or not (at == len(name) - 1 or _looks_like_host(name[at + 1:], config.provider)):
             break
         name = name[:at] + "%40" + name[at + 1:]
-    # "name@a:b" before a host would read back as a user and password: escape that '@'
-    while config.host is not None and (userinfo := _NAME_USERINFO_RE.search(name)):
-        name = name[:userinfo.start()] + "%40" + name[userinfo.start() + 1:]
-    uri = "%s://%s" % (config.provider, name)
     if config.host is not None:
+        # a name ending in "@a:b", or holding "http://a", would read back as the host's user and password
+        while userinfo := _NAME_USERINFO_RE.search(name):
+            name = name[:userinfo.start()] + "%40" + name[userinfo.start() + 1:]
+        name = re.sub(r"(?i)(https?):(?=//)", r"\1%3A", name)
         host = str(config.host).strip()
         normalize_host(host, config.provider)
         if not _looks_like_host(host, config.provider) or "?" in host:
             raise InvalidInputError(
                 "host %r would read back as part of the model name; write it with its port, e.g. '%s:%d'"
                 % (config.host, host, SERVER_KINDS[config.provider].example_port))
-        uri += "@" + host
+        name += "@" + host
+    uri = "%s://%s" % (config.provider, name)
     if config.parameters:
         uri += "?" + "&".join("%s=%s" % (_escape(str(k), "%&=#"), _escape(_format_query_value(k, v), "%&#"))
                               for k, v in config.parameters.items())
