@@ -628,22 +628,6 @@ _IPV4_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}\Z")
 _DOTTED_NAME_RE = re.compile(r"([A-Za-z0-9-]+\.)+[A-Za-z][A-Za-z0-9-]*\Z")
 
 
-def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
-    """Split ``host[:port]`` (IPv6 in brackets, or bare) into host and port text."""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError("'[' without a closing ']' in an IPv6 address")
-        host, rest = text[1:end], text[end + 1:]
-        if rest and not rest.startswith(":"):
-            raise ValueError("unexpected text %r after the IPv6 address" % rest)
-        return host, (rest[1:] if rest else None)
-    if text.count(":") > 1:  # a bare IPv6 address, as OLLAMA_HOST accepts
-        return text, None
-    host, sep, port = text.partition(":")
-    return host, (port if sep else None)
-
-
 def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
     """Whether the text after a model name's last '@' is a host (a scheme, a numeric port, an IP address,
     ``localhost`` or a dotted name) rather than an LM Studio variant such as ``q4_k_m`` or ``8bit``."""
@@ -651,9 +635,9 @@ def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
         return True
     if SERVER_KINDS[provider].host_path == "base_url":
         tail = tail.partition("/")[0]
-    host, port = _split_host_port(tail)  # raises only for a '[', answered above
-    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost"
-            or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)) or (":" in host and port is None))
+    host, _, port = tail.partition(":")  # a ':' in the port: a bare IPv6 address
+    return (bool(_PORT_RE.match(port)) or host.lower() == "localhost" or ":" in port
+            or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)))
 
 
 _SCHEME_USERINFO_RE = re.compile(r"(?i)(https?://)[^\s/@\"'?#]+@")
@@ -712,11 +696,19 @@ def _host_path(path: str, kind: ServerKind, shown: str) -> str:
 
 
 def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
-    """The host name (lower case, IPv6 in brackets, bind addresses mapped to this machine) and port."""
-    try:
-        name, port = _split_host_port(text)
-    except ValueError as exc:
-        raise InvalidInputError("host %s: %s" % (shown, str(exc)[:100])) from None
+    """The host name (lower case, IPv6 in brackets, bind addresses mapped to this machine) and port of
+    ``host[:port]``, its IPv6 address in brackets or bare (as OLLAMA_HOST takes it)."""
+    name, port = text, ""
+    if text.startswith("["):
+        name, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise InvalidInputError("host %s: '[' without a closing ']' in an IPv6 address" % shown)
+        if rest[:1] not in ("", ":"):
+            raise InvalidInputError("host %s: unexpected text %s after the IPv6 address"
+                                    % (shown, _quote(rest, 60)))
+        port = rest[1:]
+    elif text.count(":") < 2:  # more: a bare IPv6 address
+        name, _, port = text.partition(":")
     if port and not (_PORT_RE.match(port) and 0 < int(port) < 65536):
         raise InvalidInputError("host %s has a bad port %s: use a number from 1 to 65535, for example '%s:%d'"
                                 % (shown, _quote(port, 20), (name or "127.0.0.1")[:100], default_port))
