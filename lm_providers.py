@@ -323,23 +323,22 @@ def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
 
 
 def _origin(segments: List[Tuple[int, int, int]], start: int, end: int) -> Tuple[int, int]:
-    """The span of the original text that decoded characters ``start:end`` came from."""
+    """The span of the original text that decoded characters ``start:end`` came from (an escape decodes to
+    one character: the whole escape is its origin)."""
     keys = [segment[0] for segment in segments]
     first = segments[bisect.bisect_right(keys, start) - 1]
     last = segments[bisect.bisect_right(keys, end - 1) - 1]
-    begin = first[1] + (start - first[0]) if first[2] == 0 else first[1]
-    finish = last[1] + (end - last[0]) if last[2] == 0 else last[1] + last[2]
-    return begin, finish
+    return first[1] + start - first[0], last[1] + max(last[2], end - last[0])
 
 
-def _secret_spans(text: str, secrets: List[Tuple[int, Tuple[str, ...]]]) -> List[Tuple[int, int]]:
+def _secret_spans(text: str, secrets: List[Tuple[int, int, Tuple[str, ...]]]) -> List[Tuple[int, int]]:
     """Where runs of the secrets are in ``text``: as written, and after decoding escapes once and twice."""
     spans: List[Tuple[int, int]] = []
     view = text
     maps: List[List[Tuple[int, int, int]]] = []  # segments from the view back to ``text``, innermost last
     for _ in range(3):
         folded = view.translate(_ASCII_LOWER)
-        for run, runs in secrets:
+        for _users, run, runs in secrets:
             for piece in runs:
                 at = folded.find(piece)
                 while at >= 0:
@@ -359,10 +358,9 @@ def _scrub(text: str) -> str:
     """``text`` with every live API token (see ``_register_secret``) masked as ``****``."""
     if not _SECRETS or not isinstance(text, str) or not text:
         return text
-    secrets = [(run, runs) for _, run, runs in _SECRETS.values()]
     out: List[str] = []
     pos = 0  # the end of the text copied or masked so far
-    for begin, end in sorted(_secret_spans(text, secrets)):
+    for begin, end in sorted(_secret_spans(text, list(_SECRETS.values()))):
         if out and begin <= pos:  # overlaps or touches the last mask: widen it
             pos = max(pos, end)
         else:
