@@ -794,7 +794,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
     stay whole.  Query values are percent-decoded and typed.  Raises ModelURIError.
     """
     if not isinstance(uri, str):
-        raise ModelURIError("a model URI must be a string like %s, got %s" % (_URI_EXAMPLE, _quote(uri, 80)))
+        raise ModelURIError("a model URI must be a string like %s, got %s" % (_URI_EXAMPLE, _quote(uri)))
 
     def bad(part: str) -> ModelURIError:
         shown = _quote(_SCHEME_USERINFO_RE.sub(r"\1***@", uri), 300)
@@ -844,17 +844,16 @@ def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, A
         try:
             key, value = unquote(key, errors="strict"), unquote(value, errors="strict")
         except UnicodeDecodeError:
-            raise bad("the query part %s has a percent-escape that is not UTF-8"
-                      % _quote(piece, 80)) from None
+            raise bad("the query part %s has a percent-escape that is not UTF-8" % _quote(piece)) from None
         if not eq or not _KEY_RE.match(key):
-            raise bad("malformed query part %s: write name=value pairs joined by '&'" % _quote(piece, 80))
+            raise bad("malformed query part %s: write name=value pairs joined by '&'" % _quote(piece))
         if key in parameters:
-            raise bad("parameter %s is given twice" % _quote(key, 80))
+            raise bad("parameter %s is given twice" % _quote(key))
         try:
             parameters[key] = _parse_query_value(value)
         except (ValueError, RecursionError):
             raise bad("the value of %s looks like JSON but does not parse: %s"
-                      % (_quote(key, 80), _quote(value, 80))) from None
+                      % (_quote(key), _quote(value))) from None
     return parameters
 
 
@@ -1194,7 +1193,7 @@ def load_config(path: str = "config.yaml") -> Config:
     for key, value in hosts.items():
         if value is not None:
             checked(key, normalize_host, value, host_keys[key])
-    models = {str(role): checked("role %s" % _quote(role, 80), parse_model_uri, uri)
+    models = {str(role): checked("role %s" % _quote(role), parse_model_uri, uri)
               for role, uri in raw_models.items()}
     return Config(models=models, path=path, **hosts)
 
