@@ -331,26 +331,21 @@ def _origin(segments: List[Tuple[int, int, int]], start: int, end: int) -> Tuple
     return first[1] + start - first[0], last[1] + max(last[2], end - last[0])
 
 
-def _secret_spans(text: str, secrets: List[Tuple[int, int, Tuple[str, ...]]]) -> List[Tuple[int, int]]:
-    """Where runs of the secrets are in ``text``: as written, and after decoding escapes once and twice."""
+def _secret_spans(text: str, secrets: List[Tuple[int, int, Tuple[str, ...]]],
+                  depth: int = 2) -> List[Tuple[int, int]]:
+    """Where runs of the secrets are in ``text``: as written, and after decoding escapes (up to ``depth``
+    more times)."""
+    folded = text.translate(_ASCII_LOWER)
     spans: List[Tuple[int, int]] = []
-    view = text
-    maps: List[List[Tuple[int, int, int]]] = []  # segments from the view back to ``text``, innermost last
-    for _ in range(3):
-        folded = view.translate(_ASCII_LOWER)
-        for _users, run, runs in secrets:
-            for piece in runs:
-                at = folded.find(piece)
-                while at >= 0:
-                    begin, end = at, at + run
-                    for segments in reversed(maps):
-                        begin, end = _origin(segments, begin, end)
-                    spans.append((begin, end))
-                    at = folded.find(piece, at + 1)
-        if not any(mark in view for mark in "%\\&"):
-            break
-        view, segments = _unescape(view)
-        maps.append(segments)
+    for _users, run, runs in secrets:
+        for piece in runs:
+            at = folded.find(piece)
+            while at >= 0:
+                spans.append((at, at + run))
+                at = folded.find(piece, at + 1)
+    if depth and any(mark in text for mark in "%\\&"):
+        decoded, segments = _unescape(text)
+        spans += [_origin(segments, *span) for span in _secret_spans(decoded, secrets, depth - 1)]
     return spans
 
 
