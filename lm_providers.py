@@ -570,9 +570,8 @@ def canonical_provider(name: str) -> str:
     """``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; else InvalidInputError."""
     key = name.strip().lower() if isinstance(name, str) else ""  # "": not a provider, even if unhashable
     if key not in PROVIDER_NAMES:
-        raise InvalidInputError(
-            "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), 'ollama' or 'openai'"
-            % (name,))
+        raise InvalidInputError("unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), "
+                                "'ollama' or 'openai'" % (name,))
     return PROVIDER_NAMES[key]
 
 
@@ -1171,9 +1170,8 @@ def load_config(path: str = "config.yaml") -> Config:
     host_keys = {kind.config_key: kind.name for kind in SERVER_KINDS.values()}
     unknown = sorted(set(map(str, data)) - set(host_keys) - {"models"})
     if unknown:
-        logger.warning("config file %s: ignoring unknown keys %s%s", path,
-                       ", ".join(_quote(key, 40) for key in unknown[:10]),
-                       " ..." if len(unknown) > 10 else "")
+        shown = ", ".join(_quote(key, 40) for key in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        logger.warning("config file %s: ignoring unknown keys %s", path, shown)
     raw_models = data.get("models") or {}
     if not isinstance(raw_models, dict):
         raise ConfigError("config file %s: 'models' must map role names to model URIs" % path)
