@@ -374,15 +374,12 @@ def _scrub_value(value: Any) -> Any:
     return value
 
 
-def _leaks(exc: Optional[BaseException]) -> bool:
-    """Whether a live token shows in an exception or in the exceptions chained to it."""
-    for _ in range(20):
-        if exc is None:
-            return False
-        if any(_scrub(text) != text for text in (str(exc), repr(exc))):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+def _leaks(exc: Optional[BaseException], depth: int = 20) -> bool:
+    """Whether a live token shows in an exception or in the exceptions chained to it (``depth`` in all)."""
+    if exc is None or depth == 0:
+        return False
+    return (any(_scrub(text) != text for text in (str(exc), repr(exc)))
+            or _leaks(exc.__cause__ or exc.__context__, depth - 1))
 
 
 def _chain(error: "ProviderError", cause: BaseException) -> "ProviderError":
