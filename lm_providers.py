@@ -975,8 +975,9 @@ _DURATION_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def _type_error(name: str, value: Any, wanted: str) -> InvalidInputError:
-    return InvalidInputError("parameter %r=%r has the wrong type: it must be %s" % (name, value, wanted))
+def _type_error(name: str, value: Any, kind: str) -> InvalidInputError:
+    return InvalidInputError("parameter %r=%r has the wrong type: it must be %s"
+                             % (name, value, _KINDS[kind][1]))
 
 
 def _is_number(value: Any) -> bool:
@@ -1009,9 +1010,8 @@ _KINDS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
 
 def _check_kind(name: str, value: Any, kind: str) -> None:
     """Raise InvalidInputError when ``value`` is not of the row's kind."""
-    is_kind, wanted = _KINDS[kind]
-    if not is_kind(value):
-        raise _type_error(name, value, wanted)
+    if not _KINDS[kind][0](value):
+        raise _type_error(name, value, kind)
 
 
 def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
@@ -1041,7 +1041,7 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
             if value.strip().lower() == "json":
                 return copy.deepcopy(any_object)
             if value.strip():
-                raise _type_error(name, value, "'json' or a JSON schema object")
+                raise _type_error(name, value, kind)
             return _DROP
         if kind == "response_format" and value.get("type") == "json_object":
             return copy.deepcopy(any_object)
