@@ -134,10 +134,7 @@ class ProviderError(Exception):
         for name in names:
             value = fields.get(name, getattr(self, name))
             setattr(self, name, list(value) if isinstance(getattr(type(self), name), list) else value)
-        if hint:
-            self.hint = hint
-        if reason:
-            self.reason = reason
+        self.hint, self.reason = hint or self.hint, reason or self.reason  # "": the class's own
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, _scrub_value(value))
@@ -701,12 +698,11 @@ def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
     if port and not (_PORT_RE.match(port) and 0 < int(port) < 65536):
         raise InvalidInputError("host %s has a bad port %s: use a number from 1 to 65535, for example '%s:%d'"
                                 % (shown, _quote(port, 20), (name or "127.0.0.1")[:100], default_port))
-    port_number = int(port) if port else default_port
     name = name.strip().lower() or "127.0.0.1"
     name = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(name, name)  # bind addresses mean this machine
     if any(c.isspace() for c in name) or any(c in name for c in "?#%\\\"'"):
         raise InvalidInputError("host %s has characters a host name cannot have" % shown)
-    return ("[%s]" % name if ":" in name else name), port_number
+    return ("[%s]" % name if ":" in name else name), int(port) if port else default_port
 
 
 def normalize_host(host: str, provider: str = "lm_studio") -> str:
@@ -851,9 +847,8 @@ def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, A
 def _refuse_parameters_without_provider(name: str, provider: str) -> None:
     """A bare model name cannot carry ``?parameters`` (they would reach the server as part of its name)."""
     if "?" in name:
-        bare, _, query = name.partition("?")
         raise InvalidInputError("%r is a model name with parameters but no provider; parameters need the URI "
-                                "form, e.g. %s://%s?%s" % (name, provider, bare, query))
+                                "form, e.g. %s://%s" % (name, provider, name))
 
 
 def _escape(text: str, chars: str) -> str:
@@ -1136,8 +1131,7 @@ class Config:
                  models: Optional[Mapping[str, ModelConfig]] = None, path: Optional[str] = None,
                  openai_host: Optional[str] = None):
         self.ollama_host, self.lm_studio_host, self.openai_host = ollama_host, lm_studio_host, openai_host
-        self.models: Dict[str, ModelConfig] = dict(models or {})
-        self.path = path
+        self.models, self.path = dict(models or {}), path
         self._providers: Dict[Tuple[Any, ...], "BaseProvider"] = {}  # get_provider's, by host and options
 
     def host_for(self, provider: str) -> Optional[str]:
@@ -1193,10 +1187,6 @@ def _read_yaml(path: str) -> Any:
     ``SafeLoader`` (libyaml's when PyYAML has it): a tag such as ``!!python/object`` is an error."""
     try:
         import yaml
-    except ImportError:
-        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml"
-                          % (path, sys.executable)) from None
-    try:
         with open(path, "rb") as handle:
             raw = handle.read(CONFIG_MAX_BYTES + 1)
         if len(raw) > CONFIG_MAX_BYTES:
@@ -1204,6 +1194,9 @@ def _read_yaml(path: str) -> Any:
                               "holds a few hosts and roles: is this the right file?"
                               % (path, CONFIG_MAX_BYTES))
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(raw.decode("utf-8"))
+    except ImportError:
+        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml"
+                          % (path, sys.executable)) from None
     except FileNotFoundError:
         raise ConfigError("config file %s not found (working directory: %s)" % (path, os.getcwd())) from None
     except (OSError, UnicodeDecodeError) as exc:
