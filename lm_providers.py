@@ -134,10 +134,7 @@ class ProviderError(Exception):
         for name in names:
             value = fields.get(name, getattr(self, name))
             setattr(self, name, list(value) if isinstance(getattr(type(self), name), list) else value)
-        if hint:
-            self.hint = hint
-        if reason:
-            self.reason = reason
+        self.hint, self.reason = hint or self.hint, reason or self.reason  # "": the class's own
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, _scrub_value(value))
@@ -323,35 +320,29 @@ def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
 
 
 def _origin(segments: List[Tuple[int, int, int]], start: int, end: int) -> Tuple[int, int]:
-    """The span of the original text that decoded characters ``start:end`` came from."""
+    """The span of the original text that decoded characters ``start:end`` came from (an escape decodes to
+    one character: the whole escape is its origin)."""
     keys = [segment[0] for segment in segments]
     first = segments[bisect.bisect_right(keys, start) - 1]
     last = segments[bisect.bisect_right(keys, end - 1) - 1]
-    begin = first[1] + (start - first[0]) if first[2] == 0 else first[1]
-    finish = last[1] + (end - last[0]) if last[2] == 0 else last[1] + last[2]
-    return begin, finish
+    return first[1] + start - first[0], last[1] + max(last[2], end - last[0])
 
 
-def _secret_spans(text: str, secrets: List[Tuple[int, Tuple[str, ...]]]) -> List[Tuple[int, int]]:
-    """Where runs of the secrets are in ``text``: as written, and after decoding escapes once and twice."""
+def _secret_spans(text: str, secrets: List[Tuple[int, int, Tuple[str, ...]]],
+                  depth: int = 2) -> List[Tuple[int, int]]:
+    """Where runs of the secrets are in ``text``: as written, and after decoding escapes (up to ``depth``
+    more times)."""
+    folded = text.translate(_ASCII_LOWER)
     spans: List[Tuple[int, int]] = []
-    view = text
-    maps: List[List[Tuple[int, int, int]]] = []  # segments from the view back to ``text``, innermost last
-    for _ in range(3):
-        folded = view.translate(_ASCII_LOWER)
-        for run, runs in secrets:
-            for piece in runs:
-                at = folded.find(piece)
-                while at >= 0:
-                    begin, end = at, at + run
-                    for segments in reversed(maps):
-                        begin, end = _origin(segments, begin, end)
-                    spans.append((begin, end))
-                    at = folded.find(piece, at + 1)
-        if not any(mark in view for mark in "%\\&"):
-            break
-        view, segments = _unescape(view)
-        maps.append(segments)
+    for _users, run, runs in secrets:
+        for piece in runs:
+            at = folded.find(piece)
+            while at >= 0:
+                spans.append((at, at + run))
+                at = folded.find(piece, at + 1)
+    if depth and any(mark in text for mark in "%\\&"):
+        decoded, segments = _unescape(text)
+        spans += [_origin(segments, *span) for span in _secret_spans(decoded, secrets, depth - 1)]
     return spans
 
 
@@ -359,10 +350,9 @@ def _scrub(text: str) -> str:
     """``text`` with every live API token (see ``_register_secret``) masked as ``****``."""
     if not _SECRETS or not isinstance(text, str) or not text:
         return text
-    secrets = [(run, runs) for _, run, runs in _SECRETS.values()]
     out: List[str] = []
     pos = 0  # the end of the text copied or masked so far
-    for begin, end in sorted(_secret_spans(text, secrets)):
+    for begin, end in sorted(_secret_spans(text, list(_SECRETS.values()))):
         if out and begin <= pos:  # overlaps or touches the last mask: widen it
             pos = max(pos, end)
         else:
@@ -381,15 +371,12 @@ def _scrub_value(value: Any) -> Any:
     return value
 
 
-def _leaks(exc: Optional[BaseException]) -> bool:
-    """Whether a live token shows in an exception or in the exceptions chained to it."""
-    for _ in range(20):
-        if exc is None:
-            return False
-        if any(_scrub(text) != text for text in (str(exc), repr(exc))):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+def _leaks(exc: Optional[BaseException], depth: int = 20) -> bool:
+    """Whether a live token shows in an exception or in the exceptions chained to it (``depth`` in all)."""
+    if exc is None or depth == 0:
+        return False
+    return (any(_scrub(text) != text for text in (str(exc), repr(exc)))
+            or _leaks(exc.__cause__ or exc.__context__, depth - 1))
 
 
 def _chain(error: "ProviderError", cause: BaseException) -> "ProviderError":
@@ -577,9 +564,8 @@ def canonical_provider(name: str) -> str:
     """``"lm_studio"``, ``"ollama"`` or ``"openai"`` for any accepted spelling; else InvalidInputError."""
     key = name.strip().lower() if isinstance(name, str) else ""  # "": not a provider, even if unhashable
     if key not in PROVIDER_NAMES:
-        raise InvalidInputError(
-            "unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), 'ollama' or 'openai'"
-            % (name,))
+        raise InvalidInputError("unknown provider %r: use 'lm_studio' (also 'lmstudio', 'lm-studio'), "
+                                "'ollama' or 'openai'" % (name,))
     return PROVIDER_NAMES[key]
 
 
@@ -628,22 +614,6 @@ _IPV4_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}\Z")
 _DOTTED_NAME_RE = re.compile(r"([A-Za-z0-9-]+\.)+[A-Za-z][A-Za-z0-9-]*\Z")
 
 
-def _split_host_port(text: str) -> Tuple[str, Optional[str]]:
-    """Split ``host[:port]`` (IPv6 in brackets, or bare) into host and port text."""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError("'[' without a closing ']' in an IPv6 address")
-        host, rest = text[1:end], text[end + 1:]
-        if rest and not rest.startswith(":"):
-            raise ValueError("unexpected text %r after the IPv6 address" % rest)
-        return host, (rest[1:] if rest else None)
-    if text.count(":") > 1:  # a bare IPv6 address, as OLLAMA_HOST accepts
-        return text, None
-    host, sep, port = text.partition(":")
-    return host, (port if sep else None)
-
-
 def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
     """Whether the text after a model name's last '@' is a host (a scheme, a numeric port, an IP address,
     ``localhost`` or a dotted name) rather than an LM Studio variant such as ``q4_k_m`` or ``8bit``."""
@@ -651,9 +621,9 @@ def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
         return True
     if SERVER_KINDS[provider].host_path == "base_url":
         tail = tail.partition("/")[0]
-    host, port = _split_host_port(tail)  # raises only for a '[', answered above
-    return (bool(port and _PORT_RE.match(port)) or host.lower() == "localhost"
-            or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)) or (":" in host and port is None))
+    host, _, port = tail.partition(":")  # a ':' in the port: a bare IPv6 address
+    return (bool(_PORT_RE.match(port)) or host.lower() == "localhost" or ":" in port
+            or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)))
 
 
 _SCHEME_USERINFO_RE = re.compile(r"(?i)(https?://)[^\s/@\"'?#]+@")
@@ -712,20 +682,27 @@ def _host_path(path: str, kind: ServerKind, shown: str) -> str:
 
 
 def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
-    """The host name (lower case, IPv6 in brackets, bind addresses mapped to this machine) and port."""
-    try:
-        name, port = _split_host_port(text)
-    except ValueError as exc:
-        raise InvalidInputError("host %s: %s" % (shown, str(exc)[:100])) from None
+    """The host name (lower case, IPv6 in brackets, bind addresses mapped to this machine) and port of
+    ``host[:port]``, its IPv6 address in brackets or bare (as OLLAMA_HOST takes it)."""
+    name, port = text, ""
+    if text.startswith("["):
+        name, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise InvalidInputError("host %s: '[' without a closing ']' in an IPv6 address" % shown)
+        if rest[:1] not in ("", ":"):
+            raise InvalidInputError("host %s: unexpected text %s after the IPv6 address"
+                                    % (shown, _quote(rest, 60)))
+        port = rest[1:]
+    elif text.count(":") < 2:  # more: a bare IPv6 address
+        name, _, port = text.partition(":")
     if port and not (_PORT_RE.match(port) and 0 < int(port) < 65536):
         raise InvalidInputError("host %s has a bad port %s: use a number from 1 to 65535, for example '%s:%d'"
                                 % (shown, _quote(port, 20), (name or "127.0.0.1")[:100], default_port))
-    port_number = int(port) if port else default_port
     name = name.strip().lower() or "127.0.0.1"
     name = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(name, name)  # bind addresses mean this machine
     if any(c.isspace() for c in name) or any(c in name for c in "?#%\\\"'"):
         raise InvalidInputError("host %s has characters a host name cannot have" % shown)
-    return ("[%s]" % name if ":" in name else name), port_number
+    return ("[%s]" % name if ":" in name else name), int(port) if port else default_port
 
 
 def normalize_host(host: str, provider: str = "lm_studio") -> str:
@@ -804,7 +781,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
     stay whole.  Query values are percent-decoded and typed.  Raises ModelURIError.
     """
     if not isinstance(uri, str):
-        raise ModelURIError("a model URI must be a string like %s, got %s" % (_URI_EXAMPLE, _quote(uri, 80)))
+        raise ModelURIError("a model URI must be a string like %s, got %s" % (_URI_EXAMPLE, _quote(uri)))
 
     def bad(part: str) -> ModelURIError:
         shown = _quote(_SCHEME_USERINFO_RE.sub(r"\1***@", uri), 300)
@@ -854,26 +831,24 @@ def _parse_query(query: str, bad: Callable[[str], ModelURIError]) -> Dict[str, A
         try:
             key, value = unquote(key, errors="strict"), unquote(value, errors="strict")
         except UnicodeDecodeError:
-            raise bad("the query part %s has a percent-escape that is not UTF-8"
-                      % _quote(piece, 80)) from None
+            raise bad("the query part %s has a percent-escape that is not UTF-8" % _quote(piece)) from None
         if not eq or not _KEY_RE.match(key):
-            raise bad("malformed query part %s: write name=value pairs joined by '&'" % _quote(piece, 80))
+            raise bad("malformed query part %s: write name=value pairs joined by '&'" % _quote(piece))
         if key in parameters:
-            raise bad("parameter %s is given twice" % _quote(key, 80))
+            raise bad("parameter %s is given twice" % _quote(key))
         try:
             parameters[key] = _parse_query_value(value)
         except (ValueError, RecursionError):
             raise bad("the value of %s looks like JSON but does not parse: %s"
-                      % (_quote(key, 80), _quote(value, 80))) from None
+                      % (_quote(key), _quote(value))) from None
     return parameters
 
 
 def _refuse_parameters_without_provider(name: str, provider: str) -> None:
     """A bare model name cannot carry ``?parameters`` (they would reach the server as part of its name)."""
     if "?" in name:
-        bare, _, query = name.partition("?")
         raise InvalidInputError("%r is a model name with parameters but no provider; parameters need the URI "
-                                "form, e.g. %s://%s?%s" % (name, provider, bare, query))
+                                "form, e.g. %s://%s" % (name, provider, name))
 
 
 def _escape(text: str, chars: str) -> str:
@@ -909,18 +884,19 @@ def format_model_uri(config: ModelConfig) -> str:
         if at < 0 or not (at == len(name) - 1 or _looks_like_host(name[at + 1:], config.provider)):
             break
         name = name[:at] + "%40" + name[at + 1:]
-    # "name@a:b" before a host would read back as a user and password: escape that '@'
-    while config.host is not None and (userinfo := _NAME_USERINFO_RE.search(name)):
-        name = name[:userinfo.start()] + "%40" + name[userinfo.start() + 1:]
-    uri = "%s://%s" % (config.provider, name)
     if config.host is not None:
+        # a name ending in "@a:b", or holding "http://a", would read back as the host's user and password
+        while userinfo := _NAME_USERINFO_RE.search(name):
+            name = name[:userinfo.start()] + "%40" + name[userinfo.start() + 1:]
+        name = re.sub(r"(?i)(https?):(?=//)", r"\1%3A", name)
         host = str(config.host).strip()
         normalize_host(host, config.provider)
         if not _looks_like_host(host, config.provider) or "?" in host:
             raise InvalidInputError(
                 "host %r would read back as part of the model name; write it with its port, e.g. '%s:%d'"
                 % (config.host, host, SERVER_KINDS[config.provider].example_port))
-        uri += "@" + host
+        name += "@" + host
+    uri = "%s://%s" % (config.provider, name)
     if config.parameters:
         uri += "?" + "&".join("%s=%s" % (_escape(str(k), "%&=#"), _escape(_format_query_value(k, v), "%&#"))
                               for k, v in config.parameters.items())
@@ -994,8 +970,9 @@ _DURATION_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def _type_error(name: str, value: Any, wanted: str) -> InvalidInputError:
-    return InvalidInputError("parameter %r=%r has the wrong type: it must be %s" % (name, value, wanted))
+def _type_error(name: str, value: Any, kind: str) -> InvalidInputError:
+    return InvalidInputError("parameter %r=%r has the wrong type: it must be %s"
+                             % (name, value, _KINDS[kind][1]))
 
 
 def _is_number(value: Any) -> bool:
@@ -1028,9 +1005,8 @@ _KINDS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
 
 def _check_kind(name: str, value: Any, kind: str) -> None:
     """Raise InvalidInputError when ``value`` is not of the row's kind."""
-    is_kind, wanted = _KINDS[kind]
-    if not is_kind(value):
-        raise _type_error(name, value, wanted)
+    if not _KINDS[kind][0](value):
+        raise _type_error(name, value, kind)
 
 
 def _duration_seconds(value: Union[int, float, str]) -> Optional[float]:
@@ -1060,7 +1036,7 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
             if value.strip().lower() == "json":
                 return copy.deepcopy(any_object)
             if value.strip():
-                raise _type_error(name, value, "'json' or a JSON schema object")
+                raise _type_error(name, value, kind)
             return _DROP
         if kind == "response_format" and value.get("type") == "json_object":
             return copy.deepcopy(any_object)
@@ -1155,8 +1131,7 @@ class Config:
                  models: Optional[Mapping[str, ModelConfig]] = None, path: Optional[str] = None,
                  openai_host: Optional[str] = None):
         self.ollama_host, self.lm_studio_host, self.openai_host = ollama_host, lm_studio_host, openai_host
-        self.models: Dict[str, ModelConfig] = dict(models or {})
-        self.path = path
+        self.models, self.path = dict(models or {}), path
         self._providers: Dict[Tuple[Any, ...], "BaseProvider"] = {}  # get_provider's, by host and options
 
     def host_for(self, provider: str) -> Optional[str]:
@@ -1186,9 +1161,8 @@ def load_config(path: str = "config.yaml") -> Config:
     host_keys = {kind.config_key: kind.name for kind in SERVER_KINDS.values()}
     unknown = sorted(set(map(str, data)) - set(host_keys) - {"models"})
     if unknown:
-        logger.warning("config file %s: ignoring unknown keys %s%s", path,
-                       ", ".join(_quote(key, 40) for key in unknown[:10]),
-                       " ..." if len(unknown) > 10 else "")
+        shown = ", ".join(_quote(key, 40) for key in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        logger.warning("config file %s: ignoring unknown keys %s", path, shown)
     raw_models = data.get("models") or {}
     if not isinstance(raw_models, dict):
         raise ConfigError("config file %s: 'models' must map role names to model URIs" % path)
@@ -1203,7 +1177,7 @@ def load_config(path: str = "config.yaml") -> Config:
     for key, value in hosts.items():
         if value is not None:
             checked(key, normalize_host, value, host_keys[key])
-    models = {str(role): checked("role %s" % _quote(role, 80), parse_model_uri, uri)
+    models = {str(role): checked("role %s" % _quote(role), parse_model_uri, uri)
               for role, uri in raw_models.items()}
     return Config(models=models, path=path, **hosts)
 
@@ -1213,10 +1187,6 @@ def _read_yaml(path: str) -> Any:
     ``SafeLoader`` (libyaml's when PyYAML has it): a tag such as ``!!python/object`` is an error."""
     try:
         import yaml
-    except ImportError:
-        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml"
-                          % (path, sys.executable)) from None
-    try:
         with open(path, "rb") as handle:
             raw = handle.read(CONFIG_MAX_BYTES + 1)
         if len(raw) > CONFIG_MAX_BYTES:
@@ -1224,6 +1194,9 @@ def _read_yaml(path: str) -> Any:
                               "holds a few hosts and roles: is this the right file?"
                               % (path, CONFIG_MAX_BYTES))
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(raw.decode("utf-8"))
+    except ImportError:
+        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml"
+                          % (path, sys.executable)) from None
     except FileNotFoundError:
         raise ConfigError("config file %s not found (working directory: %s)" % (path, os.getcwd())) from None
     except (OSError, UnicodeDecodeError) as exc:
