@@ -2028,14 +2028,16 @@ class _EventStream:
 
 def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool, exhausted: bool) -> None:
     """Give a stream's connection back to the pool when its body was read to the end, also just after the
-    end marker (``ended``: within the grace period); else close it."""
-    if ended and not exhausted and chunks is not None:  # raw.closed: a Content-Length body read to its end
-        exhausted = response.raw.closed or _read_rest(response.raw, chunks)
-    if exhausted:
-        response.raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
-        return
-    getattr(chunks, "close", lambda: None)()  # a generator (read_chunked, stream) ends now
-    response.close()
+    end marker (``ended``: within the grace period); else close it (also on Ctrl-C while the rest is read)."""
+    try:
+        if ended and not exhausted and chunks is not None:  # raw.closed: a Content-Length body read to its end
+            exhausted = response.raw.closed or _read_rest(response.raw, chunks)
+    finally:
+        if exhausted:
+            response.raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
+        else:
+            getattr(chunks, "close", lambda: None)()  # a generator (read_chunked, stream) ends now
+            response.close()
 
 
 def _read_rest(raw: Any, chunks: Iterator[bytes]) -> bool:
