@@ -1285,7 +1285,7 @@ def _install_requests() -> ModuleType:
     import sysconfig
     command = "%s -m pip install requests" % sys.executable
     stdlib = sysconfig.get_path("stdlib")
-    in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)  # a venv is the user's to install into
+    in_venv = sys.prefix != sys.base_prefix  # a venv is the user's to install into
     if not in_venv and stdlib and os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED")):
         raise ImportError(_PEP_668_ADVICE % sys.executable) from None
     if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
@@ -1310,13 +1310,11 @@ def _install_requests() -> ModuleType:
 
 # What ensure_requests says on a Python whose packages the operating system manages (%s: the interpreter)
 _PEP_668_ADVICE = (
-    "lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages are "
-    "managed by the operating system (PEP 668, \"externally managed\"), so pip may not install into it and "
-    "lm_providers does not try. What works: a virtual environment,  python3 -m venv .venv && .venv/bin/pip "
-    "install requests  then run your script with .venv/bin/python (if venv says ensurepip is missing:  sudo "
-    "apt install python3-venv); or the distribution's package,  sudo apt install python3-requests  (Debian, "
-    "Ubuntu; other systems have a package of the same name); or, for a command-line tool, pipx, which gives "
-    "each tool its own environment.")
+    "lm_providers needs the 'requests' package, which this Python (%s) lacks; the operating system manages "
+    "its packages (PEP 668, \"externally managed\"), so pip may not install into it. Use a virtual "
+    "environment:  python3 -m venv .venv && .venv/bin/pip install requests  and run your script with "
+    ".venv/bin/python (if ensurepip is missing:  sudo apt install python3-venv); or the system's package:  "
+    "sudo apt install python3-requests  (Debian, Ubuntu; alike elsewhere); or pipx for a command-line tool.")
 
 
 # The largest stream event and answer accepted, decompressed: twice the benchmark's largest event; a batch
