@@ -1451,8 +1451,7 @@ class HTTPTransport:
         module = ensure_requests()
         self._api_key, self.base_url, self.server_title = api_key, base_url, server_title
         self.connect_timeout, self.read_timeout, self.max_retries = connect_timeout, read_timeout, max_retries
-        self.max_event_bytes, self.max_body_bytes = max_event_bytes, max_body_bytes
-        self.start_hint = start_hint
+        self.start_hint, self.max_event_bytes, self.max_body_bytes = start_hint, max_event_bytes, max_body_bytes
         self.session = module.Session()
         # Proxy variables route loopback traffic wrongly, and reading them costs more than a local request.
         self.session.trust_env = not _is_loopback(base_url)
@@ -1504,20 +1503,19 @@ class HTTPTransport:
             except BaseException:  # Ctrl-C too: close the connection now, not when the traceback is freed
                 response.close()
                 raise
-            if status in (429, 503) and attempt < self.max_retries:
-                delay = self._retry_delay(response, attempt)
-                logger.info("%s answered %d (%s); retrying in %.1f s", self.server_title, status,
-                            _server_message(text), delay)
-                time.sleep(delay)
-                continue
-            if 300 <= status < 400:
-                location = response.headers.get("Location", "(no Location)")[:300]
-                raise ProviderResponseError(
-                    "%s at %s redirected %s to %s; redirects are not followed for API calls." % (
-                        self.server_title, self.base_url, path, location), status=status, body=text,
-                    reason="redirect", hint="Set the host to the server's real address.")
-            raise describe_failure(status, text, model)
-        raise AssertionError("unreachable")
+            if status not in (429, 503) or attempt == self.max_retries:
+                break
+            delay = self._retry_delay(response, attempt)
+            logger.info("%s answered %d (%s); retrying in %.1f s", self.server_title, status,
+                        _server_message(text), delay)
+            time.sleep(delay)
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "(no Location)")[:300]
+            raise ProviderResponseError(
+                "%s at %s redirected %s to %s; redirects are not followed for API calls." % (
+                    self.server_title, self.base_url, path, location), status=status, body=text,
+                reason="redirect", hint="Set the host to the server's real address.")
+        raise describe_failure(status, text, model)
 
     def _send(self, method: str, url: str, body: Optional[bytes], again: bool = True) -> Any:
         """Send with stream=True (the caller reads every body in bounded pieces); a failure is a typed error.
@@ -1868,11 +1866,9 @@ def _parse_json(data: bytes) -> Any:
     text = data.decode("utf-8")
     try:
         value, end = _raw_decode(text)
-    except ValueError:
-        return json.loads(text)  # leading white space (raw_decode takes none), or not JSON: loads says which
-    if end != len(text) and not text[end:].isspace():
+    except ValueError:  # leading white space (raw_decode takes none), or not JSON: json.loads says which
         return json.loads(text)
-    return value
+    return value if end == len(text) or text[end:].isspace() else json.loads(text)
 
 
 def _unreadable(title: str, data: bytes, exc: BaseException, path: str = "",
@@ -2291,8 +2287,7 @@ class _StreamState:
             else:
                 call = self._call(("id", fragment.get("id")) if index is None else index)
             function = fragment.get("function") or {}
-            if fragment.get("id"):
-                call[0] = fragment["id"]
+            call[0] = fragment.get("id") or call[0]
             name = function.get("name")
             if name and name != call[1]:
                 call[1] = call[1] + name if call[1] and not call[2] else name
@@ -2375,10 +2370,10 @@ class _ThinkFilter:
         text, self.tail = self.tail + text, ""
         end = text.find(self.CLOSE)
         if end < 0:  # keep the longest end of text that may begin "</think>"
-            keep = next((size for size in range(min(len(text), len(self.CLOSE) - 1), 0, -1)
-                         if self.CLOSE.startswith(text[-size:])), 0)
-            self.tail = text[len(text) - keep:] if keep else ""
-            return [], text[:len(text) - keep]
+            cut = next((len(text) - size for size in range(min(len(text), len(self.CLOSE) - 1), 0, -1)
+                        if self.CLOSE.startswith(text[-size:])), len(text))
+            self.tail = text[cut:]
+            return [], text[:cut]
         self.state = "after"
         pieces, _ = self.feed(text[end + len(self.CLOSE):])
         return pieces, text[:end]
@@ -2416,12 +2411,12 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
             try:
                 value, end = _raw_decode(candidate, start)
             except (ValueError, RecursionError):
-                start = candidate.find("{", start + 1)
-                continue
-            if all(attr in value for attr in required_attributes):
-                return value
-            found_objects.append(value)
-            start = candidate.find("{", end)  # past the whole object: objects nested in it are not answers
+                end = start + 1
+            else:  # the search goes on past the whole object: objects nested in it are not answers
+                if all(attr in value for attr in required_attributes):
+                    return value
+                found_objects.append(value)
+            start = candidate.find("{", end)
     if found_objects:
         missing = [a for a in required_attributes if a not in found_objects[0]]
         raise ValueError("the JSON object lacks the required attribute(s) %s" % ", ".join(map(repr, missing)))
