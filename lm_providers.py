@@ -1273,10 +1273,9 @@ def ensure_requests() -> ModuleType:
     global requests
     if requests is None:
         try:
-            import requests as module
+            import requests
         except ImportError:
-            module = _install_requests()
-        requests = module
+            requests = _install_requests()
     loaded: ModuleType = requests  # typed as a module even where requests has no inline types (before 2.33)
     return loaded
 
@@ -1284,9 +1283,8 @@ def ensure_requests() -> ModuleType:
 def _install_requests() -> ModuleType:
     import sysconfig
     command = "%s -m pip install requests" % sys.executable
-    stdlib = sysconfig.get_path("stdlib")
-    in_venv = sys.prefix != sys.base_prefix  # a venv is the user's to install into
-    if not in_venv and stdlib and os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED")):
+    marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+    if sys.prefix == sys.base_prefix and os.path.isfile(marker):  # (a venv is the user's to install into)
         raise ImportError(_PEP_668_ADVICE % sys.executable) from None
     if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
@@ -1449,9 +1447,9 @@ class HTTPTransport:
                  api_key: Optional[str] = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         module = ensure_requests()
-        self._api_key, self.base_url, self.server_title = api_key, base_url, server_title
+        self.base_url, self.server_title, self.start_hint = base_url, server_title, start_hint
         self.connect_timeout, self.read_timeout, self.max_retries = connect_timeout, read_timeout, max_retries
-        self.start_hint, self.max_event_bytes, self.max_body_bytes = start_hint, max_event_bytes, max_body_bytes
+        self._api_key, self.max_event_bytes, self.max_body_bytes = api_key, max_event_bytes, max_body_bytes
         self.session = module.Session()
         # Proxy variables route loopback traffic wrongly, and reading them costs more than a local request.
         self.session.trust_env = not _is_loopback(base_url)
@@ -1695,10 +1693,8 @@ def _short_reason(exc: BaseException) -> str:
     short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
     if short:  # a Content-Length body, or one chunk of a chunked one
         return "the connection closed %s bytes before the announced end of the body" % short.group(1)
-    for pattern in _STALE_CONNECTION_SIGNS + ("IncompleteRead", "Connection broken"):  # the first that shows
-        if pattern in text:
-            return pattern.lower()
-    return text[:200]
+    return next((sign.lower() for sign in _STALE_CONNECTION_SIGNS + ("IncompleteRead", "Connection broken")
+                 if sign in text), text[:200])
 
 
 def _first_cause(exc: BaseException, *types: type) -> Optional[BaseException]:
@@ -1916,11 +1912,8 @@ class _EndWatch:
                 if self._fd is None:
                     self._raw.shutdown()
                     return
-                sock = socket.socket(fileno=self._fd)
-                try:
-                    sock.shutdown(socket.SHUT_RD)
-                finally:
-                    sock.detach()  # the descriptor stays the connection's
+                with socket.socket(fileno=os.dup(self._fd)) as sock:  # (the descriptor is the connection's)
+                    sock.shutdown(socket.SHUT_RD)  # the socket, which both descriptors refer to
 
     def stop(self) -> bool:
         """Stop watching; return whether the watch never fired (the connection is intact)."""
@@ -2024,7 +2017,7 @@ def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool
     """Give a stream's connection back to the pool when its body was read to the end, also just after the
     end marker (``ended``: within the grace period); else close it (also on Ctrl-C while the rest is read)."""
     try:
-        if ended and not exhausted and chunks is not None:  # raw.closed: a Content-Length body read to its end
+        if ended and not exhausted and chunks is not None:  # raw.closed: a Content-Length body, all read
             exhausted = response.raw.closed or _read_rest(response.raw, chunks)
     finally:
         if exhausted:
