@@ -1757,14 +1757,12 @@ _NO_END = object()              # the end value of a stream without an end marke
 
 
 class StreamDecoder:
-    """Turn arbitrary chunks of a streamed body into complete events, in linear time.
-
-    ``framing`` is ``"sse"`` or ``"ndjson"``.  ``feed(chunk)`` returns the data (bytes) of the events the
-    chunk completes; an SSE error event (``event: error``, llama.cpp's ``error:`` lines) is a StreamError.
-    ``flush()`` returns what the end of the body completes.  Lines end in ``\\n``, ``\\r\\n`` or ``\\r``; a
-    chunk may end anywhere.  A byte-order mark, comments, other fields and empty events are ignored; a line
-    or event over ``max_event_bytes`` raises ProviderResponseError.
-    """
+    """Turn the chunks of a streamed body (``framing`` ``"sse"`` or ``"ndjson"``), which may end anywhere,
+    into complete events in linear time: ``feed(chunk)`` returns the data (bytes) of the events it
+    completes, an SSE error event (``event: error``, llama.cpp's ``error:`` lines) as a StreamError;
+    ``flush()`` what the body's end completes.  Lines end in ``\\n``, ``\\r\\n`` or ``\\r``.  A byte-order
+    mark, comments, other fields and empty events are ignored; a line or event over ``max_event_bytes``
+    is a ProviderResponseError."""
 
     __slots__ = ("framing", "max_event_bytes", "_pending", "_pending_size", "_skip_lf", "_data", "_data_size",
                  "_event", "_at_start")
@@ -2061,9 +2059,7 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
     response = provider.transport.request("POST", provider.chat_path, payload,
                                           describe_failure=provider._failure, model=model.name)
     _check_stream_type(provider, response, model.name)
-    think = _ThinkFilter()
-    read_event = provider._read_event
-    pieces = 0
+    think, read_event, pieces = _ThinkFilter(), provider._read_event, 0
     stream = _EventStream(provider, response, provider.chat_path, model.name, provider.stream_end,
                           complete=lambda: provider._ends_with_body(state),
                           describe=lambda: "%d piece(s)" % pieces)
@@ -2224,9 +2220,7 @@ class ChatStream(TextStream):
 
     def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
         self.model, self._title, self._state = model.name, provider.title, _StreamState()
-        with _debugging(debug):  # the request's debug lines; the iteration turns it on again
-            pieces = provider._stream(messages, model, self._state)
-        super().__init__(pieces, debug)
+        super().__init__(provider._stream(messages, model, self._state), debug)  # (debug on: in stream_chat)
 
     @property
     def finish_reason(self) -> Optional[str]:
