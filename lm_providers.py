@@ -2013,30 +2013,24 @@ class _EventStream:
 
 def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool, exhausted: bool) -> None:
     """Give a stream's connection back to the pool when its body was read to the end, also just after the
-    end marker (``ended``: within the grace period); else close it (also on Ctrl-C while the rest is read)."""
+    end marker (``ended``) when the rest comes within the grace period, the socket intact; else close it."""
+    raw, watch = response.raw, None
     try:
-        if ended and not exhausted and chunks is not None:  # raw.closed: a Content-Length body, all read
-            exhausted = response.raw.closed or _read_rest(response.raw, chunks)
-    finally:
+        if ended and not exhausted and chunks is not None:
+            exhausted = raw.closed  # a Content-Length body, all read
+            if not exhausted:  # the rest: a terminator, maybe a last empty read (more: the server talks on)
+                watch = _EndWatch(raw, _END_GRACE_SECONDS)
+                exhausted = any(next(chunks, None) is None for _ in range(4))
+    except Exception:  # no socket under this response (_EndWatch), or the rest broke off
+        exhausted = False
+    finally:  # also on Ctrl-C: an armed watch would later shut a socket it no longer owns
+        if watch is not None and not watch.stop():  # it fired: the socket is shut
+            exhausted = False
         if exhausted:
-            response.raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
+            raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
         else:
             getattr(chunks, "close", lambda: None)()  # a generator (read_chunked, stream) ends now
             response.close()
-
-
-def _read_rest(raw: Any, chunks: Iterator[bytes]) -> bool:
-    """Whether the rest of a body after its end marker came within the grace period, the socket intact."""
-    try:
-        watch = _EndWatch(raw, _END_GRACE_SECONDS)
-    except (OSError, ValueError):  # no socket under this response
-        return False
-    try:  # a terminator, maybe a last empty read; more means the server keeps talking
-        return any(next(chunks, None) is None for _ in range(4)) and watch.stop()
-    except Exception:
-        return False
-    finally:  # also on Ctrl-C: an armed watch would later shut a socket it no longer owns
-        watch.stop()
 
 
 def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> None:
