@@ -2383,10 +2383,9 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
     if not isinstance(text, str):
         raise ValueError("expected the reply text, got %r" % (text,))
     content, _ = split_reasoning(text)
-    candidates = [m.group(1) for m in _JSON_FENCE_RE.finditer(content)] + [content]
     found_objects: List[Dict[str, Any]] = []
     value: Dict[str, Any]  # what raw_decode gives from a "{": always an object
-    for candidate in candidates:
+    for candidate in [m.group(1) for m in _JSON_FENCE_RE.finditer(content)] + [content]:  # fenced ones first
         start = candidate.find("{")
         while start >= 0:
             try:
