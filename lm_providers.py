@@ -1929,7 +1929,7 @@ class _EventStream:
     __slots__ = ("provider", "response", "path", "model", "end", "complete", "describe", "count")
 
     def __init__(self, provider: "BaseProvider", response: Any, path: str, model: str = "",
-                 end: Optional[Tuple[str, Any]] = None, complete: Optional[Callable[[], bool]] = None,
+                 end: Optional[Tuple[str, Any]] = None, complete: Callable[[], bool] = lambda: False,
                  describe: Optional[Callable[[], str]] = None) -> None:
         self.provider, self.response, self.path, self.model = provider, response, path, model
         self.end, self.complete, self.describe = end, complete, describe
@@ -1975,7 +1975,7 @@ class _EventStream:
                 if chunk is None:
                     break
             exhausted = True
-            if not (self.complete is not None and self.complete()):
+            if not self.complete():
                 raise ProviderResponseError(
                     "%s ended the stream before saying it was complete (after %s); the answer is cut off." % (
                         self.provider.title, self._received(count)), reason="stream_cut",
