@@ -1246,10 +1246,9 @@ def ensure_requests() -> ModuleType:
     global requests
     if requests is None:
         try:
-            import requests as module
+            import requests
         except ImportError:
-            module = _install_requests()
-        requests = module
+            requests = _install_requests()
     loaded: ModuleType = requests  # typed as a module even where requests has no inline types (before 2.33)
     return loaded
 
@@ -1257,9 +1256,8 @@ def ensure_requests() -> ModuleType:
 def _install_requests() -> ModuleType:
     import sysconfig
     command = "%s -m pip install requests" % sys.executable
-    stdlib = sysconfig.get_path("stdlib")
-    in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)  # a venv is the user's to install into
-    if not in_venv and stdlib and os.path.isfile(os.path.join(stdlib, "EXTERNALLY-MANAGED")):
+    marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+    if sys.prefix == sys.base_prefix and os.path.isfile(marker):  # (a venv is the user's to install into)
         raise ImportError(_PEP_668_ADVICE % sys.executable) from None
     if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
@@ -1283,13 +1281,11 @@ def _install_requests() -> ModuleType:
 
 # What ensure_requests says on a Python whose packages the operating system manages (%s: the interpreter)
 _PEP_668_ADVICE = (
-    "lm_providers needs the 'requests' package, which this Python (%s) does not have. Its packages are "
-    "managed by the operating system (PEP 668, \"externally managed\"), so pip may not install into it and "
-    "lm_providers does not try. What works: a virtual environment,  python3 -m venv .venv && .venv/bin/pip "
-    "install requests  then run your script with .venv/bin/python (if venv says ensurepip is missing:  sudo "
-    "apt install python3-venv); or the distribution's package,  sudo apt install python3-requests  (Debian, "
-    "Ubuntu; other systems have a package of the same name); or, for a command-line tool, pipx, which gives "
-    "each tool its own environment.")
+    "lm_providers needs the 'requests' package, which this Python (%s) lacks; the operating system manages "
+    "its packages (PEP 668, \"externally managed\"), so pip may not install into it. Use a virtual "
+    "environment:  python3 -m venv .venv && .venv/bin/pip install requests  and run your script with "
+    ".venv/bin/python (if ensurepip is missing:  sudo apt install python3-venv); or the system's package:  "
+    "sudo apt install python3-requests  (Debian, Ubuntu; alike elsewhere); or pipx for a command-line tool.")
 
 
 # The largest stream event and answer accepted, decompressed: twice the benchmark's largest event; a batch
@@ -1424,10 +1420,9 @@ class HTTPTransport:
                  api_key: Optional[str] = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         module = ensure_requests()
-        self._api_key, self.base_url, self.server_title = api_key, base_url, server_title
+        self.base_url, self.server_title, self.start_hint = base_url, server_title, start_hint
         self.connect_timeout, self.read_timeout, self.max_retries = connect_timeout, read_timeout, max_retries
-        self.max_event_bytes, self.max_body_bytes = max_event_bytes, max_body_bytes
-        self.start_hint = start_hint
+        self._api_key, self.max_event_bytes, self.max_body_bytes = api_key, max_event_bytes, max_body_bytes
         self.session = module.Session()
         # Proxy variables route loopback traffic wrongly, and reading them costs more than a local request.
         self.session.trust_env = not _is_loopback(base_url)
@@ -1479,20 +1474,19 @@ class HTTPTransport:
             except BaseException:  # Ctrl-C too: close the connection now, not when the traceback is freed
                 response.close()
                 raise
-            if status in (429, 503) and attempt < self.max_retries:
-                delay = self._retry_delay(response, attempt)
-                logger.info("%s answered %d (%s); retrying in %.1f s", self.server_title, status,
-                            _server_message(text), delay)
-                time.sleep(delay)
-                continue
-            if 300 <= status < 400:
-                location = response.headers.get("Location", "(no Location)")[:300]
-                raise ProviderResponseError(
-                    "%s at %s redirected %s to %s; redirects are not followed for API calls." % (
-                        self.server_title, self.base_url, path, location), status=status, body=text,
-                    reason="redirect", hint="Set the host to the server's real address.")
-            raise describe_failure(status, text, model)
-        raise AssertionError("unreachable")
+            if status not in (429, 503) or attempt == self.max_retries:
+                break
+            delay = self._retry_delay(response, attempt)
+            logger.info("%s answered %d (%s); retrying in %.1f s", self.server_title, status,
+                        _server_message(text), delay)
+            time.sleep(delay)
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "(no Location)")[:300]
+            raise ProviderResponseError(
+                "%s at %s redirected %s to %s; redirects are not followed for API calls." % (
+                    self.server_title, self.base_url, path, location), status=status, body=text,
+                reason="redirect", hint="Set the host to the server's real address.")
+        raise describe_failure(status, text, model)
 
     def _send(self, method: str, url: str, body: Optional[bytes], again: bool = True) -> Any:
         """Send with stream=True (the caller reads every body in bounded pieces); a failure is a typed error.
@@ -1672,10 +1666,8 @@ def _short_reason(exc: BaseException) -> str:
     short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
     if short:  # a Content-Length body, or one chunk of a chunked one
         return "the connection closed %s bytes before the announced end of the body" % short.group(1)
-    for pattern in _STALE_CONNECTION_SIGNS + ("IncompleteRead", "Connection broken"):  # the first that shows
-        if pattern in text:
-            return pattern.lower()
-    return text[:200]
+    return next((sign.lower() for sign in _STALE_CONNECTION_SIGNS + ("IncompleteRead", "Connection broken")
+                 if sign in text), text[:200])
 
 
 def _first_cause(exc: BaseException, *types: type) -> Optional[BaseException]:
@@ -1738,14 +1730,12 @@ _NO_END = object()              # the end value of a stream without an end marke
 
 
 class StreamDecoder:
-    """Turn arbitrary chunks of a streamed body into complete events, in linear time.
-
-    ``framing`` is ``"sse"`` or ``"ndjson"``.  ``feed(chunk)`` returns the data (bytes) of the events the
-    chunk completes; an SSE error event (``event: error``, llama.cpp's ``error:`` lines) is a StreamError.
-    ``flush()`` returns what the end of the body completes.  Lines end in ``\\n``, ``\\r\\n`` or ``\\r``; a
-    chunk may end anywhere.  A byte-order mark, comments, other fields and empty events are ignored; a line
-    or event over ``max_event_bytes`` raises ProviderResponseError.
-    """
+    """Turn the chunks of a streamed body (``framing`` ``"sse"`` or ``"ndjson"``), which may end anywhere,
+    into complete events in linear time: ``feed(chunk)`` returns the data (bytes) of the events it
+    completes, an SSE error event (``event: error``, llama.cpp's ``error:`` lines) as a StreamError;
+    ``flush()`` what the body's end completes.  Lines end in ``\\n``, ``\\r\\n`` or ``\\r``.  A byte-order
+    mark, comments, other fields and empty events are ignored; a line or event over ``max_event_bytes``
+    is a ProviderResponseError."""
 
     __slots__ = ("framing", "max_event_bytes", "_pending", "_pending_size", "_skip_lf", "_data", "_data_size",
                  "_event", "_at_start")
@@ -1843,11 +1833,9 @@ def _parse_json(data: bytes) -> Any:
     text = data.decode("utf-8")
     try:
         value, end = _raw_decode(text)
-    except ValueError:
-        return json.loads(text)  # leading white space (raw_decode takes none), or not JSON: loads says which
-    if end != len(text) and not text[end:].isspace():
+    except ValueError:  # leading white space (raw_decode takes none), or not JSON: json.loads says which
         return json.loads(text)
-    return value
+    return value if end == len(text) or text[end:].isspace() else json.loads(text)
 
 
 def _unreadable(title: str, data: bytes, exc: BaseException, path: str = "",
@@ -1895,11 +1883,8 @@ class _EndWatch:
                 if self._fd is None:
                     self._raw.shutdown()
                     return
-                sock = socket.socket(fileno=self._fd)
-                try:
-                    sock.shutdown(socket.SHUT_RD)
-                finally:
-                    sock.detach()  # the descriptor stays the connection's
+                with socket.socket(fileno=os.dup(self._fd)) as sock:  # (the descriptor is the connection's)
+                    sock.shutdown(socket.SHUT_RD)  # the socket, which both descriptors refer to
 
     def stop(self) -> bool:
         """Stop watching; return whether the watch never fired (the connection is intact)."""
@@ -1917,7 +1902,7 @@ class _EventStream:
     __slots__ = ("provider", "response", "path", "model", "end", "complete", "describe", "count")
 
     def __init__(self, provider: "BaseProvider", response: Any, path: str, model: str = "",
-                 end: Optional[Tuple[str, Any]] = None, complete: Optional[Callable[[], bool]] = None,
+                 end: Optional[Tuple[str, Any]] = None, complete: Callable[[], bool] = lambda: False,
                  describe: Optional[Callable[[], str]] = None) -> None:
         self.provider, self.response, self.path, self.model = provider, response, path, model
         self.end, self.complete, self.describe = end, complete, describe
@@ -1963,7 +1948,7 @@ class _EventStream:
                 if chunk is None:
                     break
             exhausted = True
-            if not (self.complete is not None and self.complete()):
+            if not self.complete():
                 raise ProviderResponseError(
                     "%s ended the stream before saying it was complete (after %s); the answer is cut off." % (
                         self.provider.title, self._received(count)), reason="stream_cut",
@@ -2001,28 +1986,24 @@ class _EventStream:
 
 def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool, exhausted: bool) -> None:
     """Give a stream's connection back to the pool when its body was read to the end, also just after the
-    end marker (``ended``: within the grace period); else close it."""
-    if ended and not exhausted and chunks is not None:  # raw.closed: a Content-Length body read to its end
-        exhausted = response.raw.closed or _read_rest(response.raw, chunks)
-    if exhausted:
-        response.raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
-        return
-    getattr(chunks, "close", lambda: None)()  # a generator (read_chunked, stream) ends now
-    response.close()
-
-
-def _read_rest(raw: Any, chunks: Iterator[bytes]) -> bool:
-    """Whether the rest of a body after its end marker came within the grace period, the socket intact."""
+    end marker (``ended``) when the rest comes within the grace period, the socket intact; else close it."""
+    raw, watch = response.raw, None
     try:
-        watch = _EndWatch(raw, _END_GRACE_SECONDS)
-    except (OSError, ValueError):  # no socket under this response
-        return False
-    try:  # a terminator, maybe a last empty read; more means the server keeps talking
-        return any(next(chunks, None) is None for _ in range(4)) and watch.stop()
-    except Exception:
-        return False
+        if ended and not exhausted and chunks is not None:
+            exhausted = raw.closed  # a Content-Length body, all read
+            if not exhausted:  # the rest: a terminator, maybe a last empty read (more: the server talks on)
+                watch = _EndWatch(raw, _END_GRACE_SECONDS)
+                exhausted = any(next(chunks, None) is None for _ in range(4))
+    except Exception:  # no socket under this response (_EndWatch), or the rest broke off
+        exhausted = False
     finally:  # also on Ctrl-C: an armed watch would later shut a socket it no longer owns
-        watch.stop()
+        if watch is not None and not watch.stop():  # it fired: the socket is shut
+            exhausted = False
+        if exhausted:
+            raw.release_conn()  # urllib3 normally did so when the body ended; it is idempotent
+        else:
+            getattr(chunks, "close", lambda: None)()  # a generator (read_chunked, stream) ends now
+            response.close()
 
 
 def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> None:
@@ -2045,9 +2026,7 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
     response = provider.transport.request("POST", provider.chat_path, payload,
                                           describe_failure=provider._failure, model=model.name)
     _check_stream_type(provider, response, model.name)
-    think = _ThinkFilter()
-    read_event = provider._read_event
-    pieces = 0
+    think, read_event, pieces = _ThinkFilter(), provider._read_event, 0
     stream = _EventStream(provider, response, provider.chat_path, model.name, provider.stream_end,
                           complete=lambda: provider._ends_with_body(state),
                           describe=lambda: "%d piece(s)" % pieces)
@@ -2208,9 +2187,7 @@ class ChatStream(TextStream):
 
     def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
         self.model, self._title, self._state = model.name, provider.title, _StreamState()
-        with _debugging(debug):  # the request's debug lines; the iteration turns it on again
-            pieces = provider._stream(messages, model, self._state)
-        super().__init__(pieces, debug)
+        super().__init__(provider._stream(messages, model, self._state), debug)  # (debug on: in stream_chat)
 
     @property
     def finish_reason(self) -> Optional[str]:
@@ -2264,8 +2241,7 @@ class _StreamState:
             else:
                 call = self._call(("id", fragment.get("id")) if index is None else index)
             function = fragment.get("function") or {}
-            if fragment.get("id"):
-                call[0] = fragment["id"]
+            call[0] = fragment.get("id") or call[0]
             name = function.get("name")
             if name and name != call[1]:
                 call[1] = call[1] + name if call[1] and not call[2] else name
@@ -2348,10 +2324,10 @@ class _ThinkFilter:
         text, self.tail = self.tail + text, ""
         end = text.find(self.CLOSE)
         if end < 0:  # keep the longest end of text that may begin "</think>"
-            keep = next((size for size in range(min(len(text), len(self.CLOSE) - 1), 0, -1)
-                         if self.CLOSE.startswith(text[-size:])), 0)
-            self.tail = text[len(text) - keep:] if keep else ""
-            return [], text[:len(text) - keep]
+            cut = next((len(text) - size for size in range(min(len(text), len(self.CLOSE) - 1), 0, -1)
+                        if self.CLOSE.startswith(text[-size:])), len(text))
+            self.tail = text[cut:]
+            return [], text[:cut]
         self.state = "after"
         pieces, _ = self.feed(text[end + len(self.CLOSE):])
         return pieces, text[:end]
@@ -2380,21 +2356,20 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
     if not isinstance(text, str):
         raise ValueError("expected the reply text, got %r" % (text,))
     content, _ = split_reasoning(text)
-    candidates = [m.group(1) for m in _JSON_FENCE_RE.finditer(content)] + [content]
     found_objects: List[Dict[str, Any]] = []
     value: Dict[str, Any]  # what raw_decode gives from a "{": always an object
-    for candidate in candidates:
+    for candidate in [m.group(1) for m in _JSON_FENCE_RE.finditer(content)] + [content]:  # fenced ones first
         start = candidate.find("{")
         while start >= 0:
             try:
                 value, end = _raw_decode(candidate, start)
             except (ValueError, RecursionError):
-                start = candidate.find("{", start + 1)
-                continue
-            if all(attr in value for attr in required_attributes):
-                return value
-            found_objects.append(value)
-            start = candidate.find("{", end)  # past the whole object: objects nested in it are not answers
+                end = start + 1
+            else:  # the search goes on past the whole object: objects nested in it are not answers
+                if all(attr in value for attr in required_attributes):
+                    return value
+                found_objects.append(value)
+            start = candidate.find("{", end)
     if found_objects:
         missing = [a for a in required_attributes if a not in found_objects[0]]
         raise ValueError("the JSON object lacks the required attribute(s) %s" % ", ".join(map(repr, missing)))

@@ -7,6 +7,7 @@ import os
 import re
 import time
 import tracemalloc
+import types
 import zlib
 
 import pytest
@@ -485,9 +486,10 @@ def test_an_answer_over_max_body_bytes_says_too_large(server, kind):
 class _WatchedRaw:
     """A response's raw stream as _EndWatch sees it: a socket it could shut, held by its connection."""
     connection = object()
+    closed = False
 
     def __init__(self):
-        self.shut = 0
+        self.shut = self.released = 0
 
     def isclosed(self):
         return False
@@ -495,17 +497,21 @@ class _WatchedRaw:
     def shutdown(self):
         self.shut += 1
 
+    def release_conn(self):
+        self.released += 1
 
-def test_ctrl_c_while_the_rest_of_a_body_is_read_disarms_the_end_watch(monkeypatch):
-    # long enough that a loaded machine does not let the watch fire before Ctrl-C stops it
-    monkeypatch.setattr(lmp, "_END_GRACE_SECONDS", 0.3)
-    raw = _WatchedRaw()
+
+def test_ctrl_c_while_the_rest_of_a_body_is_read_closes_it_and_disarms_the_end_watch(monkeypatch):
+    monkeypatch.setattr(lmp, "_END_GRACE_SECONDS", 0.3)  # (long enough that a loaded machine stops it first)
+    response = types.SimpleNamespace(raw=_WatchedRaw(), closed=0)
+    response.close = lambda: setattr(response, "closed", response.closed + 1)
 
     def chunks():
         raise KeyboardInterrupt
         yield b""
 
     with pytest.raises(KeyboardInterrupt):
-        lmp._read_rest(raw, chunks())
+        lmp._finish_stream(response, chunks(), ended=True, exhausted=False)
+    assert (response.closed, response.raw.released) == (1, 0)  # closed now, not put back in the pool
     time.sleep(0.6)
-    assert raw.shut == 0  # an armed watch would shut a socket the connection may have moved on with
+    assert response.raw.shut == 0  # an armed watch would shut a socket the connection may have moved on with
