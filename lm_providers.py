@@ -2526,8 +2526,7 @@ def _check_messages(messages: Any, content_must_be_str: bool) -> None:
 
 
 def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """The messages as the server takes them: tool requests and results (in the README's form) translated,
-    the rest as they are.  The caller's dicts are never changed."""
+    """The messages in the server's form, tool calls and results translated; the caller's dicts unchanged."""
     if not any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
         if all(type(m) is dict for m in messages):
             return messages  # type: ignore[return-value]  # dicts, passed on unchanged
@@ -4233,21 +4232,17 @@ def _ollama_key(name: str) -> str:
 def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict[str, Any]]],
                  listed: Mapping[str, Any]) -> ModelInfo:
     """A ModelInfo from Ollama's ``/api/show`` answer, its ``/api/ps`` models and its ``/api/tags`` entry."""
-    facts = _dict_at(show, "model_info")
-    architecture = facts.get("general.architecture")
-    details = _dict_at(show, "details")
+    facts, details = _dict_at(show, "model_info"), _dict_at(show, "details")
     capabilities = show.get("capabilities")
-
-    def has(capability: str) -> Optional[bool]:
-        return capability in capabilities if isinstance(capabilities, list) else None
-
+    has = {capability: capability in capabilities for capability in (
+        "completion", "embedding", "tools", "vision", "thinking")} if isinstance(capabilities, list) else {}
     mine = [entry for entry in running or [] if _ollama_key(str(entry.get("name"))) == _ollama_key(name)]
-    kind = "embedding" if has("embedding") else "llm" if has("completion") else None
+    kind = "embedding" if has.get("embedding") else "llm" if has.get("completion") else None
     return ModelInfo(
-        name, context_length=_first_int(facts.get("%s.context_length" % architecture)),
-        loaded=None if running is None else bool(mine), tools=has("tools"), vision=has("vision"),
+        name, context_length=_first_int(facts.get("%s.context_length" % facts.get("general.architecture"))),
+        loaded=None if running is None else bool(mine), tools=has.get("tools"), vision=has.get("vision"),
         loaded_context_length=_first_int(mine[-1].get("context_length")) if mine else None,
-        thinking=has("thinking"), embedding=has("embedding"),
+        thinking=has.get("thinking"), embedding=has.get("embedding"),
         quantization=details.get("quantization_level") or None, size_bytes=_first_int(listed.get("size")),
         kind=kind, source="/api/show + /api/ps", raw=dict(show))
 
