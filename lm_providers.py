@@ -3391,10 +3391,10 @@ class BaseProvider:
         hits += [k for k in folded if name.lower() in k and k not in hits]
         return [folded[h] for h in hits[:5]]
 
-    @staticmethod
-    def same_model(wanted: str, offered: str) -> bool:
+    @classmethod
+    def same_model(cls, wanted: str, offered: str) -> bool:
         """Whether two model names mean the same model on this server (exact by default)."""
-        return wanted == offered
+        return cls._fact_key(wanted) == cls._fact_key(offered)
 
     @staticmethod
     def _fact_key(name: str) -> str:
@@ -3470,12 +3470,6 @@ class BaseProvider:
             if self.same_model(name, info.name):
                 return info
         raise self._not_found(name, "", offered=[info.name for info in infos])
-
-    def _list_model_info(self) -> List[ModelInfo]:
-        return [ModelInfo(name, source=self.models_path) for name in self.list_models()]
-
-    def _server_version(self) -> Optional[str]:
-        return None
 
     def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         raise self._unsupported("load a model", self.load_hint(name, context_length))
@@ -3680,6 +3674,8 @@ class BaseProvider:
     _is_model_not_found: Callable[[int, str, str], bool]  # (status, server message, body)
     _read_embeddings: Callable[[Any], List[List[float]]]  # an embeddings answer's vectors, in input order
     _raw_logprobs: Callable[[Any], Any]  # a reply's list of token log-probabilities, or None
+    _list_model_info: Callable[[], List[ModelInfo]]  # every listed model's facts
+    _server_version: Callable[[], Optional[str]]  # None when the server does not say
     #: (message, index): a copy of a message that carries images, with them in this server's form
     _convert_images: Callable[[Mapping[str, Any], int], Mapping[str, Any]]
     #: (call id, name, arguments): one entry of an assistant message's ``tool_calls``
@@ -4066,10 +4062,6 @@ class OllamaProvider(BaseProvider):
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
         text = message.lower()
         return status == 404 and "model" in text and "not found" in text
-
-    @staticmethod
-    def same_model(wanted: str, offered: str) -> bool:
-        return _ollama_key(wanted) == _ollama_key(offered)
 
     @staticmethod
     def _fact_key(name: str) -> str:
