@@ -2474,8 +2474,7 @@ def _check_messages(messages: Any, content_must_be_str: bool) -> None:
 
 
 def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """The messages as the server takes them: tool requests and results (in the README's form) translated,
-    the rest as they are.  The caller's dicts are never changed."""
+    """The messages in the server's form, tool calls and results translated; the caller's dicts unchanged."""
     if not any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
         if all(type(m) is dict for m in messages):
             return messages  # type: ignore[return-value]  # dicts, passed on unchanged
@@ -2616,12 +2615,10 @@ _DOC_ARGUMENT_RE = re.compile(r"\s*\*{0,2}([A-Za-z_][A-Za-z0-9_]*)\s*(?:\([^)]*\
 
 def _parse_docstring(doc: Optional[str]) -> Tuple[str, Dict[str, str]]:
     """(description, {argument: description}) from a Google-style docstring."""
-    if not doc:
-        return "", {}
     description: List[str] = []
     arguments: Dict[str, str] = {}
     section, current, indent_of_names = None, None, None
-    for line in doc.splitlines():
+    for line in (doc or "").splitlines():
         header = _DOC_SECTION_RE.match(line)
         if header:
             section, current, indent_of_names = header.group(1).lower(), None, None
@@ -2703,8 +2700,7 @@ def _tool_calls_from(parts: Any, title: str, finish_reason: Optional[str]) -> Li
         raise ProviderResponseError("%s sent tool calls of an unexpected shape: %s" % (
             title, _shorten(json.dumps(parts, ensure_ascii=False, default=str), 300)), reason="bad_response")
     return [_tool_call(title, p.get("id"), p["function"].get("name"), p["function"].get("arguments"),
-                       finish_reason)
-            for p in parts]
+                       finish_reason) for p in parts]
 
 
 def _tool_finish_reason(finish_reason: Optional[str], tool_calls: Sequence[ToolCall]) -> Optional[str]:
@@ -2772,18 +2768,6 @@ def _too_big(where: str, size: int) -> InvalidInputError:
                              "scale it down first" % (where, size / 1048576.0, MAX_IMAGE_BYTES // 1048576))
 
 
-def _read_image_file(path: str, where: str) -> bytes:
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_IMAGE_BYTES:
-            raise _too_big(where, size)
-        with open(path, "rb") as handle:
-            return handle.read(MAX_IMAGE_BYTES + 1)
-    except OSError as exc:
-        raise InvalidInputError("%s: cannot read the image file %r: %s" % (where, path, exc.strerror or exc)
-                                ) from None
-
-
 def _base64_image(text: str, where: str, not_base64: str) -> bytes:
     """The bytes of base64 text (white space ignored); InvalidInputError(not_base64) when it is not base64."""
     import base64
@@ -2818,7 +2802,16 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
         raise InvalidInputError("%s is a web address (%s); the servers take the image itself: download it "
                                 "and give the file path or the bytes" % (where, stripped[:80]))
     elif is_path or len(stripped) < 4096 and os.path.isfile(stripped):  # isfile is False for a NUL character
-        data = _read_image_file(os.fspath(image) if is_path else stripped, where)
+        path = os.fspath(image) if is_path else stripped
+        try:
+            size = os.path.getsize(path)
+            if size > MAX_IMAGE_BYTES:
+                raise _too_big(where, size)
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_IMAGE_BYTES + 1)
+        except OSError as exc:
+            raise InvalidInputError("%s: cannot read the image file %r: %s"
+                                    % (where, path, exc.strerror or exc)) from None
     else:
         data = _base64_image(stripped, where, "%s: there is no file at %r, and it is not base64 image "
                              "data either" % (where, stripped[:80]))
@@ -3026,7 +3019,7 @@ class _ErrorAnswer:
     """What was asked and what the server said (``status`` None for an error event in a stream)."""
 
     __slots__ = ("status", "body", "model", "path", "needed", "manual", "message", "said", "overflow",
-                 "fields")
+                 "prompt_tokens", "context_length", "fields")
 
     def __init__(self, status: Optional[int], body: str, model: str, path: str, needed: str = "",
                  manual: str = ""):
@@ -3034,8 +3027,8 @@ class _ErrorAnswer:
         self.needed, self.manual = needed, manual
         self.message = _server_message(body)
         self.said = self.message.rstrip(". ")  # the server's words, followed by more sentences
-        self.overflow = _parse_overflow(self.message, body)
-        #: the ProviderResponseError fields
+        self.overflow = _parse_overflow(self.message, body)  # (prompt tokens, context) when it did not fit
+        self.prompt_tokens, self.context_length = self.overflow or (None, None)
         self.fields: Dict[str, Any] = {"status": status, "server_message": self.message, "body": body}
 
     def says(self, *phrases: str) -> bool:
@@ -3050,7 +3043,7 @@ _FailureRow = Tuple[Callable[[Any, _ErrorAnswer], bool], Callable[[Any, _ErrorAn
 
 
 def _overflow_error(p: "BaseProvider", a: _ErrorAnswer) -> ContextLengthError:
-    prompt, context = a.overflow or (None, None)
+    prompt, context = a.prompt_tokens, a.context_length
     return ContextLengthError("%s model %r: the prompt%s does not fit the context%s (%s): %s." % (
         p.title, a.model, " (%d tokens)" % prompt if prompt else "",
         " it is loaded with (%d tokens)" % context if context else "",
@@ -3059,28 +3052,15 @@ def _overflow_error(p: "BaseProvider", a: _ErrorAnswer) -> ContextLengthError:
         hint=p._context_advice(a.model, prompt), **a.fields)
 
 
-def _too_long_error(p: "BaseProvider", a: _ErrorAnswer) -> InputTooLongError:
-    prompt, context = a.overflow or (None, None)
-    return InputTooLongError("a text is too long for %s model %r: %s." % (p.title, a.model, a.said),
-                             prompt_tokens=prompt, context_length=context, reason="input_too_long",
-                             hint="Shorten or split it%s." % p.truncate_hint, **a.fields)
-
-
-def _no_endpoint_error(p: "BaseProvider", a: _ErrorAnswer) -> UnsupportedEndpointError:
-    """The one rule for an endpoint the server lacks: name the path asked, what has it, what to do."""
-    return UnsupportedEndpointError("%s at %s has no endpoint %s (HTTP %s: %s)%s." % (
-        p.title, p.base_url, a.path, a.status, a.said, "; it needs %s" % a.needed if a.needed else ""),
-        path=a.path, needed=a.needed, manual=a.manual, reason="endpoint_missing",
-        hint=a.manual or "Is this really %s? %s" % (p.title, p.wrong_server_hint), **a.fields)
-
-
 #: The failure table: the first row that applies builds the exception (a class's own rows go first).
 _FAILURES: Tuple[_FailureRow, ...] = (
     (lambda p, a: a.path == p.embed_path and a.says(*_NO_EMBEDDING_PHRASES),
      lambda p, a: EmbeddingNotSupportedError("%s cannot embed with model %r: %s." % (
          p.title, a.model, a.said), hint=p.embedding_hint, reason="embedding_unsupported", **a.fields)),
     (lambda p, a: a.path == p.embed_path and (a.overflow is not None or a.says(*_TOO_LONG_PHRASES)),
-     _too_long_error),
+     lambda p, a: InputTooLongError("a text is too long for %s model %r: %s." % (p.title, a.model, a.said),
+         prompt_tokens=a.prompt_tokens, context_length=a.context_length, reason="input_too_long",
+         hint="Shorten or split it%s." % p.truncate_hint, **a.fields)),
     (lambda p, a: a.status != 404 and a.overflow is not None, _overflow_error),
     (lambda p, a: a.status in (401, 403),
      lambda p, a: AuthenticationError("%s at %s refused the request (HTTP %s): %s." % (
@@ -3092,8 +3072,12 @@ _FAILURES: Tuple[_FailureRow, ...] = (
               "capabilities), or call without tools=.")),
     (lambda p, a: a.model != "" and a.status is not None
      and p._is_model_not_found(a.status, a.message, a.body),
-     lambda p, a: p._not_found(a.model, a.said, a.status, a.message, a.body)),
-    (lambda p, a: a.status is not None and _lacks_endpoint(a.status, a.message), _no_endpoint_error),
+     lambda p, a: p._not_found(a.model, a.said, **a.fields)),
+    (lambda p, a: a.status is not None and _lacks_endpoint(a.status, a.message),
+     lambda p, a: UnsupportedEndpointError("%s at %s has no endpoint %s (HTTP %s: %s)%s." % (
+         p.title, p.base_url, a.path, a.status, a.said, "; it needs %s" % a.needed if a.needed else ""),
+         path=a.path, needed=a.needed, manual=a.manual, reason="endpoint_missing",
+         hint=a.manual or "Is this really %s? %s" % (p.title, p.wrong_server_hint), **a.fields)),
 )
 
 
@@ -3330,10 +3314,13 @@ class BaseProvider:
 
     def list_models(self, *, debug: bool = False) -> List[str]:
         """The names of the models the server offers."""
-        field, key = self.listing
         with _debugging(debug):
-            return cast(List[str], self._call("GET", self.models_path,
-                                              read=lambda data: [entry[key] for entry in data[field]]))
+            return [entry[self.listing[1]] for entry in self._listed()]
+
+    def _listed(self, optional: bool = False) -> List[Dict[str, Any]]:
+        """The model listing's entries (none when ``optional`` and the server has no listing)."""
+        return self._call("GET", self.models_path, optional=optional,
+                          read=lambda data: _entries(data, *self.listing)) or []
 
     def is_model_available(self, name: str, *, debug: bool = False) -> bool:
         """Whether the server offers the model ``name`` (see ``same_model`` for how names match)."""
@@ -3352,10 +3339,10 @@ class BaseProvider:
         hits += [k for k in folded if name.lower() in k and k not in hits]
         return [folded[h] for h in hits[:5]]
 
-    @staticmethod
-    def same_model(wanted: str, offered: str) -> bool:
+    @classmethod
+    def same_model(cls, wanted: str, offered: str) -> bool:
         """Whether two model names mean the same model on this server (exact by default)."""
-        return wanted == offered
+        return cls._fact_key(wanted) == cls._fact_key(offered)
 
     @staticmethod
     def _fact_key(name: str) -> str:
@@ -3369,8 +3356,7 @@ class BaseProvider:
         Raises ModelNotFoundError when the server does not have the model."""
         name = self._model(model).name
         with _debugging(debug):
-            info = self._model_info(name)
-        self._facts[self._fact_key(name)] = info
+            info = self._facts[self._fact_key(name)] = self._model_info(name)
         return info
 
     def list_model_info(self, *, debug: bool = False) -> List[ModelInfo]:
@@ -3398,8 +3384,7 @@ class BaseProvider:
         name = self._model(model).name
         self._facts.pop(self._fact_key(name), None)
         with _debugging(debug):
-            info = self._load(name, context_length, keep_alive)
-        self._facts[self._fact_key(name)] = info
+            info = self._facts[self._fact_key(name)] = self._load(name, context_length, keep_alive)
         return info
 
     def unload_model(self, model: Union[str, ModelConfig], *, debug: bool = False) -> None:
@@ -3433,12 +3418,6 @@ class BaseProvider:
             if self.same_model(name, info.name):
                 return info
         raise self._not_found(name, "", offered=[info.name for info in infos])
-
-    def _list_model_info(self) -> List[ModelInfo]:
-        return [ModelInfo(name, source=self.models_path) for name in self.list_models()]
-
-    def _server_version(self) -> Optional[str]:
-        return None
 
     def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         raise self._unsupported("load a model", self.load_hint(name, context_length))
@@ -3626,14 +3605,14 @@ class BaseProvider:
         return next((build(self, answer) for applies, build in self.failure_rows if applies(self, answer)),
                     None)
 
-    def _not_found(self, model: str, said: str, status: Optional[int] = None, message: Optional[str] = None,
-                   body: Optional[str] = None, offered: Optional[Sequence[str]] = None) -> ModelNotFoundError:
+    def _not_found(self, model: str, said: str, offered: Optional[Sequence[str]] = None,
+                   **fields: Any) -> ModelNotFoundError:
         """The ModelNotFoundError for ``model``, with close matches among ``offered`` (default: listed)."""
         matches = self.close_matches(model, offered)
         return ModelNotFoundError("model %r is not available on %s at %s%s." % (
             model, self.title, self.base_url, ": " + said if said else ""),
-            model=model, host=self.base_url, suggestions=matches, status=status, server_message=message,
-            body=body, reason="model_not_found", hint=self.download_hint(model) + (
+            model=model, host=self.base_url, suggestions=matches, reason="model_not_found", **fields,
+            hint=self.download_hint(model) + (
                 " Close matches on this server: %s." % ", ".join(matches) if matches else ""))
 
     # --- what each server does differently: declared here, defined by each server's class -------------
@@ -3643,6 +3622,8 @@ class BaseProvider:
     _is_model_not_found: Callable[[int, str, str], bool]  # (status, server message, body)
     _read_embeddings: Callable[[Any], List[List[float]]]  # an embeddings answer's vectors, in input order
     _raw_logprobs: Callable[[Any], Any]  # a reply's list of token log-probabilities, or None
+    _list_model_info: Callable[[], List[ModelInfo]]  # every listed model's facts
+    _server_version: Callable[[], Optional[str]]  # None when the server does not say
     #: (message, index): a copy of a message that carries images, with them in this server's form
     _convert_images: Callable[[Mapping[str, Any], int], Mapping[str, Any]]
     #: (call id, name, arguments): one entry of an assistant message's ``tool_calls``
@@ -3766,7 +3747,7 @@ class OpenAICompatibleProvider(BaseProvider):
 
     def _list_model_info(self) -> List[ModelInfo]:
         """From ``/v1/models``; llama.cpp's server adds ``meta`` (contexts, size) and ``/props``."""
-        entries = self._call("GET", self.models_path, read=lambda data: _entries(data, *self.listing))
+        entries = self._listed()
         props = self._props() if len(entries) == 1 else None
         settings = _dict_at(props, "default_generation_settings")
         modalities = props.get("modalities") if isinstance(props, dict) else None
@@ -3791,8 +3772,7 @@ class OpenAICompatibleProvider(BaseProvider):
 
     def _server_version(self) -> Optional[str]:
         """llama.cpp's build (``/props`` ``build_info``)."""
-        props = self._props()
-        version = props.get("build_info") if isinstance(props, dict) else None
+        version = (self._props() or {}).get("build_info")
         if version is None:
             logger.debug("%s at %s reports no version", self.title, self.base_url)
         return version if isinstance(version, str) else None
@@ -4032,10 +4012,6 @@ class OllamaProvider(BaseProvider):
         return status == 404 and "model" in text and "not found" in text
 
     @staticmethod
-    def same_model(wanted: str, offered: str) -> bool:
-        return _ollama_key(wanted) == _ollama_key(offered)
-
-    @staticmethod
     def _fact_key(name: str) -> str:
         return _ollama_key(name)  # "smollm2" and "smollm2:latest" are one model
 
@@ -4076,24 +4052,18 @@ class OllamaProvider(BaseProvider):
 
     def _server_version(self) -> Optional[str]:
         """Ollama's version from ``/api/version``, e.g. ``"0.24.0"``."""
-        data = self._call("GET", "/api/version", optional=True)
-        version = data.get("version") if isinstance(data, dict) else None
+        version = (self._call("GET", "/api/version", optional=True) or {}).get("version")
         return version if isinstance(version, str) else None
 
     def _model_info(self, name: str) -> ModelInfo:
         show = self._show(name)
-        listed = [entry for entry in self._tags(optional=True) if self.same_model(name, str(entry["name"]))]
+        listed = [entry for entry in self._listed(optional=True) if self.same_model(name, str(entry["name"]))]
         return _ollama_info(name, show, self._running(), listed[0] if listed else {})
 
     def _list_model_info(self) -> List[ModelInfo]:
-        entries, running = self._tags(), self._running()
+        entries, running = self._listed(), self._running()
         return [_ollama_info(str(entry["name"]), self._show(str(entry["name"]), quiet=True), running, entry)
                 for entry in entries]
-
-    def _tags(self, optional: bool = False) -> List[Dict[str, Any]]:
-        """``/api/tags``'s models (none when ``optional`` and the server has no /api/tags)."""
-        return self._call("GET", self.models_path, optional=optional,
-                          read=lambda data: _entries(data, *self.listing)) or []
 
     def _show(self, name: str, quiet: bool = False) -> Dict[str, Any]:
         """``/api/show``'s answer; ``quiet``: {} when it fails (one broken model must not hide the others)."""
@@ -4202,21 +4172,17 @@ def _ollama_key(name: str) -> str:
 def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict[str, Any]]],
                  listed: Mapping[str, Any]) -> ModelInfo:
     """A ModelInfo from Ollama's ``/api/show`` answer, its ``/api/ps`` models and its ``/api/tags`` entry."""
-    facts = _dict_at(show, "model_info")
-    architecture = facts.get("general.architecture")
-    details = _dict_at(show, "details")
+    facts, details = _dict_at(show, "model_info"), _dict_at(show, "details")
     capabilities = show.get("capabilities")
-
-    def has(capability: str) -> Optional[bool]:
-        return capability in capabilities if isinstance(capabilities, list) else None
-
+    has = {capability: capability in capabilities for capability in (
+        "completion", "embedding", "tools", "vision", "thinking")} if isinstance(capabilities, list) else {}
     mine = [entry for entry in running or [] if _ollama_key(str(entry.get("name"))) == _ollama_key(name)]
-    kind = "embedding" if has("embedding") else "llm" if has("completion") else None
+    kind = "embedding" if has.get("embedding") else "llm" if has.get("completion") else None
     return ModelInfo(
-        name, context_length=_first_int(facts.get("%s.context_length" % architecture)),
-        loaded=None if running is None else bool(mine), tools=has("tools"), vision=has("vision"),
+        name, context_length=_first_int(facts.get("%s.context_length" % facts.get("general.architecture"))),
+        loaded=None if running is None else bool(mine), tools=has.get("tools"), vision=has.get("vision"),
         loaded_context_length=_first_int(mine[-1].get("context_length")) if mine else None,
-        thinking=has("thinking"), embedding=has("embedding"),
+        thinking=has.get("thinking"), embedding=has.get("embedding"),
         quantization=details.get("quantization_level") or None, size_bytes=_first_int(listed.get("size")),
         kind=kind, source="/api/show + /api/ps", raw=dict(show))
 
