@@ -1578,10 +1578,8 @@ class HTTPTransport:
 
     def translate_exception(self, exc: BaseException, url: str) -> ProviderError:
         """A requests/urllib3/socket failure as a typed error chained to it (raise it without ``from exc``:
-        ``_chain`` leaves out a cause that shows a token)."""
-        if isinstance(exc, ProviderError):
-            return exc
-        return _chain(self._translate(exc, url), exc)
+        ``_chain`` leaves out a cause that shows a token); a ProviderError is passed on as it is."""
+        return exc if isinstance(exc, ProviderError) else _chain(self._translate(exc, url), exc)
 
     def _translate(self, exc: BaseException, url: str) -> ProviderError:
         import http.client
@@ -2940,6 +2938,9 @@ def _logprobs_of(provider: "BaseProvider", data: Any) -> Optional[List[Dict[str,
 # Providers
 # =============================================================================
 
+_Timeout = Union[None, float, Tuple[float, float]]  # read seconds, or (connect, read); None: (5, 600)
+
+
 def _estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
     """A cheap prompt size estimate: 4 characters a token, plus a few tokens of framing per message."""
     chars = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 0 for m in messages)
@@ -3117,9 +3118,8 @@ class BaseProvider:
         """What to do about a model the server does not have."""
         return self.kind.download_hint.format(model=model, host=self.base_url)
 
-    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2, *,
-                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    def __init__(self, host: Optional[str] = None, timeout: _Timeout = None, api_key: Optional[str] = None,
+                 max_retries: int = 2, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         """``host``: any accepted host form (default: environment, then the server's default).
         ``timeout``: the read timeout in seconds, or ``(connect, read)``, default (5, 600); ``max_retries``:
@@ -3648,7 +3648,7 @@ def _check_api_key(api_key: Any, source: str) -> str:
     return token
 
 
-def _timeouts(timeout: Union[None, float, Tuple[float, float]]) -> Tuple[float, float]:
+def _timeouts(timeout: _Timeout) -> Tuple[float, float]:
     if timeout is None:
         return 5.0, 600.0
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
@@ -3967,9 +3967,8 @@ class OllamaProvider(BaseProvider):
     context_advice = ("Raise num_ctx: ollama://{model}?num_ctx={size} (or load_model({model!r}, "
                       "context_length={size})), or shorten the prompt.")
 
-    def __init__(self, host: Optional[str] = None, timeout: Union[None, float, Tuple[float, float]] = None,
-                 api_key: Optional[str] = None, max_retries: int = 2, on_truncation: str = "error",
-                 **limits: int):
+    def __init__(self, host: Optional[str] = None, timeout: _Timeout = None, api_key: Optional[str] = None,
+                 max_retries: int = 2, on_truncation: str = "error", **limits: int):
         """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (default) raises
         ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Others as for BaseProvider."""
         if on_truncation not in ("error", "warn"):
@@ -4242,8 +4241,7 @@ _CHECK_JSON_PROMPT = [{"role": "user", "content": "Return a JSON object with the
                                                   "\"ready\" and the attribute \"model\" set to your name."}]
 _STILL_WORKING_SECONDS = 10.0  # how often a slow check says it is still working
 _LIST_TIMEOUT = (5.0, 30.0)  # listing loads no model: a server silent for 30 s is stuck
-_Timeout = Union[None, float, Tuple[float, float]]
-_Target = Tuple["BaseProvider", List[ModelConfig], bool]  # a server, its models, whether it must be running
+_Target = Tuple[BaseProvider, List[ModelConfig], bool]  # a server, its models, whether it must be running
 _PROVIDER_CHOICES = ", ".join("--provider " + kind for kind in SERVER_KINDS)
 
 
@@ -4264,7 +4262,7 @@ def _still_working(out: Any, what: str) -> Iterator[None]:
         stop.set()
 
 
-def _next_step(exc: ProviderError, provider: "BaseProvider") -> str:
+def _next_step(exc: ProviderError, provider: BaseProvider) -> str:
     """The ``->`` line under a FAIL: the error's hint, in the command line's terms where they differ."""
     if exc.reason == "timeout":  # the hint names timeout=(connect, read), a Python argument
         return ("The server is reachable but slow (a first request may be loading the model). Run again, "
@@ -4299,7 +4297,7 @@ class _SetupCheck:
         self.out.write("       -> %s\n" % next_step if next_step else "")
         self.out.flush()
 
-    def step(self, what: str, provider: "BaseProvider", action: Callable[[], Tuple[Any, str]],
+    def step(self, what: str, provider: BaseProvider, action: Callable[[], Tuple[Any, str]],
              server: bool = False, required: bool = True) -> Tuple[str, Any]:
         """Run ``action`` (returning ``(value, detail)``) as one check; return (status, value)."""
         started = time.perf_counter()
@@ -4337,7 +4335,7 @@ class _SetupCheck:
         self.out.flush()
         return 1 if failed or not passed else 0
 
-    def _check_server(self, provider: "BaseProvider", models: List[ModelConfig], required: bool) -> None:
+    def _check_server(self, provider: BaseProvider, models: List[ModelConfig], required: bool) -> None:
         def list_them() -> Tuple[List[str], str]:
             names = provider.list_models()
             shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
@@ -4360,7 +4358,7 @@ class _SetupCheck:
         for model in models:
             self._check_model(provider, model, offered)
 
-    def _check_model(self, provider: "BaseProvider", model: ModelConfig, offered: List[str]) -> None:
+    def _check_model(self, provider: BaseProvider, model: ModelConfig, offered: List[str]) -> None:
         name = "%s %r" % (provider.title, model.name)
         if not any(provider.same_model(model.name, o) for o in offered):
             matches = ", ".join(provider.close_matches(model.name, offered))
@@ -4467,7 +4465,7 @@ def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
     return OpenAICompatibleProvider.provider
 
 
-def _cli_target(options: Any, config: Optional[Config]) -> Tuple["BaseProvider", ModelConfig]:
+def _cli_target(options: Any, config: Optional[Config]) -> Tuple[BaseProvider, ModelConfig]:
     """The model URI_OR_ROLE names, and its provider: a role, a URI, or a plain name on the kind --provider
     says (or that answers at --host).  --provider and --host must agree with a role or URI, not replace it."""
     text, provider, host = options.model, options.provider, options.host
@@ -4514,7 +4512,7 @@ def _check_targets(options: Any, config: Optional[Config]) -> List[_Target]:
 
 
 def _cli_provider(kind: str, host: Optional[str], config: Optional[Config],
-                  timeout: _Timeout) -> "BaseProvider":
+                  timeout: _Timeout) -> BaseProvider:
     """The provider every command talks through: ``kind`` at ``host`` (else as ``resolve_host`` says)."""
     return PROVIDER_CLASSES[kind](host=resolve_host(kind, host, config), timeout=timeout)
 
@@ -4675,9 +4673,8 @@ class _PullDisplay:
         fraction, done, text, tenth = record.fraction, record.completed or 0, record.status, -1
         if fraction is not None:
             now = self.clock()
-            first = self.started.setdefault(record.digest or record.status, (now, done))
-            rate = ("  %s/s" % _human_bytes(int((done - first[1]) / (now - first[0])))
-                    if now - first[0] > 0.5 else "")
+            since, at_start = self.started.setdefault(record.digest or record.status, (now, done))
+            rate = "  %s/s" % _human_bytes((done - at_start) / (now - since)) if now - since > 0.5 else ""
             text = "%s  %5.1f%%  %s / %s%s" % (_shorten(record.status, 28), fraction * 100,
                                                 _human_bytes(done), _human_bytes(record.total or 0), rate)
             tenth = int(fraction * 10)
@@ -4696,14 +4693,12 @@ class _PullDisplay:
         self.drawn = False
 
 
-def _human_bytes(count: int) -> str:
+def _human_bytes(count: float) -> str:
     """``1536`` -> ``"1.5 KB"`` (powers of 1000, as download sizes are given)."""
-    value = float(count)
-    for unit in ("B", "KB", "MB"):
-        if abs(value) < 1000:
-            return ("%d %s" if unit == "B" else "%.1f %s") % (value, unit)
-        value /= 1000
-    return "%.1f GB" % value
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(count) >= scale:
+            return "%.1f %s" % (count / scale, unit)
+    return "%d B" % count
 
 
 def _model_table(infos: Sequence[ModelInfo]) -> List[str]:
