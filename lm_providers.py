@@ -125,13 +125,21 @@ class ProviderError(Exception):
     reason = ""
 
     def __init__(self, *args: Any, hint: str = "", reason: str = "", **fields: Any) -> None:
-        super().__init__(*(_scrub_value(arg) for arg in args))
-        # fields: the annotated class attributes; set on the error, a list copied so no two errors share one
-        names = {name for cls in type(self).__mro__ for name in getattr(cls, "__annotations__", {})}
-        unknown = sorted(set(fields) - names)
+        # Fields: the annotated class attributes (the defaults) of this module's error classes.  Values after
+        # the message fill those of the nearest class that declares some, in order.
+        declared = [vars(cls).get("__annotations__") or {} for cls in type(self).__mro__
+                    if cls.__module__ == __name__]
+        positional: List[str] = list(next(filter(None, declared), {}))
+        if positional and len(args) > 1 + len(positional):
+            raise TypeError("%s() takes a message, then at most %s" % (type(self).__name__, positional))
+        if positional:
+            fields, args = {**dict(zip(positional, args[1:])), **fields}, args[:1]
+        names = [name for own in declared for name in own]
+        unknown = sorted(set(fields) - set(names))
         if unknown:
             raise TypeError("%s() got an unexpected keyword argument %r" % (type(self).__name__, unknown[0]))
-        for name in names:
+        super().__init__(*(_scrub_value(arg) for arg in args))
+        for name in names:  # a list is copied, so no two errors share one
             value = fields.get(name, getattr(self, name))
             setattr(self, name, list(value) if isinstance(getattr(type(self), name), list) else value)
         self.hint, self.reason = hint or self.hint, reason or self.reason  # "": the class's own
@@ -179,10 +187,9 @@ class ProviderResponseError(ProviderError):
     """The server answered with an error, before or during a stream: ``status`` is the HTTP status (``None``
     inside a stream or a 200 body), ``server_message`` the server's own words, ``body`` the raw body text."""
 
-    def __init__(self, message: str, status: Optional[int] = None, server_message: Optional[str] = None,
-                 body: Optional[str] = None, **fields: Any):
-        super().__init__(message, **fields)
-        self.status, self.server_message, self.body = status, server_message, body
+    status: Optional[int] = None
+    server_message: Optional[str] = None
+    body: Optional[str] = None
 
 
 class ModelNotFoundError(ProviderResponseError, LookupError):
@@ -1393,10 +1400,11 @@ def _loopback_adapter() -> Any:
 
         def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None,
                                             cert: Any = None) -> Any:  # requests 2.32 and later
-            key = (verify, cert)
-            if key not in self.pools:
-                self.pools[key] = super().get_connection_with_tls_context(request, verify, proxies, cert)
-            return self.pools[key]
+            pool = self.pools.get((verify, cert))  # get: a close() in another thread may empty the dict
+            if pool is None:
+                pool = super().get_connection_with_tls_context(request, verify, proxies, cert)
+                self.pools[verify, cert] = pool
+            return pool
 
         def request_url(self, request: Any, proxies: Any) -> str:
             return cast(str, request.path_url)
@@ -1881,8 +1889,11 @@ class _EndWatch:
                 if self._fd is None:
                     self._raw.shutdown()
                     return
-                with socket.socket(fileno=os.dup(self._fd)) as sock:  # (the descriptor is the connection's)
-                    sock.shutdown(socket.SHUT_RD)  # the socket, which both descriptors refer to
+                sock = socket.socket(fileno=self._fd)  # not os.dup: Windows cannot dup a socket handle
+                try:
+                    sock.shutdown(socket.SHUT_RD)
+                finally:
+                    sock.detach()  # the descriptor stays the connection's
 
     def stop(self) -> bool:
         """Stop watching; return whether the watch never fired (the connection is intact)."""

@@ -1,6 +1,7 @@
 """Edge cases found in review: token-limit streams, streams without [DONE], nested JSON, odd inputs."""
 
 import logging
+import pickle
 import types
 
 import pytest
@@ -77,3 +78,40 @@ def test_list_models_reports_an_error_object_in_a_200(server):
     server.route("GET", "/api/tags", json_reply({"error": "Unexpected endpoint or method. (GET /api/tags)"}))
     with pytest.raises(lmp.ProviderResponseError, match="Unexpected endpoint"):
         lmp.OllamaProvider(host=server.host).list_models()
+
+
+# --- the error classes, built by callers too (test doubles, wrappers) -------------------------------------
+
+@pytest.mark.parametrize("cls, values, fields", [
+    (lmp.ModelNotFoundError, ("llama", "http://h", ("a",)), {"model": "llama", "host": "http://h",
+                                                             "suggestions": ["a"], "status": None}),
+    (lmp.ContextLengthError, (100, 50), {"prompt_tokens": 100, "context_length": 50, "status": None}),
+    (lmp.InputTooLongError, (7,), {"prompt_tokens": 7}),
+    (lmp.UnsupportedEndpointError, ("/api/x", "0.4"), {"path": "/api/x", "needed": "0.4", "manual": ""}),
+    (lmp.ToolCallError, ("f", "{"), {"tool_name": "f", "raw_arguments": "{"}),
+    (lmp.ToolsNotSupportedError, ("m",), {"model": "m"}),
+    (lmp.JSONGenerationError, ("raw", 3, "bad"), {"raw_text": "raw", "attempts": 3, "detail": "bad"}),
+    (lmp.ToolLoopError, ([{"role": "user"}], 2), {"messages": [{"role": "user"}], "rounds": 2}),
+    (lmp.ProviderResponseError, (400, "said", "body"), {"status": 400, "server_message": "said", "body": "body"}),
+    (lmp.AuthenticationError, (401,), {"status": 401}),
+])
+def test_errors_take_their_fields_after_the_message_as_their_signatures_did(cls, values, fields):
+    error = cls("what went wrong", *values)
+    assert error.args == ("what went wrong",) and error.message == "what went wrong"
+    assert {name: getattr(error, name) for name in fields} == fields
+    assert vars(pickle.loads(pickle.dumps(error))) == vars(error)
+    with pytest.raises(TypeError):
+        cls("what went wrong", *values, *[None] * 5)  # more values than fields: loud, not stored anywhere
+    with pytest.raises(TypeError):
+        cls("what went wrong", no_such_field=1)
+
+
+def test_a_field_list_is_the_errors_own_and_a_users_subclass_keeps_its_annotations():
+    first, second = lmp.ModelNotFoundError("a"), lmp.ModelNotFoundError("b", suggestions=("x",))
+    first.suggestions.append("y")
+    assert second.suggestions == ["x"] and lmp.ModelNotFoundError("c").suggestions == []
+
+    class ServerBusy(lmp.ProviderResponseError):  # annotations of the user's own are not fields
+        retry_after: int
+    assert ServerBusy("busy", 503).status == 503 and not hasattr(ServerBusy("busy"), "retry_after")
+    assert lmp.ProviderError("a", "b").args == ("a", "b")  # the base takes any arguments, as Exception

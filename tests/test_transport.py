@@ -57,8 +57,22 @@ def test_a_loopback_provider_keeps_one_connection_and_works_again_after_close(se
     for _ in range(3):
         assert provider.list_models() == ["m"]
     assert server.connections == 1 and {r["path"] for r in server.requests} == {KINDS[kind].models_path}
+    assert len(provider.transport._adapter.pools) == 1  # the pool was looked up once, then kept
     provider.close()  # its pool is gone; the next request opens another
+    assert not provider.transport._adapter.pools
     assert provider.list_models() == ["m"] and server.connections == 2
+
+
+def test_a_close_in_another_thread_during_the_pool_lookup_does_not_break_the_request(server):
+    server.route("GET", LOCAL[0].models_path, json_reply(LOCAL[0].models_body(["m"])))
+    provider = LOCAL[0].provider(server)
+
+    class ClosedAtOnce(dict):  # the adapter's pool cache, emptied by a close() just after it is filled
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            self.clear()
+    provider.transport._adapter.pools = ClosedAtOnce()  # (no public way to interleave the two threads)
+    assert provider.list_models() == ["m"] and provider.list_models() == ["m"]
 
 
 # =============================================================================
