@@ -10,9 +10,8 @@ One file, drop it next to your script or ``pip install`` it.  It talks to
 with the same calls for all::
 
     import lm_providers as lmp
-    provider = lmp.get_provider("lm_studio://qwen2.5-7b-instruct?temperature=0.2")
-    model = lmp.parse_model_uri("lm_studio://qwen2.5-7b-instruct?temperature=0.2")
-    print(provider.generate_text([{"role": "user", "content": "Hi!"}], model))
+    model = "lm_studio://qwen2.5-7b-instruct?temperature=0.2"
+    print(lmp.get_provider(model).generate_text([{"role": "user", "content": "Hi!"}], model))
 
 The module reads top to bottom in the order data flows, one banner a section:
 
@@ -39,8 +38,10 @@ Only ``requests`` is needed at run time (``ensure_requests`` installs it when it
 from __future__ import annotations
 
 import bisect
+import collections.abc
 import contextlib
 import copy
+import enum
 import functools
 import json
 import logging
@@ -49,6 +50,7 @@ import re
 import sys
 import threading
 import time
+import typing
 import weakref
 from types import ModuleType
 from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping,
@@ -2548,7 +2550,6 @@ def tool_schema(tool: Any) -> Dict[str, Any]:
         raise InvalidInputError("a tool must be a Python function or a function schema dict, got %r"
                                 % (tool,))
     import inspect
-    import typing
     name = getattr(tool, "__name__", None)
     _check_tool_name(name, tool)
     try:
@@ -2587,9 +2588,6 @@ _JSON_TYPE_NAMES = {t.__name__: _JSON_TYPES[t] for t in (str, int, float, bool, 
 
 def _annotation_schema(annotation: Any) -> Dict[str, Any]:
     """A JSON schema for a type hint; ``{}`` (any value) for what it cannot express."""
-    import collections.abc
-    import enum
-    import typing
     if isinstance(annotation, typing.ForwardRef):  # Python 3.8 leaves quoted annotations unresolved
         annotation = annotation.__forward_arg__
     if isinstance(annotation, str):  # an annotation that could not be evaluated
@@ -3410,9 +3408,8 @@ class BaseProvider:
         it).  A failure is a DownloadError (or ModelNotFoundError for a name the registry does not know)."""
         return _debugged(self._pull(self._model(model).name), debug)
 
-    def pull_model(self, model: Union[str, ModelConfig], *,
-                   progress: Optional[Callable[[PullProgress], Any]] = None,
-                   debug: bool = False) -> PullProgress:
+    def pull_model(self, model: Union[str, ModelConfig], *, debug: bool = False,
+                   progress: Optional[Callable[[PullProgress], Any]] = None) -> PullProgress:
         """Download ``model``; call ``progress(record)`` for each PullProgress; return the last record."""
         last: Optional[PullProgress] = None
         for last in self.iter_pull(model, debug=debug):
