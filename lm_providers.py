@@ -294,9 +294,7 @@ def _register_secret(secret: str) -> None:
     runs = tuple(sorted({folded[i:i + run] for i in range(len(folded) - run + 1)}))
     global _SECRETS
     with _SECRETS_LOCK:
-        secrets = dict(_SECRETS)
-        secrets[secret] = (secrets[secret][0] + 1 if secret in secrets else 1, run, runs)
-        _SECRETS = secrets
+        _SECRETS = {**_SECRETS, secret: (_SECRETS[secret][0] + 1 if secret in _SECRETS else 1, run, runs)}
 
 
 def _forget_secret(secret: str) -> None:
@@ -305,9 +303,7 @@ def _forget_secret(secret: str) -> None:
     with _SECRETS_LOCK:
         secrets = dict(_SECRETS)
         users, run, runs = secrets.pop(secret, (1, 0, ()))
-        if users > 1:
-            secrets[secret] = (users - 1, run, runs)
-        _SECRETS = secrets
+        _SECRETS = {**secrets, secret: (users - 1, run, runs)} if users > 1 else secrets
 
 
 def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
