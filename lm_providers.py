@@ -1163,8 +1163,8 @@ def load_config(path: str = "config.yaml") -> Config:
     if not isinstance(data, dict):
         raise ConfigError("config file %s must be a mapping with ollama_host, lm_studio_host, openai_host "
                           "and models" % path)
-    host_keys = {kind.config_key: kind.name for kind in SERVER_KINDS.values()}
-    unknown = sorted(set(map(str, data)) - set(host_keys) - {"models"})
+    hosts = {kind.config_key: data.get(kind.config_key) for kind in SERVER_KINDS.values()}
+    unknown = sorted(set(map(str, data)) - set(hosts) - {"models"})
     if unknown:
         shown = ", ".join(_quote(key, 40) for key in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         logger.warning("config file %s: ignoring unknown keys %s", path, shown)
@@ -1178,10 +1178,9 @@ def load_config(path: str = "config.yaml") -> Config:
         except InvalidInputError as exc:
             raise ConfigError("config file %s: %s: %s" % (path, what, exc)) from None
 
-    hosts = {key: data.get(key) for key in host_keys}
-    for key, value in hosts.items():
-        if value is not None:
-            checked(key, normalize_host, value, host_keys[key])
+    for kind in SERVER_KINDS.values():
+        if hosts[kind.config_key] is not None:
+            checked(kind.config_key, normalize_host, hosts[kind.config_key], kind.name)
     models = {str(role): checked("role %s" % _quote(role), parse_model_uri, uri)
               for role, uri in raw_models.items()}
     return Config(models=models, path=path, **hosts)
