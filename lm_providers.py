@@ -871,14 +871,13 @@ def _format_query_value(key: str, value: Any) -> str:
         with contextlib.suppress(ValueError, RecursionError):
             if _parse_query_value(value) == value:  # reads back as this very string
                 return value
-        return json.dumps(value, ensure_ascii=False)
-    if value is None or isinstance(value, (bool, int, float, list, dict)):
-        try:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError("parameter %r cannot be written in a URI: %s" % (key, exc)) from None
-    raise InvalidInputError("parameter %r has a value of type %s, which a URI cannot hold"
-                            % (key, type(value).__name__))
+    elif not (value is None or isinstance(value, (bool, int, float, list, dict))):
+        raise InvalidInputError("parameter %r has a value of type %s, which a URI cannot hold"
+                                % (key, type(value).__name__))
+    try:  # any other value, or a string that would read back as something else: JSON
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError("parameter %r cannot be written in a URI: %s" % (key, exc)) from None
 
 
 def format_model_uri(config: ModelConfig) -> str:
