@@ -2361,7 +2361,7 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
     if not isinstance(text, str):
         raise ValueError("expected the reply text, got %r" % (text,))
     content, _ = split_reasoning(text)
-    found_objects: List[Dict[str, Any]] = []
+    missing: List[str] = []  # what the first object found lacks
     value: Dict[str, Any]  # what raw_decode gives from a "{": always an object
     for candidate in [m.group(1) for m in _JSON_FENCE_RE.finditer(content)] + [content]:  # fenced ones first
         start = candidate.find("{")
@@ -2373,10 +2373,9 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
             else:  # the search goes on past the whole object: objects nested in it are not answers
                 if all(attr in value for attr in required_attributes):
                     return value
-                found_objects.append(value)
+                missing = missing or [attr for attr in required_attributes if attr not in value]
             start = candidate.find("{", end)
-    if found_objects:
-        missing = [a for a in required_attributes if a not in found_objects[0]]
+    if missing:
         raise ValueError("the JSON object lacks the required attribute(s) %s" % ", ".join(map(repr, missing)))
     raise ValueError("the reply holds no JSON object" + (": %r" % content[:200] if content.strip() else
                                                           " (it is empty)"))
