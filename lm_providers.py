@@ -294,9 +294,7 @@ def _register_secret(secret: str) -> None:
     runs = tuple(sorted({folded[i:i + run] for i in range(len(folded) - run + 1)}))
     global _SECRETS
     with _SECRETS_LOCK:
-        secrets = dict(_SECRETS)
-        secrets[secret] = (secrets[secret][0] + 1 if secret in secrets else 1, run, runs)
-        _SECRETS = secrets
+        _SECRETS = {**_SECRETS, secret: (_SECRETS[secret][0] + 1 if secret in _SECRETS else 1, run, runs)}
 
 
 def _forget_secret(secret: str) -> None:
@@ -305,9 +303,7 @@ def _forget_secret(secret: str) -> None:
     with _SECRETS_LOCK:
         secrets = dict(_SECRETS)
         users, run, runs = secrets.pop(secret, (1, 0, ()))
-        if users > 1:
-            secrets[secret] = (users - 1, run, runs)
-        _SECRETS = secrets
+        _SECRETS = {**secrets, secret: (users - 1, run, runs)} if users > 1 else secrets
 
 
 def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
@@ -875,14 +871,13 @@ def _format_query_value(key: str, value: Any) -> str:
         with contextlib.suppress(ValueError, RecursionError):
             if _parse_query_value(value) == value:  # reads back as this very string
                 return value
-        return json.dumps(value, ensure_ascii=False)
-    if value is None or isinstance(value, (bool, int, float, list, dict)):
-        try:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError("parameter %r cannot be written in a URI: %s" % (key, exc)) from None
-    raise InvalidInputError("parameter %r has a value of type %s, which a URI cannot hold"
-                            % (key, type(value).__name__))
+    elif not (value is None or isinstance(value, (bool, int, float, list, dict))):
+        raise InvalidInputError("parameter %r has a value of type %s, which a URI cannot hold"
+                                % (key, type(value).__name__))
+    try:  # any other value, or a string that would read back as something else: JSON
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError("parameter %r cannot be written in a URI: %s" % (key, exc)) from None
 
 
 def format_model_uri(config: ModelConfig) -> str:
@@ -1167,8 +1162,8 @@ def load_config(path: str = "config.yaml") -> Config:
     if not isinstance(data, dict):
         raise ConfigError("config file %s must be a mapping with ollama_host, lm_studio_host, openai_host "
                           "and models" % path)
-    host_keys = {kind.config_key: kind.name for kind in SERVER_KINDS.values()}
-    unknown = sorted(set(map(str, data)) - set(host_keys) - {"models"})
+    hosts = {kind.config_key: data.get(kind.config_key) for kind in SERVER_KINDS.values()}
+    unknown = sorted(set(map(str, data)) - set(hosts) - {"models"})
     if unknown:
         shown = ", ".join(_quote(key, 40) for key in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         logger.warning("config file %s: ignoring unknown keys %s", path, shown)
@@ -1182,10 +1177,9 @@ def load_config(path: str = "config.yaml") -> Config:
         except InvalidInputError as exc:
             raise ConfigError("config file %s: %s: %s" % (path, what, exc)) from None
 
-    hosts = {key: data.get(key) for key in host_keys}
-    for key, value in hosts.items():
-        if value is not None:
-            checked(key, normalize_host, value, host_keys[key])
+    for kind in SERVER_KINDS.values():
+        if hosts[kind.config_key] is not None:
+            checked(kind.config_key, normalize_host, hosts[kind.config_key], kind.name)
     models = {str(role): checked("role %s" % _quote(role), parse_model_uri, uri)
               for role, uri in raw_models.items()}
     return Config(models=models, path=path, **hosts)
@@ -2367,7 +2361,7 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
     if not isinstance(text, str):
         raise ValueError("expected the reply text, got %r" % (text,))
     content, _ = split_reasoning(text)
-    found_objects: List[Dict[str, Any]] = []
+    missing: List[str] = []  # what the first object found lacks
     value: Dict[str, Any]  # what raw_decode gives from a "{": always an object
     for candidate in [m.group(1) for m in _JSON_FENCE_RE.finditer(content)] + [content]:  # fenced ones first
         start = candidate.find("{")
@@ -2379,10 +2373,9 @@ def extract_json(text: str, required_attributes: Sequence[str] = ()) -> Dict[str
             else:  # the search goes on past the whole object: objects nested in it are not answers
                 if all(attr in value for attr in required_attributes):
                     return value
-                found_objects.append(value)
+                missing = missing or [attr for attr in required_attributes if attr not in value]
             start = candidate.find("{", end)
-    if found_objects:
-        missing = [a for a in required_attributes if a not in found_objects[0]]
+    if missing:
         raise ValueError("the JSON object lacks the required attribute(s) %s" % ", ".join(map(repr, missing)))
     raise ValueError("the reply holds no JSON object" + (": %r" % content[:200] if content.strip() else
                                                           " (it is empty)"))
