@@ -4496,9 +4496,7 @@ def _cli_target(options: Any, config: Optional[Config]) -> Tuple[BaseProvider, M
             host, model.provider):
         raise InvalidInputError("%s names the host %s and --host says %s; give one"
                                 % (text, model.host, host))
-    if host:
-        model = ModelConfig(model.name, model.provider, host, model.parameters)
-    return _cli_provider(model.provider, model.host, config, options.timeout), model
+    return _cli_provider(model.provider, host or model.host, config, options.timeout), model
 
 
 def _check_targets(options: Any, config: Optional[Config]) -> List[_Target]:
