@@ -4428,18 +4428,17 @@ def _server_kinds(options: Any, config: Optional[Config]) -> List[str]:
             raise error from None
         return [OpenAICompatibleProvider.provider]
     named = [kind.name for kind in SERVER_KINDS.values() if port == str(kind.default_port)]
-    answering = named[0] if named else _detect_server_kind(host, options.timeout)
+    answering = named[0] if named else _detect_server_kind(host, options.timeout or _LIST_TIMEOUT)
     return [answering] if answering else by_port
 
 
-def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
+def _detect_server_kind(host: str, timeout: _Timeout) -> Optional[str]:
     """``"ollama"`` (asked first: its OpenAI layer answers /v1/models too), ``"lm_studio"`` (/v1/models or a
     401, and LM Studio's own list), ``"openai"``, or None when nothing listens at ``host``."""
     def failure(exc: ProviderError) -> str:
         status = getattr(exc, "status", None)
         return "HTTP %d" % status if status else _shorten(exc.message, 80)
 
-    timeout = _LIST_TIMEOUT if timeout is None else timeout
     with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
         try:
             if ollama.server_version() is not None:
