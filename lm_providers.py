@@ -4416,9 +4416,8 @@ def _server_kinds(options: Any, config: Optional[Config]) -> List[str]:
         return [canonical_provider(options.provider)]
     by_port = [kind.name for kind in SERVER_KINDS.values() if kind.default_port]
     if not host:
-        return by_port + [kind.name for kind in SERVER_KINDS.values() if not kind.default_port and config
-                          and (config.host_for(kind.name) or any(role.provider == kind.name
-                                                                 for role in config.models.values()))]
+        return by_port + [name for name in SERVER_KINDS if name not in by_port and config and (
+            config.host_for(name) or any(role.provider == name for role in config.models.values()))]
     try:
         port = normalize_host(host).rsplit(":", 1)[1]
     except InvalidInputError as error:  # only an openai:// host may have a path
