@@ -4647,9 +4647,8 @@ def _cli_model_command(options: Any) -> int:
             shown = _human_bytes(value) if name == "size_bytes" and value is not None else value
             print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
     elif command == "load":
-        # --keep-alive 600 is text: load_model sends it to Ollama as the number it reads as
-        keep_alive, context_length = options.keep_alive, options.context_length
-        info = provider.load_model(model, context_length=context_length, keep_alive=keep_alive)
+        info = provider.load_model(model, context_length=options.context_length,
+                                   keep_alive=options.keep_alive)  # '600' stays text; load_model converts it
         print("loaded %s on %s (context %s)"
               % (info.name, where, info.loaded_context_length or "not reported"))
     elif command == "unload":
