@@ -4254,8 +4254,8 @@ _PROVIDER_CHOICES = ", ".join("--provider " + kind for kind in SERVER_KINDS)
 
 
 @contextlib.contextmanager
-def _still_working(out: Any, what: str) -> Iterator[None]:
-    """Print a 'still working' line every _STILL_WORKING_SECONDS while the block runs."""
+def _still_working(out: Any, what: str) -> Iterator[float]:
+    """Print a 'still working' line every _STILL_WORKING_SECONDS while the block runs; yield its start."""
     started, stop = time.perf_counter(), threading.Event()
 
     def say() -> None:
@@ -4265,7 +4265,7 @@ def _still_working(out: Any, what: str) -> Iterator[None]:
             out.flush()
     threading.Thread(target=say, daemon=True).start()
     try:
-        yield
+        yield started
     finally:
         stop.set()
 
@@ -4308,9 +4308,8 @@ class _SetupCheck:
     def step(self, what: str, provider: BaseProvider, action: Callable[[], Tuple[Any, str]],
              server: bool = False, required: bool = True) -> Tuple[str, Any]:
         """Run ``action`` (returning ``(value, detail)``) as one check; return (status, value)."""
-        started = time.perf_counter()
         try:
-            with _still_working(self.out, what):
+            with _still_working(self.out, what) as started:
                 value, detail = action()
         except ProviderError as exc:
             if not required and exc.reason == "connection_refused":
