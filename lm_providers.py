@@ -4247,8 +4247,8 @@ _PROVIDER_CHOICES = ", ".join("--provider " + kind for kind in SERVER_KINDS)
 
 
 @contextlib.contextmanager
-def _still_working(out: Any, what: str) -> Iterator[None]:
-    """Print a 'still working' line every _STILL_WORKING_SECONDS while the block runs."""
+def _still_working(out: Any, what: str) -> Iterator[float]:
+    """Print a 'still working' line every _STILL_WORKING_SECONDS while the block runs; yield its start."""
     started, stop = time.perf_counter(), threading.Event()
 
     def say() -> None:
@@ -4258,7 +4258,7 @@ def _still_working(out: Any, what: str) -> Iterator[None]:
             out.flush()
     threading.Thread(target=say, daemon=True).start()
     try:
-        yield
+        yield started
     finally:
         stop.set()
 
@@ -4301,9 +4301,8 @@ class _SetupCheck:
     def step(self, what: str, provider: BaseProvider, action: Callable[[], Tuple[Any, str]],
              server: bool = False, required: bool = True) -> Tuple[str, Any]:
         """Run ``action`` (returning ``(value, detail)``) as one check; return (status, value)."""
-        started = time.perf_counter()
         try:
-            with _still_working(self.out, what):
+            with _still_working(self.out, what) as started:
                 value, detail = action()
         except ProviderError as exc:
             if not required and exc.reason == "connection_refused":
@@ -4409,9 +4408,8 @@ def _server_kinds(options: Any, config: Optional[Config]) -> List[str]:
         return [canonical_provider(options.provider)]
     by_port = [kind.name for kind in SERVER_KINDS.values() if kind.default_port]
     if not host:
-        return by_port + [kind.name for kind in SERVER_KINDS.values() if not kind.default_port and config
-                          and (config.host_for(kind.name) or any(role.provider == kind.name
-                                                                 for role in config.models.values()))]
+        return by_port + [name for name in SERVER_KINDS if name not in by_port and config and (
+            config.host_for(name) or any(role.provider == name for role in config.models.values()))]
     try:
         port = normalize_host(host).rsplit(":", 1)[1]
     except InvalidInputError as error:  # only an openai:// host may have a path
@@ -4421,18 +4419,17 @@ def _server_kinds(options: Any, config: Optional[Config]) -> List[str]:
             raise error from None
         return [OpenAICompatibleProvider.provider]
     named = [kind.name for kind in SERVER_KINDS.values() if port == str(kind.default_port)]
-    answering = named[0] if named else _detect_server_kind(host, options.timeout)
+    answering = named[0] if named else _detect_server_kind(host, options.timeout or _LIST_TIMEOUT)
     return [answering] if answering else by_port
 
 
-def _detect_server_kind(host: str, timeout: _Timeout = None) -> Optional[str]:
+def _detect_server_kind(host: str, timeout: _Timeout) -> Optional[str]:
     """``"ollama"`` (asked first: its OpenAI layer answers /v1/models too), ``"lm_studio"`` (/v1/models or a
     401, and LM Studio's own list), ``"openai"``, or None when nothing listens at ``host``."""
     def failure(exc: ProviderError) -> str:
         status = getattr(exc, "status", None)
         return "HTTP %d" % status if status else _shorten(exc.message, 80)
 
-    timeout = _LIST_TIMEOUT if timeout is None else timeout
     with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
         try:
             if ollama.server_version() is not None:
@@ -4489,9 +4486,7 @@ def _cli_target(options: Any, config: Optional[Config]) -> Tuple[BaseProvider, M
             host, model.provider):
         raise InvalidInputError("%s names the host %s and --host says %s; give one"
                                 % (text, model.host, host))
-    if host:
-        model = ModelConfig(model.name, model.provider, host, model.parameters)
-    return _cli_provider(model.provider, model.host, config, options.timeout), model
+    return _cli_provider(model.provider, host or model.host, config, options.timeout), model
 
 
 def _check_targets(options: Any, config: Optional[Config]) -> List[_Target]:
@@ -4644,9 +4639,8 @@ def _cli_model_command(options: Any) -> int:
             shown = _human_bytes(value) if name == "size_bytes" and value is not None else value
             print("  %-22s %s" % (name, "(not reported)" if shown is None else shown))
     elif command == "load":
-        # --keep-alive 600 is text: load_model sends it to Ollama as the number it reads as
-        keep_alive, context_length = options.keep_alive, options.context_length
-        info = provider.load_model(model, context_length=context_length, keep_alive=keep_alive)
+        info = provider.load_model(model, context_length=options.context_length,
+                                   keep_alive=options.keep_alive)  # '600' stays text; load_model converts it
         print("loaded %s on %s (context %s)"
               % (info.name, where, info.loaded_context_length or "not reported"))
     elif command == "unload":
