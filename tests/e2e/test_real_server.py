@@ -339,7 +339,6 @@ def test_the_setup_check_passes_when_run_as_a_user_would(request, kind, smol_ser
 
 def test_the_real_llama_server_is_told_apart_from_lm_studio(smol_server, tmp_path):
     """llama-server answers /v1/models but has none of LM Studio's own API: --host on it means openai."""
-    assert lm_providers._detect_server_kind(smol_server.host) == "openai"
     done = subprocess.run([sys.executable, "-m", "lm_providers", "models", "--host", smol_server.host],
                           cwd=str(tmp_path), capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, PYTHONPATH=REPO))
