@@ -132,14 +132,17 @@ class ProviderError(Exception):
         declared = [vars(cls).get("__annotations__") or {} for cls in type(self).__mro__
                     if cls.__module__ == __name__]
         positional: List[str] = list(next(filter(None, declared), {}))
-        if positional and len(args) > 1 + len(positional):
-            raise TypeError("%s() takes a message, then at most %s" % (type(self).__name__, positional))
+        if positional and "message" in fields and not args:  # message=..., as their signatures named it
+            args = (fields.pop("message"),)
+        if positional and (len(args) > 1 + len(positional) or set(positional[:len(args) - 1]) & set(fields)):
+            raise TypeError("%s() takes a message, then %s, each once" % (type(self).__name__, positional))
         if positional:
-            fields, args = {**dict(zip(positional, args[1:])), **fields}, args[:1]
+            fields, args = {**fields, **dict(zip(positional, args[1:]))}, args[:1]
         names = [name for own in declared for name in own]
         unknown = sorted(set(fields) - set(names))
         if unknown:
-            raise TypeError("%s() got an unexpected keyword argument %r" % (type(self).__name__, unknown[0]))
+            raise TypeError("%s() got an unexpected keyword argument %r; its fields: %s"
+                            % (type(self).__name__, unknown[0], ", ".join(names) or "none"))
         super().__init__(*(_scrub_value(arg) for arg in args))
         for name in names:  # a list is copied, so no two errors share one
             value = fields.get(name, getattr(self, name))

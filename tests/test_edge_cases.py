@@ -104,6 +104,10 @@ def test_errors_take_their_fields_after_the_message_as_their_signatures_did(cls,
         cls("what went wrong", *values, *[None] * 5)  # more values than fields: loud, not stored anywhere
     with pytest.raises(TypeError):
         cls("what went wrong", no_such_field=1)
+    named = cls(message="what went wrong", **dict(zip(fields, values)))  # message=, as the signatures named it
+    assert named.args == error.args and vars(named) == vars(error)
+    with pytest.raises(TypeError):  # a field given twice, by position and by name
+        cls("what went wrong", *values, **{next(iter(fields)): values[0]})
 
 
 def test_a_field_list_is_the_errors_own_and_a_users_subclass_keeps_its_annotations():
