@@ -590,12 +590,30 @@ _URI_EXAMPLE = ("lm_studio://qwen2.5-7b-instruct@127.0.0.1:1234?temperature=0.7 
                 "ollama://llama3:70b?num_ctx=8192  or  openai://my-model@https://gpu.example.com/v1")
 
 
-class ModelConfig:
+class _Record:
+    """Equality over the attributes in ``_COMPARED``, and a repr of those in ``_SHOWN`` (ModelConfig here,
+    and the results: ToolCall, ModelInfo, PullProgress)."""
+
+    __slots__ = ()
+    _COMPARED: Tuple[str, ...] = ()
+    _SHOWN: Tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        shown = ", ".join("%s=%r" % (name, getattr(self, name)) for name in self._SHOWN)
+        return "%s(%s)" % (type(self).__name__, shown)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self._COMPARED)
+
+
+class ModelConfig(_Record):
     """A model on a server: its name, which server kind, an optional host and its parameters.  ``host`` is
     kept as written (``None``: resolve from config, environment, then default); ``parameters`` go with every
     request for this model, translated by ``map_parameters``."""
 
-    __slots__ = ("name", "provider", "host", "parameters")
+    __slots__ = _COMPARED = _SHOWN = ("name", "provider", "host", "parameters")
 
     def __init__(self, name: str, provider: str, host: Optional[str] = None,
                  parameters: Optional[Mapping[str, Any]] = None):
@@ -603,14 +621,6 @@ class ModelConfig:
             raise InvalidInputError("model name must be a non-empty string, got %r" % (name,))
         self.name, self.provider = name, canonical_provider(provider)
         self.host, self.parameters = host, dict(parameters or {})
-
-    def __repr__(self) -> str:
-        return "ModelConfig(%s)" % ", ".join("%s=%r" % (slot, getattr(self, slot)) for slot in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ModelConfig):
-            return NotImplemented
-        return all(getattr(self, slot) == getattr(other, slot) for slot in self.__slots__)
 
     def with_parameters(self, **parameters: Any) -> "ModelConfig":
         """Return a copy with ``parameters`` added to (or replacing) this model's own."""
@@ -2079,23 +2089,6 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
 # Results: what the operations return
 # =============================================================================
 
-class _Record:
-    """Equality over the attributes in ``_COMPARED``; a repr of those in ``_SHOWN`` that are not None."""
-
-    __slots__ = ()
-    _COMPARED: Tuple[str, ...] = ()
-    _SHOWN: Tuple[str, ...] = ()
-
-    def __repr__(self) -> str:
-        return "%s(%s)" % (type(self).__name__, ", ".join(
-            "%s=%r" % (name, getattr(self, name)) for name in self._SHOWN if getattr(self, name) is not None))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, type(self)):
-            return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in self._COMPARED)
-
-
 class ToolCall(_Record):
     """One function call the model asked for: ``id`` (the server's, or made up when it sends none),
     ``name``, ``arguments`` (a dict) and ``raw_arguments`` (their JSON text as the server sent it)."""
@@ -2400,7 +2393,7 @@ class ModelInfo(_Record):
     FIELDS = ("name", "context_length", "loaded", "loaded_context_length", "tools", "vision", "thinking",
               "embedding", "quantization", "size_bytes", "kind", "source")
     __slots__ = FIELDS + ("raw",)
-    _COMPARED, _SHOWN = FIELDS, FIELDS[:-1]  # the repr leaves out the source
+    _COMPARED = FIELDS
 
     def __init__(self, name: str, context_length: Optional[int] = None, loaded: Optional[bool] = None,
                  loaded_context_length: Optional[int] = None, tools: Optional[bool] = None,
@@ -2409,9 +2402,14 @@ class ModelInfo(_Record):
                  size_bytes: Optional[int] = None, kind: Optional[str] = None, source: str = "",
                  raw: Any = None):
         self.name, self.context_length, self.loaded = name, context_length, loaded
-        self.loaded_context_length, self.tools, self.vision = loaded_context_length, tools, vision
-        self.thinking, self.embedding, self.quantization = thinking, embedding, quantization
-        self.size_bytes, self.kind, self.source, self.raw = size_bytes, kind, source, raw
+        self.loaded_context_length = loaded_context_length
+        self.tools, self.vision, self.thinking, self.embedding = tools, vision, thinking, embedding
+        self.quantization, self.size_bytes, self.kind = quantization, size_bytes, kind
+        self.source, self.raw = source, raw
+
+    def __repr__(self) -> str:  # the facts the server reported, not the source
+        return "ModelInfo(%s)" % ", ".join("%s=%r" % (k, v) for k, v in self.as_dict().items()
+                                           if v is not None and k != "source")
 
     @property
     def capabilities(self) -> FrozenSet[str]:

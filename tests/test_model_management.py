@@ -752,6 +752,9 @@ def test_model_info_record():
     assert info == lmp.ModelInfo("m", context_length=8192, tools=True, thinking=False)
     assert json.loads(json.dumps(info.as_dict()))["name"] == "m"
     assert lmp.PullProgress("x", 5, 0).fraction is None
+    # records show every field, as their own reprs did; ModelInfo only what the server reported
+    assert repr(lmp.PullProgress("x", 5)) == "PullProgress(status='x', completed=5, total=None, digest=None)"
+    assert repr(lmp.ModelConfig("m", "ollama")) == "ModelConfig(name='m', provider='ollama', host=None, parameters={})"
 
 
 def test_ollama_list_model_info_keeps_the_other_models_when_one_cannot_be_shown(rsps):
