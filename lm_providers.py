@@ -297,7 +297,8 @@ def _register_secret(secret: str) -> None:
     runs = tuple(sorted({folded[i:i + run] for i in range(len(folded) - run + 1)}))
     global _SECRETS
     with _SECRETS_LOCK:
-        _SECRETS = {**_SECRETS, secret: (_SECRETS[secret][0] + 1 if secret in _SECRETS else 1, run, runs)}
+        users = _SECRETS[secret][0] + 1 if secret in _SECRETS else 1
+        _SECRETS = {**_SECRETS, secret: (users, run, runs)}
 
 
 def _forget_secret(secret: str) -> None:
@@ -1316,8 +1317,10 @@ _CLOSE_DELIMITED_READ_BYTES = 1024  # urllib3 < 2.2 has no read1: the first piec
 def _too_large(what: str, limit: int, name: str, more: str, really: str, short: str) -> ProviderResponseError:
     """The error for more than ``limit`` bytes, "<what> <limit in words> (<name>=<limit>)<more>.", whose hint
     says to raise the ``name`` parameter "If <really> that large"."""
-    size = next(("%d %s" % (limit // scale, unit) for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20),
-                 ("KiB", 1 << 10)) if limit >= scale and limit % scale == 0), "%d bytes" % limit)
+    size = "%d bytes" % limit
+    for unit, scale in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)):  # the largest that divides it
+        if limit >= scale and limit % scale == 0:
+            size = "%d %s" % (limit // scale, unit)
     hint = "If %s that large, raise the limit: pass %s=... to the provider" % (really, name)
     return ProviderResponseError("%s %s (%s=%d)%s." % (what, size, name, limit, more),
                                  server_message=short, reason="too_large", hint=hint)
@@ -1612,7 +1615,7 @@ class HTTPTransport:
         connect = (exceptions.ConnectTimeout, ConnectTimeoutError)
         timeout = _first_cause(exc, *connect, exceptions.ReadTimeout, ReadTimeoutError, TimeoutError,
                                socket.timeout)  # socket.timeout: 3.8 and 3.9
-        if timeout is not None and not isinstance(timeout, connect) or "Read timed out" in text:
+        if (timeout is not None and not isinstance(timeout, connect)) or "Read timed out" in text:
             return ProviderTimeoutError("%s sent nothing for %g s (the read timeout) while answering %s." % (
                 where, self.read_timeout, url), reason="timeout", hint="A large model can take minutes to "
                 "load or to answer; " + raise_it % (self.connect_timeout, self.read_timeout * 4))
@@ -1629,8 +1632,8 @@ class HTTPTransport:
         # Cut while the body was read: short, no last chunk, "Connection broken: ...", "Response ended
         # prematurely"; but a ProtocolError "Connection aborted." comes before any answer.
         cut = _first_cause(exc, exceptions.ChunkedEncodingError, http.client.IncompleteRead, ProtocolError)
-        if cut is not None and (not isinstance(cut, ProtocolError) or bool(cut.args) and not str(
-                cut.args[0]).startswith("Connection aborted")):
+        if cut is not None and (not isinstance(cut, ProtocolError)
+                                or bool(cut.args) and not str(cut.args[0]).startswith("Connection aborted")):
             return ProviderConnectionError(
                 "the connection to %s broke while its answer to %s was being read (%s); the answer is "
                 "incomplete, so none of it was used." % (where, url, _short_reason(exc)), reason="stream_cut",
