@@ -2049,7 +2049,7 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
     _check_stream_type(provider, response, model.name)
     think, read_event, pieces = _ThinkFilter(), provider._read_event, 0
     stream = _EventStream(provider, response, provider.chat_path, model.name, provider.stream_end,
-                          complete=lambda: provider._ends_with_body(state),
+                          complete=lambda: state.finish_reason is not None,  # some servers send no [DONE]
                           describe=lambda: "%d piece(s)" % pieces)
     events = iter(stream)
     try:
@@ -2191,7 +2191,8 @@ class ChatStream(TextStream):
 
     def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
         self.model, self._title, self._state = model.name, provider.title, _StreamState()
-        super().__init__(provider._stream(messages, model, self._state), debug)  # (debug on: in stream_chat)
+        payload = provider._payload(messages, model, stream=True)  # the messages checked now, not at next()
+        super().__init__(_chat_pieces(provider, payload, model, self._state), debug)  # debug: stream_chat's
 
     @property
     def finish_reason(self) -> Optional[str]:
@@ -3574,16 +3575,6 @@ class BaseProvider:
         elif not has_text and finish_reason != "tool_calls":
             logger.warning("%s model %r returned an empty reply (finish_reason=%s)", self.title, model.name,
                            finish_reason)
-
-    def _stream(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig,
-                state: Any) -> Generator[str, None, None]:
-        """A chat stream's content pieces (``_chat_pieces``); the messages are checked now, not at next()."""
-        return _chat_pieces(self, self._payload(messages, model, stream=True), model, state)
-
-    def _ends_with_body(self, state: Any) -> bool:
-        """Whether a chat stream whose body ended without its end marker is complete all the same: when it
-        gave a finish reason (some OpenAI-compatible servers send no [DONE]; Ollama's comes in the marker)."""
-        return state.finish_reason is not None
 
     def _failure(self, status: int, body: str, model: str, in_body: bool = False, *, path: str = "",
                  needed: str = "", manual: str = "") -> ProviderError:
