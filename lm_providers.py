@@ -1805,8 +1805,8 @@ class StreamDecoder:
         return self._sse_lines(lines)
 
     def flush(self) -> List[bytes]:
-        events = self.feed(b"\n")  # the end of the body ends its last line, and an SSE event
-        return events + self._sse_lines([b""]) if self.framing == "sse" else events
+        """The events the end of the body completes: it ends the last line, and an SSE event."""
+        return self.feed(b"\n\n")
 
     def _too_large(self) -> ProviderResponseError:
         self._pending, self._data, self._data_size = [], [], 0  # what was read is dropped
