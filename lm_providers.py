@@ -2495,7 +2495,7 @@ def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any
             call_id, name = message.get("tool_call_id"), message.get("tool_name") or message.get("name")
             # the call answered, from the assistant message before: by id, else by name, else the first one
             for position, (pending_id, pending_name) in enumerate(pending):
-                if (pending_id == call_id if call_id else pending_name == name if name else True):
+                if (pending_id == call_id) if call_id else (not name or pending_name == name):
                     call_id, name = call_id or pending_id, name or pending_name
                     del pending[position]
                     break
