@@ -1675,6 +1675,9 @@ _UNKNOWN_HOST_SIGNS = ("Name or service not known", "NameResolutionError", "node
                        "Temporary failure in name resolution", "getaddrinfo failed")
 _STALE_CONNECTION_SIGNS = ("Remote end closed connection without response", "Connection reset by peer",
                            "Connection aborted", "Broken pipe")
+# How _short_reason names a broken connection: the first of these its message holds
+_SHORT_REASONS = ("Remote end closed connection without response", "Connection reset by peer",
+                  "Connection aborted", "IncompleteRead", "Connection broken", "Broken pipe")
 # POSTs that only compute an answer: sending one twice costs time, not a second download or load.
 _REPEATABLE_POSTS = ("/chat/completions", "/api/chat", "/embeddings", "/api/embed", "/api/show")
 
@@ -1684,8 +1687,7 @@ def _short_reason(exc: BaseException) -> str:
     short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
     if short:  # a Content-Length body, or one chunk of a chunked one
         return "the connection closed %s bytes before the announced end of the body" % short.group(1)
-    return next((sign.lower() for sign in _STALE_CONNECTION_SIGNS + ("IncompleteRead", "Connection broken")
-                 if sign in text), text[:200])
+    return next((sign.lower() for sign in _SHORT_REASONS if sign in text), text[:200])
 
 
 def _first_cause(exc: BaseException, *types: type) -> Optional[BaseException]:

@@ -215,6 +215,18 @@ def test_only_a_protocol_error_that_says_the_body_broke_is_a_cut_stream(wrapped,
     assert isinstance(error, lmp.ProviderConnectionError) and error.reason == reason, error
 
 
+@pytest.mark.parametrize("text, said", [
+    ("Connection broken: BrokenPipeError(32, 'Broken pipe')", "(connection broken)"),
+    ("('Connection aborted.', RemoteDisconnected('Remote end closed connection without response'))",
+     "(remote end closed connection without response)"),
+])
+def test_a_cut_answer_is_named_by_the_first_known_sign_in_its_message(text, said):
+    provider = lmp.OllamaProvider(host="127.0.0.1:9")
+    error = provider.transport.translate_exception(requests.exceptions.ChunkedEncodingError(text),
+                                                   provider.base_url + "/api/chat")
+    assert error.reason == "stream_cut" and said in error.message, error
+
+
 def test_a_connect_timeout_is_not_reported_as_a_read_timeout():
     exc = requests.exceptions.ConnectTimeout(urllib3.exceptions.ConnectTimeoutError(None, "timed out"))
     provider = lmp.OllamaProvider(host="127.0.0.1:9", timeout=(3, 7))
