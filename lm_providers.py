@@ -3805,8 +3805,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
 
     def _list_model_info(self) -> List[ModelInfo]:
         """``/api/v1/models`` (LM Studio 0.4+), else ``/api/v0/models`` (0.3.6+), else ``/v1/models``."""
-        for path, field, key, info in (("/api/v1/models", "models", "key", _lm_studio_v1_info),
-                                       ("/api/v0/models", "data", "id", _lm_studio_v0_info)):
+        for path, field, key, info in _LM_STUDIO_LISTINGS:
             infos: Optional[List[ModelInfo]] = self._call(
                 "GET", path, optional=True, read=lambda data: [info(e) for e in _entries(data, field, key)])
             if infos is not None:
@@ -3935,6 +3934,11 @@ def _lm_studio_v0_info(entry: Mapping[str, Any]) -> ModelInfo:
         vision={"llm": False, "vlm": True, "embedding": False}.get(kind or ""),
         embedding=(kind == "embedding") if kind else None, quantization=entry.get("quantization"),
         kind=kind, source="/api/v0/models", raw=dict(entry))
+
+
+#: LM Studio's own model lists, newest first: (path, list field, name key, the ModelInfo of an entry)
+_LM_STUDIO_LISTINGS = (("/api/v1/models", "models", "key", _lm_studio_v1_info),  # LM Studio 0.4 and later
+                       ("/api/v0/models", "data", "id", _lm_studio_v0_info))    # 0.3.6 and later
 
 
 class OllamaProvider(BaseProvider):
@@ -4450,7 +4454,7 @@ def _detect_server_kind(host: str, timeout: _Timeout) -> Optional[str]:
                 reason="bad_response",
                 hint="If it is one of them, say which with %s." % _PROVIDER_CHOICES) from None
         # LM Studio's own list, even empty (not the HTTP 200 {"error": ...} of 0.3.14-0.4.x for a new path)
-        for path, field, key in (("/api/v1/models", "models", "key"), ("/api/v0/models", "data", "id")):
+        for path, field, key, _ in _LM_STUDIO_LISTINGS:
             try:
                 if lm_studio._call("GET", path, optional=True,
                                    read=lambda data: _entries(data, field, key)) is not None:
