@@ -4775,8 +4775,10 @@ def _build_parser() -> "argparse.ArgumentParser":
     import argparse
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # python -m: named lm_providers
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    prog = ("python -m lm_providers" if spec is not None and spec.name == "lm_providers"
-            else "python " + script if script.endswith(".py") else script or "lm-providers")
+    if spec is not None and spec.name == "lm_providers":
+        prog = "python -m lm_providers"
+    else:
+        prog = "python " + script if script.endswith(".py") else script or "lm-providers"
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, LiteLLM).",
