@@ -3524,7 +3524,6 @@ class BaseProvider:
     # --- shared machinery -----------------------------------------------------
 
     def _model(self, model: Union[str, ModelConfig], parameters: Mapping[str, Any] = {}) -> ModelConfig:
-        """The model as this server's ModelConfig, per-call ``parameters`` (and ``options``) over its own."""
         if isinstance(model, str):
             if "://" not in model:
                 _refuse_parameters_without_provider(model, self.provider)
