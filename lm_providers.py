@@ -2119,13 +2119,13 @@ class ToolCall(_Record):
 class ChatResult:
     """A finished reply: ``text`` (reasoning removed), ``reasoning``, ``finish_reason`` (``"stop"``,
     ``"length"``, ``"tool_calls"``, ...), ``usage`` (``prompt_tokens``, ``completion_tokens``,
-    ``total_tokens``, or None), ``model``, the server's ``raw`` response and ``tool_calls`` (a list of
-    ToolCall, empty when the model called none). ``logprobs``: with the ``logprobs`` parameter, one
-    ``{"token", "logprob", "top_logprobs"}`` dict per reply token (None when none came back)."""
+    ``total_tokens``), ``model``, the server's ``raw`` response and ``tool_calls`` (a list of ToolCall, empty
+    when the model called none). ``logprobs``: with the ``logprobs`` parameter, one ``{"token", "logprob",
+    "top_logprobs"}`` dict per reply token.  ``reasoning``, ``usage``, ``logprobs``: None when none came."""
 
     __slots__ = ("text", "reasoning", "finish_reason", "usage", "model", "raw", "tool_calls", "logprobs")
 
-    def __init__(self, text: str, reasoning: str = "", finish_reason: Optional[str] = None,
+    def __init__(self, text: str, reasoning: Optional[str] = None, finish_reason: Optional[str] = None,
                  usage: Optional[Dict[str, int]] = None, model: str = "", raw: Any = None,
                  tool_calls: Optional[List[ToolCall]] = None,
                  logprobs: Optional[List[Dict[str, Any]]] = None):
@@ -2207,9 +2207,9 @@ class ChatStream(TextStream):
         return self._state.usage
 
     @property
-    def reasoning(self) -> str:
-        """The reasoning text so far."""
-        return "".join(self._state.reasoning)
+    def reasoning(self) -> Optional[str]:
+        """The reasoning text so far (None when none came)."""
+        return "".join(self._state.reasoning) or None
 
     @property
     def logprobs(self) -> Optional[List[Dict[str, Any]]]:
@@ -3169,12 +3169,14 @@ class BaseProvider:
     # --- public operations ---------------------------------------------------
 
     def chat(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
-             debug: bool = False, tools: Any = None, tool_choice: Any = None) -> ChatResult:
+             debug: bool = False, tools: Any = None, tool_choice: Any = None,
+             **parameters: Any) -> ChatResult:
         """Generate a whole reply; return it with its reasoning, finish reason, usage and tool calls.
         ``tools``: functions or schemas (``tool_schema``) the model may call, its calls in ``.tool_calls``;
-        ``tool_choice``: ``"auto"``, ``"none"``, ``"required"`` or one function (not sent to Ollama)."""
+        ``tool_choice``: ``"auto"``, ``"none"``, ``"required"`` or one function (not sent to Ollama).
+        ``parameters`` (``temperature=0.2``, ``options={"num_ctx": 4096}``): this call's, over the model's."""
         with _debugging(debug):
-            model = _with_tools(self._model(model), tools, tool_choice)
+            model = _with_tools(self._model(model, parameters), tools, tool_choice)
             payload = self._payload(messages, model, stream=False)
             data, (text, reasoning, finish_reason, usage, calls) = self._call(
                 "POST", self.chat_path, payload, model=model.name,
@@ -3182,39 +3184,40 @@ class BaseProvider:
             tool_calls = _tool_calls_from(calls, self.title, finish_reason)
             finish_reason = _tool_finish_reason(finish_reason, tool_calls)
             content, inline_reasoning = split_reasoning(text or "")
-            result = ChatResult(content, (reasoning or "") + inline_reasoning, finish_reason, usage,
+            result = ChatResult(content, (reasoning or "") + inline_reasoning or None, finish_reason, usage,
                                 model.name, data, tool_calls, _logprobs_of(self, data))
             self._check_fit(payload, model, usage, finish_reason, bool(text), result)
             if _debug_call_running():
                 shown = "".join("\ntool call %s: %s(%s)" % (call.id, call.name, call.raw_arguments)
                                 for call in tool_calls)
                 logger.debug("reply: %d text and %d reasoning characters, finish_reason=%s, usage=%s: %s%s",
-                             len(result.text), len(result.reasoning), finish_reason, usage, result.text,
-                             shown)
+                             len(content), len(result.reasoning or ""), finish_reason, usage, content, shown)
             self._check_end(model, finish_reason, bool(result.text), bool(result.reasoning))
             return result
 
     def generate_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
-                      debug: bool = False) -> str:
+                      debug: bool = False, **parameters: Any) -> str:
         """Generate a whole reply and return its text (reasoning removed)."""
-        return self.chat(messages, model, debug=debug).text
+        return self.chat(messages, model, debug=debug, **parameters).text
 
     def stream_chat(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
-                    debug: bool = False, tools: Any = None, tool_choice: Any = None) -> ChatStream:
+                    debug: bool = False, tools: Any = None, tool_choice: Any = None,
+                    **parameters: Any) -> ChatStream:
         """Stream a reply as a ChatStream: iterate for text; reasoning, finish reason, usage and
         the assembled tool calls after the loop.  ``tools`` and ``tool_choice`` as for ``chat``."""
         with _debugging(debug):  # the request is built now; the stream logs its own reading
-            return ChatStream(self, messages, _with_tools(self._model(model), tools, tool_choice), debug)
+            model = _with_tools(self._model(model, parameters), tools, tool_choice)
+            return ChatStream(self, messages, model, debug)
 
     def stream_text(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], *,
-                    debug: bool = False) -> TextStream:
+                    debug: bool = False, **parameters: Any) -> TextStream:
         """Yield the reply's text pieces as the server sends them (a TextStream: an iterator); raises
         ProviderResponseError (after the pieces yielded) when the stream breaks off or has an error."""
-        return self.stream_chat(messages, model, debug=debug)  # its text; the rest is there, unasked
+        return self.stream_chat(messages, model, debug=debug, **parameters)  # its text; the rest unasked
 
     def generate_json(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig],
                       required_attributes: Sequence[str] = (), *, schema: Optional[Mapping[str, Any]] = None,
-                      max_attempts: int = 3, debug: bool = False) -> Dict[str, Any]:
+                      max_attempts: int = 3, debug: bool = False, **parameters: Any) -> Dict[str, Any]:
         """Generate a JSON object that has every attribute in ``required_attributes``, asking for JSON that
         follows ``schema`` (default: built from them).  A reply that is not one gets a repair message, up to
         ``max_attempts`` replies in all; then JSONGenerationError holds the last reply."""
@@ -3225,9 +3228,8 @@ class BaseProvider:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise InvalidInputError("max_attempts must be a whole number >= 1, got %r" % (max_attempts,))
         required = list(required_attributes)
-        model = self._model(model).with_parameters(format=dict(schema or json_schema_for(required)))
-        conversation = messages  # chat checks it
-        raw, reason = "", ""
+        model = self._model(model, {**parameters, "format": dict(schema or json_schema_for(required))})
+        conversation, raw, reason = messages, "", ""  # chat checks the messages
         with _debugging(debug):
             for attempt in range(1, max_attempts + 1):
                 result = self.chat(conversation, model)
@@ -3286,13 +3288,13 @@ class BaseProvider:
         return vectors
 
     def run_tools(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], tools: Any, *,
-                  max_rounds: int = 5, tool_choice: Any = None, debug: bool = False) -> ToolRunResult:
+                  max_rounds: int = 5, tool_choice: Any = None, debug: bool = False,
+                  **parameters: Any) -> ToolRunResult:
         """Let the model call Python functions until it answers in text; return that answer, the conversation
         in ``.messages`` (``messages`` is not changed).  Results go back as JSON unless a string; a tool that
         raises, or an unknown one, answers ``"error: ..."``; after ``max_rounds`` rounds of calls,
         ToolLoopError.  ``tool_choice`` applies to the first call."""
-        is_list = isinstance(tools, Sequence) and not isinstance(tools, (str, bytes))
-        tools = list(tools) if is_list else [tools]
+        tools = list(tools) if isinstance(tools, (list, tuple)) else [tools]
         for tool in tools:
             if not callable(tool) or isinstance(tool, Mapping):
                 raise InvalidInputError("run_tools needs Python functions to run, got %r; for a schema "
@@ -3303,6 +3305,7 @@ class BaseProvider:
         if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
             raise InvalidInputError("max_rounds must be a whole number >= 1, got %r" % (max_rounds,))
         conversation = cast(List[Dict[str, Any]], messages)  # checked by chat, then copied
+        model = self._model(model, parameters)
         with _debugging(debug):
             for rounds in range(max_rounds + 1):
                 result = self.chat(conversation, model, tools=schemas,
@@ -3331,13 +3334,16 @@ class BaseProvider:
         return self._call("GET", self.models_path, optional=optional,
                           read=lambda data: _entries(data, *self.listing)) or []
 
-    def is_model_available(self, name: str, *, debug: bool = False) -> bool:
-        """Whether the server offers the model ``name`` (see ``same_model`` for how names match)."""
-        return any(self.same_model(name, offered) for offered in self.list_models(debug=debug))
+    def is_model_available(self, name: Union[str, ModelConfig], *, debug: bool = False) -> bool:
+        """Whether the server offers the model ``name`` (a name, URI or ModelConfig; see ``same_model``)."""
+        wanted = self._model(name).name
+        return any(self.same_model(wanted, offered) for offered in self.list_models(debug=debug))
 
-    def close_matches(self, name: str, offered: Optional[Sequence[str]] = None) -> List[str]:
+    def close_matches(self, name: Union[str, ModelConfig],
+                      offered: Optional[Sequence[str]] = None) -> List[str]:
         """Up to five names the server offers that look like ``name`` (for 'did you mean')."""
         import difflib
+        name = self._model(name).name
         if offered is None:
             try:
                 offered = self.list_models()
@@ -3517,14 +3523,14 @@ class BaseProvider:
 
     # --- shared machinery -----------------------------------------------------
 
-    def _model(self, model: Union[str, ModelConfig]) -> ModelConfig:
+    def _model(self, model: Union[str, ModelConfig], parameters: Mapping[str, Any] = {}) -> ModelConfig:
         if isinstance(model, str):
             if "://" not in model:
                 _refuse_parameters_without_provider(model, self.provider)
             model = parse_model_uri(model) if "://" in model else ModelConfig(model, self.provider)
         if not isinstance(model, ModelConfig):
-            raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, got %r"
-                                    % (model,))
+            raise InvalidInputError("model must be a ModelConfig, a model URI or a model name, got %s%s" % (
+                _quote(model), "; (messages, model) swapped?" if isinstance(model, Sequence) else ""))
         if model.provider != self.provider:
             raise InvalidInputError("model %r is for %s, but this is a %s provider; use "
                                     "lm_providers.get_provider(model) to get the right one" % (
@@ -3533,7 +3539,10 @@ class BaseProvider:
             logger.warning("model %r names the host %s, but this provider talks to %s; use "
                            "lm_providers.get_provider(model) to follow the model's host", model.name,
                            model.host, self.base_url)
-        return model
+        options = parameters.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise InvalidInputError("options must be a dict like {'num_ctx': 4096}, got %s" % _quote(options))
+        return model.with_parameters(**{**options, **{k: v for k, v in parameters.items() if k != "options"}})
 
     def _payload(self, messages: Sequence[Mapping[str, Any]], model: ModelConfig, *,
                  stream: bool) -> Dict[str, Any]:

@@ -255,7 +255,7 @@ def test_chat_returns_finish_reason_usage_and_model(rsps, server):
     assert result.text == "Paris."
     assert result.finish_reason == "stop"
     assert result.usage == server.expected_usage
-    assert result.reasoning == ""
+    assert result.reasoning is None  # as usage and logprobs when none came
     assert result.model == server.model
 
 
@@ -405,7 +405,7 @@ def test_stream_chat_exposes_finish_reason_and_usage_after_the_loop(rsps, server
     assert pieces == ["Hello", " there"]
     assert stream.finish_reason == "stop"
     assert stream.usage == server.expected_usage
-    assert stream.reasoning == ""
+    assert stream.reasoning is None
 
 
 @pytest.mark.parametrize("server", SERVERS)

@@ -37,16 +37,20 @@ USER_SCRIPT = textwrap.dedent('''
     data: Dict[str, Any] = lm.generate_json(messages, "qwen2.5-7b-instruct", required_attributes=["colors"])
     names: List[str] = lm.list_models()
     available: bool = lm.is_model_available("qwen2.5-7b-instruct")
+    there: bool = lm.is_model_available(lmp.ModelConfig("qwen2.5-7b-instruct", "lm_studio"))
+    tuned: str = lm.generate_text(messages, "qwen2.5-7b-instruct", temperature=0.2, max_tokens=100,
+                                  options={"num_ctx": 4096}, debug=True)
+    tuned_stream: lmp.ChatStream = lm.stream_chat(messages, "qwen2.5-7b-instruct", top_p=0.9)
 
     result: lmp.ChatResult = lm.chat(messages, "qwen2.5-7b-instruct")
-    reasoning: str = result.reasoning
+    reasoning: Optional[str] = result.reasoning
     usage: Optional[Dict[str, int]] = result.usage
     with lm.stream_chat(messages, "qwen2.5-7b-instruct") as stream:
         for piece in stream:
             print(piece.upper(), end="")
     finish: Optional[str] = stream.finish_reason
     streamed_usage: Optional[Dict[str, int]] = stream.usage
-    streamed_reasoning: str = stream.reasoning
+    streamed_reasoning: Optional[str] = stream.reasoning
 
     with lmp.OllamaProvider() as ollama:
         ollama_text: str = ollama.generate_text(messages, "ollama://llama3?temperature=0.2")
