@@ -2389,6 +2389,14 @@ def json_schema_for(required_attributes: Sequence[str]) -> Dict[str, Any]:
             "required": list(required_attributes)}
 
 
+def _as(value: Any, kind: Type[_T]) -> Optional[_T]:
+    """``value`` as ``kind`` (a number as text for ``str``), or None when it is not one: servers vary."""
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # Ollama's quantization_level 4
+    typed = isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) and value != ""
+    return cast(_T, value) if typed else None
+
+
 class ModelInfo(_Record):
     """What a server reports about one model, the same fields for every server (None when it does not say):
     ``name``; ``context_length`` (the model's most); ``loaded``, ``loaded_context_length`` (the context it is
@@ -2407,10 +2415,11 @@ class ModelInfo(_Record):
                  embedding: Optional[bool] = None, quantization: Optional[str] = None,
                  size_bytes: Optional[int] = None, kind: Optional[str] = None, source: str = "",
                  raw: Any = None):
-        self.name, self.context_length, self.loaded = name, context_length, loaded
-        self.loaded_context_length = loaded_context_length
-        self.tools, self.vision, self.thinking, self.embedding = tools, vision, thinking, embedding
-        self.quantization, self.size_bytes, self.kind = quantization, size_bytes, kind
+        self.name, self.context_length, self.loaded = name, _as(context_length, int), _as(loaded, bool)
+        self.loaded_context_length, self.size_bytes = _as(loaded_context_length, int), _as(size_bytes, int)
+        self.tools, self.vision = _as(tools, bool), _as(vision, bool)
+        self.thinking, self.embedding = _as(thinking, bool), _as(embedding, bool)
+        self.quantization, self.kind = _as(quantization, str), _as(kind, str)
         self.source, self.raw = source, raw
 
     def __repr__(self) -> str:  # the facts the server reported, not the source
@@ -3104,6 +3113,7 @@ class BaseProvider:
     stream_end: Optional[Tuple[str, Any]] = None  # the key and value of a chat stream's last object
     content_must_be_str = True
     stream_fields: Mapping[str, Any] = {}  # what a chat request adds when it streams
+    chat_fields: Mapping[str, Any] = {}  # what every chat request adds
     embed_path = embed_needed = ""  # embed_needed: the server version that has embed_path, when known
     embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
     image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
@@ -3551,7 +3561,7 @@ class BaseProvider:
         _check_messages(messages, self.content_must_be_str)
         messages = _wire_messages(self, messages)
         payload: Dict[str, Any] = {"model": model.name, "messages": messages, "stream": stream}
-        payload.update(self.stream_fields if stream else {})
+        payload.update(self.stream_fields if stream else {}, **self.chat_fields)
         payload.update(map_parameters(model.parameters, self.provider))
         if _debug_call_running():  # the messages are in the request's payload
             logger.debug("%s model %r: %d message(s), about %d prompt tokens (4 characters a token); %s",
@@ -3980,13 +3990,13 @@ class OllamaProvider(BaseProvider):
 
     def __init__(self, host: Optional[str] = None, timeout: _Timeout = None, api_key: Optional[str] = None,
                  max_retries: int = 2, on_truncation: str = "error", **limits: int):
-        """``on_truncation``: what a prompt Ollama cut to fit ``num_ctx`` does: ``"error"`` (default) raises
-        ContextLengthError, ``"warn"`` logs a warning and returns the reply.  Others as for BaseProvider."""
+        """``on_truncation``: what a prompt over the context does.  ``"error"`` (default) sends
+        ``truncate: false``, so Ollama 0.12.6+ refuses it (ContextLengthError); ``"warn"`` lets Ollama cut it
+        and logs a warning when the counts show a cut.  Others as for BaseProvider."""
         if on_truncation not in ("error", "warn"):
             raise InvalidInputError("on_truncation must be 'error' or 'warn', got %r" % (on_truncation,))
         super().__init__(host, timeout, api_key, max_retries, **limits)
-        self.on_truncation = on_truncation
-        self._ps_seen: Dict[str, Tuple[float, Optional[int]]] = {}  # model key -> (when, loaded context)
+        self.on_truncation, self.chat_fields = on_truncation, {"truncate": on_truncation == "warn"}
 
     def _read_embeddings(self, data: Any) -> List[List[float]]:
         return _vectors(data["embeddings"])
@@ -4086,14 +4096,11 @@ class OllamaProvider(BaseProvider):
             return {}
 
     def _running(self) -> Optional[List[Dict[str, Any]]]:
-        """``/api/ps``'s unexpired models (None without /api/ps); remembers each one's loaded context."""
-        entries: Optional[List[Dict[str, Any]]] = self._call(
+        """``/api/ps``'s unexpired models (None without /api/ps)."""
+        return cast(Optional[List[Dict[str, Any]]], self._call(
             "GET", "/api/ps", optional=True, read=lambda data: [
-                entry for entry in _entries(data, "models", "name") if not _is_past(entry.get("expires_at"))])
-        now = time.monotonic()
-        for entry in entries or []:
-            self._ps_seen[_ollama_key(str(entry["name"]))] = (now, _first_int(entry.get("context_length")))
-        return entries
+                entry for entry in _entries(data, "models", "name")
+                if not _is_past(entry.get("expires_at"))]))
 
     def _load(self, name: str, context_length: Optional[int], keep_alive: Any) -> ModelInfo:
         """An empty chat request loads the model (``done_reason: "load"``), with ``num_ctx`` when given."""
@@ -4111,7 +4118,6 @@ class OllamaProvider(BaseProvider):
     def _unload(self, name: str) -> None:
         """``keep_alive: 0`` with no prompt unloads the model (``done_reason: "unload"``)."""
         self._call("POST", "/api/generate", {"model": name, "keep_alive": 0}, model=name)
-        self._ps_seen.pop(_ollama_key(name), None)
 
     def _pull(self, name: str) -> Iterator[PullProgress]:
         """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``.
@@ -4131,46 +4137,32 @@ class OllamaProvider(BaseProvider):
                                 reason="download_failed", hint="Run  ollama pull %s  to finish it." % name)
 
     def _known_context(self, model: ModelConfig) -> Optional[int]:
-        num_ctx = model.parameters.get("num_ctx")
-        if isinstance(num_ctx, int):
-            return num_ctx
-        seen = self._ps_seen.get(_ollama_key(model.name))
-        return seen[1] if seen and seen[1] else super()._known_context(model)
+        num_ctx = model.parameters.get("num_ctx")  # a chat without it runs at the server's default
+        return num_ctx if isinstance(num_ctx, int) else super()._known_context(model)
 
     def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
                    finish_reason: Optional[str], has_text: bool, result: Optional[ChatResult] = None) -> None:
-        """Ollama cuts a prompt longer than ``num_ctx`` and says so only in its log.  The sign: the server
-        evaluated a whole context's worth of prompt tokens while the prompt is estimated clearly larger."""
+        """Ollama before 0.12.6 (or any, with ``truncate: true``) cuts a prompt over the context, and says so
+        only in its log.  The sign (Ollama's own rule): exactly the context's worth of tokens evaluated."""
         evaluated = (usage or {}).get("prompt_tokens")
-        estimate = _estimate_tokens(payload.get("messages") or [])
-        if not evaluated or estimate <= evaluated * 1.2:
-            return
         context = _first_int((payload.get("options") or {}).get("num_ctx"))
-        if context is None and evaluated >= 256:  # no context is that small: only then ask /api/ps
-            key = _ollama_key(model.name)
-            seen = self._ps_seen.get(key)
-            if seen is None or time.monotonic() - seen[0] > 30.0:  # /api/ps at most every 30 s
-                try:
-                    self._running()
-                    seen = self._ps_seen.get(key)
-                except ProviderError:
-                    seen = None
-            context = seen[1] if seen else None
-        if not context or evaluated < context - min(64, context // 32):
+        if context is None and evaluated and evaluated >= 256:  # no context is smaller: the one it ran at
+            with contextlib.suppress(ProviderError):
+                context = next((_first_int(entry.get("context_length")) for entry in self._running() or []
+                                if self.same_model(model.name, str(entry["name"]))), None)
+        if not evaluated or evaluated != context:
             return
-        message = ("%s truncated the prompt for model %r: it evaluated %d prompt tokens, the whole context "
-                   "(num_ctx %d), but the prompt is about %d tokens, so its beginning was dropped and the "
-                   "reply answers a different prompt. %s" % (
-                       self.title, model.name, evaluated, context, estimate,
-                       self._context_advice(model.name, estimate)))
+        advice = self._context_advice(model.name, 2 * context)  # the prompt was longer: at least double it
+        message = ("%s cut the prompt for model %r to fit its context: it evaluated exactly num_ctx (%d) "
+                   "prompt tokens, so the beginning was dropped and the reply answers a different prompt. %s"
+                   % (self.title, model.name, context, advice))
         if self.on_truncation == "warn":
             logger.warning(message)
             return
         raise ContextLengthError(message + " (To get the reply anyway: OllamaProvider(on_truncation='warn'); "
-                                 "this error's .result holds it.)", prompt_tokens=estimate,
-                                 context_length=context, estimated=True, result=result,
-                                 server_message="prompt_eval_count=%d" % evaluated, reason="context_length")
-
+                                 "this error's .result holds it.)", context_length=context, result=result,
+                                 server_message="prompt_eval_count=%d" % evaluated, reason="context_length",
+                                 hint=advice)
 
 def _ollama_key(name: str) -> str:
     name = re.sub(r"^(?:registry\.ollama\.ai/(?:library/)?|library/)", "", name.strip().lower())

@@ -196,9 +196,9 @@ def test_ollama_truncated_prompt_is_a_context_length_error(rsps):
     error = caught.value
     assert sent(rsps.calls[0])["options"] == request["options"] == {"num_ctx": 512, "num_predict": 5}
     assert len(rsps.calls) == 1                       # num_ctx was in the request: nothing else asked
-    assert error.context_length == 512 and error.estimated and 2900 < error.prompt_tokens < 3200
-    assert "evaluated 512 prompt tokens" in str(error) and "num_ctx" in str(error)
-    assert "ollama://smollm2?num_ctx=4096" in str(error)  # the one thing to change, with a size that fits
+    assert error.context_length == 512 and error.prompt_tokens is None  # what was cut is unknown
+    assert "exactly num_ctx (512) prompt tokens" in str(error) and error.reason == "context_length"
+    assert "ollama://smollm2?num_ctx=2048" in error.hint  # the one thing to change: at least double it
     assert error.result.text == "no there is no more"     # the reply is there for whoever wants it
     assert isinstance(error, lmp.ProviderResponseError)
 
@@ -209,7 +209,8 @@ def test_ollama_truncation_can_be_a_warning_instead(rsps, caplog):
     provider = lmp.OllamaProvider(on_truncation="warn")
     result = provider.chat(request["messages"], "ollama://smollm2?num_ctx=512&num_predict=5")
     assert result.text == "no there is no more"
-    assert "truncated the prompt" in caplog.text and "WARNING" in caplog.text
+    assert "cut the prompt" in caplog.text and "WARNING" in caplog.text
+    assert sent(rsps.calls[0])["truncate"] is True  # "warn" lets the server cut
     with pytest.raises(lmp.InvalidInputError):
         lmp.OllamaProvider(on_truncation="ignore")
 
@@ -222,8 +223,8 @@ def test_ollama_a_prompt_that_fits_is_not_flagged_and_costs_no_request(rsps):
 
 
 def test_ollama_truncation_without_num_ctx_is_found_from_the_loaded_context(rsps):
-    """No num_ctx in the request: the server evaluated 4096 tokens of a far longer prompt, /api/ps says the
-    model is loaded with 4096: truncated.  /api/ps is asked only because the numbers disagree."""
+    """No num_ctx in the request: the server evaluated 4096 tokens, and /api/ps, asked after the reply,
+    says the model ran with 4096: cut."""
     reply = json.loads(exchange("58-chat-prompt-over-numctx").body)
     reply["prompt_eval_count"] = 4096
     rsps.add("POST", OLLAMA + OLLAMA_SERVER.chat_path, json=reply)
