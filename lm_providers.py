@@ -1178,6 +1178,10 @@ def load_config(path: str = "config.yaml") -> Config:
                           "and models" % path)
     hosts = {kind.config_key: data.get(kind.config_key) for kind in SERVER_KINDS.values()}
     unknown = sorted(set(map(str, data)) - set(hosts) - {"models"})
+    import difflib
+    for key in unknown:  # a misspelt key would leave its part of the config silently empty
+        for near in difflib.get_close_matches(key, [*hosts, "models"], 1, 0.75):
+            raise ConfigError("config file %s: unknown key %s: did you mean %r?" % (path, _quote(key), near))
     if unknown:
         shown = ", ".join(_quote(key, 40) for key in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         logger.warning("config file %s: ignoring unknown keys %s", path, shown)
@@ -1203,7 +1207,7 @@ def _read_yaml(path: str) -> Any:
     """The YAML document in ``path``, read with a size limit and a limit on what its aliases expand to.
     ``SafeLoader`` (libyaml's when PyYAML has it): a tag such as ``!!python/object`` is an error."""
     try:
-        import yaml
+        yaml: Any = _ensure("yaml", "pyyaml", "python3-yaml")  # Any: the copied file needs no type stubs
         with open(path, "rb") as handle:
             raw = handle.read(CONFIG_MAX_BYTES + 1)
         if len(raw) > CONFIG_MAX_BYTES:
@@ -1211,9 +1215,8 @@ def _read_yaml(path: str) -> Any:
                               "holds a few hosts and roles: is this the right file?"
                               % (path, CONFIG_MAX_BYTES))
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(raw.decode("utf-8"))
-    except ImportError:
-        raise ConfigError("reading %s needs PyYAML: run  %s -m pip install pyyaml"
-                          % (path, sys.executable)) from None
+    except ImportError as exc:
+        raise ConfigError("reading %s needs PyYAML: %s" % (path, exc)) from None
     except FileNotFoundError:
         raise ConfigError("config file %s not found (working directory: %s)" % (path, os.getcwd())) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -1262,47 +1265,51 @@ def ensure_requests() -> ModuleType:
     ``LM_PROVIDERS_NO_INSTALL=1`` nor into a Python the OS manages, PEP 668: the ImportError says why)."""
     global requests
     if requests is None:
-        try:
-            import requests
-        except ImportError:
-            requests = _install_requests()
+        requests = _ensure("requests", "requests", "python3-requests")
     loaded: ModuleType = requests  # typed as a module even where requests has no inline types (before 2.33)
     return loaded
 
 
-def _install_requests() -> ModuleType:
+def _ensure(module: str, package: str, debian: str) -> ModuleType:
+    """Import ``module``; when it is missing, install pip's ``package`` by ``ensure_requests``' rules."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pass
     import sysconfig
-    command = "%s -m pip install requests" % sys.executable
+    command = "%s -m pip install %s" % (sys.executable, package)
+    advice = _PEP_668_ADVICE % {"package": package, "python": sys.executable, "debian": debian}
     marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
     if sys.prefix == sys.base_prefix and os.path.isfile(marker):  # (a venv is the user's to install into)
-        raise ImportError(_PEP_668_ADVICE % sys.executable) from None
+        raise ImportError(advice) from None
     if os.environ.get("LM_PROVIDERS_NO_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise ImportError("lm_providers needs the 'requests' package and LM_PROVIDERS_NO_INSTALL is set, "
-                          "so it was not installed automatically. Run:  " + command) from None
+        raise ImportError("lm_providers needs the '%s' package and LM_PROVIDERS_NO_INSTALL is set, so it was "
+                          "not installed automatically. Run:  %s" % (package, command)) from None
     import subprocess
-    logger.warning("'requests' is missing; installing it: %s", command)
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "requests"],
+    logger.warning("'%s' is missing; installing it: %s", package, command)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", package],
                           stderr=subprocess.PIPE, universal_newlines=True)
     if done.returncode != 0:
         said = (done.stderr or "").strip()
         if "externally-managed-environment" in said:  # a marker this check did not see; pip saw it
-            raise ImportError(_PEP_668_ADVICE % sys.executable) from None
+            raise ImportError(advice) from None
         last = said.splitlines()[-1][:300] if said else "no message"
-        raise ImportError("installing 'requests' failed (pip exit code %d: %s). Fix what pip said and run:  "
-                          "%s  or use a virtual environment:  python3 -m venv .venv && .venv/bin/pip install "
-                          "requests" % (done.returncode, last, command)) from None
-    import importlib
+        raise ImportError("installing '%s' failed (pip exit code %d: %s). Fix what pip said and run:  %s  or "
+                          "use a virtual environment:  python3 -m venv .venv && .venv/bin/pip install %s"
+                          % (package, done.returncode, last, command, package)) from None
     importlib.invalidate_caches()
-    return importlib.import_module("requests")
+    return importlib.import_module(module)
 
 
-# What ensure_requests says on a Python whose packages the operating system manages (%s: the interpreter)
+# What _ensure says on a Python whose packages the operating system manages
 _PEP_668_ADVICE = (
-    "lm_providers needs the 'requests' package, which this Python (%s) lacks; the operating system manages "
-    "its packages (PEP 668, \"externally managed\"), so pip may not install into it. Use a virtual "
-    "environment:  python3 -m venv .venv && .venv/bin/pip install requests  and run your script with "
-    ".venv/bin/python (if ensurepip is missing:  sudo apt install python3-venv); or the system's package:  "
-    "sudo apt install python3-requests  (Debian, Ubuntu; alike elsewhere); or pipx for a command-line tool.")
+    "lm_providers needs the '%(package)s' package, which this Python (%(python)s) lacks; the operating "
+    "system manages its packages (PEP 668, \"externally managed\"), so pip may not install into it. Use a "
+    "virtual environment:  python3 -m venv .venv && .venv/bin/pip install %(package)s  and run your script "
+    "with .venv/bin/python (if ensurepip is missing:  sudo apt install python3-venv); or the system's "
+    "package:  sudo apt install %(debian)s  (Debian, Ubuntu; alike elsewhere); or pipx for a command-line "
+    "tool.")
 
 
 # The largest stream event and answer accepted, decompressed: twice the benchmark's largest event; a batch
@@ -4585,10 +4592,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m lm_providers`` / ``lm-providers``: run the command ``argv`` names; return the exit code."""
     parser = _build_parser()
     options = parser.parse_args(argv)
+    if options.version:
+        print(__version__)
+        return 0
     if options.command is None:
         parser.print_help()
         return 2
-    return _run_command(_COMMAND_TABLE[options.command][0], options)
+    try:
+        return _run_command(_COMMAND_TABLE[options.command][0], options)
+    except ImportError as exc:  # requests or PyYAML missing, and not to be installed: what to run, one line
+        sys.stderr.write("error: %s\n" % exc)
+        return 1
 
 
 # --- the commands (run inside _run_command, so --debug is on for every call) ------------------------------
@@ -4598,8 +4612,10 @@ def _cli_models(options: Any) -> int:
     for kind in _server_kinds(options, config):
         try:
             with _cli_provider(kind, options.host, config, options.timeout or _LIST_TIMEOUT) as provider:
-                names = provider.list_models()
-                infos = provider.list_model_info() if options.long else None
+                infos = provider.list_model_info() if options.command == "ps" or options.long else None
+                if options.command == "ps":
+                    infos = [info for info in infos or [] if info.loaded]
+                names = provider.list_models() if infos is None else [info.name for info in infos]
         except ProviderError as exc:  # this server is down: say so, and go on with the next
             sys.stderr.write("%s\n" % _one_line(exc))
             continue
@@ -4757,10 +4773,15 @@ _COMMAND_TABLE: Dict[str, Tuple[Callable[[Any], int], str, str, str, _Arguments]
                  _MODEL, ("--context-length", {"type": int, "metavar": "TOKENS", "help": "its context"}),
                  ("--keep-alive", {"metavar": "DURATION", "help": "Ollama: how long it stays loaded when "
                                    "idle, e.g. 10m or -1 (for ever)"})]),
+    "ps": (_cli_models, "list the models loaded now", "ps --provider ollama", "only this server kind", []),
     "unload": (_cli_model_command, "unload a model from memory", "unload ollama://llama3", _PLAIN, [_MODEL]),
     "pull": (_cli_model_command, "download a model, with progress", "pull ollama://llama3.2", _PLAIN,
              [_MODEL]),
 }
+
+#: The verbs ollama's and lms's users type, beside each command's own name.
+_ALIASES = {"models": ["ls", "list"], "info": ["show"], "pull": ["get"], "generate": ["run"],
+            "unload": ["stop"]}
 
 
 def _add_arguments(parser: "argparse.ArgumentParser", provider_help: str, arguments: _Arguments) -> None:
@@ -4788,10 +4809,14 @@ def _build_parser() -> "argparse.ArgumentParser":
                "  {0} generate ollama://llama3 \"Name a color\" --json name,hex\n"
                "  {0} generate openai://my-model@127.0.0.1:8000/v1 \"Say hi\"\n"
                "  {0} check --provider ollama".format(prog))
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text, example, provider_help, arguments) in _COMMAND_TABLE.items():
-        _add_arguments(commands.add_parser(name, help=help_text, description="%s. Example: %s %s" % (
-            help_text[:1].upper() + help_text[1:], prog, example)), provider_help, arguments)
+        command = commands.add_parser(name, help=help_text, aliases=_ALIASES.get(name, ()),
+                                      description="%s. Example: %s %s" % (
+                                          help_text[:1].upper() + help_text[1:], prog, example))
+        command.set_defaults(command=name)  # an alias runs as the command's own name
+        _add_arguments(command, provider_help, arguments)
     return parser
 
 

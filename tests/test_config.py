@@ -192,12 +192,12 @@ def test_unreadable_bytes(tmp_path):
 
 def test_unknown_top_level_keys_log_a_warning(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="lm_providers")
-    path = write(tmp_path, 'olama_host: "h"\nextra: 1\nmodels:\n  a: "ollama://m"\n')
+    path = write(tmp_path, 'colour: "blue"\nextra: 1\nmodels:\n  a: "ollama://m"\n')
     config = load_config(path)
     assert list(config.models) == ["a"]
     warnings = [r.getMessage() for r in caplog.records if r.name == "lm_providers" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "olama_host" in warnings[0] and "extra" in warnings[0] and path in warnings[0]
+    assert "colour" in warnings[0] and "extra" in warnings[0] and path in warnings[0]
 
 
 def test_known_keys_do_not_warn(tmp_path, caplog):
