@@ -37,6 +37,8 @@ Only ``requests`` is needed at run time (``ensure_requests`` installs it when it
 
 from __future__ import annotations
 
+import array
+import base64
 import bisect
 import collections.abc
 import contextlib
@@ -45,6 +47,7 @@ import enum
 import functools
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -2793,7 +2796,6 @@ def _too_big(where: str, size: int) -> InvalidInputError:
 
 def _base64_image(text: str, where: str, not_base64: str) -> bytes:
     """The bytes of base64 text (white space ignored); InvalidInputError(not_base64) when it is not base64."""
-    import base64
     compact = "".join(text.split())
     if len(compact) // 4 * 3 > MAX_IMAGE_BYTES:
         raise _too_big(where, len(compact) // 4 * 3)
@@ -2809,7 +2811,6 @@ def load_image(image: Any, where: str = "image") -> Tuple[str, str]:
     """``(mime_type, base64_text)`` for an image given as a file path (``str`` or ``pathlib.Path``),
     ``bytes``, base64 text or a ``data:`` URL; the type is read from the bytes (PNG, JPEG, WebP or GIF).
     A missing file, another type or over ``MAX_IMAGE_BYTES`` raises InvalidInputError naming ``where``."""
-    import base64
     stripped = image.strip() if isinstance(image, str) else ""
     is_path = isinstance(image, os.PathLike)
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -2922,14 +2923,37 @@ def _embedding_inputs(texts: Any, dimensions: Optional[int], batch_size: int) ->
 
 
 def _vectors(vectors: Any) -> List[List[float]]:
-    """``vectors`` if it is a list of non-empty lists of numbers; TypeError otherwise (a bad answer)."""
+    """``vectors``, each a list of numbers or base64 of little-endian float32s (``encoding_format:
+    "base64"``), as lists of numbers, when all are finite and of one non-zero width; else TypeError."""
     if not isinstance(vectors, list):
         raise TypeError("not a list")
-    for vector in vectors:
-        if not isinstance(vector, list) or not vector or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector):
+    checked: List[List[float]] = []
+    for vector in vectors:  # each check a loop in C
+        if isinstance(vector, str):
+            vector = _float32s(vector)
+        elif not isinstance(vector, list) or not {int, float}.issuperset(map(type, vector)):
             raise TypeError("not a vector of numbers")
-    return vectors
+        try:  # float32s' sum cannot overflow; doubles' can, and then each number is looked at
+            finite = math.isfinite(sum(vector)) or all(map(math.isfinite, vector))
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
+            raise TypeError("a vector holds NaN, an infinity or a number too large")
+        checked.append(vector)
+    if len(set(map(len, checked))) > 1 or [] in checked:
+        raise TypeError("vectors of different widths, or empty")
+    return checked
+
+
+def _float32s(text: str) -> List[float]:
+    """Base64 of little-endian float32s, the ``encoding_format: "base64"`` form, as floats."""
+    try:
+        floats = array.array("f", base64.b64decode(text, validate=True))
+    except ValueError:  # not base64 (binascii.Error), or not a whole number of floats
+        raise TypeError("not base64 of float32s") from None
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return floats.tolist()
 
 
 # --- log-probabilities -------------------------------------------------------------
@@ -3123,6 +3147,7 @@ class BaseProvider:
     chat_fields: Mapping[str, Any] = {}  # what every chat request adds
     embed_path = embed_needed = ""  # embed_needed: the server version that has embed_path, when known
     embed_fields: Tuple[str, ...] = ()  # request fields besides model/input/dimensions that embeddings take
+    embed_encoding: Optional[str] = None  # the vectors' compact form to ask for, where the server has one
     image_types: Tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
     vision_hint = "Use a model with vision."
     embedding_hint = truncate_hint = ""
@@ -3272,10 +3297,12 @@ class BaseProvider:
 
     def embed(self, texts: Union[str, Sequence[str]], model: Union[str, ModelConfig], *,
               dimensions: Optional[int] = None, truncate: Optional[bool] = None,
-              batch_size: int = DEFAULT_EMBED_BATCH, debug: bool = False) -> List[List[float]]:
+              batch_size: int = DEFAULT_EMBED_BATCH, debug: bool = False,
+              encoding_format: Optional[str] = None) -> List[List[float]]:
         """Embed one text or a list of texts; return one vector per text, in input order (``embed("hi", m)``
         gives ``[vector]``).  ``dimensions`` asks for shorter vectors; ``truncate`` (Ollama only) cuts a text
-        too long instead of failing; texts go ``batch_size`` at a time.  Raises InvalidInputError,
+        too long instead of failing; texts go ``batch_size`` at a time; ``encoding_format="float"`` asks an
+        OpenAI-compatible server for JSON numbers instead of base64.  Raises InvalidInputError,
         EmbeddingNotSupportedError, InputTooLongError."""
         model = self._model(model)
         inputs = _embedding_inputs(texts, dimensions, batch_size)
@@ -3289,11 +3316,11 @@ class BaseProvider:
                 options["truncate"] = bool(truncate)
             mapped = map_parameters(model.parameters, self.provider)  # those of the model's that apply
             options.update((key, mapped[key]) for key in self.embed_fields if key in mapped)
+            if self.embed_encoding:
+                options["encoding_format"] = encoding_format or self.embed_encoding
             for start in range(0, len(inputs), batch_size):
                 batch = inputs[start:start + batch_size]
-                found = self._call("POST", self.embed_path, {"model": model.name, "input": batch, **options},
-                                   model=model.name, needed=self.embed_needed, read=self._read_embeddings,
-                                   manual="Update the server, or use another one for embeddings.")
+                found = self._embed_batch(model.name, batch, options)
                 if len(found) != len(batch):
                     raise ProviderResponseError("%s answered %d text(s) with %d vector(s)" % (
                         self.title, len(batch), len(found)), reason="bad_response")
@@ -3303,6 +3330,20 @@ class BaseProvider:
                            "server or model does not support dimensions", self.title, model.name,
                            len(vectors[0]), dimensions)
         return vectors
+
+    def _embed_batch(self, model: str, batch: List[str], options: Dict[str, Any]) -> List[List[float]]:
+        """One request; a server that refuses ``encoding_format`` is asked again, and then on, for floats."""
+        try:
+            return cast(List[List[float]], self._call(
+                "POST", self.embed_path, {"model": model, "input": batch, **options}, model=model,
+                needed=self.embed_needed, read=self._read_embeddings,
+                manual="Update the server, or use another one for embeddings."))
+        except ProviderResponseError as exc:
+            if options.get("encoding_format") in (None, "float") or "encoding_format" not in str(exc):
+                raise
+        options.pop("encoding_format")
+        self.embed_encoding = None
+        return self._embed_batch(model, batch, options)
 
     def run_tools(self, messages: Sequence[Mapping[str, Any]], model: Union[str, ModelConfig], tools: Any, *,
                   max_rounds: int = 5, tool_choice: Any = None, debug: bool = False,
@@ -3705,6 +3746,7 @@ class OpenAICompatibleProvider(BaseProvider):
     embedding_hint = ("Use an embedding model (e.g. text-embedding-nomic-embed-text-v1.5); a llama.cpp "
                       "server needs --embeddings and --pooling mean.")
     embed_fields: Tuple[str, ...] = ("ttl",)
+    embed_encoding: Optional[str] = "base64"  # a quarter of the bytes of JSON numbers, and no float parsing
     context_advice = ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: "
                       "--ctx-size {size}).")
 

@@ -11,6 +11,8 @@ SCENARIO: stream    stream every event; events/s, and whether every piece arrive
           threads   small requests from 1 thread, then from 64 threads sharing one client: both rates,
                     errors, urllib3 "Connection pool is full" warnings, connections the server accepted
           bigevent  stream a body of huge pieces (fakeserver.py --piece-bytes); seconds and bytes received
+          embed     30 requests of 64 texts each (1024-wide vectors back); vectors/s
+                    (openai and lmp on /v1/embeddings, ollama and lmp_ollama on /api/embed)
 Adapted from the workplace's shared bench client.  The lm_providers timed is the one in this repo.
 """
 import json
@@ -234,6 +236,33 @@ elif scenario == "bigevent":
     dt = time.perf_counter() - t
     print(json.dumps({"client": client, "scenario": scenario, "seconds": dt,
                       "bytes": sum(len(p.encode()) for p in pieces), "pieces": len(pieces)}))
+elif scenario == "embed":
+    import lm_providers as lmp
+    texts = ["text %d" % i for i in range(64)]
+    if client == "openai":
+        import openai
+        oc = openai.OpenAI(base_url="http://%s/v1" % HOST, api_key="x", max_retries=0)
+
+        def embed():
+            return [d.embedding for d in oc.embeddings.create(model="bench-embed", input=texts).data]
+    elif client == "ollama":
+        import ollama
+        olc = ollama.Client(host="http://" + HOST)
+
+        def embed():
+            return olc.embed(model="bench-embed", input=texts).embeddings
+    else:
+        prov = (lmp.OpenAICompatibleProvider if client == "lmp" else lmp.OllamaProvider)(host=HOST)
+
+        def embed():
+            return prov.embed(texts, "bench-embed")
+    first = embed()
+    t = time.perf_counter()
+    for _ in range(30):
+        vectors = embed()
+    dt = time.perf_counter() - t
+    assert len(vectors) == 64 and len(vectors[0]) == 1024 and abs(vectors[5][7] - first[5][7]) < 1e-6
+    print(json.dumps({"client": client, "scenario": scenario, "seconds": dt, "per_s": 30 * 64 / dt}))
 elif scenario == "ttft":
     rq()
     t = time.perf_counter()

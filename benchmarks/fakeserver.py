@@ -12,7 +12,10 @@ Usage: fakeserver.py PORT [--events N] [--framing chunked|perevent|close] [--fir
   --piece-bytes B   make every streamed piece B bytes long ("tok0 " and then "x"s): one huge event
 GET /stats answers {"connections": N}: the connections accepted so far (to see a client's pool churn).
 """
+import array
+import base64
 import json
+import random
 import socket
 import socketserver
 import sys
@@ -79,6 +82,31 @@ TAGS_JSON = json.dumps({"models": [{"name": "bench-model:latest", "model": "benc
 
 SSE = NDJSON = None
 
+# Embeddings: 1024-wide vectors for each of the 64 texts a request carries, as llama-server / vLLM answer
+# /v1/embeddings (JSON numbers, or base64 float32s when asked) and as Ollama answers /api/embed.
+EMBED_WIDTH, EMBED_TEXTS = 1024, 64
+_rng = random.Random(7)
+_VECTORS = [[_rng.uniform(-0.1, 0.1) for _ in range(EMBED_WIDTH)] for _ in range(EMBED_TEXTS)]
+
+
+def _embed_bodies():
+    def b64(vector):
+        floats = array.array("f", vector)
+        if sys.byteorder == "big":
+            floats.byteswap()
+        return base64.b64encode(floats.tobytes()).decode("ascii")
+
+    def openai(form):
+        return json.dumps({"object": "list", "model": "bench-embed", "usage": {"prompt_tokens": 64,
+                           "total_tokens": 64}, "data": [{"object": "embedding", "index": i, "embedding": form(v)}
+                                                         for i, v in enumerate(_VECTORS)]}).encode()
+    return {"float": openai(lambda v: v), "base64": openai(b64),
+            "ollama": json.dumps({"model": "bench-embed", "embeddings": _VECTORS, "total_duration": 1,
+                                  "load_duration": 1, "prompt_eval_count": 64}).encode()}
+
+
+EMBED = _embed_bodies()
+
 
 def _frame(events, framing):
     if framing == "chunked":
@@ -132,6 +160,10 @@ class Handler(socketserver.StreamRequestHandler):
                         return
                 else:
                     self._send(200, CHAT_JSON)
+            elif method == b"POST" and path == b"/v1/embeddings":
+                self._send(200, EMBED["base64" if req.get("encoding_format") == "base64" else "float"])
+            elif method == b"POST" and path == b"/api/embed":
+                self._send(200, EMBED["ollama"])
             elif method == b"POST" and path == b"/api/chat":
                 if req.get("stream", True):
                     if not self._stream(NDJSON, b"application/x-ndjson"):

@@ -213,6 +213,19 @@ def main():
         else:
             row("small requests/s vs ollama", "error: %s" % errors, "", ">= 1.3x ollama", False)
 
+    # 3b: embeddings, 64 texts of 1024-wide vectors a request (openai-python asks for base64, as lm_providers does
+    # on OpenAI-compatible servers; Ollama's /api/embed has JSON numbers only)
+    with FakeServer(10, "perevent") as server:
+        for ours, peer, target, where in (("lmp", "openai", 1.2, "/v1/embeddings"),
+                                          ("lmp_ollama", "ollama", 1.0, "/api/embed")):
+            figures, errors, _ = medians([ours, peer], "embed", server.port, repeat, "per_s")
+            if ours in figures and peer in figures:
+                r = figures[ours] / figures[peer]
+                row("embeddings vectors/s vs %s (%s)" % (peer, where), "%.0f/s (%.2fx %s)" % (figures[ours], r, peer),
+                    "%s %.0f/s" % (peer, figures[peer]), ">= %gx %s" % (target, peer), r >= target)
+            else:
+                row("embeddings vs %s" % peer, "error: %s" % errors, "", ">= %gx %s" % (target, peer), False)
+
     # 4: cold import
     imports = import_times(max(3, repeat * 3))
     row("cold import lm_providers", "%.1f ms" % imports["lm_providers"],

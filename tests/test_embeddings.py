@@ -83,7 +83,7 @@ def test_ollama_embed_sends_the_recorded_request_and_reads_the_recorded_answer(r
 def test_openai_embed_reads_the_recorded_v1_answer(rsps):
     rsps.add(responses.POST, LMS_URL, body=OPENAI_EMBED.body, status=200, content_type="application/json")
     vectors = lms().embed("hello", "smollm2")
-    assert sent(rsps.calls[0]) == {"model": "smollm2", "input": ["hello"]}
+    assert sent(rsps.calls[0]) == {"model": "smollm2", "input": ["hello"], "encoding_format": "base64"}
     assert vectors == [OPENAI_EMBED.json["data"][0]["embedding"]]
     assert len(vectors[0]) == 576
     # the same model and text on Ollama's two endpoints gave the same vector
@@ -158,7 +158,7 @@ def test_model_parameters_that_apply_to_embeddings_are_sent(rsps):
     ollama().embed("hi", "ollama://m?keep_alive=5m&num_ctx=8192")
     lms().embed("hi", "lm_studio://m?ttl=60")
     assert sent(rsps.calls[0]) == {"model": "m", "input": ["hi"], "keep_alive": "5m", "options": {"num_ctx": 8192}}
-    assert sent(rsps.calls[1]) == {"model": "m", "input": ["hi"], "ttl": 60}
+    assert sent(rsps.calls[1]) == {"model": "m", "input": ["hi"], "ttl": 60, "encoding_format": "base64"}
 
 
 # --- bad input: refused before anything is sent -------------------------------------------------
@@ -268,8 +268,8 @@ def test_cli_embed_reads_lines_from_stdin(rsps, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("first line\n\nsecond\n"))
     assert lmp.main(["embed", "lm_studio://m@127.0.0.1:1234", "--batch-size", "1", "--dimensions", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["embeddings"] == [fake_vector("first line"), fake_vector("second")]
-    assert [sent(call) for call in rsps.calls] == [{"model": "m", "input": ["first line"], "dimensions": 2},
-                                                   {"model": "m", "input": ["second"], "dimensions": 2}]
+    assert [sent(call) for call in rsps.calls] == [
+        {"model": "m", "input": [text], "dimensions": 2, "encoding_format": "base64"} for text in ("first line", "second")]
 
 
 def test_cli_embed_reports_a_typed_error(rsps, capsys):

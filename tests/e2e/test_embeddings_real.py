@@ -64,3 +64,16 @@ def test_logprobs_come_back_blocking_and_streamed(smol):
     stream = smol.stream_chat(messages, model)
     text = "".join(stream)
     assert stream.logprobs and "".join(entry["token"] for entry in stream.logprobs) == text
+
+
+def test_base64_and_float_answers_give_the_same_vectors(embedder):
+    """llama-server honours encoding_format: base64 (the default here) and float give the same vectors, to
+    float32's precision; the raw answer shows which form came."""
+    import requests
+    raw = requests.post(embedder.base_url + "/v1/embeddings", timeout=60, json={
+        "model": EMBED_ALIAS, "input": ["hello"], "encoding_format": "base64"}).json()
+    assert isinstance(raw["data"][0]["embedding"], str)  # the server sent base64, not numbers
+    packed = embedder.embed(TEXTS, EMBED_ALIAS)
+    floats = embedder.embed(TEXTS, EMBED_ALIAS, encoding_format="float")
+    for a, b in zip(packed, floats):
+        assert len(a) == len(b) == 576 and max(abs(x - y) for x, y in zip(a, b)) < 1e-6
