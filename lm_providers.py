@@ -3540,11 +3540,11 @@ class BaseProvider:
                 self.title, path, _scrub(text)[:300]), status=response.status_code, body=text,
                 reason="bad_response") from None
 
-    def _stream_json(self, path: str, payload: Dict[str, Any], *,
-                     model: str = "") -> Generator[Dict[str, Any], None, None]:
+    def _stream_json(self, path: str, payload: Dict[str, Any], *, model: str = "",
+                     manual: str = "") -> Generator[Dict[str, Any], None, None]:
         """The JSON objects of a streamed POST to ``path`` until the body ends (caller checks the end)."""
-        response = self.transport.request("POST", path, payload, model=model,
-                                          describe_failure=functools.partial(self._failure, path=path))
+        failure = functools.partial(self._failure, path=path, manual=manual)
+        response = self.transport.request("POST", path, payload, model=model, describe_failure=failure)
         return iter(_EventStream(self, response, path, model, complete=lambda: True))
 
     def _known_context(self, model: ModelConfig) -> Optional[int]:
@@ -4137,7 +4137,8 @@ class OllamaProvider(BaseProvider):
     def _show(self, name: str, quiet: bool = False) -> Dict[str, Any]:
         """``/api/show``'s answer; ``quiet``: {} when it fails (one broken model must not hide the others)."""
         try:
-            return cast(Dict[str, Any], self._call("POST", "/api/show", {"model": name}, model=name))
+            return cast(Dict[str, Any], self._call("POST", "/api/show", {"model": name}, model=name,
+                                                   manual="See it by hand:  ollama show %s" % name))
         except ProviderResponseError as exc:
             if not quiet:
                 raise
@@ -4158,7 +4159,7 @@ class OllamaProvider(BaseProvider):
             payload["keep_alive"] = _convert("keep_alive", keep_alive, "duration", "ollama")
         if context_length is not None:
             payload["options"] = {"num_ctx": context_length}
-        self._call("POST", self.chat_path, payload, model=name)
+        self._call("POST", self.chat_path, payload, model=name, manual=self.load_hint(name, context_length))
         info = self._model_info(name)
         if context_length is not None and info.loaded_context_length is None:
             info.loaded_context_length = context_length
@@ -4166,12 +4167,14 @@ class OllamaProvider(BaseProvider):
 
     def _unload(self, name: str) -> None:
         """``keep_alive: 0`` with no prompt unloads the model (``done_reason: "unload"``)."""
-        self._call("POST", "/api/generate", {"model": name, "keep_alive": 0}, model=name)
+        self._call("POST", "/api/generate", {"model": name, "keep_alive": 0}, model=name,
+                   manual="Unload it by hand:  ollama stop %s" % name)
 
     def _pull(self, name: str) -> Iterator[PullProgress]:
         """``POST /api/pull`` streams NDJSON status lines, ending with ``{"status": "success"}``.
         A generator, so the request goes out on the first ``next()``, not when ``iter_pull`` is called."""
-        events = self._stream_json("/api/pull", {"model": name, "stream": True}, model=name)
+        events = self._stream_json("/api/pull", {"model": name, "stream": True}, model=name,
+                                   manual=self.download_hint(name))
         status = None
         try:
             for event in events:
