@@ -3000,7 +3000,7 @@ _OVERFLOW_PATTERNS = (  # (regex, group of the prompt size, group of the context
     (re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)"), 1, 2),
     (re.compile(r"Trying to keep the first (\d+) tokens when context the overflows.*?context length of only "
                 r"(\d+) tokens", re.S), 1, 2),
-    (re.compile(r"n_keep \((\d+)\) >= n_ctx \((\d+)\)"), 1, 2),
+    (re.compile(r"n_keep\W{0,3}(\d+)\W{0,3}>=\W{0,3}n_ctx\W{0,3}(\d+)"), 1, 2),  # "(13055) >= n_ctx (4096)"
     (re.compile(r"[Ii]nput length (\d+) exceeds context length (\d+)"), 1, 2),
     (re.compile(r"input \((\d+) tokens\) is too large to process"), 1, 0),  # llama.cpp: over its batch size
     (re.compile(r"maximum context length is (\d+) tokens.*?resulted in (\d+) tokens", re.S), 2, 1),
@@ -3102,6 +3102,8 @@ def _overflow_error(p: "BaseProvider", a: _ErrorAnswer) -> ContextLengthError:
         hint=p._context_advice(a.model, prompt), **a.fields)
 
 
+_LITELLM_NO_DB = ("This LiteLLM proxy has no database, so it takes only its master key: pass that as "
+                  "api_key=... or set OPENAI_API_KEY (virtual keys need the proxy's DATABASE_URL).")
 #: The failure table: the first row that applies builds the exception (a class's own rows go first).
 _FAILURES: Tuple[_FailureRow, ...] = (
     (lambda p, a: a.path == p.embed_path and a.says(*_NO_EMBEDDING_PHRASES),
@@ -3112,9 +3114,10 @@ _FAILURES: Tuple[_FailureRow, ...] = (
          prompt_tokens=a.prompt_tokens, context_length=a.context_length, reason="input_too_long",
          hint="Shorten or split it%s." % p.truncate_hint, **a.fields)),
     (lambda p, a: a.status != 404 and a.overflow is not None, _overflow_error),
-    (lambda p, a: a.status in (401, 403),
+    (lambda p, a: a.status in (401, 403) or a.says("no connected db"),  # LiteLLM without a database: 400
      lambda p, a: AuthenticationError("%s at %s refused the request (HTTP %s): %s." % (
-         p.title, p.base_url, a.status, a.said), reason="auth", hint=p.auth_hint, **a.fields)),
+         p.title, p.base_url, a.status, a.said), reason="auth", **a.fields, hint=_LITELLM_NO_DB if a.says(
+             "no connected db") else p.auth_hint)),
     (lambda p, a: bool(a.model) and a.says("does not support tools"),
      lambda p, a: ToolsNotSupportedError("%s model %r cannot call tools (%s said: %s)." % (
          p.title, a.model, p.title, a.said), model=a.model, reason="tools_unsupported", **a.fields,

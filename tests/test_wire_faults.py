@@ -46,3 +46,36 @@ def test_ollama_404_names_the_endpoint_asked_and_the_manual_command(rsps, name, 
 def test_ollama_optional_endpoints_missing_are_none(rsps, call):
     rsps.add("GET", ANY_URL, **PAGE_NOT_FOUND)
     assert call(lmp.OllamaProvider()) is None
+
+
+# --- LiteLLM's "No connected db." and LM Studio's n_keep overflow ---------------------------------------
+
+import responses as _responses  # noqa: E402
+
+NO_DB = {"error": {"message": "No connected db.", "type": "no_db_connection", "param": "None", "code": "400"}}
+
+
+@pytest.mark.parametrize("status", [400, 401])
+def test_litellm_without_a_database_refusing_a_key_is_an_authentication_error(status):
+    with _responses.RequestsMock() as rsps:
+        rsps.add("POST", "http://127.0.0.1:4000/v1/chat/completions", json=NO_DB, status=status)
+        with pytest.raises(lmp.AuthenticationError) as caught:
+            lmp.OpenAICompatibleProvider(host="127.0.0.1:4000", api_key="sk-virtual-1234").chat(
+                [{"role": "user", "content": "hi"}], "m")
+    error = caught.value
+    assert error.reason == "auth" and "master key" in error.hint and "OPENAI_API_KEY" in error.hint
+    assert "No connected db." in str(error) and "sk-virtual-1234" not in str(error)
+
+
+@pytest.mark.parametrize("wording", [
+    "Trying to keep the first 13055 tokens (n_keep: 13055>= n_ctx: 4096). Try to load the model with a larger "
+    "context length, or provide a shorter input",
+    "Cannot truncate prompt with n_keep (13055) >= n_ctx (4096)",
+    "n_keep=13055 >= n_ctx=4096", "the request exceeds the available context size: n_keep 13055 >= n_ctx 4096"])
+@pytest.mark.parametrize("status", [400, 200])
+def test_lm_studio_n_keep_overflow_in_every_wording_is_a_context_error_with_both_numbers(wording, status):
+    with _responses.RequestsMock() as rsps:
+        rsps.add("POST", "http://127.0.0.1:1234/v1/chat/completions", json={"error": wording}, status=status)
+        with pytest.raises(lmp.ContextLengthError) as caught:
+            lmp.LMStudioProvider().chat([{"role": "user", "content": "hi"}], "m")
+    assert (caught.value.prompt_tokens, caught.value.context_length) == (13055, 4096)
