@@ -46,7 +46,9 @@ def _litellm():
     try:
         subprocess.run([sys.executable, "-m", "venv", "--clear", VENV], check=True, timeout=120,
                        capture_output=True)
-        subprocess.run([python, "-m", "pip", "install", "--quiet", "litellm[proxy]", "prisma"], check=True,
+        # pinned: the release tested here (PyPI once served a compromised litellm, 1.107.0)
+        subprocess.run([python, "-m", "pip", "install", "--quiet", "litellm[proxy]==1.108.7", "prisma==0.15.0"],
+                       check=True,
                        timeout=LITELLM_INSTALL_SECONDS, capture_output=True, text=True)
     except subprocess.TimeoutExpired:
         _unavailable("pip install 'litellm[proxy]' prisma took over %d s" % LITELLM_INSTALL_SECONDS)
