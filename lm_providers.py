@@ -89,7 +89,7 @@ _S = TypeVar("_S", bound="TextStream")
 if TYPE_CHECKING:
     import argparse
 
-    import requests
+    import requests  # type: ignore[import, unused-ignore]  # untyped before 2.33: a copy needs no stubs
 else:
     requests = None  # the module, imported by ensure_requests() on first use
 
@@ -1614,7 +1614,8 @@ class HTTPTransport:
     def _translate(self, exc: BaseException, url: str) -> ProviderError:
         import http.client
         import socket
-        from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
+        from urllib3.exceptions import (  # type: ignore[import, unused-ignore]  # untyped in 1.26
+            ConnectTimeoutError, ProtocolError, ReadTimeoutError)
         exceptions = ensure_requests().exceptions
         text, where = str(exc), "%s at %s" % (self.server_title, self.base_url)
         raise_it = "raise the limit with timeout=(connect, read), e.g. timeout=(%g, %g)."
