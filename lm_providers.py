@@ -2007,15 +2007,7 @@ class _EventStream:
             server_message=str(exc)[:300], reason="stream_cut"), exc)
 
     def _error_event(self, data: bytes) -> ProviderError:
-        provider = self.provider
-        text = _scrub(data.decode("utf-8", "replace"))
-        message = _server_message(text)
-        if self.path != provider.chat_path:
-            return provider._in_band_error(self.path, self.model, message, text)
-        return provider._context_error(None, text, self.model) or ProviderResponseError(
-            "%s reported an error in the middle of the stream%s: %s" % (
-                provider.title, " for model %r" % self.model if self.model else "", message),
-            server_message=message, body=text, reason="server_error")
+        return self.provider._failure(None, data.decode("utf-8", "replace"), self.model, path=self.path)
 
 
 def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool, exhausted: bool) -> None:
@@ -3649,30 +3641,24 @@ class BaseProvider:
             logger.warning("%s model %r returned an empty reply (finish_reason=%s)", self.title, model.name,
                            finish_reason)
 
-    def _failure(self, status: int, body: str, model: str, in_body: bool = False, *, path: str = "",
+    def _failure(self, status: Optional[int], body: str, model: str, in_body: bool = False, *, path: str = "",
                  needed: str = "", manual: str = "") -> ProviderError:
-        """The exception for an error answer to ``path`` (default: the chat's; ``in_body``: in a 2xx body)."""
+        """The exception for an error answer to ``path`` (default: the chat's), built by the first row of
+        ``failure_rows`` that applies: ``status`` None for an error event in a stream, ``in_body`` for an
+        error object in a 2xx body."""
         answer = _ErrorAnswer(status, self.transport.scrub(body), model, path or self.chat_path, needed,
                               manual)
+        for applies, build in self.failure_rows:
+            if applies(self, answer):
+                return build(self, answer)
+        if status is None:
+            return ProviderResponseError("%s reported an error in the middle of the stream%s%s: %s" % (
+                self.title, "" if answer.path == self.chat_path else " from " + answer.path,
+                " for model %r" % model if model else "", answer.message), reason="server_error",
+                **answer.fields)
         where = "in a %d response" % status if in_body else "with HTTP %d" % status
-        return self._tabled(answer) or ProviderResponseError("%s answered %s: %s" % (
-            self.title, where, answer.message), hint=_proxy_hint(answer.message), **answer.fields)
-
-    def _in_band_error(self, path: str, model: str, message: str, body: str) -> ProviderError:
-        """The exception for an error event in a stream from ``path`` (other than the chat's)."""
-        answer = _ErrorAnswer(None, body, model, path)
-        return self._tabled(answer) or ProviderResponseError("%s reported an error on %s for %r: %s" % (
-            self.title, path, model, message), server_message=message, body=body)
-
-    def _context_error(self, status: Optional[int], body: str, model: str) -> Optional[ContextLengthError]:
-        """A ContextLengthError when an error answer says the prompt did not fit the context, else None."""
-        answer = _ErrorAnswer(status, body, model, self.chat_path)
-        return _overflow_error(self, answer) if answer.overflow is not None else None
-
-    def _tabled(self, answer: _ErrorAnswer) -> Optional[ProviderError]:
-        """The error of the first row of ``failure_rows`` that applies to ``answer``."""
-        return next((build(self, answer) for applies, build in self.failure_rows if applies(self, answer)),
-                    None)
+        return ProviderResponseError("%s answered %s: %s" % (self.title, where, answer.message),
+                                     hint=_proxy_hint(answer.message), **answer.fields)
 
     def _not_found(self, model: str, said: str, offered: Optional[Sequence[str]] = None,
                    **fields: Any) -> ModelNotFoundError:
