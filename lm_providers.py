@@ -4468,43 +4468,34 @@ def _server_kinds(options: Any, config: Optional[Config]) -> List[str]:
 
 
 def _detect_server_kind(host: str, timeout: _Timeout) -> Optional[str]:
-    """``"ollama"`` (asked first: its OpenAI layer answers /v1/models too), ``"lm_studio"`` (/v1/models or a
-    401, and LM Studio's own list), ``"openai"``, or None when nothing listens at ``host``."""
-    def failure(exc: ProviderError) -> str:
-        status = getattr(exc, "status", None)
-        return "HTTP %d" % status if status else _shorten(exc.message, 80)
-
-    with OllamaProvider(host=host, timeout=timeout, max_retries=0) as ollama:
-        try:
-            if ollama.server_version() is not None:
-                return ollama.provider
-            not_ollama = "no version"
-        except ProviderError as exc:
-            if exc.reason == "connection_refused":
-                return None
-            if isinstance(exc, (ProviderConnectionError, ProviderTimeoutError)):
-                raise
-            not_ollama = failure(exc)
-    with LMStudioProvider(host=host, timeout=timeout, max_retries=0) as lm_studio:
-        try:
-            lm_studio.list_models()
-        except AuthenticationError:
-            pass  # it wants a key: OpenAI-compatible; LM Studio if its own API says so (with LM_API_TOKEN)
-        except ProviderError as exc:
-            raise ProviderResponseError(
-                "the server at %s answers neither as OpenAI-compatible (GET /v1/models: %s) nor as Ollama "
-                "(GET /api/version: %s)." % (ollama.base_url, failure(exc), not_ollama),
-                reason="bad_response",
-                hint="If it is one of them, say which with %s." % _PROVIDER_CHOICES) from None
-        # LM Studio's own list, even empty (not the HTTP 200 {"error": ...} of 0.3.14-0.4.x for a new path)
-        for path, field, key, _ in _LM_STUDIO_LISTINGS:
+    """The kind of server at ``host``: Ollama when ``/api/version`` answers (asked first: its OpenAI layer
+    answers /v1/models too), LM Studio when its own list does, else OpenAI-compatible when ``/v1/models``
+    answers or wants a key; None when nothing listens there."""
+    asked, wants_key = [], False
+    questions = [(OllamaProvider, "/api/version", "version")] + [
+        (LMStudioProvider, path, (field, key)) for path, field, key, _ in _LM_STUDIO_LISTINGS] + [
+        (OpenAICompatibleProvider, "/v1/models", ("data", "id"))]
+    for cls, path, wanted in questions:
+        with cls(host=host, timeout=timeout, max_retries=0) as provider:
             try:
-                if lm_studio._call("GET", path, optional=True,
-                                   read=lambda data: _entries(data, field, key)) is not None:
-                    return lm_studio.provider
+                provider._call("GET", path, read=lambda data: data[wanted] if isinstance(wanted, str)
+                               else _entries(data, *wanted))
+                return provider.provider
+            except AuthenticationError:
+                wants_key = True  # LM Studio with a token set, or a proxy: OpenAI-compatible at least
             except ProviderError as exc:
-                logger.debug("GET %s does not answer as LM Studio's own API: %s", path, _one_line(exc))
-    return OpenAICompatibleProvider.provider
+                if exc.reason == "connection_refused":
+                    return None
+                if isinstance(exc, (ProviderConnectionError, ProviderTimeoutError)):
+                    raise
+                status = getattr(exc, "status", None)
+                asked.append("GET %s: %s" % (path, "HTTP %d" % status if status else _shorten(exc.message)))
+    if wants_key:
+        return OpenAICompatibleProvider.provider
+    raise ProviderResponseError(
+        "the server at %s answers as none of Ollama, LM Studio or an OpenAI-compatible server (%s)." % (
+            normalize_host(host), "; ".join(asked)), reason="bad_response",
+        hint="If it is one of them, say which with %s." % _PROVIDER_CHOICES)
 
 
 def _cli_target(options: Any, config: Optional[Config]) -> Tuple[BaseProvider, ModelConfig]:
