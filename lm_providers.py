@@ -2046,8 +2046,8 @@ def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> N
 def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "ModelConfig",
                  state: "_StreamState") -> Generator[str, None, None]:
     """A chat stream's content pieces, sent on the first ``next()``: events go through ``_read_event`` into
-    ``state``, a leading ``<think>`` block to ``state.reasoning``; at the end the reply is checked as a whole
-    one is (Ollama reports the prompt's size only at the end)."""
+    ``state``, a leading ``<think>`` block to its reasoning; at the end the reply is checked as a whole one
+    is (Ollama reports the prompt's size only at the end)."""
     started = time.perf_counter()
     response = provider.transport.request("POST", provider.chat_path, payload,
                                           describe_failure=provider._failure, model=model.name)
@@ -2066,7 +2066,7 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
                 raise ProviderResponseError("%s sent a stream event of an unexpected shape: %s" % (
                     provider.title, text), body=text, reason="bad_response") from None
             if reasoning:
-                state.reasoning.append(reasoning)
+                state.reasoning_parts.append(reasoning)
             if not content:
                 continue
             if think.state == "content":
@@ -2075,7 +2075,7 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
                 continue
             held, reasoning = think.feed(content)  # the start of the reply, or inside a <think> block
             if reasoning:
-                state.reasoning.append(reasoning)
+                state.reasoning_parts.append(reasoning)
             if held and not pieces:
                 logger.debug("first piece after %.3f s", time.perf_counter() - started)
             pieces += len(held)
@@ -2084,12 +2084,12 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
         events.close()  # at once, not when the garbage collector gets to it: it frees the connection
     held, reasoning = think.finish()
     if reasoning:
-        state.reasoning.append(reasoning)
+        state.reasoning_parts.append(reasoning)
     pieces += len(held)
     yield from held
     logger.debug("stream complete: %d event(s), %d piece(s), finish_reason=%s, usage=%s, %.3f s",
                  stream.count, pieces, state.finish_reason, state.usage, time.perf_counter() - started)
-    provider._check_end(model, state.finish_reason, has_text=pieces > 0, reasoned=bool(state.reasoning))
+    provider._check_end(model, state.finish_reason, has_text=pieces > 0, reasoned=bool(state.reasoning_parts))
     provider._check_fit(payload, model, state.usage, state.finish_reason, pieces > 0)
 
 
@@ -2190,56 +2190,17 @@ class TextStream:
         self.close()
 
 
-class ChatStream(TextStream):
-    """A streamed reply: iterate it for the text pieces as they arrive (closed as a TextStream is).
-    After the loop ``finish_reason`` and ``usage`` are set and ``reasoning`` holds the reasoning text."""
-
-    def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
-        self.model, self._title, self._state = model.name, provider.title, _StreamState()
-        payload = provider._payload(messages, model, stream=True)  # the messages checked now, not at next()
-        super().__init__(_chat_pieces(provider, payload, model, self._state), debug)  # debug: stream_chat's
-
-    @property
-    def finish_reason(self) -> Optional[str]:
-        """Why the reply ended, once it has."""
-        return self._state.finish_reason
-
-    @property
-    def usage(self) -> Optional[Dict[str, int]]:
-        """Token counts, when the server sent them."""
-        return self._state.usage
-
-    @property
-    def reasoning(self) -> Optional[str]:
-        """The reasoning text so far (None when none came)."""
-        return "".join(self._state.reasoning) or None
-
-    @property
-    def logprobs(self) -> Optional[List[Dict[str, Any]]]:
-        """Token log-probabilities so far (as ChatResult.logprobs), when asked for."""
-        return self._state.logprobs
-
-    @property
-    def tool_calls(self) -> List[ToolCall]:
-        """The tool calls, assembled once the loop has ended (ToolCallError for arguments not an object)."""
-        return self._state.finish_tool_calls(self._title)
-
-    def __repr__(self) -> str:
-        return "ChatStream(model=%r, finish_reason=%r, usage=%r)" % (
-            self.model, self.finish_reason, self.usage)
-
-
 class _StreamState:
     """What a stream records besides its text; tool calls are gathered piece by piece, built at the end."""
 
-    __slots__ = ("finish_reason", "usage", "reasoning", "logprobs", "tool_calls", "_calls")
+    __slots__ = ("finish_reason", "usage", "reasoning_parts", "logprobs", "finished_calls", "_calls")
 
     def __init__(self) -> None:
         self.finish_reason: Optional[str] = None
         self.usage: Optional[Dict[str, int]] = None
-        self.reasoning: List[str] = []
+        self.reasoning_parts: List[str] = []
         self.logprobs: Optional[List[Dict[str, Any]]] = None
-        self.tool_calls: Optional[List[ToolCall]] = None  # set by finish_tool_calls
+        self.finished_calls: Optional[List[ToolCall]] = None  # set by finish_tool_calls
         self._calls: Dict[Any, List[Any]] = {}  # [id, name, argument pieces, characters] by call index
 
     def add_tool_fragments(self, fragments: Any) -> None:
@@ -2287,13 +2248,39 @@ class _StreamState:
 
     def finish_tool_calls(self, title: str) -> List[ToolCall]:
         """Assemble the calls gathered so far (once), and mark the reply as asking for tools."""
-        if self.tool_calls is None and self._calls:
-            self.tool_calls = [_tool_call(title, call_id, name, (
+        if self.finished_calls is None and self._calls:
+            self.finished_calls = [_tool_call(title, call_id, name, (
                 pieces[0] if len(pieces) == 1 and not isinstance(pieces[0], str) else
                 "".join(p if isinstance(p, str) else json.dumps(p) for p in pieces)), self.finish_reason)
                 for call_id, name, pieces, _ in self._calls.values()]
-            self.finish_reason = _tool_finish_reason(self.finish_reason, self.tool_calls)
-        return self.tool_calls or []
+            self.finish_reason = _tool_finish_reason(self.finish_reason, self.finished_calls)
+        return self.finished_calls or []
+
+
+class ChatStream(TextStream, _StreamState):
+    """A streamed reply: iterate it for the text pieces as they arrive (closed as a TextStream is).  After
+    the loop ``finish_reason`` says why the reply ended, ``usage`` holds the token counts, ``logprobs`` the
+    token log-probabilities (each None when the server sent none) and ``reasoning`` the reasoning text."""
+
+    def __init__(self, provider: "BaseProvider", messages: Any, model: "ModelConfig", debug: bool):
+        _StreamState.__init__(self)
+        self.model, self._title = model.name, provider.title
+        payload = provider._payload(messages, model, stream=True)  # the messages checked now, not at next()
+        super().__init__(_chat_pieces(provider, payload, model, self), debug)  # debug: stream_chat's
+
+    @property
+    def reasoning(self) -> Optional[str]:
+        """The reasoning text so far (None when none came)."""
+        return "".join(self.reasoning_parts) or None
+
+    @property
+    def tool_calls(self) -> List[ToolCall]:
+        """The tool calls, assembled once the loop has ended (ToolCallError for arguments not an object)."""
+        return self.finish_tool_calls(self._title)
+
+    def __repr__(self) -> str:
+        return "ChatStream(model=%r, finish_reason=%r, usage=%r)" % (
+            self.model, self.finish_reason, self.usage)
 
 
 class _ThinkFilter:
@@ -3926,21 +3913,18 @@ class LMStudioProvider(OpenAICompatibleProvider):
             self._sleep(self.poll_interval)
             try:
                 job = self._call("GET", "/api/v1/models/download/status/%s" % job["job_id"])
-                failures = 0
             except (ProviderConnectionError, ProviderTimeoutError, ProviderResponseError) as exc:
-                status = exc.status if isinstance(exc, ProviderResponseError) else None
-                if status == 404:
-                    raise DownloadError("%s lost track of the download of %r: %s" % (self.title, name, exc),
-                                        status=status, server_message=getattr(exc, "server_message", None),
-                                        reason="download_failed") from exc
-                if status is not None and 400 <= status < 500:
+                status, failures = getattr(exc, "status", None), failures + 1
+                if status is not None and 400 <= status < 500 and status != 404:
                     raise
-                failures += 1
-                if failures > 3:
-                    raise DownloadError("asking %s about the download of %r failed %d times in a row: %s" % (
-                        self.title, name, failures, exc), reason="download_failed") from exc
+                if status == 404 or failures > 3:  # 404: the job is gone
+                    raise DownloadError("asking %s about the download of %r failed%s: %s" % (
+                        self.title, name, " (it lost track of it)" if status == 404 else " %d times in a row"
+                        % failures, exc), status=status, server_message=getattr(exc, "server_message", None),
+                        reason="download_failed") from exc
                 logger.info("download status of %r not available (%s); asking again", name, _one_line(exc))
                 continue
+            failures = 0
             yield _job_progress(job)
 
     def _check_fit(self, payload: Mapping[str, Any], model: ModelConfig, usage: Optional[Dict[str, int]],
