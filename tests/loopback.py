@@ -31,8 +31,10 @@ class Reply:
                  content_type: str = "application/json", headers: Optional[Dict[str, str]] = None,
                  pauses: Optional[Dict[int, float]] = None, cut_after: Optional[int] = None,
                  reset: bool = False, gap: float = 0.0, delay_headers: float = 0.0,
-                 reset_before_headers: bool = False, encoding: Optional[str] = None, hold_open: float = 0.0):
+                 reset_before_headers: bool = False, encoding: Optional[str] = None, hold_open: float = 0.0,
+                 interim: Sequence[int] = ()):
         self.status = status
+        self.interim = list(interim)  # 1xx statuses sent first, each its own head (103 Early Hints...)
         self.parts = list(parts)
         self.framing = framing
         self.content_type = content_type
@@ -209,6 +211,9 @@ class LoopbackServer:
             return False
         if reply.delay_headers:
             time.sleep(reply.delay_headers)
+        for status in reply.interim:  # as a proxy sends 103 Early Hints: a head of its own, no body
+            sock.sendall(b"HTTP/1.1 %d Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" % status)
+            time.sleep(0.002)
         head = ["HTTP/1.1 %d %s" % (reply.status, "OK" if reply.status < 400 else "Error"),
                 "Content-Type: " + reply.content_type]
         head += ["%s: %s" % item for item in reply.headers.items()]
