@@ -122,12 +122,14 @@ class ProviderError(Exception):
 
     ``message`` says what went wrong, ``hint`` what to do (one sentence, may be empty), ``reason`` the cause
     as a short machine-readable word (``connection_refused``, ``timeout``, ``model_not_found``, ``auth``...;
-    empty when the class says it all); ``str(error)`` is the message and the hint.  No live API token shows
-    in one: message, ``args``, ``repr`` and string attributes are scrubbed when set and when shown.
+    empty when the class says it all), ``cause`` the requests/urllib3 exception behind it (or None);
+    ``str(error)`` is the message and the hint.  No live API token shows in one: message, ``args``,
+    ``repr`` and string attributes are scrubbed when set and when shown.
     """
 
     hint = ""
     reason = ""
+    cause = None  # type: Optional[BaseException]  # the transport's own failure, when there was one
 
     def __init__(self, *args: Any, hint: str = "", reason: str = "", **fields: Any) -> None:
         # Fields: the annotated class attributes (the defaults) of this module's error classes.  Values after
@@ -392,10 +394,9 @@ def _leaks(exc: Optional[BaseException], depth: int = 20) -> bool:
 
 
 def _chain(error: "ProviderError", cause: BaseException) -> "ProviderError":
-    """Record ``cause`` as the reason for ``error`` (what ``raise error from cause`` does), unless a
-    live token shows in it: then no cause is shown, so a traceback cannot print the token."""
-    error.__cause__ = None if _leaks(cause) else cause
-    error.__suppress_context__ = True
+    """Keep ``cause`` (a requests or urllib3 failure) as ``error.cause`` (None when a live token shows in
+    it), not as ``__cause__``: a script's traceback is its own frames and one message, not 70 more lines."""
+    error.cause, error.__cause__, error.__suppress_context__ = None if _leaks(cause) else cause, None, True
     return error
 
 
@@ -1498,7 +1499,7 @@ class HTTPTransport:
                     raw.enforce_content_length = True
                 status = response.status_code
                 logger.debug("%s %s -> HTTP %d in %.3f s", method, url, status, time.perf_counter() - started)
-                if status < 200:  # http.client took a 1xx for the answer: the real one waits, unread, behind it
+                if status < 200:  # http.client took a 1xx for the answer: the real one waits behind it
                     raise self._interim(method, path, status)
                 if status < 300:
                     return response
@@ -1527,8 +1528,8 @@ class HTTPTransport:
             "%s at %s answered %s %s with the interim status HTTP %d, which lm_providers does not read past; "
             "the connection was closed and the answer dropped." % (self.server_title, self.base_url, method,
                                                                    path, status), status=status,
-            reason="bad_response", hint="Turn off Early Hints (HTTP 103) in the proxy in front of the server, "
-            "or connect to the server directly.")
+            reason="bad_response",
+            hint="Turn off Early Hints (HTTP 103) in the proxy in front of the server, or connect directly.")
 
     def _send(self, method: str, url: str, body: Optional[bytes], again: bool = True) -> Any:
         """Send with stream=True (the caller reads every body in bounded pieces); a failure is a typed error.

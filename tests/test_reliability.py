@@ -114,6 +114,33 @@ def test_connection_refused_names_the_host_and_how_to_start_the_server(kind, cal
     assert kind.start_command in message
 
 
+def test_a_refused_connection_in_a_script_is_a_short_traceback_with_the_cause_kept_aside(tmp_path):
+    """A script's traceback is its own frames and the library's message, not the chained urllib3 and
+    requests frames (76 lines before); the transport's exception stays on ``.cause``."""
+    import subprocess
+    import sys
+    script = tmp_path / "script.py"
+    script.write_text("import lm_providers as lmp\n"
+                      "lmp.LMStudioProvider(host='127.0.0.1:%d').list_models()\n" % closed_port())
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=os.path.dirname(lmp.__file__)))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and lines[-1].startswith("lm_providers.ProviderConnectionError: cannot connect")
+    assert "urllib3" not in done.stderr and "During handling" not in done.stderr, done.stderr
+    files = {line.split('"')[1] for line in lines if line.startswith('  File "')}
+    assert {os.path.basename(name) for name in files} == {"script.py", "lm_providers.py"}, done.stderr
+    assert "direct cause" not in done.stderr and len(lines) < 25, done.stderr
+    with pytest.raises(lmp.ProviderConnectionError) as info:
+        lmp.LMStudioProvider(host="127.0.0.1:%d" % closed_port()).list_models()
+    assert isinstance(info.value.cause, requests_module().exceptions.ConnectionError)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def requests_module():
+    import requests
+    return requests
+
+
 @kinds
 @pytest.mark.parametrize("call", ["blocking", "stream", "list_models"])
 def test_unknown_host_name_says_it_cannot_be_resolved(kind, call):
