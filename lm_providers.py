@@ -50,6 +50,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -67,7 +68,8 @@ __all__ = [
     "ProviderError", "InvalidInputError", "ModelURIError", "ConfigError", "ProviderConnectionError",
     "ProviderTimeoutError", "ProviderResponseError", "ModelNotFoundError", "AuthenticationError",
     "EmbeddingNotSupportedError", "ContextLengthError", "InputTooLongError", "UnsupportedEndpointError",
-    "DownloadError", "ToolCallError", "ToolsNotSupportedError", "JSONGenerationError", "ToolLoopError",
+    "DownloadError", "ToolCallError", "ToolsNotSupportedError", "VisionNotSupportedError",
+    "JSONGenerationError", "ToolLoopError",
     "ServerKind", "SERVER_KINDS", "server_kind", "canonical_provider",                      # server kinds
     "ModelConfig", "parse_model_uri", "format_model_uri", "normalize_host", "resolve_host",  # URIs, hosts
     "PARAMETER_MAP", "ParameterRow", "map_parameters",                                      # parameters
@@ -114,6 +116,7 @@ else:
 #  |   +- DownloadError
 #  |   +- ToolCallError            .tool_name, .raw_arguments
 #  |   +- ToolsNotSupportedError   .model
+#  |   +- VisionNotSupportedError  .model
 #  +- JSONGenerationError          .raw_text, .attempts, .detail
 #  +- ToolLoopError                .messages, .rounds
 
@@ -267,6 +270,12 @@ class ToolCallError(ProviderResponseError):
 
 class ToolsNotSupportedError(ProviderResponseError):
     """The server says the model cannot call tools.  ``model`` names the model."""
+
+    model: str = ""
+
+
+class VisionNotSupportedError(ProviderResponseError):
+    """The server says the model cannot take images (it has no vision, or no projector file loaded)."""
 
     model: str = ""
 
@@ -3095,6 +3104,8 @@ def _overflow_error(p: "BaseProvider", a: _ErrorAnswer) -> ContextLengthError:
         hint=p._context_advice(a.model, prompt), **a.fields)
 
 
+#: How llama.cpp's server (HTTP 500) and LM Studio (400) refuse an image for a model without vision
+_NO_VISION_PHRASES = ("image input is not supported", "does not support image")
 _LITELLM_NO_DB = ("This LiteLLM proxy has no database, so it takes only its master key: pass that as "
                   "api_key=... or set OPENAI_API_KEY (virtual keys need the proxy's DATABASE_URL).")
 #: The failure table: the first row that applies builds the exception (a class's own rows go first).
@@ -3107,7 +3118,8 @@ _FAILURES: Tuple[_FailureRow, ...] = (
          prompt_tokens=a.prompt_tokens, context_length=a.context_length, reason="input_too_long",
          hint="Shorten or split it%s." % p.truncate_hint, **a.fields)),
     (lambda p, a: a.status != 404 and a.overflow is not None, _overflow_error),
-    (lambda p, a: a.status in (401, 403) or a.says("no connected db"),  # LiteLLM without a database: 400
+    # LiteLLM answers 400 without a database, and for an expired key ("Authentication Error - Expired Key")
+    (lambda p, a: a.status in (401, 403) or a.says("no connected db", "authentication error"),
      lambda p, a: AuthenticationError("%s at %s refused the request (HTTP %s): %s." % (
          p.title, p.base_url, a.status, a.said), reason="auth", **a.fields, hint=_LITELLM_NO_DB if a.says(
              "no connected db") else p.auth_hint)),
@@ -3116,6 +3128,10 @@ _FAILURES: Tuple[_FailureRow, ...] = (
          p.title, a.model, p.title, a.said), model=a.model, reason="tools_unsupported", **a.fields,
          hint="Use a model trained for tool calls (on Ollama, 'ollama show MODEL' lists 'tools' among its "
               "capabilities), or call without tools=.")),
+    (lambda p, a: a.says(*_NO_VISION_PHRASES),
+     lambda p, a: VisionNotSupportedError("%s model %r cannot see images: %s." % (p.title, a.model, a.said),
+                                          model=a.model, reason="vision_unsupported", hint=p.vision_hint,
+                                          **a.fields)),
     (lambda p, a: a.model != "" and a.status is not None
      and p._is_model_not_found(a.status, a.message, a.body),
      lambda p, a: p._not_found(a.model, a.said, **a.fields)),
@@ -3494,7 +3510,9 @@ class BaseProvider:
         raise self._unsupported("unload a model", self.load_hint(name, None))
 
     def _pull(self, name: str) -> Iterator[PullProgress]:
-        raise self._unsupported("download a model", self.download_hint(name))
+        raise self._unsupported("download a model", "An OpenAI-compatible server has no download API: fetch "
+                                "the model where it runs and start it with that (llama-server -m FILE.gguf, "
+                                "vllm serve NAME).")
 
     def load_hint(self, model: str, context_length: Optional[int]) -> str:
         """How to load a model by hand on this server."""
@@ -3735,6 +3753,7 @@ class OpenAICompatibleProvider(BaseProvider):
     embed_path = "/v1/embeddings"
     embedding_hint = ("Use an embedding model (e.g. text-embedding-nomic-embed-text-v1.5); a llama.cpp "
                       "server needs --embeddings and --pooling mean.")
+    vision_hint = "Use a model with vision; llama.cpp's server needs the model's projector: --mmproj FILE."
     embed_fields: Tuple[str, ...] = ("ttl",)
     embed_encoding: Optional[str] = "base64"  # a quarter of the bytes of JSON numbers, and no float parsing
     context_advice = ("Shorten the prompt, or start the server with a larger context (llama.cpp's server: "
@@ -3848,6 +3867,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
     model_not_found_phrases = ("not found", "no models loaded", "not loaded", "does not exist",
                                "invalid model identifier")
     image_types = ("image/png", "image/jpeg", "image/webp")  # "JPEG, PNG, and WebP" (LM Studio's docs)
+    vision_hint = "Use a model with vision (LM Studio shows an eye icon by those that can see images)."
     NATIVE_API_VERSION = "LM Studio 0.4.0 or later"
     poll_interval = 1.0                 # seconds between download status polls
     download_timeout = 24 * 3600.0      # the longest a download is waited for
@@ -4505,12 +4525,18 @@ def _cli_target(options: Any, config: Optional[Config]) -> Tuple[BaseProvider, M
         model = parse_model_uri(text)
     else:
         _refuse_parameters_without_provider(text, provider or "lm_studio")
-        kinds = _server_kinds(options, config) if provider or host else []
+        kinds = _server_kinds(options, config)
+        if len(kinds) > 1:  # neither --provider nor --host says: the one server that answers
+            kinds = [kind for kind in kinds if _answers(kind, options, config)]
+            if len(kinds) == 1:
+                sys.stderr.write("(using %s, the one server that answers)\n" % SERVER_KINDS[kinds[0]].title)
         if len(kinds) != 1:
-            raise InvalidInputError(
-                "%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role in the config; for "
-                "a plain model name, say which server with %s%s" % (
-                    text, _PROVIDER_CHOICES, " (nothing answers at %s to tell)" % host if host else ""))
+            titles = " and ".join(SERVER_KINDS[kind].title for kind in kinds)
+            where = " at " + host if host else ""
+            answering = titles + " both answer" if kinds else "nothing answers" + where
+            raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role "
+                                    "in the config, and %s; for a plain model name, say which server with %s"
+                                    % (text, answering, _PROVIDER_CHOICES))
         model = ModelConfig(text, kinds[0])
     if provider and canonical_provider(provider) != model.provider:
         raise InvalidInputError("%s is a %s model, but --provider says %s" % (text, model.provider, provider))
@@ -4519,6 +4545,25 @@ def _cli_target(options: Any, config: Optional[Config]) -> Tuple[BaseProvider, M
         raise InvalidInputError("%s names the host %s and --host says %s; give one"
                                 % (text, model.host, host))
     return _cli_provider(model.provider, host or model.host, config, options.timeout), model
+
+
+def _answers(kind: str, options: Any, config: Optional[Config]) -> bool:
+    """Whether the server of ``kind`` (at --host, or where the config and environment say) answers at all."""
+    with _cli_provider(kind, options.host, config, options.timeout or _LIST_TIMEOUT) as provider:
+        try:
+            provider.list_models()
+        except (ProviderConnectionError, ProviderTimeoutError):
+            return False
+        except ProviderError:
+            pass  # it answers, if only to refuse
+    return True
+
+
+def _named(kind: str, options: Any, config: Optional[Config]) -> bool:
+    """Whether anything names ``kind``'s server: an option, the config (its host, a role) or its variable."""
+    roles = config.models.values() if config else ()
+    return bool(options.provider or options.host or os.environ.get(SERVER_KINDS[kind].host_env)
+                or config and config.host_for(kind) or any(role.provider == kind for role in roles))
 
 
 def _check_targets(options: Any, config: Optional[Config]) -> List[_Target]:
@@ -4532,9 +4577,8 @@ def _check_targets(options: Any, config: Optional[Config]) -> List[_Target]:
         by_host: Dict[str, Dict[str, ModelConfig]] = {}
         for role in (role for role in (config.models.values() if config else []) if role.provider == kind):
             by_host.setdefault(resolve_host(kind, host or role.host, config), {}).setdefault(role.name, role)
-        required = bool(by_host or options.provider or host or (config and config.host_for(kind))
-                        or os.environ.get(SERVER_KINDS[kind].host_env))
-        targets += [(_cli_provider(kind, base_url, config, options.timeout), list(models.values()), required)
+        targets += [(_cli_provider(kind, base_url, config, options.timeout), list(models.values()),
+                     _named(kind, options, config))
                     for base_url, models in (by_host or {resolve_host(kind, host, config): {}}).items()]
     return targets
 
@@ -4559,7 +4603,8 @@ def _cli_config(options: Any, out: Any = None) -> Optional[Config]:
 # --- running a command --------------------------------------------------------------------------------
 
 def _run_command(command: Callable[[Any], int], options: Any) -> int:
-    """Run a command with --debug's output; an error is one line (exit 1), Ctrl-C 130, ``| head`` 141."""
+    """Run a command with --debug's output; an error is one line (exit 1; 2 for bad input), Ctrl-C 130,
+    ``| head`` 141."""
     options.timeout = (5.0, options.timeout) if options.timeout else None  # --timeout T: connect 5 s, read T
     try:
         with _debugging(options.debug):
@@ -4569,7 +4614,7 @@ def _run_command(command: Callable[[Any], int], options: Any) -> int:
         if options.debug:
             raise
         sys.stderr.write("error: %s\n" % exc)
-        return 1
+        return 2 if isinstance(exc, InvalidInputError) else 1  # 2: a usage error, as argparse's
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         return 130
@@ -4614,7 +4659,12 @@ def run_setup_check(argv: Optional[Sequence[str]] = None, out: Any = None, *,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m lm_providers`` / ``lm-providers``: run the command ``argv`` names; return the exit code."""
     parser = _build_parser()
-    options = parser.parse_args(argv)
+    options, extra = parser.parse_known_args(argv)
+    words: Optional[List[str]] = getattr(options, "prompt", getattr(options, "texts", None))
+    if extra:  # more words (or texts) after an option: generate MODEL Say --temperature 0 hi
+        if words is None or any(word.startswith("-") for word in extra):
+            parser.error("unrecognized arguments: %s" % " ".join(extra))
+        words.extend(extra)
     if options.version:
         print(__version__)
         return 0
@@ -4639,8 +4689,10 @@ def _cli_models(options: Any) -> int:
                 if options.command == "ps":
                     infos = [info for info in infos or [] if info.loaded]
                 names = provider.list_models() if infos is None else [info.name for info in infos]
-        except ProviderError as exc:  # this server is down: say so, and go on with the next
-            sys.stderr.write("%s\n" % _one_line(exc))
+        except ProviderError as exc:  # this server is down: say so (in brief if nothing names it), go on
+            unnamed = exc.reason == "connection_refused" and not _named(kind, options, config)
+            sys.stderr.write("%s: not running (nothing configured uses it)\n" % SERVER_KINDS[kind].title
+                             if unnamed else "%s\n" % _one_line(exc))
             continue
         answered += 1
         print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))
@@ -4656,18 +4708,23 @@ def _cli_model_command(options: Any) -> int:
     provider, model = _cli_target(options, _cli_config(options))
     command, where = options.command, "%s at %s" % (provider.title, provider.base_url)
     if command == "generate":
+        prompt = " ".join(options.prompt)
+        if prompt in ("", "-"):  # as ollama run: the prompt from a pipe or file
+            if prompt == "" and sys.stdin.isatty():
+                raise InvalidInputError("give a prompt after the model, or pipe one in (then '-' or nothing)")
+            prompt = sys.stdin.read()
         messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
-            {"role": "user", "content": options.prompt}]
+            {"role": "user", "content": prompt}]
+        model = model.with_parameters(**{name: value for name, value in (
+            ("temperature", options.temperature), ("max_tokens", options.max_tokens)) if value is not None})
         if options.json is not None:
             names = [a.strip() for a in options.json.split(",") if a.strip()]
             print(json.dumps(provider.generate_json(messages, model, names), indent=2, ensure_ascii=False))
             return 0
-        stream = provider.stream_chat(messages, model)
-        for piece in stream:
-            print(piece, end="", flush=True)
-        print()
-        if stream.finish_reason == "length":
-            sys.stderr.write("(stopped at the token limit; raise max_tokens in the URI to get more)\n")
+        with _warnings_after_the_reply():
+            for piece in provider.stream_chat(messages, model):
+                print(piece, end="", flush=True)
+            print()
     elif command == "embed":
         texts = options.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
         print(json.dumps({"model": model.name, "embeddings": provider.embed(
@@ -4697,6 +4754,23 @@ def _cli_model_command(options: Any) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _warnings_after_the_reply() -> Iterator[None]:
+    """Hold the library's warnings while a reply streams to stdout, then say each once, on a line of its own
+    (a token-limit warning must not run into the streamed text)."""
+    said: Dict[str, None] = {}
+    handler = logging.Handler(logging.WARNING)  # its filter notes each message and lets none through
+    handler.addFilter(lambda record: said.setdefault(record.getMessage(), None) is not None)
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        sys.stderr.write("".join("warning: %s\n" % message for message in said))
+
+
 class _PullDisplay:
     """PullProgress as one redrawn bar on a terminal, else a line per new status and per tenth of a file."""
 
@@ -4714,8 +4788,9 @@ class _PullDisplay:
             text = "%s  %5.1f%%  %s / %s%s" % (_shorten(record.status, 28), fraction * 100,
                                                 _human_bytes(done), _human_bytes(record.total or 0), rate)
             tenth = int(fraction * 10)
-        if fraction is not None and self.tty:
-            self.out.write("\r[%-20s] %s\x1b[K" % ("#" * int(fraction * 20), text))
+        if fraction is not None and self.tty:  # cut to the terminal: a wrapped line is never redrawn
+            bar = "[%-20s] %s" % ("#" * int(fraction * 20), text)
+            self.out.write("\r%s\x1b[K" % bar[:shutil.get_terminal_size().columns - 1])
             self.drawn = True
         elif (record.status, tenth) != self.last_line:  # plain lines: a new status, or a further tenth
             self.last_line = (record.status, tenth)
@@ -4777,8 +4852,11 @@ _COMMAND_TABLE: Dict[str, Tuple[Callable[[Any], int], str, str, str, _Arguments]
               [("--model", {"metavar": "URI_OR_ROLE", "help": "check only this model (a URI or a role)"})]),
     "generate": (_cli_model_command, "stream a model's reply to a prompt to stdout",
                  "generate lm_studio://qwen2.5-7b-instruct \"Write a haiku about tea.\"", _PLAIN, [
-                     _MODEL, ("prompt", {"help": "the user message"}),
+                     _MODEL, ("prompt", {"nargs": "*", "help": "the user message, its words joined (none, or "
+                                         "'-': read it from stdin)"}),
                      ("--system", {"help": "a system message to put first"}),
+                     ("--temperature", {"type": float, "metavar": "T", "help": "sampling temperature"}),
+                     ("--max-tokens", {"type": int, "metavar": "N", "help": "the longest reply, in tokens"}),
                      ("--json", {"metavar": "ATTR,...", "help": "ask for a JSON object with these keys"})]),
     "embed": (_cli_model_command, "print texts' embeddings as JSON, {\"model\": ..., \"embeddings\": [[...], "
               "...]}, a vector per text; no TEXT: a text per line of stdin",

@@ -164,8 +164,9 @@ def _models_answer(base_url: str, alias: str) -> bool:
 def start_server(model_path: str, alias: str, *, n_ctx: int = 2048, parallel: int = 2,
                  log_path: Optional[str] = None, threads: Optional[int] = None,
                  startup_timeout: float = 60.0, embedding: bool = False,
-                 pooling: Optional[str] = None, chat_template_file: Optional[str] = None) -> RunningServer:
-    """Start llama.cpp's server for ``model_path`` under the name ``alias`` on a free 127.0.0.1 port.
+                 pooling: Optional[str] = None, chat_template_file: Optional[str] = None,
+                 port: int = 0) -> RunningServer:
+    """Start llama.cpp's server for ``model_path`` under the name ``alias`` on 127.0.0.1:``port`` (0: a free port).
 
     Returns once ``GET /v1/models`` lists ``alias``.  ``n_ctx`` is the context
     (prompt plus reply) one request may use; ``parallel`` how many requests
@@ -188,8 +189,8 @@ def start_server(model_path: str, alias: str, *, n_ctx: int = 2048, parallel: in
     log_handle = open(log_path, "ab")
     ready_dir = tempfile.mkdtemp(prefix="llama-server-ready-")
     ready_file = os.path.join(ready_dir, "address")
-    command = [sys.executable, SERVE_SCRIPT, model_path, alias, ready_file, "--port", "0", "--n-ctx", str(n_ctx),
-               "--parallel", str(parallel), "--watch-stdin"]
+    command = [sys.executable, SERVE_SCRIPT, model_path, alias, ready_file, "--port", str(port),
+               "--n-ctx", str(n_ctx), "--parallel", str(parallel), "--watch-stdin"]
     command += ["--threads", str(threads or default_threads())]
     command += ["--embedding"] if embedding else []
     command += ["--pooling", pooling] if pooling else []

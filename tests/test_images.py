@@ -293,3 +293,32 @@ def test_streamed_requests_carry_images_in_each_servers_form(server, png_file):
         "type": "image_url", "image_url": {"url": "data:image/png;base64," + PNG_B64}}
     assert show == {"model": "m"}
     assert ollama_sent["stream"] is True and ollama_sent["messages"][0]["images"] == [PNG_B64]
+
+
+# How servers refuse an image for a model without vision: llama-server's 500 (seen on the project's real
+# server, tests/e2e), LM Studio's 400 (lmstudio-ai/lmstudio-bug-tracker#362, #908; 0.3.x REST answer)
+NO_VISION = [
+    ("openai", 500, {"error": {"code": 500, "message": "image input is not supported - hint: if this is "
+                               "unexpected, you may need to provide the mmproj", "type": "server_error"}}),
+    ("lm_studio", 400, {"error": "Model does not support images. Please use a model that does."}),
+]
+
+
+@pytest.mark.parametrize("kind,status,body", NO_VISION, ids=[kind for kind, _, _ in NO_VISION])
+def test_an_image_for_a_model_without_vision_is_a_vision_error_with_a_hint(rsps, kind, status, body):
+    from servers import SERVERS
+    server = SERVERS[kind]
+    rsps.add(responses.POST, server.url(server.chat_path), json=body, status=status)
+    with pytest.raises(lmp.VisionNotSupportedError) as caught:
+        server.cls(host=server.host).chat([{"role": "user", "content": "What is it?", "images": [PNG]}], "m")
+    error = caught.value
+    assert isinstance(error, lmp.ProviderResponseError) and error.status == status and error.model == "m"
+    assert error.reason == "vision_unsupported" and "cannot see images" in error.message
+    assert "vision" in error.hint and len(rsps.calls) == 1
+
+
+def test_pull_on_an_openai_compatible_server_says_there_is_no_download_api():
+    provider = lmp.OpenAICompatibleProvider(host="127.0.0.1:8000")
+    with pytest.raises(lmp.UnsupportedEndpointError) as caught:
+        provider.pull_model("my-model")
+    assert "no download API" in caught.value.hint and "model id" not in str(caught.value).lower()

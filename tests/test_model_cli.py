@@ -69,7 +69,8 @@ def test_pull_errors_are_one_line_and_exit_1(servers, capsys):
     assert "error: " in capsys.readouterr().err
 
 
-def test_pull_bar_on_a_terminal_shows_bytes_percent_and_rate():
+def test_pull_bar_on_a_terminal_shows_bytes_percent_and_rate(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
     out = io.StringIO()
     now = [100.0]
     display = lmp._PullDisplay(out, tty=True, clock=lambda: now[0])
@@ -86,5 +87,18 @@ def test_pull_bar_on_a_terminal_shows_bytes_percent_and_rate():
 
 
 def test_model_commands_need_a_model_uri(servers, capsys):
-    assert lmp.main(["info", "llama3"]) == 1
-    assert "not a model URI" in capsys.readouterr().err
+    assert lmp.main(["info", "llama3"]) == 2  # a usage error, as argparse exits
+    err = capsys.readouterr().err
+    assert "not a model URI" in err and "LM Studio and Ollama both answer" in err
+
+
+def test_pull_bar_is_cut_to_a_narrow_terminal_so_it_never_wraps(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "50")  # what shutil.get_terminal_size reads first
+    out = io.StringIO()
+    display = lmp._PullDisplay(out, tty=True)
+    for done in range(0, 2000000001, 200000000):
+        display(lmp.PullProgress("pulling dde5aa3fc5ff", done, 2000000000, "sha256:dde5"))
+    display.finish()
+    bars = [bar[:-len("\x1b[K")] for bar in out.getvalue().strip("\n").split("\r") if bar]
+    assert len(bars) == 11 and all(len(bar) <= 49 for bar in bars), bars
+    assert bars[-1].startswith("[####################] pulling")

@@ -1,6 +1,7 @@
 """A newcomer's first hour: drop-in use on a system Python, the command line, the sample config, packaging."""
 
 import configparser
+import json
 import os
 import re
 import subprocess
@@ -409,20 +410,20 @@ def test_generate_takes_host_and_provider():
         assert done.returncode == 0, done.stderr
         assert done.stdout == fakes.REPLY + "\n"
     clash = run_module("generate", "lm_studio://qwen2.5-7b-instruct@10.0.0.5:1234", "Say hi", "--host", "10.0.0.6")
-    assert clash.returncode == 1 and "give one" in clash.stderr
+    assert clash.returncode == 2 and "give one" in clash.stderr
     wrong = run_module("generate", "ollama://llama3", "Say hi", "--provider", "lm_studio")
-    assert wrong.returncode == 1 and "--provider says lm_studio" in wrong.stderr
+    assert wrong.returncode == 2 and "--provider says lm_studio" in wrong.stderr
 
 
 def test_generate_refuses_a_bare_model_name_with_parameters():
     done = run_module("generate", "qwen2.5-7b-instruct?max_tokens=20", "Say hi")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "lm_studio://qwen2.5-7b-instruct?max_tokens=20" in done.stderr
     done = run_module("generate", "qwen2.5-7b-instruct", "Say hi")
-    assert done.returncode == 1 and "--provider" in done.stderr
+    assert done.returncode == 2 and "--provider" in done.stderr
     port = closed_port()
     done = run_module("generate", "qwen2.5-7b-instruct", "Say hi", "--host", "127.0.0.1:%d" % port)
-    assert done.returncode == 1 and "nothing answers at 127.0.0.1:%d" % port in done.stderr
+    assert done.returncode == 2 and "nothing answers at 127.0.0.1:%d" % port in done.stderr
 
 
 def test_help_shows_the_name_it_was_started_by(tmp_path):
@@ -486,3 +487,70 @@ def test_a_server_that_refuses_is_not_reported_as_absent(tmp_path, monkeypatch):
         code, output = check("--host", lm.host, "--provider", "lm_studio")
     assert code == 1 and "LM_API_TOKEN" in output
     assert "No server answered" not in output and "Some checks failed" in output
+
+
+def merged(*argv, **kwargs):
+    """``run_module`` with stderr written into stdout, in the order the two were written."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "lm_providers.py")] + list(argv),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60, **kwargs)
+
+
+def chats(server):
+    return [r["json"] for r in server.requests if r["path"] == "/v1/chat/completions"]
+
+
+def test_a_plain_model_name_uses_the_one_server_that_answers_and_asks_when_two_do():
+    with LoopbackServer() as lm, LoopbackServer() as ol:
+        fakes.lm_studio(lm)
+        env = dict(os.environ, LM_STUDIO_HOST=lm.host, OLLAMA_HOST="127.0.0.1:%d" % closed_port())
+        one = run_module("generate", "qwen2.5-7b-instruct", "Say", "hi", "--no-config", env=env)
+        fakes.ollama(ol)
+        both = run_module("generate", "qwen2.5-7b-instruct", "Say hi", "--no-config", env=dict(env, OLLAMA_HOST=ol.host))
+    assert one.returncode == 0 and one.stdout == fakes.REPLY + "\n", one.stderr
+    assert one.stderr == "(using LM Studio, the one server that answers)\n"
+    assert chats(lm)[0]["messages"][-1]["content"] == "Say hi"  # the prompt's words, joined
+    assert both.returncode == 2 and "LM Studio and Ollama both answer" in both.stderr
+    assert "--provider lm_studio" in both.stderr and len(chats(lm)) == 1  # nothing was sent to either
+
+
+def test_generate_reads_stdin_and_takes_options_among_the_prompts_words():
+    with LoopbackServer() as lm:
+        fakes.lm_studio(lm)
+        uri = "lm_studio://qwen2.5-7b-instruct@" + lm.host
+        piped = run_module("generate", uri, input="Summarize this.\n")  # no prompt, stdin not a terminal
+        dashed = run_module("generate", uri, "-", input="From a pipe.")
+        mixed = run_module("generate", uri, "Write", "--temperature", "0.2", "a", "haiku", "--max-tokens", "40")
+        embedded = run_module("embed", "lm_studio://text-embedding-nomic-embed-text-v1.5@" + lm.host, "one",
+                              "--batch-size", "1", "two")
+    for done in (piped, dashed, mixed, embedded):
+        assert done.returncode == 0, done.stderr
+    sent = chats(lm)
+    assert [chat["messages"][-1]["content"] for chat in sent] == ["Summarize this.\n", "From a pipe.", "Write a haiku"]
+    assert sent[2]["temperature"] == 0.2 and sent[2]["max_tokens"] == 40 and "temperature" not in sent[0]
+    assert len(json.loads(embedded.stdout)["embeddings"]) == 2
+    bad = run_module("generate", uri, "Hi", "--no-such-option")
+    assert bad.returncode == 2 and "unrecognized arguments: --no-such-option" in bad.stderr
+
+
+def test_a_token_limit_warning_comes_once_on_its_own_line_after_the_streamed_reply():
+    from loopback import Reply, sse_events
+    with LoopbackServer() as lm:
+        lm.route("POST", "/v1/chat/completions", Reply(200, sse_events(["Hello", " world"], finish_reason="length"),
+                                                       framing="chunked", content_type="text/event-stream"))
+        done = merged("generate", "lm_studio://m@" + lm.host, "Hi")
+    assert done.returncode == 0
+    first, warning, rest = done.stdout.split("\n", 2)
+    assert first == "Hello world" and warning.startswith("warning: ") and "token limit" in warning, done.stdout
+    assert rest == "" and done.stdout.count("token limit") == 1
+
+
+def test_models_names_an_unconfigured_server_that_is_not_running_in_one_short_line(tmp_path):
+    with LoopbackServer() as lm:
+        fakes.lm_studio(lm)
+        env = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_HOST", "LM_STUDIO_HOST")}
+        done = run_module("models", "--no-config", env=dict(env, LM_STUDIO_HOST=lm.host))
+        named = run_module("models", "--no-config", "--provider", "ollama", "--host",
+                           "127.0.0.1:%d" % closed_port(), env=env)
+    assert done.returncode == 0 and "LM Studio at http://%s (2):" % lm.host in done.stdout
+    assert done.stderr in ("", "Ollama: not running (nothing configured uses it)\n")  # (unless 11434 answers)
+    assert named.returncode == 1 and "connection refused" in named.stderr and "ollama serve" in named.stderr

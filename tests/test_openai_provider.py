@@ -263,6 +263,17 @@ AUTH_BODIES = {
 }
 
 
+def test_litellm_expired_key_400_is_an_authentication_error(rsps):
+    # litellm/proxy/auth/user_api_key_auth.py: ProxyException(..., type=expired_key, code=400)
+    body = {"error": {"message": "Authentication Error - Expired Key. Key Expiry time 2026-10-04 03:47:58+00:00 "
+                                 "and current time 2026-10-04 03:48:00+00:00", "type": "expired_key",
+                      "param": "sk-...c817", "code": "400"}}
+    rsps.add(responses.POST, CHAT_URL, json=body, status=400)
+    with pytest.raises(lmp.AuthenticationError) as info:
+        lmp.OpenAICompatibleProvider(host=BASE).generate_text(MESSAGES, "my-model")
+    assert info.value.status == 400 and info.value.reason == "auth" and "Expired Key" in info.value.message
+
+
 @pytest.mark.parametrize("form", AUTH_BODIES)
 def test_401_is_an_authentication_error_naming_openai_api_key(rsps, form):
     rsps.add(responses.POST, CHAT_URL, json=AUTH_BODIES[form], status=401)
@@ -447,7 +458,7 @@ def test_cli_models_and_generate_through_openai(prefixed):
 
 def test_cli_generate_without_a_host_is_a_message_not_a_traceback():
     done = run_module("generate", "openai://my-model", "Hi", env={"OPENAI_BASE_URL": ""})
-    assert done.returncode == 1 and "openai:// models need a host" in done.stderr
+    assert done.returncode == 2 and "openai:// models need a host" in done.stderr
     assert "Traceback" not in done.stderr
 
 

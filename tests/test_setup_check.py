@@ -229,7 +229,7 @@ def test_cli_errors_are_messages_not_tracebacks(lm_server):
     assert done.returncode == 1
     assert "not available" in done.stderr and "Traceback" not in done.stderr
     done = run_module("generate", "nonsense", "Say hi")
-    assert done.returncode == 1 and "model URI" in done.stderr
+    assert done.returncode == 2 and "model URI" in done.stderr
 
 
 def test_cli_help_has_examples():
@@ -279,7 +279,7 @@ def test_check_model_and_generate_read_a_model_the_same_way(lm_server, capsys, t
     code, output = check("--host", lm_server.host, "--model", uri)
     assert code == 2 and "names the host 127.0.0.1:" in output and "--host says %s" % lm_server.host in output
     capsys.readouterr()
-    assert lm_providers.main(["generate", uri, "Hi", "--host", lm_server.host]) == 1
+    assert lm_providers.main(["generate", uri, "Hi", "--host", lm_server.host]) == 2
     assert "names the host 127.0.0.1:" in capsys.readouterr().err
     # a role of the config comes first, and its kind must agree with --provider
     config = tmp_path / "writer.yaml"

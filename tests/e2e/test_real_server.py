@@ -422,3 +422,24 @@ def test_the_server_does_not_outlive_the_process_that_started_it(ending):
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid), "the server (pid %d) is still running after its parent exited" % pid
+
+
+def _one_pixel_png():
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b""))
+
+
+def test_an_image_for_a_model_without_vision_says_it_cannot_see_images(tiny, tiny_server):
+    # llama-server without --mmproj: HTTP 500 "image input is not supported - hint: ... provide the mmproj"
+    messages = [{"role": "user", "content": "What is in the picture?", "images": [_one_pixel_png()]}]
+    for call in (lambda: tiny.chat(messages, TINY_ALIAS), lambda: list(tiny.stream_text(messages, TINY_ALIAS))):
+        with pytest.raises(lm_providers.VisionNotSupportedError) as caught:
+            call()
+        error = caught.value
+        assert error.status == 500 and error.reason == "vision_unsupported" and error.model == TINY_ALIAS
+        assert "image input is not supported" in error.server_message and "vision" in error.hint
