@@ -3581,16 +3581,13 @@ class BaseProvider:
         """After a reply: raise (or warn) when the server's own numbers show the prompt did not fit."""
 
     def _context_advice(self, model: str, prompt_tokens: Optional[int]) -> str:
-        """``context_hint``, or, for a prompt larger than the model can ever take, that it must be shorter."""
+        """The one thing to change when a prompt does not fit ``model``'s context: ``context_advice`` with a
+        size that has room for it and a reply, or, when the model can never take it, a shorter prompt."""
         info = self._facts.get(self._fact_key(model))
         most = info.context_length if info is not None else None
         if most and prompt_tokens and prompt_tokens > most:
             return "The model supports at most %d tokens of context, so the prompt must get shorter." % most
-        return self.context_hint(model, prompt_tokens)
-
-    def context_hint(self, model: str, prompt_tokens: Optional[int]) -> str:
-        """The one thing to change when a prompt does not fit ``model``'s context."""
-        size = (int((prompt_tokens or 4096) * 1.25) // 1024 + 1) * 1024  # room for the prompt and a reply
+        size = (int((prompt_tokens or 4096) * 1.25) // 1024 + 1) * 1024
         return self.context_advice.format(model=model, size=size)
 
     # --- shared machinery -----------------------------------------------------
