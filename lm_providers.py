@@ -1509,7 +1509,12 @@ class HTTPTransport:
                 status = response.status_code
                 logger.debug("%s %s -> HTTP %d in %.3f s", method, url, status, time.perf_counter() - started)
                 if status < 200:  # http.client took a 1xx for the answer: the real one waits behind it
-                    raise self._interim(method, path, status)
+                    raise ProviderResponseError(
+                        "%s at %s answered %s %s with the interim status HTTP %d, which lm_providers does "
+                        "not read past; the connection was closed and the answer dropped." % (
+                            self.server_title, self.base_url, method, path, status), status=status,
+                        reason="bad_response", hint="Turn off Early Hints (HTTP 103) in the proxy in front "
+                        "of the server, or connect directly.")
                 if status < 300:
                     return response
                 text = self.read_error_text(response, path)
@@ -1529,16 +1534,6 @@ class HTTPTransport:
                     self.server_title, self.base_url, path, location), status=status, body=text,
                 reason="redirect", hint="Set the host to the server's real address.")
         raise describe_failure(status, text, model)
-
-    def _interim(self, method: str, path: str, status: int) -> ProviderResponseError:
-        """The error for an interim 1xx answer (103 Early Hints from a proxy); its connection is closed (by
-        ``request``), so the answer behind it can never reach a later call."""
-        return ProviderResponseError(
-            "%s at %s answered %s %s with the interim status HTTP %d, which lm_providers does not read past; "
-            "the connection was closed and the answer dropped." % (self.server_title, self.base_url, method,
-                                                                   path, status), status=status,
-            reason="bad_response",
-            hint="Turn off Early Hints (HTTP 103) in the proxy in front of the server, or connect directly.")
 
     def _send(self, method: str, url: str, body: Optional[bytes], again: bool = True) -> Any:
         """Send with stream=True (the caller reads every body in bounded pieces); a failure is a typed error.
