@@ -2049,17 +2049,6 @@ def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool
             response.close()
 
 
-def _check_stream_type(provider: "BaseProvider", response: Any, model: str) -> None:
-    """Refuse a 200 that is not a stream: an HTML page (a proxy's), or JSON where SSE was asked for."""
-    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if "html" not in content_type and not (provider.framing == "sse" and content_type == "application/json"):
-        return
-    text = provider.transport.read_error_text(response, provider.chat_path)
-    if '"error"' in text:
-        raise provider._failure(response.status_code, text, model, in_body=True)
-    raise _instead_of(provider.title, "the streaming request", text, response.status_code, "a stream")
-
-
 def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "ModelConfig",
                  state: "_StreamState") -> Generator[str, None, None]:
     """A chat stream's content pieces, sent on the first ``next()``: events go through ``_read_event`` into
@@ -2068,7 +2057,12 @@ def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "Mode
     started = time.perf_counter()
     response = provider.transport.request("POST", provider.chat_path, payload,
                                           describe_failure=provider._failure, model=model.name)
-    _check_stream_type(provider, response, model.name)
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if "html" in content_type or (provider.framing == "sse" and content_type == "application/json"):
+        text = provider.transport.read_error_text(response, provider.chat_path)  # a proxy's page, or JSON
+        if '"error"' in text:
+            raise provider._failure(response.status_code, text, model.name, in_body=True)
+        raise _instead_of(provider.title, "the streaming request", text, response.status_code, "a stream")
     think, read_event, pieces = _ThinkFilter(), provider._read_event, 0
     stream = _EventStream(provider, response, provider.chat_path, model.name, provider.stream_end,
                           complete=lambda: state.finish_reason is not None,  # some servers send no [DONE]
