@@ -1286,10 +1286,8 @@ def ensure_requests() -> ModuleType:
 def _ensure(module: str, package: str, debian: str) -> ModuleType:
     """Import ``module``; when it is missing, install pip's ``package`` by ``ensure_requests``' rules."""
     import importlib
-    try:
+    with contextlib.suppress(ImportError):
         return importlib.import_module(module)
-    except ImportError:
-        pass
     import sysconfig
     command = "%s -m pip install %s" % (sys.executable, package)
     advice = _PEP_668_ADVICE % {"package": package, "python": sys.executable, "debian": debian}
