@@ -1604,9 +1604,7 @@ class HTTPTransport:
             prepared.headers["Content-Type"] = "application/json"
             prepared.headers["Content-Length"] = str(len(body))
         prepared.hooks = {"response": []}
-        if self.session.auth is not None:
-            prepared = self.session.auth(prepared)
-        return prepared
+        return prepared if self.session.auth is None else self.session.auth(prepared)
 
     @staticmethod
     def _retry_delay(response: Any, attempt: int) -> float:
@@ -1742,8 +1740,7 @@ def _compression(response: Any) -> Tuple[bool, int]:
             "uncompressed answer with Accept-Encoding: identity)." % encoding, status=response.status_code,
             server_message="Content-Encoding " + encoding, reason="bad_response",
             hint="Configure the proxy in front of the server to pass answers through unchanged.")
-    compressed = encoding != "identity"
-    return compressed, _COMPRESSED_READ_BYTES if compressed else _READ_BYTES
+    return (True, _COMPRESSED_READ_BYTES) if encoding != "identity" else (False, _READ_BYTES)
 
 
 def _body_chunks(response: Any) -> Iterator[bytes]:
@@ -1755,9 +1752,8 @@ def _body_chunks(response: Any) -> Iterator[bytes]:
         return cast(Iterator[bytes], raw.read_chunked(amount, decode_content=compressed))
     read1 = getattr(raw, "read1", None)
     if read1 is None:  # urllib3 < 2.2
-        framed = response.headers.get("Content-Length") is not None
-        return cast(Iterator[bytes], raw.stream(amount if framed else _CLOSE_DELIMITED_READ_BYTES,
-                                                decode_content=True))
+        size = amount if response.headers.get("Content-Length") is not None else _CLOSE_DELIMITED_READ_BYTES
+        return cast(Iterator[bytes], raw.stream(size, decode_content=True))
     # uncompressed, decode_content=False skips urllib3's decoded-data buffer
     return iter(functools.partial(read1, amount, decode_content=compressed), b"")
 
