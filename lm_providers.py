@@ -1290,7 +1290,13 @@ def _ensure(module: str, package: str, debian: str) -> ModuleType:
         return importlib.import_module(module)
     import sysconfig
     command = "%s -m pip install %s" % (sys.executable, package)
-    advice = _PEP_668_ADVICE % {"package": package, "python": sys.executable, "debian": debian}
+    advice = (  # the error on a Python whose packages the operating system manages
+        "lm_providers needs the '%(package)s' package, which this Python (%(python)s) lacks; the operating "
+        "system manages its packages (PEP 668, \"externally managed\"), so pip may not install into it. Use "
+        "a virtual environment:  python3 -m venv .venv && .venv/bin/pip install %(package)s  and run your "
+        "script with .venv/bin/python (if ensurepip is missing:  sudo apt install python3-venv); or the "
+        "system's package:  sudo apt install %(debian)s  (Debian, Ubuntu; alike elsewhere); or pipx for a "
+        "command-line tool.") % {"package": package, "python": sys.executable, "debian": debian}
     marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
     if sys.prefix == sys.base_prefix and os.path.isfile(marker):  # (a venv is the user's to install into)
         raise ImportError(advice) from None
@@ -1311,16 +1317,6 @@ def _ensure(module: str, package: str, debian: str) -> ModuleType:
                           % (package, done.returncode, last, command, package)) from None
     importlib.invalidate_caches()
     return importlib.import_module(module)
-
-
-# What _ensure says on a Python whose packages the operating system manages
-_PEP_668_ADVICE = (
-    "lm_providers needs the '%(package)s' package, which this Python (%(python)s) lacks; the operating "
-    "system manages its packages (PEP 668, \"externally managed\"), so pip may not install into it. Use a "
-    "virtual environment:  python3 -m venv .venv && .venv/bin/pip install %(package)s  and run your script "
-    "with .venv/bin/python (if ensurepip is missing:  sudo apt install python3-venv); or the system's "
-    "package:  sudo apt install %(debian)s  (Debian, Ubuntu; alike elsewhere); or pipx for a command-line "
-    "tool.")
 
 
 # The largest stream event and answer accepted, decompressed: twice the benchmark's largest event; a batch
