@@ -1953,8 +1953,7 @@ class _EventStream:
         decoder = StreamDecoder(self.provider.framing, self.provider.transport.max_event_bytes)
         feed, parse, sse = decoder.feed, _parse_json, decoder.framing == "sse"
         end_key, end_value = self.end or ("", _NO_END)
-        count, chunks = 0, None
-        ended = exhausted = False
+        count, chunks, ended, exhausted = 0, None, False, False
         try:
             chunks = _body_chunks(self.response)
             while True:
