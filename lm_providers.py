@@ -1530,9 +1530,8 @@ class HTTPTransport:
         raise describe_failure(status, text, model)
 
     def _send(self, method: str, url: str, body: Optional[bytes], again: bool = True) -> Any:
-        """Send with stream=True (the caller reads every body in bounded pieces); a failure is a typed error.
-        A request that may run twice is sent ``again`` if a kept-alive connection turns out closed (llama.cpp
-        closes after every stream while announcing keep-alive)."""
+        """Send with stream=True (bodies are read in bounded pieces); a failure is a typed error.  Sent
+        ``again`` if it may run twice and its kept-alive connection closed (llama.cpp's do, after streams)."""
         timeout = (self.connect_timeout, self.read_timeout)
         try:
             if self._direct:
@@ -2040,9 +2039,8 @@ def _finish_stream(response: Any, chunks: Optional[Iterator[bytes]], ended: bool
 
 def _chat_pieces(provider: "BaseProvider", payload: Dict[str, Any], model: "ModelConfig",
                  state: "_StreamState") -> Generator[str, None, None]:
-    """A chat stream's content pieces, sent on the first ``next()``: events go through ``_read_event`` into
-    ``state``, a leading ``<think>`` block to its reasoning; at the end the reply is checked as a whole one
-    is (Ollama reports the prompt's size only at the end)."""
+    """A chat stream's content pieces, sent at the first ``next()``; events fill ``state`` (``_read_event``),
+    a leading ``<think>`` block its reasoning; the reply is checked at the end (Ollama sizes prompts last)."""
     started = time.perf_counter()
     response = provider.transport.request("POST", provider.chat_path, payload,
                                           describe_failure=provider._failure, model=model.name)
