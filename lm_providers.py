@@ -605,8 +605,7 @@ _URI_EXAMPLE = ("lm_studio://qwen2.5-7b-instruct@127.0.0.1:1234?temperature=0.7 
 
 
 class _Record:
-    """Equality over the attributes in ``_COMPARED``, and a repr of those in ``_SHOWN`` (ModelConfig here,
-    and the results: ToolCall, ModelInfo, PullProgress)."""
+    """Equality over the attributes in ``_COMPARED``, and a repr of those in ``_SHOWN``."""
 
     __slots__ = ()
     _COMPARED: Tuple[str, ...] = ()
@@ -647,8 +646,7 @@ _DOTTED_NAME_RE = re.compile(r"([A-Za-z0-9-]+\.)+[A-Za-z][A-Za-z0-9-]*\Z")
 
 
 def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
-    """Whether the text after a model name's last '@' is a host (a scheme, a numeric port, an IP address,
-    ``localhost`` or a dotted name) rather than an LM Studio variant such as ``q4_k_m`` or ``8bit``."""
+    """Whether the text after a model name's last '@' is a host, not an LM Studio variant like ``q4_k_m``."""
     if "://" in tail or tail.startswith("["):
         return True
     if SERVER_KINDS[provider].host_path == "base_url":
@@ -668,9 +666,8 @@ def _clean_host_text(text: str) -> str:
     """``text`` without surrounding white space and one pair of quotes, as Ollama reads OLLAMA_HOST
     (docker-compose lists and ``.env`` files keep them: ``OLLAMA_HOST="127.0.0.1:11434"``)."""
     text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    return text
+    quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'"
+    return text[1:-1].strip() if quoted else text
 
 
 def _hide_userinfo(text: str) -> str:
@@ -685,10 +682,11 @@ def _hide_userinfo(text: str) -> str:
 def _host_path(path: str, kind: ServerKind, shown: str) -> str:
     """The path prefix to keep from a host's path, per ``kind.host_path``; a trailing ``/v1`` is dropped.
     An ``openai://`` base URL ``https://gpu.example.com/vllm/v1`` (or ``.../vllm``) gives ``/vllm``."""
+    path = path.strip("/")
+    if path == "v1" or path.endswith("/v1"):
+        path = path[:-2].rstrip("/")
     if kind.host_path == "base_url":
         segments = [segment for segment in path.split("/") if segment]
-        if segments[-1:] == ["v1"]:
-            segments.pop()
         if segments[-1:] == ["v1"]:
             raise InvalidInputError("host %s ends in /v1/v1: write the server's base URL with /v1 once"
                                     % shown)
@@ -699,9 +697,6 @@ def _host_path(path: str, kind: ServerKind, shown: str) -> str:
                     "and '.', '_', '~', '-' only, for example 'https://gpu.example.com/vllm/v1'"
                     % (shown, _quote(_hide_userinfo(segment), 60)))
         return "".join("/" + segment for segment in segments)
-    path = path.strip("/")
-    if path == "v1" or path.endswith("/v1"):
-        path = path[:-2].rstrip("/")
     if not path:
         return ""
     if kind.host_path != "proxy":
@@ -1035,7 +1030,6 @@ _KINDS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
 
 
 def _check_kind(name: str, value: Any, kind: str) -> None:
-    """Raise InvalidInputError when ``value`` is not of the row's kind."""
     if not _KINDS[kind][0](value):
         raise _type_error(name, value, kind)
 
@@ -1217,8 +1211,7 @@ def load_config(path: str = "config.yaml") -> Config:
 
 
 def _read_yaml(path: str) -> Any:
-    """The YAML document in ``path``, read with a size limit and a limit on what its aliases expand to.
-    ``SafeLoader`` (libyaml's when PyYAML has it): a tag such as ``!!python/object`` is an error."""
+    """The YAML document in ``path``, read with ``SafeLoader`` and limits on its size and alias expansion."""
     try:
         yaml: Any = _ensure("yaml", "pyyaml", "python3-yaml")  # Any: the copied file needs no type stubs
         with open(path, "rb") as handle:
@@ -1250,22 +1243,20 @@ def _read_yaml(path: str) -> Any:
 def _yaml_values(root: Any) -> int:
     """How many values a composed YAML document expands to, an alias counting each time it is used;
     counting stops past CONFIG_MAX_VALUES, and an alias inside itself counts as too many."""
-    sizes: Dict[int, int] = {}
-    working = set()
+    sizes: Dict[int, int] = {}  # node id -> its size; 0 while its children are being counted
     stack = [(root, False)]
     while stack:
         node, finished = stack.pop()
         children = ([item for pair in node.value for item in pair] if node.id == "mapping" else
                     list(node.value) if node.id == "sequence" else [])
         if finished:
-            working.discard(id(node))
             sizes[id(node)] = min(1 + sum(sizes[id(child)] for child in children), CONFIG_MAX_VALUES + 1)
-        elif id(node) in working:
+        elif sizes.get(id(node)) == 0:
             return CONFIG_MAX_VALUES + 1  # a recursive alias: it expands forever
         elif id(node) not in sizes:
-            working.add(id(node))
+            sizes[id(node)] = 0
             stack.append((node, True))
-            stack.extend((child, False) for child in children if id(child) not in sizes)
+            stack.extend((child, False) for child in children if not sizes.get(id(child)))
     return sizes[id(root)]
 
 
