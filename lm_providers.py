@@ -818,8 +818,7 @@ def parse_model_uri(uri: str) -> ModelConfig:
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise bad("it does not start with a provider such as 'lm_studio://' or 'ollama://'")
-    provider = PROVIDER_NAMES.get(scheme.strip().lower(), "")
-    if not provider:
+    if not (provider := PROVIDER_NAMES.get(scheme.strip().lower(), "")):
         raise bad("unknown provider %s (use lm_studio, lmstudio, lm-studio, ollama or openai)"
                   % _quote(scheme, 40))
     rest, _, query = rest.partition("?")
@@ -905,10 +904,9 @@ def _format_query_value(key: str, value: Any) -> str:
 def format_model_uri(config: ModelConfig) -> str:
     """Write a ModelConfig back as a URI; ``parse_model_uri(format_model_uri(c)) == c``."""
     name = _escape(config.name, "%?#")
-    while config.host is None:  # escape '@'s until no host-like tail is left: it all belongs to the name
-        at = name.rfind("@")
-        if at < 0 or not (at == len(name) - 1 or _looks_like_host(name[at + 1:], config.provider)):
-            break
+    # no host: escape '@'s until no host-like tail is left, as it all belongs to the name
+    while config.host is None and (at := name.rfind("@")) >= 0 and (
+            at == len(name) - 1 or _looks_like_host(name[at + 1:], config.provider)):
         name = name[:at] + "%40" + name[at + 1:]
     if config.host is not None:
         # a name ending in "@a:b", or holding "http://a", would read back as the host's user and password
@@ -1058,11 +1056,9 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
             if isinstance(value, dict):
                 return {"type": "json_schema",
                         "json_schema": {"name": "response", "strict": True, "schema": dict(value)}}
-            if value.strip().lower() == "json":
-                return copy.deepcopy(any_object)
-            if value.strip():
+            if value.strip().lower() not in ("", "json"):
                 raise _type_error(name, value, kind)
-            return _DROP
+            return copy.deepcopy(any_object) if value.strip() else _DROP
         if kind == "response_format" and value.get("type") == "json_object":
             return copy.deepcopy(any_object)
         if kind == "think":
@@ -1074,7 +1070,6 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
                 logger.warning("parameter think='max' is Ollama's; %s's strongest reasoning_effort is "
                                "'high', which is sent instead", title)
                 return "high"
-            return value
         if kind == "duration":
             seconds = _duration_seconds(value)
             if seconds is None or not 0 < seconds < float("inf"):
@@ -1118,8 +1113,7 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
         if name in _RESERVED_PARAMETERS:
             raise InvalidInputError("parameter %r is set by lm_providers itself; remove it from the model's "
                                     "parameters" % name)
-        row = PARAMETER_MAP.get(name)
-        if row is None:
+        if (row := PARAMETER_MAP.get(name)) is None:
             logger.warning("parameter %r is not in lm_providers.PARAMETER_MAP; sent to %s as written",
                            name, kind.title)
             (options if kind.options_dict else out)[name] = value
