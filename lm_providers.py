@@ -647,13 +647,10 @@ _DOTTED_NAME_RE = re.compile(r"([A-Za-z0-9-]+\.)+[A-Za-z][A-Za-z0-9-]*\Z")
 
 def _looks_like_host(tail: str, provider: str = "lm_studio") -> bool:
     """Whether the text after a model name's last '@' is a host, not an LM Studio variant like ``q4_k_m``."""
-    if "://" in tail or tail.startswith("["):
-        return True
-    if SERVER_KINDS[provider].host_path == "base_url":
-        tail = tail.partition("/")[0]
-    host, _, port = tail.partition(":")  # a ':' in the port: a bare IPv6 address
-    return (bool(_PORT_RE.match(port)) or host.lower() == "localhost" or ":" in port
-            or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)))
+    head = tail.partition("/")[0] if SERVER_KINDS[provider].host_path == "base_url" else tail
+    host, _, port = head.partition(":")  # a ':' in the port: a bare IPv6 address
+    return ("://" in tail or tail.startswith("[") or bool(_PORT_RE.match(port)) or host.lower() == "localhost"
+            or ":" in port or bool(_IPV4_RE.match(host) or _DOTTED_NAME_RE.match(host)))
 
 
 _SCHEME_USERINFO_RE = re.compile(r"(?i)(https?://)[^\s/@\"'?#]+@")
@@ -663,8 +660,7 @@ _PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+\Z")
 
 
 def _clean_host_text(text: str) -> str:
-    """``text`` without surrounding white space and one pair of quotes, as Ollama reads OLLAMA_HOST
-    (docker-compose lists and ``.env`` files keep them: ``OLLAMA_HOST="127.0.0.1:11434"``)."""
+    """``text`` without white space and one pair of quotes around it, as Ollama reads OLLAMA_HOST in .env."""
     text = text.strip()
     quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'"
     return text[1:-1].strip() if quoted else text
@@ -709,8 +705,7 @@ def _host_path(path: str, kind: ServerKind, shown: str) -> str:
 
 
 def _host_port(text: str, default_port: int, shown: str) -> Tuple[str, int]:
-    """The host name (lower case, IPv6 in brackets, bind addresses mapped to this machine) and port of
-    ``host[:port]``, its IPv6 address in brackets or bare (as OLLAMA_HOST takes it)."""
+    """The host name and port of ``host[:port]``, an IPv6 address in brackets or bare (as in OLLAMA_HOST)."""
     name, port = text, ""
     if text.startswith("["):
         name, bracket, rest = text[1:].partition("]")
@@ -920,11 +915,9 @@ def format_model_uri(config: ModelConfig) -> str:
                 "host %r would read back as part of the model name; write it with its port, e.g. '%s:%d'"
                 % (config.host, host, SERVER_KINDS[config.provider].example_port))
         name += "@" + host
-    uri = "%s://%s" % (config.provider, name)
-    if config.parameters:
-        uri += "?" + "&".join("%s=%s" % (_escape(str(k), "%&=#"), _escape(_format_query_value(k, v), "%&#"))
-                              for k, v in config.parameters.items())
-    return uri
+    query = "&".join("%s=%s" % (_escape(str(k), "%&=#"), _escape(_format_query_value(k, v), "%&#"))
+                     for k, v in config.parameters.items())
+    return "%s://%s%s" % (config.provider, name, "?" + query if query else "")
 
 
 # =============================================================================
@@ -1235,8 +1228,7 @@ def _read_yaml(path: str) -> Any:
 
 
 def _yaml_values(root: Any) -> int:
-    """How many values a composed YAML document expands to, an alias counting each time it is used;
-    counting stops past CONFIG_MAX_VALUES, and an alias inside itself counts as too many."""
+    """How many values a YAML node expands to, an alias counting each time; at most CONFIG_MAX_VALUES + 1."""
     sizes: Dict[int, int] = {}  # node id -> its size; 0 while its children are being counted
     stack = [(root, False)]
     while stack:
