@@ -1054,15 +1054,14 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
             return copy.deepcopy(any_object) if value.strip() else _DROP
         if kind == "response_format" and value.get("type") == "json_object":
             return copy.deepcopy(any_object)
-        if kind == "think":
-            if isinstance(value, bool):
-                logger.warning("parameter think=%s has no %s equivalent (it takes reasoning_effort="
-                               "'low'|'medium'|'high'); not sent", value, title)
-                return _DROP
-            if value == "max":
-                logger.warning("parameter think='max' is Ollama's; %s's strongest reasoning_effort is "
-                               "'high', which is sent instead", title)
-                return "high"
+        if kind == "think" and isinstance(value, bool):
+            logger.warning("parameter think=%s has no %s equivalent (it takes reasoning_effort="
+                           "'low'|'medium'|'high'); not sent", value, title)
+            return _DROP
+        if kind == "think" and value == "max":
+            logger.warning("parameter think='max' is Ollama's; %s's strongest reasoning_effort is "
+                           "'high', which is sent instead", title)
+            return "high"
         if kind == "duration":
             seconds = _duration_seconds(value)
             if seconds is None or not 0 < seconds < float("inf"):
@@ -1078,9 +1077,7 @@ def _convert(name: str, value: Any, kind: str, provider: str) -> Any:
             schema = (value.get("json_schema") or {}).get("schema")
             return schema if isinstance(schema, dict) else "json"
         return _DROP  # {"type": "text"}: plain text is Ollama's default
-    if kind == "effort":
-        if value in _OLLAMA_THINK_LEVELS:
-            return value
+    if kind == "effort" and value not in _OLLAMA_THINK_LEVELS:
         if value in ("none", "minimal"):
             return False
         logger.warning("parameter reasoning_effort=%r has no Ollama equivalent; not sent", value)
@@ -1112,8 +1109,7 @@ def map_parameters(parameters: Mapping[str, Any], provider: str) -> Dict[str, An
             (options if kind.options_dict else out)[name] = value
             continue
         _check_kind(name, value, row.kind)
-        field = getattr(row, kind.name)
-        if field is None:
+        if (field := getattr(row, kind.name)) is None:
             logger.warning("parameter %r is not understood by %s; not sent (see PARAMETER_MAP)", name,
                            kind.title)
             continue
