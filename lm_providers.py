@@ -4655,10 +4655,10 @@ def _cli_model_command(options: Any) -> int:
     command, where = options.command, "%s at %s" % (provider.title, provider.base_url)
     if command == "generate":
         prompt = " ".join(options.prompt)
-        if prompt in ("", "-"):  # as ollama run: the prompt from a pipe or file
-            if prompt == "" and sys.stdin.isatty():
-                raise InvalidInputError("give a prompt after the model, or pipe one in (then '-' or nothing)")
+        if prompt == "-" or not prompt and not sys.stdin.isatty():  # as ollama run: from a pipe or a file
             prompt = sys.stdin.read()
+        if not prompt.strip():
+            raise InvalidInputError("the prompt is empty: give it after the model, or pipe it in ('-': stdin)")
         messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
             {"role": "user", "content": prompt}]
         model = model.with_parameters(**{name: value for name, value in (

@@ -528,6 +528,8 @@ def test_generate_reads_stdin_and_takes_options_among_the_prompts_words():
     assert [chat["messages"][-1]["content"] for chat in sent] == ["Summarize this.\n", "From a pipe.", "Write a haiku"]
     assert sent[2]["temperature"] == 0.2 and sent[2]["max_tokens"] == 40 and "temperature" not in sent[0]
     assert len(json.loads(embedded.stdout)["embeddings"]) == 2
+    empty = run_module("generate", uri, "-", input="  \n")
+    assert empty.returncode == 2 and "the prompt is empty" in empty.stderr and len(chats(lm)) == 3
     bad = run_module("generate", uri, "Hi", "--no-such-option")
     assert bad.returncode == 2 and "unrecognized arguments: --no-such-option" in bad.stderr
 
