@@ -4515,7 +4515,7 @@ def _named(kind: str, options: Any, config: Optional[Config]) -> bool:
 def _check_targets(options: Any, config: Optional[Config]) -> List[_Target]:
     """``(provider, models, required)`` for --model (read as ``generate`` reads it), else for each server
     ``_server_kinds`` picks, with its roles; required (not running: FAIL, not SKIP) when anything names it."""
-    if options.model:
+    if getattr(options, "model", None):  # check --model
         provider, model = _cli_target(options, config)
         return [(provider, [model], True)]
     host, targets = options.host, []
@@ -4627,18 +4627,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # --- the commands (run inside _run_command, so --debug is on for every call) ------------------------------
 
 def _cli_models(options: Any) -> int:
-    config, answered = _cli_config(options), 0
-    for kind in _server_kinds(options, config):
+    """``models`` and ``ps``: the models of each server ``check`` would check (the config's role hosts too)."""
+    options.timeout, answered = options.timeout or _LIST_TIMEOUT, 0
+    for provider, _, named in _check_targets(options, _cli_config(options)):
         try:
-            with _cli_provider(kind, options.host, config, options.timeout or _LIST_TIMEOUT) as provider:
+            with provider:
                 infos = provider.list_model_info() if options.command == "ps" or options.long else None
                 if options.command == "ps":
                     infos = [info for info in infos or [] if info.loaded]
                 names = provider.list_models() if infos is None else [info.name for info in infos]
         except ProviderError as exc:  # this server is down: say so (in brief if nothing names it), go on
-            unnamed = exc.reason == "connection_refused" and not _named(kind, options, config)
-            sys.stderr.write("%s: not running (nothing configured uses it)\n" % SERVER_KINDS[kind].title
-                             if unnamed else "%s\n" % _one_line(exc))
+            unnamed = exc.reason == "connection_refused" and not named
+            sys.stderr.write("%s: not running (nothing configured uses it)\n" % provider.title if unnamed
+                             else "%s\n" % _one_line(exc))
             continue
         answered += 1
         print("%s at %s (%d):" % (provider.title, provider.base_url, len(names)))

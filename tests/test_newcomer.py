@@ -556,3 +556,13 @@ def test_models_names_an_unconfigured_server_that_is_not_running_in_one_short_li
     assert done.returncode == 0 and "LM Studio at http://%s (2):" % lm.host in done.stdout
     assert done.stderr in ("", "Ollama: not running (nothing configured uses it)\n")  # (unless 11434 answers)
     assert named.returncode == 1 and "connection refused" in named.stderr and "ollama serve" in named.stderr
+
+
+def test_models_lists_the_hosts_the_configs_roles_name_as_check_does(tmp_path):
+    with LoopbackServer() as lm:
+        fakes.lm_studio(lm)
+        (tmp_path / "config.yaml").write_text("models:\n  chat: lm_studio://qwen2.5-7b-instruct@%s\n" % lm.host)
+        env = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_HOST", "LM_STUDIO_HOST")}
+        done = run_module("models", "--config", str(tmp_path / "config.yaml"), env=env)
+    assert done.returncode == 0 and "LM Studio at http://%s (2):" % lm.host in done.stdout, done.stderr
+    assert "127.0.0.1:1234" not in done.stdout + done.stderr  # the role's host, not the default
