@@ -60,13 +60,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         call = ('embed("Hello!", "%s")[0][:4]' % ALIAS if args.embedding
                 else 'generate_text([{"role": "user", "content": "Hi!"}], "%s")' % ALIAS)
         extras = ", ".join(name for name, on in (("tool calls", args.tools), ("embeddings", args.embedding)) if on)
-        print("llama.cpp's server serves SmolLM2-135M-Instruct as %r%s. Ctrl-C stops it."
-              % (ALIAS, " (with %s)" % extras if extras else ""))
-        print("host:   %s" % host)
-        print("models: lm_studio://%s@%s   openai://%s@%s" % (ALIAS, host, ALIAS, server.base_url))
-        print('python: import lm_providers; print(lm_providers.LMStudioProvider(host="%s").%s)' % (host, call),
-              flush=True)
-        try:
+        try:  # a Ctrl-C from here on, even before the banner is out, stops the server cleanly
+            print("llama.cpp's server serves SmolLM2-135M-Instruct as %r%s. Ctrl-C stops it."
+                  % (ALIAS, " (with %s)" % extras if extras else ""))
+            print("host:   %s" % host)
+            print("models: lm_studio://%s@%s   openai://%s@%s" % (ALIAS, host, ALIAS, server.base_url))
+            print('python: import lm_providers; print(lm_providers.LMStudioProvider(host="%s").%s)' % (host, call),
+                  flush=True)
             while server.running:
                 time.sleep(0.2)
         except KeyboardInterrupt:
