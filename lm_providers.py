@@ -2256,8 +2256,7 @@ class ChatStream(TextStream, _StreamState):
 
 class _ThinkFilter:
     """Move a leading ``<think>...</think>`` block out of streamed content: ``feed(piece)`` returns the
-    content pieces to pass on (in order, never merged) and any reasoning text; it holds pieces while the
-    start may become ``<think>``, and at most a tag's length of reasoning while it may begin ``</think>``."""
+    content pieces to pass on (in order, never merged) and any reasoning text; it holds what may be a tag."""
 
     OPEN, CLOSE = "<think>", "</think>"
     __slots__ = ("state", "held", "tail")
@@ -2310,8 +2309,7 @@ class _ThinkFilter:
 def split_reasoning(text: str) -> Tuple[str, str]:
     """Split a whole reply into ``(content, reasoning)``, removing a leading ``<think>`` block."""
     splitter = _ThinkFilter()
-    content, reasoning = splitter.feed(text)
-    tail_content, tail_reasoning = splitter.finish()
+    (content, reasoning), (tail_content, tail_reasoning) = splitter.feed(text), splitter.finish()
     return "".join(content + tail_content), reasoning + tail_reasoning
 
 
@@ -2415,9 +2413,8 @@ class PullProgress(_Record):
     @property
     def fraction(self) -> Optional[float]:
         """How much of ``total`` is done, 0.0 to 1.0; None without a total."""
-        if not self.total or self.completed is None:
-            return None
-        return max(0.0, min(1.0, self.completed / self.total))
+        return (max(0.0, min(1.0, self.completed / self.total)) if self.total and self.completed is not None
+                else None)
 
 
 # =============================================================================
