@@ -2529,11 +2529,9 @@ def tool_schema(tool: Any) -> Dict[str, Any]:
         hints = {}
     description, argument_docs = _parse_docstring(inspect.getdoc(tool))
     named = [p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    properties: Dict[str, Any] = {}
-    for p in named:
-        schema = properties[p.name] = _annotation_schema(hints.get(p.name, p.annotation))
-        if p.name in argument_docs:
-            schema["description"] = argument_docs[p.name]
+    properties = {p.name: _annotation_schema(hints.get(p.name, p.annotation)) for p in named}
+    for argument in properties.keys() & argument_docs.keys():
+        properties[argument]["description"] = argument_docs[argument]
     required = [p.name for p in named if p.default is p.empty]
     parameters = {"type": "object", "properties": properties}
     if required:
@@ -2596,8 +2594,7 @@ def _parse_docstring(doc: Optional[str]) -> Tuple[str, Dict[str, str]]:
         header = _DOC_SECTION_RE.match(line)
         if header:
             section, current, indent_of_names = header.group(1).lower(), None, None
-            continue
-        if section is None:
+        elif section is None:
             description.append(line.strip())
         elif section in ("args", "arguments", "parameters", "params") and line.strip():
             indent = len(line) - len(line.lstrip())
@@ -2632,9 +2629,8 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
            if finish_reason == "length" else "")
     if not isinstance(name, str) or not name:
         raise ToolCallError("%s sent a tool call without a function name (arguments %r).%s"
-                            % (title, _shorten(str(arguments), 200), cut), tool_name="",
-                            raw_arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
-                            reason="bad_tool_call")
+                            % (title, _shorten(str(arguments), 200), cut), reason="bad_tool_call",
+                            raw_arguments=arguments if isinstance(arguments, str) else json.dumps(arguments))
     try:
         parsed, raw = _parsed_arguments(arguments)
     except (ValueError, RecursionError) as exc:
