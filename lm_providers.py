@@ -2647,8 +2647,7 @@ def _tool_call(title: str, call_id: Any, name: Any, arguments: Any, finish_reaso
 
 
 def _parsed_arguments(arguments: Any) -> Tuple[Any, str]:
-    """(value, JSON text) of tool-call arguments sent as text or as an object; none (None, or LM Studio's "")
-    is ``{}``.  ValueError or RecursionError for text that is not JSON."""
+    """(value, JSON text) of tool-call arguments, text or object; none (None, LM Studio's "") is ``{}``."""
     if arguments is None or isinstance(arguments, str) and not arguments.strip():
         return {}, arguments or ""
     if isinstance(arguments, str):
@@ -2743,11 +2742,9 @@ def _base64_image(text: str, where: str, not_base64: str) -> bytes:
     compact = "".join(text.split())
     if len(compact) // 4 * 3 > MAX_IMAGE_BYTES:
         raise _too_big(where, len(compact) // 4 * 3)
-    try:
+    with contextlib.suppress(ValueError):  # binascii.Error
         if compact:
             return base64.b64decode(compact, validate=True)
-    except ValueError:  # binascii.Error
-        pass
     raise InvalidInputError(not_base64)
 
 
@@ -2802,7 +2799,6 @@ def _load_images(images: Any, index: int, provider: "BaseProvider") -> List[Tupl
 
 
 def _accepted_image(image: Any, where: str, provider: "BaseProvider") -> Tuple[str, str]:
-    """``load_image``, refusing a type the server does not take."""
     mime, data = load_image(image, where)
     if mime not in provider.image_types:
         raise InvalidInputError("%s is %s, which %s does not take (it takes %s); convert it first"
@@ -2822,8 +2818,7 @@ def _with_images(provider: "BaseProvider", messages: Any, model: ModelConfig) ->
                  for index, (message, carries) in enumerate(zip(messages, carriers))]
     if not any(isinstance(message, Mapping) and message.get("images") for message in converted):
         return converted
-    # Ollama's form (images stay in "images"): Ollama ignores images sent to a model without vision
-    # without a word, so warn when its facts (asked once per model) say so; without facts, say nothing.
+    # Ollama's form: Ollama silently ignores images sent to a model without vision; warn when its facts say so
     try:
         info = provider._facts.get(provider._fact_key(model.name)) or provider.model_info(model)
     except ProviderError as exc:
@@ -2911,7 +2906,6 @@ def _normalize_logprobs(entries: Any) -> List[Dict[str, Any]]:
 
 
 def _add_logprobs(state: Any, entries: Any) -> None:
-    """Record a streamed event's log-probabilities on the stream state."""
     if entries:
         state.logprobs = state.logprobs or []
         state.logprobs.extend(_normalize_logprobs(entries))
