@@ -2076,9 +2076,8 @@ class ToolCall(_Record):
     _COMPARED = _SHOWN = ("id", "name", "arguments")
 
     def __init__(self, id: str, name: str, arguments: Dict[str, Any], raw_arguments: Optional[str] = None):
-        self.id, self.name, self.arguments = id, name, arguments
-        self.raw_arguments = (json.dumps(arguments, ensure_ascii=False) if raw_arguments is None
-                              else raw_arguments)
+        self.id, self.name, self.arguments, self.raw_arguments = id, name, arguments, (
+            json.dumps(arguments, ensure_ascii=False) if raw_arguments is None else raw_arguments)
 
     def to_dict(self) -> Dict[str, Any]:
         """The call as an assistant message's ``tool_calls`` entry (OpenAI form; translated for Ollama)."""
