@@ -2441,13 +2441,11 @@ def _check_messages(messages: Any, content_must_be_str: bool) -> None:
             raise InvalidInputError("messages[%d] has role %r; use one of %s"
                                     % (index, role, ", ".join(_ROLES)))
         content = message.get("content")
-        if isinstance(content, str) or content is None and role == "assistant" and message.get("tool_calls"):
-            continue
-        if not content_must_be_str and isinstance(content, list) and all(
-                isinstance(part, Mapping) and "type" in part for part in content):
-            continue
-        raise InvalidInputError("messages[%d]['content'] must be a string%s, got %r" % (
-            index, "" if content_must_be_str else " (or a list of content parts)", content))
+        parts = isinstance(content, list) and all(isinstance(p, Mapping) and "type" in p for p in content)
+        if not (isinstance(content, str) or parts and not content_must_be_str
+                or content is None and role == "assistant" and message.get("tool_calls")):
+            raise InvalidInputError("messages[%d]['content'] must be a string%s, got %r" % (
+                index, "" if content_must_be_str else " (or a list of content parts)", content))
 
 
 def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
@@ -2481,11 +2479,9 @@ def _wire_messages(provider: "BaseProvider", messages: Sequence[Mapping[str, Any
 
 
 def _with_tools(model: ModelConfig, tools: Any, tool_choice: Any) -> ModelConfig:
-    if tools is not None:
-        model = model.with_parameters(tools=_tool_schemas(tools))
-    if tool_choice is not None:
-        model = model.with_parameters(tool_choice=tool_choice)
-    return model
+    added = {"tools": None if tools is None else _tool_schemas(tools), "tool_choice": tool_choice}
+    added = {name: value for name, value in added.items() if value is not None}
+    return model.with_parameters(**added) if added else model
 
 
 # --- tool calls -----------------------------------------------------------------
