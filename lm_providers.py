@@ -2864,7 +2864,13 @@ def _vectors(vectors: Any) -> List[List[float]]:
     checked: List[List[float]] = []
     for vector in vectors:  # each check a loop in C
         if isinstance(vector, str):
-            vector = _float32s(vector)
+            try:
+                floats = array.array("f", base64.b64decode(vector, validate=True))
+            except ValueError:  # not base64 (binascii.Error), or not a whole number of floats
+                raise TypeError("not base64 of float32s") from None
+            if sys.byteorder == "big":
+                floats.byteswap()
+            vector = floats.tolist()
         elif not isinstance(vector, list) or not {int, float}.issuperset(map(type, vector)):
             raise TypeError("not a vector of numbers")
         try:  # float32s' sum cannot overflow; doubles' can, and then each number is looked at
@@ -2877,17 +2883,6 @@ def _vectors(vectors: Any) -> List[List[float]]:
     if len(set(map(len, checked))) > 1 or [] in checked:
         raise TypeError("vectors of different widths, or empty")
     return checked
-
-
-def _float32s(text: str) -> List[float]:
-    """Base64 of little-endian float32s, the ``encoding_format: "base64"`` form, as floats."""
-    try:
-        floats = array.array("f", base64.b64decode(text, validate=True))
-    except ValueError:  # not base64 (binascii.Error), or not a whole number of floats
-        raise TypeError("not base64 of float32s") from None
-    if sys.byteorder == "big":
-        floats.byteswap()
-    return floats.tolist()
 
 
 # --- log-probabilities -------------------------------------------------------------
