@@ -2650,8 +2650,7 @@ def _parsed_arguments(arguments: Any) -> Tuple[Any, str]:
     return arguments, json.dumps(arguments, ensure_ascii=False)
 
 
-def _new_call_id() -> str:
-    """An id for a tool call the server sent without one (OpenAI's form: ``call_`` and random hex)."""
+def _new_call_id() -> str:  # OpenAI's form, for a call the server sent without an id
     return "call_" + os.urandom(6).hex()
 
 
@@ -2888,7 +2887,6 @@ def _vectors(vectors: Any) -> List[List[float]]:
 # --- log-probabilities -------------------------------------------------------------
 
 def _normalize_logprobs(entries: Any) -> List[Dict[str, Any]]:
-    """Log-probabilities as ``[{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]``."""
     return [{"token": entry["token"], "logprob": entry["logprob"],
              "top_logprobs": [{"token": top["token"], "logprob": top["logprob"]}
                               for top in entry.get("top_logprobs") or ()]}
