@@ -4602,7 +4602,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # --- the commands (run inside _run_command, so --debug is on for every call) ------------------------------
 
 def _cli_models(options: Any) -> int:
-    """``models`` and ``ps``: the models of each server ``check`` would check (the config's role hosts too)."""
+    """``models`` and ``ps``: the models of each server ``check`` checks (the config's role hosts too)."""
     options.timeout, answered = options.timeout or _LIST_TIMEOUT, 0
     for provider, _, named in _check_targets(options, _cli_config(options)):
         try:
@@ -4634,7 +4634,7 @@ def _cli_model_command(options: Any) -> int:
         if prompt == "-" or not prompt and not sys.stdin.isatty():  # as ollama run: from a pipe or a file
             prompt = sys.stdin.read()
         if not prompt.strip():
-            raise InvalidInputError("the prompt is empty: give it after the model, or pipe it in ('-': stdin)")
+            raise InvalidInputError("the prompt is empty: give it after the model, or pipe it in")
         messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
             {"role": "user", "content": prompt}]
         model = model.with_parameters(**{name: value for name, value in (
