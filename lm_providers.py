@@ -4524,8 +4524,7 @@ def _cli_config(options: Any, out: Any = None) -> Optional[Config]:
 # --- running a command --------------------------------------------------------------------------------
 
 def _run_command(command: Callable[[Any], int], options: Any) -> int:
-    """Run a command with --debug's output; an error is one line (exit 1; 2 for bad input), Ctrl-C 130,
-    ``| head`` 141."""
+    """Run a command under --debug; an error is one line, exit 1 (2: bad input); Ctrl-C 130, | head 141."""
     options.timeout = (5.0, options.timeout) if options.timeout else None  # --timeout T: connect 5 s, read T
     try:
         with _debugging(options.debug):
@@ -4678,8 +4677,7 @@ def _cli_model_command(options: Any) -> int:
 
 @contextlib.contextmanager
 def _warnings_after_the_reply() -> Iterator[None]:
-    """Hold the library's warnings while a reply streams to stdout, then say each once, on a line of its own
-    (a token-limit warning must not run into the streamed text)."""
+    """Hold the library's warnings while a reply streams, then say each once, on a line of its own."""
     said: Dict[str, None] = {}
     handler = logging.Handler(logging.WARNING)  # its filter notes each message and lets none through
     handler.addFilter(lambda record: said.setdefault(record.getMessage(), None) is not None)
@@ -4815,8 +4813,7 @@ def _add_arguments(parser: "argparse.ArgumentParser", provider_help: str, argume
 
 
 def _build_parser() -> "argparse.ArgumentParser":
-    """The command line's parser (commands, their arguments, the connection options, examples), named as it
-    was started: ``python -m lm_providers``, ``python lm_providers.py`` or ``lm-providers``."""
+    """The command line's parser, its prog as run: python -m lm_providers, python x.py or lm-providers."""
     import argparse
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # python -m: named lm_providers
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
