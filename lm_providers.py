@@ -4480,13 +4480,6 @@ def _answers(kind: str, options: Any, config: Optional[Config]) -> bool:
     return True
 
 
-def _named(kind: str, options: Any, config: Optional[Config]) -> bool:
-    """Whether anything names ``kind``'s server: an option, the config (its host, a role) or its variable."""
-    roles = config.models.values() if config else ()
-    return bool(options.provider or options.host or os.environ.get(SERVER_KINDS[kind].host_env)
-                or config and config.host_for(kind) or any(role.provider == kind for role in roles))
-
-
 def _check_targets(options: Any, config: Optional[Config]) -> List[_Target]:
     """``(provider, models, required)`` for --model (read as ``generate`` reads it), else for each server
     ``_server_kinds`` picks, with its roles; required (not running: FAIL, not SKIP) when anything names it."""
@@ -4494,12 +4487,14 @@ def _check_targets(options: Any, config: Optional[Config]) -> List[_Target]:
         provider, model = _cli_target(options, config)
         return [(provider, [model], True)]
     host, targets = options.host, []
-    for kind in _server_kinds(options, config):
+    roles = list(config.models.values()) if config else []
+    for kind in _server_kinds(options, config):  # named by an option, the config or its variable: required
+        named = bool(options.provider or host or os.environ.get(SERVER_KINDS[kind].host_env)
+                     or config and config.host_for(kind) or any(role.provider == kind for role in roles))
         by_host: Dict[str, Dict[str, ModelConfig]] = {}
-        for role in (role for role in (config.models.values() if config else []) if role.provider == kind):
+        for role in (role for role in roles if role.provider == kind):
             by_host.setdefault(resolve_host(kind, host or role.host, config), {}).setdefault(role.name, role)
-        targets += [(_cli_provider(kind, base_url, config, options.timeout), list(models.values()),
-                     _named(kind, options, config))
+        targets += [(_cli_provider(kind, base_url, config, options.timeout), list(models.values()), named)
                     for base_url, models in (by_host or {resolve_host(kind, host, config): {}}).items()]
     return targets
 
