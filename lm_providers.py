@@ -4304,15 +4304,13 @@ class _SetupCheck:
         for target in self.targets:
             self._check_server(*target)
         passed, failed, skipped = (self.results.count(status) for status in ("PASS", "FAIL", "SKIP"))
-        if not passed and failed == self.unreachable:
-            advice = ("No server answered. Install and start LM Studio (https://lmstudio.ai; lms server "
-                      "start) or Ollama (https://ollama.com; ollama serve), then run this again. To see "
-                      "lm_providers work without either, in a git checkout or the sdist: python -m pip "
-                      "install \".[demo]\" && python test_lm_studio_provider.py --demo  (Python 3.10+)")
-        elif failed:
-            advice = "Some checks failed; see the -> line under each [FAIL], or run with --debug."
-        else:
-            advice = "Everything works."
+        advice = ("No server answered. Install and start LM Studio (https://lmstudio.ai; lms server start) "
+                  "or Ollama (https://ollama.com; ollama serve), then run this again. To see lm_providers "
+                  "work without either, in a git checkout or the sdist: python -m pip install \".[demo]\" "
+                  "&& python test_lm_studio_provider.py --demo  (Python 3.10+)"
+                  if not passed and failed == self.unreachable
+                  else "Some checks failed; see the -> line under each [FAIL], or run with --debug." if failed
+                  else "Everything works.")
         self.out.write("\n%d passed, %d failed, %d skipped\n%s\n" % (passed, failed, skipped, advice))
         self.out.flush()
         return 1 if failed or not passed else 0
@@ -4370,12 +4368,11 @@ class _SetupCheck:
             return None, "%d pieces, first after %.2f s, %.1f pieces/s: %r" % (
                 len(text), first_at, rate, _shorten("".join(text)))
 
-        def json_object() -> Tuple[None, str]:
+        def as_json() -> Tuple[None, str]:
             data = provider.generate_json(_CHECK_JSON_PROMPT, model, ["status"])
             return None, _shorten(json.dumps(data, ensure_ascii=False), 100)
 
-        for what, action in (("generates text", generate), ("streams", stream),
-                             ("returns JSON", json_object)):
+        for what, action in (("generates text", generate), ("streams", stream), ("returns JSON", as_json)):
             self.step("%s %s" % (name, what), provider, action)
 
 
@@ -4410,10 +4407,9 @@ def _detect_server_kind(host: str, timeout: _Timeout) -> Optional[str]:
     answers /v1/models too), LM Studio when its own list does, else OpenAI-compatible when ``/v1/models``
     answers or wants a key; None when nothing listens there."""
     asked, wants_key = [], False
-    questions = [(OllamaProvider, "/api/version", "version")] + [
-        (LMStudioProvider, path, (field, key)) for path, field, key, _ in _LM_STUDIO_LISTINGS] + [
-        (OpenAICompatibleProvider, "/v1/models", ("data", "id"))]
-    for cls, path, wanted in questions:
+    for cls, path, wanted in [(OllamaProvider, "/api/version", "version")] + [
+            (LMStudioProvider, path, (field, key)) for path, field, key, _ in _LM_STUDIO_LISTINGS] + [
+            (OpenAICompatibleProvider, "/v1/models", ("data", "id"))]:
         with cls(host=host, timeout=timeout, max_retries=0) as provider:
             try:
                 provider._call("GET", path, read=lambda data: data[wanted] if isinstance(wanted, str)
@@ -4452,9 +4448,8 @@ def _cli_target(options: Any, config: Optional[Config]) -> Tuple[BaseProvider, M
             if len(kinds) == 1:
                 sys.stderr.write("(using %s, the one server that answers)\n" % SERVER_KINDS[kinds[0]].title)
         if len(kinds) != 1:
-            titles = " and ".join(SERVER_KINDS[kind].title for kind in kinds)
-            where = " at " + host if host else ""
-            answering = titles + " both answer" if kinds else "nothing answers" + where
+            answering = (" and ".join(SERVER_KINDS[kind].title for kind in kinds) + " both answer" if kinds
+                         else "nothing answers" + (" at " + host if host else ""))
             raise InvalidInputError("%r is not a model URI (e.g. lm_studio://qwen2.5-7b-instruct) nor a role "
                                     "in the config, and %s; for a plain model name, say which server with %s"
                                     % (text, answering, _PROVIDER_CHOICES))
@@ -4473,10 +4468,8 @@ def _answers(kind: str, options: Any, config: Optional[Config]) -> bool:
     with _cli_provider(kind, options.host, config, options.timeout or _LIST_TIMEOUT) as provider:
         try:
             provider.list_models()
-        except (ProviderConnectionError, ProviderTimeoutError):
-            return False
-        except ProviderError:
-            pass  # it answers, if only to refuse
+        except ProviderError as exc:  # unless unreachable, it answers, if only to refuse
+            return not isinstance(exc, (ProviderConnectionError, ProviderTimeoutError))
     return True
 
 
@@ -4811,11 +4804,9 @@ def _build_parser() -> "argparse.ArgumentParser":
     """The command line's parser, its prog as run: python -m lm_providers, python x.py or lm-providers."""
     import argparse
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # python -m: named lm_providers
-    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if spec is not None and spec.name == "lm_providers":
-        prog = "python -m lm_providers"
-    else:
-        prog = "python " + script if script.endswith(".py") else script or "lm-providers"
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    prog = "python -m lm_providers" if getattr(spec, "name", None) == "lm_providers" else (
+        "python " + script if script.endswith(".py") else script or "lm-providers")
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Talk to LM Studio, Ollama and OpenAI-compatible servers (llama-server, vLLM, LiteLLM).",
@@ -4827,9 +4818,8 @@ def _build_parser() -> "argparse.ArgumentParser":
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text, example, provider_help, arguments) in _COMMAND_TABLE.items():
-        command = commands.add_parser(name, help=help_text, aliases=_ALIASES.get(name, ()),
-                                      description="%s. Example: %s %s" % (
-                                          help_text[:1].upper() + help_text[1:], prog, example))
+        command = commands.add_parser(name, help=help_text, aliases=_ALIASES.get(name, ()), description=(
+            "%s. Example: %s %s" % (help_text[:1].upper() + help_text[1:], prog, example)))
         command.set_defaults(command=name)  # an alias runs as the command's own name
         _add_arguments(command, provider_help, arguments)
     return parser
