@@ -311,8 +311,7 @@ def _register_secret(secret: str) -> None:
     runs = tuple(sorted({folded[i:i + run] for i in range(len(folded) - run + 1)}))
     global _SECRETS
     with _SECRETS_LOCK:
-        users = _SECRETS[secret][0] + 1 if secret in _SECRETS else 1
-        _SECRETS = {**_SECRETS, secret: (users, run, runs)}
+        _SECRETS = {**_SECRETS, secret: (_SECRETS.get(secret, (0,))[0] + 1, run, runs)}
 
 
 def _forget_secret(secret: str) -> None:
@@ -342,19 +341,10 @@ def _unescape(text: str) -> Tuple[str, List[Tuple[int, int, int]]]:
     return _ESCAPE_RE.sub(decode, text), segments
 
 
-def _origin(segments: List[Tuple[int, int, int]], start: int, end: int) -> Tuple[int, int]:
-    """The span of the original text that decoded characters ``start:end`` came from (an escape decodes to
-    one character: the whole escape is its origin)."""
-    keys = [segment[0] for segment in segments]
-    first = segments[bisect.bisect_right(keys, start) - 1]
-    last = segments[bisect.bisect_right(keys, end - 1) - 1]
-    return first[1] + start - first[0], last[1] + max(last[2], end - last[0])
-
-
 def _secret_spans(text: str, secrets: List[Tuple[int, int, Tuple[str, ...]]],
                   depth: int = 2) -> List[Tuple[int, int]]:
     """Where runs of the secrets are in ``text``: as written, and after decoding escapes (up to ``depth``
-    more times)."""
+    more times), as spans of ``text``: a run in a decoded escape covers the whole escape."""
     folded = text.translate(_ASCII_LOWER)
     spans: List[Tuple[int, int]] = []
     for _users, run, runs in secrets:
@@ -365,7 +355,11 @@ def _secret_spans(text: str, secrets: List[Tuple[int, int, Tuple[str, ...]]],
                 at = folded.find(piece, at + 1)
     if depth and any(mark in text for mark in "%\\&"):
         decoded, segments = _unescape(text)
-        spans += [_origin(segments, *span) for span in _secret_spans(decoded, secrets, depth - 1)]
+        keys = [segment[0] for segment in segments]
+        for start, end in _secret_spans(decoded, secrets, depth - 1):
+            first = segments[bisect.bisect_right(keys, start) - 1]
+            last = segments[bisect.bisect_right(keys, end - 1) - 1]
+            spans.append((first[1] + start - first[0], last[1] + max(last[2], end - last[0])))
     return spans
 
 
@@ -376,11 +370,9 @@ def _scrub(text: str) -> str:
     out: List[str] = []
     pos = 0  # the end of the text copied or masked so far
     for begin, end in sorted(_secret_spans(text, list(_SECRETS.values()))):
-        if out and begin <= pos:  # overlaps or touches the last mask: widen it
-            pos = max(pos, end)
-        else:
+        if not out or begin > pos:  # else it overlaps or touches the last mask: widen that
             out += [text[pos:begin], _MASK]
-            pos = end
+        pos = max(pos, end)
     out.append(text[pos:])
     return "".join(out)
 
