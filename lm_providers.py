@@ -147,8 +147,7 @@ class ProviderError(Exception):
         if positional:
             fields, args = {**fields, **dict(zip(positional, args[1:]))}, args[:1]
         names = [name for own in declared for name in own]
-        unknown = sorted(set(fields) - set(names))
-        if unknown:
+        if unknown := sorted(set(fields) - set(names)):
             raise TypeError("%s() got an unexpected keyword argument %r; its fields: %s"
                             % (type(self).__name__, unknown[0], ", ".join(names) or "none"))
         super().__init__(*(_scrub_value(arg) for arg in args))
@@ -388,10 +387,8 @@ def _scrub_value(value: Any) -> Any:
 
 def _leaks(exc: Optional[BaseException], depth: int = 20) -> bool:
     """Whether a live token shows in an exception or in the exceptions chained to it (``depth`` in all)."""
-    if exc is None or depth == 0:
-        return False
-    return (any(_scrub(text) != text for text in (str(exc), repr(exc)))
-            or _leaks(exc.__cause__ or exc.__context__, depth - 1))
+    return exc is not None and depth != 0 and (any(_scrub(text) != text for text in (str(exc), repr(exc)))
+                                                or _leaks(exc.__cause__ or exc.__context__, depth - 1))
 
 
 def _chain(error: "ProviderError", cause: BaseException) -> "ProviderError":
@@ -461,13 +458,13 @@ def _debugging(on: bool) -> Iterator[None]:
     with _DEBUG_LOCK:
         _debug_calls += 1
         if _debug_calls == 1:
-            handler = None
+            _debug_saved[:] = [logger.level]
             if not (logging.getLogger().handlers or logger.handlers):
                 handler = logging.StreamHandler(sys.stderr)
                 handler.setFormatter(logging.Formatter("[lm_providers] %(message)s"))
                 handler.addFilter(_ScrubSecrets())
                 logger.addHandler(handler)
-            _debug_saved[:] = [logger.level, handler]
+                _debug_saved.append(handler)
             logger.setLevel(logging.DEBUG)
     try:
         yield
@@ -475,9 +472,8 @@ def _debugging(on: bool) -> Iterator[None]:
         with _DEBUG_LOCK:
             _debug_calls -= 1
             if _debug_calls == 0:
-                level, handler = _debug_saved
-                logger.setLevel(level)
-                if handler is not None:
+                logger.setLevel(_debug_saved[0])
+                for handler in _debug_saved[1:]:
                     logger.removeHandler(handler)
 
 
