@@ -3997,8 +3997,9 @@ class OllamaProvider(BaseProvider):
         return status == 404 and "model" in text and "not found" in text
 
     @staticmethod
-    def _fact_key(name: str) -> str:
-        return _ollama_key(name)  # "smollm2" and "smollm2:latest" are one model
+    def _fact_key(name: str) -> str:  # "smollm2" and "smollm2:latest" are one model
+        name = re.sub(r"^(?:registry\.ollama\.ai/(?:library/)?|library/)", "", name.strip().lower())
+        return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
 
     def _read_reply(self, data: Any) -> _Reply:
         message = data["message"]
@@ -4132,12 +4133,6 @@ class OllamaProvider(BaseProvider):
                                  server_message="prompt_eval_count=%d" % evaluated, reason="context_length",
                                  hint=advice)
 
-def _ollama_key(name: str) -> str:
-    name = re.sub(r"^(?:registry\.ollama\.ai/(?:library/)?|library/)", "", name.strip().lower())
-    if ":" not in name.rsplit("/", 1)[-1]:
-        name += ":latest"
-    return name
-
 
 def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict[str, Any]]],
                  listed: Mapping[str, Any]) -> ModelInfo:
@@ -4146,7 +4141,7 @@ def _ollama_info(name: str, show: Mapping[str, Any], running: Optional[List[Dict
     capabilities = show.get("capabilities")
     has = {capability: capability in capabilities for capability in (
         "completion", "embedding", "tools", "vision", "thinking")} if isinstance(capabilities, list) else {}
-    mine = [entry for entry in running or [] if _ollama_key(str(entry.get("name"))) == _ollama_key(name)]
+    mine = [entry for entry in running or [] if OllamaProvider.same_model(name, str(entry.get("name")))]
     kind = "embedding" if has.get("embedding") else "llm" if has.get("completion") else None
     return ModelInfo(
         name, context_length=_first_int(facts.get("%s.context_length" % facts.get("general.architecture"))),
