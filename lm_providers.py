@@ -3703,10 +3703,9 @@ class OpenAICompatibleProvider(BaseProvider):
     def _wire_tool_result(self, message: Mapping[str, Any], call_id: Optional[str], name: Optional[str],
                           index: int) -> Dict[str, Any]:
         if not call_id:
-            raise InvalidInputError(
-                "messages[%d] is a tool result without 'tool_call_id', and no assistant message before it "
-                "has a call it could answer%s; add the id of the call it answers" % (
-                    index, " (to %r)" % name if name else ""))
+            raise InvalidInputError("messages[%d] is a tool result without 'tool_call_id', and no assistant "
+                                    "message before it has a call it could answer%s; add the id of the call "
+                                    "it answers" % (index, " (to %r)" % name if name else ""))
         return {"role": "tool", "tool_call_id": call_id, "content": message.get("content")}
 
     def _read_embeddings(self, data: Any) -> List[List[float]]:
@@ -3737,8 +3736,7 @@ class OpenAICompatibleProvider(BaseProvider):
         modalities = props.get("modalities") if isinstance(props, dict) else None
         infos = []
         for entry in entries:
-            meta = _dict_at(entry, "meta")
-            inputs = _dict_at(entry, "architecture").get("input_modalities")
+            meta, inputs = _dict_at(entry, "meta"), _dict_at(entry, "architecture").get("input_modalities")
             vision = modalities.get("vision") if isinstance(modalities, dict) else (
                 "image" in inputs if isinstance(inputs, list) else None)
             loaded_context = _first_int(meta.get("n_ctx"), settings.get("n_ctx"))
@@ -3839,8 +3837,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
         """Start the download job, then poll it until it completes or fails, yielding its progress."""
         job = self._call("POST", "/api/v1/models/download", {"model": name}, model=name,
                          needed=self.NATIVE_API_VERSION, manual="Download it by hand:  lms get %s" % name)
-        deadline = time.monotonic() + self.download_timeout
-        failures = 0
+        deadline, failures = time.monotonic() + self.download_timeout, 0
         yield _job_progress(job)
         while job.get("status") not in ("completed", "already_downloaded"):
             if job.get("status") == "failed" or not job.get("job_id"):
@@ -3874,8 +3871,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
         """LM Studio answers some prompts too long for the loaded context: an empty 200, no finish reason."""
         if has_text or finish_reason is not None:
             return
-        estimate = _estimate_tokens(payload.get("messages") or [])
-        context = self._known_context(model)
+        estimate, context = _estimate_tokens(payload.get("messages") or []), self._known_context(model)
         raise ContextLengthError(
             "%s model %r returned no text and no finish reason, which is how LM Studio answers a prompt that "
             "does not fit the context the model is loaded with (the prompt is about %d tokens%s)." % (
@@ -3893,8 +3889,7 @@ def _job_progress(job: Dict[str, Any]) -> PullProgress:
 
 def _lm_studio_v1_info(entry: Mapping[str, Any]) -> ModelInfo:
     """A ModelInfo from one entry of LM Studio's ``GET /api/v1/models``."""
-    instances = entry.get("loaded_instances") or []
-    capabilities = _dict_at(entry, "capabilities")
+    instances, capabilities = entry.get("loaded_instances") or [], _dict_at(entry, "capabilities")
     quantization, kind = entry.get("quantization"), entry.get("type")
     return ModelInfo(
         str(entry["key"]), context_length=_first_int(entry.get("max_context_length")), loaded=bool(instances),
@@ -3908,8 +3903,7 @@ def _lm_studio_v1_info(entry: Mapping[str, Any]) -> ModelInfo:
 def _lm_studio_v0_info(entry: Mapping[str, Any]) -> ModelInfo:
     """A ModelInfo from one entry of LM Studio's ``GET /api/v0/models`` (type llm, vlm or embeddings)."""
     kind = {"embeddings": "embedding"}.get(entry.get("type") or "", entry.get("type"))
-    state = entry.get("state")
-    capabilities = entry.get("capabilities")
+    state, capabilities = entry.get("state"), entry.get("capabilities")
     return ModelInfo(
         str(entry["id"]), context_length=_first_int(entry.get("max_context_length")),
         loaded=(state == "loaded") if state else None,
@@ -3985,16 +3979,13 @@ class OllamaProvider(BaseProvider):
                                             "and 'image_url' parts" % (index, number, kind))
             content = "\n".join(texts)
         converted = dict(message, content=content, images=[data for _, data in images])
-        if not converted["images"]:
-            del converted["images"]
-        return converted
+        return converted if images else {key: value for key, value in converted.items() if key != "images"}
 
     def _raw_logprobs(self, data: Any) -> Any:
         return data.get("logprobs")
 
     def _is_model_not_found(self, status: int, message: str, body: str) -> bool:
-        text = message.lower()
-        return status == 404 and "model" in text and "not found" in text
+        return status == 404 and "model" in message.lower() and "not found" in message.lower()
 
     @staticmethod
     def _fact_key(name: str) -> str:  # "smollm2" and "smollm2:latest" are one model
@@ -4181,8 +4172,7 @@ def get_provider(model: Union[str, ModelConfig], config: Optional[Config] = None
     if not isinstance(model, ModelConfig):
         raise InvalidInputError("get_provider needs a model URI, a ModelConfig or a role name, got %r"
                                 % (model,))
-    base_url = resolve_host(model.provider, model.host, config)
-    cls = PROVIDER_CLASSES[model.provider]
+    base_url, cls = resolve_host(model.provider, model.host, config), PROVIDER_CLASSES[model.provider]
     try:
         key = (cls, base_url, tuple(sorted(provider_options.items())))
         hash(key)
