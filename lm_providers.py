@@ -3006,18 +3006,6 @@ _Reply = Tuple[str, str, Optional[str], Optional[Dict[str, int]], Any]
 _FailureRow = Tuple[Callable[[Any, _ErrorAnswer], bool], Callable[[Any, _ErrorAnswer], ProviderError]]
 
 
-def _overflow_error(p: "BaseProvider", a: _ErrorAnswer) -> ContextLengthError:
-    prompt, context = a.prompt_tokens, a.context_length
-    return ContextLengthError("%s model %r: the prompt%s does not fit the context%s (%s): %s." % (
-        p.title, a.model, " (%d tokens)" % prompt if prompt else "",
-        " it is loaded with (%d tokens)" % context if context else "",
-        "HTTP %d" % a.status if a.status else "an error in the reply", a.said),
-        prompt_tokens=prompt, context_length=context, reason="context_length",
-        hint=p._context_advice(a.model, prompt), **a.fields)
-
-
-#: How llama.cpp's server (HTTP 500) and LM Studio (400) refuse an image for a model without vision
-_NO_VISION_PHRASES = ("image input is not supported", "does not support image")
 _LITELLM_NO_DB = ("This LiteLLM proxy has no database, so it takes only its master key: pass that as "
                   "api_key=... or set OPENAI_API_KEY (virtual keys need the proxy's DATABASE_URL).")
 #: The failure table: the first row that applies builds the exception (a class's own rows go first).
@@ -3029,7 +3017,13 @@ _FAILURES: Tuple[_FailureRow, ...] = (
      lambda p, a: InputTooLongError("a text is too long for %s model %r: %s." % (p.title, a.model, a.said),
          prompt_tokens=a.prompt_tokens, context_length=a.context_length, reason="input_too_long",
          hint="Shorten or split it%s." % p.truncate_hint, **a.fields)),
-    (lambda p, a: a.status != 404 and a.overflow is not None, _overflow_error),
+    (lambda p, a: a.status != 404 and a.overflow is not None,
+     lambda p, a: ContextLengthError("%s model %r: the prompt%s does not fit the context%s (%s): %s." % (
+         p.title, a.model, " (%d tokens)" % a.prompt_tokens if a.prompt_tokens else "",
+         " it is loaded with (%d tokens)" % a.context_length if a.context_length else "",
+         "HTTP %d" % a.status if a.status else "an error in the reply", a.said),
+         prompt_tokens=a.prompt_tokens, context_length=a.context_length, reason="context_length",
+         hint=p._context_advice(a.model, a.prompt_tokens), **a.fields)),
     # LiteLLM answers 400 without a database, and for an expired key ("Authentication Error - Expired Key")
     (lambda p, a: a.status in (401, 403) or a.says("no connected db", "authentication error"),
      lambda p, a: AuthenticationError("%s at %s refused the request (HTTP %s): %s." % (
@@ -3040,10 +3034,10 @@ _FAILURES: Tuple[_FailureRow, ...] = (
          p.title, a.model, p.title, a.said), model=a.model, reason="tools_unsupported", **a.fields,
          hint="Use a model trained for tool calls (on Ollama, 'ollama show MODEL' lists 'tools' among its "
               "capabilities), or call without tools=.")),
-    (lambda p, a: a.says(*_NO_VISION_PHRASES),
+    # how llama.cpp's server (HTTP 500) and LM Studio (400) refuse an image for a model without vision
+    (lambda p, a: a.says("image input is not supported", "does not support image"),
      lambda p, a: VisionNotSupportedError("%s model %r cannot see images: %s." % (p.title, a.model, a.said),
-                                          model=a.model, reason="vision_unsupported", hint=p.vision_hint,
-                                          **a.fields)),
+         model=a.model, reason="vision_unsupported", hint=p.vision_hint, **a.fields)),
     (lambda p, a: a.model != "" and a.status is not None
      and p._is_model_not_found(a.status, a.message, a.body),
      lambda p, a: p._not_found(a.model, a.said, **a.fields)),
