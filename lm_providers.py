@@ -2929,8 +2929,7 @@ def _parse_overflow(message: str, body: str) -> Optional[Tuple[Optional[int], Op
     if error.get("type") == "exceed_context_size_error":  # llama.cpp's counts
         return _first_int(error.get("n_prompt_tokens")), _first_int(error.get("n_ctx"))
     for pattern, prompt_group, context_group in _OVERFLOW_PATTERNS:
-        match = pattern.search(message)
-        if match:
+        if match := pattern.search(message):
             return ((int(match.group(prompt_group)) if prompt_group else None),
                     (int(match.group(context_group)) if context_group else None))
     if "context_length_exceeded" in (error.get("type"), error.get("code")):
@@ -3196,6 +3195,8 @@ class BaseProvider:
                 raw = result.text
                 try:
                     data = extract_json(raw, required)
+                    logger.debug("JSON attempt %d/%d gave keys %s", attempt, max_attempts, sorted(data))
+                    return data
                 except ValueError as exc:
                     reason = str(exc) + (" (the reply was cut off at the token limit)"
                                          if result.finish_reason == "length" else "")
@@ -3205,9 +3206,6 @@ class BaseProvider:
                                   reason, ", ".join(required) or "you were asked for"))
                     conversation = [*messages, {"role": "assistant", "content": raw},
                                     {"role": "user", "content": repair}]
-                    continue
-                logger.debug("JSON attempt %d/%d gave keys %s", attempt, max_attempts, sorted(data))
-                return data
         raise JSONGenerationError(
             "%s did not return a JSON object with %s after %d attempt(s): %s" % (
                 self.title, ", ".join(map(repr, required)) or "any attributes", max_attempts, reason),
@@ -3487,8 +3485,7 @@ class BaseProvider:
         """After a reply: raise (or warn) when the server's own numbers show the prompt did not fit."""
 
     def _context_advice(self, model: str, prompt_tokens: Optional[int]) -> str:
-        """The one thing to change when a prompt does not fit ``model``'s context: ``context_advice`` with a
-        size that has room for it and a reply, or, when the model can never take it, a shorter prompt."""
+        """What to change when a prompt does not fit ``model``'s context (``context_advice``, with a size)."""
         info = self._facts.get(self._fact_key(model))
         most = info.context_length if info is not None else None
         if most and prompt_tokens and prompt_tokens > most:
