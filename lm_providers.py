@@ -4648,6 +4648,7 @@ class _PullDisplay:
 
     def __init__(self, out: Any, tty: bool, clock: Callable[[], float] = time.monotonic):
         self.out, self.tty, self.clock, self.drawn = out, tty, clock, False
+        self.width = shutil.get_terminal_size().columns - 1 if tty else 0  # once, not per progress record
         self.started: Dict[Any, Tuple[float, int]] = {}  # per file: when, and bytes, it was first seen
         self.last_line: Tuple[str, int] = ("", -1)
 
@@ -4662,7 +4663,7 @@ class _PullDisplay:
             tenth = int(fraction * 10)
         if fraction is not None and self.tty:  # cut to the terminal: a wrapped line is never redrawn
             bar = "[%-20s] %s" % ("#" * int(fraction * 20), text)
-            self.out.write("\r%s\x1b[K" % bar[:shutil.get_terminal_size().columns - 1])
+            self.out.write("\r%s\x1b[K" % bar[:self.width])
             self.drawn = True
         elif (record.status, tenth) != self.last_line:  # plain lines: a new status, or a further tenth
             self.last_line = (record.status, tenth)
